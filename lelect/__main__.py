@@ -1,0 +1,3 @@
+from lelect.cli import main
+
+main()

@@ -1,0 +1,440 @@
+"""The job's keeper: a small process between lelect and the job.
+
+Run as ``python -S -I _keeper.py CTRL_FD [OPTIONS] -- CMD [ARGS...]``; it imports only
+the standard library (and, on the file backend, lelect.backends.filestate once it wins).
+
+- It starts the job in its own process group and is its child subreaper, so nothing the
+  job starts can escape it.
+- It kills the whole group (SIGKILL, grandchildren too) the moment lelect dies, which it
+  learns from EOF on CTRL_FD.
+- It is a dead-man switch: lelect sends the lease deadline after every renew; if the
+  deadline passes without news it stops the job (stop signal at deadline - grace,
+  SIGKILL at the deadline) on its own.
+- On the file backend it takes and holds the election's flock itself, bumps the term
+  and starts the job the moment it wins, so the election is freed only once the job's
+  group is gone.
+
+Protocol on CTRL_FD, one line per message. lelect -> keeper: ``start TERM``,
+``lease DEADLINE GRACE`` (DEADLINE on the monotonic clock, shared by all processes),
+``signal N``, ``stop SIGNAL GRACE REASON``, ``release``, ``exit``.
+keeper -> lelect: ``locked TERM SINCE``, ``busy``, ``error MESSAGE``, ``started PID``,
+``execfail MESSAGE``, ``exited STATUS REASON``, ``released``.
+"""
+
+import errno
+import os
+import select
+import signal
+import sys
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTOU, signal.SIGTTIN,
+           signal.SIGPIPE, signal.SIGXFSZ, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+
+
+def shell_status(status):
+    """A wait status as shells report it: the exit code, or 128+N for signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def set_subreaper():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except Exception:  # noqa: BLE001 - best effort; the process group still covers the job
+        pass
+
+
+class Keeper:
+    def __init__(self, ctrl, options, command):
+        self.ctrl = ctrl
+        self.options = options
+        self.command = command
+        self.inbuf = b""
+        self.job_pid = None
+        self.job_status = None
+        self.job_done = False
+        self.reason = "exit"
+        self.stop_signal = signal.SIGTERM
+        self.stop_at = None
+        self.kill_at = None
+        self.stopping = False
+        self.lease_stop_at = None
+        self.lease_kill_at = None
+        self.lock_fd = None
+        self.lock_pipe = None
+        self.tty = None
+        self.terminated = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+
+    # -- plumbing ---------------------------------------------------------
+
+    def send(self, line):
+        try:
+            os.write(self.ctrl, (line + "\n").encode())
+        except OSError:
+            pass
+
+    def install_signals(self):
+        for sig in IGNORED:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+
+    def _on_term(self, *_):
+        self.terminated = True
+
+    # -- the flock (file backend) -------------------------------------------
+
+    def start_locking(self):
+        import threading
+
+        read_end, write_end = os.pipe()
+        self.lock_pipe = read_end
+        nowait = self.options.get("nowait") == "1"
+        thread = threading.Thread(
+            target=self._lock_worker, args=(self.options["lock"], nowait, write_end), daemon=True
+        )
+        thread.start()
+
+    def _lock_worker(self, path, nowait, done_fd):
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                os.write(done_fd, b"E" + str(exc).encode())
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if nowait else 0))
+            except BlockingIOError:
+                os.close(fd)
+                os.write(done_fd, b"B")
+                return
+            # A cleaner or a user may have unlinked the file while we waited: then we
+            # hold a lock on an inode nobody else will ever look at.
+            try:
+                on_disk = os.stat(path)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            held = os.fstat(fd)
+            if (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
+                os.close(fd)
+                continue
+            self.lock_fd = fd
+            os.write(done_fd, b"L")
+            return
+
+    def on_lock_result(self):
+        data = os.read(self.lock_pipe, 4096)
+        os.close(self.lock_pipe)
+        self.lock_pipe = None
+        if data.startswith(b"B"):
+            self.send("busy")
+            sys.exit(0)
+        if data.startswith(b"E"):
+            self.send("error cannot open lock file: " + data[1:].decode(errors="replace"))
+            sys.exit(0)
+        try:
+            term, since = self.bump_term()
+        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
+            self.release()
+            self.send("error " + str(exc).replace("\n", " "))
+            sys.exit(0)
+        self.send(f"locked {term} {since!r}")
+        if self.command:
+            self.start_job(term)
+
+    def bump_term(self):
+        sys.path.insert(0, self.options["pythonpath"])
+        from lelect.backends import filestate
+
+        # The lock file keeps the last term too, so a deleted database cannot make
+        # terms restart.
+        floor = 0
+        try:
+            text = os.pread(self.lock_fd, 64, 0).split(b"\n", 1)[0].strip()
+            floor = int(text) if text else 0
+        except (OSError, ValueError):
+            floor = 0
+        since = time.time()
+        conn = filestate.open_db(self.options["db"])
+        try:
+            term = filestate.bump_term(
+                conn,
+                self.options["election"],
+                floor=floor,
+                node_id=self.options["node_id"],
+                token=self.options["token"],
+                host=self.options.get("host"),
+                pid=int(self.options["pid"]) if self.options.get("pid") else None,
+                since=since,
+            )
+        finally:
+            conn.close()
+        data = f"{term}\n".encode()
+        os.pwrite(self.lock_fd, data, 0)
+        os.ftruncate(self.lock_fd, len(data))
+        return term, since
+
+    def release(self):
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    # -- the job ------------------------------------------------------------
+
+    def start_job(self, term):
+        env = dict(os.environ)
+        env["LELECT_TERM"] = str(term)
+        try:
+            pid = os.posix_spawnp(
+                self.command[0],
+                self.command,
+                env,
+                setpgroup=0,
+                setsigdef=IGNORED,
+            )
+        except OSError as exc:
+            self.release()
+            reason = exc.strerror or str(exc)
+            self.send(f"execfail {self.command[0]}: {reason}")
+            self.job_done = True
+            return
+        self.job_pid = pid
+        self.give_terminal(pid)
+        self.send(f"started {pid}")
+
+    def give_terminal(self, pgid):
+        """An interactive job reads the terminal: give its group the foreground."""
+        try:
+            if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+                os.tcsetpgrp(0, pgid)
+                self.tty = 0
+                os.killpg(pgid, signal.SIGCONT)  # in case it hit SIGTTIN first
+        except OSError:
+            pass
+
+    def take_terminal_back(self):
+        if self.tty is not None:
+            try:
+                os.tcsetpgrp(self.tty, os.getpgrp())
+            except OSError:
+                pass
+            self.tty = None
+
+    def children(self):
+        found = []
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return found
+        for tid in tasks:
+            try:
+                with open(f"/proc/self/task/{tid}/children") as f:
+                    found.extend(int(p) for p in f.read().split())
+            except (OSError, ValueError):
+                pass
+        return found
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.job_pid and self.job_status is None:
+                self.job_status = shell_status(status)
+
+    def group_alive(self):
+        if self.job_pid is None:
+            return False
+        try:
+            os.killpg(self.job_pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+    def anything_alive(self):
+        return self.group_alive() or bool(self.children())
+
+    def signal_all(self, sig):
+        if self.job_pid is not None:
+            try:
+                os.killpg(self.job_pid, sig)
+            except OSError:
+                pass
+        # Descendants that left the group (setsid) were re-parented to us.
+        for pid in self.children():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+    def kill_everything(self):
+        """SIGKILL the group and every descendant, and wait until all are gone."""
+        deadline = time.monotonic() + 10
+        while True:
+            self.reap()
+            if not self.anything_alive():
+                return
+            self.signal_all(signal.SIGKILL)
+            if time.monotonic() > deadline:
+                return
+            select.select([self.wake_r], [], [], 0.005)
+            self.drain_wakeups()
+
+    def drain_wakeups(self):
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def begin_stop(self, sig, grace, reason):
+        if self.job_pid is None or self.job_done:
+            return
+        now = time.monotonic()
+        if not self.stopping:
+            self.stopping = True
+            self.reason = reason
+            self.stop_signal = sig
+            self.signal_all(sig)
+        kill_at = now + grace
+        self.kill_at = kill_at if self.kill_at is None else min(self.kill_at, kill_at)
+
+    # -- the loop -------------------------------------------------------------
+
+    def handle_line(self, line):
+        parts = line.split(" ", 3)
+        verb = parts[0]
+        if verb == "start":
+            self.start_job(int(parts[1]))
+        elif verb == "lease":
+            deadline, grace = float(parts[1]), float(parts[2])
+            if self.reason != "lease":
+                self.lease_stop_at = deadline - grace
+                self.lease_kill_at = deadline
+        elif verb == "signal":
+            if self.job_pid is not None and not self.job_done:
+                try:
+                    os.killpg(self.job_pid, int(parts[1]))
+                except OSError:
+                    pass
+        elif verb == "stop":
+            self.begin_stop(int(parts[1]), float(parts[2]), parts[3] if len(parts) > 3 else "stop")
+        elif verb == "release":
+            self.release()
+            self.send("released")
+        elif verb == "exit":
+            self.shutdown()
+
+    def shutdown(self):
+        self.kill_everything()
+        self.release()
+        self.take_terminal_back()
+        sys.exit(0)
+
+    def timers(self, now):
+        if self.job_pid is None or self.job_done:
+            return None
+        if self.lease_stop_at is not None and now >= self.lease_stop_at and not self.stopping:
+            self.begin_stop(self.stop_signal_for_lease, max(0.0, self.lease_kill_at - now), "lease")
+        if self.lease_kill_at is not None and now >= self.lease_kill_at:
+            self.reason = "lease"
+            self.signal_all(signal.SIGKILL)
+        if self.kill_at is not None and now >= self.kill_at:
+            self.signal_all(signal.SIGKILL)
+        pending = [t for t in (self.lease_stop_at, self.lease_kill_at, self.kill_at) if t is not None]
+        pending = [t for t in pending if t > now]
+        return min(pending) if pending else None
+
+    def check_job(self):
+        """After a SIGCHLD: once the job itself exits, stop what is left of its group;
+        once everything is gone, release and report."""
+        self.reap()
+        if self.job_pid is None or self.job_done or self.job_status is None:
+            return
+        if self.anything_alive():
+            if not self.stopping:
+                self.begin_stop(self.stop_signal_for_lease, self.grace, self.reason)
+            return
+        self.job_done = True
+        if self.options.get("autorelease") == "1":
+            self.release()
+        self.take_terminal_back()
+        self.send(f"exited {self.job_status} {self.reason}")
+
+    def run(self):
+        self.install_signals()
+        set_subreaper()
+        self.stop_signal_for_lease = int(self.options.get("stop_signal", signal.SIGTERM))
+        self.grace = float(self.options.get("grace", "10"))
+        if "lock" in self.options:
+            self.start_locking()
+        while True:
+            if self.terminated:
+                self.shutdown()
+            now = time.monotonic()
+            next_timer = self.timers(now)
+            timeout = None if next_timer is None else max(0.0, next_timer - now)
+            readers = [self.ctrl, self.wake_r]
+            if self.lock_pipe is not None:
+                readers.append(self.lock_pipe)
+            try:
+                ready, _, _ = select.select(readers, [], [], timeout)
+            except InterruptedError:
+                continue
+            if self.wake_r in ready:
+                self.drain_wakeups()
+            if self.lock_pipe is not None and self.lock_pipe in ready:
+                self.on_lock_result()
+            self.check_job()
+            if self.ctrl in ready:
+                try:
+                    data = os.read(self.ctrl, 65536)
+                except OSError as exc:
+                    data = b"" if exc.errno in (errno.ECONNRESET, errno.EBADF) else b""
+                if not data:
+                    # lelect is gone (killed, crashed): nothing it guarded may outlive it.
+                    self.shutdown()
+                self.inbuf += data
+                while b"\n" in self.inbuf:
+                    line, self.inbuf = self.inbuf.split(b"\n", 1)
+                    self.handle_line(line.decode())
+                self.check_job()
+
+
+def parse_args(argv):
+    ctrl = int(argv[1])
+    options = {}
+    rest = argv[2:]
+    while rest and rest[0] != "--":
+        key, _, value = rest[0].partition("=")
+        options[key.lstrip("-")] = value
+        rest = rest[1:]
+    return ctrl, options, rest[1:]
+
+
+def main():
+    ctrl, options, command = parse_args(sys.argv)
+    os.set_inheritable(ctrl, False)
+    Keeper(ctrl, options, command).run()
+
+
+if __name__ == "__main__":
+    main()

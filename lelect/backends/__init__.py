@@ -1,0 +1,49 @@
+"""Backends, chosen by URL scheme and imported lazily so ``lelect --help`` stays cheap."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING
+
+from lelect.backends.urls import BackendURL, mask_url, parse_url
+from lelect.errors import UsageError
+
+if TYPE_CHECKING:
+    from lelect.backends.base import Backend
+
+__all__ = ["BackendURL", "connect", "default_url", "mask_url", "parse_url", "SCHEMES"]
+
+#: scheme -> "module:class"; the module is imported only when a URL names it.
+SCHEMES: dict[str, str] = {
+    "file": "lelect.backends.file:FileBackend",
+    "redis": "lelect.backends.redis:RedisBackend",
+    "rediss": "lelect.backends.redis:RedisBackend",
+    "unix": "lelect.backends.redis:RedisBackend",
+    "zookeeper": "lelect.backends.zookeeper:ZooKeeperBackend",
+    "zk": "lelect.backends.zookeeper:ZooKeeperBackend",
+}
+
+
+def default_url() -> str:
+    """``$LELECT_BACKEND``, else the embedded backend in its default directory."""
+    env = os.environ.get("LELECT_BACKEND", "").strip()
+    if env:
+        return env
+    from lelect.backends.filestate import default_home
+
+    return "file://" + default_home()
+
+
+def connect(url: str | None = None) -> Backend:
+    """Open the backend named by ``url`` (default: :func:`default_url`)."""
+    parsed = parse_url(url or default_url())
+    target = SCHEMES.get(parsed.scheme)
+    if target is None:
+        raise UsageError(
+            f"unknown backend scheme {parsed.scheme + '://'!r}: use one of "
+            + ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        )
+    module_name, class_name = target.split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)(parsed)

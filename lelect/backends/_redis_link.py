@@ -1,0 +1,325 @@
+"""The Redis backend's wire: URL options, connections whose every call is bounded by a
+time budget, a pub/sub subscription, and Redis errors turned into one clear line.
+
+redis-py's client retries and blocks without limit by default; a lease cannot afford
+either, so lelect drives redis-py connections directly: one command, one budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+
+from lelect.backends.urls import BackendURL
+from lelect.durations import format_duration, parse_duration
+from lelect.errors import BackendUnavailable, UsageError
+
+DEFAULT_PORT = 6379
+DEFAULT_PREFIX = "lelect"
+DEFAULT_TTL = 10.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+MIN_TTL = 0.1
+
+# No glob characters (elections() matches keys with SCAN) and no braces (the hash tag).
+_PREFIX = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
+_TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """What a redis://, rediss:// or unix:// URL asks for."""
+
+    where: str  # host:port or socket path, for messages (never the password)
+    connection_class: type
+    connection_kwargs: dict[str, Any] = field(repr=False)
+    prefix: str = DEFAULT_PREFIX
+    ttl: float = DEFAULT_TTL
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    @classmethod
+    def from_url(cls, url: BackendURL) -> RedisOptions:
+        scheme = url.scheme
+        allowed = {"prefix", "ttl", "connect_timeout"}
+        if scheme == "rediss":
+            allowed |= _TLS_OPTIONS
+        if scheme == "unix":
+            allowed |= {"db", "password"}
+        if scheme != "rediss" and _TLS_OPTIONS & set(url.query):
+            raise UsageError(
+                f"option {sorted(_TLS_OPTIONS & set(url.query))[0]!r} needs a rediss:// URL (TLS)"
+            )
+        url.check_options(allowed)
+
+        prefix = url.option("prefix", DEFAULT_PREFIX) or ""
+        if not _PREFIX.fullmatch(prefix):
+            raise UsageError(
+                f"invalid prefix {prefix!r} in {scheme}:// URL: use 1-100 characters from"
+                " A-Z a-z 0-9 . _ : / -"
+            )
+        ttl = parse_duration(url.option("ttl", str(DEFAULT_TTL)) or "", what="ttl option")
+        check_ttl(ttl)
+        connect_timeout = parse_duration(
+            url.option("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT)) or "",
+            what="connect_timeout option",
+        )
+        if connect_timeout <= 0:
+            raise UsageError("connect_timeout must be longer than 0s")
+
+        kwargs: dict[str, Any] = {
+            "username": url.username,
+            "password": url.password if url.password is not None else url.option("password"),
+            "decode_responses": True,
+            "client_name": "lelect",
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": connect_timeout,
+        }
+        if scheme == "unix":
+            if url.hosts or not url.path or url.path == "/":
+                raise UsageError(
+                    f"malformed unix:// URL {url.masked!r}: expected unix:///path/to/redis.sock"
+                )
+            kwargs["path"] = url.path
+            kwargs["db"] = _db_number(url.option("db", "0") or "0", url)
+            return cls(
+                url.path, redis.UnixDomainSocketConnection, kwargs, prefix, ttl, connect_timeout
+            )
+
+        if len(url.hosts) > 1:
+            raise UsageError(
+                f"{scheme}:// takes one host, got {len(url.hosts)} in {url.masked!r}"
+                " (Redis Cluster and Sentinel are not supported)"
+            )
+        host, port = url.hosts[0] if url.hosts else ("localhost", None)
+        port = port or DEFAULT_PORT
+        kwargs.update(host=host, port=port, db=_db_number(url.path.strip("/") or "0", url))
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if scheme == "redis":
+            return cls(where, redis.Connection, kwargs, prefix, ttl, connect_timeout)
+
+        for name in sorted(_TLS_OPTIONS & set(url.query)):
+            path = url.query[name]
+            if not os.path.isfile(path):
+                raise UsageError(f"{name}={path!r} in rediss:// URL: no such file")
+            kwargs[name] = path
+        kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+        return cls(where, redis.SSLConnection, kwargs, prefix, ttl, connect_timeout)
+
+
+def check_ttl(ttl: float) -> None:
+    if ttl < MIN_TTL:
+        raise UsageError(f"ttl {format_duration(ttl)} is too short for redis: use at least 100ms")
+
+
+def _db_number(text: str, url: BackendURL) -> int:
+    if not text.isdigit():
+        raise UsageError(
+            f"malformed {url.scheme}:// URL {url.masked!r}: the database must be a number"
+            f" (like /0), got {text!r}"
+        )
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, run by EVALSHA and loaded with EVAL when the server lacks it."""
+
+    text: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.text.encode()).hexdigest()
+
+
+class Link:
+    """Connections to one Redis server; each call gets a budget that bounds connecting,
+    sending and waiting for the answer."""
+
+    _MAX_IDLE = 4
+
+    def __init__(self, options: RedisOptions) -> None:
+        self.options = options
+        self._idle: list[redis.Connection] = []
+        self._lock = threading.Lock()
+
+    def new_connection(self) -> redis.Connection:
+        return self.options.connection_class(**self.options.connection_kwargs)
+
+    def call(self, budget: float, *args: Any) -> Any:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else self.new_connection()
+        try:
+            reply = timed_call(conn, budget, *args)
+        except ResponseError:
+            self._give_back(conn)  # the server answered; the connection is fine
+            raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._give_back(conn)
+        return reply
+
+    def run(self, script: Script, keys: list[str], args: list[Any], budget: float) -> Any:
+        end = time.monotonic() + budget
+        try:
+            return self.call(budget, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            remaining = max(end - time.monotonic(), 0.001)
+            return self.call(remaining, "EVAL", script.text, len(keys), *keys, *args)
+
+    def _give_back(self, conn: redis.Connection) -> None:
+        with self._lock:
+            if len(self._idle) < self._MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.disconnect()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
+
+
+def timed_call(conn: redis.Connection, budget: float, *args: Any) -> Any:
+    """Send one command and read its answer within ``budget`` seconds, connecting first
+    if needed. A frozen or partitioned server makes this raise TimeoutError in time."""
+    end = time.monotonic() + budget
+    connect(conn, budget)
+    conn.send_command(*args)
+    if not conn.can_read(timeout=max(end - time.monotonic(), 0.0)):
+        raise redis.TimeoutError(f"no answer within {format_duration(budget)}")
+    return conn.read_response()
+
+
+def connect(conn: redis.Connection, budget: float) -> None:
+    # The socket timeouts bound the TCP connect, the TLS handshake and AUTH/SELECT.
+    conn.socket_connect_timeout = conn.socket_timeout = max(budget, 0.001)
+    conn.connect()
+
+
+class Subscription:
+    """One pub/sub connection. ``ensure`` (re)subscribes and returns True when it did,
+    so the caller knows it may have missed messages and must look again."""
+
+    def __init__(self, link: Link, channels: list[str]) -> None:
+        self._link = link
+        self.channels = channels
+        self._conn: redis.Connection | None = None
+
+    def ensure(self, budget: float) -> bool:
+        if self._conn is not None:
+            return False
+        end = time.monotonic() + budget
+        conn = self._link.new_connection()
+        try:
+            connect(conn, budget)
+            conn.send_command("SUBSCRIBE", *self.channels)
+            # Wait for every confirmation: only then would a message published after our
+            # next command reach us.
+            for _ in self.channels:
+                if not conn.can_read(timeout=max(end - time.monotonic(), 0.0)):
+                    raise redis.TimeoutError(f"no answer within {format_duration(budget)}")
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._conn = conn
+        return True
+
+    def next_message(self, timeout: float) -> tuple[str, str] | None:
+        """The next (channel, data) published, or None after ``timeout`` seconds."""
+        conn = self._conn
+        if conn is None:
+            raise redis.ConnectionError("not subscribed")
+        try:
+            if not conn.can_read(timeout=max(timeout, 0.0)):
+                return None
+            reply = conn.read_response()
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
+            return str(reply[1]), str(reply[2])
+        return None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+
+
+def is_transient(exc: RedisError) -> bool:
+    """Errors that may pass on their own (a restart, a failover, a loading server)."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        return False
+    if isinstance(exc, (BusyLoadingError, ReadOnlyError)):
+        return True
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and not _is_tls(exc)
+
+
+def _is_tls(exc: BaseException) -> bool:
+    text = str(exc)
+    return "SSL" in text or "TLS" in text or "certificate" in text
+
+
+def unavailable(exc: RedisError, where: str, context: str = "") -> BackendUnavailable:
+    """One line saying what went wrong with Redis and what to do about it."""
+    text = str(exc).strip().rstrip(".")
+    if isinstance(exc, AuthenticationError):
+        if "required" in text.lower():
+            message = (
+                f"redis at {where} requires a password: put it in the URL"
+                " (redis://:PASSWORD@host:port/db or redis://USER:PASSWORD@…)"
+            )
+        else:
+            message = (
+                f"redis at {where} refused the credentials ({text}): check the user and"
+                " password in the URL"
+            )
+    elif isinstance(exc, (AuthorizationError, NoPermissionError)):
+        message = f"the redis user may not run what lelect needs at {where}: {text}"
+    elif isinstance(exc, BusyLoadingError):
+        message = f"redis at {where} is still loading its data set (LOADING): try again shortly"
+    elif isinstance(exc, ReadOnlyError):
+        message = (
+            f"redis at {where} is a read-only replica (READONLY): point the URL at the primary"
+        )
+    elif isinstance(exc, redis.TimeoutError):
+        message = f"redis at {where} did not answer in time ({text})"
+    elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
+        message = f"TLS with redis at {where} failed: {_short(text)}"
+    elif isinstance(exc, redis.ConnectionError):
+        if "refused" in text.lower():
+            message = f"cannot connect to redis at {where}: connection refused (is redis running there?)"
+        else:
+            message = f"cannot connect to redis at {where}: {_short(text)}"
+    elif text.startswith("WRONGTYPE"):
+        message = (
+            f"a key {context or 'under the prefix'} holds the wrong type of value ({text}):"
+            " lelect did not write it; delete it or use another ?prefix="
+        )
+    else:
+        message = f"redis at {where} failed: {_short(text)}"
+    return BackendUnavailable(message)
+
+
+def _short(text: str) -> str:
+    # redis-py wraps errors as "Error 111 connecting to host:port. Connection refused."
+    return " ".join(text.split())

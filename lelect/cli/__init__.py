@@ -1,0 +1,144 @@
+"""The ``lelect`` command line: thin click commands over the library.
+
+Commands are imported only when run, so ``lelect --help`` costs little more than
+importing click. Every LelectError becomes one line on stderr and its exit status.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from lelect import __version__
+from lelect.errors import LelectError
+
+EXIT_STATUSES = """\b
+Exit statuses:
+  job's own  the job ran and exited (killed by signal N: 128+N)
+  2          usage error (bad flag, election name, URL, missing -- CMD)
+  69         backend unreachable or failing
+  70         internal error (a bug in lelect)
+  73         leadership lost while the job ran; the job was stopped
+  75         --no-wait and someone else leads (--conflict-exit-code)
+  78         configuration refused (unsafe directory, lease/grace, corrupt state)
+  124        --timeout ran out before leadership
+  127        the command was not found or is not executable"""
+
+#: name -> (module, attribute, one-line help); imported only when the command runs.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "campaign": ("lelect.cli.campaign", "campaign", "Run a job only while this node leads."),
+    "leader": ("lelect.cli.leader", "leader", "Show who leads an election."),
+    "watch": ("lelect.cli.watch", "watch", "Live table of leader, members and heartbeats."),
+    "health": ("lelect.cli.health", "health", "Group health from heartbeats (exit 0/1/2)."),
+    "resign": ("lelect.cli.resign", "resign", "Ask the leader to step down."),
+    "simulate": ("lelect.cli.simulate", "simulate", "Simulate Bully, Ring or Raft election."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if _available(name)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS or not _available(cmd_name):
+            return None
+        module_name, attribute, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _available(name: str) -> bool:
+    module = COMMANDS[name][0]
+    path = os.path.join(os.path.dirname(__file__), module.rsplit(".", 1)[1] + ".py")
+    return os.path.exists(path)
+
+
+@click.group(
+    cls=LazyGroup,
+    epilog=EXIT_STATUSES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--backend",
+    "-b",
+    metavar="URL",
+    envvar="LELECT_BACKEND",
+    help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
+    " ~/.local/state/lelect), redis://[user:pw@]host:6379/0, rediss://…,"
+    " zookeeper://h1:2181,h2:2181/lelect. Env: LELECT_BACKEND.",
+)
+@click.version_option(__version__, "--version", prog_name="lelect")
+@click.pass_context
+def cli(ctx: click.Context, backend: str | None) -> None:
+    """Leader election for singleton jobs: exactly one copy runs at a time.
+
+    \b
+      lelect campaign nightly -- ./report.sh    # guard a singleton job
+      lelect leader nightly --json              # who leads, for scripts
+      lelect watch nightly                      # live table of the group
+      lelect health nightly                     # exit 0/1/2 for monitoring
+      lelect resign nightly                     # ask the leader to step down
+    """
+    ctx.obj = {"backend": backend}
+
+
+def open_backend(ctx: click.Context):
+    """The backend named by --backend / LELECT_BACKEND (embedded by default)."""
+    from lelect.backends import connect
+
+    root = ctx.find_root()
+    url = (root.obj or {}).get("backend") if root.obj else None
+    return connect(url)
+
+
+def _error(message: str) -> None:
+    click.echo(f"lelect: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn every failure into one line + status."""
+    try:
+        status = cli.main(args=argv, prog_name="lelect", standalone_mode=False)
+    except click.exceptions.NoArgsUsage as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        status = 2
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "lelect"
+        _error(f"{exc.format_message()} (see '{command} --help')")
+        status = 2
+    except click.exceptions.Exit as exc:
+        status = exc.exit_code
+    except click.Abort:
+        status = 130
+    except click.ClickException as exc:
+        _error(exc.format_message())
+        status = exc.exit_code
+    except LelectError as exc:
+        _error(f"error: {exc}")
+        status = exc.exit_status
+    except KeyboardInterrupt:
+        status = 130
+    except BrokenPipeError:
+        # stdout went away (e.g. `lelect leader x | head -0`): not an error worth a trace.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        status = 0
+    except Exception as exc:  # noqa: BLE001 - the one place a bug becomes status 70
+        _error(
+            f"internal error: {type(exc).__name__}: {exc} — this is a bug in lelect;"
+            " please report it with the command you ran (LELECT_DEBUG=1 shows the traceback)"
+        )
+        if os.environ.get("LELECT_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        status = 70
+    sys.exit(status if isinstance(status, int) else 0)

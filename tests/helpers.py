@@ -1,0 +1,123 @@
+"""Helpers shared by the tests: free ports, running real lelect processes, job records."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LELECT = [sys.executable, "-m", "lelect"]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.02)
+
+
+def lelect_env(backend: str | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("LELECT_BACKEND", None)
+    if backend:
+        env["LELECT_BACKEND"] = backend
+    env.update(extra)
+    return env
+
+
+def run_lelect(*args: str, backend: str | None = None, timeout: float = 60, **kwargs):
+    """Run ``lelect ARGS`` to completion; return the CompletedProcess (text mode)."""
+    return subprocess.run(
+        [*LELECT, *args],
+        env=lelect_env(backend),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def spawn_lelect(*args: str, backend: str | None = None, **kwargs) -> subprocess.Popen:
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen([*LELECT, *args], env=lelect_env(backend), text=True, **kwargs)
+
+
+def recording_job(record: Path, hold: float = 0.2) -> list[str]:
+    """A job that appends 'start NS TERM PID' and 'end NS TERM PID' lines to ``record``
+    around ``hold`` seconds of work (wall clock in ns, one machine)."""
+    f = shlex.quote(str(record))
+    script = (
+        f'echo "start $(date +%s%N) $LELECT_TERM $$" >> {f}; sleep {hold}; '
+        f'echo "end $(date +%s%N) $LELECT_TERM $$" >> {f}'
+    )
+    return ["sh", "-c", script]
+
+
+@dataclass(frozen=True)
+class Interval:
+    start_ns: int
+    end_ns: int | None
+    term: int
+    pid: int
+
+
+def read_intervals(record: Path) -> list[Interval]:
+    starts: dict[int, tuple[int, int]] = {}
+    ends: dict[int, int] = {}
+    for line in record.read_text().splitlines():
+        kind, ns, term, pid = line.split()
+        if kind == "start":
+            starts[int(pid)] = (int(ns), int(term))
+        else:
+            ends[int(pid)] = int(ns)
+    return sorted(
+        (Interval(ns, ends.get(pid), term, pid) for pid, (ns, term) in starts.items()),
+        key=lambda i: i.start_ns,
+    )
+
+
+def assert_exclusive(intervals: list[Interval]) -> None:
+    """No two job intervals overlap and terms strictly increase in start order."""
+    for before, after in zip(intervals, intervals[1:]):
+        assert before.end_ns is not None, f"job {before.pid} never ended but another started"
+        assert before.end_ns <= after.start_ns, f"jobs overlap: {before} and {after}"
+        assert after.term > before.term, f"term did not grow: {before} then {after}"
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,139 @@
+"""A loopback TCP proxy that can stop forwarding (a partition: connections stay open,
+nothing arrives) and start again. Used for partition tests of network backends."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+
+import pytest
+
+
+class PartitionProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self._blocked = threading.Event()
+        self._unblocked = threading.Event()
+        self._unblocked.set()
+        self._stop = threading.Event()
+        self._pairs: dict[socket.socket, socket.socket] = {}
+        self._pending: dict[socket.socket, bytearray] = {}
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._run, name="partition-proxy", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def block(self) -> None:
+        """Stop forwarding in both directions; connections stay open, bytes are held."""
+        self._blocked.set()
+        self._wake_w.send(b"x")
+
+    def unblock(self) -> None:
+        self._blocked.clear()
+        self._wake_w.send(b"x")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake_w.send(b"x")
+        self._thread.join(5)
+        for sock in list(self._pairs):
+            sock.close()
+        self._listener.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(timeout=0.5):
+                sock = key.fileobj
+                if sock is self._wake_r:
+                    self._wake_r.recv(4096)
+                    self._rearm()
+                elif sock is self._listener:
+                    self._accept()
+                else:
+                    self._forward(sock)
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        for s in (client, upstream):
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._pairs[client] = upstream
+        self._pairs[upstream] = client
+        if not self._blocked.is_set():
+            self._selector.register(client, selectors.EVENT_READ)
+            self._selector.register(upstream, selectors.EVENT_READ)
+
+    def _rearm(self) -> None:
+        blocked = self._blocked.is_set()
+        for sock in list(self._pairs):
+            registered = sock in self._selector.get_map()
+            if blocked and registered:
+                self._selector.unregister(sock)
+            elif not blocked and not registered:
+                self._selector.register(sock, selectors.EVENT_READ)
+
+    def _forward(self, sock: socket.socket) -> None:
+        peer = self._pairs.get(sock)
+        if peer is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(sock)
+            return
+        try:
+            peer.setblocking(True)
+            peer.sendall(data)
+            peer.setblocking(False)
+        except OSError:
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        peer = self._pairs.pop(sock, None)
+        for s in (sock, peer):
+            if s is None:
+                continue
+            self._pairs.pop(s, None)
+            if s in self._selector.get_map():
+                self._selector.unregister(s)
+            s.close()
+
+
+@pytest.fixture
+def partition_proxy():
+    """Factory: ``partition_proxy(host, port)`` -> PartitionProxy, closed after the test."""
+    proxies: list[PartitionProxy] = []
+
+    def make(host: str, port: int) -> PartitionProxy:
+        proxy = PartitionProxy(host, port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
