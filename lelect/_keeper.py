@@ -97,6 +97,18 @@ class Keeper:
     def start_locking(self):
         import threading
 
+        # Import and open the state database now, while waiting, so winning costs only
+        # one small SQLite transaction and the job's fork/exec.
+        sys.path.insert(0, self.options["pythonpath"])
+        from lelect.backends import filestate
+
+        self.filestate = filestate
+        try:
+            self.db = filestate.open_db(self.options["db"])
+        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
+            self.send("error " + str(exc).replace("\n", " "))
+            sys.exit(0)
+
         read_end, write_end = os.pipe()
         self.lock_pipe = read_end
         nowait = self.options.get("nowait") == "1"
@@ -151,14 +163,14 @@ class Keeper:
             self.release()
             self.send("error " + str(exc).replace("\n", " "))
             sys.exit(0)
-        self.send(f"locked {term} {since!r}")
+        # Start the job first: lelect wakes on "locked" and would compete for the CPU.
         if self.command:
-            self.start_job(term)
+            self.start_job(term, announce=False)
+        self.send(f"locked {term} {since!r}")
+        if self.job_pid is not None:
+            self.send(f"started {self.job_pid}")
 
     def bump_term(self):
-        sys.path.insert(0, self.options["pythonpath"])
-        from lelect.backends import filestate
-
         # The lock file keeps the last term too, so a deleted database cannot make
         # terms restart.
         floor = 0
@@ -168,10 +180,9 @@ class Keeper:
         except (OSError, ValueError):
             floor = 0
         since = time.time()
-        conn = filestate.open_db(self.options["db"])
         try:
-            term = filestate.bump_term(
-                conn,
+            term = self.filestate.bump_term(
+                self.db,
                 self.options["election"],
                 floor=floor,
                 node_id=self.options["node_id"],
@@ -181,7 +192,7 @@ class Keeper:
                 since=since,
             )
         finally:
-            conn.close()
+            self.db.close()
         data = f"{term}\n".encode()
         os.pwrite(self.lock_fd, data, 0)
         os.ftruncate(self.lock_fd, len(data))
@@ -194,7 +205,9 @@ class Keeper:
 
     # -- the job ------------------------------------------------------------
 
-    def start_job(self, term):
+    def start_job(self, term, announce=True):
+        if self.job_pid is not None or self.job_done:
+            return
         env = dict(os.environ)
         env["LELECT_TERM"] = str(term)
         try:
@@ -213,7 +226,8 @@ class Keeper:
             return
         self.job_pid = pid
         self.give_terminal(pid)
-        self.send(f"started {pid}")
+        if announce:
+            self.send(f"started {pid}")
 
     def give_terminal(self, pgid):
         """An interactive job reads the terminal: give its group the foreground."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -16,15 +17,18 @@ from typing import Any
 
 from lelect.backends.base import Backend, Candidate, Leadership, lease_drift
 from lelect.durations import format_duration
-from lelect.errors import CampaignTimeout, ConfigError, ElectionBusy
+from lelect.errors import CampaignTimeout, CommandNotFound, ConfigError, ElectionBusy, UsageError
 from lelect.names import validate_election
 from lelect.supervisor import Keeper, KeeperEvent
 
 #: Signals forwarded to the job's process group while it runs.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
              signal.SIGWINCH)
-#: Forwarded signals that also mean "lelect, stop": no restart after the job ends.
-STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Signals that mean "lelect, stop": the job gets the same signal, SIGKILL after the
+#: grace, and there is no restart. (SIGHUP is only forwarded: jobs often reload on it.)
+STOPPING = (signal.SIGINT, signal.SIGTERM)
+#: Signals that end lelect while it still waits for leadership.
+WAIT_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 EXIT_LOST = 73
 EXIT_CONFLICT = 75
@@ -91,6 +95,20 @@ def lease_timing(backend: Backend, ttl: float | None, grace: float | None) -> Le
     return LeaseTiming(ttl, renew, grace)
 
 
+def check_command(command: Sequence[str]) -> None:
+    """Refuse a command that cannot run before campaigning, not after winning."""
+    if not command:
+        raise UsageError("missing the command to run: lelect campaign NAME [OPTIONS] -- CMD [ARGS]...")
+    program = command[0]
+    if "/" in program:
+        if not os.path.exists(program):
+            raise CommandNotFound(f"{program}: no such file")
+        if os.path.isdir(program) or not os.access(program, os.X_OK):
+            raise CommandNotFound(f"{program}: not executable")
+    elif shutil.which(program) is None:
+        raise CommandNotFound(f"{program}: command not found in PATH")
+
+
 class Interrupted(Exception):
     """lelect was told to stop (SIGINT/SIGTERM/SIGHUP) while it waited."""
 
@@ -102,6 +120,7 @@ class Interrupted(Exception):
 class _Campaign:
     def __init__(self, backend: Backend, options: CampaignOptions, log: Log) -> None:
         validate_election(options.election)
+        check_command(options.command)
         self.backend = backend
         self.options = options
         self.log = log
@@ -117,7 +136,7 @@ class _Campaign:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.leading:
             self.events.put(("signal", signum))
-        elif signum in STOPPING:
+        elif signum in WAIT_INTERRUPTS:
             raise Interrupted(signum)
 
     def _install_signals(self) -> dict[int, Any]:
@@ -220,7 +239,7 @@ class _Campaign:
                 kind = self.events.get(timeout=left)
             except queue.Empty:
                 return
-            if kind[0] == "signal" and kind[1] in STOPPING:
+            if isinstance(kind, tuple) and kind[0] == "signal" and kind[1] in WAIT_INTERRUPTS:
                 raise Interrupted(kind[1])
 
     def _lead(self, leadership: Leadership, keeper: Keeper) -> tuple[int, str, float]:
@@ -238,7 +257,7 @@ class _Campaign:
         if leadership.lease_deadline is not None:
             leadership.on_deadline(lambda deadline: keeper.lease(deadline, timing.grace))
             keeper.lease(leadership.lease_deadline, timing.grace)
-        if not keeper.started and not keeper.exited:
+        if not keeper.autostart:
             keeper.start(leadership.term)
         # Drain anything that arrived while the leadership was being set up.
         if leadership.lost.is_set():
@@ -287,9 +306,11 @@ class _Campaign:
                     continue
                 kind, value = event
                 if kind == "signal":
-                    keeper.signal(value)
                     if value in STOPPING:
                         self.stop_requested = value
+                        keeper.stop(value, timing.grace, "stop")
+                    else:
+                        keeper.signal(value)
                 elif kind == "leadership" and value == "lost" and outcome != "lost":
                     outcome = "lost"
                     self.log("lost", f"lost leadership of {opts.election!r}: {leadership.lost_reason}")

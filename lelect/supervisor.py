@@ -68,6 +68,8 @@ class Keeper:
         self.job_pid: int | None = None
         self.started = False
         self.exited = False
+        #: The keeper starts the job by itself the moment it wins (file backend).
+        self.autostart = False
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
@@ -80,6 +82,7 @@ class Keeper:
             f"pythonpath={PYTHONPATH}",
         ]
         if file_lock is not None:
+            self.autostart = bool(self.command)
             options += [
                 f"lock={file_lock.lock_path}",
                 f"db={file_lock.db_dir}",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
+    from lelect.election import Election
     from lelect.supervisor import Keeper
 
 # A leader counts its lease from the send time of the request that granted or

@@ -114,6 +114,7 @@ class FileBackend(Backend):
         # One connection shared by the caller and the heartbeat thread; transactions
         # must not interleave.
         self._conn_lock = threading.RLock()
+        _ = self.db  # refuse a corrupt database now, before anybody waits on it
 
     # -- state ----------------------------------------------------------------
 
@@ -159,7 +160,6 @@ class FileBackend(Backend):
 
     def campaign(self, election, candidate, *, timeout=None, no_wait=False, ttl=None, keeper=None):
         validate_election(election)
-        self.db  # create or check the database before anybody waits on it
         own_keeper = keeper is None
         if keeper is None:
             keeper = Keeper([])

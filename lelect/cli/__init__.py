@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn every failure into one line + status."""
     try:
         status = cli.main(args=argv, prog_name="lelect", standalone_mode=False)
-    except click.exceptions.NoArgsUsage as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
-        status = 2
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            click.echo(exc.ctx.get_help(), err=True)
+            sys.exit(2)
         command = exc.ctx.command_path if exc.ctx else "lelect"
         _error(f"{exc.format_message()} (see '{command} --help')")
         status = 2

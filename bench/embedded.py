@@ -1,0 +1,145 @@
+"""Benchmarks of the embedded backend: crash failover, graceful handoff (beside flock(1))
+and start-up time (beside `import click`). Prints tables; asserts nothing.
+
+    python bench/embedded.py [--trials 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LELECT = [sys.executable, "-m", "lelect"]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def wait_for(path: Path, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            text = path.read_text().strip()
+            if text:
+                return text
+        time.sleep(0.0005)
+    raise TimeoutError(path)
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LELECT_BACKEND"] = f"file://{home}"
+    return env
+
+
+def crash_failover(trials: int, work: Path) -> list[float]:
+    """kill -9 of the leading lelect -> the next job's first instruction (ms)."""
+    home = work / "crash"
+    env = env_for(home)
+    samples = []
+    for i in range(trials):
+        started, after = work / f"c{i}.a", work / f"c{i}.b"
+        leader = subprocess.Popen(
+            [*LELECT, "-b", f"file://{home}", "campaign", "-q", "--heartbeat-interval", "0",
+             "crash", "--", "sh", "-c", f"echo up > {started}; exec sleep 60"],
+            env=env,
+        )
+        wait_for(started)
+        with open(after, "w") as out:
+            follower = subprocess.Popen(
+                [*LELECT, "campaign", "-q", "--heartbeat-interval", "0", "crash", "--",
+                 "date", "+%s%N"],
+                env=env, stdout=out,
+            )
+            time.sleep(0.15)  # the follower is blocked on the flock
+            killed_ns = time.time_ns()
+            leader.kill()
+            first_ns = int(wait_for(after))
+            follower.wait(timeout=10)
+        leader.wait()
+        samples.append((first_ns - killed_ns) / 1e6)
+    return samples
+
+
+def graceful_handoff(trials: int, work: Path, use_flock: bool) -> list[float]:
+    """The leader's job exits -> the next job's first instruction (ms)."""
+    home = work / "handoff"
+    home.mkdir(exist_ok=True, mode=0o700)
+    env = env_for(home)
+    lock = home / "flock.lock"
+    samples = []
+    for i in range(trials):
+        ended, after = work / f"h{i}.a", work / f"h{i}.b"
+        if use_flock:
+            first = ["flock", str(lock)]
+            second = ["flock", str(lock)]
+        else:
+            first = [*LELECT, "campaign", "-q", "--heartbeat-interval", "0", "handoff", "--"]
+            second = first
+        with open(ended, "w") as out_a, open(after, "w") as out_b:
+            leader = subprocess.Popen(
+                [*first, "sh", "-c", "sleep 0.4; exec date +%s%N"], env=env, stdout=out_a
+            )
+            time.sleep(0.2)  # the leader holds the election
+            follower = subprocess.Popen([*second, "date", "+%s%N"], env=env, stdout=out_b)
+            leader.wait(timeout=10)
+            follower.wait(timeout=10)
+        samples.append((int(wait_for(after)) - int(wait_for(ended))) / 1e6)
+    return samples
+
+
+def startup(trials: int) -> tuple[list[float], list[float]]:
+    def timed(argv: list[str]) -> float:
+        began = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+        return (time.perf_counter() - began) * 1000
+
+    help_ms, click_ms = [], []
+    for _ in range(trials):
+        help_ms.append(timed([*LELECT, "--help"]))
+        click_ms.append(timed([sys.executable, "-c", "import click"]))
+    return help_ms, click_ms
+
+
+def row(name: str, samples: list[float]) -> str:
+    return (
+        f"| {name:<34} | {len(samples):>6} | {statistics.median(samples):>8.2f} |"
+        f" {percentile(samples, 99):>8.2f} | {max(samples):>8.2f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trials", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        crash = crash_failover(args.trials, work)
+        lelect_handoff = graceful_handoff(args.trials, work, use_flock=False)
+        flock_handoff = graceful_handoff(args.trials, work, use_flock=True)
+    help_ms, click_ms = startup(max(10, args.trials // 2))
+    print("| measurement (ms)                   | trials |      p50 |      p99 |      max |")
+    print("|------------------------------------|--------|----------|----------|----------|")
+    print(row("crash failover (kill -9 -> job)", crash))
+    print(row("graceful handoff, lelect", lelect_handoff))
+    print(row("graceful handoff, flock(1)", flock_handoff))
+    print(row("start-up: lelect --help", help_ms))
+    print(row("start-up: python -c 'import click'", click_ms))
+    print()
+    print(f"handoff ratio lelect/flock (median): "
+          f"{statistics.median(lelect_handoff) / statistics.median(flock_handoff):.2f}")
+    print(f"start-up ratio lelect --help / import click (median): "
+          f"{statistics.median(help_ms) / statistics.median(click_ms):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""`lelect campaign` on the embedded backend, with real lelect processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.helpers import (
+    LELECT,
+    assert_exclusive,
+    lelect_env,
+    pid_alive,
+    read_intervals,
+    recording_job,
+    run_lelect,
+    spawn_lelect,
+    wait_until,
+)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> str:
+    return f"file://{tmp_path / 'state'}"
+
+
+def leader_json(backend: str, name: str) -> dict | None:
+    import json
+
+    out = run_lelect("leader", name, "--json", backend=backend)
+    return json.loads(out.stdout)["leader"]
+
+
+def test_five_candidates_never_overlap_and_terms_grow(backend, tmp_path):
+    record = tmp_path / "record"
+    procs = [
+        spawn_lelect("campaign", "five", "--", *recording_job(record, 0.2), backend=backend)
+        for _ in range(5)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    intervals = read_intervals(record)
+    assert len(intervals) == 5
+    assert_exclusive(intervals)
+
+
+def test_job_gets_fencing_token_and_env(backend, tmp_path):
+    out = run_lelect(
+        "campaign", "envy", "--id", "node-a", "--",
+        "sh", "-c", 'echo "$LELECT_ELECTION $LELECT_NODE_ID $LELECT_TERM $LELECT_BACKEND"',
+        backend=backend,
+    )
+    assert out.returncode == 0, out.stderr
+    election, node, term, url = out.stdout.split()
+    assert (election, node, url) == ("envy", "node-a", backend)
+    assert int(term) >= 1
+    again = run_lelect("campaign", "envy", "--", "sh", "-c", "echo $LELECT_TERM", backend=backend)
+    assert int(again.stdout) > int(term)
+
+
+def test_exit_status_is_the_jobs(backend):
+    assert run_lelect("campaign", "st", "--", "sh", "-c", "exit 7", backend=backend).returncode == 7
+    killed = run_lelect("campaign", "st", "--", "sh", "-c", "kill -9 $$", backend=backend)
+    assert killed.returncode == 128 + 9
+
+
+def test_kill9_of_lelect_kills_job_and_grandchildren_before_next_leader(backend, tmp_path):
+    pids = tmp_path / "pids"
+    leader = spawn_lelect(
+        "campaign", "k9", "--", "sh", "-c", f"sleep 60 & echo $$ $! > {pids}; sleep 60",
+        backend=backend,
+    )
+    wait_until(lambda: pids.exists() and pids.read_text().strip(), what="job started")
+    job_pid, grandchild_pid = map(int, pids.read_text().split())
+    seen = tmp_path / "seen"
+    follower = spawn_lelect(
+        "campaign", "k9", "--", "sh", "-c",
+        f"if kill -0 {job_pid} 2>/dev/null || kill -0 {grandchild_pid} 2>/dev/null;"
+        f" then echo overlap > {seen}; else echo clean > {seen}; fi",
+        backend=backend,
+    )
+    time.sleep(0.3)  # let the follower block on the flock
+    assert not seen.exists()
+    leader.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: not pid_alive(job_pid) and not pid_alive(grandchild_pid), timeout=1.0,
+               what="job and grandchild gone")
+    assert time.monotonic() - killed_at < 1.0
+    follower.communicate(timeout=10)
+    assert seen.read_text().strip() == "clean"
+    leader.wait()
+
+
+def test_sigterm_to_lelect_reaches_job_group_and_next_candidate_takes_over(backend, tmp_path):
+    started = tmp_path / "started"
+    leader = spawn_lelect(
+        "campaign", "term", "--", "sh", "-c",
+        f"trap 'exit 42' TERM; touch {started}; while :; do sleep 0.05; done",
+        backend=backend,
+    )
+    wait_until(started.exists, what="job started")
+    follower = spawn_lelect("campaign", "term", "--", "sh", "-c", "echo $LELECT_TERM", backend=backend)
+    time.sleep(0.2)
+    leader.send_signal(signal.SIGTERM)
+    assert leader.wait(timeout=10) == 42
+    out, err = follower.communicate(timeout=10)
+    assert follower.returncode == 0, err
+    assert int(out) >= 2
+
+
+def test_job_ignoring_stop_signal_is_killed_after_grace(backend, tmp_path):
+    started = tmp_path / "started"
+    proc = spawn_lelect(
+        "campaign", "stubborn", "--grace", "0.5s", "--", "sh", "-c",
+        f"trap '' TERM; touch {started}; while :; do sleep 0.05; done",
+        backend=backend,
+    )
+    wait_until(started.exists, what="job started")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    status = proc.wait(timeout=10)
+    assert status == 128 + signal.SIGKILL
+    assert 0.4 < time.monotonic() - sent < 5
+
+
+def test_max_runtime_stops_a_stuck_job(backend):
+    began = time.monotonic()
+    out = run_lelect("campaign", "stuck", "--max-runtime", "0.5s", "--", "sleep", "30", backend=backend)
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr
+    assert time.monotonic() - began < 10
+    assert "max-runtime" in out.stderr or "ran for" in out.stderr
+
+
+def test_no_wait_exits_75_or_conflict_code_when_someone_leads(backend, tmp_path):
+    started = tmp_path / "started"
+    leader = spawn_lelect("campaign", "busy", "--", "sh", "-c", f"touch {started}; sleep 30", backend=backend)
+    wait_until(started.exists, what="leader's job started")
+    began = time.monotonic()
+    out = run_lelect("campaign", "busy", "--no-wait", "--", "true", backend=backend)
+    assert out.returncode == 75
+    assert time.monotonic() - began < 5
+    assert "held by" in out.stderr
+    assert run_lelect("campaign", "busy", "-n", "-E", "9", "--", "true", backend=backend).returncode == 9
+    began = time.monotonic()
+    late = run_lelect("campaign", "busy", "--timeout", "1s", "--", "true", backend=backend)
+    waited = time.monotonic() - began
+    assert late.returncode == 124
+    assert 0.9 < waited < 5
+    leader.terminate()
+    leader.wait(timeout=10)
+
+
+def test_hold_at_least_keeps_the_election_after_a_short_job(backend):
+    holder = spawn_lelect("campaign", "hold", "--hold-at-least", "1.5s", "--", "true", backend=backend)
+    wait_until(lambda: leader_json(backend, "hold"), what="leader")
+    began = time.monotonic()
+    assert run_lelect("campaign", "hold", "--no-wait", "--", "true", backend=backend).returncode == 75
+    assert holder.wait(timeout=10) == 0
+    assert time.monotonic() - began > 1.0
+    assert run_lelect("campaign", "hold", "--no-wait", "--", "true", backend=backend).returncode == 0
+
+
+def test_leader_term_is_zero_only_for_the_current_term(backend, tmp_path):
+    started = tmp_path / "started"
+    proc = spawn_lelect(
+        "campaign", "terms", "--id", "alpha", "--", "sh", "-c", f"echo $LELECT_TERM > {started}; sleep 30",
+        backend=backend,
+    )
+    wait_until(lambda: started.exists() and started.read_text().strip(), what="job started")
+    term = int(started.read_text())
+    info = leader_json(backend, "terms")
+    assert info["node_id"] == "alpha" and info["term"] == term
+    assert info["host"] and info["pid"] == proc.pid and info["since"]
+    assert run_lelect("leader", "terms", "--term", str(term), backend=backend).returncode == 0
+    assert run_lelect("leader", "terms", "--term", str(term - 1), backend=backend).returncode != 0
+    text = run_lelect("leader", "terms", backend=backend)
+    assert text.returncode == 0 and "alpha" in text.stdout
+    proc.terminate()
+    proc.wait(timeout=10)
+    gone = run_lelect("leader", "terms", "--json", backend=backend)
+    assert gone.returncode == 1
+    assert '"leader": null' in gone.stdout
+
+
+def test_sigint_while_waiting_exits_and_leaves_nothing_behind(backend, tmp_path):
+    started = tmp_path / "started"
+    leader = spawn_lelect("campaign", "wait", "--", "sh", "-c", f"touch {started}; sleep 30", backend=backend)
+    wait_until(started.exists, what="leader's job")
+    waiter = spawn_lelect("campaign", "wait", "--", "true", backend=backend)
+    time.sleep(0.3)
+    waiter.send_signal(signal.SIGINT)
+    assert waiter.wait(timeout=10) == 130
+    leader.terminate()
+    leader.wait(timeout=10)
+    assert run_lelect("campaign", "wait", "--no-wait", "--", "true", backend=backend).returncode == 0
+
+
+def test_interactive_job_reads_the_terminal(backend):
+    child = pexpect.spawn(
+        LELECT[0], [*LELECT[1:], "campaign", "tty", "--", "sh", "-c", 'read line; echo "got $line"'],
+        env=lelect_env(backend), timeout=15,
+    )
+    child.expect("job started")
+    child.sendline("hello")
+    child.expect("got hello")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_library_campaign_and_release(backend):
+    import lelect
+
+    with lelect.connect(backend) as store:
+        election = store.election("lib", node_id="py")
+        with election.campaign(timeout=10) as leadership:
+            assert leadership.is_leader()
+            info = election.leader()
+            assert info.node_id == "py" and info.term == leadership.term
+            busy = run_lelect("campaign", "lib", "--no-wait", "--", "true", backend=backend)
+            assert busy.returncode == 75
+        assert election.leader() is None
+        assert run_lelect("campaign", "lib", "--no-wait", "--", "true", backend=backend).returncode == 0
+
+
+# -- bad input: one clear line, the documented status, no traceback -----------------
+
+
+def assert_one_line(out: subprocess.CompletedProcess, status: int, *words: str) -> None:
+    assert out.returncode == status, (out.returncode, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "-x", "", "x" * 200, "_private"])
+def test_bad_election_names_are_refused(backend, name):
+    # After "--" even "-x" is taken as the name (as a user would have to write it).
+    assert_one_line(run_lelect("campaign", "--", name, "true", backend=backend), 2, "election name")
+    assert_one_line(run_lelect("leader", "--", name, backend=backend), 2, "election name")
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("foo://x", ["unknown backend scheme"]),
+        ("nonsense", ["malformed backend URL"]),
+        ("redis://host:99999/0", ["bad port"]),
+        ("file://somehost/x", ["local directory"]),
+    ],
+)
+def test_bad_urls_are_refused(url, words):
+    assert_one_line(run_lelect("leader", "x", backend=url), 2, *words)
+
+
+def test_bad_duration_missing_command_and_unknown_command(backend):
+    assert_one_line(run_lelect("campaign", "x", "--timeout", "3x", "--", "true", backend=backend), 2, "duration")
+    assert_one_line(run_lelect("campaign", "x", backend=backend), 2, "missing the command")
+    assert_one_line(run_lelect("campaign", "x", "--", "no-such-command-xyz", backend=backend), 127, "not found")
+    assert_one_line(run_lelect("campaign", "x", "--", "/etc/passwd", backend=backend), 127, "not executable")
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A directory we own on a read-only bind mount (unwritable even for root)."""
+    source = tmp_path / "source"
+    (source / "state").mkdir(parents=True, mode=0o700)
+    target = tmp_path / "ro"
+    target.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(target)], check=True)
+    yield target
+    subprocess.run(["umount", str(target)], check=True)
+
+
+def test_unsafe_directories_are_refused(tmp_path, readonly_dir):
+    group_writable = tmp_path / "gw"
+    group_writable.mkdir(mode=0o700)
+    group_writable.chmod(0o770)
+    assert_one_line(run_lelect("leader", "x", backend=f"file://{group_writable}"), 78, "writable")
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o700)
+    os.chown(foreign, os.geteuid() + 1, os.getegid())
+    assert_one_line(run_lelect("leader", "x", backend=f"file://{foreign}"), 78, "owned by")
+
+    assert_one_line(run_lelect("leader", "x", backend=f"file://{readonly_dir}/state"), 78, "not writable")
+    assert_one_line(run_lelect("leader", "x", backend=f"file://{readonly_dir}/new"), 78, "cannot create")
+    (tmp_path / "afile").write_text("")
+    assert_one_line(run_lelect("leader", "x", backend=f"file://{tmp_path}/afile/sub"), 78, "cannot create")
+
+
+def test_corrupt_database_is_refused_never_recreated(tmp_path):
+    state = tmp_path / "state"
+    backend = f"file://{state}"
+    assert run_lelect("campaign", "c", "--", "true", backend=backend).returncode == 0
+    db = state / "lelect.db"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    assert_one_line(run_lelect("campaign", "c", "--", "true", backend=backend), 78, "corrupt", "move it aside")
+    assert_one_line(run_lelect("leader", "c", backend=backend), 78, "corrupt")
+    assert db.read_bytes().startswith(b"this is not a database")
+
+
+def test_terms_survive_a_deleted_database(tmp_path):
+    state = tmp_path / "state"
+    backend = f"file://{state}"
+    first = run_lelect("campaign", "d", "--", "sh", "-c", "echo $LELECT_TERM", backend=backend)
+    for path in state.glob("lelect.db*"):
+        path.unlink()
+    second = run_lelect("campaign", "d", "--", "sh", "-c", "echo $LELECT_TERM", backend=backend)
+    assert int(second.stdout) > int(first.stdout)
+
+
+def test_concurrent_first_start_creates_the_database_once(tmp_path):
+    backend = f"file://{tmp_path / 'fresh'}"
+    procs = [
+        subprocess.Popen([*LELECT, "campaign", f"e{i}", "--", "true"], env=lelect_env(backend),
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(6)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    conn = sqlite3.connect(tmp_path / "fresh" / "lelect.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT count(*) FROM terms").fetchone()[0] == 6
+
+
+def test_lock_fd_does_not_leak_into_the_job(backend, tmp_path):
+    out = run_lelect("campaign", "fds", "--", "sh", "-c", "ls -l /proc/$$/fd", backend=backend)
+    assert out.returncode == 0
+    assert ".lock" not in out.stdout and "lelect.db" not in out.stdout
+
+
+def test_help_imports_no_backend_client():
+    code = (
+        "import sys; from lelect.cli import cli; import lelect.backends.file;"
+        "bad = [m for m in ('redis', 'kazoo', 'rich', 'psutil') if m in sys.modules];"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "[]"
