@@ -67,7 +67,6 @@ class Keeper:
         self.lease_stop_at = None
         self.lease_kill_at = None
         self.lock_fd = None
-        self.lock_pipe = None
         self.tty = None
         self.terminated = False
         self.wake_r, self.wake_w = os.pipe()
@@ -94,8 +93,10 @@ class Keeper:
 
     # -- the flock (file backend) -------------------------------------------
 
-    def start_locking(self):
-        import threading
+    def wait_for_lock(self):
+        """Take the flock in the main thread (a blocked helper thread wakes up to ms
+        later). While blocked, a timer checks every half second that lelect is alive."""
+        import fcntl
 
         # Import and open the state database now, while waiting, so winning costs only
         # one small SQLite transaction and the job's fork/exec.
@@ -109,29 +110,35 @@ class Keeper:
             self.send("error " + str(exc).replace("\n", " "))
             sys.exit(0)
 
-        read_end, write_end = os.pipe()
-        self.lock_pipe = read_end
-        nowait = self.options.get("nowait") == "1"
-        thread = threading.Thread(
-            target=self._lock_worker, args=(self.options["lock"], nowait, write_end), daemon=True
-        )
-        thread.start()
+        def check_lelect(*_):
+            ready, _, _ = select.select([self.ctrl], [], [], 0)
+            if ready:
+                data = os.read(self.ctrl, 65536)
+                if not data or data.startswith(b"exit"):
+                    os._exit(0)  # nothing started yet: just go
+                self.inbuf += data
 
-    def _lock_worker(self, path, nowait, done_fd):
-        import fcntl
+        previous_term = signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        signal.signal(signal.SIGALRM, check_lelect)
+        signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+        try:
+            result = self._lock(fcntl, self.options["lock"], self.options.get("nowait") == "1")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGTERM, previous_term)
+        self.on_lock_result(result)
 
+    def _lock(self, fcntl, path, nowait):
         while True:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
-                os.write(done_fd, b"E" + str(exc).encode())
-                return
+                return "E" + str(exc)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if nowait else 0))
             except BlockingIOError:
                 os.close(fd)
-                os.write(done_fd, b"B")
-                return
+                return "B"
             # A cleaner or a user may have unlinked the file while we waited: then we
             # hold a lock on an inode nobody else will ever look at.
             try:
@@ -144,18 +151,14 @@ class Keeper:
                 os.close(fd)
                 continue
             self.lock_fd = fd
-            os.write(done_fd, b"L")
-            return
+            return "L"
 
-    def on_lock_result(self):
-        data = os.read(self.lock_pipe, 4096)
-        os.close(self.lock_pipe)
-        self.lock_pipe = None
-        if data.startswith(b"B"):
+    def on_lock_result(self, result):
+        if result == "B":
             self.send("busy")
             sys.exit(0)
-        if data.startswith(b"E"):
-            self.send("error cannot open lock file: " + data[1:].decode(errors="replace"))
+        if result.startswith("E"):
+            self.send("error cannot open lock file: " + result[1:])
             sys.exit(0)
         try:
             term, since = self.bump_term()
@@ -399,24 +402,23 @@ class Keeper:
         self.stop_signal_for_lease = int(self.options.get("stop_signal", signal.SIGTERM))
         self.grace = float(self.options.get("grace", "10"))
         if "lock" in self.options:
-            self.start_locking()
+            self.wait_for_lock()
         while True:
             if self.terminated:
                 self.shutdown()
             now = time.monotonic()
             next_timer = self.timers(now)
             timeout = None if next_timer is None else max(0.0, next_timer - now)
-            readers = [self.ctrl, self.wake_r]
-            if self.lock_pipe is not None:
-                readers.append(self.lock_pipe)
+            if b"\n" in self.inbuf:
+                line, self.inbuf = self.inbuf.split(b"\n", 1)
+                self.handle_line(line.decode())
+                continue
             try:
-                ready, _, _ = select.select(readers, [], [], timeout)
+                ready, _, _ = select.select([self.ctrl, self.wake_r], [], [], timeout)
             except InterruptedError:
                 continue
             if self.wake_r in ready:
                 self.drain_wakeups()
-            if self.lock_pipe is not None and self.lock_pipe in ready:
-                self.on_lock_result()
             self.check_job()
             if self.ctrl in ready:
                 try:
