@@ -86,6 +86,7 @@ class Heartbeat:
     disk_percent: float = 0.0
     net_bytes_sent: int = 0
     net_bytes_recv: int = 0
+    interval: float | None = None  # the publisher's heartbeat interval, seconds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +109,7 @@ class Heartbeat:
             disk_percent=float(data.get("disk_percent", 0.0)),
             net_bytes_sent=int(data.get("net_bytes_sent", 0)),
             net_bytes_recv=int(data.get("net_bytes_recv", 0)),
+            interval=None if data.get("interval") is None else float(data["interval"]),
         )
 
 

@@ -32,7 +32,7 @@ from lelect.backends.base import (
 )
 from lelect.backends.urls import BackendURL
 from lelect.errors import CampaignTimeout, ConfigError, ElectionBusy, InternalError, UsageError
-from lelect.names import validate_election
+from lelect.names import ELECTION_NAME, validate_election
 from lelect.supervisor import FileLock, Keeper, KeeperEvent
 
 OBSERVE_INTERVAL = 0.1
@@ -319,8 +319,15 @@ class FileBackend(Backend):
     def elections(self) -> list[str]:
         now = filestate.now()
         names = {r[0] for r in self._query("SELECT election FROM members WHERE expires >= ?", (now,))}
-        names |= {r[0] for r in self._query("SELECT election FROM leaders") if self._lock_held(r[0])}
-        return sorted(names)
+        names |= {r[0] for r in self._query("SELECT election FROM leaders")}
+        valid = {n for n in names if isinstance(n, str) and ELECTION_NAME.fullmatch(n)}
+        return sorted(n for n in valid if n in names and (self._has_members(n) or self._lock_held(n)))
+
+    def _has_members(self, election: str) -> bool:
+        return bool(self._query(
+            "SELECT 1 FROM members WHERE election=? AND expires >= ? LIMIT 1",
+            (election, filestate.now()),
+        ))
 
     def close(self) -> None:
         with self._conn_lock:

@@ -95,7 +95,8 @@ def open_backend(ctx: click.Context):
     from lelect.backends import connect
 
     root = ctx.find_root()
-    url = (root.obj or {}).get("backend") if root.obj else None
+    # During shell completion the group callback has not run: read its parameter.
+    url = (root.obj or {}).get("backend") or (root.params or {}).get("backend")
     return connect(url)
 
 

@@ -1,0 +1,105 @@
+"""``lelect health [ELECTION] [--json] [--threshold PHI]``, ``lelect health --publish ELECTION``"""
+
+from __future__ import annotations
+
+import click
+
+from lelect.cli import open_backend
+from lelect.cli.params import DURATION, ELECTION
+from lelect.cli.watch import THRESHOLD
+
+HEALTH_STATUSES = """\b
+Exit statuses (Nagios convention; with no ELECTION the worst group wins):
+  0   healthy: a leader, and every member alive
+  1   degraded: a leader, but some member suspect or dead
+  2   critical: no leader, the leader itself dead, or no election at all
+      (2 is also a usage error)
+  69  backend unreachable or failing
+  78  configuration refused (unsafe directory, corrupt state)"""
+
+
+@click.command("health", epilog=HEALTH_STATUSES, context_settings={"max_content_width": 100})
+@click.argument("election", type=ELECTION, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per election.")
+@click.option("--threshold", type=THRESHOLD, metavar="PHI", default=8.0, show_default=True,
+              help="Phi at which a member counts as dead (suspect at a quarter of it).")
+@click.option("--heartbeat-interval", type=DURATION, metavar="DUR", default="2s", show_default=True,
+              help="How often members publish (assumed until a member has 3 heartbeats);"
+              " with --publish, how often to publish.")
+@click.option("--publish", is_flag=True,
+              help="Instead of checking: publish this node's heartbeats into ELECTION (role"
+              " observer) until interrupted.")
+@click.option("--id", "node_id", metavar="ID",
+              help="With --publish: node id (default: hostname:pid).")
+@click.option("--forget-after", type=DURATION, metavar="DUR", default="1h", show_default=True,
+              help="With --publish: how long this node stays listed as dead if it dies.")
+@click.pass_context
+def health(ctx, election, as_json, threshold, heartbeat_interval, publish, node_id, forget_after):
+    """Judge the heartbeats of ELECTION's members (default: every election).
+
+    Each member is alive, suspect or dead by a phi accrual failure detector over the
+    arrival times of its last ~20 heartbeats, judged by the backend's clock: suspect
+    from phi >= threshold/4 (about 3 heartbeat intervals of silence), dead from
+    phi >= threshold (about 5 intervals).
+
+    \b
+      lelect health nightly || page-someone
+      lelect health --json | jq -r '.members[] | select(.status != "alive") | .node_id'
+      lelect health --publish nightly --id monitor-1     # appear in the group
+    """
+    if heartbeat_interval <= 0:
+        raise click.BadParameter("must be longer than 0", param_hint="'--heartbeat-interval'")
+    if publish:
+        if election is None:
+            raise click.UsageError("--publish needs the ELECTION to publish into")
+        return _publish(ctx, election, node_id, heartbeat_interval, forget_after)
+
+    from lelect.cli import render
+    from lelect.health import EXIT_STATUS, PhiAccrualDetector, check, list_elections, worst
+
+    detector = PhiAccrualDetector(threshold=threshold, expected_interval=heartbeat_interval)
+    with open_backend(ctx) as backend:
+        names = [election] if election else list_elections(backend)
+        groups = [check(backend, name, detector) for name in names]
+    if as_json:
+        for group in groups:
+            click.echo(render.dumps(render.group_json(group, phi=True)))
+    else:
+        render.console().print(render.groups_table(groups, phi=True))
+    return EXIT_STATUS[worst(groups)]
+
+
+def _publish(ctx, election: str, node_id: str | None, interval: float, forget_after: float) -> int:
+    """Publish observer heartbeats until Ctrl-C / SIGTERM; a clean exit removes the member."""
+    import signal
+    import time
+
+    from lelect.backends.base import Candidate
+    from lelect.durations import format_duration
+    from lelect.health import HeartbeatPublisher
+
+    candidate = Candidate.local(node_id)
+    with open_backend(ctx) as backend:
+        publisher = HeartbeatPublisher(backend, election, candidate, interval=interval,
+                                       forget_after=forget_after, role="observer")
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.default_int_handler)
+        publisher.start()
+        click.echo(
+            f"lelect: publishing heartbeats into {election!r} as {candidate.node_id} every"
+            f" {format_duration(interval)} (Ctrl-C to stop)",
+            err=True,
+        )
+        reported = None
+        try:
+            while True:
+                time.sleep(min(interval, 0.5))
+                if publisher.last_error != reported:
+                    reported = publisher.last_error
+                    if reported:
+                        click.echo(f"lelect: heartbeat not published: {reported}", err=True)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            publisher.stop()
+    return 0

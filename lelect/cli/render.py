@@ -1,0 +1,217 @@
+"""Rendering for ``watch`` and ``health``: the table and the JSON show the same
+:class:`~lelect.health.GroupHealth`. rich is imported only when a table is drawn."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from lelect.durations import format_duration
+from lelect.health import (
+    ALIVE,
+    CRITICAL,
+    DEAD,
+    DEGRADED,
+    HEALTHY,
+    SUSPECT,
+    GroupHealth,
+    MemberHealth,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+STYLES = {
+    ALIVE: "green",
+    SUSPECT: "yellow",
+    DEAD: "bold red",
+    HEALTHY: "bold green",
+    DEGRADED: "bold yellow",
+    CRITICAL: "bold red",
+}
+NO_CANDIDATES = "no candidates"
+
+
+# -- JSON -------------------------------------------------------------------------------
+
+
+def _number(value: Any, digits: int = 3) -> float | None:
+    """A finite float rounded for people, or None (garbage never becomes NaN in JSON)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def member_json(member: MemberHealth, *, phi: bool = False) -> dict[str, Any]:
+    beat = member.heartbeat
+    record: dict[str, Any] = {
+        "node_id": member.node_id,
+        "role": member.role,
+        "status": member.status,
+        "last_seen_s": _number(member.last_seen_s),
+        "cpu_percent": _number(beat.cpu_percent, 1) if beat else None,
+        "memory_percent": _number(beat.memory_percent, 1) if beat else None,
+    }
+    if phi:
+        record["phi"] = _number(member.phi)
+    record.update(
+        host=beat.host if beat else None,
+        pid=beat.pid if beat else None,
+        term=beat.term if beat else None,
+        seq=beat.seq if beat else None,
+        load1=_number(beat.load1, 2) if beat else None,
+        disk_percent=_number(beat.disk_percent, 1) if beat else None,
+        net_bytes_sent=beat.net_bytes_sent if beat else None,
+        net_bytes_recv=beat.net_bytes_recv if beat else None,
+    )
+    if member.stale_leader:
+        record["stale_leader"] = True
+    if member.error:
+        record["error"] = member.error
+    return record
+
+
+def group_json(group: GroupHealth, *, phi: bool = False) -> dict[str, Any]:
+    """DESIGN.md's shape (election, status, leader, members); ``phi`` for health."""
+    return {
+        "election": group.election,
+        "status": group.status,
+        "leader": group.leader.to_json() if group.leader else None,
+        "members": [member_json(m, phi=phi) for m in group.members],
+    }
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, allow_nan=False, ensure_ascii=False)
+
+
+# -- tables ----------------------------------------------------------------------------
+
+
+def _clean(text: object, limit: int = 48) -> str:
+    """Printable text only (a garbage record must not drive the terminal), shortened."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _percent(value: float | None) -> str:
+    number = _number(value, 1)
+    return "-" if number is None else f"{number:.1f}%"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "never"
+    if seconds >= 86400:
+        return f"{seconds // 86400:.0f}d ago"
+    return f"{format_duration(seconds)} ago"
+
+
+def _phi(value: float) -> str:
+    if not math.isfinite(value):
+        return "inf"
+    if value >= 1e6:
+        return ">1e6"
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def _since(epoch: float | None) -> str:
+    if epoch is None or not math.isfinite(epoch):
+        return ""
+    moment = time.localtime(epoch)
+    today = time.localtime()[:3] == moment[:3]
+    stamp = time.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S", moment)
+    return f" · since {stamp} ({_age(max(0.0, time.time() - epoch))})"
+
+
+def _note(member: MemberHealth) -> str:
+    if member.error:
+        return member.error
+    if member.stale_leader:
+        return "heartbeat still says leader (stale)"
+    return ""
+
+
+def group_title(group: GroupHealth):
+    from rich.text import Text
+
+    title = Text.assemble((_clean(group.election, 128), "bold"), "  ")
+    if group.leader is None:
+        title.append("no leader", style="bold red")
+    else:
+        leader = group.leader
+        title.append("leader ")
+        title.append(_clean(leader.node_id), style="bold")
+        title.append(f" · term {leader.term}{_since(leader.since)}")
+    title.append("  ")
+    title.append(group.status, style=STYLES[group.status])
+    return title
+
+
+def group_table(group: GroupHealth, *, phi: bool = False) -> RenderableType:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[RenderableType] = [group_title(group)]
+    if not group.members:
+        parts.append(Text(f"  {NO_CANDIDATES}", style="dim"))
+    else:
+        table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold dim")
+        table.add_column("NODE", no_wrap=True)
+        for name in ("ROLE", "LAST BEAT"):
+            table.add_column(name, no_wrap=True, min_width=len(name))
+        for name in ("CPU", "MEM", "LOAD"):
+            table.add_column(name, justify="right", no_wrap=True, min_width=5)
+        table.add_column("STATUS", no_wrap=True, min_width=7)
+        if phi:
+            table.add_column("PHI", justify="right", no_wrap=True, min_width=5)
+        for member in group.members:
+            beat = member.heartbeat
+            load = _number(beat.load1, 2) if beat else None
+            row = [
+                Text(_clean(member.node_id), style="bold" if member.role == "leader" else ""),
+                Text(member.role + ("*" if _note(member) else "")),
+                Text(_age(member.last_seen_s)),
+                Text(_percent(beat.cpu_percent if beat else None)),
+                Text(_percent(beat.memory_percent if beat else None)),
+                Text("-" if load is None else f"{load:.2f}"),
+                Text(member.status, style=STYLES[member.status]),
+            ]
+            if phi:
+                row.append(Text(_phi(member.phi)))
+            table.add_row(*row)
+        parts.append(table)
+        for member in group.members:
+            if note := _note(member):
+                line = f"  * {_clean(member.node_id)}: {_clean(note, 200)}"
+                parts.append(Text(line, style="yellow"))
+    if group.leader is not None and group.members and group.leader_member is None:
+        parts.append(Text("  the leader publishes no heartbeats", style="dim"))
+    parts.append(Text(""))
+    return Group(*parts)
+
+
+def groups_table(
+    groups: Sequence[GroupHealth], *, phi: bool = False, error: str | None = None
+) -> RenderableType:
+    """Every group's table, and the backend's error (if the last look failed)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    parts: list[RenderableType] = [group_table(g, phi=phi) for g in groups]
+    if not groups:
+        parts.append(Text("no elections", style="dim"))
+    if error:
+        parts.append(Text(f"backend error (retrying): {_clean(error, 200)}", style="bold red"))
+    return Group(*parts)
+
+
+def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)

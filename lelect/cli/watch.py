@@ -1,0 +1,171 @@
+"""``lelect watch [ELECTION...] [--once] [--json] [--on-change CMD]``"""
+
+from __future__ import annotations
+
+import click
+
+from lelect.cli import open_backend
+from lelect.cli.params import DURATION, ELECTION
+
+THRESHOLD = click.FloatRange(min=0, min_open=True)
+
+
+class ChangeCommand:
+    """Runs the --on-change command once per leader change, in order, in a worker
+    thread (like keepalived's notify scripts), so the table keeps refreshing."""
+
+    def __init__(self, command: str, backend_url: str) -> None:
+        import queue
+        import threading
+
+        self.command = command
+        self.backend_url = backend_url
+        self.changes: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="on-change", daemon=True)
+        self.thread.start()
+
+    def __call__(self, change) -> None:
+        self.changes.put(change)
+
+    def _run(self) -> None:
+        import os
+        import subprocess
+        import sys
+
+        while (change := self.changes.get()) is not None:
+            env = {**os.environ, **change.environ(self.backend_url)}
+            try:
+                # The command's output goes to stderr: stdout may be NDJSON for a script.
+                status = subprocess.run(
+                    ["/bin/sh", "-c", self.command], env=env, stdin=subprocess.DEVNULL,
+                    stdout=sys.stderr.fileno(),
+                ).returncode
+            except OSError as exc:
+                click.echo(f"lelect: --on-change could not run: {exc}", err=True)
+                continue
+            if status != 0:
+                click.echo(f"lelect: --on-change command exited with status {status}", err=True)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Let the changes already seen run (up to ``timeout``)."""
+        self.changes.put(None)
+        self.thread.join(timeout)
+
+
+@click.command("watch")
+@click.argument("elections", nargs=-1, type=ELECTION, metavar="[ELECTION]...")
+@click.option("--once", is_flag=True, help="Print the table once and exit.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per election and change (NDJSON), for scripts and jq.")
+@click.option("--interval", type=DURATION, metavar="DUR", default="1s", show_default=True,
+              help="Refresh the members this often (leader changes show at once).")
+@click.option("--on-change", metavar="CMD",
+              help="Run CMD (with sh -c) on every leader change, with LELECT_ELECTION,"
+              " LELECT_LEADER (also as LELECT_NODE_ID), LELECT_TERM, LELECT_PREVIOUS_LEADER,"
+              " LELECT_PREVIOUS_TERM and LELECT_EVENT (elected|vacant) in its environment.")
+@click.option("--threshold", type=THRESHOLD, metavar="PHI", default=8.0, show_default=True,
+              help="Phi at which a member counts as dead (suspect at a quarter of it).")
+@click.option("--heartbeat-interval", type=DURATION, metavar="DUR", default="2s", show_default=True,
+              help="How often members publish; assumed until a member has 3 heartbeats.")
+@click.pass_context
+def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbeat_interval):
+    """Show the leader and members of each ELECTION (default: all), refreshed in place.
+
+    One row per member: role, age of its last heartbeat, cpu, memory and status
+    (alive / suspect / dead, from a phi accrual failure detector). When stdout is not
+    a terminal, a new table (or JSON line) is printed only when something changes:
+    the leader, a member's role or status. Ctrl-C exits with status 0.
+
+    \b
+      lelect watch nightly
+      lelect watch --json | jq .leader.node_id
+      lelect watch vip --on-change './move-vip.sh "$LELECT_LEADER"'
+    """
+    import signal
+    import sys
+
+    from lelect.cli import render
+    from lelect.health import GroupWatch, PhiAccrualDetector
+
+    if interval <= 0:
+        raise click.BadParameter("must be longer than 0", param_hint="'--interval'")
+    if heartbeat_interval <= 0:
+        raise click.BadParameter("must be longer than 0", param_hint="'--heartbeat-interval'")
+    detector = PhiAccrualDetector(threshold=threshold, expected_interval=heartbeat_interval)
+    backend = open_backend(ctx)
+    watcher = GroupWatch(backend, elections, detector, interval)
+    hook = None
+    try:
+        if once:
+            snapshot = watcher.snapshot()
+            if as_json:
+                for group in snapshot.groups:
+                    click.echo(render.dumps(render.group_json(group)))
+            else:
+                render.console().print(render.groups_table(snapshot.groups))
+            return 0
+        # SIGTERM ends a viewer as cleanly as Ctrl-C: status 0, terminal restored.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        hook = ChangeCommand(on_change, backend.display_url) if on_change else None
+        try:
+            if not as_json and sys.stdout.isatty():
+                _live(watcher, hook)
+            else:
+                _stream(watcher, hook, as_json)
+        except KeyboardInterrupt:
+            pass
+        return 0
+    finally:
+        watcher.close()
+        if hook is not None:
+            hook.close()
+        backend.close()
+
+
+def _live(watcher, hook) -> None:
+    """A terminal: one table, redrawn in place on every look."""
+    from rich.live import Live
+
+    from lelect.cli import render
+
+    console = render.console()
+    with Live(console=console, auto_refresh=False, redirect_stdout=False,
+              redirect_stderr=False) as live:
+        for snapshot in watcher.run():
+            for change in snapshot.changes:
+                if hook is not None:
+                    hook(change)
+            live.update(render.groups_table(snapshot.groups, error=snapshot.error), refresh=True)
+
+
+def _stream(watcher, hook, as_json: bool) -> None:
+    """Not a terminal (or --json): print a group again only when it changed."""
+    from lelect.cli import render
+
+    console = None if as_json else render.console()
+    printed: dict[str, tuple] = {}
+    last_error = None
+    empty_shown = False
+    for snapshot in watcher.run():
+        for change in snapshot.changes:
+            if hook is not None:
+                hook(change)
+        if snapshot.error != last_error:
+            last_error = snapshot.error
+            if snapshot.error:
+                click.echo(f"lelect: backend error (retrying): {snapshot.error}", err=True)
+        if snapshot.error:
+            continue
+        if not snapshot.groups:
+            if console is not None and not empty_shown:
+                console.print(render.groups_table(()))
+            empty_shown = True
+            continue
+        empty_shown = False
+        changed = [g for g in snapshot.groups if printed.get(g.election) != g.change_key()]
+        for group in changed:
+            printed[group.election] = group.change_key()
+            if as_json:
+                click.echo(render.dumps(render.group_json(group)))
+        if console is not None and changed:
+            console.print(render.groups_table(changed))

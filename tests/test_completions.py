@@ -1,0 +1,92 @@
+"""Shell completion scripts in completions/: fresh, and completing from the backend."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import LELECT, lelect_env
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPLETIONS = ROOT / "completions"
+
+
+def test_completion_scripts_are_not_stale():
+    out = subprocess.run([sys.executable, str(COMPLETIONS / "generate.py"), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_are_what_lelect_prints(shell):
+    env = lelect_env(_LELECT_COMPLETE=f"{shell}_source")
+    out = subprocess.run(LELECT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (COMPLETIONS / f"lelect.{shell}").read_text() == out.stdout
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> str:
+    """A backend with three elections, each known by one member's heartbeat."""
+    import lelect
+    from lelect.backends.base import Heartbeat
+
+    url = f"file://{tmp_path / 'state'}"
+    with lelect.connect(url) as store:
+        for name in ("nightly", "nightly-eu", "backup"):
+            store.publish(Heartbeat(election=name, node_id="n1", host="h", pid=1, role="follower",
+                                    term=None, seq=1, time=0.0), 3600)
+    return url
+
+
+def complete(backend: str, words: str) -> list[str]:
+    """What click's bash protocol answers for the last word of ``words``."""
+    parts = words.split(" ")
+    env = lelect_env(backend, COMP_WORDS=words, COMP_CWORD=str(len(parts) - 1),
+                     _LELECT_COMPLETE="bash_complete")
+    out = subprocess.run(LELECT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    return [line.split(",", 1)[1] for line in out.stdout.splitlines() if line.startswith("plain,")]
+
+
+@pytest.mark.parametrize("command", ["watch", "health", "resign", "leader", "campaign"])
+def test_election_arguments_complete_from_the_backend(backend, command):
+    assert complete(backend, f"lelect {command} ") == ["backup", "nightly", "nightly-eu"]
+    assert complete(backend, f"lelect {command} night") == ["nightly", "nightly-eu"]
+
+
+def test_watch_completes_more_than_one_election(backend):
+    assert complete(backend, "lelect watch nightly b") == ["backup"]
+
+
+def test_commands_complete(backend):
+    names = complete(backend, "lelect ")
+    assert {"campaign", "leader", "watch", "health", "resign"} <= set(names)
+
+
+def test_completion_with_a_broken_backend_is_quietly_empty(tmp_path):
+    assert complete("nonsense-url", "lelect watch ") == []
+    (tmp_path / "afile").write_text("")
+    assert complete(f"file://{tmp_path}/afile/sub", "lelect health ") == []
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_bash_script_completes_elections_end_to_end(backend):
+    """Source completions/lelect.bash in a real bash and press <TAB> (call its function)."""
+    script = (
+        f"source {COMPLETIONS / 'lelect.bash'}; "
+        "COMP_WORDS=(lelect resign ni); COMP_CWORD=2; _lelect_completion lelect; "
+        'printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    env = lelect_env(backend)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    assert shutil.which("lelect", path=env["PATH"]), "lelect is not installed next to python"
+    out = subprocess.run(["bash", "--norc", "-c", script], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["nightly", "nightly-eu"]
