@@ -49,16 +49,38 @@ def crash_failover(trials: int, work: Path) -> list[float]:
     for i in range(trials):
         started, after = work / f"c{i}.a", work / f"c{i}.b"
         leader = subprocess.Popen(
-            [*LELECT, "-b", f"file://{home}", "campaign", "-q", "--heartbeat-interval", "0",
-             "crash", "--", "sh", "-c", f"echo up > {started}; exec sleep 60"],
+            [
+                *LELECT,
+                "-b",
+                f"file://{home}",
+                "campaign",
+                "-q",
+                "--heartbeat-interval",
+                "0",
+                "crash",
+                "--",
+                "sh",
+                "-c",
+                f"echo up > {started}; exec sleep 60",
+            ],
             env=env,
         )
         wait_for(started)
         with open(after, "w") as out:
             follower = subprocess.Popen(
-                [*LELECT, "campaign", "-q", "--heartbeat-interval", "0", "crash", "--",
-                 "date", "+%s%N"],
-                env=env, stdout=out,
+                [
+                    *LELECT,
+                    "campaign",
+                    "-q",
+                    "--heartbeat-interval",
+                    "0",
+                    "crash",
+                    "--",
+                    "date",
+                    "+%s%N",
+                ],
+                env=env,
+                stdout=out,
             )
             time.sleep(0.15)  # the follower is blocked on the flock
             killed_ns = time.time_ns()
@@ -135,10 +157,14 @@ def main() -> None:
     print(row("start-up: lelect --help", help_ms))
     print(row("start-up: python -c 'import click'", click_ms))
     print()
-    print(f"handoff ratio lelect/flock (median): "
-          f"{statistics.median(lelect_handoff) / statistics.median(flock_handoff):.2f}")
-    print(f"start-up ratio lelect --help / import click (median): "
-          f"{statistics.median(help_ms) / statistics.median(click_ms):.2f}")
+    print(
+        f"handoff ratio lelect/flock (median): "
+        f"{statistics.median(lelect_handoff) / statistics.median(flock_handoff):.2f}"
+    )
+    print(
+        f"start-up ratio lelect --help / import click (median): "
+        f"{statistics.median(help_ms) / statistics.median(click_ms):.2f}"
+    )
 
 
 if __name__ == "__main__":

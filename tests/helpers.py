@@ -54,10 +54,30 @@ def run_lelect(*args: str, backend: str | None = None, timeout: float = 60, **kw
     )
 
 
+#: Every lelect spawned by a test; conftest kills those still running after the test,
+#: so a failed test never leaves a campaign (and its job) behind.
+SPAWNED: list[subprocess.Popen] = []
+
+
 def spawn_lelect(*args: str, backend: str | None = None, **kwargs) -> subprocess.Popen:
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([*LELECT, *args], env=lelect_env(backend), text=True, **kwargs)
+    kwargs.setdefault("env", lelect_env(backend))
+    proc = subprocess.Popen([*LELECT, *args], text=True, **kwargs)
+    SPAWNED.append(proc)
+    return proc
+
+
+def kill_spawned() -> None:
+    """SIGKILL every spawned lelect still running (its keeper then kills its job)."""
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def recording_job(record: Path, hold: float = 0.2) -> list[str]:

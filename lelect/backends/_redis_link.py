@@ -53,6 +53,10 @@ class RedisOptions:
     ttl: float = DEFAULT_TTL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
+    @property
+    def tls(self) -> bool:
+        return issubclass(self.connection_class, redis.SSLConnection)
+
     @classmethod
     def from_url(cls, url: BackendURL) -> RedisOptions:
         scheme = url.scheme
@@ -86,6 +90,8 @@ class RedisOptions:
             "username": url.username,
             "password": url.password if url.password is not None else url.option("password"),
             "decode_responses": True,
+            # RESP2: pub/sub messages are plain replies (RESP3 hands them to push handlers).
+            "protocol": 2,
             "client_name": "lelect",
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": connect_timeout,
@@ -120,6 +126,57 @@ class RedisOptions:
             kwargs[name] = path
         kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
         return cls(where, redis.SSLConnection, kwargs, prefix, ttl, connect_timeout)
+
+    def unavailable(self, exc: RedisError, context: str = "") -> BackendUnavailable:
+        """One line saying what went wrong with Redis and what to do about it."""
+        where = self.where
+        # Errors inside scripts end in "script: <sha>, on @user_script:<line>."
+        text = str(exc).split(" script: ")[0].strip().rstrip(".")
+        if isinstance(exc, AuthenticationError):
+            if "required" in text.lower():
+                message = (
+                    f"redis at {where} requires a password: put it in the URL"
+                    " (redis://:PASSWORD@host:port/db or redis://USER:PASSWORD@…)"
+                )
+            else:
+                message = (
+                    f"redis at {where} refused the credentials ({text}): check the user and"
+                    " password in the URL"
+                )
+        elif isinstance(exc, (AuthorizationError, NoPermissionError)) or (
+            "can't run this command" in text  # an ACL refusal inside a script
+        ):
+            message = f"the redis user may not run what lelect needs at {where}: {text}"
+        elif isinstance(exc, BusyLoadingError):
+            message = f"redis at {where} is still loading its data set (LOADING): try again shortly"
+        elif isinstance(exc, ReadOnlyError):
+            message = (
+                f"redis at {where} is a read-only replica (READONLY): point the URL at the primary"
+            )
+        elif isinstance(exc, redis.TimeoutError) and self.tls and "connecting" in text:
+            message = (
+                f"redis at {where} did not finish the TLS handshake in time: is that port"
+                " serving TLS (tls-port)?"
+            )
+        elif isinstance(exc, redis.TimeoutError):
+            message = f"redis at {where} did not answer in time ({text})"
+        elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
+            message = f"TLS with redis at {where} failed: {_short(text)}"
+        elif isinstance(exc, redis.ConnectionError):
+            if "refused" in text.lower():
+                message = f"cannot connect to redis at {where}: connection refused (is redis running there?)"
+            else:
+                message = f"cannot connect to redis at {where}: {_short(text)}"
+        elif text.startswith("WRONGTYPE"):
+            what = (
+                text.removeprefix("WRONGTYPE ")
+                if text.startswith("WRONGTYPE key ")
+                else (f"a key {context or 'under the prefix'} holds the wrong type of value")
+            )
+            message = f"{what}: lelect did not write it; delete it or use another ?prefix="
+        else:
+            message = f"redis at {where} failed: {_short(text)}"
+        return BackendUnavailable(message)
 
 
 def check_ttl(ttl: float) -> None:
@@ -163,7 +220,11 @@ class Link:
 
     def call(self, budget: float, *args: Any) -> Any:
         with self._lock:
-            conn = self._idle.pop() if self._idle else self.new_connection()
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self.new_connection()
+        elif _closed_by_server(conn):
+            conn.disconnect()  # a restarted server: connect afresh rather than fail
         try:
             reply = timed_call(conn, budget, *args)
         except ResponseError:
@@ -197,6 +258,15 @@ class Link:
             conn.disconnect()
 
 
+def _closed_by_server(conn: redis.Connection) -> bool:
+    """An idle connection has nothing to read unless the server closed it (or wrote
+    something it should not have): either way it must not be used."""
+    try:
+        return bool(conn.can_read(timeout=0))
+    except (RedisError, OSError):
+        return True
+
+
 def timed_call(conn: redis.Connection, budget: float, *args: Any) -> Any:
     """Send one command and read its answer within ``budget`` seconds, connecting first
     if needed. A frozen or partitioned server makes this raise TimeoutError in time."""
@@ -215,17 +285,17 @@ def connect(conn: redis.Connection, budget: float) -> None:
 
 
 class Subscription:
-    """One pub/sub connection. ``ensure`` (re)subscribes and returns True when it did,
-    so the caller knows it may have missed messages and must look again."""
+    """One pub/sub connection. After ``ensure`` (re)subscribed, a message may have been
+    missed: callers look at the keys again after every ``ensure``."""
 
     def __init__(self, link: Link, channels: list[str]) -> None:
         self._link = link
         self.channels = channels
         self._conn: redis.Connection | None = None
 
-    def ensure(self, budget: float) -> bool:
+    def ensure(self, budget: float) -> None:
         if self._conn is not None:
-            return False
+            return
         end = time.monotonic() + budget
         conn = self._link.new_connection()
         try:
@@ -241,7 +311,6 @@ class Subscription:
             conn.disconnect()
             raise
         self._conn = conn
-        return True
 
     def next_message(self, timeout: float) -> tuple[str, str] | None:
         """The next (channel, data) published, or None after ``timeout`` seconds."""
@@ -277,47 +346,6 @@ def is_transient(exc: RedisError) -> bool:
 def _is_tls(exc: BaseException) -> bool:
     text = str(exc)
     return "SSL" in text or "TLS" in text or "certificate" in text
-
-
-def unavailable(exc: RedisError, where: str, context: str = "") -> BackendUnavailable:
-    """One line saying what went wrong with Redis and what to do about it."""
-    text = str(exc).strip().rstrip(".")
-    if isinstance(exc, AuthenticationError):
-        if "required" in text.lower():
-            message = (
-                f"redis at {where} requires a password: put it in the URL"
-                " (redis://:PASSWORD@host:port/db or redis://USER:PASSWORD@…)"
-            )
-        else:
-            message = (
-                f"redis at {where} refused the credentials ({text}): check the user and"
-                " password in the URL"
-            )
-    elif isinstance(exc, (AuthorizationError, NoPermissionError)):
-        message = f"the redis user may not run what lelect needs at {where}: {text}"
-    elif isinstance(exc, BusyLoadingError):
-        message = f"redis at {where} is still loading its data set (LOADING): try again shortly"
-    elif isinstance(exc, ReadOnlyError):
-        message = (
-            f"redis at {where} is a read-only replica (READONLY): point the URL at the primary"
-        )
-    elif isinstance(exc, redis.TimeoutError):
-        message = f"redis at {where} did not answer in time ({text})"
-    elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
-        message = f"TLS with redis at {where} failed: {_short(text)}"
-    elif isinstance(exc, redis.ConnectionError):
-        if "refused" in text.lower():
-            message = f"cannot connect to redis at {where}: connection refused (is redis running there?)"
-        else:
-            message = f"cannot connect to redis at {where}: {_short(text)}"
-    elif text.startswith("WRONGTYPE"):
-        message = (
-            f"a key {context or 'under the prefix'} holds the wrong type of value ({text}):"
-            " lelect did not write it; delete it or use another ?prefix="
-        )
-    else:
-        message = f"redis at {where} failed: {_short(text)}"
-    return BackendUnavailable(message)
 
 
 def _short(text: str) -> str:

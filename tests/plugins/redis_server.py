@@ -1,1 +1,223 @@
-"""Fixture plugin (filled in by its backend's tests)."""
+"""Real ``redis-server`` processes for the Redis backend's tests: each on a free loopback
+port in a temp dir, without persistence (``--save '' --appendonly no``), started and
+waited for (PING) by a fixture. A missing redis-server fails the test: never a skip."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.helpers import free_port
+
+
+def redis_server_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
+    return binary
+
+
+def make_test_certs(directory: Path) -> dict[str, Path]:
+    """A test CA and a server and a client certificate it signed (openssl CLI), valid for
+    127.0.0.1 and localhost. Returns paths: ca, ca_key, server_cert, server_key,
+    client_cert, client_key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        name: directory / f"{name}.pem"
+        for name in ("ca", "ca_key", "server_cert", "server_key", "client_cert", "client_key")
+    }
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=lelect test CA",
+        "-keyout", str(paths["ca_key"]), "-out", str(paths["ca"]),
+    )  # fmt: skip
+    extensions = directory / "san.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for who in ("server", "client"):
+        csr = directory / f"{who}.csr"
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
+            "-keyout", str(paths[f"{who}_key"]), "-out", str(csr),
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(paths["ca"]),
+            "-CAkey", str(paths["ca_key"]), "-CAcreateserial", "-days", "2",
+            "-extfile", str(extensions), "-out", str(paths[f"{who}_cert"]),
+        )  # fmt: skip
+    return paths
+
+
+class RedisServer:
+    """One redis-server process. ``restart()`` keeps the port (and loses the data)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        password: str | None = None,
+        tls: dict[str, Path] | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.binary = redis_server_binary()
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.password = password
+        self.tls = tls
+        self.extra = extra
+        self.port = free_port()
+        self.tls_port = free_port() if tls else None
+        # A unix socket path must stay under ~107 bytes: pytest's tmp paths can be longer.
+        self._socket_dir = tempfile.mkdtemp(prefix="lelect-redis-")
+        self.socket_path = os.path.join(self._socket_dir, "redis.sock")
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        assert self.tls is not None
+        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.tls['ca']}"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def command_line(self) -> list[str]:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "no",
+            "--unixsocket", self.socket_path,
+            "--unixsocketperm", "700",
+            "--logfile", str(self.directory / "redis.log"),
+            "--enable-debug-command", "yes",
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        if self.tls:
+            args += [
+                "--tls-port", str(self.tls_port),
+                "--tls-cert-file", str(self.tls["server_cert"]),
+                "--tls-key-file", str(self.tls["server_key"]),
+                "--tls-ca-cert-file", str(self.tls["ca"]),
+                "--tls-auth-clients", "optional",
+            ]  # fmt: skip
+        return args + list(self.extra)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.process = subprocess.Popen(
+            self.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                log = self.directory / "redis.log"
+                detail = log.read_text()[-2000:] if log.exists() else self.process.stderr.read()
+                pytest.fail(f"redis-server exited at start-up:\n{detail}", pytrace=False)
+            try:
+                if self.client(socket_timeout=0.5).ping():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server on {self.host_port} did not answer PING", pytrace=False)
+            time.sleep(0.01)
+
+    def client(self, **kwargs) -> redis.Redis:
+        kwargs.setdefault("socket_timeout", 5)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            decode_responses=True,
+            **kwargs,
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.thaw()
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: without persistence the data is gone."""
+        self.stop()
+        self.start()
+
+    def freeze(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+
+    def command_calls(self) -> dict[str, int]:
+        """INFO commandstats as {command: calls}."""
+        stats = self.client().info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    """A fresh redis-server for one test."""
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def redis_server_factory(tmp_path: Path):
+    """Factory: ``redis_server_factory(password=..., tls=..., extra=...)`` -> RedisServer."""
+    servers: list[RedisServer] = []
+
+    def make(**kwargs) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.remove()
+
+
+@pytest.fixture(scope="session")
+def redis_test_certs(tmp_path_factory) -> dict[str, Path]:
+    return make_test_certs(tmp_path_factory.mktemp("redis-tls"))
