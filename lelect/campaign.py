@@ -83,7 +83,9 @@ def lease_timing(backend: Backend, ttl: float | None, grace: float | None) -> Le
     if ttl <= 0:
         raise ConfigError("--ttl must be longer than 0")
     renew = backend.renew_interval(ttl)
-    room = ttl - renew - lease_drift(ttl)
+    # The stop signal goes out at deadline - grace; that must come after the next renew
+    # had time to be answered (allow 5% of the ttl for its round trip).
+    room = ttl - renew - lease_drift(ttl) - 0.05 * ttl
     if grace is None:
         return LeaseTiming(ttl, renew, min(DEFAULT_GRACE, room / 2))
     if grace > room:
@@ -290,6 +292,9 @@ class _Campaign:
                         job_status = int(event.args[0])
                         reason = event.args[1] if len(event.args) > 1 else "exit"
                         if reason == "lease" or leadership.lost.is_set():
+                            if outcome != "lost":
+                                self.log("lost", f"lost leadership of {opts.election!r}:"
+                                         " the lease ran out without a renew; the keeper stopped the job")
                             outcome = "lost"
                         break
                     elif event.kind == "gone":

@@ -8,6 +8,7 @@ ZooKeeper or java fails the test: it never skips.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -45,6 +46,14 @@ def _java() -> str:
     if java is None:
         pytest.fail("java is not installed: apt-get install default-jre-headless")
     return java
+
+
+def _die_with_parent() -> None:
+    """No JVM outlives a killed pytest (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def four_letter_word(port: int, word: str, timeout: float = 2.0) -> str:
@@ -116,7 +125,9 @@ class ZooKeeperServer:
             str(cfg),
         ]
         out = open(self.root / "stdout.log", "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=self.root)
+        self.process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, preexec_fn=_die_with_parent
+        )
         out.close()
         deadline = time.monotonic() + timeout
         # "ruok" answers before the server serves; "srvr" names its mode only once it does.

@@ -1,0 +1,257 @@
+"""`lelect campaign` on ZooKeeper, with real lelect processes, a real ZooKeeper and
+kazoo's Election recipe on the other side."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from kazoo.client import KazooClient
+
+from tests.helpers import (
+    assert_exclusive,
+    pid_alive,
+    read_intervals,
+    recording_job,
+    run_lelect,
+    spawn_lelect,
+    wait_until,
+)
+
+SESSION = 2.0  # seconds: the session timeout (lease) of these tests
+
+
+def trapping_job(record: Path) -> list[str]:
+    """A job that runs until stopped, recording its start and (on SIGTERM) its end."""
+    f = shlex.quote(str(record))
+    line = '"$1 $(date +%s%N) $LELECT_TERM $$"'
+    return [
+        "sh", "-c",
+        f"stamp() {{ echo {line} >> {f}; }}; stamp start; trap 'stamp end; exit 0' TERM;"
+        " while :; do sleep 0.05; done",
+    ]  # fmt: skip
+
+
+def running(record: Path) -> list:
+    return [i for i in read_intervals(record) if i.end_ns is None and pid_alive(i.pid)] if record.exists() else []
+
+
+def started(record: Path, count: int) -> bool:
+    return record.exists() and len(read_intervals(record)) >= count
+
+
+def stop(proc, timeout: float = 10) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout)
+
+
+def leader_json(url: str, name: str) -> dict | None:
+    out = run_lelect("leader", name, "--json", backend=url)
+    return json.loads(out.stdout)["leader"]
+
+
+def test_five_campaigns_never_overlap_and_terms_grow(zk_url, tmp_path):
+    record = tmp_path / "record"
+    procs = [
+        spawn_lelect("campaign", "five", "--", *recording_job(record, 0.2), backend=zk_url)
+        for _ in range(5)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    intervals = read_intervals(record)
+    assert len(intervals) == 5
+    assert_exclusive(intervals)
+
+
+def test_job_env_has_the_term_and_no_password(zookeeper_server, zk_path):
+    url = zookeeper_server.url(zk_path, session_timeout="2s", auth="digest:ops:s3cret")
+    out = run_lelect(
+        "campaign", "envy", "--id", "node-a", "--",
+        "sh", "-c", 'echo "$LELECT_TERM $LELECT_BACKEND"; env',
+        backend=url,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    term, shown = out.stdout.splitlines()[0].split()
+    assert int(term) >= 0
+    assert "auth=***" in shown
+    assert "s3cret" not in out.stdout and "s3cret" not in out.stderr
+
+
+def test_kazoo_election_and_lelect_campaign_exclude_each_other(
+    zk_url, zk_path, zookeeper_server, tmp_path
+):
+    kazoo = KazooClient(zookeeper_server.hosts, timeout=2)
+    kazoo.start(10)
+    election = kazoo.Election(f"{zk_path}/shared", "kazoo-user")
+    record = tmp_path / "record"
+    kazoo_leads, kazoo_done = threading.Event(), threading.Event()
+    kazoo_runs: list[tuple[int, int]] = []
+
+    def kazoo_job():
+        kazoo_runs.append((time.time_ns(), 0))
+        kazoo_leads.set()
+        kazoo_done.wait(30)
+        kazoo_runs[-1] = (kazoo_runs[-1][0], time.time_ns())
+
+    runner = threading.Thread(target=election.run, args=(kazoo_job,), daemon=True)
+    runner.start()
+    lelect = None
+    try:
+        assert kazoo_leads.wait(10)
+        busy = run_lelect("campaign", "shared", "--no-wait", "--", "true", backend=zk_url)
+        assert busy.returncode == 75, busy.stderr
+        assert election.contenders() == ["kazoo-user"]
+        shown = leader_json(zk_url, "shared")
+        assert (shown["node_id"], shown["host"], shown["pid"]) == ("kazoo-user", None, None)
+
+        lelect = spawn_lelect(
+            "campaign", "shared", "--id", "lelect-1", "--", *trapping_job(record), backend=zk_url
+        )
+        wait_until(lambda: election.contenders() == ["kazoo-user", "lelect-1"], what="lelect queued")
+        time.sleep(0.3)
+        assert not record.exists(), "lelect's job ran while kazoo's Election led"
+        kazoo_done.set()
+        runner.join(10)
+        wait_until(lambda: started(record, 1), what="lelect's job")
+        assert read_intervals(record)[0].start_ns > kazoo_runs[0][1]
+        # A lelect leader's host and pid come from its heartbeat record.
+        wait_until(lambda: leader_json(zk_url, "shared")["pid"] == lelect.pid, what="host and pid")
+        assert leader_json(zk_url, "shared")["host"] == socket.gethostname()
+
+        # And the other way round: kazoo's Election waits behind lelect's job.
+        second = threading.Thread(target=election.run, args=(lambda: kazoo_runs.append((time.time_ns(), 0)),))
+        second.start()
+        wait_until(lambda: election.contenders() == ["lelect-1", "kazoo-user"], what="kazoo queued")
+        time.sleep(0.3)
+        assert len(kazoo_runs) == 1
+        stop(lelect)
+        second.join(10)
+        assert len(kazoo_runs) == 2
+        assert kazoo_runs[1][0] > read_intervals(record)[0].end_ns
+    finally:
+        kazoo_done.set()
+        if lelect is not None and lelect.poll() is None:
+            stop(lelect)
+        kazoo.stop()
+        kazoo.close()
+
+
+def test_kill9_of_leader_next_job_within_session_timeout(zk_url, tmp_path):
+    record = tmp_path / "record"
+    first = spawn_lelect("campaign", "crash", "--", *trapping_job(record), backend=zk_url)
+    wait_until(lambda: started(record, 1), what="the first job")
+    second = spawn_lelect("campaign", "crash", "--", *trapping_job(record), backend=zk_url)
+    time.sleep(0.5)
+    killed_ns = time.time_ns()
+    first.kill()
+    first.wait(5)
+    wait_until(lambda: started(record, 2), timeout=SESSION + 5, what="the second job")
+    old, new = read_intervals(record)
+    assert not pid_alive(old.pid), "the crashed leader's job outlived it"
+    assert (new.start_ns - killed_ns) / 1e9 <= SESSION + 2
+    assert new.term > old.term
+    stop(second)
+
+
+def test_graceful_exit_hands_over_within_300ms(zk_url, tmp_path):
+    record = tmp_path / "record"
+    first = spawn_lelect("campaign", "handoff", "--", *recording_job(record, 1.5), backend=zk_url)
+    wait_until(lambda: started(record, 1), what="the first job")
+    second = spawn_lelect("campaign", "handoff", "--", *recording_job(record, 0.1), backend=zk_url)
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    old, new = read_intervals(record)
+    assert_exclusive([old, new])
+    assert (new.start_ns - old.end_ns) / 1e9 < 0.3
+
+
+def test_partitioned_leader_job_dies_before_its_session_could_expire(
+    zookeeper_server, zk_path, partition_proxy, tmp_path
+):
+    proxy = partition_proxy("127.0.0.1", zookeeper_server.port)
+    via_proxy = zookeeper_server.url(zk_path, hosts=proxy.address, session_timeout="2s")
+    direct = zookeeper_server.url(zk_path, session_timeout="2s")
+    record = tmp_path / "record"
+    cut_off = spawn_lelect(
+        "campaign", "split", "--grace", "0.3s", "--", *trapping_job(record), backend=via_proxy
+    )
+    wait_until(lambda: started(record, 1), what="the first job")
+    healthy = spawn_lelect("campaign", "split", "--", *trapping_job(record), backend=direct)
+    time.sleep(0.5)
+    proxy.block()
+    blocked_ns = time.time_ns()
+    wait_until(lambda: started(record, 2), timeout=SESSION + 5, what="the other candidate's job")
+    _, err = cut_off.communicate(timeout=10)
+    assert cut_off.returncode == 73, err
+    old, new = read_intervals(record)
+    assert old.end_ns is not None, "the cut-off leader's job was killed, not stopped"
+    # Dead before its session could expire: the server cannot expire it earlier than a
+    # session timeout after the partition, and the other candidate got in only then.
+    assert (old.end_ns - blocked_ns) / 1e9 < SESSION
+    assert old.end_ns < new.start_ns
+    assert (new.start_ns - blocked_ns) / 1e9 >= SESSION * 2 / 3 - 0.05
+    assert new.term > old.term
+    stop(healthy)
+
+
+def test_frozen_server_leader_job_dies_and_one_job_runs_after(fresh_zookeeper, tmp_path):
+    url = fresh_zookeeper.url("/lelect", session_timeout="2s")
+    record = tmp_path / "record"
+    first = spawn_lelect("campaign", "frozen", "--grace", "0.3s", "--", *trapping_job(record), backend=url)
+    wait_until(lambda: started(record, 1), what="the first job")
+    second = spawn_lelect("campaign", "frozen", "--", *trapping_job(record), backend=url)
+    time.sleep(0.5)
+    fresh_zookeeper.freeze()
+    frozen_ns = time.time_ns()
+    try:
+        wait_until(lambda: not running(record), timeout=SESSION + 1, what="the leader's job to die")
+        (old,) = read_intervals(record)
+        assert (old.end_ns - frozen_ns) / 1e9 < SESSION
+        time.sleep(1.5)
+    finally:
+        fresh_zookeeper.thaw()
+    wait_until(lambda: len(running(record)) == 1, timeout=SESSION + 8, what="one job after SIGCONT")
+    time.sleep(SESSION)
+    assert len(running(record)) == 1
+    for proc in (first, second):
+        stop(proc)
+    assert_exclusive(read_intervals(record))
+
+
+def test_unreachable_server_is_one_line_and_69(tmp_path):
+    from tests.helpers import free_port
+
+    url = f"zookeeper://127.0.0.1:{free_port()}/lelect?connect_timeout=0.5"
+    started_at = time.monotonic()
+    out = run_lelect("campaign", "nowhere", "--", "true", backend=url)
+    assert out.returncode == 69
+    assert time.monotonic() - started_at < 5
+    errors = [line for line in out.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "cannot reach ZooKeeper" in errors[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_options_are_usage_errors(zookeeper_server, zk_path):
+    bad = run_lelect("leader", "x", backend=zookeeper_server.url(zk_path, session_timeout="soon"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_refused_credentials_and_acl_are_69(zookeeper_server, zk_path):
+    owner = zookeeper_server.url(zk_path, session_timeout="2s", auth="digest:ops:s3cret")
+    assert run_lelect("campaign", "guarded", "--", "true", backend=owner).returncode == 0
+    intruder = zookeeper_server.url(zk_path, session_timeout="2s")
+    out = run_lelect("campaign", "guarded", "--", "true", backend=intruder)
+    assert out.returncode == 69
+    assert "ACL" in out.stderr and "Traceback" not in out.stderr
+    refused = zookeeper_server.url(zk_path, auth="sasl-ish:whoever")
+    out = run_lelect("campaign", "guarded", "--", "true", backend=refused)
+    assert out.returncode == 69
+    assert "refused the credentials" in out.stderr and "whoever" not in out.stderr
