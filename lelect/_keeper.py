@@ -67,6 +67,8 @@ class Keeper:
         self.lease_stop_at = None
         self.lease_kill_at = None
         self.lock_fd = None
+        self.childless = False
+        self.job_pidfd = None
         self.tty = None
         self.terminated = False
         self.wake_r, self.wake_w = os.pipe()
@@ -160,46 +162,59 @@ class Keeper:
         if result.startswith("E"):
             self.send("error cannot open lock file: " + result[1:])
             sys.exit(0)
+        since = time.time()
         try:
-            term, since = self.bump_term()
+            term = self.next_term()
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
             self.release()
             self.send("error " + str(exc).replace("\n", " "))
             sys.exit(0)
-        # Start the job first: lelect wakes on "locked" and would compete for the CPU.
+        # The term is settled (the lock file holds it), so start the job first: the
+        # database record and lelect's wake-up are not on the handoff's critical path.
         if self.command:
             self.start_job(term, announce=False)
-        self.send(f"locked {term} {since!r}")
-        if self.job_pid is not None:
-            self.send(f"started {self.job_pid}")
-
-    def bump_term(self):
-        # The lock file keeps the last term too, so a deleted database cannot make
-        # terms restart.
-        floor = 0
         try:
-            text = os.pread(self.lock_fd, 64, 0).split(b"\n", 1)[0].strip()
-            floor = int(text) if text else 0
-        except (OSError, ValueError):
-            floor = 0
-        since = time.time()
-        try:
-            term = self.filestate.bump_term(
+            self.filestate.record_leader(
                 self.db,
                 self.options["election"],
-                floor=floor,
+                term=term,
                 node_id=self.options["node_id"],
                 token=self.options["token"],
                 host=self.options.get("host"),
                 pid=int(self.options["pid"]) if self.options.get("pid") else None,
                 since=since,
             )
+        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
+            self.kill_everything()
+            self.release()
+            self.send("error " + str(exc).replace("\n", " "))
+            sys.exit(0)
         finally:
             self.db.close()
+        self.send(f"locked {term} {since!r}")
+        if self.job_pid is not None:
+            self.send(f"started {self.job_pid}")
+
+    def next_term(self):
+        """The election's next term, written to the lock file before anything runs.
+
+        Every leader writes its term into the lock file while holding the flock, so
+        the file alone settles the next term. A new (or replaced) lock file is empty:
+        then the database, which keeps every term too, says where to go on from."""
+        try:
+            content = os.pread(self.lock_fd, 64, 0)
+            text = content.split(b"\n", 1)[0].strip()
+            last = int(text) if text else 0
+        except (OSError, ValueError):
+            content, last = b"", 0
+        if last <= 0:
+            last = self.filestate.read_term(self.db, self.options["election"])
+        term = last + 1
         data = f"{term}\n".encode()
         os.pwrite(self.lock_fd, data, 0)
-        os.ftruncate(self.lock_fd, len(data))
-        return term, since
+        if len(content) > len(data):
+            os.ftruncate(self.lock_fd, len(data))
+        return term
 
     def release(self):
         if self.lock_fd is not None:
@@ -211,16 +226,10 @@ class Keeper:
     def start_job(self, term, announce=True):
         if self.job_pid is not None or self.job_done:
             return
-        env = dict(os.environ)
-        env["LELECT_TERM"] = str(term)
+        env = self.job_env
+        env[b"LELECT_TERM"] = str(term).encode()
         try:
-            pid = os.posix_spawnp(
-                self.command[0],
-                self.command,
-                env,
-                setpgroup=0,
-                setsigdef=IGNORED,
-            )
+            pid = os.posix_spawn(self.program, self.command, env, setpgroup=0, setsigdef=IGNORED)
         except OSError as exc:
             self.release()
             reason = exc.strerror or str(exc)
@@ -228,6 +237,11 @@ class Keeper:
             self.job_done = True
             return
         self.job_pid = pid
+        try:
+            # Readable the moment the job exits: quicker than SIGCHLD via the wakeup fd.
+            self.job_pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.job_pidfd = None
         self.give_terminal(pid)
         if announce:
             self.send(f"started {pid}")
@@ -265,10 +279,14 @@ class Keeper:
         return found
 
     def reap(self):
+        self.childless = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                # No child left: orphaned descendants are re-parented to us (we are
+                # their subreaper) before we hear of their parent's death.
+                self.childless = True
                 return
             if pid == 0:
                 return
@@ -287,7 +305,7 @@ class Keeper:
             return True
 
     def anything_alive(self):
-        return self.group_alive() or bool(self.children())
+        return self.group_alive() or (not self.childless and bool(self.children()))
 
     def signal_all(self, sig):
         if self.job_pid is not None:
@@ -391,14 +409,29 @@ class Keeper:
                 self.begin_stop(self.stop_signal_for_lease, self.grace, self.reason)
             return
         self.job_done = True
+        if self.job_pidfd is not None:
+            os.close(self.job_pidfd)
+            self.job_pidfd = None
         if self.options.get("autorelease") == "1":
             self.release()
         self.take_terminal_back()
         self.send(f"exited {self.job_status} {self.reason}")
 
+    def prepare_job(self):
+        """Resolve the program and the environment now, not after winning."""
+        self.job_env = dict(os.environb)
+        self.program = self.command[0] if self.command else None
+        if self.program and "/" not in self.program:
+            for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+                candidate = os.path.join(directory or ".", self.program)
+                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                    self.program = candidate
+                    break
+
     def run(self):
         self.install_signals()
         set_subreaper()
+        self.prepare_job()
         self.stop_signal_for_lease = int(self.options.get("stop_signal", signal.SIGTERM))
         self.grace = float(self.options.get("grace", "10"))
         if "lock" in self.options:
@@ -414,7 +447,10 @@ class Keeper:
                 self.handle_line(line.decode())
                 continue
             try:
-                ready, _, _ = select.select([self.ctrl, self.wake_r], [], [], timeout)
+                readers = [self.ctrl, self.wake_r]
+                if self.job_pidfd is not None and self.job_status is None:
+                    readers.append(self.job_pidfd)
+                ready, _, _ = select.select(readers, [], [], timeout)
             except InterruptedError:
                 continue
             if self.wake_r in ready:

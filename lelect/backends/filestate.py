@@ -152,33 +152,43 @@ def open_db(directory: str) -> sqlite3.Connection:
     return conn
 
 
-def bump_term(
+def read_term(conn: sqlite3.Connection, election: str) -> int:
+    """The last term ``election`` handed out (0 if none)."""
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    try:
+        row = conn.execute("SELECT term FROM terms WHERE election=?", (election,)).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise corrupt(path, str(exc)) from None
+    return int(row[0]) if row else 0
+
+
+def record_leader(
     conn: sqlite3.Connection,
     election: str,
     *,
-    floor: int,
+    term: int,
     node_id: str,
     token: str,
     host: str | None,
     pid: int | None,
     since: float,
-) -> int:
-    """Give ``election`` its next term (above ``floor`` too) and record the new leader.
-
-    Called only while holding the election's flock."""
+) -> None:
+    """Record ``term`` (terms only grow) and the new leader. Called while holding the
+    election's flock."""
     path = conn.execute("PRAGMA database_list").fetchone()[2]
     try:
         conn.execute("BEGIN IMMEDIATE")
-        row = conn.execute("SELECT term FROM terms WHERE election=?", (election,)).fetchone()
-        term = max(row[0] if row else 0, floor) + 1
-        conn.execute("INSERT OR REPLACE INTO terms(election, term) VALUES (?, ?)", (election, term))
+        conn.execute(
+            "INSERT INTO terms(election, term) VALUES (?, ?)"
+            " ON CONFLICT(election) DO UPDATE SET term = max(term, excluded.term)",
+            (election, term),
+        )
         conn.execute(
             "INSERT OR REPLACE INTO leaders(election, node_id, term, token, since, host, pid)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (election, node_id, term, token, since, host, pid),
         )
         conn.execute("COMMIT")
-        return term
     except sqlite3.DatabaseError as exc:
         if conn.in_transaction:
             try:
