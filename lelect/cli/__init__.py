@@ -40,10 +40,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if _available(name)]
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS or not _available(cmd_name):
+        if cmd_name not in COMMANDS:
             return None
         module_name, attribute, _ = COMMANDS[cmd_name]
         return getattr(importlib.import_module(module_name), attribute)
@@ -53,12 +53,6 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
-
-
-def _available(name: str) -> bool:
-    module = COMMANDS[name][0]
-    path = os.path.join(os.path.dirname(__file__), module.rsplit(".", 1)[1] + ".py")
-    return os.path.exists(path)
 
 
 @click.group(
