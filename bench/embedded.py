@@ -15,24 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-LELECT = [sys.executable, "-m", "lelect"]
+from common import LELECT, latency_row, wait_for
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[index]
+def written(path: Path, timeout: float = 10.0) -> str:
+    """The stripped text of ``path`` once something is written to it."""
+    return wait_for(lambda: path.exists() and path.read_text().strip(), timeout, str(path),
+                    interval=0.0005)  # fmt: skip
 
 
-def wait_for(path: Path, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            text = path.read_text().strip()
-            if text:
-                return text
-        time.sleep(0.0005)
-    raise TimeoutError(path)
+def quiet_campaign(election: str) -> list[str]:
+    return ["campaign", "-q", "--heartbeat-interval", "0", election, "--"]
 
 
 def env_for(home: Path) -> dict[str, str]:
@@ -53,39 +46,24 @@ def crash_failover(trials: int, work: Path) -> list[float]:
                 *LELECT,
                 "-b",
                 f"file://{home}",
-                "campaign",
-                "-q",
-                "--heartbeat-interval",
-                "0",
-                "crash",
-                "--",
+                *quiet_campaign("crash"),
                 "sh",
                 "-c",
                 f"echo up > {started}; exec sleep 60",
             ],
             env=env,
         )
-        wait_for(started)
+        written(started)
         with open(after, "w") as out:
             follower = subprocess.Popen(
-                [
-                    *LELECT,
-                    "campaign",
-                    "-q",
-                    "--heartbeat-interval",
-                    "0",
-                    "crash",
-                    "--",
-                    "date",
-                    "+%s%N",
-                ],
+                [*LELECT, *quiet_campaign("crash"), "date", "+%s%N"],
                 env=env,
                 stdout=out,
             )
             time.sleep(0.15)  # the follower is blocked on the flock
             killed_ns = time.time_ns()
             leader.kill()
-            first_ns = int(wait_for(after))
+            first_ns = int(written(after))
             follower.wait(timeout=10)
         leader.wait()
         samples.append((first_ns - killed_ns) / 1e6)
@@ -105,7 +83,7 @@ def graceful_handoff(trials: int, work: Path, use_flock: bool) -> list[float]:
             first = ["flock", str(lock)]
             second = ["flock", str(lock)]
         else:
-            first = [*LELECT, "campaign", "-q", "--heartbeat-interval", "0", "handoff", "--"]
+            first = [*LELECT, *quiet_campaign("handoff")]
             second = first
         with open(ended, "w") as out_a, open(after, "w") as out_b:
             leader = subprocess.Popen(
@@ -115,7 +93,7 @@ def graceful_handoff(trials: int, work: Path, use_flock: bool) -> list[float]:
             follower = subprocess.Popen([*second, "date", "+%s%N"], env=env, stdout=out_b)
             leader.wait(timeout=10)
             follower.wait(timeout=10)
-        samples.append((int(wait_for(after)) - int(wait_for(ended))) / 1e6)
+        samples.append((int(written(after)) - int(written(ended))) / 1e6)
     return samples
 
 
@@ -133,10 +111,9 @@ def startup(trials: int) -> tuple[list[float], list[float]]:
 
 
 def row(name: str, samples: list[float]) -> str:
-    return (
-        f"| {name:<34} | {len(samples):>6} | {statistics.median(samples):>8.2f} |"
-        f" {percentile(samples, 99):>8.2f} | {max(samples):>8.2f} |"
-    )
+    cells = latency_row(f"| {name:<34}", samples, stats=("p50", "p99", "max"), scale=1.0,
+                        spec=">8.2f", sep=" | ")  # fmt: skip
+    return f"{cells} |"
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ asserts nothing.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import threading
@@ -28,14 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import latency_row  # noqa: E402
+
 from lelect.backends import connect  # noqa: E402
 from lelect.backends.base import Candidate  # noqa: E402
 from tests.plugins.zookeeper_server import ZooKeeperServer  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def one_round(url: str, election: str, contenders: int) -> dict[str, list[float] | float]:
@@ -104,10 +100,7 @@ def main() -> None:
         ("handoff (release -> win)", handoffs),
         (f"full rotation ({n} leaders)", rotations),
     ):
-        print(
-            f"{name:<28} {len(values):>7} {statistics.median(values) * 1000:>9.1f}"
-            f" {percentile(values, 0.99) * 1000:>9.1f} {max(values) * 1000:>9.1f}"
-        )
+        print(latency_row(f"{name:<28}", values, stats=("p50", "p99", "max"), count_width=7))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,186 @@
+"""Pieces shared by the benchmark scripts: statistics, table rows, recording jobs and the
+crash-failover / graceful-handoff measurements of ``lelect campaign`` on a server backend.
+
+The scripts run as ``python bench/NAME.py``, so this folder is ``sys.path[0]``; the repo
+root is added here (if missing) for ``tests.helpers``.
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers import lelect_env, read_intervals, recording_job  # noqa: E402
+
+LELECT = [sys.executable, "-m", "lelect"]
+
+StartCampaign = Callable[[str, list[str]], subprocess.Popen]
+"""Starts ``lelect campaign ELECTION -- JOB`` for (election, job)."""
+Queued = Callable[[str], bool]
+"""True once a second candidate of the election waits behind the leader."""
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile, ``q`` a fraction in 0..1 (0.99 for p99)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {
+    "p50": statistics.median,
+    "p99": lambda values: percentile(values, 0.99),
+    "min": min,
+    "max": max,
+}
+
+
+def latency_row(
+    label: str,
+    values: Sequence[float],
+    *,
+    stats: Sequence[str] = ("p50", "p99", "min", "max"),
+    scale: float = 1000.0,
+    spec: str = ">9.1f",
+    count_width: int = 6,
+    sep: str = " ",
+) -> str:
+    """``label``, the sample count, then each of ``stats`` of ``values`` times ``scale``
+    (seconds to ms by default), joined by ``sep``."""
+    cells = [f"{len(values):>{count_width}}"]
+    cells += [f"{STATISTICS[name](values) * scale:{spec}}" for name in stats]
+    return sep.join([label, *cells])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.005):  # fmt: skip
+    """Polls ``predicate`` until it returns something true, and returns that."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+def first_line_ns(record: Path) -> int | None:
+    """The timestamp of a job record's first line, or None before it is written."""
+    try:
+        lines = record.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return int(lines[0].split()[1]) if lines else None
+
+
+def start_job(record: Path) -> list[str]:
+    """Writes 'start NS TERM PID' once, then sleeps until killed."""
+    f = shlex.quote(str(record))
+    return ["sh", "-c", f'echo "start $(date +%s%N) $LELECT_TERM $$" >> {f}; exec sleep 3600']
+
+
+def gated_job(record: Path, gate: Path) -> list[str]:
+    """Writes 'start …', waits until ``gate`` exists, writes 'end …' and exits."""
+    f, g = shlex.quote(str(record)), shlex.quote(str(gate))
+    line = '"$1 $(date +%s%N) $LELECT_TERM $$"'
+    return ["sh", "-c", f"w() {{ echo {line} >> {f}; }}; w start; "
+            f"while [ ! -e {g} ]; do sleep 0.01; done; w end"]  # fmt: skip
+
+
+def campaign(
+    url: str, election: str, job: list[str], options: Sequence[str] = ()
+) -> subprocess.Popen:
+    """``lelect campaign ELECTION [OPTIONS] --heartbeat-interval 0 -- JOB``, output dropped."""
+    return subprocess.Popen(
+        [*LELECT, "campaign", election, *options, "--heartbeat-interval", "0", "--", *job],
+        env=lelect_env(url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def crash_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
+                   lanes: int, workdir: Path) -> list[float]:  # fmt: skip
+    """Seconds from SIGKILL of the leading lelect, at a random point of the first third of
+    ``period`` (its renew / probe cycle), to the first line of the waiter's job. Runs up to
+    ``lanes`` elections at once."""
+    results: list[float] = []
+    round_number = 0
+    while len(results) < trials:
+        round_number += 1
+        batch = min(lanes, trials - len(results))
+        names = [f"crash-{period:g}-{round_number}-{lane}" for lane in range(batch)]
+        leaders, followers, records = [], [], []
+        for name in names:
+            records.append((workdir / f"{name}.a", workdir / f"{name}.b"))
+            leaders.append(start(name, start_job(records[-1][0])))
+        for name, (a, b) in zip(names, records, strict=True):
+            wait_for(lambda a=a: first_line_ns(a), 30, f"leader of {name}")
+            followers.append(start(name, start_job(b)))
+        for name in names:
+            wait_for(lambda name=name: queued(name), 30, f"waiter of {name}")
+        # Kill each leader at a random point of its renew / probe cycle.
+        kills = sorted((random.uniform(0, period / 3), lane) for lane in range(batch))
+        started = time.monotonic()
+        killed_ns: dict[int, int] = {}
+        for offset, lane in kills:
+            time.sleep(max(0.0, started + offset - time.monotonic()))
+            leaders[lane].kill()
+            killed_ns[lane] = time.time_ns()
+        for lane, (_, b) in enumerate(records):
+            took = wait_for(lambda b=b: first_line_ns(b), period + 10, "the next job")
+            results.append((took - killed_ns[lane]) / 1e9)
+        for process in leaders + followers:
+            process.kill()
+            process.wait()
+    return results
+
+
+def graceful_handoff(start: StartCampaign, queued: Queued, period: float, trials: int,
+                     workdir: Path) -> list[float]:  # fmt: skip
+    """Seconds from the last line of the leader's job (it exits) to the first line of the
+    waiter's job."""
+    results: list[float] = []
+    for trial in range(trials):
+        name = f"handoff-{period:g}-{trial}"
+        record, gate = workdir / f"{name}.record", workdir / f"{name}.gate"
+        first = start(name, gated_job(record, gate))
+        wait_for(record.exists, 30, "the first job")
+        second = start(name, recording_job(record, hold=0.0))
+        wait_for(lambda name=name: queued(name), 30, "the waiter")
+        gate.touch()
+        first.wait(30)
+        second.wait(30)
+        intervals = read_intervals(record)
+        if len(intervals) != 2 or intervals[0].end_ns is None:
+            raise SystemExit(f"bench: unexpected record for {name}: {intervals}")
+        results.append((intervals[1].start_ns - intervals[0].end_ns) / 1e9)
+    return results
+
+
+def failover_rows(start: StartCampaign, queued: Queued, period: float, period_width: int,
+                  trials: int, lanes: int, workdir: Path) -> list[str]:  # fmt: skip
+    """Runs both measurements for one ``period`` (ttl / session timeout) and returns their
+    table rows, reporting each on stderr as it is done."""
+    rows = []
+    for case, measure in (
+        ("graceful handoff", lambda: graceful_handoff(start, queued, period, trials, workdir)),
+        ("crash failover", lambda: crash_failover(start, queued, period, trials, lanes, workdir)),
+    ):
+        rows.append(latency_row(f"{case:<18} {period:>{period_width}g}s", measure()))
+        print("done:", rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def print_failover_table(period_name: str, period_width: int, rows: list[str]) -> None:
+    print(f"{'case':<18} {period_name:>{period_width + 1}} {'trials':>6} {'p50 ms':>9}"
+          f" {'p99 ms':>9} {'min ms':>9} {'max ms':>9}")  # fmt: skip
+    print("\n".join(rows))
