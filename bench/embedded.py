@@ -28,6 +28,19 @@ def quiet_campaign(election: str) -> list[str]:
     return ["campaign", "-q", "--heartbeat-interval", "0", election, "--"]
 
 
+def waiting_on(lock: Path) -> bool:
+    """True once some process is blocked on the flock of ``lock`` (/proc/locks "->")."""
+    if not lock.exists():
+        return False
+    inode = lock.stat().st_ino
+    with open("/proc/locks") as locks:
+        for line in locks:
+            fields = line.split()
+            if "->" in fields and int(fields[-3].rsplit(":", 1)[1]) == inode:
+                return True
+    return False
+
+
 def env_for(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["LELECT_BACKEND"] = f"file://{home}"
@@ -60,7 +73,7 @@ def crash_failover(trials: int, work: Path) -> list[float]:
                 env=env,
                 stdout=out,
             )
-            time.sleep(0.15)  # the follower is blocked on the flock
+            wait_for(lambda: waiting_on(home / "crash.lock"), 10, "the follower to block")
             killed_ns = time.time_ns()
             leader.kill()
             first_ns = int(written(after))
@@ -78,19 +91,24 @@ def graceful_handoff(trials: int, work: Path, use_flock: bool) -> list[float]:
     lock = home / "flock.lock"
     samples = []
     for i in range(trials):
-        ended, after = work / f"h{i}.a", work / f"h{i}.b"
+        tag = f"h{i}{'f' if use_flock else 'l'}"
+        ended, after = work / f"{tag}.a", work / f"{tag}.b"
         if use_flock:
             first = ["flock", str(lock)]
             second = ["flock", str(lock)]
         else:
             first = [*LELECT, *quiet_campaign("handoff")]
             second = first
+        running, gate = work / f"{tag}.run", work / f"{tag}.gate"
+        leader_job = ["sh", "-c", f"touch {running}; while [ ! -e {gate} ]; do sleep 0.005; done;"
+                      " exec date +%s%N"]  # fmt: skip
         with open(ended, "w") as out_a, open(after, "w") as out_b:
-            leader = subprocess.Popen(
-                [*first, "sh", "-c", "sleep 0.4; exec date +%s%N"], env=env, stdout=out_a
-            )
-            time.sleep(0.2)  # the leader holds the election
+            leader = subprocess.Popen([*first, *leader_job], env=env, stdout=out_a)
+            wait_for(running.exists, 10, "the leader's job")
             follower = subprocess.Popen([*second, "date", "+%s%N"], env=env, stdout=out_b)
+            held = lock if use_flock else home / "handoff.lock"
+            wait_for(lambda held=held: waiting_on(held), 10, "the follower to block")
+            gate.touch()
             leader.wait(timeout=10)
             follower.wait(timeout=10)
         samples.append((int(written(after)) - int(written(ended))) / 1e6)
