@@ -110,7 +110,7 @@ class Keeper:
             self.db = filestate.open_db(self.options["db"])
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
             self.send("error " + str(exc).replace("\n", " "))
-            sys.exit(0)
+            os._exit(0)
 
         def check_lelect(*_):
             ready, _, _ = select.select([self.ctrl], [], [], 0)
@@ -158,17 +158,17 @@ class Keeper:
     def on_lock_result(self, result):
         if result == "B":
             self.send("busy")
-            sys.exit(0)
+            os._exit(0)
         if result.startswith("E"):
             self.send("error cannot open lock file: " + result[1:])
-            sys.exit(0)
+            os._exit(0)
         since = time.time()
         try:
             term = self.next_term()
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
             self.release()
             self.send("error " + str(exc).replace("\n", " "))
-            sys.exit(0)
+            os._exit(0)
         # The term is settled (the lock file holds it), so start the job first: the
         # database record and lelect's wake-up are not on the handoff's critical path.
         if self.command:
@@ -188,7 +188,7 @@ class Keeper:
             self.kill_everything()
             self.release()
             self.send("error " + str(exc).replace("\n", " "))
-            sys.exit(0)
+            os._exit(0)
         finally:
             self.db.close()
         self.send(f"locked {term} {since!r}")
@@ -382,7 +382,7 @@ class Keeper:
         self.kill_everything()
         self.release()
         self.take_terminal_back()
-        sys.exit(0)
+        os._exit(0)
 
     def timers(self, now):
         if self.job_pid is None or self.job_done:
