@@ -192,6 +192,9 @@ class _Campaign:
         opts = self.options
         delay = opts.restart_delay
         while True:
+            # A queue per attempt: a late event of the last keeper or leadership (its
+            # "gone", a renew thread's "lost") must never reach this one.
+            self.events = queue.Queue()
             keeper = Keeper(
                 opts.command,
                 self.job_env(),
@@ -255,17 +258,18 @@ class _Campaign:
         )
         if self.heartbeats is not None:
             self.heartbeats.set_role("leader", leadership.term)
-        leadership.subscribe(lambda kind: self.events.put(("leadership", kind)))
+        events = self.events
+        leadership.subscribe(lambda kind: events.put(("leadership", kind)))
         if leadership.lease_deadline is not None:
             leadership.on_deadline(lambda deadline: keeper.lease(deadline, timing.grace))
             keeper.lease(leadership.lease_deadline, timing.grace)
         if not keeper.autostart:
             keeper.start(leadership.term)
-        # Drain anything that arrived while the leadership was being set up.
+        # Anything that happened while the leadership was being set up.
         if leadership.lost.is_set():
-            self.events.put(("leadership", "lost"))
+            events.put(("leadership", "lost"))
         if leadership.resign_requested.is_set():
-            self.events.put(("leadership", "resign"))
+            events.put(("leadership", "resign"))
         self.leading = True
         outcome = "exit"
         stop_deadline = None if opts.max_runtime is None else won_at + opts.max_runtime

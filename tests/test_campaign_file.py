@@ -351,3 +351,30 @@ def test_help_imports_no_backend_client():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "[]"
+
+
+def test_restart_rejoins_the_race_with_a_new_term_each_time(backend, tmp_path):
+    runs = tmp_path / "runs"
+    proc = spawn_lelect(
+        "campaign", "again", "--restart", "--restart-delay", "50ms", "--",
+        "sh", "-c", f"echo $LELECT_TERM >> {runs}",
+        backend=backend,
+    )
+    wait_until(lambda: runs.exists() and len(runs.read_text().split()) >= 3, timeout=20,
+               what="three runs")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) in (0, 128 + signal.SIGTERM)
+    terms = [int(t) for t in runs.read_text().split()]
+    assert terms == sorted(set(terms)), terms
+
+
+def test_keeper_killed_takes_the_job_with_it(backend, tmp_path):
+    pids = tmp_path / "pids"
+    proc = spawn_lelect("campaign", "kk", "--", "sh", "-c", f"echo $$ > {pids}; exec sleep 60",
+                        backend=backend)
+    wait_until(lambda: pids.exists() and pids.read_text().strip(), what="job started")
+    job = int(pids.read_text())
+    keeper = int(open(f"/proc/{job}/stat").read().rsplit(")", 1)[1].split()[1])
+    os.kill(keeper, signal.SIGKILL)
+    assert proc.wait(timeout=10) == 73
+    wait_until(lambda: not pid_alive(job), timeout=2, what="job gone")
