@@ -122,6 +122,26 @@ def assert_exclusive(intervals: list[Interval]) -> None:
         assert after.term > before.term, f"term did not grow: {before} then {after}"
 
 
+def campaigns_in_turn(
+    backend: str, election: str, record: Path, *, candidates: int = 5, hold: float = 0.2,
+    options: tuple[str, ...] = (),
+) -> list[Interval]:
+    """Start ``candidates`` real ``lelect campaign`` processes at once, each job holding
+    the election ~``hold`` s; check they all succeed, none overlapped and terms grew."""
+    procs = [
+        spawn_lelect("campaign", election, *options, "--", *recording_job(record, hold),
+                     backend=backend)
+        for _ in range(candidates)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    intervals = read_intervals(record)
+    assert len(intervals) == candidates, intervals
+    assert_exclusive(intervals)
+    return intervals
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

@@ -15,11 +15,9 @@ import pytest
 
 from tests.helpers import (
     LELECT,
-    assert_exclusive,
+    campaigns_in_turn,
     lelect_env,
     pid_alive,
-    read_intervals,
-    recording_job,
     run_lelect,
     spawn_lelect,
     wait_until,
@@ -39,17 +37,7 @@ def leader_json(backend: str, name: str) -> dict | None:
 
 
 def test_five_candidates_never_overlap_and_terms_grow(backend, tmp_path):
-    record = tmp_path / "record"
-    procs = [
-        spawn_lelect("campaign", "five", "--", *recording_job(record, 0.2), backend=backend)
-        for _ in range(5)
-    ]
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-    intervals = read_intervals(record)
-    assert len(intervals) == 5
-    assert_exclusive(intervals)
+    campaigns_in_turn(backend, "five", tmp_path / "record")
 
 
 def test_job_gets_fencing_token_and_env(backend, tmp_path):
