@@ -205,7 +205,8 @@ class _Campaign:
             )
             if self.backend.lease_based:
                 keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
-            self.log("campaigning", f"campaigning for {opts.election!r} as {self.candidate.node_id}")
+            self.log("campaigning", f"campaigning for {opts.election!r} as {self.candidate.node_id}"
+                     f" ({self._holder()})")
             try:
                 leadership = self.backend.campaign(
                     opts.election,
@@ -236,6 +237,14 @@ class _Campaign:
                 pause, delay = delay, min(delay * 2, 30.0)
             self.log("restart", f"rejoining the race in {format_duration(pause)}")
             self._pause(pause)
+
+    def _holder(self) -> str:
+        """Who leads now, for the log (this also reaches the backend before we wait, so an
+        unreachable one fails with its own one line)."""
+        current = self.backend.leader(self.options.election)
+        if current is None:
+            return "nobody leads"
+        return f"{current.node_id} leads, term {current.term}"
 
     def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
