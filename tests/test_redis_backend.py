@@ -78,6 +78,7 @@ def test_url_forms_and_options(tmp_path):
         "rediss://h/0?ssl_ca_certs=/no/such/ca.pem",
         "unix://",
         "unix:///run/redis.sock?db=x",
+        "redis://h/%C2%B2",  # "²".isdigit() is true, int("²") raises
     ],
 )
 def test_bad_url_is_usage_error(url):
@@ -505,3 +506,24 @@ def test_documented_acl_suffices_and_a_missing_permission_is_a_clear_error(redis
     client.execute_command("ACL", "SETUSER", "lelect", "-time")
     with pytest.raises(BackendUnavailable, match="may not run"):
         backend.campaign("e", candidate("a"))
+
+
+def test_non_finite_term_key_is_a_clear_error(redis_server):
+    backend = connect(redis_server.url)
+    for garbage in ("inf", "-inf", "nan"):
+        redis_server.client().set("lelect:{e}:term", garbage)
+        with pytest.raises(BackendUnavailable, match=r"lelect:\{e\}:term does not hold a term"):
+            backend.campaign("e", candidate("a"))
+
+
+def test_undecodable_node_id_and_foreign_bytes_do_not_raise(redis_server):
+    # A node id from argv may carry surrogate escapes (``--id $'\xff'``); a key under the
+    # prefix may hold bytes that are not UTF-8.
+    backend = connect(redis_server.url)
+    name = "n\udcff"
+    with backend.campaign("e", candidate(name)) as leadership:
+        assert backend.leader("e").node_id == name
+        backend.publish(heartbeat("e", name), ttl=60)
+        assert [r.node_id for r in backend.members("e").records] == [name]
+        redis_server.client().hset("lelect:{e}:leader-info", "host", b"\xff\xfe")
+        assert backend.leader("e").term == leadership.term

@@ -90,6 +90,10 @@ class RedisOptions:
             "username": url.username,
             "password": url.password if url.password is not None else url.option("password"),
             "decode_responses": True,
+            # Node ids from argv may hold undecodable bytes (surrogate escapes), and keys
+            # under the prefix may hold bytes another writer put there: round-trip them
+            # rather than fail with a UnicodeError.
+            "encoding_errors": "surrogateescape",
             # RESP2: pub/sub messages are plain replies (RESP3 hands them to push handlers).
             "protocol": 2,
             "client_name": "lelect",
@@ -185,7 +189,7 @@ def check_ttl(ttl: float) -> None:
 
 
 def _db_number(text: str, url: BackendURL) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit(), but int("²") fails
         raise UsageError(
             f"malformed {url.scheme}:// URL {url.masked!r}: the database must be a number"
             f" (like /0), got {text!r}"

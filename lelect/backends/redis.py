@@ -89,7 +89,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return {1, redis.call('HGET', KEYS[2], 'term')}
 end
 local previous = tonumber(redis.call('GET', KEYS[3]) or '0')
-if not previous then
+if not previous or previous ~= previous or previous == math.huge or previous == -math.huge then
   return redis.error_reply('WRONGTYPE key ' .. KEYS[3] .. ' does not hold a term number')
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
