@@ -17,6 +17,7 @@ import pytest
 from lelect.backends import connect
 from tests.helpers import (
     assert_exclusive,
+    campaigns_in_turn,
     free_port,
     pid_alive,
     read_intervals,
@@ -99,15 +100,8 @@ def processes():
                 stream.close()
 
 
-def test_five_concurrent_campaigns_run_one_at_a_time(redis_server, tmp_path, processes):
-    record = tmp_path / "record"
-    for _ in range(5):
-        processes.append(campaign(redis_server.url, "five", recording_job(record, hold=0.2)))
-    statuses = [p.wait(30) for p in processes]
-    assert statuses == [0] * 5, [p.stderr.read() for p in processes]
-    intervals = read_intervals(record)
-    assert len(intervals) == 5
-    assert_exclusive(intervals)
+def test_five_concurrent_campaigns_run_one_at_a_time(redis_server, tmp_path):
+    campaigns_in_turn(redis_server.url, "five", tmp_path / "record", options=("--ttl", f"{TTL}s"))
 
 
 def test_killed_leader_is_replaced_within_ttl(redis_server, tmp_path, processes):
