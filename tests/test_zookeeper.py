@@ -511,3 +511,46 @@ def test_garbage_resign_request_is_ignored(backends, zk_url, zk_path, kazoo):
     kazoo.create(f"{zk_path}/_resign/junk", b"not json", makepath=True)
     with backend.campaign("junk", candidate("a")) as leadership:
         assert not leadership.resign_requested.wait(0.3)
+
+
+# -- found in review ------------------------------------------------------------------
+
+
+def test_contender_without_data_is_busy_not_a_crash(backends, zk_url, zk_path, kazoo):
+    """A contender created with null data (as a Java client may) is somebody leading."""
+    kazoo.create(f"{zk_path}/nodata/{'0' * 32}__lock__", None, ephemeral=True, sequence=True, makepath=True)
+    backend = backends(zk_url)
+    with pytest.raises(ElectionBusy, match=r"led by '' \(term 0\)"):
+        backend.campaign("nodata", candidate("a"), no_wait=True)
+    assert len(kazoo.get_children(f"{zk_path}/nodata")) == 1
+
+
+@pytest.mark.parametrize(
+    "options", ["session_timeout=30d", "session_timeout=0.0001s", "connect_timeout=200000d"]
+)
+def test_out_of_range_timeouts_are_usage_errors(zookeeper_server, zk_path, options):
+    with pytest.raises(UsageError, match="must be at"):
+        connect(zookeeper_server.url(zk_path) + "?" + options)
+
+
+@pytest.mark.parametrize("ttl", [30 * 86400, 0.0001])
+def test_out_of_range_ttl_is_a_usage_error(backends, zk_url, ttl):
+    """Not a traceback from kazoo's connection thread and a wrong 'cannot reach'."""
+    backend = backends(zk_url)
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="--ttl"):
+        backend.campaign("range", candidate("a"), ttl=ttl)
+    assert time.monotonic() - started < 1
+
+
+def test_node_deleted_before_the_first_renew_is_lost_at_once(backends, zk_url, kazoo):
+    """The leader watches its own node from the start, not from its first renew (which
+    is a third of the session away): a node deleted by hand lets a waiter in at once."""
+    backend = backends(zk_url)
+    with backend.campaign("early", candidate("a"), ttl=6) as leadership:  # renews every 2 s
+        time.sleep(0.3)
+        deleted = time.monotonic()
+        kazoo.delete(leadership.node_path)
+        assert leadership.lost.wait(5)
+        assert time.monotonic() - deleted < 0.5, "noticed only at the first renew"
+        assert "deleted" in leadership.lost_reason

@@ -255,3 +255,17 @@ def test_refused_credentials_and_acl_are_69(zookeeper_server, zk_path):
     out = run_lelect("campaign", "guarded", "--", "true", backend=refused)
     assert out.returncode == 69
     assert "refused the credentials" in out.stderr and "whoever" not in out.stderr
+
+
+def test_out_of_range_session_timeout_is_one_line_and_2(zookeeper_server, zk_path):
+    """30 days does not fit ZooKeeper's 32-bit milliseconds: one line, not kazoo's
+    connection thread dying with a traceback and a wrong 'cannot reach'."""
+    url = zookeeper_server.url(zk_path, session_timeout="30d", connect_timeout="1s")
+    for args in (["leader", "x"], ["campaign", "x", "--", "true"]):
+        out = run_lelect(*args, backend=url)
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr and "session_timeout must be at most" in out.stderr
+    out = run_lelect("campaign", "x", "--ttl", "30d", "--", "true",
+                     backend=zookeeper_server.url(zk_path, connect_timeout="1s"))  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "--ttl" in out.stderr

@@ -43,6 +43,9 @@ DEFAULT_PATH = "/lelect"
 DEFAULT_SESSION_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 OPTIONS = {"session_timeout", "connect_timeout", "auth"}
+#: The longest timeout lelect passes on: ZooKeeper carries the session timeout as a
+#: signed 32-bit number of milliseconds (kazoo's connection thread dies on more).
+MAX_TIMEOUT = (2**31 - 1) / 1000.0
 
 #: Errors that mean "no answer (yet)": the connection dropped or the call timed out.
 TRANSIENT = (ConnectionLoss, OperationTimeoutError, KazooTimeoutError)
@@ -84,6 +87,9 @@ class ZooKeeperConfig:
         )
         if session_timeout <= 0 or connect_timeout <= 0:
             raise UsageError("session_timeout and connect_timeout must be longer than 0")
+        check_session_timeout(session_timeout, "session_timeout")
+        if connect_timeout > MAX_TIMEOUT:
+            raise UsageError(f"connect_timeout must be at most {format_duration(MAX_TIMEOUT)}")
         scheme = credential = None
         auth = url.option("auth")
         if auth is not None:
@@ -124,6 +130,15 @@ class ZooKeeperConfig:
             return make_digest_acl(user, password, all=True)
         # Any other scheme: the "auth" ACL names whatever identity this session proved.
         return make_acl("auth", "", all=True)
+
+
+def check_session_timeout(seconds: float, what: str) -> None:
+    """Refuse a session timeout kazoo cannot send: it goes out as whole milliseconds in
+    a signed 32-bit field (0 ms cannot connect; more kills kazoo's connection thread)."""
+    if int(seconds * 1000) < 1:
+        raise UsageError(f"{what} must be at least 1ms")
+    if seconds > MAX_TIMEOUT:
+        raise UsageError(f"{what} must be at most {format_duration(MAX_TIMEOUT)}")
 
 
 def _base_path(path: str) -> str:

@@ -39,7 +39,14 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
-from lelect.backends._zk_session import TRANSIENT, ZK_ERRORS, Session, ZooKeeperConfig, log
+from lelect.backends._zk_session import (
+    TRANSIENT,
+    ZK_ERRORS,
+    Session,
+    ZooKeeperConfig,
+    check_session_timeout,
+    log,
+)
 from lelect.backends.base import (
     MAX_ARRIVALS,
     Backend,
@@ -131,7 +138,9 @@ class _LeaseGuard:
         self.interval = interval
         self.wake = threading.Event()
         self.stopped = threading.Event()
-        self.probe_now = False
+        # Probe at once: its exists() sets the watch on our own node, so a deletion in
+        # the first renew interval is noticed at once too, not at the first renew.
+        self.probe_now = True
         self.check_resign = True  # a request may predate our watch
         self.thread = threading.Thread(
             target=self._run, name=f"zk-lease-{leadership.election}", daemon=True
@@ -400,7 +409,7 @@ class _Contest:
             except NoNodeError:
                 continue
             raise ElectionBusy(
-                f"{self.election!r} is led by {data.decode('utf-8', 'replace')!r}"
+                f"{self.election!r} is led by {(data or b'').decode('utf-8', 'replace')!r}"
                 f" (term {contender.seq})"
             )
 
@@ -514,6 +523,7 @@ class ZooKeeperBackend(Backend):
         requested = self.ttl if ttl is None else ttl
         if requested <= 0:
             raise UsageError("the session timeout (--ttl) must be longer than 0")
+        check_session_timeout(requested, "the session timeout (--ttl)")
         connect_within = self.config.connect_timeout
         if timeout is not None:
             connect_within = min(connect_within, timeout)
