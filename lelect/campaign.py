@@ -130,12 +130,16 @@ class _Campaign:
         self.candidate = Candidate.local(options.node_id)
         self.events: queue.Queue = queue.Queue()
         self.leading = False
+        self.finishing = False
+        self.keeper: Keeper | None = None
         self.stop_requested: int | None = None
         self.heartbeats = None
 
     # -- signals ----------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.finishing:
+            return  # already on the way out; cleanup must not be cut short
         if self.leading:
             self.events.put(("signal", signum))
         elif signum in WAIT_INTERRUPTS:
@@ -166,13 +170,32 @@ class _Campaign:
             self._start_heartbeats()
             return self._run()
         except Interrupted as stop:
+            self.finishing = True
             self.log("interrupted", f"stopped by {signal.Signals(stop.signum).name} while waiting")
+            self._let_go()
             return 128 + stop.signum
+        except BaseException:
+            self.finishing = True
+            self._let_go()
+            raise
         finally:
+            self.finishing = True
             if self.heartbeats is not None:
                 self.heartbeats.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _let_go(self) -> None:
+        """Interrupted at any point: stop the keeper (and so any job) and release any
+        leadership that was won but not yet handed to the loop."""
+        if self.keeper is not None:
+            self.keeper.kill()
+        for leadership in list(self.backend.leaderships):
+            if not leadership.released:
+                try:
+                    leadership.release()
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
 
     def _start_heartbeats(self) -> None:
         if self.options.heartbeat_interval <= 0:
@@ -195,7 +218,7 @@ class _Campaign:
             # A queue per attempt: a late event of the last keeper or leadership (its
             # "gone", a renew thread's "lost") must never reach this one.
             self.events = queue.Queue()
-            keeper = Keeper(
+            keeper = self.keeper = Keeper(
                 opts.command,
                 self.job_env(),
                 stop_signal=opts.stop_signal,

@@ -178,10 +178,16 @@ class Keeper:
                 self._sock = None
 
     def kill(self) -> None:
-        """Abandon a keeper that is still waiting (no job yet): SIGKILL it."""
+        """Stop this keeper whatever it is doing, now: SIGTERM makes a waiting keeper
+        just exit, and one that started a job kill the job's group first. (Never
+        SIGKILL a keeper: its job would be left running.)"""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         with self._lock:
             if self._sock is not None:
                 self._sock.close()

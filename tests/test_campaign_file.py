@@ -366,3 +366,16 @@ def test_keeper_killed_takes_the_job_with_it(backend, tmp_path):
     os.kill(keeper, signal.SIGKILL)
     assert proc.wait(timeout=10) == 73
     wait_until(lambda: not pid_alive(job), timeout=2, what="job gone")
+
+
+def test_killing_a_keeper_handle_never_orphans_its_job():
+    from lelect.supervisor import Keeper
+
+    keeper = Keeper(["sh", "-c", "sleep 60 & exec sleep 60"])
+    keeper.spawn()
+    keeper.start(1)
+    started = keeper.events.get(timeout=10)
+    assert started.kind == "started"
+    job = int(started.args[0])
+    keeper.kill()
+    wait_until(lambda: not pid_alive(job), timeout=2, what="the job to die with its keeper")

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -163,6 +164,9 @@ class Leadership:
         self.resign_requested = threading.Event()
         self.released = False
         self._lease_deadline = lease_deadline
+        registry = getattr(backend, "leaderships", None)
+        if registry is not None:
+            registry.add(self)
         self._listeners: list[Callable[[float], None]] = []
         self._subscribers: list[Callable[[str], None]] = []
         self._changed = threading.Condition()
@@ -245,6 +249,8 @@ class Backend(ABC):
 
     def __init__(self, url: BackendURL) -> None:
         self.url = url
+        #: Leaderships won and not yet released, so an interrupted caller can let go.
+        self.leaderships: weakref.WeakSet[Leadership] = weakref.WeakSet()
 
     @property
     def display_url(self) -> str:
