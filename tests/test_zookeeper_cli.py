@@ -15,6 +15,7 @@ from kazoo.client import KazooClient
 
 from tests.helpers import (
     assert_exclusive,
+    campaigns_in_turn,
     pid_alive,
     read_intervals,
     recording_job,
@@ -57,17 +58,7 @@ def leader_json(url: str, name: str) -> dict | None:
 
 
 def test_five_campaigns_never_overlap_and_terms_grow(zk_url, tmp_path):
-    record = tmp_path / "record"
-    procs = [
-        spawn_lelect("campaign", "five", "--", *recording_job(record, 0.2), backend=zk_url)
-        for _ in range(5)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-    intervals = read_intervals(record)
-    assert len(intervals) == 5
-    assert_exclusive(intervals)
+    campaigns_in_turn(zk_url, "five", tmp_path / "record")
 
 
 def test_job_env_has_the_term_and_no_password(zookeeper_server, zk_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
@@ -220,14 +221,21 @@ class Session:
 
     def start(self, within: float) -> None:
         """Connect and prove it with one answered request, or raise BackendUnavailable."""
-        try:
-            self.client.start(timeout=max(within, 0.001))
-        except KazooTimeoutError:
-            self.closed = True
-            raise BackendUnavailable(
-                f"cannot reach ZooKeeper at {self.config.hosts} within {format_duration(within)}:"
-                " is it running, and is the URL right?"
-            ) from None
+        # kazoo's start() reports refused credentials as a time-out after the whole wait,
+        # or not, depending on which answer comes first: watch the state ourselves.
+        live = self.client.start_async()
+        deadline = time.monotonic() + max(within, 0.001)
+        while not live.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            refused = self.client.client_state == KeeperState.AUTH_FAILED
+            if refused or time.monotonic() >= deadline:
+                self.closed = True
+                self._stop()
+                if refused:
+                    raise BackendUnavailable(self._refused_credentials())
+                raise BackendUnavailable(
+                    f"cannot reach ZooKeeper at {self.config.hosts} within"
+                    f" {format_duration(within)}: is it running, and is the URL right?"
+                )
         with self.errors("checking the connection", self.config.path):
             self.call("exists", self.config.path, timeout=within)
         if self.granted is None:  # pragma: no cover - a kazoo that changed its internals
@@ -270,6 +278,12 @@ class Session:
             self._changed.wait_for(lambda: self.connected.is_set() or self.closed, timeout)
         return self.connected.is_set() and not self.closed
 
+    def _refused_credentials(self) -> str:
+        return (
+            f"ZooKeeper at {self.config.hosts} refused the credentials given in ?auth="
+            f" (scheme {self.config.auth_scheme!r})"
+        )
+
     @contextmanager
     def errors(self, doing: str, path: str | None = None) -> Iterator[None]:
         """ZooKeeper errors as one line a user can act on (BackendUnavailable, status 69)."""
@@ -281,10 +295,7 @@ class Session:
                 " this client; give its owner's credentials with ?auth=digest:USER:PASSWORD"
             ) from None
         except AuthFailedError:
-            raise BackendUnavailable(
-                f"ZooKeeper at {self.config.hosts} refused the credentials given in ?auth="
-                f" (scheme {self.config.auth_scheme!r})"
-            ) from None
+            raise BackendUnavailable(self._refused_credentials()) from None
         except (*TRANSIENT, SessionExpiredError, ConnectionClosedError):
             raise BackendUnavailable(
                 f"no answer from ZooKeeper at {self.config.hosts} while {doing}"
