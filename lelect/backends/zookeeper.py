@@ -415,6 +415,13 @@ class _Contest:
 
     def _won(self, mine: Contender, sent: float) -> ZooKeeperLeadership:
         granted = self.session.granted or self.session.requested
+        if time.monotonic() - sent > granted / 3:
+            # The answer that made us leader came late (it was queued over a reconnect):
+            # a lease counted from its send time would be nearly spent. Prove the session
+            # afresh so the job does not start only to be stopped at once.
+            sent = time.monotonic()
+            if self._call("exists", f"{self.path}/{mine.name}") is None:
+                raise _Reconnect
         leadership = ZooKeeperLeadership(
             self.backend,
             self.election,
