@@ -166,16 +166,7 @@ class Keeper:
                     self._sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
-        if self.process is not None:
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+        self._wait_gone()
 
     def kill(self) -> None:
         """Stop this keeper whatever it is doing, now: SIGTERM makes a waiting keeper
@@ -183,9 +174,13 @@ class Keeper:
         SIGKILL a keeper: its job would be left running.)"""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+        self._wait_gone()
+
+    def _wait_gone(self) -> None:
+        if self.process is not None:
             try:
                 self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # a keeper that hangs is a bug: do not hang too
                 self.process.kill()
                 self.process.wait()
         with self._lock:
