@@ -106,11 +106,12 @@ class Keeper:
         threading.Thread(target=self._read_events, name="keeper-events", daemon=True).start()
 
     def _read_events(self) -> None:
-        assert self._sock is not None
+        sock = self._sock  # close() may drop the attribute while we read
+        assert sock is not None
         buffer = b""
         while True:
             try:
-                data = self._sock.recv(65536)
+                data = sock.recv(65536)
             except OSError:
                 data = b""
             if not data:
