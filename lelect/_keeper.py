@@ -67,6 +67,9 @@ class Keeper:
         self.lease_stop_at = None
         self.lease_kill_at = None
         self.lock_fd = None
+        self.record_pipe = None
+        self.announced = True  # file backend: False until "locked" is sent
+        self.pending_exit = None
         self.childless = False
         self.job_pidfd = None
         self.tty = None
@@ -103,6 +106,8 @@ class Keeper:
         # Import and open the state database now, while waiting, so winning costs only
         # one small SQLite transaction and the job's fork/exec.
         sys.path.insert(0, self.options["pythonpath"])
+        import threading  # noqa: F401 - imported now, used after winning
+
         from lelect.backends import filestate
 
         self.filestate = filestate
@@ -169,10 +174,23 @@ class Keeper:
             self.release()
             self.send("error " + str(exc).replace("\n", " "))
             os._exit(0)
-        # The term is settled (the lock file holds it), so start the job first: the
-        # database record and lelect's wake-up are not on the handoff's critical path.
+        # The term is settled (the lock file holds it), so start the job first.
         if self.command:
             self.start_job(term, announce=False)
+        # The leader record is for people (`leader`, `watch`): write it in a thread, so a
+        # busy database (another process recovering the WAL) never keeps the main loop
+        # from noticing the job's exit. lelect hears "locked" once it is written.
+        import threading
+
+        read_end, write_end = os.pipe()
+        self.record_pipe = read_end
+        self.announced = False
+        self.locked_line = f"locked {term} {since!r}"
+        threading.Thread(
+            target=self._record_leader, args=(term, since, write_end), daemon=True
+        ).start()
+
+    def _record_leader(self, term, since, done_fd):
         try:
             self.filestate.record_leader(
                 self.db,
@@ -184,16 +202,30 @@ class Keeper:
                 pid=int(self.options["pid"]) if self.options.get("pid") else None,
                 since=since,
             )
+            outcome = b"K"
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
-            self.kill_everything()
-            self.release()
-            self.send("error " + str(exc).replace("\n", " "))
-            os._exit(0)
+            outcome = b"E" + str(exc).replace("\n", " ").encode()
         finally:
             self.db.close()
-        self.send(f"locked {term} {since!r}")
+        os.write(done_fd, outcome)
+        os.close(done_fd)
+
+    def on_recorded(self):
+        data = os.read(self.record_pipe, 65536)
+        os.close(self.record_pipe)
+        self.record_pipe = None
+        if not data.startswith(b"K"):
+            self.kill_everything()
+            self.release()
+            self.send("error " + data[1:].decode(errors="replace"))
+            os._exit(0)
+        self.send(self.locked_line)
         if self.job_pid is not None:
             self.send(f"started {self.job_pid}")
+        self.announced = True
+        if self.pending_exit is not None:
+            self.send(self.pending_exit)
+            self.pending_exit = None
 
     def next_term(self):
         """The election's next term, written to the lock file before anything runs.
@@ -415,7 +447,11 @@ class Keeper:
         if self.options.get("autorelease") == "1":
             self.release()
         self.take_terminal_back()
-        self.send(f"exited {self.job_status} {self.reason}")
+        line = f"exited {self.job_status} {self.reason}"
+        if self.announced:
+            self.send(line)
+        else:
+            self.pending_exit = line  # after "locked", as lelect expects
 
     def prepare_job(self):
         """Resolve the program and the environment now, not after winning."""
@@ -448,6 +484,8 @@ class Keeper:
                 continue
             try:
                 readers = [self.ctrl, self.wake_r]
+                if self.record_pipe is not None:
+                    readers.append(self.record_pipe)
                 if self.job_pidfd is not None and self.job_status is None:
                     readers.append(self.job_pidfd)
                 ready, _, _ = select.select(readers, [], [], timeout)
@@ -455,6 +493,8 @@ class Keeper:
                 continue
             if self.wake_r in ready:
                 self.drain_wakeups()
+            if self.record_pipe is not None and self.record_pipe in ready:
+                self.on_recorded()
             self.check_job()
             if self.ctrl in ready:
                 try:

@@ -183,9 +183,14 @@ def record_leader(
             " ON CONFLICT(election) DO UPDATE SET term = max(term, excluded.term)",
             (election, term),
         )
+        # Written after the job started, so possibly after a newer leader's record:
+        # only a larger term replaces a record.
         conn.execute(
-            "INSERT OR REPLACE INTO leaders(election, node_id, term, token, since, host, pid)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO leaders(election, node_id, term, token, since, host, pid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(election) DO UPDATE SET node_id=excluded.node_id,"
+            " term=excluded.term, token=excluded.token, since=excluded.since,"
+            " host=excluded.host, pid=excluded.pid WHERE excluded.term > leaders.term",
             (election, node_id, term, token, since, host, pid),
         )
         conn.execute("COMMIT")
