@@ -1,3 +1,8 @@
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import kill_spawned
@@ -13,3 +18,25 @@ pytest_plugins = [
 def _no_campaign_outlives_its_test():
     yield
     kill_spawned()
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> str:
+    """The embedded backend in a fresh directory."""
+    return f"file://{tmp_path / 'state'}"
+
+
+@pytest.fixture
+def processes():
+    """Popen objects to kill at the end of the test, whatever happened (a stopped one
+    is continued first, so it can die)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+        process.wait(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()

@@ -24,11 +24,6 @@ from tests.helpers import (
 )
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> str:
-    return f"file://{tmp_path / 'state'}"
-
-
 def leader_json(backend: str, name: str) -> dict | None:
     import json
 

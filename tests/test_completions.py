@@ -75,7 +75,6 @@ def test_completion_with_a_broken_backend_is_quietly_empty(tmp_path):
     assert complete(f"file://{tmp_path}/afile/sub", "lelect health ") == []
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 def test_bash_script_completes_elections_end_to_end(backend):
     """Source completions/lelect.bash in a real bash and press <TAB> (call its function)."""
     script = (

@@ -86,20 +86,6 @@ def wait_for_candidates(url: str, election: str, count: int) -> None:
     )
 
 
-@pytest.fixture
-def processes():
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGCONT)
-            process.kill()
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream:
-                stream.close()
-
-
 def test_five_concurrent_campaigns_run_one_at_a_time(redis_server, tmp_path):
     campaigns_in_turn(redis_server.url, "five", tmp_path / "record", options=("--ttl", f"{TTL}s"))
 

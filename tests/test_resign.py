@@ -4,27 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import run_lelect, spawn_lelect, wait_until
-
-
-@pytest.fixture
-def backend(tmp_path: Path) -> str:
-    return f"file://{tmp_path / 'state'}"
-
-
-@pytest.fixture
-def processes():
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def leader(backend: str, election: str) -> dict | None:

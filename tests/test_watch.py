@@ -9,29 +9,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from tests.helpers import LELECT, lelect_env, run_lelect, spawn_lelect, wait_until
 
 BEAT = "0.2s"
-
-
-@pytest.fixture
-def backend(tmp_path: Path) -> str:
-    return f"file://{tmp_path / 'state'}"
-
-
-@pytest.fixture
-def processes():
-    """Popen objects to kill (SIGKILL) at the end of the test, whatever happened."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def candidate(processes, backend: str, election: str, node_id: str, *job: str) -> subprocess.Popen:
