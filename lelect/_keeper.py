@@ -69,7 +69,7 @@ class Keeper:
         self.lock_fd = None
         self.record_pipe = None
         self.announced = True  # file backend: False until "locked" is sent
-        self.pending_exit = None
+        self.held_back = []
         self.childless = False
         self.job_pidfd = None
         self.tty = None
@@ -101,6 +101,7 @@ class Keeper:
     def wait_for_lock(self):
         """Take the flock in the main thread (a blocked helper thread wakes up to ms
         later). While blocked, a timer checks every half second that lelect is alive."""
+        self.announced = False  # nothing about the job goes out before "locked"
         import fcntl
 
         # Import and open the state database now, while waiting, so winning costs only
@@ -184,7 +185,6 @@ class Keeper:
 
         read_end, write_end = os.pipe()
         self.record_pipe = read_end
-        self.announced = False
         self.locked_line = f"locked {term} {since!r}"
         threading.Thread(
             target=self._record_leader, args=(term, since, write_end), daemon=True
@@ -223,9 +223,9 @@ class Keeper:
         if self.job_pid is not None:
             self.send(f"started {self.job_pid}")
         self.announced = True
-        if self.pending_exit is not None:
-            self.send(self.pending_exit)
-            self.pending_exit = None
+        for line in self.held_back:
+            self.send(line)
+        self.held_back = []
 
     def next_term(self):
         """The election's next term, written to the lock file before anything runs.
@@ -261,11 +261,12 @@ class Keeper:
         env = self.job_env
         env[b"LELECT_TERM"] = str(term).encode()
         try:
-            pid = os.posix_spawn(self.program, self.command, env, setpgroup=0, setsigdef=IGNORED)
+            spawn = os.posix_spawn if "/" in self.program else os.posix_spawnp
+            pid = spawn(self.program, self.command, env, setpgroup=0, setsigdef=IGNORED)
         except OSError as exc:
             self.release()
             reason = exc.strerror or str(exc)
-            self.send(f"execfail {self.command[0]}: {reason}")
+            self.report(f"execfail {self.command[0]}: {reason}")
             self.job_done = True
             return
         self.job_pid = pid
@@ -447,22 +448,19 @@ class Keeper:
         if self.options.get("autorelease") == "1":
             self.release()
         self.take_terminal_back()
-        line = f"exited {self.job_status} {self.reason}"
+        self.report(f"exited {self.job_status} {self.reason}")
+
+    def report(self, line):
+        """News of the job; on the file backend it waits until "locked" is sent."""
         if self.announced:
             self.send(line)
         else:
-            self.pending_exit = line  # after "locked", as lelect expects
+            self.held_back.append(line)
 
     def prepare_job(self):
-        """Resolve the program and the environment now, not after winning."""
+        """The environment now, not after winning (lelect resolved the program)."""
         self.job_env = dict(os.environb)
-        self.program = self.command[0] if self.command else None
-        if self.program and "/" not in self.program:
-            for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-                candidate = os.path.join(directory or ".", self.program)
-                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                    self.program = candidate
-                    break
+        self.program = self.options.get("program") or (self.command[0] if self.command else None)
 
     def run(self):
         self.install_signals()

@@ -97,8 +97,9 @@ def lease_timing(backend: Backend, ttl: float | None, grace: float | None) -> Le
     return LeaseTiming(ttl, renew, grace)
 
 
-def check_command(command: Sequence[str]) -> None:
-    """Refuse a command that cannot run before campaigning, not after winning."""
+def check_command(command: Sequence[str]) -> str:
+    """Refuse a command that cannot run before campaigning, not after winning; return
+    the program's path, resolved once here so the keeper need not search PATH."""
     if not command:
         raise UsageError("missing the command to run: lelect campaign NAME [OPTIONS] -- CMD [ARGS]...")
     program = command[0]
@@ -107,8 +108,11 @@ def check_command(command: Sequence[str]) -> None:
             raise CommandNotFound(f"{program}: no such file")
         if os.path.isdir(program) or not os.access(program, os.X_OK):
             raise CommandNotFound(f"{program}: not executable")
-    elif shutil.which(program) is None:
+        return program
+    found = shutil.which(program)
+    if found is None:
         raise CommandNotFound(f"{program}: command not found in PATH")
+    return found
 
 
 class Interrupted(Exception):
@@ -122,7 +126,7 @@ class Interrupted(Exception):
 class _Campaign:
     def __init__(self, backend: Backend, options: CampaignOptions, log: Log) -> None:
         validate_election(options.election)
-        check_command(options.command)
+        self.program = check_command(options.command)
         self.backend = backend
         self.options = options
         self.log = log
@@ -221,6 +225,7 @@ class _Campaign:
             keeper = self.keeper = Keeper(
                 opts.command,
                 self.job_env(),
+                program=self.program,
                 stop_signal=opts.stop_signal,
                 grace=self.timing.grace,
                 events=self.events,

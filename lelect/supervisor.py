@@ -52,12 +52,15 @@ class Keeper:
         command: Sequence[str],
         env: dict[str, str] | None = None,
         *,
+        program: str | None = None,
         stop_signal: int = signal.SIGTERM,
         grace: float = 10.0,
         events: queue.Queue | None = None,
         autorelease: bool = True,
     ) -> None:
         self.command = list(command)
+        #: The program's resolved path (else the keeper searches PATH for command[0]).
+        self.program = program
         #: Release the file backend's flock the moment the job's group is gone.
         self.autorelease = autorelease
         self.env = env
@@ -81,6 +84,8 @@ class Keeper:
             f"grace={self.grace!r}",
             f"pythonpath={PYTHONPATH}",
         ]
+        if self.program:
+            options.append(f"program={self.program}")
         if file_lock is not None:
             self.autostart = bool(self.command)
             options += [

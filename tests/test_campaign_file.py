@@ -374,3 +374,13 @@ def test_killing_a_keeper_handle_never_orphans_its_job():
     job = int(started.args[0])
     keeper.kill()
     wait_until(lambda: not pid_alive(job), timeout=2, what="the job to die with its keeper")
+
+
+def test_exec_failure_after_winning_is_127_and_frees_the_election(backend, tmp_path):
+    broken = tmp_path / "broken"
+    broken.write_bytes(b"\x7fELF not really")
+    broken.chmod(0o755)
+    out = run_lelect("campaign", "bad", "--", str(broken), backend=backend)
+    assert out.returncode == 127
+    assert "Exec format error" in out.stderr and "Traceback" not in out.stderr
+    assert run_lelect("campaign", "bad", "--no-wait", "--", "true", backend=backend).returncode == 0

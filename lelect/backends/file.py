@@ -178,7 +178,6 @@ class FileBackend(Backend):
             )
         )
         deadline = None if timeout is None else time.monotonic() + timeout
-        early: list[KeeperEvent] = []
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -192,8 +191,6 @@ class FileBackend(Backend):
                 keeper.kill()
                 raise
             if event.kind == "locked":
-                for kept in early:
-                    keeper.events.put(kept)
                 return FileLeadership(self, election, candidate, int(event.args[0]), token,
                                       keeper, own_keeper)
             if event.kind == "busy":
@@ -206,7 +203,7 @@ class FileBackend(Backend):
                 raise ConfigError(event.args[0])
             if event.kind == "gone":
                 raise InternalError("the keeper process died while waiting for the lock")
-            early.append(event)  # e.g. "execfail": the keeper reports it before "locked"
+            raise InternalError(f"unexpected keeper event before the lock: {event.kind}")
 
     def resign(self, leadership: Leadership) -> None:
         assert isinstance(leadership, FileLeadership)
