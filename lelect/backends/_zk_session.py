@@ -222,7 +222,9 @@ class Session:
     def start(self, within: float) -> None:
         """Connect and prove it with one answered request, or raise BackendUnavailable."""
         # kazoo's start() reports refused credentials as a time-out after the whole wait,
-        # or not, depending on which answer comes first: watch the state ourselves.
+        # or not, depending on which answer comes first. Refusal during the first connect
+        # reaches no state listener (the state stays LOST), so while connecting, and only
+        # then, look at the client's state every 50 ms.
         live = self.client.start_async()
         deadline = time.monotonic() + max(within, 0.001)
         while not live.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
