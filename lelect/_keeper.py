@@ -4,7 +4,8 @@ Run as ``python -S -I _keeper.py CTRL_FD [OPTIONS] -- CMD [ARGS...]``; it import
 the standard library (and, on the file backend, lelect.backends.filestate once it wins).
 
 - It starts the job in its own process group and is its child subreaper, so nothing the
-  job starts can escape it.
+  job starts can escape it. The job dies with it (PR_SET_PDEATHSIG), even if somebody
+  SIGKILLs the keeper itself.
 - It kills the whole group (SIGKILL, grandchildren too) the moment lelect dies, which it
   learns from EOF on CTRL_FD.
 - It is a dead-man switch: lelect sends the lease deadline after every renew; if the
@@ -40,14 +41,92 @@ def shell_status(status):
     return os.WEXITSTATUS(status)
 
 
+PR_SET_PDEATHSIG = 1
+LIBC = None
+
+
 def set_subreaper():
+    global LIBC
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        LIBC = ctypes.CDLL(None, use_errno=True)
+        LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except Exception:  # noqa: BLE001 - best effort; the process group still covers the job
         pass
+
+
+class Launcher:
+    """The job's process, forked while the keeper still waits for leadership.
+
+    It sets itself up at once (its own process group; PR_SET_PDEATHSIG, so the kernel
+    kills it if the keeper dies, even by SIGKILL, which posix_spawn cannot ask for;
+    default signal dispositions) and blocks on a pipe. Winning writes the term to
+    that pipe and the launcher execs the job: no fork on the hot path, and the
+    job's pid is known before it runs. It inherits no fd of ours past its exec (the
+    lock fd least of all: a job holding the flock would keep the election taken
+    after lelect is gone), and it is forked before the keeper opens the lock file."""
+
+    def __init__(self, program, argv, env, close=()):
+        keeper = os.getpid()
+        go_r, self.go = os.pipe()  # both close-on-exec
+        self.report, report_w = os.pipe()  # EOF on it means the exec worked
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            self.pid = os.fork()
+            if self.pid == 0:
+                self._child(keeper, program, argv, env, go_r, report_w, blocked, close)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(go_r)
+        os.close(report_w)
+
+    def _child(self, keeper, program, argv, env, go_r, report_w, blocked, close):
+        try:
+            os.setpgid(0, 0)
+            if LIBC is not None:
+                LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != keeper:  # the keeper died before prctl
+                os._exit(0)
+            signal.set_wakeup_fd(-1)
+            for sig in (*IGNORED, signal.SIGCHLD, signal.SIGTERM, signal.SIGALRM):
+                signal.signal(sig, signal.SIG_DFL)
+            for fd in (self.go, self.report, *close):
+                os.close(fd)
+            # Every signal stays blocked until the exec: one sent meanwhile acts then.
+            term = b""
+            while not term.endswith(b"\n"):
+                chunk = os.read(go_r, 64)
+                if not chunk:  # the keeper is done without winning
+                    os._exit(0)
+                term += chunk
+            env[b"LELECT_TERM"] = term.strip()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            if "/" in program:
+                os.execve(program, argv, env)
+            else:
+                os.execvpe(program, argv, env)
+        except OSError as exc:
+            try:
+                os.write(report_w, str(exc.errno or 0).encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(127)
+
+    def launch(self, term):
+        """Run the job with ``term``; raise OSError if it could not be run."""
+        try:
+            os.write(self.go, f"{term}\n".encode())
+            failure = b""
+            while chunk := os.read(self.report, 64):
+                failure += chunk
+        finally:
+            os.close(self.go)
+            os.close(self.report)
+        if failure:
+            code = int(failure)
+            raise OSError(code, os.strerror(code))
 
 
 class Keeper:
@@ -72,6 +151,7 @@ class Keeper:
         self.held_back = []
         self.childless = False
         self.job_pidfd = None
+        self.launcher = None
         self.tty = None
         self.terminated = False
         self.wake_r, self.wake_w = os.pipe()
@@ -258,18 +338,22 @@ class Keeper:
     def start_job(self, term, announce=True):
         if self.job_pid is not None or self.job_done:
             return
-        env = self.job_env
-        env[b"LELECT_TERM"] = str(term).encode()
+        launcher, self.launcher = self.launcher, None
         try:
-            spawn = os.posix_spawn if "/" in self.program else os.posix_spawnp
-            pid = spawn(self.program, self.command, env, setpgroup=0, setsigdef=IGNORED)
+            if launcher is None:
+                raise OSError(errno.ECHILD, "no job to start")
+            launcher.launch(term)
         except OSError as exc:
+            if launcher is not None:
+                self.forget(launcher.pid)
             self.release()
             reason = exc.strerror or str(exc)
+            if isinstance(exc, BrokenPipeError):
+                reason = "its process was killed before it could start"
             self.report(f"execfail {self.command[0]}: {reason}")
             self.job_done = True
             return
-        self.job_pid = pid
+        pid = self.job_pid = launcher.pid
         try:
             # Readable the moment the job exits: quicker than SIGCHLD via the wakeup fd.
             self.job_pidfd = os.pidfd_open(pid)
@@ -462,10 +546,20 @@ class Keeper:
         self.job_env = dict(os.environb)
         self.program = self.options.get("program") or (self.command[0] if self.command else None)
 
+    def forget(self, pid):
+        """Reap a launcher that never became the job."""
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
     def run(self):
         self.install_signals()
         set_subreaper()
         self.prepare_job()
+        if self.command:
+            self.launcher = Launcher(self.program, self.command, self.job_env,
+                                     close=(self.ctrl, self.wake_r, self.wake_w))
         self.stop_signal_for_lease = int(self.options.get("stop_signal", signal.SIGTERM))
         self.grace = float(self.options.get("grace", "10"))
         if "lock" in self.options:

@@ -21,6 +21,89 @@ KEEPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_keeper.
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+#: Pids of the keepers this process runs; everything else among its children is a stray.
+_keepers: set[int] = set()
+_keepers_lock = threading.Lock()
+_adopting = False
+
+
+def adopt_orphans() -> bool:
+    """Make this process the subreaper of whatever its keepers leave behind.
+
+    A keeper kills its job's whole tree when it stops, and the kernel kills the job if
+    the keeper is SIGKILLed (PR_SET_PDEATHSIG). The job's own children would still be
+    re-parented to init; after this call they come to us instead, and the campaign
+    kills them the moment a keeper dies (:func:`sweep_orphans`). The CLI does this; a
+    library process that forks children of its own is left as it is."""
+    global _adopting
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        _adopting = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        _adopting = False
+    return _adopting
+
+
+def _children() -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                found.extend(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def sweep_orphans(timeout: float = 10.0) -> int:
+    """SIGKILL every child of ours that is not a keeper (with its process group) and
+    wait until they are gone; repeat, as each death hands us its own children.
+    Returns how many were killed. Does nothing unless :func:`adopt_orphans` worked."""
+    if not _adopting:
+        return 0
+    import select
+    import time
+
+    killed = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with _keepers_lock:
+            strays = [pid for pid in _children() if pid not in _keepers]
+        if not strays:
+            break
+        for pid in strays:
+            try:
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        for pid in strays:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                pidfd = None
+            if pidfd is not None:
+                try:
+                    select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+                finally:
+                    os.close(pidfd)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+    return killed
+
+
 @dataclass(frozen=True)
 class KeeperEvent:
     """One line from the keeper: ``kind`` and its words."""
@@ -102,9 +185,11 @@ class Keeper:
         argv = [sys.executable, "-S", "-I", KEEPER_PATH, str(theirs.fileno()), *options, "--"]
         argv += self.command
         try:
-            self.process = subprocess.Popen(
-                argv, pass_fds=(theirs.fileno(),), env=self.env, close_fds=True
-            )
+            with _keepers_lock:  # a sweep must never take a keeper being born for a stray
+                self.process = subprocess.Popen(
+                    argv, pass_fds=(theirs.fileno(),), env=self.env, close_fds=True
+                )
+                _keepers.add(self.process.pid)
         finally:
             theirs.close()
         self._sock = ours
@@ -120,6 +205,9 @@ class Keeper:
             except OSError:
                 data = b""
             if not data:
+                self._reap()
+                # A keeper that was killed left its job's children to us (adopt_orphans).
+                sweep_orphans()
                 self.events.put(KeeperEvent("gone"))
                 return
             buffer += data
@@ -182,13 +270,19 @@ class Keeper:
             self.process.terminate()
         self._wait_gone()
 
-    def _wait_gone(self) -> None:
+    def _reap(self) -> None:
+        """Wait for the keeper process (it has closed its end, so it is exiting)."""
         if self.process is not None:
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:  # a keeper that hangs is a bug: do not hang too
                 self.process.kill()
                 self.process.wait()
+            with _keepers_lock:
+                _keepers.discard(self.process.pid)
+
+    def _wait_gone(self) -> None:
+        self._reap()
         with self._lock:
             if self._sock is not None:
                 self._sock.close()

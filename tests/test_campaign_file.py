@@ -351,16 +351,50 @@ def test_restart_rejoins_the_race_with_a_new_term_each_time(backend, tmp_path):
     assert terms == sorted(set(terms)), terms
 
 
-def test_keeper_killed_takes_the_job_with_it(backend, tmp_path):
+@pytest.mark.parametrize("db_busy", [False, True], ids=["db-free", "db-busy"])
+def test_keeper_killed_takes_the_job_with_it(backend, tmp_path, db_busy):
+    """SIGKILL of the keeper while the job runs: the job and its child die, and the
+    election is free again. With the state database busy, the keeper has started the
+    job but not yet told lelect (it tells once the leader record is written), so only
+    the kernel (PR_SET_PDEATHSIG) and lelect's subreaper can catch them."""
+    state = Path(backend.removeprefix("file://"))
+    assert run_lelect("campaign", "kk", "--", "true", backend=backend).returncode == 0
+    db = sqlite3.connect(state / "lelect.db", isolation_level=None)
+    if db_busy:
+        db.execute("BEGIN IMMEDIATE")
     pids = tmp_path / "pids"
-    proc = spawn_lelect("campaign", "kk", "--", "sh", "-c", f"echo $$ > {pids}; exec sleep 60",
+    proc = spawn_lelect(
+        "campaign", "kk", "--heartbeat-interval", "0", "--",
+        "sh", "-c", f"sleep 60 & echo $$ $! > {pids}; wait",
+        backend=backend,
+    )
+    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="job started")
+    job, grandchild = (int(p) for p in pids.read_text().split())
+    keeper = int(open(f"/proc/{job}/stat").read().rsplit(")", 1)[1].split()[1])
+    os.kill(keeper, signal.SIGKILL)
+    assert proc.wait(timeout=10) == 73
+    wait_until(lambda: not pid_alive(job) and not pid_alive(grandchild), timeout=5,
+               what="job and its child gone")
+    db.close()
+    out = run_lelect("campaign", "kk", "--no-wait", "--", "true", backend=backend)
+    assert out.returncode == 0, out.stderr
+
+
+def test_job_dies_with_its_keeper_even_when_lelect_dies_too(backend, tmp_path):
+    """SIGKILL of lelect and its keeper together: the kernel kills the job
+    (PR_SET_PDEATHSIG), and the election is free."""
+    pids = tmp_path / "pids"
+    proc = spawn_lelect("campaign", "both", "--", "sh", "-c", f"echo $$ > {pids}; exec sleep 60",
                         backend=backend)
     wait_until(lambda: pids.exists() and pids.read_text().strip(), what="job started")
     job = int(pids.read_text())
     keeper = int(open(f"/proc/{job}/stat").read().rsplit(")", 1)[1].split()[1])
+    os.kill(proc.pid, signal.SIGKILL)
     os.kill(keeper, signal.SIGKILL)
-    assert proc.wait(timeout=10) == 73
-    wait_until(lambda: not pid_alive(job), timeout=2, what="job gone")
+    proc.wait(timeout=10)
+    wait_until(lambda: not pid_alive(job), timeout=5, what="the job to die with its keeper")
+    out = run_lelect("campaign", "both", "--no-wait", "--", "true", backend=backend)
+    assert out.returncode == 0, out.stderr
 
 
 def test_killing_a_keeper_handle_never_orphans_its_job():
@@ -374,6 +408,22 @@ def test_killing_a_keeper_handle_never_orphans_its_job():
     job = int(started.args[0])
     keeper.kill()
     wait_until(lambda: not pid_alive(job), timeout=2, what="the job to die with its keeper")
+
+
+def test_a_job_dies_with_its_keeper_in_a_library_process_too():
+    """No subreaper here (the library leaves its host process alone): SIGKILL of the
+    keeper still takes the job, by the kernel's PR_SET_PDEATHSIG."""
+    from lelect.supervisor import Keeper
+
+    keeper = Keeper(["sleep", "60"])
+    keeper.spawn()
+    keeper.start(1)
+    started = keeper.events.get(timeout=10)
+    assert started.kind == "started"
+    job = int(started.args[0])
+    keeper.process.kill()
+    wait_until(lambda: not pid_alive(job), timeout=5, what="the job to die with its keeper")
+    keeper.close()
 
 
 def test_exec_failure_after_winning_is_127_and_frees_the_election(backend, tmp_path):

@@ -31,7 +31,14 @@ from lelect.backends.base import (
     Members,
 )
 from lelect.backends.urls import BackendURL
-from lelect.errors import CampaignTimeout, ConfigError, ElectionBusy, InternalError, UsageError
+from lelect.errors import (
+    CampaignTimeout,
+    ConfigError,
+    ElectionBusy,
+    InternalError,
+    LeadershipLost,
+    UsageError,
+)
 from lelect.names import ELECTION_NAME, validate_election
 from lelect.supervisor import FileLock, Keeper, KeeperEvent
 
@@ -202,7 +209,12 @@ class FileBackend(Backend):
                 keeper.kill()
                 raise ConfigError(event.args[0])
             if event.kind == "gone":
-                raise InternalError("the keeper process died while waiting for the lock")
+                # Killed from outside; it may have won and started the job already, which
+                # the kernel then killed with it (and lelect's subreaper, its children).
+                raise LeadershipLost(
+                    f"the job's keeper for {election!r} died before it reported;"
+                    " anything it had started was killed"
+                )
             raise InternalError(f"unexpected keeper event before the lock: {event.kind}")
 
     def resign(self, leadership: Leadership) -> None:

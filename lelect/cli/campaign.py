@@ -60,6 +60,7 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
         raise click.UsageError("missing the command to run: lelect campaign NAME [OPTIONS] -- CMD [ARGS]...")
     from lelect.campaign import CampaignOptions, run_campaign
     from lelect.cli.logs import StderrLog
+    from lelect.supervisor import adopt_orphans
 
     options = CampaignOptions(
         election=election,
@@ -80,6 +81,7 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
         forget_after=forget_after,
     )
     backend = open_backend(ctx)
+    adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
     try:
         return run_campaign(backend, options, StderrLog(log_format, election, quiet))
     finally:
