@@ -154,6 +154,7 @@ class Keeper:
         self.launcher = None
         self.tty = None
         self.terminated = False
+        self.exit_when_done = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
@@ -495,6 +496,15 @@ class Keeper:
         elif verb == "exit":
             self.shutdown()
 
+    def on_terminate(self):
+        """SIGTERM (lelect gives up its campaign): a job that already runs gets the
+        stop signal and the grace like any stopped job, then we go."""
+        self.terminated = False
+        if self.job_pid is None or self.job_done:
+            self.shutdown()
+        self.exit_when_done = True
+        self.begin_stop(self.stop_signal_for_lease, self.grace, "stop")
+
     def shutdown(self):
         self.kill_everything()
         self.release()
@@ -533,6 +543,8 @@ class Keeper:
             self.release()
         self.take_terminal_back()
         self.report(f"exited {self.job_status} {self.reason}")
+        if self.exit_when_done:
+            self.shutdown()
 
     def report(self, line):
         """News of the job; on the file backend it waits until "locked" is sent."""
@@ -566,7 +578,7 @@ class Keeper:
             self.wait_for_lock()
         while True:
             if self.terminated:
-                self.shutdown()
+                self.on_terminate()
             now = time.monotonic()
             next_timer = self.timers(now)
             timeout = None if next_timer is None else max(0.0, next_timer - now)

@@ -263,9 +263,10 @@ class Keeper:
         self._wait_gone()
 
     def kill(self) -> None:
-        """Stop this keeper whatever it is doing, now: SIGTERM makes a waiting keeper
-        just exit, and one that started a job kill the job's group first. (Never
-        SIGKILL a keeper: its job would be left running.)"""
+        """Stop this keeper whatever it is doing: SIGTERM makes a waiting keeper just
+        exit, and one that started a job stop it (stop signal, SIGKILL after the
+        grace) first. (Only a keeper that hangs gets SIGKILL; the kernel then kills
+        its job, and :func:`sweep_orphans` what the job started.)"""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
         self._wait_gone()
@@ -274,7 +275,7 @@ class Keeper:
         """Wait for the keeper process (it has closed its end, so it is exiting)."""
         if self.process is not None:
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=self.grace + 15)
             except subprocess.TimeoutExpired:  # a keeper that hangs is a bug: do not hang too
                 self.process.kill()
                 self.process.wait()

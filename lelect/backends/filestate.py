@@ -126,14 +126,38 @@ def open_db(directory: str) -> sqlite3.Connection:
     """Open (creating if needed) the state database; refuse a corrupt one.
 
     Several processes may create it at once: WAL mode and the schema are set with a
-    busy timeout inside an immediate transaction, so the race is harmless."""
+    busy timeout inside an immediate transaction, so the race is harmless. Switching
+    a new database to WAL can still fail at once with "database is locked" (SQLite
+    does not wait when waiting could deadlock two connections that both read it
+    first): then we back off briefly and try again, for up to the busy timeout."""
     path = os.path.join(directory, DB_NAME)
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.002
+    while True:
+        try:
+            return _open_db(path)
+        except _Contended as exc:
+            if time.monotonic() + pause > deadline:
+                raise ConfigError(f"state database {path} stays locked: {exc}") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
+BUSY_TIMEOUT = 10.0
+
+
+class _Contended(Exception):
+    """Another process holds the new database's lock right now."""
+
+
+def _open_db(path: str) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot open state database {path}: {exc}") from None
     try:
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         if mode != "wal":
             conn.execute("PRAGMA journal_mode=WAL")
@@ -147,7 +171,7 @@ def open_db(directory: str) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         conn.close()
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-            raise ConfigError(f"state database {path} stays locked: {exc}") from None
+            raise _Contended(str(exc)) from None
         raise corrupt(path, str(exc)) from None
     return conn
 
