@@ -480,7 +480,10 @@ def test_read_only_replica_is_a_clear_error(redis_server):
 
 def test_loading_server_is_a_clear_error(redis_server, pool):
     client = redis_server.client(socket_timeout=30)
-    client.execute_command("DEBUG", "POPULATE", "500000")
+    # Loading then takes 2000 x 1 ms, and the server answers others (LOADING) meanwhile.
+    client.config_set("key-load-delay", 1000)
+    client.config_set("loading-process-events-interval-bytes", 1024)
+    client.execute_command("DEBUG", "POPULATE", "2000")
     reloading = pool.submit(client.execute_command, "DEBUG", "RELOAD")
     backend = connect(redis_server.url)
     with pytest.raises(BackendUnavailable, match="LOADING"):
