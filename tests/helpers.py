@@ -161,3 +161,18 @@ def pid_alive(pid: int) -> bool:
         return state != "Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+def blocked_on_flock(lock: Path) -> bool:
+    """True once some process waits for the flock of ``lock`` (a "->" line of
+    /proc/locks names its inode): an embedded-backend candidate is queued."""
+    try:
+        inode = os.stat(lock).st_ino
+    except FileNotFoundError:
+        return False
+    with open("/proc/locks") as locks:
+        for line in locks:
+            fields = line.split()
+            if "->" in fields and int(fields[-3].rsplit(":", 1)[1]) == inode:
+                return True
+    return False

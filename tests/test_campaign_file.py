@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers import (
     LELECT,
+    blocked_on_flock,
     campaigns_in_turn,
     lelect_env,
     pid_alive,
@@ -22,6 +23,10 @@ from tests.helpers import (
     spawn_lelect,
     wait_until,
 )
+
+
+def lock_of(backend: str, name: str) -> Path:
+    return Path(backend.removeprefix("file://")) / f"{name}.lock"
 
 
 def leader_json(backend: str, name: str) -> dict | None:
@@ -70,7 +75,7 @@ def test_kill9_of_lelect_kills_job_and_grandchildren_before_next_leader(backend,
         f" then echo overlap > {seen}; else echo clean > {seen}; fi",
         backend=backend,
     )
-    time.sleep(0.3)  # let the follower block on the flock
+    wait_until(lambda: blocked_on_flock(lock_of(backend, "k9")), what="the follower to queue")
     assert not seen.exists()
     leader.kill()
     killed_at = time.monotonic()
@@ -91,7 +96,7 @@ def test_sigterm_to_lelect_reaches_job_group_and_next_candidate_takes_over(backe
     )
     wait_until(started.exists, what="job started")
     follower = spawn_lelect("campaign", "term", "--", "sh", "-c", "echo $LELECT_TERM", backend=backend)
-    time.sleep(0.2)
+    wait_until(lambda: blocked_on_flock(lock_of(backend, "term")), what="the follower to queue")
     leader.send_signal(signal.SIGTERM)
     assert leader.wait(timeout=10) == 42
     out, err = follower.communicate(timeout=10)
@@ -207,7 +212,7 @@ def test_sigint_while_waiting_exits_and_leaves_nothing_behind(backend, tmp_path)
     leader = spawn_lelect("campaign", "wait", "--", "sh", "-c", f"touch {started}; sleep 30", backend=backend)
     wait_until(started.exists, what="leader's job")
     waiter = spawn_lelect("campaign", "wait", "--", "true", backend=backend)
-    time.sleep(0.3)
+    wait_until(lambda: blocked_on_flock(lock_of(backend, "wait")), what="the waiter to queue")
     waiter.send_signal(signal.SIGINT)
     assert waiter.wait(timeout=10) == 130
     leader.terminate()
