@@ -98,3 +98,20 @@ def test_resign_with_restart_rejoins_after_the_cooldown(backend, processes, tmp_
     assert term > first
     assert f"stopped-by-TERM {first}" in record.read_text()
     assert node.poll() is None
+
+
+def test_resign_reaches_a_leader_whose_state_directory_has_a_long_path(tmp_path, processes):
+    """A unix socket's path must fit in 108 bytes; a deep LELECT_HOME must not matter."""
+    home = tmp_path / ("d" * 60) / ("e" * 60)
+    backend = f"file://{home}"
+    record = tmp_path / "record"
+    name = "n" * 70  # a long election name too (its socket gets a hashed name)
+    alpha = spawn_lelect("campaign", name, "--heartbeat-interval", "0", "--", *trapping_job(record),
+                         backend=backend)
+    processes.append(alpha)
+    wait_until(lambda: record.exists() and record.read_text(), timeout=20, what="the job")
+    wait_until(lambda: any(p.suffix == ".sock" for p in home.iterdir()), what="the resign socket")
+    out = run_lelect("resign", name, backend=backend)
+    assert out.returncode == 0, out.stderr
+    assert alpha.wait(timeout=20) == 0
+    assert "stopped-by-TERM" in record.read_text()

@@ -8,6 +8,7 @@ requests; observers poll SQLite's ``PRAGMA data_version`` (cheap, local).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -54,19 +55,21 @@ class FileLeadership(Leadership):
         self.keeper = keeper
         self.own_keeper = own_keeper
         self._listener: socket.socket | None = None
-        self._socket_path = backend.socket_path(election)
+        self._socket_dir = backend.directory
+        self._socket_name = backend.socket_name(election)
         self._start_resign_listener()
 
     def _start_resign_listener(self) -> None:
         try:
-            os.unlink(self._socket_path)
+            os.unlink(os.path.join(self._socket_dir, self._socket_name))
         except FileNotFoundError:
             pass
         except OSError:
             return
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(self._socket_path)
+            with self.backend.socket_path(self.election) as path:
+                listener.bind(path)
             listener.listen(8)
         except OSError:
             listener.close()
@@ -97,7 +100,7 @@ class FileLeadership(Leadership):
         listener, self._listener = self._listener, None
         if listener is not None:
             try:
-                os.unlink(self._socket_path)
+                os.unlink(os.path.join(self._socket_dir, self._socket_name))
             except OSError:
                 pass
             listener.close()
@@ -142,12 +145,27 @@ class FileBackend(Backend):
     def lock_path(self, election: str) -> str:
         return os.path.join(self.directory, f"{election}.lock")
 
-    def socket_path(self, election: str) -> str:
-        path = os.path.join(self.directory, f"{election}.sock")
+    def socket_name(self, election: str) -> str:
+        name = f"{election}.sock"
+        if len(name.encode()) <= 64:
+            return name
+        return f"_{hashlib.sha256(election.encode()).hexdigest()[:16]}.sock"
+
+    @contextlib.contextmanager
+    def socket_path(self, election: str) -> Iterator[str]:
+        """A path to bind or connect the election's resign socket by. A unix socket's
+        path must fit in 108 bytes; past that, we go through /proc/self/fd of the
+        directory, so any LELECT_HOME works."""
+        name = self.socket_name(election)
+        path = os.path.join(self.directory, name)
         if len(path.encode()) < 100:
-            return path
-        digest = hashlib.sha256(election.encode()).hexdigest()[:16]
-        return os.path.join(self.directory, f"_{digest}.sock")
+            yield path
+            return
+        fd = os.open(self.directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield f"/proc/self/fd/{fd}/{name}"
+        finally:
+            os.close(fd)
 
     def _lock_held(self, election: str) -> bool:
         """True if somebody holds the election's flock (a record alone may be stale)."""
@@ -265,9 +283,10 @@ class FileBackend(Backend):
         deadline = time.monotonic() + 2.0
         while True:
             try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, \
+                        self.socket_path(election) as path:
                     sock.settimeout(2)
-                    sock.connect(self.socket_path(election))
+                    sock.connect(path)
                     sock.sendall(f"resign {info.term}\n".encode())
                     return sock.recv(16).startswith(b"ok")
             except OSError:
