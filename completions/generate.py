@@ -22,6 +22,9 @@ def source(shell: str) -> str:
     from click.shell_completion import get_completion_class
 
     from lelect.cli import cli
+    from lelect.cli.completion import register
+
+    register()
 
     completion = get_completion_class(shell)(cli, {}, "lelect", "_LELECT_COMPLETE")
     return completion.source() + "\n"  # click.echo adds the newline

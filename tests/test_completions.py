@@ -75,6 +75,13 @@ def test_completion_with_a_broken_backend_is_quietly_empty(tmp_path):
     assert complete(f"file://{tmp_path}/afile/sub", "lelect health ") == []
 
 
+def shell_env(backend: str) -> dict[str, str]:
+    env = lelect_env(backend)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    assert shutil.which("lelect", path=env["PATH"]), "lelect is not installed next to python"
+    return env
+
+
 def test_bash_script_completes_elections_end_to_end(backend):
     """Source completions/lelect.bash in a real bash and press <TAB> (call its function)."""
     script = (
@@ -82,10 +89,51 @@ def test_bash_script_completes_elections_end_to_end(backend):
         "COMP_WORDS=(lelect resign ni); COMP_CWORD=2; _lelect_completion lelect; "
         'printf "%s\\n" "${COMPREPLY[@]}"'
     )
-    env = lelect_env(backend)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    assert shutil.which("lelect", path=env["PATH"]), "lelect is not installed next to python"
-    out = subprocess.run(["bash", "--norc", "-c", script], env=env, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(["bash", "--norc", "-c", script], env=shell_env(backend),
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["nightly", "nightly-eu"]
+
+
+def test_fish_script_completes_elections_end_to_end(backend):
+    """Source completions/lelect.fish in a real fish and ask what <TAB> would offer."""
+    script = f"source {COMPLETIONS / 'lelect.fish'}; complete -C 'lelect resign ni'"
+    out = subprocess.run(["fish", "--no-config", "-c", script], env=shell_env(backend),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert [line.split("\t")[0] for line in out.stdout.splitlines()] == ["nightly", "nightly-eu"]
+
+
+def test_zsh_script_completes_elections_end_to_end(backend, tmp_path):
+    """A real interactive zsh (in tmux) with compinit and completions/lelect.zsh on
+    its fpath: type `lelect resign ni` and list the choices (^D)."""
+    from tests.helpers import wait_until
+
+    fpath = tmp_path / "fpath"
+    fpath.mkdir()
+    (fpath / "_lelect").write_text((COMPLETIONS / "lelect.zsh").read_text())
+    zdot = tmp_path / "zdot"
+    zdot.mkdir()
+    (zdot / ".zshrc").write_text(
+        f"fpath=({fpath} $fpath)\nautoload -Uz compinit\ncompinit -u -d {tmp_path}/zcompdump\n"
+        "PS1='ready> '\n"
+    )
+    env = shell_env(backend)
+    env["ZDOTDIR"] = str(zdot)
+    sock = str(tmp_path / "tmux.sock")
+    tmux = ["tmux", "-S", sock]
+    subprocess.run([*tmux, "new-session", "-d", "-x", "120", "-y", "20", "zsh", "-i"], env=env,
+                   check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True,
+                                  check=True).stdout
+
+        wait_until(lambda: "ready>" in screen(), timeout=30, what="the zsh prompt")
+        # ^D at the end of the line is list-choices: the completion system, not a guess.
+        subprocess.run([*tmux, "send-keys", "lelect resign ni", "C-d"], check=True)
+        wait_until(lambda: "nightly-eu" in screen(), timeout=30, what="the completion list")
+        listed = screen().split("ready> lelect resign ni", 1)[1].split()
+        assert listed[:2] == ["nightly", "nightly-eu"], screen()
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)

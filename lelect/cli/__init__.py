@@ -100,6 +100,10 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn every failure into one line + status."""
+    if "_LELECT_COMPLETE" in os.environ:  # a shell asks for completions
+        from lelect.cli.completion import register
+
+        register()
     try:
         status = cli.main(args=argv, prog_name="lelect", standalone_mode=False)
     except click.UsageError as exc:
