@@ -176,3 +176,45 @@ def blocked_on_flock(lock: Path) -> bool:
             if "->" in fields and int(fields[-3].rsplit(":", 1)[1]) == inode:
                 return True
     return False
+
+
+# -- what a server can tell about waiting candidates --------------------------------------
+
+
+def redis_listeners(client, election: str, prefix: str = "lelect") -> int:
+    """Connections subscribed to ``election``'s ``released`` channel (PUBSUB NUMSUB): a
+    leader's listener, an observer, and every candidate campaigning (each subscribes
+    before its first attempt)."""
+    channel = f"{prefix}:{{{election}}}:released"
+    return dict(client.pubsub_numsub(channel)).get(channel, 0)
+
+
+def redis_tried(client) -> int:
+    """lelect's command connections (not subscriptions) whose last command ran a script
+    or a PTTL (CLIENT LIST): a leader's renews, an observer's look at the leader, and
+    each waiting candidate that has made its first attempt (then sleeps on the PTTL)."""
+    return sum(
+        1
+        for c in client.client_list()
+        if c.get("name") == "lelect"
+        and "P" not in c.get("flags", "")
+        and c.get("cmd") in ("evalsha", "eval", "pttl")
+    )
+
+
+def zk_queue(kazoo, path: str) -> list[str]:
+    """The contender nodes under the election znode ``path``, lowest sequence (the
+    leader) first, read with a kazoo client."""
+    return sorted((c for c in kazoo.get_children(path) if "__lock__" in c), key=lambda c: c[-10:])
+
+
+def zk_watchers(server, path: str) -> int:
+    """How many sessions watch the znode ``path``, by the server's own account (``wchp``).
+    A waiting contender watches its predecessor; a lelect leader also watches itself."""
+    count, current = 0, None
+    for line in server.command("wchp").splitlines():
+        if line.startswith("/"):
+            current = line.strip()
+        elif line.strip() and current == path:
+            count += 1
+    return count

@@ -14,7 +14,7 @@ import pytest
 from lelect.backends import connect
 from lelect.backends.base import MAX_ARRIVALS, Candidate, Heartbeat, lease_drift
 from lelect.errors import BackendUnavailable, CampaignTimeout, ElectionBusy, UsageError
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, redis_listeners, redis_tried, wait_until
 
 
 def candidate(name: str) -> Candidate:
@@ -36,6 +36,19 @@ def pool():
 
 def campaign_later(pool, backend, election: str, name: str, **kwargs) -> Future:
     return pool.submit(backend.campaign, election, candidate(name), **kwargs)
+
+
+def server_ms(client) -> int:
+    """The server's clock (TIME) in ms, as the acquire script reads it for a term."""
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def renewed(leadership) -> threading.Event:
+    """Set by the next successful renew of ``leadership``."""
+    event = threading.Event()
+    leadership.on_deadline(lambda _: event.set())
+    return event
 
 
 # -- URLs -------------------------------------------------------------------------------
@@ -130,12 +143,15 @@ def test_terms_keep_growing_after_flushall_and_restart(redis_server):
     backend = connect(redis_server.url)
     with backend.campaign("e", candidate("a")) as first:
         pass
-    redis_server.client().flushall()
-    time.sleep(0.01)
+    client = redis_server.client()
+    client.flushall()
+    # With the term key gone a term is the server's TIME in ms: let it pass the last term.
+    wait_until(lambda: server_ms(client) > first.term, what="the server clock to pass term 1")
     with backend.campaign("e", candidate("a")) as second:
         pass
     redis_server.restart()  # no persistence: every key is gone
-    time.sleep(0.01)
+    client = redis_server.client()
+    wait_until(lambda: server_ms(client) > second.term, what="the server clock to pass term 2")
     with backend.campaign("e", candidate("a")) as third:
         pass
     assert first.term < second.term < third.term
@@ -166,7 +182,7 @@ def test_renews_extend_the_lease_and_report_each_deadline(redis_server):
     deadlines: list[float] = []
     with backend.campaign("e", candidate("a"), ttl=0.6) as leadership:
         leadership.on_deadline(deadlines.append)
-        time.sleep(1.5)
+        time.sleep(1.5)  # a window: the lease must hold for 2.5 TTLs, renewed all along
         assert leadership.is_leader()
         assert redis_server.client().pttl("lelect:{e}:leader") > 300
     assert len(deadlines) >= 5
@@ -189,7 +205,12 @@ def test_graceful_release_wakes_a_waiter_at_once(redis_server, pool):
     backend = connect(redis_server.url)
     leader = backend.campaign("e", candidate("a"), ttl=10.0)
     waiter = campaign_later(pool, connect(redis_server.url), "e", "b", ttl=10.0)
-    time.sleep(0.3)  # the waiter is asleep on the key's 10 s PTTL
+    client = redis_server.client()
+    # The waiter is asleep on the key's 10 s PTTL: subscribed, and its first attempt made.
+    wait_until(
+        lambda: redis_listeners(client, "e") >= 2 and redis_tried(client) >= 2,
+        what="the waiter to subscribe and try once",
+    )
     assert not waiter.done()
     released = time.monotonic()
     leader.release()
@@ -205,7 +226,7 @@ from lelect.backends import connect
 from lelect.backends.base import Candidate
 leadership = connect(sys.argv[1]).campaign(sys.argv[2], Candidate.local("crasher"), ttl=1.0)
 print(leadership.term, flush=True)
-time.sleep(60)
+time.sleep(60)  # hold the lease until the test kills this process
 """
 
 
@@ -222,7 +243,13 @@ def test_crashed_leader_is_replaced_when_its_key_expires(redis_server, pool):
             lambda: [seen.append((time.monotonic(), x)) for x in backend.observe("e", stop)]
         )
         waiter = campaign_later(pool, connect(redis_server.url), "e", "b", ttl=1.0)
-        time.sleep(0.3)
+        client = redis_server.client()
+        # The observer has seen the crasher lead; the waiter subscribed and tried once (the
+        # crasher's listener, the observer and the waiter listen; each has run a script).
+        wait_until(
+            lambda: seen and redis_listeners(client, "e") >= 3 and redis_tried(client) >= 3,
+            what="the observer to look and the waiter to subscribe and try once",
+        )
         crasher.kill()
         killed = time.monotonic()
         successor = waiter.result(timeout=3)
@@ -287,7 +314,7 @@ def test_partition_loses_the_lease_by_its_deadline(redis_server, partition_proxy
     proxy = partition_proxy("127.0.0.1", redis_server.port)
     backend = connect(f"redis://{proxy.address}/0")
     leadership = backend.campaign("e", candidate("a"), ttl=1.0)
-    time.sleep(0.5)
+    assert renewed(leadership).wait(5), "no renew went through the proxy"
     proxy.block()
     blocked = time.monotonic()
     deadline = leadership.lease_deadline
@@ -303,7 +330,7 @@ def test_partition_loses_the_lease_by_its_deadline(redis_server, partition_proxy
 def test_frozen_server_loses_the_lease_by_its_deadline(redis_server):
     backend = connect(redis_server.url)
     leadership = backend.campaign("e", candidate("a"), ttl=1.0)
-    time.sleep(0.2)
+    assert renewed(leadership).wait(5), "no renew went through"
     redis_server.freeze()
     try:
         frozen = time.monotonic()
@@ -323,10 +350,16 @@ def test_idle_waiters_send_less_than_one_command_per_second(redis_server, pool):
     waiters = [
         campaign_later(pool, connect(redis_server.url), "e", f"w{i}", ttl=3.0) for i in range(10)
     ]
-    time.sleep(0.5)
+    client = redis_server.client()
+    # Every waiter subscribed and made its first attempt: what follows is idle waiting.
+    wait_until(
+        lambda: redis_listeners(client, "e") >= 11 and redis_tried(client) >= 11,
+        timeout=20,
+        what="10 waiters to subscribe and try once",
+    )
     before = redis_server.command_calls()
     window = 3.0
-    time.sleep(window)
+    time.sleep(window)  # a window: count what idle waiters send in it
     after = redis_server.command_calls()
     requests = ("evalsha", "eval", "pttl", "subscribe", "hello", "client|setname")
     sent = sum(after.get(c, 0) - before.get(c, 0) for c in requests)
@@ -379,9 +412,15 @@ def test_members_are_forgotten_after_their_ttl_or_at_once_when_removed(redis_ser
     backend.publish(heartbeat("e", "stays"), ttl=60)
     backend.publish(heartbeat("e", "leaves"), ttl=60)
     backend.remove_member("e", "leaves")
-    assert {r.node_id for r in backend.members("e").records} == {"brief", "stays"}
-    time.sleep(0.3)
-    assert {r.node_id for r in backend.members("e").records} == {"stays"}
+    listed = backend.members("e")
+    assert {r.node_id for r in listed.records} == {"brief", "stays"}
+    (brief_at,) = [r.arrivals[-1] for r in listed.records if r.node_id == "brief"]
+    # Redis judges by its own TIME: wait until that has passed brief's 0.2 s ttl.
+    later = wait_until(
+        lambda: (m := backend.members("e")).now > brief_at + 0.2 + 0.001 and m,
+        what="the server clock to pass brief's ttl",
+    )
+    assert {r.node_id for r in later.records} == {"stays"}
 
 
 def test_elections_lists_elections_with_a_leader_or_members(redis_server):
@@ -501,7 +540,7 @@ def test_documented_acl_suffices_and_a_missing_permission_is_a_clear_error(redis
     backend = connect(f"redis://lelect:pw@{redis_server.host_port}/0")
     with backend.campaign("e", candidate("a"), ttl=1.0) as leadership:
         assert backend.request_resign("e") and leadership.resign_requested.wait(1)
-        time.sleep(0.5)  # a renew went through
+        assert renewed(leadership).wait(5), "no renew went through"
         assert leadership.is_leader()
     backend.publish(heartbeat("e", "n1"), ttl=60)
     assert [r.node_id for r in backend.members("e").records] == ["n1"]

@@ -22,6 +22,7 @@ from tests.helpers import (
     pid_alive,
     read_intervals,
     recording_job,
+    redis_listeners,
     run_lelect,
     spawn_lelect,
     wait_until,
@@ -86,6 +87,17 @@ def wait_for_candidates(url: str, election: str, count: int) -> None:
     )
 
 
+def wait_for_waiter(server, election: str) -> None:
+    """The second candidate is waiting: it subscribes to the election's released channel
+    (before its first attempt) beside the leader's listener."""
+    client = server.client()
+    wait_until(
+        lambda: redis_listeners(client, election) >= 2,
+        timeout=10,
+        what=f"a candidate waiting for {election}",
+    )
+
+
 def test_five_concurrent_campaigns_run_one_at_a_time(redis_server, tmp_path):
     campaigns_in_turn(redis_server.url, "five", tmp_path / "record", options=("--ttl", f"{TTL}s"))
 
@@ -97,7 +109,7 @@ def test_killed_leader_is_replaced_within_ttl(redis_server, tmp_path, processes)
     wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
     processes.append(campaign(redis_server.url, "crash", ticking_job(record)))
     wait_for_candidates(redis_server.url, "crash", 2)
-    time.sleep(0.3)
+    wait_for_waiter(redis_server, "crash")
     leader.kill()
     killed_ns = time.time_ns()
     old_job = read_ticks(record)[0]
@@ -131,7 +143,7 @@ def test_partitioned_leader_job_is_dead_by_its_lease_deadline(
     wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
     processes.append(campaign(redis_server.url, "part", ticking_job(record)))
     wait_for_candidates(redis_server.url, "part", 2)
-    time.sleep(0.3)
+    wait_for_waiter(redis_server, "part")
     proxy.block()
     blocked_ns = time.time_ns()
     wait_until(lambda: len(read_ticks(record)) == 2, timeout=TTL + 3, what="the next job")
@@ -151,11 +163,11 @@ def test_frozen_server_stops_the_job_within_ttl_and_one_job_runs_after(
     wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
     processes.append(campaign(redis_server.url, "frozen", ticking_job(record)))
     wait_for_candidates(redis_server.url, "frozen", 2)
-    time.sleep(0.3)
+    wait_for_waiter(redis_server, "frozen")
     redis_server.freeze()
     frozen_ns = time.time_ns()
     try:
-        time.sleep(TTL + 0.5)
+        time.sleep(TTL + 0.5)  # a window: the job stops by the deadline; no other starts meanwhile
         assert read_ticks(record)[0].last_ns <= frozen_ns + TTL * 1e9
         assert len(read_ticks(record)) == 1
     finally:
@@ -163,7 +175,7 @@ def test_frozen_server_stops_the_job_within_ttl_and_one_job_runs_after(
     thawed_ns = time.time_ns()
     assert leader.wait(10) == 73
     wait_until(lambda: len(read_ticks(record)) == 2, timeout=5, what="the next job")
-    time.sleep(1.0)
+    time.sleep(1.0)  # a window: the old job must not tick again beside the new one
     running = {a.pid for a in read_ticks(record) if a.last_ns > thawed_ns + 0.5e9}
     assert running == {read_ticks(record)[1].pid}
     assert_one_at_a_time(read_ticks(record))
@@ -178,7 +190,7 @@ def test_frozen_lelect_loses_its_job_by_the_deadline_and_exits_73(
     wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
     processes.append(campaign(redis_server.url, "stopped", ticking_job(record)))
     wait_for_candidates(redis_server.url, "stopped", 2)
-    time.sleep(0.3)
+    wait_for_waiter(redis_server, "stopped")
     os.kill(leader.pid, signal.SIGSTOP)  # lelect only: its keeper and job run on
     stopped_ns = time.time_ns()
     try:

@@ -24,7 +24,7 @@ from lelect.errors import (
     ElectionBusy,
     UsageError,
 )
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, wait_until, zk_watchers
 
 CONTENDER = re.compile(r"^[0-9a-f]{32}__lock__\d{10}$")
 
@@ -169,7 +169,7 @@ def test_kazoo_election_leads_and_lelect_waits(backends, zk_url, zk_path, zookee
         waiting = pool.submit(backend.campaign, "shared", candidate("lelect-1"))
         wait_until(lambda: len(election.contenders()) == 2, what="lelect to queue")
         assert election.contenders() == ["kazoo-user", "lelect-1"]
-        time.sleep(0.3)
+        time.sleep(0.3)  # a window: lelect must not win while kazoo's Election leads
         assert not waiting.done()
         finish.set()
         leadership = waiting.result(10)
@@ -217,11 +217,14 @@ def test_no_wait_and_timeout_leave_no_node(backends, zk_url, zk_path, kazoo):
         assert len(kazoo.get_children(f"{zk_path}/busy")) == 1
 
 
-def test_handoff_wakes_the_next_waiter_at_once(backends, zk_url, pool):
+def test_handoff_wakes_the_next_waiter_at_once(backends, zk_url, zookeeper_server, pool):
     first, second = backends(zk_url), backends(zk_url)
     leadership = first.campaign("handoff", candidate("a"))
     waiting = pool.submit(second.campaign, "handoff", candidate("b"))
-    time.sleep(0.3)
+    # The leader watches its own node; the waiter, queued, watches it too.
+    wait_until(
+        lambda: zk_watchers(zookeeper_server, leadership.node_path) >= 2, what="b to wait behind a"
+    )
     released = time.monotonic()
     leadership.release()
     successor = waiting.result(5)
@@ -251,7 +254,7 @@ def test_lease_deadline_follows_answered_probes(backends, zk_url):
     with backend.campaign("probes", candidate("a"), ttl=1.2) as leadership:
         assert backend.renew_interval(1.2) == pytest.approx(0.4)
         leadership.on_deadline(lambda deadline: deadlines.append((time.monotonic(), deadline)))
-        time.sleep(1.5)
+        time.sleep(1.5)  # a window: count the probes answered in it (one per 0.4 s)
         assert leadership.is_leader()
     assert 2 <= len(deadlines) <= 5
     for seen_at, deadline in deadlines:
@@ -298,7 +301,11 @@ def test_partitioned_leader_is_lost_before_its_session_can_expire(
     lost_at: list[float] = []
     leadership.subscribe(lambda kind: kind == "lost" and lost_at.append(time.monotonic()))
     waiting = pool.submit(healthy.campaign, "partition", candidate("healthy"), ttl=ttl)
-    time.sleep(0.3)
+    # The leader watches its own node; the healthy candidate, queued, watches it too.
+    wait_until(
+        lambda: zk_watchers(zookeeper_server, leadership.node_path) >= 2,
+        what="the healthy candidate to wait behind the leader",
+    )
     proxy.block()
     blocked_at = time.monotonic()
     successor = waiting.result(ttl + 5)
@@ -334,7 +341,7 @@ def test_resign_request_honours_the_term(backends, zk_url, zk_path, kazoo):
         assert leadership.resign_requested.wait(3)
 
 
-def test_observe_yields_every_leader_change(backends, zk_url, pool):
+def test_observe_yields_every_leader_change(backends, zk_url, zookeeper_server, pool):
     watcher, contender = backends(zk_url), backends(zk_url)
     stop = threading.Event()
     seen: list = []
@@ -348,7 +355,9 @@ def test_observe_yields_every_leader_change(backends, zk_url, pool):
     first = contender.campaign("watched", candidate("a"))
     wait_until(lambda: seen[-1:] == ["a"], what="a")
     waiting = pool.submit(contender.campaign, "watched", candidate("b"))
-    time.sleep(0.3)
+    # a watches its own node, the observer watches the leader's, and b, queued, its predecessor.
+    wait_until(lambda: zk_watchers(zookeeper_server, first.node_path) >= 3, what="b to wait")
+    time.sleep(0.3)  # a window: the observer must not report b's joining as a change
     assert seen == [None, "a"], "a waiter joining is not a leader change"
     first.release()
     second = waiting.result(5)
@@ -390,12 +399,17 @@ def test_heartbeats_keep_server_stamped_arrivals(backends, zk_url, zk_path, kazo
     assert "node/1" not in {r.node_id for r in backend.members("beats").records}
 
 
-def test_dead_members_are_forgotten_after_their_ttl(backends, zk_url):
+def test_dead_members_are_forgotten_after_their_ttl(backends, zk_url, zk_path, kazoo):
     backend = backends(zk_url)
     backend.publish(heartbeat("forget", "short-lived"), 0.3)
     backend.publish(heartbeat("forget", "long-lived"), 3600)
-    time.sleep(0.6)
-    assert [r.node_id for r in backend.members("forget").records] == ["long-lived"]
+    short_at = kazoo.exists(f"{zk_path}/_members/forget/short-lived").mtime / 1000.0
+    # Ages are judged by the server's clock: wait until it has passed short-lived's ttl.
+    later = wait_until(
+        lambda: (m := backend.members("forget")).now - short_at > 0.3 and m,
+        what="the server clock to pass short-lived's ttl",
+    )
+    assert [r.node_id for r in later.records] == ["long-lived"]
 
 
 def test_leader_names_host_and_pid_from_the_member_record(backends, zk_url):
@@ -453,7 +467,7 @@ def test_one_leader_change_wakes_one_waiter_of_fifty(
     leader.release()
     wait_until(lambda: any(f.done() for f in waiters), timeout=5, what="a successor")
     successor = next(f for f in waiters if f.done())
-    time.sleep(0.5)
+    time.sleep(0.5)  # a window: no other waiter may wake (or win) after the one
     woke = [r for r in caplog.records[before:] if "woke" in r.getMessage()]
     assert len(woke) == 1, [r.getMessage() for r in woke]
     assert sum(f.done() for f in waiters) == 1
@@ -543,12 +557,19 @@ def test_out_of_range_ttl_is_a_usage_error(backends, zk_url, ttl):
     assert time.monotonic() - started < 1
 
 
-def test_node_deleted_before_the_first_renew_is_lost_at_once(backends, zk_url, kazoo):
+def test_node_deleted_before_the_first_renew_is_lost_at_once(
+    backends, zk_url, kazoo, zookeeper_server
+):
     """The leader watches its own node from the start, not from its first renew (which
     is a third of the session away): a node deleted by hand lets a waiter in at once."""
     backend = backends(zk_url)
     with backend.campaign("early", candidate("a"), ttl=6) as leadership:  # renews every 2 s
-        time.sleep(0.3)
+        # The guard's first probe (at once) sets the watch on our node: deleting it before
+        # then would be seen by that probe, not by the watch this test is about.
+        wait_until(
+            lambda: zk_watchers(zookeeper_server, leadership.node_path) >= 1,
+            what="the leader to watch its own node",
+        )
         deleted = time.monotonic()
         kazoo.delete(leadership.node_path)
         assert leadership.lost.wait(5)

@@ -22,6 +22,8 @@ from tests.helpers import (
     run_lelect,
     spawn_lelect,
     wait_until,
+    zk_queue,
+    zk_watchers,
 )
 
 SESSION = 2.0  # seconds: the session timeout (lease) of these tests
@@ -50,6 +52,23 @@ def stop(proc, timeout: float = 10) -> tuple[str, str]:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     return proc.communicate(timeout=timeout)
+
+
+def wait_for_waiter(server, path: str) -> None:
+    """A second contender is queued under the election znode ``path`` and watches the
+    first, which (a lelect leader) watches itself too: the second waits its turn."""
+    kazoo = KazooClient(server.hosts, timeout=2)
+    kazoo.start(10)
+    try:
+        wait_until(
+            lambda: len(queue := zk_queue(kazoo, path)) >= 2
+            and zk_watchers(server, f"{path}/{queue[0]}") >= 2,
+            timeout=15,
+            what=f"a second contender waiting under {path}",
+        )
+    finally:
+        kazoo.stop()
+        kazoo.close()
 
 
 def leader_json(url: str, name: str) -> dict | None:
@@ -106,7 +125,7 @@ def test_kazoo_election_and_lelect_campaign_exclude_each_other(
             "campaign", "shared", "--id", "lelect-1", "--", *trapping_job(record), backend=zk_url
         )
         wait_until(lambda: election.contenders() == ["kazoo-user", "lelect-1"], what="lelect queued")
-        time.sleep(0.3)
+        time.sleep(0.3)  # a window: lelect's job must not start while kazoo's Election leads
         assert not record.exists(), "lelect's job ran while kazoo's Election led"
         kazoo_done.set()
         runner.join(10)
@@ -120,7 +139,7 @@ def test_kazoo_election_and_lelect_campaign_exclude_each_other(
         second = threading.Thread(target=election.run, args=(lambda: kazoo_runs.append((time.time_ns(), 0)),))
         second.start()
         wait_until(lambda: election.contenders() == ["lelect-1", "kazoo-user"], what="kazoo queued")
-        time.sleep(0.3)
+        time.sleep(0.3)  # a window: kazoo's Election must not run while lelect leads
         assert len(kazoo_runs) == 1
         stop(lelect)
         second.join(10)
@@ -134,12 +153,14 @@ def test_kazoo_election_and_lelect_campaign_exclude_each_other(
         kazoo.close()
 
 
-def test_kill9_of_leader_next_job_within_session_timeout(zk_url, tmp_path):
+def test_kill9_of_leader_next_job_within_session_timeout(
+    zk_url, zookeeper_server, zk_path, tmp_path
+):
     record = tmp_path / "record"
     first = spawn_lelect("campaign", "crash", "--", *trapping_job(record), backend=zk_url)
     wait_until(lambda: started(record, 1), what="the first job")
     second = spawn_lelect("campaign", "crash", "--", *trapping_job(record), backend=zk_url)
-    time.sleep(0.5)
+    wait_for_waiter(zookeeper_server, f"{zk_path}/crash")
     killed_ns = time.time_ns()
     first.kill()
     first.wait(5)
@@ -176,7 +197,7 @@ def test_partitioned_leader_job_dies_before_its_session_could_expire(
     )
     wait_until(lambda: started(record, 1), what="the first job")
     healthy = spawn_lelect("campaign", "split", "--", *trapping_job(record), backend=direct)
-    time.sleep(0.5)
+    wait_for_waiter(zookeeper_server, f"{zk_path}/split")
     proxy.block()
     blocked_ns = time.time_ns()
     wait_until(lambda: started(record, 2), timeout=SESSION + 5, what="the other candidate's job")
@@ -199,18 +220,18 @@ def test_frozen_server_leader_job_dies_and_one_job_runs_after(fresh_zookeeper, t
     first = spawn_lelect("campaign", "frozen", "--grace", "0.3s", "--", *trapping_job(record), backend=url)
     wait_until(lambda: started(record, 1), what="the first job")
     second = spawn_lelect("campaign", "frozen", "--", *trapping_job(record), backend=url)
-    time.sleep(0.5)
+    wait_for_waiter(fresh_zookeeper, "/lelect/frozen")
     fresh_zookeeper.freeze()
     frozen_ns = time.time_ns()
     try:
         wait_until(lambda: not running(record), timeout=SESSION + 1, what="the leader's job to die")
         (old,) = read_intervals(record)
         assert (old.end_ns - frozen_ns) / 1e9 < SESSION
-        time.sleep(1.5)
+        time.sleep(1.5)  # the fault's length, not a wait: the freeze outlasts the session
     finally:
         fresh_zookeeper.thaw()
     wait_until(lambda: len(running(record)) == 1, timeout=SESSION + 8, what="one job after SIGCONT")
-    time.sleep(SESSION)
+    time.sleep(SESSION)  # a window: no second job may join the one for a session timeout
     assert len(running(record)) == 1
     for proc in (first, second):
         stop(proc)
