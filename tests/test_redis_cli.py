@@ -126,6 +126,7 @@ def test_graceful_exit_hands_over_within_200ms(redis_server, tmp_path, processes
     wait_until(lambda: record.exists(), timeout=10, what="the first job")
     processes.append(campaign(redis_server.url, "handoff", recording_job(record, hold=0.1)))
     wait_for_candidates(redis_server.url, "handoff", 2)
+    wait_for_waiter(redis_server, "handoff")
     assert read_intervals(record)[0].end_ns is None, "the second candidate came too late"
     assert [p.wait(30) for p in processes] == [0, 0]
     first, second = read_intervals(record)

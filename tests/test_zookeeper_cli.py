@@ -172,11 +172,13 @@ def test_kill9_of_leader_next_job_within_session_timeout(
     stop(second)
 
 
-def test_graceful_exit_hands_over_within_300ms(zk_url, tmp_path):
+def test_graceful_exit_hands_over_within_300ms(zk_url, zookeeper_server, zk_path, tmp_path):
     record = tmp_path / "record"
     first = spawn_lelect("campaign", "handoff", "--", *recording_job(record, 1.5), backend=zk_url)
     wait_until(lambda: started(record, 1), what="the first job")
     second = spawn_lelect("campaign", "handoff", "--", *recording_job(record, 0.1), backend=zk_url)
+    wait_for_waiter(zookeeper_server, f"{zk_path}/handoff")
+    assert read_intervals(record)[0].end_ns is None, "the second candidate came too late"
     for proc in (first, second):
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
