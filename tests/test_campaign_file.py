@@ -502,3 +502,18 @@ def test_processes_opening_a_new_database_together_all_succeed(tmp_path):
             proc.join(timeout=30)
         failures += [o for o in outcomes if o != "ok"]
     assert failures == []
+
+
+def test_backend_option_works_after_the_command_name_too(backend, tmp_path):
+    """`lelect campaign NAME -b URL -- CMD` and `lelect leader NAME -b URL`: the option
+    a user types after the command means what the global one means, and wins over
+    LELECT_BACKEND."""
+    elsewhere = f"file://{tmp_path / 'elsewhere'}"
+    out = run_lelect("campaign", "here", "-b", backend, "--", "sh", "-c", "echo $LELECT_BACKEND",
+                     backend=elsewhere)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == backend
+    shown = run_lelect("leader", "here", "--backend", backend, "--json", backend=elsewhere)
+    assert shown.returncode == 1 and '"leader": null' in shown.stdout
+    assert not (tmp_path / "elsewhere" / "here.lock").exists()
+    assert (Path(backend.removeprefix("file://")) / "here.lock").exists()

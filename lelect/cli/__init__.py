@@ -89,8 +89,13 @@ def open_backend(ctx: click.Context):
     from lelect.backends import connect
 
     root = ctx.find_root()
-    # During shell completion the group callback has not run: read its parameter.
-    url = (root.obj or {}).get("backend") or (root.params or {}).get("backend")
+    # The command's own --backend first; during shell completion the group callback
+    # has not run: read its parameter.
+    url = (
+        ctx.meta.get("lelect.backend")
+        or (root.obj or {}).get("backend")
+        or (root.params or {}).get("backend")
+    )
     return connect(url)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lelect.cli import EXIT_STATUSES, open_backend
-from lelect.cli.params import DURATION, ELECTION, SIGNAL
+from lelect.cli.params import DURATION, ELECTION, SIGNAL, backend_option
 
 
 @click.command(
@@ -13,6 +13,7 @@ from lelect.cli.params import DURATION, ELECTION, SIGNAL
     epilog=EXIT_STATUSES,
     context_settings={"max_content_width": 100},
 )
+@backend_option
 @click.argument("election", type=ELECTION)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
 @click.option("--id", "node_id", metavar="ID", help="Node id shown to people (default: hostname:pid).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lelect.cli import open_backend
-from lelect.cli.params import DURATION, ELECTION
+from lelect.cli.params import DURATION, ELECTION, backend_option
 from lelect.cli.watch import THRESHOLD
 
 HEALTH_STATUSES = """\b
@@ -19,6 +19,7 @@ Exit statuses (Nagios convention; with no ELECTION the worst group wins):
 
 
 @click.command("health", epilog=HEALTH_STATUSES, context_settings={"max_content_width": 100})
+@backend_option
 @click.argument("election", type=ELECTION, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per election.")
 @click.option("--threshold", type=THRESHOLD, metavar="PHI", default=8.0, show_default=True,

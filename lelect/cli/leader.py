@@ -7,10 +7,11 @@ import json
 import click
 
 from lelect.cli import open_backend
-from lelect.cli.params import ELECTION
+from lelect.cli.params import ELECTION, backend_option
 
 
 @click.command("leader")
+@backend_option
 @click.argument("election", type=ELECTION)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--term", type=int, metavar="N",

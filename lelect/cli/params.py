@@ -67,3 +67,18 @@ class ElectionName(click.ParamType):
 DURATION = Duration()
 SIGNAL = SignalName()
 ELECTION = ElectionName()
+
+
+def _remember_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta["lelect.backend"] = value
+
+
+def backend_option(command):
+    """``--backend``/``-b`` after the command name too (``lelect leader x -b URL``):
+    the same as the global option, and it wins over it and LELECT_BACKEND."""
+    return click.option(
+        "--backend", "-b", metavar="URL", expose_value=False, is_eager=True,
+        callback=_remember_backend,
+        help="Where elections live (as `lelect --backend`; overrides LELECT_BACKEND).",
+    )(command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lelect.cli import open_backend
-from lelect.cli.params import DURATION, ELECTION
+from lelect.cli.params import DURATION, ELECTION, backend_option
 
 EXIT_REFUSED = 1
 EXIT_NO_SUCCESSOR = 124
@@ -24,6 +24,7 @@ def _refuse(message: str) -> int:
 
 
 @click.command("resign", epilog=RESIGN_STATUSES, context_settings={"max_content_width": 100})
+@backend_option
 @click.argument("election", type=ELECTION)
 @click.option("--term", type=int, metavar="N",
               help="Ask only if term N still leads, so a stale request never unseats a newer"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lelect.cli import open_backend
-from lelect.cli.params import DURATION, ELECTION
+from lelect.cli.params import DURATION, ELECTION, backend_option
 
 THRESHOLD = click.FloatRange(min=0, min_open=True)
 
@@ -53,6 +53,7 @@ class ChangeCommand:
 
 
 @click.command("watch")
+@backend_option
 @click.argument("elections", nargs=-1, type=ELECTION, metavar="[ELECTION]...")
 @click.option("--once", is_flag=True, help="Print the table once and exit.")
 @click.option("--json", "as_json", is_flag=True,
