@@ -17,6 +17,8 @@ from pathlib import Path
 
 from common import LELECT, latency_row, wait_for
 
+from lelect.backends.filestate import flock_waiters
+
 
 def written(path: Path, timeout: float = 10.0) -> str:
     """The stripped text of ``path`` once something is written to it."""
@@ -29,16 +31,8 @@ def quiet_campaign(election: str) -> list[str]:
 
 
 def waiting_on(lock: Path) -> bool:
-    """True once some process is blocked on the flock of ``lock`` (/proc/locks "->")."""
-    if not lock.exists():
-        return False
-    inode = lock.stat().st_ino
-    with open("/proc/locks") as locks:
-        for line in locks:
-            fields = line.split()
-            if "->" in fields and int(fields[-3].rsplit(":", 1)[1]) == inode:
-                return True
-    return False
+    """True once some process is blocked on the flock of ``lock``."""
+    return flock_waiters(lock) > 0
 
 
 def env_for(home: Path) -> dict[str, str]:

@@ -56,6 +56,22 @@ def set_subreaper():
         pass
 
 
+def child_pids():
+    """The pids of this process's children (of all its threads)."""
+    found = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                found.extend(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return found
+
+
 class Launcher:
     """The job's process, forked while the keeper still waits for leadership.
 
@@ -383,18 +399,7 @@ class Keeper:
             self.tty = None
 
     def children(self):
-        found = []
-        try:
-            tasks = os.listdir("/proc/self/task")
-        except OSError:
-            return found
-        for tid in tasks:
-            try:
-                with open(f"/proc/self/task/{tid}/children") as f:
-                    found.extend(int(p) for p in f.read().split())
-            except (OSError, ValueError):
-                pass
-        return found
+        return child_pids()
 
     def reap(self):
         self.childless = False

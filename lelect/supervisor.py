@@ -17,6 +17,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lelect._keeper import child_pids
+
 KEEPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_keeper.py")
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,21 +50,6 @@ def adopt_orphans() -> bool:
     return _adopting
 
 
-def _children() -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                found.extend(int(p) for p in f.read().split())
-        except (OSError, ValueError):
-            pass
-    return found
-
-
 def sweep_orphans(timeout: float = 10.0) -> int:
     """SIGKILL every child of ours that is not a keeper (with its process group) and
     wait until they are gone; repeat, as each death hands us its own children.
@@ -76,7 +63,7 @@ def sweep_orphans(timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with _keepers_lock:
-            strays = [pid for pid in _children() if pid not in _keepers]
+            strays = [pid for pid in child_pids() if pid not in _keepers]
         if not strays:
             break
         for pid in strays:

@@ -164,18 +164,11 @@ def pid_alive(pid: int) -> bool:
 
 
 def blocked_on_flock(lock: Path) -> bool:
-    """True once some process waits for the flock of ``lock`` (a "->" line of
-    /proc/locks names its inode): an embedded-backend candidate is queued."""
-    try:
-        inode = os.stat(lock).st_ino
-    except FileNotFoundError:
-        return False
-    with open("/proc/locks") as locks:
-        for line in locks:
-            fields = line.split()
-            if "->" in fields and int(fields[-3].rsplit(":", 1)[1]) == inode:
-                return True
-    return False
+    """True once some process waits for the flock of ``lock``: an embedded-backend
+    candidate is queued."""
+    from lelect.backends.filestate import flock_waiters
+
+    return flock_waiters(lock) > 0
 
 
 # -- what a server can tell about waiting candidates --------------------------------------

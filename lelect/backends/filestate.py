@@ -241,3 +241,19 @@ def encode_heartbeat(data: dict, arrivals_json: str | None, stamp: float) -> tup
 def now() -> float:
     """The file backend's clock: the local wall clock (one host)."""
     return time.time()
+
+
+def flock_waiters(path: str | os.PathLike) -> int:
+    """How many processes wait for the flock of ``path`` ("->" lines of /proc/locks):
+    the candidates queued behind an embedded-backend leader."""
+    try:
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        return 0
+    waiting = 0
+    with open("/proc/locks") as locks:
+        for line in locks:
+            fields = line.split()
+            if "->" in fields and int(fields[-3].rsplit(":", 1)[1]) == inode:
+                waiting += 1
+    return waiting
