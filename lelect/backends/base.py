@@ -167,7 +167,6 @@ class Leadership:
         registry = getattr(backend, "leaderships", None)
         if registry is not None:
             registry.add(self)
-        self._listeners: list[Callable[[float], None]] = []
         self._subscribers: list[Callable[[str], None]] = []
         self._changed = threading.Condition()
 
@@ -180,8 +179,14 @@ class Leadership:
         return self._lease_deadline
 
     def on_deadline(self, callback: Callable[[float], None]) -> None:
-        """Call ``callback(deadline)`` after every successful renew."""
-        self._listeners.append(callback)
+        """Call ``callback(deadline)`` after every successful renew (a :meth:`subscribe`
+        to "deadline" only)."""
+
+        def on_change(kind: str) -> None:
+            if kind == "deadline" and self._lease_deadline is not None:
+                callback(self._lease_deadline)
+
+        self.subscribe(on_change)
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(kind)`` with "deadline", "lost" or "resign" on every change."""
@@ -196,8 +201,6 @@ class Leadership:
     def set_deadline(self, deadline: float) -> None:
         """Backends call this after each successful renew (deadline from the send time)."""
         self._lease_deadline = deadline
-        for callback in list(self._listeners):
-            callback(deadline)
         self._notify("deadline")
 
     def mark_lost(self, reason: str) -> None:
