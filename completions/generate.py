@@ -27,7 +27,7 @@ def source(shell: str) -> str:
     register()
 
     completion = get_completion_class(shell)(cli, {}, "lelect", "_LELECT_COMPLETE")
-    return completion.source() + "\n"  # click.echo adds the newline
+    return completion.source()
 
 
 def main(argv: list[str]) -> int:

@@ -26,4 +26,3 @@ _lelect_completion_setup() {
 }
 
 _lelect_completion_setup;
-

@@ -15,4 +15,3 @@ function _lelect_completion;
 end;
 
 complete --no-files --command lelect --arguments "(_lelect_completion)";
-

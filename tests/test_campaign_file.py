@@ -487,7 +487,7 @@ def test_processes_opening_a_new_database_together_all_succeed(tmp_path):
     deadlock); open_db backs off and retries instead of failing."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver")  # forks from a process without threads
     failures = []
     for i in range(40):
         directory = tmp_path / str(i)

@@ -27,7 +27,8 @@ def test_completion_scripts_are_what_lelect_prints(shell):
     env = lelect_env(_LELECT_COMPLETE=f"{shell}_source")
     out = subprocess.run(LELECT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert (COMPLETIONS / f"lelect.{shell}").read_text() == out.stdout
+    # click 8.4 ends what it prints with a blank line, 8.5 does not: compare the script.
+    assert (COMPLETIONS / f"lelect.{shell}").read_text().rstrip("\n") == out.stdout.rstrip("\n")
 
 
 @pytest.fixture
