@@ -479,8 +479,13 @@ def test_tls_with_a_test_ca(redis_server_factory, redis_test_certs, tmp_path):
         f"{server.tls_url}&ssl_certfile={certs['client_cert']}&ssl_keyfile={certs['client_key']}"
     )
     assert connect(with_client_cert).leader("e") is None
-    other_ca = tmp_path / "other-ca.pem"
-    other_ca.write_text(certs["server_cert"].read_text())  # not the CA that signed it
+    other_ca = tmp_path / "other-ca.pem"  # a CA that did not sign the server's certificate
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=some other CA", "-keyout", str(tmp_path / "other-ca.key"),
+         "-out", str(other_ca)],
+        check=True, capture_output=True,
+    )  # fmt: skip
     bad = [
         f"rediss://127.0.0.1:{server.tls_port}/0?ssl_ca_certs={other_ca}",
         f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={certs['ca']}&connect_timeout=0.5",
