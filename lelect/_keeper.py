@@ -46,14 +46,15 @@ LIBC = None
 
 
 def set_subreaper():
+    """Become the child subreaper of our descendants; True if that worked."""
     global LIBC
     try:
         import ctypes
 
         LIBC = ctypes.CDLL(None, use_errno=True)
-        LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        return LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except Exception:  # noqa: BLE001 - best effort; the process group still covers the job
-        pass
+        return False
 
 
 def child_pids():

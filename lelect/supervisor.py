@@ -17,13 +17,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lelect._keeper import child_pids
+from lelect._keeper import child_pids, set_subreaper
 
 KEEPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_keeper.py")
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-PR_SET_CHILD_SUBREAPER = 36
 
 #: Pids of the keepers this process runs; everything else among its children is a stray.
 _keepers: set[int] = set()
@@ -40,13 +38,7 @@ def adopt_orphans() -> bool:
     kills them the moment a keeper dies (:func:`sweep_orphans`). The CLI does this; a
     library process that forks children of its own is left as it is."""
     global _adopting
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        _adopting = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        _adopting = False
+    _adopting = set_subreaper()
     return _adopting
 
 
