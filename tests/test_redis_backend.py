@@ -327,6 +327,24 @@ def test_partition_loses_the_lease_by_its_deadline(redis_server, partition_proxy
     proxy.unblock()
 
 
+def test_a_renew_stuck_reconnecting_still_loses_the_lease_by_its_deadline(
+    redis_server, partition_proxy
+):
+    """The partition cuts the connection: the renew must connect again, and the new
+    connection (accepted, then silent) hangs in its handshake (SELECT). The call's
+    budget bounds the handshake too, so the leadership is lost by its deadline."""
+    proxy = partition_proxy("127.0.0.1", redis_server.port)
+    backend = connect(f"redis://{proxy.address}/3")  # SELECT: one more round trip
+    leadership = backend.campaign("e", candidate("a"), ttl=1.0)
+    assert renewed(leadership).wait(5), "no renew went through the proxy"
+    proxy.block(cut=True)
+    deadline = leadership.lease_deadline
+    assert leadership.lost.wait(5)
+    assert leadership.lease_deadline == deadline  # no renew got through
+    assert time.monotonic() - deadline < 0.2
+    proxy.unblock()
+
+
 def test_frozen_server_loses_the_lease_by_its_deadline(redis_server):
     backend = connect(redis_server.url)
     leadership = backend.campaign("e", candidate("a"), ttl=1.0)

@@ -23,6 +23,7 @@ class PartitionProxy:
         self._unblocked = threading.Event()
         self._unblocked.set()
         self._stop = threading.Event()
+        self._cut = threading.Event()
         self._pairs: dict[socket.socket, socket.socket] = {}
         self._pending: dict[socket.socket, bytearray] = {}
         self._selector = selectors.DefaultSelector()
@@ -36,8 +37,12 @@ class PartitionProxy:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def block(self) -> None:
-        """Stop forwarding in both directions; connections stay open, bytes are held."""
+    def block(self, cut: bool = False) -> None:
+        """Stop forwarding in both directions; connections stay open, bytes are held.
+        With ``cut``, the open connections are closed instead: a client has to connect
+        again, and its new connection is accepted but hears nothing."""
+        if cut:
+            self._cut.set()
         self._blocked.set()
         self._wake_w.send(b"x")
 
@@ -85,6 +90,11 @@ class PartitionProxy:
             self._selector.register(upstream, selectors.EVENT_READ)
 
     def _rearm(self) -> None:
+        if self._cut.is_set():
+            self._cut.clear()
+            for sock in list(self._pairs):
+                if sock in self._pairs:  # not dropped already as the other end of a pair
+                    self._drop(sock)
         blocked = self._blocked.is_set()
         for sock in list(self._pairs):
             registered = sock in self._selector.get_map()
