@@ -345,6 +345,24 @@ def test_a_renew_stuck_reconnecting_still_loses_the_lease_by_its_deadline(
     proxy.unblock()
 
 
+def test_a_renew_kept_past_its_deadline_by_a_slow_reconnect_still_loses_on_time(
+    redis_server, partition_proxy
+):
+    """The connection is cut and the server answers, but every message arrives 0.3 s
+    late: each of the reconnect's handshake steps fits the renew's budget, all of them
+    together do not, so the renew call runs past the lease deadline. The leadership
+    is marked lost at the deadline all the same, not when the call returns."""
+    proxy = partition_proxy("127.0.0.1", redis_server.port)
+    backend = connect(f"redis://{proxy.address}/3")
+    leadership = backend.campaign("e", candidate("a"), ttl=1.0)
+    assert renewed(leadership).wait(5), "no renew went through the proxy"
+    proxy.slow(0.3)
+    deadline = leadership.lease_deadline
+    assert leadership.lost.wait(5)
+    assert time.monotonic() - deadline < 0.2
+    assert leadership.lease_deadline == deadline
+
+
 def test_frozen_server_loses_the_lease_by_its_deadline(redis_server):
     backend = connect(redis_server.url)
     leadership = backend.campaign("e", candidate("a"), ttl=1.0)

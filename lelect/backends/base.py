@@ -169,6 +169,9 @@ class Leadership:
             registry.add(self)
         self._subscribers: list[Callable[[str], None]] = []
         self._changed = threading.Condition()
+        self._watching = False
+        if lease_deadline is not None:
+            self._watch_lease()
 
     @property
     def node_id(self) -> str:
@@ -201,7 +204,38 @@ class Leadership:
     def set_deadline(self, deadline: float) -> None:
         """Backends call this after each successful renew (deadline from the send time)."""
         self._lease_deadline = deadline
+        self._watch_lease()
         self._notify("deadline")
+
+    def _watch_lease(self) -> None:
+        """Mark the leadership lost the moment its lease runs out without a renew, even
+        while the backend's renew call is still stuck (a server that answers every step
+        of a reconnect just in time can keep it past the deadline)."""
+        with self._changed:
+            if self._watching:
+                return
+            self._watching = True
+        threading.Thread(target=self._lease_watch, name=f"lelect-lease:{self.election}",
+                         daemon=True).start()
+
+    #: The lease watch steps in this long after the deadline, so a backend that is not
+    #: stuck reports the loss first, with its own reason.
+    LEASE_WATCH_SLACK = 0.02
+
+    def _lease_watch(self) -> None:
+        with self._changed:
+            while not (self.released or self.lost.is_set()):
+                deadline = self._lease_deadline
+                if deadline is None:
+                    self._changed.wait()
+                    continue
+                left = deadline + self.LEASE_WATCH_SLACK - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            else:
+                return
+        self.mark_lost("the lease expired before a renew was answered")
 
     def mark_lost(self, reason: str) -> None:
         if not self.lost.is_set():
@@ -229,6 +263,8 @@ class Leadership:
         """Step down at once (idempotent)."""
         if not self.released:
             self.released = True
+            with self._changed:
+                self._changed.notify_all()  # the lease watch can stop
             self.backend.resign(self)
 
     def __enter__(self) -> Leadership:

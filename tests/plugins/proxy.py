@@ -3,9 +3,11 @@ nothing arrives) and start again. Used for partition tests of network backends."
 
 from __future__ import annotations
 
+import heapq
 import selectors
 import socket
 import threading
+import time
 
 import pytest
 
@@ -24,6 +26,10 @@ class PartitionProxy:
         self._unblocked.set()
         self._stop = threading.Event()
         self._cut = threading.Event()
+        self._delay = 0.0
+        self._clients: set[socket.socket] = set()
+        self._due: list[tuple[float, int, socket.socket, bytes]] = []  # a heap
+        self._sent = 0
         self._pairs: dict[socket.socket, socket.socket] = {}
         self._pending: dict[socket.socket, bytearray] = {}
         self._selector = selectors.DefaultSelector()
@@ -46,6 +52,14 @@ class PartitionProxy:
         self._blocked.set()
         self._wake_w.send(b"x")
 
+    def slow(self, delay: float, cut: bool = True) -> None:
+        """Forward what clients send only ``delay`` seconds after it arrives (a server
+        that answers, but late); with ``cut``, close the open connections first."""
+        if cut:
+            self._cut.set()
+        self._delay = delay
+        self._wake_w.send(b"x")
+
     def unblock(self) -> None:
         self._blocked.clear()
         self._wake_w.send(b"x")
@@ -60,7 +74,9 @@ class PartitionProxy:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for key, _ in self._selector.select(timeout=0.5):
+            self._send_due()
+            wait = 0.5 if not self._due else max(0.0, min(0.5, self._due[0][0] - time.monotonic()))
+            for key, _ in self._selector.select(timeout=wait):
                 sock = key.fileobj
                 if sock is self._wake_r:
                     self._wake_r.recv(4096)
@@ -85,6 +101,7 @@ class PartitionProxy:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._pairs[client] = upstream
         self._pairs[upstream] = client
+        self._clients.add(client)
         if not self._blocked.is_set():
             self._selector.register(client, selectors.EVENT_READ)
             self._selector.register(upstream, selectors.EVENT_READ)
@@ -116,6 +133,13 @@ class PartitionProxy:
         if not data:
             self._drop(sock)
             return
+        if self._delay > 0 and sock in self._clients:
+            self._sent += 1
+            heapq.heappush(self._due, (time.monotonic() + self._delay, self._sent, peer, data))
+            return
+        self._send(sock, peer, data)
+
+    def _send(self, sock: socket.socket, peer: socket.socket, data: bytes) -> None:
         try:
             peer.setblocking(True)
             peer.sendall(data)
@@ -123,12 +147,20 @@ class PartitionProxy:
         except OSError:
             self._drop(sock)
 
+    def _send_due(self) -> None:
+        now = time.monotonic()
+        while self._due and self._due[0][0] <= now:
+            _, _, peer, data = heapq.heappop(self._due)
+            if peer in self._pairs:
+                self._send(self._pairs[peer], peer, data)
+
     def _drop(self, sock: socket.socket) -> None:
         peer = self._pairs.pop(sock, None)
         for s in (sock, peer):
             if s is None:
                 continue
             self._pairs.pop(s, None)
+            self._clients.discard(s)
             if s in self._selector.get_map():
                 self._selector.unregister(s)
             s.close()
