@@ -42,13 +42,16 @@ class Election:
         if on_elected is not None:
             on_elected(leadership)
         if on_lost is not None:
+            called = threading.Lock()
 
-            def watch() -> None:
-                leadership.lost.wait()
-                if not leadership.released:
+            def lost(kind: str = "lost") -> None:
+                # Once, and not for a leadership we released ourselves.
+                if kind == "lost" and not leadership.released and called.acquire(blocking=False):
                     on_lost(leadership)
 
-            threading.Thread(target=watch, name="on-lost", daemon=True).start()
+            leadership.subscribe(lost)
+            if leadership.lost.is_set():  # lost before we subscribed
+                lost()
         return leadership
 
     def run(self, func: Callable[..., T], *args: object, timeout: float | None = None) -> T:

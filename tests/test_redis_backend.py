@@ -363,6 +363,36 @@ def test_a_renew_kept_past_its_deadline_by_a_slow_reconnect_still_loses_on_time(
     assert leadership.lease_deadline == deadline
 
 
+def test_on_lost_is_called_once_when_lost_and_never_after_a_release(redis_server):
+    """The library's on_lost callback: once, by the deadline, for a lost leadership;
+    not at all for one released by its holder (and nothing is left waiting for it)."""
+    from lelect.election import Election
+
+    calls: list[tuple[float, object]] = []
+    kept = Election(connect(redis_server.url), "kept", node_id="a")
+    threads = threading.active_count()
+    for _ in range(5):
+        with kept.campaign(ttl=1.0, on_lost=lambda lead: calls.append((time.monotonic(), lead))):
+            pass
+    assert calls == []
+    # Nothing is left waiting per campaign (renew, listener and lease-watch threads end).
+    wait_until(lambda: threading.active_count() <= threads + 1, what="the threads to end")
+
+    election = Election(connect(redis_server.url), "e", node_id="a")
+    leadership = election.campaign(ttl=1.0, on_lost=lambda lead: calls.append((time.monotonic(), lead)))
+    assert renewed(leadership).wait(5), "no renew went through"
+    redis_server.freeze()
+    try:
+        deadline = leadership.lease_deadline
+        wait_until(lambda: calls, timeout=5, what="on_lost")
+        assert len(calls) == 1 and calls[0][1] is leadership
+        assert calls[0][0] - deadline < 0.2
+    finally:
+        redis_server.thaw()
+    leadership.release()
+    assert len(calls) == 1
+
+
 def test_frozen_server_loses_the_lease_by_its_deadline(redis_server):
     backend = connect(redis_server.url)
     leadership = backend.campaign("e", candidate("a"), ttl=1.0)
