@@ -59,6 +59,14 @@ def run_lelect(*args: str, backend: str | None = None, timeout: float = 60, **kw
 SPAWNED: list[subprocess.Popen] = []
 
 
+def leader_json(backend: str, election: str) -> dict | None:
+    """What `lelect leader ELECTION --json` says leads (None: nobody)."""
+    import json
+
+    out = run_lelect("leader", election, "--json", backend=backend)
+    return json.loads(out.stdout)["leader"]
+
+
 def spawn_lelect(*args: str, backend: str | None = None, **kwargs) -> subprocess.Popen:
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)

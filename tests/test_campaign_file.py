@@ -17,6 +17,7 @@ from tests.helpers import (
     LELECT,
     blocked_on_flock,
     campaigns_in_turn,
+    leader_json,
     lelect_env,
     pid_alive,
     run_lelect,
@@ -27,13 +28,6 @@ from tests.helpers import (
 
 def lock_of(backend: str, name: str) -> Path:
     return Path(backend.removeprefix("file://")) / f"{name}.lock"
-
-
-def leader_json(backend: str, name: str) -> dict | None:
-    import json
-
-    out = run_lelect("leader", name, "--json", backend=backend)
-    return json.loads(out.stdout)["leader"]
 
 
 def test_five_candidates_never_overlap_and_terms_grow(backend, tmp_path):

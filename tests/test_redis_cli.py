@@ -98,18 +98,26 @@ def wait_for_waiter(server, election: str) -> None:
     )
 
 
+def leader_and_waiter(redis_server, election: str, record: Path, processes: list,
+                      leader_url: str | None = None) -> subprocess.Popen:
+    """A leader running a ticking job (through ``leader_url``, if given) and a second
+    candidate queued behind it; returns the leader's process."""
+    leader = campaign(leader_url or redis_server.url, election, ticking_job(record))
+    processes.append(leader)
+    wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
+    processes.append(campaign(redis_server.url, election, ticking_job(record)))
+    wait_for_candidates(redis_server.url, election, 2)
+    wait_for_waiter(redis_server, election)
+    return leader
+
+
 def test_five_concurrent_campaigns_run_one_at_a_time(redis_server, tmp_path):
     campaigns_in_turn(redis_server.url, "five", tmp_path / "record", options=("--ttl", f"{TTL}s"))
 
 
 def test_killed_leader_is_replaced_within_ttl(redis_server, tmp_path, processes):
     record = tmp_path / "record"
-    leader = campaign(redis_server.url, "crash", ticking_job(record))
-    processes.append(leader)
-    wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
-    processes.append(campaign(redis_server.url, "crash", ticking_job(record)))
-    wait_for_candidates(redis_server.url, "crash", 2)
-    wait_for_waiter(redis_server, "crash")
+    leader = leader_and_waiter(redis_server, "crash", record, processes)
     leader.kill()
     killed_ns = time.time_ns()
     old_job = read_ticks(record)[0]
@@ -139,12 +147,8 @@ def test_partitioned_leader_job_is_dead_by_its_lease_deadline(
 ):
     record = tmp_path / "record"
     proxy = partition_proxy("127.0.0.1", redis_server.port)
-    leader = campaign(f"redis://{proxy.address}/0?connect_timeout=1s", "part", ticking_job(record))
-    processes.append(leader)
-    wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
-    processes.append(campaign(redis_server.url, "part", ticking_job(record)))
-    wait_for_candidates(redis_server.url, "part", 2)
-    wait_for_waiter(redis_server, "part")
+    leader = leader_and_waiter(redis_server, "part", record, processes,
+                               leader_url=f"redis://{proxy.address}/0?connect_timeout=1s")
     proxy.block()
     blocked_ns = time.time_ns()
     wait_until(lambda: len(read_ticks(record)) == 2, timeout=TTL + 3, what="the next job")
@@ -159,12 +163,7 @@ def test_frozen_server_stops_the_job_within_ttl_and_one_job_runs_after(
     redis_server, tmp_path, processes
 ):
     record = tmp_path / "record"
-    leader = campaign(redis_server.url, "frozen", ticking_job(record))
-    processes.append(leader)
-    wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
-    processes.append(campaign(redis_server.url, "frozen", ticking_job(record)))
-    wait_for_candidates(redis_server.url, "frozen", 2)
-    wait_for_waiter(redis_server, "frozen")
+    leader = leader_and_waiter(redis_server, "frozen", record, processes)
     redis_server.freeze()
     frozen_ns = time.time_ns()
     try:
@@ -186,12 +185,7 @@ def test_frozen_lelect_loses_its_job_by_the_deadline_and_exits_73(
     redis_server, tmp_path, processes
 ):
     record = tmp_path / "record"
-    leader = campaign(redis_server.url, "stopped", ticking_job(record))
-    processes.append(leader)
-    wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
-    processes.append(campaign(redis_server.url, "stopped", ticking_job(record)))
-    wait_for_candidates(redis_server.url, "stopped", 2)
-    wait_for_waiter(redis_server, "stopped")
+    leader = leader_and_waiter(redis_server, "stopped", record, processes)
     os.kill(leader.pid, signal.SIGSTOP)  # lelect only: its keeper and job run on
     stopped_ns = time.time_ns()
     try:

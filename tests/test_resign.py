@@ -6,11 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.helpers import run_lelect, spawn_lelect, wait_until
-
-
-def leader(backend: str, election: str) -> dict | None:
-    return json.loads(run_lelect("leader", election, "--json", backend=backend).stdout)["leader"]
+from tests.helpers import leader_json, run_lelect, spawn_lelect, wait_until
 
 
 def members(backend: str, election: str) -> set[str]:
@@ -50,14 +46,14 @@ def test_resign_hands_leadership_to_another_candidate_with_a_larger_term(backend
     lines = record.read_text().splitlines()
     assert f"stopped-by-TERM {old_term}" in lines
     assert lines.index(f"stopped-by-TERM {old_term}") < lines.index(f"start {new_term}")
-    assert leader(backend, "job")["node_id"] == "beta"
+    assert leader_json(backend, "job")["node_id"] == "beta"
 
     # A request for the old term changes nothing.
     stale = run_lelect("resign", "job", "--term", str(old_term), backend=backend)
     assert stale.returncode != 0
     assert f"term {old_term} does not lead" in stale.stderr and "nothing changed" in stale.stderr
     assert len(stale.stderr.strip().splitlines()) == 1 and "Traceback" not in stale.stderr
-    assert leader(backend, "job")["term"] == new_term
+    assert leader_json(backend, "job")["term"] == new_term
     assert beta.poll() is None and f"stopped-by-TERM {new_term}" not in record.read_text()
 
     # --term of the current leadership is honoured.

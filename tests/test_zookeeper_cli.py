@@ -3,7 +3,6 @@ kazoo's Election recipe on the other side."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import signal
 import socket
@@ -16,6 +15,7 @@ from kazoo.client import KazooClient
 from tests.helpers import (
     assert_exclusive,
     campaigns_in_turn,
+    leader_json,
     pid_alive,
     read_intervals,
     recording_job,
@@ -69,11 +69,6 @@ def wait_for_waiter(server, path: str) -> None:
     finally:
         kazoo.stop()
         kazoo.close()
-
-
-def leader_json(url: str, name: str) -> dict | None:
-    out = run_lelect("leader", name, "--json", backend=url)
-    return json.loads(out.stdout)["leader"]
 
 
 def test_five_campaigns_never_overlap_and_terms_grow(zk_url, tmp_path):
