@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from lelect.backends.base import Backend
+    from lelect.election import Client
 
 __all__ = ["__version__", "connect"]
 
 
-def connect(url: str | None = None) -> Backend:
-    """Open a backend by URL (default: ``$LELECT_BACKEND``, else the embedded one)."""
+def connect(url: str | None = None, *, create: bool = True) -> Client:
+    """Open a backend by URL (default: ``$LELECT_BACKEND``, else the embedded one).
+    ``create=False`` creates nothing (the embedded backend's directory), for readers."""
     from lelect.backends import connect as _connect
+    from lelect.election import Client
 
-    return _connect(url)
+    return Client(_connect(url, create=create))

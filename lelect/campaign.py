@@ -242,7 +242,7 @@ class _Campaign:
                     timeout=opts.timeout,
                     no_wait=opts.no_wait,
                     ttl=self.timing.ttl,
-                    keeper=keeper,
+                    **({} if self.backend.lease_based else {"keeper": keeper}),
                 )
             except ElectionBusy as busy:
                 keeper.kill()

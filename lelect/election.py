@@ -1,6 +1,8 @@
-"""The library's front door: one election of one backend.
+"""The library's front door, and the CLI's: a :class:`Client` on one backend, and one
+:class:`Election` of it.
 
-    election = lelect.connect().election("nightly")
+    client = lelect.connect()                      # $LELECT_BACKEND, else embedded
+    election = client.election("nightly")
     with election.campaign(timeout=30) as leadership:
         do_work(fencing_token=leadership.term)
 """
@@ -8,13 +10,53 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
-from lelect.backends.base import Backend, Candidate, LeaderInfo, Leadership, Members
+from lelect.backends.base import (
+    Backend,
+    Candidate,
+    HistoryEntry,
+    LeaderInfo,
+    Leadership,
+    Members,
+)
 from lelect.names import validate_election
 
+if TYPE_CHECKING:
+    from lelect.campaign import CampaignOptions, CampaignResult, Log
+
 T = TypeVar("T")
+
+
+class Client:
+    """One backend, opened by URL (see :func:`lelect.connect`)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @property
+    def url(self) -> str:
+        """The backend's URL with any password masked."""
+        return self.backend.display_url
+
+    def election(self, name: str, node_id: str | None = None) -> Election:
+        return Election(self.backend, name, node_id=node_id)
+
+    def elections(self) -> list[str]:
+        """Every election the backend knows (skipping names no election could have)."""
+        from lelect.names import ELECTION_NAME
+
+        return [n for n in self.backend.elections() if ELECTION_NAME.fullmatch(n)]
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Election:
@@ -59,6 +101,21 @@ class Election:
         with self.campaign(timeout=timeout):
             return func(*args)
 
+    def run_job(self, command: Sequence[str], log: Log | None = None,
+                **options: object) -> CampaignResult:
+        """Guard a command as ``lelect campaign`` does: run it only while this node
+        leads, under a keeper; options as :class:`lelect.campaign.CampaignOptions`."""
+        from lelect.campaign import CampaignOptions, run_campaign
+
+        opts = CampaignOptions(election=self.name, command=tuple(command),
+                               node_id=self.candidate.node_id, **options)  # type: ignore[arg-type]
+        return run_campaign(self.backend, opts, log) if log else run_campaign(self.backend, opts)
+
+    def run_options(self, options: CampaignOptions, log: Log | None = None) -> CampaignResult:
+        from lelect.campaign import run_campaign
+
+        return run_campaign(self.backend, options, log) if log else run_campaign(self.backend, options)
+
     def leader(self) -> LeaderInfo | None:
         return self.backend.leader(self.name)
 
@@ -68,6 +125,9 @@ class Election:
 
     def members(self) -> Members:
         return self.backend.members(self.name)
+
+    def history(self, limit: int | None = None) -> list[HistoryEntry]:
+        return self.backend.history(self.name, limit)
 
     def observe(self, stop: threading.Event | None = None) -> Iterator[LeaderInfo | None]:
         return self.backend.observe(self.name, stop)

@@ -35,8 +35,9 @@ def default_url() -> str:
     return "file://" + default_home()
 
 
-def connect(url: str | None = None) -> Backend:
-    """Open the backend named by ``url`` (default: :func:`default_url`)."""
+def connect(url: str | None = None, *, create: bool = True) -> Backend:
+    """Open the backend named by ``url`` (default: :func:`default_url`). With
+    ``create=False`` nothing is created (the embedded backend's directory): for readers."""
     parsed = parse_url(url or default_url())
     target = SCHEMES.get(parsed.scheme)
     if target is None:
@@ -46,4 +47,7 @@ def connect(url: str | None = None) -> Backend:
         )
     module_name, class_name = target.split(":")
     module = importlib.import_module(module_name)
-    return getattr(module, class_name)(parsed)
+    backend_class = getattr(module, class_name)
+    if not create and getattr(backend_class, "creates_state", False):
+        return backend_class(parsed, create=False)
+    return backend_class(parsed)

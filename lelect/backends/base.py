@@ -1,149 +1,116 @@
-"""The backend interface, shaped after etcd's concurrency.Election, plus heartbeats.
+"""The backend interface, shaped after etcd's concurrency.Election, plus heartbeats,
+leadership history and once-per slots.
 
-Every backend module implements :class:`Backend` and returns a :class:`Leadership`
-from :meth:`Backend.campaign`. Records that cross the boundary are frozen dataclasses.
+A backend is a handful of small guarded operations: every write that concerns a
+leadership names the token that identifies it (etcd: the key's create revision;
+Redis/PostgreSQL: a random token; ZooKeeper: the contender node's name), so no call
+can ever touch somebody else's leadership. Records that cross the boundary are frozen
+dataclasses (:mod:`lelect.backends.records`). Nothing here imports from above
+``lelect/backends``.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from lelect.backends.records import (  # noqa: F401 - re-exported: the interface's records
+    DEFAULT_FORGET_AFTER,
+    DEFAULT_HISTORY,
+    EXITED,
+    LOST,
+    MAX_ARRIVALS,
+    OUTCOMES,
+    RUNNING,
+    Candidate,
+    HandBack,
+    Heartbeat,
+    HistoryEntry,
+    LeaderInfo,
+    LocalLock,
+    MemberRecord,
+    Members,
+    iso8601,
+)
+from lelect.durations import format_duration
+from lelect.errors import BackendUnavailable, CampaignTimeout, ElectionBusy
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
-    from lelect.election import Election
-    from lelect.supervisor import Keeper
 
-# A leader counts its lease from the send time of the request that granted or
-# renewed it, minus this drift (the Redis distlock rule).
+DEFAULT_TTL = 10.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: ``--timeout`` bounds connecting too, but never below one attempt of this long
+#: (``--timeout 0`` means "try once", as ``flock -w 0`` does).
+MIN_ATTEMPT = 0.5
+
+
 def lease_drift(ttl: float) -> float:
+    """A leader counts its lease from the send time of the request that granted or
+    renewed it, minus this drift (the Redis distlock rule)."""
     return 0.01 * ttl + 0.002
 
 
-def iso8601(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
+def connect_budget(connect_timeout: float, timeout: float | None) -> float:
+    """How long connecting may take: ``connect_timeout``, or the campaign's timeout if
+    shorter, but at least one attempt (:data:`MIN_ATTEMPT`, or connect_timeout if less)."""
+    if timeout is None:
+        return connect_timeout
+    return min(connect_timeout, max(timeout, MIN_ATTEMPT))
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """Who campaigns: the node id is for people; backends use a per-campaign token."""
-
-    node_id: str
-    host: str
-    pid: int | None
-
-    @classmethod
-    def local(cls, node_id: str | None = None) -> Candidate:
-        host = socket.gethostname()
-        pid = os.getpid()
-        return cls(node_id=node_id or f"{host}:{pid}", host=host, pid=pid)
+# -- one wording for the errors every backend raises ------------------------------------
 
 
-@dataclass(frozen=True)
-class LeaderInfo:
-    """Who leads an election now. ``since`` is wall-clock epoch seconds, for humans only."""
-
-    node_id: str
-    term: int
-    since: float | None = None
-    host: str | None = None
-    pid: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "term": self.term,
-            "since": iso8601(self.since),
-            "host": self.host,
-            "pid": self.pid,
-        }
+def busy(election: str, holder: LeaderInfo | None) -> ElectionBusy:
+    who = f"{holder.node_id} (term {holder.term})" if holder else "another candidate"
+    return ElectionBusy(f"election {election!r} is led by {who}")
 
 
-@dataclass(frozen=True)
-class Heartbeat:
-    """What each candidate (and ``health --publish``) writes every interval."""
-
-    election: str
-    node_id: str
-    host: str
-    pid: int
-    role: str  # "leader" | "follower" | "observer"
-    term: int | None
-    seq: int
-    time: float  # sender's wall clock, for humans; arrival stamps come from the backend
-    cpu_percent: float = 0.0
-    memory_percent: float = 0.0
-    load1: float = 0.0
-    disk_percent: float = 0.0
-    net_bytes_sent: int = 0
-    net_bytes_recv: int = 0
-    interval: float | None = None  # the publisher's heartbeat interval, seconds
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Heartbeat:
-        """Raise ValueError/TypeError/KeyError on garbage; callers show it as such."""
-        return cls(
-            election=str(data["election"]),
-            node_id=str(data["node_id"]),
-            host=str(data["host"]),
-            pid=int(data["pid"]),
-            role=str(data["role"]),
-            term=None if data.get("term") is None else int(data["term"]),
-            seq=int(data["seq"]),
-            time=float(data["time"]),
-            cpu_percent=float(data.get("cpu_percent", 0.0)),
-            memory_percent=float(data.get("memory_percent", 0.0)),
-            load1=float(data.get("load1", 0.0)),
-            disk_percent=float(data.get("disk_percent", 0.0)),
-            net_bytes_sent=int(data.get("net_bytes_sent", 0)),
-            net_bytes_recv=int(data.get("net_bytes_recv", 0)),
-            interval=None if data.get("interval") is None else float(data["interval"]),
-        )
+def timed_out(election: str, timeout: float | None) -> CampaignTimeout:
+    return CampaignTimeout(
+        f"not elected leader of {election!r} within {format_duration(timeout or 0.0)}"
+    )
 
 
-@dataclass(frozen=True)
-class MemberRecord:
-    """One member as stored: its last heartbeat (None if the record is garbage) and the
-    last ~20 arrival times as the backend stamped them (backend clock, seconds)."""
-
-    node_id: str
-    heartbeat: Heartbeat | None
-    arrivals: tuple[float, ...]
-    error: str | None = None  # why the record could not be read, when heartbeat is None
+def unreachable(what: str, where: str, within: float, detail: str = "") -> BackendUnavailable:
+    """``cannot reach WHAT at WHERE within 1s: DETAIL`` (the bound really applied)."""
+    tail = f": {detail}" if detail else ": is it running, and is the URL right?"
+    return BackendUnavailable(f"cannot reach {what} at {where} within {format_duration(within)}{tail}")
 
 
-@dataclass(frozen=True)
-class Members:
-    """Members of one election and the backend's current time, to judge arrival ages by."""
-
-    election: str
-    now: float
-    records: tuple[MemberRecord, ...] = field(default_factory=tuple)
-
-
-MAX_ARRIVALS = 20
+def only_changes(looks: Iterable[LeaderInfo | None]) -> Iterator[LeaderInfo | None]:
+    """``observe``'s filter: the first look, then only looks at a different leadership
+    (node id and term), however often the backend woke up."""
+    unset = object()
+    last: object = unset
+    for info in looks:
+        key = None if info is None else info.identity
+        if key != last:
+            last = key
+            yield info
 
 
 class Leadership:
-    """A won election. Backends keep ``lease_deadline`` (monotonic) current and set
-    ``lost`` when the leadership is gone; ``resign_requested`` when asked to step down.
+    """A won election. Backends keep ``lease_deadline`` (monotonic) current and mark it
+    lost when the leadership is gone, or resign-requested when asked to step down.
 
-    A file-backend leadership has no lease (``lease_deadline`` is None): it is held
-    for as long as the keeper holds the flock.
+    A file-backend leadership has no lease (``lease_deadline`` is None): it is held for
+    as long as the flock is.
+
+    How it ends is told to the backend on release, so the history records it with the
+    release itself: ``outcome`` (one of :data:`~lelect.backends.records.OUTCOMES`),
+    ``exit_status`` (the job's) and ``slot`` (a once-per slot, marked done only when the
+    outcome is "exited" with status 0).
     """
+
+    #: The lease watch steps in this long after the deadline, so a backend that is not
+    #: stuck reports the loss first, with its own reason.
+    LEASE_WATCH_SLACK = 0.02
 
     def __init__(
         self,
@@ -153,20 +120,24 @@ class Leadership:
         term: int,
         token: str,
         lease_deadline: float | None = None,
+        since: float | None = None,
     ) -> None:
         self.backend = backend
         self.election = election
         self.candidate = candidate
         self.term = term
         self.token = token
+        self.since = since
         self.lost = threading.Event()
         self.lost_reason: str | None = None
         self.resign_requested = threading.Event()
         self.released = False
+        self.outcome = EXITED
+        self.exit_status: int | None = None
+        self.slot: str | None = None
+        self.reason: str | None = None
         self._lease_deadline = lease_deadline
-        registry = getattr(backend, "leaderships", None)
-        if registry is not None:
-            registry.add(self)
+        backend.leaderships.add(self)
         self._subscribers: list[Callable[[str], None]] = []
         self._changed = threading.Condition()
         self._watching = False
@@ -182,8 +153,7 @@ class Leadership:
         return self._lease_deadline
 
     def on_deadline(self, callback: Callable[[float], None]) -> None:
-        """Call ``callback(deadline)`` after every successful renew (a :meth:`subscribe`
-        to "deadline" only)."""
+        """Call ``callback(deadline)`` after every successful renew."""
 
         def on_change(kind: str) -> None:
             if kind == "deadline" and self._lease_deadline is not None:
@@ -209,18 +179,13 @@ class Leadership:
 
     def _watch_lease(self) -> None:
         """Mark the leadership lost the moment its lease runs out without a renew, even
-        while the backend's renew call is still stuck (a server that answers every step
-        of a reconnect just in time can keep it past the deadline)."""
+        while the backend's renew call is still stuck."""
         with self._changed:
             if self._watching:
                 return
             self._watching = True
         threading.Thread(target=self._lease_watch, name=f"lelect-lease:{self.election}",
                          daemon=True).start()
-
-    #: The lease watch steps in this long after the deadline, so a backend that is not
-    #: stuck reports the loss first, with its own reason.
-    LEASE_WATCH_SLACK = 0.02
 
     def _lease_watch(self) -> None:
         with self._changed:
@@ -248,24 +213,25 @@ class Leadership:
             self.resign_requested.set()
             self._notify("resign")
 
-    def wait_changed(self, timeout: float | None) -> None:
-        """Block until a renew, loss or resign request, or ``timeout``."""
-        with self._changed:
-            self._changed.wait(timeout)
-
     def is_leader(self) -> bool:
         if self.lost.is_set() or self.released:
             return False
         deadline = self._lease_deadline
         return deadline is None or time.monotonic() < deadline
 
-    def release(self) -> None:
-        """Step down at once (idempotent)."""
-        if not self.released:
-            self.released = True
-            with self._changed:
-                self._changed.notify_all()  # the lease watch can stop
-            self.backend.resign(self)
+    def release(self, outcome: str | None = None, exit_status: int | None = None,
+                reason: str | None = None) -> None:
+        """Step down at once (idempotent), telling the history how the leadership ended
+        (default: "lost" if it was lost, else "exited")."""
+        if self.released:
+            return
+        self.released = True
+        self.outcome = outcome or (LOST if self.lost.is_set() else EXITED)
+        self.exit_status = exit_status
+        self.reason = reason or (self.lost_reason if self.outcome == LOST else None)
+        with self._changed:
+            self._changed.notify_all()  # the lease watch can stop
+        self.backend.resign(self)
 
     def __enter__(self) -> Leadership:
         return self
@@ -281,10 +247,16 @@ class Backend(ABC):
     """A place elections live. Construct with :func:`lelect.connect`."""
 
     scheme: str = ""
-    #: True when leadership is a lease that must be renewed (redis, zookeeper).
+    #: True when leadership is a lease that must be renewed (all but the embedded one).
     lease_based: bool = True
-    #: Default lease length in seconds for lease backends.
-    default_ttl: float = 10.0
+    #: Lease length used when ``campaign`` is given no ttl.
+    default_ttl: float = DEFAULT_TTL
+    #: Bound on reaching the server (``?connect_timeout=``).
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    #: False where :meth:`now` is the local clock, not the backend's.
+    has_clock: bool = True
+    #: Leaderships kept per election (``?history=N``).
+    history_limit: int = DEFAULT_HISTORY
 
     def __init__(self, url: BackendURL) -> None:
         self.url = url
@@ -296,13 +268,10 @@ class Backend(ABC):
         """The URL with any password masked: safe for logs and the job's environment."""
         return self.url.masked
 
-    def election(self, name: str, node_id: str | None = None) -> Election:
-        from lelect.election import Election
-
-        return Election(self, name, node_id=node_id)
-
     def renew_interval(self, ttl: float) -> float:
         return ttl / 3
+
+    # -- leadership -------------------------------------------------------------------
 
     @abstractmethod
     def campaign(
@@ -313,34 +282,42 @@ class Backend(ABC):
         timeout: float | None = None,
         no_wait: bool = False,
         ttl: float | None = None,
-        keeper: Keeper | None = None,
+        on_wait: Callable[[LeaderInfo | None], None] | None = None,
     ) -> Leadership:
         """Block until ``candidate`` leads ``election``; return the leadership.
 
-        Raises ElectionBusy (``no_wait`` and somebody leads), CampaignTimeout,
-        BackendUnavailable. ``timeout`` also bounds connecting. ``keeper`` is the
-        job's keeper when a job is guarded; a backend may hand it work (the file
-        backend lets it hold the flock and start the job the moment it wins).
+        Raises ElectionBusy (``no_wait`` and somebody leads), CampaignTimeout (the
+        ``timeout`` ran out; ``timeout=0`` tries once), BackendUnavailable (within
+        :func:`connect_budget`). ``on_wait(holder)`` is called once when the candidate
+        starts waiting behind somebody else. On winning, the history gains an entry
+        (outcome "running"), and an earlier entry still "running" is closed as
+        "vanished", in the same transaction as the win where the backend allows.
         """
 
     @abstractmethod
     def resign(self, leadership: Leadership) -> None:
-        """Release the election at once if ``leadership`` still holds it."""
+        """Release the election at once if ``leadership`` still holds it (by its token),
+        recording ``leadership.outcome``/``exit_status`` in the history and, for an
+        "exited" outcome with status 0, ``leadership.slot`` as done. A leadership that
+        is no longer ours still closes its own history entry if that is "running"."""
 
     @abstractmethod
     def leader(self, election: str) -> LeaderInfo | None:
         """Who leads now, or None."""
 
-    def observe(
-        self, election: str, stop: threading.Event | None = None
-    ) -> Iterator[LeaderInfo | None]:
-        """Yield the leader now and again on every change, until ``stop`` is set."""
-        raise NotImplementedError
+    @abstractmethod
+    def observe(self, election: str, stop: threading.Event | None = None
+                ) -> Iterator[LeaderInfo | None]:
+        """Yield the leader now and again on every change (:func:`only_changes`), until
+        ``stop`` is set. Blocks on the backend's own notifications, never a fixed poll
+        (the embedded backend may look at SQLite's data_version every 100 ms)."""
 
     @abstractmethod
     def request_resign(self, election: str, term: int | None = None) -> bool:
         """Ask the leader (only of ``term`` when given) to step down. False if nobody
         (or not that term) leads."""
+
+    # -- heartbeats -------------------------------------------------------------------
 
     @abstractmethod
     def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
@@ -358,6 +335,37 @@ class Backend(ABC):
     @abstractmethod
     def elections(self) -> list[str]:
         """Names of the elections this backend knows (with a leader or members)."""
+
+    # -- operations -------------------------------------------------------------------
+
+    @abstractmethod
+    def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
+        """The newest ``limit`` (default all kept) leaderships, oldest first."""
+
+    @abstractmethod
+    def slot_done(self, election: str, slot: str) -> HistoryEntry | None:
+        """The leadership that completed once-per ``slot``, or None if it is open."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """The backend's clock (epoch seconds); the local clock where it has none
+        (:attr:`has_clock` False)."""
+
+    def hand_back(self, leadership: Leadership) -> HandBack | None:
+        """How the job's keeper releases ``leadership`` if lelect dies (None: it cannot,
+        and the lease runs out instead)."""
+        return None
+
+    def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False
+                   ) -> LocalLock | None:
+        """A lock the job's keeper can take by itself (the embedded backend), else None."""
+        return None
+
+    def adopt_local_lock(self, lock: LocalLock, term: int, since: float,
+                         release_lock: Callable[[], None]) -> Leadership:
+        """The leadership of a :meth:`local_lock` the keeper won; ``release_lock`` lets
+        go of the lock itself."""
+        raise NotImplementedError(f"{self.scheme}:// has no local lock")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

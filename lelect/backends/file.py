@@ -359,6 +359,19 @@ class FileBackend(Backend):
             (election, filestate.now()),
         ))
 
+    # -- operations (stubs until the history lands) --------------------------------
+
+    def history(self, election, limit=None):
+        return []
+
+    def slot_done(self, election, slot):
+        return None
+
+    def now(self) -> float:
+        import time as _time
+
+        return _time.time()
+
     def close(self) -> None:
         with self._conn_lock:
             if self._conn is not None:

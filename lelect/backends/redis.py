@@ -53,7 +53,6 @@ from lelect.names import validate_election
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
-    from lelect.supervisor import Keeper
 
 log = logging.getLogger("lelect.redis")
 
@@ -378,7 +377,7 @@ class RedisBackend(Backend):
         timeout: float | None = None,
         no_wait: bool = False,
         ttl: float | None = None,
-        keeper: Keeper | None = None,
+        on_wait=None,
     ) -> Leadership:
         validate_election(election)
         ttl = self.default_ttl if ttl is None else ttl
@@ -621,6 +620,19 @@ class RedisBackend(Backend):
                     return sorted(names)
         except RedisError as exc:
             raise self.options.unavailable(exc) from None
+
+    # -- operations (stubs until the history lands) --------------------------------
+
+    def history(self, election, limit=None):
+        return []
+
+    def slot_done(self, election, slot):
+        return None
+
+    def now(self) -> float:
+        import time as _time
+
+        return _time.time()
 
     def close(self) -> None:
         self.link.close()

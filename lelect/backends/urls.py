@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote
 
+from lelect.durations import RANGES, Range, parse_duration
 from lelect.errors import UsageError
 
 
@@ -41,6 +42,26 @@ class BackendURL:
 
     def option(self, name: str, default: str | None = None) -> str | None:
         return self.query.get(name, default)
+
+    def duration(self, name: str, default: float, limits: Range | None = None) -> float:
+        """A duration option (``?ttl=10s``), checked against its range."""
+        text = self.query.get(name)
+        if text is None:
+            return default
+        return parse_duration(text, what=f"{name} option in {self.scheme}:// URL",
+                              limits=limits or RANGES.get(name))
+
+    def integer(self, name: str, default: int, minimum: int = 1, maximum: int = 1_000_000) -> int:
+        """A whole-number option (``?history=100``), checked against its range."""
+        text = self.query.get(name)
+        if text is None:
+            return default
+        if not (text.isascii() and text.isdigit()) or not minimum <= int(text) <= maximum:
+            raise UsageError(
+                f"invalid {name} option {text!r} in {self.scheme}:// URL: use a whole number"
+                f" from {minimum} to {maximum}"
+            )
+        return int(text)
 
     def check_options(self, allowed: set[str]) -> None:
         unknown = sorted(set(self.query) - allowed)

@@ -64,7 +64,6 @@ from lelect.names import ELECTION_NAME, validate_election
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
-    from lelect.supervisor import Keeper
 
 #: kazoo's contender node name: ``<uuid4 hex>__lock__<10-digit sequence>``.
 CONTENDER_MARK = "__lock__"
@@ -505,6 +504,19 @@ class ZooKeeperBackend(Backend):
             raise BackendUnavailable(f"not connected to ZooKeeper at {self.config.hosts}: {doing} skipped")
         return session
 
+    # -- operations (stubs until the history lands) --------------------------------
+
+    def history(self, election, limit=None):
+        return []
+
+    def slot_done(self, election, slot):
+        return None
+
+    def now(self) -> float:
+        import time as _time
+
+        return _time.time()
+
     def close(self) -> None:
         with self._lock:
             sessions = [*self._campaign_sessions, *([self._shared] if self._shared else [])]
@@ -523,7 +535,7 @@ class ZooKeeperBackend(Backend):
         timeout: float | None = None,
         no_wait: bool = False,
         ttl: float | None = None,
-        keeper: Keeper | None = None,
+        on_wait=None,
     ) -> Leadership:
         validate_election(election)
         give_up = None if timeout is None else time.monotonic() + timeout

@@ -233,3 +233,29 @@ def redis_server_factory(tmp_path: Path):
 @pytest.fixture(scope="session")
 def redis_test_certs(tmp_path_factory) -> dict[str, Path]:
     return make_test_certs(tmp_path_factory.mktemp("redis-tls"))
+
+
+@pytest.fixture
+def target_redis(redis_server_factory):
+    """The contract suite's Redis: a password-protected server of the test's own."""
+    from tests.plugins.targets import Target
+
+    secret = "s3cret-redis-pw"
+    server = redis_server_factory(password=secret)
+
+    def url_for(connect_timeout: float, host: str, port: int) -> str:
+        return f"redis://:{secret}@{host}:{port}/0?ttl=2s&connect_timeout={connect_timeout}s"
+
+    prefixes = iter(range(1_000_000))
+    return Target(
+        id="redis",
+        url=f"{server.url}?ttl=2s",
+        ttl=2.0,
+        secret=secret,
+        url_for=url_for,
+        bad_urls=[
+            "redis://h:99999/0", "redis://h/x", "redis://h/0?ttl=abc", "redis://h/0?nope=1",
+            "redis://h/0?prefix=a*b", "redis://h1,h2/0",
+        ],
+        fresh=lambda: f"{server.url}?ttl=2s&prefix=p{next(prefixes)}",
+    )

@@ -204,3 +204,32 @@ def zk_path():
 def zk_url(zookeeper_server, zk_path):
     """``zookeeper://127.0.0.1:PORT/t-…`` with a short session timeout, on the shared server."""
     return zookeeper_server.url(zk_path, session_timeout="2s")
+
+
+@pytest.fixture
+def target_zookeeper(zookeeper_server, zk_path):
+    """The contract suite's ZooKeeper: the shared server, a base path of the test's own,
+    digest credentials (the secret) and a 2 s session."""
+    from tests.plugins.targets import Target
+
+    secret = "s3cret-zk-pw"
+    auth = f"digest:lelect:{secret}"
+
+    def url_for(connect_timeout: float, host: str, port: int) -> str:
+        return (f"zookeeper://{host}:{port}{zk_path}?session_timeout=2s"
+                f"&connect_timeout={connect_timeout}s&auth={auth}")
+
+    paths = iter(range(1_000_000))
+    return Target(
+        id="zookeeper",
+        url=zookeeper_server.url(zk_path, session_timeout="2s", auth=auth),
+        ttl=2.0,
+        secret=secret,
+        url_for=url_for,
+        bad_urls=[
+            "zookeeper://", "zookeeper://h:99999/x", "zookeeper://h/x?session_timeout=abc",
+            "zookeeper://h/x?nope=1", "zookeeper://u:pw@h/x", "zookeeper://h/a//b",
+        ],
+        fresh=lambda: zookeeper_server.url(f"{zk_path}-{next(paths)}", session_timeout="2s",
+                                           auth=auth),
+    )
