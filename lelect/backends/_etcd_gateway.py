@@ -1,0 +1,510 @@
+"""A small client of etcd's v3 JSON gateway, standard library only.
+
+Every etcd since 3.4 serves the gRPC gateway on its client port: ``POST /v3/kv/txn``,
+``/v3/lease/grant`` … with JSON bodies (keys and values base64, int64s as strings).
+This module speaks exactly that, because the one maintained Python client of it
+(etcd3gw) cannot bound a call by a time budget of its own, opens watches with no timeout
+at all and cannot tell a dead watch from a quiet one, and has neither authentication nor
+more than one endpoint. Being standard library only, it also serves the job's keeper
+(``_handback_etcd``), which must not import a client library.
+
+- :meth:`Gateway.call`: one unary call within ``budget`` seconds, over every endpoint in
+  turn (the one that answered last first); a member that refuses or is silent is skipped.
+- :class:`WatchStream`: one watch (one HTTP request whose answer never ends), read line
+  by line with a timeout, on a socket this module owns (so a quiet read does not poison
+  it, as a timeout in ``http.client`` would).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: gRPC status codes that mean "this member cannot answer now; another one may".
+TRANSIENT_CODES = frozenset({1, 4, 8, 10, 14})  # canceled, deadline, exhausted, aborted, unavailable
+UNAUTHENTICATED = 16
+PERMISSION_DENIED = 7
+FAILED_PRECONDITION = 9  # e.g. "authentication is not enabled"
+#: Idle connections kept for reuse.
+MAX_IDLE = 8
+
+
+def b64(data: str | bytes) -> str:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return base64.b64encode(raw).decode("ascii")
+
+
+def unb64(text: str | None) -> bytes:
+    return base64.b64decode(text or "")
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end that makes ``[prefix, end)`` every key starting with ``prefix``
+    (etcd's ``WithPrefix``); our prefixes are ASCII and never end in 0x7f."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """``etcds://``: the CA to verify the server against (None: the system's), and a
+    client certificate and key (both or neither)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+class GatewayError(Exception):
+    """A call that failed. ``kind``: "unreachable" (no endpoint answered: refused, silent,
+    cut), "auth" (credentials refused), "denied" (no permission), "tls" (the server's
+    certificate failed verification), "compacted" (a watch started below the compacted
+    revision), "server" (answered with another error). ``code`` is the gRPC status code
+    when a server answered; ``refused`` is True when every endpoint refused at once."""
+
+    def __init__(self, kind: str, message: str, *, code: int | None = None,
+                 refused: bool = False, compact_revision: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+        self.refused = refused
+        self.compact_revision = compact_revision
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying again soon: nobody answered, or the member could not."""
+        return self.kind == "unreachable" or (self.kind == "server" and self.code in TRANSIENT_CODES)
+
+
+class _Down(Exception):
+    """This endpoint did not answer (or answered "unavailable"): try the next one."""
+
+    def __init__(self, reason: str, refused: bool = False, tls: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.refused = refused
+        self.tls = tls
+
+
+class _TokenRejected(Exception):
+    """The auth token expired (etcd forgets simple tokens): authenticate again."""
+
+
+class Gateway:
+    """Calls to one etcd cluster through its members' gateways. Thread-safe: idle
+    connections are pooled, one call uses one connection."""
+
+    def __init__(self, endpoints: list[Endpoint] | tuple[Endpoint, ...], *,
+                 tls: TLSFiles | None = None, username: str | None = None,
+                 password: str | None = None) -> None:
+        if not endpoints:
+            raise ValueError("no endpoints")
+        self.endpoints = tuple(endpoints)
+        self.username = username
+        self._password = password or ""
+        self._ssl = tls.context() if tls is not None else None
+        self._lock = threading.Lock()
+        self._idle: list[tuple[Endpoint, http.client.HTTPConnection]] = []
+        self._preferred = 0
+        self._token: str | None = None
+
+    @property
+    def where(self) -> str:
+        return ",".join(str(endpoint) for endpoint in self.endpoints)
+
+    # -- unary calls ------------------------------------------------------------------
+
+    def call(self, path: str, body: dict[str, Any], budget: float) -> dict[str, Any]:
+        """POST ``body`` to ``/v3/PATH`` and return the answer, within ``budget`` seconds
+        in all (every endpoint tried; the auth token renewed once if etcd forgot it)."""
+        deadline = time.monotonic() + budget
+        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        for last_try in (False, True):
+            headers = self._headers(deadline)
+            try:
+                return self._each_endpoint(
+                    deadline, lambda endpoint, by, headers=headers: self._post(
+                        endpoint, path, payload, headers, by))
+            except _TokenRejected as exc:
+                with self._lock:
+                    self._token = None
+                if last_try:
+                    raise GatewayError("auth", str(exc), code=UNAUTHENTICATED) from None
+        raise AssertionError("unreachable")
+
+    def _each_endpoint(self, deadline: float, attempt: Callable[[Endpoint, float], T]) -> T:
+        """``attempt(endpoint, by)`` on each endpoint in turn, the one that answered last
+        first, until one answers by the (monotonic) time ``by``: each gets a fair share of
+        the time left, so a silent member cannot use up the budget of the others."""
+        reasons: list[str] = []
+        refusals = 0
+        count = len(self.endpoints)
+        with self._lock:
+            start = self._preferred
+        for step in range(count):
+            index = (start + step) % count
+            endpoint = self.endpoints[index]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                result = attempt(endpoint, time.monotonic() + left / (count - step))
+            except _Down as down:
+                reasons.append(f"{endpoint}: {down.reason}")
+                refusals += down.refused
+                if down.tls:
+                    raise GatewayError("tls", "; ".join(reasons)) from None
+                continue
+            with self._lock:
+                self._preferred = index
+            return result
+        raise GatewayError("unreachable", "; ".join(reasons) or "no time left to try",
+                           refused=refusals == count)
+
+    def _post(self, endpoint: Endpoint, path: str, payload: bytes, headers: dict[str, str],
+              deadline: float) -> dict[str, Any]:
+        reused = self._take_idle(endpoint)
+        for connection in ([reused] if reused else []) + [None]:
+            fresh = connection is None
+            if connection is None:
+                connection = self._connect(endpoint, deadline - time.monotonic())
+            try:
+                connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                connection.request("POST", "/v3/" + path, body=payload, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                connection.close()
+                if fresh:
+                    raise _Down(f"connection lost ({type(exc).__name__})") from None
+                continue  # the server had closed the idle connection: open a new one
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                raise _Down(_describe(exc)) from None
+            if time.monotonic() > deadline:
+                connection.close()
+                raise _Down("timed out")
+            self._give_back(endpoint, connection, response)
+            return _answer(response.status, data)
+        raise AssertionError("unreachable")
+
+    # -- connections ------------------------------------------------------------------
+
+    def _connect(self, endpoint: Endpoint, within: float) -> http.client.HTTPConnection:
+        connection = http.client.HTTPConnection(endpoint.host, endpoint.port)
+        connection.sock = self._open_socket(endpoint, within)
+        return connection
+
+    def _open_socket(self, endpoint: Endpoint, within: float) -> socket.socket:
+        """A connected (TLS: verified) socket to ``endpoint``, or :class:`_Down`."""
+        if within <= 0:
+            raise _Down("no time left to connect")
+        try:
+            sock = socket.create_connection((endpoint.host, endpoint.port), timeout=within)
+        except ConnectionRefusedError:
+            raise _Down("connection refused", refused=True) from None
+        except OSError as exc:
+            raise _Down(_describe(exc)) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl is None:
+            return sock
+        try:
+            return self._ssl.wrap_socket(sock, server_hostname=endpoint.host)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise _Down(f"TLS: {exc.verify_message or exc.reason}", tls=True) from None
+        except (OSError, ssl.SSLError) as exc:
+            sock.close()
+            raise _Down(f"TLS handshake failed: {_describe(exc)}") from None
+
+    def _take_idle(self, endpoint: Endpoint) -> http.client.HTTPConnection | None:
+        with self._lock:
+            for i, (where, connection) in enumerate(self._idle):
+                if where == endpoint:
+                    del self._idle[i]
+                    return connection
+        return None
+
+    def _give_back(self, endpoint: Endpoint, connection: http.client.HTTPConnection,
+                   response: http.client.HTTPResponse) -> None:
+        if response.will_close:
+            connection.close()
+            return
+        with self._lock:
+            self._idle.append((endpoint, connection))
+            surplus = self._idle[:-MAX_IDLE]
+            del self._idle[:-MAX_IDLE]
+        for _, old in surplus:
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, connection in idle:
+            connection.close()
+
+    # -- authentication ---------------------------------------------------------------
+
+    def _headers(self, deadline: float) -> dict[str, str]:
+        """Request headers, with a token (``POST /v3/auth/authenticate`` first if there
+        is none yet) when the URL names a user."""
+        headers = {"Content-Type": "application/json"}
+        if self.username is None:
+            return headers
+        with self._lock:
+            token = self._token
+        if token is None:
+            payload = json.dumps({"name": self.username, "password": self._password}).encode()
+            try:
+                answer = self._each_endpoint(deadline, lambda endpoint, by: self._post(
+                    endpoint, "auth/authenticate", payload, dict(headers), by))
+                token = str(answer.get("token") or "")
+            except GatewayError as exc:
+                if exc.code != FAILED_PRECONDITION:
+                    raise
+                token = ""  # authentication is not enabled: etcdctl goes on without a token
+            with self._lock:
+                self._token = token
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    # -- watches ----------------------------------------------------------------------
+
+    def watch(self, key: str, *, range_end: str | None = None, start_revision: int | None = None,
+              budget: float) -> WatchStream:
+        """Open a watch on ``key`` (or ``[key, range_end)``) from ``start_revision``;
+        returns once etcd confirmed it, within ``budget``."""
+        request: dict[str, Any] = {"key": b64(key)}
+        if range_end is not None:
+            request["range_end"] = b64(range_end)
+        if start_revision is not None:
+            request["start_revision"] = str(start_revision)
+        deadline = time.monotonic() + budget
+        headers = self._headers(deadline)
+        try:
+            return self._each_endpoint(deadline, lambda endpoint, by: WatchStream(
+                self._open_socket(endpoint, by - time.monotonic()), endpoint,
+                {"create_request": request}, headers, by))
+        except _TokenRejected as exc:
+            with self._lock:
+                self._token = None
+            raise GatewayError("unreachable", f"{exc}: try again") from None
+
+
+def _answer(status: int, data: bytes) -> dict[str, Any]:
+    """A gateway answer, or the error it carries (``{"error", "code", "message"}``)."""
+    try:
+        answer = json.loads(data or b"{}")
+    except ValueError:
+        raise GatewayError("server", f"HTTP {status}: not a JSON answer: {data[:200]!r}") from None
+    if status == 200 and isinstance(answer, dict):
+        return answer
+    code = answer.get("code") if isinstance(answer, dict) else None
+    message = str(answer.get("error") or answer.get("message")) if isinstance(answer, dict) else ""
+    message = message or f"HTTP {status}"
+    if code == UNAUTHENTICATED and "token" in message:
+        raise _TokenRejected(message)
+    if code in TRANSIENT_CODES:
+        raise _Down(message)
+    if code == UNAUTHENTICATED or "authentication failed" in message:
+        raise GatewayError("auth", message, code=code)
+    if code == PERMISSION_DENIED:
+        raise GatewayError("denied", message, code=code)
+    raise GatewayError("server", message, code=code)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # "PUT" | "DELETE"
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> WatchEvent:
+        kv = raw.get("kv", {})
+        return cls(
+            kind=raw.get("type", "PUT"),
+            key=unb64(kv.get("key")).decode("utf-8", "replace"),
+            value=unb64(kv.get("value")),
+            create_revision=int(kv.get("create_revision", 0)),
+            mod_revision=int(kv.get("mod_revision", 0)),
+        )
+
+
+class WatchStream:
+    """An open watch: :meth:`next` returns the events of the next answer, or None when
+    nothing arrived within its timeout; a watch that ended raises GatewayError."""
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint, body: dict[str, Any],
+                 headers: dict[str, str], deadline: float) -> None:
+        self._sock = sock
+        self.endpoint = endpoint
+        self._buffer = b""  # received, not yet decoded
+        self._payload = b""  # decoded body bytes, not yet a whole line
+        self._lines: list[bytes] = []
+        self._chunk_left = 0  # payload bytes still due in the current chunk
+        self._crlf_due = False  # the CRLF that ends a chunk's payload
+        self._chunked = True
+        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        head = ["POST /v3/watch HTTP/1.1", f"Host: {endpoint}", f"Content-Length: {len(payload)}"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+            status, length = self._read_head(deadline)
+            if status != 200:
+                while (length is None or len(self._buffer) < length) and self._recv(deadline):
+                    pass
+                _answer(status, self._buffer[:length] if length is not None else self._buffer)
+                raise _Down(f"HTTP {status}")
+            created = self._next_result(deadline)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise _Down(_describe(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+        if created is None or not created.get("created"):
+            self.close()
+            raise _Down("no answer to the watch request in time")
+        #: The store revision etcd reported last on this watch.
+        self.revision = int(created.get("header", {}).get("revision", 0))
+
+    def next(self, timeout: float) -> list[WatchEvent] | None:
+        """The events of the next answer ([] for a progress note), or None if nothing
+        came within ``timeout``. Raises GatewayError when the watch ended."""
+        try:
+            result = self._next_result(time.monotonic() + timeout)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise GatewayError("unreachable",
+                               f"watch on {self.endpoint} ended: {_describe(exc)}") from None
+        if result is None:
+            return None
+        if result.get("canceled"):
+            self.close()
+            compacted = int(result.get("compact_revision") or 0)
+            if compacted:
+                raise GatewayError("compacted", f"watch revision compacted (at {compacted})",
+                                   compact_revision=compacted)
+            raise GatewayError("unreachable", f"watch canceled: {result.get('cancel_reason', '')}")
+        revision = result.get("header", {}).get("revision")
+        if revision:
+            self.revision = int(revision)
+        return [WatchEvent.from_json(raw) for raw in result.get("events", ())]
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    # HTTP/1.1 by hand: a status line and headers, then a (chunked) body of JSON lines.
+
+    def _recv(self, deadline: float) -> bool:
+        """Read what has arrived; False when the deadline passed first."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self._sock.settimeout(left)
+        try:
+            data = self._sock.recv(65536)
+        except (TimeoutError, ssl.SSLWantReadError):
+            return False
+        if not data:
+            raise ConnectionResetError("the server closed the watch")
+        self._buffer += data
+        return True
+
+    def _read_head(self, deadline: float) -> tuple[int, int | None]:
+        while b"\r\n\r\n" not in self._buffer:
+            if not self._recv(deadline):
+                raise TimeoutError("no answer to the watch request")
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        self._chunked = fields.get("transfer-encoding", "").lower() == "chunked"
+        length = fields.get("content-length")
+        return status, None if length is None else int(length)
+
+    def _decode(self) -> None:
+        """Move the body bytes that have arrived into whole lines."""
+        if not self._chunked:
+            self._payload, self._buffer = self._payload + self._buffer, b""
+        while self._chunked:
+            if self._crlf_due:
+                if len(self._buffer) < 2:
+                    break
+                self._buffer, self._crlf_due = self._buffer[2:], False
+            if self._chunk_left == 0:
+                size_line, sep, rest = self._buffer.partition(b"\r\n")
+                if not sep:
+                    break
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    raise ConnectionResetError("the server ended the watch")
+                self._buffer, self._chunk_left = rest, size
+            taken = self._buffer[: self._chunk_left]
+            self._buffer = self._buffer[len(taken):]
+            self._payload += taken
+            self._chunk_left -= len(taken)
+            if self._chunk_left > 0:
+                break
+            self._crlf_due = True
+        *whole, self._payload = self._payload.split(b"\n")
+        self._lines.extend(line for line in whole if line.strip())
+
+    def _next_result(self, deadline: float) -> dict[str, Any] | None:
+        while True:
+            self._decode()
+            if self._lines:
+                message = json.loads(self._lines.pop(0))
+                if "error" in message:
+                    error = message["error"]
+                    detail = error.get("message", error) if isinstance(error, dict) else error
+                    raise ConnectionResetError(f"watch error: {detail}")
+                return message.get("result", {})
+            if not self._recv(deadline):
+                return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    text = str(exc) or type(exc).__name__
+    return text
