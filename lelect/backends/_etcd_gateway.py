@@ -214,6 +214,16 @@ class Gateway:
             return _answer(response.status, data)
         raise AssertionError("unreachable")
 
+    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
+            failure: list[dict[str, Any]] | None = None, *, budget: float) -> TxnResult:
+        """One transaction: if every ``compare`` holds, ``success`` ops, else ``failure``."""
+        body = {"compare": compare, "success": success, "failure": failure or []}
+        return TxnResult.from_json(self.call("kv/txn", body, budget))
+
+    def range(self, key: str, *, budget: float, **options: Any) -> RangeResult:
+        """One range read (options as :func:`get` takes them)."""
+        return RangeResult.from_json(self.call("kv/range", range_request(key, **options), budget))
+
     # -- connections ------------------------------------------------------------------
 
     def _connect(self, endpoint: Endpoint, within: float) -> http.client.HTTPConnection:
@@ -508,3 +518,125 @@ def _describe(exc: BaseException) -> str:
         return "connection refused"
     text = str(exc) or type(exc).__name__
     return text
+
+
+# -- the pieces of a transaction, as the gateway spells them --------------------------------
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> KeyValue:
+        return cls(
+            key=unb64(raw.get("key")).decode("utf-8", "replace"),
+            value=unb64(raw.get("value")),
+            create_revision=int(raw.get("create_revision", 0)),
+            mod_revision=int(raw.get("mod_revision", 0)),
+            lease=int(raw.get("lease", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    revision: int  # the store revision the range was read at
+    kvs: tuple[KeyValue, ...]
+    count: int
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], revision: int | None = None) -> RangeResult:
+        kvs = tuple(KeyValue.from_json(kv) for kv in raw.get("kvs", ()))
+        if revision is None:
+            revision = int(raw.get("header", {}).get("revision", 0))
+        return cls(revision, kvs, int(raw.get("count", len(kvs))))
+
+    @property
+    def first(self) -> KeyValue | None:
+        return self.kvs[0] if self.kvs else None
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int  # the store revision after the txn (its own, if it wrote)
+    ranges: tuple[RangeResult | None, ...]  # one per op; None for writes
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TxnResult:
+        revision = int(raw.get("header", {}).get("revision", 0))
+        ranges = tuple(
+            RangeResult.from_json(r["response_range"], revision) if "response_range" in r else None
+            for r in raw.get("responses", ())
+        )
+        return cls(bool(raw.get("succeeded", False)), revision, ranges)
+
+
+def created_at(key: str, revision: int) -> dict[str, Any]:
+    """Compare: ``key`` was created at ``revision`` (0: it does not exist). With a
+    range end, every key in ``[key, range_end)`` must be."""
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}
+
+
+def nothing_in(prefix: str) -> dict[str, Any]:
+    """Compare: no key starts with ``prefix`` (every key of an empty range "was created
+    at 0")."""
+    return {**created_at(prefix, 0), "range_end": b64(prefix_end(prefix))}
+
+
+def modified_at(key: str, revision: int) -> dict[str, Any]:
+    """Compare: ``key`` was last written at ``revision``."""
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+def put(key: str, value: str | bytes, lease: int | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    if lease:
+        request["lease"] = str(lease)
+    return {"request_put": request}
+
+
+def delete(key: str, range_end: str | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {"key": b64(key)}
+    if range_end is not None:
+        request["range_end"] = b64(range_end)
+    return {"request_delete_range": request}
+
+
+def get(key: str, *, prefix: bool = False, range_end: str | None = None,
+        first_by: str | None = None, last_by: str | None = None, limit: int | None = None,
+        keys_only: bool = False, count_only: bool = False,
+        max_create_revision: int | None = None) -> dict[str, Any]:
+    """A range op: ``key`` (``prefix``: every key under it), sorted ascending by
+    ``first_by`` or descending by ``last_by`` ("KEY", "CREATE", "MOD")."""
+    return {"request_range": range_request(
+        key, prefix=prefix, range_end=range_end, first_by=first_by, last_by=last_by,
+        limit=limit, keys_only=keys_only, count_only=count_only,
+        max_create_revision=max_create_revision)}
+
+
+def range_request(key: str, *, prefix: bool = False, range_end: str | None = None,
+                  first_by: str | None = None, last_by: str | None = None,
+                  limit: int | None = None, keys_only: bool = False, count_only: bool = False,
+                  max_create_revision: int | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {"key": b64(key)}
+    if prefix:
+        range_end = prefix_end(key)
+    if range_end is not None:
+        request["range_end"] = b64(range_end)
+    if first_by or last_by:
+        request["sort_target"] = first_by or last_by
+        request["sort_order"] = "ASCEND" if first_by else "DESCEND"
+    if limit is not None:
+        request["limit"] = str(limit)
+    if keys_only:
+        request["keys_only"] = True
+    if count_only:
+        request["count_only"] = True
+    if max_create_revision is not None:
+        request["max_create_revision"] = str(max_create_revision)
+    return request
