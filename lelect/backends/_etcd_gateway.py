@@ -206,7 +206,8 @@ class Gateway:
                 continue  # the server had closed the idle connection: open a new one
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
-                raise _Down(_describe(exc)) from None
+                # A refused client certificate shows only now (TLS 1.3 sends the alert late).
+                raise _Down(_describe(exc), tls=isinstance(exc, ssl.SSLError)) from None
             if time.monotonic() > deadline:
                 connection.close()
                 raise _Down("timed out")
@@ -251,7 +252,7 @@ class Gateway:
             raise _Down(f"TLS: {exc.verify_message or exc.reason}", tls=True) from None
         except (OSError, ssl.SSLError) as exc:
             sock.close()
-            raise _Down(f"TLS handshake failed: {_describe(exc)}") from None
+            raise _Down(f"TLS handshake failed: {_describe(exc)}", tls=isinstance(exc, ssl.SSLError)) from None
 
     def _take_idle(self, endpoint: Endpoint) -> http.client.HTTPConnection | None:
         with self._lock:
@@ -343,7 +344,8 @@ def _answer(status: int, data: bytes) -> dict[str, Any]:
         raise _TokenRejected(message)
     if code in TRANSIENT_CODES:
         raise _Down(message)
-    if code == UNAUTHENTICATED or "authentication failed" in message:
+    if code == UNAUTHENTICATED or any(
+            sign in message for sign in ("authentication failed", "user name is empty")):
         raise GatewayError("auth", message, code=code)
     if code == PERMISSION_DENIED:
         raise GatewayError("denied", message, code=code)
@@ -512,6 +514,8 @@ class WatchStream:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}".replace("_", " ").lower().replace("tls: ", "TLS: ")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):

@@ -87,7 +87,7 @@ class EtcdServer:
             args += [
                 "--cert-file", str(self.tls["server_cert"]),
                 "--key-file", str(self.tls["server_key"]),
-                "--trusted-ca-file", str(self.tls["ca"]),
+                "--trusted-ca-file", str(self.tls["ca"]),  # and clients need a certificate
             ]  # fmt: skip
         return args
 
@@ -126,7 +126,8 @@ class EtcdServer:
         command = [etcd_binary("etcdctl"), "--endpoints", f"{self.scheme}://{self.endpoint}",
                    "--dial-timeout", "2s", "--command-timeout", "5s"]
         if self.tls:
-            command += ["--cacert", str(self.tls["ca"])]
+            command += ["--cacert", str(self.tls["ca"]), "--cert", str(self.tls["client_cert"]),
+                        "--key", str(self.tls["client_key"])]
         who = user or self.user
         if who:
             command += ["--user", f"{who[0]}:{who[1]}"]

@@ -1,0 +1,322 @@
+"""What only the etcd backend does: share elections with etcdctl, survive a cut link, a
+frozen and a restarted etcd, authenticate, speak TLS, round leases, hand back by its key.
+The shared behaviours are in the contract suite (``pytest tests/test_contract.py -k etcd``)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lelect.backends import connect
+from lelect.backends.base import Candidate, Heartbeat
+from tests.helpers import (
+    leader_json,
+    run_lelect,
+    spawn_lelect,
+    wait_until,
+)
+from tests.plugins.redis_server import make_test_certs
+from tests.test_redis_cli import assert_one_at_a_time, read_ticks, ticking_job
+
+TTL = 2.0
+LELECT_IMPORTTIME = [sys.executable, "-X", "importtime", "-m", "lelect"]
+
+
+def candidate(node_id: str) -> Candidate:
+    return Candidate(node_id=node_id, host="host-" + node_id, pid=4242)
+
+
+def campaign(url: str, election: str, job: list[str], *options: str) -> subprocess.Popen:
+    return spawn_lelect("campaign", election, *options, "--", *job, backend=url,
+                        stdout=subprocess.DEVNULL)
+
+
+def contenders(server, prefix: str, election: str) -> list[dict]:
+    """The keys of ``PREFIX/NAME/``, first in line (the leader) first."""
+    return sorted(server.get(f"{prefix}/{election}/", prefix=True),
+                  key=lambda kv: int(kv["create_revision"]))
+
+
+def queued(server, prefix: str, election: str, count: int) -> None:
+    wait_until(lambda: len(contenders(server, prefix, election)) >= count, timeout=20,
+               what=f"{count} candidates queued in {election}")
+
+
+# -- interop with etcdctl ---------------------------------------------------------------
+
+
+def test_etcdctl_elect_leads_lelect_sees_it_and_no_wait_is_75(etcd_server, etcd_prefix, processes):
+    url = etcd_server.url(etcd_prefix, ttl="2s")
+    elect = subprocess.Popen(etcd_server.etcdctl_command("elect", f"{etcd_prefix}/shared", "etcdctl-x"),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    processes.append(elect)
+    queued(etcd_server, etcd_prefix, "shared", 1)
+    (key,) = contenders(etcd_server, etcd_prefix, "shared")
+    shown = leader_json(url, "shared")
+    assert shown["node_id"] == "etcdctl-x"
+    assert shown["term"] == int(key["create_revision"])
+    busy = run_lelect("campaign", "shared", "--no-wait", "--", "true", backend=url)
+    assert busy.returncode == 75, busy.stderr
+    assert "etcdctl-x" in busy.stderr
+
+
+def test_lelect_leads_etcdctl_sees_it_and_etcdctl_lock_waits(etcd_server, etcd_prefix, tmp_path,
+                                                             processes):
+    url = etcd_server.url(etcd_prefix, ttl="2s")
+    record, go = tmp_path / "record", tmp_path / "go"
+    job = ["sh", "-c", f'echo "$LELECT_TERM" > {record}; while [ ! -e {go} ]; do sleep 0.02; done;'
+                       f' echo "end $(date +%s%N)" >> {record}']
+    leader = campaign(url, "shared", job, "--id", "lelect-a")
+    processes.append(leader)
+    wait_until(lambda: record.exists() and record.read_text().strip(), what="lelect's job")
+    (key,) = contenders(etcd_server, etcd_prefix, "shared")
+    assert int(record.read_text().split()[0]) == int(key["create_revision"])  # LELECT_TERM
+
+    listen = subprocess.Popen(etcd_server.etcdctl_command("elect", "-l", f"{etcd_prefix}/shared"),
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    processes.append(listen)
+    assert listen.stdout.readline().strip() == key["key"]
+    assert listen.stdout.readline().strip() == "lelect-a"
+
+    locked = tmp_path / "locked"
+    lock = subprocess.Popen(etcd_server.etcdctl_command(
+        "lock", f"{etcd_prefix}/shared", "--", "sh", "-c",
+        f'echo "$(date +%s%N) $ETCD_LOCK_REV" > {locked}'),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    processes.append(lock)
+    queued(etcd_server, etcd_prefix, "shared", 2)
+    assert not locked.exists()
+    go.touch()
+    assert leader.wait(20) == 0
+    assert lock.wait(20) == 0, lock.stderr.read()
+    lelect_end = int(record.read_text().split("end")[1])
+    lock_start, lock_rev = (int(x) for x in locked.read_text().split())
+    assert lelect_end <= lock_start
+    assert lock_rev > int(key["create_revision"])
+
+
+# -- faults ---------------------------------------------------------------------------
+
+
+def test_blackholed_leader_job_dies_within_the_lease_before_the_next_starts(
+        etcd_server_factory, partition_proxy, tmp_path, processes):
+    server = etcd_server_factory()
+    proxy = partition_proxy("127.0.0.1", server.port)
+    record = tmp_path / "ticks"
+    leader = campaign(f"etcd://{proxy.address}/lelect?ttl=2s", "cut", ticking_job(record))
+    processes.append(leader)
+    wait_until(lambda: read_ticks(record), what="the leader's job")
+    processes.append(campaign(server.url(ttl="2s"), "cut", ticking_job(record)))
+    queued(server, "lelect", "cut", 2)
+    cut_ns = time.time_ns()
+    proxy.block()
+    wait_until(lambda: len(read_ticks(record)) == 2, timeout=30, what="the second job")
+    first, second = read_ticks(record)
+    assert first.last_ns <= cut_ns + TTL * 1e9, "the cut-off leader's job outlived its lease"
+    assert_one_at_a_time([first, second])
+    assert leader.wait(20) == 73  # leadership lost while the job ran
+
+
+def test_frozen_etcd_stops_the_job_within_the_lease_and_one_runs_after(
+        etcd_server_factory, tmp_path, processes):
+    server = etcd_server_factory()
+    url = server.url(ttl="2s")
+    record = tmp_path / "ticks"
+    for _ in range(2):
+        processes.append(campaign(url, "frozen", ticking_job(record), "--restart"))
+    wait_until(lambda: read_ticks(record), what="the first job")
+    queued(server, "lelect", "frozen", 2)
+    frozen_ns = time.time_ns()
+    server.freeze()
+    try:
+        wait_until(lambda: time.time_ns() - read_ticks(record)[-1].last_ns > 0.5e9, timeout=10,
+                   what="the job to stop while etcd is frozen")
+        assert read_ticks(record)[-1].last_ns <= frozen_ns + TTL * 1e9
+    finally:
+        server.thaw()
+    wait_until(lambda: time.time_ns() - read_ticks(record)[-1].last_ns < 0.2e9, timeout=30,
+               what="a job after the thaw")
+    time.sleep(TTL)  # any second job would show now
+    activities = read_ticks(record)
+    assert_one_at_a_time(activities)
+    alive = [a for a in activities if time.time_ns() - a.last_ns < 0.5e9]
+    assert len(alive) == 1, activities
+
+
+def test_etcd_restarted_mid_leadership_keeps_one_job_at_a_time(etcd_server_factory, tmp_path,
+                                                                processes):
+    server = etcd_server_factory()
+    url = server.url(ttl="2s")
+    record = tmp_path / "ticks"
+    for _ in range(2):
+        processes.append(campaign(url, "restart", ticking_job(record), "--restart"))
+    wait_until(lambda: read_ticks(record), what="the first job")
+    queued(server, "lelect", "restart", 2)
+    server.restart()
+    wait_until(lambda: time.time_ns() - read_ticks(record)[-1].last_ns < 0.2e9, timeout=30,
+               what="a job after the restart")
+    time.sleep(TTL)
+    activities = read_ticks(record)
+    assert_one_at_a_time(activities)
+    assert sum(time.time_ns() - a.last_ns < 0.5e9 for a in activities) == 1, activities
+    assert leader_json(url, "restart") is not None
+
+
+# -- auth and TLS -----------------------------------------------------------------------
+
+
+def test_auth_right_password_works_wrong_one_is_one_line_without_it(etcd_server_factory):
+    server = etcd_server_factory()
+    server.enable_auth("r00t-pw")
+    server.etcdctl("user", "add", "app:app-secret-1")
+    server.etcdctl("role", "add", "app")
+    server.etcdctl("role", "grant-permission", "app", "--prefix=true", "readwrite", "lelect/")
+    server.etcdctl("user", "grant-role", "app", "app")
+    good = f"etcd://app:app-secret-1@{server.endpoint}/lelect?ttl=2s"
+    ran = run_lelect("campaign", "authed", "--", "sh", "-c", "echo $LELECT_BACKEND", backend=good)
+    assert ran.returncode == 0, ran.stderr
+    assert "app-secret-1" not in ran.stdout + ran.stderr
+    assert leader_json(good, "authed") is None
+
+    bad = run_lelect("leader", "authed", backend=f"etcd://app:wrong-pw-9@{server.endpoint}/lelect")
+    assert bad.returncode == 69
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "wrong-pw-9" not in bad.stderr and "authentication failed" in bad.stderr
+    anonymous = run_lelect("leader", "authed", backend=f"etcd://{server.endpoint}/lelect")
+    assert anonymous.returncode == 69 and "user:password@" in anonymous.stderr
+    other = run_lelect("leader", "authed", backend=f"etcd://app:app-secret-1@{server.endpoint}/other")
+    assert other.returncode == 69 and "permission denied" in other.stderr
+
+
+def test_tls_verifies_the_server_and_presents_a_client_certificate(etcd_server_factory, tmp_path):
+    certs = make_test_certs(tmp_path / "certs")
+    server = etcd_server_factory(tls=certs)
+    base = f"etcds://127.0.0.1:{server.port}/lelect?ttl=2s&connect_timeout=2s"
+    url = f"{base}&ca={certs['ca']}&cert={certs['client_cert']}&key={certs['client_key']}"
+    with connect(url) as backend:
+        with backend.campaign("tls", candidate("a"), timeout=10) as held:
+            assert backend.leader("tls").term == held.term
+    other = make_test_certs(tmp_path / "other")
+    for refused_url in (url.replace(str(certs["ca"]), str(other["ca"])),  # not our server
+                        f"{base}&ca={certs['ca']}"):  # no client certificate
+        refused = run_lelect("leader", "tls", backend=refused_url)
+        assert refused.returncode == 69, refused.stderr
+        assert "TLS" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    plain = run_lelect("leader", "tls", backend=f"etcd://127.0.0.1:{server.port}/lelect?connect_timeout=1s")
+    assert plain.returncode == 69
+
+
+# -- endpoints, URLs, leases ------------------------------------------------------------
+
+
+def test_members_that_are_down_or_silent_are_skipped(etcd_server, etcd_prefix, refused_port,
+                                                     silent_listener):
+    url = (f"etcd://127.0.0.1:{refused_port},127.0.0.1:{silent_listener},{etcd_server.endpoint}"
+           f"/{etcd_prefix}?ttl=2s&connect_timeout=3s")
+    with connect(url) as backend:
+        with backend.campaign("skip", candidate("a"), timeout=10) as held:
+            assert backend.leader("skip").term == held.term
+
+
+def test_all_endpoints_silent_is_69_within_the_bound(refused_port, silent_listener):
+    url = f"etcd://127.0.0.1:{silent_listener},127.0.0.1:{refused_port}/lelect?connect_timeout=1s"
+    started = time.monotonic()
+    ran = run_lelect("campaign", "x", "--timeout", "5s", "--", "true", backend=url)
+    assert ran.returncode == 69
+    assert "within 1s" in ran.stderr and len(ran.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 20  # a last guard, not a speed test
+
+
+@pytest.mark.parametrize("url", [
+    "etcd://h:2379/x?ttl=0s", "etcd://h:2379/x?connect_timeout=abc", "etcd://h:2379/x?history=x",
+    "etcds://h:2379/x?ca=/no/such/ca.pem", "etcd://h:2379/x?cert=/etc/hostname&key=/etc/hostname",
+])
+def test_bad_etcd_options_are_status_2_in_one_line(url):
+    ran = run_lelect("leader", "x", backend=url)
+    assert ran.returncode == 2, ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1
+
+
+def test_a_lease_shorter_than_etcds_minimum_is_rounded_up_and_said(etcd_server, etcd_prefix,
+                                                                   caplog):
+    with connect(etcd_server.url(etcd_prefix, ttl="500ms")) as backend:
+        with caplog.at_level(logging.WARNING, logger="lelect.etcd"):
+            with backend.campaign("short", candidate("a"), timeout=10) as held:
+                assert held.ttl >= 1.0 and held.ttl == int(held.ttl)
+                assert held.lease_deadline - time.monotonic() > 0.5  # counted from the grant
+        assert "etcd granted a" in caplog.text
+
+
+def test_help_and_the_hand_back_import_no_client(etcd_server):
+    """``lelect --help`` loads no etcd module; the hand-back loads only the standard
+    library (and lelect's standard-library modules), as the keeper runs it."""
+    ran = subprocess.run([*LELECT_IMPORTTIME, "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).parent.parent)
+    assert ran.returncode == 0 and "lelect.cli" in ran.stderr, ran.stderr[-500:]
+    assert "etcd" not in ran.stderr
+    root = str(Path(__file__).parent.parent)
+    probe = (f"import sys; sys.path.insert(0, {root!r}); before = set(sys.modules)\n"
+             "import lelect.backends._handback_etcd\n"
+             "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))")
+    ran = subprocess.run([sys.executable, "-S", "-I", "-c", probe], capture_output=True,
+                         text=True, timeout=60)
+    loaded = set(json.loads(ran.stdout.strip().replace("'", '"')))
+    assert loaded - set(sys.stdlib_module_names) == {"lelect"}, loaded
+
+
+# -- hand-back ------------------------------------------------------------------------------
+
+
+def test_hand_back_frees_the_election_at_once_and_records_it(etcd_server, etcd_prefix):
+    module = importlib.import_module("lelect.backends._handback_etcd")
+    with connect(etcd_server.url(etcd_prefix, ttl="10s")) as backend:
+        held = backend.campaign("back", candidate("a"), timeout=10)
+        backend.publish(Heartbeat(election="back", node_id="a", host="host-a", pid=4242,
+                                  role="leader", term=held.term, seq=1, time=time.time()), ttl=60)
+        recipe = backend.hand_back(held)
+        held.stop()  # lelect "died": nobody renews any more
+        assert module.hand_back(recipe.params, 5.0, 137) == "released"
+        assert backend.leader("back") is None  # at once, not after the 10 s lease
+        entry = backend.history("back")[-1]
+        assert (entry.term, entry.outcome, entry.exit_status) == (held.term, "lost", 137)
+        assert "handed the leadership back" in entry.reason
+        assert backend.members("back").records == ()
+        assert etcd_server.etcdctl("lease", "timetolive", f"{held.lease.id:x}").stdout.count(
+            "already expired") == 1
+        again = backend.campaign("back", candidate("b"), timeout=0)
+        assert again.term > held.term
+        again.release()
+
+
+def test_hand_back_never_touches_another_leaders_key(etcd_server, etcd_prefix):
+    module = importlib.import_module("lelect.backends._handback_etcd")
+    with connect(etcd_server.url(etcd_prefix, ttl="2s")) as backend:
+        first = backend.campaign("other", candidate("a"), timeout=10)
+        recipe = backend.hand_back(first)
+        first.stop()
+        etcd_server.etcdctl("lease", "revoke", f"{first.lease.id:x}")  # its lease ran out
+        with backend.campaign("other", candidate("b"), timeout=10) as second:
+            assert module.hand_back(recipe.params, 5.0, 137) == "not ours"
+            assert backend.leader("other").term == second.term
+            assert backend.history("other")[-1].outcome == "running"
+            assert second.is_leader()
+
+
+def test_hand_back_within_its_budget_when_etcd_is_unreachable(refused_port, silent_listener):
+    module = importlib.import_module("lelect.backends._handback_etcd")
+    params = {"endpoints": [["127.0.0.1", silent_listener], ["127.0.0.1", refused_port]],
+              "tls": None, "username": None, "password": None, "lease_id": 1, "key": "p/x/1",
+              "term": 5, "history_key": "p/_history/x/5", "member_key": "p/_members/x/a",
+              "entry": '{"election":"x","term":5,"node_id":"a","host":null,"pid":null,"started":1}'}
+    started = time.monotonic()
+    with pytest.raises(Exception, match="timed out|refused"):
+        module.hand_back(params, 0.5, None)
+    assert time.monotonic() - started < 5  # a last guard: its budget is 0.5 s
+
