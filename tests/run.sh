@@ -15,6 +15,7 @@ command -v flock >/dev/null 2>&1 || need="$need util-linux"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v zsh >/dev/null 2>&1 || need="$need zsh"
 command -v fish >/dev/null 2>&1 || need="$need fish"
+command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1 || need="$need etcd-server etcd-client"
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"
     $SUDO apt-get update -qq
