@@ -11,22 +11,28 @@ more than one endpoint. Being standard library only, it also serves the job's ke
 - :meth:`Gateway.call`: one unary call within ``budget`` seconds, over every endpoint in
   turn (the one that answered last first); a member that refuses or is silent is skipped.
 - :class:`WatchStream`: one watch (one HTTP request whose answer never ends), read line
-  by line with a timeout, on a socket this module owns (so a quiet read does not poison
-  it, as a timeout in ``http.client`` would).
+  by line with a timeout.
+
+HTTP/1.1 is spoken by hand (:class:`_Connection`, a few dozen lines): every read has a
+deadline on a socket this module owns, so a quiet watch read leaves it usable (a timeout
+inside ``http.client``'s buffered reader would not), and the keeper's hand-back imports
+neither ``http.client`` nor, without TLS, ``ssl``.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import socket
-import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import ssl
 
 T = TypeVar("T")
 
@@ -74,6 +80,8 @@ class TLSFiles:
     key: str | None = None
 
     def context(self) -> ssl.SSLContext:
+        import ssl
+
         context = ssl.create_default_context(cafile=self.ca)
         if self.cert:
             context.load_cert_chain(self.cert, self.key)
@@ -130,7 +138,7 @@ class Gateway:
         self._password = password or ""
         self._ssl = tls.context() if tls is not None else None
         self._lock = threading.Lock()
-        self._idle: list[tuple[Endpoint, http.client.HTTPConnection]] = []
+        self._idle: list[_Connection] = []
         self._preferred = 0
         self._token: str | None = None
 
@@ -193,26 +201,26 @@ class Gateway:
         for connection in ([reused] if reused else []) + [None]:
             fresh = connection is None
             if connection is None:
-                connection = self._connect(endpoint, deadline - time.monotonic())
+                connection = _Connection(self._open_socket(endpoint, deadline - time.monotonic()),
+                                         endpoint)
             try:
-                connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                connection.request("POST", "/v3/" + path, body=payload, headers=headers)
-                response = connection.getresponse()
-                data = response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                connection.send(path, payload, headers, deadline)
+                status, fields = connection.read_head(deadline)
+                data = connection.read_body(fields, deadline)
+            except (BrokenPipeError, ConnectionResetError, _Closed) as exc:
                 connection.close()
                 if fresh:
-                    raise _Down(f"connection lost ({type(exc).__name__})") from None
+                    raise _Down(f"connection lost ({_describe(exc)})") from None
                 continue  # the server had closed the idle connection: open a new one
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ValueError) as exc:
                 connection.close()
                 # A refused client certificate shows only now (TLS 1.3 sends the alert late).
-                raise _Down(_describe(exc), tls=isinstance(exc, ssl.SSLError)) from None
-            if time.monotonic() > deadline:
+                raise _Down(_describe(exc), tls=_is_tls_error(exc)) from None
+            if fields.get("connection", "").lower() == "close":
                 connection.close()
-                raise _Down("timed out")
-            self._give_back(endpoint, connection, response)
-            return _answer(response.status, data)
+            else:
+                self._give_back(endpoint, connection)
+            return _answer(status, data)
         raise AssertionError("unreachable")
 
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
@@ -226,11 +234,6 @@ class Gateway:
         return RangeResult.from_json(self.call("kv/range", range_request(key, **options), budget))
 
     # -- connections ------------------------------------------------------------------
-
-    def _connect(self, endpoint: Endpoint, within: float) -> http.client.HTTPConnection:
-        connection = http.client.HTTPConnection(endpoint.host, endpoint.port)
-        connection.sock = self._open_socket(endpoint, within)
-        return connection
 
     def _open_socket(self, endpoint: Endpoint, within: float) -> socket.socket:
         """A connected (TLS: verified) socket to ``endpoint``, or :class:`_Down`."""
@@ -247,37 +250,32 @@ class Gateway:
             return sock
         try:
             return self._ssl.wrap_socket(sock, server_hostname=endpoint.host)
-        except ssl.SSLCertVerificationError as exc:
+        except OSError as exc:
             sock.close()
-            raise _Down(f"TLS: {exc.verify_message or exc.reason}", tls=True) from None
-        except (OSError, ssl.SSLError) as exc:
-            sock.close()
-            raise _Down(f"TLS handshake failed: {_describe(exc)}", tls=isinstance(exc, ssl.SSLError)) from None
+            detail = getattr(exc, "verify_message", None)
+            raise _Down(f"TLS: {detail}" if detail else f"TLS handshake failed: {_describe(exc)}",
+                        tls=_is_tls_error(exc)) from None
 
-    def _take_idle(self, endpoint: Endpoint) -> http.client.HTTPConnection | None:
+    def _take_idle(self, endpoint: Endpoint) -> _Connection | None:
         with self._lock:
-            for i, (where, connection) in enumerate(self._idle):
-                if where == endpoint:
+            for i, connection in enumerate(self._idle):
+                if connection.endpoint == endpoint:
                     del self._idle[i]
                     return connection
         return None
 
-    def _give_back(self, endpoint: Endpoint, connection: http.client.HTTPConnection,
-                   response: http.client.HTTPResponse) -> None:
-        if response.will_close:
-            connection.close()
-            return
+    def _give_back(self, endpoint: Endpoint, connection: _Connection) -> None:
         with self._lock:
-            self._idle.append((endpoint, connection))
+            self._idle.append(connection)
             surplus = self._idle[:-MAX_IDLE]
             del self._idle[:-MAX_IDLE]
-        for _, old in surplus:
+        for old in surplus:
             old.close()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for _, connection in idle:
+        for connection in idle:
             connection.close()
 
     # -- authentication ---------------------------------------------------------------
@@ -321,7 +319,7 @@ class Gateway:
         headers = self._headers(deadline)
         try:
             return self._each_endpoint(deadline, lambda endpoint, by: WatchStream(
-                self._open_socket(endpoint, by - time.monotonic()), endpoint,
+                _Connection(self._open_socket(endpoint, by - time.monotonic()), endpoint),
                 {"create_request": request}, headers, by))
         except _TokenRejected as exc:
             with self._lock:
@@ -372,34 +370,135 @@ class WatchEvent:
         )
 
 
-class WatchStream:
-    """An open watch: :meth:`next` returns the events of the next answer, or None when
-    nothing arrived within its timeout; a watch that ended raises GatewayError."""
+class _Closed(Exception):
+    """The server closed the connection (or ended the body) before answering in full."""
 
-    def __init__(self, sock: socket.socket, endpoint: Endpoint, body: dict[str, Any],
-                 headers: dict[str, str], deadline: float) -> None:
-        self._sock = sock
+
+class _Connection:
+    """One HTTP/1.1 connection to a member's gateway, spoken by hand: a POST with a JSON
+    body; an answer with a Content-Length or a chunked body. Every read has a deadline
+    on a socket of our own, so a quiet read (a watch with no news) leaves it usable, as
+    a timeout inside ``http.client``'s buffered reader would not."""
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint) -> None:
+        self.sock = sock
         self.endpoint = endpoint
         self._buffer = b""  # received, not yet decoded
-        self._payload = b""  # decoded body bytes, not yet a whole line
-        self._lines: list[bytes] = []
         self._chunk_left = 0  # payload bytes still due in the current chunk
         self._crlf_due = False  # the CRLF that ends a chunk's payload
-        self._chunked = True
-        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
-        head = ["POST /v3/watch HTTP/1.1", f"Host: {endpoint}", f"Content-Length: {len(payload)}"]
-        head += [f"{name}: {value}" for name, value in headers.items()]
+
+    def send(self, path: str, payload: bytes, headers: dict[str, str], deadline: float) -> None:
+        head = [f"POST /v3/{path} HTTP/1.1", f"Host: {self.endpoint}",
+                f"Content-Length: {len(payload)}", *(f"{k}: {v}" for k, v in headers.items())]
+        self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+
+    def recv(self, deadline: float) -> bool:
+        """Read what has arrived; False when the deadline passed first."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self.sock.settimeout(left)
         try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
-            status, length = self._read_head(deadline)
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not data:
+            raise _Closed("the server closed the connection")
+        self._buffer += data
+        return True
+
+    def _need(self, deadline: float) -> None:
+        if not self.recv(deadline):
+            raise TimeoutError("no answer in time")
+
+    def read_head(self, deadline: float) -> tuple[int, dict[str, str]]:
+        """The status and the header fields (names in lower case)."""
+        while b"\r\n\r\n" not in self._buffer:
+            self._need(deadline)
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        self._chunk_left, self._crlf_due = 0, False
+        return int(lines[0].split()[1]), fields
+
+    def read_body(self, fields: dict[str, str], deadline: float) -> bytes:
+        """The whole body of an answer (and its trailer, if chunked)."""
+        if fields.get("transfer-encoding", "").lower() != "chunked":
+            length = int(fields.get("content-length", "0"))
+            while len(self._buffer) < length:
+                self._need(deadline)
+            body, self._buffer = self._buffer[:length], self._buffer[length:]
+            return body
+        body = b""
+        while True:
+            payload, ended = self.decode_chunks()
+            body += payload
+            if ended:
+                break
+            self._need(deadline)
+        # The trailer (gRPC's): header lines up to an empty line.
+        while not self._buffer.startswith(b"\r\n") and b"\r\n\r\n" not in self._buffer:
+            self._need(deadline)
+        end = 2 if self._buffer.startswith(b"\r\n") else self._buffer.index(b"\r\n\r\n") + 4
+        self._buffer = self._buffer[end:]
+        return body
+
+    def decode_chunks(self) -> tuple[bytes, bool]:
+        """The chunked body bytes that have arrived, and whether the last chunk came."""
+        payload = b""
+        while True:
+            if self._crlf_due:
+                if len(self._buffer) < 2:
+                    return payload, False
+                self._buffer, self._crlf_due = self._buffer[2:], False
+            if self._chunk_left == 0:
+                size_line, sep, rest = self._buffer.partition(b"\r\n")
+                if not sep:
+                    return payload, False
+                size = int(size_line.split(b";")[0], 16)
+                self._buffer = rest
+                if size == 0:
+                    return payload, True
+                self._chunk_left = size
+            taken = self._buffer[: self._chunk_left]
+            self._buffer = self._buffer[len(taken):]
+            payload += taken
+            self._chunk_left -= len(taken)
+            if self._chunk_left > 0:
+                return payload, False
+            self._crlf_due = True
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class WatchStream:
+    """An open watch (one request whose chunked answer never ends, one JSON object a
+    line): :meth:`next` returns the events of the next answer, or None when nothing
+    arrived within its timeout; a watch that ended raises GatewayError."""
+
+    def __init__(self, connection: _Connection, body: dict[str, Any], headers: dict[str, str],
+                 deadline: float) -> None:
+        self._connection = connection
+        self.endpoint = connection.endpoint
+        self._payload = b""  # body bytes, not yet a whole line
+        self._lines: list[bytes] = []
+        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        try:
+            connection.send("watch", payload, headers, deadline)
+            status, fields = connection.read_head(deadline)
             if status != 200:
-                while (length is None or len(self._buffer) < length) and self._recv(deadline):
-                    pass
-                _answer(status, self._buffer[:length] if length is not None else self._buffer)
+                _answer(status, connection.read_body(fields, deadline))
                 raise _Down(f"HTTP {status}")
             created = self._next_result(deadline)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, _Closed) as exc:
             self.close()
             raise _Down(_describe(exc)) from None
         except BaseException:
@@ -416,7 +515,7 @@ class WatchStream:
         came within ``timeout``. Raises GatewayError when the watch ended."""
         try:
             result = self._next_result(time.monotonic() + timeout)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, _Closed) as exc:
             self.close()
             raise GatewayError("unreachable",
                                f"watch on {self.endpoint} ended: {_describe(exc)}") from None
@@ -435,86 +534,34 @@ class WatchStream:
         return [WatchEvent.from_json(raw) for raw in result.get("events", ())]
 
     def close(self) -> None:
-        try:
-            self._sock.close()
-        except OSError:
-            pass
-
-    # HTTP/1.1 by hand: a status line and headers, then a (chunked) body of JSON lines.
-
-    def _recv(self, deadline: float) -> bool:
-        """Read what has arrived; False when the deadline passed first."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        self._sock.settimeout(left)
-        try:
-            data = self._sock.recv(65536)
-        except (TimeoutError, ssl.SSLWantReadError):
-            return False
-        if not data:
-            raise ConnectionResetError("the server closed the watch")
-        self._buffer += data
-        return True
-
-    def _read_head(self, deadline: float) -> tuple[int, int | None]:
-        while b"\r\n\r\n" not in self._buffer:
-            if not self._recv(deadline):
-                raise TimeoutError("no answer to the watch request")
-        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        fields = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip()
-        self._chunked = fields.get("transfer-encoding", "").lower() == "chunked"
-        length = fields.get("content-length")
-        return status, None if length is None else int(length)
-
-    def _decode(self) -> None:
-        """Move the body bytes that have arrived into whole lines."""
-        if not self._chunked:
-            self._payload, self._buffer = self._payload + self._buffer, b""
-        while self._chunked:
-            if self._crlf_due:
-                if len(self._buffer) < 2:
-                    break
-                self._buffer, self._crlf_due = self._buffer[2:], False
-            if self._chunk_left == 0:
-                size_line, sep, rest = self._buffer.partition(b"\r\n")
-                if not sep:
-                    break
-                size = int(size_line.split(b";")[0], 16)
-                if size == 0:
-                    raise ConnectionResetError("the server ended the watch")
-                self._buffer, self._chunk_left = rest, size
-            taken = self._buffer[: self._chunk_left]
-            self._buffer = self._buffer[len(taken):]
-            self._payload += taken
-            self._chunk_left -= len(taken)
-            if self._chunk_left > 0:
-                break
-            self._crlf_due = True
-        *whole, self._payload = self._payload.split(b"\n")
-        self._lines.extend(line for line in whole if line.strip())
+        self._connection.close()
 
     def _next_result(self, deadline: float) -> dict[str, Any] | None:
         while True:
-            self._decode()
+            payload, ended = self._connection.decode_chunks()
+            *whole, self._payload = (self._payload + payload).split(b"\n")
+            self._lines.extend(line for line in whole if line.strip())
             if self._lines:
                 message = json.loads(self._lines.pop(0))
                 if "error" in message:
                     error = message["error"]
                     detail = error.get("message", error) if isinstance(error, dict) else error
-                    raise ConnectionResetError(f"watch error: {detail}")
+                    raise _Closed(f"watch error: {detail}")
                 return message.get("result", {})
-            if not self._recv(deadline):
+            if ended:
+                raise _Closed("the server ended the watch")
+            if not self._connection.recv(deadline):
                 return None
 
 
+def _is_tls_error(exc: BaseException) -> bool:
+    """An SSL error (ssl is imported only where TLS is used: it costs the keeper time)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
+
+
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
+    if _is_tls_error(exc):
         return f"TLS: {exc.reason or exc}".replace("_", " ").lower().replace("tls: ", "TLS: ")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
