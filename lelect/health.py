@@ -413,30 +413,20 @@ def next_leader(
 ) -> LeaderInfo | None:
     """Wait up to ``timeout`` (None: for ever) for a leader of ``election`` with a term
     above ``after_term``; None if there is none by then."""
-    deadline = math.inf if timeout is None else time.monotonic() + timeout
     stop = threading.Event()
     timer = threading.Timer(timeout if timeout is not None else 0, stop.set)
     timer.daemon = True
     if timeout is not None:
         timer.start()
-    changes = None
+    changes = backend.observe(election, stop)
     try:
-        changes = backend.observe(election, stop)
         for info in changes:
             if info is not None and info.term > after_term:
                 return info
-    except NotImplementedError:
-        while time.monotonic() < deadline:
-            info = backend.leader(election)
-            if info is not None and info.term > after_term:
-                return info
-            time.sleep(0.1)
     finally:
         stop.set()
         timer.cancel()
-        close = getattr(changes, "close", None)
-        if close is not None:
-            close()
+        changes.close()
     info = backend.leader(election)
     return info if info is not None and info.term > after_term else None
 

@@ -116,7 +116,7 @@ class FileBackend(Backend):
     scheme = "file"
     lease_based = False
     has_clock = False  # one host: the local clock is the backend's
-    #: Read-only callers (``connect(url, create=False)``) create nothing.
+    #: Read-only callers (``connect(url, create=False)``) create no directory.
     creates_state = True
 
     def __init__(self, url: BackendURL, *, create: bool = True) -> None:
@@ -137,7 +137,7 @@ class FileBackend(Backend):
         # One connection shared by the caller and the heartbeat thread; transactions
         # must not interleave.
         self._conn_lock = threading.RLock()
-        if self.exists and (create or os.path.exists(self._db_path)):
+        if self.exists:
             _ = self.db  # refuse a corrupt database now, before anybody waits on it
 
     # -- state ----------------------------------------------------------------
@@ -151,8 +151,11 @@ class FileBackend(Backend):
         """The state database (None for a reader that found none: nothing is created)."""
         with self._conn_lock:
             if self._conn is None:
-                if not self.exists or not (self.creates_state or os.path.exists(self._db_path)):
-                    return None
+                if not self.exists:  # a reader: the directory may have appeared since
+                    checked = filestate.ensure_safe_dir(self.directory, create=False)
+                    if checked is None:
+                        return None
+                    self.exists, (self.directory, self.shared) = True, checked
                 self._conn = filestate.open_db(self.directory, self.shared)
             return self._conn
 
