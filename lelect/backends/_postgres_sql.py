@@ -24,6 +24,8 @@ import hashlib
 import math
 import re
 
+from lelect.backends.records import MAX_SLOTS
+
 SCHEMA_VERSION = 1
 DEFAULT_SCHEMA = "lelect"
 #: A schema name lelect accepts: a plain lower-case identifier, so it never needs care.
@@ -263,6 +265,20 @@ SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM announced),
        (SELECT count(*) FROM closed), (SELECT count(*) FROM done),
        (SELECT count(*) FROM forgotten)
 """
+
+
+
+def release_statement(schema: str, *, election: str, token: str, term: int, node_id: str,
+                      outcome: str, exit_status: int | None, reason: str | None,
+                      slot: str | None, forget: bool) -> str:  # fmt: skip
+    """:data:`RELEASE` for one leadership: the backend's resign and the keeper's hand-back
+    (``forget``: drop the member record too) send the same text."""
+    return render(
+        RELEASE, schema, election=election, token=token, term=term, node_id=node_id,
+        outcome=outcome, exit_status=exit_status, reason=reason, slot=slot, forget=forget,
+        channel=channel(schema, election), slots_kept=MAX_SLOTS - 1,
+    )  # fmt: skip
+
 
 #: Who leads: the live lease and its term. -> (node id, term, since, host, pid, seconds left)
 LEADER = """

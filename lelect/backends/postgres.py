@@ -52,7 +52,7 @@ from lelect.backends.base import (
     only_changes,
     timed_out,
 )
-from lelect.backends.records import MAX_SLOTS, decode_member, encode_member
+from lelect.backends.records import decode_member, encode_member
 from lelect.errors import ConfigError
 from lelect.names import validate_election
 
@@ -323,7 +323,7 @@ class PostgresBackend(Backend):
                 leadership.close()
 
     def _release_sql(self, leadership: Leadership, forget: bool) -> str:
-        return release_statement(
+        return sql.release_statement(
             self.options.schema, election=leadership.election, token=leadership.token,
             term=leadership.term, node_id=leadership.node_id, outcome=leadership.outcome,
             exit_status=leadership.exit_status, reason=leadership.reason,
@@ -496,17 +496,6 @@ class PostgresBackend(Backend):
             raise self.options.refused(exc) from None
         except psycopg.Error as exc:
             raise self.options.unavailable(exc) from None
-
-
-def release_statement(schema: str, *, election: str, token: str, term: int, node_id: str,
-                      outcome: str, exit_status: int | None, reason: str | None,
-                      slot: str | None, forget: bool) -> str:  # fmt: skip
-    """The guarded release, for the backend (psycopg) and the keeper (its own client)."""
-    return sql.render(
-        sql.RELEASE, schema, election=election, token=token, term=term, node_id=node_id,
-        outcome=outcome, exit_status=exit_status, reason=reason, slot=slot, forget=forget,
-        channel=sql.channel(schema, election), slots_kept=MAX_SLOTS - 1,
-    )  # fmt: skip
 
 
 def _wire_params(conn: psycopg.Connection | None) -> dict[str, object] | None:
