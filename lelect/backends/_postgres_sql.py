@@ -110,7 +110,8 @@ CREATE TABLE IF NOT EXISTS %(schema)s.lease (
     pid integer,
     since timestamptz NOT NULL,
     expires_at timestamptz NOT NULL,
-    resign_requested boolean NOT NULL DEFAULT false
+    resign_requested boolean NOT NULL DEFAULT false,
+    backend_pid integer  -- the server process of the leader's connection (pg_stat_activity)
 );
 CREATE TABLE IF NOT EXISTS %(schema)s.history (
     election text NOT NULL,
@@ -164,15 +165,16 @@ SCHEMA_VERSION_OF = "SELECT max(version) FROM %(schema)s.schema_version"
 #: lease and for how long (by the server's clock; missing when the winner committed
 #: after this statement's snapshot: try again).
 #: -> (won term | NULL, holder token, holder node id, holder term, seconds left, notified)
-ACQUIRE = """
+ACQUIRE = """/* lelect acquire */
 WITH won AS (
-    INSERT INTO %(schema)s.lease AS l (election, token, node_id, host, pid, since, expires_at)
+    INSERT INTO %(schema)s.lease AS l
+        (election, token, node_id, host, pid, since, expires_at, backend_pid)
     VALUES (%(election)s, %(token)s, %(node_id)s, %(host)s, %(pid)s, clock_timestamp(),
-            clock_timestamp() + %(ttl)s * interval '1 second')
+            clock_timestamp() + %(ttl)s * interval '1 second', pg_backend_pid())
     ON CONFLICT (election) DO UPDATE
         SET token = excluded.token, node_id = excluded.node_id, host = excluded.host,
             pid = excluded.pid, since = excluded.since, expires_at = excluded.expires_at,
-            resign_requested = false
+            resign_requested = false, backend_pid = excluded.backend_pid
         WHERE l.expires_at <= clock_timestamp()
     RETURNING l.since
 ), counted AS (
@@ -216,9 +218,9 @@ FROM (SELECT 1) AS one LEFT JOIN holder ON true
 
 #: Extend our lease from now by the server's clock, only while it is ours and alive.
 #: -> one row (resign requested?) if renewed, none if the lease is gone
-RENEW = """
+RENEW = """/* lelect renew */
 UPDATE %(schema)s.lease
-SET expires_at = clock_timestamp() + %(ttl)s * interval '1 second'
+SET expires_at = clock_timestamp() + %(ttl)s * interval '1 second', backend_pid = pg_backend_pid()
 WHERE election = %(election)s AND token = %(token)s AND expires_at > clock_timestamp()
 RETURNING resign_requested
 """
@@ -227,7 +229,7 @@ RETURNING resign_requested
 #: if still "running" (first writer wins), mark a once-per slot done for an "exited 0",
 #: and with ``forget`` drop our member record (the keeper's hand-back).
 #: -> (released, notified, entry closed, slot marked, member dropped) as counts
-RELEASE = """
+RELEASE = """/* lelect release */
 WITH released AS (
     DELETE FROM %(schema)s.lease
     WHERE election = %(election)s AND token = %(token)s AND expires_at > clock_timestamp()
@@ -290,7 +292,7 @@ WHERE l.election = %(election)s AND l.expires_at > clock_timestamp()
 """
 
 #: Ask the live leader (of ``term`` when given) to step down. -> (its term, notified) if asked
-REQUEST_RESIGN = """
+REQUEST_RESIGN = """/* lelect request-resign */
 WITH asked AS (
     UPDATE %(schema)s.lease l SET resign_requested = true
     FROM %(schema)s.term t
@@ -308,7 +310,7 @@ SELECT term, (SELECT count(*) FROM announced) FROM asked
 
 #: Store a heartbeat and stamp its arrival by the server's clock (the newest
 #: ``max_arrivals`` kept); forget the election's members whose time is up.
-PUBLISH = """
+PUBLISH = """/* lelect publish */
 WITH forgotten AS (
     DELETE FROM %(schema)s.member
     WHERE election = %(election)s AND node_id <> %(node_id)s AND forget_at <= clock_timestamp()
