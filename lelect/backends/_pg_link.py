@@ -311,12 +311,17 @@ class Session:
         """Run ``sql`` (one query string) within ``budget`` seconds; the rows of its last
         statement. Raises psycopg errors (StatementTimeout when out of time)."""
         end = time.monotonic() + budget
-        with self._lock:
-            conn = self._connect(budget)
+        # Another thread's call (a heartbeat) counts against this one's budget too.
+        if not self._lock.acquire(timeout=max(budget, 0.0)):
+            raise StatementTimeout("the connection stayed busy with another call")
+        try:
+            conn = self._connect(max(end - time.monotonic(), 0.0))
             left = end - time.monotonic()
             if left <= 0:
                 raise StatementTimeout("no time left after connecting")
             return self._execute(conn, with_timeout(sql, left * SERVER_SHARE), left)
+        finally:
+            self._lock.release()
 
     def _execute(self, conn: psycopg.Connection, sql: str, budget: float) -> list[tuple]:
         watchdog = _Watchdog(conn, budget)
