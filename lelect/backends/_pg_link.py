@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import select
 import socket
 import threading
@@ -122,6 +123,9 @@ class PostgresOptions:
         lower = text.lower()
         sqlstate = getattr(exc, "sqlstate", None)
         bound = self.connect_timeout if within is None else within
+        if "invalid" in lower and ("value" in lower or "option" in lower):
+            # libpq checks some option values only when it connects (sslmode=bogus).
+            return UsageError(f"bad option in the PostgreSQL URL: {text}")
         if isinstance(exc, StatementTimeout):
             return unreachable("PostgreSQL", self.where, bound, "no answer in time")
         if isinstance(exc, pg_errors.InsufficientPrivilege):
@@ -194,6 +198,8 @@ def is_transient(exc: BaseException) -> bool:
     lower = _first_line(exc).lower()
     if "authentication" in lower or "password" in lower or "does not exist" in lower:
         return False
+    if "invalid" in lower and ("value" in lower or "option" in lower):
+        return False
     if "ssl" in lower or "certificate" in lower:
         return False
     return isinstance(exc, (psycopg.OperationalError, pg_errors.QueryCanceled,
@@ -201,14 +207,17 @@ def is_transient(exc: BaseException) -> bool:
                             psycopg.InterfaceError))
 
 
+#: What psycopg and libpq put before the reason (where is said elsewhere in our line):
+#: 'connection failed: connection to server at "h" (ip), port p failed: FATAL:  …'
+_PREFIXES = re.compile(
+    r"^(connection failed: |connection is bad: )?"
+    r"(connection to server (at|on) .*? failed: )?((FATAL|ERROR): +)?"
+)
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    # libpq: 'connection failed: connection to server at "h" (ip), port p failed: FATAL:  …'
-    text = text.split("\n")[0]
-    for head in ("FATAL:", "ERROR:"):
-        if head in text:
-            text = text.split(head, 1)[1]
-    return " ".join(text.split())
+    text = str(exc).strip().split("\n")[0]
+    return " ".join(_PREFIXES.sub("", text).split()) or type(exc).__name__
 
 
 class _Watchdog:

@@ -306,10 +306,15 @@ class PostgresBackend(Backend):
         if isinstance(leadership, PostgresLeadership):
             leadership.stop()
             session = leadership.session
-        # A lost leadership is most likely not ours any more: do not hang on a dead link.
+        # Past the lease's deadline a release frees nothing (the lease is over anyway),
+        # and a lost leadership is most likely not ours any more: wait no longer than
+        # the lease lasts, but 1s at least, to close the history entry.
         budget = self.connect_timeout
+        deadline = leadership.lease_deadline
         if leadership.lost.is_set():
             budget = min(budget, 1.0)
+        elif deadline is not None:
+            budget = min(budget, max(deadline - time.monotonic(), 1.0))
         try:
             session.run(self._release_sql(leadership, forget=False), budget)
         except psycopg.Error as exc:
