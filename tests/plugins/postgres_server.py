@@ -172,16 +172,8 @@ class PostgresCluster:
         return rows[0][0] if rows else None
 
     def waiting(self, dbname: str, schema: str, election: str) -> int:
-        """Candidates of ``election`` waiting behind its leader: idle connections whose
-        last statement was an acquire of that election, other than the leader's."""
-        rows = self.sql(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND state = 'idle' AND query LIKE '%lelect acquire%'"
-            f" AND position('E''{election}''' IN query) > 0 AND pid IS DISTINCT FROM"
-            f" (SELECT backend_pid FROM {schema}.lease WHERE election = '{election}')",
-            dbname,
-        )
-        return rows[0][0]
+        """Candidates of ``election`` waiting behind its leader."""
+        return self.sql(waiting_sql(schema, election), dbname)[0][0]
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -256,4 +248,15 @@ def target_postgres(postgres_cluster, postgres_contract_db):
             "postgresql://h/db?history=0", "postgres://h/db?connect_timeout=forever",
         ],
         fresh=fresh,
+    )
+
+
+def waiting_sql(schema: str, election: str) -> str:
+    """How many candidates of ``election`` wait behind its leader: idle connections whose
+    last statement was an acquire of that election, other than the leader's."""
+    return (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state = 'idle' AND query LIKE '%lelect acquire%'"
+        f" AND position('E''{election}''' IN query) > 0 AND pid IS DISTINCT FROM"
+        f" (SELECT backend_pid FROM {schema}.lease WHERE election = '{election}')"
     )
