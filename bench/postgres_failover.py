@@ -132,12 +132,13 @@ def host_dies(start, queued, period: float, trials: int, lanes: int,
     return results, overran
 
 
-def hand_back_release(url: str, start, queued, trials: int, workdir: Path) -> list[float]:
+def hand_back_release(url: str, start, queued, period: float, trials: int,
+                      workdir: Path) -> list[float]:  # fmt: skip
     """Seconds from the keeper's hand-back call to the waiter's job's first line."""
     results = []
     with connect(url) as backend:
         for trial in range(trials):
-            name = f"handback-{trial}"
+            name = f"handback-{period:g}-{trial}"
             leadership = backend.campaign(name, Candidate.local("dead-leader"), timeout=30)
             params = backend.hand_back(leadership).params
             leadership.stop()  # lelect "died": no more renews, no release
@@ -232,7 +233,7 @@ def main() -> None:
                             + f"  (jobs past their lease: {overran})")  # fmt: skip
                 print("done:", rows[-1], file=sys.stderr, flush=True)
                 released = hand_back_release(url + f"{'&' if '?' in url else '?'}ttl={ttl}s",
-                                             start, queued, args.trials, workdir)  # fmt: skip
+                                             start, queued, ttl, args.trials, workdir)  # fmt: skip
                 rows.append(latency_row(f"{'hand-back':<18} {ttl:>5g}s", released))
                 print("done:", rows[-1], file=sys.stderr, flush=True)
             idle = idle_load(url, stats_url, args.idle_waiters, max(ttls), args.idle_window, workdir)
