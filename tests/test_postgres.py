@@ -453,3 +453,17 @@ def test_hand_back_refuses_a_server_whose_certificate_it_cannot_verify(tls_clust
         out = keeper_hand_back({**params, "sslrootcert": str(other_ca)}, budget=5.0)
         assert out.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in out.stderr
         assert backend.leader("tls-other-ca") is not None  # nothing changed
+
+
+def test_hand_back_over_the_unix_socket(postgres_cluster, postgres_database):
+    """A URL naming the socket directory (percent-encoded): libpq and the keeper's client
+    both go through the unix socket (trust there, in the test cluster)."""
+    directory = str(postgres_cluster.root).replace("/", "%2F")
+    url = f"postgresql://lelect@{directory}:{postgres_cluster.port}/{postgres_database}"
+    with connect(url) as backend:
+        old = dead_leader(backend, "unix")
+        params = backend.hand_back(old).params
+        assert params["host"] == str(postgres_cluster.root) and params["tls"] is False
+        out = keeper_hand_back(params, budget=5.0)
+        assert json.loads(out.stdout)["word"] == "released", out.stderr
+        assert backend.leader("unix") is None

@@ -100,7 +100,8 @@ class PostgresOptions:
                 f" (lelect's own: {', '.join(sorted(LELECT_OPTIONS))}; the rest go to libpq)"
             ) from None
         where = ",".join(
-            f"{host}:{port or DEFAULT_PORT}" if not host.startswith("/") else host
+            host if host.startswith("/")
+            else f"{f'[{host}]' if ':' in host else host}:{port or DEFAULT_PORT}"
             for host, (_, port) in zip(hosts, url.hosts)
         ) or params.get("host", "localhost (libpq's default)")
         return cls(
