@@ -13,6 +13,7 @@ command -v java >/dev/null 2>&1 || need="$need default-jre-headless"
 command -v tmux >/dev/null 2>&1 || need="$need tmux"
 command -v flock >/dev/null 2>&1 || need="$need util-linux"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 command -v zsh >/dev/null 2>&1 || need="$need zsh"
 command -v fish >/dev/null 2>&1 || need="$need fish"
 if [ -n "$need" ]; then
