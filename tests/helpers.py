@@ -219,3 +219,88 @@ def zk_watchers(server, path: str) -> int:
         elif line.strip() and current == path:
             count += 1
     return count
+
+
+class OutputTail:
+    """Collects a process's stderr (or stdout) lines in a thread, so a test can wait for
+    a line ("waiting for 'x': … leads") without blocking on the pipe."""
+
+    def __init__(self, stream) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    @property
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, fragment: str, timeout: float = 30.0) -> str:
+        """The first line containing ``fragment`` (AssertionError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if fragment in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line with {fragment!r} after {timeout}s:"
+                                         f" {self.lines[-10:]}")
+                self._changed.wait(left)
+
+    def join(self, timeout: float = 10.0) -> None:
+        self._thread.join(timeout)
+
+
+# -- jobs that tick until killed: when each was last alive ---------------------------------
+
+
+def ticking_job(record: Path, every: float = 0.05) -> list[str]:
+    """A job that appends 'tick NS TERM PID' to ``record`` every ``every`` seconds until
+    it is killed: its last tick bounds when it was last alive."""
+    f = shlex.quote(str(record))
+    return [
+        "sh",
+        "-c",
+        f'while :; do echo "tick $(date +%s%N) $LELECT_TERM $$" >> {f}; sleep {every}; done',
+    ]
+
+
+@dataclass(frozen=True)
+class Activity:
+    pid: int
+    term: int
+    first_ns: int
+    last_ns: int
+
+
+def read_ticks(record: Path) -> list[Activity]:
+    """Each ticking job's first and last tick, in start order."""
+    seen: dict[int, Activity] = {}
+    if not record.exists():
+        return []
+    for line in record.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 4:
+            continue  # a line cut short by SIGKILL
+        ns, term, pid = int(parts[1]), int(parts[2]), int(parts[3])
+        earlier = seen.get(pid)
+        seen[pid] = Activity(pid, term, earlier.first_ns if earlier else ns, ns)
+    return sorted(seen.values(), key=lambda a: a.first_ns)
+
+
+def assert_one_at_a_time(activities: list[Activity]) -> None:
+    """No two ticking jobs were alive at once, and terms grew."""
+    for before, after in zip(activities, activities[1:]):
+        assert before.last_ns < after.first_ns, f"jobs overlap: {before} and {after}"
+        assert after.term > before.term, f"term did not grow: {before} then {after}"

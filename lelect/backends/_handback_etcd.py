@@ -14,9 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from lelect.backends import _etcd_gateway as wire
-from lelect.backends.records import LOST, HistoryEntry
-
-REASON = "lelect died; its keeper stopped the job and handed the leadership back"
+from lelect.backends.records import HAND_BACK_REASON, LOST, HistoryEntry
 
 
 def hand_back(params: dict[str, Any], budget: float, exit_status: int | None) -> str:
@@ -33,7 +31,7 @@ def hand_back(params: dict[str, Any], budget: float, exit_status: int | None) ->
     try:
         key, term = str(params["key"]), int(params["term"])
         closed = replace(HistoryEntry.decode(params["entry"]), ended=time.time(), outcome=LOST,
-                         exit_status=exit_status, reason=REASON)
+                         exit_status=exit_status, reason=HAND_BACK_REASON)
         released = gateway.txn(
             [wire.created_at(key, term)],
             [wire.put(params["history_key"], closed.encode()),

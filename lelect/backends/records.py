@@ -25,6 +25,8 @@ RUNNING, EXITED, RESIGNED, LOST, STOPPED, VANISHED = (
     "running", "exited", "resigned", "lost", "stopped", "vanished"
 )
 OUTCOMES = (RUNNING, EXITED, RESIGNED, LOST, STOPPED, VANISHED)
+#: The history's reason for a leadership the job's keeper handed back (issue: crash).
+HAND_BACK_REASON = "lelect died; its keeper stopped the job and handed the leadership back"
 
 
 def iso8601(epoch: float | None) -> str | None:
@@ -170,6 +172,8 @@ def decode_member(node_id: str, data: bytes | str | None,
     extra = [float(t) for t in (arrivals or ())]
     try:
         record = json.loads(data or b"")
+        if isinstance(record, dict) and "heartbeat" not in record and "node_id" in record:
+            record = {"heartbeat": record}  # a bare heartbeat, as lelect 0.1 stored it
         heartbeat = Heartbeat.from_dict(record["heartbeat"])
         stamps = [*(float(t) for t in record.get("arrivals", [])), *extra]
         forget_after = float(record.get("forget_after", DEFAULT_FORGET_AFTER))
