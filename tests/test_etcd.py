@@ -218,7 +218,8 @@ def test_tls_verifies_the_server_and_presents_a_client_certificate(etcd_server_f
 
 def test_members_that_are_down_or_silent_are_skipped(etcd_server, etcd_prefix, refused_port,
                                                      silent_listener):
-    url = (f"etcd://127.0.0.1:{refused_port},127.0.0.1:{silent_listener},{etcd_server.endpoint}"
+    url = (f"etcd://{etcd_server.userinfo}127.0.0.1:{refused_port},127.0.0.1:{silent_listener},"
+           f"{etcd_server.endpoint}"
            f"/{etcd_prefix}?ttl=2s&connect_timeout=3s")
     with connect(url) as backend:
         with backend.campaign("skip", candidate("a"), timeout=10) as held:
@@ -282,7 +283,9 @@ def test_hand_back_frees_the_election_at_once_and_records_it(etcd_server, etcd_p
                                   role="leader", term=held.term, seq=1, time=time.time()), ttl=60)
         recipe = backend.hand_back(held)
         held.stop()  # lelect "died": nobody renews any more
-        assert module.hand_back(recipe.params, 5.0, 137) == "released"
+        assert recipe.params["token"]  # lelect's own token: no bcrypt in the keeper
+        forgotten = {**recipe.params, "token": "a-token-etcd-forgot"}  # -> authenticates
+        assert module.hand_back(forgotten, 5.0, 137) == "released"
         assert backend.leader("back") is None  # at once, not after the 10 s lease
         entry = backend.history("back")[-1]
         assert (entry.term, entry.outcome, entry.exit_status) == (held.term, "lost", 137)

@@ -130,7 +130,7 @@ class Gateway:
 
     def __init__(self, endpoints: list[Endpoint] | tuple[Endpoint, ...], *,
                  tls: TLSFiles | None = None, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, token: str | None = None) -> None:
         if not endpoints:
             raise ValueError("no endpoints")
         self.endpoints = tuple(endpoints)
@@ -140,7 +140,13 @@ class Gateway:
         self._lock = threading.Lock()
         self._idle: list[_Connection] = []
         self._preferred = 0
-        self._token: str | None = None
+        self._token = token  # from an earlier authenticate (the keeper's hand-back)
+
+    @property
+    def token(self) -> str | None:
+        """The auth token in use (None: not authenticated yet)."""
+        with self._lock:
+            return self._token
 
     @property
     def where(self) -> str:

@@ -27,6 +27,7 @@ def hand_back(params: dict[str, Any], budget: float, exit_status: int | None) ->
         tls=wire.TLSFiles(**tls) if tls else None,
         username=params.get("username"),
         password=params.get("password"),
+        token=params.get("token"),
     )
     try:
         key, term = str(params["key"]), int(params["term"])

@@ -626,6 +626,8 @@ class EtcdBackend(Backend):
                     "ca": options.tls.ca, "cert": options.tls.cert, "key": options.tls.key},
                 "username": options.username,
                 "password": options.password,
+                # etcd's authenticate costs a bcrypt: the keeper tries lelect's token first.
+                "token": self.gateway.token,
                 "lease_id": leadership.lease.id,
                 "key": leadership.key,
                 "term": leadership.term,
