@@ -102,12 +102,17 @@ def host_dies(start: StartCampaign, waiting: Queued, ttl: float, trials: int, la
     return results
 
 
+CASES = ("graceful handoff", "lelect killed (-9)", "host dies")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="an etcd to use (default: start one)")
     parser.add_argument("--ttl", type=float, action="append", help="ttl in seconds (repeatable)")
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--lanes", type=int, default=10, help="crash trials run at once")
+    parser.add_argument("--case", action="append", choices=CASES,
+                        help="run only this case (repeatable; default: all)")
     args = parser.parse_args()
     ttls = args.ttl or [2.0, 10.0]
 
@@ -129,6 +134,8 @@ def main() -> None:
                                           args.lanes, workdir)),
                 )
                 for case, measure in cases:
+                    if args.case and case not in args.case:
+                        continue
                     rows.append(latency_row(f"{case:<18} {ttl:>5g}s", measure()))
                     print("done:", rows[-1], file=sys.stderr, flush=True)
         finally:

@@ -639,12 +639,6 @@ def created_at(key: str, revision: int) -> dict[str, Any]:
     return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}
 
 
-def nothing_in(prefix: str) -> dict[str, Any]:
-    """Compare: no key starts with ``prefix`` (every key of an empty range "was created
-    at 0")."""
-    return {**created_at(prefix, 0), "range_end": b64(prefix_end(prefix))}
-
-
 def modified_at(key: str, revision: int) -> dict[str, Any]:
     """Compare: ``key`` was last written at ``revision``."""
     return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}

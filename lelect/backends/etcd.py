@@ -394,15 +394,17 @@ class EtcdBackend(Backend):
                 contact.failed(exc)
                 continue
             contact.succeeded()
+            # Leaving the line revokes our lease at once, with time of its own (not what is
+            # left of --timeout): a key left in line would lead, jobless, when its turn came.
             try:
                 won = self._contend(keys, candidate, lease, contact, give_up, timeout,
                                     no_wait=no_wait, waiting=waiting)
             except BaseException:
-                lease.revoke(min(contact.budget(), 1.0))
+                lease.revoke(min(self.connect_timeout, 1.0))
                 raise
             if won is not None:
                 return won
-            lease.revoke(min(contact.budget(), 1.0))  # our place was lost: queue again
+            lease.revoke(min(self.connect_timeout, 1.0))  # our place was lost: queue again
 
     def _contend(self, keys: ElectionKeys, candidate: Candidate, lease: _Lease,
                  contact: _Contact, give_up: float | None, timeout: float | None, *,
