@@ -30,7 +30,7 @@ _WATCH_XID, _PING_XID, _AUTH_XID = -1, -2, -4
 _MULTI_ERROR = -1
 
 
-class HandBackFailed(Exception):
+class HandBackFailed(ConnectionError):
     """No ZooKeeper host could be asked within the budget (the session then expires)."""
 
 
