@@ -451,7 +451,8 @@ def leader_in_child(url: str, election: str, processes: list) -> tuple[subproces
 
 def test_hand_back_frees_the_election_at_once(backends, zookeeper_server, zk_path, kazoo,
                                                pool, processes):  # fmt: skip
-    url = zookeeper_server.url(zk_path, session_timeout="10s")
+    # With credentials: the entry and the member record are writable by their owner only.
+    url = zookeeper_server.url(zk_path, session_timeout="10s", auth="digest:ops:s3cret")
     child, params = leader_in_child(url, "handed", processes)
     backend = backends(url)
     told: list = []

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import (
@@ -32,6 +33,7 @@ from lelect.backends._zk_layout import (
     contenders,
     history_prune,
     history_terms,
+    term_name,
     win_ops,
 )
 from lelect.backends._zk_lease import ZooKeeperLeadership
@@ -64,6 +66,14 @@ class _Recreate(Exception):
 
 class _Gone(Exception):
     """Our contender node is gone (our session expired): queue again."""
+
+
+@dataclass(frozen=True)
+class _HistoryLook:
+    """Answers on their way: the history's entry names, and (term, entry) of a guess."""
+
+    children: Any
+    guess: tuple[int, Any] | None
 
 
 class Contest:
@@ -103,6 +113,10 @@ class Contest:
         self.node: str | None = None
         self.create_tried = False
         self.waiting_told = False
+        #: The leader while we are next in line: most likely the newest history entry
+        #: when we win (read together with the queue, to save a round trip).
+        self.next_after: Contender | None = None
+        self.looked = False
         self.wake = threading.Event()
 
     def run(self) -> ZooKeeperLeadership:
@@ -199,6 +213,9 @@ class Contest:
                 self._refuse_if_led(queue)
             self.node = self._enter()
         self.wake.clear()
+        # Likely to win (the first look, or next in line): read the history meanwhile.
+        history = self._ask_history() if not self.looked or self.next_after else None
+        self.looked = True
         sent = time.monotonic()
         queue = contenders(self._call("get_children", path))
         mine = next((c for c in queue if c.name == self.node), None)
@@ -207,7 +224,8 @@ class Contest:
             return None
         ahead = [c for c in queue if c.seq < mine.seq]
         if not ahead:
-            return self._won(mine, sent)
+            return self._won(mine, sent, history)
+        self.next_after = ahead[0] if len(ahead) == 1 else None
         if self.no_wait:
             self._refuse_if_led(ahead)
         left = self._wait_left()
@@ -263,7 +281,8 @@ class Contest:
 
     # -- winning ------------------------------------------------------------------
 
-    def _won(self, mine: Contender, sent: float) -> ZooKeeperLeadership:
+    def _won(self, mine: Contender, sent: float, history: _HistoryLook | None
+             ) -> ZooKeeperLeadership:
         granted = self.session.granted or self.session.requested
         if time.monotonic() - sent > granted / 3:
             # The answer that made us leader came late (it was queued over a reconnect):
@@ -272,7 +291,7 @@ class Contest:
             sent = time.monotonic()
             if self._call("exists", self.paths.contender(mine.name)) is None:
                 raise _Reconnect
-        entry = self._record_win(mine)
+        entry = self._record_win(mine, history)
         leadership = ZooKeeperLeadership(
             self.backend,
             self.paths,
@@ -286,16 +305,33 @@ class Contest:
         log.debug("%s leads %r (term %d)", mine.name, self.election, mine.seq)
         return leadership
 
-    def _record_win(self, mine: Contender) -> HistoryEntry | None:
+    def _ask_history(self) -> _HistoryLook:
+        """Ask for the history's entries, and for the entry of the leader we expect to
+        follow, without waiting: the answers come while we read the queue."""
+        client = self.session.client
+        guess = self.next_after
+        return _HistoryLook(
+            client.get_children_async(self.paths.history),
+            None if guess is None else (guess.seq, client.get_async(self.paths.entry(guess.seq))),
+        )
+
+    def _answer(self, result: Any) -> Any:
+        try:
+            return result.get(timeout=self._call_timeout())
+        except (*TRANSIENT, SessionExpiredError):
+            raise _Reconnect from None
+
+    def _record_win(self, mine: Contender, history: _HistoryLook | None) -> HistoryEntry | None:
         """The winning multi; our entry, or None if the history cannot be written (we
         lead all the same: the history is a record, not the election)."""
-        history = self.paths.history
         for _ in range(WIN_TRIES):
+            look = history or self._ask_history()
+            history = None  # a retry reads afresh
             try:
-                children = self._call("get_children", history)
+                children = self._answer(look.children)
             except NoNodeError:
                 children = []
-            newest = self._newest_before(children, mine.seq)
+            newest = self._newest_before(children, mine.seq, look)
             entry = HistoryEntry(
                 election=self.election, term=mine.seq, node_id=self.candidate.node_id,
                 host=self.candidate.host, pid=self.candidate.pid, started=time.time(),
@@ -313,7 +349,7 @@ class Contest:
             if isinstance(failed.op, Create) and isinstance(failed.error, NodeExistsError):
                 return entry  # an earlier try of ours went through; its answer was lost
             if isinstance(failed.op, Create) and isinstance(failed.error, NoNodeError):
-                self._call("ensure_path", history)  # the election's first leadership
+                self._call("ensure_path", self.paths.history)  # the first leadership
                 continue
             if not isinstance(failed.error, (BadVersionError, NoNodeError)):
                 log.warning("cannot write the history of %r: %s", self.election,
@@ -325,13 +361,18 @@ class Contest:
                     WIN_TRIES)
         return None
 
-    def _newest_before(self, children: list[str], term: int) -> tuple[HistoryEntry, int] | None:
+    def _newest_before(self, children: list[str], term: int, look: _HistoryLook
+                       ) -> tuple[HistoryEntry, int] | None:
         """The newest entry before ``term`` and its version (None if there is none)."""
         earlier = [name for name in history_terms(children) if int(name) < term]
         if not earlier:
             return None
+        newest = earlier[-1]
         try:
-            data, stat = self._call("get", f"{self.paths.history}/{earlier[-1]}")
+            if look.guess is not None and term_name(look.guess[0]) == newest:
+                data, stat = self._answer(look.guess[1])
+            else:
+                data, stat = self._call("get", f"{self.paths.history}/{newest}")
             return HistoryEntry.decode(data or b""), stat.version
         except (NoNodeError, ValueError):
             return None  # gone meanwhile, or garbage: nothing to close
