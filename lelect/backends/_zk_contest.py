@@ -267,9 +267,9 @@ class Contest:
                 data, _ = self._call("get", self.paths.contender(contender.name))
             except NoNodeError:
                 continue
-            holder = LeaderInfo(node_id=(data or b"").decode("utf-8", "replace"),
-                                term=contender.seq)
-            raise busy(self.election, holder)
+            # A contender made by another client may carry no node id at all.
+            node_id = (data or b"").decode("utf-8", "replace") or "a contender without a node id"
+            raise busy(self.election, LeaderInfo(node_id=node_id, term=contender.seq))
 
     def _holder(self, front: Contender) -> LeaderInfo | None:
         """Who leads, as ``leader()`` shows it (None if it left while we looked)."""
