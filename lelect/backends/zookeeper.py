@@ -99,12 +99,14 @@ class ZooKeeperBackend(Backend):
         self._closed = False
         self._sessions: set[Session] = set()  # every session not yet closed
         self._connecting: set[Session] = set()
+        #: The last "no server answered" of any session of ours, and when (monotonic);
+        #: cleared by the next session that connects.
+        self._verdict: tuple[BackendUnavailable, float] | None = None
         # The shared session (everything but campaigns): one connect at a time; a caller
         # that waited behind a failed one gets its verdict instead of trying again.
         self._shared: Session | None = None
         self._shared_lock = threading.Lock()
         self._shared_tries = 0
-        self._shared_verdict: BackendUnavailable | None = None
 
     def paths(self, election: str) -> ElectionPaths:
         return ElectionPaths.of(self.config.path, election)
@@ -125,39 +127,54 @@ class ZooKeeperBackend(Backend):
         except BackendUnavailable as verdict:
             with self._lock:
                 self._sessions.discard(session)
-                others = list(self._connecting - {session}) if session.unreachable else []
+                others = []
+                if session.unreachable:
+                    self._verdict = (verdict, time.monotonic())
+                    others = list(self._connecting - {session})
             for other in others:
                 other.fail(verdict)
             raise
+        else:
+            with self._lock:
+                self._verdict = None
         finally:
             with self._lock:
                 self._connecting.discard(session)
 
-    def _session(self, connect: bool = True) -> Session:
+    def _session(self, *, best_effort: bool = False) -> Session:
         """The session for everything but campaigns (leader, observe, heartbeats).
-        ``connect=False`` (a best-effort write on the way out): fail at once unless it is
-        connected, or connect only if no connect was ever tried."""
-        tries = self._shared_tries
-        with self._shared_lock:
+
+        ``best_effort`` (heartbeats and their removal: a beat that cannot arrive now is
+        a missed beat): never wait behind another connect or for a reconnect, and fail
+        at once while a verdict of "no server" stands (for ``connect_timeout``: trying
+        again sooner could learn nothing new)."""
+        if best_effort:
+            with self._lock:
+                verdict = self._verdict
+            if verdict is not None and time.monotonic() - verdict[1] < self.config.connect_timeout:
+                raise verdict[0]
+            if not self._shared_lock.acquire(blocking=False):
+                raise BackendUnavailable(f"still connecting to ZooKeeper at {self.config.hosts}")
+        else:
+            tries = self._shared_tries
+            self._shared_lock.acquire()
+        try:
             session = self._shared
             if session is not None and not session.closed:
-                if not connect and not session.connected.is_set():
+                if best_effort and not session.connected.is_set():
                     raise BackendUnavailable(f"not connected to ZooKeeper at {self.config.hosts}")
                 return session
-            if self._shared_tries != tries and self._shared_verdict is not None:
-                raise self._shared_verdict  # we waited behind an attempt that failed
-            if not connect and self._shared_tries:
-                raise self._shared_verdict or BackendUnavailable(
-                    f"not connected to ZooKeeper at {self.config.hosts}")
+            with self._lock:
+                verdict = self._verdict
+            if not best_effort and self._shared_tries != tries and verdict is not None:
+                raise verdict[0]  # we waited behind an attempt that found no server
             self._shared_tries += 1
             session = Session(self.config, self.config.session_timeout)
-            try:
-                self._start(session, self.config.connect_timeout)
-            except BackendUnavailable as verdict:
-                self._shared_verdict = verdict
-                raise
-            self._shared, self._shared_verdict = session, None
+            self._start(session, self.config.connect_timeout)
+            self._shared = session
             return session
+        finally:
+            self._shared_lock.release()
 
     def _ask(self, session: Session, method: str, *args: Any, **kwargs: Any) -> Any:
         return session.call(method, *args, timeout=self.config.connect_timeout, **kwargs)
@@ -460,11 +477,7 @@ class ZooKeeperBackend(Backend):
         """Write the heartbeat with the arrival stamps so far: each earlier write's
         stamp is the mtime it left on the node, read back before this write."""
         path = self.paths(heartbeat.election).member(heartbeat.node_id)
-        session = self._session()
-        if not session.connected.is_set():
-            # A beat that cannot arrive now is a missed beat: never wait for a reconnect.
-            raise BackendUnavailable(f"not connected to ZooKeeper at {self.config.hosts}:"
-                                     " heartbeat skipped")
+        session = self._session(best_effort=True)
         with session.errors(f"publishing a heartbeat for {heartbeat.election!r}", path):
             for _ in range(5):
                 try:
@@ -488,7 +501,7 @@ class ZooKeeperBackend(Backend):
 
     def remove_member(self, election: str, node_id: str) -> None:
         path = self.paths(election).member(node_id)
-        session = self._session(connect=False)
+        session = self._session(best_effort=True)
         with session.errors(f"removing member {node_id!r}", path):
             try:
                 self._ask(session, "delete", path)
