@@ -250,7 +250,6 @@ class Session:
         self.requested = session_timeout
         self.granted: float | None = None
         self.connected = threading.Event()
-        self.ever_connected = False
         self.closed = False
         #: True once start() concluded that no server answered (not a refusal of ours).
         self.unreachable = False
@@ -302,7 +301,6 @@ class Session:
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
             self.handler.unbound()
-            self.ever_connected = True
             self.connected.set()
         else:
             self.connected.clear()
