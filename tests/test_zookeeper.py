@@ -412,6 +412,7 @@ def test_sessions_of_one_backend_share_one_connect_bound(backends, silent_listen
     CLI's heartbeats), so all of them end by the campaign's bound."""
     backend = backends(f"zookeeper://127.0.0.1:{silent_listener}/lelect?connect_timeout=60s")
     shared = pool.submit(backend.leader, "x")
+    wait_until(lambda: backend._connecting, what="the shared session to start connecting")
     with pytest.raises(BackendUnavailable, match="within 1s: .*is that a ZooKeeper port"):
         backend.campaign("x", candidate("a"), timeout=1)
     with pytest.raises(BackendUnavailable, match="within 1s"):
