@@ -272,9 +272,11 @@ def test_the_secret_never_shows(target, tmp_path):
         assert "@" not in target.url
         return
     proc, release = leading(target, "secret", tmp_path, "leader", "--log-format", "json")
-    job_env = subprocess.run(["sh", "-c", "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'"
-                              " | grep ^LELECT_BACKEND="], capture_output=True, text=True).stdout
-    assert job_env and target.secret not in job_env
+    job = int((tmp_path / "leader.started").read_text().split()[1])
+    keeper = int(open(f"/proc/{job}/stat").read().rsplit(")", 1)[1].split()[1])
+    for pid in (job, keeper):
+        environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+        assert "LELECT_BACKEND=" in environ and target.secret not in environ, pid
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert target.secret not in ps
     out = run_lelect("leader", "secret", "--json", backend=target.url)
