@@ -39,6 +39,8 @@ TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 LIBC = None
 #: How long the keeper tries to hand the leadership back when the recipe sets no budget.
 HAND_BACK_BUDGET = 3.0
+#: How long the keeper tries to close the embedded backend's record itself.
+CLOSE_RECORD_BUDGET = 1.0
 
 
 def shell_status(status):
@@ -582,8 +584,10 @@ class Keeper:
         flock, so the next leader finds it closed), then forgets lelect's member."""
         try:
             if self.record_pipe is not None:  # the record is still being written
-                select.select([self.record_pipe], [], [], 5.0)
+                select.select([self.record_pipe], [], [], CLOSE_RECORD_BUDGET)
             conn = self.filestate.open_db(self.options["db"], self.options.get("shared") == "1")
+            # A busy database must not hold up the exit (nor the next leader) for long.
+            conn.execute(f"PRAGMA busy_timeout={int(CLOSE_RECORD_BUDGET * 1000)}")
             try:
                 self.filestate.close_leadership(
                     conn, self.options["election"], term=self.term, token=self.options["token"],

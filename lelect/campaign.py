@@ -386,7 +386,8 @@ class _Driver:
             keeper.kill()
             return core.TimedOut(time.monotonic(), str(late))
         except Interrupted as stop:
-            keeper.kill()
+            keeper.kill()  # a job it had just started gets the stop signal and the grace
+            self._report_late_job(keeper)
             return core.SignalReceived(time.monotonic(), stop.signum)
         finally:
             self.blocking = False
@@ -422,6 +423,18 @@ class _Driver:
                 time.sleep(interval)
 
         threading.Thread(target=ping, name="systemd-watchdog", daemon=True).start()
+
+    def _report_late_job(self, keeper: Keeper) -> None:
+        """lelect was stopped just as its keeper won: say how the job it had started
+        ended (the keeper closed that leadership's record itself)."""
+        while True:
+            try:
+                message = keeper.events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(message, proto.Exited):
+                self.log("released", f"job exited with status {message.status}; released"
+                         f" {self.options.election!r}", status=message.status)
 
     def _on_wait(self, holder: LeaderInfo | None) -> None:
         who = f"{holder.node_id} leads (term {holder.term})" if holder else "somebody leads"
