@@ -187,6 +187,7 @@ class Keeper:
         self.continued = False
         self.exit_when_done = False
         self.recipe = None
+        self.hand_back_call = None  # (module.hand_back, params), loaded once the job runs
         self.released_by_lelect = False
         self.stop_signal = int(options.get("stop_signal", signal.SIGTERM))
         self.grace = float(options.get("grace", "10"))
@@ -602,20 +603,29 @@ class Keeper:
         except Exception:  # noqa: BLE001 - the next leader closes it as vanished instead
             pass
 
-    def hand_back(self):
-        """lelect died while its job ran, and the job's whole group is gone: release the
-        leadership by its token now, rather than leave it to the lease."""
+    def load_hand_back(self):
+        """Import the recipe's module once the job runs (never on the way to starting
+        it), so that handing back after lelect died costs no import."""
         try:
             import importlib
             import json
 
             recipe = json.loads(self.recipe)
-            if self.options.get("pythonpath") and self.options["pythonpath"] not in sys.path:
-                sys.path.insert(0, self.options["pythonpath"])
-            module = importlib.import_module(recipe["module"])
-            params = recipe["params"]
-            module.hand_back(params, float(params.get("budget", HAND_BACK_BUDGET)),
-                             self.job_status)
+            self.hand_back_call = (importlib.import_module(recipe["module"]).hand_back,
+                                   recipe["params"])
+        except Exception:  # noqa: BLE001 - nothing is lost: the lease runs out instead
+            self.recipe = None
+
+    def hand_back(self):
+        """lelect died while its job ran, and the job's whole group is gone: release the
+        leadership by its token now, rather than leave it to the lease."""
+        if self.hand_back_call is None:
+            self.load_hand_back()
+        if self.hand_back_call is None:
+            return
+        call, params = self.hand_back_call
+        try:
+            call(params, float(params.get("budget", HAND_BACK_BUDGET)), self.job_status)
         except Exception:  # noqa: BLE001 - nothing is lost: the lease runs out instead
             pass
 
@@ -691,6 +701,8 @@ class Keeper:
             if self.pending:
                 self.handle(self.pending.pop(0))
                 continue
+            if self.recipe and self.hand_back_call is None and self.job_pid is not None:
+                self.load_hand_back()
             now = time.monotonic()
             next_timer = self.timers(now)
             timeout = None if next_timer is None else max(0.0, next_timer - now)
