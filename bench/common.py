@@ -7,8 +7,10 @@ root is added here (if missing) for ``tests.helpers``.
 
 from __future__ import annotations
 
+import os
 import random
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -184,3 +186,75 @@ def print_failover_table(period_name: str, period_width: int, rows: list[str]) -
     print(f"{'case':<18} {period_name:>{period_width + 1}} {'trials':>6} {'p50 ms':>9}"
           f" {'p99 ms':>9} {'min ms':>9} {'max ms':>9}")  # fmt: skip
     print("\n".join(rows))
+
+
+def ticking_job(record: Path, ticks: Path) -> list[str]:
+    """Writes 'start NS TERM PID' once, then 'NS' to ``ticks`` every 10 ms until killed."""
+    f, t = shlex.quote(str(record)), shlex.quote(str(ticks))
+    return ["sh", "-c", f'echo "start $(date +%s%N) $LELECT_TERM $$" >> {f};'
+            f" while :; do date +%s%N >> {t}; sleep 0.01; done"]  # fmt: skip
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (lelect, its keeper, the job and its children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = Path(f"/proc/{current}/task").iterdir()
+            for task in tasks:
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def host_dies_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
+                       lanes: int, workdir: Path) -> tuple[list[float], int]:  # fmt: skip
+    """As :func:`crash_failover`, but the whole host dies: lelect, its keeper and the job
+    are frozen at once (so none can act for the others) and then killed. Returns the
+    failover times and how many old jobs wrote after the next job started (must be 0)."""
+    results: list[float] = []
+    overlaps = 0
+    round_number = 0
+    while len(results) < trials:
+        round_number += 1
+        batch = min(lanes, trials - len(results))
+        names = [f"host-{period:g}-{round_number}-{lane}" for lane in range(batch)]
+        leaders, followers, files = [], [], []
+        for name in names:
+            files.append((workdir / f"{name}.a", workdir / f"{name}.ticks", workdir / f"{name}.b"))
+            leaders.append(start(name, ticking_job(files[-1][0], files[-1][1])))
+        for name, (a, _, b) in zip(names, files, strict=True):
+            wait_for(lambda a=a: first_line_ns(a), 30, f"leader of {name}")
+            followers.append(start(name, start_job(b)))
+        for name in names:
+            wait_for(lambda name=name: queued(name), 30, f"waiter of {name}")
+        kills = sorted((random.uniform(0, period / 3), lane) for lane in range(batch))
+        started = time.monotonic()
+        killed_ns: dict[int, int] = {}
+        for offset, lane in kills:
+            time.sleep(max(0.0, started + offset - time.monotonic()))
+            tree = descendants(leaders[lane].pid)
+            for pid in tree:
+                _signal(pid, signal.SIGSTOP)
+            killed_ns[lane] = time.time_ns()
+            for pid in tree:
+                _signal(pid, signal.SIGKILL)
+        for lane, (_, ticks, b) in enumerate(files):
+            took = wait_for(lambda b=b: first_line_ns(b), period + 10, "the next job")
+            results.append((took - killed_ns[lane]) / 1e9)
+            last_tick = max(int(line) for line in ticks.read_text().split())
+            overlaps += last_tick >= took
+        for process in leaders + followers:
+            process.kill()
+            process.wait()
+    return results, overlaps
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

@@ -14,11 +14,9 @@ from kazoo.client import KazooClient
 
 from tests.helpers import (
     assert_exclusive,
-    campaigns_in_turn,
     leader_json,
     pid_alive,
     read_intervals,
-    recording_job,
     run_lelect,
     spawn_lelect,
     wait_until,
@@ -69,24 +67,6 @@ def wait_for_waiter(server, path: str) -> None:
     finally:
         kazoo.stop()
         kazoo.close()
-
-
-def test_five_campaigns_never_overlap_and_terms_grow(zk_url, tmp_path):
-    campaigns_in_turn(zk_url, "five", tmp_path / "record")
-
-
-def test_job_env_has_the_term_and_no_password(zookeeper_server, zk_path):
-    url = zookeeper_server.url(zk_path, session_timeout="2s", auth="digest:ops:s3cret")
-    out = run_lelect(
-        "campaign", "envy", "--id", "node-a", "--",
-        "sh", "-c", 'echo "$LELECT_TERM $LELECT_BACKEND"; env',
-        backend=url,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    term, shown = out.stdout.splitlines()[0].split()
-    assert int(term) >= 0
-    assert "auth=***" in shown
-    assert "s3cret" not in out.stdout and "s3cret" not in out.stderr
 
 
 def test_kazoo_election_and_lelect_campaign_exclude_each_other(
@@ -148,40 +128,6 @@ def test_kazoo_election_and_lelect_campaign_exclude_each_other(
         kazoo.close()
 
 
-def test_kill9_of_leader_next_job_within_session_timeout(
-    zk_url, zookeeper_server, zk_path, tmp_path
-):
-    record = tmp_path / "record"
-    first = spawn_lelect("campaign", "crash", "--", *trapping_job(record), backend=zk_url)
-    wait_until(lambda: started(record, 1), what="the first job")
-    second = spawn_lelect("campaign", "crash", "--", *trapping_job(record), backend=zk_url)
-    wait_for_waiter(zookeeper_server, f"{zk_path}/crash")
-    killed_ns = time.time_ns()
-    first.kill()
-    first.wait(5)
-    wait_until(lambda: started(record, 2), timeout=SESSION + 5, what="the second job")
-    old, new = read_intervals(record)
-    assert not pid_alive(old.pid), "the crashed leader's job outlived it"
-    assert (new.start_ns - killed_ns) / 1e9 <= SESSION + 2
-    assert new.term > old.term
-    stop(second)
-
-
-def test_graceful_exit_hands_over_within_300ms(zk_url, zookeeper_server, zk_path, tmp_path):
-    record = tmp_path / "record"
-    first = spawn_lelect("campaign", "handoff", "--", *recording_job(record, 1.5), backend=zk_url)
-    wait_until(lambda: started(record, 1), what="the first job")
-    second = spawn_lelect("campaign", "handoff", "--", *recording_job(record, 0.1), backend=zk_url)
-    wait_for_waiter(zookeeper_server, f"{zk_path}/handoff")
-    assert read_intervals(record)[0].end_ns is None, "the second candidate came too late"
-    for proc in (first, second):
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-    old, new = read_intervals(record)
-    assert_exclusive([old, new])
-    assert (new.start_ns - old.end_ns) / 1e9 < 0.3
-
-
 def test_partitioned_leader_job_dies_before_its_session_could_expire(
     zookeeper_server, zk_path, partition_proxy, tmp_path
 ):
@@ -235,24 +181,6 @@ def test_frozen_server_leader_job_dies_and_one_job_runs_after(fresh_zookeeper, t
     assert_exclusive(read_intervals(record))
 
 
-def test_unreachable_server_is_one_line_and_69(tmp_path):
-    from tests.helpers import free_port
-
-    url = f"zookeeper://127.0.0.1:{free_port()}/lelect?connect_timeout=0.5"
-    started_at = time.monotonic()
-    out = run_lelect("campaign", "nowhere", "--", "true", backend=url)
-    assert out.returncode == 69
-    assert time.monotonic() - started_at < 5
-    errors = [line for line in out.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and "cannot reach ZooKeeper" in errors[0]
-    assert "Traceback" not in out.stderr
-
-
-def test_bad_options_are_usage_errors(zookeeper_server, zk_path):
-    bad = run_lelect("leader", "x", backend=zookeeper_server.url(zk_path, session_timeout="soon"))
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-
-
 def test_refused_credentials_and_acl_are_69(zookeeper_server, zk_path):
     owner = zookeeper_server.url(zk_path, session_timeout="2s", auth="digest:ops:s3cret")
     assert run_lelect("campaign", "guarded", "--", "true", backend=owner).returncode == 0
@@ -266,15 +194,51 @@ def test_refused_credentials_and_acl_are_69(zookeeper_server, zk_path):
     assert "refused the credentials" in out.stderr and "whoever" not in out.stderr
 
 
-def test_out_of_range_session_timeout_is_one_line_and_2(zookeeper_server, zk_path):
-    """30 days does not fit ZooKeeper's 32-bit milliseconds: one line, not kazoo's
-    connection thread dying with a traceback and a wrong 'cannot reach'."""
-    url = zookeeper_server.url(zk_path, session_timeout="30d", connect_timeout="1s")
+# -- connecting keeps its bound (issue 9) -------------------------------------------------
+
+#: Python's start-up and a busy machine, on top of a bound; what this replaces took 10-40 s.
+SLACK = 3.0
+
+
+def unreachable_within(args: list[str], url: str, bound: str, seconds: float) -> str:
+    """Run lelect ARGS against ``url``: status 69, one line naming ``bound``, in time."""
+    started = time.monotonic()
+    out = run_lelect(*args, backend=url)
+    took = time.monotonic() - started
+    assert out.returncode == 69, out.stderr
+    assert f"within {bound}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len([line for line in out.stderr.splitlines() if "error" in line]) == 1, out.stderr
+    assert took < seconds + SLACK, f"{args} took {took:.1f}s"
+    return out.stderr
+
+
+def test_silent_server_leader_keeps_connect_timeout(silent_listener):
+    url = f"zookeeper://127.0.0.1:{silent_listener}/lelect?connect_timeout=1s"
+    unreachable_within(["leader", "x"], url, "1s", 1.0)
+
+
+def test_silent_server_campaign_keeps_its_timeout(silent_listener):
+    """All of a campaign's sessions (its own, the heartbeats') within --timeout."""
+    url = f"zookeeper://127.0.0.1:{silent_listener}/lelect"  # connect_timeout 5s
+    unreachable_within(["campaign", "x", "-w", "1s", "--", "true"], url, "1s", 1.0)
+
+
+def test_redis_port_typo_is_unreachable_within_the_bound(redis_server):
+    url = f"zookeeper://{redis_server.host_port}/lelect?connect_timeout=1s"
     for args in (["leader", "x"], ["campaign", "x", "--", "true"]):
-        out = run_lelect(*args, backend=url)
-        assert out.returncode == 2, out.stderr
-        assert "Traceback" not in out.stderr and "session_timeout must be at most" in out.stderr
-    out = run_lelect("campaign", "x", "--ttl", "30d", "--", "true",
-                     backend=zookeeper_server.url(zk_path, connect_timeout="1s"))  # fmt: skip
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr and "--ttl" in out.stderr
+        error = unreachable_within(args, url, "1s", 1.0)
+        assert "is that a ZooKeeper port?" in error
+
+
+def test_refused_connections_fail_at_once(refused_port):
+    url = f"zookeeper://127.0.0.1:{refused_port}/lelect?connect_timeout=1m"
+    for args in (["leader", "x"], ["campaign", "x", "--", "true"]):
+        error = unreachable_within(args, url, "1m", 0.0)
+        assert "connection refused" in error
+
+
+def test_timeout_zero_and_one_ms_win_a_free_election(zk_url):
+    for timeout in ("0", "1ms"):
+        out = run_lelect("campaign", f"free-{timeout}", "-w", timeout, "--", "true",
+                         backend=zk_url)  # fmt: skip
+        assert out.returncode == 0, out.stderr

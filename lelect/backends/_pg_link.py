@@ -428,4 +428,12 @@ class Session:
             except psycopg.Error:
                 pass
 
-    close = drop
+    def close(self) -> None:
+        """Close unless another thread's call holds the connection: closing must never
+        wait for a call that may take up to its whole budget (a silent server)."""
+        if not self._lock.acquire(timeout=0.05):
+            return
+        try:
+            self.drop()
+        finally:
+            self._lock.release()

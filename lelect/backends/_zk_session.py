@@ -1,12 +1,14 @@
 """The ZooKeeper backend's connection layer: URL options, one kazoo client per session
-with the session timeout the server *granted*, and ZooKeeper errors as lelect errors.
+with the session timeout the server *granted*, a connect that keeps its bound, and
+ZooKeeper errors as lelect errors.
 
-kazoo is imported here and in :mod:`lelect.backends.zookeeper` only.
+kazoo is imported by the ``_zk_*`` modules and :mod:`lelect.backends.zookeeper` only.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,15 +24,18 @@ from kazoo.exceptions import (
     KazooException,
     NoAuthError,
     OperationTimeoutError,
+    RolledBackError,
     SessionExpiredError,
 )
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
+from lelect.backends._zk_layout import Check, Create, Delete, Op, SetData
+from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HISTORY, unreachable
 from lelect.backends.urls import BackendURL
-from lelect.durations import format_duration, parse_duration
+from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable, UsageError
 
 log = logging.getLogger("lelect.zookeeper")
@@ -42,8 +47,7 @@ kazoo_log.addHandler(logging.NullHandler())
 DEFAULT_PORT = 2181
 DEFAULT_PATH = "/lelect"
 DEFAULT_SESSION_TIMEOUT = 10.0
-DEFAULT_CONNECT_TIMEOUT = 5.0
-OPTIONS = {"session_timeout", "connect_timeout", "auth"}
+OPTIONS = {"session_timeout", "connect_timeout", "auth", "history"}
 #: The longest timeout lelect passes on: ZooKeeper carries the session timeout as a
 #: signed 32-bit number of milliseconds (kazoo's connection thread dies on more).
 MAX_TIMEOUT = (2**31 - 1) / 1000.0
@@ -59,9 +63,11 @@ class ZooKeeperConfig:
     """What a ``zookeeper://`` URL says."""
 
     hosts: str  # kazoo's "h1:2181,h2:2181"
+    host_ports: tuple[tuple[str, int], ...]
     path: str  # base path, not a chroot
     session_timeout: float
     connect_timeout: float
+    history_limit: int = DEFAULT_HISTORY
     auth_scheme: str | None = None
     auth_credential: str | None = None
 
@@ -76,21 +82,17 @@ class ZooKeeperConfig:
             raise UsageError(
                 f"no host in {url.masked!r}: use zookeeper://HOST:2181[,HOST:2181…][/PATH]"
             )
+        host_ports = tuple((host, port or DEFAULT_PORT) for host, port in url.hosts)
         hosts = ",".join(
-            (f"[{host}]" if ":" in host else host) + f":{port or DEFAULT_PORT}"
-            for host, port in url.hosts
+            (f"[{host}]" if ":" in host else host) + f":{port}" for host, port in host_ports
         )
-        session_timeout = parse_duration(
-            url.option("session_timeout", str(DEFAULT_SESSION_TIMEOUT)), what="session_timeout"
-        )
-        connect_timeout = parse_duration(
-            url.option("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT)), what="connect_timeout"
-        )
-        if session_timeout <= 0 or connect_timeout <= 0:
-            raise UsageError("session_timeout and connect_timeout must be longer than 0")
+        # The session timeout is the lease: it has the ttl's range (well inside the
+        # 2^31 ms ZooKeeper can carry).
+        session_timeout = url.duration("session_timeout", DEFAULT_SESSION_TIMEOUT,
+                                       limits=RANGES["ttl"])
         check_session_timeout(session_timeout, "session_timeout")
-        if connect_timeout > MAX_TIMEOUT:
-            raise UsageError(f"connect_timeout must be at most {format_duration(MAX_TIMEOUT)}")
+        connect_timeout = url.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        check_session_timeout(connect_timeout, "connect_timeout")
         scheme = credential = None
         auth = url.option("auth")
         if auth is not None:
@@ -99,9 +101,11 @@ class ZooKeeperConfig:
                 raise UsageError("malformed auth option: use auth=digest:USER:PASSWORD")
         return cls(
             hosts=hosts,
+            host_ports=host_ports,
             path=_base_path(url.path),
             session_timeout=session_timeout,
             connect_timeout=connect_timeout,
+            history_limit=url.integer("history", DEFAULT_HISTORY),
             auth_scheme=scheme,
             auth_credential=credential,
         )
@@ -134,8 +138,8 @@ class ZooKeeperConfig:
 
 
 def check_session_timeout(seconds: float, what: str) -> None:
-    """Refuse a session timeout kazoo cannot send: it goes out as whole milliseconds in
-    a signed 32-bit field (0 ms cannot connect; more kills kazoo's connection thread)."""
+    """Refuse a timeout kazoo cannot send: it goes out as whole milliseconds in a signed
+    32-bit field (0 ms cannot connect; more kills kazoo's connection thread)."""
     if int(seconds * 1000) < 1:
         raise UsageError(f"{what} must be at least 1ms")
     if seconds > MAX_TIMEOUT:
@@ -152,6 +156,88 @@ def _base_path(path: str) -> str:
     return path
 
 
+class _BoundedConnects(SequentialThreadingHandler):
+    """kazoo's threading handler, which also keeps a session's first connect within its
+    bound: while it runs, every attempt (TCP connect and the server's answer) ends by
+    its share of the deadline, and each attempt's outcome is told to the session, so
+    that "every host refused" fails at once. A session closed before it ever connected
+    shuts its half-open socket, so kazoo's thread ends now, not a session timeout later.
+    """
+
+    def __init__(self, hosts: int, on_attempt: Callable[[], None]) -> None:
+        super().__init__()
+        self.hosts = max(hosts, 1)
+        self.on_attempt = on_attempt
+        self.deadline: float | None = None
+        self.budget = 0.0
+        self.refused: set[tuple[str, int]] = set()
+        self.answered_tcp = False  # some host accepted a TCP connection
+        self.other_failure = False  # some attempt failed otherwise than refused
+        self.cut_on_stop = False
+        self._attempt_until: float | None = None
+        self._socket: socket.socket | None = None
+
+    def bound(self, deadline: float, budget: float) -> None:
+        self.deadline, self.budget = deadline, budget
+
+    def unbound(self) -> None:
+        """Connected: from now on kazoo's own timeouts apply (reconnects, auth)."""
+        self.deadline = self._attempt_until = None
+
+    def create_connection(self, address: Any, hostname: Any = None, timeout: Any = None,
+                          **kwargs: Any) -> Any:
+        if self.deadline is not None:
+            now = time.monotonic()
+            share = max(self.budget / self.hosts, 0.1)
+            self._attempt_until = min(self.deadline, now + share)
+            timeout = max(0.001, min(timeout or share, self._attempt_until - now))
+        host = (str(hostname or address[0]), int(address[1]))
+        try:
+            sock = super().create_connection(address, hostname, timeout, **kwargs)
+        except ConnectionRefusedError:
+            self.refused.add(host)
+            self.on_attempt()
+            raise
+        except OSError:
+            self.other_failure = True
+            self.on_attempt()
+            raise
+        self._socket = sock
+        self.answered_tcp = True
+        self.on_attempt()
+        return sock
+
+    def select(self, *args: Any, **kwargs: Any) -> Any:
+        until = self._attempt_until
+        if until is not None and len(args) >= 4 and args[3] is not None:
+            # While connecting: the server's answer is due within the attempt's share.
+            args = (*args[:3], max(0.0, min(args[3], until - time.monotonic())), *args[4:])
+        return super().select(*args, **kwargs)
+
+    def all_refused(self, host_ports: tuple[tuple[str, int], ...]) -> bool:
+        return (not self.answered_tcp and not self.other_failure
+                and all(host in self.refused for host in host_ports))
+
+    def stop(self) -> None:
+        # kazoo's stop() has set its stop flag by now; waking its thread is all it takes.
+        sock = self._socket
+        if self.cut_on_stop and sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().stop()
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Why a transaction failed: the index of the operation that failed and its error."""
+
+    index: int
+    op: Op
+    error: KazooException
+
+
 class Session:
     """One kazoo client and the session it holds.
 
@@ -165,8 +251,12 @@ class Session:
         self.granted: float | None = None
         self.connected = threading.Event()
         self.closed = False
+        #: True once start() concluded that no server answered (not a refusal of ours).
+        self.unreachable = False
+        self._verdict: BackendUnavailable | None = None
         self._changed = threading.Condition()
         self._listeners: list[Callable[[str], None]] = []
+        self.handler = _BoundedConnects(len(config.host_ports), self._poke)
         # Reconnect promptly: kazoo's default back-off grows to an hour between tries.
         retry = KazooRetry(
             max_tries=-1, delay=0.05, backoff=2, max_jitter=0.2, max_delay=min(1.0, session_timeout / 4)
@@ -174,6 +264,7 @@ class Session:
         self.client = KazooClient(
             hosts=config.hosts,
             timeout=session_timeout,
+            handler=self.handler,
             connection_retry=retry,
             default_acl=config.acl(),
             auth_data=config.auth_data,
@@ -209,55 +300,97 @@ class Session:
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
+            self.handler.unbound()
             self.connected.set()
         else:
             self.connected.clear()
-        with self._changed:
-            self._changed.notify_all()
+        self._poke()
         for listener in list(self._listeners):
             listener(str(state))
+
+    def _poke(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     # -- life -------------------------------------------------------------------
 
     def start(self, within: float) -> None:
-        """Connect and prove it with one answered request, or raise BackendUnavailable."""
-        # kazoo's start() reports refused credentials as a time-out after the whole wait,
-        # or not, depending on which answer comes first. Refusal during the first connect
-        # reaches no state listener (the state stays LOST), so while connecting, and only
-        # then, look at the client's state every 50 ms.
-        live = self.client.start_async()
-        deadline = time.monotonic() + max(within, 0.001)
-        while not live.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
-            refused = self.client.client_state == KeeperState.AUTH_FAILED
-            if refused or time.monotonic() >= deadline:
-                self.closed = True
-                self._stop()
-                if refused:
-                    raise BackendUnavailable(self._refused_credentials())
-                raise BackendUnavailable(
-                    f"cannot reach ZooKeeper at {self.config.hosts} within"
-                    f" {format_duration(within)}: is it running, and is the URL right?"
-                )
-        with self.errors("checking the connection", self.config.path):
-            self.call("exists", self.config.path, timeout=within)
+        """Connect and prove it with one answered request, or raise BackendUnavailable,
+        all within ``within`` seconds (teardown included): refused everywhere fails at
+        once, a silent or foreign server at the bound."""
+        started = time.monotonic()
+        deadline = started + within
+        self.handler.bound(deadline, within)
+        self.client.start_async()
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.connected.is_set() or self.closed or self._verdict is not None
+                or self.handler.all_refused(self.config.host_ports)
+                or time.monotonic() >= deadline,
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+        if not self.connected.is_set():
+            verdict = self._no_session(within)
+            self.close(wait=0)
+            raise verdict
+        try:
+            self.call("exists", self.config.path, timeout=max(0.0, deadline - time.monotonic()))
+        except AuthFailedError:
+            self.close(wait=0)
+            raise BackendUnavailable(self._refused_credentials()) from None
+        except (*TRANSIENT, SessionExpiredError):
+            self.close(wait=0)
+            if self.client.client_state == KeeperState.AUTH_FAILED:
+                raise BackendUnavailable(self._refused_credentials()) from None
+            self.unreachable = True
+            raise unreachable("ZooKeeper", self.config.hosts, within,
+                              "it took the connection but did not answer") from None
+        except KazooException as exc:
+            self.close(wait=0)
+            raise BackendUnavailable(f"ZooKeeper failed while connecting: {type(exc).__name__}"
+                                     ) from None
         if self.granted is None:  # pragma: no cover - a kazoo that changed its internals
-            self.close()
+            self.close(wait=0)
             raise BackendUnavailable(
                 "cannot learn the session timeout ZooKeeper granted from this kazoo version"
             )
 
+    def _no_session(self, within: float) -> BackendUnavailable:
+        if self._verdict is not None:
+            return self._verdict
+        if self.client.client_state == KeeperState.AUTH_FAILED:
+            return BackendUnavailable(self._refused_credentials())
+        if self.closed and not self.unreachable:
+            return BackendUnavailable("the ZooKeeper session was closed while connecting")
+        self.unreachable = True
+        if self.handler.all_refused(self.config.host_ports):
+            return unreachable("ZooKeeper", self.config.hosts, within, "connection refused")
+        if self.handler.answered_tcp:
+            return unreachable("ZooKeeper", self.config.hosts, within,
+                               "it took the connection but gave no ZooKeeper answer"
+                               " (is that a ZooKeeper port?)")
+        return unreachable("ZooKeeper", self.config.hosts, within)
+
+    def fail(self, verdict: BackendUnavailable) -> None:
+        """Another session of the same backend found no server: stop connecting with its
+        verdict (one connect budget for all of a backend's sessions)."""
+        if not self.connected.is_set():
+            self._verdict = verdict
+            self._poke()
+
     def close(self, wait: float = 1.0) -> None:
         """End the session (its ephemeral nodes go at once). Waits at most ``wait``
-        seconds, and not at all for a server that does not answer: the session then
-        expires on its own."""
+        seconds, and not at all for a session that is not connected: one that never was
+        has nothing to close, and a lost one expires on its own."""
         if self.closed:
             return
         self.closed = True
-        with self._changed:
-            self._changed.notify_all()
+        connected = self.connected.is_set()
+        self.handler.cut_on_stop = not connected
+        self._poke()
         stopping = threading.Thread(target=self._stop, name="zk-close", daemon=True)
         stopping.start()
-        stopping.join(wait if self.connected.is_set() else 0)
+        stopping.join(wait if connected else 0)
 
     def _stop(self) -> None:
         try:
@@ -266,6 +399,11 @@ class Session:
         except Exception:  # noqa: BLE001 - closing is best effort; the session expires anyway
             log.debug("closing the ZooKeeper session failed", exc_info=True)
 
+    @property
+    def client_id(self) -> tuple[int, bytes] | None:
+        """(session id, password): what another connection needs to act in this session."""
+        return self.client.client_id
+
     # -- calls ------------------------------------------------------------------
 
     def call(self, method: str, *args: Any, timeout: float, **kwargs: Any) -> Any:
@@ -273,6 +411,26 @@ class Session:
         a call to a frozen or unreachable server must never block for ever."""
         result = getattr(self.client, method + "_async")(*args, **kwargs)
         return result.get(timeout=max(timeout, 0.0))
+
+    def commit(self, ops: list[Op], timeout: float) -> Failed | None:
+        """One multi: all of ``ops`` or none. None when it went through, else which
+        operation failed and why."""
+        transaction = self.client.transaction()
+        for op in ops:
+            if isinstance(op, Check):
+                transaction.check(op.path, op.version)
+            elif isinstance(op, Create):
+                transaction.create(op.path, op.data)
+            elif isinstance(op, SetData):
+                transaction.set_data(op.path, op.data, op.version)
+            elif isinstance(op, Delete):
+                transaction.delete(op.path, op.version)
+        results = transaction.commit_async().get(timeout=max(timeout, 0.0))
+        for index, result in enumerate(results):
+            # The server reports the operations before the failing one as rolled back.
+            if isinstance(result, KazooException) and not isinstance(result, RolledBackError):
+                return Failed(index, ops[index], result)
+        return None
 
     def wait_connected(self, timeout: float | None) -> bool:
         """Wait for the connection (True), ``timeout`` or the session's close (False)."""

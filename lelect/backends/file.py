@@ -25,7 +25,6 @@ from lelect.backends import filestate
 from lelect.backends.base import (
     Backend,
     Candidate,
-    HandBack,
     Heartbeat,
     HistoryEntry,
     LeaderInfo,
@@ -324,13 +323,6 @@ class FileBackend(Backend):
         except ConfigError:
             if leadership.slot is not None:
                 raise
-
-    def hand_back(self, leadership: Leadership) -> HandBack:
-        return HandBack("lelect.backends._handback_file", {
-            "directory": self.directory, "shared": self.shared,
-            "election": leadership.election, "term": leadership.term,
-            "token": leadership.token, "node_id": leadership.node_id, "budget": 2.0,
-        })
 
     def leader(self, election: str) -> LeaderInfo | None:
         validate_election(election)
