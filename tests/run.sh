@@ -23,7 +23,6 @@ command -v zsh >/dev/null 2>&1 || need="$need zsh"
 command -v fish >/dev/null 2>&1 || need="$need fish"
 [ -x /usr/bin/python3 ] || need="$need python3"  # another user's interpreter, in one test
 "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || need="$need python3-venv"
-command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1 || need="$need etcd-server etcd-client"
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"
     $SUDO apt-get update -qq
