@@ -1,0 +1,118 @@
+"""The layers DESIGN.md draws, checked on the source: data flows downward, nothing
+imports upward, and there are no import cycles (function-level imports included)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "lelect"
+#: What nothing under lelect/backends/ may import.
+ABOVE_BACKENDS = ("lelect.campaign", "lelect.campaign_core", "lelect.supervisor",
+                  "lelect._keeper", "lelect.keeper_protocol", "lelect.health",
+                  "lelect.election", "lelect.cli", "lelect.exporter", "lelect.systemd")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every lelect module ``path`` imports (anywhere but under ``if TYPE_CHECKING``)."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(child) for child in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name == "lelect" or name.startswith("lelect.")}
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def graph() -> dict[str, set[str]]:
+    return {name: {i for i in imports(path) if i in MODULES and i != name}
+            for name, path in MODULES.items()}
+
+
+def test_backends_import_nothing_from_above():
+    for name, path in MODULES.items():
+        if name.startswith("lelect.backends"):
+            bad = {i for i in imports(path) if i.startswith(ABOVE_BACKENDS)}
+            assert not bad, f"{name} imports {sorted(bad)}"
+
+
+def test_there_are_no_import_cycles():
+    edges = graph()
+    # The package __init__ files import their children's names lazily or not at all;
+    # a child importing its package is no cycle of logic.
+    for name in edges:
+        edges[name] = {t for t in edges[name] if not name.startswith(t + ".")}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                cycle = path[path.index(target):] + [target] if target in path else [node, target]
+                raise AssertionError(" -> ".join(cycle))
+            if target not in state:
+                visit(target, [*path, target])
+        state[node] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_backend_campaign_takes_no_keeper():
+    from lelect.backends import SCHEMES
+    from lelect.backends.base import Backend
+
+    for target in set(SCHEMES.values()):
+        module, _, cls = target.partition(":")
+        backend = getattr(__import__(module, fromlist=[cls]), cls)
+        assert issubclass(backend, Backend)
+        assert "keeper" not in inspect.signature(backend.campaign).parameters, target
+
+
+def test_help_and_the_embedded_path_import_no_client_library():
+    code = (
+        "import sys; from lelect.cli import cli; import lelect.backends.file;"
+        "import lelect.campaign; import lelect.election;"
+        "heavy = ('redis', 'kazoo', 'psycopg', 'prometheus_client', 'rich', 'psutil', 'ssl',"
+        " 'http.client');"
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_keeper_and_its_protocol_need_only_the_standard_library():
+    for name in ("lelect._keeper", "lelect.keeper_protocol"):
+        assert {i for i in imports(MODULES[name]) if i in MODULES} <= {"lelect", "lelect.keeper_protocol",
+                                          "lelect.backends", "lelect.backends.filestate",
+                                          "lelect.backends.records"}, name
+    for name, path in MODULES.items():
+        if name.startswith("lelect.backends._handback_"):
+            tree = ast.parse(path.read_text())
+            third_party = {
+                alias.name.split(".")[0]
+                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in (node.names if isinstance(node, ast.Import)
+                              else [ast.alias(node.module or "")])
+            } - set(sys.stdlib_module_names) - {"lelect", "__future__", ""}
+            assert not third_party, f"{name} imports {sorted(third_party)}"
