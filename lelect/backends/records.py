@@ -25,6 +25,8 @@ RUNNING, EXITED, RESIGNED, LOST, STOPPED, VANISHED = (
     "running", "exited", "resigned", "lost", "stopped", "vanished"
 )
 OUTCOMES = (RUNNING, EXITED, RESIGNED, LOST, STOPPED, VANISHED)
+#: The history's reason for a leadership the job's keeper handed back (issue: crash).
+HAND_BACK_REASON = "lelect died; its keeper stopped the job and handed the leadership back"
 
 
 def iso8601(epoch: float | None) -> str | None:
