@@ -7,13 +7,16 @@ root is added here (if missing) for ``tests.helpers``.
 
 from __future__ import annotations
 
+import os
 import random
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,41 +110,118 @@ def campaign(
     )
 
 
+def ticking_job(record: Path, every: float = 0.1) -> list[str]:
+    """Writes 'start …' once, then 'tick …' every ``every`` seconds until killed: its last
+    line bounds when it last ran."""
+    f = shlex.quote(str(record))
+    line = '"$1 $(date +%s%N) $LELECT_TERM $$"'
+    return ["sh", "-c", f"w() {{ echo {line} >> {f}; }}; w start; "
+            f"while :; do sleep {every}; w tick; done"]  # fmt: skip
+
+
+def last_line_ns(record: Path) -> int | None:
+    try:
+        lines = [line for line in record.read_text().splitlines() if len(line.split()) == 4]
+    except FileNotFoundError:
+        return None
+    return int(lines[-1].split()[1]) if lines else None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc/PID/task/*/children), children first."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(p) for p in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            pending += children
+    return found
+
+
+@dataclass(frozen=True)
+class Strike:
+    """How the leader goes down in a crash trial."""
+
+    label: str
+    #: Strikes the leader's lelect process; returns pids that must be SIGKILLed afterwards.
+    hit: Callable[[subprocess.Popen], list[int]]
+    #: The jobs' command for a record file.
+    job: Callable[[Path], list[str]]
+    #: Whether the old job's records tell when it last ran (to check for overlaps).
+    ticks: bool
+
+
+def _kill_lelect(process: subprocess.Popen) -> list[int]:
+    process.kill()  # its keeper lives on: it kills the job and hands the leadership back
+    return []
+
+
+def _freeze_host(process: subprocess.Popen) -> list[int]:
+    # lelect, its keeper and the job's group stop at once: nothing can release.
+    pids = [process.pid, *descendants(process.pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+LELECT_KILLED = Strike("lelect killed (-9), host alive", _kill_lelect, start_job, ticks=False)
+HOST_DIES = Strike("host dies (all frozen)", _freeze_host, ticking_job, ticks=True)
+
+
 def crash_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
-                   lanes: int, workdir: Path) -> list[float]:  # fmt: skip
-    """Seconds from SIGKILL of the leading lelect, at a random point of the first third of
-    ``period`` (its renew / probe cycle), to the first line of the waiter's job. Runs up to
-    ``lanes`` elections at once."""
+                   lanes: int, workdir: Path, strike: Strike = LELECT_KILLED
+                   ) -> tuple[list[float], int]:  # fmt: skip
+    """Seconds from the strike on the leader (at a random point of the first third of
+    ``period``, its renew / probe cycle) to the first line of the waiter's job, and how
+    many old jobs ran on after the next one started (from their ticks; 0 unless
+    ``strike.ticks``). Runs up to ``lanes`` elections at once."""
     results: list[float] = []
+    overlaps = 0
     round_number = 0
     while len(results) < trials:
         round_number += 1
         batch = min(lanes, trials - len(results))
-        names = [f"crash-{period:g}-{round_number}-{lane}" for lane in range(batch)]
+        names = [f"crash-{period:g}-{strike.ticks}-{round_number}-{lane}" for lane in range(batch)]
         leaders, followers, records = [], [], []
         for name in names:
             records.append((workdir / f"{name}.a", workdir / f"{name}.b"))
-            leaders.append(start(name, start_job(records[-1][0])))
+            leaders.append(start(name, strike.job(records[-1][0])))
         for name, (a, b) in zip(names, records, strict=True):
             wait_for(lambda a=a: first_line_ns(a), 30, f"leader of {name}")
-            followers.append(start(name, start_job(b)))
+            followers.append(start(name, strike.job(b)))
         for name in names:
             wait_for(lambda name=name: queued(name), 30, f"waiter of {name}")
-        # Kill each leader at a random point of its renew / probe cycle.
+        # Strike each leader at a random point of its renew / probe cycle.
         kills = sorted((random.uniform(0, period / 3), lane) for lane in range(batch))
         started = time.monotonic()
-        killed_ns: dict[int, int] = {}
+        struck_ns: dict[int, int] = {}
+        leftovers: list[int] = []
         for offset, lane in kills:
             time.sleep(max(0.0, started + offset - time.monotonic()))
-            leaders[lane].kill()
-            killed_ns[lane] = time.time_ns()
-        for lane, (_, b) in enumerate(records):
+            struck_ns[lane] = time.time_ns()
+            leftovers += strike.hit(leaders[lane])
+        for lane, (a, b) in enumerate(records):
             took = wait_for(lambda b=b: first_line_ns(b), period + 10, "the next job")
-            results.append((took - killed_ns[lane]) / 1e9)
+            results.append((took - struck_ns[lane]) / 1e9)
+            if strike.ticks and (last_line_ns(a) or 0) >= took:
+                overlaps += 1
+        for pid in leftovers:  # the frozen host never comes back
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for process in leaders + followers:
             process.kill()
             process.wait()
-    return results
+    return results, overlaps
 
 
 def graceful_handoff(start: StartCampaign, queued: Queued, period: float, trials: int,
@@ -168,19 +248,29 @@ def graceful_handoff(start: StartCampaign, queued: Queued, period: float, trials
 
 def failover_rows(start: StartCampaign, queued: Queued, period: float, period_width: int,
                   trials: int, lanes: int, workdir: Path) -> list[str]:  # fmt: skip
-    """Runs both measurements for one ``period`` (ttl / session timeout) and returns their
-    table rows, reporting each on stderr as it is done."""
+    """Runs the graceful handoff and both crash measurements for one ``period`` (ttl /
+    session timeout) and returns their table rows, reporting each on stderr as it is
+    done."""
     rows = []
-    for case, measure in (
-        ("graceful handoff", lambda: graceful_handoff(start, queued, period, trials, workdir)),
-        ("crash failover", lambda: crash_failover(start, queued, period, trials, lanes, workdir)),
-    ):
-        rows.append(latency_row(f"{case:<18} {period:>{period_width}g}s", measure()))
+    handoff = graceful_handoff(start, queued, period, trials, workdir)
+    rows.append(latency_row(f"{'graceful handoff':<{CASE_WIDTH}} {period:>{period_width}g}s",
+                            handoff) + f" {'-':>8}")
+    print("done:", rows[-1], file=sys.stderr, flush=True)
+    for strike in (LELECT_KILLED, HOST_DIES):
+        took, overlaps = crash_failover(start, queued, period, trials, lanes, workdir, strike)
+        shown = str(overlaps) if strike.ticks else "-"
+        rows.append(latency_row(f"{strike.label:<{CASE_WIDTH}} {period:>{period_width}g}s",
+                                took) + f" {shown:>8}")
         print("done:", rows[-1], file=sys.stderr, flush=True)
     return rows
 
 
+CASE_WIDTH = 30
+
+
 def print_failover_table(period_name: str, period_width: int, rows: list[str]) -> None:
-    print(f"{'case':<18} {period_name:>{period_width + 1}} {'trials':>6} {'p50 ms':>9}"
-          f" {'p99 ms':>9} {'min ms':>9} {'max ms':>9}")  # fmt: skip
+    print(f"{'case':<{CASE_WIDTH}} {period_name:>{period_width + 1}} {'trials':>6}"
+          f" {'p50 ms':>9} {'p99 ms':>9} {'min ms':>9} {'max ms':>9} {'overlaps':>8}")
     print("\n".join(rows))
+    print("overlaps: old jobs that ran on after the next job started (host dies: from their"
+          " ticks)")
