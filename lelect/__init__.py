@@ -10,7 +10,8 @@ Heavy modules (backend clients, rich, psutil) are imported only when used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+# Not typing.TYPE_CHECKING: the job's keeper imports this package and starts in ms.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 

@@ -1,25 +1,26 @@
 """The job's keeper: a small process between lelect and the job.
 
-Run as ``python -S -I _keeper.py CTRL_FD [OPTIONS] -- CMD [ARGS...]``; it imports only
-the standard library (and, on the file backend, lelect.backends.filestate once it wins).
+Run as ``python -S -I _keeper.py CTRL_FD [KEY=VALUE...] -- CMD [ARGS...]``; it imports
+only the standard library and lelect.keeper_protocol (and, on the embedded backend,
+lelect.backends.filestate while it waits; a hand-back module once lelect sends one).
 
 - It starts the job in its own process group and is its child subreaper, so nothing the
   job starts can escape it. The job dies with it (PR_SET_PDEATHSIG), even if somebody
   SIGKILLs the keeper itself.
 - It kills the whole group (SIGKILL, grandchildren too) the moment lelect dies, which it
-  learns from EOF on CTRL_FD.
+  learns from EOF on CTRL_FD; once every process of it is gone, it hands the leadership
+  back by its token (the recipe lelect sent), so the next leader need not wait for the
+  lease to run out.
 - It is a dead-man switch: lelect sends the lease deadline after every renew; if the
   deadline passes without news it stops the job (stop signal at deadline - grace,
   SIGKILL at the deadline) on its own.
-- On the file backend it takes and holds the election's flock itself, bumps the term
-  and starts the job the moment it wins, so the election is freed only once the job's
-  group is gone.
+- On the embedded backend it takes and holds the election's flock itself (giving up at
+  the campaign's deadline), bumps the term and starts the job the moment it wins, so
+  the election is freed only once the job's group is gone.
+- Ctrl-Z stops the job: the keeper takes the terminal back and tells lelect, which stops
+  itself so the shell regains the prompt; ``fg`` continues lelect, and the keeper the job.
 
-Protocol on CTRL_FD, one line per message. lelect -> keeper: ``start TERM``,
-``lease DEADLINE GRACE`` (DEADLINE on the monotonic clock, shared by all processes),
-``signal N``, ``stop SIGNAL GRACE REASON``, ``release``, ``exit``.
-keeper -> lelect: ``locked TERM SINCE``, ``busy``, ``error MESSAGE``, ``started PID``,
-``execfail MESSAGE``, ``exited STATUS REASON``, ``released``.
+The messages on CTRL_FD are in lelect/keeper_protocol.py.
 """
 
 import errno
@@ -30,8 +31,14 @@ import sys
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTOU, signal.SIGTTIN,
-           signal.SIGPIPE, signal.SIGXFSZ, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+           signal.SIGTSTP, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGUSR1, signal.SIGUSR2,
+           signal.SIGWINCH)
+TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+LIBC = None
+#: How long the keeper tries to hand the leadership back when the recipe sets no budget.
+HAND_BACK_BUDGET = 3.0
 
 
 def shell_status(status):
@@ -39,10 +46,6 @@ def shell_status(status):
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
-
-
-PR_SET_PDEATHSIG = 1
-LIBC = None
 
 
 def set_subreaper():
@@ -78,10 +81,10 @@ class Launcher:
 
     It sets itself up at once (its own process group; PR_SET_PDEATHSIG, so the kernel
     kills it if the keeper dies, even by SIGKILL, which posix_spawn cannot ask for;
-    default signal dispositions) and blocks on a pipe. Winning writes the term to
-    that pipe and the launcher execs the job: no fork on the hot path, and the
-    job's pid is known before it runs. It inherits no fd of ours past its exec (the
-    lock fd least of all: a job holding the flock would keep the election taken
+    default signal dispositions) and blocks on a pipe. Winning writes the term (and the
+    once-per slot) to that pipe and the launcher execs the job: no fork on the hot path,
+    and the job's pid is known before it runs. It inherits no fd of ours past its exec
+    (the lock fd least of all: a job holding the flock would keep the election taken
     after lelect is gone), and it is forked before the keeper opens the lock file."""
 
     def __init__(self, program, argv, env, close=()):
@@ -106,18 +109,21 @@ class Launcher:
             if os.getppid() != keeper:  # the keeper died before prctl
                 os._exit(0)
             signal.set_wakeup_fd(-1)
-            for sig in (*IGNORED, signal.SIGCHLD, signal.SIGTERM, signal.SIGALRM):
+            for sig in (*IGNORED, signal.SIGCHLD, signal.SIGTERM, signal.SIGALRM, signal.SIGCONT):
                 signal.signal(sig, signal.SIG_DFL)
             for fd in (self.go, self.report, *close):
                 os.close(fd)
             # Every signal stays blocked until the exec: one sent meanwhile acts then.
-            term = b""
-            while not term.endswith(b"\n"):
-                chunk = os.read(go_r, 64)
+            words = b""
+            while not words.endswith(b"\n"):
+                chunk = os.read(go_r, 256)
                 if not chunk:  # the keeper is done without winning
                     os._exit(0)
-                term += chunk
-            env[b"LELECT_TERM"] = term.strip()
+                words += chunk
+            term, _, slot = words.strip().partition(b" ")
+            env[b"LELECT_TERM"] = term
+            if slot and slot != b"-":
+                env[b"LELECT_SLOT"] = slot
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if "/" in program:
                 os.execve(program, argv, env)
@@ -131,10 +137,10 @@ class Launcher:
         finally:
             os._exit(127)
 
-    def launch(self, term):
+    def launch(self, term, slot=None):
         """Run the job with ``term``; raise OSError if it could not be run."""
         try:
-            os.write(self.go, f"{term}\n".encode())
+            os.write(self.go, f"{term} {slot or '-'}\n".encode())
             failure = b""
             while chunk := os.read(self.report, 64):
                 failure += chunk
@@ -146,41 +152,51 @@ class Launcher:
             raise OSError(code, os.strerror(code))
 
 
+class _GiveUp(Exception):
+    """The campaign's deadline passed while the keeper waited for the flock."""
+
+
 class Keeper:
-    def __init__(self, ctrl, options, command):
+    def __init__(self, ctrl, options, command, proto):
         self.ctrl = ctrl
         self.options = options
         self.command = command
-        self.inbuf = b""
+        self.proto = proto
+        self.reader = proto.LineReader()
+        self.pending = []  # messages read but not yet handled
         self.job_pid = None
         self.job_status = None
         self.job_done = False
+        self.job_suspended = False
         self.reason = "exit"
-        self.stop_signal = signal.SIGTERM
-        self.stop_at = None
         self.kill_at = None
         self.stopping = False
         self.lease_stop_at = None
         self.lease_kill_at = None
         self.lock_fd = None
         self.record_pipe = None
-        self.announced = True  # file backend: False until "locked" is sent
+        self.announced = True  # embedded backend: False until "locked" is sent
         self.held_back = []
         self.childless = False
         self.job_pidfd = None
         self.launcher = None
         self.tty = None
         self.terminated = False
+        self.continued = False
         self.exit_when_done = False
+        self.recipe = None
+        self.released_by_lelect = False
+        self.stop_signal = int(options.get("stop_signal", signal.SIGTERM))
+        self.grace = float(options.get("grace", "10"))
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
 
     # -- plumbing ---------------------------------------------------------
 
-    def send(self, line):
+    def send(self, message):
         try:
-            os.write(self.ctrl, (line + "\n").encode())
+            os.write(self.ctrl, message.encode())
         except OSError:
             pass
 
@@ -189,101 +205,119 @@ class Keeper:
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGCONT, self._on_continue)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
 
     def _on_term(self, *_):
         self.terminated = True
 
-    # -- the flock (file backend) -------------------------------------------
+    def _on_continue(self, *_):
+        self.continued = True
+
+    def read_ctrl(self):
+        """What lelect sent; None once it is gone (EOF)."""
+        try:
+            data = os.read(self.ctrl, 65536)
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNRESET, errno.EBADF):
+                raise
+            data = b""
+        if not data:
+            return None
+        try:
+            return self.reader.feed(data)
+        except self.proto.ProtocolError as exc:
+            self.send(self.proto.Error(f"keeper: {exc}"))
+            return []
+
+    # -- the flock (embedded backend) -------------------------------------------
 
     def wait_for_lock(self):
         """Take the flock in the main thread (a blocked helper thread wakes up to ms
-        later). While blocked, a timer checks every half second that lelect is alive."""
+        later). While blocked, a timer checks every half second that lelect is alive,
+        and gives up at the campaign's deadline: a job lelect reports as never started
+        must never start, so only the keeper decides whether it won in time."""
         self.announced = False  # nothing about the job goes out before "locked"
-        import fcntl
-
         # Import and open the state database now, while waiting, so winning costs only
-        # one small SQLite transaction and the job's fork/exec.
-        sys.path.insert(0, self.options["pythonpath"])
-        import threading  # noqa: F401 - imported now, used after winning
-
+        # the job's fork/exec (the leader record is written after).
         from lelect.backends import filestate
 
         self.filestate = filestate
+        shared = self.options.get("shared") == "1"
         try:
-            self.db = filestate.open_db(self.options["db"])
+            self.db = filestate.open_db(self.options["db"], shared)
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
-            self.send("error " + str(exc).replace("\n", " "))
+            self.send(self.proto.Error(str(exc)))
             os._exit(0)
+        deadline = float(self.options["deadline"]) if self.options.get("deadline") else None
+        nowait = self.options.get("nowait") == "1"
 
-        def check_lelect(*_):
+        def check(*_):
             ready, _, _ = select.select([self.ctrl], [], [], 0)
             if ready:
-                data = os.read(self.ctrl, 65536)
-                if not data or data.startswith(b"exit"):
+                messages = self.read_ctrl()
+                if messages is None or any(isinstance(m, self.proto.Exit) for m in messages):
                     os._exit(0)  # nothing started yet: just go
-                self.inbuf += data
+                self.pending.extend(messages)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _GiveUp
+            signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
 
         previous_term = signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-        signal.signal(signal.SIGALRM, check_lelect)
-        signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+        signal.signal(signal.SIGALRM, check)
+        outcome = None
         try:
-            result = self._lock(fcntl, self.options["lock"], self.options.get("nowait") == "1")
+            if deadline is not None and deadline <= time.monotonic():
+                nowait = True  # --timeout 0: one try, as flock -w 0
+            self.lock_fd = filestate.take_lock(self.options["lock"], True, shared)
+            if self.lock_fd is None and not nowait:
+                self.send(self.proto.Waiting())
+                signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
+                self.lock_fd = filestate.take_lock(self.options["lock"], False, shared)
+        except _GiveUp:
+            outcome = self.proto.TimedOut()
+        except OSError as exc:
+            outcome = self.proto.Error(f"cannot open lock file: {exc}")
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGTERM, previous_term)
-        self.on_lock_result(result)
-
-    def _lock(self, fcntl, path, nowait):
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                return "E" + str(exc)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if nowait else 0))
-            except BlockingIOError:
-                os.close(fd)
-                return "B"
-            # A cleaner or a user may have unlinked the file while we waited: then we
-            # hold a lock on an inode nobody else will ever look at.
-            try:
-                on_disk = os.stat(path)
-            except FileNotFoundError:
-                os.close(fd)
-                continue
-            held = os.fstat(fd)
-            if (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
-                os.close(fd)
-                continue
-            self.lock_fd = fd
-            return "L"
-
-    def on_lock_result(self, result):
-        if result == "B":
-            self.send("busy")
+        if outcome is None and self.lock_fd is None:
+            timed = deadline is not None and self.options.get("nowait") != "1"
+            outcome = self.proto.TimedOut() if timed else self.proto.Busy()
+        if outcome is not None:
+            self.release()
+            self.send(outcome)
             os._exit(0)
-        if result.startswith("E"):
-            self.send("error cannot open lock file: " + result[1:])
-            os._exit(0)
+        self.on_locked()
+
+    @staticmethod
+    def _tick(deadline):
+        interval = 0.5
+        if deadline is not None:
+            interval = min(interval, max(deadline - time.monotonic(), 0.001))
+        return interval
+
+    def on_locked(self):
         since = time.time()
         try:
-            term = self.next_term()
+            term = self.filestate.next_term(self.lock_fd, self.db, self.options["election"])
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
             self.release()
-            self.send("error " + str(exc).replace("\n", " "))
+            self.send(self.proto.Error(str(exc)))
             os._exit(0)
+        self.term = term
         # The term is settled (the lock file holds it), so start the job first.
-        if self.command:
-            self.start_job(term, announce=False)
-        # The leader record is for people (`leader`, `watch`): write it in a thread, so a
-        # busy database (another process recovering the WAL) never keeps the main loop
-        # from noticing the job's exit. lelect hears "locked" once it is written.
+        if self.command and self.options.get("autostart") == "1":
+            self.start_job(term, None, announce=False)
+        # The leader record is for people (`leader`, `watch`) and the history: write it
+        # in a thread, so a busy database (another process recovering the WAL) never
+        # keeps the main loop from noticing the job's exit. lelect hears "locked" once
+        # it is written.
         import threading
 
         read_end, write_end = os.pipe()
         self.record_pipe = read_end
-        self.locked_line = f"locked {term} {since!r}"
+        self.locked = self.proto.Locked(term, since)
         threading.Thread(
             target=self._record_leader, args=(term, since, write_end), daemon=True
         ).start()
@@ -299,6 +333,7 @@ class Keeper:
                 host=self.options.get("host"),
                 pid=int(self.options["pid"]) if self.options.get("pid") else None,
                 since=since,
+                history_limit=int(self.options.get("history", "1000")),
             )
             outcome = b"K"
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
@@ -315,36 +350,15 @@ class Keeper:
         if not data.startswith(b"K"):
             self.kill_everything()
             self.release()
-            self.send("error " + data[1:].decode(errors="replace"))
+            self.send(self.proto.Error(data[1:].decode(errors="replace")))
             os._exit(0)
-        self.send(self.locked_line)
+        self.send(self.locked)
         if self.job_pid is not None:
-            self.send(f"started {self.job_pid}")
+            self.send(self.proto.Started(self.job_pid))
         self.announced = True
-        for line in self.held_back:
-            self.send(line)
+        for message in self.held_back:
+            self.send(message)
         self.held_back = []
-
-    def next_term(self):
-        """The election's next term, written to the lock file before anything runs.
-
-        Every leader writes its term into the lock file while holding the flock, so
-        the file alone settles the next term. A new (or replaced) lock file is empty:
-        then the database, which keeps every term too, says where to go on from."""
-        try:
-            content = os.pread(self.lock_fd, 64, 0)
-            text = content.split(b"\n", 1)[0].strip()
-            last = int(text) if text else 0
-        except (OSError, ValueError):
-            content, last = b"", 0
-        if last <= 0:
-            last = self.filestate.read_term(self.db, self.options["election"])
-        term = last + 1
-        data = f"{term}\n".encode()
-        os.pwrite(self.lock_fd, data, 0)
-        if len(content) > len(data):
-            os.ftruncate(self.lock_fd, len(data))
-        return term
 
     def release(self):
         if self.lock_fd is not None:
@@ -353,14 +367,25 @@ class Keeper:
 
     # -- the job ------------------------------------------------------------
 
-    def start_job(self, term, announce=True):
+    def start_job(self, term, slot, announce=True):
         if self.job_pid is not None or self.job_done:
             return
         launcher, self.launcher = self.launcher, None
         try:
             if launcher is None:
                 raise OSError(errno.ECHILD, "no job to start")
-            launcher.launch(term)
+            line = self.options.get("announce")
+            if line:  # lelect's "elected" line, before anything the job prints
+                stamp = time.time()
+                line = (line.replace("{term}", str(term))
+                        .replace("{hms}", time.strftime("%H:%M:%S", time.localtime(stamp)))
+                        .replace("{ts}", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
+                                 + f".{int(stamp * 1000) % 1000:03d}+00:00"))
+                try:
+                    os.write(2, (line + "\n").encode())
+                except OSError:
+                    pass
+            launcher.launch(term, slot)
         except OSError as exc:
             if launcher is not None:
                 self.forget(launcher.pid)
@@ -368,7 +393,7 @@ class Keeper:
             reason = exc.strerror or str(exc)
             if isinstance(exc, BrokenPipeError):
                 reason = "its process was killed before it could start"
-            self.report(f"execfail {self.command[0]}: {reason}")
+            self.report(self.proto.ExecFailed(f"{self.command[0]}: {reason}"))
             self.job_done = True
             return
         pid = self.job_pid = launcher.pid
@@ -379,7 +404,7 @@ class Keeper:
             self.job_pidfd = None
         self.give_terminal(pid)
         if announce:
-            self.send(f"started {pid}")
+            self.send(self.proto.Started(pid))
 
     def give_terminal(self, pgid):
         """An interactive job reads the terminal: give its group the foreground."""
@@ -399,14 +424,24 @@ class Keeper:
                 pass
             self.tty = None
 
-    def children(self):
-        return child_pids()
+    def on_continue(self):
+        """SIGCONT: the shell continued lelect (``fg`` or ``bg``). A job stopped from the
+        terminal goes on too, in the foreground if the shell gave us the terminal."""
+        self.continued = False
+        if not self.job_suspended or self.job_pid is None or self.job_done:
+            return
+        self.job_suspended = False
+        self.give_terminal(self.job_pid)
+        try:
+            os.killpg(self.job_pid, signal.SIGCONT)
+        except OSError:
+            pass
 
     def reap(self):
         self.childless = False
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
             except ChildProcessError:
                 # No child left: orphaned descendants are re-parented to us (we are
                 # their subreaper) before we hear of their parent's death.
@@ -414,7 +449,15 @@ class Keeper:
                 return
             if pid == 0:
                 return
-            if pid == self.job_pid and self.job_status is None:
+            if pid != self.job_pid:
+                continue
+            if os.WIFSTOPPED(status):
+                if os.WSTOPSIG(status) in TERMINAL_STOPS and self.tty is not None:
+                    # Ctrl-Z: the shell must get the terminal (and its prompt) back.
+                    self.job_suspended = True
+                    self.take_terminal_back()
+                    self.send(self.proto.Suspended())
+            elif self.job_status is None:
                 self.job_status = shell_status(status)
 
     def group_alive(self):
@@ -429,7 +472,7 @@ class Keeper:
             return True
 
     def anything_alive(self):
-        return self.group_alive() or (not self.childless and bool(self.children()))
+        return self.group_alive() or (not self.childless and bool(child_pids()))
 
     def signal_all(self, sig):
         if self.job_pid is not None:
@@ -438,22 +481,23 @@ class Keeper:
             except OSError:
                 pass
         # Descendants that left the group (setsid) were re-parented to us.
-        for pid in self.children():
+        for pid in child_pids():
             try:
                 os.kill(pid, sig)
             except OSError:
                 pass
 
     def kill_everything(self):
-        """SIGKILL the group and every descendant, and wait until all are gone."""
+        """SIGKILL the group and every descendant, and wait until all are gone; True
+        when nothing is left."""
         deadline = time.monotonic() + 10
         while True:
             self.reap()
             if not self.anything_alive():
-                return
+                return True
             self.signal_all(signal.SIGKILL)
             if time.monotonic() > deadline:
-                return
+                return False
             select.select([self.wake_r], [], [], 0.005)
             self.drain_wakeups()
 
@@ -471,35 +515,38 @@ class Keeper:
         if not self.stopping:
             self.stopping = True
             self.reason = reason
-            self.stop_signal = sig
             self.signal_all(sig)
+            if self.job_suspended:
+                self.signal_all(signal.SIGCONT)  # a stopped job cannot act on its signal
         kill_at = now + grace
         self.kill_at = kill_at if self.kill_at is None else min(self.kill_at, kill_at)
 
     # -- the loop -------------------------------------------------------------
 
-    def handle_line(self, line):
-        parts = line.split(" ", 3)
-        verb = parts[0]
-        if verb == "start":
-            self.start_job(int(parts[1]))
-        elif verb == "lease":
-            deadline, grace = float(parts[1]), float(parts[2])
+    def handle(self, message):
+        proto = self.proto
+        if isinstance(message, proto.Start):
+            self.start_job(message.term, message.slot)
+        elif isinstance(message, proto.Lease):
             if self.reason != "lease":
-                self.lease_stop_at = deadline - grace
-                self.lease_kill_at = deadline
-        elif verb == "signal":
+                self.lease_stop_at = message.deadline - message.grace
+                self.lease_kill_at = message.deadline
+        elif isinstance(message, proto.Signal):
             if self.job_pid is not None and not self.job_done:
                 try:
-                    os.killpg(self.job_pid, int(parts[1]))
+                    os.killpg(self.job_pid, message.signum)
                 except OSError:
                     pass
-        elif verb == "stop":
-            self.begin_stop(int(parts[1]), float(parts[2]), parts[3] if len(parts) > 3 else "stop")
-        elif verb == "release":
+        elif isinstance(message, proto.Stop):
+            self.begin_stop(message.signum, message.grace, message.reason)
+        elif isinstance(message, proto.Recipe):
+            self.recipe = message.json
+        elif isinstance(message, proto.Release):
+            self.released_by_lelect = True
             self.release()
-            self.send("released")
-        elif verb == "exit":
+            self.send(proto.Released())
+        elif isinstance(message, proto.Exit):
+            self.released_by_lelect = True
             self.shutdown()
 
     def on_terminate(self):
@@ -509,24 +556,46 @@ class Keeper:
         if self.job_pid is None or self.job_done:
             self.shutdown()
         self.exit_when_done = True
-        self.begin_stop(self.stop_signal_for_lease, self.grace, "stop")
+        self.begin_stop(self.stop_signal, self.grace, "stop")
 
-    def shutdown(self):
-        self.kill_everything()
+    def shutdown(self, lelect_died=False):
+        gone = self.kill_everything()
+        if lelect_died and gone and self.recipe and not self.released_by_lelect \
+                and self.job_pid is not None:
+            self.hand_back()
         self.release()
         self.take_terminal_back()
         os._exit(0)
+
+    def hand_back(self):
+        """lelect died while its job ran, and the job's whole group is gone: release the
+        leadership by its token now, rather than leave it to the lease."""
+        try:
+            import importlib
+            import json
+
+            recipe = json.loads(self.recipe)
+            if self.options.get("pythonpath") and self.options["pythonpath"] not in sys.path:
+                sys.path.insert(0, self.options["pythonpath"])
+            module = importlib.import_module(recipe["module"])
+            params = recipe["params"]
+            module.hand_back(params, float(params.get("budget", HAND_BACK_BUDGET)),
+                             self.job_status)
+        except Exception:  # noqa: BLE001 - nothing is lost: the lease runs out instead
+            pass
 
     def timers(self, now):
         if self.job_pid is None or self.job_done:
             return None
         if self.lease_stop_at is not None and now >= self.lease_stop_at and not self.stopping:
-            self.begin_stop(self.stop_signal_for_lease, max(0.0, self.lease_kill_at - now), "lease")
+            self.begin_stop(self.stop_signal, max(0.0, self.lease_kill_at - now), "lease")
         if self.lease_kill_at is not None and now >= self.lease_kill_at:
             self.reason = "lease"
             self.signal_all(signal.SIGKILL)
+            self.signal_all(signal.SIGCONT)
         if self.kill_at is not None and now >= self.kill_at:
             self.signal_all(signal.SIGKILL)
+            self.signal_all(signal.SIGCONT)
         pending = [t for t in (self.lease_stop_at, self.lease_kill_at, self.kill_at) if t is not None]
         pending = [t for t in pending if t > now]
         return min(pending) if pending else None
@@ -539,7 +608,9 @@ class Keeper:
             return
         if self.anything_alive():
             if not self.stopping:
-                self.begin_stop(self.stop_signal_for_lease, self.grace, self.reason)
+                left = len(child_pids()) or 1
+                self.report(self.proto.Leftovers(left, self.grace))
+                self.begin_stop(self.stop_signal, self.grace, self.reason)
             return
         self.job_done = True
         if self.job_pidfd is not None:
@@ -548,21 +619,16 @@ class Keeper:
         if self.options.get("autorelease") == "1":
             self.release()
         self.take_terminal_back()
-        self.report(f"exited {self.job_status} {self.reason}")
+        self.report(self.proto.Exited(self.job_status, self.reason))
         if self.exit_when_done:
             self.shutdown()
 
-    def report(self, line):
-        """News of the job; on the file backend it waits until "locked" is sent."""
+    def report(self, message):
+        """News of the job; on the embedded backend it waits until "locked" is sent."""
         if self.announced:
-            self.send(line)
+            self.send(message)
         else:
-            self.held_back.append(line)
-
-    def prepare_job(self):
-        """The environment now, not after winning (lelect resolved the program)."""
-        self.job_env = dict(os.environb)
-        self.program = self.options.get("program") or (self.command[0] if self.command else None)
+            self.held_back.append(message)
 
     def forget(self, pid):
         """Reap a launcher that never became the job."""
@@ -574,30 +640,30 @@ class Keeper:
     def run(self):
         self.install_signals()
         set_subreaper()
-        self.prepare_job()
         if self.command:
-            self.launcher = Launcher(self.program, self.command, self.job_env,
+            # The environment and the program now, not after winning.
+            program = self.options.get("program") or self.command[0]
+            self.launcher = Launcher(program, self.command, dict(os.environb),
                                      close=(self.ctrl, self.wake_r, self.wake_w))
-        self.stop_signal_for_lease = int(self.options.get("stop_signal", signal.SIGTERM))
-        self.grace = float(self.options.get("grace", "10"))
         if "lock" in self.options:
             self.wait_for_lock()
         while True:
             if self.terminated:
                 self.on_terminate()
+            if self.continued:
+                self.on_continue()
+            if self.pending:
+                self.handle(self.pending.pop(0))
+                continue
             now = time.monotonic()
             next_timer = self.timers(now)
             timeout = None if next_timer is None else max(0.0, next_timer - now)
-            if b"\n" in self.inbuf:
-                line, self.inbuf = self.inbuf.split(b"\n", 1)
-                self.handle_line(line.decode())
-                continue
+            readers = [self.ctrl, self.wake_r]
+            if self.record_pipe is not None:
+                readers.append(self.record_pipe)
+            if self.job_pidfd is not None and self.job_status is None:
+                readers.append(self.job_pidfd)
             try:
-                readers = [self.ctrl, self.wake_r]
-                if self.record_pipe is not None:
-                    readers.append(self.record_pipe)
-                if self.job_pidfd is not None and self.job_status is None:
-                    readers.append(self.job_pidfd)
                 ready, _, _ = select.select(readers, [], [], timeout)
             except InterruptedError:
                 continue
@@ -607,35 +673,24 @@ class Keeper:
                 self.on_recorded()
             self.check_job()
             if self.ctrl in ready:
-                try:
-                    data = os.read(self.ctrl, 65536)
-                except OSError as exc:
-                    data = b"" if exc.errno in (errno.ECONNRESET, errno.EBADF) else b""
-                if not data:
+                messages = self.read_ctrl()
+                if messages is None:
                     # lelect is gone (killed, crashed): nothing it guarded may outlive it.
-                    self.shutdown()
-                self.inbuf += data
-                while b"\n" in self.inbuf:
-                    line, self.inbuf = self.inbuf.split(b"\n", 1)
-                    self.handle_line(line.decode())
-                self.check_job()
-
-
-def parse_args(argv):
-    ctrl = int(argv[1])
-    options = {}
-    rest = argv[2:]
-    while rest and rest[0] != "--":
-        key, _, value = rest[0].partition("=")
-        options[key.lstrip("-")] = value
-        rest = rest[1:]
-    return ctrl, options, rest[1:]
+                    self.shutdown(lelect_died=True)
+                self.pending.extend(messages)
 
 
 def main():
-    ctrl, options, command = parse_args(sys.argv)
+    here = os.path.dirname(os.path.abspath(__file__))
+    ctrl = int(sys.argv[1])
     os.set_inheritable(ctrl, False)
-    Keeper(ctrl, options, command).run()
+    sys.path.insert(0, os.path.dirname(here))  # lelect's parent: the package itself
+    from lelect import keeper_protocol as proto
+
+    options, command = proto.decode_config(sys.argv[2:])
+    if options.get("pythonpath"):
+        sys.path.insert(0, options["pythonpath"])
+    Keeper(ctrl, options, command, proto).run()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The leadership loop for any backend: win, run the job under its keeper, stop it when
-leadership is lost, resigned or the job is done, release at once.
+"""``lelect campaign``'s driver: it feeds the pure campaign core
+(:mod:`lelect.campaign_core`) with what happens — the backend, the job's keeper,
+signals, time — and carries out the commands it returns.
 
-:func:`run_campaign` is what ``lelect campaign`` calls; a Python user can call it too.
+:func:`run_campaign` (or ``lelect.connect().election(NAME).run_job(CMD)``) is what
+``lelect campaign`` calls; a Python user can call it too.
 """
 
 from __future__ import annotations
@@ -10,30 +12,37 @@ import os
 import queue
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, NoReturn
 
-from lelect.backends.base import Backend, Candidate, Leadership, lease_drift
-from lelect.durations import format_duration
-from lelect.errors import CampaignTimeout, CommandNotFound, ConfigError, ElectionBusy, UsageError
+from lelect import campaign_core as core
+from lelect import keeper_protocol as proto
+from lelect.backends.base import Backend, Candidate, LeaderInfo, Leadership, lease_drift
+from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for library users
+    EXIT_CONFLICT,
+    EXIT_LOST,
+    EXIT_MAX_RUNTIME,
+    EXIT_NOT_FOUND,
+    EXIT_TIMEOUT,
+)
+from lelect.durations import RANGES, format_duration
+from lelect.errors import (
+    CampaignTimeout,
+    CommandNotFound,
+    ConfigError,
+    ElectionBusy,
+    UsageError,
+)
 from lelect.names import validate_election
-from lelect.supervisor import Keeper, KeeperEvent
+from lelect.supervisor import Gone, Keeper, KeeperConfig
 
 #: Signals forwarded to the job's process group while it runs.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
              signal.SIGWINCH)
-#: Signals that mean "lelect, stop": the job gets the same signal, SIGKILL after the
-#: grace, and there is no restart. (SIGHUP is only forwarded: jobs often reload on it.)
-STOPPING = (signal.SIGINT, signal.SIGTERM)
-#: Signals that end lelect while it still waits for leadership.
-WAIT_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-EXIT_LOST = 73
-EXIT_CONFLICT = 75
-EXIT_TIMEOUT = 124
-EXIT_NOT_FOUND = 127
 
 Log = Callable[..., None]
 
@@ -60,7 +69,52 @@ class CampaignOptions:
     resign_cooldown: float = 10.0
     heartbeat_interval: float = 2.0
     forget_after: float = 3600.0
+    once_per: float | None = None  # run the job successfully at most once per slot
+    once_key: str | None = None  # ...or once per this named slot
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse options out of their documented range (:data:`RANGES`), before
+        anything campaigns: never found out after winning."""
+        validate_election(self.election)
+        for option in fields(self):
+            limits = RANGES.get(option.name.replace("_", "-"))
+            value = getattr(self, option.name)
+            if limits is not None and isinstance(value, (int, float)) and value is not None:
+                limits.check(float(value), f"--{option.name.replace('_', '-')}",
+                             format_duration(float(value)))
+        if self.once_per is not None and self.once_key is not None:
+            raise UsageError("--once-per and --once-key name the slot two ways: use one")
+        if self.restart and (self.once_per is not None or self.once_key is not None):
+            raise UsageError(
+                "--restart and --once-per/--once-key do not mix: run the campaign from a"
+                " timer (systemd, cron) for once-per-slot jobs"
+            )
+        if self.once_key is not None and (not self.once_key or any(c.isspace() for c in self.once_key)
+                                          or len(self.once_key) > 200):
+            raise UsageError("--once-key must be 1-200 characters without spaces")
+
+
+@dataclass(frozen=True)
+class CampaignResult:
+    """How a campaign ended: lelect's exit status and, when lelect was told to stop by
+    a signal, that signal (``exit()`` then ends this process by it, as a supervisor
+    expects of a clean stop)."""
+
+    status: int
+    signal: int | None = None
+
+    def exit(self) -> NoReturn:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        if self.signal is not None:
+            signal.signal(self.signal, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {self.signal})
+            os.kill(os.getpid(), self.signal)
+        os._exit(self.status)
 
 
 @dataclass(frozen=True)
@@ -79,7 +133,7 @@ def lease_timing(backend: Backend, ttl: float | None, grace: float | None) -> Le
     had its chance, and be dead by the deadline."""
     if not backend.lease_based:
         return LeaseTiming(None, None, DEFAULT_GRACE if grace is None else grace)
-    ttl = ttl if ttl is not None else getattr(backend, "ttl", backend.default_ttl)
+    ttl = ttl if ttl is not None else backend.default_ttl
     if ttl <= 0:
         raise ConfigError("--ttl must be longer than 0")
     renew = backend.renew_interval(ttl)
@@ -115,39 +169,57 @@ def check_command(command: Sequence[str]) -> str:
     return found
 
 
+def slot_name(now: float, once_per: float) -> str:
+    """The once-per slot ``now`` falls in: multiples of ``once_per`` since the epoch
+    (UTC), named by the period and the slot's start."""
+    start = (now // once_per) * once_per
+    stamp = datetime.fromtimestamp(start, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{format_duration(once_per)}@{stamp}"
+
+
 class Interrupted(Exception):
-    """lelect was told to stop (SIGINT/SIGTERM/SIGHUP) while it waited."""
+    """lelect was told to stop while a blocking call (the campaign) was under way."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
-class _Campaign:
+class _Driver:
     def __init__(self, backend: Backend, options: CampaignOptions, log: Log) -> None:
-        validate_election(options.election)
+        options.check()
         self.program = check_command(options.command)
         self.backend = backend
         self.options = options
         self.log = log
         self.timing = lease_timing(backend, options.ttl, options.grace)
         self.candidate = Candidate.local(options.node_id)
+        self.core = core.CampaignCore(core.Policy(
+            election=options.election,
+            stop_signal=int(options.stop_signal),
+            grace=self.timing.grace,
+            lease=backend.lease_based,
+            max_runtime=options.max_runtime,
+            hold_at_least=options.hold_at_least,
+            restart=options.restart,
+            restart_delay=options.restart_delay,
+            resign_cooldown=options.resign_cooldown,
+            conflict_exit_code=options.conflict_exit_code,
+        ))
         self.events: queue.Queue = queue.Queue()
-        self.leading = False
-        self.finishing = False
+        self.blocking = False  # a signal interrupts the blocking call under way
         self.keeper: Keeper | None = None
-        self.stop_requested: int | None = None
+        self.leadership: Leadership | None = None
+        self.announced = False
         self.heartbeats = None
 
     # -- signals ----------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        if self.finishing:
-            return  # already on the way out; cleanup must not be cut short
-        if self.leading:
-            self.events.put(("signal", signum))
-        elif signum in WAIT_INTERRUPTS:
+        if self.blocking and signum in core.WAIT_INTERRUPTS:
+            self.blocking = False
             raise Interrupted(signum)
+        self.events.put(core.SignalReceived(time.monotonic(), signum))
 
     def _install_signals(self) -> dict[int, Any]:
         previous = {}
@@ -158,7 +230,88 @@ class _Campaign:
                 return previous
         return previous
 
-    # -- the loop -------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> CampaignResult:
+        previous = self._install_signals()
+        try:
+            self._start_heartbeats()
+            commands = self.core.start(time.monotonic())
+            while True:
+                outcome = None  # an attempt's outcome goes before anything its keeper said
+                for command in commands:
+                    result = self._execute(command)
+                    if isinstance(result, CampaignResult):
+                        return result
+                    outcome = result or outcome
+                commands = self.core.step(outcome or self._next_event())
+        except BaseException:
+            self._let_go()
+            raise
+        finally:
+            self.blocking = False
+            if self.heartbeats is not None:
+                self.heartbeats.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _next_event(self) -> core.Event:
+        wake_at = self.core.wake_at
+        timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+        try:
+            item = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return core.Tick(time.monotonic())
+        return self._translate(item)
+
+    def _translate(self, item: object) -> core.Event:
+        """A keeper's message or a leadership's change, as the core's event."""
+        now = time.monotonic()
+        if isinstance(item, core.Event):
+            return item
+        if isinstance(item, proto.Started):
+            return core.JobStarted(now, item.pid)
+        if isinstance(item, proto.Exited):
+            return core.JobExited(now, item.status, item.reason)
+        if isinstance(item, proto.ExecFailed):
+            return core.ExecFailed(now, item.message)
+        if isinstance(item, proto.Leftovers):
+            return core.Leftovers(now, item.count, item.grace)
+        if isinstance(item, proto.Suspended):
+            return core.Suspended(now)
+        if isinstance(item, Gone):
+            if self.keeper is not None:
+                self.keeper.kill_job_group()
+            return core.KeeperGone(now)
+        if isinstance(item, proto.Error):
+            self.log("keeper-error", f"keeper: {item.message}")
+        return core.Tick(now)  # nothing the core needs (Released, a late message)
+
+    def _execute(self, command: core.Command) -> CampaignResult | core.Event | None:
+        keeper = self.keeper
+        if isinstance(command, core.Campaign):
+            self.events = queue.Queue()  # a late event of the last attempt must not reach this one
+            return self._attempt()
+        elif isinstance(command, core.TellDeadline) and keeper is not None:
+            keeper.lease(command.deadline, command.grace)
+        elif isinstance(command, core.StartJob) and keeper is not None:
+            keeper.start(command.term, command.slot)
+        elif isinstance(command, core.StopJob) and keeper is not None:
+            keeper.stop(command.signum, command.grace, command.reason)
+        elif isinstance(command, core.ForwardSignal) and keeper is not None:
+            keeper.signal(command.signum)
+        elif isinstance(command, core.Release):
+            self._release(command)
+        elif isinstance(command, core.SuspendSelf):
+            os.kill(os.getpid(), signal.SIGSTOP)
+        elif isinstance(command, core.Log):
+            if not (command.event == "elected" and self.announced):
+                self.log(command.event, command.message, **command.fields)
+        elif isinstance(command, core.Exit):
+            return CampaignResult(command.status, command.signal)
+        return None
+
+    # -- one attempt --------------------------------------------------------------
 
     def job_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -166,38 +319,157 @@ class _Campaign:
         env["LELECT_ELECTION"] = self.options.election
         env["LELECT_NODE_ID"] = self.candidate.node_id
         env["LELECT_BACKEND"] = self.backend.display_url
+        for name in ("LELECT_TERM", "LELECT_SLOT", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(name, None)
         return env
 
-    def run(self) -> int:
-        previous = self._install_signals()
+    def _attempt(self) -> core.Event:
+        """Campaign once: Won, Busy, TimedOut or KeeperGone (the backend's errors raise)."""
+        opts, backend = self.options, self.backend
+        once = opts.once_per is not None or opts.once_key is not None
+        lock = backend.local_lock(opts.election, self.candidate, no_wait=opts.no_wait)
+        announce = None
+        if lock is not None and not once:
+            template = getattr(self.log, "template", None)
+            if template is not None:
+                announce = template("elected", f"elected leader of {opts.election!r} (term {{term}})",
+                                    term="{term}")
+        config = KeeperConfig(
+            command=tuple(opts.command),
+            program=self.program,
+            stop_signal=int(opts.stop_signal),
+            grace=self.timing.grace,
+            lock=lock,
+            deadline=None if opts.timeout is None else time.monotonic() + opts.timeout,
+            autostart=not once,
+            autorelease=opts.hold_at_least <= 0 and not once,
+            history_limit=backend.history_limit,
+            announce=announce,
+        )
+        keeper = self.keeper = Keeper(config, self.job_env(), self.events)
+        self.announced = False
+        keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
+        self.blocking = True
         try:
-            self._start_heartbeats()
-            return self._run()
+            if lock is not None:
+                won = self._wait_for_keeper(lock, keeper)
+                if not isinstance(won, Leadership):
+                    return won
+                leadership = won
+                self.announced = keeper.autostart and announce is not None
+            else:
+                leadership = backend.campaign(
+                    opts.election, self.candidate, timeout=opts.timeout, no_wait=opts.no_wait,
+                    ttl=self.timing.ttl, on_wait=self._on_wait,
+                )
+        except ElectionBusy as busy:
+            keeper.kill()
+            return core.Busy(time.monotonic(), str(busy).split(" is led by ", 1)[-1])
+        except CampaignTimeout as late:
+            keeper.kill()
+            return core.TimedOut(time.monotonic(), str(late))
         except Interrupted as stop:
-            self.finishing = True
-            self.log("interrupted", f"stopped by {signal.Signals(stop.signum).name} while waiting")
-            self._let_go()
-            return 128 + stop.signum
-        except BaseException:
-            self.finishing = True
-            self._let_go()
-            raise
+            keeper.kill()
+            return core.SignalReceived(time.monotonic(), stop.signum)
         finally:
-            self.finishing = True
+            self.blocking = False
+        self.leadership = leadership
+        return self._won(leadership, keeper)
+
+    def _on_wait(self, holder: LeaderInfo | None) -> None:
+        who = f"{holder.node_id} leads (term {holder.term})" if holder else "somebody leads"
+        self.log("waiting", f"waiting for {self.options.election!r}: {who}",
+                 **({"leader": holder.node_id, "leader_term": holder.term} if holder else {}))
+
+    def _wait_for_keeper(self, lock, keeper: Keeper) -> Leadership | core.Event:
+        """The embedded backend: the keeper takes the flock (and gives up at the
+        deadline by itself: only it knows whether the job started)."""
+        while True:
+            message = keeper.events.get()
+            if isinstance(message, proto.Locked):
+                return self.backend.adopt_local_lock(lock, message.term, message.since,
+                                                     release_lock=keeper.release)
+            if isinstance(message, proto.Waiting):
+                self._on_wait(self.backend.leader(self.options.election))
+                continue
+            if isinstance(message, proto.Busy):
+                keeper.kill()
+                raise ElectionBusy(f"election {self.options.election!r} is led by"
+                                   f" {self._holder_text()}")
+            if isinstance(message, proto.TimedOut):
+                keeper.kill()
+                raise CampaignTimeout(
+                    f"not elected leader of {self.options.election!r} within"
+                    f" {format_duration(self.options.timeout or 0.0)}"
+                )
+            if isinstance(message, proto.Error):
+                keeper.kill()
+                raise ConfigError(message.message)
+            if isinstance(message, Gone):
+                # Killed from outside; it may have won and started the job already, which
+                # the kernel then killed with it (and lelect's subreaper, its children).
+                return core.KeeperGone(time.monotonic())
+            # Anything else (a forwarded signal) waits: news of the job comes after "locked".
+
+    def _holder_text(self) -> str:
+        holder = self.backend.leader(self.options.election)
+        return f"{holder.node_id} (term {holder.term})" if holder else "another candidate"
+
+    def _won(self, leadership: Leadership, keeper: Keeper) -> core.Won:
+        opts = self.options
+        slot = done = None
+        if opts.once_per is not None or opts.once_key is not None:
+            slot = opts.once_key or slot_name(self.backend.now(), opts.once_per or 0.0)
+            done = self.backend.slot_done(opts.election, slot) is not None
+            leadership.slot = slot
+        recipe = self.backend.hand_back(leadership)
+        if recipe is not None:
+            keeper.hand_back_with(recipe)
+        events = self.events
+        now = time.monotonic
+
+        def changed(kind: str) -> None:
+            if kind == "deadline" and leadership.lease_deadline is not None:
+                events.put(core.Renewed(now(), leadership.lease_deadline))
+            elif kind == "lost":
+                events.put(core.Lost(now(), leadership.lost_reason or "the leadership was lost"))
+            elif kind == "resign":
+                events.put(core.ResignRequested(now()))
+
+        leadership.subscribe(changed)
+        # Anything that happened while the leadership was being set up.
+        if leadership.lost.is_set():
+            changed("lost")
+        if leadership.resign_requested.is_set():
+            changed("resign")
+        if self.heartbeats is not None:
+            self.heartbeats.set_role("leader", leadership.term)
+        return core.Won(now(), leadership.term, leadership.lease_deadline,
+                        job_started=keeper.autostart, slot=slot, slot_done=bool(done))
+
+    def _release(self, command: core.Release) -> None:
+        """Release the election first, then tidy up."""
+        leadership, keeper = self.leadership, self.keeper
+        self.leadership = None
+        try:
+            if leadership is not None:
+                leadership.release(command.outcome, command.exit_status, command.reason)
+        finally:
+            if keeper is not None:
+                keeper.close()
+                self.keeper = None
             if self.heartbeats is not None:
-                self.heartbeats.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                self.heartbeats.set_role("follower", None)
 
     def _let_go(self) -> None:
         """Interrupted at any point: stop the keeper (and so any job) and release any
-        leadership that was won but not yet handed to the loop."""
+        leadership that was won but not yet released."""
         if self.keeper is not None:
             self.keeper.kill()
         for leadership in list(self.backend.leaderships):
             if not leadership.released:
                 try:
-                    leadership.release()
+                    leadership.release("stopped", None, "lelect failed")
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
 
@@ -206,208 +478,24 @@ class _Campaign:
             return
         from lelect.health import HeartbeatPublisher
 
+        def duplicate(other) -> None:
+            self.log("duplicate-id", f"another live candidate uses the node id"
+                     f" {self.candidate.node_id!r} (host {other.host}, pid {other.pid}):"
+                     " give each candidate its own --id")
+
         self.heartbeats = HeartbeatPublisher(
             self.backend,
             self.options.election,
             self.candidate,
             interval=self.options.heartbeat_interval,
             forget_after=self.options.forget_after,
+            on_duplicate=duplicate,
         )
         self.heartbeats.start()
 
-    def _run(self) -> int:
-        opts = self.options
-        delay = opts.restart_delay
-        while True:
-            # A queue per attempt: a late event of the last keeper or leadership (its
-            # "gone", a renew thread's "lost") must never reach this one.
-            self.events = queue.Queue()
-            keeper = self.keeper = Keeper(
-                opts.command,
-                self.job_env(),
-                program=self.program,
-                stop_signal=opts.stop_signal,
-                grace=self.timing.grace,
-                events=self.events,
-                autorelease=opts.hold_at_least <= 0,
-            )
-            if self.backend.lease_based:
-                keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
-            self.log("campaigning", f"campaigning for {opts.election!r} as {self.candidate.node_id}"
-                     f" ({self._holder()})")
-            try:
-                leadership = self.backend.campaign(
-                    opts.election,
-                    self.candidate,
-                    timeout=opts.timeout,
-                    no_wait=opts.no_wait,
-                    ttl=self.timing.ttl,
-                    **({} if self.backend.lease_based else {"keeper": keeper}),
-                )
-            except ElectionBusy as busy:
-                keeper.kill()
-                self.log("busy", str(busy))
-                return opts.conflict_exit_code
-            except CampaignTimeout as late:
-                keeper.kill()
-                self.log("timeout", str(late))
-                return EXIT_TIMEOUT
-            except BaseException:
-                keeper.kill()
-                raise
-            status, outcome, ran_for = self._lead(leadership, keeper)
-            if outcome == "execfail" or not opts.restart or self.stop_requested is not None:
-                return status
-            if outcome == "resign":
-                pause = opts.resign_cooldown
-            else:
-                delay = opts.restart_delay if ran_for >= 10 else delay
-                pause, delay = delay, min(delay * 2, 30.0)
-            self.log("restart", f"rejoining the race in {format_duration(pause)}")
-            self._pause(pause)
 
-    def _holder(self) -> str:
-        """Who leads now, for the log (this also reaches the backend before we wait, so an
-        unreachable one fails with its own one line)."""
-        current = self.backend.leader(self.options.election)
-        if current is None:
-            return "nobody leads"
-        return f"{current.node_id} leads, term {current.term}"
-
-    def _pause(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                kind = self.events.get(timeout=left)
-            except queue.Empty:
-                return
-            if isinstance(kind, tuple) and kind[0] == "signal" and kind[1] in WAIT_INTERRUPTS:
-                raise Interrupted(kind[1])
-
-    def _lead(self, leadership: Leadership, keeper: Keeper) -> tuple[int, str, float]:
-        """Run the job while we lead; return (exit status, outcome, seconds it ran)."""
-        opts, timing = self.options, self.timing
-        won_at = time.monotonic()
-        self.log(
-            "elected",
-            f"elected leader of {opts.election!r} (term {leadership.term})",
-            term=leadership.term,
-        )
-        if self.heartbeats is not None:
-            self.heartbeats.set_role("leader", leadership.term)
-        events = self.events
-        leadership.subscribe(lambda kind: events.put(("leadership", kind)))
-        if leadership.lease_deadline is not None:
-            leadership.on_deadline(lambda deadline: keeper.lease(deadline, timing.grace))
-            keeper.lease(leadership.lease_deadline, timing.grace)
-        if not keeper.autostart:
-            keeper.start(leadership.term)
-        # Anything that happened while the leadership was being set up.
-        if leadership.lost.is_set():
-            events.put(("leadership", "lost"))
-        if leadership.resign_requested.is_set():
-            events.put(("leadership", "resign"))
-        self.leading = True
-        outcome = "exit"
-        stop_deadline = None if opts.max_runtime is None else won_at + opts.max_runtime
-        job_status = 0
-        try:
-            while True:
-                timeout = None if stop_deadline is None else max(0.0, stop_deadline - time.monotonic())
-                try:
-                    event = self.events.get(timeout=timeout)
-                except queue.Empty:
-                    stop_deadline = None
-                    outcome = "max-runtime"
-                    self.log("max-runtime", f"the job ran for {format_duration(opts.max_runtime)}: stopping it")
-                    keeper.stop(opts.stop_signal, timing.grace, "max-runtime")
-                    continue
-                if isinstance(event, KeeperEvent):
-                    if event.kind == "started":
-                        self.log("job-started", f"job started (pid {event.args[0]})", pid=int(event.args[0]))
-                    elif event.kind == "execfail":
-                        self.log("execfail", f"cannot run {event.args[0]}")
-                        self._release(leadership, keeper)
-                        return EXIT_NOT_FOUND, "execfail", 0.0
-                    elif event.kind == "exited":
-                        job_status = int(event.args[0])
-                        reason = event.args[1] if len(event.args) > 1 else "exit"
-                        if reason == "lease" or leadership.lost.is_set():
-                            if outcome != "lost":
-                                self.log("lost", f"lost leadership of {opts.election!r}:"
-                                         " the lease ran out without a renew; the keeper stopped the job")
-                            outcome = "lost"
-                        break
-                    elif event.kind == "gone":
-                        # Somebody killed the keeper itself: make sure the job goes too.
-                        if keeper.job_pid is not None:
-                            try:
-                                os.killpg(keeper.job_pid, signal.SIGKILL)
-                            except OSError:
-                                pass
-                        self.log("keeper-gone", "the job's keeper died; the job was killed")
-                        outcome = "lost"
-                        job_status = EXIT_LOST
-                        break
-                    continue
-                kind, value = event
-                if kind == "signal":
-                    if value in STOPPING:
-                        self.stop_requested = value
-                        keeper.stop(value, timing.grace, "stop")
-                    else:
-                        keeper.signal(value)
-                elif kind == "leadership" and value == "lost" and outcome != "lost":
-                    outcome = "lost"
-                    self.log("lost", f"lost leadership of {opts.election!r}: {leadership.lost_reason}")
-                    grace = timing.grace
-                    if leadership.lease_deadline is not None:
-                        grace = min(grace, max(0.0, leadership.lease_deadline - time.monotonic()))
-                    keeper.stop(opts.stop_signal, grace, "lost")
-                elif kind == "leadership" and value == "resign" and outcome == "exit":
-                    outcome = "resign"
-                    self.log("resign", "resign requested: stopping the job")
-                    keeper.stop(opts.stop_signal, timing.grace, "resign")
-        finally:
-            self.leading = False
-        ran_for = time.monotonic() - won_at
-        if outcome == "exit" and opts.hold_at_least > ran_for:
-            self._hold(leadership, won_at + opts.hold_at_least)
-        self._release(leadership, keeper)
-        if self.heartbeats is not None:
-            self.heartbeats.set_role("follower", None)
-        if outcome == "lost":
-            self.log("stopped", f"job stopped after losing leadership (status {job_status})")
-            return EXIT_LOST, outcome, ran_for
-        self.log("released", f"released {opts.election!r} (job status {job_status})", status=job_status)
-        if outcome == "resign":
-            return 0, outcome, ran_for
-        return job_status, outcome, ran_for
-
-    def _hold(self, leadership: Leadership, until: float) -> None:
-        """--hold-at-least: keep the election after the job ended (renews go on)."""
-        self.log("hold", f"holding the election for {format_duration(until - time.monotonic())} more")
-        while (left := until - time.monotonic()) > 0 and not leadership.lost.is_set():
-            try:
-                event = self.events.get(timeout=left)
-            except queue.Empty:
-                return
-            if isinstance(event, tuple) and event[0] == "signal" and event[1] in STOPPING:
-                self.stop_requested = event[1]
-                return
-            if isinstance(event, tuple) and event == ("leadership", "resign"):
-                return
-
-    def _release(self, leadership: Leadership, keeper: Keeper) -> None:
-        """Release the election first, then tidy up."""
-        try:
-            leadership.release()
-        finally:
-            keeper.close()
-
-
-def run_campaign(backend: Backend, options: CampaignOptions, log: Log = _no_log) -> int:
-    """Campaign, run ``options.command`` while leading; return lelect's exit status.
-
-    Raises LelectError subclasses for configuration and backend failures."""
-    return _Campaign(backend, options, log).run()
+def run_campaign(backend: Backend, options: CampaignOptions, log: Log = _no_log) -> CampaignResult:
+    """Campaign, run ``options.command`` while leading; return how it ended (``.status``
+    is lelect's exit status). Raises LelectError subclasses for configuration and
+    backend failures."""
+    return _Driver(backend, options, log).run()

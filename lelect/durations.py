@@ -32,10 +32,12 @@ class Range:
         return f"0 ({self.zero}) or {text}" if self.zero else text
 
     def check(self, value: float, what: str, shown: object) -> float:
+        """``value`` if in range, else UsageError: "[WHAT ]SHOWN is out of range: use …"."""
         if value == 0 and self.zero:
             return value
         if not self.minimum <= value <= self.maximum:
-            raise UsageError(f"{what} {shown!s} is out of range: use {self.describe()}")
+            prefix = f"{what} " if what else ""
+            raise UsageError(f"{prefix}{shown!s} is out of range: use {self.describe()}")
         return value
 
 
@@ -67,19 +69,22 @@ def parse_duration(text: str | float | int, *, what: str = "duration",
         match = _DURATION.match(str(text))
         if not match:
             raise UsageError(
-                f"invalid {what} {str(text)!r}: use a number of seconds or 500ms, 0.5s, 10s,"
-                " 2m, 1h, 1d"
+                f"invalid {what + ' ' if what else ''}{str(text)!r}: use a number of seconds"
+                " or 500ms, 0.5s, 10s, 2m, 1h, 1d"
             )
         value = float(match.group(1)) * _UNITS[match.group(2) or "s"]
     if not math.isfinite(value) or value < 0:
-        raise UsageError(f"invalid {what} {text!r}: must be a finite, non-negative duration")
+        raise UsageError(f"invalid {what + ' ' if what else ''}{text!r}: must be a finite,"
+                         " non-negative duration")
     if limits is not None:
         limits.check(value, what, text)
     return value
 
 
 def format_duration(seconds: float) -> str:
-    """Short human form: 250ms, 1.5s, 2m30s, 1h2m, 3d."""
+    """Short human form: 0s, 250ms, 1.5s, 2m30s, 1h2m, 3d."""
+    if seconds == 0:
+        return "0s"
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:

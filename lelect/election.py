@@ -25,6 +25,7 @@ from lelect.names import validate_election
 
 if TYPE_CHECKING:
     from lelect.campaign import CampaignOptions, CampaignResult, Log
+    from lelect.health import GroupHealth, GroupWatch, PhiAccrualDetector
 
 T = TypeVar("T")
 
@@ -48,6 +49,13 @@ class Client:
         from lelect.names import ELECTION_NAME
 
         return [n for n in self.backend.elections() if ELECTION_NAME.fullmatch(n)]
+
+    def watch(self, names: Sequence[str] = (), detector: PhiAccrualDetector | None = None,
+              interval: float = 1.0) -> GroupWatch:
+        """Looks at elections (``names``, or all) again and again: ``watch``'s data."""
+        from lelect.health import GroupWatch, PhiAccrualDetector
+
+        return GroupWatch(self.backend, names, detector or PhiAccrualDetector(), interval)
 
     def close(self) -> None:
         self.backend.close()
@@ -127,7 +135,22 @@ class Election:
         return self.backend.members(self.name)
 
     def history(self, limit: int | None = None) -> list[HistoryEntry]:
+        """The newest ``limit`` leaderships (default: all kept), oldest first."""
         return self.backend.history(self.name, limit)
+
+    def wait_for_leader(self, after_term: int = -1, timeout: float | None = None
+                        ) -> LeaderInfo | None:
+        """The leader once there is one with a term above ``after_term`` (None if there
+        is none within ``timeout``; None waits for ever)."""
+        from lelect.health import next_leader
+
+        return next_leader(self.backend, self.name, after_term, timeout)
+
+    def health(self, detector: PhiAccrualDetector | None = None) -> GroupHealth:
+        """The leader and every member, judged by the phi accrual failure detector."""
+        from lelect.health import PhiAccrualDetector, check
+
+        return check(self.backend, self.name, detector or PhiAccrualDetector())
 
     def observe(self, stop: threading.Event | None = None) -> Iterator[LeaderInfo | None]:
         return self.backend.observe(self.name, stop)

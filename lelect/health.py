@@ -16,16 +16,16 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 from lelect.backends.base import Backend, Candidate, Heartbeat, LeaderInfo, Members
+from lelect.backends.records import DEFAULT_FORGET_AFTER
 from lelect.errors import LelectError, UsageError
 from lelect.names import validate_election
 
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
-DEFAULT_FORGET_AFTER = 3600.0
 DEFAULT_THRESHOLD = 8.0
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
@@ -75,8 +75,11 @@ class HeartbeatPublisher:
         interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         forget_after: float = DEFAULT_FORGET_AFTER,
         role: str = "follower",
+        on_duplicate: Callable[[Heartbeat], None] | None = None,
     ) -> None:
         self.backend = backend
+        #: Called once if another live member already publishes under our node id.
+        self.on_duplicate = on_duplicate
         self.election = election
         self.candidate = candidate
         self.interval = interval
@@ -133,7 +136,25 @@ class HeartbeatPublisher:
     def publish_once(self) -> None:
         self.backend.publish(self.heartbeat(), self.forget_after)
 
+    def _check_duplicate(self) -> None:
+        """Two candidates with one node id would show as one member: say so."""
+        try:
+            members = self.backend.members(self.election)
+        except Exception:  # noqa: BLE001 - a warning only
+            return
+        for record in members.records:
+            beat = record.heartbeat
+            if record.node_id != self.candidate.node_id or beat is None or not record.arrivals:
+                continue
+            if (beat.host, beat.pid) == (self.candidate.host, self.candidate.pid):
+                continue
+            interval = beat.interval or self.interval
+            if members.now - record.arrivals[-1] < 3 * interval and self.on_duplicate:
+                self.on_duplicate(beat)
+
     def _run(self) -> None:
+        if self.on_duplicate is not None:
+            self._check_duplicate()
         while not self._stop.is_set():
             try:
                 self.publish_once()
@@ -388,15 +409,16 @@ def _identity(info: LeaderInfo | None) -> tuple[str, int] | None:
 
 
 def next_leader(
-    backend: Backend, election: str, after_term: int, timeout: float
+    backend: Backend, election: str, after_term: int, timeout: float | None
 ) -> LeaderInfo | None:
-    """Wait up to ``timeout`` for a leader of ``election`` with a term above
-    ``after_term``; None if there is none by then."""
-    deadline = time.monotonic() + timeout
+    """Wait up to ``timeout`` (None: for ever) for a leader of ``election`` with a term
+    above ``after_term``; None if there is none by then."""
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
     stop = threading.Event()
-    timer = threading.Timer(timeout, stop.set)
+    timer = threading.Timer(timeout if timeout is not None else 0, stop.set)
     timer.daemon = True
-    timer.start()
+    if timeout is not None:
+        timer.start()
     changes = None
     try:
         changes = backend.observe(election, stop)

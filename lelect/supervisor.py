@@ -1,27 +1,31 @@
-"""lelect's side of the job's keeper (see lelect/_keeper.py for the keeper itself).
+"""lelect's side of the job's keeper (lelect/_keeper.py is the keeper itself; the
+messages between the two are in lelect/keeper_protocol.py).
 
 The keeper is spawned while lelect still waits for leadership, so winning costs only
-the job's own fork/exec. Its events arrive on :attr:`Keeper.events`, a queue the
-campaign loop also uses for its own events.
+the job's own fork/exec. What it says arrives on :attr:`Keeper.events` as protocol
+messages, and :class:`Gone` when it is gone.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 
+from lelect import keeper_protocol as proto
 from lelect._keeper import child_pids, set_subreaper
+from lelect.backends.records import HandBack, LocalLock
 
 KEEPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_keeper.py")
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 #: Pids of the keepers this process runs; everything else among its children is a stray.
 _keepers: set[int] = set()
@@ -48,9 +52,6 @@ def sweep_orphans(timeout: float = 10.0) -> int:
     Returns how many were killed. Does nothing unless :func:`adopt_orphans` worked."""
     if not _adopting:
         return 0
-    import select
-    import time
-
     killed = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,86 +84,80 @@ def sweep_orphans(timeout: float = 10.0) -> int:
     return killed
 
 
+class Gone:
+    """The keeper closed its end: it exited (or was killed)."""
+
+    def __repr__(self) -> str:
+        return "Gone()"
+
+
 @dataclass(frozen=True)
-class KeeperEvent:
-    """One line from the keeper: ``kind`` and its words."""
+class KeeperConfig:
+    """What a keeper is started with (all of it visible in ps: no secrets here)."""
 
-    kind: str  # locked | busy | error | started | execfail | exited | released | gone
-    args: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    program: str | None = None  # the command's resolved path
+    stop_signal: int = int(signal.SIGTERM)
+    grace: float = 10.0
+    #: Win this local lock by itself (the embedded backend), else wait for Start.
+    lock: LocalLock | None = None
+    #: With a lock: give up waiting at this monotonic time (None: wait for ever).
+    deadline: float | None = None
+    #: With a lock: start the job the moment it wins.
+    autostart: bool = True
+    #: With a lock: release it the moment the job's group is gone.
+    autorelease: bool = True
+    #: With a lock: keep this many history entries.
+    history_limit: int = 1000
+    #: A line the keeper writes to stderr just before it starts the job ({term}, {hms},
+    #: {ts} filled in), so lelect's "elected" comes before the job's own output.
+    announce: str | None = None
 
-
-@dataclass(frozen=True)
-class FileLock:
-    """What the keeper needs to win an election of the file backend by itself."""
-
-    lock_path: str
-    db_dir: str
-    election: str
-    node_id: str
-    token: str
-    host: str
-    pid: int
-    nowait: bool
-    autorelease: bool
+    def argv(self) -> list[str]:
+        options: dict[str, object] = {
+            "stop_signal": int(self.stop_signal),
+            "grace": repr(float(self.grace)),
+            "pythonpath": PYTHONPATH,
+        }
+        if self.program:
+            options["program"] = self.program
+        lock = self.lock
+        if lock is not None:
+            options.update(
+                lock=lock.lock_path, db=lock.db_dir, election=lock.election,
+                node_id=lock.node_id, token=lock.token, host=lock.host, pid=lock.pid,
+                nowait=int(lock.nowait), shared=int(lock.shared),
+                autostart=int(self.autostart and bool(self.command)),
+                autorelease=int(self.autorelease), history=self.history_limit,
+            )
+            if self.deadline is not None:
+                options["deadline"] = repr(self.deadline)
+            if self.announce:
+                options["announce"] = self.announce
+        return proto.encode_config(options)
 
 
 class Keeper:
     """Handle on one keeper process (one per campaign attempt)."""
 
-    def __init__(
-        self,
-        command: Sequence[str],
-        env: dict[str, str] | None = None,
-        *,
-        program: str | None = None,
-        stop_signal: int = signal.SIGTERM,
-        grace: float = 10.0,
-        events: queue.Queue | None = None,
-        autorelease: bool = True,
-    ) -> None:
-        self.command = list(command)
-        #: The program's resolved path (else the keeper searches PATH for command[0]).
-        self.program = program
-        #: Release the file backend's flock the moment the job's group is gone.
-        self.autorelease = autorelease
+    def __init__(self, config: KeeperConfig, env: dict[str, str] | None = None,
+                 events: queue.Queue | None = None) -> None:
+        self.config = config
         self.env = env
-        self.stop_signal = stop_signal
-        self.grace = grace
         self.events: queue.Queue = events if events is not None else queue.Queue()
         self.process: subprocess.Popen | None = None
         self.job_pid: int | None = None
-        self.started = False
-        self.exited = False
-        #: The keeper starts the job by itself the moment it wins (file backend).
-        self.autostart = False
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
-    def spawn(self, file_lock: FileLock | None = None) -> None:
-        """Start the keeper; with ``file_lock`` it starts taking the flock at once."""
+    @property
+    def autostart(self) -> bool:
+        return self.config.lock is not None and self.config.autostart and bool(self.config.command)
+
+    def spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        options = [
-            f"stop_signal={int(self.stop_signal)}",
-            f"grace={self.grace!r}",
-            f"pythonpath={PYTHONPATH}",
-        ]
-        if self.program:
-            options.append(f"program={self.program}")
-        if file_lock is not None:
-            self.autostart = bool(self.command)
-            options += [
-                f"lock={file_lock.lock_path}",
-                f"db={file_lock.db_dir}",
-                f"election={file_lock.election}",
-                f"node_id={file_lock.node_id}",
-                f"token={file_lock.token}",
-                f"host={file_lock.host}",
-                f"pid={file_lock.pid}",
-                f"nowait={int(file_lock.nowait)}",
-                f"autorelease={int(file_lock.autorelease)}",
-            ]
-        argv = [sys.executable, "-S", "-I", KEEPER_PATH, str(theirs.fileno()), *options, "--"]
-        argv += self.command
+        argv = [sys.executable, "-S", "-I", KEEPER_PATH, str(theirs.fileno()),
+                *self.config.argv(), "--", *self.config.command]
         try:
             with _keepers_lock:  # a sweep must never take a keeper being born for a stray
                 self.process = subprocess.Popen(
@@ -177,7 +172,7 @@ class Keeper:
     def _read_events(self) -> None:
         sock = self._sock  # close() may drop the attribute while we read
         assert sock is not None
-        buffer = b""
+        reader = proto.LineReader()
         while True:
             try:
                 data = sock.recv(65536)
@@ -187,52 +182,58 @@ class Keeper:
                 self._reap()
                 # A keeper that was killed left its job's children to us (adopt_orphans).
                 sweep_orphans()
-                self.events.put(KeeperEvent("gone"))
+                self.events.put(Gone())
                 return
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                words = line.decode(errors="replace").split(" ", 1)
-                kind = words[0]
-                if kind in ("error", "execfail"):
-                    args: tuple[str, ...] = (words[1],) if len(words) > 1 else ("",)
-                else:
-                    args = tuple(words[1].split()) if len(words) > 1 else ()
-                if kind == "started":
-                    self.started = True
-                    self.job_pid = int(args[0])
-                elif kind == "exited":
-                    self.exited = True
-                self.events.put(KeeperEvent(kind, args))
+            try:
+                messages = reader.feed(data)
+            except proto.ProtocolError as exc:
+                messages = [proto.Error(f"keeper protocol: {exc}")]
+            for message in messages:
+                if isinstance(message, proto.Started):
+                    self.job_pid = message.pid
+                self.events.put(message)
 
-    def _send(self, line: str) -> None:
+    def send(self, message: proto.Message) -> None:
         with self._lock:
             if self._sock is None:
                 return
             try:
-                self._sock.sendall((line + "\n").encode())
+                self._sock.sendall(message.encode())
             except OSError:
                 pass
 
-    def start(self, term: int) -> None:
-        self._send(f"start {term}")
+    def start(self, term: int, slot: str | None = None) -> None:
+        self.send(proto.Start(term, slot or "-"))
 
     def lease(self, deadline: float, grace: float) -> None:
         """Tell the dead-man switch the new lease deadline (monotonic clock)."""
-        self._send(f"lease {deadline!r} {grace!r}")
+        self.send(proto.Lease(deadline, grace))
 
     def signal(self, signum: int) -> None:
-        self._send(f"signal {int(signum)}")
+        self.send(proto.Signal(signum))
 
     def stop(self, signum: int, grace: float, reason: str) -> None:
-        self._send(f"stop {int(signum)} {grace!r} {reason}")
+        self.send(proto.Stop(signum, grace, reason))
+
+    def hand_back_with(self, recipe: HandBack) -> None:
+        """What to do if lelect dies while the job runs (over the private socket only:
+        the recipe may hold credentials)."""
+        self.send(proto.Recipe(json.dumps(asdict(recipe), separators=(",", ":"))))
 
     def release(self) -> None:
-        self._send("release")
+        self.send(proto.Release())
+
+    def kill_job_group(self) -> None:
+        """The keeper died: make sure its job's group goes too."""
+        if self.job_pid is not None:
+            try:
+                os.killpg(self.job_pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Kill whatever runs and release; wait for the keeper to be gone."""
-        self._send("exit")
+        self.send(proto.Exit())
         with self._lock:
             if self._sock is not None:
                 try:
@@ -254,7 +255,7 @@ class Keeper:
         """Wait for the keeper process (it has closed its end, so it is exiting)."""
         if self.process is not None:
             try:
-                self.process.wait(timeout=self.grace + 15)
+                self.process.wait(timeout=self.config.grace + 15)
             except subprocess.TimeoutExpired:  # a keeper that hangs is a bug: do not hang too
                 self.process.kill()
                 self.process.wait()

@@ -219,3 +219,44 @@ def zk_watchers(server, path: str) -> int:
         elif line.strip() and current == path:
             count += 1
     return count
+
+
+class OutputTail:
+    """Collects a process's stderr (or stdout) lines in a thread, so a test can wait for
+    a line ("waiting for 'x': … leads") without blocking on the pipe."""
+
+    def __init__(self, stream) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    @property
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, fragment: str, timeout: float = 30.0) -> str:
+        """The first line containing ``fragment`` (AssertionError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if fragment in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line with {fragment!r} after {timeout}s:"
+                                         f" {self.lines[-10:]}")
+                self._changed.wait(left)
+
+    def join(self, timeout: float = 10.0) -> None:
+        self._thread.join(timeout)

@@ -199,3 +199,311 @@ def test_once_per_slot_is_done_only_after_a_successful_run(backend):
     assert entry is not None and entry.term == done.term and entry.node_id == "b"
     assert backend.history("slots")[-1].slot == "2026-12-02"
     assert backend.slot_done("slots", "2026-12-03") is None
+
+
+# -- lelect campaign, as users run it -------------------------------------------------------
+#
+# Real `lelect` processes; what the jobs record (tests/helpers.py) says whether two ever
+# ran at once and whether terms grew.
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+
+from tests.helpers import (  # noqa: E402
+    OutputTail,
+    assert_exclusive,
+    campaigns_in_turn,
+    leader_json,
+    pid_alive,
+    read_intervals,
+    recording_job,
+    run_lelect,
+    spawn_lelect,
+)
+
+
+def leading(target, election: str, tmp_path, name: str = "leader", *options: str):
+    """A `lelect campaign` whose job runs until ``release`` is touched; returns the
+    process and the release file, once the job runs."""
+    started, release = tmp_path / f"{name}.started", tmp_path / f"{name}.release"
+    proc = spawn_lelect(
+        "campaign", election, "--id", name, *options, "--", "sh", "-c",
+        f'echo "$LELECT_TERM $$" > {started}; while [ ! -e {release} ]; do sleep 0.02; done',
+        backend=target.url,
+    )
+    wait_until(lambda: started.exists() and started.read_text().strip(), timeout=30,
+               what=f"{name}'s job to start")
+    return proc, release
+
+
+def waiting(target, election: str, *args: str, name: str = "follower"):
+    """A `lelect campaign` that is waiting behind the leader (its log says so)."""
+    proc = spawn_lelect("campaign", election, "--id", name, *args, backend=target.url)
+    tail = OutputTail(proc.stderr)
+    tail.wait_for("waiting for")
+    return proc, tail
+
+
+def test_five_candidates_at_once_never_overlap_and_terms_grow(target, tmp_path):
+    campaigns_in_turn(target.url, "five", tmp_path / "record")
+
+
+def test_job_gets_election_node_term_and_a_masked_backend(target):
+    script = 'echo "$LELECT_ELECTION $LELECT_NODE_ID $LELECT_TERM $LELECT_BACKEND"'
+    first = run_lelect("campaign", "envy", "--id", "node-a", "--", "sh", "-c", script,
+                       backend=target.url)
+    assert first.returncode == 0, first.stderr
+    election, node, term, url = first.stdout.split()
+    assert (election, node) == ("envy", "node-a")
+    if target.secret:
+        assert target.secret not in first.stdout + first.stderr
+        assert "***" in url
+    else:
+        assert url == target.url
+    again = run_lelect("campaign", "envy", "--", "sh", "-c", "echo $LELECT_TERM", backend=target.url)
+    assert int(again.stdout) > int(term)
+
+
+def test_the_secret_never_shows(target, tmp_path):
+    """Not in the job's environment, lelect's log or errors, `leader --json`, nor in the
+    arguments of lelect's processes (ps)."""
+    if target.secret is None:  # the embedded backend's URL holds no secret
+        assert "@" not in target.url
+        return
+    proc, release = leading(target, "secret", tmp_path, "leader", "--log-format", "json")
+    job_env = subprocess.run(["sh", "-c", "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'"
+                              " | grep ^LELECT_BACKEND="], capture_output=True, text=True).stdout
+    assert job_env and target.secret not in job_env
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert target.secret not in ps
+    out = run_lelect("leader", "secret", "--json", backend=target.url)
+    assert target.secret not in out.stdout + out.stderr
+    busy = run_lelect("campaign", "secret", "--no-wait", "--", "true", backend=target.url)
+    assert target.secret not in busy.stdout + busy.stderr
+    release.touch()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and target.secret not in err
+
+
+def test_exit_status_is_the_jobs(target):
+    assert run_lelect("campaign", "st", "--", "sh", "-c", "exit 7", backend=target.url).returncode == 7
+    killed = run_lelect("campaign", "st", "--", "sh", "-c", "kill -9 $$", backend=target.url)
+    assert killed.returncode == 128 + 9
+
+
+def test_no_wait_exits_75_or_the_conflict_code_naming_the_leader(target, tmp_path):
+    proc, release = leading(target, "nw", tmp_path)
+    busy = run_lelect("campaign", "nw", "--no-wait", "--", "true", backend=target.url)
+    assert busy.returncode == 75
+    assert "leader" in busy.stderr
+    assert run_lelect("campaign", "nw", "-n", "-E", "0", "--", "true",
+                      backend=target.url).returncode == 0
+    release.touch()
+    proc.communicate(timeout=30)
+
+
+def test_timeout_gives_up_with_124_and_the_job_never_started(target, tmp_path):
+    """A job lelect reports as never started (124) never started, however the timeout
+    races the win (it once did on the embedded backend)."""
+    marks = tmp_path / "marks"
+    job = ["sh", "-c", f'echo start >> {marks}; sleep 0.3; echo end >> {marks}']
+    statuses = [run_lelect("campaign", "race", "-q", "--timeout", "40ms", "--", *job,
+                           backend=target.url).returncode for _ in range(6)]
+    assert set(statuses) <= {0, 124}, statuses
+    lines = marks.read_text().split() if marks.exists() else []
+    assert lines.count("start") == lines.count("end") == statuses.count(0)
+    proc, release = leading(target, "race", tmp_path)
+    held = run_lelect("campaign", "race", "--timeout", "300ms", "--", *job, backend=target.url)
+    assert held.returncode == 124, held.stderr
+    assert "within" in held.stderr
+    release.touch()
+    proc.communicate(timeout=30)
+
+
+def test_campaign_with_timeout_zero_tries_once(target, tmp_path):
+    free = run_lelect("campaign", "t0", "--timeout", "0", "--", "echo", "won", backend=target.url)
+    assert (free.returncode, free.stdout.strip()) == (0, "won"), free.stderr
+    proc, release = leading(target, "t0", tmp_path)
+    held = run_lelect("campaign", "t0", "--timeout", "0", "--", "echo", "won", backend=target.url)
+    assert (held.returncode, held.stdout) == (124, "")
+    release.touch()
+    proc.communicate(timeout=30)
+
+
+def test_a_waiting_candidate_takes_over_when_the_job_ends(target, tmp_path):
+    record = tmp_path / "record"
+    proc, release = leading(target, "hand", tmp_path)
+    follower, tail = waiting(target, "hand", "--", *recording_job(record, 0.01))
+    assert not record.exists()
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert follower.wait(timeout=30) == 0
+    assert len(read_intervals(record)) == 1
+
+
+def test_kill9_of_lelect_hands_over_once_the_job_and_its_grandchild_are_gone(target, tmp_path):
+    """The keeper kills the job's group, waits until every process of it is gone, and
+    then hands the leadership back: the next job starts long before a 10 s lease."""
+    pids = tmp_path / "pids"
+    ttl = ("--ttl", "10s") if target.lease else ()
+    leader = spawn_lelect("campaign", "k9", *ttl, "--", "sh", "-c",
+                          f"sleep 60 & echo $$ $! > {pids}; sleep 60", backend=target.url)
+    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, timeout=30,
+               what="the job and its grandchild")
+    job_pid, grandchild_pid = map(int, pids.read_text().split())
+    seen = tmp_path / "seen"
+    follower, _ = waiting(target, "k9", *ttl, "--", "sh", "-c",
+                          f"if kill -0 {job_pid} 2>/dev/null || kill -0 {grandchild_pid}"
+                          f" 2>/dev/null; then echo overlap > {seen}; else echo clean > {seen}; fi")
+    killed_at = time.monotonic()
+    leader.kill()
+    follower.communicate(timeout=30)
+    took = time.monotonic() - killed_at
+    assert seen.read_text().strip() == "clean"
+    assert not pid_alive(job_pid) and not pid_alive(grandchild_pid)
+    assert took < 5.0, f"the next job started {took:.1f}s after the kill: the lease ran out"
+
+
+def test_sigterm_stops_the_job_releases_and_lelect_ends_by_sigterm(target, tmp_path):
+    """A supervisor (systemd, a shell) sees a clean stop: lelect ends by the signal."""
+    started = tmp_path / "started"
+    leader = spawn_lelect("campaign", "term", "--", "sh", "-c",
+                          f"trap 'exit 42' TERM; touch {started}; while :; do sleep 0.05; done",
+                          backend=target.url)
+    wait_until(started.exists, timeout=30, what="job started")
+    follower, _ = waiting(target, "term", "--", "sh", "-c", "echo $LELECT_TERM")
+    leader.send_signal(signal.SIGTERM)
+    _, err = leader.communicate(timeout=30)
+    assert leader.returncode == -signal.SIGTERM, err
+    assert "status 42" in err
+    out, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0 and int(out) > 0
+
+
+def test_a_job_that_ignores_the_stop_signal_is_killed_after_the_grace(target, tmp_path):
+    started = tmp_path / "started"
+    leader = spawn_lelect("campaign", "grace", "--grace", "300ms", "--", "sh", "-c",
+                          f"trap '' TERM; touch {started}; while :; do sleep 0.05; done",
+                          backend=target.url)
+    wait_until(started.exists, timeout=30, what="job started")
+    leader.send_signal(signal.SIGTERM)
+    _, err = leader.communicate(timeout=30)
+    assert leader.returncode == -signal.SIGTERM, err
+    assert "status 137" in err  # SIGKILL
+
+
+def test_max_runtime_stops_a_stuck_job_with_its_own_status(target):
+    out = run_lelect("campaign", "slow", "--max-runtime", "300ms", "--", "sleep", "30",
+                     backend=target.url)
+    assert out.returncode == 79, out.stderr
+    assert "max-runtime" in out.stderr
+
+
+def test_hold_at_least_keeps_the_leadership_after_a_short_job(target):
+    holder = spawn_lelect("campaign", "hold", "--hold-at-least", "30s", "--", "true",
+                          backend=target.url)
+    tail = OutputTail(holder.stderr)
+    tail.wait_for("holding the election")
+    busy = run_lelect("campaign", "hold", "--no-wait", "--", "true", backend=target.url)
+    assert busy.returncode == 75
+    holder.send_signal(signal.SIGTERM)
+    assert holder.wait(timeout=30) == -signal.SIGTERM
+    assert run_lelect("campaign", "hold", "--no-wait", "--", "true",
+                      backend=target.url).returncode == 0
+
+
+def test_resign_hands_over_and_a_stale_term_is_refused(target, tmp_path):
+    proc, release = leading(target, "quit", tmp_path)
+    term = leader_json(target.url, "quit")["term"]
+    # (a job that outlives an observer's look: the embedded backend looks every 100 ms)
+    follower, _ = waiting(target, "quit", "--", "sh", "-c", "echo $LELECT_TERM; sleep 0.5")
+    stale = run_lelect("resign", "quit", "--term", str(term - 1), backend=target.url)
+    assert stale.returncode == 1 and "does not lead" in stale.stderr
+    asked = run_lelect("resign", "quit", "--term", str(term), "--wait", "30s", backend=target.url)
+    assert asked.returncode == 0, asked.stderr
+    assert "new leader" in asked.stdout
+    assert proc.wait(timeout=30) == 0  # a resigned leader exits 0
+    out, _ = follower.communicate(timeout=30)
+    assert int(out) > term
+
+
+def test_leader_json_shape_and_term_check(target, tmp_path):
+    nobody = run_lelect("leader", "shape", "--json", backend=target.url)
+    assert nobody.returncode == 1
+    assert json.loads(nobody.stdout) == {"election": "shape", "leader": None}
+    proc, release = leading(target, "shape", tmp_path, "node-a")
+    out = run_lelect("leader", "shape", "--json", backend=target.url)
+    record = json.loads(out.stdout)
+    assert record["election"] == "shape"
+    info = record["leader"]
+    assert set(info) >= {"node_id", "term", "since", "host", "pid"}
+    assert info["node_id"] == "node-a" and isinstance(info["term"], int)
+    assert run_lelect("leader", "shape", "--term", str(info["term"]),
+                      backend=target.url).returncode == 0
+    other = run_lelect("leader", "shape", "--term", str(info["term"] + 1), backend=target.url)
+    assert other.returncode == 1 and "does not lead" in other.stderr
+    release.touch()
+    proc.communicate(timeout=30)
+
+
+def test_leader_wait_blocks_until_somebody_leads(target, tmp_path):
+    waiter = spawn_lelect("leader", "later", "--wait", "60s", backend=target.url)
+    proc, release = leading(target, "later", tmp_path, "node-b")
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, err
+    assert out.startswith("node-b (term")
+    release.touch()
+    proc.communicate(timeout=30)
+
+
+def test_restart_rejoins_with_a_new_term_each_time(target, tmp_path):
+    record = tmp_path / "record"
+    proc = spawn_lelect("campaign", "again", "--restart", "--restart-delay", "100ms", "--",
+                        *recording_job(record, 0.05), backend=target.url)
+    wait_until(lambda: record.exists() and record.read_text().count("end") >= 3, timeout=30,
+               what="three runs")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    intervals = read_intervals(record)
+    assert_exclusive([i for i in intervals if i.end_ns is not None])
+
+
+def test_bad_urls_are_usage_errors(target):
+    for url in target.bad_urls:
+        out = run_lelect("leader", "x", backend=url)
+        assert out.returncode == 2, (url, out.stderr)
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_unreachable_server_is_69_within_the_bound(network_target, silent_listener, refused_port):
+    target = network_target
+    silent = target.url_for(1.0, "127.0.0.1", silent_listener)
+    for args in (("leader", "x"), ("campaign", "x", "-w", "5s", "--", "true")):
+        started = time.monotonic()
+        out = run_lelect(*args, backend=silent)
+        took = time.monotonic() - started
+        assert out.returncode == 69, (args, out.stderr)
+        assert "within 1s" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert took < 5.0, f"{args}: {took:.1f}s for a 1s connect_timeout"
+    started = time.monotonic()
+    out = run_lelect("campaign", "x", "-w", "500ms", "--", "true",
+                     backend=target.url_for(30.0, "127.0.0.1", silent_listener))
+    assert out.returncode == 69 and "within 500ms" in out.stderr, out.stderr
+    assert time.monotonic() - started < 5.0
+    started = time.monotonic()
+    refused = run_lelect("leader", "x", backend=target.url_for(30.0, "127.0.0.1", refused_port))
+    assert refused.returncode == 69 and "refused" in refused.stderr, refused.stderr
+    assert time.monotonic() - started < 5.0, "a refused connection must fail at once"
+
+
+def test_out_of_range_durations_are_usage_errors_before_anything_runs(target, tmp_path):
+    marker = tmp_path / "ran"
+    for option in ("--hold-at-least", "--max-runtime", "--ttl", "--timeout", "--grace",
+                   "--heartbeat-interval", "--forget-after", "--restart-delay",
+                   "--resign-cooldown", "--once-per"):
+        out = run_lelect("campaign", "absurd", option, "99999999999h", "--", "touch", str(marker),
+                         backend=target.url)
+        assert out.returncode == 2, (option, out.stderr)
+        assert "out of range" in out.stderr and "Traceback" not in out.stderr
+    assert not marker.exists()

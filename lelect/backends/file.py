@@ -1,65 +1,69 @@
 """The embedded backend: ``file:///DIR`` — one host, no server.
 
-Leadership is a ``flock`` on ``DIR/NAME.lock`` held by the job's keeper process;
-terms, leader records and heartbeats live in SQLite (WAL) ``DIR/lelect.db``. Waiters
-block on the flock itself. The leader listens on a unix socket in DIR for resign
-requests; observers poll SQLite's ``PRAGMA data_version`` (cheap, local).
+Leadership is a ``flock`` on ``DIR/NAME.lock``; terms, leader records, heartbeats, the
+history and once-per slots live in SQLite (WAL) ``DIR/lelect.db``. Waiters block on the
+flock itself. For ``lelect campaign`` the job's keeper takes the flock (the backend
+describes it with :meth:`FileBackend.local_lock`), so the election is freed only once
+the job's group is gone; a library caller holds it in-process. The leader listens on a
+unix socket in DIR for resign requests; observers poll SQLite's ``PRAGMA data_version``
+(cheap, local).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import json
 import os
-import queue
 import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from lelect.backends import filestate
 from lelect.backends.base import (
     Backend,
     Candidate,
+    HandBack,
     Heartbeat,
+    HistoryEntry,
     LeaderInfo,
     Leadership,
-    MemberRecord,
+    LocalLock,
     Members,
+    busy,
+    only_changes,
+    timed_out,
+)
+from lelect.backends.records import (
+    DEFAULT_HISTORY,
+    decode_member,
+    encode_member,
+    stored_arrivals,
 )
 from lelect.backends.urls import BackendURL
-from lelect.errors import (
-    CampaignTimeout,
-    ConfigError,
-    ElectionBusy,
-    InternalError,
-    LeadershipLost,
-    UsageError,
-)
+from lelect.errors import ConfigError, UsageError
 from lelect.names import ELECTION_NAME, validate_election
-from lelect.supervisor import FileLock, Keeper, KeeperEvent
 
 OBSERVE_INTERVAL = 0.1
 
 
 class FileLeadership(Leadership):
-    """Held while the keeper holds the flock; no lease to renew."""
+    """Held while the flock is held; no lease to renew. ``release_lock`` lets go of
+    the flock wherever it is held (the keeper, or this process)."""
 
     def __init__(self, backend: FileBackend, election: str, candidate: Candidate, term: int,
-                 token: str, keeper: Keeper, own_keeper: bool) -> None:
-        super().__init__(backend, election, candidate, term, token, lease_deadline=None)
-        self.keeper = keeper
-        self.own_keeper = own_keeper
+                 token: str, since: float, release_lock: Callable[[], None]) -> None:
+        super().__init__(backend, election, candidate, term, token, lease_deadline=None,
+                         since=since)
+        self.release_lock = release_lock
         self._listener: socket.socket | None = None
         self._socket_dir = backend.directory
         self._socket_name = backend.socket_name(election)
-        self._start_resign_listener()
+        self._start_resign_listener(backend.shared)
 
-    def _start_resign_listener(self) -> None:
+    def _start_resign_listener(self, shared: bool) -> None:
         try:
             os.unlink(os.path.join(self._socket_dir, self._socket_name))
         except FileNotFoundError:
@@ -70,6 +74,8 @@ class FileLeadership(Leadership):
         try:
             with self.backend.socket_path(self.election) as path:
                 listener.bind(path)
+                if shared:  # the group may ask us to resign
+                    os.chmod(path, 0o660)
             listener.listen(8)
         except OSError:
             listener.close()
@@ -109,38 +115,54 @@ class FileLeadership(Leadership):
 class FileBackend(Backend):
     scheme = "file"
     lease_based = False
+    has_clock = False  # one host: the local clock is the backend's
+    #: Read-only callers (``connect(url, create=False)``) create nothing.
+    creates_state = True
 
-    def __init__(self, url: BackendURL) -> None:
+    def __init__(self, url: BackendURL, *, create: bool = True) -> None:
         super().__init__(url)
-        url.check_options(set())
+        url.check_options({"history"})
         if url.hosts and url.hosts != (("localhost", None),):
             raise UsageError(
                 f"file:// URLs name a local directory, not a host: use file:///PATH (got {url.masked})"
             )
         if not url.path:
             raise UsageError("file:// URL needs a directory: file:///srv/lelect")
-        self.directory = filestate.ensure_safe_dir(url.path)
+        self.history_limit = url.integer("history", DEFAULT_HISTORY)
+        checked = filestate.ensure_safe_dir(url.path, create=create)
+        #: False when a reader found no state directory: it knows no elections.
+        self.exists = checked is not None
+        self.directory, self.shared = checked or (os.path.abspath(url.path), False)
         self._conn: sqlite3.Connection | None = None
         # One connection shared by the caller and the heartbeat thread; transactions
         # must not interleave.
         self._conn_lock = threading.RLock()
-        _ = self.db  # refuse a corrupt database now, before anybody waits on it
+        if self.exists and (create or os.path.exists(self._db_path)):
+            _ = self.db  # refuse a corrupt database now, before anybody waits on it
 
     # -- state ----------------------------------------------------------------
 
     @property
-    def db(self) -> sqlite3.Connection:
+    def _db_path(self) -> str:
+        return os.path.join(self.directory, filestate.DB_NAME)
+
+    @property
+    def db(self) -> sqlite3.Connection | None:
+        """The state database (None for a reader that found none: nothing is created)."""
         with self._conn_lock:
             if self._conn is None:
-                self._conn = filestate.open_db(self.directory)
+                if not self.exists or not (self.creates_state or os.path.exists(self._db_path)):
+                    return None
+                self._conn = filestate.open_db(self.directory, self.shared)
             return self._conn
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
             with self._conn_lock:
-                return self.db.execute(sql, args).fetchall()
+                conn = self.db
+                return [] if conn is None else conn.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
-            raise filestate.corrupt(os.path.join(self.directory, filestate.DB_NAME), str(exc)) from None
+            raise filestate.corrupt(self._db_path, str(exc)) from None
 
     def lock_path(self, election: str) -> str:
         return os.path.join(self.directory, f"{election}.lock")
@@ -167,96 +189,152 @@ class FileBackend(Backend):
         finally:
             os.close(fd)
 
-    def _lock_held(self, election: str) -> bool:
-        """True if somebody holds the election's flock (a record alone may be stale)."""
-        try:
-            fd = os.open(self.lock_path(election), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+    def _writable(self) -> sqlite3.Connection:
+        conn = self.db
+        if conn is None:  # only a reader gets here, and only by a bug
+            raise ConfigError(f"no state directory {self.directory}")
+        return conn
 
-    # -- the interface --------------------------------------------------------------
+    # -- leadership ------------------------------------------------------------
 
-    def campaign(self, election, candidate, *, timeout=None, no_wait=False, ttl=None, keeper=None):
+    def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False
+                   ) -> LocalLock:
         validate_election(election)
-        own_keeper = keeper is None
-        if keeper is None:
-            keeper = Keeper([])
-        token = uuid.uuid4().hex
-        keeper.spawn(
-            FileLock(
-                lock_path=self.lock_path(election),
-                db_dir=self.directory,
-                election=election,
-                node_id=candidate.node_id,
-                token=token,
-                host=candidate.host,
-                pid=candidate.pid or os.getpid(),
-                nowait=no_wait,
-                autorelease=getattr(keeper, "autorelease", True),
-            )
+        return LocalLock(
+            lock_path=self.lock_path(election),
+            db_dir=self.directory,
+            election=election,
+            node_id=candidate.node_id,
+            token=uuid.uuid4().hex,
+            host=candidate.host,
+            pid=candidate.pid or os.getpid(),
+            nowait=no_wait,
+            shared=self.shared,
         )
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def adopt_local_lock(self, lock: LocalLock, term: int, since: float,
+                         release_lock: Callable[[], None]) -> Leadership:
+        candidate = Candidate(lock.node_id, lock.host, lock.pid)
+        return FileLeadership(self, lock.election, candidate, term, lock.token, since,
+                              release_lock)
+
+    def campaign(self, election, candidate, *, timeout=None, no_wait=False, ttl=None,
+                 on_wait=None) -> Leadership:
+        """In this process (a library caller): the flock is held on a close-on-exec fd
+        until released (or until this process dies)."""
+        lock = self.local_lock(election, candidate, no_wait=no_wait)
+        path = lock.lock_path
+        fd = self._take(path, nowait=True)
+        if fd is None:
+            if no_wait:
+                raise busy(election, self.leader(election))
+            if timeout is not None and timeout <= 0:
+                raise timed_out(election, timeout)
+            if on_wait is not None:
+                on_wait(self.leader(election))
+            fd = self._wait_for_lock(path, timeout, election)
+        try:
+            conn = self._writable()
+            with self._conn_lock:
+                term = filestate.next_term(fd, conn, election)
+                since = time.time()
+                filestate.record_leader(conn, election, term=term, node_id=lock.node_id,
+                                        token=lock.token, host=lock.host, pid=lock.pid,
+                                        since=since, history_limit=self.history_limit)
+        except BaseException:
+            os.close(fd)
+            raise
+        closed = threading.Lock()
+
+        def release_lock() -> None:
+            if closed.acquire(blocking=False):
+                os.close(fd)
+
+        return FileLeadership(self, election, candidate, term, lock.token, since, release_lock)
+
+    def _take(self, path: str, nowait: bool) -> int | None:
+        try:
+            return filestate.take_lock(path, nowait, self.shared)
+        except OSError as exc:
+            raise ConfigError(f"cannot open lock file {path}: {exc.strerror}") from None
+
+    def _wait_for_lock(self, path: str, timeout: float | None, election: str) -> int:
+        """Block on the flock in a helper thread, so a timeout can give up waiting; a
+        lock won after we gave up is let go of at once."""
+        won: list[int] = []
+        failed: list[BaseException] = []
+        done = threading.Event()
+        guard = threading.Lock()
+        abandoned = False
+
+        def wait() -> None:
             try:
-                event: KeeperEvent = keeper.events.get(timeout=remaining)
-            except queue.Empty:
-                keeper.kill()
-                raise CampaignTimeout(
-                    f"gave up waiting for election {election!r} after {timeout:g}s"
-                ) from None
-            except BaseException:
-                keeper.kill()
-                raise
-            if event.kind == "locked":
-                return FileLeadership(self, election, candidate, int(event.args[0]), token,
-                                      keeper, own_keeper)
-            if event.kind == "busy":
-                keeper.kill()
-                holder = self.leader(election)
-                who = f"{holder.node_id} (term {holder.term})" if holder else "another candidate"
-                raise ElectionBusy(f"election {election!r} is held by {who}")
-            if event.kind == "error":
-                keeper.kill()
-                raise ConfigError(event.args[0])
-            if event.kind == "gone":
-                # Killed from outside; it may have won and started the job already, which
-                # the kernel then killed with it (and lelect's subreaper, its children).
-                raise LeadershipLost(
-                    f"the job's keeper for {election!r} died before it reported;"
-                    " anything it had started was killed"
-                )
-            raise InternalError(f"unexpected keeper event before the lock: {event.kind}")
+                fd = self._take(path, nowait=False)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                failed.append(exc)
+                done.set()
+                return
+            with guard:
+                if abandoned and fd is not None:
+                    os.close(fd)
+                elif fd is not None:
+                    won.append(fd)
+            done.set()
+
+        threading.Thread(target=wait, name=f"flock:{election}", daemon=True).start()
+        try:
+            done.wait(timeout)
+        finally:
+            with guard:
+                if not won and not failed:
+                    abandoned = True
+        if failed:
+            raise failed[0]
+        if not won:
+            raise timed_out(election, timeout)
+        return won[0]
 
     def resign(self, leadership: Leadership) -> None:
         assert isinstance(leadership, FileLeadership)
-        leadership.released = True
         leadership.close_listener()
-        if leadership.own_keeper:
-            leadership.keeper.close()
+        marks_slot = leadership.slot is not None and leadership.outcome == "exited" \
+            and leadership.exit_status == 0
+        if marks_slot:
+            # The slot must be done before the next leader can look at it.
+            self._close(leadership)
+            leadership.release_lock()
         else:
-            leadership.keeper.release()
+            leadership.release_lock()  # release at once; the record is for people
+            self._close(leadership)
+
+    def _close(self, leadership: Leadership) -> None:
+        conn = self.db
+        if conn is None:
+            return
         try:
-            self._query(
-                "DELETE FROM leaders WHERE election=? AND token=?",
-                (leadership.election, leadership.token),
-            )
+            with self._conn_lock:
+                filestate.close_leadership(
+                    conn, leadership.election, term=leadership.term, token=leadership.token,
+                    outcome=leadership.outcome, exit_status=leadership.exit_status,
+                    reason=leadership.reason, slot=leadership.slot, ended=time.time(),
+                )
         except ConfigError:
-            pass
+            if leadership.slot is not None:
+                raise
+
+    def hand_back(self, leadership: Leadership) -> HandBack:
+        return HandBack("lelect.backends._handback_file", {
+            "directory": self.directory, "shared": self.shared,
+            "election": leadership.election, "term": leadership.term,
+            "token": leadership.token, "node_id": leadership.node_id, "budget": 2.0,
+        })
 
     def leader(self, election: str) -> LeaderInfo | None:
         validate_election(election)
         rows = self._query(
             "SELECT node_id, term, since, host, pid FROM leaders WHERE election=?", (election,)
         )
-        if not rows or not self._lock_held(election):
+        if not rows or not filestate.lock_held(self.lock_path(election)):
             return None
         node_id, term, since, host, pid = rows[0]
         return LeaderInfo(node_id=node_id, term=term, since=since, host=host, pid=pid)
@@ -264,17 +342,31 @@ class FileBackend(Backend):
     def observe(self, election: str, stop: threading.Event | None = None) -> Iterator[LeaderInfo | None]:
         validate_election(election)
         stop = stop or threading.Event()
-        last: object = object()
-        version = None
-        while not stop.is_set():
-            current = self._query("PRAGMA data_version")[0][0]
-            if current != version:
-                version = current
-                info = self.leader(election)
-                if info != last:
-                    last = info
-                    yield info
-            stop.wait(OBSERVE_INTERVAL)
+
+        def looks() -> Iterator[LeaderInfo | None]:
+            # A connection of its own: data_version moves only for other connections'
+            # commits, and this backend's own connection may be the writer.
+            watcher: sqlite3.Connection | None = None
+            version = None
+            try:
+                while not stop.is_set():
+                    if watcher is None and self.db is not None:
+                        watcher = filestate.open_db(self.directory, self.shared)
+                    current = None
+                    if watcher is not None:
+                        try:
+                            current = watcher.execute("PRAGMA data_version").fetchone()[0]
+                        except sqlite3.DatabaseError as exc:
+                            raise filestate.corrupt(self._db_path, str(exc)) from None
+                    if current != version or current is None:
+                        version = current
+                        yield self.leader(election)
+                    stop.wait(OBSERVE_INTERVAL)
+            finally:
+                if watcher is not None:
+                    watcher.close()
+
+        yield from only_changes(looks())
 
     def request_resign(self, election: str, term: int | None = None) -> bool:
         info = self.leader(election)
@@ -295,33 +387,23 @@ class FileBackend(Backend):
                     return False
                 time.sleep(0.02)
 
+    # -- heartbeats -------------------------------------------------------------------
+
     def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
         validate_election(heartbeat.election)
-        with self._conn_lock:
-            self._publish(heartbeat, ttl)
-
-    def _publish(self, heartbeat: Heartbeat, ttl: float) -> None:
-        conn = self.db
         stamp = filestate.now()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._conn_lock, filestate.transaction(self._writable()) as conn:
             row = conn.execute(
-                "SELECT arrivals FROM members WHERE election=? AND node_id=?",
+                "SELECT data FROM members WHERE election=? AND node_id=?",
                 (heartbeat.election, heartbeat.node_id),
             ).fetchone()
-            data, arrivals = filestate.encode_heartbeat(
-                heartbeat.to_dict(), row[0] if row else None, stamp
-            )
+            arrivals = [*stored_arrivals(row[0] if row else None), stamp]
             conn.execute(
                 "INSERT OR REPLACE INTO members(election, node_id, data, arrivals, expires)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (heartbeat.election, heartbeat.node_id, data, arrivals, stamp + ttl),
+                " VALUES (?, ?, ?, '', ?)",
+                (heartbeat.election, heartbeat.node_id,
+                 encode_member(heartbeat, arrivals, ttl).decode(), stamp + ttl),
             )
-            conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise filestate.corrupt(os.path.join(self.directory, filestate.DB_NAME), str(exc)) from None
 
     def remove_member(self, election: str, node_id: str) -> None:
         self._query("DELETE FROM members WHERE election=? AND node_id=?", (election, node_id))
@@ -329,48 +411,57 @@ class FileBackend(Backend):
     def members(self, election: str) -> Members:
         validate_election(election)
         now = filestate.now()
-        self._query("DELETE FROM members WHERE expires < ?", (now,))
-        records = []
-        for node_id, data, arrivals_json in self._query(
-            "SELECT node_id, data, arrivals FROM members WHERE election=? ORDER BY node_id",
-            (election,),
-        ):
-            try:
-                arrivals = tuple(float(t) for t in json.loads(arrivals_json))
-            except (ValueError, TypeError):
-                arrivals = ()
-            try:
-                heartbeat = Heartbeat.from_dict(json.loads(data))
-                records.append(MemberRecord(node_id, heartbeat, arrivals))
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                records.append(MemberRecord(node_id, None, arrivals, error=f"unreadable record: {exc}"))
-        return Members(election=election, now=now, records=tuple(records))
+        if self.db is not None:
+            self._query("DELETE FROM members WHERE expires < ?", (now,))
+        records = tuple(
+            decode_member(node_id, data)
+            for node_id, data in self._query(
+                "SELECT node_id, data FROM members WHERE election=? ORDER BY node_id", (election,)
+            )
+        )
+        return Members(election=election, now=now, records=records)
 
     def elections(self) -> list[str]:
         now = filestate.now()
-        names = {r[0] for r in self._query("SELECT election FROM members WHERE expires >= ?", (now,))}
-        names |= {r[0] for r in self._query("SELECT election FROM leaders")}
-        valid = {n for n in names if isinstance(n, str) and ELECTION_NAME.fullmatch(n)}
-        return sorted(n for n in valid if n in names and (self._has_members(n) or self._lock_held(n)))
+        membered = {r[0] for r in self._query(
+            "SELECT election FROM members WHERE expires >= ?", (now,))}
+        led = {r[0] for r in self._query("SELECT election FROM leaders")}
+        led = {name for name in led if isinstance(name, str) and ELECTION_NAME.fullmatch(name)
+               and filestate.lock_held(self.lock_path(name))}
+        return sorted(n for n in membered | led if isinstance(n, str) and ELECTION_NAME.fullmatch(n))
 
-    def _has_members(self, election: str) -> bool:
-        return bool(self._query(
-            "SELECT 1 FROM members WHERE election=? AND expires >= ? LIMIT 1",
-            (election, filestate.now()),
-        ))
+    # -- operations -------------------------------------------------------------------
 
-    # -- operations (stubs until the history lands) --------------------------------
+    def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
+        validate_election(election)
+        rows = self._query(
+            "SELECT entry FROM history WHERE election=? ORDER BY term DESC LIMIT ?",
+            (election, limit if limit is not None else -1),
+        )
+        entries = []
+        for (data,) in reversed(rows):
+            try:
+                entries.append(HistoryEntry.decode(data))
+            except ValueError:
+                continue
+        return entries
 
-    def history(self, election, limit=None):
-        return []
-
-    def slot_done(self, election, slot):
-        return None
+    def slot_done(self, election: str, slot: str) -> HistoryEntry | None:
+        rows = self._query("SELECT term FROM slots WHERE election=? AND slot=?", (election, slot))
+        if not rows:
+            return None
+        entry = self._query("SELECT entry FROM history WHERE election=? AND term=?",
+                            (election, rows[0][0]))
+        if entry:
+            try:
+                return HistoryEntry.decode(entry[0][0])
+            except ValueError:
+                pass
+        return HistoryEntry(election, rows[0][0], "?", None, None, None, outcome="exited",
+                            exit_status=0, slot=slot)
 
     def now(self) -> float:
-        import time as _time
-
-        return _time.time()
+        return filestate.now()
 
     def close(self) -> None:
         with self._conn_lock:

@@ -24,8 +24,10 @@ Exit statuses:
   73         leadership lost while the job ran; the job was stopped
   75         --no-wait and someone else leads (--conflict-exit-code)
   78         configuration refused (unsafe directory, lease/grace, corrupt state)
+  79         --max-runtime reached; the job was stopped
   124        --timeout ran out before leadership
-  127        the command was not found or is not executable"""
+  127        the command was not found or is not executable
+  128+N      lelect was stopped by signal N (it ends by that signal itself)"""
 
 #: name -> (module, attribute, one-line help); imported only when the command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -84,19 +86,24 @@ def cli(ctx: click.Context, backend: str | None) -> None:
     ctx.obj = {"backend": backend}
 
 
-def open_backend(ctx: click.Context):
-    """The backend named by --backend / LELECT_BACKEND (embedded by default)."""
-    from lelect.backends import connect
+def open_client(ctx: click.Context, *, create: bool = True):
+    """The library's front door (:func:`lelect.connect`) on the backend named by
+    --backend / LELECT_BACKEND (embedded by default). Readers pass ``create=False``:
+    they create nothing (the embedded backend's directory)."""
+    import lelect
 
+    return lelect.connect(backend_url(ctx), create=create)
+
+
+def backend_url(ctx: click.Context) -> str | None:
     root = ctx.find_root()
     # The command's own --backend first; during shell completion the group callback
     # has not run: read its parameter.
-    url = (
+    return (
         ctx.meta.get("lelect.backend")
         or (root.obj or {}).get("backend")
         or (root.params or {}).get("backend")
     )
-    return connect(url)
 
 
 def _error(message: str) -> None:
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
 
             traceback.print_exc()
         status = 70
+    result = status if hasattr(status, "signal") else None  # a CampaignResult
+    status = getattr(status, "status", status)
     code = status if isinstance(status, int) else 0
     # Everything is released and closed by now. Skip the interpreter's teardown: after a
     # campaign it would compete for the CPU with the next leader's start.
@@ -156,4 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
+    if result is not None:
+        # Told to stop by a signal, lelect ends by that signal too (CampaignResult.exit),
+        # as supervisors expect of a clean stop.
+        result.exit()
     os._exit(code)

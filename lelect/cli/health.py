@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from lelect.cli import open_backend
-from lelect.cli.params import DURATION, ELECTION, backend_option
+from lelect.cli import open_client
+from lelect.cli.params import DURATION, ELECTION, Duration, backend_option
 from lelect.cli.watch import THRESHOLD
 
 HEALTH_STATUSES = """\b
@@ -21,10 +21,12 @@ Exit statuses (Nagios convention; with no ELECTION the worst group wins):
 @click.command("health", epilog=HEALTH_STATUSES, context_settings={"max_content_width": 100})
 @backend_option
 @click.argument("election", type=ELECTION, required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per election.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per election, one per line (NDJSON), for jq.")
 @click.option("--threshold", type=THRESHOLD, metavar="PHI", default=8.0, show_default=True,
               help="Phi at which a member counts as dead (suspect at a quarter of it).")
-@click.option("--heartbeat-interval", type=DURATION, metavar="DUR", default="2s", show_default=True,
+@click.option("--heartbeat-interval", type=Duration("interval"), metavar="DUR", default="2s",
+              show_default=True,
               help="How often members publish (assumed until a member has 3 heartbeats);"
               " with --publish, how often to publish.")
 @click.option("--publish", is_flag=True,
@@ -48,20 +50,24 @@ def health(ctx, election, as_json, threshold, heartbeat_interval, publish, node_
       lelect health --json | jq -r '.members[] | select(.status != "alive") | .node_id'
       lelect health --publish nightly --id monitor-1     # appear in the group
     """
-    if heartbeat_interval <= 0:
-        raise click.BadParameter("must be longer than 0", param_hint="'--heartbeat-interval'")
     if publish:
         if election is None:
             raise click.UsageError("--publish needs the ELECTION to publish into")
         return _publish(ctx, election, node_id, heartbeat_interval, forget_after)
 
     from lelect.cli import render
-    from lelect.health import EXIT_STATUS, PhiAccrualDetector, check, list_elections, worst
+    from lelect.health import CRITICAL, EXIT_STATUS, PhiAccrualDetector, worst
 
     detector = PhiAccrualDetector(threshold=threshold, expected_interval=heartbeat_interval)
-    with open_backend(ctx) as backend:
-        names = [election] if election else list_elections(backend)
-        groups = [check(backend, name, detector) for name in names]
+    with open_client(ctx, create=False) as client:
+        known = client.elections()
+        names = [election] if election else known
+        groups = [client.election(name).health(detector) for name in names]
+    if election and election not in known and not groups[0].members and groups[0].leader is None:
+        shown = ", ".join(known[:8]) + (" …" if len(known) > 8 else "") if known else "none"
+        click.echo(f"lelect: unknown election {election!r}: nobody campaigns in it and it has"
+                   f" no members (known: {shown})", err=True)
+        return EXIT_STATUS[CRITICAL]
     if as_json:
         for group in groups:
             click.echo(render.dumps(render.group_json(group, phi=True)))
@@ -80,8 +86,8 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
     from lelect.health import HeartbeatPublisher
 
     candidate = Candidate.local(node_id)
-    with open_backend(ctx) as backend:
-        publisher = HeartbeatPublisher(backend, election, candidate, interval=interval,
+    with open_client(ctx) as client:
+        publisher = HeartbeatPublisher(client.backend, election, candidate, interval=interval,
                                        forget_after=forget_after, role="observer")
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         signal.signal(signal.SIGHUP, signal.default_int_handler)

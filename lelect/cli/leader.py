@@ -1,13 +1,23 @@
-"""``lelect leader NAME [--json] [--term N]``"""
+"""``lelect leader NAME [--json] [--term N] [--wait [DUR]]``"""
 
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
-from lelect.cli import open_backend
-from lelect.cli.params import ELECTION, backend_option
+from lelect.cli import open_client
+from lelect.cli.params import ELECTION, Duration, backend_option
+
+
+class WaitDuration(Duration):
+    """``--wait`` alone waits for ever; ``--wait 30s`` at most that long."""
+
+    def convert(self, value, param, ctx):
+        if value in ("forever", math.inf):
+            return math.inf
+        return super().convert(value, param, ctx)
 
 
 @click.command("leader")
@@ -16,13 +26,19 @@ from lelect.cli.params import ELECTION, backend_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--term", type=int, metavar="N",
               help="Exit 0 only if term N still leads (a job can check its LELECT_TERM).")
+@click.option("--wait", type=WaitDuration("wait"), is_flag=False, flag_value="forever",
+              metavar="[DUR]", help="Wait until somebody leads (at most DUR) and print it.")
 @click.pass_context
-def leader(ctx, election, as_json, term):
+def leader(ctx, election, as_json, term, wait):
     """Print who leads ELECTION; exit 1 when nobody does (or not --term N)."""
-    from lelect.backends.base import iso8601
+    from lelect.backends.records import iso8601
 
-    with open_backend(ctx) as backend:
-        info = backend.leader(election)
+    with open_client(ctx, create=wait is not None) as client:
+        handle = client.election(election)
+        if wait is None:
+            info = handle.leader()
+        else:
+            info = handle.wait_for_leader(timeout=None if math.isinf(wait) else wait)
     if as_json:
         click.echo(json.dumps({"election": election, "leader": info.to_json() if info else None}))
     elif info is None:
@@ -35,5 +51,6 @@ def leader(ctx, election, as_json, term):
     if info is None:
         return 1
     if term is not None and info.term != term:
+        click.echo(f"lelect: {election}: term {term} does not lead (term {info.term} does)", err=True)
         return 1
     return 0

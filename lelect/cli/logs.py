@@ -8,6 +8,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+#: What ``--quiet`` still logs: losses and failures.
+LOUD = {"lost", "execfail", "keeper-gone", "keeper-error", "duplicate-id"}
+#: Shown in JSON only (the text log's "elected" line says as much).
+JSON_ONLY = {"job-started"}
+
 
 class StderrLog:
     def __init__(self, fmt: str, election: str, quiet: bool = False) -> None:
@@ -17,20 +22,39 @@ class StderrLog:
         self.node_id: str | None = None
 
     def __call__(self, event: str, message: str, **fields: Any) -> None:
-        if self.quiet and event not in ("lost", "execfail", "keeper-gone"):
+        if self.quiet and event not in LOUD:
             return
+        if self.fmt != "json" and event in JSON_ONLY:
+            return
+        self._write(self.format(event, message, **fields))
+
+    def format(self, event: str, message: str, **fields: Any) -> str:
         if self.fmt == "json":
             record = {
                 "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                 "event": event,
                 "election": self.election,
+                "node_id": self.node_id,
                 "message": message,
                 **fields,
             }
-            line = json.dumps(record, separators=(",", ":"))
-        else:
-            stamp = time.strftime("%H:%M:%S")
-            line = f"lelect[{stamp}]: {message}"
+            return json.dumps(record, separators=(",", ":"))
+        return f"lelect[{time.strftime('%H:%M:%S')}]: {message}"
+
+    def template(self, event: str, message: str, **fields: Any) -> str | None:
+        """The line for ``event`` with ``{term}``, ``{hms}`` and ``{ts}`` left for the job's
+        keeper to fill in as it starts the job (None: this event is not shown)."""
+        if self.quiet and event not in LOUD:
+            return None
+        if self.fmt == "json":
+            line = self.format(event, message, **fields)
+            record = json.loads(line)
+            record["ts"] = "{ts}"
+            return json.dumps(record, separators=(",", ":")).replace('"{term}"', "{term}")
+        return f"lelect[{{hms}}]: {message}"
+
+    @staticmethod
+    def _write(line: str) -> None:
         try:
             sys.stderr.write(line + "\n")
             sys.stderr.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lelect.cli import open_backend
+from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, backend_option
 
 EXIT_REFUSED = 1
@@ -45,10 +45,10 @@ def resign(ctx, election, term, wait):
       lelect resign nightly --term "$LELECT_TERM"
     """
     from lelect.durations import format_duration
-    from lelect.health import next_leader
 
-    with open_backend(ctx) as backend:
-        info = backend.leader(election)
+    with open_client(ctx, create=False) as client:
+        handle = client.election(election)
+        info = handle.leader()
         if info is None:
             return _refuse(f"{election}: no leader; nothing to resign")
         if term is not None and info.term != term:
@@ -56,8 +56,8 @@ def resign(ctx, election, term, wait):
                 f"{election}: term {term} does not lead (the leader is {info.node_id},"
                 f" term {info.term}); nothing changed"
             )
-        if not backend.request_resign(election, info.term):
-            now = backend.leader(election)
+        if not handle.resign(info.term):
+            now = handle.leader()
             if now is None or now.term != info.term:
                 who = "nobody" if now is None else f"{now.node_id}, term {now.term}"
                 return _refuse(
@@ -70,7 +70,7 @@ def resign(ctx, election, term, wait):
         click.echo(f"asked {info.node_id} (term {info.term}) to step down")
         if wait is None:
             return 0
-        successor = next_leader(backend, election, info.term, wait)
+        successor = handle.wait_for_leader(info.term, wait)
     if successor is None:
         click.echo(f"lelect: {election}: no new leader within {format_duration(wait)}", err=True)
         return EXIT_NO_SUCCESSOR

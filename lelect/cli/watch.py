@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from lelect.cli import open_backend
-from lelect.cli.params import DURATION, ELECTION, backend_option
+from lelect.cli import open_client
+from lelect.cli.params import DURATION, ELECTION, Duration, backend_option
 
 THRESHOLD = click.FloatRange(min=0, min_open=True)
 
@@ -57,7 +57,8 @@ class ChangeCommand:
 @click.argument("elections", nargs=-1, type=ELECTION, metavar="[ELECTION]...")
 @click.option("--once", is_flag=True, help="Print the table once and exit.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object per election and change (NDJSON), for scripts and jq.")
+              help="Print one JSON object per line (NDJSON): one per election, again on every"
+              " change; for scripts and jq.")
 @click.option("--interval", type=DURATION, metavar="DUR", default="1s", show_default=True,
               help="Refresh the members this often (leader changes show at once).")
 @click.option("--on-change", metavar="CMD",
@@ -66,7 +67,8 @@ class ChangeCommand:
               " LELECT_PREVIOUS_TERM and LELECT_EVENT (elected|vacant) in its environment.")
 @click.option("--threshold", type=THRESHOLD, metavar="PHI", default=8.0, show_default=True,
               help="Phi at which a member counts as dead (suspect at a quarter of it).")
-@click.option("--heartbeat-interval", type=DURATION, metavar="DUR", default="2s", show_default=True,
+@click.option("--heartbeat-interval", type=Duration("interval"), metavar="DUR", default="2s",
+              show_default=True,
               help="How often members publish; assumed until a member has 3 heartbeats.")
 @click.pass_context
 def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbeat_interval):
@@ -86,15 +88,11 @@ def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbe
     import sys
 
     from lelect.cli import render
-    from lelect.health import GroupWatch, PhiAccrualDetector
+    from lelect.health import PhiAccrualDetector
 
-    if interval <= 0:
-        raise click.BadParameter("must be longer than 0", param_hint="'--interval'")
-    if heartbeat_interval <= 0:
-        raise click.BadParameter("must be longer than 0", param_hint="'--heartbeat-interval'")
     detector = PhiAccrualDetector(threshold=threshold, expected_interval=heartbeat_interval)
-    backend = open_backend(ctx)
-    watcher = GroupWatch(backend, elections, detector, interval)
+    client = open_client(ctx, create=False)
+    watcher = client.watch(elections, detector, interval)
     hook = None
     try:
         if once:
@@ -107,7 +105,7 @@ def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbe
             return 0
         # SIGTERM ends a viewer as cleanly as Ctrl-C: status 0, terminal restored.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        hook = ChangeCommand(on_change, backend.display_url) if on_change else None
+        hook = ChangeCommand(on_change, client.url) if on_change else None
         try:
             if not as_json and sys.stdout.isatty():
                 _live(watcher, hook)
@@ -120,7 +118,7 @@ def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbe
         watcher.close()
         if hook is not None:
             hook.close()
-        backend.close()
+        client.close()
 
 
 def _live(watcher, hook) -> None:

@@ -1,0 +1,529 @@
+"""The decisions of a campaign, as a pure state machine (sans-IO, as etcd's raft is).
+
+:class:`CampaignCore` takes typed events (won, renewed, lost, resign requested, job
+started/exited, keeper gone, signal, time passed) and returns typed commands (start
+the job, stop it with a signal and a grace, forward a signal, tell the keeper a
+deadline, release, pause before rejoining, exit with a status). It reads no clock —
+every event carries ``now``, the driver's monotonic time — and touches no process:
+``lelect/campaign.py`` feeds it and carries out what it says.
+
+The promises it keeps (property-tested in tests/test_campaign_core.py):
+
+- the job is started at most once per leadership, and only after the keeper knows the
+  lease deadline (the dead-man switch is armed before anything runs);
+- for a lost lease the job gets the stop signal at once and SIGKILL by the deadline;
+- the leadership is released only after the job (and all it started) exited, or before
+  the job was ever started;
+- ``hold_at_least`` keeps an ended job's leadership until then (unless told to stop);
+- ``max_runtime`` stops the job when it is reached;
+- with ``restart``, a cleanly ended job rejoins at once (but not sooner than
+  ``restart_delay`` after it started), a failing one backs off (doubling to 30 s), a
+  resigned one waits ``resign_cooldown``;
+- the exit status follows the table in DESIGN.md / the README.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from dataclasses import dataclass, field
+
+# -- exit statuses ------------------------------------------------------------------------
+
+EXIT_LOST = 73
+EXIT_CONFLICT = 75
+EXIT_MAX_RUNTIME = 79
+EXIT_TIMEOUT = 124
+EXIT_NOT_FOUND = 127
+
+#: Signals that mean "lelect, stop": the job gets the same signal, SIGKILL after the
+#: grace, no restart, and lelect then ends by that signal itself.
+STOPPING = (int(_signal.SIGINT), int(_signal.SIGTERM))
+#: Signals that end lelect while it has no job (waiting, holding, pausing).
+WAIT_INTERRUPTS = (int(_signal.SIGINT), int(_signal.SIGTERM), int(_signal.SIGHUP))
+
+#: With --restart, the shortest pause before rejoining (a crashing job cannot spin).
+MIN_RESTART_DELAY = 0.1
+#: The longest back-off between failing runs.
+MAX_RESTART_DELAY = 30.0
+#: A job that ran this long resets the back-off.
+STEADY_RUN = 10.0
+
+
+# -- events (in) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    now: float  # the driver's monotonic clock when the event was seen
+
+
+@dataclass(frozen=True)
+class Won(Event):
+    term: int
+    lease_deadline: float | None  # None: no lease (the embedded backend's flock)
+    job_started: bool = False  # the keeper started the job by itself on winning
+    slot: str | None = None  # the once-per slot this leadership is for
+    slot_done: bool = False  # ...and it was already done
+
+
+@dataclass(frozen=True)
+class Busy(Event):
+    """``no_wait`` and somebody else leads; ``holder`` says who, for the log."""
+
+    holder: str = "another candidate"
+
+
+@dataclass(frozen=True)
+class TimedOut(Event):
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Renewed(Event):
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Lost(Event):
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResignRequested(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class JobStarted(Event):
+    pid: int
+
+
+@dataclass(frozen=True)
+class Leftovers(Event):
+    count: int
+    grace: float
+
+
+@dataclass(frozen=True)
+class JobExited(Event):
+    status: int  # as shells report it
+    cause: str = "exit"  # "exit", "lease" (the keeper's dead-man switch), or a stop reason
+
+
+@dataclass(frozen=True)
+class ExecFailed(Event):
+    message: str
+
+
+@dataclass(frozen=True)
+class KeeperGone(Event):
+    """The keeper died (somebody killed it): the job died with it."""
+
+
+@dataclass(frozen=True)
+class SignalReceived(Event):
+    signum: int
+
+
+@dataclass(frozen=True)
+class Suspended(Event):
+    """The job was stopped from the terminal (Ctrl-Z)."""
+
+
+@dataclass(frozen=True)
+class Tick(Event):
+    """Time passed (the driver wakes the core at :attr:`CampaignCore.wake_at`)."""
+
+
+# -- commands (out) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    pass
+
+
+@dataclass(frozen=True)
+class Campaign(Command):
+    """Start an attempt: a keeper, and the backend's campaign."""
+
+
+@dataclass(frozen=True)
+class TellDeadline(Command):
+    """The keeper's dead-man switch: stop signal at deadline - grace, SIGKILL at deadline."""
+
+    deadline: float
+    grace: float
+
+
+@dataclass(frozen=True)
+class StartJob(Command):
+    term: int
+    slot: str | None = None
+
+
+@dataclass(frozen=True)
+class StopJob(Command):
+    signum: int
+    grace: float  # SIGKILL follows after this long
+    reason: str
+
+
+@dataclass(frozen=True)
+class ForwardSignal(Command):
+    signum: int
+
+
+@dataclass(frozen=True)
+class Release(Command):
+    """Step down; the history records ``outcome`` and ``exit_status``."""
+
+    outcome: str
+    exit_status: int | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Pause(Command):
+    """Stay out of the race until ``until`` (then the core asks to Campaign)."""
+
+    until: float
+
+
+@dataclass(frozen=True)
+class SuspendSelf(Command):
+    """Stop lelect itself (SIGSTOP), so the shell gets the terminal back."""
+
+
+@dataclass(frozen=True)
+class Log(Command):
+    event: str
+    message: str
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Exit(Command):
+    status: int
+    #: lelect was told to stop by this signal: end by it too, so a supervisor sees a
+    #: clean stop (systemd: SIGTERM is success; a shell: 128+N).
+    signal: int | None = None
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the options say (see CampaignOptions)."""
+
+    election: str
+    stop_signal: int = int(_signal.SIGTERM)
+    grace: float = 10.0
+    lease: bool = True
+    max_runtime: float | None = None
+    hold_at_least: float = 0.0
+    restart: bool = False
+    restart_delay: float = 1.0
+    resign_cooldown: float = 10.0
+    conflict_exit_code: int = EXIT_CONFLICT
+
+
+IDLE, CAMPAIGNING, LEADING, HOLDING, PAUSED, DONE = (
+    "idle", "campaigning", "leading", "holding", "paused", "done"
+)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class CampaignCore:
+    """One ``lelect campaign``: ``start(now)`` first, then ``step(event)`` for every
+    event; each returns the commands to carry out, in order. After an :class:`Exit`
+    the machine is done and ignores everything."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.state = IDLE
+        #: When the core wants a Tick (None: only events matter).
+        self.wake_at: float | None = None
+        self._backoff = max(policy.restart_delay, MIN_RESTART_DELAY)
+        self._reset_leadership()
+
+    def _reset_leadership(self) -> None:
+        self.term: int | None = None
+        self.won_at: float | None = None
+        self.deadline: float | None = None
+        self.job_running = False  # started (or starting) and not yet exited
+        self.job_ran = False  # this leadership started its job
+        self.job_pid: int | None = None
+        self.job_status: int | None = None
+        self.outcome: str | None = None  # why the job is being stopped: lost, resign, ...
+        self.stop_signal: int | None = None  # the signal that stopped the job
+        self.exit_signal: int | None = None  # lelect was told to stop by this signal
+        self.stop_deadline: float | None = None  # max-runtime
+        self.hold_until: float | None = None
+        self.slot: str | None = None
+
+    # -- entry points ----------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Command]:
+        assert self.state == IDLE, self.state
+        self.state = CAMPAIGNING
+        return [Campaign()]
+
+    def step(self, event: Event) -> list[Command]:
+        handler = getattr(self, f"_{self.state}", None)
+        if handler is None or self.state == DONE:
+            return []
+        out: list[Command] = handler(event)
+        return out
+
+    # -- waiting for leadership -----------------------------------------------------------
+
+    def _campaigning(self, event: Event) -> list[Command]:
+        policy = self.policy
+        if isinstance(event, Won):
+            return self._won(event)
+        if isinstance(event, Busy):
+            return self._exit(policy.conflict_exit_code,
+                              Log("busy", f"election {policy.election!r} is led by {event.holder}"))
+        if isinstance(event, TimedOut):
+            detail = event.detail or f"not elected leader of {policy.election!r} in time"
+            return self._exit(EXIT_TIMEOUT, Log("timeout", detail))
+        if isinstance(event, SignalReceived) and event.signum in WAIT_INTERRUPTS:
+            return self._interrupted(event.signum, "while waiting")
+        if isinstance(event, KeeperGone):
+            return self._exit(EXIT_LOST, Log("keeper-gone", "the job's keeper died before it"
+                                             " reported; anything it had started died with it"))
+        return []
+
+    def _won(self, event: Won) -> list[Command]:
+        policy = self.policy
+        self.state = LEADING
+        self.term = event.term
+        self.won_at = event.now
+        self.deadline = event.lease_deadline
+        self.slot = event.slot
+        out: list[Command] = []
+        if event.lease_deadline is not None:
+            # The dead-man switch is armed before anything runs.
+            out.append(TellDeadline(event.lease_deadline, policy.grace))
+        fields = {"term": event.term}
+        if event.slot_done:
+            out.append(Log("slot-done", f"elected leader of {policy.election!r} (term"
+                           f" {event.term}), but the job already succeeded for slot"
+                           f" {event.slot}: not running it", {**fields, "slot": event.slot}))
+            out += self._release("exited", None, f"slot {event.slot} was already done")
+            return out + self._after(0, "skipped", event.now)
+        out.append(Log("elected", f"elected leader of {policy.election!r} (term {event.term})",
+                       fields))
+        self.job_running = self.job_ran = True
+        if not event.job_started:
+            out.append(StartJob(event.term, event.slot))
+        if policy.max_runtime is not None:
+            self.stop_deadline = event.now + policy.max_runtime
+        self._schedule()
+        return out
+
+    # -- leading ------------------------------------------------------------------------------
+
+    def _leading(self, event: Event) -> list[Command]:
+        policy = self.policy
+        if isinstance(event, JobStarted):
+            self.job_pid = event.pid
+            return [Log("job-started", f"job started (pid {event.pid})", {"pid": event.pid})]
+        if isinstance(event, Renewed):
+            if event.deadline > (self.deadline or 0.0):
+                self.deadline = event.deadline
+                if self.job_running:
+                    return [TellDeadline(event.deadline, policy.grace)]
+            return []
+        if isinstance(event, Lost):
+            return self._lost(event)
+        if isinstance(event, ResignRequested):
+            if self.outcome is not None or not self.job_running:
+                return []
+            self.outcome = "resign"
+            return [Log("resign", "resign requested: stopping the job"),
+                    StopJob(policy.stop_signal, policy.grace, "resign")]
+        if isinstance(event, SignalReceived):
+            if event.signum in STOPPING:
+                if self.stop_signal is not None:
+                    return []
+                self.stop_signal = self.exit_signal = event.signum
+                if self.outcome is None:
+                    self.outcome = "stop"
+                return [Log("stopping", f"{_signal_name(event.signum)}: stopping the job"),
+                        StopJob(event.signum, policy.grace, "stop")]
+            return [ForwardSignal(event.signum)]
+        if isinstance(event, Tick):
+            if self.stop_deadline is not None and event.now >= self.stop_deadline:
+                self.stop_deadline = None
+                self._schedule()
+                if self.outcome is not None:
+                    return []
+                self.outcome = "max-runtime"
+                return [Log("max-runtime", "the job reached --max-runtime: stopping it"),
+                        StopJob(policy.stop_signal, policy.grace, "max-runtime")]
+            return []
+        if isinstance(event, Leftovers):
+            return [Log("leftovers", f"the job exited but left {event.count} process"
+                        f"{'es' if event.count != 1 else ''} behind: stopping them"
+                        f" (SIGKILL after {event.grace:g}s)", {"count": event.count})]
+        if isinstance(event, Suspended):
+            return [Log("suspended", "job stopped from the terminal: suspending lelect too"
+                        " (fg continues both)"), SuspendSelf()]
+        if isinstance(event, ExecFailed):
+            self.job_running = False
+            out: list[Command] = [Log("execfail", f"cannot run {event.message}")]
+            out += self._release("exited", EXIT_NOT_FOUND, event.message)
+            return out + self._exit(EXIT_NOT_FOUND)
+        if isinstance(event, KeeperGone):
+            self.job_running = False
+            self.outcome = "lost"
+            out = [Log("keeper-gone", "the job's keeper died; the job died with it")]
+            out += self._release("lost", None, "the job's keeper died")
+            return out + self._after(EXIT_LOST, "lost", event.now)
+        if isinstance(event, JobExited):
+            return self._job_exited(event)
+        return []
+
+    def _lost(self, event: Lost) -> list[Command]:
+        policy = self.policy
+        if self.outcome == "lost":
+            return []
+        self.outcome = "lost"
+        out: list[Command] = [Log("lost", f"lost leadership of {policy.election!r}: {event.reason}",
+                                  {"reason": event.reason})]
+        if self.job_running:
+            # Dead by the deadline: SIGKILL no later than it (at once if it has passed).
+            grace = policy.grace
+            if self.deadline is not None:
+                grace = min(grace, max(0.0, self.deadline - event.now))
+            out.append(StopJob(policy.stop_signal, grace, "lost"))
+        return out
+
+    def _job_exited(self, event: JobExited) -> list[Command]:
+        self.job_running = False
+        self.job_status = event.status
+        if event.cause == "lease" and self.outcome != "lost":
+            self.outcome = "lost"
+            reason = "the lease ran out without a renew; the keeper stopped the job"
+            out: list[Command] = [Log("lost", f"lost leadership of {self.policy.election!r}:"
+                                      f" {reason}", {"reason": reason})]
+        else:
+            out = []
+        if self.outcome is None and self.won_at is not None:
+            hold_until = self.won_at + self.policy.hold_at_least
+            if event.now < hold_until:
+                self.state = HOLDING
+                self.hold_until = hold_until
+                self._schedule()
+                left = hold_until - event.now
+                return out + [Log("hold", f"the job exited (status {event.status}); holding"
+                                  f" the election for {left:.3g}s more (--hold-at-least)",
+                                  {"status": event.status})]
+        return out + self._finish(event.now)
+
+    # -- holding (--hold-at-least) --------------------------------------------------------
+
+    def _holding(self, event: Event) -> list[Command]:
+        if isinstance(event, Tick) and self.hold_until is not None and event.now >= self.hold_until:
+            return self._finish(event.now)
+        if isinstance(event, SignalReceived) and event.signum in WAIT_INTERRUPTS:
+            self.exit_signal = event.signum  # the job had ended by itself: it "exited"
+            return self._finish(event.now)
+        if isinstance(event, (ResignRequested, Lost)):
+            return self._finish(event.now)
+        return []
+
+    # -- the end of a leadership --------------------------------------------------------------
+
+    def _finish(self, now: float) -> list[Command]:
+        """The job is gone: release, then exit or rejoin."""
+        status = self.job_status if self.job_status is not None else 0
+        outcome = self.outcome
+        if self.stop_signal is not None:
+            history, exit_status, kind = "stopped", status, "stopped"
+        elif outcome == "lost":
+            history, exit_status, kind = "lost", EXIT_LOST, "lost"
+        elif outcome == "resign":
+            history, exit_status, kind = "resigned", 0, "resigned"
+        elif outcome == "max-runtime":
+            history, exit_status, kind = "stopped", EXIT_MAX_RUNTIME, "max-runtime"
+        else:
+            history, exit_status, kind = "exited", status, "exited"
+        reason = {"max-runtime": "--max-runtime reached", "resign": "resign requested"}.get(
+            outcome or "")
+        if self.stop_signal is not None:
+            reason = f"lelect was stopped by {_signal_name(self.stop_signal)}"
+        out = self._release(history, status, reason)
+        if kind == "lost":
+            out.append(Log("stopped", f"job stopped after losing leadership (status {status})",
+                           {"status": status}))
+        else:
+            out.append(Log("released", f"job exited with status {status}; released"
+                           f" {self.policy.election!r}", {"status": status}))
+        return out + self._after(exit_status, kind, now)
+
+    def _release(self, outcome: str, status: int | None, reason: str | None) -> list[Command]:
+        return [Release(outcome, status, reason)]
+
+    def _after(self, status: int, kind: str, now: float) -> list[Command]:
+        """Exit with ``status``, or (``restart``) pause and rejoin."""
+        policy = self.policy
+        ran_for = 0.0 if self.won_at is None else now - self.won_at
+        exit_signal = self.exit_signal
+        ran = self.job_ran
+        self._reset_leadership()
+        self.state = DONE
+        if exit_signal is not None:
+            return [Exit(128 + exit_signal, signal=exit_signal)]
+        if not policy.restart or kind in ("skipped",):
+            return [Exit(status)]
+        floor = max(policy.restart_delay, MIN_RESTART_DELAY)
+        if kind == "resigned":
+            pause = max(policy.resign_cooldown, floor)
+        elif kind == "exited" and status == 0:
+            # A clean end: back into the race at once (another candidate has taken over
+            # in milliseconds meanwhile), but a job runs at most once per restart_delay.
+            self._backoff = floor
+            pause = max(0.0, floor - ran_for) if ran else floor
+        else:
+            if ran_for >= STEADY_RUN:
+                self._backoff = floor
+            pause = self._backoff
+            self._backoff = min(self._backoff * 2, MAX_RESTART_DELAY)
+        self.state = PAUSED
+        self.wake_at = now + pause
+        return [Log("restart", f"rejoining the race in {pause:.3g}s", {"pause": round(pause, 3)}),
+                Pause(now + pause)]
+
+    def _paused(self, event: Event) -> list[Command]:
+        if isinstance(event, SignalReceived) and event.signum in WAIT_INTERRUPTS:
+            return self._interrupted(event.signum, "while pausing")
+        if isinstance(event, Tick) and self.wake_at is not None and event.now >= self.wake_at:
+            self.wake_at = None
+            self.state = CAMPAIGNING
+            return [Campaign()]
+        return []
+
+    def _interrupted(self, signum: int, when: str) -> list[Command]:
+        return self._exit(128 + signum, Log("interrupted", f"stopped by {_signal_name(signum)} {when}"),
+                          signal=signum)
+
+    def _exit(self, status: int, *logs: Log, signal: int | None = None) -> list[Command]:
+        self.state = DONE
+        self.wake_at = None
+        return [*logs, Exit(status, signal=signal)]
+
+    def _schedule(self) -> None:
+        times = [t for t in (self.stop_deadline, self.hold_until) if t is not None]
+        if self.state == HOLDING:
+            times = [t for t in (self.hold_until,) if t is not None]
+        self.wake_at = min(times) if times else None

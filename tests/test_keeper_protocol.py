@@ -1,0 +1,61 @@
+"""The messages between lelect and its keeper: every one round-trips, garbage is refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lelect import keeper_protocol as proto
+
+EXAMPLES = [
+    proto.Start(7, "-"), proto.Start(1795766138059, "1d@2026-12-02T00:00:00Z"),
+    proto.Lease(12345.678901, 0.25), proto.Signal(15), proto.Stop(15, 10.0, "lost"),
+    proto.Release(), proto.Recipe('{"module": "m", "params": {"pw": "a b"}}'), proto.Exit(),
+    proto.Locked(3, 1796000000.123), proto.Waiting(), proto.Busy(), proto.TimedOut(),
+    proto.Error("cannot open lock file: [Errno 13] Permission denied"), proto.Started(4242),
+    proto.ExecFailed("nope: No such file or directory"), proto.Leftovers(2, 10.0),
+    proto.Exited(143, "resign"), proto.Released(), proto.Suspended(),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.verb)
+def test_every_message_round_trips(message):
+    line = message.encode()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert proto.decode(line) == message
+
+
+@given(st.text(min_size=0, max_size=200))
+def test_text_fields_survive_anything_but_newlines(text):
+    message = proto.Error(text)
+    assert proto.decode(message.encode()).message == text.replace("\n", " ")
+
+
+def test_a_reader_splits_lines_across_reads():
+    reader = proto.LineReader()
+    data = proto.Started(9).encode() + proto.Exited(0, "exit").encode()
+    assert reader.feed(data[:5]) == []
+    assert reader.feed(data[5:]) == [proto.Started(9), proto.Exited(0, "exit")]
+
+
+@pytest.mark.parametrize("line", [b"nonsense 1\n", b"started\n", b"started x\n",
+                                  b"lease 1.0\n", b"stop 15 1.0\n"])
+def test_garbage_is_refused_with_the_line(line):
+    with pytest.raises(proto.ProtocolError):
+        proto.decode(line)
+
+
+def test_words_must_be_words_and_messages_are_immutable():
+    with pytest.raises(proto.ProtocolError):
+        proto.Stop(15, 1.0, "two words").encode()
+    with pytest.raises(AttributeError):
+        proto.Started(1).pid = 2
+    with pytest.raises(TypeError):
+        proto.Started()
+
+
+def test_config_round_trips_and_stops_at_the_command():
+    argv = proto.encode_config({"lock": "/x/a b.lock", "grace": 1.5}) + ["--", "sh", "-c", "a=b"]
+    assert proto.decode_config(argv) == ({"lock": "/x/a b.lock", "grace": "1.5"},
+                                         ["sh", "-c", "a=b"])
