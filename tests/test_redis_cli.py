@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lelect.backends import connect
+from lelect.backends.records import HAND_BACK_REASON
 from tests.helpers import (
     redis_listeners,
     run_lelect,
@@ -249,3 +250,22 @@ def test_out_of_range_ttl_is_a_usage_error(redis_server, where):
     line = one_error_line(result)
     assert "out of range" in line and "not an integer" not in line
     assert redis_server.client().keys("*") == []  # refused before anything was written
+
+
+def test_kill9_hand_back_records_the_leadership_as_lost_and_forgets_the_member(
+    redis_server, tmp_path, processes
+):
+    record = tmp_path / "record"
+    leader = campaign(redis_server.url, "k9", ticking_job(record), "--id", "doomed",
+                      "--heartbeat-interval", "100ms")
+    processes.append(leader)
+    wait_until(lambda: read_ticks(record), timeout=10, what="the job")
+    backend = connect(redis_server.url)
+    wait_until(lambda: backend.members("k9").records, what="the leader's heartbeat")
+    term = read_ticks(record)[0].term
+    leader.kill()
+    wait_until(lambda: backend.leader("k9") is None, what="the keeper to hand back")
+    (entry,) = backend.history("k9")
+    assert (entry.term, entry.node_id, entry.outcome) == (term, "doomed", "lost")
+    assert entry.reason == HAND_BACK_REASON and entry.exit_status == 128 + signal.SIGKILL
+    assert backend.members("k9").records == ()
