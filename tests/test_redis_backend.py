@@ -256,14 +256,14 @@ backend = connect(sys.argv[1])
 leadership = backend.campaign(sys.argv[2], Candidate("crasher", "testhost", 99), ttl=float(sys.argv[3]))
 backend.publish(Heartbeat(sys.argv[2], "crasher", "testhost", 99, "leader", leadership.term, 1,
                           time.time()), ttl=60)
-print(json.dumps(backend.hand_back(leadership).params), flush=True)
+print(json.dumps([leadership.term, backend.hand_back(leadership).params]), flush=True)
 time.sleep(600)  # hold the lease until the test kills this process
 """
 
 
-def leader_in_a_process(url: str, election: str, ttl: float, processes) -> dict:
-    """A leadership won by a child process, which the test may kill: its hand-back
-    recipe's params."""
+def leader_in_a_process(url: str, election: str, ttl: float, processes) -> tuple[int, dict]:
+    """A leadership won by a child process, which the test may kill: its term and its
+    hand-back recipe's params."""
     child = subprocess.Popen([sys.executable, "-c", LEADER_PROCESS, url, election, str(ttl)],
                              stdout=subprocess.PIPE, text=True)
     processes.append(child)
@@ -278,7 +278,7 @@ def hand_back_as_the_keeper(params: dict, budget: float, exit_status: int) -> st
         " from lelect.backends import _handback_redis;"
         " params = json.load(sys.stdin);"
         " print(_handback_redis.hand_back(params, float(sys.argv[2]), int(sys.argv[3])));"
-        " assert 'redis' not in sys.modules"
+        " assert not {'redis', 'ssl'} & set(sys.modules), sorted(sys.modules)"
     )
     root = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
     done = subprocess.run([sys.executable, "-S", "-I", "-c", code, root, str(budget),
@@ -291,7 +291,7 @@ def hand_back_as_the_keeper(params: dict, budget: float, exit_status: int) -> st
 def test_hand_back_frees_the_election_at_once_for_a_waiting_candidate(
     redis_server, pool, processes
 ):
-    params = leader_in_a_process(redis_server.url, "hb", 10.0, processes)
+    term, params = leader_in_a_process(redis_server.url, "hb", 10.0, processes)
     processes[-1].kill()  # lelect died; its lease (10 s) would keep the election blocked
     client = redis_server.client()
     waiting = threading.Event()
@@ -305,7 +305,7 @@ def test_hand_back_frees_the_election_at_once_for_a_waiting_candidate(
     assert time.monotonic() - handed_back < lease_left - 1  # not the lease running out
     backend = connect(redis_server.url)
     old, new = backend.history("hb")
-    assert (old.term, old.outcome, old.exit_status) == (params["term"], "lost", 137)
+    assert (old.term, old.outcome, old.exit_status) == (term, "lost", 137)
     assert old.reason == HAND_BACK_REASON
     assert (new.term, new.node_id) == (successor.term, "b")
     assert [r.node_id for r in backend.members("hb").records] == []  # the member is gone
@@ -313,7 +313,7 @@ def test_hand_back_frees_the_election_at_once_for_a_waiting_candidate(
 
 
 def test_hand_back_after_another_leader_won_changes_nothing(redis_server, processes):
-    params = leader_in_a_process(redis_server.url, "late", 0.5, processes)
+    _, params = leader_in_a_process(redis_server.url, "late", 0.5, processes)
     processes[-1].kill()
     backend = connect(redis_server.url)
     successor = backend.campaign("late", candidate("b"), timeout=30)  # after the lease

@@ -1,8 +1,8 @@
 """The Redis backend's keys and Lua scripts: each verb is one script, guarded by the
 leadership's token, so a verb either happens whole or not at all.
 
-Standard library only: the job's keeper runs :data:`RELEASE` (the hand-back) with its
-own small client (``_handback_redis``).
+The job's keeper runs :data:`RELEASE` too (the hand-back, ``_handback_redis``): the
+recipe RedisBackend.hand_back makes carries the script, its keys and its arguments.
 
 Every key of an election sits under ``<prefix>:{NAME}:`` (a Redis Cluster hash tag):
 
@@ -357,6 +357,10 @@ forget_member(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 return 1
 """
 )
+
+
+#: Where the job's exit status sits in :data:`RELEASE`'s ARGV.
+RELEASE_EXIT_STATUS = 4
 
 
 def release_args(keys: ElectionKeys, token: str, term: int, outcome: str,

@@ -29,6 +29,7 @@ from lelect.backends._redis_scripts import (
     MEMBERS,
     PUBLISH,
     RELEASE,
+    RELEASE_EXIT_STATUS,
     REMOVE_MEMBER,
     REQUEST_RESIGN,
     ElectionKeys,
@@ -51,7 +52,7 @@ from lelect.backends.base import (
     only_changes,
     timed_out,
 )
-from lelect.backends.records import decode_member, encode_member
+from lelect.backends.records import HAND_BACK_REASON, decode_member, encode_member
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable
 from lelect.names import validate_election
@@ -216,13 +217,18 @@ class RedisBackend(Backend):
             {"path": kwargs["path"]} if "path" in kwargs
             else {"host": kwargs["host"], "port": kwargs["port"]}
         )
+        keys = self._keys(leadership.election)
         ttl = getattr(leadership, "ttl", self.default_ttl)
+        # Everything the keeper's client sends, made here: it imports nothing of lelect.
+        # The job's exit status, known only then, goes where argv holds None.
+        argv: list[Any] = release_args(keys, leadership.token, leadership.term, LOST, None,
+                                       HAND_BACK_REASON, None, forget_member=leadership.node_id)
+        argv[RELEASE_EXIT_STATUS] = None
         return HandBack(module="lelect.backends._handback_redis", params={
             "address": address, "tls": tls, "username": kwargs["username"],
             "password": kwargs["password"], "db": kwargs["db"],
-            "prefix": self.options.prefix, "election": leadership.election,
-            "token": leadership.token, "term": leadership.term,
-            "node_id": leadership.node_id,
+            "sha": RELEASE.sha, "script": RELEASE.text, "keys": keys.release_keys,
+            "argv": argv,
             # After the lease has run out there is nothing left to hand back.
             "budget": min(self.options.connect_timeout, ttl),
         })
