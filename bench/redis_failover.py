@@ -14,8 +14,8 @@ host dies (all frozen): lelect, its keeper and the job are SIGSTOPped together, 
 nothing can release: failover comes from the lease, as above. "overlaps" counts old
 jobs that ticked after the next job started (it must be 0).
 
-Trials of the crash cases run in parallel lanes (one election each) to bound the run
-time. Without --url the script starts its own redis-server (as the tests do). Prints a
+Trials of the host-dies case run in parallel lanes (one election each) to bound the run
+time; the -9 trials run one at a time (each takes milliseconds). Without --url the script starts its own redis-server (as the tests do). Prints a
 table; asserts nothing.
 """
 
