@@ -39,6 +39,8 @@ TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 LIBC = None
 #: How long the keeper tries to hand the leadership back when the recipe sets no budget.
 HAND_BACK_BUDGET = 3.0
+#: How long the keeper tries to close the embedded backend's record itself.
+CLOSE_RECORD_BUDGET = 1.0
 
 
 def shell_status(status):
@@ -560,12 +562,45 @@ class Keeper:
 
     def shutdown(self, lelect_died=False):
         gone = self.kill_everything()
-        if lelect_died and gone and self.recipe and not self.released_by_lelect \
-                and self.job_pid is not None:
-            self.hand_back()
+        if gone and not self.released_by_lelect and self.job_pid is not None:
+            if self.lock_fd is not None and (lelect_died or self.exit_when_done):
+                # lelect died, or was stopped before it heard that we won.
+                from lelect.backends.records import HAND_BACK_REASON
+
+                if lelect_died:
+                    self.close_record("lost", HAND_BACK_REASON)
+                else:
+                    self.close_record("stopped", "lelect was stopped as it won")
+            elif lelect_died and self.recipe:
+                self.hand_back()
         self.release()
         self.take_terminal_back()
         os._exit(0)
+
+    def close_record(self, outcome, reason):
+        """The embedded backend: lelect cannot close the leadership (it died, or was
+        stopped before it heard that we won) and the job's group is gone. The keeper
+        wrote the leadership's record, so it closes it too (before it lets go of the
+        flock, so the next leader finds it closed), then forgets lelect's member."""
+        try:
+            if self.record_pipe is not None:  # the record is still being written
+                select.select([self.record_pipe], [], [], CLOSE_RECORD_BUDGET)
+            conn = self.filestate.open_db(self.options["db"], self.options.get("shared") == "1")
+            # A busy database must not hold up the exit (nor the next leader) for long.
+            conn.execute(f"PRAGMA busy_timeout={int(CLOSE_RECORD_BUDGET * 1000)}")
+            try:
+                self.filestate.close_leadership(
+                    conn, self.options["election"], term=self.term, token=self.options["token"],
+                    outcome=outcome, exit_status=self.job_status, reason=reason,
+                    slot=None, ended=time.time(),
+                )
+                with self.filestate.transaction(conn):
+                    conn.execute("DELETE FROM members WHERE election=? AND node_id=?",
+                                 (self.options["election"], self.options["node_id"]))
+            finally:
+                conn.close()
+        except Exception:  # noqa: BLE001 - the next leader closes it as vanished instead
+            pass
 
     def hand_back(self):
         """lelect died while its job ran, and the job's whole group is gone: release the
@@ -616,12 +651,13 @@ class Keeper:
         if self.job_pidfd is not None:
             os.close(self.job_pidfd)
             self.job_pidfd = None
+        self.take_terminal_back()
+        if self.exit_when_done:  # told to stop: the record is closed before the lock goes
+            self.report(self.proto.Exited(self.job_status, self.reason))
+            self.shutdown()
         if self.options.get("autorelease") == "1":
             self.release()
-        self.take_terminal_back()
         self.report(self.proto.Exited(self.job_status, self.reason))
-        if self.exit_when_done:
-            self.shutdown()
 
     def report(self, message):
         """News of the job; on the embedded backend it waits until "locked" is sent."""

@@ -39,6 +39,7 @@ from lelect.errors import (
 )
 from lelect.names import validate_election
 from lelect.supervisor import Gone, Keeper, KeeperConfig
+from lelect.systemd import Notifier
 
 #: Signals forwarded to the job's process group while it runs.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -186,7 +187,8 @@ class Interrupted(Exception):
 
 
 class _Driver:
-    def __init__(self, backend: Backend, options: CampaignOptions, log: Log) -> None:
+    def __init__(self, backend: Backend, options: CampaignOptions, log: Log,
+                 notify: Notifier | None = None) -> None:
         options.check()
         self.program = check_command(options.command)
         self.backend = backend
@@ -212,6 +214,9 @@ class _Driver:
         self.leadership: Leadership | None = None
         self.announced = False
         self.heartbeats = None
+        self.notify = notify or Notifier({})
+        self.loop_beat = time.monotonic()
+        self.finished = False
 
     # -- signals ----------------------------------------------------------------
 
@@ -236,7 +241,9 @@ class _Driver:
         previous = self._install_signals()
         try:
             self._start_heartbeats()
+            self._start_watchdog()
             commands = self.core.start(time.monotonic())
+            self.notify.ready()  # a waiting standby is ready
             while True:
                 outcome = None  # an attempt's outcome goes before anything its keeper said
                 for command in commands:
@@ -244,12 +251,15 @@ class _Driver:
                     if isinstance(result, CampaignResult):
                         return result
                     outcome = result or outcome
+                self.loop_beat = time.monotonic()
                 commands = self.core.step(outcome or self._next_event())
         except BaseException:
             self._let_go()
             raise
         finally:
+            self.finished = True
             self.blocking = False
+            self.notify.stopping()
             if self.heartbeats is not None:
                 self.heartbeats.stop()
             for sig, handler in previous.items():
@@ -257,6 +267,9 @@ class _Driver:
 
     def _next_event(self) -> core.Event:
         wake_at = self.core.wake_at
+        if self.notify.watchdog_interval is not None:  # the watchdog sees this loop turn
+            beat = time.monotonic() + self.notify.watchdog_interval
+            wake_at = beat if wake_at is None else min(wake_at, beat)
         timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
         try:
             item = self.events.get(timeout=timeout)
@@ -298,6 +311,9 @@ class _Driver:
             keeper.start(command.term, command.slot)
         elif isinstance(command, core.StopJob) and keeper is not None:
             keeper.stop(command.signum, command.grace, command.reason)
+            self.notify.status(f"stopping the job ({command.reason}), term {self.core.term}")
+            if command.reason == "stop":
+                self.notify.stopping()
         elif isinstance(command, core.ForwardSignal) and keeper is not None:
             keeper.signal(command.signum)
         elif isinstance(command, core.Release):
@@ -305,6 +321,7 @@ class _Driver:
         elif isinstance(command, core.SuspendSelf):
             os.kill(os.getpid(), signal.SIGSTOP)
         elif isinstance(command, core.Log):
+            self._status(command)
             if not (command.event == "elected" and self.announced):
                 self.log(command.event, command.message, **command.fields)
         elif isinstance(command, core.Exit):
@@ -369,15 +386,59 @@ class _Driver:
             keeper.kill()
             return core.TimedOut(time.monotonic(), str(late))
         except Interrupted as stop:
-            keeper.kill()
+            keeper.kill()  # a job it had just started gets the stop signal and the grace
+            self._report_late_job(keeper)
             return core.SignalReceived(time.monotonic(), stop.signum)
         finally:
             self.blocking = False
         self.leadership = leadership
         return self._won(leadership, keeper)
 
+    def _status(self, log: core.Log) -> None:
+        """systemd's STATUS= line, from what the core logs."""
+        term = log.fields.get("term", self.core.term)
+        if log.event == "elected":
+            self.notify.status(f"leading (term {term})")
+        elif log.event == "job-started":
+            self.notify.status(f"leading (term {self.core.term}), job pid {log.fields['pid']}")
+        elif log.event in ("released", "stopped", "restart", "hold", "lost"):
+            self.notify.status(log.message)
+
+    def _start_watchdog(self) -> None:
+        """WATCHDOG=1 while this loop turns (or a campaign call is under way) and, while
+        leading a lease, the lease is current: a stuck loop or renew stops the pings."""
+        interval = self.notify.watchdog_interval
+        if interval is None:
+            return
+        import threading
+
+        def ping() -> None:
+            while not self.finished:
+                now = time.monotonic()
+                leadership = self.leadership
+                lease_ok = (leadership is None or leadership.lease_deadline is None
+                            or leadership.lease_deadline > now)
+                if (self.blocking or now - self.loop_beat < 3 * interval) and lease_ok:
+                    self.notify.watchdog()
+                time.sleep(interval)
+
+        threading.Thread(target=ping, name="systemd-watchdog", daemon=True).start()
+
+    def _report_late_job(self, keeper: Keeper) -> None:
+        """lelect was stopped just as its keeper won: say how the job it had started
+        ended (the keeper closed that leadership's record itself)."""
+        while True:
+            try:
+                message = keeper.events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(message, proto.Exited):
+                self.log("released", f"job exited with status {message.status}; released"
+                         f" {self.options.election!r}", status=message.status)
+
     def _on_wait(self, holder: LeaderInfo | None) -> None:
         who = f"{holder.node_id} leads (term {holder.term})" if holder else "somebody leads"
+        self.notify.status(f"waiting: {who}")
         self.log("waiting", f"waiting for {self.options.election!r}: {who}",
                  **({"leader": holder.node_id, "leader_term": holder.term} if holder else {}))
 
@@ -494,8 +555,9 @@ class _Driver:
         self.heartbeats.start()
 
 
-def run_campaign(backend: Backend, options: CampaignOptions, log: Log = _no_log) -> CampaignResult:
+def run_campaign(backend: Backend, options: CampaignOptions, log: Log = _no_log,
+                 notify: Notifier | None = None) -> CampaignResult:
     """Campaign, run ``options.command`` while leading; return how it ended (``.status``
-    is lelect's exit status). Raises LelectError subclasses for configuration and
-    backend failures."""
-    return _Driver(backend, options, log).run()
+    is lelect's exit status). ``notify=Notifier()`` talks to systemd (Type=notify).
+    Raises LelectError subclasses for configuration and backend failures."""
+    return _Driver(backend, options, log, notify).run()

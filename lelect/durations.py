@@ -56,6 +56,12 @@ RANGES: dict[str, Range] = {
     "interval": Range(0.01, 3600.0),
     "wait": Range(0.0, 30 * DAY),
     "connect_timeout": Range(0.001, 3600.0),
+    # lelect simulate (simulated time; a run's cost grows with it)
+    "duration": Range(0.001, 600.0),
+    "crash-leader-at": Range(0.0, 600.0),
+    "delay": Range(0.0, 10.0),
+    "jitter": Range(0.0, 10.0),
+    "tick": Range(0.001, 1.0),
 }
 
 

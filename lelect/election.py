@@ -113,16 +113,21 @@ class Election:
                 **options: object) -> CampaignResult:
         """Guard a command as ``lelect campaign`` does: run it only while this node
         leads, under a keeper; options as :class:`lelect.campaign.CampaignOptions`."""
-        from lelect.campaign import CampaignOptions, run_campaign
+        from lelect.campaign import CampaignOptions
 
         opts = CampaignOptions(election=self.name, command=tuple(command),
                                node_id=self.candidate.node_id, **options)  # type: ignore[arg-type]
-        return run_campaign(self.backend, opts, log) if log else run_campaign(self.backend, opts)
+        return self.run_options(opts, log)
 
-    def run_options(self, options: CampaignOptions, log: Log | None = None) -> CampaignResult:
-        from lelect.campaign import run_campaign
+    def run_options(self, options: CampaignOptions, log: Log | None = None, *,
+                    systemd: bool = False) -> CampaignResult:
+        """:meth:`run_job` with ready-made options; ``systemd`` talks to systemd
+        (Type=notify: READY, STATUS, WATCHDOG, STOPPING) when it listens."""
+        from lelect.campaign import _no_log, run_campaign
+        from lelect.systemd import Notifier
 
-        return run_campaign(self.backend, options, log) if log else run_campaign(self.backend, options)
+        return run_campaign(self.backend, options, log or _no_log,
+                            Notifier() if systemd else None)
 
     def leader(self) -> LeaderInfo | None:
         return self.backend.leader(self.name)

@@ -87,6 +87,7 @@ class HeartbeatPublisher:
         self.role = role
         self.term: int | None = None
         self.seq = 0
+        self.published = False
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -103,12 +104,13 @@ class HeartbeatPublisher:
         self._thread.start()
 
     def stop(self, remove: bool = True) -> None:
-        """Stop publishing; a clean exit removes the member at once."""
+        """Stop publishing; a clean exit removes the member at once (if it ever got
+        published: a backend that was never reached is not waited for again)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        if remove:
+        if remove and self.published:
             try:
                 self.backend.remove_member(self.election, self.candidate.node_id)
             except (LelectError, OSError):
@@ -135,6 +137,7 @@ class HeartbeatPublisher:
 
     def publish_once(self) -> None:
         self.backend.publish(self.heartbeat(), self.forget_after)
+        self.published = True
 
     def _check_duplicate(self) -> None:
         """Two candidates with one node id would show as one member: say so."""
@@ -413,30 +416,20 @@ def next_leader(
 ) -> LeaderInfo | None:
     """Wait up to ``timeout`` (None: for ever) for a leader of ``election`` with a term
     above ``after_term``; None if there is none by then."""
-    deadline = math.inf if timeout is None else time.monotonic() + timeout
     stop = threading.Event()
     timer = threading.Timer(timeout if timeout is not None else 0, stop.set)
     timer.daemon = True
     if timeout is not None:
         timer.start()
-    changes = None
+    changes = backend.observe(election, stop)
     try:
-        changes = backend.observe(election, stop)
         for info in changes:
             if info is not None and info.term > after_term:
                 return info
-    except NotImplementedError:
-        while time.monotonic() < deadline:
-            info = backend.leader(election)
-            if info is not None and info.term > after_term:
-                return info
-            time.sleep(0.1)
     finally:
         stop.set()
         timer.cancel()
-        close = getattr(changes, "close", None)
-        if close is not None:
-            close()
+        changes.close()
     info = backend.leader(election)
     return info if info is not None and info.term > after_term else None
 

@@ -33,7 +33,7 @@ from lelect.algorithms import BecameLeader, Event, Message, Node, NodeId, Output
 from lelect.algorithms.bully import BullyConfig, BullyNode
 from lelect.algorithms.raft import RaftConfig, RaftNode
 from lelect.algorithms.ring import RingConfig, RingNode
-from lelect.durations import parse_duration
+from lelect.durations import RANGES, parse_duration
 from lelect.errors import UsageError
 
 ALGORITHMS = ("bully", "ring", "raft")
@@ -207,8 +207,10 @@ def _split_at_window(spec: str, what: str, form: str) -> tuple[str, float, float
     if not at or not lhs.strip() or not window.strip():
         raise UsageError(f"invalid {what} {spec!r}: use {form}, with {_TIME_WINDOW_HELP}")
     start_text, dash, end_text = window.partition("-")
-    start_ms = parse_duration(start_text, what=f"{what} time") * 1000
-    end_ms = parse_duration(end_text, what=f"{what} end time") * 1000 if dash else None
+    limits = RANGES["crash-leader-at"]  # simulated time: a fault must come in the run
+    start_ms = parse_duration(start_text, what=f"{what} time", limits=limits) * 1000
+    end_ms = (parse_duration(end_text, what=f"{what} end time", limits=limits) * 1000
+              if dash else None)
     if end_ms is not None and end_ms <= start_ms:
         raise UsageError(f"invalid {what} {spec!r}: the end must come after the start")
     return lhs, start_ms, end_ms

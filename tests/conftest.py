@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.plugins.proxy",
     "tests.plugins.redis_server",
     "tests.plugins.zookeeper_server",
+    "tests.plugins.postgres_server",
     "tests.plugins.targets",
 ]
 

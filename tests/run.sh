@@ -1,27 +1,36 @@
 #!/bin/sh
-# Install everything the test suite needs (Debian packages, Python packages), then run it all.
+# Install everything the test suite needs (Debian packages; Python packages into the
+# project's own virtual environment, .venv — never into the system interpreter), then
+# run ruff and the whole suite.
 # Usage: sh tests/run.sh [pytest args...]
 set -eu
 cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
+PYTHON="${PYTHON:-python3}"
 need=""
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 [ -f /usr/share/java/zookeeper.jar ] || need="$need zookeeper"
 command -v java >/dev/null 2>&1 || need="$need default-jre-headless"
+command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
+command -v etcdctl >/dev/null 2>&1 || need="$need etcd-client"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 command -v tmux >/dev/null 2>&1 || need="$need tmux"
 command -v flock >/dev/null 2>&1 || need="$need util-linux"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v zsh >/dev/null 2>&1 || need="$need zsh"
 command -v fish >/dev/null 2>&1 || need="$need fish"
+[ -x /usr/bin/python3 ] || need="$need python3"  # another user's interpreter, in one test
+"$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || need="$need python3-venv"
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
 fi
 
-PYTHON="${PYTHON:-python3}"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
-"$PYTHON" -m ruff check lelect tests bench
-exec "$PYTHON" -m pytest -q "$@"
+VENV="${LELECT_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+"$VENV/bin/python" -m ruff check lelect tests bench
+exec "$VENV/bin/python" -m pytest -q "$@"

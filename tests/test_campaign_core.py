@@ -265,8 +265,7 @@ def test_restarts_never_spin(policy, data):
     starts = [t for t, item in world.trace if isinstance(item, core.StartJob)]
     for earlier, later in zip(starts, starts[1:]):
         assert later - earlier >= floor - 1e-9
-    for _, pause in commands_of(world, core.Pause):
-        assert policy.restart
+    assert policy.restart or not commands_of(world, core.Pause)
 
 
 @fast

@@ -34,11 +34,11 @@ def test_completion_scripts_are_what_lelect_prints(shell):
 @pytest.fixture
 def backend(tmp_path: Path) -> str:
     """A backend with three elections, each known by one member's heartbeat."""
-    import lelect
+    from lelect.backends import connect
     from lelect.backends.base import Heartbeat
 
     url = f"file://{tmp_path / 'state'}"
-    with lelect.connect(url) as store:
+    with connect(url) as store:
         for name in ("nightly", "nightly-eu", "backup"):
             store.publish(Heartbeat(election=name, node_id="n1", host="h", pid=1, role="follower",
                                     term=None, seq=1, time=0.0), 3600)

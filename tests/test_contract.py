@@ -207,6 +207,7 @@ def test_once_per_slot_is_done_only_after_a_successful_run(backend):
 # ran at once and whether terms grew.
 
 import json  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 
@@ -272,9 +273,11 @@ def test_the_secret_never_shows(target, tmp_path):
         assert "@" not in target.url
         return
     proc, release = leading(target, "secret", tmp_path, "leader", "--log-format", "json")
-    job_env = subprocess.run(["sh", "-c", "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'"
-                              " | grep ^LELECT_BACKEND="], capture_output=True, text=True).stdout
-    assert job_env and target.secret not in job_env
+    job = int((tmp_path / "leader.started").read_text().split()[1])
+    keeper = int(open(f"/proc/{job}/stat").read().rsplit(")", 1)[1].split()[1])
+    for pid in (job, keeper):
+        environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+        assert "LELECT_BACKEND=" in environ and target.secret not in environ, pid
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert target.secret not in ps
     out = run_lelect("leader", "secret", "--json", backend=target.url)
@@ -507,3 +510,89 @@ def test_out_of_range_durations_are_usage_errors_before_anything_runs(target, tm
         assert out.returncode == 2, (option, out.stderr)
         assert "out of range" in out.stderr and "Traceback" not in out.stderr
     assert not marker.exists()
+
+
+# -- operations: history, once-per slots ----------------------------------------------------
+
+
+def history_of(target, election: str, *args: str) -> list[dict]:
+    out = run_lelect("history", election, "--json", *args, backend=target.url)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_history_records_how_each_leadership_ended(target, tmp_path):
+    for status in (3, 0):
+        run_lelect("campaign", "log", "--", "sh", "-c", f"exit {status}", backend=target.url)
+    # resigned
+    proc, release = leading(target, "log", tmp_path, "resigner")
+    assert run_lelect("resign", "log", backend=target.url).returncode == 0
+    proc.wait(timeout=30)
+    # stopped (SIGTERM to lelect)
+    proc, release = leading(target, "log", tmp_path, "stopped")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    # lelect killed: its keeper hands the leadership back
+    proc, release = leading(target, "log", tmp_path, "killed")
+    proc.kill()
+    proc.wait(timeout=30)
+    wait_until(lambda: history_of(target, "log")[-1]["outcome"] != "running", timeout=30,
+               what="the killed leadership to be closed")
+    entries = history_of(target, "log")
+    assert [(e["outcome"], e["exit_status"]) for e in entries[:4]] == [
+        ("exited", 3), ("exited", 0), ("resigned", 143), ("stopped", 143)]
+    assert entries[4]["outcome"] == "lost" and entries[4]["node_id"] == "killed"
+    assert "keeper" in entries[4]["reason"]
+    terms = [e["term"] for e in entries]
+    assert terms == sorted(set(terms))
+    assert all(e["started"] and e["ended"] for e in entries)
+    assert [e["term"] for e in history_of(target, "log", "--limit", "2")] == terms[-2:]
+    table = run_lelect("history", "log", backend=target.url).stdout
+    assert "resigned" in table and "killed" in table
+
+
+def test_a_running_leadership_that_vanished_is_closed_by_the_next_leader(target, tmp_path):
+    proc, release = leading(target, "gone", tmp_path, "first", *(("--ttl", "1s")
+                                                                 if target.lease else ()))
+    job = int((tmp_path / "first.started").read_text().split()[1])
+    keeper = int(open(f"/proc/{job}/stat").read().rsplit(")", 1)[1].split()[1])
+    wait_until(lambda: (leader_json(target.url, "gone") or {}).get("node_id") == "first",
+               timeout=30, what="the leadership to be recorded")
+    # lelect and its keeper die together (a host crash, as far as lelect can tell)
+    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(keeper, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert run_lelect("campaign", "gone", "--", "true", backend=target.url).returncode == 0
+    first, second = history_of(target, "gone")
+    assert first["outcome"] == "vanished" and first["ended"] >= first["started"]
+    assert second["outcome"] == "exited"
+
+
+def test_once_per_runs_the_job_once_per_slot(target, tmp_path):
+    runs = tmp_path / "runs"
+    job = ("sh", "-c", f'echo "$LELECT_SLOT" >> {runs}; sleep 0.2')
+    procs = [spawn_lelect("campaign", "daily", "--once-per", "1d", "--", *job, backend=target.url)
+             for _ in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    later = [run_lelect("campaign", "daily", "--once-per", "1d", "--", *job, backend=target.url)
+             for _ in range(2)]
+    assert all(out.returncode == 0 and "already succeeded" in out.stderr for out in later)
+    (slot,) = runs.read_text().split()
+    assert slot.startswith("1d@") and slot.endswith("T00:00:00Z")
+    done = [e for e in history_of(target, "daily") if e["slot"]]
+    assert [e["slot"] for e in done] == [slot]
+
+
+def test_a_failed_run_leaves_the_slot_open(target, tmp_path):
+    runs = tmp_path / "runs"
+    failing = run_lelect("campaign", "k", "--once-key", "2026-12-02", "--", "sh", "-c",
+                         f"echo fail >> {runs}; exit 1", backend=target.url)
+    assert failing.returncode == 1
+    for _ in range(2):
+        assert run_lelect("campaign", "k", "--once-key", "2026-12-02", "--", "sh", "-c",
+                          f'echo "ok $LELECT_SLOT" >> {runs}', backend=target.url).returncode == 0
+    assert run_lelect("campaign", "k", "--once-key", "2026-12-03", "--", "sh", "-c",
+                      f'echo "ok $LELECT_SLOT" >> {runs}', backend=target.url).returncode == 0
+    assert runs.read_text().splitlines() == ["fail", "ok 2026-12-02", "ok 2026-12-03"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 
 import pytest
 
-from lelect.backends.base import Backend, Heartbeat, LeaderInfo, MemberRecord, Members
+from lelect.backends import connect
+from lelect.backends.base import Candidate, Heartbeat, LeaderInfo, MemberRecord, Members
 from lelect.cli.render import group_json
 from lelect.errors import UsageError
 from lelect.health import (
@@ -22,7 +22,6 @@ from lelect.health import (
     LeaderChange,
     PhiAccrualDetector,
     assess,
-    next_leader,
     worst,
 )
 
@@ -234,112 +233,69 @@ def test_json_has_the_documented_shape_and_never_nan():
 # -- watching, with a backend that has nothing but the interface ------------------------
 
 
-class ScriptedBackend(Backend):
-    """Leaders and members set by the test; no observe() (the base raises)."""
-
-    scheme = "scripted"
-
-    def __init__(self) -> None:
-        self.current: LeaderInfo | None = None
-        self.records: dict[str, tuple[MemberRecord, ...]] = {}
-        self.now = T0
-
-    def campaign(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def resign(self, leadership):
-        raise NotImplementedError
-
-    def leader(self, election):
-        return self.current
-
-    def request_resign(self, election, term=None):
-        return False
-
-    def publish(self, heartbeat, ttl):
-        raise NotImplementedError
-
-    def remove_member(self, election, node_id):
-        pass
-
-    def members(self, election):
-        return Members(election, self.now, self.records.get(election, ()))
-
-    def elections(self):
-        names = set(self.records)
-        if self.current is not None:
-            names.add("e")
-        return sorted(names | {"bad/name"})  # a stray name no election can have
+def held(backend, name: str, node_id: str):
+    return backend.campaign(name, Candidate(node_id, "h", 1), timeout=10)
 
 
-def test_group_watch_reports_each_leader_change_once():
-    backend = ScriptedBackend()
-    watch = GroupWatch(backend, ["e"], DETECTOR, interval=0.01)
-    assert watch.snapshot().changes == ()  # what it finds at first is no change
-    a = LeaderInfo("a", 1)
-    b = LeaderInfo("b", 2)
-    backend.current = a
-    assert watch.snapshot().changes == (LeaderChange("e", None, a),)
-    assert watch.snapshot().changes == ()
-    backend.current = b
-    assert watch.snapshot().changes == (LeaderChange("e", a, b),)
-    backend.current = None
-    assert watch.snapshot().changes == (LeaderChange("e", b, None),)
+def test_group_watch_reports_each_leader_change_once(tmp_path):
+    with connect(f"file://{tmp_path}/state") as backend:
+        watch = GroupWatch(backend, ["e"], DETECTOR, interval=0.01)
+        assert watch.snapshot().changes == ()  # what it finds at first is no change
+        a = held(backend, "e", "a")
+        (change,) = watch.snapshot().changes
+        assert (change.previous, change.current.node_id) == (None, "a")
+        assert watch.snapshot().changes == ()
+        a.release()
+        b = held(backend, "e", "b")
+        (change,) = watch.snapshot().changes
+        assert (change.previous.node_id, change.current.node_id) == ("a", "b")
+        b.release()
+        (change,) = watch.snapshot().changes
+        assert (change.previous.node_id, change.current) == ("b", None)
 
 
-def test_group_watch_of_every_election_skips_stray_names_and_sees_a_group_vanish():
-    backend = ScriptedBackend()
-    backend.current = LeaderInfo("a", 1)
-    watch = GroupWatch(backend, (), DETECTOR, interval=0.01)
-    assert [g.election for g in watch.snapshot().groups] == ["e"]
-    backend.current = None  # the election drops out of elections(): the loss is still seen
-    snap = watch.snapshot()
-    assert snap.changes == (LeaderChange("e", LeaderInfo("a", 1), None),)
-    assert watch.snapshot().groups == ()
+def test_group_watch_of_every_election_skips_stray_names_and_sees_a_group_vanish(tmp_path):
+    import sqlite3
+
+    with connect(f"file://{tmp_path}/state") as backend:
+        backend.publish(Heartbeat("e", "x", "h", 1, "follower", None, 1, T0), ttl=60)
+        stray = sqlite3.connect(tmp_path / "state" / "lelect.db", isolation_level=None)
+        stray.execute("UPDATE members SET election='bad/name'")  # a name no election can have
+        stray.close()
+        leadership = held(backend, "e", "a")
+        watch = GroupWatch(backend, (), DETECTOR, interval=0.01)
+        assert [g.election for g in watch.snapshot().groups] == ["e"]
+        leadership.release()  # the election drops out of elections(): the loss is still seen
+        (change,) = watch.snapshot().changes
+        assert (change.previous.node_id, change.current) == ("a", None)
+        assert watch.snapshot().groups == ()
 
 
-def test_group_watch_run_survives_a_failing_backend():
+def test_group_watch_run_survives_a_failing_backend(redis_server):
+    with connect(redis_server.url) as backend:
+        leadership = held(backend, "e", "a")
+        watch = GroupWatch(backend, ["e"], DETECTOR, interval=0.01)
+        snapshots = []
+        for snap in watch.run():
+            snapshots.append(snap)
+            if len(snapshots) == 1:
+                redis_server.stop()
+            elif snap.error and len(snapshots) < 50:
+                redis_server.start()
+            elif len(snapshots) > 1:
+                watch.close()
+        errors = [s.error for s in snapshots]
+        assert errors[0] is None and errors[-1] is None and any(errors), errors
+        assert snapshots[1].groups == snapshots[0].groups  # the last good look, while failing
+        leadership.release()
+
+
+def test_group_watch_run_fails_at_once_if_the_backend_never_answered(refused_port):
     from lelect.errors import BackendUnavailable
 
-    backend = ScriptedBackend()
-    backend.current = LeaderInfo("a", 1)
-    failing = [False, True, False]
-
-    def leader(election):
-        if failing.pop(0):
-            raise BackendUnavailable("connection refused")
-        return backend.current
-
-    backend.leader = leader
-    watch = GroupWatch(backend, ["e"], DETECTOR, interval=0.01)
-    snapshots = []
-    for snap in watch.run():
-        snapshots.append(snap)
-        if len(snapshots) == 3:
-            watch.close()
-    assert [s.error for s in snapshots] == [None, "connection refused", None]
-    assert snapshots[1].groups == snapshots[0].groups
-
-
-def test_group_watch_run_fails_at_once_if_the_backend_never_answered():
-    from lelect.errors import BackendUnavailable
-
-    backend = ScriptedBackend()
-
-    def leader(election):
-        raise BackendUnavailable("connection refused")
-
-    backend.leader = leader
-    with pytest.raises(BackendUnavailable):
+    with connect(f"redis://127.0.0.1:{refused_port}/0") as backend, \
+            pytest.raises(BackendUnavailable):
         next(GroupWatch(backend, ["e"], DETECTOR, interval=0.01).run())
-
-
-def test_next_leader_polls_when_the_backend_cannot_observe():
-    backend = ScriptedBackend()
-    backend.current = LeaderInfo("a", 3)
-    assert next_leader(backend, "e", after_term=3, timeout=0.2) is None
-    threading.Timer(0.1, lambda: setattr(backend, "current", LeaderInfo("b", 4))).start()
-    assert next_leader(backend, "e", after_term=3, timeout=5) == LeaderInfo("b", 4)
 
 
 def test_leader_change_environment():

@@ -216,7 +216,7 @@ def test_unknown_election_is_an_empty_group_not_an_error(backend):
     assert watch_once(backend, "nobody-here") == [
         {"election": "nobody-here", "status": "critical", "leader": None, "members": []}]
     out = health(backend, "nobody-here")
-    assert out.returncode == 2 and "no leader" in out.stdout and out.stderr == ""
+    assert out.returncode == 2 and "unknown election 'nobody-here'" in out.stderr
     assert watch_once(backend) == []
     assert run_lelect("watch", "--once", backend=backend).stdout.strip() == "no elections"
 
@@ -246,7 +246,7 @@ def test_garbage_heartbeat_records_are_shown_as_such(backend, processes, tmp_pat
     assert set(members) == {"good", "not-json", "wrong-types", "a-list", "nasty", "blob"}
     assert members["good"]["status"] == "alive" and group["leader"]["node_id"] == "good"
     for name in ("not-json", "wrong-types", "a-list", "blob"):
-        assert members[name]["error"].startswith("unreadable record"), members[name]
+        assert members[name]["error"].startswith("unreadable member record"), members[name]
         assert members[name]["status"] == "dead" and members[name]["cpu_percent"] is None
     assert members["nasty"]["cpu_percent"] is None and members["nasty"]["role"] == "follower"
 
@@ -256,7 +256,7 @@ def test_garbage_heartbeat_records_are_shown_as_such(backend, processes, tmp_pat
         assert out.returncode == status, (args, out.stderr)
         assert out.stderr == "" and "Traceback" not in out.stdout
     table = run_lelect("watch", "junk", "--once", backend=backend).stdout
-    assert "unreadable record" in table and "\x1b[2J" not in table and "\x07" not in table
+    assert "unreadable member record" in table and "\x1b[2J" not in table and "\x07" not in table
     report = strict_json(health(backend, "junk", "--json").stdout)
     assert report["status"] == "degraded"
 

@@ -24,6 +24,8 @@ SCHEMES: dict[str, str] = {
     "unix": "lelect.backends.redis:RedisBackend",
     "zookeeper": "lelect.backends.zookeeper:ZooKeeperBackend",
     "zk": "lelect.backends.zookeeper:ZooKeeperBackend",
+    "postgresql": "lelect.backends.postgres:PostgresBackend",
+    "postgres": "lelect.backends.postgres:PostgresBackend",
 }
 
 

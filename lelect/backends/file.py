@@ -25,7 +25,6 @@ from lelect.backends import filestate
 from lelect.backends.base import (
     Backend,
     Candidate,
-    HandBack,
     Heartbeat,
     HistoryEntry,
     LeaderInfo,
@@ -116,7 +115,7 @@ class FileBackend(Backend):
     scheme = "file"
     lease_based = False
     has_clock = False  # one host: the local clock is the backend's
-    #: Read-only callers (``connect(url, create=False)``) create nothing.
+    #: Read-only callers (``connect(url, create=False)``) create no directory.
     creates_state = True
 
     def __init__(self, url: BackendURL, *, create: bool = True) -> None:
@@ -137,7 +136,7 @@ class FileBackend(Backend):
         # One connection shared by the caller and the heartbeat thread; transactions
         # must not interleave.
         self._conn_lock = threading.RLock()
-        if self.exists and (create or os.path.exists(self._db_path)):
+        if self.exists:
             _ = self.db  # refuse a corrupt database now, before anybody waits on it
 
     # -- state ----------------------------------------------------------------
@@ -151,8 +150,11 @@ class FileBackend(Backend):
         """The state database (None for a reader that found none: nothing is created)."""
         with self._conn_lock:
             if self._conn is None:
-                if not self.exists or not (self.creates_state or os.path.exists(self._db_path)):
-                    return None
+                if not self.exists:  # a reader: the directory may have appeared since
+                    checked = filestate.ensure_safe_dir(self.directory, create=False)
+                    if checked is None:
+                        return None
+                    self.exists, (self.directory, self.shared) = True, checked
                 self._conn = filestate.open_db(self.directory, self.shared)
             return self._conn
 
@@ -321,13 +323,6 @@ class FileBackend(Backend):
         except ConfigError:
             if leadership.slot is not None:
                 raise
-
-    def hand_back(self, leadership: Leadership) -> HandBack:
-        return HandBack("lelect.backends._handback_file", {
-            "directory": self.directory, "shared": self.shared,
-            "election": leadership.election, "term": leadership.term,
-            "token": leadership.token, "node_id": leadership.node_id, "budget": 2.0,
-        })
 
     def leader(self, election: str) -> LeaderInfo | None:
         validate_election(election)

@@ -172,6 +172,8 @@ def decode_member(node_id: str, data: bytes | str | None,
     extra = [float(t) for t in (arrivals or ())]
     try:
         record = json.loads(data or b"")
+        if isinstance(record, dict) and "heartbeat" not in record and "node_id" in record:
+            record = {"heartbeat": record}  # a bare heartbeat, as lelect 0.1 stored it
         heartbeat = Heartbeat.from_dict(record["heartbeat"])
         stamps = [*(float(t) for t in record.get("arrivals", [])), *extra]
         forget_after = float(record.get("forget_after", DEFAULT_FORGET_AFTER))

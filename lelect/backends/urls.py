@@ -73,7 +73,7 @@ class BackendURL:
 
 
 #: Query options whose values are secrets and never shown.
-SECRET_OPTIONS = {"auth", "password"}
+SECRET_OPTIONS = {"auth", "password", "sslpassword"}
 
 
 def parse_url(url: str) -> BackendURL:

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "watch": ("lelect.cli.watch", "watch", "Live table of leader, members and heartbeats."),
     "health": ("lelect.cli.health", "health", "Group health from heartbeats (exit 0/1/2)."),
     "resign": ("lelect.cli.resign", "resign", "Ask the leader to step down."),
+    "history": ("lelect.cli.history", "history", "Every leadership: who, when, how it ended."),
+    "exporter": ("lelect.cli.exporter", "exporter", "Prometheus metrics of elections (/metrics)."),
     "simulate": ("lelect.cli.simulate", "simulate", "Simulate Bully, Ring or Raft election."),
 }
 

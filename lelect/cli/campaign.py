@@ -100,4 +100,4 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
         election_handle = client.election(election, node_id)
         log.node_id = election_handle.candidate.node_id
         adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
-        return election_handle.run_options(options, log)
+        return election_handle.run_options(options, log, systemd=True)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from lelect.backends.records import HistoryEntry
 from lelect.durations import format_duration
 from lelect.health import (
     ALIVE,
@@ -211,7 +212,52 @@ def groups_table(
     return Group(*parts)
 
 
+def history_table(election: str, entries: Sequence[HistoryEntry]) -> RenderableType:
+    """One row per leadership, oldest first."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    if not entries:
+        return Text(f"{_clean(election, 128)}: no leaderships recorded", style="dim")
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold dim")
+    for name in ("TERM", "NODE", "STARTED", "ENDED", "OUTCOME", "STATUS"):
+        table.add_column(name, no_wrap=True, min_width=len(name))
+    table.add_column("NOTE", overflow="fold", ratio=1)  # the one column that gives way
+    styles = {"running": "bold green", "exited": "", "resigned": "cyan", "lost": "bold red",
+              "stopped": "yellow", "vanished": "bold red"}
+    for entry in entries:
+        note = entry.reason or ""
+        if entry.slot:
+            note = f"slot {entry.slot}" + (f"; {note}" if note else "")
+        table.add_row(
+            str(entry.term), Text(_clean(entry.node_id, 64)), _stamp(entry.started),
+            _stamp(entry.ended, entry.started), Text(entry.outcome, style=styles.get(entry.outcome, "")),
+            "" if entry.exit_status is None else str(entry.exit_status), Text(_clean(note, 80)),
+        )
+    return Group(Text(_clean(election, 128), style="bold"), table)
+
+
+def _stamp(epoch: float | None, day_of: float | None = None) -> str:
+    """Local time; the date only when it is not the day of ``day_of`` (the start)."""
+    if epoch is None or not math.isfinite(epoch):
+        return ""
+    moment = time.localtime(epoch)
+    if day_of is not None and math.isfinite(day_of) and time.localtime(day_of)[:3] == moment[:3]:
+        return time.strftime("%H:%M:%S", moment)
+    return time.strftime("%Y-%m-%d %H:%M:%S", moment)
+
+
 def console(stderr: bool = False) -> Console:
+    """A terminal's own width; piped into a file or a script, whole lines (160 columns,
+    or $COLUMNS)."""
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if not stream.isatty() and not os.environ.get("COLUMNS"):
+        width = 160
+    return Console(stderr=stderr, highlight=False, width=width)

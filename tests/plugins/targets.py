@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 #: Every backend the contract suite runs against.
-BACKEND_IDS = ["file", "redis", "zookeeper"]
+BACKEND_IDS = ["file", "redis", "zookeeper", "postgres"]
 #: The backends that talk to a server over the network.
 NETWORK_IDS = [b for b in BACKEND_IDS if b != "file"]
 

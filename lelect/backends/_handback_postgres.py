@@ -1,0 +1,319 @@
+"""The keeper's hand-back on PostgreSQL: after lelect died and the job's whole process
+group is gone, release the leadership by its token with the backend's own guarded
+release statement, over a minimal client of PostgreSQL's wire protocol (v3).
+
+Standard library only (the keeper runs ``python -S -I``): a startup message, password
+authentication (SCRAM-SHA-256, md5, cleartext, or none for trust), TLS when the
+leadership's connection used it (SSLRequest, then ``ssl`` with the URL's sslmode), and
+one simple Query. Everything is bounded by ``budget``: a server that cannot be reached
+in time changes nothing, and the lease expires as it would have.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import socket
+import ssl
+import struct
+import time
+import unicodedata
+from typing import Any
+
+from lelect.backends._postgres_sql import LOST_REASON, release_statement, with_timeout
+
+PROTOCOL_3_0 = 196608
+SSL_REQUEST = 80877103
+#: Share of the budget left for the release statement itself (server-side timeout).
+STATEMENT_SHARE = 0.9
+
+
+class WireError(Exception):
+    """The server refused us or the conversation broke."""
+
+
+def hand_back(params: dict[str, Any], budget: float, exit_status: int | None) -> str:
+    """Release the leadership in ``params`` (from ``PostgresBackend.hand_back``) within
+    ``budget`` seconds: "released", or "not ours" when its lease had already expired or
+    been taken (then only our own still-running history entry is closed)."""
+    deadline = time.monotonic() + budget
+    statement = release_statement(
+        params["schema"], election=params["election"], token=params["token"],
+        term=int(params["term"]), node_id=params["node_id"], outcome="lost",
+        exit_status=exit_status, reason=LOST_REASON, slot=None, forget=True,
+    )  # fmt: skip
+    wire = Wire.connect(params, deadline)
+    try:
+        left = deadline - time.monotonic()
+        rows = wire.query(with_timeout(statement, max(left * STATEMENT_SHARE, 0.001)))
+    finally:
+        wire.close()
+    released = rows and rows[-1][0] == "1"
+    return "released" if released else "not ours"
+
+
+class Wire:
+    """One connection speaking the frontend/backend protocol, every read and write
+    bounded by ``deadline`` (monotonic)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self._buffer = b""
+
+    @classmethod
+    def connect(cls, params: dict[str, Any], deadline: float) -> Wire:
+        sock = _open_socket(params, deadline)
+        wire = cls(sock, deadline)
+        try:
+            if params.get("tls") and sock.family != socket.AF_UNIX:
+                wire._start_tls(params)
+            wire._startup(params)
+        except BaseException:
+            wire.close()
+            raise
+        return wire
+
+    # -- framing ------------------------------------------------------------------------
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the hand-back's budget ran out")
+        return left
+
+    def _send(self, data: bytes) -> None:
+        self.sock.settimeout(self._left())
+        self.sock.sendall(data)
+
+    def _read(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            self.sock.settimeout(self._left())
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise WireError("the server closed the connection")
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:count], self._buffer[count:]
+        return data
+
+    def _message(self) -> tuple[bytes, bytes]:
+        """The next message: (type byte, body)."""
+        kind, length = struct.unpack("!cI", self._read(5))
+        return kind, self._read(length - 4)
+
+    def _send_message(self, kind: bytes, body: bytes) -> None:
+        self._send(kind + struct.pack("!I", len(body) + 4) + body)
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def _start_tls(self, params: dict[str, Any]) -> None:
+        self._send(struct.pack("!II", 8, SSL_REQUEST))
+        answer = self._read(1)
+        if answer != b"S":
+            raise WireError("the server refused TLS, which this leadership's connection used")
+        context = _tls_context(params)
+        host = params.get("host") or ""
+        server_hostname = host if params.get("sslsni", True) and _is_name(host) else None
+        if context.check_hostname:
+            server_hostname = host
+        self.sock.settimeout(self._left())
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+
+    def _startup(self, params: dict[str, Any]) -> None:
+        user = params.get("user") or ""
+        fields = {
+            "user": user,
+            "database": params.get("dbname") or user,
+            "application_name": "lelect-keeper",
+            "client_encoding": "UTF8",
+        }
+        body = struct.pack("!I", PROTOCOL_3_0)
+        for name, value in fields.items():
+            body += name.encode() + b"\0" + value.encode("utf-8") + b"\0"
+        body += b"\0"
+        self._send(struct.pack("!I", len(body) + 4) + body)
+        password = params.get("password")
+        scram: Scram | None = None
+        while True:
+            kind, payload = self._message()
+            if kind == b"E":
+                raise WireError(_error_text(payload))
+            if kind == b"Z":
+                return
+            if kind != b"R":
+                continue  # ParameterStatus, BackendKeyData, NoticeResponse
+            (code,) = struct.unpack("!I", payload[:4])
+            data = payload[4:]
+            if code == 0:
+                continue  # AuthenticationOk: parameters and ReadyForQuery follow
+            if password is None:
+                raise WireError("the server asks for a password and none is known")
+            if code == 3:  # cleartext
+                self._send_message(b"p", password.encode("utf-8") + b"\0")
+            elif code == 5:  # md5, salted
+                inner = hashlib.md5((password + user).encode("utf-8")).hexdigest()
+                outer = hashlib.md5(inner.encode() + data[:4]).hexdigest()
+                self._send_message(b"p", b"md5" + outer.encode() + b"\0")
+            elif code == 10:  # SASL: the mechanisms offered
+                mechanisms = data.split(b"\0")
+                if b"SCRAM-SHA-256" not in mechanisms:
+                    raise WireError(f"no SASL mechanism this client knows: {mechanisms!r}")
+                scram = Scram(password)
+                first = scram.client_first()
+                self._send_message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first)
+            elif code == 11 and scram is not None:  # SASL continue
+                self._send_message(b"p", scram.client_final(data))
+            elif code == 12 and scram is not None:  # SASL final
+                scram.verify_server(data)
+            else:
+                raise WireError(f"unsupported authentication request {code}")
+
+    # -- queries ------------------------------------------------------------------------
+
+    def query(self, text: str) -> list[list[str | None]]:
+        """Run ``text`` (simple Query); the rows of its last result, as text."""
+        self._send_message(b"Q", text.encode("utf-8") + b"\0")
+        rows: list[list[str | None]] = []
+        error: str | None = None
+        while True:
+            kind, payload = self._message()
+            if kind == b"T":
+                rows = []
+            elif kind == b"D":
+                rows.append(_data_row(payload))
+            elif kind == b"E":
+                error = _error_text(payload)
+            elif kind == b"Z":
+                if error is not None:
+                    raise WireError(error)
+                return rows
+
+    def close(self) -> None:
+        try:
+            self.sock.settimeout(0.05)
+            self.sock.sendall(b"X\0\0\0\x04")  # Terminate
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class Scram:
+    """SCRAM-SHA-256 (RFC 5802/7677) as PostgreSQL speaks it: no channel binding, the
+    user name taken from the start-up message."""
+
+    def __init__(self, password: str) -> None:
+        self._password = unicodedata.normalize("NFKC", password).encode("utf-8")
+        self._nonce = base64.b64encode(os.urandom(18)).decode()
+        self._first_bare = f"n=,r={self._nonce}"
+        self._auth_message = b""
+        self._salted = b""
+
+    def client_first(self) -> bytes:
+        return ("n,," + self._first_bare).encode()
+
+    def client_final(self, server_first: bytes) -> bytes:
+        fields = dict(part.split("=", 1) for part in server_first.decode().split(","))
+        nonce, salt, rounds = fields["r"], base64.b64decode(fields["s"]), int(fields["i"])
+        if not nonce.startswith(self._nonce):
+            raise WireError("the server's SCRAM nonce does not extend ours")
+        self._salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, rounds)
+        client_key = _hmac(self._salted, b"Client Key")
+        without_proof = f"c={base64.b64encode(b'n,,').decode()},r={nonce}"
+        self._auth_message = f"{self._first_bare},{server_first.decode()},{without_proof}".encode()
+        signature = _hmac(hashlib.sha256(client_key).digest(), self._auth_message)
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+    def verify_server(self, server_final: bytes) -> None:
+        fields = dict(part.split("=", 1) for part in server_final.decode().split(","))
+        expected = _hmac(_hmac(self._salted, b"Server Key"), self._auth_message)
+        if not hmac.compare_digest(base64.b64decode(fields.get("v", "")), expected):
+            raise WireError("the server's SCRAM signature is wrong: not the server we know")
+
+
+def _hmac(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _open_socket(params: dict[str, Any], deadline: float) -> socket.socket:
+    """Connect to where the leadership's connection went: its socket directory, or its
+    resolved address (no name look-up, which no timeout bounds)."""
+    host = params.get("host") or "/var/run/postgresql"
+    port = int(params.get("port") or 5432)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the hand-back's budget ran out")
+    if host.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = os.path.join(host, f".s.PGSQL.{port}")
+    else:
+        address = params.get("hostaddr") or host
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        target = (address, port)
+    sock.settimeout(left)
+    try:
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _tls_context(params: dict[str, Any]) -> ssl.SSLContext:
+    """Verification as libpq's sslmode says: verify-full checks the chain and the host
+    name, verify-ca the chain; require checks the chain only when a root certificate was
+    named; allow/prefer check nothing."""
+    mode = params.get("sslmode") or "prefer"
+    root = params.get("sslrootcert")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    if mode in ("verify-full", "verify-ca") or (mode == "require" and root):
+        context.verify_mode = ssl.CERT_REQUIRED
+        if root == "system":
+            context.load_default_certs()
+        else:
+            context.load_verify_locations(root or os.path.expanduser("~/.postgresql/root.crt"))
+        context.check_hostname = mode == "verify-full"
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    cert, key = params.get("sslcert"), params.get("sslkey")
+    if cert and os.path.exists(cert):
+        context.load_cert_chain(cert, key if key and os.path.exists(key) else None)
+    return context
+
+
+def _is_name(host: str) -> bool:
+    """SNI carries host names, not addresses."""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return bool(host)
+    return False
+
+
+def _data_row(payload: bytes) -> list[str | None]:
+    (count,) = struct.unpack("!H", payload[:2])
+    values: list[str | None] = []
+    offset = 2
+    for _ in range(count):
+        (length,) = struct.unpack("!i", payload[offset : offset + 4])
+        offset += 4
+        if length < 0:
+            values.append(None)
+            continue
+        values.append(payload[offset : offset + length].decode("utf-8", "replace"))
+        offset += length
+    return values
+
+
+def _error_text(payload: bytes) -> str:
+    """An ErrorResponse as 'SEVERITY: message [SQLSTATE]'."""
+    fields: dict[str, str] = {}
+    for part in payload.split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+    return f"{fields.get('S', 'ERROR')}: {fields.get('M', 'unknown error')} [{fields.get('C', '?')}]"

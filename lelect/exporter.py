@@ -1,0 +1,145 @@
+"""Prometheus metrics of elections, built on prometheus_client (``lelect[metrics]``).
+
+An :class:`Exporter` follows its elections with the same :class:`~lelect.health.GroupWatch`
+that ``lelect watch`` uses (woken by the backend's own notifications, and refreshed
+every ``interval`` for heartbeat ages); a scrape renders the latest look, so scrapes
+cost the backend nothing.
+
+    lelect_has_leader{election}                      1 while somebody leads
+    lelect_leader_term{election}                     the leader's term (fencing token)
+    lelect_members{election,status}                  members alive / suspect / dead
+    lelect_health_status{election}                   0 healthy, 1 degraded, 2 critical
+    lelect_member_heartbeat_age_seconds{election,node_id}
+    lelect_leader_changes_total{election}            leaderships in the history (and since)
+    lelect_backend_up                                0 while the backend fails
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lelect.errors import LelectError, UsageError
+from lelect.health import ALIVE, DEAD, EXIT_STATUS, SUSPECT, GroupHealth, PhiAccrualDetector
+
+if TYPE_CHECKING:
+    from lelect.election import Client
+
+INSTALL_HINT = "lelect exporter needs prometheus_client: pip install 'lelect[metrics]'"
+
+
+def _prometheus():
+    try:
+        from prometheus_client import core
+        from prometheus_client.registry import CollectorRegistry
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    return core, CollectorRegistry
+
+
+class Exporter:
+    def __init__(self, client: Client, names: Sequence[str] = (),
+                 detector: PhiAccrualDetector | None = None, interval: float = 5.0) -> None:
+        self.client = client
+        self.watch = client.watch(names, detector, interval)
+        self._lock = threading.Lock()
+        self._groups: tuple[GroupHealth, ...] = ()
+        self._error: str | None = None
+        self._terms: dict[str, set[int]] = {}  # history terms counted, per election
+        self._changes: dict[str, int] = {}
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._follow, name="exporter-watch", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Follow the elections; the first look must succeed (a wrong URL says so now)."""
+        self._thread.start()
+        self._ready.wait(timeout)
+        if self._failure is not None:
+            raise self._failure
+
+    def close(self) -> None:
+        self.watch.close()
+
+    def _follow(self) -> None:
+        try:
+            for snapshot in self.watch.run():
+                with self._lock:
+                    self._error = snapshot.error
+                    if snapshot.error is None:
+                        self._groups = snapshot.groups
+                        for group in snapshot.groups:
+                            first = group.election not in self._terms
+                            if first or any(c.election == group.election for c in snapshot.changes):
+                                self._count_changes(group.election)
+                self._ready.set()
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._failure = exc
+            self._ready.set()
+
+    def _count_changes(self, election: str) -> None:
+        """Leader changes, from the history: every leadership it records counts once."""
+        try:
+            entries = self.client.election(election).history()
+        except LelectError:
+            return
+        seen = self._terms.setdefault(election, set())
+        new = {e.term for e in entries} - seen
+        seen |= new
+        self._changes[election] = self._changes.get(election, 0) + len(new)
+
+    # -- prometheus_client's collector protocol ---------------------------------------
+
+    def describe(self) -> list[Any]:
+        return []  # families vary with the elections; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        core, _ = _prometheus()
+        with self._lock:
+            groups, error, changes = self._groups, self._error, dict(self._changes)
+        up = core.GaugeMetricFamily("lelect_backend_up", "1 while the backend answers")
+        up.add_metric([], 0 if error else 1)
+        yield up
+        has = core.GaugeMetricFamily("lelect_has_leader", "1 while somebody leads",
+                                     labels=["election"])
+        term = core.GaugeMetricFamily("lelect_leader_term", "The leader's term (fencing token)",
+                                      labels=["election"])
+        members = core.GaugeMetricFamily("lelect_members", "Members by status",
+                                         labels=["election", "status"])
+        health = core.GaugeMetricFamily("lelect_health_status",
+                                        "0 healthy, 1 degraded, 2 critical (as lelect health)",
+                                        labels=["election"])
+        age = core.GaugeMetricFamily("lelect_member_heartbeat_age_seconds",
+                                     "Backend time since a member's last heartbeat",
+                                     labels=["election", "node_id"])
+        total = core.CounterMetricFamily("lelect_leader_changes_total",
+                                         "Leaderships recorded in the history",
+                                         labels=["election"])
+        for group in groups:
+            name = group.election
+            has.add_metric([name], 1 if group.leader else 0)
+            if group.leader is not None:
+                term.add_metric([name], group.leader.term)
+            for status in (ALIVE, SUSPECT, DEAD):
+                members.add_metric([name, status], sum(m.status == status for m in group.members))
+            health.add_metric([name], EXIT_STATUS[group.status])
+            for member in group.members:
+                if member.last_seen_s is not None:
+                    age.add_metric([name, member.node_id], member.last_seen_s)
+            total.add_metric([name], changes.get(name, 0))
+        yield from (has, term, members, health, age, total)
+
+
+def serve(exporter: Exporter, host: str, port: int):
+    """Serve ``/metrics`` on ``host:port`` (a thread); returns the HTTP server."""
+    _, registry_class = _prometheus()
+    from prometheus_client import start_http_server
+
+    registry = registry_class(auto_describe=False)
+    registry.register(exporter)
+    try:
+        server, _thread = start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return server

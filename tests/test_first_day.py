@@ -1,0 +1,258 @@
+"""What a new user tripped over on a first day with lelect (each was a bug or a
+friction; each test failed before its fix). Real lelect processes, embedded backend;
+the backend-independent ones (timeouts, exit by signal, --max-runtime's status) are in
+the contract suite."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import pexpect
+import pytest
+
+from lelect.cli import COMMANDS, cli
+from lelect.cli.params import Duration
+from tests.helpers import (
+    LELECT,
+    OutputTail,
+    lelect_env,
+    read_intervals,
+    recording_job,
+    run_lelect,
+    spawn_lelect,
+    wait_until,
+)
+
+
+def test_options_end_at_the_command_like_flock(backend):
+    """`lelect campaign fx echo -n hi`: -n is echo's, not --no-wait."""
+    out = run_lelect("campaign", "fx", "echo", "-n", "hi", backend=backend)
+    assert (out.returncode, out.stdout) == (0, "hi")
+    out = run_lelect("campaign", "fx", "-q", "--timeout", "5s", "sh", "-c", "exit 3", backend=backend)
+    assert out.returncode == 3 and out.stderr == ""
+    out = run_lelect("campaign", "fx", "-qw5s", "--", "printf", "%s", "--help", backend=backend)
+    assert (out.returncode, out.stdout) == (0, "--help")
+
+
+def test_every_duration_option_of_every_command_refuses_absurd_values(backend, tmp_path):
+    """Out of range is a usage error (2, one line), never a traceback nor found out
+    after winning."""
+    marker = tmp_path / "ran"
+    checked = 0
+    for name in COMMANDS:
+        command = cli.get_command(click.Context(cli), name)
+        for param in command.params:
+            if not isinstance(param, click.Option) or not isinstance(param.type, Duration):
+                continue
+            args = [name]
+            if name in ("campaign", "leader", "resign"):
+                args.append("absurd")
+            args += [param.opts[0], "99999999999h"]
+            if name == "campaign":
+                args += ["--", "touch", str(marker)]
+            if name == "watch":
+                args.append("--once")
+            out = run_lelect(*args, backend=backend)
+            lines = [line for line in out.stderr.splitlines() if line.strip()]
+            assert out.returncode == 2, (args, out.stderr)
+            assert len(lines) == 1 and "out of range" in lines[0], (args, out.stderr)
+            checked += 1
+    assert checked >= 14
+    assert not marker.exists()
+
+
+def test_help_shows_durations_as_people_write_them():
+    text = " ".join(run_lelect("campaign", "--help").stdout.split())
+    assert "[default: 1s]" in text and "[default: 1h]" in text
+    assert "1.0]" not in text and "3600.0" not in text
+    for command in ("watch", "health"):
+        assert "NDJSON" in run_lelect(command, "--help").stdout
+
+
+def test_elected_is_logged_before_the_jobs_output_and_once(backend):
+    out = run_lelect("campaign", "order", "--", "sh", "-c", "echo JOB-SAYS >&2", backend=backend)
+    lines = out.stderr.splitlines()
+    assert [i for i, line in enumerate(lines) if "elected" in line] == [0], lines
+    assert lines[1] == "JOB-SAYS" and len(lines) == 3, lines
+
+
+def test_json_logs_name_the_node(backend):
+    out = run_lelect("campaign", "js", "--id", "web-1", "--log-format", "json", "--", "true",
+                     backend=backend)
+    records = [json.loads(line) for line in out.stderr.splitlines()]
+    assert records and all(r["node_id"] == "web-1" for r in records)
+    assert {"elected", "released"} <= {r["event"] for r in records}
+
+
+def test_leftover_processes_are_announced_before_the_grace(backend):
+    out = run_lelect("campaign", "left", "--grace", "300ms", "--", "sh", "-c",
+                     "trap '' TERM; (trap '' TERM; sleep 30) & exit 0", backend=backend)
+    assert out.returncode == 0, out.stderr
+    assert "left 1 process behind" in out.stderr
+
+
+def test_ctrl_z_stops_lelect_and_its_job_and_fg_resumes_both(backend, tmp_path):
+    ticks = tmp_path / "ticks"
+    shell = pexpect.spawn("bash", ["--norc", "--noprofile", "-i"], env={
+        **lelect_env(backend), "PS1": "PROMPT> ", "TERM": "dumb"}, timeout=20, encoding="utf-8")
+    shell.expect("PROMPT> ")
+    command = " ".join([*LELECT, "campaign", "tz", "--", "sh", "-c",
+                        f"'while :; do echo tick >> {ticks}; sleep 0.1; done'"])
+    shell.sendline(command)
+    wait_until(lambda: ticks.exists() and ticks.read_text().count("tick") >= 2, timeout=20,
+               what="the job to run")
+    shell.sendcontrol("z")
+    shell.expect("Stopped")
+    shell.expect("PROMPT> ")  # the shell has its terminal back
+    count = ticks.read_text().count("tick")
+    time.sleep(0.5)  # a window in which a stopped job must not tick
+    assert ticks.read_text().count("tick") <= count + 1
+    shell.sendline("fg")
+    wait_until(lambda: ticks.read_text().count("tick") >= count + 3, timeout=20,
+               what="the job to run again")
+    shell.sendcontrol("c")
+    shell.expect("PROMPT> ")
+    shell.sendline("echo status=$?")
+    shell.expect(r"status=(\d+)")
+    assert shell.match.group(1) == "130"
+    shell.sendline("exit")
+    shell.expect(pexpect.EOF)
+
+
+def test_restart_candidates_hand_over_in_milliseconds(backend, tmp_path):
+    """Three --restart candidates with short clean jobs never leave the election
+    leaderless for long: back-off is for failing jobs."""
+    record = tmp_path / "record"
+    procs = [spawn_lelect("campaign", "rr", "--restart", "--", *recording_job(record, 0.3),
+                          backend=backend) for _ in range(3)]
+    wait_until(lambda: record.exists() and record.read_text().count("end") >= 8, timeout=60,
+               what="eight runs")
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(timeout=30)
+    runs = [r for r in read_intervals(record) if r.end_ns is not None]
+    gaps = [(b.start_ns - a.end_ns) / 1e9 for a, b in zip(runs, runs[1:])]
+    assert max(gaps) < 1.0, gaps  # was up to the 30 s back-off
+
+
+def test_restart_delay_zero_keeps_a_floor(backend, tmp_path):
+    record = tmp_path / "runs"
+    proc = spawn_lelect("campaign", "spin", "--restart", "--restart-delay", "0", "--",
+                        "sh", "-c", f"echo run >> {record}; exit 1", backend=backend)
+    time.sleep(1.5)  # the window whose number of runs the floor bounds
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert record.read_text().count("run") <= 12  # 100 ms floor, doubling (was ~50)
+
+
+def test_readers_create_nothing(tmp_path):
+    missing = tmp_path / "typo"
+    out = run_lelect("leader", "x", backend=f"file://{missing}")
+    assert out.returncode == 1 and "no leader" in out.stdout
+    for args in (("watch", "--once"), ("health", "x"), ("resign", "x")):
+        run_lelect(*args, backend=f"file://{missing}")
+    assert not missing.exists()
+
+
+def test_health_of_an_unknown_election_says_so(backend):
+    assert run_lelect("campaign", "known", "--", "true", backend=backend).returncode == 0
+    out = run_lelect("health", "typo", backend=backend)
+    assert out.returncode == 2
+    assert "unknown election 'typo'" in out.stderr
+
+
+def test_watch_keeps_node_ids_whole_on_a_narrow_terminal(backend, tmp_path):
+    node = "web-frontend-03.example.internal"
+    proc = spawn_lelect("campaign", "narrow", "--id", node, "--", "sleep", "30", backend=backend)
+    wait_until(lambda: run_lelect("leader", "narrow", backend=backend).returncode == 0,
+               timeout=20, what="leader")
+    out = subprocess.run([*LELECT, "watch", "narrow", "--once"], capture_output=True, text=True,
+                         env={**lelect_env(backend), "COLUMNS": "50"}, timeout=30)
+    assert node in out.stdout, out.stdout
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_two_candidates_with_one_node_id_are_warned(backend):
+    first = spawn_lelect("campaign", "dup", "--id", "same", "--heartbeat-interval", "100ms",
+                         "--", "sleep", "30", backend=backend)
+    wait_until(lambda: '"same"' in run_lelect("watch", "dup", "--once", "--json",
+                                              backend=backend).stdout, timeout=20,
+               what="the first candidate's heartbeat")
+    second = spawn_lelect("campaign", "dup", "--id", "same", "--", "true", backend=backend)
+    tail = OutputTail(second.stderr)
+    tail.wait_for("another live candidate uses the node id 'same'")
+    for proc in (first, second):
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory shared by root and a group (as documented: root-owned, 2770), on a
+    path every user can reach, and a copy of the lelect package the other user can read."""
+    group = grp.getgrnam("nogroup").gr_gid
+    top = Path(tempfile.mkdtemp(prefix="lelect-shared-"))
+    top.chmod(0o755)
+    shared = top / "lelect"
+    shared.mkdir()
+    os.chown(shared, 0, group)
+    shared.chmod(0o2770)
+    package = Path(__file__).resolve().parent.parent / "lelect"
+    shutil.copytree(package, top / "src" / "lelect", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX", str(top / "src")], check=True)
+    yield shared, group, top / "src"
+    shutil.rmtree(top, ignore_errors=True)
+
+
+#: What the other user does with the shared directory: take the election's flock
+#: (without waiting) and, if it won, settle the next term and record itself as leader.
+OTHER_USER = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from lelect.backends import filestate
+directory = sys.argv[1]
+assert filestate.ensure_safe_dir(directory, create=False)[1] is True
+fd = filestate.take_lock(directory + "/both.lock", True, True)
+if fd is None:
+    print("busy")
+else:
+    conn = filestate.open_db(directory, True)
+    term = filestate.next_term(fd, conn, "both")
+    filestate.record_leader(conn, "both", term=term, node_id="nobody", token="t", host="h",
+                            pid=1, since=time.time(), history_limit=10)
+    print("won", term)
+"""
+
+
+def test_root_and_another_user_share_an_election_in_a_setgid_group_directory(shared_dir):
+    shared, group, src = shared_dir
+    backend = f"file://{shared}"
+    as_other = ["setpriv", "--reuid=65534", f"--regid={group}", "--clear-groups", "--",
+                "/usr/bin/python3", "-c", OTHER_USER, str(shared), str(src)]
+    started = shared / "started"
+    leader = spawn_lelect("campaign", "both", "--", "sh", "-c", f"touch {started}; sleep 30",
+                          backend=backend)
+    wait_until(started.exists, timeout=20, what="root's job")
+    busy = subprocess.run(as_other, capture_output=True, text=True, timeout=60)
+    assert busy.stdout.strip() == "busy", busy.stderr
+    leader.terminate()
+    leader.wait(timeout=30)
+    won = subprocess.run(as_other, capture_output=True, text=True, timeout=60)
+    assert won.stdout.split()[0] == "won", won.stderr
+    assert int(won.stdout.split()[1]) == 2
+    after = run_lelect("campaign", "both", "--", "sh", "-c", "echo $LELECT_TERM", backend=backend)
+    assert after.stdout.strip() == "3", after.stderr
+    for path in shared.iterdir():
+        if path.is_file() and path.name != "started":
+            assert path.stat().st_mode & 0o060 == 0o060, path  # the group's too
