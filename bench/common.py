@@ -182,8 +182,16 @@ HOST_DIES = Strike("host dies (all frozen)", _freeze_host, ticking_job, ticks=Tr
 
 
 def crash_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
-                   lanes: int, workdir: Path, strike: Strike = LELECT_KILLED
-                   ) -> tuple[list[float], int]:  # fmt: skip
+                   lanes: int, workdir: Path) -> list[float]:  # fmt: skip
+    """Seconds from SIGKILL of the leading lelect, at a random point of the first third of
+    ``period`` (its renew / probe cycle), to the first line of the waiter's job. Runs up to
+    ``lanes`` elections at once."""
+    kill = Strike("crash failover", _kill_lelect, start_job, ticks=False)
+    return struck_failover(start, queued, period, trials, lanes, workdir, kill)[0]
+
+
+def struck_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
+                    lanes: int, workdir: Path, strike: Strike) -> tuple[list[float], int]:
     """Seconds from the strike on the leader (at a random point of the first third of
     ``period``, its renew / probe cycle) to the first line of the waiter's job, and how
     many old jobs ran on after the next one started (from their ticks; 0 unless
@@ -254,29 +262,47 @@ def graceful_handoff(start: StartCampaign, queued: Queued, period: float, trials
 
 def failover_rows(start: StartCampaign, queued: Queued, period: float, period_width: int,
                   trials: int, lanes: int, workdir: Path) -> list[str]:  # fmt: skip
-    """Runs the graceful handoff and both crash measurements for one ``period`` (ttl /
-    session timeout) and returns their table rows, reporting each on stderr as it is
-    done."""
+    """Runs both measurements for one ``period`` (ttl / session timeout) and returns their
+    table rows, reporting each on stderr as it is done."""
     rows = []
+    for case, measure in (
+        ("graceful handoff", lambda: graceful_handoff(start, queued, period, trials, workdir)),
+        ("crash failover", lambda: crash_failover(start, queued, period, trials, lanes, workdir)),
+    ):
+        rows.append(latency_row(f"{case:<18} {period:>{period_width}g}s", measure()))
+        print("done:", rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def print_failover_table(period_name: str, period_width: int, rows: list[str]) -> None:
+    print(f"{'case':<18} {period_name:>{period_width + 1}} {'trials':>6} {'p50 ms':>9}"
+          f" {'p99 ms':>9} {'min ms':>9} {'max ms':>9}")  # fmt: skip
+    print("\n".join(rows))
+
+
+STRIKE_WIDTH = 30
+
+
+def strike_rows(start: StartCampaign, queued: Queued, period: float, period_width: int,
+                trials: int, lanes: int, workdir: Path) -> list[str]:  # fmt: skip
+    """The graceful handoff, then a crash of each kind (:data:`LELECT_KILLED`,
+    :data:`HOST_DIES`) for one ``period`` (ttl / session timeout): table rows with an
+    overlaps column, each reported on stderr as it is done."""
     handoff = graceful_handoff(start, queued, period, trials, workdir)
-    rows.append(latency_row(f"{'graceful handoff':<{CASE_WIDTH}} {period:>{period_width}g}s",
-                            handoff) + f" {'-':>8}")
+    rows = [latency_row(f"{'graceful handoff':<{STRIKE_WIDTH}} {period:>{period_width}g}s",
+                        handoff) + f" {'-':>8}"]
     print("done:", rows[-1], file=sys.stderr, flush=True)
     for strike in (LELECT_KILLED, HOST_DIES):
-        took, overlaps = crash_failover(start, queued, period, trials, lanes, workdir, strike)
+        took, overlaps = struck_failover(start, queued, period, trials, lanes, workdir, strike)
         shown = str(overlaps) if strike.ticks else "-"
-        rows.append(latency_row(f"{strike.label:<{CASE_WIDTH}} {period:>{period_width}g}s",
+        rows.append(latency_row(f"{strike.label:<{STRIKE_WIDTH}} {period:>{period_width}g}s",
                                 took) + f" {shown:>8}")
         print("done:", rows[-1], file=sys.stderr, flush=True)
     return rows
 
 
-CASE_WIDTH = 30
-
-
-def print_failover_table(period_name: str, period_width: int, rows: list[str]) -> None:
-    print(f"{'case':<{CASE_WIDTH}} {period_name:>{period_width + 1}} {'trials':>6}"
+def print_strike_table(period_name: str, period_width: int, rows: list[str]) -> None:
+    print(f"{'case':<{STRIKE_WIDTH}} {period_name:>{period_width + 1}} {'trials':>6}"
           f" {'p50 ms':>9} {'p99 ms':>9} {'min ms':>9} {'max ms':>9} {'overlaps':>8}")
     print("\n".join(rows))
-    print("overlaps: old jobs that ran on after the next job started (host dies: from their"
-          " ticks)")
+    print("overlaps: old jobs that ran on after the next job started (from their ticks)")

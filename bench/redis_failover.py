@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import campaign, failover_rows, print_failover_table  # noqa: E402
+from common import campaign, print_strike_table, strike_rows  # noqa: E402
 
 from lelect.backends import connect  # noqa: E402
 from tests.plugins.redis_server import RedisServer  # noqa: E402
@@ -64,12 +64,12 @@ def main() -> None:
             rows = []
             for ttl in ttls:
                 start = partial(campaign, url, options=("--ttl", f"{ttl}s"))
-                rows += failover_rows(start, partial(waiting, url), ttl, 5, args.trials,
+                rows += strike_rows(start, partial(waiting, url), ttl, 5, args.trials,
                                       args.lanes, workdir)  # fmt: skip
         finally:
             if server is not None:
                 server.remove()
-    print_failover_table("ttl", 5, rows)
+    print_strike_table("ttl", 5, rows)
 
 
 if __name__ == "__main__":
