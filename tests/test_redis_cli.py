@@ -4,6 +4,7 @@ What every backend does is in tests/test_contract.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -269,3 +270,29 @@ def test_kill9_hand_back_records_the_leadership_as_lost_and_forgets_the_member(
     assert (entry.term, entry.node_id, entry.outcome) == (term, "doomed", "lost")
     assert entry.reason == HAND_BACK_REASON and entry.exit_status == 128 + signal.SIGKILL
     assert backend.members("k9").records == ()
+
+
+def test_once_key_runs_a_slot_once_across_candidates_and_a_failed_run_leaves_it_open(
+    redis_server, tmp_path
+):
+    runs = tmp_path / "runs"
+
+    def candidates(slot: str, count: int, status: int = 0) -> list[int]:
+        job = ["sh", "-c", f'echo "{slot} $LELECT_SLOT $LELECT_TERM" >> {runs}; exit {status}']
+        procs = [spawn_lelect("campaign", "nightly", "--once-key", slot, "--", *job,
+                              backend=redis_server.url) for _ in range(count)]
+        return [proc.wait(60) for proc in procs]
+
+    assert candidates("day-1", 3) == [0, 0, 0]
+    assert candidates("day-1", 2) == [0, 0]  # later in the same slot: already done
+    assert candidates("day-2", 1, status=3) == [3]  # a failed run leaves the slot open
+    assert candidates("day-2", 1) == [0]
+    lines = [line.split() for line in runs.read_text().splitlines()]
+    assert [line[:2] for line in lines] == [["day-1", "day-1"], ["day-2", "day-2"],
+                                            ["day-2", "day-2"]]
+    out = run_lelect("history", "nightly", "--json", backend=redis_server.url)
+    assert out.returncode == 0, out.stderr
+    entries = [json.loads(line) for line in out.stdout.splitlines()]
+    done = {e["slot"]: e["term"] for e in entries if e["slot"]}
+    assert done == {"day-1": int(lines[0][2]), "day-2": int(lines[2][2])}
+    assert [e["term"] for e in entries] == sorted({e["term"] for e in entries})
