@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,41 +110,132 @@ def campaign(
     )
 
 
+def ticking_job(record: Path, every: float = 0.1) -> list[str]:
+    """Writes 'start …' once, then 'tick …' every ``every`` seconds until killed: its last
+    line bounds when it last ran."""
+    f = shlex.quote(str(record))
+    line = '"$1 $(date +%s%N) $LELECT_TERM $$"'
+    return ["sh", "-c", f"w() {{ echo {line} >> {f}; }}; w start; "
+            f"while :; do sleep {every}; w tick; done"]  # fmt: skip
+
+
+def last_line_ns(record: Path) -> int | None:
+    try:
+        lines = [line for line in record.read_text().splitlines() if len(line.split()) == 4]
+    except FileNotFoundError:
+        return None
+    return int(lines[-1].split()[1]) if lines else None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc/PID/task/*/children), children first."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(p) for p in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            pending += children
+    return found
+
+
+@dataclass(frozen=True)
+class Strike:
+    """How the leader goes down in a crash trial."""
+
+    label: str
+    #: Strikes the leader's lelect process; returns pids that must be SIGKILLed afterwards.
+    hit: Callable[[subprocess.Popen], list[int]]
+    #: The jobs' command for a record file.
+    job: Callable[[Path], list[str]]
+    #: Whether the old job's records tell when it last ran (to check for overlaps).
+    ticks: bool
+    #: Elections struck at once (None: the caller's ``lanes``).
+    lanes: int | None = None
+
+
+def _kill_lelect(process: subprocess.Popen) -> list[int]:
+    process.kill()  # its keeper lives on: it kills the job and hands the leadership back
+    return []
+
+
+def _freeze_host(process: subprocess.Popen) -> list[int]:
+    # lelect, its keeper and the job's group stop at once: nothing can release.
+    pids = [process.pid, *descendants(process.pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+# One trial at a time: a hand-back takes milliseconds, and ten at once on a small machine
+# would measure their contention rather than the hand-back.
+LELECT_KILLED = Strike("lelect killed (-9), host alive", _kill_lelect, start_job, ticks=False,
+                       lanes=1)
+HOST_DIES = Strike("host dies (all frozen)", _freeze_host, ticking_job, ticks=True)
+
+
 def crash_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
                    lanes: int, workdir: Path) -> list[float]:  # fmt: skip
     """Seconds from SIGKILL of the leading lelect, at a random point of the first third of
     ``period`` (its renew / probe cycle), to the first line of the waiter's job. Runs up to
     ``lanes`` elections at once."""
+    kill = Strike("crash failover", _kill_lelect, start_job, ticks=False)
+    return struck_failover(start, queued, period, trials, lanes, workdir, kill)[0]
+
+
+def struck_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
+                    lanes: int, workdir: Path, strike: Strike) -> tuple[list[float], int]:
+    """Seconds from the strike on the leader (at a random point of the first third of
+    ``period``, its renew / probe cycle) to the first line of the waiter's job, and how
+    many old jobs ran on after the next one started (from their ticks; 0 unless
+    ``strike.ticks``). Runs up to ``lanes`` (or ``strike.lanes``) elections at once."""
     results: list[float] = []
+    overlaps = 0
     round_number = 0
+    lanes = strike.lanes or lanes
     while len(results) < trials:
         round_number += 1
         batch = min(lanes, trials - len(results))
-        names = [f"crash-{period:g}-{round_number}-{lane}" for lane in range(batch)]
+        names = [f"crash-{period:g}-{strike.ticks}-{round_number}-{lane}" for lane in range(batch)]
         leaders, followers, records = [], [], []
         for name in names:
             records.append((workdir / f"{name}.a", workdir / f"{name}.b"))
-            leaders.append(start(name, start_job(records[-1][0])))
+            leaders.append(start(name, strike.job(records[-1][0])))
         for name, (a, b) in zip(names, records, strict=True):
             wait_for(lambda a=a: first_line_ns(a), 30, f"leader of {name}")
-            followers.append(start(name, start_job(b)))
+            followers.append(start(name, strike.job(b)))
         for name in names:
             wait_for(lambda name=name: queued(name), 30, f"waiter of {name}")
-        # Kill each leader at a random point of its renew / probe cycle.
+        # Strike each leader at a random point of its renew / probe cycle.
         kills = sorted((random.uniform(0, period / 3), lane) for lane in range(batch))
         started = time.monotonic()
-        killed_ns: dict[int, int] = {}
+        struck_ns: dict[int, int] = {}
+        leftovers: list[int] = []
         for offset, lane in kills:
             time.sleep(max(0.0, started + offset - time.monotonic()))
-            leaders[lane].kill()
-            killed_ns[lane] = time.time_ns()
-        for lane, (_, b) in enumerate(records):
+            struck_ns[lane] = time.time_ns()
+            leftovers += strike.hit(leaders[lane])
+        for lane, (a, b) in enumerate(records):
             took = wait_for(lambda b=b: first_line_ns(b), period + 10, "the next job")
-            results.append((took - killed_ns[lane]) / 1e9)
+            results.append((took - struck_ns[lane]) / 1e9)
+            if strike.ticks and (last_line_ns(a) or 0) >= took:
+                overlaps += 1
+        for pid in leftovers:  # the frozen host never comes back
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for process in leaders + followers:
             process.kill()
             process.wait()
-    return results
+    return results, overlaps
 
 
 def graceful_handoff(start: StartCampaign, queued: Queued, period: float, trials: int,
@@ -188,73 +280,29 @@ def print_failover_table(period_name: str, period_width: int, rows: list[str]) -
     print("\n".join(rows))
 
 
-def ticking_job(record: Path, ticks: Path) -> list[str]:
-    """Writes 'start NS TERM PID' once, then 'NS' to ``ticks`` every 10 ms until killed."""
-    f, t = shlex.quote(str(record)), shlex.quote(str(ticks))
-    return ["sh", "-c", f'echo "start $(date +%s%N) $LELECT_TERM $$" >> {f};'
-            f" while :; do date +%s%N >> {t}; sleep 0.01; done"]  # fmt: skip
+STRIKE_WIDTH = 30
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (lelect, its keeper, the job and its children)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            tasks = Path(f"/proc/{current}/task").iterdir()
-            for task in tasks:
-                todo.extend(int(child) for child in (task / "children").read_text().split())
-        except (OSError, ValueError):
-            pass
-    return found
+def strike_rows(start: StartCampaign, queued: Queued, period: float, period_width: int,
+                trials: int, lanes: int, workdir: Path) -> list[str]:  # fmt: skip
+    """The graceful handoff, then a crash of each kind (:data:`LELECT_KILLED`,
+    :data:`HOST_DIES`) for one ``period`` (ttl / session timeout): table rows with an
+    overlaps column, each reported on stderr as it is done."""
+    handoff = graceful_handoff(start, queued, period, trials, workdir)
+    rows = [latency_row(f"{'graceful handoff':<{STRIKE_WIDTH}} {period:>{period_width}g}s",
+                        handoff) + f" {'-':>8}"]
+    print("done:", rows[-1], file=sys.stderr, flush=True)
+    for strike in (LELECT_KILLED, HOST_DIES):
+        took, overlaps = struck_failover(start, queued, period, trials, lanes, workdir, strike)
+        shown = str(overlaps) if strike.ticks else "-"
+        rows.append(latency_row(f"{strike.label:<{STRIKE_WIDTH}} {period:>{period_width}g}s",
+                                took) + f" {shown:>8}")
+        print("done:", rows[-1], file=sys.stderr, flush=True)
+    return rows
 
 
-def host_dies_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
-                       lanes: int, workdir: Path) -> tuple[list[float], int]:  # fmt: skip
-    """As :func:`crash_failover`, but the whole host dies: lelect, its keeper and the job
-    are frozen at once (so none can act for the others) and then killed. Returns the
-    failover times and how many old jobs wrote after the next job started (must be 0)."""
-    results: list[float] = []
-    overlaps = 0
-    round_number = 0
-    while len(results) < trials:
-        round_number += 1
-        batch = min(lanes, trials - len(results))
-        names = [f"host-{period:g}-{round_number}-{lane}" for lane in range(batch)]
-        leaders, followers, files = [], [], []
-        for name in names:
-            files.append((workdir / f"{name}.a", workdir / f"{name}.ticks", workdir / f"{name}.b"))
-            leaders.append(start(name, ticking_job(files[-1][0], files[-1][1])))
-        for name, (a, _, b) in zip(names, files, strict=True):
-            wait_for(lambda a=a: first_line_ns(a), 30, f"leader of {name}")
-            followers.append(start(name, start_job(b)))
-        for name in names:
-            wait_for(lambda name=name: queued(name), 30, f"waiter of {name}")
-        kills = sorted((random.uniform(0, period / 3), lane) for lane in range(batch))
-        started = time.monotonic()
-        killed_ns: dict[int, int] = {}
-        for offset, lane in kills:
-            time.sleep(max(0.0, started + offset - time.monotonic()))
-            tree = descendants(leaders[lane].pid)
-            for pid in tree:
-                _signal(pid, signal.SIGSTOP)
-            killed_ns[lane] = time.time_ns()
-            for pid in tree:
-                _signal(pid, signal.SIGKILL)
-        for lane, (_, ticks, b) in enumerate(files):
-            took = wait_for(lambda b=b: first_line_ns(b), period + 10, "the next job")
-            results.append((took - killed_ns[lane]) / 1e9)
-            last_tick = max(int(line) for line in ticks.read_text().split())
-            overlaps += last_tick >= took
-        for process in leaders + followers:
-            process.kill()
-            process.wait()
-    return results, overlaps
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+def print_strike_table(period_name: str, period_width: int, rows: list[str]) -> None:
+    print(f"{'case':<{STRIKE_WIDTH}} {period_name:>{period_width + 1}} {'trials':>6}"
+          f" {'p50 ms':>9} {'p99 ms':>9} {'min ms':>9} {'max ms':>9} {'overlaps':>8}")
+    print("\n".join(rows))
+    print("overlaps: old jobs that ran on after the next job started (from their ticks)")

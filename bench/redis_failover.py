@@ -1,17 +1,22 @@
-"""Crash failover and graceful handoff of ``lelect campaign`` on the Redis backend.
+"""Failover and handoff of ``lelect campaign`` on the Redis backend.
 
     python bench/redis_failover.py                 # ttl 2s and 10s, 30 trials each
     python bench/redis_failover.py --ttl 2 --trials 50 --url redis://127.0.0.1:6379/0
 
-crash failover: the leading lelect gets SIGKILL at a random point of its renew cycle;
-measured from the kill to the first line the waiting candidate's job writes. Expect
-between 2/3 ttl and ttl: the key lives ttl after the last renew.
 graceful handoff: the leader's job exits; measured from its last line to the first line
 of the waiting candidate's job (release, PUBLISH, wake-up, acquire, keeper's fork/exec).
+lelect killed (-9), host alive: the leading lelect gets SIGKILL at a random point of its
+renew cycle; its keeper kills the job's group and, once the group is gone, hands the
+leadership back by its token (one script: DEL + PUBLISH). Measured from the SIGKILL to
+the first line of the waiting candidate's job. Without the hand-back this is the lease
+(between 2/3 ttl and ttl: the key lives ttl after the last renew).
+host dies (all frozen): lelect, its keeper and the job are SIGSTOPped together, so
+nothing can release: failover comes from the lease, as above. "overlaps" counts old
+jobs that ticked after the next job started (it must be 0).
 
-Trials of the crash case run in parallel lanes (one election each) to bound the run time.
-Without --url the script starts its own redis-server (as the tests do). Prints a table;
-asserts nothing.
+Trials of the host-dies case run in parallel lanes (one election each) to bound the run
+time; the -9 trials run one at a time (each takes milliseconds). Without --url the script starts its own redis-server (as the tests do). Prints a
+table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import campaign, failover_rows, print_failover_table  # noqa: E402
+from common import campaign, print_strike_table, strike_rows  # noqa: E402
 
 from lelect.backends import connect  # noqa: E402
 from tests.plugins.redis_server import RedisServer  # noqa: E402
@@ -59,12 +64,12 @@ def main() -> None:
             rows = []
             for ttl in ttls:
                 start = partial(campaign, url, options=("--ttl", f"{ttl}s"))
-                rows += failover_rows(start, partial(waiting, url), ttl, 5, args.trials,
+                rows += strike_rows(start, partial(waiting, url), ttl, 5, args.trials,
                                       args.lanes, workdir)  # fmt: skip
         finally:
             if server is not None:
                 server.remove()
-    print_failover_table("ttl", 5, rows)
+    print_strike_table("ttl", 5, rows)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
-"""Backends, chosen by URL scheme and imported lazily so ``lelect --help`` stays cheap."""
+"""Backends, chosen by URL scheme and imported lazily so ``lelect --help`` stays cheap.
+
+The package itself imports nothing more: a job's keeper imports one module of it (its
+hand-back) after lelect died, while the next leader waits.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
-from typing import TYPE_CHECKING
-
-from lelect.backends.urls import BackendURL, mask_url, parse_url
-from lelect.errors import UsageError
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lelect.backends.base import Backend
+    from lelect.backends.urls import BackendURL, mask_url, parse_url  # noqa: F401
 
 __all__ = ["BackendURL", "connect", "default_url", "mask_url", "parse_url", "SCHEMES"]
 
@@ -29,6 +31,14 @@ SCHEMES: dict[str, str] = {
 }
 
 
+def __getattr__(name: str) -> Any:
+    if name in ("BackendURL", "mask_url", "parse_url"):
+        from lelect.backends import urls
+
+        return getattr(urls, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def default_url() -> str:
     """``$LELECT_BACKEND``, else the embedded backend in its default directory."""
     env = os.environ.get("LELECT_BACKEND", "").strip()
@@ -42,6 +52,9 @@ def default_url() -> str:
 def connect(url: str | None = None, *, create: bool = True) -> Backend:
     """Open the backend named by ``url`` (default: :func:`default_url`). With
     ``create=False`` nothing is created (the embedded backend's directory): for readers."""
+    from lelect.backends.urls import parse_url
+    from lelect.errors import UsageError
+
     parsed = parse_url(url or default_url())
     target = SCHEMES.get(parsed.scheme)
     if target is None:

@@ -1,5 +1,6 @@
-"""The Redis backend's wire: URL options, connections whose every call is bounded by a
-time budget, a pub/sub subscription, and Redis errors turned into one clear line.
+"""The Redis backend's wire: URL options, connections whose every call (connecting
+included) is bounded by one time budget, a pub/sub subscription, the time allowed while
+campaigning, and Redis errors turned into one clear line.
 
 redis-py's client retries and blocks without limit by default; a lease cannot afford
 either, so lelect drives redis-py connections directly: one command, one budget.
@@ -7,7 +8,6 @@ either, so lelect drives redis-py connections directly: one command, one budget.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -27,19 +27,48 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from lelect.backends._redis_scripts import Script
+from lelect.backends.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HISTORY,
+    DEFAULT_TTL,
+    connect_budget,
+    unreachable,
+)
 from lelect.backends.urls import BackendURL
-from lelect.durations import format_duration, parse_duration
+from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, UsageError
 
 DEFAULT_PORT = 6379
 DEFAULT_PREFIX = "lelect"
-DEFAULT_TTL = 10.0
-DEFAULT_CONNECT_TIMEOUT = 5.0
-MIN_TTL = 0.1
 
 # No glob characters (elections() matches keys with SCAN) and no braces (the hash tag).
 _PREFIX = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 _TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+
+
+class _Bounded:
+    """A redis-py connection whose whole connect (TCP, TLS, then AUTH, CLIENT SETNAME and
+    SELECT, one answer each) ends by one deadline, not one socket timeout per step."""
+
+    connect_deadline: float | None = None
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if self.connect_deadline is not None and "timeout" not in kwargs:
+            kwargs["timeout"] = max(self.connect_deadline - time.monotonic(), 0.001)
+        return super().read_response(*args, **kwargs)  # type: ignore[misc]
+
+
+class TCPConnection(_Bounded, redis.Connection):
+    pass
+
+
+class TLSConnection(_Bounded, redis.SSLConnection):
+    pass
+
+
+class UnixConnection(_Bounded, redis.UnixDomainSocketConnection):
+    pass
 
 
 @dataclass(frozen=True)
@@ -52,6 +81,7 @@ class RedisOptions:
     prefix: str = DEFAULT_PREFIX
     ttl: float = DEFAULT_TTL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    history_limit: int = DEFAULT_HISTORY
 
     @property
     def tls(self) -> bool:
@@ -60,7 +90,7 @@ class RedisOptions:
     @classmethod
     def from_url(cls, url: BackendURL) -> RedisOptions:
         scheme = url.scheme
-        allowed = {"prefix", "ttl", "connect_timeout"}
+        allowed = {"prefix", "ttl", "connect_timeout", "history"}
         if scheme == "rediss":
             allowed |= _TLS_OPTIONS
         if scheme == "unix":
@@ -77,15 +107,12 @@ class RedisOptions:
                 f"invalid prefix {prefix!r} in {scheme}:// URL: use 1-100 characters from"
                 " A-Z a-z 0-9 . _ : / -"
             )
-        ttl = parse_duration(url.option("ttl", str(DEFAULT_TTL)) or "", what="ttl option")
-        check_ttl(ttl)
-        connect_timeout = parse_duration(
-            url.option("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT)) or "",
-            what="connect_timeout option",
-        )
-        if connect_timeout <= 0:
-            raise UsageError("connect_timeout must be longer than 0s")
-
+        settings = {
+            "prefix": prefix,
+            "ttl": url.duration("ttl", DEFAULT_TTL),
+            "connect_timeout": url.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            "history_limit": url.integer("history", DEFAULT_HISTORY),
+        }
         kwargs: dict[str, Any] = {
             "username": url.username,
             "password": url.password if url.password is not None else url.option("password"),
@@ -97,8 +124,7 @@ class RedisOptions:
             # RESP2: pub/sub messages are plain replies (RESP3 hands them to push handlers).
             "protocol": 2,
             "client_name": "lelect",
-            "socket_connect_timeout": connect_timeout,
-            "socket_timeout": connect_timeout,
+            "driver_info": None,  # no CLIENT SETINFO: two round trips less per connect
         }
         if scheme == "unix":
             if url.hosts or not url.path or url.path == "/":
@@ -107,9 +133,7 @@ class RedisOptions:
                 )
             kwargs["path"] = url.path
             kwargs["db"] = _db_number(url.option("db", "0") or "0", url)
-            return cls(
-                url.path, redis.UnixDomainSocketConnection, kwargs, prefix, ttl, connect_timeout
-            )
+            return cls(url.path, UnixConnection, kwargs, **settings)
 
         if len(url.hosts) > 1:
             raise UsageError(
@@ -121,7 +145,7 @@ class RedisOptions:
         kwargs.update(host=host, port=port, db=_db_number(url.path.strip("/") or "0", url))
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if scheme == "redis":
-            return cls(where, redis.Connection, kwargs, prefix, ttl, connect_timeout)
+            return cls(where, TCPConnection, kwargs, **settings)
 
         for name in sorted(_TLS_OPTIONS & set(url.query)):
             path = url.query[name]
@@ -129,11 +153,14 @@ class RedisOptions:
                 raise UsageError(f"{name}={path!r} in rediss:// URL: no such file")
             kwargs[name] = path
         kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
-        return cls(where, redis.SSLConnection, kwargs, prefix, ttl, connect_timeout)
+        return cls(where, TLSConnection, kwargs, **settings)
 
-    def unavailable(self, exc: RedisError, context: str = "") -> BackendUnavailable:
-        """One line saying what went wrong with Redis and what to do about it."""
+    def unavailable(self, exc: RedisError, within: float | None = None,
+                    context: str = "") -> BackendUnavailable:
+        """One line saying what went wrong with Redis and what to do about it; ``within``
+        is the time bound that applied (default: connect_timeout)."""
         where = self.where
+        within = self.connect_timeout if within is None else within
         # Errors inside scripts end in "script: <sha>, on @user_script:<line>."
         text = str(exc).split(" script: ")[0].strip().rstrip(".")
         if isinstance(exc, AuthenticationError):
@@ -157,20 +184,18 @@ class RedisOptions:
             message = (
                 f"redis at {where} is a read-only replica (READONLY): point the URL at the primary"
             )
-        elif isinstance(exc, redis.TimeoutError) and self.tls and "connecting" in text:
-            message = (
-                f"redis at {where} did not finish the TLS handshake in time: is that port"
-                " serving TLS (tls-port)?"
-            )
+        elif isinstance(exc, redis.TimeoutError) and self.tls:
+            return unreachable("redis", where, within, "no answer (TLS handshake or command):"
+                               " is that port serving TLS (tls-port)?")
         elif isinstance(exc, redis.TimeoutError):
-            message = f"redis at {where} did not answer in time ({text})"
+            return unreachable("redis", where, within, "connected, but no answer")
         elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
-            message = f"TLS with redis at {where} failed: {_short(text)}"
+            return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
         elif isinstance(exc, redis.ConnectionError):
             if "refused" in text.lower():
-                message = f"cannot connect to redis at {where}: connection refused (is redis running there?)"
-            else:
-                message = f"cannot connect to redis at {where}: {_short(text)}"
+                return unreachable("redis", where, within,
+                                   "connection refused (is redis running there?)")
+            return unreachable("redis", where, within, _short(text))
         elif text.startswith("WRONGTYPE"):
             what = (
                 text.removeprefix("WRONGTYPE ")
@@ -183,11 +208,6 @@ class RedisOptions:
         return BackendUnavailable(message)
 
 
-def check_ttl(ttl: float) -> None:
-    if ttl < MIN_TTL:
-        raise UsageError(f"ttl {format_duration(ttl)} is too short for redis: use at least 100ms")
-
-
 def _db_number(text: str, url: BackendURL) -> int:
     if not (text.isascii() and text.isdigit()):  # "²".isdigit(), but int("²") fails
         raise UsageError(
@@ -195,17 +215,6 @@ def _db_number(text: str, url: BackendURL) -> int:
             f" (like /0), got {text!r}"
         )
     return int(text)
-
-
-@dataclass(frozen=True)
-class Script:
-    """A Lua script, run by EVALSHA and loaded with EVAL when the server lacks it."""
-
-    text: str
-
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.text.encode()).hexdigest()
 
 
 class Link:
@@ -283,9 +292,15 @@ def timed_call(conn: redis.Connection, budget: float, *args: Any) -> Any:
 
 
 def connect(conn: redis.Connection, budget: float) -> None:
-    # The socket timeouts bound the TCP connect, the TLS handshake and AUTH/SELECT.
-    conn.socket_connect_timeout = conn.socket_timeout = max(budget, 0.001)
-    conn.connect()
+    """Connect (if not connected) within ``budget``: the socket timeouts bound the TCP
+    connect and the TLS handshake, the deadline bounds all of the handshake's answers."""
+    budget = max(budget, 0.001)
+    conn.socket_connect_timeout = conn.socket_timeout = budget
+    conn.connect_deadline = time.monotonic() + budget
+    try:
+        conn.connect()
+    finally:
+        conn.connect_deadline = None
 
 
 class Subscription:
@@ -336,6 +351,60 @@ class Subscription:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.disconnect()
+
+
+class Contact:
+    """How long calls to Redis may take while campaigning or observing.
+
+    Until the first answer, every connection and call together get
+    :func:`connect_budget` (connect_timeout, or the timeout if shorter), and any failure
+    is final: a refused connection fails at once. After it, a streak of transient
+    failures (a restart, a failover, a LOADING server) is borne, with back-off, for
+    another such budget counted from the start of the call that failed first.
+    """
+
+    def __init__(self, options: RedisOptions, timeout: float | None) -> None:
+        self._options = options
+        started = time.monotonic()
+        self.give_up = None if timeout is None else started + timeout
+        self._bound = connect_budget(options.connect_timeout, timeout)
+        self._until: float | None = started + self._bound  # None: healthy, no limit set
+        self._contacted = False
+        self._delay = 0.05
+
+    def _fresh_bound(self, now: float) -> float:
+        left = None if self.give_up is None else self.give_up - now
+        return connect_budget(self._options.connect_timeout, left)
+
+    def budget(self) -> float:
+        """Time allowed for the next call."""
+        now = time.monotonic()
+        if self._until is None:
+            return self._fresh_bound(now)
+        return max(self._until - now, 0.001)
+
+    def out_of_time(self) -> bool:
+        """The campaign's timeout ran out (``timeout=0``: after the first attempt)."""
+        return self.give_up is not None and time.monotonic() >= self.give_up
+
+    def succeeded(self) -> None:
+        self._contacted = True
+        self._until = None
+        self._delay = 0.05
+
+    def failed(self, exc: RedisError, started: float) -> None:
+        """A call that began at ``started`` failed: sleep before the next try, or raise
+        BackendUnavailable (stating the bound) when that is final or out of time."""
+        if not self._contacted or not is_transient(exc):
+            raise self._options.unavailable(exc, self._bound) from None
+        if self._until is None:  # a streak begins
+            self._bound = self._fresh_bound(started)
+            self._until = started + self._bound
+        now = time.monotonic()
+        if now >= self._until:
+            raise self._options.unavailable(exc, self._bound) from None
+        time.sleep(min(self._delay, self._until - now))
+        self._delay = min(self._delay * 2, 0.5)
 
 
 def is_transient(exc: RedisError) -> bool:
