@@ -34,7 +34,7 @@ from tests.plugins.postgres_server import PASSWORD, PostgresCluster, fresh_name
 
 TTL = 2.0
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "readme-postgres.md"
+README = ROOT / "README.md"
 
 
 def candidate(node_id: str) -> Candidate:
@@ -267,8 +267,11 @@ LELECT = [sys.executable, "-m", "lelect"]
 
 
 def documented_grants() -> list[str]:
-    """The ```sql blocks of the PostgreSQL README section, in order."""
-    return re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.S)
+    """The ```sql blocks of the README's PostgreSQL section, in order."""
+    text = README.read_text()
+    section = text[text.index("### PostgreSQL"):]
+    section = section[:section.index("\n## ")]
+    return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
 
 
 def test_the_documented_grants_suffice(postgres_cluster, postgres_database, tmp_path):
