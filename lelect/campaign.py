@@ -23,6 +23,7 @@ from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect.backends.base import Backend, Candidate, LeaderInfo, Leadership, lease_drift
 from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for library users
+    DEFAULT_GRACE,
     EXIT_CONFLICT,
     EXIT_LOST,
     EXIT_MAX_RUNTIME,
@@ -124,8 +125,6 @@ class LeaseTiming:
     renew_interval: float | None
     grace: float
 
-
-DEFAULT_GRACE = 10.0
 
 
 def lease_timing(backend: Backend, ttl: float | None, grace: float | None) -> LeaseTiming:

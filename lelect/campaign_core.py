@@ -43,6 +43,8 @@ WAIT_INTERRUPTS = (int(_signal.SIGINT), int(_signal.SIGTERM), int(_signal.SIGHUP
 
 #: With --restart, the shortest pause before rejoining (a crashing job cannot spin).
 MIN_RESTART_DELAY = 0.1
+#: Stop signal -> SIGKILL, unless --grace says (or the lease needs) otherwise.
+DEFAULT_GRACE = 10.0
 #: The longest back-off between failing runs.
 MAX_RESTART_DELAY = 30.0
 #: A job that ran this long resets the back-off.
@@ -219,7 +221,7 @@ class Policy:
 
     election: str
     stop_signal: int = int(_signal.SIGTERM)
-    grace: float = 10.0
+    grace: float = DEFAULT_GRACE
     lease: bool = True
     max_runtime: float | None = None
     hold_at_least: float = 0.0

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 from lelect import keeper_protocol as proto
 from lelect._keeper import child_pids, set_subreaper
-from lelect.backends.records import HandBack, LocalLock
+from lelect.backends.records import DEFAULT_HISTORY, HandBack, LocalLock
 
 KEEPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_keeper.py")
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +108,7 @@ class KeeperConfig:
     #: With a lock: release it the moment the job's group is gone.
     autorelease: bool = True
     #: With a lock: keep this many history entries.
-    history_limit: int = 1000
+    history_limit: int = DEFAULT_HISTORY
     #: A line the keeper writes to stderr just before it starts the job ({term}, {hms},
     #: {ts} filled in), so lelect's "elected" comes before the job's own output.
     announce: str | None = None

@@ -33,7 +33,7 @@ from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 from lelect.backends._zk_layout import Check, Create, Delete, Op, SetData
-from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HISTORY, unreachable
+from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HISTORY, DEFAULT_TTL, unreachable
 from lelect.backends.urls import BackendURL
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable, UsageError
@@ -46,7 +46,7 @@ kazoo_log.addHandler(logging.NullHandler())
 
 DEFAULT_PORT = 2181
 DEFAULT_PATH = "/lelect"
-DEFAULT_SESSION_TIMEOUT = 10.0
+DEFAULT_SESSION_TIMEOUT = DEFAULT_TTL  # the lease, as on every backend
 OPTIONS = {"session_timeout", "connect_timeout", "auth", "history"}
 #: The longest timeout lelect passes on: ZooKeeper carries the session timeout as a
 #: signed 32-bit number of milliseconds (kazoo's connection thread dies on more).
