@@ -1,5 +1,6 @@
 """Pieces shared by the benchmark scripts: statistics, table rows, recording jobs and the
-crash-failover / graceful-handoff measurements of ``lelect campaign`` on a server backend.
+graceful-handoff / struck-leader measurements of ``lelect campaign`` on a server backend
+(:func:`strike_rows`, :func:`print_strike_table`).
 
 The scripts run as ``python bench/NAME.py``, so this folder is ``sys.path[0]``; the repo
 root is added here (if missing) for ``tests.helpers``.
@@ -7,6 +8,7 @@ root is added here (if missing) for ``tests.helpers``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import shlex
@@ -17,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +113,11 @@ def campaign(
     )
 
 
+def ttl_campaign(url: str, ttl: float) -> StartCampaign:
+    """Starts candidates with ``--ttl TTL``."""
+    return partial(campaign, url, options=("--ttl", f"{ttl}s"))
+
+
 def ticking_job(record: Path, every: float = 0.1) -> list[str]:
     """Writes 'start …' once, then 'tick …' every ``every`` seconds until killed: its last
     line bounds when it last ran."""
@@ -179,15 +187,6 @@ def _freeze_host(process: subprocess.Popen) -> list[int]:
 LELECT_KILLED = Strike("lelect killed (-9), host alive", _kill_lelect, start_job, ticks=False,
                        lanes=1)
 HOST_DIES = Strike("host dies (all frozen)", _freeze_host, ticking_job, ticks=True)
-
-
-def crash_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
-                   lanes: int, workdir: Path) -> list[float]:  # fmt: skip
-    """Seconds from SIGKILL of the leading lelect, at a random point of the first third of
-    ``period`` (its renew / probe cycle), to the first line of the waiter's job. Runs up to
-    ``lanes`` elections at once."""
-    kill = Strike("crash failover", _kill_lelect, start_job, ticks=False)
-    return struck_failover(start, queued, period, trials, lanes, workdir, kill)[0]
 
 
 def struck_failover(start: StartCampaign, queued: Queued, period: float, trials: int,
@@ -260,27 +259,17 @@ def graceful_handoff(start: StartCampaign, queued: Queued, period: float, trials
     return results
 
 
-def failover_rows(start: StartCampaign, queued: Queued, period: float, period_width: int,
-                  trials: int, lanes: int, workdir: Path) -> list[str]:  # fmt: skip
-    """Runs both measurements for one ``period`` (ttl / session timeout) and returns their
-    table rows, reporting each on stderr as it is done."""
-    rows = []
-    for case, measure in (
-        ("graceful handoff", lambda: graceful_handoff(start, queued, period, trials, workdir)),
-        ("crash failover", lambda: crash_failover(start, queued, period, trials, lanes, workdir)),
-    ):
-        rows.append(latency_row(f"{case:<18} {period:>{period_width}g}s", measure()))
-        print("done:", rows[-1], file=sys.stderr, flush=True)
-    return rows
-
-
-def print_failover_table(period_name: str, period_width: int, rows: list[str]) -> None:
-    print(f"{'case':<18} {period_name:>{period_width + 1}} {'trials':>6} {'p50 ms':>9}"
-          f" {'p99 ms':>9} {'min ms':>9} {'max ms':>9}")  # fmt: skip
-    print("\n".join(rows))
-
-
 STRIKE_WIDTH = 30
+PERIODS = (2.0, 10.0)
+"""The ttls / session timeouts measured unless the command line names others."""
+
+
+def add_strike_options(parser: argparse.ArgumentParser, period: str = "ttl",
+                       what: str = "ttl in seconds") -> None:  # fmt: skip
+    """``--PERIOD`` (repeatable; :data:`PERIODS` if absent), ``--trials`` and ``--lanes``."""
+    parser.add_argument(f"--{period}", type=float, action="append", help=f"{what} (repeatable)")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--lanes", type=int, default=10, help="host-dies trials run at once")
 
 
 def strike_rows(start: StartCampaign, queued: Queued, period: float, period_width: int,
@@ -298,6 +287,18 @@ def strike_rows(start: StartCampaign, queued: Queued, period: float, period_widt
         rows.append(latency_row(f"{strike.label:<{STRIKE_WIDTH}} {period:>{period_width}g}s",
                                 took) + f" {shown:>8}")
         print("done:", rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def strike_table_rows(start_for: Callable[[float], StartCampaign], queued: Queued,
+                      periods: Sequence[float], period_width: int, trials: int, lanes: int,
+                      workdir: Path) -> list[str]:  # fmt: skip
+    """:func:`strike_rows` for each of ``periods``; ``start_for(period)`` starts candidates
+    with that ttl / session timeout."""
+    rows: list[str] = []
+    for period in periods:
+        rows += strike_rows(start_for(period), queued, period, period_width, trials, lanes,
+                            workdir)  # fmt: skip
     return rows
 
 

@@ -29,7 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import campaign, print_strike_table, strike_rows  # noqa: E402
+from common import (  # noqa: E402
+    PERIODS,
+    add_strike_options,
+    print_strike_table,
+    strike_table_rows,
+    ttl_campaign,
+)
 
 from lelect.backends import connect  # noqa: E402
 from tests.plugins.redis_server import RedisServer  # noqa: E402
@@ -50,22 +56,17 @@ def waiting(url: str, election: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a Redis to use (default: start a redis-server)")
-    parser.add_argument("--ttl", type=float, action="append", help="ttl in seconds (repeatable)")
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--lanes", type=int, default=10, help="crash trials run at once")
+    add_strike_options(parser)
     args = parser.parse_args()
-    ttls = args.ttl or [2.0, 10.0]
+    ttls = args.ttl or PERIODS
 
     with tempfile.TemporaryDirectory(prefix="lelect-bench-") as tmp:
         workdir = Path(tmp)
         server = None if args.url else RedisServer(workdir / "redis")
         url = args.url or server.url
         try:
-            rows = []
-            for ttl in ttls:
-                start = partial(campaign, url, options=("--ttl", f"{ttl}s"))
-                rows += strike_rows(start, partial(waiting, url), ttl, 5, args.trials,
-                                      args.lanes, workdir)  # fmt: skip
+            rows = strike_table_rows(partial(ttl_campaign, url), partial(waiting, url), ttls, 5,
+                                     args.trials, args.lanes, workdir)  # fmt: skip
         finally:
             if server is not None:
                 server.remove()

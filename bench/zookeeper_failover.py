@@ -10,14 +10,15 @@ lelect killed (-9), host alive: the leading lelect gets SIGKILL at a random poin
 probe cycle; its keeper kills the job's group, reattaches to lelect's session and ends
 it (the hand-back), so the waiter's watch fires. Measured from the SIGKILL to the first
 line the waiting candidate's job writes: milliseconds, whatever the session timeout.
-host dies: lelect, its keeper and the job are frozen at once, then killed, so nobody can
-hand anything back: failover comes from the session, between 2/3 of the session timeout
-and the session timeout (plus up to one server tick), since the client spoke at most a
-third of it before. "overlap" counts old jobs that wrote after the next job started.
+host dies (all frozen): lelect, its keeper and the job are SIGSTOPped together, then
+killed, so nobody can hand anything back: failover comes from the session, between 2/3
+of the session timeout and the session timeout (plus up to one server tick), since the
+client spoke at most a third of it before. "overlaps" counts old jobs that ticked after
+the next job started (it must be 0).
 
-Host-dies trials run in parallel lanes (one election each) to bound the run time. Without
---hosts the script starts its own ZooKeeper (as the tests do, tickTime 200 ms). Prints a
-table; asserts nothing.
+Host-dies trials run in parallel lanes (one election each) to bound the run time; the -9
+trials run one at a time (each takes milliseconds). Without --hosts the script starts its
+own ZooKeeper (as the tests do, tickTime 200 ms). Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import (  # noqa: E402
+    PERIODS,
+    StartCampaign,
+    add_strike_options,
     campaign,
-    crash_failover,
-    graceful_handoff,
-    host_dies_failover,
-    latency_row,
+    print_strike_table,
+    strike_table_rows,
 )
 from kazoo.client import KazooClient  # noqa: E402
 
@@ -59,9 +61,10 @@ def watchers(kazoo: KazooClient) -> dict[str, int]:
     return counts
 
 
-def queued(kazoo: KazooClient, path: str) -> bool:
-    """True once a second contender is in the election and watches the first (which also
-    watches its own node)."""
+def queued(kazoo: KazooClient, base: str, election: str) -> bool:
+    """True once a second contender is in the election (under ``base``) and watches the
+    first (which also watches its own node)."""
+    path = f"{base}/{election}"
     try:
         children = sorted(kazoo.get_children(path), key=lambda name: name[-10:])
     except Exception:  # noqa: BLE001 - not created yet
@@ -75,39 +78,16 @@ def queued(kazoo: KazooClient, path: str) -> bool:
     return counts.get(f"{path}/{children[0]}", 0) >= 2
 
 
-def measure(url: str, base: str, kazoo: KazooClient, session: float, trials: int, lanes: int,
-            workdir: Path) -> list[str]:  # fmt: skip
-    """The three rows of one session timeout."""
-    start = partial(campaign, url)
-
-    def waiting(name: str) -> bool:
-        return queued(kazoo, f"{base}/{name}")
-
-    rows = []
-
-    def row(case: str, values: list[float], overlap: str = "") -> None:
-        rows.append(latency_row(f"{case:<30} {session:>7g}s", values) + overlap)
-        print("done:", rows[-1], file=sys.stderr, flush=True)
-
-    row("graceful handoff", graceful_handoff(start, waiting, session, trials, workdir))
-    # One crash at a time: each takes milliseconds, and ten keepers handing back at
-    # once on a small host would measure the host, not the hand-back.
-    row("lelect killed (-9), host alive",
-        crash_failover(start, waiting, session, trials, 1, workdir))
-    times, overlaps = host_dies_failover(start, waiting, session, trials, lanes, workdir)
-    row("host dies", times, f" {overlaps:>7}")
-    return rows
+def session_campaign(hosts: str, base: str, session: float) -> StartCampaign:
+    """Starts candidates of elections under ``base`` with that session timeout."""
+    return partial(campaign, f"zookeeper://{hosts}{base}?session_timeout={session:g}s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", help="a ZooKeeper to use, HOST:PORT[,…] (default: start one)")
-    parser.add_argument("--session", type=float, action="append",
-                        help="session timeout in seconds (repeatable)")  # fmt: skip
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--lanes", type=int, default=10, help="host-dies trials run at once")
+    add_strike_options(parser, "session", "session timeout in seconds")
     args = parser.parse_args()
-    sessions = args.session or [2.0, 10.0]
     base = f"/lelect-bench-{int(time.time())}"
 
     with tempfile.TemporaryDirectory(prefix="lelect-bench-") as tmp:
@@ -121,18 +101,15 @@ def main() -> None:
         kazoo = KazooClient(hosts)
         kazoo.start(10)
         try:
-            rows = []
-            for session in sessions:
-                url = f"zookeeper://{hosts}{base}?session_timeout={session:g}s"
-                rows += measure(url, base, kazoo, session, args.trials, args.lanes, workdir)
+            rows = strike_table_rows(partial(session_campaign, hosts, base),
+                                     partial(queued, kazoo, base), args.session or PERIODS, 7,
+                                     args.trials, args.lanes, workdir)  # fmt: skip
         finally:
             kazoo.stop()
             kazoo.close()
             if server is not None:
                 server.stop()
-    print(f"{'case':<30} {'session':>8} {'trials':>6} {'p50 ms':>9} {'p99 ms':>9}"
-          f" {'min ms':>9} {'max ms':>9} {'overlap':>7}")  # fmt: skip
-    print("\n".join(rows))
+    print_strike_table("session", 7, rows)
 
 
 if __name__ == "__main__":
