@@ -596,3 +596,21 @@ def test_a_failed_run_leaves_the_slot_open(target, tmp_path):
     assert run_lelect("campaign", "k", "--once-key", "2026-12-03", "--", "sh", "-c",
                       f'echo "ok $LELECT_SLOT" >> {runs}', backend=target.url).returncode == 0
     assert runs.read_text().splitlines() == ["fail", "ok 2026-12-02", "ok 2026-12-03"]
+
+
+def test_a_lost_lease_is_recorded_as_lost(network_target, tmp_path):
+    """lelect frozen past its lease (SIGSTOP): the keeper's dead-man switch kills the
+    job by the deadline; thawed, lelect finds the leadership gone, exits 73, and the
+    history says "lost"."""
+    target = network_target
+    proc, _ = leading(target, "frozen", tmp_path, "sleepy", "--ttl", "2s")
+    job = int((tmp_path / "sleepy.started").read_text().split()[1])
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not pid_alive(job), timeout=10, what="the dead-man switch")
+        time.sleep(2.5)  # a window past the lease, in which the key expires on the server
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait(timeout=30) == 73
+    (entry,) = history_of(target, "frozen")
+    assert entry["outcome"] == "lost" and entry["node_id"] == "sleepy"
