@@ -71,7 +71,8 @@ class LazyGroup(click.Group):
     envvar="LELECT_BACKEND",
     help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
     " ~/.local/state/lelect), redis://[user:pw@]host:6379/0, rediss://…,"
-    " zookeeper://h1:2181,h2:2181/lelect. Env: LELECT_BACKEND.",
+    " zookeeper://h1:2181,h2:2181/lelect, etcd://h1:2379,h2:2379/lelect,"
+    " postgresql://user:pw@db:5432/app. Env: LELECT_BACKEND.",
 )
 @click.version_option(__version__, "--version", prog_name="lelect")
 @click.pass_context
@@ -84,6 +85,7 @@ def cli(ctx: click.Context, backend: str | None) -> None:
       lelect watch nightly                      # live table of the group
       lelect health nightly                     # exit 0/1/2 for monitoring
       lelect resign nightly                     # ask the leader to step down
+      lelect history nightly                    # who led when, and how it ended
     """
     ctx.obj = {"backend": backend}
 
