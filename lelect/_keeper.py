@@ -1,6 +1,7 @@
 """The job's keeper: a small process between lelect and the job.
 
-Run as ``python -S -I _keeper.py CTRL_FD [KEY=VALUE...] -- CMD [ARGS...]``; it imports
+Run as ``python -S -I -c "…main()" CTRL_FD [KEY=VALUE...] -- CMD [ARGS...]`` (see
+lelect.supervisor); it imports
 only the standard library and lelect.keeper_protocol (and, on the embedded backend,
 lelect.backends.filestate while it waits; a hand-back module once lelect sends one).
 
@@ -254,6 +255,8 @@ class Keeper:
             os._exit(0)
         deadline = float(self.options["deadline"]) if self.options.get("deadline") else None
         nowait = self.options.get("nowait") == "1"
+        if self.options.get("announce"):
+            time.localtime()  # reads the time zone now, not on the way to starting the job
 
         def check(*_):
             ready, _, _ = select.select([self.ctrl], [], [], 0)
@@ -563,26 +566,32 @@ class Keeper:
 
     def shutdown(self, lelect_died=False):
         gone = self.kill_everything()
+        held = self.lock_fd is not None
+        self.release()  # the next leader goes ahead at once
+        self.take_terminal_back()
         if gone and not self.released_by_lelect and self.job_pid is not None:
-            if self.lock_fd is not None and (lelect_died or self.exit_when_done):
+            if held and (lelect_died or self.exit_when_done):
                 # lelect died, or was stopped before it heard that we won.
                 from lelect.backends.records import HAND_BACK_REASON
 
+                try:
+                    os.nice(19)  # the next leader's job goes first; this is tidying up
+                except OSError:
+                    pass
                 if lelect_died:
                     self.close_record("lost", HAND_BACK_REASON)
                 else:
                     self.close_record("stopped", "lelect was stopped as it won")
             elif lelect_died and self.recipe:
                 self.hand_back()
-        self.release()
-        self.take_terminal_back()
         os._exit(0)
 
     def close_record(self, outcome, reason):
         """The embedded backend: lelect cannot close the leadership (it died, or was
         stopped before it heard that we won) and the job's group is gone. The keeper
-        wrote the leadership's record, so it closes it too (before it lets go of the
-        flock, so the next leader finds it closed), then forgets lelect's member."""
+        wrote the leadership's record, so it closes it too (after it let go of the
+        flock: its own word overwrites the next leader's "vanished"), then forgets
+        lelect's member."""
         try:
             if self.record_pipe is not None:  # the record is still being written
                 select.select([self.record_pipe], [], [], CLOSE_RECORD_BUDGET)
@@ -729,10 +738,11 @@ class Keeper:
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
     ctrl = int(sys.argv[1])
     os.set_inheritable(ctrl, False)
-    sys.path.insert(0, os.path.dirname(here))  # lelect's parent: the package itself
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if here not in sys.path:
+        sys.path.insert(0, here)  # lelect's parent: the package itself
     from lelect import keeper_protocol as proto
 
     options, command = proto.decode_config(sys.argv[2:])

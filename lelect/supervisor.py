@@ -24,8 +24,11 @@ from lelect import keeper_protocol as proto
 from lelect._keeper import child_pids, set_subreaper
 from lelect.backends.records import DEFAULT_HISTORY, HandBack, LocalLock
 
-KEEPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_keeper.py")
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The keeper runs from its module (byte-compiled once), not as a script (compiled at
+#: every start): ``python -S -I`` adds nothing to sys.path, so the command line does.
+KEEPER_MAIN = (f"import sys; sys.path.insert(0, {PYTHONPATH!r});"
+               " from lelect._keeper import main; main()")
 
 #: Pids of the keepers this process runs; everything else among its children is a stray.
 _keepers: set[int] = set()
@@ -156,7 +159,7 @@ class Keeper:
 
     def spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [sys.executable, "-S", "-I", KEEPER_PATH, str(theirs.fileno()),
+        argv = [sys.executable, "-S", "-I", "-c", KEEPER_MAIN, str(theirs.fileno()),
                 *self.config.argv(), "--", *self.config.command]
         try:
             with _keepers_lock:  # a sweep must never take a keeper being born for a stray

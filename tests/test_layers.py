@@ -116,3 +116,18 @@ def test_the_keeper_and_its_protocol_need_only_the_standard_library():
                               else [ast.alias(node.module or "")])
             } - set(sys.stdlib_module_names) - {"lelect", "__future__", ""}
             assert not third_party, f"{name} imports {sorted(third_party)}"
+
+
+def test_the_embedded_history_entry_has_the_records_shape():
+    """filestate writes history entries as plain JSON (the keeper must not import
+    dataclasses): the same keys as records.HistoryEntry, which reads them back."""
+    from dataclasses import fields
+
+    from lelect.backends import filestate
+    from lelect.backends.records import HistoryEntry
+
+    entry = filestate.new_entry("e", 3, "n", "h", 1, 12.5)
+    assert list(entry) == [f.name for f in fields(HistoryEntry)]
+    import json
+
+    assert HistoryEntry.decode(json.dumps(entry)) == HistoryEntry("e", 3, "n", "h", 1, 12.5)

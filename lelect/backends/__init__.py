@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import TYPE_CHECKING, Any
+
+# Not typing.TYPE_CHECKING: the job's keeper imports this package and starts in ms.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from lelect.backends.base import Backend
@@ -31,7 +33,7 @@ SCHEMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in ("BackendURL", "mask_url", "parse_url"):
         from lelect.backends import urls
 

@@ -9,14 +9,16 @@ standard library and lelect.errors / lelect.backends.records.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import stat
 import time
-from dataclasses import replace
 
-from lelect.backends.records import MAX_SLOTS, HistoryEntry
 from lelect.errors import ConfigError
+
+# lelect.backends.records (and dataclasses) are imported where a record is written: the
+# job's keeper imports this module on its way to the lock, and must start in ms.
 
 DB_NAME = "lelect.db"
 SCHEMA_VERSION = 2
@@ -391,7 +393,7 @@ def record_leader(
 ) -> None:
     """Record ``term`` (terms only grow), the new leader, and its history entry; close
     an earlier entry still "running" as "vanished". Called while holding the flock."""
-    entry = HistoryEntry(election, term, node_id, host, pid, started=since)
+    entry = new_entry(election, term, node_id, host, pid, since)
     with transaction(conn):
         conn.execute(
             "INSERT INTO terms(election, term) VALUES (?, ?)"
@@ -408,21 +410,22 @@ def record_leader(
             " host=excluded.host, pid=excluded.pid WHERE excluded.term > leaders.term",
             (election, node_id, term, token, since, host, pid),
         )
+        # Only the newest earlier entries can still be running (older ones were closed).
         for (older,) in conn.execute(
-            "SELECT entry FROM history WHERE election=? AND term<? AND outcome='running'",
-            (election, term),
+            "SELECT entry FROM history WHERE election=? AND term<? AND outcome='running'"
+            " ORDER BY term DESC LIMIT 3", (election, term),
         ).fetchall():
-            _write_entry(conn, replace(HistoryEntry.decode(older), outcome="vanished",
-                                        ended=since))
+            _write_entry(conn, {**json.loads(older), "outcome": "vanished", "ended": since})
         conn.execute(
             "INSERT OR IGNORE INTO history(election, term, entry, outcome) VALUES (?, ?, ?, ?)",
-            (election, term, entry.encode(), entry.outcome),
+            (election, term, json.dumps(entry, separators=(",", ":")), entry["outcome"]),
         )
-        conn.execute(
-            "DELETE FROM history WHERE election=? AND term NOT IN (SELECT term FROM history"
-            " WHERE election=? ORDER BY term DESC LIMIT ?)",
-            (election, election, history_limit),
-        )
+        cutoff = conn.execute(
+            "SELECT term FROM history WHERE election=? ORDER BY term DESC LIMIT 1 OFFSET ?",
+            (election, history_limit),
+        ).fetchone()
+        if cutoff:
+            conn.execute("DELETE FROM history WHERE election=? AND term<=?", (election, cutoff[0]))
 
 
 def close_leadership(
@@ -448,10 +451,11 @@ def close_leadership(
         ).fetchone()
         done = slot if outcome == "exited" and exit_status == 0 else None
         if row:
-            closed = replace(HistoryEntry.decode(row[0]), ended=ended, outcome=outcome,
-                              exit_status=exit_status, reason=reason, slot=done)
-            _write_entry(conn, closed)
+            _write_entry(conn, {**json.loads(row[0]), "ended": ended, "outcome": outcome,
+                                "exit_status": exit_status, "reason": reason, "slot": done})
         if done is not None:
+            from lelect.backends.records import MAX_SLOTS
+
             conn.execute(
                 "INSERT OR REPLACE INTO slots(election, slot, term) VALUES (?, ?, ?)",
                 (election, done, term),
@@ -463,10 +467,20 @@ def close_leadership(
             )
 
 
-def _write_entry(conn: sqlite3.Connection, entry: HistoryEntry) -> None:
+def new_entry(election: str, term: int, node_id: str, host: str | None, pid: int | None,
+              started: float) -> dict:
+    """A "running" history entry, in records.HistoryEntry's stored form (JSON): built
+    here as a dict because the keeper writes it and must not import dataclasses."""
+    return {"election": election, "term": term, "node_id": node_id, "host": host, "pid": pid,
+            "started": started, "ended": None, "outcome": "running", "exit_status": None,
+            "slot": None, "reason": None}
+
+
+def _write_entry(conn: sqlite3.Connection, entry: dict) -> None:
     conn.execute(
         "UPDATE history SET entry=?, outcome=? WHERE election=? AND term=?",
-        (entry.encode(), entry.outcome, entry.election, entry.term),
+        (json.dumps(entry, separators=(",", ":")), entry["outcome"], entry["election"],
+         entry["term"]),
     )
 
 
