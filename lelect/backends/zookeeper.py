@@ -55,6 +55,7 @@ from lelect.backends._zk_session import (
 )
 from lelect.backends.base import (
     EXITED,
+    LOST,
     MAX_ARRIVALS,
     RUNNING,
     Backend,
@@ -249,14 +250,25 @@ class ZooKeeperBackend(Backend):
             raise TypeError(f"not a ZooKeeper leadership: {leadership!r}")
         leadership.guard.stop()
         session = leadership.session
-        # A lost session reconnects as a new one at once: wait a moment for it, so the
-        # lost leader can still say how its leadership ended.
-        if session.wait_connected(RELEASE_PATIENCE if leadership.lost.is_set() else 0):
+        # A lost session reconnects as a new one: wait for it (the job is already dead,
+        # nothing is in a hurry), so the lost leader can still say how its leadership ended.
+        lost = leadership.lost.is_set() or leadership.outcome == LOST
+        give_up = time.monotonic() + (self.config.connect_timeout if lost else 0)
+        while session.wait_connected(max(0.0, give_up - time.monotonic())):
             try:
                 self._release(session, leadership)
+                break
+            except TRANSIENT as exc:
+                # A re-created session (with credentials to send again) may drop the
+                # first request: a lost leader tries again while its patience lasts.
+                if not lost or time.monotonic() >= give_up:
+                    log.debug("releasing %s failed (%s): its session's end removes it",
+                              leadership.node_path, type(exc).__name__)
+                    break
             except ZK_ERRORS as exc:
                 log.debug("releasing %s failed (%s): its session's end removes it",
                           leadership.node_path, type(exc).__name__)
+                break
         self._forget(session)
 
     def _closing_entry(self, leadership: ZooKeeperLeadership, slot: str | None) -> HistoryEntry:
