@@ -17,13 +17,15 @@ import pytest
 from lelect.backends import connect
 from lelect.backends.base import Candidate, Heartbeat
 from tests.helpers import (
+    assert_one_at_a_time,
     leader_json,
+    read_ticks,
     run_lelect,
     spawn_lelect,
+    ticking_job,
     wait_until,
 )
 from tests.plugins.redis_server import make_test_certs
-from tests.test_redis_cli import assert_one_at_a_time, read_ticks, ticking_job
 
 TTL = 2.0
 LELECT_IMPORTTIME = [sys.executable, "-X", "importtime", "-m", "lelect"]

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,52 +16,16 @@ import pytest
 from lelect.backends import connect
 from lelect.backends.records import HAND_BACK_REASON
 from tests.helpers import (
+    assert_one_at_a_time,
+    read_ticks,
     redis_listeners,
     run_lelect,
     spawn_lelect,
+    ticking_job,
     wait_until,
 )
 
 TTL = 2.0
-
-
-def ticking_job(record: Path, every: float = 0.05) -> list[str]:
-    """A job that appends 'tick NS TERM PID' to ``record`` every ``every`` seconds until
-    it is killed: its last tick bounds when it was last alive."""
-    f = shlex.quote(str(record))
-    return [
-        "sh",
-        "-c",
-        f'while :; do echo "tick $(date +%s%N) $LELECT_TERM $$" >> {f}; sleep {every}; done',
-    ]
-
-
-@dataclass(frozen=True)
-class Activity:
-    pid: int
-    term: int
-    first_ns: int
-    last_ns: int
-
-
-def read_ticks(record: Path) -> list[Activity]:
-    seen: dict[int, Activity] = {}
-    if not record.exists():
-        return []
-    for line in record.read_text().splitlines():
-        parts = line.split()
-        if len(parts) != 4:
-            continue  # a line cut short by SIGKILL
-        ns, term, pid = int(parts[1]), int(parts[2]), int(parts[3])
-        earlier = seen.get(pid)
-        seen[pid] = Activity(pid, term, earlier.first_ns if earlier else ns, ns)
-    return sorted(seen.values(), key=lambda a: a.first_ns)
-
-
-def assert_one_at_a_time(activities: list[Activity]) -> None:
-    for before, after in zip(activities, activities[1:]):
-        assert before.last_ns < after.first_ns, f"jobs overlap: {before} and {after}"
-        assert after.term > before.term, f"term did not grow: {before} then {after}"
 
 
 def campaign(url: str, election: str, job: list[str], *options: str) -> subprocess.Popen:
