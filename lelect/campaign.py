@@ -21,7 +21,8 @@ from typing import Any, NoReturn
 
 from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
-from lelect.backends.base import Backend, Candidate, LeaderInfo, Leadership, lease_drift
+from lelect import lease
+from lelect.backends.base import Backend, Candidate, LeaderInfo, Leadership
 from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for library users
     DEFAULT_GRACE,
     EXIT_CONFLICT,
@@ -38,6 +39,7 @@ from lelect.errors import (
     ElectionBusy,
     UsageError,
 )
+from lelect.lease import LeaseTiming
 from lelect.names import validate_election
 from lelect.supervisor import Gone, Keeper, KeeperConfig
 from lelect.systemd import Notifier
@@ -119,36 +121,13 @@ class CampaignResult:
         os._exit(self.status)
 
 
-@dataclass(frozen=True)
-class LeaseTiming:
-    ttl: float | None  # None: no lease (file backend)
-    renew_interval: float | None
-    grace: float
-
-
-
 def lease_timing(backend: Backend, ttl: float | None, grace: float | None) -> LeaseTiming:
-    """Work out ttl and grace, refusing combinations that cannot keep the lease promise:
-    the job must be stopped (stop signal at deadline - grace) only after the next renew
-    had its chance, and be dead by the deadline."""
-    if not backend.lease_based:
-        return LeaseTiming(None, None, DEFAULT_GRACE if grace is None else grace)
-    ttl = ttl if ttl is not None else backend.default_ttl
-    if ttl <= 0:
-        raise ConfigError("--ttl must be longer than 0")
-    renew = backend.renew_interval(ttl)
-    # The stop signal goes out at deadline - grace; that must come after the next renew
-    # had time to be answered (allow 5% of the ttl for its round trip).
-    room = ttl - renew - lease_drift(ttl) - 0.05 * ttl
-    if grace is None:
-        return LeaseTiming(ttl, renew, min(DEFAULT_GRACE, room / 2))
-    if grace > room:
-        raise ConfigError(
-            f"--grace {format_duration(grace)} is too long for a {format_duration(ttl)} lease"
-            f" renewed every {format_duration(renew)}: the job could outlive its lease."
-            f" Use --grace {format_duration(room)} or less, or a longer --ttl"
-        )
-    return LeaseTiming(ttl, renew, grace)
+    """:func:`lelect.lease.lease_timing` for ``backend``; a refusal is a ConfigError."""
+    try:
+        return lease.lease_timing(ttl, grace, lease_based=backend.lease_based,
+                                  default_ttl=backend.default_ttl)
+    except lease.TimingRefused as refused:
+        raise ConfigError(str(refused)) from None
 
 
 def check_command(command: Sequence[str]) -> str:

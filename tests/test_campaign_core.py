@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import signal
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lelect import campaign_core as core
-from lelect.campaign import LeaseTiming, lease_timing
-from lelect.errors import ConfigError
 
 SIGTERM, SIGINT, SIGHUP, SIGUSR1 = (int(s) for s in (signal.SIGTERM, signal.SIGINT,
                                                      signal.SIGHUP, signal.SIGUSR1))
@@ -395,40 +392,3 @@ def test_restart_delay_zero_still_has_a_floor():
     _, out = leadership(policy, core.JobExited(0.01, 1))
     pause = [c for c in out if isinstance(c, core.Pause)][0]
     assert pause.until - 0.01 >= core.MIN_RESTART_DELAY
-
-
-# -- lease_timing's refusals ---------------------------------------------------------------
-
-
-class LeaseBackend:
-    lease_based = True
-    default_ttl = 10.0
-
-    def renew_interval(self, ttl):
-        return ttl / 3
-
-
-class NoLease(LeaseBackend):
-    lease_based = False
-
-
-def test_lease_timing_fits_the_default_grace_into_the_lease():
-    timing = lease_timing(LeaseBackend(), 2.0, None)
-    assert timing.ttl == 2.0 and timing.renew_interval == pytest.approx(2 / 3)
-    assert 0 < timing.grace < 2.0 - 2 / 3
-
-
-def test_lease_timing_refuses_a_grace_the_lease_cannot_keep():
-    with pytest.raises(ConfigError, match="too long for a 2s lease"):
-        lease_timing(LeaseBackend(), 2.0, 1.5)
-    assert lease_timing(LeaseBackend(), 10.0, 5.0).grace == 5.0
-
-
-def test_lease_timing_without_a_lease_takes_any_grace():
-    assert lease_timing(NoLease(), None, 60.0) == LeaseTiming(None, None, 60.0)
-    assert lease_timing(NoLease(), None, None).grace == 10.0
-
-
-def test_lease_timing_refuses_a_zero_ttl():
-    with pytest.raises(ConfigError):
-        lease_timing(LeaseBackend(), 0.0, None)

@@ -293,7 +293,7 @@ def test_hand_back_frees_the_election_at_once_and_records_it(etcd_server, etcd_p
         assert (entry.term, entry.outcome, entry.exit_status) == (held.term, "lost", 137)
         assert "handed the leadership back" in entry.reason
         assert backend.members("back").records == ()
-        assert etcd_server.etcdctl("lease", "timetolive", f"{held.lease.id:x}").stdout.count(
+        assert etcd_server.etcdctl("lease", "timetolive", f"{held.etcd_lease.id:x}").stdout.count(
             "already expired") == 1
         again = backend.campaign("back", candidate("b"), timeout=0)
         assert again.term > held.term
@@ -306,7 +306,7 @@ def test_hand_back_never_touches_another_leaders_key(etcd_server, etcd_prefix):
         first = backend.campaign("other", candidate("a"), timeout=10)
         recipe = backend.hand_back(first)
         first.stop()
-        etcd_server.etcdctl("lease", "revoke", f"{first.lease.id:x}")  # its lease ran out
+        etcd_server.etcdctl("lease", "revoke", f"{first.etcd_lease.id:x}")  # its lease ran out
         with backend.campaign("other", candidate("b"), timeout=10) as second:
             assert module.hand_back(recipe.params, 5.0, 137) == "not ours"
             assert backend.leader("other").term == second.term

@@ -188,7 +188,7 @@ def test_next_leader_closes_a_vanished_leader_and_its_late_release_changes_nothi
     backend = connect(redis_server.url)
     client = redis_server.client()
     vanished = backend.campaign("v", candidate("a"), ttl=0.5)
-    vanished.stopped.set()  # renewing stops: the key expires as if lelect's host died
+    vanished.lease.stop()  # renewing stops: the key expires as if lelect's host died
     wait_until(lambda: client.get("lelect:{v}:leader") is None, what="the lease to run out")
     successor = backend.campaign("v", candidate("b"), timeout=10)
     older, newer = backend.history("v")
@@ -333,7 +333,7 @@ def test_hand_back_gives_up_within_its_budget_when_redis_is_unreachable(
     redis_server, silent_listener, refused_port
 ):
     with connect(redis_server.url).campaign("gone", candidate("a")) as leadership:
-        leadership.stopped.set()
+        leadership.lease.stop()
         params = connect(redis_server.url).hand_back(leadership).params
     for port in (silent_listener, refused_port):
         started = time.monotonic()
@@ -359,7 +359,7 @@ def test_hand_back_over_tls_unix_socket_and_with_a_user_and_db(
         url = f"redis://lelect:pw@{server.host_port}/3"
     backend = connect(url)
     leadership = backend.campaign("hb", candidate("a"))
-    leadership.stopped.set()  # renewing stops, as when lelect dies
+    leadership.lease.stop()  # renewing stops, as when lelect dies
     recipe = backend.hand_back(leadership)
     assert recipe.module == "lelect.backends._handback_redis"
     assert _handback_redis.hand_back(recipe.params, 5.0, 0) == "released"
@@ -373,7 +373,7 @@ def test_hand_back_refuses_a_server_certificate_of_another_ca(
     server = redis_server_factory(tls=redis_test_certs)
     backend = connect(server.tls_url)
     leadership = backend.campaign("hb", candidate("a"))
-    leadership.stopped.set()
+    leadership.lease.stop()
     params = backend.hand_back(leadership).params
     with pytest.raises(OSError, match="certificate"):
         _handback_redis.hand_back({**params, "tls": {"ca_certs": str(other_ca(tmp_path))}},
@@ -397,7 +397,7 @@ def test_partition_loses_the_lease_by_its_deadline(redis_server, partition_proxy
     assert leadership.lease_deadline == deadline  # no renew got through
     assert deadline <= blocked + 1.0
     assert lost - deadline < 0.2
-    assert "expired" in leadership.lost_reason
+    assert "ran out" in leadership.lost_reason
     proxy.unblock()
 
 

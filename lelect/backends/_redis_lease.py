@@ -1,20 +1,22 @@
-"""A Redis leadership keeping its lease: a renew thread (every ttl/3, each call bounded
-by the time left) and a listener thread that hears resign requests."""
+"""A Redis leadership: its lease (kept by :class:`lelect.lease.Lease` with the guarded
+RENEW script as its renew verb) and a listener thread that hears resign requests."""
 
 from __future__ import annotations
 
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
 from lelect.backends._redis_link import Subscription
 from lelect.backends._redis_scripts import RENEW, ElectionKeys
-from lelect.backends.base import Candidate, Leadership, lease_drift
+from lelect.backends.base import Candidate, Leadership
+from lelect.lease import Lease, Renewal
 
 if TYPE_CHECKING:
     from lelect.backends.redis import RedisBackend
+
+NOT_OURS = "the leader key no longer holds our token (expired or taken)"
 
 
 class RedisLeadership(Leadership):
@@ -25,65 +27,36 @@ class RedisLeadership(Leadership):
         candidate: Candidate,
         term: int,
         token: str,
-        lease_deadline: float,
+        sent: float,
         ttl: float,
         since: float | None,
         subscription: Subscription | None,
     ) -> None:
-        super().__init__(backend, election, candidate, term, token, lease_deadline, since)
-        self.ttl = ttl
         self.keys = ElectionKeys(backend.options.prefix, election)
+        self.ttl = ttl
         self.stopped = threading.Event()
         self._backend = backend
         self._subscription = subscription
+        lease = Lease(sent, ttl, self._renew, name=f"redis:{election}",
+                      describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
+        super().__init__(backend, election, candidate, term, token, lease, since)
 
-    def start(self, granted_at: float) -> None:
-        """Start renewing (``granted_at``: when the winning request was sent) and listening."""
-        threads = (
-            (lambda: self._keep_lease(granted_at), "renew"),
-            (self._listen, "resign-listener"),
-        )
-        for target, name in threads:
-            threading.Thread(
-                target=target, name=f"lelect-redis-{name}:{self.election}", daemon=True
-            ).start()
+    def _renew(self, budget: float) -> Renewal:
+        renewed, asked = self._backend.link.run(
+            RENEW, self.keys.renew_keys, [self.token, milliseconds(self.ttl)], budget=budget)
+        if not renewed:
+            return Renewal(False, reason=NOT_OURS)
+        return Renewal(True, resign_requested=bool(asked))
 
-    def _keep_lease(self, granted_at: float) -> None:
-        link, options = self._backend.link, self._backend.options
-        interval = self._backend.renew_interval(self.ttl)
-        retry_delay = min(interval / 4, 0.25)
-        next_renew = granted_at + interval
-        last_error = ""
-        while not self.stopped.wait(max(next_renew - time.monotonic(), 0.0)):
-            deadline = self.lease_deadline or 0.0
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.mark_lost(f"lease expired with no successful renew{last_error}")
-                return
-            t_send = time.monotonic()
-            try:
-                renewed, asked = link.run(RENEW, self.keys.renew_keys,
-                                          [self.token, milliseconds(self.ttl)],
-                                          budget=min(left, interval))
-            except RedisError as exc:
-                last_error = f" (last error: {options.unavailable(exc, min(left, interval))})"
-                next_renew = min(time.monotonic() + retry_delay, deadline)
-                continue
-            if self.stopped.is_set():
-                return
-            if not renewed:
-                self.mark_lost("the leader key no longer holds our token (expired or taken)")
-                return
-            last_error = ""
-            self.set_deadline(t_send + self.ttl - lease_drift(self.ttl))
-            if asked:
-                self.mark_resign_requested()
-            next_renew = t_send + interval
+    def _begin(self) -> None:
+        threading.Thread(target=self._listen, name=f"lelect-redis-resign:{self.election}",
+                         daemon=True).start()
 
     def _listen(self) -> None:
         subscription = self._subscription or Subscription(
             self._backend.link, [self.keys.released_channel, self.keys.resign_channel]
         )
+        self._subscription = None
         try:
             while not self.stopped.is_set() and not self.lost.is_set():
                 try:
@@ -97,6 +70,12 @@ class RedisLeadership(Leadership):
                         self.mark_resign_requested()
         finally:
             subscription.close()
+
+    def close_subscription(self) -> None:
+        """A leadership that never began hands its subscription back to nobody."""
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
 
 
 def milliseconds(seconds: float) -> int:

@@ -32,7 +32,6 @@ from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
     DEFAULT_TTL,
-    connect_budget,
     unreachable,
 )
 from lelect.backends.urls import BackendURL
@@ -351,60 +350,6 @@ class Subscription:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.disconnect()
-
-
-class Contact:
-    """How long calls to Redis may take while campaigning or observing.
-
-    Until the first answer, every connection and call together get
-    :func:`connect_budget` (connect_timeout, or the timeout if shorter), and any failure
-    is final: a refused connection fails at once. After it, a streak of transient
-    failures (a restart, a failover, a LOADING server) is borne, with back-off, for
-    another such budget counted from the start of the call that failed first.
-    """
-
-    def __init__(self, options: RedisOptions, timeout: float | None) -> None:
-        self._options = options
-        started = time.monotonic()
-        self.give_up = None if timeout is None else started + timeout
-        self._bound = connect_budget(options.connect_timeout, timeout)
-        self._until: float | None = started + self._bound  # None: healthy, no limit set
-        self._contacted = False
-        self._delay = 0.05
-
-    def _fresh_bound(self, now: float) -> float:
-        left = None if self.give_up is None else self.give_up - now
-        return connect_budget(self._options.connect_timeout, left)
-
-    def budget(self) -> float:
-        """Time allowed for the next call."""
-        now = time.monotonic()
-        if self._until is None:
-            return self._fresh_bound(now)
-        return max(self._until - now, 0.001)
-
-    def out_of_time(self) -> bool:
-        """The campaign's timeout ran out (``timeout=0``: after the first attempt)."""
-        return self.give_up is not None and time.monotonic() >= self.give_up
-
-    def succeeded(self) -> None:
-        self._contacted = True
-        self._until = None
-        self._delay = 0.05
-
-    def failed(self, exc: RedisError, started: float) -> None:
-        """A call that began at ``started`` failed: sleep before the next try, or raise
-        BackendUnavailable (stating the bound) when that is final or out of time."""
-        if not self._contacted or not is_transient(exc):
-            raise self._options.unavailable(exc, self._bound) from None
-        if self._until is None:  # a streak begins
-            self._bound = self._fresh_bound(started)
-            self._until = started + self._bound
-        now = time.monotonic()
-        if now >= self._until:
-            raise self._options.unavailable(exc, self._bound) from None
-        time.sleep(min(self._delay, self._until - now))
-        self._delay = min(self._delay * 2, 0.5)
 
 
 def is_transient(exc: RedisError) -> bool:

@@ -43,7 +43,6 @@ from lelect.backends.base import (
     HistoryEntry,
     LeaderInfo,
     busy,
-    lease_drift,
     timed_out,
 )
 from lelect.errors import BackendUnavailable
@@ -283,14 +282,6 @@ class Contest:
 
     def _won(self, mine: Contender, sent: float, history: _HistoryLook | None
              ) -> ZooKeeperLeadership:
-        granted = self.session.granted or self.session.requested
-        if time.monotonic() - sent > granted / 3:
-            # The answer that made us leader came late (it was queued over a reconnect):
-            # a lease counted from its send time would be nearly spent. Prove the session
-            # afresh so the job does not start only to be stopped at once.
-            sent = time.monotonic()
-            if self._call("exists", self.paths.contender(mine.name)) is None:
-                raise _Reconnect
         entry = self._record_win(mine, history)
         leadership = ZooKeeperLeadership(
             self.backend,
@@ -299,9 +290,8 @@ class Contest:
             mine,
             session=self.session,
             entry=entry,
-            lease_deadline=sent + granted - lease_drift(granted),
+            sent=sent,
         )
-        leadership.guard.start()
         log.debug("%s leads %r (term %d)", mine.name, self.election, mine.seq)
         return leadership
 

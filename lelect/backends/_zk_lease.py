@@ -12,7 +12,6 @@ that name our term.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +19,8 @@ from kazoo.exceptions import KazooException, NoNodeError, SessionExpiredError
 
 from lelect.backends._zk_layout import Contender, ElectionPaths
 from lelect.backends._zk_session import TRANSIENT, ZK_ERRORS, Session, log
-from lelect.backends.base import Candidate, HistoryEntry, Leadership, lease_drift
-from lelect.durations import format_duration
+from lelect.backends.base import Candidate, HistoryEntry, Leadership
+from lelect.lease import Lease, Renewal
 
 if TYPE_CHECKING:
     from lelect.backends.zookeeper import ZooKeeperBackend
@@ -40,10 +39,8 @@ class ZooKeeperLeadership(Leadership):
         *,
         session: Session,
         entry: HistoryEntry | None,
-        lease_deadline: float,
+        sent: float,
     ) -> None:
-        super().__init__(backend, paths.election, candidate, contender.seq, contender.name,
-                         lease_deadline, since=None if entry is None else entry.started)
         self.paths = paths
         self.session = session
         self.node_path = paths.contender(contender.name)
@@ -51,39 +48,43 @@ class ZooKeeperLeadership(Leadership):
         self.entry = entry
         #: The session timeout the server granted: the lease length.
         self.session_timeout = session.granted or session.requested
-        self.guard = LeaseGuard(self, backend.renew_interval(self.session_timeout))
+        self.guard = LeaseGuard(self)
+        lease = Lease(sent, self.session_timeout, self.guard.renew, name=f"zk:{paths.election}",
+                      describe=lambda exc: type(exc).__name__)
+        super().__init__(backend, paths.election, candidate, contender.seq, contender.name,
+                         lease, since=None if entry is None else entry.started)
+
+    def _begin(self) -> None:
+        self.guard.start()
 
 
 class LeaseGuard:
-    """Keeps a leadership's lease deadline current and notices when it is gone.
+    """The ZooKeeper side of a leadership's lease: the renew verb (a timed probe, an
+    ``exists`` on our own node that also keeps a watch on it, and a look at resign
+    requests when one may have come) and the session and node events.
 
-    Watch and state callbacks run on kazoo's threads and only set flags; this thread
-    makes the calls, each with a timeout shorter than the lease left.
+    Watch and state callbacks run on kazoo's threads and only set flags or mark the
+    leadership lost; calls are made by the lease's thread, each with its budget.
     """
 
-    def __init__(self, leadership: ZooKeeperLeadership, interval: float) -> None:
+    def __init__(self, leadership: ZooKeeperLeadership) -> None:
         self.leadership = leadership
         self.session = leadership.session
         self.resign_path = leadership.paths.resign
-        self.interval = interval
-        self.wake = threading.Event()
-        self.stopped = threading.Event()
-        # Probe at once: its exists() sets the watch on our own node, so a deletion in
-        # the first renew interval is noticed at once too, not at the first renew.
-        self.probe_now = True
         self.check_resign = True  # a request may predate our watch
-        self.thread = threading.Thread(
-            target=self._run, name=f"zk-lease-{leadership.election}", daemon=True
-        )
 
     def start(self) -> None:
         self.session.add_listener(self._on_state)
-        self.thread.start()
+        # Probe at once: its exists() sets the watch on our own node, so a deletion in
+        # the first renew interval is noticed at once too, not at the first renew.
+        self._renew_soon()
 
     def stop(self) -> None:
-        self.stopped.set()
         self.session.remove_listener(self._on_state)
-        self.wake.set()
+
+    def _renew_soon(self) -> None:
+        if self.leadership.lease is not None:
+            self.leadership.lease.renew_soon()
 
     # -- kazoo's threads --------------------------------------------------------
 
@@ -92,76 +93,44 @@ class LeaseGuard:
             self.leadership.mark_lost("the ZooKeeper session expired")
         elif state == "CONNECTED":
             # Reconnected within the session: watches are gone, the lease is not.
-            self.probe_now = self.check_resign = True
-        self.wake.set()
+            self.check_resign = True
+            self._renew_soon()
 
     def _on_node(self, event: Any) -> None:
         if event.type == "DELETED":
             self.leadership.mark_lost(f"our contender node {event.path} was deleted")
-        self.wake.set()
 
     def _on_resign(self, event: Any) -> None:
         if event.type != "NONE":
             self.check_resign = True
-        self.wake.set()
+            self._renew_soon()
 
-    # -- the guard's thread -----------------------------------------------------
+    # -- the lease's thread -----------------------------------------------------
 
-    def _run(self) -> None:
+    def renew(self, budget: float) -> Renewal:
+        """An answered request proves the server heard from us at its send time."""
+        end = time.monotonic() + budget
+        if self.check_resign:
+            self.check_resign = False
+            self._look_for_resign(end)
         leadership = self.leadership
-        next_probe = time.monotonic() + self.interval
-        while not self.stopped.is_set() and not leadership.lost.is_set():
-            now = time.monotonic()
-            deadline = leadership.lease_deadline or now
-            if now >= deadline:
-                leadership.mark_lost(
-                    "no answer from ZooKeeper before the lease ran out"
-                    f" ({format_duration(leadership.session_timeout)} session)"
-                )
-                return
-            if self.check_resign:
-                self.check_resign = False
-                self._look_for_resign(deadline)
-            if now >= next_probe or self.probe_now:
-                self.probe_now = False
-                next_probe = now + self.interval
-                self._probe(deadline)
-            self.wake.wait(max(0.0, min(next_probe, leadership.lease_deadline or 0) - time.monotonic()))
-            self.wake.clear()
+        stat = self._ask("exists", leadership.node_path, watch=self._on_node, end=end)
+        if stat is None:
+            return Renewal(False, reason=f"our contender node {leadership.node_path} is gone")
+        return Renewal(True, granted=self.session.granted or leadership.session_timeout)
 
-    def _ask(self, method: str, *args: Any, deadline: float, **kwargs: Any) -> Any:
-        timeout = min(self.interval, deadline - time.monotonic())
+    def _ask(self, method: str, *args: Any, end: float, **kwargs: Any) -> Any:
+        timeout = max(end - time.monotonic(), 0.001)
         return self.session.call(method, *args, timeout=timeout, **kwargs)
 
-    def _probe(self, deadline: float) -> None:
-        """An answered request proves the server heard from us at its send time."""
-        leadership = self.leadership
-        sent = time.monotonic()
-        try:
-            stat = self._ask("exists", leadership.node_path, watch=self._on_node, deadline=deadline)
-        except (*TRANSIENT, SessionExpiredError):
-            return  # no answer is no renew; the deadline stands
-        except KazooException as exc:
-            log.warning("lease probe for %r failed: %s", leadership.election, type(exc).__name__)
-            return
-        if self.stopped.is_set():
-            return
-        if stat is None:
-            leadership.mark_lost(f"our contender node {leadership.node_path} is gone")
-            return
-        granted = self.session.granted or leadership.session_timeout
-        renewed = sent + granted - lease_drift(granted)
-        if renewed > (leadership.lease_deadline or 0):
-            leadership.set_deadline(renewed)
-
-    def _look_for_resign(self, deadline: float) -> None:
+    def _look_for_resign(self, end: float) -> None:
         """Honour ``<path>/_resign/NAME`` if it names our term; keep a watch on it."""
         leadership = self.leadership
         try:
-            stat = self._ask("exists", self.resign_path, watch=self._on_resign, deadline=deadline)
+            stat = self._ask("exists", self.resign_path, watch=self._on_resign, end=end)
             if stat is None:
                 return
-            data, stat = self._ask("get", self.resign_path, deadline=deadline)
+            data, stat = self._ask("get", self.resign_path, end=end)
         except NoNodeError:
             return
         except (*TRANSIENT, SessionExpiredError):
@@ -176,7 +145,7 @@ class LeaseGuard:
         if term is None or term <= leadership.term:
             # Honoured or stale: nobody else will ever act on it.
             try:
-                self._ask("delete", self.resign_path, version=stat.version, deadline=deadline)
+                self._ask("delete", self.resign_path, version=stat.version, end=end)
             except ZK_ERRORS:
                 pass
 

@@ -38,29 +38,20 @@ from lelect.backends.records import (  # noqa: F401 - re-exported: the interface
 )
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, CampaignTimeout, ElectionBusy
+from lelect.lease import LATE_WIN, MIN_ATTEMPT, Lease, connect_budget, drift
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
 
 DEFAULT_TTL = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
-#: ``--timeout`` bounds connecting too, but never below one attempt of this long
-#: (``--timeout 0`` means "try once", as ``flock -w 0`` does).
-MIN_ATTEMPT = 0.5
+#: How long a last word to a server may take once the lease it concerns has run out (a
+#: release that only closes a history entry): the exit must not wait on a dead server.
+PARTING_BUDGET = 0.5
 
-
-def lease_drift(ttl: float) -> float:
-    """A leader counts its lease from the send time of the request that granted or
-    renewed it, minus this drift (the Redis distlock rule)."""
-    return 0.01 * ttl + 0.002
-
-
-def connect_budget(connect_timeout: float, timeout: float | None) -> float:
-    """How long connecting may take: ``connect_timeout``, or the campaign's timeout if
-    shorter, but at least one attempt (:data:`MIN_ATTEMPT`, or connect_timeout if less)."""
-    if timeout is None:
-        return connect_timeout
-    return min(connect_timeout, max(timeout, MIN_ATTEMPT))
+# The lease rule lives in lelect.lease; these names stay importable from here.
+lease_drift = drift
+__all__ = ["MIN_ATTEMPT", "connect_budget", "lease_drift", "LATE_WIN"]
 
 
 # -- one wording for the errors every backend raises ------------------------------------
@@ -96,21 +87,17 @@ def only_changes(looks: Iterable[LeaderInfo | None]) -> Iterator[LeaderInfo | No
 
 
 class Leadership:
-    """A won election. Backends keep ``lease_deadline`` (monotonic) current and mark it
-    lost when the leadership is gone, or resign-requested when asked to step down.
+    """A won election. A lease-based leadership carries its :class:`~lelect.lease.Lease`
+    (the one renew loop, from :mod:`lelect.lease`), which keeps ``lease_deadline``
+    current and marks the leadership lost when the lease is gone; backends mark it
+    resign-requested when asked to step down.
 
     A file-backend leadership has no lease (``lease_deadline`` is None): it is held for
     as long as the flock is.
 
-    How it ends is told to the backend on release, so the history records it with the
-    release itself: ``outcome`` (one of :data:`~lelect.backends.records.OUTCOMES`),
-    ``exit_status`` (the job's) and ``slot`` (a once-per slot, marked done only when the
-    outcome is "exited" with status 0).
+    How it ends is told to :meth:`release`, which passes it to the backend so the
+    history records it with the release itself.
     """
-
-    #: The lease watch steps in this long after the deadline, so a backend that is not
-    #: stuck reports the loss first, with its own reason.
-    LEASE_WATCH_SLACK = 0.02
 
     def __init__(
         self,
@@ -119,7 +106,7 @@ class Leadership:
         candidate: Candidate,
         term: int,
         token: str,
-        lease_deadline: float | None = None,
+        lease: Lease | None = None,
         since: float | None = None,
     ) -> None:
         self.backend = backend
@@ -136,13 +123,13 @@ class Leadership:
         self.exit_status: int | None = None
         self.slot: str | None = None
         self.reason: str | None = None
-        self._lease_deadline = lease_deadline
+        self.lease = lease
         backend.leaderships.add(self)
         self._subscribers: list[Callable[[str], None]] = []
-        self._changed = threading.Condition()
-        self._watching = False
-        if lease_deadline is not None:
-            self._watch_lease()
+        if lease is not None:
+            lease.on_renewed = self._renewed
+            lease.on_lost = self.mark_lost
+            lease.on_resign = self.mark_resign_requested
 
     @property
     def node_id(self) -> str:
@@ -150,14 +137,28 @@ class Leadership:
 
     @property
     def lease_deadline(self) -> float | None:
-        return self._lease_deadline
+        return None if self.lease is None else self.lease.deadline
+
+    def begin(self) -> bool:
+        """Start keeping the lease, after the late-win rule: False if the win came too
+        late and the renew that was to save it failed (release it and queue again)."""
+        if self.lease is not None:
+            if not self.lease.confirm():
+                return False
+            self.lease.start()
+        self._begin()
+        return True
+
+    def _begin(self) -> None:  # noqa: B027 - optional hook
+        """A backend's own start: listeners for resign requests, watches."""
 
     def on_deadline(self, callback: Callable[[float], None]) -> None:
         """Call ``callback(deadline)`` after every successful renew."""
 
         def on_change(kind: str) -> None:
-            if kind == "deadline" and self._lease_deadline is not None:
-                callback(self._lease_deadline)
+            deadline = self.lease_deadline
+            if kind == "deadline" and deadline is not None:
+                callback(deadline)
 
         self.subscribe(on_change)
 
@@ -168,44 +169,16 @@ class Leadership:
     def _notify(self, kind: str) -> None:
         for callback in list(self._subscribers):
             callback(kind)
-        with self._changed:
-            self._changed.notify_all()
 
-    def set_deadline(self, deadline: float) -> None:
-        """Backends call this after each successful renew (deadline from the send time)."""
-        self._lease_deadline = deadline
-        self._watch_lease()
+    def _renewed(self, deadline: float) -> None:
         self._notify("deadline")
-
-    def _watch_lease(self) -> None:
-        """Mark the leadership lost the moment its lease runs out without a renew, even
-        while the backend's renew call is still stuck."""
-        with self._changed:
-            if self._watching:
-                return
-            self._watching = True
-        threading.Thread(target=self._lease_watch, name=f"lelect-lease:{self.election}",
-                         daemon=True).start()
-
-    def _lease_watch(self) -> None:
-        with self._changed:
-            while not (self.released or self.lost.is_set()):
-                deadline = self._lease_deadline
-                if deadline is None:
-                    self._changed.wait()
-                    continue
-                left = deadline + self.LEASE_WATCH_SLACK - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
-            else:
-                return
-        self.mark_lost("the lease expired before a renew was answered")
 
     def mark_lost(self, reason: str) -> None:
         if not self.lost.is_set():
             self.lost_reason = reason
             self.lost.set()
+            if self.lease is not None:
+                self.lease.lose(reason)
             self._notify("lost")
 
     def mark_resign_requested(self) -> None:
@@ -216,8 +189,11 @@ class Leadership:
     def is_leader(self) -> bool:
         if self.lost.is_set() or self.released:
             return False
-        deadline = self._lease_deadline
-        return deadline is None or time.monotonic() < deadline
+        return self.lease is None or self.lease.alive()
+
+    def lease_over(self) -> bool:
+        """The lease is lost or past its deadline: a release can only tidy the history."""
+        return self.lost.is_set() or (self.lease is not None and not self.lease.alive())
 
     def release(self, outcome: str | None = None, exit_status: int | None = None,
                 reason: str | None = None) -> None:
@@ -229,8 +205,8 @@ class Leadership:
         self.outcome = outcome or (LOST if self.lost.is_set() else EXITED)
         self.exit_status = exit_status
         self.reason = reason or (self.lost_reason if self.outcome == LOST else None)
-        with self._changed:
-            self._changed.notify_all()  # the lease watch can stop
+        if self.lease is not None:
+            self.lease.stop()
         self.backend.resign(self)
 
     def __enter__(self) -> Leadership:
@@ -268,12 +244,8 @@ class Backend(ABC):
         """The URL with any password masked: safe for logs and the job's environment."""
         return self.url.masked
 
-    def renew_interval(self, ttl: float) -> float:
-        return ttl / 3
-
     # -- leadership -------------------------------------------------------------------
 
-    @abstractmethod
     def campaign(
         self,
         election: str,
@@ -292,7 +264,37 @@ class Backend(ABC):
         starts waiting behind somebody else. On winning, the history gains an entry
         (outcome "running"), and an earlier entry still "running" is closed as
         "vanished", in the same transaction as the win where the backend allows.
+
+        A win whose answer came late (:func:`lelect.lease.win_is_late`) stands only
+        once a renew succeeds; otherwise it is released as lost and the candidate
+        queues again: never "elected" followed at once by "lost".
         """
+        started = time.monotonic()
+        left = timeout
+        while True:
+            leadership = self._campaign(election, candidate, timeout=left, no_wait=no_wait,
+                                        ttl=ttl, on_wait=on_wait)
+            if leadership.begin():
+                return leadership
+            leadership.release(LOST, None, LATE_WIN)
+            if timeout is not None:
+                left = timeout - (time.monotonic() - started)
+                if left <= 0:
+                    raise timed_out(election, timeout)
+
+    @abstractmethod
+    def _campaign(
+        self,
+        election: str,
+        candidate: Candidate,
+        *,
+        timeout: float | None,
+        no_wait: bool,
+        ttl: float | None,
+        on_wait: Callable[[LeaderInfo | None], None] | None,
+    ) -> Leadership:
+        """One backend's campaign (see :meth:`campaign`): the leadership it returns has
+        its lease (not yet started: :meth:`Leadership.begin` starts it)."""
 
     @abstractmethod
     def resign(self, leadership: Leadership) -> None:

@@ -39,6 +39,7 @@ from lelect.backends.base import (
     DEFAULT_HISTORY,
     DEFAULT_TTL,
     EXITED,
+    PARTING_BUDGET,
     RUNNING,
     Backend,
     Candidate,
@@ -49,8 +50,6 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
-    connect_budget,
-    lease_drift,
     only_changes,
     timed_out,
     unreachable,
@@ -64,6 +63,7 @@ from lelect.backends.records import (
 )
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, UsageError
+from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy, renew_interval
 from lelect.names import ELECTION_NAME, validate_election
 
 if TYPE_CHECKING:
@@ -180,9 +180,8 @@ def lease_seconds(ttl: float) -> int:
 
 
 class _Lease:
-    """One etcd lease, kept alive every ``interval`` by a thread of its own. Its deadline
-    counts from when the request that granted or last renewed it was sent; a keep-alive
-    that fails or comes too late is not a renew."""
+    """One etcd lease (a waiter's too: its key in line lives under it), kept alive by
+    :class:`lelect.lease.Lease` with etcd's keep-alive as the renew verb."""
 
     def __init__(self, backend: EtcdBackend, ttl: float, budget: float) -> None:
         self.backend = backend
@@ -191,62 +190,29 @@ class _Lease:
         self.id = int(answer["ID"])
         #: The lease etcd granted: whole seconds, at least its minimum.
         self.granted = float(answer.get("TTL") or lease_seconds(ttl))
-        self.deadline = t_send + self.granted - lease_drift(self.granted)
-        self.granted_at = t_send
-        # Renewing as often as the asked-for ttl needs keeps every promise made for it.
-        self.interval = backend.renew_interval(min(ttl, self.granted))
-        self.lost = threading.Event()
-        self.lost_reason = ""
-        self.stopped = threading.Event()
-        self.on_renew: Callable[[float], None] | None = None
-        self.on_lost: Callable[[str], None] | None = None
         if self.granted != ttl:
             backend.say_granted(ttl, self.granted)
-        threading.Thread(target=self._keep, name=f"lelect-etcd-lease:{self.id:x}", daemon=True).start()
+        # Renewing as often as the asked-for ttl needs keeps every promise made for it.
+        self.keeper = Lease(t_send, self.granted, self._keepalive,
+                            interval=renew_interval(min(ttl, self.granted)),
+                            describe=lambda exc: getattr(exc, "message", str(exc)),
+                            name=f"etcd-lease:{self.id:x}")
+        self.keeper.start()
 
-    def _keep(self) -> None:
-        retry_delay = min(self.interval / 4, 0.25)
-        next_renew = self.granted_at + self.interval
-        last_error = ""
-        while not self.stopped.wait(max(next_renew - time.monotonic(), 0.0)):
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                self._lose(f"the lease ran out with no answered keep-alive{last_error}")
-                return
-            t_send = time.monotonic()
-            try:
-                answer = self.backend.gateway.call(
-                    "lease/keepalive", {"ID": str(self.id)}, min(left, self.interval)
-                )
-            except GatewayError as exc:
-                last_error = f" (last error: {exc.message})"
-                next_renew = min(time.monotonic() + retry_delay, self.deadline)
-                continue
-            if self.stopped.is_set():
-                return
-            granted = int((answer.get("result") or answer).get("TTL") or 0)
-            if granted <= 0:
-                self._lose("etcd says our lease expired")
-                return
-            last_error = ""
-            self.deadline = t_send + granted - lease_drift(granted)
-            if self.on_renew is not None:
-                self.on_renew(self.deadline)
-            next_renew = t_send + self.interval
-
-    def _lose(self, reason: str) -> None:
-        self.lost_reason = reason
-        self.lost.set()
-        if self.on_lost is not None:
-            self.on_lost(reason)
+    def _keepalive(self, budget: float) -> Renewal:
+        answer = self.backend.gateway.call("lease/keepalive", {"ID": str(self.id)}, budget)
+        granted = int((answer.get("result") or answer).get("TTL") or 0)
+        if granted <= 0:
+            return Renewal(False, reason="etcd says our lease expired")
+        return Renewal(True, granted=float(granted))
 
     def alive(self) -> bool:
-        return not self.lost.is_set() and time.monotonic() < self.deadline
+        return self.keeper.alive()
 
     def revoke(self, budget: float) -> None:
         """Stop renewing and revoke the lease (deleting every key under it), best effort:
         a lease that cannot be revoked runs out by itself."""
-        self.stopped.set()
+        self.keeper.stop()
         try:
             self.backend.gateway.call("lease/revoke", {"ID": str(self.id)}, budget)
         except GatewayError as exc:
@@ -264,22 +230,21 @@ class EtcdLeadership(Leadership):
 
     def __init__(self, backend: EtcdBackend, keys: ElectionKeys, candidate: Candidate,
                  key: str, term: int, lease: _Lease, entry: HistoryEntry, revision: int) -> None:
-        super().__init__(backend, keys.election, candidate, term, key, lease.deadline, entry.started)
+        super().__init__(backend, keys.election, candidate, term, key, lease.keeper, entry.started)
         self.keys = keys
         self.key = key
-        self.lease = lease
+        self.etcd_lease = lease
         self.entry = entry
         #: The lease etcd granted (whole seconds, at least its minimum).
         self.ttl = lease.granted
         self.stopped = threading.Event()
         self._backend = backend
-        lease.on_renew = self.set_deadline
-        lease.on_lost = self.mark_lost
-        if lease.lost.is_set():
-            self.mark_lost(lease.lost_reason)
-        watches = ((key, self._on_own_key), (keys.resign, self._on_resign))
+        self._revision = revision
+
+    def _begin(self) -> None:
+        watches = ((self.key, self._on_own_key), (self.keys.resign, self._on_resign))
         for watched, handle in watches:
-            threading.Thread(target=self._watch, args=(watched, revision + 1, handle),
+            threading.Thread(target=self._watch, args=(watched, self._revision + 1, handle),
                              name=f"lelect-etcd-watch:{watched}", daemon=True).start()
 
     def _on_own_key(self, event: wire.WatchEvent) -> None:
@@ -320,7 +285,7 @@ class EtcdLeadership(Leadership):
 
     def stop(self) -> None:
         self.stopped.set()
-        self.lease.stopped.set()
+        self.etcd_lease.keeper.stop()
 
 
 # -- the backend ---------------------------------------------------------------------------
@@ -340,6 +305,7 @@ class EtcdBackend(Backend):
         self.default_ttl = self.ttl = self.options.ttl
         self.connect_timeout = self.options.connect_timeout
         self.history_limit = self.options.history
+        self.retry = RetryPolicy(self.connect_timeout)
         self.gateway = Gateway(self.options.endpoints, tls=self.options.tls,
                                username=self.options.username, password=self.options.password)
         self._said_granted: set[tuple[float, float]] = set()
@@ -360,20 +326,27 @@ class EtcdBackend(Backend):
 
     # -- campaign ------------------------------------------------------------------------
 
-    def campaign(
+    def _retry(self, attempts: Attempts, exc: GatewayError) -> None:
+        """Pause before the next try, or raise the one-line error when that was the last."""
+        try:
+            attempts.retry_after(exc.transient)
+        except GaveUp as gave_up:
+            raise self.unavailable(exc, gave_up.bound) from None
+
+    def _campaign(
         self,
         election: str,
         candidate: Candidate,
         *,
-        timeout: float | None = None,
-        no_wait: bool = False,
-        ttl: float | None = None,
-        on_wait: Callable[[LeaderInfo | None], None] | None = None,
+        timeout: float | None,
+        no_wait: bool,
+        ttl: float | None,
+        on_wait: Callable[[LeaderInfo | None], None] | None,
     ) -> Leadership:
         keys = self.keys(election)
         ttl = self.default_ttl if ttl is None else ttl
-        give_up = None if timeout is None else time.monotonic() + timeout
-        contact = _Contact(self, connect_budget(self.connect_timeout, timeout), give_up, election)
+        contact = self.retry.attempts(timeout)
+        give_up = contact.give_up.at
         told_waiting = False
 
         def waiting(holder: LeaderInfo | None) -> None:
@@ -391,7 +364,7 @@ class EtcdBackend(Backend):
                         raise busy(election, holder) if no_wait else timed_out(election, timeout)
                 lease = _Lease(self, ttl, contact.budget())
             except GatewayError as exc:
-                contact.failed(exc)
+                self._retry(contact, exc)
                 continue
             contact.succeeded()
             # Leaving the line revokes our lease at once, with time of its own (not what is
@@ -407,7 +380,7 @@ class EtcdBackend(Backend):
             lease.revoke(min(self.connect_timeout, 1.0))  # our place was lost: queue again
 
     def _contend(self, keys: ElectionKeys, candidate: Candidate, lease: _Lease,
-                 contact: _Contact, give_up: float | None, timeout: float | None, *,
+                 contact: Attempts, give_up: float | None, timeout: float | None, *,
                  no_wait: bool, waiting: Callable[[LeaderInfo | None], None]
                  ) -> EtcdLeadership | None:
         """Queue under ``lease`` and wait for our turn; None if our place was lost (the
@@ -425,7 +398,7 @@ class EtcdBackend(Backend):
                 )
                 break
             except GatewayError as exc:
-                contact.failed(exc)
+                self._retry(contact, exc)
         if joined.succeeded:
             term = joined.revision
         elif joined.ranges[0] and joined.ranges[0].first:
@@ -446,7 +419,7 @@ class EtcdBackend(Backend):
                 return None
         return self._win(keys, candidate, key, term, lease, contact)
 
-    def _wait_for_turn(self, keys: ElectionKeys, term: int, lease: _Lease, contact: _Contact,
+    def _wait_for_turn(self, keys: ElectionKeys, term: int, lease: _Lease, contact: Attempts,
                        give_up: float | None, timeout: float | None) -> bool:
         """etcd's waitDeletes: until no key older than ours is left, watch the youngest of
         them for its deletion. False if our lease ran out meanwhile."""
@@ -463,14 +436,14 @@ class EtcdBackend(Backend):
                 stream = self.gateway.watch(before.first.key, start_revision=before.revision,
                                             budget=contact.budget())
             except GatewayError as exc:
-                contact.failed(exc)
+                self._retry(contact, exc)
                 continue
             contact.succeeded()
             try:
                 self._until_deleted(stream, lease, give_up)
             except GatewayError as exc:
                 if exc.kind != "compacted":
-                    contact.failed(exc)
+                    self._retry(contact, exc)
             finally:
                 stream.close()
 
@@ -485,7 +458,7 @@ class EtcdBackend(Backend):
                 return
 
     def _win(self, keys: ElectionKeys, candidate: Candidate, key: str, term: int,
-             lease: _Lease, contact: _Contact) -> EtcdLeadership | None:
+             lease: _Lease, contact: Attempts) -> EtcdLeadership | None:
         """Record the win in the history, in one txn guarded by our key's create revision:
         our entry "running", the previous one (if still "running") closed as "vanished",
         the oldest dropped beyond ``history``. None if our key is no longer ours."""
@@ -495,7 +468,7 @@ class EtcdBackend(Backend):
             try:
                 result, closed = self._record_win(keys, key, entry, contact.budget())
             except GatewayError as exc:
-                contact.failed(exc)
+                self._retry(contact, exc)
                 continue
             if result is None:
                 continue  # the history changed under us: read it again
@@ -560,7 +533,9 @@ class EtcdBackend(Backend):
         assert isinstance(leadership, EtcdLeadership)
         leadership.stop()
         keys = leadership.keys
-        budget = self.connect_timeout if not leadership.lost.is_set() else min(self.connect_timeout, 1.0)
+        budget = self.connect_timeout
+        if leadership.lease_over():
+            budget = min(budget, PARTING_BUDGET)
         closed = replace(leadership.entry, ended=time.time(), outcome=leadership.outcome,
                          exit_status=leadership.exit_status, reason=leadership.reason)
         slot = leadership.slot if leadership.outcome == EXITED and leadership.exit_status == 0 else None
@@ -580,7 +555,7 @@ class EtcdBackend(Backend):
             log.warning("lelect: could not release %r (%s); it frees itself when the lease runs out",
                         leadership.election, exc.message)
             return
-        leadership.lease.revoke(budget)
+        leadership.etcd_lease.revoke(budget)
 
     def _slot_ops(self, keys: ElectionKeys, slot: str, closed: HistoryEntry, budget: float
                   ) -> list[dict]:
@@ -630,7 +605,7 @@ class EtcdBackend(Backend):
                 "password": options.password,
                 # etcd's authenticate costs a bcrypt: the keeper tries lelect's token first.
                 "token": self.gateway.token,
-                "lease_id": leadership.lease.id,
+                "lease_id": leadership.etcd_lease.id,
                 "key": leadership.key,
                 "term": leadership.term,
                 "history_key": leadership.keys.history_entry(leadership.term),
@@ -670,7 +645,7 @@ class EtcdBackend(Backend):
     def _looks(self, keys: ElectionKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
         """etcd's Observe: look at the leader, then watch its key (or, with none, the
         election's prefix) from just after that look until it changes."""
-        contact = _Contact(self, self.connect_timeout, None, keys.election)
+        contact = self.retry.attempts(None, cancel=stop)
         while not stop.is_set():
             try:
                 current, first, revision = self._leader(keys, contact.budget())
@@ -680,7 +655,7 @@ class EtcdBackend(Backend):
                 stream = self.gateway.watch(watched, range_end=end, start_revision=revision + 1,
                                             budget=contact.budget())
             except GatewayError as exc:
-                contact.failed(exc)
+                self._retry(contact, exc)
                 continue
             contact.succeeded()
             yield current
@@ -691,7 +666,7 @@ class EtcdBackend(Backend):
                         break
             except GatewayError as exc:
                 if exc.kind != "compacted":
-                    contact.failed(exc)
+                    self._retry(contact, exc)
             finally:
                 stream.close()
 
@@ -826,55 +801,6 @@ class EtcdBackend(Backend):
             return unreachable("etcd", where, self.connect_timeout if within is None else within,
                                exc.message)
         return BackendUnavailable(f"etcd at {where} answered: {exc.message}")
-
-
-class _Contact:
-    """Trouble reaching etcd while campaigning or observing: the first contact fails at
-    once (within ``first_budget``); later a streak of transient errors is borne for
-    ``connect_timeout`` (or until ``give_up``), with a growing pause between tries."""
-
-    def __init__(self, backend: EtcdBackend, first_budget: float, give_up: float | None,
-                 election: str) -> None:
-        self._backend = backend
-        self._first_budget = first_budget
-        self._give_up = give_up
-        self._election = election
-        self._contacted = False
-        self._streak_start: float | None = None
-        self._delay = 0.05
-
-    def budget(self) -> float:
-        """Time for the next call: what is left of the streak (or the first contact's
-        budget), never past ``give_up``, but enough for one answer of a healthy server."""
-        now = time.monotonic()
-        if not self._contacted:
-            return self._first_budget if self._streak_start is None else max(
-                self._streak_start + self._first_budget - now, 0.05)
-        limit = self._backend.connect_timeout
-        if self._streak_start is not None:
-            limit = self._streak_start + self._backend.connect_timeout - now
-        if self._give_up is not None:
-            limit = min(limit, self._give_up - now)
-        return max(limit, min(0.05, self._backend.connect_timeout))
-
-    def succeeded(self) -> None:
-        self._contacted = True
-        self._streak_start = None
-        self._delay = 0.05
-
-    def failed(self, exc: GatewayError) -> None:
-        """Pause before the next try, or raise BackendUnavailable when out of time."""
-        now = time.monotonic()
-        if self._streak_start is None:
-            self._streak_start = now
-        bound = self._backend.connect_timeout if self._contacted else self._first_budget
-        give_up = self._streak_start + bound
-        if self._give_up is not None and self._contacted:
-            give_up = min(give_up, self._give_up)
-        if not self._contacted or not exc.transient or now >= give_up:
-            raise self._backend.unavailable(exc, bound) from None
-        time.sleep(min(self._delay, max(give_up - now, 0.0)))
-        self._delay = min(self._delay * 2, 0.5)
 
 
 def _decode_entry(kv: KeyValue) -> HistoryEntry | None:

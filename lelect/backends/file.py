@@ -54,8 +54,7 @@ class FileLeadership(Leadership):
 
     def __init__(self, backend: FileBackend, election: str, candidate: Candidate, term: int,
                  token: str, since: float, release_lock: Callable[[], None]) -> None:
-        super().__init__(backend, election, candidate, term, token, lease_deadline=None,
-                         since=since)
+        super().__init__(backend, election, candidate, term, token, since=since)
         self.release_lock = release_lock
         self._listener: socket.socket | None = None
         self._socket_dir = backend.directory
@@ -220,8 +219,8 @@ class FileBackend(Backend):
         return FileLeadership(self, lock.election, candidate, term, lock.token, since,
                               release_lock)
 
-    def campaign(self, election, candidate, *, timeout=None, no_wait=False, ttl=None,
-                 on_wait=None) -> Leadership:
+    def _campaign(self, election, candidate, *, timeout, no_wait, ttl,
+                  on_wait) -> Leadership:
         """In this process (a library caller): the flock is held on a close-on-exec fd
         until released (or until this process dies)."""
         lock = self.local_lock(election, candidate, no_wait=no_wait)

@@ -37,7 +37,7 @@ from lelect.backends._pg_link import (
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
-    MIN_ATTEMPT,
+    PARTING_BUDGET,
     Backend,
     Candidate,
     HandBack,
@@ -47,13 +47,12 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
-    connect_budget,
-    lease_drift,
     only_changes,
     timed_out,
 )
 from lelect.backends.records import decode_member, encode_member
 from lelect.errors import ConfigError
+from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_election
 
 if TYPE_CHECKING:
@@ -69,14 +68,13 @@ _KEEPER_CANNOT = {"channel_binding": "require", "gssencmode": "require",
 
 
 class PostgresLeadership(Leadership):
-    """A PostgreSQL leadership: one thread renews the lease every ttl/3 (each statement
-    bounded by the time left) and, in between, listens for resign requests on the same
-    connection."""
+    """A PostgreSQL leadership: its lease is kept by :class:`lelect.lease.Lease` with the
+    guarded RENEW statement as its renew verb; between renews the same thread listens for
+    resign requests on the same connection."""
 
     def __init__(self, backend: PostgresBackend, election: str, candidate: Candidate,
-                 term: int, token: str, lease_deadline: float, ttl: float,
+                 term: int, token: str, sent: float, ttl: float,
                  session: Session) -> None:  # fmt: skip
-        super().__init__(backend, election, candidate, term, token, lease_deadline)
         self.ttl = ttl
         self.session = session
         self.stopped = threading.Event()
@@ -85,67 +83,39 @@ class PostgresLeadership(Leadership):
         self.wire = _wire_params(session.connection)
         self._backend = backend
         self._wake_r, self._wake_w = socket.socketpair()
+        self._renew_sql = backend.render(sql.RENEW, election=election, token=token, ttl=ttl)
+        lease = Lease(sent, ttl, self._renew, idle=self._idle, name=f"pg:{election}",
+                      describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
+        super().__init__(backend, election, candidate, term, token, lease)
 
-    def start(self, granted_at: float) -> None:
-        """Start renewing; ``granted_at`` is when the winning statement was sent."""
-        threading.Thread(target=self._keep_lease, args=(granted_at,),
-                         name=f"lelect-pg-renew:{self.election}", daemon=True).start()
+    def _renew(self, budget: float) -> Renewal:
+        rows = self.session.run(self._renew_sql, budget=budget)
+        if not rows:
+            return Renewal(False, reason="the lease row no longer holds our token (expired or taken)")
+        return Renewal(True, resign_requested=bool(rows[0][0]))
+
+    def _idle(self, seconds: float, wake: threading.Event) -> None:
+        if self.stopped.is_set() or wake.is_set():
+            return
+        try:
+            self._heard(self.session.wait(seconds, wake=self._wake_r))
+        except psycopg.Error:
+            pass  # the next renew reconnects
 
     def stop(self) -> None:
-        """No more renews; wake the renew thread so it lets go of the connection."""
+        """No more renews; wake the lease's thread so it lets go of the connection."""
         self.stopped.set()
+        if self.lease is not None:
+            self.lease.stop()
         try:
             self._wake_w.send(b"x")
         except OSError:
             pass
 
-    def _keep_lease(self, granted_at: float) -> None:
-        options = self._backend.options
-        interval = self._backend.renew_interval(self.ttl)
-        retry_delay = min(interval / 4, 0.25)
-        next_renew = granted_at + interval
-        last_error = ""
-        renew = self._backend.render(sql.RENEW, election=self.election, token=self.token,
-                                     ttl=self.ttl)  # fmt: skip
-        while not self.stopped.is_set():
-            pause = next_renew - time.monotonic()
-            if pause > 0:
-                try:
-                    self._heard(self.session.wait(pause, wake=self._wake_r))
-                except psycopg.Error:
-                    pass  # the next renew reconnects
-                continue
-            deadline = self.lease_deadline or 0.0
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._lost(f"the lease expired with no successful renew{last_error}")
-                return
-            t_send = time.monotonic()
-            try:
-                rows = self.session.run(renew, budget=min(left, interval))
-            except psycopg.Error as exc:
-                last_error = f" (last error: {options.unavailable(exc, min(left, interval))})"
-                next_renew = min(time.monotonic() + retry_delay, deadline)
-                continue
-            if self.stopped.is_set():
-                return
-            if not rows:
-                self._lost("the lease row no longer holds our token (expired or taken)")
-                return
-            last_error = ""
-            self.set_deadline(t_send + self.ttl - lease_drift(self.ttl))
-            if rows[0][0]:
-                self.mark_resign_requested()
-            next_renew = t_send + interval
-
     def _heard(self, notes: list[psycopg.Notify]) -> None:
         for note in notes:
             if note.channel == self.channel and note.payload == f"resign {self.term}":
                 self.mark_resign_requested()
-
-    def _lost(self, reason: str) -> None:
-        if not self.stopped.is_set():
-            self.mark_lost(reason)
 
     def close(self) -> None:
         self.session.close()
@@ -169,6 +139,7 @@ class PostgresBackend(Backend):
         self.connect_timeout = self.options.connect_timeout
         self.history_limit = self.options.history
         self.create = create
+        self.retry = RetryPolicy(self.options.connect_timeout)
         self._command = Session(self.options)  # for everything but campaigns and observers
         self._schema_ready = False
 
@@ -214,15 +185,15 @@ class PostgresBackend(Backend):
 
     # -- leadership -------------------------------------------------------------------
 
-    def campaign(
+    def _campaign(
         self,
         election: str,
         candidate: Candidate,
         *,
-        timeout: float | None = None,
-        no_wait: bool = False,
-        ttl: float | None = None,
-        on_wait: Callable[[LeaderInfo | None], None] | None = None,
+        timeout: float | None,
+        no_wait: bool,
+        ttl: float | None,
+        on_wait: Callable[[LeaderInfo | None], None] | None,
     ) -> Leadership:
         validate_election(election)
         ttl = self.default_ttl if ttl is None else ttl
@@ -233,8 +204,8 @@ class PostgresBackend(Backend):
             host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
             channel=channel, vanished_reason=sql.VANISHED_REASON,
         )  # fmt: skip
-        give_up = None if timeout is None else time.monotonic() + timeout
-        retry = _Retry(self.options, give_up, timeout)
+        retry = self.retry.attempts(timeout)
+        give_up = retry.give_up.at
         session = Session(self.options)
         waiting = False
         try:
@@ -253,19 +224,13 @@ class PostgresBackend(Backend):
                                                    ttl=ttl), retry.budget()):  # fmt: skip
                             term = holder_term
                 except psycopg.Error as exc:
-                    retry.failed(exc)
+                    self._retry(retry, exc)
                     continue
                 retry.succeeded()
                 if term is not None:
-                    deadline = t_send + ttl - lease_drift(ttl)
                     leadership = PostgresLeadership(self, election, candidate, int(term), token,
-                                                    deadline, ttl, session)  # fmt: skip
+                                                    t_send, ttl, session)  # fmt: skip
                     session = None  # the leadership's now
-                    if deadline <= time.monotonic():  # answered after the lease ran out
-                        leadership.release()
-                        session = Session(self.options)
-                        continue
-                    leadership.start(granted_at=t_send)
                     return leadership
                 holder = None
                 if holder_node is not None and holder_term is not None:
@@ -281,10 +246,17 @@ class PostgresBackend(Backend):
                 try:
                     self._wait_for_release(session, channel, left_s, give_up)
                 except psycopg.Error as exc:
-                    retry.failed(exc)
+                    self._retry(retry, exc)
         finally:
             if session is not None:
                 session.close()
+
+    def _retry(self, attempts: Attempts, exc: psycopg.Error) -> None:
+        """Pause before the next try, or raise the one-line error when that was the last."""
+        try:
+            attempts.retry_after(is_transient(exc))
+        except GaveUp as gave_up:
+            raise self.options.unavailable(exc, gave_up.bound) from None
 
     @staticmethod
     def _wait_for_release(session: Session, channel: str, left_s: float | None,
@@ -311,10 +283,10 @@ class PostgresBackend(Backend):
         # the lease lasts, but 1s at least, to close the history entry.
         budget = self.connect_timeout
         deadline = leadership.lease_deadline
-        if leadership.lost.is_set():
-            budget = min(budget, 1.0)
+        if leadership.lease_over():
+            budget = min(budget, PARTING_BUDGET)
         elif deadline is not None:
-            budget = min(budget, max(deadline - time.monotonic(), 1.0))
+            budget = min(budget, max(deadline - time.monotonic(), PARTING_BUDGET))
         try:
             session.run(self._release_sql(leadership, forget=False), budget)
         except psycopg.Error as exc:
@@ -376,7 +348,7 @@ class PostgresBackend(Backend):
         stop = stop or threading.Event()
         session = Session(self.options)
         channel = sql.channel(self.options.schema, election)
-        retry = _Retry(self.options, None, None)
+        retry = self.retry.attempts(None, cancel=stop)
 
         def looks() -> Iterator[LeaderInfo | None]:
             while not stop.is_set():
@@ -384,7 +356,7 @@ class PostgresBackend(Backend):
                     session.listen(channel, retry.budget())
                     current, left_s = self._leader(session, election, retry.budget())
                 except psycopg.Error as exc:
-                    retry.failed(exc)
+                    self._retry(retry, exc)
                     continue
                 retry.succeeded()
                 yield current
@@ -532,52 +504,3 @@ def _wire_params(conn: psycopg.Connection | None) -> dict[str, object] | None:
         "sslkey": settings.get("sslkey"),
         "sslsni": settings.get("sslsni") != "0",
     }
-
-
-class _Retry:
-    """Connection trouble while campaigning or observing: the first contact fails at once
-    (within :func:`connect_budget`); later a streak of transient errors is borne for
-    ``connect_timeout`` (or until ``give_up``)."""
-
-    def __init__(self, options: PostgresOptions, give_up: float | None,
-                 timeout: float | None) -> None:  # fmt: skip
-        self._options = options
-        self._give_up = give_up
-        self._first = connect_budget(options.connect_timeout, timeout)
-        self._contacted = False
-        self._streak_start: float | None = None
-        self._delay = 0.05
-
-    def budget(self) -> float:
-        """Time allowed for the next call: the connect budget before the first contact;
-        then connect_timeout, the rest of a failure streak and of the campaign's
-        timeout, whichever is shortest, but always one attempt's worth."""
-        if not self._contacted:
-            return self._first
-        now = time.monotonic()
-        limit = self._options.connect_timeout
-        if self._streak_start is not None:
-            limit = self._streak_start + self._options.connect_timeout - now
-        if self._give_up is not None:
-            limit = min(limit, self._give_up - now)
-        return max(limit, min(MIN_ATTEMPT, self._options.connect_timeout))
-
-    def succeeded(self) -> None:
-        self._contacted = True
-        self._streak_start = None
-        self._delay = 0.05
-
-    def failed(self, exc: BaseException) -> None:
-        """Sleep before the next try, or raise the error's one line when out of time."""
-        now = time.monotonic()
-        if not self._contacted or not is_transient(exc):
-            raise self._options.unavailable(exc, self._first) from None
-        if self._streak_start is None:
-            self._streak_start = now
-        give_up = self._streak_start + self._options.connect_timeout
-        if self._give_up is not None:
-            give_up = min(give_up, self._give_up)
-        if now >= give_up:
-            raise self._options.unavailable(exc, self._options.connect_timeout) from None
-        time.sleep(min(self._delay, max(give_up - now, 0.0)))
-        self._delay = min(self._delay * 2, 0.5)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from lelect.backends._redis_lease import RedisLeadership, milliseconds
-from lelect.backends._redis_link import Contact, Link, RedisOptions, Subscription
+from lelect.backends._redis_link import Link, RedisOptions, Subscription, is_transient
 from lelect.backends._redis_scripts import (
     ACQUIRE,
     LEADER,
@@ -39,6 +39,7 @@ from lelect.backends._redis_scripts import (
 from lelect.backends.base import (
     LOST,
     MAX_ARRIVALS,
+    PARTING_BUDGET,
     Backend,
     Candidate,
     HandBack,
@@ -48,13 +49,13 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
-    lease_drift,
     only_changes,
     timed_out,
 )
 from lelect.backends.records import HAND_BACK_REASON, decode_member, encode_member
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable
+from lelect.lease import Attempts, GaveUp, RetryPolicy
 from lelect.names import validate_election
 
 if TYPE_CHECKING:
@@ -77,21 +78,22 @@ class RedisBackend(Backend):
         self.connect_timeout = self.options.connect_timeout
         self.history_limit = self.options.history_limit
         self.link = Link(self.options)
+        self.retry = RetryPolicy(self.options.connect_timeout)
 
     def _keys(self, election: str) -> ElectionKeys:
         return ElectionKeys(self.options.prefix, validate_election(election))
 
     # -- leadership -------------------------------------------------------------------
 
-    def campaign(
+    def _campaign(
         self,
         election: str,
         candidate: Candidate,
         *,
-        timeout: float | None = None,
-        no_wait: bool = False,
-        ttl: float | None = None,
-        on_wait: Callable[[LeaderInfo | None], None] | None = None,
+        timeout: float | None,
+        no_wait: bool,
+        ttl: float | None,
+        on_wait: Callable[[LeaderInfo | None], None] | None,
     ) -> Leadership:
         keys = self._keys(election)
         ttl = self.default_ttl if ttl is None else RANGES["ttl"].check(
@@ -100,39 +102,30 @@ class RedisBackend(Backend):
         args = [token, milliseconds(ttl), candidate.node_id, candidate.host or "",
                 "" if candidate.pid is None else str(candidate.pid), keys.elected_channel,
                 election, self.history_limit]
-        contact = Contact(self.options, timeout)
+        contact = self.retry.attempts(timeout)
         subscription = None
         if not (no_wait or timeout == 0):  # one try needs no wake-up
             subscription = Subscription(self.link, [keys.released_channel, keys.resign_channel])
         waiting = False
         try:
             while True:
-                started = time.monotonic()
                 try:
                     if subscription is not None:
                         subscription.ensure(contact.budget())
                     t_send = time.monotonic()
                     reply = self.link.run(ACQUIRE, keys.acquire_keys, args, contact.budget())
                 except RedisError as exc:
-                    contact.failed(exc, started)
+                    self._retry(contact, exc)
                     continue
                 contact.succeeded()
                 if int(reply[0]) == 1:
                     term, since_ms = int(reply[1]), reply[2]
-                    deadline = t_send + ttl - lease_drift(ttl)
-                    if deadline <= time.monotonic():
-                        # The answer came after the lease it granted ran out.
-                        self._release(keys, token, term, LOST, None,
-                                      "won, but the answer came after its lease ran out",
-                                      None, contact.budget())
-                        continue
                     leadership = RedisLeadership(
-                        self, election, candidate, term, token, deadline, ttl,
+                        self, election, candidate, term, token, t_send, ttl,
                         since=int(since_ms) / 1000 if since_ms else None,
                         subscription=subscription,
                     )
                     subscription = None  # the leadership's listener owns it now
-                    leadership.start(granted_at=t_send)
                     return leadership
                 pttl, holder = int(reply[1]), _holder(reply[2:])
                 if no_wait:
@@ -154,8 +147,15 @@ class RedisBackend(Backend):
             if subscription is not None:
                 subscription.close()
 
+    def _retry(self, attempts: Attempts, exc: RedisError) -> None:
+        """Pause before the next try, or raise the one-line error when that was the last."""
+        try:
+            attempts.retry_after(is_transient(exc))
+        except GaveUp as gave_up:
+            raise self.options.unavailable(exc, gave_up.bound) from None
+
     def _wait_for_release(self, subscription: Subscription, keys: ElectionKeys, pttl: int,
-                          contact: Contact, timeout: float | None) -> None:
+                          contact: Attempts, timeout: float | None) -> None:
         """Sleep until a release is announced or the leader key is gone. When the PTTL
         runs out, one PTTL call tells a renewed key (sleep on) from an expired one."""
         wake = time.monotonic() + pttl / 1000 + 0.001
@@ -167,18 +167,18 @@ class RedisBackend(Backend):
                 try:
                     pttl = int(self.link.call(contact.budget(), "PTTL", keys.leadership[0]))
                 except RedisError as exc:
-                    contact.failed(exc, now)
+                    self._retry(contact, exc)
                     return
                 contact.succeeded()
                 if pttl <= 0:
                     return
                 wake = time.monotonic() + pttl / 1000 + 0.001
                 continue
-            until = wake if contact.give_up is None else min(wake, contact.give_up)
+            until = wake if contact.give_up.at is None else min(wake, contact.give_up.at)
             try:
                 message = subscription.next_message(until - now)
             except RedisError as exc:
-                contact.failed(exc, time.monotonic())  # resubscribe and try again
+                self._retry(contact, exc)  # resubscribe and try again
                 return
             if message and message[0] == keys.released_channel:
                 return
@@ -186,10 +186,11 @@ class RedisBackend(Backend):
     def resign(self, leadership: Leadership) -> None:
         if isinstance(leadership, RedisLeadership):
             leadership.stopped.set()
+            leadership.close_subscription()
         # A lost leadership is most likely not ours any more: do not hang on a dead link.
         budget = self.options.connect_timeout
-        if leadership.lost.is_set():
-            budget = min(budget, 1.0)
+        if leadership.lease_over():
+            budget = min(budget, PARTING_BUDGET)
         self._release(self._keys(leadership.election), leadership.token, leadership.term,
                       leadership.outcome, leadership.exit_status, leadership.reason,
                       leadership.slot, budget)
@@ -257,15 +258,14 @@ class RedisBackend(Backend):
         """A look at the leader now, and again after every announcement (or when the
         leader key would expire), until ``stop``."""
         subscription = Subscription(self.link, [keys.released_channel, keys.elected_channel])
-        contact = Contact(self.options, None)
+        contact = self.retry.attempts(None, cancel=stop)
         try:
             while not stop.is_set():
-                started = time.monotonic()
                 try:
                     subscription.ensure(contact.budget())
                     current, pttl = self._leader(keys, contact.budget())
                 except RedisError as exc:
-                    contact.failed(exc, started)
+                    self._retry(contact, exc)
                     continue
                 contact.succeeded()
                 yield current

@@ -57,6 +57,7 @@ from lelect.backends.base import (
     EXITED,
     LOST,
     MAX_ARRIVALS,
+    PARTING_BUDGET,
     RUNNING,
     Backend,
     Candidate,
@@ -196,15 +197,15 @@ class ZooKeeperBackend(Backend):
 
     # -- campaign / resign ------------------------------------------------------
 
-    def campaign(
+    def _campaign(
         self,
         election: str,
         candidate: Candidate,
         *,
-        timeout: float | None = None,
-        no_wait: bool = False,
-        ttl: float | None = None,
-        on_wait: Callable[[LeaderInfo | None], None] | None = None,
+        timeout: float | None,
+        no_wait: bool,
+        ttl: float | None,
+        on_wait: Callable[[LeaderInfo | None], None] | None,
     ) -> Leadership:
         paths = self.paths(election)
         requested = self.ttl if ttl is None else ttl
@@ -252,8 +253,8 @@ class ZooKeeperBackend(Backend):
         session = leadership.session
         # A lost session reconnects as a new one: wait for it (the job is already dead,
         # nothing is in a hurry), so the lost leader can still say how its leadership ended.
-        lost = leadership.lost.is_set() or leadership.outcome == LOST
-        give_up = time.monotonic() + (self.config.connect_timeout if lost else 0)
+        lost = leadership.lease_over() or leadership.outcome == LOST
+        give_up = time.monotonic() + (PARTING_BUDGET if lost else 0)
         while session.wait_connected(max(0.0, give_up - time.monotonic())):
             try:
                 self._release(session, leadership)
