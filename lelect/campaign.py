@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
-from lelect.backends.base import Backend, Candidate, LeaderInfo, Leadership
+from lelect.backends.base import PARTING_BUDGET, Backend, Candidate, LeaderInfo, Leadership
 from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for library users
     DEFAULT_GRACE,
     EXIT_CONFLICT,
@@ -33,6 +33,7 @@ from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for librar
 )
 from lelect.durations import RANGES, format_duration
 from lelect.errors import (
+    BackendUnavailable,
     CampaignTimeout,
     CommandNotFound,
     ConfigError,
@@ -41,7 +42,7 @@ from lelect.errors import (
 )
 from lelect.lease import LeaseTiming
 from lelect.names import validate_election
-from lelect.supervisor import Gone, Keeper, KeeperConfig
+from lelect.supervisor import Gone, Keeper, KeeperConfig, Respawned
 from lelect.systemd import Notifier
 
 #: Signals forwarded to the job's process group while it runs.
@@ -195,6 +196,8 @@ class _Driver:
         self.notify = notify or Notifier({})
         self.loop_beat = time.monotonic()
         self.finished = False
+        #: The backend failed us (a lost lease, an outage): teardown is short.
+        self.troubled = False
 
     # -- signals ----------------------------------------------------------------
 
@@ -232,6 +235,7 @@ class _Driver:
                 self.loop_beat = time.monotonic()
                 commands = self.core.step(outcome or self._next_event())
         except BaseException:
+            self.troubled = True
             self._let_go()
             raise
         finally:
@@ -239,7 +243,9 @@ class _Driver:
             self.blocking = False
             self.notify.stopping()
             if self.heartbeats is not None:
-                self.heartbeats.stop()
+                # After a lost lease or a failed connect the server may not answer: the
+                # exit waits on it no longer than the parting budget.
+                self.heartbeats.stop(budget=PARTING_BUDGET if self.troubled else 2.0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -276,6 +282,8 @@ class _Driver:
             return core.KeeperGone(now)
         if isinstance(item, proto.Error):
             self.log("keeper-error", f"keeper: {item.message}")
+        if isinstance(item, Respawned):
+            self._keeper_respawned()
         return core.Tick(now)  # nothing the core needs (Released, a late message)
 
     def _execute(self, command: core.Command) -> CampaignResult | core.Event | None:
@@ -363,6 +371,11 @@ class _Driver:
         except CampaignTimeout as late:
             keeper.kill()
             return core.TimedOut(time.monotonic(), str(late))
+        except BackendUnavailable as trouble:
+            if not opts.restart:
+                raise
+            keeper.kill()  # --restart: an outage of any length is waited out
+            return core.Unreachable(time.monotonic(), str(trouble))
         except Interrupted as stop:
             keeper.kill()  # a job it had just started gets the stop signal and the grace
             self._report_late_job(keeper)
@@ -415,6 +428,8 @@ class _Driver:
                          f" {self.options.election!r}", status=message.status)
 
     def _on_wait(self, holder: LeaderInfo | None) -> None:
+        for command in self.core.reachable():
+            self._execute(command)
         who = f"{holder.node_id} leads (term {holder.term})" if holder else "somebody leads"
         self.notify.status(f"waiting: {who}")
         self.log("waiting", f"waiting for {self.options.election!r}: {who}",
@@ -448,7 +463,13 @@ class _Driver:
                 # Killed from outside; it may have won and started the job already, which
                 # the kernel then killed with it (and lelect's subreaper, its children).
                 return core.KeeperGone(time.monotonic())
+            if isinstance(message, Respawned):
+                self._keeper_respawned()
             # Anything else (a forwarded signal) waits: news of the job comes after "locked".
+
+    def _keeper_respawned(self) -> None:
+        self.log("keeper-respawned", "the keeper of this waiting candidate died; a new one"
+                 " took its place (still in line)")
 
     def _holder_text(self) -> str:
         holder = self.backend.leader(self.options.election)
@@ -471,6 +492,7 @@ class _Driver:
             if kind == "deadline" and leadership.lease_deadline is not None:
                 events.put(core.Renewed(now(), leadership.lease_deadline))
             elif kind == "lost":
+                self.troubled = True
                 events.put(core.Lost(now(), leadership.lost_reason or "the leadership was lost"))
             elif kind == "resign":
                 events.put(core.ResignRequested(now()))

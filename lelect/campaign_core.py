@@ -162,6 +162,13 @@ class KeeperGone(Event):
     """The keeper died (somebody killed it): the job died with it."""
 
 
+class Unreachable(Event):
+    """With ``restart``: the backend could not be reached (or failed) while campaigning;
+    the candidate stays in the race."""
+
+    detail: str
+
+
 class SignalReceived(Event):
     signum: int
 
@@ -285,6 +292,8 @@ class CampaignCore:
         #: When the core wants a Tick (None: only events matter).
         self.wake_at: float | None = None
         self._backoff = max(policy.restart_delay, MIN_RESTART_DELAY)
+        #: An outage is under way (said once; said again when it ends).
+        self.outage = False
         self._reset_leadership()
 
     def _reset_leadership(self) -> None:
@@ -333,16 +342,41 @@ class CampaignCore:
         if isinstance(event, KeeperGone):
             return self._exit(EXIT_LOST, Log("keeper-gone", "the job's keeper died before it"
                                              " reported; anything it had started died with it"))
+        if isinstance(event, Unreachable) and policy.restart:
+            return self._unreachable(event)
         return []
+
+    def _unreachable(self, event: Unreachable) -> list[Command]:
+        """Stay in the race through an outage of any length: back off, one line when it
+        begins (and one when it ends: :meth:`reachable`)."""
+        pause = self._backoff
+        self._backoff = min(self._backoff * 2, MAX_RESTART_DELAY)
+        out: list[Command] = []
+        if not self.outage:
+            self.outage = True
+            out.append(Log("unreachable", f"{event.detail}; staying in the race, trying"
+                           " again with back-off"))
+        self.state = PAUSED
+        self.wake_at = event.now + pause
+        return [*out, Pause(event.now + pause)]
+
+    def reachable(self) -> list[Command]:
+        """The backend answered again after an outage."""
+        if not self.outage:
+            return []
+        self.outage = False
+        self._backoff = max(self.policy.restart_delay, MIN_RESTART_DELAY)
+        return [Log("reachable", f"the backend answers again; back in line for"
+                    f" {self.policy.election!r}")]
 
     def _won(self, event: Won) -> list[Command]:
         policy = self.policy
+        out: list[Command] = self.reachable()
         self.state = LEADING
         self.term = event.term
         self.won_at = event.now
         self.deadline = event.lease_deadline
         self.slot = event.slot
-        out: list[Command] = []
         if event.lease_deadline is not None:
             # The dead-man switch is armed before anything runs.
             out.append(TellDeadline(event.lease_deadline, policy.grace))

@@ -103,18 +103,30 @@ class HeartbeatPublisher:
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
         self._thread.start()
 
-    def stop(self, remove: bool = True) -> None:
+    def stop(self, remove: bool = True, budget: float = 2.0) -> None:
         """Stop publishing; a clean exit removes the member at once (if it ever got
-        published: a backend that was never reached is not waited for again)."""
+        published, and the last beat went through: a backend in trouble is not waited
+        for again). Everything within ``budget`` seconds: an exit never waits on a
+        server that cannot answer."""
+        end = time.monotonic() + budget
         self._stop.set()
         self._wake.set()
+        if not (remove and self.published):
+            return  # nothing to take back: the thread is not waited for
         if self._thread is not None:
-            self._thread.join(timeout=2)
-        if remove and self.published:
+            self._thread.join(timeout=max(end - time.monotonic(), 0.0))
+        if self.last_error is not None:
+            return
+
+        def forget() -> None:
             try:
                 self.backend.remove_member(self.election, self.candidate.node_id)
             except (LelectError, OSError):
                 pass
+
+        remover = threading.Thread(target=forget, name="heartbeat-removal", daemon=True)
+        remover.start()
+        remover.join(timeout=max(end - time.monotonic(), 0.0))
 
     def heartbeat(self) -> Heartbeat:
         self.seq += 1

@@ -87,6 +87,14 @@ def sweep_orphans(timeout: float = 10.0) -> int:
     return killed
 
 
+class Respawned:
+    """The keeper of a waiting candidate died (killed from outside) before anything
+    depended on it; a new one took its place."""
+
+    def __repr__(self) -> str:
+        return "Respawned()"
+
+
 class Gone:
     """The keeper closed its end: it exited (or was killed)."""
 
@@ -152,12 +160,20 @@ class Keeper:
         self.job_pid: int | None = None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
+        #: True once lelect told it something or it told of more than waiting: from then
+        #: on its death is news (Gone), before that a new keeper simply takes its place.
+        self._engaged = False
+        self._closing = False
 
     @property
     def autostart(self) -> bool:
         return self.config.lock is not None and self.config.autostart and bool(self.config.command)
 
     def spawn(self) -> None:
+        with self._lock:
+            self._spawn()
+
+    def _spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [sys.executable, "-S", "-I", "-c", KEEPER_MAIN, str(theirs.fileno()),
                 *self.config.argv(), "--", *self.config.command]
@@ -170,11 +186,10 @@ class Keeper:
         finally:
             theirs.close()
         self._sock = ours
-        threading.Thread(target=self._read_events, name="keeper-events", daemon=True).start()
+        threading.Thread(target=self._read_events, args=(ours, self.process),
+                         name="keeper-events", daemon=True).start()
 
-    def _read_events(self) -> None:
-        sock = self._sock  # close() may drop the attribute while we read
-        assert sock is not None
+    def _read_events(self, sock: socket.socket, process: subprocess.Popen) -> None:
         reader = proto.LineReader()
         while True:
             try:
@@ -182,9 +197,16 @@ class Keeper:
             except OSError:
                 data = b""
             if not data:
-                self._reap()
+                self._reap(process)
                 # A keeper that was killed left its job's children to us (adopt_orphans).
                 sweep_orphans()
+                with self._lock:
+                    if not (self._engaged or self._closing) and self._sock is sock:
+                        # Killed while its candidate waits: nothing depended on it yet.
+                        sock.close()
+                        self._spawn()
+                        self.events.put(Respawned())
+                        return
                 self.events.put(Gone())
                 return
             try:
@@ -194,10 +216,13 @@ class Keeper:
             for message in messages:
                 if isinstance(message, proto.Started):
                     self.job_pid = message.pid
+                if not isinstance(message, proto.Waiting):
+                    self._engaged = True
                 self.events.put(message)
 
     def send(self, message: proto.Message) -> None:
         with self._lock:
+            self._engaged = True
             if self._sock is None:
                 return
             try:
@@ -236,6 +261,7 @@ class Keeper:
 
     def close(self) -> None:
         """Kill whatever runs and release; wait for the keeper to be gone."""
+        self._closing = True
         self.send(proto.Exit())
         with self._lock:
             if self._sock is not None:
@@ -250,20 +276,22 @@ class Keeper:
         exit, and one that started a job stop it (stop signal, SIGKILL after the
         grace) first. (Only a keeper that hangs gets SIGKILL; the kernel then kills
         its job, and :func:`sweep_orphans` what the job started.)"""
+        self._closing = True
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
         self._wait_gone()
 
-    def _reap(self) -> None:
+    def _reap(self, process: subprocess.Popen | None = None) -> None:
         """Wait for the keeper process (it has closed its end, so it is exiting)."""
-        if self.process is not None:
+        process = process or self.process
+        if process is not None:
             try:
-                self.process.wait(timeout=self.config.grace + 15)
+                process.wait(timeout=self.config.grace + 15)
             except subprocess.TimeoutExpired:  # a keeper that hangs is a bug: do not hang too
-                self.process.kill()
-                self.process.wait()
+                process.kill()
+                process.wait()
             with _keepers_lock:
-                _keepers.discard(self.process.pid)
+                _keepers.discard(process.pid)
 
     def _wait_gone(self) -> None:
         self._reap()
