@@ -532,6 +532,12 @@ class Keeper:
     def handle(self, message):
         proto = self.proto
         if isinstance(message, proto.Start):
+            if self.lease_stop_at is not None and time.monotonic() >= self.lease_stop_at:
+                # The lease could run out before the job got anywhere (lelect stalled
+                # between its renew and this message): a job never starts on it.
+                self.job_done = True
+                self.report(proto.Exited(0, "unstarted"))
+                return
             self.start_job(message.term, message.slot)
         elif isinstance(message, proto.Lease):
             if self.reason != "lease":

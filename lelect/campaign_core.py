@@ -478,9 +478,11 @@ class CampaignCore:
     def _job_exited(self, event: JobExited) -> list[Command]:
         self.job_running = False
         self.job_status = event.status
-        if event.cause == "lease" and self.outcome != "lost":
+        if event.cause in ("lease", "unstarted") and self.outcome != "lost":
             self.outcome = "lost"
-            reason = "the lease ran out without a renew; the keeper stopped the job"
+            reason = ("the lease ran out without a renew; the keeper stopped the job"
+                      if event.cause == "lease" else "the lease was about to run out before"
+                      " the job could start; the keeper did not start it")
             out: list[Command] = [Log("lost", f"lost leadership of {self.policy.election!r}:"
                                       f" {reason}", {"reason": reason})]
         else:

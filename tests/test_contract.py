@@ -215,13 +215,16 @@ import subprocess  # noqa: E402
 from tests.helpers import (  # noqa: E402
     OutputTail,
     assert_exclusive,
+    assert_one_at_a_time,
     campaigns_in_turn,
     leader_json,
     pid_alive,
     read_intervals,
+    read_ticks,
     recording_job,
     run_lelect,
     spawn_lelect,
+    ticking_job,
 )
 
 
@@ -615,3 +618,101 @@ def test_a_lost_lease_is_recorded_as_lost(network_target, tmp_path):
     assert proc.wait(timeout=30) == 73
     (entry,) = history_of(target, "frozen")
     assert entry["outcome"] == "lost" and entry["node_id"] == "sleepy"
+
+
+# -- faults: the server frozen or restarted, a keeper killed (the lease engine's promises) ----
+
+
+def keeper_of(proc) -> int:
+    """The pid of a campaign's keeper (lelect's child running the keeper)."""
+    import psutil
+
+    def find():
+        for child in psutil.Process(proc.pid).children():
+            try:
+                if "-S" in child.cmdline():
+                    return child.pid
+            except psutil.Error:
+                continue
+        return None
+
+    return wait_until(find, what="the campaign's keeper")
+
+
+def test_a_frozen_server_stops_the_job_in_time_and_one_job_runs_after_the_thaw(
+    network_target, tmp_path
+):
+    """Two candidates (no --restart), ttl 3s; the server is SIGSTOPped for about 2 s while
+    the leader's job runs: the job is dead within its lease, and after the thaw exactly
+    one job runs (the waiter does not win and lose at once, nor give up)."""
+    target = network_target
+    url = with_options(target.url, ttl="3s")
+    record = tmp_path / "ticks"
+    first = spawn_lelect("campaign", "frost", "--id", "a", "--", *ticking_job(record), backend=url)
+    wait_until(lambda: read_ticks(record), timeout=30, what="the first job to tick")
+    second = spawn_lelect("campaign", "frost", "--id", "b", "--", *ticking_job(record),
+                          backend=url)
+    tail = OutputTail(second.stderr)
+    tail.wait_for("waiting for")
+    target.server.freeze()
+    frozen_at = time.monotonic()
+    try:
+        time.sleep(2.0)  # the window of the outage itself: nothing to wait for
+    finally:
+        target.server.thaw()
+    wait_until(lambda: len(read_ticks(record)) >= 2, timeout=30, what="a job after the thaw")
+    jobs = read_ticks(record)
+    assert_one_at_a_time(jobs)
+    assert jobs[0].last_ns / 1e9 < time.time() - (time.monotonic() - frozen_at) + 3.0
+    assert "lost leadership" not in tail.text  # the new leader did not win and lose at once
+    time.sleep(1.0)  # the new leader's job keeps running: nothing to wait for
+    assert second.poll() is None or first.poll() is None
+    assert sum(p.poll() is None for p in (first, second)) == 1
+
+
+def test_restart_candidates_stay_in_the_race_through_a_server_restart(network_target, tmp_path):
+    target = network_target
+    record = tmp_path / "ticks"
+    procs = [spawn_lelect("campaign", "phoenix", "--id", f"c{i}", "--restart", "--",
+                          *ticking_job(record), backend=target.url) for i in range(3)]
+    wait_until(lambda: read_ticks(record), timeout=30, what="a first job")
+    target.server.restart()
+    before = len(read_ticks(record))
+    wait_until(lambda: len(read_ticks(record)) > before or _ticking_recently(record), timeout=40,
+               what="a job running after the restart")
+    assert all(p.poll() is None for p in procs), "a --restart candidate gave up"
+    assert_one_at_a_time(read_ticks(record))
+
+
+def _ticking_recently(record) -> bool:
+    jobs = read_ticks(record)
+    return bool(jobs) and time.time() - jobs[-1].last_ns / 1e9 < 0.3
+
+
+def test_a_killed_keeper_of_a_waiting_candidate_is_replaced_at_once(target, tmp_path):
+    proc, release = leading(target, "keep", tmp_path)
+    follower, tail = waiting(target, "keep", "--", "sh", "-c", "echo follower-ran")
+    old = keeper_of(follower)
+    os.kill(old, signal.SIGKILL)
+    tail.wait_for("a new one took its place")
+    assert follower.poll() is None  # still in line
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert follower.wait(timeout=30) == 0
+    assert "follower-ran" in follower.stdout.read()
+
+
+def test_a_job_is_never_started_after_its_lease_could_have_run_out():
+    """The keeper refuses a Start that comes after the lease's stop point, whatever the
+    order lelect's messages arrive in."""
+    from lelect import keeper_protocol as proto
+    from lelect.supervisor import Keeper, KeeperConfig
+
+    keeper = Keeper(KeeperConfig(command=("sh", "-c", "echo ran; sleep 5"), grace=0.1))
+    keeper.spawn()
+    keeper.lease(time.monotonic() - 0.01, 0.1)  # the lease is over by now
+    keeper.start(7)
+    message = keeper.events.get(timeout=10)
+    assert isinstance(message, proto.Exited) and message.reason == "unstarted", message
+    assert keeper.job_pid is None
+    keeper.close()

@@ -250,4 +250,5 @@ def target_etcd(etcd_server, etcd_prefix):
             "etcd://h/x?history=0",
         ],
         fresh=lambda: etcd_server.url(f"{etcd_prefix}-{next(prefixes)}", ttl="2s"),
+        server=etcd_server,
     )

@@ -15,6 +15,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -132,6 +133,21 @@ class PostgresCluster:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-m", "fast",
                   "-w", "-t", "60", "restart")  # fmt: skip
 
+    def _processes(self) -> list:
+        import psutil
+
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and every backend (a frozen host, as far as clients see)."""
+        for process in self._processes():
+            process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for process in self._processes():
+            process.send_signal(signal.SIGCONT)
+
     def remove(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
@@ -248,6 +264,7 @@ def target_postgres(postgres_cluster, postgres_contract_db):
             "postgresql://h/db?history=0", "postgres://h/db?connect_timeout=forever",
         ],
         fresh=fresh,
+        server=cluster,
     )
 
 

@@ -258,4 +258,5 @@ def target_redis(redis_server_factory):
             "redis://h/0?prefix=a*b", "redis://h1,h2/0",
         ],
         fresh=lambda: f"{server.url}?ttl=2s&prefix=p{next(prefixes)}",
+        server=server,
     )

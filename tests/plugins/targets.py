@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,8 @@ class Target:
     bad_urls: list[str] = field(default_factory=list)
     #: Another fresh namespace on the same server (for tests needing two).
     fresh: Callable[[], str] | None = None
+    #: The server, for fault tests: ``freeze()``, ``thaw()``, ``restart()`` (None: file).
+    server: Any = None
 
     @property
     def lease(self) -> bool:

@@ -155,6 +155,11 @@ class ZooKeeperServer:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
 
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same data."""
+        self.stop()
+        self.start()
+
     def command(self, word: str) -> str:
         return four_letter_word(self.port, word)
 
@@ -232,4 +237,5 @@ def target_zookeeper(zookeeper_server, zk_path):
         ],
         fresh=lambda: zookeeper_server.url(f"{zk_path}-{next(paths)}", session_timeout="2s",
                                            auth=auth),
+        server=zookeeper_server,
     )
