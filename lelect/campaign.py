@@ -42,7 +42,7 @@ from lelect.errors import (
 )
 from lelect.lease import LeaseTiming
 from lelect.names import validate_election
-from lelect.supervisor import Gone, Keeper, KeeperConfig, Respawned
+from lelect.supervisor import Gone, Keeper, KeeperConfig
 from lelect.systemd import Notifier
 
 #: Signals forwarded to the job's process group while it runs.
@@ -282,8 +282,6 @@ class _Driver:
             return core.KeeperGone(now)
         if isinstance(item, proto.Error):
             self.log("keeper-error", f"keeper: {item.message}")
-        if isinstance(item, Respawned):
-            self._keeper_respawned()
         return core.Tick(now)  # nothing the core needs (Released, a late message)
 
     def _execute(self, command: core.Command) -> CampaignResult | core.Event | None:
@@ -349,7 +347,8 @@ class _Driver:
             history_limit=backend.history_limit,
             announce=announce,
         )
-        keeper = self.keeper = Keeper(config, self.job_env(), self.events)
+        keeper = self.keeper = Keeper(config, self.job_env(), self.events,
+                                      on_respawn=self._keeper_respawned)
         self.announced = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
         self.blocking = True
@@ -463,8 +462,6 @@ class _Driver:
                 # Killed from outside; it may have won and started the job already, which
                 # the kernel then killed with it (and lelect's subreaper, its children).
                 return core.KeeperGone(time.monotonic())
-            if isinstance(message, Respawned):
-                self._keeper_respawned()
             # Anything else (a forwarded signal) waits: news of the job comes after "locked".
 
     def _keeper_respawned(self) -> None:

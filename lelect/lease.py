@@ -307,6 +307,12 @@ class LeaseState:
             return Renew(min(self.deadline - now, self.interval))
         return Wait(min(self.next_renew, self.deadline))
 
+    def is_late(self, now: float) -> bool:
+        """Too little lease is left to start a job on: less than a renew answered just
+        now would leave at its next renew, or a renew is due already."""
+        fresh_at_due = self.deadline - self.ttl + drift(self.ttl) + self.interval
+        return now >= min(self.next_renew, fresh_at_due, self.deadline)
+
     def renew_due(self, now: float) -> None:
         """Renew at once (a reconnect, a late win)."""
         self.next_renew = min(self.next_renew, now)
@@ -400,9 +406,10 @@ class Lease:
             return not self._told_lost and self._clock() < self.state.deadline
 
     def is_late(self) -> bool:
-        """The next renew is due already (for a fresh grant: :func:`win_is_late`)."""
+        """Less lease is left than right after an answered renew is due, or a renew is
+        due already (for a fresh grant: :func:`win_is_late`)."""
         with self._lock:
-            return self._clock() >= min(self.state.next_renew, self.state.deadline)
+            return self.state.is_late(self._clock())
 
     def confirm(self) -> bool:
         """The late-win rule, before a job may start: a win answered on time stands; a

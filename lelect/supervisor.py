@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from lelect import keeper_protocol as proto
@@ -87,14 +88,6 @@ def sweep_orphans(timeout: float = 10.0) -> int:
     return killed
 
 
-class Respawned:
-    """The keeper of a waiting candidate died (killed from outside) before anything
-    depended on it; a new one took its place."""
-
-    def __repr__(self) -> str:
-        return "Respawned()"
-
-
 class Gone:
     """The keeper closed its end: it exited (or was killed)."""
 
@@ -152,8 +145,11 @@ class Keeper:
     """Handle on one keeper process (one per campaign attempt)."""
 
     def __init__(self, config: KeeperConfig, env: dict[str, str] | None = None,
-                 events: queue.Queue | None = None) -> None:
+                 events: queue.Queue | None = None,
+                 on_respawn: Callable[[], None] | None = None) -> None:
         self.config = config
+        #: Told (from the reader's thread) when a new keeper replaced a killed one.
+        self.on_respawn = on_respawn
         self.env = env
         self.events: queue.Queue = events if events is not None else queue.Queue()
         self.process: subprocess.Popen | None = None
@@ -205,9 +201,11 @@ class Keeper:
                         # Killed while its candidate waits: nothing depended on it yet.
                         sock.close()
                         self._spawn()
-                        self.events.put(Respawned())
+                    else:
+                        self.events.put(Gone())
                         return
-                self.events.put(Gone())
+                if self.on_respawn is not None:
+                    self.on_respawn()
                 return
             try:
                 messages = reader.feed(data)

@@ -157,6 +157,7 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: s
         if value:
             return value
         if time.monotonic() > deadline:
+            what = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
 

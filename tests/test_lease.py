@@ -148,6 +148,20 @@ def test_a_win_is_late_once_its_first_renew_is_due(ttl, delay):
     assert win_is_late(0.0, ttl, delay) == (delay >= ttl / 3)
 
 
+def test_a_lease_whose_renews_failed_is_late_even_before_its_retry_is_due():
+    state = LeaseState(0.0, 3.0)
+    state.failed(1.5, "timeout")  # retry at 1.75, deadline 2.968
+    assert not state.is_late(0.5)
+    assert state.is_late(1.6)  # less left than a job is owed, though no renew is due yet
+
+
+@given(ttls, st.floats(0, 1))
+def test_lateness_of_a_fresh_grant_is_the_win_is_late_rule(ttl, share):
+    now = share * ttl
+    assert LeaseState(0.0, ttl).is_late(now) == win_is_late(0.0, ttl, now) or abs(
+        now - ttl / 3) < 1e-9 * ttl
+
+
 # -- the retry policy ------------------------------------------------------------------
 
 
