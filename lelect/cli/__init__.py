@@ -111,7 +111,10 @@ def backend_url(ctx: click.Context) -> str | None:
 
 
 def _error(message: str) -> None:
-    click.echo(f"lelect: {message}", err=True)
+    from lelect.names import printable
+
+    # One line, whatever a record, a server or an argument put in the message.
+    click.echo(f"lelect: {printable(message)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
