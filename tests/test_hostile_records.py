@@ -122,3 +122,42 @@ def test_a_leader_record_with_a_non_finite_number_is_not_an_internal_error(backe
             assert election.leader() == LeaderInfo("(unknown)", 0)
             out = run_lelect("leader", "e", "--json", backend=backend)
             assert out.returncode == 0 and "unreadable leader record" in out.stderr, out.stderr
+
+
+def test_an_exporter_whose_watch_died_serves_no_stale_leader(backend):
+    """The watch thread dying (a bug, or a record nothing foresaw) must not leave the
+    last look served for ever: lelect_backend_up drops to 0, the leader gauges go, and
+    the exporter is told to stop (lelect exporter then exits 69)."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from lelect import connect
+    from lelect.exporter import Exporter
+
+    stopped = threading.Event()
+    with connect(backend) as client:
+        with client.election("e", "real").campaign():
+            exporter = Exporter(client, ["e"], interval=0.05, on_stop=stopped.set)
+            looks = exporter.watch.run()
+            go_on = threading.Event()
+
+            def dies_after_one_look():
+                yield next(looks)
+                go_on.wait(30)
+                raise OverflowError("cannot convert float infinity to integer")
+
+            exporter.watch.run = dies_after_one_look
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(exporter)
+            exporter.start()
+            served = generate_latest(registry).decode()
+            assert 'lelect_has_leader{election="e"} 1.0' in served
+            assert "lelect_backend_up 1.0" in served
+            go_on.set()
+            assert stopped.wait(30)
+            served = generate_latest(registry).decode()
+            assert "lelect_backend_up 0.0" in served
+            assert "lelect_has_leader{" not in served and "lelect_health_status{" not in served
+            assert isinstance(exporter.failure, OverflowError)
+            exporter.close()

@@ -6,6 +6,7 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import ELECTION, Duration, backend_option
+from lelect.errors import BackendUnavailable, LelectError
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -42,11 +43,18 @@ def exporter(ctx, elections, listen, interval):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     with open_client(ctx, create=False) as client:
-        metrics = Exporter(client, elections, interval=interval)
+        metrics = Exporter(client, elections, interval=interval, on_stop=done.set)
         metrics.start()
         server = serve(metrics, host, port)
         click.echo(f"lelect: serving metrics on http://{listen}/metrics", err=True)
         done.wait()
         server.shutdown()
         metrics.close()
+    if metrics.failure is not None:
+        # Stale metrics are worse than none: exit so a supervisor restarts the exporter.
+        failure = metrics.failure
+        if isinstance(failure, LelectError):
+            raise failure
+        raise BackendUnavailable(f"the exporter stopped following the elections:"
+                                 f" {type(failure).__name__}: {failure}")
     return 0
