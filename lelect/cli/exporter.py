@@ -10,10 +10,13 @@ from lelect.errors import BackendUnavailable, LelectError
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{text!r}: use ADDR:PORT, e.g. 127.0.0.1:9464 or [::]:9464")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    from lelect.backends.urls import parse_port
+
+    host, sep, port_text = text.rpartition(":")
+    port = parse_port(port_text) if sep else None
+    if port is None:
+        raise click.BadParameter(f"{text[:80]!r}: use ADDR:PORT, e.g. 127.0.0.1:9464 or [::]:9464")
+    return host.strip("[]") or "0.0.0.0", port
 
 
 @click.command("exporter")

@@ -80,7 +80,7 @@ class SignalName(click.ParamType):
             return value
         text = str(value).strip().upper()
         if text.isdigit():
-            number = int(text)
+            number = int(text) if text.isascii() and len(text) <= 3 else 0
             if 0 < number < signal.NSIG:
                 return number
         else:
