@@ -105,7 +105,7 @@ class BackendURL:
         if not (text.isascii() and text.isdigit() and len(text) <= 12) \
                 or not minimum <= int(text) <= maximum:
             raise UsageError(
-                f"invalid {name} option {text!r} in {self.scheme}:// URL: use a whole number"
+                f"invalid {name} option {text[:20]!r} in {self.scheme}:// URL: use a whole number"
                 f" from {minimum} to {maximum}"
             )
         return int(text)
