@@ -31,6 +31,7 @@ from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for librar
     EXIT_NOT_FOUND,
     EXIT_TIMEOUT,
 )
+from lelect.credentials import job_backend_env
 from lelect.durations import RANGES, format_duration
 from lelect.errors import (
     BackendUnavailable,
@@ -319,7 +320,7 @@ class _Driver:
         env.update(self.options.extra_env)
         env["LELECT_ELECTION"] = self.options.election
         env["LELECT_NODE_ID"] = self.candidate.node_id
-        env["LELECT_BACKEND"] = self.backend.display_url
+        job_backend_env(env, self.backend.url)  # no secrets: docs/security.md, "Secrets"
         for name in ("LELECT_TERM", "LELECT_SLOT", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(name, None)
         return env

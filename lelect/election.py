@@ -21,7 +21,7 @@ from lelect.backends.base import (
     Leadership,
     Members,
 )
-from lelect.names import validate_election
+from lelect.names import validate_election, validate_node_id
 
 if TYPE_CHECKING:
     from lelect.campaign import CampaignOptions, CampaignResult, Log
@@ -71,7 +71,7 @@ class Election:
     def __init__(self, backend: Backend, name: str, node_id: str | None = None) -> None:
         self.backend = backend
         self.name = validate_election(name)
-        self.candidate = Candidate.local(node_id)
+        self.candidate = Candidate.local(None if node_id is None else validate_node_id(node_id))
 
     def campaign(
         self,

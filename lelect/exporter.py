@@ -12,12 +12,15 @@ cost the backend nothing.
     lelect_member_heartbeat_age_seconds{election,node_id}
     lelect_leader_changes_total{election}            leaderships in the history (and since)
     lelect_backend_up                                0 while the backend fails
+
+If the watch stops for good, the exporter serves ``lelect_backend_up 0`` and nothing
+else (never a stale leader), and ``lelect exporter`` exits 69 for its supervisor.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lelect.errors import LelectError, UsageError
@@ -40,7 +43,8 @@ def _prometheus():
 
 class Exporter:
     def __init__(self, client: Client, names: Sequence[str] = (),
-                 detector: PhiAccrualDetector | None = None, interval: float = 5.0) -> None:
+                 detector: PhiAccrualDetector | None = None, interval: float = 5.0,
+                 on_stop: Callable[[], None] | None = None) -> None:
         self.client = client
         self.watch = client.watch(names, detector, interval)
         self._lock = threading.Lock()
@@ -50,6 +54,9 @@ class Exporter:
         self._changes: dict[str, int] = {}
         self._ready = threading.Event()
         self._failure: BaseException | None = None
+        #: Called once if the watch stops for good (its thread died): nothing is
+        #: current any more, and a supervisor should restart the exporter.
+        self._on_stop = on_stop
         self._thread = threading.Thread(target=self._follow, name="exporter-watch", daemon=True)
 
     def start(self, timeout: float = 30.0) -> None:
@@ -74,9 +81,18 @@ class Exporter:
                             if first or any(c.election == group.election for c in snapshot.changes):
                                 self._count_changes(group.election)
                 self._ready.set()
-        except BaseException as exc:  # noqa: BLE001 - reported by start()
-            self._failure = exc
+        except BaseException as exc:  # noqa: BLE001 - reported by start() and failure
+            with self._lock:
+                self._failure = exc
+                self._groups = ()  # never serve a look that is no longer kept current
             self._ready.set()
+            if self._on_stop is not None:
+                self._on_stop()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the watch stopped (None while it runs)."""
+        return self._failure
 
     def _count_changes(self, election: str) -> None:
         """Leader changes, from the history: every leadership it records counts once."""
@@ -98,8 +114,9 @@ class Exporter:
         core, _ = _prometheus()
         with self._lock:
             groups, error, changes = self._groups, self._error, dict(self._changes)
+            stopped = self._failure is not None
         up = core.GaugeMetricFamily("lelect_backend_up", "1 while the backend answers")
-        up.add_metric([], 0 if error else 1)
+        up.add_metric([], 0 if error or stopped else 1)
         yield up
         has = core.GaugeMetricFamily("lelect_has_leader", "1 while somebody leads",
                                      labels=["election"])

@@ -23,7 +23,7 @@ from itertools import pairwise
 from lelect.backends.base import Backend, Candidate, Heartbeat, LeaderInfo, Members
 from lelect.backends.records import DEFAULT_FORGET_AFTER
 from lelect.errors import LelectError, UsageError
-from lelect.names import validate_election
+from lelect.names import printable, validate_election
 
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_THRESHOLD = 8.0
@@ -402,7 +402,8 @@ class LeaderChange:
         """``LELECT_*`` variables for an on-change command (like keepalived's notify)."""
 
         def text(value: object) -> str:
-            return "" if value is None else str(value)
+            # Another writer's node id may hold NUL (no environment can) or escapes.
+            return "" if value is None else printable(value)
 
         new, old = self.current, self.previous
         return {

@@ -12,6 +12,8 @@ Released, Suspended.
 """
 
 TEXT = "text"
+#: The longest line either side accepts (a recipe with its credentials is < 4 KiB).
+MAX_LINE = 64 * 1024
 
 
 class ProtocolError(ValueError):
@@ -233,9 +235,26 @@ def decode(line):
     if len(words) != len(fields):
         raise ProtocolError(f"{verb} takes {len(fields)} fields: {line[:80]!r}")
     try:
+        for word, (name, kind) in zip(words, fields):
+            _check_word(word, name, kind)
         return cls(*words)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"bad {verb} message {line[:80]!r}: {exc}") from None
+
+
+def _check_word(word, name, kind):
+    """Numbers as this module writes them: ASCII, bounded, finite (int() alone takes
+    '١٢' and 5000 digits; float() takes 'nan' and 'inf')."""
+    if kind is int:
+        digits = word[1:] if word[:1] == "-" else word
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19):
+            raise ValueError(f"{name} is not a whole number")
+    elif kind is float:
+        if len(word) > 40 or not word.isascii():
+            raise ValueError(f"{name} is not a number")
+        value = float(word)
+        if value - value != 0:  # inf and nan (this module imports nothing, not even math)
+            raise ValueError(f"{name} is not a finite number")
 
 
 class LineReader:
@@ -245,12 +264,17 @@ class LineReader:
         self.buffer = b""
 
     def feed(self, data):
-        """The messages completed by ``data`` (a partial line waits for the rest)."""
+        """The messages completed by ``data`` (a partial line waits for the rest, up to
+        MAX_LINE bytes)."""
         self.buffer += data
         messages = []
         while b"\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\n", 1)
+            if len(line) > MAX_LINE:
+                raise ProtocolError(f"a line of {len(line)} bytes (at most {MAX_LINE})")
             messages.append(decode(line))
+        if len(self.buffer) > MAX_LINE:
+            raise ProtocolError(f"a line of more than {MAX_LINE} bytes")
         return messages
 
 

@@ -36,6 +36,7 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> 
 def lelect_env(backend: str | None = None, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("LELECT_BACKEND", None)
+    env.pop("LELECT_BACKEND_FILE", None)  # it would win over LELECT_BACKEND
     if backend:
         env["LELECT_BACKEND"] = backend
     env.update(extra)

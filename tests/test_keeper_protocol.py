@@ -40,10 +40,21 @@ def test_a_reader_splits_lines_across_reads():
 
 
 @pytest.mark.parametrize("line", [b"nonsense 1\n", b"started\n", b"started x\n",
-                                  b"lease 1.0\n", b"stop 15 1.0\n"])
+                                  b"lease 1.0\n", b"stop 15 1.0\n",
+                                  # numbers are ASCII, bounded and finite
+                                  "started \uff11\uff12\n".encode(), b"started " + b"9" * 5000,
+                                  b"lease nan 1.0\n", b"lease 1e999 1.0\n", b"lease 1.0 inf\n",
+                                  b"started 1.5\n"])
 def test_garbage_is_refused_with_the_line(line):
     with pytest.raises(proto.ProtocolError):
         proto.decode(line)
+
+
+def test_a_reader_refuses_an_endless_line():
+    reader = proto.LineReader()
+    with pytest.raises(proto.ProtocolError):
+        for _ in range(100):
+            reader.feed(b"error " + b"A" * 4096)
 
 
 def test_words_must_be_words_and_messages_are_immutable():

@@ -42,13 +42,22 @@ def __getattr__(name: str) -> object:
 
 
 def default_url() -> str:
-    """``$LELECT_BACKEND``, else the embedded backend in its default directory."""
+    """The URL in the file ``$LELECT_BACKEND_FILE`` names, else ``$LELECT_BACKEND``, else
+    the embedded backend in its default directory."""
+    named = os.environ.get("LELECT_BACKEND_FILE", "")
+    if named:
+        from lelect.backends.urls import MAX_URL_FILE, read_secret_file
+
+        return read_secret_file(named, "LELECT_BACKEND_FILE", MAX_URL_FILE).strip()
     env = os.environ.get("LELECT_BACKEND", "").strip()
     if env:
         return env
+    from urllib.parse import quote
+
     from lelect.backends.filestate import default_home
 
-    return "file://" + default_home()
+    # Quoted: LELECT_HOME=/srv/team#1 is a directory, not a URL with a fragment.
+    return "file://" + quote(default_home(), safe="/")
 
 
 def connect(url: str | None = None, *, create: bool = True) -> Backend:

@@ -208,10 +208,10 @@ class RedisOptions:
 
 
 def _db_number(text: str, url: BackendURL) -> int:
-    if not (text.isascii() and text.isdigit()):  # "²".isdigit(), but int("²") fails
+    if not (text.isascii() and text.isdigit() and len(text) <= 5):  # "²".isdigit()
         raise UsageError(
-            f"malformed {url.scheme}:// URL {url.masked!r}: the database must be a number"
-            f" (like /0), got {text!r}"
+            f"malformed {url.scheme}:// URL: the database must be a number (like /0),"
+            f" got {text[:20]!r}"
         )
     return int(text)
 

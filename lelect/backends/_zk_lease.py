@@ -156,7 +156,9 @@ def resign_request(term: int) -> bytes:
 
 def resign_term(data: bytes | None) -> int | None:
     """The term a resign request names (None for garbage)."""
+    from lelect.backends.records import load_record, whole
+
     try:
-        return int(json.loads((data or b"").decode("utf-8"))["term"])
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return whole(load_record(data)["term"], "term", 0)
+    except (ValueError, TypeError, KeyError):
         return None

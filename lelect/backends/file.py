@@ -330,8 +330,9 @@ class FileBackend(Backend):
         )
         if not rows or not filestate.lock_held(self.lock_path(election)):
             return None
-        node_id, term, since, host, pid = rows[0]
-        return LeaderInfo(node_id=node_id, term=term, since=since, host=host, pid=pid)
+        found = LeaderInfo.from_stored(election, *rows[0])
+        # The lock is held: somebody leads, even when its record is garbage.
+        return found or LeaderInfo(node_id="(unknown)", term=0)
 
     def observe(self, election: str, stop: threading.Event | None = None) -> Iterator[LeaderInfo | None]:
         validate_election(election)
@@ -435,7 +436,7 @@ class FileBackend(Backend):
         entries = []
         for (data,) in reversed(rows):
             try:
-                entries.append(HistoryEntry.decode(data))
+                entries.append(HistoryEntry.decode(data, election))
             except ValueError:
                 continue
         return entries

@@ -5,7 +5,9 @@ member records with. Standard library only: the keeper imports this module too.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -32,7 +34,118 @@ HAND_BACK_REASON = "lelect died; its keeper stopped the job and handed the leade
 def iso8601(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return None  # a time no calendar has (another writer's garbage)
+
+
+# -- reading what others wrote ------------------------------------------------------------
+# Records come from every member of an election (any group member, any client of an
+# open ZooKeeper): each is data, checked before it is believed.
+
+#: The largest record lelect reads; lelect's own are well under 2 KiB.
+MAX_RECORD = 64 * 1024
+#: The deepest nesting of arrays and objects lelect reads (its own records have 2).
+MAX_DEPTH = 8
+#: Whole numbers in records (terms, pids, counters) stay within a signed 64-bit integer.
+MAX_WHOLE = 2**63 - 1
+
+
+class BadRecord(ValueError):
+    """A record that is not one lelect can read (too big, too deep, not finite, garbage)."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise BadRecord(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRecord(f"non-finite number {text[:20]}")
+    return value
+
+
+def _whole_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19:
+        raise BadRecord(f"number out of range ({len(text)} digits)")
+    return int(text)
+
+
+def load_record(data: bytes | str | None) -> Any:
+    """JSON ``data`` as Python values, or BadRecord: at most :data:`MAX_RECORD` bytes and
+    :data:`MAX_DEPTH` levels deep, numbers finite and within 64 bits. Never raises
+    anything else, whatever the bytes."""
+    if not data:
+        raise BadRecord("empty record")
+    if len(data) > MAX_RECORD:
+        raise BadRecord(f"record of {len(data)} bytes (at most {MAX_RECORD})")
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else str(data)
+        _check_depth(text)
+        return json.loads(text, parse_float=_finite_float, parse_int=_whole_int,
+                          parse_constant=_refuse_constant)
+    except BadRecord:
+        raise
+    except (ValueError, TypeError, RecursionError, UnicodeDecodeError) as exc:
+        raise BadRecord(f"{type(exc).__name__}: {str(exc)[:80]}") from None
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before the parser recurses into it."""
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_DEPTH:
+            raise BadRecord(f"nested deeper than {MAX_DEPTH} levels")
+
+
+def whole(value: Any, what: str, minimum: int = -MAX_WHOLE, maximum: int = MAX_WHOLE) -> int:
+    """A whole number from a record (an int, or its decimal text), within range."""
+    if isinstance(value, bool):
+        raise BadRecord(f"{what} is not a number")
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text[:1] in "+-" else text
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 19):
+            raise BadRecord(f"{what} is not a whole number")
+        value = int(text)
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or not minimum <= value <= maximum:
+        raise BadRecord(f"{what} is not a whole number from {minimum} to {maximum}")
+    return value
+
+
+def finite(value: Any, what: str) -> float:
+    """A finite number from a record (an int, a float, or its decimal text)."""
+    if isinstance(value, bool):
+        raise BadRecord(f"{what} is not a number")
+    if isinstance(value, str):
+        if len(value) > 40 or not value.isascii():
+            raise BadRecord(f"{what} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise BadRecord(f"{what} is not a number") from None
+    if not math.isfinite(number):
+        raise BadRecord(f"{what} is not a finite number")
+    return number
+
+
+def text_field(value: Any, what: str, limit: int = 1024) -> str:
+    """A string from a record, at most ``limit`` characters."""
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise BadRecord(f"{what} is not text")
+    text = str(value)
+    if len(text) > limit:
+        raise BadRecord(f"{what} is longer than {limit} characters")
+    return text
 
 
 @dataclass(frozen=True)
@@ -69,6 +182,24 @@ class LeaderInfo:
             "pid": self.pid,
         }
 
+    @classmethod
+    def from_stored(cls, election: str, node_id: Any, term: Any, since: Any = None,
+                    host: Any = None, pid: Any = None) -> LeaderInfo | None:
+        """A leader record as a backend stored it (``since`` in seconds), checked like
+        any record another member wrote: None (and one warning) if it is garbage."""
+        try:
+            return cls(
+                node_id=text_field(node_id, "node_id"),
+                term=whole(term, "term", 0),
+                since=None if since in (None, "") else finite(since, "since"),
+                host=None if host in (None, "") else text_field(host, "host"),
+                pid=None if pid in (None, "") else whole(pid, "pid", 0),
+            )
+        except BadRecord as exc:
+            warn_once(f"unreadable leader record of election {_name(election)} by node"
+                      f" {_name(node_id)} ({exc})")
+            return None
+
     @property
     def identity(self) -> tuple[str, int]:
         """What makes two looks at the leader the same leadership."""
@@ -100,24 +231,30 @@ class Heartbeat:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Heartbeat:
-        """Raise ValueError/TypeError/KeyError on garbage; callers show it as such."""
-        return cls(
-            election=str(data["election"]),
-            node_id=str(data["node_id"]),
-            host=str(data["host"]),
-            pid=int(data["pid"]),
-            role=str(data["role"]),
-            term=None if data.get("term") is None else int(data["term"]),
-            seq=int(data["seq"]),
-            time=float(data["time"]),
-            cpu_percent=float(data.get("cpu_percent", 0.0)),
-            memory_percent=float(data.get("memory_percent", 0.0)),
-            load1=float(data.get("load1", 0.0)),
-            disk_percent=float(data.get("disk_percent", 0.0)),
-            net_bytes_sent=int(data.get("net_bytes_sent", 0)),
-            net_bytes_recv=int(data.get("net_bytes_recv", 0)),
-            interval=None if data.get("interval") is None else float(data["interval"]),
-        )
+        """Raise BadRecord (a ValueError) on garbage; callers show it as such."""
+        if not isinstance(data, dict):
+            raise BadRecord("the heartbeat is not an object")
+        try:
+            return cls(
+                election=text_field(data["election"], "election"),
+                node_id=text_field(data["node_id"], "node_id"),
+                host=text_field(data["host"], "host"),
+                pid=whole(data["pid"], "pid", 0),
+                role=text_field(data["role"], "role", 16),
+                term=None if data.get("term") is None else whole(data["term"], "term"),
+                seq=whole(data["seq"], "seq"),
+                time=finite(data["time"], "time"),
+                cpu_percent=finite(data.get("cpu_percent", 0.0), "cpu_percent"),
+                memory_percent=finite(data.get("memory_percent", 0.0), "memory_percent"),
+                load1=finite(data.get("load1", 0.0), "load1"),
+                disk_percent=finite(data.get("disk_percent", 0.0), "disk_percent"),
+                net_bytes_sent=whole(data.get("net_bytes_sent", 0), "net_bytes_sent"),
+                net_bytes_recv=whole(data.get("net_bytes_recv", 0), "net_bytes_recv"),
+                interval=None if data.get("interval") is None
+                else finite(data["interval"], "interval"),
+            )
+        except KeyError as exc:
+            raise BadRecord(f"no {exc.args[0]} in the heartbeat") from None
 
 
 @dataclass(frozen=True)
@@ -159,26 +296,35 @@ def encode_member(heartbeat: Heartbeat, arrivals: list[float] | tuple[float, ...
 def stored_arrivals(data: bytes | str | None) -> list[float]:
     """The arrival stamps inside a stored record ([] for garbage)."""
     try:
-        record = json.loads(data or b"")
-        return [float(stamp) for stamp in record["arrivals"]]
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        return _arrivals(load_record(data).get("arrivals", []))
+    except (BadRecord, AttributeError):
         return []
+
+
+def _arrivals(stamps: Any) -> list[float]:
+    if not isinstance(stamps, list):
+        raise BadRecord("arrivals is not a list")
+    return [finite(stamp, "an arrival") for stamp in stamps[-MAX_ARRIVALS:]]
 
 
 def decode_member(node_id: str, data: bytes | str | None,
                   arrivals: list[float] | tuple[float, ...] | None = None) -> MemberRecord:
     """A stored member record; garbage becomes a record with ``error`` set, never an
     exception. ``arrivals`` (backend-stamped) are added to those stored in the record."""
-    extra = [float(t) for t in (arrivals or ())]
+    extra = [t for t in (arrivals or ()) if isinstance(t, (int, float)) and math.isfinite(t)]
     try:
-        record = json.loads(data or b"")
-        if isinstance(record, dict) and "heartbeat" not in record and "node_id" in record:
+        record = load_record(data)
+        if not isinstance(record, dict):
+            raise BadRecord("not an object")
+        if "heartbeat" not in record and "node_id" in record:
             record = {"heartbeat": record}  # a bare heartbeat, as lelect 0.1 stored it
+        if "heartbeat" not in record:
+            raise BadRecord("no heartbeat in the record")
         heartbeat = Heartbeat.from_dict(record["heartbeat"])
-        stamps = [*(float(t) for t in record.get("arrivals", [])), *extra]
-        forget_after = float(record.get("forget_after", DEFAULT_FORGET_AFTER))
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
-        detail = "no heartbeat stored" if not data else f"{type(exc).__name__}: {exc}"
+        stamps = [*_arrivals(record.get("arrivals", [])), *extra]
+        forget_after = finite(record.get("forget_after", DEFAULT_FORGET_AFTER), "forget_after")
+    except BadRecord as exc:
+        detail = "no heartbeat stored" if not data else str(exc)
         return MemberRecord(node_id, None, tuple(extra[-MAX_ARRIVALS:]),
                             error=f"unreadable member record ({detail})")
     return MemberRecord(node_id, heartbeat, tuple(stamps[-MAX_ARRIVALS:]), None, forget_after)
@@ -224,25 +370,72 @@ class HistoryEntry:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
-    def decode(cls, data: bytes | str) -> HistoryEntry:
-        """Raise ValueError on garbage (callers skip such entries)."""
+    def decode(cls, data: bytes | str, election: str | None = None) -> HistoryEntry:
+        """Raise BadRecord (a ValueError) on garbage: callers skip such entries, and each
+        is warned about once, naming its election (``election``, where the caller knows
+        it) and node."""
+        raw: Any = None
         try:
-            raw = json.loads(data)
+            raw = load_record(data)
+            if not isinstance(raw, dict):
+                raise BadRecord("not an object")
+
+            def optional(key: str, read: Any, *args: Any) -> Any:
+                return None if raw.get(key) is None else read(raw[key], key, *args)
+
             return cls(
-                election=str(raw["election"]),
-                term=int(raw["term"]),
-                node_id=str(raw["node_id"]),
-                host=None if raw.get("host") is None else str(raw["host"]),
-                pid=None if raw.get("pid") is None else int(raw["pid"]),
-                started=None if raw.get("started") is None else float(raw["started"]),
-                ended=None if raw.get("ended") is None else float(raw["ended"]),
-                outcome=str(raw.get("outcome", RUNNING)),
-                exit_status=None if raw.get("exit_status") is None else int(raw["exit_status"]),
-                slot=None if raw.get("slot") is None else str(raw["slot"]),
-                reason=None if raw.get("reason") is None else str(raw["reason"]),
+                election=text_field(raw["election"], "election"),
+                term=whole(raw["term"], "term", 0),
+                node_id=text_field(raw["node_id"], "node_id"),
+                host=optional("host", text_field),
+                pid=optional("pid", whole, 0),
+                started=optional("started", finite),
+                ended=optional("ended", finite),
+                outcome=text_field(raw.get("outcome", RUNNING), "outcome", 16),
+                exit_status=optional("exit_status", whole),
+                slot=optional("slot", text_field),
+                reason=optional("reason", text_field),
             )
-        except (TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"unreadable history entry: {exc}") from None
+        except (BadRecord, KeyError) as exc:
+            detail = f"no {exc.args[0]}" if isinstance(exc, KeyError) else str(exc)
+            who = raw if isinstance(raw, dict) else _names_of(data)
+            warn_once(f"skipped an unreadable history entry of election"
+                      f" {_name(election or who.get('election'))} by node"
+                      f" {_name(who.get('node_id'))} ({detail})")
+            raise BadRecord(f"unreadable history entry: {detail}") from None
+
+
+def _names_of(data: bytes | str) -> dict[str, Any]:
+    """What a refused record says it is (for the warning only; nothing else trusts it)."""
+    try:
+        if len(data) > MAX_RECORD:
+            return {}
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else str(data)
+        _check_depth(text)
+        raw = json.loads(text)  # lenient: 1e999 and NaN parse here
+        return raw if isinstance(raw, dict) else {}
+    except (ValueError, TypeError, RecursionError):
+        return {}
+
+
+def _name(value: Any) -> str:
+    from lelect.names import printable
+
+    return f"'{printable(value, 64)}'" if isinstance(value, str) else "(unknown)"
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """One warning line (on lelect's logger; stderr unless the program says otherwise),
+    once per text: a watch looking again and again repeats nothing."""
+    if message in _warned or len(_warned) > 1000:
+        return
+    _warned.add(message)
+    import logging
+
+    logging.getLogger("lelect").warning("lelect: warning: %s", message)
 
 
 # -- what a keeper needs to act for a backend ----------------------------------------------

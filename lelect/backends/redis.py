@@ -52,7 +52,13 @@ from lelect.backends.base import (
     only_changes,
     timed_out,
 )
-from lelect.backends.records import HAND_BACK_REASON, decode_member, encode_member
+from lelect.backends.records import (
+    HAND_BACK_REASON,
+    BadRecord,
+    decode_member,
+    encode_member,
+    whole,
+)
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable
 from lelect.lease import Attempts, GaveUp, RetryPolicy
@@ -246,7 +252,7 @@ class RedisBackend(Backend):
         reply = self.link.run(LEADER, keys.leadership, [], budget)
         if not reply:
             return None, 0
-        holder = _holder(reply[1:]) if len(reply) == 6 else None
+        holder = _holder(reply[1:], keys.election) if len(reply) == 6 else None
         # A token without lelect's record: somebody else's writer holds the key.
         return holder or LeaderInfo(node_id="(unknown)", term=0), int(reply[0])
 
@@ -330,7 +336,7 @@ class RedisBackend(Backend):
         entries = []
         for text in self._call("ZRANGE", keys.history, first, -1, election=election):
             try:
-                entries.append(HistoryEntry.decode(text))
+                entries.append(HistoryEntry.decode(text, election))
             except ValueError:
                 continue  # somebody else's garbage: not a leadership of ours
         return entries
@@ -373,18 +379,18 @@ class RedisBackend(Backend):
         return f"under {self.options.prefix}:{{{election}}}"
 
 
-def _holder(fields: list[Any]) -> LeaderInfo | None:
+def _holder(fields: list[Any], election: str = "") -> LeaderInfo | None:
     """A leader from the scripts' [term, node id, host, pid, since_ms] (None: unknown)."""
     if len(fields) < 5:
         return None
     term, node_id, host, pid, since_ms = fields[:5]
-    return LeaderInfo(
-        node_id=node_id or "(unknown)",
-        term=int(term or 0),
-        since=int(since_ms) / 1000 if since_ms else None,
-        host=host or None,
-        pid=int(pid) if pid else None,
-    )
+    since = None
+    if since_ms:
+        try:
+            since = whole(since_ms, "since") / 1000
+        except BadRecord:
+            since = float("nan")  # refused below, with the rest of the record
+    return LeaderInfo.from_stored(election, node_id or "(unknown)", term or 0, since, host, pid)
 
 
 def _stamps(text: str) -> list[float]:

@@ -592,7 +592,7 @@ class ZooKeeperBackend(Backend):
             for result in pending:
                 try:
                     data, stat = result.get(timeout=self.config.connect_timeout)
-                    entry = HistoryEntry.decode(data or b"")
+                    entry = HistoryEntry.decode(data or b"", election)
                 except (NoNodeError, ValueError):
                     continue  # pruned while we read, or garbage
                 ended = None if entry.outcome == RUNNING else stat.mtime / 1000.0

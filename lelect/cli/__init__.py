@@ -68,11 +68,13 @@ class LazyGroup(click.Group):
     "--backend",
     "-b",
     metavar="URL",
-    envvar="LELECT_BACKEND",
+    # No envvar here: lelect.backends.default_url reads LELECT_BACKEND_FILE (first) and
+    # LELECT_BACKEND, so the library and the CLI agree on where a URL comes from.
     help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
-    " ~/.local/state/lelect), redis://[user:pw@]host:6379/0, rediss://…,"
+    " ~/.local/state/lelect), redis://[user@]host:6379/0?password_file=PATH, rediss://…,"
     " zookeeper://h1:2181,h2:2181/lelect, etcd://h1:2379,h2:2379/lelect,"
-    " postgresql://user:pw@db:5432/app. Env: LELECT_BACKEND.",
+    " postgresql://user@db:5432/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
+    " LELECT_BACKEND.",
 )
 @click.version_option(__version__, "--version", prog_name="lelect")
 @click.pass_context
@@ -96,7 +98,24 @@ def open_client(ctx: click.Context, *, create: bool = True):
     they create nothing (the embedded backend's directory)."""
     import lelect
 
-    return lelect.connect(backend_url(ctx), create=create)
+    url = backend_url(ctx)
+    if url:
+        _warn_password_in_argv(url)
+    return lelect.connect(url, create=create)
+
+
+def _warn_password_in_argv(url: str) -> None:
+    """-b is argv, which every user of the host reads in ps for as long as lelect runs."""
+    from lelect.backends.urls import parse_url
+    from lelect.errors import UsageError
+
+    try:
+        inline = parse_url(url, read_files=False).has_inline_secret
+    except UsageError:
+        return  # connect() says what is wrong with it
+    if inline:
+        _error("warning: the password in -b/--backend is visible to every user in ps: use"
+               " ?password_file=PATH or LELECT_BACKEND_FILE (see docs/security.md)")
 
 
 def backend_url(ctx: click.Context) -> str | None:
@@ -111,7 +130,10 @@ def backend_url(ctx: click.Context) -> str | None:
 
 
 def _error(message: str) -> None:
-    click.echo(f"lelect: {message}", err=True)
+    from lelect.names import printable
+
+    # One line, whatever a record, a server or an argument put in the message.
+    click.echo(f"lelect: {printable(message)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from lelect.cli import EXIT_STATUSES, open_client
-from lelect.cli.params import DURATION, ELECTION, SIGNAL, CommandAfterName, Duration, backend_option
+from lelect.cli.params import (
+    DURATION,
+    ELECTION,
+    NODE_ID,
+    SIGNAL,
+    CommandAfterName,
+    Duration,
+    backend_option,
+)
 
 
 @click.command(
@@ -17,7 +25,7 @@ from lelect.cli.params import DURATION, ELECTION, SIGNAL, CommandAfterName, Dura
 @backend_option
 @click.argument("election", type=ELECTION)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]...")
-@click.option("--id", "node_id", metavar="ID", help="Node id shown to people (default: hostname:pid).")
+@click.option("--id", "node_id", type=NODE_ID, metavar="ID", help="Node id shown to people (default: hostname:pid).")
 @click.option("--no-wait", "-n", is_flag=True, help="If someone else leads, exit at once (status 75), like flock -n.")
 @click.option("--conflict-exit-code", "-E", type=click.IntRange(0, 255), default=75, show_default=True,
               help="Exit status for --no-wait when someone else leads.")

@@ -6,13 +6,17 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import ELECTION, Duration, backend_option
+from lelect.errors import BackendUnavailable, LelectError
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{text!r}: use ADDR:PORT, e.g. 127.0.0.1:9464 or [::]:9464")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    from lelect.backends.urls import parse_port
+
+    host, sep, port_text = text.rpartition(":")
+    port = parse_port(port_text) if sep else None
+    if port is None:
+        raise click.BadParameter(f"{text[:80]!r}: use ADDR:PORT, e.g. 127.0.0.1:9464 or [::]:9464")
+    return host.strip("[]") or "0.0.0.0", port
 
 
 @click.command("exporter")
@@ -42,11 +46,18 @@ def exporter(ctx, elections, listen, interval):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     with open_client(ctx, create=False) as client:
-        metrics = Exporter(client, elections, interval=interval)
+        metrics = Exporter(client, elections, interval=interval, on_stop=done.set)
         metrics.start()
         server = serve(metrics, host, port)
         click.echo(f"lelect: serving metrics on http://{listen}/metrics", err=True)
         done.wait()
         server.shutdown()
         metrics.close()
+    if metrics.failure is not None:
+        # Stale metrics are worse than none: exit so a supervisor restarts the exporter.
+        failure = metrics.failure
+        if isinstance(failure, LelectError):
+            raise failure
+        raise BackendUnavailable(f"the exporter stopped following the elections:"
+                                 f" {type(failure).__name__}: {failure}")
     return 0

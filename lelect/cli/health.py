@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lelect.cli import open_client
-from lelect.cli.params import DURATION, ELECTION, Duration, backend_option
+from lelect.cli.params import DURATION, ELECTION, NODE_ID, Duration, backend_option
 from lelect.cli.watch import THRESHOLD
 
 HEALTH_STATUSES = """\b
@@ -32,7 +32,7 @@ Exit statuses (Nagios convention; with no ELECTION the worst group wins):
 @click.option("--publish", is_flag=True,
               help="Instead of checking: publish this node's heartbeats into ELECTION (role"
               " observer) until interrupted.")
-@click.option("--id", "node_id", metavar="ID",
+@click.option("--id", "node_id", type=NODE_ID, metavar="ID",
               help="With --publish: node id (default: hostname:pid).")
 @click.option("--forget-after", type=DURATION, metavar="DUR", default="1h", show_default=True,
               help="With --publish: how long this node stays listed as dead if it dies.")
@@ -84,6 +84,7 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
     from lelect.backends.base import Candidate
     from lelect.durations import format_duration
     from lelect.health import HeartbeatPublisher
+    from lelect.names import printable
 
     candidate = Candidate.local(node_id)
     with open_client(ctx) as client:
@@ -93,7 +94,7 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
         signal.signal(signal.SIGHUP, signal.default_int_handler)
         publisher.start()
         click.echo(
-            f"lelect: publishing heartbeats into {election!r} as {candidate.node_id} every"
+            f"lelect: publishing heartbeats into {election!r} as {printable(candidate.node_id)} every"
             f" {format_duration(interval)} (Ctrl-C to stop)",
             err=True,
         )
@@ -104,7 +105,8 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
                 if publisher.last_error != reported:
                     reported = publisher.last_error
                     if reported:
-                        click.echo(f"lelect: heartbeat not published: {reported}", err=True)
+                        click.echo(f"lelect: heartbeat not published: {printable(reported)}",
+                                   err=True)
         except KeyboardInterrupt:
             pass
         finally:

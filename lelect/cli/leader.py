@@ -32,6 +32,7 @@ class WaitDuration(Duration):
 def leader(ctx, election, as_json, term, wait):
     """Print who leads ELECTION; exit 1 when nobody does (or not --term N)."""
     from lelect.backends.records import iso8601
+    from lelect.names import printable
 
     with open_client(ctx, create=wait is not None) as client:
         handle = client.election(election)
@@ -44,10 +45,10 @@ def leader(ctx, election, as_json, term, wait):
     elif info is None:
         click.echo(f"{election}: no leader")
     else:
-        where = f" on {info.host}" if info.host else ""
+        where = f" on {printable(info.host, 255)}" if info.host else ""
         pid = f" pid {info.pid}" if info.pid else ""
         since = f", since {iso8601(info.since)}" if info.since else ""
-        click.echo(f"{info.node_id} (term {info.term}{since}{where}{pid})")
+        click.echo(f"{printable(info.node_id)} (term {info.term}{since}{where}{pid})")
     if info is None:
         return 1
     if term is not None and info.term != term:

@@ -8,6 +8,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from lelect.names import printable
+
 #: What ``--quiet`` still logs: losses and failures.
 LOUD = {"lost", "execfail", "keeper-gone", "keeper-error", "duplicate-id"}
 #: Shown in JSON only (the text log's "elected" line says as much).
@@ -39,7 +41,7 @@ class StderrLog:
                 **fields,
             }
             return json.dumps(record, separators=(",", ":"))
-        return f"lelect[{time.strftime('%H:%M:%S')}]: {message}"
+        return f"lelect[{time.strftime('%H:%M:%S')}]: {printable(message)}"
 
     def template(self, event: str, message: str, **fields: Any) -> str | None:
         """The line for ``event`` with ``{term}``, ``{hms}`` and ``{ts}`` left for the job's
@@ -51,7 +53,7 @@ class StderrLog:
             record = json.loads(line)
             record["ts"] = "{ts}"
             return json.dumps(record, separators=(",", ":")).replace('"{term}"', "{term}")
-        return f"lelect[{{hms}}]: {message}"
+        return f"lelect[{{hms}}]: {printable(message)}"
 
     @staticmethod
     def _write(line: str) -> None:

@@ -8,7 +8,7 @@ import click
 
 from lelect.durations import RANGES, Range, parse_duration
 from lelect.errors import UsageError
-from lelect.names import validate_election
+from lelect.names import validate_election, validate_node_id
 
 
 class Duration(click.ParamType):
@@ -80,7 +80,7 @@ class SignalName(click.ParamType):
             return value
         text = str(value).strip().upper()
         if text.isdigit():
-            number = int(text)
+            number = int(text) if text.isascii() and len(text) <= 3 else 0
             if 0 < number < signal.NSIG:
                 return number
         else:
@@ -113,7 +113,20 @@ class ElectionName(click.ParamType):
         return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
+class NodeId(click.ParamType):
+    """``--id``: printable text only (it reaches other people's terminals and hooks)."""
+
+    name = "ID"
+
+    def convert(self, value, param, ctx):
+        try:
+            return validate_node_id(value)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 DURATION = Duration()
+NODE_ID = NodeId()
 SIGNAL = SignalName()
 ELECTION = ElectionName()
 

@@ -21,6 +21,7 @@ from lelect.health import (
     GroupHealth,
     MemberHealth,
 )
+from lelect.names import printable
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -95,8 +96,7 @@ def dumps(record: dict[str, Any]) -> str:
 
 def _clean(text: object, limit: int = 48) -> str:
     """Printable text only (a garbage record must not drive the terminal), shortened."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+    return printable(text, limit)
 
 
 def _percent(value: float | None) -> str:

@@ -19,7 +19,9 @@ Exit statuses:
 
 
 def _refuse(message: str) -> int:
-    click.echo(f"lelect: {message}", err=True)
+    from lelect.names import printable
+
+    click.echo(f"lelect: {printable(message)}", err=True)
     return EXIT_REFUSED
 
 
@@ -45,6 +47,7 @@ def resign(ctx, election, term, wait):
       lelect resign nightly --term "$LELECT_TERM"
     """
     from lelect.durations import format_duration
+    from lelect.names import printable
 
     with open_client(ctx, create=False) as client:
         handle = client.election(election)
@@ -67,12 +70,12 @@ def resign(ctx, election, term, wait):
                 f"{election}: could not reach the leader {info.node_id} (term {info.term})"
                 " to ask it to step down"
             )
-        click.echo(f"asked {info.node_id} (term {info.term}) to step down")
+        click.echo(f"asked {printable(info.node_id)} (term {info.term}) to step down")
         if wait is None:
             return 0
         successor = handle.wait_for_leader(info.term, wait)
     if successor is None:
         click.echo(f"lelect: {election}: no new leader within {format_duration(wait)}", err=True)
         return EXIT_NO_SUCCESSOR
-    click.echo(f"new leader: {successor.node_id} (term {successor.term})")
+    click.echo(f"new leader: {printable(successor.node_id)} (term {successor.term})")
     return 0

@@ -195,8 +195,9 @@ def _node_counts(text: str | None, compare: bool) -> list[int]:
     counts = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit():  # the range is the Scenario's to check
-            raise click.BadParameter(f"{item!r} is not a number of nodes", param_hint="'--nodes'")
+        if not (item.isascii() and item.isdigit() and len(item) <= 9):  # range: Scenario's
+            raise click.BadParameter(f"{item[:20]!r} is not a number of nodes",
+                                     param_hint="'--nodes'")
         counts.append(int(item))
     if len(counts) > 1 and not compare:
         raise click.BadParameter("a list of node counts needs --compare", param_hint="'--nodes'")

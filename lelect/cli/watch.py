@@ -6,6 +6,7 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, Duration, backend_option
+from lelect.names import printable
 
 THRESHOLD = click.FloatRange(min=0, min_open=True)
 
@@ -40,8 +41,8 @@ class ChangeCommand:
                     ["/bin/sh", "-c", self.command], env=env, stdin=subprocess.DEVNULL,
                     stdout=sys.stderr.fileno(),
                 ).returncode
-            except OSError as exc:
-                click.echo(f"lelect: --on-change could not run: {exc}", err=True)
+            except (OSError, ValueError) as exc:
+                click.echo(f"lelect: --on-change could not run: {printable(exc)}", err=True)
                 continue
             if status != 0:
                 click.echo(f"lelect: --on-change command exited with status {status}", err=True)
@@ -152,7 +153,8 @@ def _stream(watcher, hook, as_json: bool) -> None:
         if snapshot.error != last_error:
             last_error = snapshot.error
             if snapshot.error:
-                click.echo(f"lelect: backend error (retrying): {snapshot.error}", err=True)
+                click.echo(f"lelect: backend error (retrying): {printable(snapshot.error)}",
+                           err=True)
         if snapshot.error:
             continue
         if not snapshot.groups:
