@@ -102,6 +102,21 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
+def _keeper_and_lelect(pid: int) -> tuple[int, int]:
+    """The keeper lelect started (a keeper may run the job from a child of its own) and
+    that lelect, from the job's parent ``pid``."""
+    keeper = pid
+    while True:
+        parent = parent_of(keeper)
+        try:
+            is_keeper = b"_keeper" in Path(f"/proc/{parent}/cmdline").read_bytes()
+        except OSError:
+            is_keeper = False
+        if parent is None or not is_keeper:
+            return keeper, parent or 0
+        keeper = parent
+
+
 def signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -197,7 +212,7 @@ class FencedResource:
             words = line.decode().split()
             if words[:1] == ["start"]:
                 node, term, pid, keeper = words[1], int(words[2]), int(words[3]), int(words[4])
-                lelect = parent_of(keeper) or 0
+                keeper, lelect = _keeper_and_lelect(keeper)
                 job.update(node=node, term=term, pid=pid)
                 self._watched[job["id"]] = {keeper, lelect}
                 self.recorder.add(JobStart(now, job["id"], node, term, pid, keeper, lelect))
