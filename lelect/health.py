@@ -63,6 +63,25 @@ def _prime_cpu_percent() -> None:
         pass
 
 
+def gone_from_this_host(beat: Heartbeat, host: str) -> bool:
+    """Whether ``beat`` came from a process of this host that is gone: no process has its
+    pid now, the process is a zombie, or it started after the beat (the pid was reused).
+    Such a member is a dead candidate whose record has not aged out, not a live one."""
+    if beat.host != host or beat.pid is None:
+        return False
+    import psutil
+
+    try:
+        process = psutil.Process(beat.pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return process.create_time() > beat.time + 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # not ours to look at: assume it lives
+        return False
+
+
 class HeartbeatPublisher:
     """Publishes a heartbeat for ``candidate`` every ``interval`` in a daemon thread."""
 
@@ -162,6 +181,8 @@ class HeartbeatPublisher:
             if record.node_id != self.candidate.node_id or beat is None or not record.arrivals:
                 continue
             if (beat.host, beat.pid) == (self.candidate.host, self.candidate.pid):
+                continue
+            if gone_from_this_host(beat, self.candidate.host or socket.gethostname()):
                 continue
             interval = beat.interval or self.interval
             if members.now - record.arrivals[-1] < 3 * interval and self.on_duplicate:

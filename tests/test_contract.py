@@ -719,3 +719,30 @@ def test_a_job_is_never_started_after_its_lease_could_have_run_out():
     assert isinstance(message, proto.Exited) and message.reason == "unstarted", message
     assert keeper.job_pid is None
     keeper.close()
+
+
+def test_a_killed_candidate_is_no_duplicate_of_its_restarted_successor(target, tmp_path):
+    """kill -9 of a waiting lelect leaves its member record behind for a while; a new
+    lelect with the same --id on this host must not take it for a live twin."""
+    leader, release = leading(target, "dupe", tmp_path)
+    beat = ("--heartbeat-interval", "100ms")
+    first, _ = waiting(target, "dupe", *beat, "--", "true", name="twin")
+
+    def published_by(pid: int) -> bool:
+        with connect(target.url) as backend:
+            return any(r.node_id == "twin" and r.heartbeat and r.heartbeat.pid == pid
+                       for r in backend.members("dupe").records)
+
+    wait_until(lambda: published_by(first.pid), timeout=20, what="the first twin's heartbeat")
+    first.kill()  # not reaped yet: a zombie is no candidate either
+    second = spawn_lelect("campaign", "dupe", "--id", "twin", *beat, "--", "true",
+                          backend=target.url)
+    tail = OutputTail(second.stderr)
+    tail.wait_for("waiting for")
+    # The duplicate check runs before the first heartbeat: once that is out, it is done.
+    wait_until(lambda: published_by(second.pid), timeout=20, what="the second twin's heartbeat")
+    first.wait(timeout=10)
+    release.touch()
+    assert leader.wait(timeout=30) == 0
+    assert second.wait(timeout=30) == 0
+    assert "another live candidate" not in tail.text, tail.text

@@ -137,7 +137,7 @@ def test_leader_key_holds_token_with_ttl_and_term_is_server_time(redis_server):
     # What stays: the last term and the history (both without expiry), nothing else.
     assert set(client.keys("*")) == {"lelect:{nightly}:term", "lelect:{nightly}:history"}
     assert client.ttl("lelect:{nightly}:history") == -1
-    assert connect(redis_server.url + "?prefix=other").elections() == []
+    assert connect(redis_server.url + "&prefix=other").elections() == []
 
 
 def test_terms_keep_growing_after_flushall_and_restart(redis_server):
@@ -353,7 +353,7 @@ def test_hand_back_over_tls_unix_socket_and_with_a_user_and_db(
         url = (f"{server.tls_url}&ssl_certfile={certs['client_cert']}"
                f"&ssl_keyfile={certs['client_key']}")
     elif how == "unix":
-        url = f"{server.unix_url}?db=2"
+        url = f"{server.unix_url}&db=2"
     else:
         server.client().execute_command("ACL", "SETUSER", "lelect", "on", ">pw", *DOCUMENTED_ACL)
         url = f"redis://lelect:pw@{server.host_port}/3"

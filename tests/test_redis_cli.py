@@ -75,7 +75,8 @@ def test_partitioned_leader_job_is_dead_by_its_lease_deadline(
     record = tmp_path / "record"
     proxy = partition_proxy("127.0.0.1", redis_server.port)
     leader = leader_and_waiter(redis_server, "part", record, processes,
-                               leader_url=f"redis://{proxy.address}/0?connect_timeout=1s")
+                               leader_url=redis_server.url_at("127.0.0.1", proxy.port)
+                               + "&connect_timeout=1s")
     proxy.block()
     blocked_ns = time.time_ns()
     wait_until(lambda: len(read_ticks(record)) == 2, timeout=TTL + 3, what="the next job")
@@ -205,7 +206,7 @@ def test_timeout_zero_wins_a_free_election_and_gives_up_on_a_held_one(redis_serv
 def test_out_of_range_ttl_is_a_usage_error(redis_server, where):
     url, flag = redis_server.url, ()
     if where == "url":
-        url += "?ttl=99999999999999h"
+        url += "&ttl=99999999999999h"
     else:
         flag = ("--ttl", "99999999999999h")
     result = run_lelect("campaign", "x", *flag, "--", "true", backend=url)
@@ -258,3 +259,45 @@ def test_once_key_runs_a_slot_once_across_candidates_and_a_failed_run_leaves_it_
     done = {e["slot"]: e["term"] for e in entries if e["slot"]}
     assert done == {"day-1": int(lines[0][2]), "day-2": int(lines[2][2])}
     assert [e["term"] for e in entries] == sorted({e["term"] for e in entries})
+
+
+# -- the delayed-restart rule: a Redis that forgot its leases grants none for a ttl --------
+
+
+def test_no_job_starts_across_a_restart_that_lost_the_data_until_the_old_lease_ran_out(
+    redis_server_factory, tmp_path, processes
+):
+    """Redis without persistence restarts under a leader: its waiter must not win on the
+    empty server while the old leader's job may still run (its lease, as the old server
+    granted it, could last a ttl from the restart)."""
+    server = redis_server_factory(restart_guard=True)
+    record = tmp_path / "record"
+    leader_and_waiter(server, "boot", record, processes)
+    restarted_ns = time.time_ns()
+    server.restart()
+    wait_until(lambda: len(read_ticks(record)) >= 2, timeout=20, what="the next job")
+    first, second = read_ticks(record)[:2]
+    assert_one_at_a_time([first, second])
+    assert second.first_ns - restarted_ns >= TTL * 1e9, (
+        f"the next job started {(second.first_ns - restarted_ns) / 1e9:.3f}s after the restart,"
+        f" within the old lease's {TTL}s")
+
+
+def test_restart_guard_costs_a_new_redis_one_ttl_once_and_can_be_turned_off(
+    redis_server_factory,
+):
+    from lelect.backends.base import Candidate
+
+    server = redis_server_factory(restart_guard=True)
+    who = Candidate("a", "here", 1)
+    guarded, unguarded = connect(f"{server.url}?prefix=g"), connect(f"{server.url}?prefix=u"
+                                                                    "&restart_guard=off")
+    started = time.monotonic()
+    unguarded.campaign("e", who, ttl=TTL, timeout=10).release()
+    assert time.monotonic() - started < 1.0
+    guarded.campaign("e", who, ttl=TTL, timeout=10).release()
+    # It waited until the instance was a ttl old (its uptime counts whole seconds).
+    assert int(server.client().info("server")["uptime_in_seconds"]) >= TTL - 1
+    started = time.monotonic()
+    guarded.campaign("e", who, ttl=TTL, timeout=10).release()  # the same instance: no wait
+    assert time.monotonic() - started < 1.0

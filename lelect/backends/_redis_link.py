@@ -81,6 +81,8 @@ class RedisOptions:
     ttl: float = DEFAULT_TTL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     history_limit: int = DEFAULT_HISTORY
+    #: The delayed-restart rule (``?restart_guard=off`` accepts the risk): see ACQUIRE.
+    restart_guard: bool = True
 
     @property
     def tls(self) -> bool:
@@ -89,7 +91,7 @@ class RedisOptions:
     @classmethod
     def from_url(cls, url: BackendURL) -> RedisOptions:
         scheme = url.scheme
-        allowed = {"prefix", "ttl", "connect_timeout", "history"}
+        allowed = {"prefix", "ttl", "connect_timeout", "history", "restart_guard"}
         if scheme == "rediss":
             allowed |= _TLS_OPTIONS
         if scheme == "unix":
@@ -111,6 +113,7 @@ class RedisOptions:
             "ttl": url.duration("ttl", DEFAULT_TTL),
             "connect_timeout": url.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
             "history_limit": url.integer("history", DEFAULT_HISTORY),
+            "restart_guard": _on_off(url, "restart_guard"),
         }
         kwargs: dict[str, Any] = {
             "username": url.username,
@@ -369,3 +372,12 @@ def _is_tls(exc: BaseException) -> bool:
 def _short(text: str) -> str:
     # redis-py wraps errors as "Error 111 connecting to host:port. Connection refused."
     return " ".join(text.split())
+
+
+def _on_off(url: BackendURL, name: str, default: bool = True) -> bool:
+    text = url.option(name)
+    if text is None:
+        return default
+    if text not in ("on", "off"):
+        raise UsageError(f"invalid {name} option {text!r} in {url.scheme}:// URL: use on or off")
+    return text == "on"

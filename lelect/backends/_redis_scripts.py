@@ -15,7 +15,10 @@ Every key of an election sits under ``<prefix>:{NAME}:`` (a Redis Cluster hash t
 - ``slots``, ``slots-order``  once-per slots done: hash slot -> the entry of the
   leadership that completed it, and sorted set slot -> term (newest MAX_SLOTS kept);
 - ``members``, ``arrivals``, ``members-expiry``  member records, arrival stamps from
-  Redis TIME, and when each member is forgotten.
+  Redis TIME, and when each member is forgotten;
+- ``boot``  hash: the run id of the Redis instance that last considered a grant, the
+  earliest moment (``base_ms``) its leases can have been granted from, and the longest
+  ttl ever asked for (``max_ttl_ms``): the delayed-restart rule (:data:`ACQUIRE`).
 
 Channels: ``released`` (a leader let go), ``elected`` (a new leader), ``resign-requests``.
 Scripts check key types before their first write: a script that fails half way keeps
@@ -78,6 +81,10 @@ class ElectionKeys:
         return [self._key("slots"), self._key("slots-order")]
 
     @property
+    def boot(self) -> str:
+        return self._key("boot")
+
+    @property
     def members(self) -> list[str]:
         return [self._key("members"), self._key("arrivals"), self._key("members-expiry")]
 
@@ -97,7 +104,7 @@ class ElectionKeys:
 
     @property
     def acquire_keys(self) -> list[str]:
-        return [*self.leadership, self.term, self.resign, self.history]
+        return [*self.leadership, self.term, self.resign, self.history, self.boot]
 
     @property
     def renew_keys(self) -> list[str]:
@@ -158,18 +165,58 @@ end
 #: Why the next leader closed a leadership that was still "running".
 VANISHED_REASON = "its lease ran out without a release; the next leader closed the entry"
 
-# KEYS: leader, leader-info, term, resign, history
-# ARGV: token, ttl_ms, node_id, host, pid, elected channel, election, history limit
+# The delayed-restart rule. A Redis that restarted without its data (no persistence), or
+# a replica promoted in its master's place, may have forgotten leases that still run: it
+# grants none until the longest lease it could have granted has run out. Leases of an
+# earlier instance were all granted before this one started, so a restarted instance
+# waits max ttl from its start (TIME - uptime); a promoted replica (it has a second
+# replication id) cannot tell when its master last granted and waits max ttl from the
+# first attempt it sees. The instance is told by its run id. Without INFO (a server that
+# renames it), the rule falls back to "no boot record: wait max ttl from now".
+# -> milliseconds to wait (<= 0: grants may go ahead).
+_RESTART_WAIT = """
+local function field(info, name)
+  if type(info) ~= 'string' then return nil end
+  return string.match(info, name .. ':([%w]+)')
+end
+local function restart_wait(boot, ttl_ms, now_ms)
+  local server = redis.pcall('INFO', 'server')
+  local replication = redis.pcall('INFO', 'replication')
+  local run_id = field(server, 'run_id') or 'unknown'
+  local uptime = tonumber(field(server, 'uptime_in_seconds') or '')
+  local replid2 = field(replication, 'master_replid2')
+  local promoted = replid2 == nil or string.match(replid2, '^0+$') == nil
+  local mark = redis.call('HMGET', boot, 'run_id', 'base_ms', 'max_ttl_ms')
+  local max_ttl = math.max(tonumber(mark[3] or '') or 0, ttl_ms)
+  local base = tonumber(mark[2] or '')
+  if mark[1] ~= run_id or not base then
+    if promoted or not uptime or run_id == 'unknown' then
+      base = now_ms
+    else
+      base = now_ms - uptime * 1000
+    end
+  end
+  redis.call('HSET', boot, 'run_id', run_id, 'base_ms', string.format('%.0f', base),
+             'max_ttl_ms', string.format('%.0f', max_ttl))
+  return base + max_ttl - now_ms
+end
+"""
+
+# KEYS: leader, leader-info, term, resign, history, boot
+# ARGV: token, ttl_ms, node_id, host, pid, elected channel, election, history limit,
+#       restart guard ('1' on, '0' off)
 # -> {1, term, since_ms} when won, else {0, pttl[, term, node id, host, pid, since_ms]}
+#    (while the restart guard holds grants back: {0, milliseconds left})
 # Trying again with the same token after a lost answer finds the election already ours:
 # the lease is then extended from this call, as a renew would.
 ACQUIRE = Script(
     _TYPE_CHECK
     + _HISTORY
+    + _RESTART_WAIT
     + """
 local err = wrong_type(KEYS[1], 'string') or wrong_type(KEYS[2], 'hash')
   or wrong_type(KEYS[3], 'string') or wrong_type(KEYS[4], 'string')
-  or wrong_type(KEYS[5], 'zset')
+  or wrong_type(KEYS[5], 'zset') or wrong_type(KEYS[6], 'hash')
 if err then return err end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -180,10 +227,14 @@ local previous = tonumber(redis.call('GET', KEYS[3]) or '0')
 if not previous or previous ~= previous or previous == math.huge or previous == -math.huge then
   return redis.error_reply('WRONGTYPE key ' .. KEYS[3] .. ' does not hold a term number')
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 """
     + _NOW
     + """
+if ARGV[9] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+  local wait = restart_wait(KEYS[6], tonumber(ARGV[2]), now_ms)
+  if wait > 0 then return {0, math.ceil(wait)} end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local term = string.format('%.0f', math.max(previous + 1, now_ms))
   redis.call('SET', KEYS[3], term)
   redis.call('DEL', KEYS[2], KEYS[4])

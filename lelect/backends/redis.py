@@ -1,5 +1,7 @@
 """Redis backend: ``redis://[user:pw@]host[:port][/db]``, ``rediss://`` (TLS) and
-``unix:///path/redis.sock``; options ``prefix``, ``ttl``, ``connect_timeout``, ``history``.
+``unix:///path/redis.sock``; options ``prefix``, ``ttl``, ``connect_timeout``, ``history``,
+``restart_guard`` (on, or off to accept the risk of a Redis that forgot its leases: see
+``_redis_scripts.ACQUIRE``).
 
 Each verb is one Lua script guarded by the leadership's random token (the keys and the
 scripts: ``_redis_scripts``); every call has a time budget (``_redis_link``); a won
@@ -107,7 +109,7 @@ class RedisBackend(Backend):
         token = secrets.token_hex(16)
         args = [token, milliseconds(ttl), candidate.node_id, candidate.host or "",
                 "" if candidate.pid is None else str(candidate.pid), keys.elected_channel,
-                election, self.history_limit]
+                election, self.history_limit, "1" if self.options.restart_guard else "0"]
         contact = self.retry.attempts(timeout)
         subscription = None
         if not (no_wait or timeout == 0):  # one try needs no wake-up

@@ -72,7 +72,11 @@ def make_test_certs(directory: Path) -> dict[str, Path]:
 
 
 class RedisServer:
-    """One redis-server process. ``restart()`` keeps the port (and loses the data)."""
+    """One redis-server process. ``restart()`` keeps the port (and loses the data).
+
+    Its URLs turn lelect's delayed-restart rule off (``restart_guard=off``) unless
+    ``restart_guard=True``: a redis-server started a moment ago is one that may have
+    forgotten its leases, and every test's first election would wait a ttl."""
 
     def __init__(
         self,
@@ -81,7 +85,9 @@ class RedisServer:
         password: str | None = None,
         tls: dict[str, Path] | None = None,
         extra: tuple[str, ...] = (),
+        restart_guard: bool = False,
     ) -> None:
+        self.restart_guard = restart_guard
         self.binary = redis_server_binary()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -100,19 +106,30 @@ class RedisServer:
     def host_port(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def _with_guard(self, url: str) -> str:
+        if self.restart_guard:
+            return url
+        return url + ("&" if "?" in url else "?") + "restart_guard=off"
+
+    def url_at(self, host: str, port: int) -> str:
+        """A URL of this server's database 0 at another address (a proxy in front)."""
+        auth = f":{self.password}@" if self.password else ""
+        return self._with_guard(f"redis://{auth}{host}:{port}/0")
+
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        """``redis://[:PASSWORD@]127.0.0.1:PORT/0?…``: add options with ``&``."""
+        return self.url_at("127.0.0.1", self.port)
 
     @property
     def tls_url(self) -> str:
         assert self.tls is not None
-        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.tls['ca']}"
+        return self._with_guard(
+            f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.tls['ca']}")
 
     @property
     def unix_url(self) -> str:
-        return f"unix://{self.socket_path}"
+        return self._with_guard(f"unix://{self.socket_path}")
 
     @property
     def pid(self) -> int:
@@ -249,14 +266,14 @@ def target_redis(redis_server_factory):
     prefixes = iter(range(1_000_000))
     return Target(
         id="redis",
-        url=f"{server.url}?ttl=2s",
+        url=f"{server.url}&ttl=2s",
         ttl=2.0,
         secret=secret,
         url_for=url_for,
         bad_urls=[
             "redis://h:99999/0", "redis://h/x", "redis://h/0?ttl=abc", "redis://h/0?nope=1",
-            "redis://h/0?prefix=a*b", "redis://h1,h2/0",
+            "redis://h/0?prefix=a*b", "redis://h1,h2/0", "redis://h/0?restart_guard=maybe",
         ],
-        fresh=lambda: f"{server.url}?ttl=2s&prefix=p{next(prefixes)}",
+        fresh=lambda: f"{server.url}&ttl=2s&prefix=p{next(prefixes)}",
         server=server,
     )
