@@ -49,11 +49,13 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
+    check_cancel,
     connect_budget,
     lease_drift,
     only_changes,
     timed_out,
     unreachable,
+    wait_slice,
 )
 from lelect.backends.records import (
     MAX_SLOTS,
@@ -369,6 +371,7 @@ class EtcdBackend(Backend):
         no_wait: bool = False,
         ttl: float | None = None,
         on_wait: Callable[[LeaderInfo | None], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Leadership:
         keys = self.keys(election)
         ttl = self.default_ttl if ttl is None else ttl
@@ -398,7 +401,7 @@ class EtcdBackend(Backend):
             # left of --timeout): a key left in line would lead, jobless, when its turn came.
             try:
                 won = self._contend(keys, candidate, lease, contact, give_up, timeout,
-                                    no_wait=no_wait, waiting=waiting)
+                                    no_wait=no_wait, waiting=waiting, cancel=cancel)
             except BaseException:
                 lease.revoke(min(self.connect_timeout, 1.0))
                 raise
@@ -408,8 +411,8 @@ class EtcdBackend(Backend):
 
     def _contend(self, keys: ElectionKeys, candidate: Candidate, lease: _Lease,
                  contact: _Contact, give_up: float | None, timeout: float | None, *,
-                 no_wait: bool, waiting: Callable[[LeaderInfo | None], None]
-                 ) -> EtcdLeadership | None:
+                 no_wait: bool, waiting: Callable[[LeaderInfo | None], None],
+                 cancel: threading.Event | None = None) -> EtcdLeadership | None:
         """Queue under ``lease`` and wait for our turn; None if our place was lost (the
         lease ran out or our key was deleted) and we must queue again."""
         key = keys.contender(lease.id)
@@ -442,12 +445,13 @@ class EtcdBackend(Backend):
             if timeout == 0:
                 raise timed_out(keys.election, 0)
             waiting(holder)
-            if not self._wait_for_turn(keys, term, lease, contact, give_up, timeout):
+            if not self._wait_for_turn(keys, term, lease, contact, give_up, timeout, cancel):
                 return None
         return self._win(keys, candidate, key, term, lease, contact)
 
     def _wait_for_turn(self, keys: ElectionKeys, term: int, lease: _Lease, contact: _Contact,
-                       give_up: float | None, timeout: float | None) -> bool:
+                       give_up: float | None, timeout: float | None,
+                       cancel: threading.Event | None = None) -> bool:
         """etcd's waitDeletes: until no key older than ours is left, watch the youngest of
         them for its deletion. False if our lease ran out meanwhile."""
         while True:
@@ -467,7 +471,7 @@ class EtcdBackend(Backend):
                 continue
             contact.succeeded()
             try:
-                self._until_deleted(stream, lease, give_up)
+                self._until_deleted(stream, lease, give_up, cancel, keys.election)
             except GatewayError as exc:
                 if exc.kind != "compacted":
                     contact.failed(exc)
@@ -475,12 +479,14 @@ class EtcdBackend(Backend):
                 stream.close()
 
     @staticmethod
-    def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None) -> None:
+    def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None,
+                       cancel: threading.Event | None = None, election: str = "") -> None:
         while lease.alive():
+            check_cancel(cancel, election)
             wake = WAKE if give_up is None else min(WAKE, give_up - time.monotonic())
             if wake <= 0:
                 return
-            events = stream.next(wake)
+            events = stream.next(wait_slice(wake, cancel) or 0.0)
             if events and any(event.kind == "DELETE" for event in events):
                 return
 

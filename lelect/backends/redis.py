@@ -48,9 +48,11 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
+    check_cancel,
     lease_drift,
     only_changes,
     timed_out,
+    wait_slice,
 )
 from lelect.backends.records import HAND_BACK_REASON, decode_member, encode_member
 from lelect.durations import RANGES, format_duration
@@ -92,6 +94,7 @@ class RedisBackend(Backend):
         no_wait: bool = False,
         ttl: float | None = None,
         on_wait: Callable[[LeaderInfo | None], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Leadership:
         keys = self._keys(election)
         ttl = self.default_ttl if ttl is None else RANGES["ttl"].check(
@@ -149,18 +152,20 @@ class RedisBackend(Backend):
                     if on_wait is not None:
                         on_wait(holder)
                 assert subscription is not None
-                self._wait_for_release(subscription, keys, pttl, contact, timeout)
+                self._wait_for_release(subscription, keys, pttl, contact, timeout, cancel)
         finally:
             if subscription is not None:
                 subscription.close()
 
     def _wait_for_release(self, subscription: Subscription, keys: ElectionKeys, pttl: int,
-                          contact: Contact, timeout: float | None) -> None:
+                          contact: Contact, timeout: float | None,
+                          cancel: threading.Event | None = None) -> None:
         """Sleep until a release is announced or the leader key is gone. When the PTTL
         runs out, one PTTL call tells a renewed key (sleep on) from an expired one."""
         wake = time.monotonic() + pttl / 1000 + 0.001
         while True:
             now = time.monotonic()
+            check_cancel(cancel, keys.election)
             if contact.out_of_time():
                 raise timed_out(keys.election, timeout)
             if now >= wake:
@@ -176,7 +181,7 @@ class RedisBackend(Backend):
                 continue
             until = wake if contact.give_up is None else min(wake, contact.give_up)
             try:
-                message = subscription.next_message(until - now)
+                message = subscription.next_message(wait_slice(until - now, cancel))
             except RedisError as exc:
                 contact.failed(exc, time.monotonic())  # resubscribe and try again
                 return
