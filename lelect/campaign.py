@@ -177,6 +177,21 @@ def slot_name(now: float, once_per: float) -> str:
     return f"{format_duration(once_per)}@{stamp}"
 
 
+class CampaignStatus:
+    """What a status probe (``campaign --status-listen``) reads: the driver keeps
+    ``leadership`` set from the win until the release."""
+
+    def __init__(self) -> None:
+        self.election: str | None = None
+        self.node_id: str | None = None
+        self.leadership: Leadership | None = None
+
+    def leading(self) -> Leadership | None:
+        """The leadership while this candidate leads (its lease current), else None."""
+        leadership = self.leadership
+        return leadership if leadership is not None and leadership.is_leader() else None
+
+
 class Interrupted(Exception):
     """lelect was told to stop while a blocking call (the campaign) was under way."""
 
@@ -187,7 +202,7 @@ class Interrupted(Exception):
 
 class _Driver:
     def __init__(self, backend: Backend, options: CampaignOptions, log: Log,
-                 notify: Notifier | None = None) -> None:
+                 notify: Notifier | None = None, status: CampaignStatus | None = None) -> None:
         options.check()
         self.program = check_command(options.command)
         self.backend = backend
@@ -216,6 +231,8 @@ class _Driver:
         self.notify = notify or Notifier({})
         self.loop_beat = time.monotonic()
         self.finished = False
+        self.status = status or CampaignStatus()
+        self.status.election, self.status.node_id = options.election, self.candidate.node_id
 
     # -- signals ----------------------------------------------------------------
 
@@ -504,13 +521,14 @@ class _Driver:
             changed("resign")
         if self.heartbeats is not None:
             self.heartbeats.set_role("leader", leadership.term)
+        self.status.leadership = leadership
         return core.Won(now(), leadership.term, leadership.lease_deadline,
                         job_started=keeper.autostart, slot=slot, slot_done=bool(done))
 
     def _release(self, command: core.Release) -> None:
         """Release the election first, then tidy up."""
         leadership, keeper = self.leadership, self.keeper
-        self.leadership = None
+        self.leadership = self.status.leadership = None
         try:
             if leadership is not None:
                 leadership.release(command.outcome, command.exit_status, command.reason)
@@ -555,8 +573,10 @@ class _Driver:
 
 
 def run_campaign(backend: Backend, options: CampaignOptions, log: Log = _no_log,
-                 notify: Notifier | None = None) -> CampaignResult:
+                 notify: Notifier | None = None, status: CampaignStatus | None = None
+                 ) -> CampaignResult:
     """Campaign, run ``options.command`` while leading; return how it ended (``.status``
-    is lelect's exit status). ``notify=Notifier()`` talks to systemd (Type=notify).
-    Raises LelectError subclasses for configuration and backend failures."""
-    return _Driver(backend, options, log, notify).run()
+    is lelect's exit status). ``notify=Notifier()`` talks to systemd (Type=notify);
+    ``status`` is kept current for a probe. Raises LelectError subclasses for
+    configuration and backend failures."""
+    return _Driver(backend, options, log, notify, status).run()

@@ -25,7 +25,7 @@ from lelect.names import validate_election
 
 if TYPE_CHECKING:
     from lelect.aio import LeadershipBlock, LostCallback
-    from lelect.campaign import CampaignOptions, CampaignResult, Log
+    from lelect.campaign import CampaignOptions, CampaignResult, CampaignStatus, Log
     from lelect.health import GroupHealth, GroupWatch, PhiAccrualDetector
 
 T = TypeVar("T")
@@ -148,14 +148,16 @@ class Election:
         return self.run_options(opts, log)
 
     def run_options(self, options: CampaignOptions, log: Log | None = None, *,
-                    systemd: bool = False) -> CampaignResult:
+                    systemd: bool = False, status: CampaignStatus | None = None
+                    ) -> CampaignResult:
         """:meth:`run_job` with ready-made options; ``systemd`` talks to systemd
-        (Type=notify: READY, STATUS, WATCHDOG, STOPPING) when it listens."""
+        (Type=notify: READY, STATUS, WATCHDOG, STOPPING) when it listens; ``status`` is
+        kept current (the leadership while leading) for a probe to read."""
         from lelect.campaign import _no_log, run_campaign
         from lelect.systemd import Notifier
 
         return run_campaign(self.backend, options, log or _no_log,
-                            Notifier() if systemd else None)
+                            Notifier() if systemd else None, status)
 
     def leader(self) -> LeaderInfo | None:
         return self.backend.leader(self.name)
