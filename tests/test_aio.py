@@ -136,6 +136,8 @@ def test_cancelling_the_waiting_task_leaves_the_line(target, client):
                 await asyncio.wait_for(waiting.wait(), 10)
                 started = time.monotonic()
                 task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=5)
+                assert done, "the cancelled campaign did not leave the line"
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 cancel_took = time.monotonic() - started
