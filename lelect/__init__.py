@@ -16,9 +16,34 @@ TYPE_CHECKING = False
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from lelect.election import Client
+    from lelect.aio import AsyncLeadership, LeadershipBlock
+    from lelect.backends.base import Leadership
+    from lelect.election import Client, Election
+    from lelect.errors import LeadershipLost, LelectError
 
-__all__ = ["__version__", "connect"]
+__all__ = ["AsyncLeadership", "Client", "Election", "Leadership", "LeadershipBlock",
+           "LeadershipLost", "LelectError", "__version__", "connect"]
+
+#: Names re-exported from their modules, imported on first use (the keeper imports this
+#: package and must not pay for asyncio or the backends).
+_LAZY = {
+    "AsyncLeadership": "lelect.aio",
+    "LeadershipBlock": "lelect.aio",
+    "Leadership": "lelect.backends.base",
+    "Client": "lelect.election",
+    "Election": "lelect.election",
+    "LeadershipLost": "lelect.errors",
+    "LelectError": "lelect.errors",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lelect' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 
 def connect(url: str | None = None, *, create: bool = True) -> Client:

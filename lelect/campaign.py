@@ -158,6 +158,21 @@ def slot_name(now: float, once_per: float) -> str:
     return f"{format_duration(once_per)}@{stamp}"
 
 
+class CampaignStatus:
+    """What a status probe (``campaign --status-listen``) reads: the driver keeps
+    ``leadership`` set from the win until the release."""
+
+    def __init__(self) -> None:
+        self.election: str | None = None
+        self.node_id: str | None = None
+        self.leadership: Leadership | None = None
+
+    def leading(self) -> Leadership | None:
+        """The leadership while this candidate leads (its lease current), else None."""
+        leadership = self.leadership
+        return leadership if leadership is not None and leadership.is_leader() else None
+
+
 class Interrupted(Exception):
     """lelect was told to stop while a blocking call (the campaign) was under way."""
 
@@ -168,7 +183,7 @@ class Interrupted(Exception):
 
 class _Driver:
     def __init__(self, backend: Backend, options: CampaignOptions, log: Log,
-                 notify: Notifier | None = None) -> None:
+                 notify: Notifier | None = None, status: CampaignStatus | None = None) -> None:
         options.check()
         self.program = check_command(options.command)
         self.backend = backend
@@ -199,6 +214,8 @@ class _Driver:
         self.finished = False
         #: The backend failed us (a lost lease, an outage): teardown is short.
         self.troubled = False
+        self.status = status or CampaignStatus()
+        self.status.election, self.status.node_id = options.election, self.candidate.node_id
 
     # -- signals ----------------------------------------------------------------
 
@@ -503,13 +520,14 @@ class _Driver:
             changed("resign")
         if self.heartbeats is not None:
             self.heartbeats.set_role("leader", leadership.term)
+        self.status.leadership = leadership
         return core.Won(now(), leadership.term, leadership.lease_deadline,
                         job_started=keeper.autostart, slot=slot, slot_done=bool(done))
 
     def _release(self, command: core.Release) -> None:
         """Release the election first, then tidy up."""
         leadership, keeper = self.leadership, self.keeper
-        self.leadership = None
+        self.leadership = self.status.leadership = None
         try:
             if leadership is not None:
                 leadership.release(command.outcome, command.exit_status, command.reason)
@@ -554,8 +572,10 @@ class _Driver:
 
 
 def run_campaign(backend: Backend, options: CampaignOptions, log: Log = _no_log,
-                 notify: Notifier | None = None) -> CampaignResult:
+                 notify: Notifier | None = None, status: CampaignStatus | None = None
+                 ) -> CampaignResult:
     """Campaign, run ``options.command`` while leading; return how it ended (``.status``
-    is lelect's exit status). ``notify=Notifier()`` talks to systemd (Type=notify).
-    Raises LelectError subclasses for configuration and backend failures."""
-    return _Driver(backend, options, log, notify).run()
+    is lelect's exit status). ``notify=Notifier()`` talks to systemd (Type=notify);
+    ``status`` is kept current for a probe. Raises LelectError subclasses for
+    configuration and backend failures."""
+    return _Driver(backend, options, log, notify, status).run()

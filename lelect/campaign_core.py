@@ -340,8 +340,10 @@ class CampaignCore:
         if isinstance(event, SignalReceived) and event.signum in WAIT_INTERRUPTS:
             return self._interrupted(event.signum, "while waiting")
         if isinstance(event, KeeperGone):
-            return self._exit(EXIT_LOST, Log("keeper-gone", "the job's keeper died before it"
-                                             " reported; anything it had started died with it"))
+            # Killed from outside while waiting (or just as it won): anything it had
+            # started died with it. With --restart, back into line.
+            return [Log("keeper-gone", "the job's keeper died before it reported; anything"
+                        " it had started died with it"), *self._after(EXIT_LOST, "lost", event.now)]
         if isinstance(event, Unreachable) and policy.restart:
             return self._unreachable(event)
         return []

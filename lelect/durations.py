@@ -1,5 +1,7 @@
-"""Durations as operators write them: ``500ms``, ``0.5s``, ``10s``, ``2m``, ``1h``, ``1d``;
-a bare number is seconds. Every duration lelect takes has a documented range
+"""Durations as operators write them: ``500ms``, ``0.5s``, ``10s``, ``2m``, ``1h``, ``1d``,
+and combined or spelled out as Go and systemd write them (``1h30m``, ``2m30s``, ``5min``,
+``30sec``, ``2 hours``); a bare number is seconds. This module is the one parser: CLI
+flags and URL options both come here. Every duration lelect takes has a documented range
 (:data:`RANGES`), checked when it is parsed: out of range is a usage error, never a
 traceback, and never found out after winning.
 """
@@ -12,8 +14,24 @@ from dataclasses import dataclass
 
 from lelect.errors import UsageError
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+#: Every unit's spellings (Go/consul/etcd: 1h30m; systemd: 5min, 30sec, 2 hours).
+_UNIT_NAMES = {
+    0.001: ("ms", "msec", "msecs", "millisecond", "milliseconds"),
+    1.0: ("s", "sec", "secs", "second", "seconds"),
+    60.0: ("m", "min", "mins", "minute", "minutes"),
+    3600.0: ("h", "hr", "hrs", "hour", "hours"),
+    86400.0: ("d", "day", "days"),
+    604800.0: ("w", "week", "weeks"),
+}
+_UNITS = {name: seconds for seconds, names in _UNIT_NAMES.items() for name in names}
+_NUMBER = r"(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})"
+# One or more "NUMBER UNIT" parts (spaces allowed between and within), or a bare number.
+_PART = re.compile(rf"({_NUMBER}) *([a-z]+)", re.ASCII | re.IGNORECASE)
+_DURATION = re.compile(rf" *(?:{_NUMBER} *[a-z]+ *)+", re.ASCII | re.IGNORECASE)
+_BARE = re.compile(rf" *({_NUMBER}) *", re.ASCII)
+#: Longer text is refused before it is looked at (and never echoed whole).
+_MAX_TEXT = 64
+FORMS = "a number of seconds, or e.g. 500ms, 0.5s, 30sec, 2m30s, 5min, 1h30m, 2 hours, 1d"
 
 DAY = 86400.0
 
@@ -68,23 +86,44 @@ RANGES: dict[str, Range] = {
 def parse_duration(text: str | float | int, *, what: str = "duration",
                    limits: Range | None = None) -> float:
     """Return seconds as a float, or raise UsageError naming ``what`` and the accepted
-    forms (and ``limits``, when given)."""
+    forms (and ``limits``, when given). Accepted: a bare number (seconds) or parts like
+    ``1h30m``, ``2m30s``, ``5min``, ``2 hours``, ``500ms``; ASCII digits only, no sign,
+    no exponent, no nan/inf."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"invalid {what + ' ' if what else ''}{text!r}: must be a finite,"
+                             " non-negative duration")
     else:
-        match = _DURATION.match(str(text))
-        if not match:
-            raise UsageError(
-                f"invalid {what + ' ' if what else ''}{str(text)!r}: use a number of seconds"
-                " or 500ms, 0.5s, 10s, 2m, 1h, 1d"
-            )
-        value = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"invalid {what + ' ' if what else ''}{text!r}: must be a finite,"
-                         " non-negative duration")
+        value = _parse_text(str(text), what)
     if limits is not None:
-        limits.check(value, what, text)
+        limits.check(value, what, text if len(str(text)) <= _MAX_TEXT else _shown(str(text)))
     return value
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= _MAX_TEXT else repr(text[:20] + "…") + f" ({len(text)} characters)"
+
+
+def _parse_text(text: str, what: str) -> float:
+    prefix = f"{what} " if what else ""
+    if len(text) > _MAX_TEXT:
+        raise UsageError(f"invalid {prefix}{_shown(text)}: too long for a duration; use {FORMS}")
+    if text.strip().startswith("-"):
+        raise UsageError(f"invalid {prefix}{text!r}: a duration cannot be negative")
+    bare = _BARE.fullmatch(text)
+    if bare:
+        return float(bare.group(1))
+    if _DURATION.fullmatch(text):
+        value = 0.0
+        for number, unit in _PART.findall(text):
+            seconds = _UNITS.get(unit.lower())
+            if seconds is None:
+                break
+            value += float(number) * seconds
+        else:
+            return value
+    raise UsageError(f"invalid {prefix}{text!r}: use {FORMS}")
 
 
 def format_duration(seconds: float) -> str:

@@ -24,7 +24,8 @@ from lelect.backends.base import (
 from lelect.names import validate_election, validate_node_id
 
 if TYPE_CHECKING:
-    from lelect.campaign import CampaignOptions, CampaignResult, Log
+    from lelect.aio import LeadershipBlock, LostCallback
+    from lelect.campaign import CampaignOptions, CampaignResult, CampaignStatus, Log
     from lelect.health import GroupHealth, GroupWatch, PhiAccrualDetector
 
 T = TypeVar("T")
@@ -81,13 +82,19 @@ class Election:
         ttl: float | None = None,
         on_elected: Callable[[Leadership], None] | None = None,
         on_lost: Callable[[Leadership], None] | None = None,
+        cancel: threading.Event | None = None,
+        on_wait: Callable[[LeaderInfo | None], None] | None = None,
     ) -> Leadership:
         """Block until this process leads; return the leadership (a context manager that
         releases on exit). ``on_lost`` is called from a background thread if the
         leadership is lost before it is released; check ``leadership.is_leader()``
-        before each protected step, and pass ``leadership.term`` as a fencing token."""
+        before each protected step, and pass ``leadership.term`` as a fencing token.
+        Setting ``cancel`` (from another thread) makes a waiting campaign leave the line
+        and raise :class:`~lelect.errors.CampaignCancelled`; ``on_wait(holder)`` is
+        called once (in the campaigning thread) when it starts waiting behind somebody."""
         leadership = self.backend.campaign(
-            self.name, self.candidate, timeout=timeout, no_wait=no_wait, ttl=ttl
+            self.name, self.candidate, timeout=timeout, no_wait=no_wait, ttl=ttl,
+            cancel=cancel, on_wait=on_wait,
         )
         if on_elected is not None:
             on_elected(leadership)
@@ -103,6 +110,27 @@ class Election:
             if leadership.lost.is_set():  # lost before we subscribed
                 lost()
         return leadership
+
+    def leadership(
+        self,
+        timeout: float | None = None,
+        *,
+        no_wait: bool = False,
+        ttl: float | None = None,
+        on_lost: LostCallback | None = None,
+        cancel_on_loss: bool = True,
+        on_wait: Callable[[LeaderInfo | None], object] | None = None,
+    ) -> LeadershipBlock:
+        """For asyncio: ``async with election.leadership(timeout=30) as lead:`` campaigns
+        without blocking the event loop (see :mod:`lelect.aio`). Cancelling the waiting
+        task leaves the line; a loss inside the block calls ``on_lost(lead)``, then
+        cancels the block's task, and the block raises LeadershipLost (unless
+        ``cancel_on_loss=False``). ``on_wait(holder)`` runs on the loop when the
+        campaign starts waiting behind somebody."""
+        from lelect.aio import LeadershipBlock
+
+        return LeadershipBlock(self, timeout, no_wait=no_wait, ttl=ttl, on_lost=on_lost,
+                               cancel_on_loss=cancel_on_loss, on_wait=on_wait)
 
     def run(self, func: Callable[..., T], *args: object, timeout: float | None = None) -> T:
         """Like kazoo's Election.run: campaign, call ``func(*args)`` while leading, release."""
@@ -120,14 +148,16 @@ class Election:
         return self.run_options(opts, log)
 
     def run_options(self, options: CampaignOptions, log: Log | None = None, *,
-                    systemd: bool = False) -> CampaignResult:
+                    systemd: bool = False, status: CampaignStatus | None = None
+                    ) -> CampaignResult:
         """:meth:`run_job` with ready-made options; ``systemd`` talks to systemd
-        (Type=notify: READY, STATUS, WATCHDOG, STOPPING) when it listens."""
+        (Type=notify: READY, STATUS, WATCHDOG, STOPPING) when it listens; ``status`` is
+        kept current (the leadership while leading) for a probe to read."""
         from lelect.campaign import _no_log, run_campaign
         from lelect.systemd import Notifier
 
         return run_campaign(self.backend, options, log or _no_log,
-                            Notifier() if systemd else None)
+                            Notifier() if systemd else None, status)
 
     def leader(self) -> LeaderInfo | None:
         return self.backend.leader(self.name)

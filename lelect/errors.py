@@ -45,6 +45,13 @@ class CampaignTimeout(LelectError):
     exit_status = 124
 
 
+class CampaignCancelled(LelectError):
+    """The caller cancelled a campaign while it waited (the asyncio API's task
+    cancellation); the candidate left the line."""
+
+    exit_status = 130
+
+
 class CommandNotFound(LelectError):
     """The job's command was not found or is not executable."""
 

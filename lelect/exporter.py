@@ -1,4 +1,5 @@
-"""Prometheus metrics of elections, built on prometheus_client (``lelect[metrics]``).
+"""Prometheus metrics of elections, built on prometheus_client (``lelect[metrics]``),
+served with ``/leader/NAME`` and ``/healthz`` by lelect's own HTTP server.
 
 An :class:`Exporter` follows its elections with the same :class:`~lelect.health.GroupWatch`
 that ``lelect watch`` uses (woken by the backend's own notifications, and refreshed
@@ -22,9 +23,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from lelect.errors import LelectError, UsageError
 from lelect.health import ALIVE, DEAD, EXIT_STATUS, SUSPECT, GroupHealth, PhiAccrualDetector
+from lelect.httpserve import MAX_CONNECTIONS, READ_TIMEOUT, ProbeServer, Response
 
 if TYPE_CHECKING:
     from lelect.election import Client
@@ -105,6 +108,30 @@ class Exporter:
         seen |= new
         self._changes[election] = self._changes.get(election, 0) + len(new)
 
+    # -- HTTP answers (from the latest look: a request costs the backend nothing) --------
+
+    def healthz(self) -> Response:
+        """200 while the backend answers, 503 while it fails."""
+        with self._lock:
+            error = self._error
+        if error:
+            return Response.json(503, {"status": "backend failing", "error": error})
+        return Response.json(200, {"status": "ok"})
+
+    def leader_response(self, election: str) -> Response:
+        """``leader --json``'s object: 200 with a leader, 503 without, 404 for an
+        election this exporter does not know (or the backend failing: 503)."""
+        with self._lock:
+            groups, error = self._groups, self._error
+        group = next((g for g in groups if g.election == election), None)
+        if group is None:
+            if error:
+                return Response.json(503, {"election": election, "leader": None, "error": error})
+            return Response.json(404, {"election": election, "error": "unknown election"})
+        leader = group.leader
+        body = {"election": election, "leader": leader.to_json() if leader else None}
+        return Response.json(200 if leader is not None else 503, body)
+
     # -- prometheus_client's collector protocol ---------------------------------------
 
     def describe(self) -> list[Any]:
@@ -148,15 +175,27 @@ class Exporter:
         yield from (has, term, members, health, age, total)
 
 
-def serve(exporter: Exporter, host: str, port: int):
-    """Serve ``/metrics`` on ``host:port`` (a thread); returns the HTTP server."""
+def serve(exporter: Exporter, host: str, port: int, *, read_timeout: float = READ_TIMEOUT,
+          max_connections: int = MAX_CONNECTIONS) -> ProbeServer:
+    """Serve ``/metrics``, ``/leader/NAME`` and ``/healthz`` on ``host:port`` (a thread)
+    with lelect's HTTP server (:mod:`lelect.httpserve`: a read timeout, a connection
+    cap); returns the running server."""
     _, registry_class = _prometheus()
-    from prometheus_client import start_http_server
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     registry = registry_class(auto_describe=False)
     registry.register(exporter)
-    try:
-        server, _thread = start_http_server(port, host, registry=registry)
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return server
+
+    def route(path: str) -> Response:
+        if path == "/metrics":
+            return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        if path == "/healthz":
+            return exporter.healthz()
+        if path.startswith("/leader/"):
+            return exporter.leader_response(unquote(path[len("/leader/"):]))
+        if path == "/":
+            return Response.text(200, "lelect exporter: /metrics, /leader/NAME, /healthz")
+        return Response.json(404, {"error": f"no such path: {path[:100]}"})
+
+    return ProbeServer(host, port, route, read_timeout=read_timeout,
+                       max_connections=max_connections).start()

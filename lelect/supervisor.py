@@ -197,8 +197,11 @@ class Keeper:
                 # A keeper that was killed left its job's children to us (adopt_orphans).
                 sweep_orphans()
                 with self._lock:
-                    if not (self._engaged or self._closing) and self._sock is sock:
-                        # Killed while its candidate waits: nothing depended on it yet.
+                    if (not (self._engaged or self._closing) and self._sock is sock
+                            and self.config.lock is None):
+                        # Killed while its candidate waits: nothing depended on it yet. (A
+                        # keeper that takes a local lock may have won and started the job
+                        # before it could say so: its death is news.)
                         sock.close()
                         self._spawn()
                     else:

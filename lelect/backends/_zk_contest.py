@@ -44,6 +44,7 @@ from lelect.backends.base import (
     LeaderInfo,
     busy,
     timed_out,
+    wait_event,
 )
 from lelect.errors import BackendUnavailable
 
@@ -95,6 +96,7 @@ class Contest:
         timeout: float | None,
         no_wait: bool,
         on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.backend = backend
         self.session = session
@@ -106,6 +108,7 @@ class Contest:
         self.timeout = timeout
         self.no_wait = no_wait
         self.on_wait = on_wait
+        self.cancel = cancel
         # kazoo's trick: after a connection loss during create, the prefix is how we
         # find our own node instead of queueing behind it.
         self.prefix = uuid.uuid4().hex + CONTENDER_MARK
@@ -236,7 +239,7 @@ class Contest:
             self.waiting_told = True
             self.on_wait(self._holder(ahead[0]))
         log.debug("%s waits behind %s", self.node, predecessor.name)
-        if not self.wake.wait(left):
+        if not wait_event(self.wake, left, self.cancel, self.election):
             self._wait_left()
         log.debug("%s woke: looking at the queue again", self.node)
         return None

@@ -37,7 +37,7 @@ from lelect.backends.records import (  # noqa: F401 - re-exported: the interface
     iso8601,
 )
 from lelect.durations import format_duration
-from lelect.errors import BackendUnavailable, CampaignTimeout, ElectionBusy
+from lelect.errors import BackendUnavailable, CampaignCancelled, CampaignTimeout, ElectionBusy
 from lelect.lease import LATE_WIN, MIN_ATTEMPT, Lease, connect_budget, drift
 
 if TYPE_CHECKING:
@@ -72,6 +72,43 @@ def unreachable(what: str, where: str, within: float, detail: str = "") -> Backe
     """``cannot reach WHAT at WHERE within 1s: DETAIL`` (the bound really applied)."""
     tail = f": {detail}" if detail else ": is it running, and is the URL right?"
     return BackendUnavailable(f"cannot reach {what} at {where} within {format_duration(within)}{tail}")
+
+
+# -- cancelling a campaign that waits ---------------------------------------------------
+
+#: A campaign given a ``cancel`` event looks at it at least this often while it waits
+#: (a local check, no request to the server).
+CANCEL_CHECK = 0.05
+
+
+def check_cancel(cancel: threading.Event | None, election: str) -> None:
+    """Raise CampaignCancelled once ``cancel`` is set (the backend then leaves the line,
+    as it does on a timeout)."""
+    if cancel is not None and cancel.is_set():
+        raise CampaignCancelled(f"the campaign for {election!r} was cancelled")
+
+
+def wait_slice(left: float | None, cancel: threading.Event | None) -> float | None:
+    """How long one wait may block: ``left`` (None: no bound), but no longer than
+    :data:`CANCEL_CHECK` when a cancel can come."""
+    if cancel is None:
+        return left
+    return CANCEL_CHECK if left is None else max(0.0, min(left, CANCEL_CHECK))
+
+
+def wait_event(event: threading.Event, timeout: float | None, cancel: threading.Event | None,
+               election: str) -> bool:
+    """``event.wait(timeout)`` that raises CampaignCancelled soon after ``cancel`` is set."""
+    if cancel is None:
+        return event.wait(timeout)
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if end is None else end - time.monotonic()
+        if event.wait(wait_slice(left, cancel)):
+            return True
+        check_cancel(cancel, election)
+        if left is not None and left <= CANCEL_CHECK:
+            return event.is_set()
 
 
 def only_changes(looks: Iterable[LeaderInfo | None]) -> Iterator[LeaderInfo | None]:
@@ -255,13 +292,16 @@ class Backend(ABC):
         no_wait: bool = False,
         ttl: float | None = None,
         on_wait: Callable[[LeaderInfo | None], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Leadership:
         """Block until ``candidate`` leads ``election``; return the leadership.
 
         Raises ElectionBusy (``no_wait`` and somebody leads), CampaignTimeout (the
         ``timeout`` ran out; ``timeout=0`` tries once), BackendUnavailable (within
         :func:`connect_budget`). ``on_wait(holder)`` is called once when the candidate
-        starts waiting behind somebody else. On winning, the history gains an entry
+        starts waiting behind somebody else. Once ``cancel`` is set (from another
+        thread), the campaign leaves the line as on a timeout, within about
+        :data:`CANCEL_CHECK`, and raises CampaignCancelled. On winning, the history gains an entry
         (outcome "running"), and an earlier entry still "running" is closed as
         "vanished", in the same transaction as the win where the backend allows.
 
@@ -273,7 +313,10 @@ class Backend(ABC):
         left = timeout
         while True:
             leadership = self._campaign(election, candidate, timeout=left, no_wait=no_wait,
-                                        ttl=ttl, on_wait=on_wait)
+                                        ttl=ttl, on_wait=on_wait, cancel=cancel)
+            if cancel is not None and cancel.is_set():
+                leadership.release(EXITED, None, "the campaign was cancelled as it won")
+                check_cancel(cancel, election)
             if leadership.begin():
                 return leadership
             leadership.release(LOST, None, LATE_WIN)
@@ -292,6 +335,7 @@ class Backend(ABC):
         no_wait: bool,
         ttl: float | None,
         on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
     ) -> Leadership:
         """One backend's campaign (see :meth:`campaign`): the leadership it returns has
         its lease (not yet started: :meth:`Leadership.begin` starts it)."""

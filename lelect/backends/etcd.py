@@ -50,9 +50,11 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
+    check_cancel,
     only_changes,
     timed_out,
     unreachable,
+    wait_slice,
 )
 from lelect.backends.records import (
     MAX_SLOTS,
@@ -342,10 +344,11 @@ class EtcdBackend(Backend):
         no_wait: bool,
         ttl: float | None,
         on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
     ) -> Leadership:
         keys = self.keys(election)
         ttl = self.default_ttl if ttl is None else ttl
-        contact = self.retry.attempts(timeout)
+        contact = self.retry.attempts(timeout, cancel=cancel)
         give_up = contact.give_up.at
         told_waiting = False
 
@@ -371,7 +374,7 @@ class EtcdBackend(Backend):
             # left of --timeout): a key left in line would lead, jobless, when its turn came.
             try:
                 won = self._contend(keys, candidate, lease, contact, give_up, timeout,
-                                    no_wait=no_wait, waiting=waiting)
+                                    no_wait=no_wait, waiting=waiting, cancel=cancel)
             except BaseException:
                 lease.revoke(min(self.connect_timeout, 1.0))
                 raise
@@ -381,8 +384,8 @@ class EtcdBackend(Backend):
 
     def _contend(self, keys: ElectionKeys, candidate: Candidate, lease: _Lease,
                  contact: Attempts, give_up: float | None, timeout: float | None, *,
-                 no_wait: bool, waiting: Callable[[LeaderInfo | None], None]
-                 ) -> EtcdLeadership | None:
+                 no_wait: bool, waiting: Callable[[LeaderInfo | None], None],
+                 cancel: threading.Event | None = None) -> EtcdLeadership | None:
         """Queue under ``lease`` and wait for our turn; None if our place was lost (the
         lease ran out or our key was deleted) and we must queue again."""
         key = keys.contender(lease.id)
@@ -415,12 +418,13 @@ class EtcdBackend(Backend):
             if timeout == 0:
                 raise timed_out(keys.election, 0)
             waiting(holder)
-            if not self._wait_for_turn(keys, term, lease, contact, give_up, timeout):
+            if not self._wait_for_turn(keys, term, lease, contact, give_up, timeout, cancel):
                 return None
         return self._win(keys, candidate, key, term, lease, contact)
 
     def _wait_for_turn(self, keys: ElectionKeys, term: int, lease: _Lease, contact: Attempts,
-                       give_up: float | None, timeout: float | None) -> bool:
+                       give_up: float | None, timeout: float | None,
+                       cancel: threading.Event | None = None) -> bool:
         """etcd's waitDeletes: until no key older than ours is left, watch the youngest of
         them for its deletion. False if our lease ran out meanwhile."""
         while True:
@@ -440,7 +444,7 @@ class EtcdBackend(Backend):
                 continue
             contact.succeeded()
             try:
-                self._until_deleted(stream, lease, give_up)
+                self._until_deleted(stream, lease, give_up, cancel, keys.election)
             except GatewayError as exc:
                 if exc.kind != "compacted":
                     self._retry(contact, exc)
@@ -448,12 +452,14 @@ class EtcdBackend(Backend):
                 stream.close()
 
     @staticmethod
-    def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None) -> None:
+    def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None,
+                       cancel: threading.Event | None = None, election: str = "") -> None:
         while lease.alive():
+            check_cancel(cancel, election)
             wake = WAKE if give_up is None else min(WAKE, give_up - time.monotonic())
             if wake <= 0:
                 return
-            events = stream.next(wake)
+            events = stream.next(wait_slice(wake, cancel) or 0.0)
             if events and any(event.kind == "DELETE" for event in events):
                 return
 

@@ -34,6 +34,7 @@ from lelect.backends.base import (
     busy,
     only_changes,
     timed_out,
+    wait_event,
 )
 from lelect.backends.records import (
     DEFAULT_HISTORY,
@@ -220,7 +221,7 @@ class FileBackend(Backend):
                               release_lock)
 
     def _campaign(self, election, candidate, *, timeout, no_wait, ttl,
-                  on_wait) -> Leadership:
+                  on_wait, cancel=None) -> Leadership:
         """In this process (a library caller): the flock is held on a close-on-exec fd
         until released (or until this process dies)."""
         lock = self.local_lock(election, candidate, no_wait=no_wait)
@@ -233,7 +234,7 @@ class FileBackend(Backend):
                 raise timed_out(election, timeout)
             if on_wait is not None:
                 on_wait(self.leader(election))
-            fd = self._wait_for_lock(path, timeout, election)
+            fd = self._wait_for_lock(path, timeout, election, cancel)
         try:
             conn = self._writable()
             with self._conn_lock:
@@ -259,7 +260,8 @@ class FileBackend(Backend):
         except OSError as exc:
             raise ConfigError(f"cannot open lock file {path}: {exc.strerror}") from None
 
-    def _wait_for_lock(self, path: str, timeout: float | None, election: str) -> int:
+    def _wait_for_lock(self, path: str, timeout: float | None, election: str,
+                       cancel: threading.Event | None = None) -> int:
         """Block on the flock in a helper thread, so a timeout can give up waiting; a
         lock won after we gave up is let go of at once."""
         won: list[int] = []
@@ -284,7 +286,7 @@ class FileBackend(Backend):
 
         threading.Thread(target=wait, name=f"flock:{election}", daemon=True).start()
         try:
-            done.wait(timeout)
+            wait_event(done, timeout, cancel, election)
         finally:
             with guard:
                 if not won and not failed:

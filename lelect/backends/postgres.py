@@ -47,8 +47,10 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
+    check_cancel,
     only_changes,
     timed_out,
+    wait_slice,
 )
 from lelect.backends.records import decode_member, encode_member
 from lelect.errors import ConfigError
@@ -194,6 +196,7 @@ class PostgresBackend(Backend):
         no_wait: bool,
         ttl: float | None,
         on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
     ) -> Leadership:
         validate_election(election)
         ttl = self.default_ttl if ttl is None else ttl
@@ -204,7 +207,7 @@ class PostgresBackend(Backend):
             host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
             channel=channel, vanished_reason=sql.VANISHED_REASON,
         )  # fmt: skip
-        retry = self.retry.attempts(timeout)
+        retry = self.retry.attempts(timeout, cancel=cancel)
         give_up = retry.give_up.at
         session = Session(self.options)
         waiting = False
@@ -244,7 +247,7 @@ class PostgresBackend(Backend):
                     if on_wait is not None:
                         on_wait(holder)
                 try:
-                    self._wait_for_release(session, channel, left_s, give_up)
+                    self._wait_for_release(session, channel, left_s, give_up, cancel, election)
                 except psycopg.Error as exc:
                     self._retry(retry, exc)
         finally:
@@ -260,7 +263,8 @@ class PostgresBackend(Backend):
 
     @staticmethod
     def _wait_for_release(session: Session, channel: str, left_s: float | None,
-                          give_up: float | None) -> None:  # fmt: skip
+                          give_up: float | None, cancel: threading.Event | None = None,
+                          election: str = "") -> None:  # fmt: skip
         """Sleep until a release is announced, the lease expires by the server's clock,
         or ``give_up``. Without a holder to wait for (a winner that committed after our
         statement began), look again at once."""
@@ -269,7 +273,8 @@ class PostgresBackend(Backend):
         wake = time.monotonic() + left_s + 0.001
         end = wake if give_up is None else min(wake, give_up)
         while (left := end - time.monotonic()) > 0:
-            for note in session.wait(left):
+            check_cancel(cancel, election)
+            for note in session.wait(wait_slice(left, cancel) or 0.0):
                 if note.channel == channel and note.payload.startswith("released "):
                     return
 

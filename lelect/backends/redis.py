@@ -51,8 +51,10 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
+    check_cancel,
     only_changes,
     timed_out,
+    wait_slice,
 )
 from lelect.backends.records import (
     HAND_BACK_REASON,
@@ -102,6 +104,7 @@ class RedisBackend(Backend):
         no_wait: bool,
         ttl: float | None,
         on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
     ) -> Leadership:
         keys = self._keys(election)
         ttl = self.default_ttl if ttl is None else RANGES["ttl"].check(
@@ -110,7 +113,7 @@ class RedisBackend(Backend):
         args = [token, milliseconds(ttl), candidate.node_id, candidate.host or "",
                 "" if candidate.pid is None else str(candidate.pid), keys.elected_channel,
                 election, self.history_limit, "1" if self.options.restart_guard else "0"]
-        contact = self.retry.attempts(timeout)
+        contact = self.retry.attempts(timeout, cancel=cancel)
         subscription = None
         if not (no_wait or timeout == 0):  # one try needs no wake-up
             subscription = Subscription(self.link, [keys.released_channel, keys.resign_channel])
@@ -150,7 +153,7 @@ class RedisBackend(Backend):
                     if on_wait is not None:
                         on_wait(holder)
                 assert subscription is not None
-                self._wait_for_release(subscription, keys, pttl, contact, timeout)
+                self._wait_for_release(subscription, keys, pttl, contact, timeout, cancel)
         finally:
             if subscription is not None:
                 subscription.close()
@@ -163,12 +166,14 @@ class RedisBackend(Backend):
             raise self.options.unavailable(exc, gave_up.bound) from None
 
     def _wait_for_release(self, subscription: Subscription, keys: ElectionKeys, pttl: int,
-                          contact: Attempts, timeout: float | None) -> None:
+                          contact: Attempts, timeout: float | None,
+                          cancel: threading.Event | None = None) -> None:
         """Sleep until a release is announced or the leader key is gone. When the PTTL
         runs out, one PTTL call tells a renewed key (sleep on) from an expired one."""
         wake = time.monotonic() + pttl / 1000 + 0.001
         while True:
             now = time.monotonic()
+            check_cancel(cancel, keys.election)
             if contact.out_of_time():
                 raise timed_out(keys.election, timeout)
             if now >= wake:
@@ -184,7 +189,7 @@ class RedisBackend(Backend):
                 continue
             until = wake if contact.give_up.at is None else min(wake, contact.give_up.at)
             try:
-                message = subscription.next_message(until - now)
+                message = subscription.next_message(wait_slice(until - now, cancel))
             except RedisError as exc:
                 self._retry(contact, exc)  # resubscribe and try again
                 return

@@ -206,6 +206,7 @@ class ZooKeeperBackend(Backend):
         no_wait: bool,
         ttl: float | None,
         on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
     ) -> Leadership:
         paths = self.paths(election)
         requested = self.ttl if ttl is None else ttl
@@ -221,7 +222,7 @@ class ZooKeeperBackend(Backend):
                 give_up=None if timeout is None else started + timeout,
                 # At least one attempt: timeout=0 still wins a free election.
                 calls_until=None if timeout is None else started + max(timeout, budget),
-                timeout=timeout, no_wait=no_wait, on_wait=on_wait,
+                timeout=timeout, no_wait=no_wait, on_wait=on_wait, cancel=cancel,
             )
             return contest.run()
         except BaseException:

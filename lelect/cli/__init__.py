@@ -76,7 +76,12 @@ class LazyGroup(click.Group):
     " postgresql://user@db:5432/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
     " LELECT_BACKEND.",
 )
-@click.version_option(__version__, "--version", prog_name="lelect")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _param, value: _print_version(ctx, value),
+              help="Show the version and exit; with --verbose, Python's and the backends'"
+              " client libraries' too.")
+@click.option("--verbose", "-v", is_flag=True, expose_value=False,
+              help="With --version: name the client libraries' versions.")
 @click.pass_context
 def cli(ctx: click.Context, backend: str | None) -> None:
     """Leader election for singleton jobs: exactly one copy runs at a time.
@@ -90,6 +95,55 @@ def cli(ctx: click.Context, backend: str | None) -> None:
       lelect history nightly                    # who led when, and how it ended
     """
     ctx.obj = {"backend": backend}
+
+
+#: Each backend and the distribution its client library comes from (None: lelect's own
+#: standard-library client). Looked up in the installed metadata, never imported.
+CLIENT_LIBRARIES = {
+    "file": None,
+    "redis": "redis",
+    "zookeeper": "kazoo",
+    "etcd": None,
+    "postgresql": "psycopg",
+    "exporter": "prometheus_client",
+}
+
+
+def _print_version(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"lelect, version {__version__}")
+    if "--verbose" in _ARGV or "-v" in _ARGV:
+        click.echo(version_details())
+    ctx.exit(0)
+
+
+def version_details() -> str:
+    """Python, platform and every backend's client library version, from metadata."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = [f"python {platform.python_version()} ({platform.python_implementation()}),"
+             f" {platform.system()} {platform.release()}"]
+    for distribution in ("click", "rich", "psutil"):
+        try:
+            lines.append(f"{distribution} {version(distribution)}")
+        except PackageNotFoundError:
+            lines.append(f"{distribution} not installed")
+    for backend, distribution in CLIENT_LIBRARIES.items():
+        if distribution is None:
+            lines.append(f"{backend}: lelect's own client (standard library)")
+            continue
+        try:
+            lines.append(f"{backend}: {distribution} {version(distribution)}")
+        except PackageNotFoundError:
+            lines.append(f"{backend}: {distribution} not installed")
+    return "\n".join(lines)
+
+
+#: The arguments main() was given (the --version callback looks for --verbose there:
+#: click runs eager callbacks before it has seen the later flags).
+_ARGV: list[str] = []
 
 
 def open_client(ctx: click.Context, *, create: bool = True):
@@ -142,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         from lelect.cli.completion import register
 
         register()
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     try:
         status = cli.main(args=argv, prog_name="lelect", standalone_mode=False)
     except click.UsageError as exc:

@@ -8,6 +8,7 @@ from lelect.cli import EXIT_STATUSES, open_client
 from lelect.cli.params import (
     DURATION,
     ELECTION,
+    LISTEN,
     NODE_ID,
     SIGNAL,
     CommandAfterName,
@@ -60,10 +61,14 @@ from lelect.cli.params import (
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Format of the leadership changes logged to stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="Log only losses and failures (cron: mail only when it matters).")
+@click.option("--status-listen", type=LISTEN, metavar="ADDR:PORT",
+              help="Serve GET / over HTTP: 200 with the leadership as JSON while this candidate"
+              " leads, 503 while it does not (load balancers, readiness probes).")
 @click.pass_context
 def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeout, ttl,
              stop_signal, grace, max_runtime, hold_at_least, once_per, once_key, restart,
-             restart_delay, resign_cooldown, heartbeat_interval, forget_after, log_format, quiet):
+             restart_delay, resign_cooldown, heartbeat_interval, forget_after, log_format, quiet,
+             status_listen):
     """Run CMD only while this node leads ELECTION.
 
     CMD starts once leadership is won, in its own process group, with LELECT_ELECTION,
@@ -104,8 +109,44 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
     )
     options.check()  # out-of-range options are refused before anything connects
     log = StderrLog(log_format, election, quiet)
-    with open_client(ctx) as client:
-        election_handle = client.election(election, node_id)
-        log.node_id = election_handle.candidate.node_id
-        adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
-        return election_handle.run_options(options, log, systemd=True)
+    status = probe = None
+    if status_listen is not None:
+        from lelect.campaign import CampaignStatus
+        from lelect.httpserve import ProbeServer
+
+        status = CampaignStatus()
+        probe = ProbeServer(*status_listen, status_route(status)).start()
+    try:
+        with open_client(ctx) as client:
+            election_handle = client.election(election, node_id)
+            log.node_id = election_handle.candidate.node_id
+            adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
+            return election_handle.run_options(options, log, systemd=True, status=status)
+    finally:
+        if probe is not None:
+            probe.close()
+
+
+def status_route(status):
+    """``--status-listen``'s answers: GET / is 200 with the leadership while leading,
+    503 while waiting (or stopping)."""
+    import time
+
+    from lelect.backends.records import iso8601
+    from lelect.httpserve import Response
+
+    def route(path: str) -> Response:
+        if path != "/":
+            return Response.json(404, {"error": "GET / only"})
+        record = {"election": status.election, "node_id": status.node_id}
+        leadership = status.leading()
+        if leadership is None:
+            return Response.json(503, {**record, "leading": False, "term": None})
+        deadline = leadership.lease_deadline
+        return Response.json(200, {
+            **record, "leading": True, "term": leadership.term,
+            "since": iso8601(leadership.since),
+            "lease_left_s": None if deadline is None else round(deadline - time.monotonic(), 3),
+        })
+
+    return route

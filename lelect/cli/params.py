@@ -32,6 +32,22 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class Listen(click.ParamType):
+    """``ADDR:PORT`` to serve HTTP on (``:PORT`` is loopback)."""
+
+    name = "ADDR:PORT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from lelect.httpserve import parse_listen
+
+        try:
+            return parse_listen(value)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class CommandAfterName(click.Command):
     """``NAME [OPTIONS] [--] CMD [ARGS]...``: like flock(1), options end at the command,
     so ``lelect campaign x echo -n hi`` runs ``echo -n hi`` (``-n`` is the job's)."""
@@ -127,6 +143,7 @@ class NodeId(click.ParamType):
 
 DURATION = Duration()
 NODE_ID = NodeId()
+LISTEN = Listen()
 SIGNAL = SignalName()
 ELECTION = ElectionName()
 
