@@ -1,0 +1,198 @@
+"""A broken or malicious server: every read has a deadline and a size cap, and a garbled
+answer is status 69 with one line, never 70, never a hang, never unbounded memory."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+
+import psutil
+import pytest
+
+from tests.helpers import LELECT, lelect_env
+from tests.plugins.hostile import read_some, send_and_hold, stream_forever
+
+#: Far below what the attacks reached before the caps (208 MB and 2.1 GB RSS).
+RSS_BOUND = 150 * 1024 * 1024
+
+
+@dataclass
+class Outcome:
+    status: int
+    stdout: str
+    stderr: str
+    seconds: float
+    peak_rss: int
+
+
+def run_measured(*args: str, backend: str, limit: float = 30.0) -> Outcome:
+    """Run lelect, sampling its RSS; kill it (and fail) if it outlives ``limit``."""
+    start = time.monotonic()
+    proc = subprocess.Popen([*LELECT, *args], env=lelect_env(backend), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.Error:
+            pass
+        if time.monotonic() - start > limit:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"lelect {' '.join(args)} still ran after {limit}s, RSS {peak >> 20} MiB")
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate()
+    return Outcome(proc.returncode, stdout, stderr, time.monotonic() - start, peak)
+
+
+def assert_one_line_69(out: Outcome, within: float) -> None:
+    assert out.status == 69, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.seconds < within, out.seconds
+    assert out.peak_rss < RSS_BOUND, out.peak_rss >> 20
+
+
+# -- Redis ------------------------------------------------------------------------------
+
+
+def test_redis_endless_status_line_is_69_within_the_timeout(hostile_server):
+    server = hostile_server(lambda conn, stopped: (
+        read_some(conn), stream_forever(conn, stopped, b"+")))
+    out = run_measured("campaign", "-w", "2s", "x", "--", "true",
+                       backend=f"redis://127.0.0.1:{server.port}/0")
+    assert_one_line_69(out, within=10)
+    assert "redis" in out.stderr
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(b"$" + str(1 << 40).encode() + b"\r\n", id="huge-bulk"),
+    pytest.param(b"*" + str(1 << 40).encode() + b"\r\n", id="huge-array"),
+    pytest.param(b"*1\r\n" * 5000, id="deep-array"),
+    pytest.param(b"?what\r\n", id="unknown-type"),
+    pytest.param(b":12x\r\n", id="bad-integer"),
+])
+def test_redis_malformed_reply_is_69(hostile_server, reply):
+    def script(conn, stopped):
+        read_some(conn)
+        send_and_hold(conn, stopped, reply)
+
+    server = hostile_server(script)
+    out = run_measured("leader", "x", backend=f"redis://127.0.0.1:{server.port}/0?connect_timeout=3s")
+    assert_one_line_69(out, within=10)
+
+
+def test_redis_slow_drip_reply_ends_by_the_deadline(hostile_server):
+    def script(conn, stopped):
+        read_some(conn)
+        conn.sendall(b"+")
+        while not stopped.wait(0.05):
+            conn.sendall(b"A")  # every recv gets a byte: only an overall deadline helps
+
+    server = hostile_server(script)
+    out = run_measured("leader", "x", backend=f"redis://127.0.0.1:{server.port}/0?connect_timeout=1s")
+    assert_one_line_69(out, within=6)
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(None, id="endless-line"),
+    pytest.param(b"$" + str(1 << 40).encode() + b"\r\n", id="huge-bulk"),
+    pytest.param(b"*1\r\n" * 5000, id="deep-array"),
+    pytest.param(b":1e999\r\n", id="bad-integer"),
+])
+def test_redis_hand_back_refuses_a_malformed_reply_in_time(hostile_server, reply):
+    from lelect.backends import _handback_redis
+
+    def script(conn, stopped):
+        read_some(conn)
+        if reply is None:
+            stream_forever(conn, stopped, b"+")
+        else:
+            send_and_hold(conn, stopped, reply)
+
+    server = hostile_server(script)
+    params = {"address": {"host": "127.0.0.1", "port": server.port}, "argv": [], "keys": [],
+              "sha": "0" * 40, "script": "return 1"}
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="not a Redis reply"):
+        _handback_redis.hand_back(params, 5.0, 0)
+    assert time.monotonic() - started < 2.0
+
+
+# -- etcd (its v3 JSON gateway) ------------------------------------------------------------
+
+
+def http_answer(body: bytes, status: bytes = b"200 OK") -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(b"garbage\r\n\r\n", id="not-http"),
+    pytest.param(http_answer(b"[" * 100000), id="deep-json"),
+    pytest.param(http_answer(b'{"header": [1, 2], "kvs": "x", "count": {}}'), id="wrong-types"),
+    pytest.param(http_answer(b"\xff\xfe not json"), id="not-json"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999\r\n\r\n", id="huge-body"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX: " + b"A" * (1 << 20), id="endless-head"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="bad-chunk"),
+])
+def test_etcd_garbled_answer_is_69(hostile_server, answer):
+    def script(conn, stopped):
+        read_some(conn)
+        send_and_hold(conn, stopped, answer)
+
+    server = hostile_server(script)
+    out = run_measured("leader", "x",
+                       backend=f"etcd://127.0.0.1:{server.port}/lelect?connect_timeout=3s")
+    assert_one_line_69(out, within=10)
+    assert "etcd" in out.stderr
+
+
+def watch_answer(*lines: bytes) -> bytes:
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+
+
+CREATED = b'{"result":{"header":{"revision":"5"},"created":true}}\n'
+
+
+@pytest.mark.parametrize("after", [
+    pytest.param(b"[1,2]\n", id="array-line"),
+    pytest.param(b'{"result": [1]}\n', id="array-result"),
+    pytest.param(b'{"result": {"events": [{"kv": {"key": 5, "create_revision": "x"}}]}}\n',
+                 id="wrong-types"),
+    pytest.param(b"[" * 100000 + b"\n", id="deep-json"),
+])
+def test_etcd_garbled_watch_line_ends_the_watch_with_a_gateway_error(hostile_server, after):
+    from lelect.backends._etcd_gateway import Endpoint, Gateway, GatewayError
+
+    def script(conn, stopped):
+        read_some(conn)
+        send_and_hold(conn, stopped, watch_answer(CREATED, after))
+
+    server = hostile_server(script)
+    gateway = Gateway([Endpoint("127.0.0.1", server.port)])
+    stream = gateway.watch("/lelect/x", budget=3.0)
+    with pytest.raises(GatewayError, match="ended"):
+        stream.next(3.0)
+
+
+def test_etcd_endless_watch_chunk_is_cut_off(hostile_server):
+    from lelect.backends._etcd_gateway import MAX_WATCH_LINE, Endpoint, Gateway, GatewayError
+
+    def script(conn, stopped):
+        read_some(conn)
+        head = watch_answer(CREATED) + b"fffffff\r\n"  # a 256 MiB chunk, no newline in it
+        stream_forever(conn, stopped, head)
+
+    server = hostile_server(script)
+    gateway = Gateway([Endpoint("127.0.0.1", server.port)])
+    stream = gateway.watch("/lelect/x", budget=3.0)
+    before = psutil.Process().memory_info().rss
+    started = time.monotonic()
+    with pytest.raises(GatewayError, match="longer than"):
+        while time.monotonic() - started < 20:
+            stream.next(0.5)
+    assert psutil.Process().memory_info().rss - before < 4 * MAX_WATCH_LINE
