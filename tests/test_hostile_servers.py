@@ -196,3 +196,44 @@ def test_etcd_endless_watch_chunk_is_cut_off(hostile_server):
         while time.monotonic() - started < 20:
             stream.next(0.5)
     assert psutil.Process().memory_info().rss - before < 4 * MAX_WATCH_LINE
+
+
+# -- ZooKeeper ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frame", [
+    pytest.param(b"\x7f\xff\xff\xf0", id="2GB-frame"),
+    pytest.param(b"\xff\xff\xff\xf0", id="negative-length"),
+    pytest.param(b"\x00\x00\x00\x03abc", id="short-garbage"),
+])
+def test_zookeeper_hostile_frame_is_69_without_allocating_it(hostile_server, frame):
+    def script(conn, stopped):
+        read_some(conn)
+        stream_forever(conn, stopped, frame, filler=b"\0" * 65536)  # and fill the frame
+
+    server = hostile_server(script)
+    out = run_measured("leader", "x",
+                       backend=f"zookeeper://127.0.0.1:{server.port}/lelect?connect_timeout=2s")
+    assert_one_line_69(out, within=10)
+    assert "ZooKeeper" in out.stderr
+
+
+@pytest.mark.parametrize("frame", [
+    pytest.param(b"\x7f\xff\xff\xf0", id="2GB-frame"),
+    pytest.param(b"\x00\x00\x00\x0a" + b"\0" * 10, id="short-frame"),
+])
+def test_zookeeper_hand_back_refuses_a_hostile_frame_in_time(hostile_server, frame):
+    from lelect.backends import _handback_zookeeper
+
+    def script(conn, stopped):
+        read_some(conn)
+        stream_forever(conn, stopped, frame, filler=b"\0" * 65536)
+
+    server = hostile_server(script)
+    params = {"hosts": [["127.0.0.1", server.port]], "session_id": 1, "password": "00" * 16,
+              "timeout_ms": 10000, "node": "/lelect/x/n", "member": "/lelect/_members/x/n",
+              "entry": None}
+    started = time.monotonic()
+    with pytest.raises(_handback_zookeeper.HandBackFailed, match="not a ZooKeeper answer"):
+        _handback_zookeeper.hand_back(params, 5.0, 0)
+    assert time.monotonic() - started < 2.0
