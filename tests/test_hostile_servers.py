@@ -3,6 +3,7 @@ answer is status 69 with one line, never 70, never a hang, never unbounded memor
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -237,3 +238,105 @@ def test_zookeeper_hand_back_refuses_a_hostile_frame_in_time(hostile_server, fra
     with pytest.raises(_handback_zookeeper.HandBackFailed, match="not a ZooKeeper answer"):
         _handback_zookeeper.hand_back(params, 5.0, 0)
     assert time.monotonic() - started < 2.0
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+
+def pg_message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def pg_startup(conn) -> bytes:
+    """Answer an SSLRequest with "no" and return the start-up message."""
+    first = read_some(conn)
+    if first[4:8] == struct.pack("!I", 80877103):
+        conn.sendall(b"N")
+        first = read_some(conn)
+    return first
+
+
+def test_postgres_server_text_is_shown_printable_and_short(hostile_server):
+    message = b"FATAL\x1b]0;PWNED\x07 " + b"X" * 5000 + b"\r\nlelect: forged line"
+
+    def script(conn, stopped):
+        pg_startup(conn)
+        body = b"SFATAL\0C28000\0M" + message + b"\0\0"
+        send_and_hold(conn, stopped, pg_message(b"E", body))
+
+    server = hostile_server(script)
+    out = run_measured("leader", "x", backend=f"postgresql://u:pw@127.0.0.1:{server.port}/db"
+                                              "?connect_timeout=3s&sslmode=disable")
+    assert_one_line_69(out, within=10)
+    assert "\x1b" not in out.stderr and "\x07" not in out.stderr and "\r" not in out.stderr
+    assert len(out.stderr) < 600
+
+
+def handback_params(port: int, **extra) -> dict:
+    return {"host": "127.0.0.1", "hostaddr": "127.0.0.1", "port": port, "user": "u",
+            "password": "pw-secret", "dbname": "db", "tls": False, "sslmode": "disable",
+            "schema": "lelect", "election": "x", "token": "t" * 32, "term": 1, "node_id": "a",
+            **extra}
+
+
+class AuthScript:
+    """A fake PostgreSQL that asks for one kind of authentication and records what the
+    client sent back."""
+
+    def __init__(self, request: bytes, then: bytes = b"") -> None:
+        self.request, self.then = request, then
+        self.received = b""
+
+    def __call__(self, conn, stopped):
+        pg_startup(conn)
+        conn.sendall(self.request)
+        conn.settimeout(0.5)
+        while not stopped.is_set():
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            self.received += data
+            if data.startswith(b"p") and self.then:
+                conn.sendall(self.then)
+                self.then = b""
+
+
+@pytest.mark.parametrize("require_auth, request_", [
+    pytest.param("scram-sha-256", pg_message(b"R", struct.pack("!I", 3)), id="cleartext"),
+    pytest.param("scram-sha-256", pg_message(b"R", struct.pack("!I", 5) + b"salt"), id="md5"),
+    pytest.param("scram-sha-256", pg_message(b"R", struct.pack("!I", 0)), id="trust"),
+    pytest.param("!password", pg_message(b"R", struct.pack("!I", 3)), id="not-cleartext"),
+])
+def test_postgres_hand_back_honours_require_auth(hostile_server, require_auth, request_):
+    from lelect.backends import _handback_postgres
+
+    script = AuthScript(request_)
+    server = hostile_server(script)
+    with pytest.raises(_handback_postgres.WireError, match="require_auth"):
+        _handback_postgres.hand_back(handback_params(server.port, require_auth=require_auth),
+                                     3.0, 0)
+    assert b"pw-secret" not in script.received
+    assert not script.received.startswith(b"p")
+
+
+@pytest.mark.parametrize("iterations", [b"2000000000", b"10000000", b"99999999999999999999", b"1"])
+def test_postgres_hand_back_refuses_scram_work_beyond_its_budget(hostile_server, iterations):
+    from lelect.backends import _handback_postgres
+
+    def script(conn, stopped):
+        pg_startup(conn)
+        conn.sendall(pg_message(b"R", struct.pack("!I", 10) + b"SCRAM-SHA-256\0\0"))
+        first = read_some(conn)
+        nonce = first.split(b"r=", 1)[1]
+        server_first = b"r=" + nonce + b"srv,s=c2FsdA==,i=" + iterations
+        send_and_hold(conn, stopped, pg_message(b"R", struct.pack("!I", 11) + server_first))
+
+    server = hostile_server(script)
+    budget = 0.5  # 10 million rounds take seconds
+    started = time.monotonic()
+    with pytest.raises(_handback_postgres.WireError, match="SCRAM"):
+        _handback_postgres.hand_back(handback_params(server.port), budget, 0)
+    assert time.monotonic() - started < budget + 0.5
