@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tests.helpers import LELECT, lelect_env
-from tests.plugins.hostile import read_some, send_and_hold, stream_forever
+from tests.plugins.hostile import answering, read_some, send_and_hold, stream_forever
 
 #: Far below what the attacks reached before the caps (208 MB and 2.1 GB RSS).
 RSS_BOUND = 150 * 1024 * 1024
@@ -76,11 +76,7 @@ def test_redis_endless_status_line_is_69_within_the_timeout(hostile_server):
     pytest.param(b":12x\r\n", id="bad-integer"),
 ])
 def test_redis_malformed_reply_is_69(hostile_server, reply):
-    def script(conn, stopped):
-        read_some(conn)
-        send_and_hold(conn, stopped, reply)
-
-    server = hostile_server(script)
+    server = hostile_server(answering(reply))
     out = run_measured("leader", "x", backend=f"redis://127.0.0.1:{server.port}/0?connect_timeout=3s")
     assert_one_line_69(out, within=10)
 
@@ -106,14 +102,11 @@ def test_redis_slow_drip_reply_ends_by_the_deadline(hostile_server):
 def test_redis_hand_back_refuses_a_malformed_reply_in_time(hostile_server, reply):
     from lelect.backends import _handback_redis
 
-    def script(conn, stopped):
+    def endless(conn, stopped):
         read_some(conn)
-        if reply is None:
-            stream_forever(conn, stopped, b"+")
-        else:
-            send_and_hold(conn, stopped, reply)
+        stream_forever(conn, stopped, b"+")
 
-    server = hostile_server(script)
+    server = hostile_server(endless if reply is None else answering(reply))
     params = {"address": {"host": "127.0.0.1", "port": server.port}, "argv": [], "keys": [],
               "sha": "0" * 40, "script": "return 1"}
     started = time.monotonic()
@@ -140,11 +133,7 @@ def http_answer(body: bytes, status: bytes = b"200 OK") -> bytes:
     pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="bad-chunk"),
 ])
 def test_etcd_garbled_answer_is_69(hostile_server, answer):
-    def script(conn, stopped):
-        read_some(conn)
-        send_and_hold(conn, stopped, answer)
-
-    server = hostile_server(script)
+    server = hostile_server(answering(answer))
     out = run_measured("leader", "x",
                        backend=f"etcd://127.0.0.1:{server.port}/lelect?connect_timeout=3s")
     assert_one_line_69(out, within=10)
@@ -169,11 +158,7 @@ CREATED = b'{"result":{"header":{"revision":"5"},"created":true}}\n'
 def test_etcd_garbled_watch_line_ends_the_watch_with_a_gateway_error(hostile_server, after):
     from lelect.backends._etcd_gateway import Endpoint, Gateway, GatewayError
 
-    def script(conn, stopped):
-        read_some(conn)
-        send_and_hold(conn, stopped, watch_answer(CREATED, after))
-
-    server = hostile_server(script)
+    server = hostile_server(answering(watch_answer(CREATED, after)))
     gateway = Gateway([Endpoint("127.0.0.1", server.port)])
     stream = gateway.watch("/lelect/x", budget=3.0)
     with pytest.raises(GatewayError, match="ended"):

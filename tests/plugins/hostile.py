@@ -91,6 +91,15 @@ def send_and_hold(conn: socket.socket, stopped: threading.Event, data: bytes) ->
             continue
 
 
+def answering(data: bytes) -> Script:
+    """A script that waits for the client's first bytes, answers ``data`` and holds on."""
+    def script(conn: socket.socket, stopped: threading.Event) -> None:
+        read_some(conn)
+        send_and_hold(conn, stopped, data)
+
+    return script
+
+
 @pytest.fixture
 def hostile_server():
     """``hostile_server(script) -> HostileServer``; all are closed after the test."""
