@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.plugins.postgres_server",
     "tests.plugins.etcd_server",
     "tests.plugins.targets",
+    "tests.plugins.hostile",
 ]
 
 

@@ -470,3 +470,66 @@ def test_hand_back_over_the_unix_socket(postgres_cluster, postgres_database):
         out = keeper_hand_back(params, budget=5.0)
         assert json.loads(out.stdout)["word"] == "released", out.stderr
         assert backend.leader("unix") is None
+
+
+@pytest.mark.parametrize("password, prepared", [
+    ("user", b"user"),  # RFC 4013 section 3's examples
+    ("I\u00adX", b"IX"),  # soft hyphen: mapped to nothing
+    ("\u00aa", b"a"),  # NFKC
+    ("\u2168", b"IX"),
+    ("a\u00a0b", b"a b"),  # a non-ASCII space becomes a space
+    ("a\u0007b\u00e9", "a\u0007b\u00e9".encode()),  # prohibited (a control): the raw bytes
+    ("\u0627\u0031", "\u0627\u0031".encode()),  # bidi rule broken: the raw bytes
+    ("\u00ad", "\u00ad".encode()),  # empty after mapping: the raw bytes
+    ("pass\udcffword", b"pass\xffword"),  # not UTF-8 (from argv): the raw bytes
+    ("tab\there", b"tab\there"),  # ASCII is taken as it is, controls too (as PostgreSQL)
+])
+def test_saslprep_as_postgresql_does(password, prepared):
+    from lelect.backends._handback_postgres import saslprep
+
+    assert saslprep(password) == prepared
+
+
+def test_hand_back_with_a_password_saslprep_changes(postgres_cluster, postgres_database):
+    """The server stores SCRAM secrets of the SASLprepped password (U+00AD is mapped to
+    nothing); libpq connects with it, and so must the hand-back."""
+    from urllib.parse import quote
+
+    password = "soft\u00adhyphen-\u2168-pw"
+    role = "lelect_saslprep"
+    postgres_cluster.sql(f"DROP ROLE IF EXISTS {role}")
+    postgres_cluster.sql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    postgres_cluster.sql(f"GRANT ALL ON DATABASE {postgres_database} TO {role}")
+    url = postgres_cluster.url(postgres_database, user=role, password=quote(password), ttl="10s")
+    with connect(url) as backend:
+        old = dead_leader(backend, "prep")
+        params = backend.hand_back(old).params
+        assert params["password"] == password
+        out = keeper_hand_back(params, budget=5.0)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["word"] == "released"
+
+
+def test_hand_back_carries_require_auth(postgres_cluster, postgres_database):
+    url = postgres_cluster.url(postgres_database, ttl="10s", require_auth="scram-sha-256")
+    with connect(url) as backend:
+        old = dead_leader(backend, "required")
+        params = backend.hand_back(old).params
+        assert params["require_auth"] == "scram-sha-256"
+        out = keeper_hand_back(params, budget=5.0)
+        assert json.loads(out.stdout)["word"] == "released", out.stderr
+
+
+@pytest.mark.parametrize("settings, used_gssapi, follows", [
+    ({}, False, True),
+    ({}, True, False),  # GSS-encrypted (or authenticated): the keeper would go in plain
+    ({"gssencmode": "prefer"}, True, False),
+    ({"gssencmode": "require"}, False, False),
+    ({"channel_binding": "require"}, False, False),
+    ({"sslpassword": "x"}, False, False),
+    ({"gssencmode": "disable"}, None, True),
+])
+def test_keeper_follows_only_connections_it_can_make_alike(settings, used_gssapi, follows):
+    from lelect.backends.postgres import keeper_can_follow
+
+    assert keeper_can_follow(settings, used_gssapi) is follows

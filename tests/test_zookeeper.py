@@ -498,3 +498,70 @@ def test_hand_back_gives_up_within_its_budget(backends, zk_url, silent_listener,
     assert time.monotonic() - started < 3.0  # its 1 s budget, not a session or a TCP timeout
     assert kazoo.exists(leadership.node_path) and leadership.is_leader()
     leadership.release()
+
+
+def test_squatted_election_is_taken_back_and_an_outside_contender_refused(
+    backends, zookeeper_server, zk_path, kazoo
+):
+    """An anonymous client made the election (world:anyone:cdrwa) and entered it before
+    lelect with credentials ever ran: lelect takes the node back (it has ADMIN there),
+    refuses to contend behind the stranger (78, one line naming its node), and once the
+    stranger is gone wins an election that no anonymous client can touch any more."""
+    from tests.helpers import run_lelect
+
+    url = zookeeper_server.url(zk_path, auth="digest:ops:s3cret")
+    squatter = kazoo.create(f"{zk_path}/squat/0123456789abcdef__lock__", b"anonymous-squatter",
+                            ephemeral=True, sequence=True, makepath=True)
+    out = run_lelect("campaign", "squat", "--no-wait", "--", "true", backend=url)
+    assert out.returncode == 78, out.stderr
+    refusal = [line for line in out.stderr.splitlines() if "error" in line]
+    assert len(refusal) == 1 and squatter in refusal[0] and "world:anyone:cdrwa" in refusal[0]
+    assert "s3cret" not in out.stderr
+    with pytest.raises(NoAuthError):  # the election is lelect's now
+        kazoo.create(f"{zk_path}/squat/late__lock__", b"x", ephemeral=True, sequence=True)
+
+    kazoo.stop()  # the stranger's session ends: its contender goes
+    kazoo.start(10)
+    owner = backends(url)
+    with owner.campaign("squat", candidate("ops-node"), timeout=10) as leadership:
+        with pytest.raises(NoAuthError):
+            kazoo.delete(leadership.node_path)
+        for own in ("_resign", "_members", "_history"):
+            with pytest.raises(NoAuthError):
+                kazoo.create(f"{zk_path}/{own}/squat", b"x", makepath=True)
+        assert not leadership.lost.is_set()
+
+
+def test_open_lelect_nodes_are_given_lelect_acl(backends, zookeeper_server, zk_path, kazoo):
+    for path in (zk_path, f"{zk_path}/open", f"{zk_path}/_resign", f"{zk_path}/_resign/open"):
+        kazoo.ensure_path(path)  # world:anyone:cdrwa, made by an anonymous client
+    owner = backends(zookeeper_server.url(zk_path, auth="digest:ops:s3cret"))
+    with owner.campaign("open", candidate("ops-node"), timeout=10) as leadership:
+        for path in (zk_path, f"{zk_path}/open", f"{zk_path}/_resign"):
+            acl, _ = kazoo.get_acls(path)
+            assert {(a.id.scheme, a.id.id.split(":")[0], a.perms) for a in acl} == {
+                ("digest", "ops", Permissions.ALL), ("world", "anyone", Permissions.READ)}
+        with pytest.raises(NoAuthError):  # (lelect cleared the stale request when it won)
+            kazoo.create(f"{zk_path}/_resign/open", b'{"term": %d}' % leadership.term)
+        with pytest.raises(NoAuthError):
+            kazoo.delete(leadership.node_path)
+
+
+def test_acl_lelect_cannot_fix_is_refused_naming_the_node(backends, zookeeper_server, zk_path):
+    from kazoo.security import make_acl, make_digest_acl
+
+    other = KazooClient(zookeeper_server.hosts, timeout=2, auth_data=[("digest", "other:pw")])
+    other.start(10)
+    try:
+        # Anybody may create and delete below it, but only "other" may change its ACL.
+        other.create(zk_path, acl=[make_digest_acl("other", "pw", all=True),
+                                   make_acl("world", "anyone", read=True, create=True,
+                                            delete=True)])
+        owner = backends(zookeeper_server.url(zk_path, auth="digest:ops:s3cret"))
+        with pytest.raises(ConfigError, match=f"node {zk_path} has ACL .*world:anyone:cdr") as caught:
+            owner.campaign("held", candidate("ops-node"), timeout=10)
+        assert "no ADMIN right" in str(caught.value) and "s3cret" not in str(caught.value)
+    finally:
+        other.delete(zk_path, recursive=True)
+        other.stop()
+        other.close()

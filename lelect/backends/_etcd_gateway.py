@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import sys
 import threading
@@ -43,6 +44,12 @@ PERMISSION_DENIED = 7
 FAILED_PRECONDITION = 9  # e.g. "authentication is not enabled"
 #: Idle connections kept for reuse.
 MAX_IDLE = 8
+#: What an answer may hold; beyond that the server is broken or hostile. etcd's own
+#: limit on a request is 1.5 MiB, and lelect's answers are a few records.
+MAX_HEAD = 64 * 1024  # status line and header fields (and a chunked body's trailer)
+MAX_BODY = 64 << 20  # one answer's body
+MAX_WATCH_LINE = 16 << 20  # one JSON line of a watch
+MAX_JSON_DEPTH = 32  # arrays and objects within each other
 
 
 def b64(data: str | bytes) -> str:
@@ -97,6 +104,7 @@ class GatewayError(Exception):
 
     def __init__(self, kind: str, message: str, *, code: int | None = None,
                  refused: bool = False, compact_revision: int | None = None) -> None:
+        message = _printable(message, 400)  # it may carry what a hostile server sent
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -108,6 +116,44 @@ class GatewayError(Exception):
     def transient(self) -> bool:
         """Worth trying again soon: nobody answered, or the member could not."""
         return self.kind == "unreachable" or (self.kind == "server" and self.code in TRANSIENT_CODES)
+
+
+class Garbled(ValueError):
+    """The server's answer is not what an etcd gateway sends (a broken or hostile
+    server): the endpoint is treated as one that did not answer."""
+
+
+def loads(data: bytes) -> Any:
+    """JSON from a server, refused (:class:`Garbled`) when it is not JSON or nests
+    deeper than :data:`MAX_JSON_DEPTH` (checked before parsing: ``[[[…`` would end in
+    a RecursionError inside the parser)."""
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    for _ in range(MAX_JSON_DEPTH):
+        if not brackets:
+            break
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    else:
+        if brackets:
+            raise Garbled(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise Garbled(f"not JSON: {_shown(data)}") from None
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _shown(data: bytes, limit: int = 60) -> str:
+    """A server's bytes, quoted, printable and short, for a message."""
+    return repr(_printable(data[: limit * 4].decode("utf-8", "replace"), limit))
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` on one line, control characters escaped, at most ``limit`` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Down(Exception):
@@ -226,18 +272,19 @@ class Gateway:
                 connection.close()
             else:
                 self._give_back(endpoint, connection)
-            return _answer(status, data)
+            return _answer(status, data, endpoint)
         raise AssertionError("unreachable")
 
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
             failure: list[dict[str, Any]] | None = None, *, budget: float) -> TxnResult:
         """One transaction: if every ``compare`` holds, ``success`` ops, else ``failure``."""
         body = {"compare": compare, "success": success, "failure": failure or []}
-        return TxnResult.from_json(self.call("kv/txn", body, budget))
+        return decoded(TxnResult.from_json, self.call("kv/txn", body, budget))
 
     def range(self, key: str, *, budget: float, **options: Any) -> RangeResult:
         """One range read (options as :func:`get` takes them)."""
-        return RangeResult.from_json(self.call("kv/range", range_request(key, **options), budget))
+        return decoded(RangeResult.from_json,
+                       self.call("kv/range", range_request(key, **options), budget))
 
     # -- connections ------------------------------------------------------------------
 
@@ -333,17 +380,33 @@ class Gateway:
             raise GatewayError("unreachable", f"{exc}: try again") from None
 
 
-def _answer(status: int, data: bytes) -> dict[str, Any]:
+def decoded(decode: Callable[[Any], T], answer: Any) -> T:
+    """``decode(answer)``, or GatewayError("server") when the answer does not have the
+    shape and types an etcd answer has (a broken or hostile server)."""
+    try:
+        return decode(answer)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        raise GatewayError("server", "not an etcd answer (unexpected fields or types)") from None
+
+
+def lease_id(answer: dict[str, Any]) -> int:
+    """The ID of a ``lease/grant`` answer."""
+    return decoded(lambda raw: int(raw["ID"]), answer)
+
+
+def _answer(status: int, data: bytes, endpoint: Endpoint | None = None) -> dict[str, Any]:
     """A gateway answer, or the error it carries (``{"error", "code", "message"}``)."""
     try:
-        answer = json.loads(data or b"{}")
-    except ValueError:
-        raise GatewayError("server", f"HTTP {status}: not a JSON answer: {data[:200]!r}") from None
+        answer = loads(data or b"{}")
+    except Garbled as exc:
+        where = f"{endpoint}: " if endpoint else ""
+        raise GatewayError("server", f"{where}HTTP {status}: not an etcd answer ({exc})") from None
     if status == 200 and isinstance(answer, dict):
         return answer
     code = answer.get("code") if isinstance(answer, dict) else None
+    code = code if isinstance(code, int) else None
     message = str(answer.get("error") or answer.get("message")) if isinstance(answer, dict) else ""
-    message = message or f"HTTP {status}"
+    message = (message or f"HTTP {status}")[:300]
     if code == UNAUTHENTICATED and "token" in message:
         raise _TokenRejected(message)
     if code in TRANSIENT_CODES:
@@ -366,7 +429,7 @@ class WatchEvent:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> WatchEvent:
-        kv = raw.get("kv", {})
+        kv = raw.get("kv") or {}
         return cls(
             kind=raw.get("type", "PUT"),
             key=unb64(kv.get("key")).decode("utf-8", "replace"),
@@ -420,21 +483,30 @@ class _Connection:
 
     def read_head(self, deadline: float) -> tuple[int, dict[str, str]]:
         """The status and the header fields (names in lower case)."""
-        while b"\r\n\r\n" not in self._buffer:
+        while b"\r\n\r\n" not in self._buffer[: MAX_HEAD + 4]:
+            if len(self._buffer) > MAX_HEAD:
+                raise Garbled(f"HTTP head longer than {MAX_HEAD >> 10} KiB")
             self._need(deadline)
         head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
+        status = lines[0].split(" ", 2)
+        if not (len(status) >= 2 and status[0] in ("HTTP/1.1", "HTTP/1.0")
+                and len(status[1]) == 3 and status[1].isdigit() and status[1].isascii()):
+            raise Garbled(f"not an HTTP answer: {_shown(head)}")
         fields = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
             fields[name.strip().lower()] = value.strip()
         self._chunk_left, self._crlf_due = 0, False
-        return int(lines[0].split()[1]), fields
+        return int(status[1]), fields
 
     def read_body(self, fields: dict[str, str], deadline: float) -> bytes:
         """The whole body of an answer (and its trailer, if chunked)."""
         if fields.get("transfer-encoding", "").lower() != "chunked":
-            length = int(fields.get("content-length", "0"))
+            text = fields.get("content-length", "0")
+            if not (text.isascii() and text.isdigit() and int(text) <= MAX_BODY):
+                raise Garbled(f"Content-Length {_shown(text.encode('latin-1'))} refused")
+            length = int(text)
             while len(self._buffer) < length:
                 self._need(deadline)
             body, self._buffer = self._buffer[:length], self._buffer[length:]
@@ -443,11 +515,15 @@ class _Connection:
         while True:
             payload, ended = self.decode_chunks()
             body += payload
+            if len(body) > MAX_BODY:
+                raise Garbled(f"a body longer than {MAX_BODY >> 20} MiB")
             if ended:
                 break
             self._need(deadline)
         # The trailer (gRPC's): header lines up to an empty line.
         while not self._buffer.startswith(b"\r\n") and b"\r\n\r\n" not in self._buffer:
+            if len(self._buffer) > MAX_HEAD:
+                raise Garbled(f"a trailer longer than {MAX_HEAD >> 10} KiB")
             self._need(deadline)
         end = 2 if self._buffer.startswith(b"\r\n") else self._buffer.index(b"\r\n\r\n") + 4
         self._buffer = self._buffer[end:]
@@ -464,8 +540,13 @@ class _Connection:
             if self._chunk_left == 0:
                 size_line, sep, rest = self._buffer.partition(b"\r\n")
                 if not sep:
+                    if len(self._buffer) > 1024:
+                        raise Garbled("a chunk size line without end")
                     return payload, False
-                size = int(size_line.split(b";")[0], 16)
+                digits = size_line.split(b";")[0].strip()
+                if not (0 < len(digits) <= 8 and all(c in b"0123456789abcdefABCDEF" for c in digits)):
+                    raise Garbled(f"not a chunk size: {_shown(size_line)}")
+                size = int(digits, 16)
                 self._buffer = rest
                 if size == 0:
                     return payload, True
@@ -513,8 +594,12 @@ class WatchStream:
         if created is None or not created.get("created"):
             self.close()
             raise _Down("no answer to the watch request in time")
-        #: The store revision etcd reported last on this watch.
-        self.revision = int(created.get("header", {}).get("revision", 0))
+        try:
+            #: The store revision etcd reported last on this watch.
+            self.revision = int(created.get("header", {}).get("revision", 0))
+        except (AttributeError, TypeError, ValueError):
+            self.close()
+            raise _Down("not an etcd answer to the watch request") from None
 
     def next(self, timeout: float) -> list[WatchEvent] | None:
         """The events of the next answer ([] for a progress note), or None if nothing
@@ -527,17 +612,27 @@ class WatchStream:
                                f"watch on {self.endpoint} ended: {_describe(exc)}") from None
         if result is None:
             return None
-        if result.get("canceled"):
+        try:
+            if result.get("canceled"):
+                compacted = int(result.get("compact_revision") or 0)
+                reason = str(result.get("cancel_reason", ""))[:200]
+            else:
+                compacted, reason = 0, None
+            revision = result.get("header", {}).get("revision")
+            events = [WatchEvent.from_json(raw) for raw in result.get("events") or ()]
+        except (AttributeError, TypeError, ValueError):
             self.close()
-            compacted = int(result.get("compact_revision") or 0)
+            raise GatewayError("unreachable",
+                               f"watch on {self.endpoint} ended: not an etcd answer") from None
+        if reason is not None:
+            self.close()
             if compacted:
                 raise GatewayError("compacted", f"watch revision compacted (at {compacted})",
                                    compact_revision=compacted)
-            raise GatewayError("unreachable", f"watch canceled: {result.get('cancel_reason', '')}")
-        revision = result.get("header", {}).get("revision")
+            raise GatewayError("unreachable", f"watch canceled: {reason}")
         if revision:
             self.revision = int(revision)
-        return [WatchEvent.from_json(raw) for raw in result.get("events", ())]
+        return events
 
     def close(self) -> None:
         self._connection.close()
@@ -546,14 +641,21 @@ class WatchStream:
         while True:
             payload, ended = self._connection.decode_chunks()
             *whole, self._payload = (self._payload + payload).split(b"\n")
+            if len(self._payload) > MAX_WATCH_LINE:
+                raise Garbled(f"a watch line longer than {MAX_WATCH_LINE >> 20} MiB")
             self._lines.extend(line for line in whole if line.strip())
             if self._lines:
-                message = json.loads(self._lines.pop(0))
+                message = loads(self._lines.pop(0))
+                if not isinstance(message, dict):
+                    raise Garbled(f"not a watch answer: {type(message).__name__}")
                 if "error" in message:
                     error = message["error"]
                     detail = error.get("message", error) if isinstance(error, dict) else error
-                    raise _Closed(f"watch error: {detail}")
-                return message.get("result", {})
+                    raise _Closed(f"watch error: {_printable(str(detail), 200)}")
+                result = message.get("result", {})
+                if not isinstance(result, dict):
+                    raise Garbled(f"not a watch answer: result is {type(result).__name__}")
+                return result
             if ended:
                 raise _Closed("the server ended the watch")
             if not self._connection.recv(deadline):

@@ -3,10 +3,12 @@ group is gone, release the leadership by its token with the backend's own guarde
 release statement, over a minimal client of PostgreSQL's wire protocol (v3).
 
 Standard library only (the keeper runs ``python -S -I``): a startup message, password
-authentication (SCRAM-SHA-256, md5, cleartext, or none for trust), TLS when the
-leadership's connection used it (SSLRequest, then ``ssl`` with the URL's sslmode), and
-one simple Query. Everything is bounded by ``budget``: a server that cannot be reached
-in time changes nothing, and the lease expires as it would have.
+authentication (SCRAM-SHA-256, md5, cleartext, or none for trust; only what the URL's
+``require_auth`` allows, as libpq), TLS when the leadership's connection used it
+(SSLRequest, then ``ssl`` with the URL's sslmode), and one simple Query. Everything is
+bounded by ``budget``: a server that cannot be reached in time changes nothing, and the
+lease expires as it would have. A server's answers are capped in size, its SCRAM
+iteration count in range, and its text made printable before it is shown.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import socket
 import ssl
 import struct
 import time
-import unicodedata
 from typing import Any
 
 from lelect.backends._postgres_sql import LOST_REASON, release_statement, with_timeout
@@ -28,6 +29,15 @@ PROTOCOL_3_0 = 196608
 SSL_REQUEST = 80877103
 #: Share of the budget left for the release statement itself (server-side timeout).
 STATEMENT_SHARE = 0.9
+#: The longest message a server may send the hand-back (its answers are a row or two).
+MAX_MESSAGE = 1 << 20
+#: SCRAM iteration counts the hand-back accepts: RFC 7677's minimum, and a bound that a
+#: server cannot use to keep the keeper hashing (PostgreSQL's default is 4096).
+MIN_ITERATIONS = 4096
+MAX_ITERATIONS = 10_000_000
+#: libpq's require_auth methods, and what each authentication request code is.
+AUTH_METHODS = {"password", "md5", "gss", "sspi", "scram-sha-256", "none"}
+_METHOD_OF_CODE = {3: "password", 5: "md5", 7: "gss", 9: "sspi", 10: "scram-sha-256"}
 
 
 class WireError(Exception):
@@ -101,6 +111,8 @@ class Wire:
     def _message(self) -> tuple[bytes, bytes]:
         """The next message: (type byte, body)."""
         kind, length = struct.unpack("!cI", self._read(5))
+        if not 4 <= length <= MAX_MESSAGE:
+            raise WireError(f"not a PostgreSQL answer: a message of {length} bytes")
         return kind, self._read(length - 4)
 
     def _send_message(self, kind: bytes, body: bytes) -> None:
@@ -135,7 +147,9 @@ class Wire:
         body += b"\0"
         self._send(struct.pack("!I", len(body) + 4) + body)
         password = params.get("password")
+        allowed = allowed_methods(params.get("require_auth"))
         scram: Scram | None = None
+        used = "none"
         while True:
             kind, payload = self._message()
             if kind == b"E":
@@ -144,10 +158,24 @@ class Wire:
                 return
             if kind != b"R":
                 continue  # ParameterStatus, BackendKeyData, NoticeResponse
+            if len(payload) < 4:
+                raise WireError("not a PostgreSQL answer: a short authentication request")
             (code,) = struct.unpack("!I", payload[:4])
             data = payload[4:]
-            if code == 0:
-                continue  # AuthenticationOk: parameters and ReadyForQuery follow
+            if code == 0:  # AuthenticationOk: parameters and ReadyForQuery follow
+                if used not in allowed:
+                    raise WireError(f"the server let us in by {used!r}, which require_auth"
+                                    " does not allow")
+                if used == "scram-sha-256" and (scram is None or not scram.verified):
+                    raise WireError("the server ended SCRAM without proving it knows the password")
+                continue
+            method = _METHOD_OF_CODE.get(code)
+            if method is not None and method not in allowed:
+                # As libpq: refuse before sending anything (a cleartext password above all).
+                raise WireError(f"the server asks for {method!r} authentication, which"
+                                " require_auth does not allow")
+            if method is not None:
+                used = method
             if password is None:
                 raise WireError("the server asks for a password and none is known")
             if code == 3:  # cleartext
@@ -159,8 +187,8 @@ class Wire:
             elif code == 10:  # SASL: the mechanisms offered
                 mechanisms = data.split(b"\0")
                 if b"SCRAM-SHA-256" not in mechanisms:
-                    raise WireError(f"no SASL mechanism this client knows: {mechanisms!r}")
-                scram = Scram(password)
+                    raise WireError(f"no SASL mechanism this client knows: {_shown(data)}")
+                scram = Scram(password, self.deadline)
                 first = scram.client_first()
                 self._send_message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first)
             elif code == 11 and scram is not None:  # SASL continue
@@ -199,25 +227,48 @@ class Wire:
         self.sock.close()
 
 
+def allowed_methods(require_auth: str | None) -> set[str]:
+    """The authentication methods libpq's ``require_auth`` allows (all when unset):
+    a list of methods, or of methods each prefixed with ``!`` (all but those)."""
+    if not require_auth:
+        return set(AUTH_METHODS)
+    names = [name.strip() for name in require_auth.split(",")]
+    negated = [name[1:] for name in names if name.startswith("!")]
+    if negated and len(negated) != len(names) or not set(negated or names) <= AUTH_METHODS:
+        raise WireError(f"require_auth={require_auth!r} is not one this client understands")
+    return AUTH_METHODS - set(negated) if negated else set(names)
+
+
 class Scram:
     """SCRAM-SHA-256 (RFC 5802/7677) as PostgreSQL speaks it: no channel binding, the
-    user name taken from the start-up message."""
+    user name taken from the start-up message, the password prepared with SASLprep."""
 
-    def __init__(self, password: str) -> None:
-        self._password = unicodedata.normalize("NFKC", password).encode("utf-8")
+    def __init__(self, password: str, deadline: float | None = None) -> None:
+        self._password = saslprep(password)
+        self._deadline = deadline
         self._nonce = base64.b64encode(os.urandom(18)).decode()
         self._first_bare = f"n=,r={self._nonce}"
         self._auth_message = b""
         self._salted = b""
+        self.verified = False
 
     def client_first(self) -> bytes:
         return ("n,," + self._first_bare).encode()
 
     def client_final(self, server_first: bytes) -> bytes:
-        fields = dict(part.split("=", 1) for part in server_first.decode().split(","))
-        nonce, salt, rounds = fields["r"], base64.b64decode(fields["s"]), int(fields["i"])
+        try:
+            fields = dict(part.split("=", 1) for part in server_first.decode().split(","))
+            nonce, salt, rounds = fields["r"], base64.b64decode(fields["s"]), fields["i"]
+        except (ValueError, KeyError):  # binascii.Error and UnicodeError are ValueErrors
+            raise WireError(f"not a SCRAM server-first message: {_shown(server_first)}") from None
+        if not (rounds.isascii() and rounds.isdigit() and len(rounds) <= 10
+                and MIN_ITERATIONS <= int(rounds) <= MAX_ITERATIONS):
+            raise WireError(f"SCRAM iteration count {_shown(rounds.encode())} refused: the"
+                            f" hand-back takes {MIN_ITERATIONS} to {MAX_ITERATIONS}")
+        rounds = int(rounds)
         if not nonce.startswith(self._nonce):
             raise WireError("the server's SCRAM nonce does not extend ours")
+        self._check_time(salt, rounds)
         self._salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, rounds)
         client_key = _hmac(self._salted, b"Client Key")
         without_proof = f"c={base64.b64encode(b'n,,').decode()},r={nonce}"
@@ -226,11 +277,64 @@ class Scram:
         proof = bytes(a ^ b for a, b in zip(client_key, signature))
         return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
 
+    def _check_time(self, salt: bytes, rounds: int) -> None:
+        """Refuse to start hashing that cannot end within the budget: a hash cannot be
+        interrupted, so time a small one and extrapolate."""
+        sample = MIN_ITERATIONS
+        if self._deadline is None or rounds <= 4 * sample:  # a few milliseconds at most
+            return
+        started = time.monotonic()
+        hashlib.pbkdf2_hmac("sha256", self._password, salt, sample)
+        needed = (time.monotonic() - started) * rounds / sample
+        left = self._deadline - time.monotonic()
+        if needed > left:
+            raise WireError(f"SCRAM with {rounds} iterations would take about {needed:.1f}s;"
+                            f" {max(left, 0.0):.1f}s of the budget are left")
+
     def verify_server(self, server_final: bytes) -> None:
-        fields = dict(part.split("=", 1) for part in server_final.decode().split(","))
+        try:
+            fields = dict(part.split("=", 1) for part in server_final.decode().split(","))
+            signature = base64.b64decode(fields.get("v", ""))
+        except ValueError:
+            raise WireError(f"not a SCRAM server-final message: {_shown(server_final)}") from None
         expected = _hmac(_hmac(self._salted, b"Server Key"), self._auth_message)
-        if not hmac.compare_digest(base64.b64decode(fields.get("v", "")), expected):
+        if not self._salted or not hmac.compare_digest(signature, expected):
             raise WireError("the server's SCRAM signature is wrong: not the server we know")
+        self.verified = True
+
+
+def saslprep(password: str) -> bytes:
+    """The password as PostgreSQL's SCRAM uses it (``pg_saslprep``): SASLprep (RFC 4013:
+    map, NFKC, prohibit, bidi) when that succeeds, else the password's raw bytes, which
+    is what both libpq and the server do with a password that is not valid UTF-8 or
+    holds prohibited characters. As PostgreSQL, the prohibited, unassigned and bidi
+    checks look at the mapped characters, and an empty result counts as prohibited."""
+    raw = password.encode("utf-8", "surrogateescape")
+    if password.isascii():
+        return raw
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes from argv: not UTF-8
+        return raw
+    import stringprep  # RFC 3454's tables (Unicode 3.2), as PostgreSQL's own
+    import unicodedata
+
+    mapped = "".join(" " if stringprep.in_table_c12(c) else c
+                     for c in password if not stringprep.in_table_b1(c))
+    if not mapped:
+        return raw
+    for c in mapped:
+        if (stringprep.in_table_c12(c) or stringprep.in_table_c21_c22(c)
+                or stringprep.in_table_c3(c) or stringprep.in_table_c4(c)
+                or stringprep.in_table_c5(c) or stringprep.in_table_c6(c)
+                or stringprep.in_table_c7(c) or stringprep.in_table_c8(c)
+                or stringprep.in_table_c9(c) or stringprep.in_table_a1(c)):
+            return raw
+    if any(stringprep.in_table_d1(c) for c in mapped) and (
+            any(stringprep.in_table_d2(c) for c in mapped)
+            or not stringprep.in_table_d1(mapped[0]) or not stringprep.in_table_d1(mapped[-1])):
+        return raw
+    return unicodedata.normalize("NFKC", mapped).encode("utf-8")
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:
@@ -296,6 +400,13 @@ def _is_name(host: str) -> bool:
 
 
 def _data_row(payload: bytes) -> list[str | None]:
+    try:
+        return _unpacked_row(payload)
+    except struct.error:
+        raise WireError("not a PostgreSQL answer: a short data row") from None
+
+
+def _unpacked_row(payload: bytes) -> list[str | None]:
     (count,) = struct.unpack("!H", payload[:2])
     values: list[str | None] = []
     offset = 2
@@ -311,9 +422,19 @@ def _data_row(payload: bytes) -> list[str | None]:
 
 
 def _error_text(payload: bytes) -> str:
-    """An ErrorResponse as 'SEVERITY: message [SQLSTATE]'."""
+    """An ErrorResponse as 'SEVERITY: message [SQLSTATE]', printable and short."""
     fields: dict[str, str] = {}
     for part in payload.split(b"\0"):
         if part:
-            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+            fields[chr(part[0])] = _printable(part[1:].decode("utf-8", "replace"), 300)
     return f"{fields.get('S', 'ERROR')}: {fields.get('M', 'unknown error')} [{fields.get('C', '?')}]"
+
+
+def _printable(text: str, limit: int) -> str:
+    """A server's text on one line: control characters escaped, at most ``limit`` long."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _shown(data: bytes, limit: int = 80) -> str:
+    return repr(_printable(data.decode("utf-8", "replace"), limit))

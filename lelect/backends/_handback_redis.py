@@ -16,6 +16,12 @@ budget; if Redis cannot be reached, the lease simply runs out.
 import socket
 import time
 
+# A release answers with a few small values; anything bigger is a broken server.
+_MAX_LINE = 64 * 1024
+_MAX_BULK = 1 << 20
+_MAX_ARRAY = 1024
+_MAX_DEPTH = 8
+
 
 class ReplyError(Exception):
     """Redis answered with an error."""
@@ -73,7 +79,7 @@ class _Wire:
             raise answer
         return answer
 
-    def _read(self):
+    def _read(self, depth=0):
         line = self._line()
         kind, rest = line[:1], line[1:]
         if kind == b"+":
@@ -81,17 +87,19 @@ class _Wire:
         if kind == b"-":
             return ReplyError(rest.decode("utf-8", "replace"))
         if kind == b":":
-            return int(rest)
+            return _number(line, rest, 1 << 63)
         if kind == b"$":
-            size = int(rest)
+            size = _number(line, rest, _MAX_BULK)
             return None if size < 0 else self._exactly(size + 2)[:-2]
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self._read() for _ in range(size)]
+        if kind == b"*" and depth < _MAX_DEPTH:
+            size = _number(line, rest, _MAX_ARRAY)
+            return None if size < 0 else [self._read(depth + 1) for _ in range(size)]
         raise ConnectionError(f"not a Redis reply: {line[:40]!r}")
 
     def _line(self):
         while b"\r\n" not in self._buffer:
+            if len(self._buffer) > _MAX_LINE:
+                raise ConnectionError("not a Redis reply: a line without end")
             self._fill()
         line, _, self._buffer = self._buffer.partition(b"\r\n")
         return line
@@ -111,6 +119,14 @@ class _Wire:
 
     def close(self):
         self._sock.close()
+
+
+def _number(line, text, limit):
+    """The integer of a reply line, within +-``limit``: else not a Redis reply."""
+    digits = text[1:] if text[:1] == b"-" else text
+    if not (digits.isdigit() and len(digits) <= 19 and abs(int(text)) <= limit):
+        raise ConnectionError(f"not a Redis reply: {line[:40]!r}")
+    return int(text)
 
 
 def _pack(command):

@@ -71,12 +71,19 @@ def _multi(ops: list[Op]) -> bytes:
     return body + _int(-1) + b"\x01" + _int(-1)
 
 
+#: The hand-back's answers are a few dozen bytes; a server may announce any length.
+_MAX_FRAME = 1 << 20
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data, self.at = data, 0
 
     def take(self, fmt: str) -> int:
-        (value,) = struct.unpack_from(fmt, self.data, self.at)
+        try:
+            (value,) = struct.unpack_from(fmt, self.data, self.at)
+        except struct.error:
+            raise ConnectionError("not a ZooKeeper answer: a reply too short") from None
         self.at += struct.calcsize(fmt)
         return value
 
@@ -134,17 +141,21 @@ class _Connection:
 
     def _receive(self) -> bytes:
         (length,) = struct.unpack("!i", self._exactly(4))
+        if not 16 <= length <= _MAX_FRAME:  # a reply header is 16 bytes
+            raise ConnectionError(f"not a ZooKeeper answer: a frame of {length} bytes")
         return self._exactly(length)
 
     def _exactly(self, count: int) -> bytes:
-        chunks = b""
-        while len(chunks) < count:
+        chunks = []
+        missing = count
+        while missing > 0:
             self.sock.settimeout(_left(self.deadline))
-            chunk = self.sock.recv(count - len(chunks))
+            chunk = self.sock.recv(min(missing, 65536))
             if not chunk:
                 raise ConnectionError("ZooKeeper closed the connection")
-            chunks += chunk
-        return chunks
+            chunks.append(chunk)
+            missing -= len(chunk)
+        return b"".join(chunks)
 
     def reattach(self, session_id: int, password: bytes, timeout_ms: int, last_zxid: int) -> bool:
         """Resume the session; False if the server refuses it (expired, or not this

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from lelect.backends._postgres_sql import DEFAULT_SCHEMA, SCHEMA_NAME, with_timeout
-from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TTL, unreachable
+from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TTL, server_text, unreachable
 from lelect.backends.records import DEFAULT_HISTORY
 from lelect.backends.urls import BackendURL
 from lelect.errors import BackendUnavailable, ConfigError, LelectError, UsageError
@@ -217,8 +217,9 @@ _PREFIXES = re.compile(
 
 
 def _first_line(exc: BaseException) -> str:
+    """The reason in an error, printable and short: a server chooses its bytes."""
     text = str(exc).strip().split("\n")[0]
-    return " ".join(_PREFIXES.sub("", text).split()) or type(exc).__name__
+    return server_text(_PREFIXES.sub("", text)) or type(exc).__name__
 
 
 class _Watchdog:

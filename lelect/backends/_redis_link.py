@@ -16,22 +16,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis._parsers import _RESP2Parser
+from redis._parsers.socket import SocketBuffer
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
+    InvalidResponse,
     NoPermissionError,
     NoScriptError,
     ReadOnlyError,
     RedisError,
     ResponseError,
 )
+from redis.utils import SENTINEL
 
 from lelect.backends._redis_scripts import Script
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
     DEFAULT_TTL,
+    server_text,
     unreachable,
 )
 from lelect.backends.urls import BackendURL
@@ -46,16 +51,114 @@ _PREFIX = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 _TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 
 
+#: What a reply may hold. lelect's own replies are small (a history of at most 10000
+#: entries is the biggest); anything beyond these is a broken or hostile server.
+MAX_LINE = 1 << 20  # a status, error or integer line
+MAX_BULK = 16 << 20  # one bulk string
+MAX_ARRAY = 1 << 20  # elements of one array
+MAX_DEPTH = 16  # arrays within arrays
+MAX_REPLY = 64 << 20  # all the bytes of one reply
+
+
+class _CappedBuffer(SocketBuffer):
+    """redis-py's socket buffer with an overall deadline for the reply being read (each
+    recv gets what is left of it, not a fresh socket timeout) and size caps, so a server
+    that streams an endless line or announces a huge bulk string is cut off in time."""
+
+    deadline: float | None = None
+
+    def _read_from_socket(self, length=None, timeout=SENTINEL, raise_on_timeout=True):
+        wanted = 1 if length is None else length
+        while True:
+            left = None if self.deadline is None else self.deadline - time.monotonic()
+            if left is not None and left <= 0:
+                if not raise_on_timeout:
+                    return False
+                raise redis.TimeoutError("no whole answer in time")
+            step = timeout
+            if left is not None:
+                step = left if timeout is SENTINEL or timeout is None else min(timeout, left)
+            before = self.unread_bytes()
+            if not super()._read_from_socket(None, step, raise_on_timeout):
+                return False
+            if self.get_pos() + self.unread_bytes() > MAX_REPLY:
+                raise InvalidResponse(f"a reply longer than {MAX_REPLY >> 20} MiB")
+            wanted -= self.unread_bytes() - before
+            if wanted <= 0:
+                return True
+
+    def readline(self, timeout=SENTINEL) -> bytes:
+        buf = self._live_buffer()
+        data = buf.readline(MAX_LINE + 2)
+        while not data.endswith(b"\r\n"):
+            if len(data) > MAX_LINE:
+                raise InvalidResponse(f"a reply line longer than {MAX_LINE >> 20} MiB")
+            self._read_from_socket(timeout=timeout)
+            data += buf.readline(MAX_LINE + 2 - len(data))
+        line = data[:-2]
+        kind, size = line[:1], line[1:]
+        if kind in (b"$", b"*") and size != b"-1":
+            if not (size.isdigit() and len(size) < 12):
+                raise InvalidResponse(f"not a Redis reply: {line[:40]!r}")
+            if int(size) > (MAX_BULK if kind == b"$" else MAX_ARRAY):
+                what = "bulk string" if kind == b"$" else "array"
+                raise InvalidResponse(f"a reply with a {what} of {int(size)} (too big)")
+        return line
+
+
+class _CappedParser(_RESP2Parser):
+    """RESP2 with :class:`_CappedBuffer` and a bound on nesting (deep arrays would
+    otherwise end in a RecursionError)."""
+
+    _depth = 0
+
+    def on_connect(self, connection) -> None:
+        super().on_connect(connection)
+        buffer = _CappedBuffer(self._sock, self.socket_read_size, connection.socket_timeout)
+        self._buffer = buffer
+
+    def _read_response(self, disable_decoding=False, timeout=SENTINEL):
+        if self._depth >= MAX_DEPTH:
+            raise InvalidResponse(f"a reply nested deeper than {MAX_DEPTH} arrays")
+        self._depth += 1
+        try:
+            return super()._read_response(disable_decoding=disable_decoding, timeout=timeout)
+        except ValueError as exc:  # a malformed integer ("not a Redis reply")
+            raise InvalidResponse(f"not a Redis reply: {exc}") from None
+        finally:
+            self._depth -= 1
+
+
 class _Bounded:
     """A redis-py connection whose whole connect (TCP, TLS, then AUTH, CLIENT SETNAME and
-    SELECT, one answer each) ends by one deadline, not one socket timeout per step."""
+    SELECT, one answer each) ends by one deadline, not one socket timeout per step, and
+    whose every reply is read by :class:`_CappedParser` within a deadline: the call's
+    (``reply_deadline``, set by :func:`timed_call`), the connect's, or else one socket
+    timeout from the start of the reply."""
 
     connect_deadline: float | None = None
+    reply_deadline: float | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["parser_class"] = _CappedParser
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        if self.connect_deadline is not None and "timeout" not in kwargs:
-            kwargs["timeout"] = max(self.connect_deadline - time.monotonic(), 0.001)
-        return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        deadline = self.connect_deadline
+        if deadline is not None and "timeout" not in kwargs:
+            kwargs["timeout"] = max(deadline - time.monotonic(), 0.001)
+        if deadline is None:
+            deadline = self.reply_deadline
+        if deadline is None:
+            deadline = time.monotonic() + (self.socket_timeout or DEFAULT_CONNECT_TIMEOUT)  # type: ignore[attr-defined]
+        buffer = getattr(self._parser, "_buffer", None)  # type: ignore[attr-defined]
+        if isinstance(buffer, _CappedBuffer):
+            buffer.deadline = deadline
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            if isinstance(buffer, _CappedBuffer):
+                buffer.deadline = None
 
 
 class TCPConnection(_Bounded, redis.Connection):
@@ -164,7 +267,7 @@ class RedisOptions:
         where = self.where
         within = self.connect_timeout if within is None else within
         # Errors inside scripts end in "script: <sha>, on @user_script:<line>."
-        text = str(exc).split(" script: ")[0].strip().rstrip(".")
+        text = server_text(str(exc).split(" script: ")[0]).strip().rstrip(".")
         if isinstance(exc, AuthenticationError):
             if "required" in text.lower():
                 message = (
@@ -290,7 +393,11 @@ def timed_call(conn: redis.Connection, budget: float, *args: Any) -> Any:
     conn.send_command(*args)
     if not conn.can_read(timeout=max(end - time.monotonic(), 0.0)):
         raise redis.TimeoutError(f"no answer within {format_duration(budget)}")
-    return conn.read_response()
+    conn.reply_deadline = end
+    try:
+        return conn.read_response()
+    finally:
+        conn.reply_deadline = None
 
 
 def connect(conn: redis.Connection, budget: float) -> None:
@@ -371,7 +478,7 @@ def _is_tls(exc: BaseException) -> bool:
 
 def _short(text: str) -> str:
     # redis-py wraps errors as "Error 111 connecting to host:port. Connection refused."
-    return " ".join(text.split())
+    return server_text(text)
 
 
 def _on_off(url: BackendURL, name: str, default: bool = True) -> bool:

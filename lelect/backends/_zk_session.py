@@ -20,6 +20,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import (
     AuthFailedError,
     ConnectionClosedError,
+    ConnectionDropped,
     ConnectionLoss,
     KazooException,
     NoAuthError,
@@ -51,6 +52,10 @@ OPTIONS = {"session_timeout", "connect_timeout", "auth", "history"}
 #: The longest timeout lelect passes on: ZooKeeper carries the session timeout as a
 #: signed 32-bit number of milliseconds (kazoo's connection thread dies on more).
 MAX_TIMEOUT = (2**31 - 1) / 1000.0
+
+#: The longest frame a server may send (ZooKeeper's own jute.maxbuffer is 1 MiB by
+#: default); kazoo would allocate whatever length a server announces.
+MAX_FRAME = 4 << 20
 
 #: Errors that mean "no answer (yet)": the connection dropped or the call timed out.
 TRANSIENT = (ConnectionLoss, OperationTimeoutError, KazooTimeoutError)
@@ -270,7 +275,10 @@ class Session:
             auth_data=config.auth_data,
             logger=kazoo_log,
         )
+        #: Why the server's last answer was refused (a broken or hostile server).
+        self.malformed: str | None = None
         self._record_granted_timeout()
+        self._cap_frames()
         self.client.add_listener(self._on_state)
 
     def _record_granted_timeout(self) -> None:
@@ -286,6 +294,20 @@ class Session:
             return read_timeout, connect_timeout
 
         connection._connect = recording_connect
+
+    def _cap_frames(self) -> None:
+        # kazoo reads a frame's 4-byte length and then that many bytes, whatever the
+        # length: a frame longer than MAX_FRAME (or negative) drops the connection.
+        connection = self.client._connection
+        read = connection._read
+
+        def capped_read(length: int, timeout: Any) -> bytes:
+            if not 0 <= length <= MAX_FRAME:
+                self.malformed = f"a frame of {length} bytes, over the {MAX_FRAME >> 20} MiB limit"
+                raise ConnectionDropped(f"refused {self.malformed}")
+            return read(length, timeout)
+
+        connection._read = capped_read
 
     # -- state ------------------------------------------------------------------
 
@@ -365,6 +387,9 @@ class Session:
         self.unreachable = True
         if self.handler.all_refused(self.config.host_ports):
             return unreachable("ZooKeeper", self.config.hosts, within, "connection refused")
+        if self.malformed is not None:
+            return unreachable("ZooKeeper", self.config.hosts, within,
+                               f"not a ZooKeeper answer: {self.malformed}")
         if self.handler.answered_tcp:
             return unreachable("ZooKeeper", self.config.hosts, within,
                                "it took the connection but gave no ZooKeeper answer"

@@ -57,6 +57,18 @@ __all__ = ["MIN_ATTEMPT", "connect_budget", "lease_drift", "LATE_WIN"]
 # -- one wording for the errors every backend raises ------------------------------------
 
 
+def server_text(text: object, limit: int = 200) -> str:
+    """What a server said, fit for one line of a message: printable characters only
+    (control characters and escape sequences shown escaped), whitespace runs collapsed,
+    at most ``limit`` characters. A broken or hostile server chooses these bytes."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text[: limit * 4]).decode("utf-8", "replace")
+    shown = " ".join(str(text)[: limit * 4].split())
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+
 def busy(election: str, holder: LeaderInfo | None) -> ElectionBusy:
     who = f"{holder.node_id} (term {holder.term})" if holder else "another candidate"
     return ElectionBusy(f"election {election!r} is led by {who}")

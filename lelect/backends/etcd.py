@@ -189,9 +189,9 @@ class _Lease:
         self.backend = backend
         t_send = time.monotonic()
         answer = backend.gateway.call("lease/grant", {"TTL": str(lease_seconds(ttl))}, budget)
-        self.id = int(answer["ID"])
+        self.id = wire.lease_id(answer)
         #: The lease etcd granted: whole seconds, at least its minimum.
-        self.granted = float(answer.get("TTL") or lease_seconds(ttl))
+        self.granted = wire.decoded(lambda raw: float(raw.get("TTL") or lease_seconds(ttl)), answer)
         if self.granted != ttl:
             backend.say_granted(ttl, self.granted)
         # Renewing as often as the asked-for ttl needs keeps every promise made for it.
@@ -203,7 +203,7 @@ class _Lease:
 
     def _keepalive(self, budget: float) -> Renewal:
         answer = self.backend.gateway.call("lease/keepalive", {"ID": str(self.id)}, budget)
-        granted = int((answer.get("result") or answer).get("TTL") or 0)
+        granted = wire.decoded(lambda raw: int((raw.get("result") or raw).get("TTL") or 0), answer)
         if granted <= 0:
             return Renewal(False, reason="etcd says our lease expired")
         return Renewal(True, granted=float(granted))
@@ -720,10 +720,11 @@ class EtcdBackend(Backend):
         seconds = lease_seconds(ttl)
         if stored is not None and stored.lease:
             answer = self.gateway.call("lease/keepalive", {"ID": str(stored.lease)}, budget)
-            if int((answer.get("result") or answer).get("TTL") or 0) == seconds:
+            if wire.decoded(lambda raw: int((raw.get("result") or raw).get("TTL") or 0),
+                            answer) == seconds:
                 return stored.lease
         answer = self.gateway.call("lease/grant", {"TTL": str(seconds)}, budget)
-        return int(answer["ID"])
+        return wire.lease_id(answer)
 
     def remove_member(self, election: str, node_id: str) -> None:
         try:

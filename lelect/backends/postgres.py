@@ -19,6 +19,7 @@ and otherwise sleep until the lease's server-side expiry.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -489,10 +490,11 @@ def _wire_params(conn: psycopg.Connection | None) -> dict[str, object] | None:
         option.keyword.decode(): option.val.decode() if option.val is not None else None
         for option in conn.pgconn.info
     }
-    for name, refused in _KEEPER_CANNOT.items():
-        if settings.get(name) == refused:
-            return None
-    if settings.get("sslpassword"):
+    try:
+        used_gssapi: bool | None = conn.pgconn.used_gssapi
+    except psycopg.NotSupportedError:  # libpq before 16 cannot tell
+        used_gssapi = None
+    if not keeper_can_follow(settings, used_gssapi):
         return None
     info = conn.info
     return {
@@ -508,4 +510,23 @@ def _wire_params(conn: psycopg.Connection | None) -> dict[str, object] | None:
         "sslcert": settings.get("sslcert"),
         "sslkey": settings.get("sslkey"),
         "sslsni": settings.get("sslsni") != "0",
+        "require_auth": settings.get("require_auth") or None,
     }
+
+
+def keeper_can_follow(settings: dict[str, str | None], used_gssapi: bool | None) -> bool:
+    """Whether the keeper's own client may reconnect the way this connection did: not
+    when libpq was told to need what it lacks (channel binding, GSS encryption, direct
+    TLS, a key passphrase), nor when this connection is GSS-encrypted or authenticated
+    (the hand-back would fall back to a plain connection). ``used_gssapi`` is None when
+    libpq cannot say; then a Kerberos credential cache that libpq's default
+    ``gssencmode=prefer`` would use counts as GSS."""
+    if any(settings.get(name) == refused for name, refused in _KEEPER_CANNOT.items()):
+        return False
+    if settings.get("sslpassword"):
+        return False
+    if used_gssapi is not None:
+        return not used_gssapi
+    if settings.get("gssencmode") == "disable":
+        return True
+    return "KRB5CCNAME" not in os.environ and not os.path.exists(f"/tmp/krb5cc_{os.getuid()}")

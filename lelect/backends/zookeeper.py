@@ -30,6 +30,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
+from lelect.backends._zk_acl import guard_acls
 from lelect.backends._zk_contest import Contest
 from lelect.backends._zk_layout import (
     Contender,
@@ -217,6 +218,7 @@ class ZooKeeperBackend(Backend):
         self._start(session, budget)
         try:
             self._check_granted(session, requested)
+            guard_acls(session, paths, budget)
             contest = Contest(
                 self, session, paths, candidate,
                 give_up=None if timeout is None else started + timeout,
