@@ -199,7 +199,7 @@ def test_two_candidates_with_one_node_id_are_warned(backend):
 
 @pytest.fixture
 def shared_dir():
-    """A directory shared by root and a group (as documented: root-owned, 2770), on a
+    """A directory shared by root and a group (as documented: root-owned, 3770), on a
     path every user can reach, and a copy of the lelect package the other user can read."""
     group = grp.getgrnam("nogroup").gr_gid
     top = Path(tempfile.mkdtemp(prefix="lelect-shared-"))
@@ -207,7 +207,7 @@ def shared_dir():
     shared = top / "lelect"
     shared.mkdir()
     os.chown(shared, 0, group)
-    shared.chmod(0o2770)
+    shared.chmod(0o3770)
     package = Path(__file__).resolve().parent.parent / "lelect"
     shutil.copytree(package, top / "src" / "lelect", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["chmod", "-R", "a+rX", str(top / "src")], check=True)
@@ -222,13 +222,14 @@ import sys, time
 sys.path.insert(0, sys.argv[2])
 from lelect.backends import filestate
 directory = sys.argv[1]
-assert filestate.ensure_safe_dir(directory, create=False)[1] is True
-fd = filestate.take_lock(directory + "/both.lock", True, True)
+state = filestate.open_state_dir(directory, create=False)
+assert state.shared is True
+fd = filestate.take_lock(state, "both.lock", True)
 if fd is None:
     print("busy")
 else:
-    conn = filestate.open_db(directory, True)
-    term = filestate.next_term(fd, conn, "both")
+    conn = filestate.open_db(state)
+    term = filestate.next_term(fd, conn, "both", directory + "/both.lock")
     filestate.record_leader(conn, "both", term=term, node_id="nobody", token="t", host="h",
                             pid=1, since=time.time(), history_limit=10)
     print("won", term)
