@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers import (
     LELECT,
+    assert_one_line,
     blocked_on_flock,
     lelect_env,
     pid_alive,
@@ -82,15 +83,6 @@ def test_interactive_job_reads_the_terminal(backend):
 
 
 # -- bad input: one clear line, the documented status, no traceback -----------------
-
-
-def assert_one_line(out: subprocess.CompletedProcess, status: int, *words: str) -> None:
-    assert out.returncode == status, (out.returncode, out.stderr)
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, out.stderr
-    assert "Traceback" not in out.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "-x", "", "x" * 200, "_private"])

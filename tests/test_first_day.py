@@ -5,19 +5,13 @@ the contract suite."""
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import click
 import pexpect
-import pytest
 
 from lelect.cli import COMMANDS, cli
 from lelect.cli.params import Duration
@@ -195,24 +189,6 @@ def test_two_candidates_with_one_node_id_are_warned(backend):
     for proc in (first, second):
         proc.terminate()
         proc.wait(timeout=30)
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory shared by root and a group (as documented: root-owned, 3770), on a
-    path every user can reach, and a copy of the lelect package the other user can read."""
-    group = grp.getgrnam("nogroup").gr_gid
-    top = Path(tempfile.mkdtemp(prefix="lelect-shared-"))
-    top.chmod(0o755)
-    shared = top / "lelect"
-    shared.mkdir()
-    os.chown(shared, 0, group)
-    shared.chmod(0o3770)
-    package = Path(__file__).resolve().parent.parent / "lelect"
-    shutil.copytree(package, top / "src" / "lelect", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(["chmod", "-R", "a+rX", str(top / "src")], check=True)
-    yield shared, group, top / "src"
-    shutil.rmtree(top, ignore_errors=True)
 
 
 #: What the other user does with the shared directory: take the election's flock

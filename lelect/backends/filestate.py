@@ -443,6 +443,7 @@ def flock_waiters(path: str | os.PathLike) -> int:
 
 
 def corrupt(path: str, detail: str) -> ConfigError:
+    detail = " ".join(detail.replace("*", "").split())  # SQLite's checks span lines
     return ConfigError(
         f"state database {path} is corrupt ({detail}); move it aside (terms must never"
         " restart, so lelect will not recreate it silently) and start again"
