@@ -1,5 +1,6 @@
 """The embedded backend's state: its directory (safety checks), its flocks and its
-SQLite database.
+SQLite database. Every file in the directory is opened relative to the directory's
+descriptor, never through a link, and checked (:class:`StateDir`; docs/security.md).
 
 Imported by the file backend and by the job's keeper (which takes the flock, settles
 the term and records the leader the moment it wins), so it imports nothing but the
