@@ -556,7 +556,7 @@ def open_db(state: StateDir, *, create: bool = True, check: bool = False
                     f" {state.path}, and start again"
                 )
             return _retrying(f"state database {path}",
-                             lambda: _connect(state, info, writable, check))
+                             lambda: _connect(state, info, writable, check, settled=True))
     except PermissionError as exc:
         raise ConfigError(f"cannot open state database {path}: {exc.strerror}") from None
     except OSError as exc:
@@ -575,7 +575,10 @@ def _open_db_file(state: StateDir, create: bool) -> tuple[int | None, bool]:
 
 
 def _connect(state: StateDir, checked: os.stat_result, writable: bool, check: bool,
-             new: bool = False) -> sqlite3.Connection:
+             new: bool = False, settled: bool = False) -> sqlite3.Connection:
+    """SQLite's connection to the database file we ``checked``. ``new``: we just created
+    it (and hold the directory's flock); ``settled``: we hold that flock, so nobody is
+    creating it."""
     path = state.where(DB_NAME)
     uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
     try:
@@ -598,6 +601,10 @@ def _connect(state: StateDir, checked: os.stat_result, writable: bool, check: bo
                                    check_same_thread=False)
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         _same_file(state, conn, checked)
+        if not _TABLES <= tables and not (new or settled):
+            with _Creation(state, exclusive=False):  # its creator may be making them now
+                tables = {r[0] for r in
+                          conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if writable:
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if mode != "wal":
