@@ -247,9 +247,12 @@ class Keeper:
         from lelect.backends import filestate
 
         self.filestate = filestate
-        shared = self.options.get("shared") == "1"
+        lock_name = os.path.basename(self.options["lock"])
         try:
-            self.db = filestate.open_db(self.options["db"], shared)
+            # lelect checked the directory (and the database); every file in it is opened
+            # relative to it, never through a link.
+            self.state = filestate.StateDir(self.options["db"], self.options.get("shared") == "1")
+            self.db = filestate.open_db(self.state)
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
             self.send(self.proto.Error(str(exc)))
             os._exit(0)
@@ -275,15 +278,18 @@ class Keeper:
         try:
             if deadline is not None and deadline <= time.monotonic():
                 nowait = True  # --timeout 0: one try, as flock -w 0
-            self.lock_fd = filestate.take_lock(self.options["lock"], True, shared)
+            self.lock_fd = filestate.take_lock(self.state, lock_name, True)
             if self.lock_fd is None and not nowait:
                 self.send(self.proto.Waiting())
                 signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
-                self.lock_fd = filestate.take_lock(self.options["lock"], False, shared)
+                self.lock_fd = filestate.take_lock(self.state, lock_name, False)
         except _GiveUp:
             outcome = self.proto.TimedOut()
         except OSError as exc:
-            outcome = self.proto.Error(f"cannot open lock file: {exc}")
+            outcome = self.proto.Error(f"cannot open lock file {self.options['lock']}:"
+                                       f" {exc.strerror or exc}")
+        except Exception as exc:  # noqa: BLE001 - a file lelect must not use: one line
+            outcome = self.proto.Error(str(exc))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGTERM, previous_term)
@@ -306,7 +312,8 @@ class Keeper:
     def on_locked(self):
         since = time.time()
         try:
-            term = self.filestate.next_term(self.lock_fd, self.db, self.options["election"])
+            term = self.filestate.next_term(self.lock_fd, self.db, self.options["election"],
+                                            self.options["lock"])
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
             self.release()
             self.send(self.proto.Error(str(exc)))
@@ -601,7 +608,7 @@ class Keeper:
         try:
             if self.record_pipe is not None:  # the record is still being written
                 select.select([self.record_pipe], [], [], CLOSE_RECORD_BUDGET)
-            conn = self.filestate.open_db(self.options["db"], self.options.get("shared") == "1")
+            conn = self.filestate.open_db(self.state)
             # A busy database must not hold up the exit (nor the next leader) for long.
             conn.execute(f"PRAGMA busy_timeout={int(CLOSE_RECORD_BUDGET * 1000)}")
             try:

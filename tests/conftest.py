@@ -1,6 +1,9 @@
+import grp
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,21 @@ def processes():
         for stream in (process.stdout, process.stderr):
             if stream:
                 stream.close()
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory shared by root and a group (as documented: root-owned, 3770), on a
+    path every user can reach, and a copy of the lelect package the other user can read."""
+    group = grp.getgrnam("nogroup").gr_gid
+    top = Path(tempfile.mkdtemp(prefix="lelect-shared-"))
+    top.chmod(0o755)
+    shared = top / "lelect"
+    shared.mkdir()
+    os.chown(shared, 0, group)
+    shared.chmod(0o3770)
+    package = Path(__file__).resolve().parent.parent / "lelect"
+    shutil.copytree(package, top / "src" / "lelect", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX", str(top / "src")], check=True)
+    yield shared, group, top / "src"
+    shutil.rmtree(top, ignore_errors=True)

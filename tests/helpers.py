@@ -60,6 +60,16 @@ def run_lelect(*args: str, backend: str | None = None, timeout: float = 60, **kw
 SPAWNED: list[subprocess.Popen] = []
 
 
+def assert_one_line(out: subprocess.CompletedProcess, status: int, *words: str) -> None:
+    """``out`` failed with ``status`` and one line on stderr holding every one of ``words``."""
+    assert out.returncode == status, (out.returncode, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
 def leader_json(backend: str, election: str) -> dict | None:
     """What `lelect leader ELECTION --json` says leads (None: nobody)."""
     import json

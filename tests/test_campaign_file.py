@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers import (
     LELECT,
+    assert_one_line,
     blocked_on_flock,
     lelect_env,
     pid_alive,
@@ -84,15 +85,6 @@ def test_interactive_job_reads_the_terminal(backend):
 # -- bad input: one clear line, the documented status, no traceback -----------------
 
 
-def assert_one_line(out: subprocess.CompletedProcess, status: int, *words: str) -> None:
-    assert out.returncode == status, (out.returncode, out.stderr)
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, out.stderr
-    assert "Traceback" not in out.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "-x", "", "x" * 200, "_private"])
 def test_bad_election_names_are_refused(backend, name):
     # After "--" even "-x" is taken as the name (as a user would have to write it).
@@ -134,11 +126,16 @@ def readonly_dir(tmp_path):
 
 
 def test_unsafe_directories_are_refused(tmp_path, readonly_dir):
+    campaign = ("campaign", "x", "--", "true")
     group_writable = tmp_path / "gw"
     group_writable.mkdir(mode=0o700)
     group_writable.chmod(0o770)
     assert_one_line(run_lelect("leader", "x", backend=f"file://{group_writable}"), 78,
-                    "group writable", "setgid")
+                    "group writable", "setgid", f"chmod 3770 {group_writable}")
+    group_writable.chmod(0o2770)  # setgid without the sticky bit: members could swap files
+    for args in (campaign, ("leader", "x")):
+        assert_one_line(run_lelect(*args, backend=f"file://{group_writable}"), 78,
+                        "not setgid and sticky", f"chmod 3770 {group_writable}")
     world = tmp_path / "world"
     world.mkdir(mode=0o700)
     world.chmod(0o2777)
@@ -147,10 +144,11 @@ def test_unsafe_directories_are_refused(tmp_path, readonly_dir):
     foreign = tmp_path / "foreign"
     foreign.mkdir(mode=0o700)
     os.chown(foreign, os.geteuid() + 1, os.getegid())
-    assert_one_line(run_lelect("leader", "x", backend=f"file://{foreign}"), 78, "owned by")
+    assert_one_line(run_lelect(*campaign, backend=f"file://{foreign}"), 78, "owned by")
+    assert run_lelect("leader", "x", backend=f"file://{foreign}").returncode == 1  # a reader
 
-    assert_one_line(run_lelect("leader", "x", backend=f"file://{readonly_dir}/state"), 78, "not writable")
-    campaign = ("campaign", "x", "--", "true")
+    assert_one_line(run_lelect(*campaign, backend=f"file://{readonly_dir}/state"), 78,
+                    "not writable")
     assert_one_line(run_lelect(*campaign, backend=f"file://{readonly_dir}/new"), 78, "cannot create")
     (tmp_path / "afile").write_text("")
     assert_one_line(run_lelect(*campaign, backend=f"file://{tmp_path}/afile/sub"), 78, "cannot create")
@@ -304,7 +302,7 @@ def _open_state(directory: str, start, results) -> None:
 
     start.wait()
     try:
-        filestate.open_db(directory).close()
+        filestate.open_db(filestate.open_state_dir(directory)).close()
         results.put("ok")
     except Exception as exc:  # noqa: BLE001 - reported to the test
         results.put(repr(exc))

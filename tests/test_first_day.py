@@ -5,19 +5,13 @@ the contract suite."""
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import click
 import pexpect
-import pytest
 
 from lelect.cli import COMMANDS, cli
 from lelect.cli.params import Duration
@@ -197,24 +191,6 @@ def test_two_candidates_with_one_node_id_are_warned(backend):
         proc.wait(timeout=30)
 
 
-@pytest.fixture
-def shared_dir():
-    """A directory shared by root and a group (as documented: root-owned, 2770), on a
-    path every user can reach, and a copy of the lelect package the other user can read."""
-    group = grp.getgrnam("nogroup").gr_gid
-    top = Path(tempfile.mkdtemp(prefix="lelect-shared-"))
-    top.chmod(0o755)
-    shared = top / "lelect"
-    shared.mkdir()
-    os.chown(shared, 0, group)
-    shared.chmod(0o2770)
-    package = Path(__file__).resolve().parent.parent / "lelect"
-    shutil.copytree(package, top / "src" / "lelect", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(["chmod", "-R", "a+rX", str(top / "src")], check=True)
-    yield shared, group, top / "src"
-    shutil.rmtree(top, ignore_errors=True)
-
-
 #: What the other user does with the shared directory: take the election's flock
 #: (without waiting) and, if it won, settle the next term and record itself as leader.
 OTHER_USER = """
@@ -222,13 +198,14 @@ import sys, time
 sys.path.insert(0, sys.argv[2])
 from lelect.backends import filestate
 directory = sys.argv[1]
-assert filestate.ensure_safe_dir(directory, create=False)[1] is True
-fd = filestate.take_lock(directory + "/both.lock", True, True)
+state = filestate.open_state_dir(directory, create=False)
+assert state.shared is True
+fd = filestate.take_lock(state, "both.lock", True)
 if fd is None:
     print("busy")
 else:
-    conn = filestate.open_db(directory, True)
-    term = filestate.next_term(fd, conn, "both")
+    conn = filestate.open_db(state)
+    term = filestate.next_term(fd, conn, "both", directory + "/both.lock")
     filestate.record_leader(conn, "both", term=term, node_id="nobody", token="t", host="h",
                             pid=1, since=time.time(), history_limit=10)
     print("won", term)

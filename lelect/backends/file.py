@@ -11,7 +11,6 @@ unix socket in DIR for resign requests; observers poll SQLite's ``PRAGMA data_ve
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import socket
@@ -58,26 +57,19 @@ class FileLeadership(Leadership):
         super().__init__(backend, election, candidate, term, token, since=since)
         self.release_lock = release_lock
         self._listener: socket.socket | None = None
-        self._socket_dir = backend.directory
+        self._state = backend.state
         self._socket_name = backend.socket_name(election)
-        self._start_resign_listener(backend.shared)
+        self._socket_identity: tuple[int, int] | None = None
+        self._start_resign_listener()
 
-    def _start_resign_listener(self, shared: bool) -> None:
-        try:
-            os.unlink(os.path.join(self._socket_dir, self._socket_name))
-        except FileNotFoundError:
-            pass
-        except OSError:
+    def _start_resign_listener(self) -> None:
+        """Listen for resign requests on DIR/NAME.sock (0660 in a shared directory: the
+        group may ask us to resign); without it, only this process can end the term."""
+        if self._state is None:
             return
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with self.backend.socket_path(self.election) as path:
-                listener.bind(path)
-                if shared:  # the group may ask us to resign
-                    os.chmod(path, 0o660)
-            listener.listen(8)
+            listener, self._socket_identity = self._state.bind(self._socket_name)
         except OSError:
-            listener.close()
             return
         self._listener = listener
         threading.Thread(target=self._serve, name="resign-listener", daemon=True).start()
@@ -104,10 +96,8 @@ class FileLeadership(Leadership):
     def close_listener(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            try:
-                os.unlink(os.path.join(self._socket_dir, self._socket_name))
-            except OSError:
-                pass
+            if self._state is not None and self._socket_identity is not None:
+                self._state.unlink_if(self._socket_name, self._socket_identity)
             listener.close()
 
 
@@ -128,10 +118,13 @@ class FileBackend(Backend):
         if not url.path:
             raise UsageError("file:// URL needs a directory: file:///srv/lelect")
         self.history_limit = url.integer("history", DEFAULT_HISTORY)
-        checked = filestate.ensure_safe_dir(url.path, create=create)
-        #: False when a reader found no state directory: it knows no elections.
-        self.exists = checked is not None
-        self.directory, self.shared = checked or (os.path.abspath(url.path), False)
+        #: A reader (leader, history, watch, health) writes nothing and creates nothing.
+        self.writer = create
+        #: None when a reader found no state directory: it knows no elections.
+        self.state = filestate.open_state_dir(url.path, create=create, reader=not create)
+        self.exists = self.state is not None
+        self.directory = self.state.path if self.state else os.path.abspath(url.path)
+        self.shared = self.state.shared if self.state else False
         self._conn: sqlite3.Connection | None = None
         # One connection shared by the caller and the heartbeat thread; transactions
         # must not interleave.
@@ -147,15 +140,18 @@ class FileBackend(Backend):
 
     @property
     def db(self) -> sqlite3.Connection | None:
-        """The state database (None for a reader that found none: nothing is created)."""
+        """The state database (None for a reader that found none: nothing is created).
+        Checked (SQLite's quick_check) when opened, so a corrupt one is refused before
+        a campaign starts anything."""
         with self._conn_lock:
             if self._conn is None:
-                if not self.exists:  # a reader: the directory may have appeared since
-                    checked = filestate.ensure_safe_dir(self.directory, create=False)
-                    if checked is None:
+                if self.state is None:  # a reader: the directory may have appeared since
+                    self.state = filestate.open_state_dir(self.directory, create=False,
+                                                          reader=True)
+                    if self.state is None:
                         return None
-                    self.exists, (self.directory, self.shared) = True, checked
-                self._conn = filestate.open_db(self.directory, self.shared)
+                    self.exists, self.shared = True, self.state.shared
+                self._conn = filestate.open_db(self.state, create=self.writer, check=True)
             return self._conn
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
@@ -167,29 +163,16 @@ class FileBackend(Backend):
             raise filestate.corrupt(self._db_path, str(exc)) from None
 
     def lock_path(self, election: str) -> str:
-        return os.path.join(self.directory, f"{election}.lock")
+        return os.path.join(self.directory, lock_name(election))
+
+    def _lock_held(self, election: str) -> bool:
+        return self.state is not None and filestate.lock_held(self.state, lock_name(election))
 
     def socket_name(self, election: str) -> str:
         name = f"{election}.sock"
         if len(name.encode()) <= 64:
             return name
         return f"_{hashlib.sha256(election.encode()).hexdigest()[:16]}.sock"
-
-    @contextlib.contextmanager
-    def socket_path(self, election: str) -> Iterator[str]:
-        """A path to bind or connect the election's resign socket by. A unix socket's
-        path must fit in 108 bytes; past that, we go through /proc/self/fd of the
-        directory, so any LELECT_HOME works."""
-        name = self.socket_name(election)
-        path = os.path.join(self.directory, name)
-        if len(path.encode()) < 100:
-            yield path
-            return
-        fd = os.open(self.directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            yield f"/proc/self/fd/{fd}/{name}"
-        finally:
-            os.close(fd)
 
     def _writable(self) -> sqlite3.Connection:
         conn = self.db
@@ -226,7 +209,7 @@ class FileBackend(Backend):
         until released (or until this process dies)."""
         lock = self.local_lock(election, candidate, no_wait=no_wait)
         path = lock.lock_path
-        fd = self._take(path, nowait=True)
+        fd = self._take(election, nowait=True)
         if fd is None:
             if no_wait:
                 raise busy(election, self.leader(election))
@@ -234,11 +217,11 @@ class FileBackend(Backend):
                 raise timed_out(election, timeout)
             if on_wait is not None:
                 on_wait(self.leader(election))
-            fd = self._wait_for_lock(path, timeout, election, cancel)
+            fd = self._wait_for_lock(timeout, election, cancel)
         try:
             conn = self._writable()
             with self._conn_lock:
-                term = filestate.next_term(fd, conn, election)
+                term = filestate.next_term(fd, conn, election, path)
                 since = time.time()
                 filestate.record_leader(conn, election, term=term, node_id=lock.node_id,
                                         token=lock.token, host=lock.host, pid=lock.pid,
@@ -254,13 +237,15 @@ class FileBackend(Backend):
 
         return FileLeadership(self, election, candidate, term, lock.token, since, release_lock)
 
-    def _take(self, path: str, nowait: bool) -> int | None:
+    def _take(self, election: str, nowait: bool) -> int | None:
+        assert self.state is not None  # a writer has its directory
         try:
-            return filestate.take_lock(path, nowait, self.shared)
+            return filestate.take_lock(self.state, lock_name(election), nowait)
         except OSError as exc:
-            raise ConfigError(f"cannot open lock file {path}: {exc.strerror}") from None
+            raise ConfigError(f"cannot open lock file {self.lock_path(election)}:"
+                              f" {exc.strerror}") from None
 
-    def _wait_for_lock(self, path: str, timeout: float | None, election: str,
+    def _wait_for_lock(self, timeout: float | None, election: str,
                        cancel: threading.Event | None = None) -> int:
         """Block on the flock in a helper thread, so a timeout can give up waiting; a
         lock won after we gave up is let go of at once."""
@@ -272,7 +257,7 @@ class FileBackend(Backend):
 
         def wait() -> None:
             try:
-                fd = self._take(path, nowait=False)
+                fd = self._take(election, nowait=False)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 failed.append(exc)
                 done.set()
@@ -330,7 +315,7 @@ class FileBackend(Backend):
         rows = self._query(
             "SELECT node_id, term, since, host, pid FROM leaders WHERE election=?", (election,)
         )
-        if not rows or not filestate.lock_held(self.lock_path(election)):
+        if not rows or not self._lock_held(election):
             return None
         found = LeaderInfo.from_stored(election, *rows[0])
         # The lock is held: somebody leads, even when its record is garbage.
@@ -347,8 +332,8 @@ class FileBackend(Backend):
             version = None
             try:
                 while not stop.is_set():
-                    if watcher is None and self.db is not None:
-                        watcher = filestate.open_db(self.directory, self.shared)
+                    if watcher is None and self.db is not None and self.state is not None:
+                        watcher = filestate.open_db(self.state, create=False)
                     current = None
                     if watcher is not None:
                         try:
@@ -372,10 +357,8 @@ class FileBackend(Backend):
         deadline = time.monotonic() + 2.0
         while True:
             try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, \
-                        self.socket_path(election) as path:
-                    sock.settimeout(2)
-                    sock.connect(path)
+                assert self.state is not None  # it has a leader
+                with self.state.connect(self.socket_name(election), timeout=2) as sock:
                     sock.sendall(f"resign {info.term}\n".encode())
                     return sock.recv(16).startswith(b"ok")
             except OSError:
@@ -408,12 +391,13 @@ class FileBackend(Backend):
     def members(self, election: str) -> Members:
         validate_election(election)
         now = filestate.now()
-        if self.db is not None:
+        if self.writer and self.db is not None:
             self._query("DELETE FROM members WHERE expires < ?", (now,))
         records = tuple(
             decode_member(node_id, data)
             for node_id, data in self._query(
-                "SELECT node_id, data FROM members WHERE election=? ORDER BY node_id", (election,)
+                "SELECT node_id, data FROM members WHERE election=? AND expires >= ?"
+                " ORDER BY node_id", (election, now)
             )
         )
         return Members(election=election, now=now, records=records)
@@ -424,7 +408,7 @@ class FileBackend(Backend):
             "SELECT election FROM members WHERE expires >= ?", (now,))}
         led = {r[0] for r in self._query("SELECT election FROM leaders")}
         led = {name for name in led if isinstance(name, str) and ELECTION_NAME.fullmatch(name)
-               and filestate.lock_held(self.lock_path(name))}
+               and self._lock_held(name)}
         return sorted(n for n in membered | led if isinstance(n, str) and ELECTION_NAME.fullmatch(n))
 
     # -- operations -------------------------------------------------------------------
@@ -465,3 +449,9 @@ class FileBackend(Backend):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self.state is not None:
+                self.state.close()
+
+
+def lock_name(election: str) -> str:
+    return f"{election}.lock"
