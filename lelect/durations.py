@@ -123,6 +123,9 @@ def _parse_text(text: str, what: str) -> float:
             value += float(number) * seconds
         else:
             return value
+    if re.fullmatch(r"\s*[0-9]{13,}(?:\.[0-9]*)?\s*[A-Za-z ]*", text):
+        # Well formed, but more digits than any range allows.
+        raise UsageError(f"{prefix}{text!r} is out of range: use at most 12 digits")
     raise UsageError(f"invalid {prefix}{text!r}: use {FORMS}")
 
 

@@ -49,7 +49,8 @@ Route = Callable[[str], Response]
 def parse_listen(text: str) -> tuple[str, int]:
     """``ADDR:PORT`` (``[::1]:9464`` for IPv6; ``:9464`` is loopback) -> (host, port)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    if (not sep or not (port.isascii() and port.isdigit()) or len(port) > 5
+            or not 0 < int(port) < 65536):
         raise UsageError(f"{text!r}: use ADDR:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
     return host.strip("[]") or DEFAULT_HOST, int(port)
 
