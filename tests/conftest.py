@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.plugins.zookeeper_server",
     "tests.plugins.postgres_server",
     "tests.plugins.etcd_server",
+    "tests.plugins.mysql_server",
     "tests.plugins.targets",
     "tests.plugins.hostile",
 ]

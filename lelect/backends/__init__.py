@@ -30,6 +30,8 @@ SCHEMES: dict[str, str] = {
     "postgres": "lelect.backends.postgres:PostgresBackend",
     "etcd": "lelect.backends.etcd:EtcdBackend",
     "etcds": "lelect.backends.etcd:EtcdBackend",
+    "mysql": "lelect.backends.mysql.backend:MySQLBackend",
+    "mariadb": "lelect.backends.mysql.backend:MySQLBackend",
 }
 
 
