@@ -20,7 +20,7 @@ from lelect.backends import connect
 from lelect.backends.base import Candidate, Heartbeat
 from tests.helpers import LELECT, assert_one_line, lelect_env, run_lelect, wait_until
 from tests.plugins.hostile import read_some, send_and_hold
-from tests.plugins.mysql_server import DATABASE, GRANTS, PASSWORD, RUN_GRANTS, fresh_prefix
+from tests.plugins.mysql_server import DATABASE, GRANTS, RUN_GRANTS, fresh_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 
