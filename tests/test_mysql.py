@@ -294,3 +294,40 @@ def test_the_hand_back_refuses_a_hostile_server(hostile_server):
               "term": 1, "node_id": "a", "mariadb": True}
     with pytest.raises(handback.WireError, match="does not speak"):
         handback.hand_back(params, 3.0, 0)
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mysql_tls_server(tmp_path):
+    from tests.plugins.mysql_server import MariaDBServer
+    from tests.plugins.redis_server import make_test_certs
+
+    certs = make_test_certs(tmp_path / "certs")
+    server = MariaDBServer(tls=certs)
+    yield server, certs
+    server.remove()
+
+
+def test_tls_verified_campaign_and_no_hand_back_over_tls(mysql_tls_server, mysql_server):
+    server, certs = mysql_tls_server
+    url = server.url(ttl="2s", ssl_mode="verify_identity", ssl_ca=str(certs["ca"]))
+    with connect(url) as backend:
+        leadership = backend.campaign("tls", candidate("a"), timeout=5)
+        assert type(leadership.session.connection._sock).__name__ == "SSLSocket"
+        assert backend.hand_back(leadership) is None  # the keeper's client speaks no TLS
+        leadership.release()
+    # The wrong CA: refused in one line.
+    other = make_other_ca(certs["ca"].parent.parent / "other")
+    out = run_lelect("leader", "x", backend=server.url(ssl_mode="verify_ca", ssl_ca=str(other)))
+    assert_one_line(out, 69)
+    # TLS asked of a server that offers none: refused, never a silent downgrade.
+    out = run_lelect("leader", "x", backend=mysql_server.url(ssl_mode="required"))
+    assert_one_line(out, 69, "does not offer TLS")
+
+
+def make_other_ca(directory: Path) -> Path:
+    from tests.plugins.redis_server import make_test_certs
+
+    return make_test_certs(directory)["ca"]

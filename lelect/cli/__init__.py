@@ -73,7 +73,7 @@ class LazyGroup(click.Group):
     help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
     " ~/.local/state/lelect), redis://[user@]host:6379/0?password_file=PATH, rediss://…,"
     " zookeeper://h1:2181,h2:2181/lelect, etcd://h1:2379,h2:2379/lelect,"
-    " postgresql://user@db:5432/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
+    " postgresql://user@db:5432/app, mysql://user@db:3306/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
     " LELECT_BACKEND.",
 )
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,

@@ -45,8 +45,9 @@ def mariadb_binaries() -> tuple[str, str]:
 class MariaDBServer:
     """One throwaway server. ``restart()`` keeps port, data and users."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: dict[str, Path] | None = None) -> None:
         self.server_bin, install = mariadb_binaries()
+        self.tls = tls
         self.root = Path(tempfile.mkdtemp(prefix="lelect-my-"))
         self.data = self.root / "data"
         self.socket = self.root / "sock"
@@ -57,6 +58,17 @@ class MariaDBServer:
             self._user = pwd.getpwnam("mysql")
             os.chown(self.root, self._user.pw_uid, self._user.pw_gid)
         self.root.chmod(0o700)
+        self.tls_options: list[str] = []
+        if tls:
+            for name in ("server_cert", "server_key", "ca"):
+                copy = self.root / f"{name}.pem"
+                shutil.copy(tls[name], copy)
+                copy.chmod(0o600)
+                if self._user is not None:
+                    os.chown(copy, self._user.pw_uid, self._user.pw_gid)
+            self.tls_options = [f"--ssl-cert={self.root / 'server_cert.pem'}",
+                                f"--ssl-key={self.root / 'server_key.pem'}",
+                                f"--ssl-ca={self.root / 'ca.pem'}"]
         user = self._user.pw_name if self._user else pwd.getpwuid(os.geteuid()).pw_name
         result = subprocess.run(
             [install, "--no-defaults", f"--datadir={self.data}", f"--user={user}",
@@ -77,7 +89,7 @@ class MariaDBServer:
              f"--pid-file={self.root / 'pid'}", "--skip-name-resolve", "--skip-log-bin",
              "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=32M",
              "--max-connections=400", f"--log-error={self.root / 'log'}",
-             "--innodb-lock-wait-timeout=5"],
+             "--innodb-lock-wait-timeout=5", *self.tls_options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.wait_ready()
@@ -202,6 +214,7 @@ def target_mysql(mysql_server):
             "mysql://h:99999/db", "mysql://h/db?ttl=abc", "mysql://h/db?nope=1",
             "mysql://h/db?prefix=Bad-Name", "mysql://h/db?ttl=0s", "mysql://h/db?history=0",
             "mysql://h/db?connect_timeout=forever", "mysql://h/", "mysql://h/db?ssl_mode=maybe",
+            "mysql://h/db?ssl_mode=verify_ca&ssl_ca=/nonexistent/ca.pem", "mysql://h1,h2/db",
         ],
         fresh=fresh,
         server=server,

@@ -102,6 +102,7 @@ class MySQLBackend(Backend):
         super().__init__(url)
         self.scheme = url.scheme
         self.options = MySQLOptions.from_url(url)
+        self.options.ssl_context()  # TLS files that cannot be read: refused before anything
         self.default_ttl = self.options.ttl
         self.connect_timeout = self.options.connect_timeout
         self.history_limit = self.options.history

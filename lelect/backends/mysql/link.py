@@ -45,6 +45,7 @@ PRIVILEGE = {1142, 1143, 1227, 1370}  # table, column, SUPER-like, routine
 NO_TABLE = 1146
 UNKNOWN_DATABASE = 1049
 READ_ONLY = {1290, 1792, 1836}
+TLS_FAILED = 2026
 TIMED_OUT = {1205, 1969, 3024, 1317, 1028}  # lock wait, max_statement_time, max_execution_time, interrupted
 TRANSIENT = TIMED_OUT | {1040, 1053, 1077, 1152, 1158, 1159, 1160, 1161, 1213, 1927, 2002, 2003,
                          2006, 2013, 2055}
@@ -177,6 +178,8 @@ class MySQLOptions:
         if code in READ_ONLY:
             return BackendUnavailable(f"MySQL at {self.where} is read-only: point the URL at"
                                       f" the primary ({text})")
+        if code == TLS_FAILED:
+            return BackendUnavailable(f"TLS with MySQL at {self.where} failed: {text}")
         if code in (1205, 1969, 3024, 1317, 1028):
             return unreachable("MySQL", self.where, bound,
                                "the statement did not finish in time (a lock held elsewhere?)")
@@ -208,6 +211,9 @@ def _link_error(exc: BaseException) -> LinkError:
         text = server_text(str(message)) or type(exc).__name__
         if code == 2003 and "refused" in text.lower():
             return LinkError("connection refused", code)
+        if "ssl is required" in text.lower():
+            return LinkError("the server does not offer TLS, which the URL's ssl_mode requires",
+                             TLS_FAILED)
         if code == 2003 and ("timed out" in text.lower() or "timeout" in text.lower()):
             return LinkError("no answer in time", code, timed_out=True)
         return LinkError(text, code)
@@ -216,7 +222,7 @@ def _link_error(exc: BaseException) -> LinkError:
     if isinstance(exc, ConnectionRefusedError):
         return LinkError("connection refused", 2003)
     if isinstance(exc, ssl.SSLError):
-        return LinkError(f"TLS failed: {server_text(str(exc))}", 2026)
+        return LinkError(server_text(str(exc)), TLS_FAILED)
     text = server_text(str(exc)) or type(exc).__name__
     if isinstance(exc, OSError):
         return LinkError(text, 2013)
@@ -262,6 +268,7 @@ def open_connection(options: MySQLOptions, budget: float) -> pymysql.connections
     lock = threading.Lock()
     box: dict[str, object] = {}
     budget = max(budget, 0.001)
+    context = options.ssl_context()  # a missing file is the URL's fault: UsageError
 
     def attempt() -> None:
         conn = None
@@ -272,14 +279,14 @@ def open_connection(options: MySQLOptions, budget: float) -> pymysql.connections
                 charset="utf8mb4", collation="utf8mb4_bin", autocommit=True,
                 connect_timeout=budget, read_timeout=budget, write_timeout=budget,
                 client_flag=CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS,
-                init_command=SESSION_SETUP, ssl=options.ssl_context(), local_infile=False,
+                init_command=SESSION_SETUP, ssl=context, local_infile=False,
                 program_name="lelect",
             )  # fmt: skip
             if options.tls and not isinstance(conn._sock, ssl.SSLSocket):
                 conn.close()
                 conn = None
-                raise LinkError(f"the server at {options.where} does not offer TLS, which"
-                                f" ssl_mode={options.ssl_mode} requires", 2026)
+                raise LinkError("the server does not offer TLS, which the URL's ssl_mode"
+                                " requires", TLS_FAILED)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             box["error"] = _link_error(exc)
         with lock:
