@@ -284,6 +284,17 @@ def test_a_hostile_server_is_69_in_one_line(hostile_server, answer):
     assert len(out.stderr) < 600
 
 
+def test_a_server_that_streams_without_end_is_69_with_bounded_memory(hostile_server):
+    from tests.plugins.hostile import stream_forever
+    from tests.test_hostile_servers import assert_one_line_69, run_measured
+
+    server = hostile_server(lambda conn, stopped: stream_forever(
+        conn, stopped, greeting() + b"\xfe\xff\xff\x02", b"\x00" * 65536))
+    out = run_measured("leader", "x", backend=f"mysql://u:pw@127.0.0.1:{server.port}/db"
+                                              "?connect_timeout=3s")
+    assert_one_line_69(out, within=15)
+
+
 def test_the_hand_back_refuses_a_hostile_server(hostile_server):
     from lelect.backends.mysql import handback
 

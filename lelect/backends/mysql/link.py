@@ -263,6 +263,26 @@ class _Watchdog:
         self._done.set()
 
 
+#: The most a server may send in one packet, and in answer to one call (lelect's answers
+#: are a few rows): a hostile server cannot make lelect buffer without end.
+MAX_PACKET = 1 << 20
+MAX_ANSWER = 16 << 20
+
+
+class _Capped(pymysql.connections.Connection):
+    """PyMySQL's connection with a cap on what it reads (per packet, per call)."""
+
+    lelect_read = 0
+
+    def _read_bytes(self, num_bytes: int) -> bytes:
+        self.lelect_read += num_bytes
+        if num_bytes > MAX_PACKET or self.lelect_read > MAX_ANSWER:
+            self._force_close()
+            raise LinkError(f"not a MySQL answer: {num_bytes} bytes in a packet, or more than"
+                            f" {MAX_ANSWER >> 20} MiB in all")
+        return super()._read_bytes(num_bytes)
+
+
 def open_connection(options: MySQLOptions, budget: float) -> pymysql.connections.Connection:
     """A new autocommit connection within ``budget`` seconds (refused: at once)."""
     lock = threading.Lock()
@@ -273,7 +293,7 @@ def open_connection(options: MySQLOptions, budget: float) -> pymysql.connections
     def attempt() -> None:
         conn = None
         try:
-            conn = pymysql.connections.Connection(
+            conn = _Capped(
                 host=options.host, port=options.port, user=options.user or "",
                 password=options.password or "", database=options.database,
                 charset="utf8mb4", collation="utf8mb4_bin", autocommit=True,
@@ -343,6 +363,7 @@ class Session:
 
     def _execute(self, conn, sql: str, budget: float, cancel: threading.Event | None) -> list[tuple]:
         conn._read_timeout = conn._write_timeout = max(budget, 0.001)
+        conn.lelect_read = 0
         watchdog = _Watchdog(conn._sock, budget, cancel)
         rows: list[tuple] = []
         try:
