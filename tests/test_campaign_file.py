@@ -200,7 +200,7 @@ def test_lock_fd_does_not_leak_into_the_job(backend, tmp_path):
 
 def test_help_imports_no_backend_client():
     code = (
-        "import sys; from lelect.cli import cli; import lelect.backends.file;"
+        "import sys; from lelect.cli import cli; import lelect.backends.file.backend;"
         "bad = [m for m in ('redis', 'kazoo', 'rich', 'psutil') if m in sys.modules];"
         "print(bad)"
     )
@@ -298,7 +298,7 @@ def test_exec_failure_after_winning_is_127_and_frees_the_election(backend, tmp_p
 
 
 def _open_state(directory: str, start, results) -> None:
-    from lelect.backends import filestate
+    from lelect.backends.file import state as filestate
 
     start.wait()
     try:

@@ -266,7 +266,7 @@ def test_help_and_the_hand_back_import_no_client(etcd_server):
     assert "etcd" not in ran.stderr
     root = str(Path(__file__).parent.parent)
     probe = (f"import sys; sys.path.insert(0, {root!r}); before = set(sys.modules)\n"
-             "import lelect.backends._handback_etcd\n"
+             "import lelect.backends.etcd.handback\n"
              "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))")
     ran = subprocess.run([sys.executable, "-S", "-I", "-c", probe], capture_output=True,
                          text=True, timeout=60)
@@ -278,7 +278,7 @@ def test_help_and_the_hand_back_import_no_client(etcd_server):
 
 
 def test_hand_back_frees_the_election_at_once_and_records_it(etcd_server, etcd_prefix):
-    module = importlib.import_module("lelect.backends._handback_etcd")
+    module = importlib.import_module("lelect.backends.etcd.handback")
     with connect(etcd_server.url(etcd_prefix, ttl="10s")) as backend:
         held = backend.campaign("back", candidate("a"), timeout=10)
         backend.publish(Heartbeat(election="back", node_id="a", host="host-a", pid=4242,
@@ -301,7 +301,7 @@ def test_hand_back_frees_the_election_at_once_and_records_it(etcd_server, etcd_p
 
 
 def test_hand_back_never_touches_another_leaders_key(etcd_server, etcd_prefix):
-    module = importlib.import_module("lelect.backends._handback_etcd")
+    module = importlib.import_module("lelect.backends.etcd.handback")
     with connect(etcd_server.url(etcd_prefix, ttl="2s")) as backend:
         first = backend.campaign("other", candidate("a"), timeout=10)
         recipe = backend.hand_back(first)
@@ -315,7 +315,7 @@ def test_hand_back_never_touches_another_leaders_key(etcd_server, etcd_prefix):
 
 
 def test_hand_back_within_its_budget_when_etcd_is_unreachable(refused_port, silent_listener):
-    module = importlib.import_module("lelect.backends._handback_etcd")
+    module = importlib.import_module("lelect.backends.etcd.handback")
     params = {"endpoints": [["127.0.0.1", silent_listener], ["127.0.0.1", refused_port]],
               "tls": None, "username": None, "password": None, "lease_id": 1, "key": "p/x/1",
               "term": 5, "history_key": "p/_history/x/5", "member_key": "p/_members/x/a",

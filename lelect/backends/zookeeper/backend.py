@@ -4,12 +4,12 @@
 (ephemeral, sequential, the node id as data). The lowest sequence leads, each waiter
 watches only its predecessor, and the leader's sequence number is the term. So
 ``KazooClient(...).Election("/lelect/NAME", "id")`` contends in the same election as
-``lelect campaign NAME``. lelect's own records live beside it (:mod:`._zk_layout`).
+``lelect campaign NAME``. lelect's own records live beside it (:mod:`.layout`).
 
 The pieces, one per module as kazoo's recipes are: where things live and the
-transactions that change them (``_zk_layout``), sessions and their bounded connect
-(``_zk_session``), the way to the front of the queue (``_zk_contest``), the lease guard
-(``_zk_lease``) and the keeper's standard-library hand-back (``_handback_zookeeper``).
+transactions that change them (``layout``), sessions and their bounded connect
+(``session``), the way to the front of the queue (``contest``), the lease guard
+(``lease``) and the keeper's standard-library hand-back (``handback``).
 This module is the backend over them.
 """
 
@@ -30,30 +30,6 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
-from lelect.backends._zk_acl import guard_acls
-from lelect.backends._zk_contest import Contest
-from lelect.backends._zk_layout import (
-    Contender,
-    Create,
-    Delete,
-    ElectionPaths,
-    SetData,
-    clock_path,
-    contenders,
-    entry_data,
-    from_znode_name,
-    history_terms,
-    release_ops,
-)
-from lelect.backends._zk_lease import ZooKeeperLeadership, resign_request
-from lelect.backends._zk_session import (
-    TRANSIENT,
-    ZK_ERRORS,
-    Session,
-    ZooKeeperConfig,
-    check_session_timeout,
-    log,
-)
 from lelect.backends.base import (
     EXITED,
     LOST,
@@ -72,6 +48,30 @@ from lelect.backends.base import (
     only_changes,
 )
 from lelect.backends.records import MAX_SLOTS, decode_member, encode_member, stored_arrivals
+from lelect.backends.zookeeper.acl import guard_acls
+from lelect.backends.zookeeper.contest import Contest
+from lelect.backends.zookeeper.layout import (
+    Contender,
+    Create,
+    Delete,
+    ElectionPaths,
+    SetData,
+    clock_path,
+    contenders,
+    entry_data,
+    from_znode_name,
+    history_terms,
+    release_ops,
+)
+from lelect.backends.zookeeper.lease import ZooKeeperLeadership, resign_request
+from lelect.backends.zookeeper.session import (
+    TRANSIENT,
+    ZK_ERRORS,
+    Session,
+    ZooKeeperConfig,
+    check_session_timeout,
+    log,
+)
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, ConfigError
 from lelect.names import ELECTION_NAME
@@ -357,7 +357,7 @@ class ZooKeeperBackend(Backend):
         session_id, password = client_id
         paths = leadership.paths
         return HandBack(
-            module="lelect.backends._handback_zookeeper",
+            module="lelect.backends.zookeeper.handback",
             params={
                 "hosts": [list(host) for host in self.config.host_ports],
                 "session_id": session_id,

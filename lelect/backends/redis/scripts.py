@@ -1,7 +1,7 @@
 """The Redis backend's keys and Lua scripts: each verb is one script, guarded by the
 leadership's token, so a verb either happens whole or not at all.
 
-The job's keeper runs :data:`RELEASE` too (the hand-back, ``_handback_redis``): the
+The job's keeper runs :data:`RELEASE` too (the hand-back, ``handback``): the
 recipe RedisBackend.hand_back makes carries the script, its keys and its arguments.
 
 Every key of an election sits under ``<prefix>:{NAME}:`` (a Redis Cluster hash tag):

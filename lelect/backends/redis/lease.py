@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from lelect.backends._redis_link import Subscription
-from lelect.backends._redis_scripts import RENEW, ElectionKeys
 from lelect.backends.base import Candidate, Leadership
+from lelect.backends.redis.link import Subscription
+from lelect.backends.redis.scripts import RENEW, ElectionKeys
 from lelect.lease import Lease, Renewal
 
 if TYPE_CHECKING:
-    from lelect.backends.redis import RedisBackend
+    from lelect.backends.redis.backend import RedisBackend
 
 NOT_OURS = "the leader key no longer holds our token (expired or taken)"
 

@@ -5,7 +5,7 @@
 password may come from ``PGPASSWORD`` or ``~/.pgpass``, as with psql.
 
 A leadership is a row in ``<schema>.lease`` acquired, renewed and released by single
-guarded statements (``_postgres_sql``): acquired only if absent or expired, renewed and
+guarded statements (``sql``): acquired only if absent or expired, renewed and
 released only ``WHERE token = ours``, expiry by the server's ``clock_timestamp()``. The
 leader counts its lease from the moment it sent the statement. Terms come from
 ``<schema>.term``, a counter per election that is never deleted. No session advisory
@@ -27,14 +27,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from lelect.backends import _postgres_sql as sql
-from lelect.backends._pg_link import (
-    PostgresOptions,
-    Session,
-    is_transient,
-    pg_errors,
-    psycopg,
-)
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
@@ -52,6 +44,14 @@ from lelect.backends.base import (
     only_changes,
     timed_out,
     wait_slice,
+)
+from lelect.backends.postgres import sql
+from lelect.backends.postgres.link import (
+    PostgresOptions,
+    Session,
+    is_transient,
+    pg_errors,
+    psycopg,
 )
 from lelect.backends.records import decode_member, encode_member
 from lelect.errors import ConfigError
@@ -317,7 +317,7 @@ class PostgresBackend(Backend):
         if not isinstance(leadership, PostgresLeadership) or leadership.wire is None:
             return None
         return HandBack(
-            module="lelect.backends._handback_postgres",
+            module="lelect.backends.postgres.handback",
             params={
                 **leadership.wire,
                 "schema": self.options.schema,

@@ -23,7 +23,7 @@ import struct
 import time
 from typing import Any
 
-from lelect.backends._postgres_sql import LOST_REASON, release_statement, with_timeout
+from lelect.backends.postgres.sql import LOST_REASON, release_statement, with_timeout
 
 PROTOCOL_3_0 = 196608
 SSL_REQUEST = 80877103

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from lelect.backends._postgres_sql import DEFAULT_SCHEMA, SCHEMA_NAME, with_timeout
 from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TTL, server_text, unreachable
+from lelect.backends.postgres.sql import DEFAULT_SCHEMA, SCHEMA_NAME, with_timeout
 from lelect.backends.records import DEFAULT_HISTORY
 from lelect.backends.urls import BackendURL
 from lelect.errors import BackendUnavailable, ConfigError, LelectError, UsageError

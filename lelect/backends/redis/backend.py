@@ -1,12 +1,12 @@
 """Redis backend: ``redis://[user:pw@]host[:port][/db]``, ``rediss://`` (TLS) and
 ``unix:///path/redis.sock``; options ``prefix``, ``ttl``, ``connect_timeout``, ``history``,
 ``restart_guard`` (on, or off to accept the risk of a Redis that forgot its leases: see
-``_redis_scripts.ACQUIRE``).
+``scripts.ACQUIRE``).
 
 Each verb is one Lua script guarded by the leadership's random token (the keys and the
-scripts: ``_redis_scripts``); every call has a time budget (``_redis_link``); a won
-leadership keeps its lease in ``_redis_lease``; if lelect dies, the job's keeper hands
-the leadership back with ``_handback_redis``.
+scripts: ``scripts``); every call has a time budget (``link``); a won
+leadership keeps its lease in ``lease``; if lelect dies, the job's keeper hands
+the leadership back with ``handback``.
 
 Waiters never poll: they subscribe to ``released`` before their first attempt and
 otherwise sleep until the leader key's PTTL runs out.
@@ -23,21 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from lelect.backends._redis_lease import RedisLeadership, milliseconds
-from lelect.backends._redis_link import Link, RedisOptions, Subscription, is_transient
-from lelect.backends._redis_scripts import (
-    ACQUIRE,
-    LEADER,
-    MEMBERS,
-    PUBLISH,
-    RELEASE,
-    RELEASE_EXIT_STATUS,
-    REMOVE_MEMBER,
-    REQUEST_RESIGN,
-    ElectionKeys,
-    Script,
-    release_args,
-)
 from lelect.backends.base import (
     LOST,
     MAX_ARRIVALS,
@@ -62,6 +47,21 @@ from lelect.backends.records import (
     decode_member,
     encode_member,
     whole,
+)
+from lelect.backends.redis.lease import RedisLeadership, milliseconds
+from lelect.backends.redis.link import Link, RedisOptions, Subscription, is_transient
+from lelect.backends.redis.scripts import (
+    ACQUIRE,
+    LEADER,
+    MEMBERS,
+    PUBLISH,
+    RELEASE,
+    RELEASE_EXIT_STATUS,
+    REMOVE_MEMBER,
+    REQUEST_RESIGN,
+    ElectionKeys,
+    Script,
+    release_args,
 )
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable
@@ -238,7 +238,7 @@ class RedisBackend(Backend):
         argv: list[Any] = release_args(keys, leadership.token, leadership.term, LOST, None,
                                        HAND_BACK_REASON, None, forget_member=leadership.node_id)
         argv[RELEASE_EXIT_STATUS] = None
-        return HandBack(module="lelect.backends._handback_redis", params={
+        return HandBack(module="lelect.backends.redis.handback", params={
             "address": address, "tls": tls, "username": kwargs["username"],
             "password": kwargs["password"], "db": kwargs["db"],
             "sha": RELEASE.sha, "script": RELEASE.text, "keys": keys.release_keys,

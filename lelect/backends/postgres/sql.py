@@ -2,7 +2,7 @@
 guarded statement (data-modifying CTEs), rendered with literals by :func:`render`.
 
 Standard library only: the job's keeper renders the release statement with the same
-text as the backend (``_handback_postgres``), over its own wire client.
+text as the backend (``handback``), over its own wire client.
 
 Tables (in the URL's ``?schema=``, default ``lelect``):
 

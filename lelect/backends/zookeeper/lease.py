@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import KazooException, NoNodeError, SessionExpiredError
 
-from lelect.backends._zk_layout import Contender, ElectionPaths
-from lelect.backends._zk_session import TRANSIENT, ZK_ERRORS, Session, log
 from lelect.backends.base import Candidate, HistoryEntry, Leadership
+from lelect.backends.zookeeper.layout import Contender, ElectionPaths
+from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, Session, log
 from lelect.lease import Lease, Renewal
 
 if TYPE_CHECKING:
-    from lelect.backends.zookeeper import ZooKeeperBackend
+    from lelect.backends.zookeeper.backend import ZooKeeperBackend
 
 
 class ZooKeeperLeadership(Leadership):

@@ -32,8 +32,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from lelect.backends import _etcd_gateway as wire
-from lelect.backends._etcd_gateway import Endpoint, Gateway, GatewayError, KeyValue, TLSFiles
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
@@ -56,6 +54,8 @@ from lelect.backends.base import (
     unreachable,
     wait_slice,
 )
+from lelect.backends.etcd import gateway as wire
+from lelect.backends.etcd.gateway import Endpoint, Gateway, GatewayError, KeyValue, TLSFiles
 from lelect.backends.records import (
     MAX_SLOTS,
     VANISHED,
@@ -602,7 +602,7 @@ class EtcdBackend(Backend):
         assert isinstance(leadership, EtcdLeadership)
         options = self.options
         return HandBack(
-            module="lelect.backends._handback_etcd",
+            module="lelect.backends.etcd.handback",
             params={
                 "endpoints": [[e.host, e.port] for e in options.endpoints],
                 "tls": None if options.tls is None else {

@@ -21,8 +21,8 @@ from typing import Any
 from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
 from kazoo.security import Permissions
 
-from lelect.backends._zk_layout import ElectionPaths
-from lelect.backends._zk_session import Session
+from lelect.backends.zookeeper.layout import ElectionPaths
+from lelect.backends.zookeeper.session import Session
 from lelect.errors import ConfigError
 
 log = logging.getLogger("lelect.zookeeper")

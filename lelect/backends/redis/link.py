@@ -31,7 +31,6 @@ from redis.exceptions import (
 )
 from redis.utils import SENTINEL
 
-from lelect.backends._redis_scripts import Script
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
@@ -39,6 +38,7 @@ from lelect.backends.base import (
     server_text,
     unreachable,
 )
+from lelect.backends.redis.scripts import Script
 from lelect.backends.urls import BackendURL
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, UsageError
