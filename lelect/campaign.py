@@ -43,7 +43,7 @@ from lelect.errors import (
 )
 from lelect.lease import LeaseTiming
 from lelect.names import validate_election
-from lelect.supervisor import Gone, Keeper, KeeperConfig
+from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
 
 #: Signals forwarded to the job's process group while it runs.
@@ -205,7 +205,7 @@ class _Driver:
         ))
         self.events: queue.Queue = queue.Queue()
         self.blocking = False  # a signal interrupts the blocking call under way
-        self.keeper: Keeper | None = None
+        self.keeper: KeeperHandle | None = None
         self.leadership: Leadership | None = None
         self.announced = False
         self.heartbeats = None
@@ -365,7 +365,7 @@ class _Driver:
             history_limit=backend.history_limit,
             announce=announce,
         )
-        keeper = self.keeper = Keeper(config, self.job_env(), self.events,
+        keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.announced = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
@@ -432,7 +432,7 @@ class _Driver:
 
         threading.Thread(target=ping, name="systemd-watchdog", daemon=True).start()
 
-    def _report_late_job(self, keeper: Keeper) -> None:
+    def _report_late_job(self, keeper: KeeperHandle) -> None:
         """lelect was stopped just as its keeper won: say how the job it had started
         ended (the keeper closed that leadership's record itself)."""
         while True:
@@ -452,7 +452,7 @@ class _Driver:
         self.log("waiting", f"waiting for {self.options.election!r}: {who}",
                  **({"leader": holder.node_id, "leader_term": holder.term} if holder else {}))
 
-    def _wait_for_keeper(self, lock, keeper: Keeper) -> Leadership | core.Event:
+    def _wait_for_keeper(self, lock, keeper: KeeperHandle) -> Leadership | core.Event:
         """The embedded backend: the keeper takes the flock (and gives up at the
         deadline by itself: only it knows whether the job started)."""
         while True:
@@ -490,7 +490,7 @@ class _Driver:
         holder = self.backend.leader(self.options.election)
         return f"{holder.node_id} (term {holder.term})" if holder else "another candidate"
 
-    def _won(self, leadership: Leadership, keeper: Keeper) -> core.Won:
+    def _won(self, leadership: Leadership, keeper: KeeperHandle) -> core.Won:
         opts = self.options
         slot = done = None
         if opts.once_per is not None or opts.once_key is not None:

@@ -263,9 +263,9 @@ def started_job(keeper) -> int:
 
 
 def test_killing_a_keeper_handle_never_orphans_its_job():
-    from lelect.supervisor import Keeper, KeeperConfig
+    from lelect.supervisor import KeeperConfig, KeeperHandle
 
-    keeper = Keeper(KeeperConfig(command=("sh", "-c", "sleep 60 & exec sleep 60")))
+    keeper = KeeperHandle(KeeperConfig(command=("sh", "-c", "sleep 60 & exec sleep 60")))
     keeper.spawn()
     keeper.start(1)
     job = started_job(keeper)
@@ -276,9 +276,9 @@ def test_killing_a_keeper_handle_never_orphans_its_job():
 def test_a_job_dies_with_its_keeper_in_a_library_process_too():
     """No subreaper here (the library leaves its host process alone): SIGKILL of the
     keeper still takes the job, by the kernel's PR_SET_PDEATHSIG."""
-    from lelect.supervisor import Keeper, KeeperConfig
+    from lelect.supervisor import KeeperConfig, KeeperHandle
 
-    keeper = Keeper(KeeperConfig(command=("sleep", "60")))
+    keeper = KeeperHandle(KeeperConfig(command=("sleep", "60")))
     keeper.spawn()
     keeper.start(1)
     job = started_job(keeper)

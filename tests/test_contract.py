@@ -715,9 +715,9 @@ def test_a_job_is_never_started_after_its_lease_could_have_run_out():
     """The keeper refuses a Start that comes after the lease's stop point, whatever the
     order lelect's messages arrive in."""
     from lelect import keeper_protocol as proto
-    from lelect.supervisor import Keeper, KeeperConfig
+    from lelect.supervisor import KeeperConfig, KeeperHandle
 
-    keeper = Keeper(KeeperConfig(command=("sh", "-c", "echo ran; sleep 5"), grace=0.1))
+    keeper = KeeperHandle(KeeperConfig(command=("sh", "-c", "echo ran; sleep 5"), grace=0.1))
     keeper.spawn()
     keeper.lease(time.monotonic() - 0.01, 0.1)  # the lease is over by now
     keeper.start(7)

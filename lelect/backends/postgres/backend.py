@@ -47,8 +47,8 @@ from lelect.backends.base import (
 )
 from lelect.backends.postgres import sql
 from lelect.backends.postgres.link import (
+    PgSession,
     PostgresOptions,
-    Session,
     is_transient,
     pg_errors,
     psycopg,
@@ -77,7 +77,7 @@ class PostgresLeadership(Leadership):
 
     def __init__(self, backend: PostgresBackend, election: str, candidate: Candidate,
                  term: int, token: str, sent: float, ttl: float,
-                 session: Session) -> None:  # fmt: skip
+                 session: PgSession) -> None:  # fmt: skip
         self.ttl = ttl
         self.session = session
         self.stopped = threading.Event()
@@ -143,7 +143,7 @@ class PostgresBackend(Backend):
         self.history_limit = self.options.history
         self.create = create
         self.retry = RetryPolicy(self.options.connect_timeout)
-        self._command = Session(self.options)  # for everything but campaigns and observers
+        self._command = PgSession(self.options)  # for everything but campaigns and observers
         self._schema_ready = False
 
     def render(self, statement: str, **values: object) -> str:
@@ -151,7 +151,7 @@ class PostgresBackend(Backend):
 
     # -- the schema ---------------------------------------------------------------------
 
-    def _ensure_schema(self, session: Session, budget: float) -> None:
+    def _ensure_schema(self, session: PgSession, budget: float) -> None:
         """Check the schema's version, creating the schema on first use. Raises psycopg
         errors for the caller's retry, ConfigError for what only a person can fix."""
         if self._schema_ready:
@@ -171,7 +171,7 @@ class PostgresBackend(Backend):
             )
         self._schema_ready = True
 
-    def _create_schema(self, session: Session, budget: float) -> int:
+    def _create_schema(self, session: PgSession, budget: float) -> int:
         end = time.monotonic() + budget
         name = self.options.schema
         try:
@@ -210,7 +210,7 @@ class PostgresBackend(Backend):
         )  # fmt: skip
         retry = self.retry.attempts(timeout, cancel=cancel)
         give_up = retry.give_up.at
-        session = Session(self.options)
+        session = PgSession(self.options)
         waiting = False
         try:
             while True:
@@ -263,7 +263,7 @@ class PostgresBackend(Backend):
             raise self.options.unavailable(exc, gave_up.bound) from None
 
     @staticmethod
-    def _wait_for_release(session: Session, channel: str, left_s: float | None,
+    def _wait_for_release(session: PgSession, channel: str, left_s: float | None,
                           give_up: float | None, cancel: threading.Event | None = None,
                           election: str = "") -> None:  # fmt: skip
         """Sleep until a release is announced, the lease expires by the server's clock,
@@ -335,7 +335,7 @@ class PostgresBackend(Backend):
         except psycopg.Error as exc:
             raise self.options.unavailable(exc) from None
 
-    def _leader(self, session: Session, election: str, budget: float
+    def _leader(self, session: PgSession, election: str, budget: float
                 ) -> tuple[LeaderInfo | None, float | None]:  # fmt: skip
         """The leader and the seconds its lease has left by the server's clock."""
         try:
@@ -352,7 +352,7 @@ class PostgresBackend(Backend):
                 ) -> Iterator[LeaderInfo | None]:  # fmt: skip
         validate_election(election)
         stop = stop or threading.Event()
-        session = Session(self.options)
+        session = PgSession(self.options)
         channel = sql.channel(self.options.schema, election)
         retry = self.retry.attempts(None, cancel=stop)
 

@@ -291,7 +291,7 @@ def open_connection(options: PostgresOptions, budget: float) -> psycopg.Connecti
     raise StatementTimeout("connecting took longer than the budget")
 
 
-class Session:
+class PgSession:
     """One connection, made when first needed, used by one call at a time; it LISTENs
     again to its channels whenever it reconnects (callers look again after an error)."""
 

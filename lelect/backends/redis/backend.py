@@ -49,7 +49,7 @@ from lelect.backends.records import (
     whole,
 )
 from lelect.backends.redis.lease import RedisLeadership, milliseconds
-from lelect.backends.redis.link import Link, RedisOptions, Subscription, is_transient
+from lelect.backends.redis.link import RedisLink, RedisOptions, Subscription, is_transient
 from lelect.backends.redis.scripts import (
     ACQUIRE,
     LEADER,
@@ -59,7 +59,7 @@ from lelect.backends.redis.scripts import (
     RELEASE_EXIT_STATUS,
     REMOVE_MEMBER,
     REQUEST_RESIGN,
-    ElectionKeys,
+    RedisKeys,
     Script,
     release_args,
 )
@@ -87,11 +87,11 @@ class RedisBackend(Backend):
         self.default_ttl = self.options.ttl
         self.connect_timeout = self.options.connect_timeout
         self.history_limit = self.options.history_limit
-        self.link = Link(self.options)
+        self.link = RedisLink(self.options)
         self.retry = RetryPolicy(self.options.connect_timeout)
 
-    def _keys(self, election: str) -> ElectionKeys:
-        return ElectionKeys(self.options.prefix, validate_election(election))
+    def _keys(self, election: str) -> RedisKeys:
+        return RedisKeys(self.options.prefix, validate_election(election))
 
     # -- leadership -------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class RedisBackend(Backend):
         except GaveUp as gave_up:
             raise self.options.unavailable(exc, gave_up.bound) from None
 
-    def _wait_for_release(self, subscription: Subscription, keys: ElectionKeys, pttl: int,
+    def _wait_for_release(self, subscription: Subscription, keys: RedisKeys, pttl: int,
                           contact: Attempts, timeout: float | None,
                           cancel: threading.Event | None = None) -> None:
         """Sleep until a release is announced or the leader key is gone. When the PTTL
@@ -208,7 +208,7 @@ class RedisBackend(Backend):
                       leadership.outcome, leadership.exit_status, leadership.reason,
                       leadership.slot, budget)
 
-    def _release(self, keys: ElectionKeys, token: str, term: int, outcome: str,
+    def _release(self, keys: RedisKeys, token: str, term: int, outcome: str,
                  exit_status: int | None, reason: str | None, slot: str | None,
                  budget: float) -> None:
         """Release if still ours and close our history entry if it still runs."""
@@ -254,7 +254,7 @@ class RedisBackend(Backend):
         except RedisError as exc:
             raise self.options.unavailable(exc, context=self._context(election)) from None
 
-    def _leader(self, keys: ElectionKeys, budget: float) -> tuple[LeaderInfo | None, int]:
+    def _leader(self, keys: RedisKeys, budget: float) -> tuple[LeaderInfo | None, int]:
         """The leader and the leader key's PTTL in ms (0 when nobody leads)."""
         reply = self.link.run(LEADER, keys.leadership, [], budget)
         if not reply:
@@ -267,7 +267,7 @@ class RedisBackend(Backend):
                 ) -> Iterator[LeaderInfo | None]:
         return only_changes(self._looks(self._keys(election), stop or threading.Event()))
 
-    def _looks(self, keys: ElectionKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
+    def _looks(self, keys: RedisKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
         """A look at the leader now, and again after every announcement (or when the
         leader key would expire), until ``stop``."""
         subscription = Subscription(self.link, [keys.released_channel, keys.elected_channel])

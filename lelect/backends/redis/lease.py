@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from lelect.backends.base import Candidate, Leadership
 from lelect.backends.redis.link import Subscription
-from lelect.backends.redis.scripts import RENEW, ElectionKeys
+from lelect.backends.redis.scripts import RENEW, RedisKeys
 from lelect.lease import Lease, Renewal
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class RedisLeadership(Leadership):
         since: float | None,
         subscription: Subscription | None,
     ) -> None:
-        self.keys = ElectionKeys(backend.options.prefix, election)
+        self.keys = RedisKeys(backend.options.prefix, election)
         self.ttl = ttl
         self.stopped = threading.Event()
         self._backend = backend

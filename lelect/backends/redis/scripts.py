@@ -46,7 +46,7 @@ class Script:
 
 
 @dataclass(frozen=True)
-class ElectionKeys:
+class RedisKeys:
     """The keys and channels of one election, all under one hash tag."""
 
     prefix: str
@@ -414,7 +414,7 @@ return 1
 RELEASE_EXIT_STATUS = 4
 
 
-def release_args(keys: ElectionKeys, token: str, term: int, outcome: str,
+def release_args(keys: RedisKeys, token: str, term: int, outcome: str,
                  exit_status: int | None, reason: str | None, slot: str | None,
                  forget_member: str = "") -> list[Any]:
     """:data:`RELEASE`'s ARGV."""

@@ -45,7 +45,7 @@ from lelect.backends.zookeeper.layout import (
     win_ops,
 )
 from lelect.backends.zookeeper.lease import ZooKeeperLeadership
-from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, Session, log
+from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, ZooKeeperSession, log
 from lelect.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Contest:
     def __init__(
         self,
         backend: ZooKeeperBackend,
-        session: Session,
+        session: ZooKeeperSession,
         paths: ElectionPaths,
         candidate: Candidate,
         *,

@@ -19,7 +19,7 @@ from kazoo.exceptions import KazooException, NoNodeError, SessionExpiredError
 
 from lelect.backends.base import Candidate, HistoryEntry, Leadership
 from lelect.backends.zookeeper.layout import Contender, ElectionPaths
-from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, Session, log
+from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, ZooKeeperSession, log
 from lelect.lease import Lease, Renewal
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class ZooKeeperLeadership(Leadership):
         candidate: Candidate,
         contender: Contender,
         *,
-        session: Session,
+        session: ZooKeeperSession,
         entry: HistoryEntry | None,
         sent: float,
     ) -> None:

@@ -243,7 +243,7 @@ class Failed:
     error: KazooException
 
 
-class Session:
+class ZooKeeperSession:
     """One kazoo client and the session it holds.
 
     ``granted`` is the session timeout the server granted (seconds): the server expires
