@@ -23,14 +23,7 @@ from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
 from lelect.backends.base import PARTING_BUDGET, Backend, Candidate, LeaderInfo, Leadership
-from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for library users
-    DEFAULT_GRACE,
-    EXIT_CONFLICT,
-    EXIT_LOST,
-    EXIT_MAX_RUNTIME,
-    EXIT_NOT_FOUND,
-    EXIT_TIMEOUT,
-)
+from lelect.campaign_core import DEFAULT_GRACE  # noqa: F401 - for library users
 from lelect.credentials import job_backend_env
 from lelect.durations import RANGES, format_duration
 from lelect.errors import (
@@ -43,6 +36,7 @@ from lelect.errors import (
 )
 from lelect.lease import LeaseTiming
 from lelect.names import validate_election
+from lelect.status import ExitStatus
 from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
 
@@ -67,7 +61,7 @@ class CampaignOptions:
     ttl: float | None = None  # None: the backend's
     max_runtime: float | None = None
     no_wait: bool = False
-    conflict_exit_code: int = EXIT_CONFLICT
+    conflict_exit_code: int = ExitStatus.CONFLICT
     timeout: float | None = None
     hold_at_least: float = 0.0
     restart: bool = False

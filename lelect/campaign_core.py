@@ -28,13 +28,7 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import ClassVar
 
-# -- exit statuses ------------------------------------------------------------------------
-
-EXIT_LOST = 73
-EXIT_CONFLICT = 75
-EXIT_MAX_RUNTIME = 79
-EXIT_TIMEOUT = 124
-EXIT_NOT_FOUND = 127
+from lelect.status import ExitStatus
 
 #: Signals that mean "lelect, stop": the job gets the same signal, SIGKILL after the
 #: grace, no restart, and lelect then ends by that signal itself.
@@ -266,7 +260,7 @@ class Policy:
     restart: bool = False
     restart_delay: float = 1.0
     resign_cooldown: float = 10.0
-    conflict_exit_code: int = EXIT_CONFLICT
+    conflict_exit_code: int = ExitStatus.CONFLICT
 
 
 IDLE, CAMPAIGNING, LEADING, HOLDING, PAUSED, DONE = (
@@ -336,14 +330,14 @@ class CampaignCore:
                               Log("busy", f"election {policy.election!r} is led by {event.holder}"))
         if isinstance(event, TimedOut):
             detail = event.detail or f"not elected leader of {policy.election!r} in time"
-            return self._exit(EXIT_TIMEOUT, Log("timeout", detail))
+            return self._exit(ExitStatus.TIMEOUT, Log("timeout", detail))
         if isinstance(event, SignalReceived) and event.signum in WAIT_INTERRUPTS:
             return self._interrupted(event.signum, "while waiting")
         if isinstance(event, KeeperGone):
             # Killed from outside while waiting (or just as it won): anything it had
             # started died with it. With --restart, back into line.
             return [Log("keeper-gone", "the job's keeper died before it reported; anything"
-                        " it had started died with it"), *self._after(EXIT_LOST, "lost", event.now)]
+                        " it had started died with it"), *self._after(ExitStatus.LOST, "lost", event.now)]
         if isinstance(event, Unreachable) and policy.restart:
             return self._unreachable(event)
         return []
@@ -450,14 +444,14 @@ class CampaignCore:
         if isinstance(event, ExecFailed):
             self.job_running = False
             out: list[Command] = [Log("execfail", f"cannot run {event.message}")]
-            out += self._release("exited", EXIT_NOT_FOUND, event.message)
-            return out + self._exit(EXIT_NOT_FOUND)
+            out += self._release("exited", ExitStatus.NOT_FOUND, event.message)
+            return out + self._exit(ExitStatus.NOT_FOUND)
         if isinstance(event, KeeperGone):
             self.job_running = False
             self.outcome = "lost"
             out = [Log("keeper-gone", "the job's keeper died; the job died with it")]
             out += self._release("lost", None, "the job's keeper died")
-            return out + self._after(EXIT_LOST, "lost", event.now)
+            return out + self._after(ExitStatus.LOST, "lost", event.now)
         if isinstance(event, JobExited):
             return self._job_exited(event)
         return []
@@ -522,11 +516,11 @@ class CampaignCore:
         if self.stop_signal is not None:
             history, exit_status, kind = "stopped", status, "stopped"
         elif outcome == "lost":
-            history, exit_status, kind = "lost", EXIT_LOST, "lost"
+            history, exit_status, kind = "lost", ExitStatus.LOST, "lost"
         elif outcome == "resign":
             history, exit_status, kind = "resigned", 0, "resigned"
         elif outcome == "max-runtime":
-            history, exit_status, kind = "stopped", EXIT_MAX_RUNTIME, "max-runtime"
+            history, exit_status, kind = "stopped", ExitStatus.MAX_RUNTIME, "max-runtime"
         else:
             history, exit_status, kind = "exited", status, "exited"
         reason = {"max-runtime": "--max-runtime reached", "resign": "resign requested"}.get(
