@@ -585,7 +585,7 @@ class Keeper:
         if gone and not self.released_by_lelect and self.job_pid is not None:
             if held and (lelect_died or self.exit_when_done):
                 # lelect died, or was stopped before it heard that we won.
-                from lelect.backends.records import HAND_BACK_REASON
+                from lelect.backends.words import HAND_BACK_REASON
 
                 try:
                     os.nice(19)  # the next leader's job goes first; this is tidying up

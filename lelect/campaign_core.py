@@ -28,6 +28,7 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import ClassVar
 
+from lelect.backends.words import EXITED, LOST, RESIGNED, STOPPED
 from lelect.status import ExitStatus
 
 #: Signals that mean "lelect, stop": the job gets the same signal, SIGKILL after the
@@ -381,7 +382,7 @@ class CampaignCore:
             out.append(Log("slot-done", f"elected leader of {policy.election!r} (term"
                            f" {event.term}), but the job already succeeded for slot"
                            f" {event.slot}: not running it", {**fields, "slot": event.slot}))
-            out += self._release("exited", None, f"slot {event.slot} was already done")
+            out += self._release(EXITED, None, f"slot {event.slot} was already done")
             return out + self._after(0, "skipped", event.now)
         out.append(Log("elected", f"elected leader of {policy.election!r} (term {event.term})",
                        fields))
@@ -444,13 +445,13 @@ class CampaignCore:
         if isinstance(event, ExecFailed):
             self.job_running = False
             out: list[Command] = [Log("execfail", f"cannot run {event.message}")]
-            out += self._release("exited", ExitStatus.NOT_FOUND, event.message)
+            out += self._release(EXITED, ExitStatus.NOT_FOUND, event.message)
             return out + self._exit(ExitStatus.NOT_FOUND)
         if isinstance(event, KeeperGone):
             self.job_running = False
             self.outcome = "lost"
             out = [Log("keeper-gone", "the job's keeper died; the job died with it")]
-            out += self._release("lost", None, "the job's keeper died")
+            out += self._release(LOST, None, "the job's keeper died")
             return out + self._after(ExitStatus.LOST, "lost", event.now)
         if isinstance(event, JobExited):
             return self._job_exited(event)
@@ -514,15 +515,15 @@ class CampaignCore:
         status = self.job_status if self.job_status is not None else 0
         outcome = self.outcome
         if self.stop_signal is not None:
-            history, exit_status, kind = "stopped", status, "stopped"
+            history, exit_status, kind = STOPPED, status, "stopped"
         elif outcome == "lost":
-            history, exit_status, kind = "lost", ExitStatus.LOST, "lost"
+            history, exit_status, kind = LOST, ExitStatus.LOST, "lost"
         elif outcome == "resign":
-            history, exit_status, kind = "resigned", 0, "resigned"
+            history, exit_status, kind = RESIGNED, ExitStatus.OK, "resigned"
         elif outcome == "max-runtime":
-            history, exit_status, kind = "stopped", ExitStatus.MAX_RUNTIME, "max-runtime"
+            history, exit_status, kind = STOPPED, ExitStatus.MAX_RUNTIME, "max-runtime"
         else:
-            history, exit_status, kind = "exited", status, "exited"
+            history, exit_status, kind = EXITED, status, "exited"
         reason = {"max-runtime": "--max-runtime reached", "resign": "resign requested"}.get(
             outcome or "")
         if self.stop_signal is not None:

@@ -105,7 +105,7 @@ def test_the_keeper_and_its_protocol_need_only_the_standard_library():
     for name in ("lelect._keeper", "lelect.keeper_protocol"):
         assert {i for i in imports(MODULES[name]) if i in MODULES} <= {"lelect", "lelect.keeper_protocol",
                                           "lelect.backends", "lelect.backends.file",
-                                          "lelect.backends.file.state",
+                                          "lelect.backends.file.state", "lelect.backends.words",
                                           "lelect.backends.records"}, name
     for name, path in MODULES.items():
         if name.startswith("lelect.backends.") and name.endswith(".handback"):

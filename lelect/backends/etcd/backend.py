@@ -59,6 +59,7 @@ from lelect.backends.etcd.gateway import Endpoint, Gateway, GatewayError, KeyVal
 from lelect.backends.records import (
     MAX_SLOTS,
     VANISHED,
+    VANISHED_REASON,
     decode_member,
     encode_member,
     stored_arrivals,
@@ -514,7 +515,7 @@ class EtcdBackend(Backend):
             previous = _decode_entry(newest)
             if previous is not None and previous.outcome == RUNNING and previous.term < entry.term:
                 closed = replace(previous, ended=time.time(), outcome=VANISHED,
-                                 reason="the next leader found it gone")
+                                 reason=VANISHED_REASON)
                 compare.append(wire.modified_at(newest.key, newest.mod_revision))
                 ops.append(wire.put(newest.key, closed.encode()))
         ops.append(wire.get(keys.resign))

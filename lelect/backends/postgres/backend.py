@@ -53,7 +53,7 @@ from lelect.backends.postgres.link import (
     pg_errors,
     psycopg,
 )
-from lelect.backends.records import decode_member, encode_member
+from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.errors import ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_election
@@ -206,7 +206,7 @@ class PostgresBackend(Backend):
         acquire = self.render(
             sql.ACQUIRE, election=election, token=token, node_id=candidate.node_id,
             host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
-            channel=channel, vanished_reason=sql.VANISHED_REASON,
+            channel=channel, vanished_reason=VANISHED_REASON,
         )  # fmt: skip
         retry = self.retry.attempts(timeout, cancel=cancel)
         give_up = retry.give_up.at

@@ -31,8 +31,6 @@ DEFAULT_SCHEMA = "lelect"
 #: A schema name lelect accepts: a plain lower-case identifier, so it never needs care.
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-LOST_REASON = "lelect died; its keeper stopped the job and handed the leadership back"
-VANISHED_REASON = "the leader disappeared without a word; the next leader closed the entry"
 
 
 class Ident(str):

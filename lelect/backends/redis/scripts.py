@@ -31,7 +31,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from lelect.backends.records import MAX_SLOTS
+from lelect.backends.records import MAX_SLOTS, VANISHED_REASON
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,6 @@ end
 """
 
 #: Why the next leader closed a leadership that was still "running".
-VANISHED_REASON = "its lease ran out without a release; the next leader closed the entry"
 
 # The delayed-restart rule. A Redis that restarted without its data (no persistence), or
 # a replica promoted in its master's place, may have forgotten leases that still run: it
