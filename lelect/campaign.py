@@ -23,7 +23,6 @@ from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
 from lelect.backends.base import PARTING_BUDGET, Backend, Candidate, LeaderInfo, Leadership
-from lelect.campaign_core import DEFAULT_GRACE  # noqa: F401 - for library users
 from lelect.credentials import job_backend_env
 from lelect.durations import RANGES, format_duration
 from lelect.errors import (
@@ -36,7 +35,7 @@ from lelect.errors import (
 )
 from lelect.lease import LeaseTiming
 from lelect.names import validate_election
-from lelect.status import ExitStatus
+from lelect.options import DEFAULT_GRACE, default  # noqa: F401 - DEFAULT_GRACE for library users
 from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
 
@@ -53,25 +52,37 @@ def _no_log(event: str, message: str, **fields: Any) -> None:
 
 @dataclass(frozen=True)
 class CampaignOptions:
+    """``lelect campaign``'s options (their defaults, flags and help are declared once,
+    in :mod:`lelect.options`)."""
+
     election: str
     command: Sequence[str]
-    node_id: str | None = None
-    stop_signal: int = signal.SIGTERM
-    grace: float | None = None  # None: 10 s, or what fits the lease
-    ttl: float | None = None  # None: the backend's
-    max_runtime: float | None = None
-    no_wait: bool = False
-    conflict_exit_code: int = ExitStatus.CONFLICT
-    timeout: float | None = None
-    hold_at_least: float = 0.0
-    restart: bool = False
-    restart_delay: float = 1.0
-    resign_cooldown: float = 10.0
-    heartbeat_interval: float = 2.0
-    forget_after: float = 3600.0
-    once_per: float | None = None  # run the job successfully at most once per slot
-    once_key: str | None = None  # ...or once per this named slot
+    node_id: str | None = default("node_id")
+    stop_signal: int = default("stop_signal")
+    grace: float | None = default("grace")  # None: 10 s, or what fits the lease
+    ttl: float | None = default("ttl")  # None: the backend's
+    max_runtime: float | None = default("max_runtime")
+    no_wait: bool = default("no_wait")
+    conflict_exit_code: int = default("conflict_exit_code")
+    timeout: float | None = default("timeout")
+    hold_at_least: float = default("hold_at_least")
+    restart: bool = default("restart")
+    restart_delay: float = default("restart_delay")
+    resign_cooldown: float = default("resign_cooldown")
+    heartbeat_interval: float = default("heartbeat_interval")
+    forget_after: float = default("forget_after")
+    once_per: float | None = default("once_per")  # run the job successfully at most once per slot
+    once_key: str | None = default("once_key")  # ...or once per this named slot
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def policy(self, grace: float, lease: bool) -> core.Policy:
+        """The core's view of these options (``grace`` as the lease timing settled it)."""
+        return core.Policy(
+            election=self.election, stop_signal=int(self.stop_signal), grace=grace, lease=lease,
+            max_runtime=self.max_runtime, hold_at_least=self.hold_at_least,
+            restart=self.restart, restart_delay=self.restart_delay,
+            resign_cooldown=self.resign_cooldown, conflict_exit_code=self.conflict_exit_code,
+        )
 
     def check(self) -> None:
         """Refuse options out of their documented range (:data:`RANGES`), before
@@ -185,18 +196,7 @@ class _Driver:
         self.log = log
         self.timing = lease_timing(backend, options.ttl, options.grace)
         self.candidate = Candidate.local(options.node_id)
-        self.core = core.CampaignCore(core.Policy(
-            election=options.election,
-            stop_signal=int(options.stop_signal),
-            grace=self.timing.grace,
-            lease=backend.lease_based,
-            max_runtime=options.max_runtime,
-            hold_at_least=options.hold_at_least,
-            restart=options.restart,
-            restart_delay=options.restart_delay,
-            resign_cooldown=options.resign_cooldown,
-            conflict_exit_code=options.conflict_exit_code,
-        ))
+        self.core = core.CampaignCore(options.policy(self.timing.grace, backend.lease_based))
         self.events: queue.Queue = queue.Queue()
         self.blocking = False  # a signal interrupts the blocking call under way
         self.keeper: KeeperHandle | None = None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lelect.backends.words import EXITED, LOST, RESIGNED, STOPPED
+from lelect.options import DEFAULT_GRACE, default
 from lelect.status import ExitStatus
 
 #: Signals that mean "lelect, stop": the job gets the same signal, SIGKILL after the
@@ -39,8 +40,6 @@ WAIT_INTERRUPTS = (int(_signal.SIGINT), int(_signal.SIGTERM), int(_signal.SIGHUP
 
 #: With --restart, the shortest pause before rejoining (a crashing job cannot spin).
 MIN_RESTART_DELAY = 0.1
-#: Stop signal -> SIGKILL, unless --grace says (or the lease needs) otherwise.
-DEFAULT_GRACE = 10.0
 #: The longest back-off between failing runs.
 MAX_RESTART_DELAY = 30.0
 #: A job that ran this long resets the back-off.
@@ -250,18 +249,18 @@ class Exit(Command):
 
 @dataclass(frozen=True)
 class Policy:
-    """What the options say (see CampaignOptions)."""
+    """What the options say (declared once in :mod:`lelect.options`; see CampaignOptions)."""
 
     election: str
-    stop_signal: int = int(_signal.SIGTERM)
+    stop_signal: int = default("stop_signal")
     grace: float = DEFAULT_GRACE
     lease: bool = True
-    max_runtime: float | None = None
-    hold_at_least: float = 0.0
-    restart: bool = False
-    restart_delay: float = 1.0
-    resign_cooldown: float = 10.0
-    conflict_exit_code: int = ExitStatus.CONFLICT
+    max_runtime: float | None = default("max_runtime")
+    hold_at_least: float = default("hold_at_least")
+    restart: bool = default("restart")
+    restart_delay: float = default("restart_delay")
+    resign_cooldown: float = default("resign_cooldown")
+    conflict_exit_code: int = default("conflict_exit_code")
 
 
 IDLE, CAMPAIGNING, LEADING, HOLDING, PAUSED, DONE = (
