@@ -13,6 +13,7 @@ import queue
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,7 @@ from lelect.credentials import job_backend_env
 from lelect.durations import RANGES, format_duration
 from lelect.errors import (
     BackendUnavailable,
+    CampaignCancelled,
     CampaignTimeout,
     CommandNotFound,
     ConfigError,
@@ -178,11 +180,11 @@ class CampaignStatus:
         return leadership if leadership is not None and leadership.is_leader() else None
 
 
-class Interrupted(Exception):
-    """lelect was told to stop while a blocking call (the campaign) was under way."""
+class _Cancelled:
+    """Queued when a stop signal cancels the campaign under way (wakes a wait on the
+    keeper's news)."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signum)
         self.signum = signum
 
 
@@ -198,7 +200,9 @@ class _Driver:
         self.candidate = Candidate.local(options.node_id)
         self.core = core.CampaignCore(options.policy(self.timing.grace, backend.lease_based))
         self.events: queue.Queue = queue.Queue()
-        self.blocking = False  # a signal interrupts the blocking call under way
+        self.blocking = False  # a stop signal cancels the campaign under way
+        self.cancel = threading.Event()
+        self.cancelled_by: int | None = None
         self.keeper: KeeperHandle | None = None
         self.leadership: Leadership | None = None
         self.announced = False
@@ -215,8 +219,13 @@ class _Driver:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.blocking and signum in core.WAIT_INTERRUPTS:
+            # Cancel by event, as kazoo's Lock.cancel() does: the campaign leaves the line
+            # at its next look (never an exception raised into a client call).
             self.blocking = False
-            raise Interrupted(signum)
+            self.cancelled_by = signum
+            self.cancel.set()
+            self.events.put(_Cancelled(signum))
+            return
         self.events.put(core.SignalReceived(time.monotonic(), signum))
 
     def _install_signals(self) -> dict[int, Any]:
@@ -278,6 +287,8 @@ class _Driver:
         now = time.monotonic()
         if isinstance(item, core.Event):
             return item
+        if isinstance(item, _Cancelled):  # it came just as the campaign returned: a stop
+            return core.SignalReceived(now, item.signum)
         if isinstance(item, proto.Started):
             return core.JobStarted(now, item.pid)
         if isinstance(item, proto.Exited):
@@ -363,6 +374,7 @@ class _Driver:
                                       on_respawn=self._keeper_respawned)
         self.announced = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
+        self.cancel = threading.Event()
         self.blocking = True
         try:
             if lock is not None:
@@ -374,7 +386,7 @@ class _Driver:
             else:
                 leadership = backend.campaign(
                     opts.election, self.candidate, timeout=opts.timeout, no_wait=opts.no_wait,
-                    ttl=self.timing.ttl, on_wait=self._on_wait,
+                    ttl=self.timing.ttl, on_wait=self._on_wait, cancel=self.cancel,
                 )
         except ElectionBusy as busy:
             keeper.kill()
@@ -387,14 +399,17 @@ class _Driver:
                 raise
             keeper.kill()  # --restart: an outage of any length is waited out
             return core.Unreachable(time.monotonic(), str(trouble))
-        except Interrupted as stop:
-            keeper.kill()  # a job it had just started gets the stop signal and the grace
-            self._report_late_job(keeper)
-            return core.SignalReceived(time.monotonic(), stop.signum)
+        except CampaignCancelled:
+            return self._cancelled(keeper)
         finally:
             self.blocking = False
         self.leadership = leadership
         return self._won(leadership, keeper)
+
+    def _cancelled(self, keeper: KeeperHandle) -> core.Event:
+        keeper.kill()  # a job it had just started gets the stop signal and the grace
+        self._report_late_job(keeper)
+        return core.SignalReceived(time.monotonic(), self.cancelled_by or signal.SIGTERM)
 
     def _status(self, log: core.Log) -> None:
         """systemd's STATUS= line, from what the core logs."""
@@ -412,7 +427,6 @@ class _Driver:
         interval = self.notify.watchdog_interval
         if interval is None:
             return
-        import threading
 
         def ping() -> None:
             while not self.finished:
@@ -451,6 +465,8 @@ class _Driver:
         deadline by itself: only it knows whether the job started)."""
         while True:
             message = keeper.events.get()
+            if isinstance(message, _Cancelled):
+                return self._cancelled(keeper)
             if isinstance(message, proto.Locked):
                 return self.backend.adopt_local_lock(lock, message.term, message.since,
                                                      release_lock=keeper.release)

@@ -752,3 +752,20 @@ def test_a_killed_candidate_is_no_duplicate_of_its_restarted_successor(target, t
     assert leader.wait(timeout=30) == 0
     assert second.wait(timeout=30) == 0
     assert "another live candidate" not in tail.text, tail.text
+
+
+def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
+    """SIGTERM to a waiting candidate cancels its campaign (an event the backend's wait
+    looks at): it leaves the line and ends by the signal within a second, and its job
+    never runs."""
+    proc, release = leading(target, "quit", tmp_path)
+    marker = tmp_path / "quitter-ran"
+    quitter, tail = waiting(target, "quit", "--", "touch", str(marker), name="quitter")
+    sent = time.monotonic()
+    quitter.send_signal(signal.SIGTERM)
+    assert quitter.wait(timeout=10) == -signal.SIGTERM
+    assert time.monotonic() - sent < 1.5
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert not marker.exists()
+    assert "Traceback" not in tail.text
