@@ -769,3 +769,28 @@ def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
     assert proc.wait(timeout=30) == 0
     assert not marker.exists()
     assert "Traceback" not in tail.text
+
+
+def test_a_partitioned_leader_job_is_dead_by_its_lease_deadline(network_target, tmp_path,
+                                                                partition_proxy):
+    """The leader reaches the server through a proxy that stops forwarding: its job is
+    dead by its lease deadline, lelect exits 73, and the waiter's job runs after it."""
+    target = network_target
+    proxy = partition_proxy("127.0.0.1", target.server.port)
+    record = tmp_path / "ticks"
+    leader = spawn_lelect("campaign", "cut", "--id", "cut-off", "--", *ticking_job(record),
+                          backend=target.url.replace(f":{target.server.port}", f":{proxy.port}"))
+    wait_until(lambda: read_ticks(record), timeout=30, what="the leader's job")
+    follower = spawn_lelect("campaign", "cut", "--id", "b", "--", *ticking_job(record),
+                            backend=target.url)
+    OutputTail(follower.stderr).wait_for("waiting for")
+    proxy.block()
+    blocked_ns = time.time_ns()
+    wait_until(lambda: len(read_ticks(record)) == 2, timeout=target.ttl + 15,
+               what="the next job")
+    assert leader.wait(15) == 73
+    first, second = read_ticks(record)
+    assert first.last_ns <= blocked_ns + target.ttl * 1e9
+    assert_one_at_a_time([first, second])
+    follower.terminate()
+    follower.wait(timeout=30)

@@ -126,32 +126,6 @@ def test_blackholed_leader_job_dies_within_the_lease_before_the_next_starts(
     assert leader.wait(20) == 73  # leadership lost while the job ran
 
 
-def test_frozen_etcd_stops_the_job_within_the_lease_and_one_runs_after(
-        etcd_server_factory, tmp_path, processes):
-    server = etcd_server_factory()
-    url = server.url(ttl="2s")
-    record = tmp_path / "ticks"
-    for _ in range(2):
-        processes.append(campaign(url, "frozen", ticking_job(record), "--restart"))
-    wait_until(lambda: read_ticks(record), what="the first job")
-    queued(server, "lelect", "frozen", 2)
-    frozen_ns = time.time_ns()
-    server.freeze()
-    try:
-        wait_until(lambda: time.time_ns() - read_ticks(record)[-1].last_ns > 0.5e9, timeout=10,
-                   what="the job to stop while etcd is frozen")
-        assert read_ticks(record)[-1].last_ns <= frozen_ns + TTL * 1e9
-    finally:
-        server.thaw()
-    wait_until(lambda: time.time_ns() - read_ticks(record)[-1].last_ns < 0.2e9, timeout=30,
-               what="a job after the thaw")
-    time.sleep(TTL)  # any second job would show now
-    activities = read_ticks(record)
-    assert_one_at_a_time(activities)
-    alive = [a for a in activities if time.time_ns() - a.last_ns < 0.5e9]
-    assert len(alive) == 1, activities
-
-
 def test_etcd_restarted_mid_leadership_keeps_one_job_at_a_time(etcd_server_factory, tmp_path,
                                                                 processes):
     server = etcd_server_factory()

@@ -18,7 +18,7 @@ import pytest
 
 from lelect.backends import connect
 from lelect.backends.base import Candidate, Heartbeat
-from lelect.backends.postgres.sql import LOST_REASON
+from lelect.backends.records import HAND_BACK_REASON
 from lelect.errors import BackendUnavailable, ConfigError
 from tests.helpers import (
     assert_one_at_a_time,
@@ -63,25 +63,6 @@ def leader_and_waiter(cluster: PostgresCluster, db: str, schema: str, election: 
 
 
 # -- faults -----------------------------------------------------------------------------
-
-
-def test_partitioned_leader_job_is_dead_by_its_lease_deadline(
-    postgres_cluster, postgres_database, tmp_path, processes, partition_proxy
-):
-    record = tmp_path / "record"
-    proxy = partition_proxy("127.0.0.1", postgres_cluster.port)
-    through_proxy = postgres_cluster.url(postgres_database, port=proxy.port, schema="lelect",
-                                         connect_timeout="1s")  # fmt: skip
-    leader = leader_and_waiter(postgres_cluster, postgres_database, "lelect", "part", record,
-                               processes, leader_url=through_proxy)  # fmt: skip
-    proxy.block()
-    blocked_ns = time.time_ns()
-    wait_until(lambda: len(read_ticks(record)) == 2, timeout=TTL + 5, what="the next job")
-    assert leader.wait(15) == 73
-    first, second = read_ticks(record)
-    assert first.last_ns <= blocked_ns + TTL * 1e9
-    assert second.first_ns - blocked_ns < (TTL + 2) * 1e9
-    assert_one_at_a_time([first, second])
 
 
 def test_server_restart_mid_leadership_never_runs_two_jobs(
@@ -387,7 +368,7 @@ def test_hand_back_frees_the_election_at_once_for_a_waiting_candidate(
         assert won["b"].term == old.term + 1
         entry = backend.history("back")[0]
         assert (entry.term, entry.outcome, entry.exit_status, entry.reason) == (
-            old.term, "lost", 137, LOST_REASON)
+            old.term, "lost", 137, HAND_BACK_REASON)
         assert [r.node_id for r in backend.members("back").records] == []
         won["b"].release()
 
