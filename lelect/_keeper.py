@@ -3,7 +3,7 @@
 Run as ``python -S -I -c "…main()" CTRL_FD [KEY=VALUE...] -- CMD [ARGS...]`` (see
 lelect.supervisor); it imports
 only the standard library and lelect.keeper_protocol (and, on the embedded backend,
-lelect.backends.filestate while it waits; a hand-back module once lelect sends one).
+lelect.backends.file.state while it waits; a hand-back module once lelect sends one).
 
 - It starts the job in its own process group and is its child subreaper, so nothing the
   job starts can escape it. The job dies with it (PR_SET_PDEATHSIG), even if somebody
@@ -244,7 +244,7 @@ class Keeper:
         self.announced = False  # nothing about the job goes out before "locked"
         # Import and open the state database now, while waiting, so winning costs only
         # the job's fork/exec (the leader record is written after).
-        from lelect.backends import filestate
+        from lelect.backends.file import state as filestate
 
         self.filestate = filestate
         lock_name = os.path.basename(self.options["lock"])
@@ -585,7 +585,7 @@ class Keeper:
         if gone and not self.released_by_lelect and self.job_pid is not None:
             if held and (lelect_died or self.exit_when_done):
                 # lelect died, or was stopped before it heard that we won.
-                from lelect.backends.records import HAND_BACK_REASON
+                from lelect.backends.words import HAND_BACK_REASON
 
                 try:
                     os.nice(19)  # the next leader's job goes first; this is tidying up

@@ -13,6 +13,7 @@ import queue
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -23,18 +24,11 @@ from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
 from lelect.backends.base import PARTING_BUDGET, Backend, Candidate, LeaderInfo, Leadership
-from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for library users
-    DEFAULT_GRACE,
-    EXIT_CONFLICT,
-    EXIT_LOST,
-    EXIT_MAX_RUNTIME,
-    EXIT_NOT_FOUND,
-    EXIT_TIMEOUT,
-)
 from lelect.credentials import job_backend_env
 from lelect.durations import RANGES, format_duration
 from lelect.errors import (
     BackendUnavailable,
+    CampaignCancelled,
     CampaignTimeout,
     CommandNotFound,
     ConfigError,
@@ -43,7 +37,8 @@ from lelect.errors import (
 )
 from lelect.lease import LeaseTiming
 from lelect.names import validate_election
-from lelect.supervisor import Gone, Keeper, KeeperConfig
+from lelect.options import DEFAULT_GRACE, default  # noqa: F401 - DEFAULT_GRACE for library users
+from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
 
 #: Signals forwarded to the job's process group while it runs.
@@ -59,25 +54,37 @@ def _no_log(event: str, message: str, **fields: Any) -> None:
 
 @dataclass(frozen=True)
 class CampaignOptions:
+    """``lelect campaign``'s options (their defaults, flags and help are declared once,
+    in :mod:`lelect.options`)."""
+
     election: str
     command: Sequence[str]
-    node_id: str | None = None
-    stop_signal: int = signal.SIGTERM
-    grace: float | None = None  # None: 10 s, or what fits the lease
-    ttl: float | None = None  # None: the backend's
-    max_runtime: float | None = None
-    no_wait: bool = False
-    conflict_exit_code: int = EXIT_CONFLICT
-    timeout: float | None = None
-    hold_at_least: float = 0.0
-    restart: bool = False
-    restart_delay: float = 1.0
-    resign_cooldown: float = 10.0
-    heartbeat_interval: float = 2.0
-    forget_after: float = 3600.0
-    once_per: float | None = None  # run the job successfully at most once per slot
-    once_key: str | None = None  # ...or once per this named slot
+    node_id: str | None = default("node_id")
+    stop_signal: int = default("stop_signal")
+    grace: float | None = default("grace")  # None: 10 s, or what fits the lease
+    ttl: float | None = default("ttl")  # None: the backend's
+    max_runtime: float | None = default("max_runtime")
+    no_wait: bool = default("no_wait")
+    conflict_exit_code: int = default("conflict_exit_code")
+    timeout: float | None = default("timeout")
+    hold_at_least: float = default("hold_at_least")
+    restart: bool = default("restart")
+    restart_delay: float = default("restart_delay")
+    resign_cooldown: float = default("resign_cooldown")
+    heartbeat_interval: float = default("heartbeat_interval")
+    forget_after: float = default("forget_after")
+    once_per: float | None = default("once_per")  # run the job successfully at most once per slot
+    once_key: str | None = default("once_key")  # ...or once per this named slot
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def policy(self, grace: float, lease: bool) -> core.Policy:
+        """The core's view of these options (``grace`` as the lease timing settled it)."""
+        return core.Policy(
+            election=self.election, stop_signal=int(self.stop_signal), grace=grace, lease=lease,
+            max_runtime=self.max_runtime, hold_at_least=self.hold_at_least,
+            restart=self.restart, restart_delay=self.restart_delay,
+            resign_cooldown=self.resign_cooldown, conflict_exit_code=self.conflict_exit_code,
+        )
 
     def check(self) -> None:
         """Refuse options out of their documented range (:data:`RANGES`), before
@@ -173,11 +180,11 @@ class CampaignStatus:
         return leadership if leadership is not None and leadership.is_leader() else None
 
 
-class Interrupted(Exception):
-    """lelect was told to stop while a blocking call (the campaign) was under way."""
+class _Cancelled:
+    """Queued when a stop signal cancels the campaign under way (wakes a wait on the
+    keeper's news)."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signum)
         self.signum = signum
 
 
@@ -191,21 +198,12 @@ class _Driver:
         self.log = log
         self.timing = lease_timing(backend, options.ttl, options.grace)
         self.candidate = Candidate.local(options.node_id)
-        self.core = core.CampaignCore(core.Policy(
-            election=options.election,
-            stop_signal=int(options.stop_signal),
-            grace=self.timing.grace,
-            lease=backend.lease_based,
-            max_runtime=options.max_runtime,
-            hold_at_least=options.hold_at_least,
-            restart=options.restart,
-            restart_delay=options.restart_delay,
-            resign_cooldown=options.resign_cooldown,
-            conflict_exit_code=options.conflict_exit_code,
-        ))
+        self.core = core.CampaignCore(options.policy(self.timing.grace, backend.lease_based))
         self.events: queue.Queue = queue.Queue()
-        self.blocking = False  # a signal interrupts the blocking call under way
-        self.keeper: Keeper | None = None
+        self.blocking = False  # a stop signal cancels the campaign under way
+        self.cancel = threading.Event()
+        self.cancelled_by: int | None = None
+        self.keeper: KeeperHandle | None = None
         self.leadership: Leadership | None = None
         self.announced = False
         self.heartbeats = None
@@ -221,8 +219,13 @@ class _Driver:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.blocking and signum in core.WAIT_INTERRUPTS:
+            # Cancel by event, as kazoo's Lock.cancel() does: the campaign leaves the line
+            # at its next look (never an exception raised into a client call).
             self.blocking = False
-            raise Interrupted(signum)
+            self.cancelled_by = signum
+            self.cancel.set()
+            self.events.put(_Cancelled(signum))
+            return
         self.events.put(core.SignalReceived(time.monotonic(), signum))
 
     def _install_signals(self) -> dict[int, Any]:
@@ -284,6 +287,8 @@ class _Driver:
         now = time.monotonic()
         if isinstance(item, core.Event):
             return item
+        if isinstance(item, _Cancelled):  # it came just as the campaign returned: a stop
+            return core.SignalReceived(now, item.signum)
         if isinstance(item, proto.Started):
             return core.JobStarted(now, item.pid)
         if isinstance(item, proto.Exited):
@@ -365,10 +370,11 @@ class _Driver:
             history_limit=backend.history_limit,
             announce=announce,
         )
-        keeper = self.keeper = Keeper(config, self.job_env(), self.events,
+        keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.announced = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
+        self.cancel = threading.Event()
         self.blocking = True
         try:
             if lock is not None:
@@ -380,7 +386,7 @@ class _Driver:
             else:
                 leadership = backend.campaign(
                     opts.election, self.candidate, timeout=opts.timeout, no_wait=opts.no_wait,
-                    ttl=self.timing.ttl, on_wait=self._on_wait,
+                    ttl=self.timing.ttl, on_wait=self._on_wait, cancel=self.cancel,
                 )
         except ElectionBusy as busy:
             keeper.kill()
@@ -393,14 +399,17 @@ class _Driver:
                 raise
             keeper.kill()  # --restart: an outage of any length is waited out
             return core.Unreachable(time.monotonic(), str(trouble))
-        except Interrupted as stop:
-            keeper.kill()  # a job it had just started gets the stop signal and the grace
-            self._report_late_job(keeper)
-            return core.SignalReceived(time.monotonic(), stop.signum)
+        except CampaignCancelled:
+            return self._cancelled(keeper)
         finally:
             self.blocking = False
         self.leadership = leadership
         return self._won(leadership, keeper)
+
+    def _cancelled(self, keeper: KeeperHandle) -> core.Event:
+        keeper.kill()  # a job it had just started gets the stop signal and the grace
+        self._report_late_job(keeper)
+        return core.SignalReceived(time.monotonic(), self.cancelled_by or signal.SIGTERM)
 
     def _status(self, log: core.Log) -> None:
         """systemd's STATUS= line, from what the core logs."""
@@ -418,7 +427,6 @@ class _Driver:
         interval = self.notify.watchdog_interval
         if interval is None:
             return
-        import threading
 
         def ping() -> None:
             while not self.finished:
@@ -432,7 +440,7 @@ class _Driver:
 
         threading.Thread(target=ping, name="systemd-watchdog", daemon=True).start()
 
-    def _report_late_job(self, keeper: Keeper) -> None:
+    def _report_late_job(self, keeper: KeeperHandle) -> None:
         """lelect was stopped just as its keeper won: say how the job it had started
         ended (the keeper closed that leadership's record itself)."""
         while True:
@@ -452,11 +460,13 @@ class _Driver:
         self.log("waiting", f"waiting for {self.options.election!r}: {who}",
                  **({"leader": holder.node_id, "leader_term": holder.term} if holder else {}))
 
-    def _wait_for_keeper(self, lock, keeper: Keeper) -> Leadership | core.Event:
+    def _wait_for_keeper(self, lock, keeper: KeeperHandle) -> Leadership | core.Event:
         """The embedded backend: the keeper takes the flock (and gives up at the
         deadline by itself: only it knows whether the job started)."""
         while True:
             message = keeper.events.get()
+            if isinstance(message, _Cancelled):
+                return self._cancelled(keeper)
             if isinstance(message, proto.Locked):
                 return self.backend.adopt_local_lock(lock, message.term, message.since,
                                                      release_lock=keeper.release)
@@ -490,7 +500,7 @@ class _Driver:
         holder = self.backend.leader(self.options.election)
         return f"{holder.node_id} (term {holder.term})" if holder else "another candidate"
 
-    def _won(self, leadership: Leadership, keeper: Keeper) -> core.Won:
+    def _won(self, leadership: Leadership, keeper: KeeperHandle) -> core.Won:
         opts = self.options
         slot = done = None
         if opts.once_per is not None or opts.once_key is not None:

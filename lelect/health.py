@@ -24,6 +24,7 @@ from lelect.backends.base import Backend, Candidate, Heartbeat, LeaderInfo, Memb
 from lelect.backends.records import DEFAULT_FORGET_AFTER
 from lelect.errors import LelectError, UsageError
 from lelect.names import printable, validate_election
+from lelect.status import HealthStatus
 
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_THRESHOLD = 8.0
@@ -31,7 +32,8 @@ DEFAULT_THRESHOLD = 8.0
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 #: Nagios convention: OK, WARNING, CRITICAL.
-EXIT_STATUS = {HEALTHY: 0, DEGRADED: 1, CRITICAL: 2}
+EXIT_STATUS = {HEALTHY: HealthStatus.HEALTHY, DEGRADED: HealthStatus.DEGRADED,
+               CRITICAL: HealthStatus.CRITICAL}
 
 
 # -- publishing -----------------------------------------------------------------------

@@ -186,7 +186,7 @@ def pid_alive(pid: int) -> bool:
 def blocked_on_flock(lock: Path) -> bool:
     """True once some process waits for the flock of ``lock``: an embedded-backend
     candidate is queued."""
-    from lelect.backends.filestate import flock_waiters
+    from lelect.backends.file.state import flock_waiters
 
     return flock_waiters(lock) > 0
 

@@ -715,9 +715,9 @@ def test_a_job_is_never_started_after_its_lease_could_have_run_out():
     """The keeper refuses a Start that comes after the lease's stop point, whatever the
     order lelect's messages arrive in."""
     from lelect import keeper_protocol as proto
-    from lelect.supervisor import Keeper, KeeperConfig
+    from lelect.supervisor import KeeperConfig, KeeperHandle
 
-    keeper = Keeper(KeeperConfig(command=("sh", "-c", "echo ran; sleep 5"), grace=0.1))
+    keeper = KeeperHandle(KeeperConfig(command=("sh", "-c", "echo ran; sleep 5"), grace=0.1))
     keeper.spawn()
     keeper.lease(time.monotonic() - 0.01, 0.1)  # the lease is over by now
     keeper.start(7)
@@ -752,3 +752,45 @@ def test_a_killed_candidate_is_no_duplicate_of_its_restarted_successor(target, t
     assert leader.wait(timeout=30) == 0
     assert second.wait(timeout=30) == 0
     assert "another live candidate" not in tail.text, tail.text
+
+
+def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
+    """SIGTERM to a waiting candidate cancels its campaign (an event the backend's wait
+    looks at): it leaves the line and ends by the signal within a second, and its job
+    never runs."""
+    proc, release = leading(target, "quit", tmp_path)
+    marker = tmp_path / "quitter-ran"
+    quitter, tail = waiting(target, "quit", "--", "touch", str(marker), name="quitter")
+    sent = time.monotonic()
+    quitter.send_signal(signal.SIGTERM)
+    assert quitter.wait(timeout=10) == -signal.SIGTERM
+    assert time.monotonic() - sent < 1.5
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert not marker.exists()
+    assert "Traceback" not in tail.text
+
+
+def test_a_partitioned_leader_job_is_dead_by_its_lease_deadline(network_target, tmp_path,
+                                                                partition_proxy):
+    """The leader reaches the server through a proxy that stops forwarding: its job is
+    dead by its lease deadline, lelect exits 73, and the waiter's job runs after it."""
+    target = network_target
+    proxy = partition_proxy("127.0.0.1", target.server.port)
+    record = tmp_path / "ticks"
+    leader = spawn_lelect("campaign", "cut", "--id", "cut-off", "--", *ticking_job(record),
+                          backend=target.url.replace(f":{target.server.port}", f":{proxy.port}"))
+    wait_until(lambda: read_ticks(record), timeout=30, what="the leader's job")
+    follower = spawn_lelect("campaign", "cut", "--id", "b", "--", *ticking_job(record),
+                            backend=target.url)
+    OutputTail(follower.stderr).wait_for("waiting for")
+    proxy.block()
+    blocked_ns = time.time_ns()
+    wait_until(lambda: len(read_ticks(record)) == 2, timeout=target.ttl + 15,
+               what="the next job")
+    assert leader.wait(15) == 73
+    first, second = read_ticks(record)
+    assert first.last_ns <= blocked_ns + target.ttl * 1e9
+    assert_one_at_a_time([first, second])
+    follower.terminate()
+    follower.wait(timeout=30)

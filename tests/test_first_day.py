@@ -196,7 +196,7 @@ def test_two_candidates_with_one_node_id_are_warned(backend):
 OTHER_USER = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
-from lelect.backends import filestate
+from lelect.backends.file import state as filestate
 directory = sys.argv[1]
 state = filestate.open_state_dir(directory, create=False)
 assert state.shared is True

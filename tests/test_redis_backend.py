@@ -15,9 +15,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 import pytest
 
-from lelect.backends import _handback_redis, _redis_scripts, connect
+from lelect.backends import connect
 from lelect.backends.base import MAX_ARRIVALS, Candidate, Heartbeat, lease_drift
 from lelect.backends.records import HAND_BACK_REASON
+from lelect.backends.redis import handback as _handback_redis
+from lelect.backends.redis import scripts as _redis_scripts
 from lelect.errors import BackendUnavailable, UsageError
 from tests.helpers import free_port, redis_listeners, redis_tried, wait_until
 
@@ -275,7 +277,7 @@ def hand_back_as_the_keeper(params: dict, budget: float, exit_status: int) -> st
     params over a pipe (never argv)."""
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]);"
-        " from lelect.backends import _handback_redis;"
+        " from lelect.backends.redis import handback as _handback_redis;"
         " params = json.load(sys.stdin);"
         " print(_handback_redis.hand_back(params, float(sys.argv[2]), int(sys.argv[3])));"
         " assert not {'redis', 'ssl'} & set(sys.modules), sorted(sys.modules)"
@@ -361,7 +363,7 @@ def test_hand_back_over_tls_unix_socket_and_with_a_user_and_db(
     leadership = backend.campaign("hb", candidate("a"))
     leadership.lease.stop()  # renewing stops, as when lelect dies
     recipe = backend.hand_back(leadership)
-    assert recipe.module == "lelect.backends._handback_redis"
+    assert recipe.module == "lelect.backends.redis.handback"
     assert _handback_redis.hand_back(recipe.params, 5.0, 0) == "released"
     assert backend.leader("hb") is None
     assert backend.history("hb")[-1].outcome == "lost"

@@ -20,9 +20,10 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import Permissions
 
-from lelect.backends import _handback_zookeeper, connect
+from lelect.backends import connect
 from lelect.backends.base import Candidate, Heartbeat, HistoryEntry, lease_drift
 from lelect.backends.records import HAND_BACK_REASON
+from lelect.backends.zookeeper import handback as _handback_zookeeper
 from lelect.errors import BackendUnavailable, ConfigError, ElectionBusy, UsageError
 from lelect.lease import renew_interval
 from tests.helpers import wait_until, zk_watchers

@@ -23,12 +23,17 @@ DEFAULT_HISTORY = 1000
 MAX_SLOTS = 1000
 
 #: How a leadership ended (``HistoryEntry.outcome``).
-RUNNING, EXITED, RESIGNED, LOST, STOPPED, VANISHED = (
-    "running", "exited", "resigned", "lost", "stopped", "vanished"
+from lelect.backends.words import (  # noqa: E402,F401 - the one vocabulary, re-exported
+    EXITED,
+    HAND_BACK_REASON,
+    LOST,
+    OUTCOMES,
+    RESIGNED,
+    RUNNING,
+    STOPPED,
+    VANISHED,
+    VANISHED_REASON,
 )
-OUTCOMES = (RUNNING, EXITED, RESIGNED, LOST, STOPPED, VANISHED)
-#: The history's reason for a leadership the job's keeper handed back (issue: crash).
-HAND_BACK_REASON = "lelect died; its keeper stopped the job and handed the leadership back"
 
 
 def iso8601(epoch: float | None) -> str | None:

@@ -14,20 +14,9 @@ import click
 
 from lelect import __version__
 from lelect.errors import LelectError
+from lelect.status import ExitStatus, exit_table_text
 
-EXIT_STATUSES = """\b
-Exit statuses:
-  job's own  the job ran and exited (killed by signal N: 128+N)
-  2          usage error (bad flag, election name, URL, missing -- CMD)
-  69         backend unreachable or failing
-  70         internal error (a bug in lelect)
-  73         leadership lost while the job ran; the job was stopped
-  75         --no-wait and someone else leads (--conflict-exit-code)
-  78         configuration refused (unsafe directory, lease/grace, corrupt state)
-  79         --max-runtime reached; the job was stopped
-  124        --timeout ran out before leadership
-  127        the command was not found or is not executable
-  128+N      lelect was stopped by signal N (it ends by that signal itself)"""
+EXIT_STATUSES = exit_table_text()
 
 #: name -> (module, attribute, one-line help); imported only when the command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -202,14 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
             click.echo(exc.ctx.get_help(), err=True)
-            sys.exit(2)
+            sys.exit(ExitStatus.USAGE)
         command = exc.ctx.command_path if exc.ctx else "lelect"
         _error(f"{exc.format_message()} (see '{command} --help')")
-        status = 2
+        status = ExitStatus.USAGE
     except click.exceptions.Exit as exc:
         status = exc.exit_code
     except click.Abort:
-        status = 130
+        status = ExitStatus.CANCELLED
     except click.ClickException as exc:
         _error(exc.format_message())
         status = exc.exit_code
@@ -217,12 +206,12 @@ def main(argv: list[str] | None = None) -> None:
         _error(f"error: {exc}")
         status = exc.exit_status
     except KeyboardInterrupt:
-        status = 130
+        status = ExitStatus.CANCELLED
     except BrokenPipeError:
         # stdout went away (e.g. `lelect leader x | head -0`): not an error worth a trace.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        status = 0
+        status = ExitStatus.OK
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes status 70
         _error(
             f"internal error: {type(exc).__name__}: {exc} — this is a bug in lelect;"
@@ -232,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        status = 70
+        status = ExitStatus.INTERNAL
     result = status if hasattr(status, "signal") else None  # a CampaignResult
     status = getattr(status, "status", status)
     code = status if isinstance(status, int) else 0

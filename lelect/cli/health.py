@@ -7,6 +7,7 @@ import click
 from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, NODE_ID, Duration, backend_option
 from lelect.cli.watch import THRESHOLD
+from lelect.status import ExitStatus
 
 HEALTH_STATUSES = """\b
 Exit statuses (Nagios convention; with no ELECTION the worst group wins):
@@ -111,4 +112,4 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
             pass
         finally:
             publisher.stop()
-    return 0
+    return ExitStatus.OK

@@ -9,6 +9,7 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import ELECTION, Duration, backend_option
+from lelect.status import ExitStatus
 
 
 class WaitDuration(Duration):
@@ -50,8 +51,8 @@ def leader(ctx, election, as_json, term, wait):
         since = f", since {iso8601(info.since)}" if info.since else ""
         click.echo(f"{printable(info.node_id)} (term {info.term}{since}{where}{pid})")
     if info is None:
-        return 1
+        return ExitStatus.NO
     if term is not None and info.term != term:
         click.echo(f"lelect: {election}: term {term} does not lead (term {info.term} does)", err=True)
-        return 1
-    return 0
+        return ExitStatus.NO
+    return ExitStatus.OK

@@ -6,9 +6,7 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, backend_option
-
-EXIT_REFUSED = 1
-EXIT_NO_SUCCESSOR = 124
+from lelect.status import ExitStatus
 
 RESIGN_STATUSES = """\b
 Exit statuses:
@@ -22,7 +20,7 @@ def _refuse(message: str) -> int:
     from lelect.names import printable
 
     click.echo(f"lelect: {printable(message)}", err=True)
-    return EXIT_REFUSED
+    return ExitStatus.NO
 
 
 @click.command("resign", epilog=RESIGN_STATUSES, context_settings={"max_content_width": 100})
@@ -72,10 +70,10 @@ def resign(ctx, election, term, wait):
             )
         click.echo(f"asked {printable(info.node_id)} (term {info.term}) to step down")
         if wait is None:
-            return 0
+            return ExitStatus.OK
         successor = handle.wait_for_leader(info.term, wait)
     if successor is None:
         click.echo(f"lelect: {election}: no new leader within {format_duration(wait)}", err=True)
-        return EXIT_NO_SUCCESSOR
+        return ExitStatus.TIMEOUT
     click.echo(f"new leader: {printable(successor.node_id)} (term {successor.term})")
-    return 0
+    return ExitStatus.OK

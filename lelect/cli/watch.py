@@ -7,6 +7,7 @@ import click
 from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, Duration, backend_option
 from lelect.names import printable
+from lelect.status import ExitStatus
 
 THRESHOLD = click.FloatRange(min=0, min_open=True)
 
@@ -103,7 +104,7 @@ def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbe
                     click.echo(render.dumps(render.group_json(group)))
             else:
                 render.console().print(render.groups_table(snapshot.groups))
-            return 0
+            return ExitStatus.OK
         # SIGTERM ends a viewer as cleanly as Ctrl-C: status 0, terminal restored.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         hook = ChangeCommand(on_change, client.url) if on_change else None
@@ -114,7 +115,7 @@ def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbe
                 _stream(watcher, hook, as_json)
         except KeyboardInterrupt:
             pass
-        return 0
+        return ExitStatus.OK
     finally:
         watcher.close()
         if hook is not None:

@@ -1,6 +1,6 @@
 """The job's keeper hands a Redis leadership back after lelect died and the job's whole
 process group is gone: one script over a minimal RESP client. The script is lelect's
-own RELEASE (``_redis_scripts``), with the keys and arguments RedisBackend.hand_back
+own RELEASE (``scripts``), with the keys and arguments RedisBackend.hand_back
 wrote into the recipe: it releases only if the leader key still holds our token,
 closes our history entry as "lost" with the job's exit status, and forgets our member
 record.

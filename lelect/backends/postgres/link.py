@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from lelect.backends._postgres_sql import DEFAULT_SCHEMA, SCHEMA_NAME, with_timeout
 from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TTL, server_text, unreachable
+from lelect.backends.postgres.sql import DEFAULT_SCHEMA, SCHEMA_NAME, with_timeout
 from lelect.backends.records import DEFAULT_HISTORY
 from lelect.backends.urls import BackendURL
 from lelect.errors import BackendUnavailable, ConfigError, LelectError, UsageError
@@ -291,7 +291,7 @@ def open_connection(options: PostgresOptions, budget: float) -> psycopg.Connecti
     raise StatementTimeout("connecting took longer than the budget")
 
 
-class Session:
+class PgSession:
     """One connection, made when first needed, used by one call at a time; it LISTENs
     again to its channels whenever it reconnects (callers look again after an error)."""
 

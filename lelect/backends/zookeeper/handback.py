@@ -21,8 +21,8 @@ import struct
 import time
 from dataclasses import replace
 
-from lelect.backends._zk_layout import Check, Delete, Op, SetData, hand_back_ops
 from lelect.backends.records import HAND_BACK_REASON, LOST, HistoryEntry
+from lelect.backends.zookeeper.layout import Check, Delete, Op, SetData, hand_back_ops
 
 # Op codes and special xids of the ZooKeeper protocol.
 _CREATE, _DELETE, _SET_DATA, _CHECK, _MULTI, _CLOSE, _AUTH = 1, 2, 5, 13, 14, -11, 100

@@ -6,7 +6,7 @@ This module speaks exactly that, because the one maintained Python client of it
 (etcd3gw) cannot bound a call by a time budget of its own, opens watches with no timeout
 at all and cannot tell a dead watch from a quiet one, and has neither authentication nor
 more than one endpoint. Being standard library only, it also serves the job's keeper
-(``_handback_etcd``), which must not import a client library.
+(``handback``), which must not import a client library.
 
 - :meth:`Gateway.call`: one unary call within ``budget`` seconds, over every endpoint in
   turn (the one that answered last first); a member that refuses or is silent is skipped.

@@ -1,12 +1,12 @@
 """Redis backend: ``redis://[user:pw@]host[:port][/db]``, ``rediss://`` (TLS) and
 ``unix:///path/redis.sock``; options ``prefix``, ``ttl``, ``connect_timeout``, ``history``,
 ``restart_guard`` (on, or off to accept the risk of a Redis that forgot its leases: see
-``_redis_scripts.ACQUIRE``).
+``scripts.ACQUIRE``).
 
 Each verb is one Lua script guarded by the leadership's random token (the keys and the
-scripts: ``_redis_scripts``); every call has a time budget (``_redis_link``); a won
-leadership keeps its lease in ``_redis_lease``; if lelect dies, the job's keeper hands
-the leadership back with ``_handback_redis``.
+scripts: ``scripts``); every call has a time budget (``link``); a won
+leadership keeps its lease in ``lease``; if lelect dies, the job's keeper hands
+the leadership back with ``handback``.
 
 Waiters never poll: they subscribe to ``released`` before their first attempt and
 otherwise sleep until the leader key's PTTL runs out.
@@ -23,21 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from lelect.backends._redis_lease import RedisLeadership, milliseconds
-from lelect.backends._redis_link import Link, RedisOptions, Subscription, is_transient
-from lelect.backends._redis_scripts import (
-    ACQUIRE,
-    LEADER,
-    MEMBERS,
-    PUBLISH,
-    RELEASE,
-    RELEASE_EXIT_STATUS,
-    REMOVE_MEMBER,
-    REQUEST_RESIGN,
-    ElectionKeys,
-    Script,
-    release_args,
-)
 from lelect.backends.base import (
     LOST,
     MAX_ARRIVALS,
@@ -63,6 +48,21 @@ from lelect.backends.records import (
     encode_member,
     whole,
 )
+from lelect.backends.redis.lease import RedisLeadership, milliseconds
+from lelect.backends.redis.link import RedisLink, RedisOptions, Subscription, is_transient
+from lelect.backends.redis.scripts import (
+    ACQUIRE,
+    LEADER,
+    MEMBERS,
+    PUBLISH,
+    RELEASE,
+    RELEASE_EXIT_STATUS,
+    REMOVE_MEMBER,
+    REQUEST_RESIGN,
+    RedisKeys,
+    Script,
+    release_args,
+)
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable
 from lelect.lease import Attempts, GaveUp, RetryPolicy
@@ -87,11 +87,11 @@ class RedisBackend(Backend):
         self.default_ttl = self.options.ttl
         self.connect_timeout = self.options.connect_timeout
         self.history_limit = self.options.history_limit
-        self.link = Link(self.options)
+        self.link = RedisLink(self.options)
         self.retry = RetryPolicy(self.options.connect_timeout)
 
-    def _keys(self, election: str) -> ElectionKeys:
-        return ElectionKeys(self.options.prefix, validate_election(election))
+    def _keys(self, election: str) -> RedisKeys:
+        return RedisKeys(self.options.prefix, validate_election(election))
 
     # -- leadership -------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class RedisBackend(Backend):
         except GaveUp as gave_up:
             raise self.options.unavailable(exc, gave_up.bound) from None
 
-    def _wait_for_release(self, subscription: Subscription, keys: ElectionKeys, pttl: int,
+    def _wait_for_release(self, subscription: Subscription, keys: RedisKeys, pttl: int,
                           contact: Attempts, timeout: float | None,
                           cancel: threading.Event | None = None) -> None:
         """Sleep until a release is announced or the leader key is gone. When the PTTL
@@ -208,7 +208,7 @@ class RedisBackend(Backend):
                       leadership.outcome, leadership.exit_status, leadership.reason,
                       leadership.slot, budget)
 
-    def _release(self, keys: ElectionKeys, token: str, term: int, outcome: str,
+    def _release(self, keys: RedisKeys, token: str, term: int, outcome: str,
                  exit_status: int | None, reason: str | None, slot: str | None,
                  budget: float) -> None:
         """Release if still ours and close our history entry if it still runs."""
@@ -238,7 +238,7 @@ class RedisBackend(Backend):
         argv: list[Any] = release_args(keys, leadership.token, leadership.term, LOST, None,
                                        HAND_BACK_REASON, None, forget_member=leadership.node_id)
         argv[RELEASE_EXIT_STATUS] = None
-        return HandBack(module="lelect.backends._handback_redis", params={
+        return HandBack(module="lelect.backends.redis.handback", params={
             "address": address, "tls": tls, "username": kwargs["username"],
             "password": kwargs["password"], "db": kwargs["db"],
             "sha": RELEASE.sha, "script": RELEASE.text, "keys": keys.release_keys,
@@ -254,7 +254,7 @@ class RedisBackend(Backend):
         except RedisError as exc:
             raise self.options.unavailable(exc, context=self._context(election)) from None
 
-    def _leader(self, keys: ElectionKeys, budget: float) -> tuple[LeaderInfo | None, int]:
+    def _leader(self, keys: RedisKeys, budget: float) -> tuple[LeaderInfo | None, int]:
         """The leader and the leader key's PTTL in ms (0 when nobody leads)."""
         reply = self.link.run(LEADER, keys.leadership, [], budget)
         if not reply:
@@ -267,7 +267,7 @@ class RedisBackend(Backend):
                 ) -> Iterator[LeaderInfo | None]:
         return only_changes(self._looks(self._keys(election), stop or threading.Event()))
 
-    def _looks(self, keys: ElectionKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
+    def _looks(self, keys: RedisKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
         """A look at the leader now, and again after every announcement (or when the
         leader key would expire), until ``stop``."""
         subscription = Subscription(self.link, [keys.released_channel, keys.elected_channel])

@@ -4,12 +4,12 @@
 (ephemeral, sequential, the node id as data). The lowest sequence leads, each waiter
 watches only its predecessor, and the leader's sequence number is the term. So
 ``KazooClient(...).Election("/lelect/NAME", "id")`` contends in the same election as
-``lelect campaign NAME``. lelect's own records live beside it (:mod:`._zk_layout`).
+``lelect campaign NAME``. lelect's own records live beside it (:mod:`.layout`).
 
 The pieces, one per module as kazoo's recipes are: where things live and the
-transactions that change them (``_zk_layout``), sessions and their bounded connect
-(``_zk_session``), the way to the front of the queue (``_zk_contest``), the lease guard
-(``_zk_lease``) and the keeper's standard-library hand-back (``_handback_zookeeper``).
+transactions that change them (``layout``), sessions and their bounded connect
+(``session``), the way to the front of the queue (``contest``), the lease guard
+(``lease``) and the keeper's standard-library hand-back (``handback``).
 This module is the backend over them.
 """
 
@@ -30,30 +30,6 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
-from lelect.backends._zk_acl import guard_acls
-from lelect.backends._zk_contest import Contest
-from lelect.backends._zk_layout import (
-    Contender,
-    Create,
-    Delete,
-    ElectionPaths,
-    SetData,
-    clock_path,
-    contenders,
-    entry_data,
-    from_znode_name,
-    history_terms,
-    release_ops,
-)
-from lelect.backends._zk_lease import ZooKeeperLeadership, resign_request
-from lelect.backends._zk_session import (
-    TRANSIENT,
-    ZK_ERRORS,
-    Session,
-    ZooKeeperConfig,
-    check_session_timeout,
-    log,
-)
 from lelect.backends.base import (
     EXITED,
     LOST,
@@ -72,6 +48,30 @@ from lelect.backends.base import (
     only_changes,
 )
 from lelect.backends.records import MAX_SLOTS, decode_member, encode_member, stored_arrivals
+from lelect.backends.zookeeper.acl import guard_acls
+from lelect.backends.zookeeper.contest import Contest
+from lelect.backends.zookeeper.layout import (
+    Contender,
+    Create,
+    Delete,
+    ElectionPaths,
+    SetData,
+    clock_path,
+    contenders,
+    entry_data,
+    from_znode_name,
+    history_terms,
+    release_ops,
+)
+from lelect.backends.zookeeper.lease import ZooKeeperLeadership, resign_request
+from lelect.backends.zookeeper.session import (
+    TRANSIENT,
+    ZK_ERRORS,
+    ZooKeeperConfig,
+    ZooKeeperSession,
+    check_session_timeout,
+    log,
+)
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, ConfigError
 from lelect.names import ELECTION_NAME
@@ -100,14 +100,14 @@ class ZooKeeperBackend(Backend):
         self.history_limit = self.config.history_limit
         self._lock = threading.Lock()
         self._closed = False
-        self._sessions: set[Session] = set()  # every session not yet closed
-        self._connecting: set[Session] = set()
+        self._sessions: set[ZooKeeperSession] = set()  # every session not yet closed
+        self._connecting: set[ZooKeeperSession] = set()
         #: The last "no server answered" of any session of ours, and when (monotonic);
         #: cleared by the next session that connects.
         self._verdict: tuple[BackendUnavailable, float] | None = None
         # The shared session (everything but campaigns): one connect at a time; a caller
         # that waited behind a failed one gets its verdict instead of trying again.
-        self._shared: Session | None = None
+        self._shared: ZooKeeperSession | None = None
         self._shared_lock = threading.Lock()
         self._shared_tries = 0
 
@@ -116,7 +116,7 @@ class ZooKeeperBackend(Backend):
 
     # -- sessions ---------------------------------------------------------------
 
-    def _start(self, session: Session, within: float) -> None:
+    def _start(self, session: ZooKeeperSession, within: float) -> None:
         """Connect ``session`` within ``within``; a session that finds no server gives
         the same verdict to every other session of ours still connecting, so the whole
         connect keeps one bound."""
@@ -144,7 +144,7 @@ class ZooKeeperBackend(Backend):
             with self._lock:
                 self._connecting.discard(session)
 
-    def _session(self, *, best_effort: bool = False) -> Session:
+    def _session(self, *, best_effort: bool = False) -> ZooKeeperSession:
         """The session for everything but campaigns (leader, observe, heartbeats).
 
         ``best_effort`` (heartbeats and their removal: a beat that cannot arrive now is
@@ -172,17 +172,17 @@ class ZooKeeperBackend(Backend):
             if not best_effort and self._shared_tries != tries and verdict is not None:
                 raise verdict[0]  # we waited behind an attempt that found no server
             self._shared_tries += 1
-            session = Session(self.config, self.config.session_timeout)
+            session = ZooKeeperSession(self.config, self.config.session_timeout)
             self._start(session, self.config.connect_timeout)
             self._shared = session
             return session
         finally:
             self._shared_lock.release()
 
-    def _ask(self, session: Session, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _ask(self, session: ZooKeeperSession, method: str, *args: Any, **kwargs: Any) -> Any:
         return session.call(method, *args, timeout=self.config.connect_timeout, **kwargs)
 
-    def _forget(self, session: Session, wait: float = RELEASE_PATIENCE) -> None:
+    def _forget(self, session: ZooKeeperSession, wait: float = RELEASE_PATIENCE) -> None:
         with self._lock:
             self._sessions.discard(session)
         session.close(wait)
@@ -214,7 +214,7 @@ class ZooKeeperBackend(Backend):
         check_session_timeout(requested, "the session timeout (--ttl)")
         started = time.monotonic()
         budget = connect_budget(self.config.connect_timeout, timeout)
-        session = Session(self.config, requested)
+        session = ZooKeeperSession(self.config, requested)
         self._start(session, budget)
         try:
             self._check_granted(session, requested)
@@ -231,7 +231,7 @@ class ZooKeeperBackend(Backend):
             self._forget(session)
             raise
 
-    def _check_granted(self, session: Session, requested: float) -> None:
+    def _check_granted(self, session: ZooKeeperSession, requested: float) -> None:
         granted = session.granted or requested
         if round(granted * 1000) < round(requested * 1000):
             raise ConfigError(
@@ -283,7 +283,7 @@ class ZooKeeperBackend(Backend):
         return replace(opened, ended=time.time(), outcome=leadership.outcome,
                        exit_status=leadership.exit_status, reason=leadership.reason, slot=slot)
 
-    def _release(self, session: Session, leadership: ZooKeeperLeadership) -> None:
+    def _release(self, session: ZooKeeperSession, leadership: ZooKeeperLeadership) -> None:
         paths = leadership.paths
         done = leadership.slot if (leadership.outcome == EXITED and leadership.exit_status == 0
                                    and leadership.slot) else None
@@ -317,7 +317,7 @@ class ZooKeeperBackend(Backend):
                 log.warning("releasing %r: %s", leadership.election, type(failed.error).__name__)
                 return
 
-    def _slot_record(self, session: Session, entry_path: str, closed: HistoryEntry) -> bytes:
+    def _slot_record(self, session: ZooKeeperSession, entry_path: str, closed: HistoryEntry) -> bytes:
         """The completing leadership as the slot keeps it (started: its entry's ctime)."""
         try:
             stat = self._ask(session, "exists", entry_path)
@@ -326,7 +326,7 @@ class ZooKeeperBackend(Backend):
         started = closed.started if stat is None else stat.ctime / 1000.0
         return entry_data(replace(closed, started=started))
 
-    def _slots_to_prune(self, session: Session, paths: ElectionPaths) -> tuple[str, ...]:
+    def _slots_to_prune(self, session: ZooKeeperSession, paths: ElectionPaths) -> tuple[str, ...]:
         """The oldest slots beyond MAX_SLOTS (counting the one about to be added)."""
         try:
             children = self._ask(session, "get_children", paths.slots)
@@ -357,7 +357,7 @@ class ZooKeeperBackend(Backend):
         session_id, password = client_id
         paths = leadership.paths
         return HandBack(
-            module="lelect.backends._handback_zookeeper",
+            module="lelect.backends.zookeeper.handback",
             params={
                 "hosts": [list(host) for host in self.config.host_ports],
                 "session_id": session_id,
@@ -377,7 +377,7 @@ class ZooKeeperBackend(Backend):
 
     # -- who leads --------------------------------------------------------------
 
-    def contender_info(self, session: Session, paths: ElectionPaths, contender: Contender,
+    def contender_info(self, session: ZooKeeperSession, paths: ElectionPaths, contender: Contender,
                        timeout: float) -> LeaderInfo | None:
         """``contender`` as a LeaderInfo (host and pid from lelect's member record; a
         kazoo contender has none); None if it left while we looked."""
@@ -398,7 +398,7 @@ class ZooKeeperBackend(Backend):
         return LeaderInfo(node_id=node_id, term=contender.seq, since=stat.ctime / 1000.0,
                           host=host, pid=pid)
 
-    def _leader(self, session: Session, paths: ElectionPaths) -> tuple[LeaderInfo, str] | None:
+    def _leader(self, session: ZooKeeperSession, paths: ElectionPaths) -> tuple[LeaderInfo, str] | None:
         """The leader and its node's name, or None."""
         try:
             children = self._ask(session, "get_children", paths.contenders)
@@ -455,7 +455,7 @@ class ZooKeeperBackend(Backend):
             done.set()
             session.remove_listener(wake)
 
-    def _watch_leader(self, session: Session, paths: ElectionPaths, wake: Any
+    def _watch_leader(self, session: ZooKeeperSession, paths: ElectionPaths, wake: Any
                       ) -> LeaderInfo | None:
         found = self._leader(session, paths)
         if found is None:
@@ -550,7 +550,7 @@ class ZooKeeperBackend(Backend):
                     records.append(record)
         return Members(election, now, tuple(sorted(records, key=lambda r: r.node_id)))
 
-    def _forget_member(self, session: Session, path: str, version: int) -> None:
+    def _forget_member(self, session: ZooKeeperSession, path: str, version: int) -> None:
         try:
             self._ask(session, "delete", path, version=version)
         except ZK_ERRORS:
@@ -621,7 +621,7 @@ class ZooKeeperBackend(Backend):
         with session.errors("reading the server's clock", clock_path(self.config.path)):
             return self._server_now(session)
 
-    def _server_now(self, session: Session) -> float:
+    def _server_now(self, session: ZooKeeperSession) -> float:
         """The server's clock: the mtime a touch of ``<path>/_clock`` leaves. Falls back
         to the local clock only if this client may not touch it."""
         path = clock_path(self.config.path)

@@ -2,7 +2,7 @@
 with the session timeout the server *granted*, a connect that keeps its bound, and
 ZooKeeper errors as lelect errors.
 
-kazoo is imported by the ``_zk_*`` modules and :mod:`lelect.backends.zookeeper` only.
+kazoo is imported by this package and :mod:`lelect.backends.zookeeper.backend` only.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
-from lelect.backends._zk_layout import Check, Create, Delete, Op, SetData
 from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HISTORY, DEFAULT_TTL, unreachable
 from lelect.backends.urls import BackendURL
+from lelect.backends.zookeeper.layout import Check, Create, Delete, Op, SetData
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable, UsageError
 
@@ -243,7 +243,7 @@ class Failed:
     error: KazooException
 
 
-class Session:
+class ZooKeeperSession:
     """One kazoo client and the session it holds.
 
     ``granted`` is the session timeout the server granted (seconds): the server expires

@@ -1,7 +1,7 @@
 """The Redis backend's keys and Lua scripts: each verb is one script, guarded by the
 leadership's token, so a verb either happens whole or not at all.
 
-The job's keeper runs :data:`RELEASE` too (the hand-back, ``_handback_redis``): the
+The job's keeper runs :data:`RELEASE` too (the hand-back, ``handback``): the
 recipe RedisBackend.hand_back makes carries the script, its keys and its arguments.
 
 Every key of an election sits under ``<prefix>:{NAME}:`` (a Redis Cluster hash tag):
@@ -31,7 +31,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from lelect.backends.records import MAX_SLOTS
+from lelect.backends.records import MAX_SLOTS, VANISHED_REASON
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Script:
 
 
 @dataclass(frozen=True)
-class ElectionKeys:
+class RedisKeys:
     """The keys and channels of one election, all under one hash tag."""
 
     prefix: str
@@ -163,7 +163,6 @@ end
 """
 
 #: Why the next leader closed a leadership that was still "running".
-VANISHED_REASON = "its lease ran out without a release; the next leader closed the entry"
 
 # The delayed-restart rule. A Redis that restarted without its data (no persistence), or
 # a replica promoted in its master's place, may have forgotten leases that still run: it
@@ -414,7 +413,7 @@ return 1
 RELEASE_EXIT_STATUS = 4
 
 
-def release_args(keys: ElectionKeys, token: str, term: int, outcome: str,
+def release_args(keys: RedisKeys, token: str, term: int, outcome: str,
                  exit_status: int | None, reason: str | None, slot: str | None,
                  forget_member: str = "") -> list[Any]:
     """:data:`RELEASE`'s ARGV."""

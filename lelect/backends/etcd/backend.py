@@ -32,8 +32,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from lelect.backends import _etcd_gateway as wire
-from lelect.backends._etcd_gateway import Endpoint, Gateway, GatewayError, KeyValue, TLSFiles
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
@@ -56,9 +54,12 @@ from lelect.backends.base import (
     unreachable,
     wait_slice,
 )
+from lelect.backends.etcd import gateway as wire
+from lelect.backends.etcd.gateway import Endpoint, Gateway, GatewayError, KeyValue, TLSFiles
 from lelect.backends.records import (
     MAX_SLOTS,
     VANISHED,
+    VANISHED_REASON,
     decode_member,
     encode_member,
     stored_arrivals,
@@ -133,7 +134,7 @@ class EtcdOptions:
 
 
 @dataclass(frozen=True)
-class ElectionKeys:
+class EtcdKeys:
     """Where one election lives."""
 
     prefix: str
@@ -230,7 +231,7 @@ class EtcdLeadership(Leadership):
     """A won election: our contender key under our lease. Two watches hear of our key's
     deletion (lost) and of a resign request for our term."""
 
-    def __init__(self, backend: EtcdBackend, keys: ElectionKeys, candidate: Candidate,
+    def __init__(self, backend: EtcdBackend, keys: EtcdKeys, candidate: Candidate,
                  key: str, term: int, lease: _Lease, entry: HistoryEntry, revision: int) -> None:
         super().__init__(backend, keys.election, candidate, term, key, lease.keeper, entry.started)
         self.keys = keys
@@ -312,8 +313,8 @@ class EtcdBackend(Backend):
                                username=self.options.username, password=self.options.password)
         self._said_granted: set[tuple[float, float]] = set()
 
-    def keys(self, election: str) -> ElectionKeys:
-        return ElectionKeys(self.options.prefix, validate_election(election))
+    def keys(self, election: str) -> EtcdKeys:
+        return EtcdKeys(self.options.prefix, validate_election(election))
 
     def say_granted(self, asked: float, granted: float) -> None:
         """Say once per length that etcd's lease differs from the ttl asked for."""
@@ -382,7 +383,7 @@ class EtcdBackend(Backend):
                 return won
             lease.revoke(min(self.connect_timeout, 1.0))  # our place was lost: queue again
 
-    def _contend(self, keys: ElectionKeys, candidate: Candidate, lease: _Lease,
+    def _contend(self, keys: EtcdKeys, candidate: Candidate, lease: _Lease,
                  contact: Attempts, give_up: float | None, timeout: float | None, *,
                  no_wait: bool, waiting: Callable[[LeaderInfo | None], None],
                  cancel: threading.Event | None = None) -> EtcdLeadership | None:
@@ -422,7 +423,7 @@ class EtcdBackend(Backend):
                 return None
         return self._win(keys, candidate, key, term, lease, contact)
 
-    def _wait_for_turn(self, keys: ElectionKeys, term: int, lease: _Lease, contact: Attempts,
+    def _wait_for_turn(self, keys: EtcdKeys, term: int, lease: _Lease, contact: Attempts,
                        give_up: float | None, timeout: float | None,
                        cancel: threading.Event | None = None) -> bool:
         """etcd's waitDeletes: until no key older than ours is left, watch the youngest of
@@ -463,7 +464,7 @@ class EtcdBackend(Backend):
             if events and any(event.kind == "DELETE" for event in events):
                 return
 
-    def _win(self, keys: ElectionKeys, candidate: Candidate, key: str, term: int,
+    def _win(self, keys: EtcdKeys, candidate: Candidate, key: str, term: int,
              lease: _Lease, contact: Attempts) -> EtcdLeadership | None:
         """Record the win in the history, in one txn guarded by our key's create revision:
         our entry "running", the previous one (if still "running") closed as "vanished",
@@ -492,7 +493,7 @@ class EtcdBackend(Backend):
         raise BackendUnavailable(f"could not record the leadership of {keys.election!r} in"
                                  f" {keys.history}: it kept changing")
 
-    def _record_win(self, keys: ElectionKeys, key: str, entry: HistoryEntry, budget: float
+    def _record_win(self, keys: EtcdKeys, key: str, entry: HistoryEntry, budget: float
                     ) -> tuple[wire.TxnResult | None, HistoryEntry | None]:
         seen = self.gateway.txn([], [
             wire.get(keys.history, prefix=True, last_by="KEY", limit=1),
@@ -514,7 +515,7 @@ class EtcdBackend(Backend):
             previous = _decode_entry(newest)
             if previous is not None and previous.outcome == RUNNING and previous.term < entry.term:
                 closed = replace(previous, ended=time.time(), outcome=VANISHED,
-                                 reason="the next leader found it gone")
+                                 reason=VANISHED_REASON)
                 compare.append(wire.modified_at(newest.key, newest.mod_revision))
                 ops.append(wire.put(newest.key, closed.encode()))
         ops.append(wire.get(keys.resign))
@@ -525,7 +526,7 @@ class EtcdBackend(Backend):
                 return None, None  # only the history moved: try again
         return result, closed
 
-    def _holder(self, keys: ElectionKeys, first: KeyValue, budget: float) -> LeaderInfo:
+    def _holder(self, keys: EtcdKeys, first: KeyValue, budget: float) -> LeaderInfo:
         """Who holds the election, from its first key (and its history entry, if lelect's)."""
         try:
             entry = self.gateway.range(keys.history_entry(first.create_revision), budget=budget)
@@ -563,7 +564,7 @@ class EtcdBackend(Backend):
             return
         leadership.etcd_lease.revoke(budget)
 
-    def _slot_ops(self, keys: ElectionKeys, slot: str, closed: HistoryEntry, budget: float
+    def _slot_ops(self, keys: EtcdKeys, slot: str, closed: HistoryEntry, budget: float
                   ) -> list[dict]:
         ops = [wire.put(keys.slot(slot), closed.encode())]
         count = self.gateway.range(keys.slots, prefix=True, count_only=True, budget=budget).count
@@ -573,7 +574,7 @@ class EtcdBackend(Backend):
             ops += [wire.delete(kv.key) for kv in oldest.kvs if kv.key != keys.slot(slot)]
         return ops
 
-    def _close_own_entry(self, keys: ElectionKeys, closed: HistoryEntry, budget: float) -> None:
+    def _close_own_entry(self, keys: EtcdKeys, closed: HistoryEntry, budget: float) -> None:
         stored = self.gateway.range(keys.history_entry(closed.term), budget=budget).first
         entry = _decode_entry(stored) if stored else None
         if stored is None or entry is None or entry.outcome != RUNNING:
@@ -602,7 +603,7 @@ class EtcdBackend(Backend):
         assert isinstance(leadership, EtcdLeadership)
         options = self.options
         return HandBack(
-            module="lelect.backends._handback_etcd",
+            module="lelect.backends.etcd.handback",
             params={
                 "endpoints": [[e.host, e.port] for e in options.endpoints],
                 "tls": None if options.tls is None else {
@@ -629,7 +630,7 @@ class EtcdBackend(Backend):
         except GatewayError as exc:
             raise self.unavailable(exc) from None
 
-    def _leader(self, keys: ElectionKeys, budget: float
+    def _leader(self, keys: EtcdKeys, budget: float
                 ) -> tuple[LeaderInfo | None, KeyValue | None, int]:
         """The leader (etcd's Leader: the first key by create revision, with host, pid
         and since from its history entry), its key, and the revision they were read at."""
@@ -648,7 +649,7 @@ class EtcdBackend(Backend):
                 ) -> Iterator[LeaderInfo | None]:
         return only_changes(self._looks(self.keys(election), stop or threading.Event()))
 
-    def _looks(self, keys: ElectionKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
+    def _looks(self, keys: EtcdKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
         """etcd's Observe: look at the leader, then watch its key (or, with none, the
         election's prefix) from just after that look until it changes."""
         contact = self.retry.attempts(None, cancel=stop)

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import KazooException, NoNodeError, SessionExpiredError
 
-from lelect.backends._zk_layout import Contender, ElectionPaths
-from lelect.backends._zk_session import TRANSIENT, ZK_ERRORS, Session, log
 from lelect.backends.base import Candidate, HistoryEntry, Leadership
+from lelect.backends.zookeeper.layout import Contender, ElectionPaths
+from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, ZooKeeperSession, log
 from lelect.lease import Lease, Renewal
 
 if TYPE_CHECKING:
-    from lelect.backends.zookeeper import ZooKeeperBackend
+    from lelect.backends.zookeeper.backend import ZooKeeperBackend
 
 
 class ZooKeeperLeadership(Leadership):
@@ -37,7 +37,7 @@ class ZooKeeperLeadership(Leadership):
         candidate: Candidate,
         contender: Contender,
         *,
-        session: Session,
+        session: ZooKeeperSession,
         entry: HistoryEntry | None,
         sent: float,
     ) -> None:

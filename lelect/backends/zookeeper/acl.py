@@ -21,8 +21,8 @@ from typing import Any
 from kazoo.exceptions import BadVersionError, NoAuthError, NoNodeError
 from kazoo.security import Permissions
 
-from lelect.backends._zk_layout import ElectionPaths
-from lelect.backends._zk_session import Session
+from lelect.backends.zookeeper.layout import ElectionPaths
+from lelect.backends.zookeeper.session import ZooKeeperSession
 from lelect.errors import ConfigError
 
 log = logging.getLogger("lelect.zookeeper")
@@ -54,7 +54,7 @@ def foreign_rights(acl: list[Any], ours: list[Any]) -> list[Any]:
             if entry.perms & ~Permissions.READ and (entry.id.scheme, entry.id.id) not in own_ids]
 
 
-def guard_acls(session: Session, paths: ElectionPaths, timeout: float) -> None:
+def guard_acls(session: ZooKeeperSession, paths: ElectionPaths, timeout: float) -> None:
     """Make every existing node of ``paths`` lelect's alone to change, or raise
     ConfigError naming the node and its ACL. Only when the URL gives credentials."""
     config = session.config
@@ -73,7 +73,7 @@ def guard_acls(session: Session, paths: ElectionPaths, timeout: float) -> None:
         _refuse_outside_contenders(session, paths, ours, timeout)
 
 
-def _guard(session: Session, path: str, ours: list[Any], timeout: float, answer: Any) -> bool:
+def _guard(session: ZooKeeperSession, path: str, ours: list[Any], timeout: float, answer: Any) -> bool:
     """True if ``path``'s ACL had to be (and was) fixed; ``answer``: get_acls asked."""
     for _ in range(3):
         try:
@@ -99,7 +99,7 @@ def _guard(session: Session, path: str, ours: list[Any], timeout: float, answer:
     raise ConfigError(f"the ACL of ZooKeeper node {path} keeps changing: who else manages it?")
 
 
-def _refuse_outside_contenders(session: Session, paths: ElectionPaths, ours: list[Any],
+def _refuse_outside_contenders(session: ZooKeeperSession, paths: ElectionPaths, ours: list[Any],
                                timeout: float) -> None:
     """While the election was open to all, anybody could enter it: a contender whose
     node is not lelect's to change came from outside the credentials."""

@@ -24,7 +24,15 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
-from lelect.backends._zk_layout import (
+from lelect.backends.base import (
+    Candidate,
+    HistoryEntry,
+    LeaderInfo,
+    busy,
+    timed_out,
+    wait_event,
+)
+from lelect.backends.zookeeper.layout import (
     CONTENDER_MARK,
     Check,
     Contender,
@@ -36,20 +44,12 @@ from lelect.backends._zk_layout import (
     term_name,
     win_ops,
 )
-from lelect.backends._zk_lease import ZooKeeperLeadership
-from lelect.backends._zk_session import TRANSIENT, ZK_ERRORS, Session, log
-from lelect.backends.base import (
-    Candidate,
-    HistoryEntry,
-    LeaderInfo,
-    busy,
-    timed_out,
-    wait_event,
-)
+from lelect.backends.zookeeper.lease import ZooKeeperLeadership
+from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, ZooKeeperSession, log
 from lelect.errors import BackendUnavailable
 
 if TYPE_CHECKING:
-    from lelect.backends.zookeeper import ZooKeeperBackend
+    from lelect.backends.zookeeper.backend import ZooKeeperBackend
 
 #: Tries of the winning multi before leading without a history entry (each retry
 #: follows a concurrent change of the history, which only a leader makes).
@@ -87,7 +87,7 @@ class Contest:
     def __init__(
         self,
         backend: ZooKeeperBackend,
-        session: Session,
+        session: ZooKeeperSession,
         paths: ElectionPaths,
         candidate: Candidate,
         *,

@@ -5,7 +5,7 @@
 password may come from ``PGPASSWORD`` or ``~/.pgpass``, as with psql.
 
 A leadership is a row in ``<schema>.lease`` acquired, renewed and released by single
-guarded statements (``_postgres_sql``): acquired only if absent or expired, renewed and
+guarded statements (``sql``): acquired only if absent or expired, renewed and
 released only ``WHERE token = ours``, expiry by the server's ``clock_timestamp()``. The
 leader counts its lease from the moment it sent the statement. Terms come from
 ``<schema>.term``, a counter per election that is never deleted. No session advisory
@@ -27,14 +27,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from lelect.backends import _postgres_sql as sql
-from lelect.backends._pg_link import (
-    PostgresOptions,
-    Session,
-    is_transient,
-    pg_errors,
-    psycopg,
-)
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
@@ -53,7 +45,15 @@ from lelect.backends.base import (
     timed_out,
     wait_slice,
 )
-from lelect.backends.records import decode_member, encode_member
+from lelect.backends.postgres import sql
+from lelect.backends.postgres.link import (
+    PgSession,
+    PostgresOptions,
+    is_transient,
+    pg_errors,
+    psycopg,
+)
+from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.errors import ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_election
@@ -77,7 +77,7 @@ class PostgresLeadership(Leadership):
 
     def __init__(self, backend: PostgresBackend, election: str, candidate: Candidate,
                  term: int, token: str, sent: float, ttl: float,
-                 session: Session) -> None:  # fmt: skip
+                 session: PgSession) -> None:  # fmt: skip
         self.ttl = ttl
         self.session = session
         self.stopped = threading.Event()
@@ -143,7 +143,7 @@ class PostgresBackend(Backend):
         self.history_limit = self.options.history
         self.create = create
         self.retry = RetryPolicy(self.options.connect_timeout)
-        self._command = Session(self.options)  # for everything but campaigns and observers
+        self._command = PgSession(self.options)  # for everything but campaigns and observers
         self._schema_ready = False
 
     def render(self, statement: str, **values: object) -> str:
@@ -151,7 +151,7 @@ class PostgresBackend(Backend):
 
     # -- the schema ---------------------------------------------------------------------
 
-    def _ensure_schema(self, session: Session, budget: float) -> None:
+    def _ensure_schema(self, session: PgSession, budget: float) -> None:
         """Check the schema's version, creating the schema on first use. Raises psycopg
         errors for the caller's retry, ConfigError for what only a person can fix."""
         if self._schema_ready:
@@ -171,7 +171,7 @@ class PostgresBackend(Backend):
             )
         self._schema_ready = True
 
-    def _create_schema(self, session: Session, budget: float) -> int:
+    def _create_schema(self, session: PgSession, budget: float) -> int:
         end = time.monotonic() + budget
         name = self.options.schema
         try:
@@ -206,11 +206,11 @@ class PostgresBackend(Backend):
         acquire = self.render(
             sql.ACQUIRE, election=election, token=token, node_id=candidate.node_id,
             host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
-            channel=channel, vanished_reason=sql.VANISHED_REASON,
+            channel=channel, vanished_reason=VANISHED_REASON,
         )  # fmt: skip
         retry = self.retry.attempts(timeout, cancel=cancel)
         give_up = retry.give_up.at
-        session = Session(self.options)
+        session = PgSession(self.options)
         waiting = False
         try:
             while True:
@@ -263,7 +263,7 @@ class PostgresBackend(Backend):
             raise self.options.unavailable(exc, gave_up.bound) from None
 
     @staticmethod
-    def _wait_for_release(session: Session, channel: str, left_s: float | None,
+    def _wait_for_release(session: PgSession, channel: str, left_s: float | None,
                           give_up: float | None, cancel: threading.Event | None = None,
                           election: str = "") -> None:  # fmt: skip
         """Sleep until a release is announced, the lease expires by the server's clock,
@@ -317,7 +317,7 @@ class PostgresBackend(Backend):
         if not isinstance(leadership, PostgresLeadership) or leadership.wire is None:
             return None
         return HandBack(
-            module="lelect.backends._handback_postgres",
+            module="lelect.backends.postgres.handback",
             params={
                 **leadership.wire,
                 "schema": self.options.schema,
@@ -335,7 +335,7 @@ class PostgresBackend(Backend):
         except psycopg.Error as exc:
             raise self.options.unavailable(exc) from None
 
-    def _leader(self, session: Session, election: str, budget: float
+    def _leader(self, session: PgSession, election: str, budget: float
                 ) -> tuple[LeaderInfo | None, float | None]:  # fmt: skip
         """The leader and the seconds its lease has left by the server's clock."""
         try:
@@ -352,7 +352,7 @@ class PostgresBackend(Backend):
                 ) -> Iterator[LeaderInfo | None]:  # fmt: skip
         validate_election(election)
         stop = stop or threading.Event()
-        session = Session(self.options)
+        session = PgSession(self.options)
         channel = sql.channel(self.options.schema, election)
         retry = self.retry.attempts(None, cancel=stop)
 

@@ -23,7 +23,8 @@ import struct
 import time
 from typing import Any
 
-from lelect.backends._postgres_sql import LOST_REASON, release_statement, with_timeout
+from lelect.backends.postgres.sql import release_statement, with_timeout
+from lelect.backends.records import HAND_BACK_REASON
 
 PROTOCOL_3_0 = 196608
 SSL_REQUEST = 80877103
@@ -52,7 +53,7 @@ def hand_back(params: dict[str, Any], budget: float, exit_status: int | None) ->
     statement = release_statement(
         params["schema"], election=params["election"], token=params["token"],
         term=int(params["term"]), node_id=params["node_id"], outcome="lost",
-        exit_status=exit_status, reason=LOST_REASON, slot=None, forget=True,
+        exit_status=exit_status, reason=HAND_BACK_REASON, slot=None, forget=True,
     )  # fmt: skip
     wire = Wire.connect(params, deadline)
     try:

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from lelect.backends._redis_link import Subscription
-from lelect.backends._redis_scripts import RENEW, ElectionKeys
 from lelect.backends.base import Candidate, Leadership
+from lelect.backends.redis.link import Subscription
+from lelect.backends.redis.scripts import RENEW, RedisKeys
 from lelect.lease import Lease, Renewal
 
 if TYPE_CHECKING:
-    from lelect.backends.redis import RedisBackend
+    from lelect.backends.redis.backend import RedisBackend
 
 NOT_OURS = "the leader key no longer holds our token (expired or taken)"
 
@@ -32,7 +32,7 @@ class RedisLeadership(Leadership):
         since: float | None,
         subscription: Subscription | None,
     ) -> None:
-        self.keys = ElectionKeys(backend.options.prefix, election)
+        self.keys = RedisKeys(backend.options.prefix, election)
         self.ttl = ttl
         self.stopped = threading.Event()
         self._backend = backend

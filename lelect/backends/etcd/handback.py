@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from lelect.backends import _etcd_gateway as wire
+from lelect.backends.etcd import gateway as wire
 from lelect.backends.records import HAND_BACK_REASON, LOST, HistoryEntry
 
 

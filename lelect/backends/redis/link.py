@@ -31,7 +31,6 @@ from redis.exceptions import (
 )
 from redis.utils import SENTINEL
 
-from lelect.backends._redis_scripts import Script
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
@@ -39,6 +38,7 @@ from lelect.backends.base import (
     server_text,
     unreachable,
 )
+from lelect.backends.redis.scripts import Script
 from lelect.backends.urls import BackendURL
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, UsageError
@@ -322,7 +322,7 @@ def _db_number(text: str, url: BackendURL) -> int:
     return int(text)
 
 
-class Link:
+class RedisLink:
     """Connections to one Redis server; each call gets a budget that bounds connecting,
     sending and waiting for the answer."""
 
@@ -416,7 +416,7 @@ class Subscription:
     """One pub/sub connection. After ``ensure`` (re)subscribed, a message may have been
     missed: callers look at the keys again after every ``ensure``."""
 
-    def __init__(self, link: Link, channels: list[str]) -> None:
+    def __init__(self, link: RedisLink, channels: list[str]) -> None:
         self._link = link
         self.channels = channels
         self._conn: redis.Connection | None = None

@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import time
 
+from lelect.backends.words import VANISHED_REASON
 from lelect.errors import ConfigError
 
 # lelect.backends.records (and dataclasses) are imported where a record is written: the
@@ -730,7 +731,8 @@ def record_leader(
             "SELECT entry FROM history WHERE election=? AND term<? AND outcome='running'"
             " ORDER BY term DESC LIMIT 3", (election, term),
         ).fetchall():
-            _write_entry(conn, {**json.loads(older), "outcome": "vanished", "ended": since})
+            _write_entry(conn, {**json.loads(older), "outcome": "vanished", "ended": since,
+                                 "reason": VANISHED_REASON})
         conn.execute(
             "INSERT OR IGNORE INTO history(election, term, entry, outcome) VALUES (?, ?, ?, ?)",
             (election, term, json.dumps(entry, separators=(",", ":")), entry["outcome"]),

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from lelect.backends import filestate
 from lelect.backends.base import (
     Backend,
     Candidate,
@@ -35,6 +34,7 @@ from lelect.backends.base import (
     timed_out,
     wait_event,
 )
+from lelect.backends.file import state as filestate
 from lelect.backends.records import (
     DEFAULT_HISTORY,
     decode_member,

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
 
-from lelect.backends.records import RUNNING, VANISHED, HistoryEntry
+from lelect.backends.records import RUNNING, VANISHED, VANISHED_REASON, HistoryEntry
 from lelect.errors import UsageError
 from lelect.names import validate_election
 
@@ -181,7 +181,7 @@ def win_ops(paths: ElectionPaths, mine: Contender, entry: HistoryEntry,
         earlier, version = newest
         if earlier.outcome == RUNNING and earlier.term < mine.seq:
             vanished = replace(earlier, outcome=VANISHED, ended=entry.started,
-                               reason=f"the next leader (term {mine.seq}) found it gone")
+                               reason=VANISHED_REASON)
             ops.append(SetData(paths.entry(earlier.term), entry_data(vanished), version))
     ops.extend(Delete(f"{paths.history}/{name}") for name in prune)
     return ops

@@ -2,7 +2,7 @@
 guarded statement (data-modifying CTEs), rendered with literals by :func:`render`.
 
 Standard library only: the job's keeper renders the release statement with the same
-text as the backend (``_handback_postgres``), over its own wire client.
+text as the backend (``handback``), over its own wire client.
 
 Tables (in the URL's ``?schema=``, default ``lelect``):
 
@@ -31,8 +31,6 @@ DEFAULT_SCHEMA = "lelect"
 #: A schema name lelect accepts: a plain lower-case identifier, so it never needs care.
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-LOST_REASON = "lelect died; its keeper stopped the job and handed the leadership back"
-VANISHED_REASON = "the leader disappeared without a word; the next leader closed the entry"
 
 
 class Ident(str):
