@@ -424,7 +424,11 @@ class Chaos:
                 self.proxies.append(proxy)
                 url = self.stage.via(proxy.port)
             command = [*LELECT, "campaign", ELECTION, "--log-format", "json", "--id", f"c{n}",
-                       "--restart", "--ttl", f"{ttl:g}s", "--", sys.executable, "-S", "-I",
+                       "--restart", "--ttl", f"{ttl:g}s",
+                       # Back-to-back resigns must not leave the election leaderless by
+                       # policy (docs/lease.md: how the cooldown adds up): one ttl out.
+                       "--resign-cooldown", f"{ttl:g}s",
+                       "--", sys.executable, "-S", "-I",
                        str(job), str(workdir / "fence.sock")]
             candidate = Candidate(f"c{n}", url, command, self.recorder)
             candidate.proxy = self.proxies[-1] if self.proxies else None
