@@ -306,6 +306,8 @@ class RedisOptions:
                                " is that port serving TLS (tls-port)?")
         elif isinstance(exc, redis.TimeoutError):
             return unreachable("redis", where, within, "connected, but no answer")
+        elif isinstance(exc, NoMaster):
+            return unreachable("redis", where, within, _short(text))
         elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
             return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
         elif isinstance(exc, redis.ConnectionError):
