@@ -47,13 +47,11 @@ def test_sentinel_failover_under_a_running_job(redis_sentinels, tmp_path, proces
     leader, _ = leader_and_waiter(setup, "fo", record, processes)
     setup.failover()
     new = setup.wait_for_new_master()
-    switched = time.monotonic()
-    # The leader renews on the new master: its key there is kept alive past a ttl,
-    # while the old master is still a master nobody should use any more.
+    # The old master is still a master (Sentinel demotes it seconds later), but the
+    # candidates move to the new one at once: the leader renews there, so its key there
+    # outlives a ttl.
     wait_until(lambda: lelect_clients(new) >= 2, timeout=5, what="lelect on the new master")
     time.sleep(TTL * 1.5)  # nothing may happen for longer than a ttl
-    assert setup.master.client().info("replication")["role"] == "master" or \
-        time.monotonic() - switched > TTL
     assert new.client().pttl("lelect:{fo}:leader") > 0, "the leader did not renew on the new master"
     assert len(read_ticks(record)) == 1 and leader.poll() is None
 
@@ -157,7 +155,7 @@ def test_the_keeper_hands_back_through_a_sentinel(redis_sentinels, tmp_path, pro
     """lelect dies (SIGKILL): its job's keeper asks a sentinel for the master and
     releases there, long before the 30 s lease would run out."""
     setup = redis_sentinels
-    url = setup.url()
+    url = setup.url(restart_guard="off")  # a fresh master would hold a 30 s lease back
     record = tmp_path / "record"
     leader = campaign(url, "hb", ticking_job(record), "--ttl", "30s")
     processes.append(leader)
