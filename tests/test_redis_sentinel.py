@@ -165,3 +165,26 @@ def test_the_keeper_hands_back_through_a_sentinel(redis_sentinels, tmp_path, pro
     leader.kill()
     wait_until(lambda: backend.leader("hb") is None, timeout=10,
                what="the keeper to hand back")
+
+
+def test_bad_sentinels_are_skipped_within_the_budget(redis_sentinels, hostile_server):
+    """A sentinel that never answers, one that streams garbage and one that names a
+    replica are each given their share of the budget and skipped; the real sentinel
+    after them names the master, checked with ROLE."""
+    from tests.plugins.hostile import answering, send_and_hold, stream_forever
+
+    setup = redis_sentinels
+    silent = hostile_server(lambda conn, stopped: send_and_hold(conn, stopped, b""))
+    garbage = hostile_server(lambda conn, stopped: stream_forever(conn, stopped, b"+"))
+    port = str(setup.replica.port).encode()
+    liar = hostile_server(answering(b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n" % (len(port), port)))
+    real = setup.sentinels[0].port
+    hosts = ",".join(f"127.0.0.1:{p}" for p in (silent.port, garbage.port, liar.port, real))
+    backend = connect(f"redis+sentinel://{hosts}/lelect-test/0?connect_timeout=4s"
+                      "&restart_guard=off")
+    started = time.monotonic()
+    assert backend.leader("e") is None
+    assert time.monotonic() - started < 4.0
+    assert backend.link.master == ("127.0.0.1", setup.master.port)
+    assert liar.connections == 1 and silent.connections == 1 and garbage.connections == 1
+    backend.close()
