@@ -510,6 +510,12 @@ class SentinelLink(RedisLink):
                 self._give_back(fresh)
         return super().call(max(end - time.monotonic(), 0.001), *args)
 
+    def _give_back(self, conn: redis.Connection) -> None:
+        if (conn.host, conn.port) != self.master:  # type: ignore[attr-defined]
+            conn.disconnect()  # a call that began before the master changed
+            return
+        super()._give_back(conn)
+
     def failed(self, exc: BaseException) -> bool:
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ReadOnlyError)):
             self._forget()
@@ -678,8 +684,8 @@ class Subscription:
         if self._conn is not None:
             return
         end = time.monotonic() + budget
-        epoch = self._link.epoch
         conn = self._link.open(budget)
+        epoch = self._link.epoch
         try:
             connect(conn, max(end - time.monotonic(), 0.001))
             conn.send_command("SUBSCRIBE", *self.channels)
