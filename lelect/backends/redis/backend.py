@@ -49,7 +49,13 @@ from lelect.backends.records import (
     whole,
 )
 from lelect.backends.redis.lease import RedisLeadership, milliseconds
-from lelect.backends.redis.link import RedisLink, RedisOptions, Subscription, is_transient
+from lelect.backends.redis.link import (
+    RedisLink,
+    RedisOptions,
+    SentinelLink,
+    Subscription,
+    is_transient,
+)
 from lelect.backends.redis.scripts import (
     ACQUIRE,
     LEADER,
@@ -87,7 +93,8 @@ class RedisBackend(Backend):
         self.default_ttl = self.options.ttl
         self.connect_timeout = self.options.connect_timeout
         self.history_limit = self.options.history_limit
-        self.link = RedisLink(self.options)
+        self.link = (SentinelLink(self.options) if self.options.sentinel is not None
+                     else RedisLink(self.options))
         self.retry = RetryPolicy(self.options.connect_timeout)
 
     def _keys(self, election: str) -> RedisKeys:
@@ -227,8 +234,10 @@ class RedisBackend(Backend):
         tls = None
         if self.options.tls:
             tls = {name: kwargs.get(f"ssl_{name}") for name in ("ca_certs", "certfile", "keyfile")}
-        address: dict[str, Any] = (
-            {"path": kwargs["path"]} if "path" in kwargs
+        sentinel = self.options.sentinel
+        address: dict[str, Any] | None = (
+            None if sentinel is not None  # asked of a sentinel then
+            else {"path": kwargs["path"]} if "path" in kwargs
             else {"host": kwargs["host"], "port": kwargs["port"]}
         )
         keys = self._keys(leadership.election)
@@ -240,6 +249,11 @@ class RedisBackend(Backend):
         argv[RELEASE_EXIT_STATUS] = None
         return HandBack(module="lelect.backends.redis.handback", params={
             "address": address, "tls": tls, "username": kwargs["username"],
+            "sentinel": None if sentinel is None else {
+                "master": sentinel.master_name, "sentinels": [list(a) for a in sentinel.sentinels],
+                "username": sentinel.connection_kwargs["username"],
+                "password": sentinel.connection_kwargs["password"],
+            },
             "password": kwargs["password"], "db": kwargs["db"],
             "sha": RELEASE.sha, "script": RELEASE.text, "keys": keys.release_keys,
             "argv": argv,

@@ -137,6 +137,41 @@ def _pack(command):
     return b"".join(parts)
 
 
+def _master_of(sentinel, deadline):
+    """The master's address as the first sentinel that knows it says (each sentinel
+    gets its share of what is left of the budget)."""
+    sentinels = sentinel["sentinels"]
+    problems = []
+    for index, (host, port) in enumerate(sentinels):
+        share = (deadline - time.monotonic()) / (len(sentinels) - index)
+        if share <= 0:
+            break
+        commands = []
+        if sentinel.get("password") is not None:
+            user = (sentinel["username"],) if sentinel.get("username") else ()
+            commands.append(("AUTH", *user, sentinel["password"]))
+        try:
+            wire = _Wire({"address": {"host": host, "port": port}},
+                         time.monotonic() + share)
+            try:
+                wire.send(*commands, ("SENTINEL", "get-master-addr-by-name", sentinel["master"]))
+                for _ in commands:
+                    wire.reply()
+                named = wire.reply()
+            finally:
+                wire.close()
+        except (OSError, ReplyError) as exc:
+            problems.append(f"sentinel {host}:{port}: {exc}")
+            continue
+        if (isinstance(named, list) and len(named) == 2 and isinstance(named[0], bytes)
+                and isinstance(named[1], bytes) and named[1].isdigit()
+                and 0 < int(named[1]) < 65536):
+            return {"host": named[0].decode("ascii", "replace"), "port": int(named[1])}
+        problems.append(f"sentinel {host}:{port} named no master {sentinel['master']!r}")
+    raise ConnectionError("no sentinel named the master: " + ("; ".join(problems)
+                                                             or "out of time"))
+
+
 def hand_back(params, budget, exit_status):
     """Release the leadership in ``params`` (RedisBackend.hand_back's recipe) within
     ``budget`` seconds: "released", or "not ours" when the lease had already gone
@@ -151,6 +186,8 @@ def hand_back(params, budget, exit_status):
     if params.get("db"):
         commands.append(("SELECT", params["db"]))
     release = (len(params["keys"]), *params["keys"], *argv)
+    if params.get("sentinel"):
+        params = dict(params, address=_master_of(params["sentinel"], deadline))
     wire = _Wire(params, deadline)
     try:
         wire.send(*commands, ("EVALSHA", params["sha"], *release))

@@ -39,7 +39,7 @@ from lelect.backends.base import (
     unreachable,
 )
 from lelect.backends.redis.scripts import Script
-from lelect.backends.urls import BackendURL
+from lelect.backends.urls import BackendURL, parse_port
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, UsageError
 
@@ -186,6 +186,8 @@ class RedisOptions:
     history_limit: int = DEFAULT_HISTORY
     #: The delayed-restart rule (``?restart_guard=off`` accepts the risk): see ACQUIRE.
     restart_guard: bool = True
+    #: ``redis+sentinel://``: where to ask for the master (None: the URL names the server).
+    sentinel: SentinelOptions | None = None
 
     @property
     def tls(self) -> bool:
@@ -199,6 +201,8 @@ class RedisOptions:
             allowed |= _TLS_OPTIONS
         if scheme == "unix":
             allowed |= {"db", "password"}
+        if scheme == SENTINEL_SCHEME:
+            allowed |= _SENTINEL_OPTIONS
         if scheme != "rediss" and _TLS_OPTIONS & set(url.query):
             raise UsageError(
                 f"option {sorted(_TLS_OPTIONS & set(url.query))[0]!r} needs a rediss:// URL (TLS)"
@@ -240,10 +244,15 @@ class RedisOptions:
             kwargs["db"] = _db_number(url.option("db", "0") or "0", url)
             return cls(url.path, UnixConnection, kwargs, **settings)
 
+        if scheme == SENTINEL_SCHEME:
+            sentinel, db = SentinelOptions.from_url(url, kwargs)
+            kwargs["db"] = db
+            where = f"master {sentinel.master_name!r} (sentinels {sentinel.where})"
+            return cls(where, TCPConnection, kwargs, **settings, sentinel=sentinel)
         if len(url.hosts) > 1:
             raise UsageError(
                 f"{scheme}:// takes one host, got {len(url.hosts)} in {url.masked!r}"
-                " (Redis Cluster and Sentinel are not supported)"
+                f" (Redis Cluster is not supported; for Sentinel use {SENTINEL_SCHEME}://)"
             )
         host, port = url.hosts[0] if url.hosts else ("localhost", None)
         port = port or DEFAULT_PORT
@@ -285,6 +294,9 @@ class RedisOptions:
             message = f"the redis user may not run what lelect needs at {where}: {text}"
         elif isinstance(exc, BusyLoadingError):
             message = f"redis at {where} is still loading its data set (LOADING): try again shortly"
+        elif isinstance(exc, ReadOnlyError) and self.sentinel is not None:
+            message = (f"redis at {where} is a read-only replica (READONLY): the sentinels"
+                       " have not settled on a master yet; try again shortly")
         elif isinstance(exc, ReadOnlyError):
             message = (
                 f"redis at {where} is a read-only replica (READONLY): point the URL at the primary"
@@ -294,6 +306,8 @@ class RedisOptions:
                                " is that port serving TLS (tls-port)?")
         elif isinstance(exc, redis.TimeoutError):
             return unreachable("redis", where, within, "connected, but no answer")
+        elif isinstance(exc, NoMaster):
+            return unreachable("redis", where, within, _short(text))
         elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
             return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
         elif isinstance(exc, redis.ConnectionError):
@@ -322,11 +336,62 @@ def _db_number(text: str, url: BackendURL) -> int:
     return int(text)
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+DEFAULT_SENTINEL_PORT = 26379
+_SENTINEL_OPTIONS = {"sentinel_username", "sentinel_password"}
+_MASTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+@dataclass(frozen=True)
+class SentinelOptions:
+    """Where a ``redis+sentinel://`` URL says to ask for the master."""
+
+    master_name: str
+    sentinels: tuple[tuple[str, int], ...]
+    #: For connections to a sentinel (its own credentials: ``?sentinel_password=``).
+    connection_kwargs: dict[str, Any] = field(repr=False)
+
+    @property
+    def where(self) -> str:
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+
+    @classmethod
+    def from_url(cls, url: BackendURL, master_kwargs: dict[str, Any]
+                 ) -> tuple[SentinelOptions, int]:
+        """The sentinels, the master's name and the database number of
+        ``redis+sentinel://[user:pw@]s1[:26379],s2…/MASTER[/DB]``."""
+        name, _, db_text = url.path.strip("/").partition("/")
+        if not _MASTER_NAME.fullmatch(name) or "/" in db_text:
+            raise UsageError(
+                f"malformed {url.scheme}:// URL {url.masked!r}: expected"
+                f" {url.scheme}://SENTINEL[:PORT],…/MASTER[/DB] (the master's name as the"
+                " sentinels know it: 1-100 of A-Z a-z 0-9 . _ -)"
+            )
+        if not url.hosts:
+            raise UsageError(f"malformed {url.scheme}:// URL {url.masked!r}: name at least one"
+                             " sentinel (host:port)")
+        sentinels = tuple((host, port or DEFAULT_SENTINEL_PORT) for host, port in url.hosts)
+        kwargs = {
+            key: master_kwargs[key]
+            for key in ("decode_responses", "encoding_errors", "protocol", "client_name",
+                        "driver_info")
+        }
+        kwargs.update(username=url.option("sentinel_username"),
+                      password=url.option("sentinel_password"))
+        return cls(name, sentinels, kwargs), _db_number(db_text or "0", url)
+
+
+class NoMaster(redis.ConnectionError):
+    """No sentinel named a master that answers as one (yet): transient, as a failover is."""
+
+
 class RedisLink:
     """Connections to one Redis server; each call gets a budget that bounds connecting,
     sending and waiting for the answer."""
 
     _MAX_IDLE = 4
+    #: Grows whenever the link starts talking to another server (a failover).
+    epoch = 0
 
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
@@ -336,23 +401,44 @@ class RedisLink:
     def new_connection(self) -> redis.Connection:
         return self.options.connection_class(**self.options.connection_kwargs)
 
+    def open(self, budget: float) -> redis.Connection:
+        """A connection for one call or a subscription, made within ``budget`` (it may
+        be connected later, within what is left of it)."""
+        return self.new_connection()
+
     def call(self, budget: float, *args: Any) -> Any:
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
+        end = time.monotonic() + budget
+        conn = self._take()
         if conn is None:
-            conn = self.new_connection()
-        elif _closed_by_server(conn):
-            conn.disconnect()  # a restarted server: connect afresh rather than fail
+            conn = self.open(budget)
         try:
-            reply = timed_call(conn, budget, *args)
-        except ResponseError:
-            self._give_back(conn)  # the server answered; the connection is fine
+            reply = timed_call(conn, max(end - time.monotonic(), 0.001), *args)
+        except ResponseError as exc:
+            if self.failed(exc):
+                conn.disconnect()
+            else:
+                self._give_back(conn)  # the server answered; the connection is fine
             raise
-        except BaseException:
+        except BaseException as exc:
             conn.disconnect()
+            self.failed(exc)
             raise
         self._give_back(conn)
         return reply
+
+    def failed(self, exc: BaseException) -> bool:
+        """Hear of a call's failure; True when the server may not be the one to talk to
+        any more (its connection should go)."""
+        return False
+
+    def _take(self) -> redis.Connection | None:
+        """An idle connection the server has not closed, or None."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or not _closed_by_server(conn):
+                return conn
+            conn.disconnect()  # a restarted server: connect afresh rather than fail
 
     def run(self, script: Script, keys: list[str], args: list[Any], budget: float) -> Any:
         end = time.monotonic() + budget
@@ -374,6 +460,178 @@ class RedisLink:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.disconnect()
+
+
+class SentinelLink(RedisLink):
+    """Connections to the master a set of Redis Sentinels name, followed across a
+    failover.
+
+    The master is found by asking the sentinels in turn (``SENTINEL
+    get-master-addr-by-name``), each within its share of the call's budget, and checked
+    with ``ROLE`` before it is used. It is looked for again after a connection error, a
+    time-out or READONLY, and confirmed with a sentinel before any call once
+    :data:`CONFIRM_EVERY` has passed: after ``SENTINEL FAILOVER`` the old master stays a
+    master until Sentinel demotes it (seconds later), so its connections alone would
+    not tell. When no sentinel answers, a known master is used on (a sentinel outage
+    must not stop elections); an unknown one is a transient error (:class:`NoMaster`).
+    """
+
+    #: How old a sentinel's word about the master may be before a call asks again.
+    CONFIRM_EVERY = 1.0
+
+    def __init__(self, options: RedisOptions) -> None:
+        super().__init__(options)
+        assert options.sentinel is not None
+        self.sentinel = options.sentinel
+        self.master: tuple[str, int] | None = None
+        self._confirmed = float("-inf")
+        self._locating = threading.Lock()
+        self._sentinel_conns: dict[tuple[str, int], redis.Connection] = {}
+
+    def new_connection(self) -> redis.Connection:
+        master = self.master
+        if master is None:
+            raise NoMaster(f"no master known for {self.sentinel.master_name!r}")
+        return self._connection_to(master)
+
+    def _connection_to(self, address: tuple[str, int]) -> redis.Connection:
+        kwargs = dict(self.options.connection_kwargs, host=address[0], port=address[1])
+        return self.options.connection_class(**kwargs)
+
+    def open(self, budget: float) -> redis.Connection:
+        fresh = self._locate(time.monotonic() + budget)
+        return fresh if fresh is not None else self.new_connection()
+
+    def call(self, budget: float, *args: Any) -> Any:
+        end = time.monotonic() + budget
+        if self.master is None or time.monotonic() - self._confirmed >= self.CONFIRM_EVERY:
+            fresh = self._locate(end)
+            if fresh is not None:
+                self._give_back(fresh)
+        return super().call(max(end - time.monotonic(), 0.001), *args)
+
+    def _give_back(self, conn: redis.Connection) -> None:
+        if (conn.host, conn.port) != self.master:  # type: ignore[attr-defined]
+            conn.disconnect()  # a call that began before the master changed
+            return
+        super()._give_back(conn)
+
+    def failed(self, exc: BaseException) -> bool:
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ReadOnlyError)):
+            self._forget()
+            return True
+        return False
+
+    def _forget(self) -> None:
+        """Ask the sentinels (and check ROLE) before the next call."""
+        with self._lock:
+            self.master, self._confirmed = None, float("-inf")
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()
+
+    def _locate(self, end: float) -> redis.Connection | None:
+        """Make sure the master is known and a sentinel's word on it is fresh; returns a
+        connection to a master just checked with ROLE, if one was made."""
+        if not self._locating.acquire(timeout=max(end - time.monotonic(), 0.0)):
+            raise redis.TimeoutError("no answer in time (looking for the master)")
+        try:
+            if self.master is not None and time.monotonic() - self._confirmed < self.CONFIRM_EVERY:
+                return None
+            return self._ask_sentinels(end)
+        finally:
+            self._locating.release()
+
+    def _ask_sentinels(self, end: float) -> redis.Connection | None:
+        known = self.master
+        if known is not None:
+            # Leave the call itself half of its budget.
+            end = time.monotonic() + (end - time.monotonic()) / 2
+        problems: list[str] = []
+        sentinels = self.sentinel.sentinels
+        for index, address in enumerate(sentinels):
+            share = (end - time.monotonic()) / (len(sentinels) - index)
+            if share <= 0:
+                break
+            step_end = time.monotonic() + share
+            try:
+                named = self._ask(address, share)
+            except RedisError as exc:  # down, refusing us, or not speaking Sentinel
+                problems.append(f"sentinel {_address(address)}: {_short(str(exc))}")
+                continue
+            if named is None:
+                problems.append(f"sentinel {_address(address)} knows no master"
+                                f" {self.sentinel.master_name!r}")
+                continue
+            if named == known:
+                self._confirmed = time.monotonic()
+                return None
+            try:
+                conn = self._checked_master(named, max(step_end - time.monotonic(), 0.001))
+            except (redis.ConnectionError, redis.TimeoutError, ReadOnlyError,
+                    InvalidResponse) as exc:
+                problems.append(f"{_address(named)}, named by sentinel {_address(address)}:"
+                                f" {_short(str(exc))}")
+                continue
+            with self._lock:
+                idle, self._idle = self._idle, []
+                self.master, self._confirmed = named, time.monotonic()
+                self.epoch += 1
+            for old in idle:
+                old.disconnect()
+            return conn
+        if known is not None and self.master == known:
+            # No sentinel could tell: carry on with the master we know.
+            self._confirmed = time.monotonic()
+            return None
+        raise NoMaster(f"no sentinel named a master {self.sentinel.master_name!r} that"
+                       f" answers as one ({'; '.join(problems) or 'out of time'})")
+
+    def _ask(self, address: tuple[str, int], budget: float) -> tuple[str, int] | None:
+        """The master ``address``'s sentinel names, or None if it knows none."""
+        conn = self._sentinel_conns.pop(address, None)
+        if conn is None or _closed_by_server(conn):
+            if conn is not None:
+                conn.disconnect()
+            conn = TCPConnection(host=address[0], port=address[1],
+                                 **self.sentinel.connection_kwargs)
+        try:
+            reply = timed_call(conn, budget, "SENTINEL", "get-master-addr-by-name",
+                               self.sentinel.master_name)
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._sentinel_conns[address] = conn
+        if reply is None:
+            return None
+        if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], str)
+                and 0 < len(reply[0]) <= 255 and parse_port(str(reply[1])) is not None):
+            raise InvalidResponse(f"not a master address: {str(reply)[:60]!r}")
+        return reply[0], int(reply[1])
+
+    def _checked_master(self, address: tuple[str, int], budget: float) -> redis.Connection:
+        """A connection to ``address`` after ROLE said it is a master."""
+        conn = self._connection_to(address)
+        try:
+            role = timed_call(conn, budget, "ROLE")
+            if not (isinstance(role, list) and role and role[0] == "master"):
+                shown = role[0] if isinstance(role, list) and role else role
+                raise ReadOnlyError(f"it is not a master (ROLE says {str(shown)[:20]!r})")
+        except BaseException:
+            conn.disconnect()
+            raise
+        return conn
+
+    def close(self) -> None:
+        super().close()
+        conns, self._sentinel_conns = self._sentinel_conns, {}
+        for conn in conns.values():
+            conn.disconnect()
+
+
+def _address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _closed_by_server(conn: redis.Connection) -> bool:
@@ -420,14 +678,16 @@ class Subscription:
         self._link = link
         self.channels = channels
         self._conn: redis.Connection | None = None
+        self._epoch = 0
 
     def ensure(self, budget: float) -> None:
         if self._conn is not None:
             return
         end = time.monotonic() + budget
-        conn = self._link.new_connection()
+        conn = self._link.open(budget)
+        epoch = self._link.epoch
         try:
-            connect(conn, budget)
+            connect(conn, max(end - time.monotonic(), 0.001))
             conn.send_command("SUBSCRIBE", *self.channels)
             # Wait for every confirmation: only then would a message published after our
             # next command reach us.
@@ -435,22 +695,27 @@ class Subscription:
                 if not conn.can_read(timeout=max(end - time.monotonic(), 0.0)):
                     raise redis.TimeoutError(f"no answer within {format_duration(budget)}")
                 conn.read_response()
-        except BaseException:
+        except BaseException as exc:
             conn.disconnect()
+            self._link.failed(exc)
             raise
-        self._conn = conn
+        self._conn, self._epoch = conn, epoch
 
     def next_message(self, timeout: float) -> tuple[str, str] | None:
         """The next (channel, data) published, or None after ``timeout`` seconds."""
         conn = self._conn
         if conn is None:
             raise redis.ConnectionError("not subscribed")
+        if self._epoch != self._link.epoch:  # the master moved: subscribe there
+            self.close()
+            raise redis.ConnectionError("the master changed")
         try:
             if not conn.can_read(timeout=max(timeout, 0.0)):
                 return None
             reply = conn.read_response()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            self._link.failed(exc)
             raise
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
             return str(reply[1]), str(reply[2])

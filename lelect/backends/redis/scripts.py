@@ -16,7 +16,7 @@ Every key of an election sits under ``<prefix>:{NAME}:`` (a Redis Cluster hash t
   leadership that completed it, and sorted set slot -> term (newest MAX_SLOTS kept);
 - ``members``, ``arrivals``, ``members-expiry``  member records, arrival stamps from
   Redis TIME, and when each member is forgotten;
-- ``boot``  hash: the run id of the Redis instance that last considered a grant, the
+- ``boot``  hash: the Redis instance (run id / replication id) that last considered a grant, the
   earliest moment (``base_ms``) its leases can have been granted from, and the longest
   ttl ever asked for (``max_ttl_ms``): the delayed-restart rule (:data:`ACQUIRE`).
 
@@ -170,8 +170,11 @@ end
 # earlier instance were all granted before this one started, so a restarted instance
 # waits max ttl from its start (TIME - uptime); a promoted replica (it has a second
 # replication id) cannot tell when its master last granted and waits max ttl from the
-# first attempt it sees. The instance is told by its run id. Without INFO (a server that
-# renames it), the rule falls back to "no boot record: wait max ttl from now".
+# first attempt it sees. The instance is told by its run id and its replication id
+# together: a master demoted to a replica and promoted back keeps its run id, but not
+# its replication id, and the master in between may have granted leases it never
+# received. Without INFO (a server that renames it), the rule falls back to "no boot
+# record: wait max ttl from now".
 # -> milliseconds to wait (<= 0: grants may go ahead).
 _RESTART_WAIT = """
 local function field(info, name)
@@ -185,17 +188,19 @@ local function restart_wait(boot, ttl_ms, now_ms)
   local uptime = tonumber(field(server, 'uptime_in_seconds') or '')
   local replid2 = field(replication, 'master_replid2')
   local promoted = replid2 == nil or string.match(replid2, '^0+$') == nil
-  local mark = redis.call('HMGET', boot, 'run_id', 'base_ms', 'max_ttl_ms')
+  local instance = run_id .. '/' .. (field(replication, 'master_replid') or 'unknown')
+  local mark = redis.call('HMGET', boot, 'instance', 'base_ms', 'max_ttl_ms')
   local max_ttl = math.max(tonumber(mark[3] or '') or 0, ttl_ms)
   local base = tonumber(mark[2] or '')
-  if mark[1] ~= run_id or not base then
+  if mark[1] ~= instance or not base then
     if promoted or not uptime or run_id == 'unknown' then
       base = now_ms
     else
       base = now_ms - uptime * 1000
     end
   end
-  redis.call('HSET', boot, 'run_id', run_id, 'base_ms', string.format('%.0f', base),
+  redis.call('HDEL', boot, 'run_id')  -- the field before replication ids counted
+  redis.call('HSET', boot, 'instance', instance, 'base_ms', string.format('%.0f', base),
              'max_ttl_ms', string.format('%.0f', max_ttl))
   return base + max_ttl - now_ms
 end
