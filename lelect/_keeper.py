@@ -486,9 +486,12 @@ class Keeper:
                 os.killpg(self.job_pid, sig)
             except OSError:
                 pass
-        # Descendants that left the group (setsid) were re-parented to us.
+        # Descendants that left the group (setsid) were re-parented to us; those still in
+        # the group (the job itself above all) had their one signal already.
         for pid in child_pids():
             try:
+                if self.job_pid is not None and os.getpgid(pid) == self.job_pid:
+                    continue
                 os.kill(pid, sig)
             except OSError:
                 pass

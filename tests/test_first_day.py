@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -256,3 +257,36 @@ def test_root_and_another_user_share_an_election_in_a_setgid_group_directory(sha
     for path in shared.iterdir():
         if path.is_file() and path.name != "started":
             assert path.stat().st_mode & 0o060 == 0o060, path  # the group's too
+
+
+#: A job that counts each delivery of SIGTERM (the wakeup fd gets one byte per delivery,
+#: where a Python handler may run once for two) and writes the count when it ends.
+COUNT_TERMS = """
+import os, signal, sys, time
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.signal(signal.SIGTERM, lambda *_: None)
+signal.set_wakeup_fd(w)
+open(sys.argv[1], "w").close()
+signal.pause()
+time.sleep(0.3)
+with open(sys.argv[2], "a") as f:
+    f.write(f"{os.read(r, 100).count(bytes([signal.SIGTERM]))}\\n")
+"""
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "resign"])
+def test_the_job_gets_one_stop_signal(backend, tmp_path, stop):
+    """One SIGTERM per stop, to the group (was: the group, then the job's pid again)."""
+    counts = tmp_path / "counts"
+    for run in range(5):
+        started = tmp_path / f"started-{run}"
+        proc = spawn_lelect("campaign", "once", "--", sys.executable, "-c", COUNT_TERMS,
+                            str(started), str(counts), backend=backend)
+        wait_until(started.exists, timeout=20, what="the job")
+        if stop == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            assert run_lelect("resign", "once", backend=backend).returncode == 0
+        proc.wait(timeout=30)
+    assert counts.read_text().split() == ["1"] * 5
