@@ -172,6 +172,13 @@ def test_health_of_an_unknown_election_says_so(backend):
     assert "unknown election 'typo'" in out.stderr
 
 
+def test_health_of_an_election_with_only_a_history_is_no_leader(backend):
+    assert run_lelect("campaign", "past", "--", "true", backend=backend).returncode == 0
+    out = run_lelect("health", "past", backend=backend)
+    assert "unknown election" not in out.stderr
+    assert "no leader" in out.stdout and out.returncode == 2
+
+
 def test_watch_keeps_node_ids_whole_on_a_narrow_terminal(backend, tmp_path):
     node = "web-frontend-03.example.internal"
     proc = spawn_lelect("campaign", "narrow", "--id", node, "--", "sleep", "30", backend=backend)

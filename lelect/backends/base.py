@@ -334,7 +334,7 @@ class Backend(ABC):
 
     @abstractmethod
     def elections(self) -> list[str]:
-        """Names of the elections this backend knows (with a leader or members)."""
+        """Names of the elections this backend knows (with a leader, members or a history)."""
 
     # -- operations -------------------------------------------------------------------
 

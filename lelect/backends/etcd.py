@@ -764,17 +764,19 @@ class EtcdBackend(Backend):
     def elections(self) -> list[str]:
         top = self.options.prefix + "/"
         members = f"{top}_members/"
+        history = f"{top}_history/"
         try:
             looked = self.gateway.txn([], [
                 # Every election prefix: names start with a letter or digit, never "_".
                 wire.get(top + "0", range_end=top + "_", keys_only=True),
                 wire.get(top + "a", range_end=top + "{", keys_only=True),
                 wire.get(members, prefix=True, keys_only=True),
+                wire.get(history, prefix=True, keys_only=True),
             ], budget=self.connect_timeout)
         except GatewayError as exc:
             raise self.unavailable(exc) from None
         names = set()
-        for found, head in zip(looked.ranges, (top, top, members)):
+        for found, head in zip(looked.ranges, (top, top, members, history)):
             for kv in found.kvs if found else ():
                 name, sep, _ = kv.key[len(head):].partition("/")
                 if sep and ELECTION_NAME.fullmatch(name):

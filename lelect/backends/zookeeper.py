@@ -557,7 +557,7 @@ class ZooKeeperBackend(Backend):
         session = self._session()
         names: set[str] = set()
         with session.errors("listing elections", base):
-            for parent in (base, f"{base}/_members"):
+            for parent in (base, f"{base}/_members", f"{base}/_history"):
                 try:
                     children = self._ask(session, "get_children", parent)
                 except NoNodeError:
