@@ -191,6 +191,57 @@ def test_watch_keeps_node_ids_whole_on_a_narrow_terminal(backend, tmp_path):
     proc.wait(timeout=30)
 
 
+def node_column(table: str) -> list[str]:
+    """The NODE cells of a piped watch/health table, a folded cell's lines joined."""
+    lines = table.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("NODE"))
+    width = lines[header].index("ROLE")
+    cells: list[str] = []
+    for line in lines[header + 1:]:
+        if not line.strip() or line.startswith("  "):
+            break
+        cell, rest = line[:width].strip(), line[width:].strip()
+        if rest and not rest.startswith(("follower", "leader")):
+            raise AssertionError(f"not a member row: {line!r}")
+        if rest:
+            cells.append(cell)
+        else:
+            cells[-1] += cell
+    return cells
+
+
+def test_node_ids_are_never_cut_and_no_column_is_dropped(backend):
+    """Two FQDNs that differ after character 48: piped, at 200 and at 80 columns, both
+    are shown whole and every column is there (was: cut with "…", LOAD and STATUS
+    dropped at 80)."""
+    base = "web-frontend-03.eu-west-1.compute.internal.example.com-"
+    nodes = [base + "primary", base + "secondary"]
+    for node in nodes:
+        spawn_lelect("campaign", "wide", "--id", node, "--heartbeat-interval", "100ms", "--",
+                     "sleep", "30", backend=backend)
+    wait_until(lambda: run_lelect("watch", "wide", "--once", "--json", backend=backend)
+               .stdout.count('"alive"') == 2, timeout=20, what="two members")
+    for columns in ("200", "80"):
+        for command in ("watch", "health"):
+            out = subprocess.run([*LELECT, command, "wide", *(["--once"] * (command == "watch"))],
+                                 capture_output=True, text=True, timeout=30,
+                                 env={**lelect_env(backend), "COLUMNS": columns})
+            assert "…" not in out.stdout, out.stdout
+            assert sorted(node_column(out.stdout)) == nodes, out.stdout
+            header = next(line for line in out.stdout.splitlines() if line.startswith("NODE"))
+            assert header.split() == ["NODE", "ROLE", "LAST", "BEAT", "CPU", "MEM", "LOAD",
+                                      "STATUS", *(["PHI"] * (command == "health"))], out.stdout
+            assert all(len(line) <= int(columns) for line in out.stdout.splitlines())
+            assert [line for line in out.stdout.splitlines() if line != line.rstrip()] == []
+
+
+def test_piped_history_tables_have_no_trailing_spaces(backend):
+    assert run_lelect("campaign", "trail", "--", "true", backend=backend).returncode == 0
+    out = run_lelect("history", "trail", backend=backend)
+    assert "exited" in out.stdout
+    assert [line for line in out.stdout.splitlines() if line != line.rstrip()] == []
+
+
 def test_two_candidates_with_one_node_id_are_warned(backend):
     first = spawn_lelect("campaign", "dup", "--id", "same", "--heartbeat-interval", "100ms",
                          "--", "sleep", "30", backend=backend)
