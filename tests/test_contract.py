@@ -14,7 +14,7 @@ import time
 import pytest
 
 from lelect.backends import connect
-from lelect.backends.base import Candidate, Heartbeat
+from lelect.backends.base import Candidate, Heartbeat, ResignAnswer
 from lelect.errors import CampaignTimeout, ElectionBusy
 from tests.helpers import wait_until
 
@@ -105,11 +105,13 @@ def test_leader_names_node_term_host_and_pid(backend):
 
 def test_resign_request_reaches_only_the_named_term(backend):
     with backend.campaign("quit", candidate("a"), timeout=10) as held:
-        assert backend.request_resign("quit", held.term - 1) is False
+        stale = backend.request_resign("quit", held.term - 1)
+        assert not stale and stale is not ResignAnswer.CANNOT_ASK
         assert not held.resign_requested.is_set()
-        assert backend.request_resign("quit", held.term) is True
+        assert backend.request_resign("quit", held.term)
         wait_until(held.resign_requested.is_set, what="the resign request to arrive")
-    assert backend.request_resign("quit") is False  # nobody leads
+    nobody = backend.request_resign("quit")
+    assert not nobody and nobody is not ResignAnswer.CANNOT_ASK
 
 
 def test_observe_yields_the_leader_then_every_change(backend):

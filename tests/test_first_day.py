@@ -348,3 +348,16 @@ def test_the_job_gets_one_stop_signal(backend, tmp_path, stop):
             assert run_lelect("resign", "once", backend=backend).returncode == 0
         proc.wait(timeout=30)
     assert counts.read_text().split() == ["1"] * 5
+
+
+def test_election_members_is_iterable(backend):
+    import lelect
+
+    proc = spawn_lelect("campaign", "it", "--id", "m-1", "--heartbeat-interval", "100ms", "--",
+                        "sleep", "30", backend=backend)
+    with lelect.connect(backend) as client:
+        election = client.election("it")
+        wait_until(lambda: election.members().records, timeout=20, what="a member record")
+        assert [record.node_id for record in election.members()] == ["m-1"]
+    proc.terminate()
+    proc.wait(timeout=30)

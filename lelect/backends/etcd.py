@@ -58,6 +58,7 @@ from lelect.backends.base import (
 from lelect.backends.records import (
     MAX_SLOTS,
     VANISHED,
+    ResignAnswer,
     decode_member,
     encode_member,
     stored_arrivals,
@@ -695,13 +696,18 @@ class EtcdBackend(Backend):
             finally:
                 stream.close()
 
-    def request_resign(self, election: str, term: int | None = None) -> bool:
+    def request_resign(self, election: str, term: int | None = None) -> ResignAnswer:
         keys = self.keys(election)
         try:
             first = self.gateway.range(keys.contenders, prefix=True, first_by="CREATE", limit=1,
                                        budget=self.connect_timeout).first
             if first is None or (term is not None and first.create_revision != term):
-                return False
+                return ResignAnswer.NOT_LEADING
+            # lelect records each of its leaderships as it wins; an `etcdctl elect` or
+            # `lock` leader has no record and reads no request.
+            if self.gateway.range(keys.history_entry(first.create_revision),
+                                  budget=self.connect_timeout).first is None:
+                return ResignAnswer.CANNOT_ASK
             # Under the leader's own lease: the request ends with that leadership.
             asked = self.gateway.txn(
                 [wire.created_at(first.key, first.create_revision)],
@@ -710,7 +716,7 @@ class EtcdBackend(Backend):
             )
         except GatewayError as exc:
             raise self.unavailable(exc) from None
-        return asked.succeeded
+        return ResignAnswer.ASKED if asked.succeeded else ResignAnswer.NOT_LEADING
 
     # -- heartbeats ----------------------------------------------------------------------
 
