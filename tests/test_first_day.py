@@ -350,14 +350,16 @@ def test_the_job_gets_one_stop_signal(backend, tmp_path, stop):
     assert counts.read_text().split() == ["1"] * 5
 
 
-def test_election_members_is_iterable(backend):
+def test_election_members_is_iterable(backend, tmp_path):
     import lelect
 
+    started = tmp_path / "started"
     proc = spawn_lelect("campaign", "it", "--id", "m-1", "--heartbeat-interval", "100ms", "--",
-                        "sleep", "30", backend=backend)
+                        "sh", "-c", f"touch {started}; exec sleep 30", backend=backend)
     with lelect.connect(backend) as client:
         election = client.election("it")
-        wait_until(lambda: election.members().records, timeout=20, what="a member record")
+        wait_until(lambda: started.exists() and election.members().records, timeout=20,
+                   what="the job and a member record")
         assert [record.node_id for record in election.members()] == ["m-1"]
     proc.terminate()
     proc.wait(timeout=30)
