@@ -425,13 +425,35 @@ def next_leader(
     try:
         for info in changes:
             if info is not None and info.term > after_term:
-                return info
+                return _recorded(backend, election, info)
     finally:
         stop.set()
         timer.cancel()
         changes.close()
     info = backend.leader(election)
     return info if info is not None and info.term > after_term else None
+
+
+#: How long a new leader seen without host and pid may take to record them.
+RECORD_GRACE = 1.0
+
+
+def _recorded(backend: Backend, election: str, info: LeaderInfo) -> LeaderInfo:
+    """``info`` as ``leader()`` shows it once the leader recorded its host and pid: an
+    observer can see a leader (etcd's first key, ZooKeeper's first node) moments before
+    lelect's record of it. A leader that is not lelect's (etcdctl, kazoo) never records
+    them: after RECORD_GRACE, ``info`` as it is."""
+    if info.host is not None:
+        return info
+    give_up = time.monotonic() + RECORD_GRACE
+    while time.monotonic() < give_up:
+        time.sleep(0.05)  # bounded: a foreign leader gives no sign that nothing will come
+        again = backend.leader(election)
+        if again is None or again.identity != info.identity:
+            break
+        if again.host is not None:
+            return again
+    return info
 
 
 @dataclass(frozen=True)

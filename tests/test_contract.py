@@ -466,6 +466,21 @@ def test_leader_wait_blocks_until_somebody_leads(target, tmp_path):
     proc.communicate(timeout=30)
 
 
+def test_leader_wait_json_shows_what_leader_json_shows(target, tmp_path):
+    """Was: on etcd, `leader --wait --json` caught the leader before its record and
+    showed since, host and pid as null."""
+    waiter = spawn_lelect("leader", "later", "--wait", "60s", "--json", backend=target.url)
+    time.sleep(1.0)  # a window: the waiter is watching before anybody leads
+    proc, release = leading(target, "later", tmp_path, "node-b")
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, err
+    waited = json.loads(out)["leader"]
+    assert waited == leader_json(target.url, "later")
+    assert None not in (waited["since"], waited["host"], waited["pid"]), waited
+    release.touch()
+    proc.communicate(timeout=30)
+
+
 def test_restart_rejoins_with_a_new_term_each_time(target, tmp_path):
     record = tmp_path / "record"
     proc = spawn_lelect("campaign", "again", "--restart", "--restart-delay", "100ms", "--",
