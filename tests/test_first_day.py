@@ -363,3 +363,45 @@ def test_election_members_is_iterable(backend, tmp_path):
         assert [record.node_id for record in election.members()] == ["m-1"]
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def lelect_in_sh(redirect: str, *args: str, backend: str) -> subprocess.CompletedProcess:
+    """`lelect ARGS` run by sh with ``redirect`` (``>&-``, ``2>&-``, ``>/dev/full``)."""
+    script = f'exec "$@" {redirect}'
+    return subprocess.run(["sh", "-c", script, "sh", *LELECT, *args], env=lelect_env(backend),
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+def test_a_command_that_cannot_write_says_so_in_one_line(backend, redirect):
+    assert run_lelect("campaign", "out", "--", "true", backend=backend).returncode == 0
+    for args in (("leader", "x"), ("history", "out"), ("watch", "--once"), ("health", "--json")):
+        out = lelect_in_sh(redirect, *args, backend=backend)
+        assert out.returncode == 74, (args, out)
+        assert out.stderr.splitlines() == [
+            "lelect: cannot write to stdout: " + ("Bad file descriptor" if redirect == ">&-"
+                                                  else "No space left on device")], out.stderr
+
+
+@pytest.mark.parametrize("redirect", ["2>&-", ">&-", ">&- 2>&-", "2>/dev/full"])
+def test_a_campaign_ends_with_its_jobs_status_whatever_its_streams(backend, redirect):
+    for quiet in ((), ("-q",)):
+        out = lelect_in_sh(redirect, "campaign", "sf", *quiet, "--", "sh", "-c", "exit 7",
+                           backend=backend)
+        assert out.returncode == 7, (redirect, quiet, out)
+
+
+def test_a_reader_that_left_ends_the_command_with_its_own_status(backend):
+    """`--json | head -1`: the reader has what it wanted; the status is the command's own,
+    every time (was 0 or 1 at random)."""
+    for name in ("a", "b", "c"):
+        assert run_lelect("campaign", name, "--", "true", backend=backend).returncode == 0
+    for args, status in ((("health", "--json"), 2), (("watch", "--once", "--json"), 0),
+                         (("history", "a", "--json"), 0), (("leader", "a", "--json"), 1)):
+        for _ in range(3):
+            read, write = os.pipe()
+            os.close(read)  # the reader is gone before the first line
+            proc = subprocess.run([*LELECT, *args], env=lelect_env(backend), stdout=write,
+                                  stderr=subprocess.PIPE, text=True, timeout=60)
+            os.close(write)
+            assert (proc.returncode, proc.stderr) == (status, ""), (args, proc)

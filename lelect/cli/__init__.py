@@ -22,6 +22,7 @@ Exit statuses:
   69         backend unreachable or failing
   70         internal error (a bug in lelect)
   73         leadership lost while the job ran; the job was stopped
+  74         could not write to stdout (closed, disk full; not a reader that left)
   75         --no-wait and someone else leads (--conflict-exit-code)
   78         configuration refused (unsafe directory, lease/grace, corrupt state)
   79         --max-runtime reached; the job was stopped
@@ -111,7 +112,10 @@ def backend_url(ctx: click.Context) -> str | None:
 
 
 def _error(message: str) -> None:
-    click.echo(f"lelect: {message}", err=True)
+    try:
+        click.echo(f"lelect: {message}", err=True)
+    except (OSError, ValueError):
+        pass  # stderr is closed or failing: the status says it
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         from lelect.cli.completion import register
 
         register()
+    from lelect.cli import streams
+
+    streams.guard()
     try:
         status = cli.main(args=argv, prog_name="lelect", standalone_mode=False)
     except click.UsageError as exc:
@@ -141,11 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         status = exc.exit_status
     except KeyboardInterrupt:
         status = 130
-    except BrokenPipeError:
-        # stdout went away (e.g. `lelect leader x | head -0`): not an error worth a trace.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        status = 0
+    except streams.OutputFailed as exc:
+        _error(f"cannot write to stdout: {exc.strerror}")
+        status = streams.EXIT_OUTPUT_FAILED
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes status 70
         _error(
             f"internal error: {type(exc).__name__}: {exc} — this is a bug in lelect;"
@@ -163,8 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     # campaign it would compete for the CPU with the next leader's start.
     try:
         sys.stdout.flush()
+    except streams.OutputFailed as exc:
+        _error(f"cannot write to stdout: {exc.strerror}")
+        code = code or streams.EXIT_OUTPUT_FAILED
     except (OSError, ValueError):
-        code = code or 1
+        code = code or streams.EXIT_OUTPUT_FAILED
     try:
         sys.stderr.flush()
     except (OSError, ValueError):

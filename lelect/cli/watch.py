@@ -190,6 +190,7 @@ def _live(watcher, hook) -> None:
 def _stream(watcher, hook, as_json: bool) -> None:
     """Not a terminal (or --json): print a group again only when it changed."""
     from lelect.cli import render
+    from lelect.cli.streams import reader_gone
 
     console = None if as_json else render.console()
     printed: dict[str, tuple] = {}
@@ -218,3 +219,5 @@ def _stream(watcher, hook, as_json: bool) -> None:
                 click.echo(render.dumps(render.group_json(group)))
         if console is not None and changed:
             console.print(render.groups_table(changed))
+        if reader_gone():  # `watch --json | head -1`: the reader has what it wanted
+            return
