@@ -53,6 +53,12 @@ def _no_log(event: str, message: str, **fields: Any) -> None:
     pass
 
 
+#: Signals that pause or continue a process instead of asking it to stop.
+UNSTOPPING_SIGNALS = frozenset(
+    {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT}
+)
+
+
 @dataclass(frozen=True)
 class CampaignOptions:
     election: str
@@ -65,6 +71,7 @@ class CampaignOptions:
     no_wait: bool = False
     conflict_exit_code: int = EXIT_CONFLICT
     timeout: float | None = None
+    timeout_exit_code: int = EXIT_TIMEOUT  # the CLI's -E sets both, like flock -E
     hold_at_least: float = 0.0
     restart: bool = False
     restart_delay: float = 1.0
@@ -85,6 +92,11 @@ class CampaignOptions:
             if limits is not None and isinstance(value, (int, float)) and value is not None:
                 limits.check(float(value), f"--{option.name.replace('_', '-')}",
                              format_duration(float(value)))
+        if self.stop_signal in UNSTOPPING_SIGNALS:
+            raise UsageError(
+                f"--stop-signal {signal.Signals(self.stop_signal).name[3:]} does not ask a job to"
+                " stop (it pauses or continues it): use TERM, INT, HUP, QUIT, USR1 or USR2"
+            )
         if self.once_per is not None and self.once_key is not None:
             raise UsageError("--once-per and --once-key name the slot two ways: use one")
         if self.restart and (self.once_per is not None or self.once_key is not None):
@@ -206,6 +218,7 @@ class _Driver:
             restart_delay=options.restart_delay,
             resign_cooldown=options.resign_cooldown,
             conflict_exit_code=options.conflict_exit_code,
+            timeout_exit_code=options.timeout_exit_code,
         ))
         self.events: queue.Queue = queue.Queue()
         self.blocking = False  # a signal interrupts the blocking call under way

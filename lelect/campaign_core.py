@@ -260,6 +260,7 @@ class Policy:
     restart_delay: float = 1.0
     resign_cooldown: float = 10.0
     conflict_exit_code: int = EXIT_CONFLICT
+    timeout_exit_code: int = EXIT_TIMEOUT
 
 
 IDLE, CAMPAIGNING, LEADING, HOLDING, PAUSED, DONE = (
@@ -327,7 +328,7 @@ class CampaignCore:
                               Log("busy", f"election {policy.election!r} is led by {event.holder}"))
         if isinstance(event, TimedOut):
             detail = event.detail or f"not elected leader of {policy.election!r} in time"
-            return self._exit(EXIT_TIMEOUT, Log("timeout", detail))
+            return self._exit(policy.timeout_exit_code, Log("timeout", detail))
         if isinstance(event, SignalReceived) and event.signum in WAIT_INTERRUPTS:
             return self._interrupted(event.signum, "while waiting")
         if isinstance(event, KeeperGone):

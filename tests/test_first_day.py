@@ -405,3 +405,36 @@ def test_a_reader_that_left_ends_the_command_with_its_own_status(backend):
                                   stderr=subprocess.PIPE, text=True, timeout=60)
             os.close(write)
             assert (proc.returncode, proc.stderr) == (status, ""), (args, proc)
+
+
+def test_leader_wait_that_runs_out_is_124_like_the_other_waits(backend):
+    out = run_lelect("leader", "nobody", "--wait", "300ms", backend=backend)
+    assert out.returncode == 124 and "no leader within 300ms" in out.stdout, out
+
+
+def test_conflict_exit_code_covers_the_timeout_like_flock(backend, tmp_path):
+    started = tmp_path / "started"
+    spawn_lelect("campaign", "fl", "--", "sh", "-c", f"touch {started}; exec sleep 30",
+                 backend=backend)
+    wait_until(started.exists, timeout=20, what="the leader's job")
+    assert run_lelect("campaign", "fl", "-w", "200ms", "--", "true",
+                      backend=backend).returncode == 124
+    for how in (("-w", "200ms"), ("-n",)):
+        out = run_lelect("campaign", "fl", "-E", "3", *how, "--", "true", backend=backend)
+        assert out.returncode == 3, (how, out.stderr)
+
+
+@pytest.mark.parametrize("sig", ["STOP", "TSTP", "CONT"])
+def test_a_stop_signal_that_cannot_stop_a_job_is_refused(backend, sig, tmp_path):
+    marker = tmp_path / "ran"
+    out = run_lelect("campaign", "ss", "--stop-signal", sig, "--", "touch", str(marker),
+                     backend=backend)
+    assert out.returncode == 2 and "does not ask a job to stop" in out.stderr
+    assert not marker.exists()
+
+
+def test_ttl_on_the_embedded_backend_is_named_as_ignored_once(backend):
+    out = run_lelect("campaign", "tt", "--ttl", "2s", "--grace", "5s", "--", "true",
+                     backend=backend)
+    assert out.returncode == 0
+    assert out.stderr.count("--ttl 2s is ignored") == 1, out.stderr

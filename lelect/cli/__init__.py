@@ -26,7 +26,7 @@ Exit statuses:
   75         --no-wait and someone else leads (--conflict-exit-code)
   78         configuration refused (unsafe directory, lease/grace, corrupt state)
   79         --max-runtime reached; the job was stopped
-  124        --timeout ran out before leadership
+  124        --timeout ran out before leadership (-E overrides, like flock -E)
   127        the command was not found or is not executable
   128+N      lelect was stopped by signal N (it ends by that signal itself)"""
 

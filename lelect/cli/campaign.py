@@ -19,8 +19,9 @@ from lelect.cli.params import DURATION, ELECTION, SIGNAL, CommandAfterName, Dura
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]...")
 @click.option("--id", "node_id", metavar="ID", help="Node id shown to people (default: hostname:pid).")
 @click.option("--no-wait", "-n", is_flag=True, help="If someone else leads, exit at once (status 75), like flock -n.")
-@click.option("--conflict-exit-code", "-E", type=click.IntRange(0, 255), default=75, show_default=True,
-              help="Exit status for --no-wait when someone else leads.")
+@click.option("--conflict-exit-code", "-E", type=click.IntRange(0, 255), metavar="N",
+              help="Exit status when someone else leads with --no-wait, and when --timeout runs"
+              " out, like flock -E [default: 75 and 124].")
 @click.option("--timeout", "-w", type=DURATION, metavar="DUR",
               help="Give up waiting for leadership after DUR (status 124); 0 tries once, like flock -w 0.")
 @click.option("--ttl", type=DURATION, metavar="DUR",
@@ -72,6 +73,7 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
         raise click.UsageError("missing the command to run: lelect campaign NAME [OPTIONS] -- CMD [ARGS]...")
     from lelect.campaign import CampaignOptions
     from lelect.cli.logs import StderrLog
+    from lelect.durations import format_duration
     from lelect.supervisor import adopt_orphans
 
     options = CampaignOptions(
@@ -83,7 +85,8 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
         ttl=ttl,
         max_runtime=max_runtime,
         no_wait=no_wait,
-        conflict_exit_code=conflict_exit_code,
+        conflict_exit_code=75 if conflict_exit_code is None else conflict_exit_code,
+        timeout_exit_code=124 if conflict_exit_code is None else conflict_exit_code,
         timeout=timeout,
         hold_at_least=hold_at_least,
         restart=restart,
@@ -99,5 +102,8 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
     with open_client(ctx) as client:
         election_handle = client.election(election, node_id)
         log.node_id = election_handle.candidate.node_id
+        if ttl is not None and not client.backend.lease_based:
+            log("warning", f"--ttl {format_duration(ttl)} is ignored: the embedded backend has"
+                " no lease (its flock is held for as long as the job runs)")
         adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
         return election_handle.run_options(options, log, systemd=True)
