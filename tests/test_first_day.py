@@ -438,3 +438,9 @@ def test_ttl_on_the_embedded_backend_is_named_as_ignored_once(backend):
                      backend=backend)
     assert out.returncode == 0
     assert out.stderr.count("--ttl 2s is ignored") == 1, out.stderr
+
+
+def test_help_names_the_default_directory_of_whoever_runs_it():
+    text = " ".join(run_lelect("--help").stdout.split())
+    expected = "/var/lib/lelect" if os.geteuid() == 0 else "~/.local/state/lelect"
+    assert f"$LELECT_HOME or {expected}" in text

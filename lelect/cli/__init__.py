@@ -71,7 +71,7 @@ class LazyGroup(click.Group):
     metavar="URL",
     envvar="LELECT_BACKEND",
     help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
-    " ~/.local/state/lelect), redis://[user:pw@]host:6379/0, rediss://…,"
+    f" {'/var/lib/lelect' if os.geteuid() == 0 else '~/.local/state/lelect'}), redis://[user:pw@]host:6379/0, rediss://…,"
     " zookeeper://h1:2181,h2:2181/lelect, etcd://h1:2379,h2:2379/lelect,"
     " postgresql://user:pw@db:5432/app. Env: LELECT_BACKEND.",
 )
