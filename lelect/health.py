@@ -89,6 +89,7 @@ class HeartbeatPublisher:
         self.seq = 0
         self.published = False
         self.last_error: str | None = None
+        self.last_exception: Exception | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -161,9 +162,9 @@ class HeartbeatPublisher:
         while not self._stop.is_set():
             try:
                 self.publish_once()
-                self.last_error = None
+                self.last_error = self.last_exception = None
             except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the campaign
-                self.last_error = str(exc)
+                self.last_error, self.last_exception = str(exc), exc
             self._wake.wait(self.interval)
             self._wake.clear()
 

@@ -444,3 +444,12 @@ def test_help_names_the_default_directory_of_whoever_runs_it():
     text = " ".join(run_lelect("--help").stdout.split())
     expected = "/var/lib/lelect" if os.geteuid() == 0 else "~/.local/state/lelect"
     assert f"$LELECT_HOME or {expected}" in text
+
+
+def test_health_takes_several_elections_like_watch(backend):
+    for name in ("one", "two", "three"):
+        assert run_lelect("campaign", name, "--", "true", backend=backend).returncode == 0
+    out = run_lelect("health", "one", "two", "--json", backend=backend)
+    assert [json.loads(line)["election"] for line in out.stdout.splitlines()] == ["one", "two"]
+    typo = run_lelect("health", "one", "tow", backend=backend)
+    assert typo.returncode == 2 and "unknown election 'tow'" in typo.stderr

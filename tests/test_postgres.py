@@ -314,6 +314,9 @@ def test_the_documented_grants_suffice(postgres_cluster, postgres_database, tmp_
             assert "lelect: error" not in out.stderr, (command, out.stderr)
         refused = run_lelect("campaign", "other", "--timeout", "0", "--", "true", backend=reader)
         assert refused.returncode == 78 and "privilege" in refused.stderr
+        # Was: "heartbeat not published" every interval, for ever.
+        observer = run_lelect("health", "--publish", "held", backend=reader, timeout=30)
+        assert observer.returncode == 78 and "privilege" in observer.stderr, observer.stderr
         assert run_lelect("resign", "held", backend=reader).returncode == 78
         postgres_cluster.sql(resign_grant, db)
         assert run_lelect("resign", "held", backend=reader).returncode == 0
