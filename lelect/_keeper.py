@@ -129,7 +129,14 @@ class Launcher:
                 env[b"LELECT_SLOT"] = slot
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if "/" in program:
-                os.execve(program, argv, env)
+                try:
+                    os.execve(program, argv, env)
+                except OSError as exc:
+                    if exc.errno != errno.ENOEXEC:
+                        raise
+                    # No #! line: run it through /bin/sh, as execvp(3) and flock(1) do.
+                    os.execve("/bin/sh", [b"/bin/sh", os.fsencode(program),
+                                          *map(os.fsencode, argv[1:])], env)
             else:
                 os.execvpe(program, argv, env)
         except OSError as exc:

@@ -172,13 +172,37 @@ def check_command(command: Sequence[str]) -> str:
     if "/" in program:
         if not os.path.exists(program):
             raise CommandNotFound(f"{program}: no such file")
-        if os.path.isdir(program) or not os.access(program, os.X_OK):
+        if os.path.isdir(program):
+            raise CommandNotFound(f"{program}: is a directory")
+        if not os.access(program, os.X_OK):
             raise CommandNotFound(f"{program}: not executable")
+        _check_interpreter(program)
         return program
     found = shutil.which(program)
     if found is None:
         raise CommandNotFound(f"{program}: command not found in PATH")
+    _check_interpreter(found)
     return found
+
+
+def _check_interpreter(path: str) -> None:
+    """A script whose #! line names a missing interpreter fails with "No such file or
+    directory" for a file that exists: name the interpreter instead (as bash does)."""
+    try:
+        with open(path, "rb") as script:
+            first = script.read(256).split(b"\n", 1)[0]
+    except OSError:
+        return  # unreadable but executable: the exec will say
+    if not first.startswith(b"#!"):
+        return
+    words = first[2:].split()
+    if not words:
+        return
+    interpreter = os.fsdecode(words[0])
+    if not os.path.exists(interpreter):
+        raise CommandNotFound(f"{path}: bad interpreter {interpreter} (its #! line): no such file")
+    if os.path.isdir(interpreter) or not os.access(interpreter, os.X_OK):
+        raise CommandNotFound(f"{path}: bad interpreter {interpreter} (its #! line): not executable")
 
 
 def slot_name(now: float, once_per: float) -> str:

@@ -453,3 +453,24 @@ def test_health_takes_several_elections_like_watch(backend):
     assert [json.loads(line)["election"] for line in out.stdout.splitlines()] == ["one", "two"]
     typo = run_lelect("health", "one", "tow", backend=backend)
     assert typo.returncode == 2 and "unknown election 'tow'" in typo.stderr
+
+
+def test_a_script_without_a_shebang_runs_through_sh_like_execvp(backend, tmp_path):
+    script = tmp_path / "plain"
+    script.write_text('echo "ran with $1"\n')
+    script.chmod(0o755)
+    out = run_lelect("campaign", "sb", "--", str(script), "arg", backend=backend)
+    assert (out.returncode, out.stdout) == (0, "ran with arg\n"), out.stderr
+
+
+def test_commands_that_cannot_run_say_why_before_campaigning(backend, tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_text("#!/nonexistent/python9 -u\nprint(1)\n")
+    bad.chmod(0o755)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for command, reason in ((bad, "bad interpreter /nonexistent/python9"),
+                            (folder, "is a directory")):
+        out = run_lelect("campaign", "why", "--", str(command), backend=backend)
+        assert out.returncode == 127 and reason in out.stderr, out.stderr
+        assert "elected" not in out.stderr
