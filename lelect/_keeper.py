@@ -51,6 +51,17 @@ def shell_status(status):
     return os.WEXITSTATUS(status)
 
 
+def looks_like_text(path):
+    """A file to hand to /bin/sh: not a binary (bash's test: no NUL in its first line,
+    and not an ELF header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(128)
+    except OSError:
+        return False
+    return not head.startswith(b"\x7fELF") and b"\0" not in head.split(b"\n", 1)[0]
+
+
 def set_subreaper():
     """Become the child subreaper of our descendants; True if that worked."""
     global LIBC
@@ -132,7 +143,7 @@ class Launcher:
                 try:
                     os.execve(program, argv, env)
                 except OSError as exc:
-                    if exc.errno != errno.ENOEXEC:
+                    if exc.errno != errno.ENOEXEC or not looks_like_text(program):
                         raise
                     # No #! line: run it through /bin/sh, as execvp(3) and flock(1) do.
                     os.execve("/bin/sh", [b"/bin/sh", os.fsencode(program),
