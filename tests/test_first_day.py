@@ -474,3 +474,12 @@ def test_commands_that_cannot_run_say_why_before_campaigning(backend, tmp_path):
         out = run_lelect("campaign", "why", "--", str(command), backend=backend)
         assert out.returncode == 127 and reason in out.stderr, out.stderr
         assert "elected" not in out.stderr
+
+
+def test_json_logs_carry_errors_as_json_too(backend, tmp_path):
+    for args, status in ((("--", str(tmp_path / "missing")), 127),
+                         (("--stop-signal", "STOP", "--", "true"), 2)):
+        out = run_lelect("campaign", "je", "--log-format", "json", *args, backend=backend)
+        assert out.returncode == status
+        (record,) = [json.loads(line) for line in out.stderr.splitlines()]
+        assert record["event"] == "error" and record["election"] == "je", record

@@ -112,8 +112,13 @@ def backend_url(ctx: click.Context) -> str | None:
 
 
 def _error(message: str) -> None:
+    line = f"lelect: {message}"
+    log = sys.modules.get("lelect.cli.logs")
+    if log is not None and log.ACTIVE is not None and log.ACTIVE.fmt == "json":
+        # --log-format json: the error is a JSON line like the rest of the log.
+        line = log.ACTIVE.format("error", message.removeprefix("error: "))
     try:
-        click.echo(f"lelect: {message}", err=True)
+        click.echo(line, err=True)
     except (OSError, ValueError):
         pass  # stderr is closed or failing: the status says it
 

@@ -69,10 +69,12 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
       lelect campaign nightly -- ./report.sh
       lelect campaign nightly -q --once-per 1d -- ./report.sh      # cron, every host
     """
+    from lelect.cli.logs import StderrLog
+
+    log = StderrLog(log_format, election, quiet)  # errors from here on are in its format
     if not command:
         raise click.UsageError("missing the command to run: lelect campaign NAME [OPTIONS] -- CMD [ARGS]...")
     from lelect.campaign import CampaignOptions
-    from lelect.cli.logs import StderrLog
     from lelect.durations import format_duration
     from lelect.supervisor import adopt_orphans
 
@@ -98,7 +100,6 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
         once_key=once_key,
     )
     options.check()  # out-of-range options are refused before anything connects
-    log = StderrLog(log_format, election, quiet)
     with open_client(ctx) as client:
         election_handle = client.election(election, node_id)
         log.node_id = election_handle.candidate.node_id
