@@ -483,3 +483,21 @@ def test_json_logs_carry_errors_as_json_too(backend, tmp_path):
         assert out.returncode == status
         (record,) = [json.loads(line) for line in out.stderr.splitlines()]
         assert record["event"] == "error" and record["election"] == "je", record
+
+
+def test_a_second_stop_signal_says_how_long_and_a_third_kills(backend, tmp_path):
+    started = tmp_path / "started"
+    proc = spawn_lelect("campaign", "stubborn", "--grace", "30s", "--", "sh", "-c",
+                        f"trap '' TERM; touch {started}; while :; do sleep 0.05; done",
+                        backend=backend)
+    wait_until(started.exists, timeout=20, what="the job")
+    tail = OutputTail(proc.stderr)
+    proc.send_signal(signal.SIGTERM)
+    tail.wait_for("SIGTERM: stopping the job")
+    proc.send_signal(signal.SIGTERM)
+    tail.wait_for("SIGTERM: waiting up to")
+    assert "(SIGTERM again to kill it now)" in tail.text
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == -signal.SIGTERM
+    assert time.monotonic() - began < 10  # not the 30 s grace
