@@ -519,6 +519,10 @@ def test_unreachable_server_is_69_within_the_bound(network_target, silent_listen
     refused = run_lelect("leader", "x", backend=target.url_for(30.0, "127.0.0.1", refused_port))
     assert refused.returncode == 69 and "refused" in refused.stderr, refused.stderr
     assert time.monotonic() - started < 5.0, "a refused connection must fail at once"
+    # The bound named is the campaign's (was "within 5s" on ZooKeeper).
+    refused = run_lelect("campaign", "x", "-w", "500ms", "--", "true",
+                         backend=target.url_for(5.0, "127.0.0.1", refused_port))
+    assert refused.returncode == 69 and "within 500ms" in refused.stderr, refused.stderr
 
 
 def test_out_of_range_durations_are_usage_errors_before_anything_runs(target, tmp_path):
