@@ -66,9 +66,8 @@ def stored_history(client, election: str) -> list[tuple[int, dict]]:
 # -- URLs -------------------------------------------------------------------------------
 
 
-def test_url_forms_and_options(tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not read until connecting")
+def test_url_forms_and_options(redis_test_certs):
+    ca = redis_test_certs["ca"]  # read when the URL is parsed (a garbage one is status 2)
     backend = connect("redis://:s3cret@cache:6380/3?prefix=jobs&ttl=4s&connect_timeout=500ms"
                       "&history=50")
     options = backend.options

@@ -258,3 +258,25 @@ def test_once_key_runs_a_slot_once_across_candidates_and_a_failed_run_leaves_it_
     done = {e["slot"]: e["term"] for e in entries if e["slot"]}
     assert done == {"day-1": int(lines[0][2]), "day-2": int(lines[2][2])}
     assert [e["term"] for e in entries] == sorted({e["term"] for e in entries})
+
+
+def test_tls_mistakes_get_a_hint(redis_server_factory, redis_test_certs, tmp_path):
+    """Each used to be a raw error (or, for a garbage CA file, 69 where etcd says 2)."""
+    certs = redis_test_certs
+    server = redis_server_factory(tls=certs, extra=("--tls-auth-clients", "yes"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [
+        # plain redis:// on the TLS port
+        (f"redis://127.0.0.1:{server.tls_port}/0?connect_timeout=2s", 69, "rediss://"),
+        # the server requires a client certificate
+        (server.tls_url, 69, "client certificate"),
+        # a certificate without its key
+        (f"{server.tls_url}&ssl_certfile={certs['client_cert']}", 2, "ssl_keyfile"),
+        # a CA file that is no CA
+        (f"rediss://127.0.0.1:{server.tls_port}/0?ssl_ca_certs={garbage}", 2, "ssl_ca_certs"),
+    ]
+    for url, status, hint in cases:
+        out = run_lelect("leader", "x", backend=url)
+        assert out.returncode == status and hint in out.stderr, (url, out.stderr)
+        assert out.stderr.count("\n") == 1, out.stderr
