@@ -501,3 +501,14 @@ def test_a_second_stop_signal_says_how_long_and_a_third_kills(backend, tmp_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == -signal.SIGTERM
     assert time.monotonic() - began < 10  # not the 30 s grace
+
+
+def test_a_leader_without_heartbeats_is_not_shown_as_no_candidates(backend, tmp_path):
+    started = tmp_path / "started"
+    spawn_lelect("campaign", "quiet", "--heartbeat-interval", "0", "--", "sh", "-c",
+                 f"touch {started}; exec sleep 30", backend=backend)
+    wait_until(started.exists, timeout=20, what="the job")
+    for command in (("watch", "quiet", "--once"), ("health", "quiet")):
+        out = run_lelect(*command, backend=backend)
+        assert "no candidates" not in out.stdout, out.stdout
+        assert "the leader publishes none" in out.stdout, out.stdout

@@ -160,7 +160,10 @@ def group_table(group: GroupHealth, *, phi: bool = False) -> RenderableType:
     from rich.text import Text
 
     parts: list[RenderableType] = [group_title(group)]
-    if not group.members:
+    if not group.members and group.leader is not None:
+        parts.append(Text("  no heartbeats: the leader publishes none (--heartbeat-interval 0?)"
+                          " and no other candidate is known", style="dim"))
+    elif not group.members:
         parts.append(Text(f"  {NO_CANDIDATES}", style="dim"))
     else:
         table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold dim")
