@@ -481,8 +481,23 @@ class _Driver:
     def _wait_for_keeper(self, lock, keeper: Keeper) -> Leadership | core.Event:
         """The embedded backend: the keeper takes the flock (and gives up at the
         deadline by itself: only it knows whether the job started)."""
+        deferred: list[core.Event] = []
+        try:
+            return self._keeper_verdict(lock, keeper, deferred)
+        finally:
+            for event in deferred:  # signals to pass on once the job runs
+                keeper.events.put(event)
+
+    def _keeper_verdict(self, lock, keeper: Keeper, deferred: list) -> Leadership | core.Event:
         while True:
             message = keeper.events.get()
+            if isinstance(message, core.SignalReceived):
+                if message.signum in core.WAIT_INTERRUPTS:
+                    # It came as the keeper was being started, before this wait could be
+                    # interrupted (the keeper may have won and started the job already).
+                    raise Interrupted(message.signum)
+                deferred.append(message)
+                continue
             if isinstance(message, proto.Locked):
                 return self.backend.adopt_local_lock(lock, message.term, message.since,
                                                      release_lock=keeper.release)
@@ -506,7 +521,7 @@ class _Driver:
                 # Killed from outside; it may have won and started the job already, which
                 # the kernel then killed with it (and lelect's subreaper, its children).
                 return core.KeeperGone(time.monotonic())
-            # Anything else (a forwarded signal) waits: news of the job comes after "locked".
+            # Anything else waits: news of the job comes after "locked".
 
     def _holder_text(self) -> str:
         holder = self.backend.leader(self.options.election)

@@ -512,3 +512,15 @@ def test_a_leader_without_heartbeats_is_not_shown_as_no_candidates(backend, tmp_
         out = run_lelect(*command, backend=backend)
         assert "no candidates" not in out.stdout, out.stdout
         assert "the leader publishes none" in out.stdout, out.stdout
+
+
+def test_sigterm_as_the_job_starts_always_ends_lelect(backend, tmp_path):
+    """A SIGTERM that came while the keeper was being started was dropped: lelect
+    waited for ever, its job running (1 run in ~20)."""
+    for run in range(15):
+        started = tmp_path / f"started-{run}"
+        proc = spawn_lelect("campaign", f"early-{run}", "--", "sh", "-c",
+                            f"touch {started}; exec sleep 30", backend=backend)
+        wait_until(started.exists, timeout=20, what="the job")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == -signal.SIGTERM
