@@ -73,7 +73,7 @@ def test_exporter_follows_a_failover(backend, processes, tmp_path):
 
 
 def test_an_election_without_leader_or_members_stays_listed(backend, processes):
-    """The README's `lelect_has_leader == 0` alert: an election whose leader exited (or
+    """docs/operations.md's `lelect_has_leader == 0` alert: an election whose leader exited (or
     was killed) stays in /metrics and in `health` with no name (was: dropped at once)."""
     port = free_port()
     exporter = spawn_lelect("exporter", "--listen", f"127.0.0.1:{port}", "--interval", "200ms",

@@ -34,7 +34,7 @@ from tests.plugins.postgres_server import PASSWORD, PostgresCluster, fresh_name
 
 TTL = 2.0
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+BACKENDS_DOC = ROOT / "docs" / "backends.md"
 
 
 def candidate(node_id: str) -> Candidate:
@@ -267,10 +267,11 @@ LELECT = [sys.executable, "-m", "lelect"]
 
 
 def documented_grants() -> list[str]:
-    """The ```sql blocks of the README's PostgreSQL section, in order."""
-    text = README.read_text()
-    section = text[text.index("### PostgreSQL"):]
-    section = section[:section.index("\n## ")]
+    """The ```sql blocks of the PostgreSQL section of docs/backends.md, in order."""
+    text = BACKENDS_DOC.read_text()
+    section = text[text.index("\n## PostgreSQL"):]
+    following = section.find("\n## ", 1)
+    section = section if following < 0 else section[:following]
     return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
 
 

@@ -641,7 +641,7 @@ def test_unix_socket_url(redis_server):
         assert connect(redis_server.url).leader("e").term == leadership.term
 
 
-#: The ACL the README documents for lelect's Redis user.
+#: The ACL docs/backends.md documents for lelect's Redis user.
 DOCUMENTED_ACL = ("resetkeys", "resetchannels", "~lelect:*", "&lelect:*", "-@all", "+@read",
                   "+@write", "+@scripting", "+@pubsub", "+@connection", "+scan", "+time")
 
