@@ -51,6 +51,17 @@ def shell_status(status):
     return os.WEXITSTATUS(status)
 
 
+def looks_like_text(path):
+    """A file to hand to /bin/sh: not a binary (bash's test: no NUL in its first line,
+    and not an ELF header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(128)
+    except OSError:
+        return False
+    return not head.startswith(b"\x7fELF") and b"\0" not in head.split(b"\n", 1)[0]
+
+
 def set_subreaper():
     """Become the child subreaper of our descendants; True if that worked."""
     global LIBC
@@ -129,7 +140,14 @@ class Launcher:
                 env[b"LELECT_SLOT"] = slot
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if "/" in program:
-                os.execve(program, argv, env)
+                try:
+                    os.execve(program, argv, env)
+                except OSError as exc:
+                    if exc.errno != errno.ENOEXEC or not looks_like_text(program):
+                        raise
+                    # No #! line: run it through /bin/sh, as execvp(3) and flock(1) do.
+                    os.execve("/bin/sh", [b"/bin/sh", os.fsencode(program),
+                                          *map(os.fsencode, argv[1:])], env)
             else:
                 os.execvpe(program, argv, env)
         except OSError as exc:
@@ -493,9 +511,12 @@ class Keeper:
                 os.killpg(self.job_pid, sig)
             except OSError:
                 pass
-        # Descendants that left the group (setsid) were re-parented to us.
+        # Descendants that left the group (setsid) were re-parented to us; those still in
+        # the group (the job itself above all) had their one signal already.
         for pid in child_pids():
             try:
+                if self.job_pid is not None and os.getpgid(pid) == self.job_pid:
+                    continue
                 os.kill(pid, sig)
             except OSError:
                 pass

@@ -38,6 +38,7 @@ from lelect.errors import (
 from lelect.lease import LeaseTiming
 from lelect.names import validate_election
 from lelect.options import DEFAULT_GRACE, default  # noqa: F401 - DEFAULT_GRACE for library users
+from lelect.status import ExitStatus
 from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
 
@@ -50,6 +51,12 @@ Log = Callable[..., None]
 
 def _no_log(event: str, message: str, **fields: Any) -> None:
     pass
+
+
+#: Signals that pause or continue a process instead of asking it to stop.
+UNSTOPPING_SIGNALS = frozenset(
+    {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT}
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,9 @@ class CampaignOptions:
     ttl: float | None = default("ttl")  # None: the backend's
     max_runtime: float | None = default("max_runtime")
     no_wait: bool = default("no_wait")
-    conflict_exit_code: int = default("conflict_exit_code")
+    conflict_exit_code: int = ExitStatus.CONFLICT
     timeout: float | None = default("timeout")
+    timeout_exit_code: int = ExitStatus.TIMEOUT  # the CLI's -E sets both, like flock -E
     hold_at_least: float = default("hold_at_least")
     restart: bool = default("restart")
     restart_delay: float = default("restart_delay")
@@ -84,6 +92,7 @@ class CampaignOptions:
             max_runtime=self.max_runtime, hold_at_least=self.hold_at_least,
             restart=self.restart, restart_delay=self.restart_delay,
             resign_cooldown=self.resign_cooldown, conflict_exit_code=self.conflict_exit_code,
+            timeout_exit_code=self.timeout_exit_code,
         )
 
     def check(self) -> None:
@@ -96,6 +105,11 @@ class CampaignOptions:
             if limits is not None and isinstance(value, (int, float)) and value is not None:
                 limits.check(float(value), f"--{option.name.replace('_', '-')}",
                              format_duration(float(value)))
+        if self.stop_signal in UNSTOPPING_SIGNALS:
+            raise UsageError(
+                f"--stop-signal {signal.Signals(self.stop_signal).name[3:]} does not ask a job to"
+                " stop (it pauses or continues it): use TERM, INT, HUP, QUIT, USR1 or USR2"
+            )
         if self.once_per is not None and self.once_key is not None:
             raise UsageError("--once-per and --once-key name the slot two ways: use one")
         if self.restart and (self.once_per is not None or self.once_key is not None):
@@ -148,13 +162,37 @@ def check_command(command: Sequence[str]) -> str:
     if "/" in program:
         if not os.path.exists(program):
             raise CommandNotFound(f"{program}: no such file")
-        if os.path.isdir(program) or not os.access(program, os.X_OK):
+        if os.path.isdir(program):
+            raise CommandNotFound(f"{program}: is a directory")
+        if not os.access(program, os.X_OK):
             raise CommandNotFound(f"{program}: not executable")
+        _check_interpreter(program)
         return program
     found = shutil.which(program)
     if found is None:
         raise CommandNotFound(f"{program}: command not found in PATH")
+    _check_interpreter(found)
     return found
+
+
+def _check_interpreter(path: str) -> None:
+    """A script whose #! line names a missing interpreter fails with "No such file or
+    directory" for a file that exists: name the interpreter instead (as bash does)."""
+    try:
+        with open(path, "rb") as script:
+            first = script.read(256).split(b"\n", 1)[0]
+    except OSError:
+        return  # unreadable but executable: the exec will say
+    if not first.startswith(b"#!"):
+        return
+    words = first[2:].split()
+    if not words:
+        return
+    interpreter = os.fsdecode(words[0])
+    if not os.path.exists(interpreter):
+        raise CommandNotFound(f"{path}: bad interpreter {interpreter} (its #! line): no such file")
+    if os.path.isdir(interpreter) or not os.access(interpreter, os.X_OK):
+        raise CommandNotFound(f"{path}: bad interpreter {interpreter} (its #! line): not executable")
 
 
 def slot_name(now: float, once_per: float) -> str:
@@ -463,10 +501,26 @@ class _Driver:
     def _wait_for_keeper(self, lock, keeper: KeeperHandle) -> Leadership | core.Event:
         """The embedded backend: the keeper takes the flock (and gives up at the
         deadline by itself: only it knows whether the job started)."""
+        deferred: list[core.Event] = []
+        try:
+            return self._keeper_verdict(lock, keeper, deferred)
+        finally:
+            for event in deferred:  # signals to pass on once the job runs
+                keeper.events.put(event)
+
+    def _keeper_verdict(self, lock, keeper: KeeperHandle, deferred: list) -> Leadership | core.Event:
         while True:
             message = keeper.events.get()
             if isinstance(message, _Cancelled):
                 return self._cancelled(keeper)
+            if isinstance(message, core.SignalReceived):
+                if message.signum in core.WAIT_INTERRUPTS:
+                    # It came as the keeper was being started, before this wait could be
+                    # cancelled (the keeper may have won and started the job already).
+                    self.cancelled_by = message.signum
+                    return self._cancelled(keeper)
+                deferred.append(message)
+                continue
             if isinstance(message, proto.Locked):
                 return self.backend.adopt_local_lock(lock, message.term, message.since,
                                                      release_lock=keeper.release)
@@ -490,7 +544,7 @@ class _Driver:
                 # Killed from outside; it may have won and started the job already, which
                 # the kernel then killed with it (and lelect's subreaper, its children).
                 return core.KeeperGone(time.monotonic())
-            # Anything else (a forwarded signal) waits: news of the job comes after "locked".
+            # Anything else waits: news of the job comes after "locked".
 
     def _keeper_respawned(self) -> None:
         self.log("keeper-respawned", "the keeper of this waiting candidate died; a new one"

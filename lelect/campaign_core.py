@@ -260,7 +260,8 @@ class Policy:
     restart: bool = default("restart")
     restart_delay: float = default("restart_delay")
     resign_cooldown: float = default("resign_cooldown")
-    conflict_exit_code: int = default("conflict_exit_code")
+    conflict_exit_code: int = ExitStatus.CONFLICT
+    timeout_exit_code: int = ExitStatus.TIMEOUT
 
 
 IDLE, CAMPAIGNING, LEADING, HOLDING, PAUSED, DONE = (
@@ -300,6 +301,8 @@ class CampaignCore:
         self.job_status: int | None = None
         self.outcome: str | None = None  # why the job is being stopped: lost, resign, ...
         self.stop_signal: int | None = None  # the signal that stopped the job
+        self.stopped_at: float | None = None  # when it came
+        self.stop_repeats = 0  # stop signals since: the second says so, the third kills
         self.exit_signal: int | None = None  # lelect was told to stop by this signal
         self.stop_deadline: float | None = None  # max-runtime
         self.hold_until: float | None = None
@@ -330,7 +333,7 @@ class CampaignCore:
                               Log("busy", f"election {policy.election!r} is led by {event.holder}"))
         if isinstance(event, TimedOut):
             detail = event.detail or f"not elected leader of {policy.election!r} in time"
-            return self._exit(ExitStatus.TIMEOUT, Log("timeout", detail))
+            return self._exit(policy.timeout_exit_code, Log("timeout", detail))
         if isinstance(event, SignalReceived) and event.signum in WAIT_INTERRUPTS:
             return self._interrupted(event.signum, "while waiting")
         if isinstance(event, KeeperGone):
@@ -395,6 +398,21 @@ class CampaignCore:
 
     # -- leading ------------------------------------------------------------------------------
 
+    def _stop_again(self, event: SignalReceived) -> list[Command]:
+        """Another stop signal while the job is given its grace: the first repeat says how
+        long lelect still waits, the next kills the job now (as an impatient operator or
+        a supervisor's second try means)."""
+        name = _signal_name(event.signum)
+        if not self.job_running:
+            return []
+        self.stop_repeats += 1
+        if self.stop_repeats == 1:
+            left = max(0.0, self.policy.grace - (event.now - (self.stopped_at or event.now)))
+            return [Log("stopping", f"{name}: waiting up to {round(left, 1):g}s for the job"
+                        f" ({name} again to kill it now)")]
+        return [Log("stopping", f"{name} again: killing the job now"),
+                StopJob(int(_signal.SIGKILL), 0.0, "stop")]
+
     def _leading(self, event: Event) -> list[Command]:
         policy = self.policy
         if isinstance(event, JobStarted):
@@ -417,8 +435,9 @@ class CampaignCore:
         if isinstance(event, SignalReceived):
             if event.signum in STOPPING:
                 if self.stop_signal is not None:
-                    return []
+                    return self._stop_again(event)
                 self.stop_signal = self.exit_signal = event.signum
+                self.stopped_at = event.now
                 if self.outcome is None:
                     self.outcome = "stop"
                 return [Log("stopping", f"{_signal_name(event.signum)}: stopping the job"),

@@ -33,8 +33,9 @@ CAMPAIGN: tuple[Option, ...] = (
            "ID"),
     Option("no_wait", False, ("--no-wait", "-n"), "flag",
            "If someone else leads, exit at once (status 75), like flock -n."),
-    Option("conflict_exit_code", 75, ("--conflict-exit-code", "-E"), "exit-code",
-           "Exit status for --no-wait when someone else leads.", shown="75"),
+    Option("conflict_exit_code", None, ("--conflict-exit-code", "-E"), "exit-code",
+           "Exit status when someone else leads with --no-wait, and when --timeout runs out,"
+           " like flock -E [default: 75 and 124].", "N"),
     Option("timeout", None, ("--timeout", "-w"), "duration",
            "Give up waiting for leadership after DUR (status 124); 0 tries once, like flock -w 0.",
            "DUR"),

@@ -15,6 +15,8 @@ class ExitStatus(IntEnum):
     UNAVAILABLE = 69
     INTERNAL = 70
     LOST = 73
+    #: stdout could not be written (closed, disk full; not a reader that left): EX_IOERR.
+    OUTPUT_FAILED = 74
     CONFLICT = 75
     CONFIG = 78
     MAX_RUNTIME = 79
@@ -38,11 +40,13 @@ EXIT_TABLE: tuple[tuple[str, str], ...] = (
     (str(int(ExitStatus.UNAVAILABLE)), "backend unreachable or failing"),
     (str(int(ExitStatus.INTERNAL)), "internal error (a bug in lelect)"),
     (str(int(ExitStatus.LOST)), "leadership lost while the job ran; the job was stopped"),
+    (str(int(ExitStatus.OUTPUT_FAILED)),
+     "could not write to stdout (closed, disk full; not a reader that left)"),
     (str(int(ExitStatus.CONFLICT)), "--no-wait and someone else leads (--conflict-exit-code)"),
     (str(int(ExitStatus.CONFIG)),
      "configuration refused (unsafe directory, lease/grace, corrupt state)"),
     (str(int(ExitStatus.MAX_RUNTIME)), "--max-runtime reached; the job was stopped"),
-    (str(int(ExitStatus.TIMEOUT)), "--timeout ran out before leadership"),
+    (str(int(ExitStatus.TIMEOUT)), "--timeout ran out before leadership (-E overrides, like flock -E)"),
     (str(int(ExitStatus.NOT_FOUND)), "the command was not found or is not executable"),
     ("128+N", "lelect was stopped by signal N (it ends by that signal itself)"),
 )

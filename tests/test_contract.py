@@ -14,7 +14,7 @@ import time
 import pytest
 
 from lelect.backends import connect
-from lelect.backends.base import Candidate, Heartbeat
+from lelect.backends.base import Candidate, Heartbeat, ResignAnswer
 from lelect.errors import CampaignTimeout, ElectionBusy
 from tests.helpers import wait_until
 
@@ -105,11 +105,13 @@ def test_leader_names_node_term_host_and_pid(backend):
 
 def test_resign_request_reaches_only_the_named_term(backend):
     with backend.campaign("quit", candidate("a"), timeout=10) as held:
-        assert backend.request_resign("quit", held.term - 1) is False
+        stale = backend.request_resign("quit", held.term - 1)
+        assert not stale and stale is not ResignAnswer.CANNOT_ASK
         assert not held.resign_requested.is_set()
-        assert backend.request_resign("quit", held.term) is True
+        assert backend.request_resign("quit", held.term)
         wait_until(held.resign_requested.is_set, what="the resign request to arrive")
-    assert backend.request_resign("quit") is False  # nobody leads
+    nobody = backend.request_resign("quit")
+    assert not nobody and nobody is not ResignAnswer.CANNOT_ASK
 
 
 def test_observe_yields_the_leader_then_every_change(backend):
@@ -150,11 +152,14 @@ def test_heartbeats_keep_backend_stamped_arrivals(backend):
     assert backend.members("beats").records == ()
 
 
-def test_elections_lists_led_and_membered_elections(backend):
+def test_elections_lists_led_membered_and_past_elections(backend):
     backend.publish(heartbeat("with-members", "a", 1), ttl=60)
+    with backend.campaign("with-history", candidate("a"), timeout=10):
+        pass
     with backend.campaign("with-leader", candidate("a"), timeout=10):
         names = backend.elections()
-    assert {"with-members", "with-leader"} <= set(names)
+    # An election that had a leader stays listed (for the exporter's has_leader == 0).
+    assert {"with-members", "with-leader", "with-history"} <= set(names)
 
 
 def test_now_is_the_backends_clock(backend):
@@ -464,6 +469,21 @@ def test_leader_wait_blocks_until_somebody_leads(target, tmp_path):
     proc.communicate(timeout=30)
 
 
+def test_leader_wait_json_shows_what_leader_json_shows(target, tmp_path):
+    """Was: on etcd, `leader --wait --json` caught the leader before its record and
+    showed since, host and pid as null."""
+    waiter = spawn_lelect("leader", "later", "--wait", "60s", "--json", backend=target.url)
+    time.sleep(1.0)  # a window: the waiter is watching before anybody leads
+    proc, release = leading(target, "later", tmp_path, "node-b")
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, err
+    waited = json.loads(out)["leader"]
+    assert waited == leader_json(target.url, "later")
+    assert None not in (waited["since"], waited["host"], waited["pid"]), waited
+    release.touch()
+    proc.communicate(timeout=30)
+
+
 def test_restart_rejoins_with_a_new_term_each_time(target, tmp_path):
     record = tmp_path / "record"
     proc = spawn_lelect("campaign", "again", "--restart", "--restart-delay", "100ms", "--",
@@ -502,6 +522,10 @@ def test_unreachable_server_is_69_within_the_bound(network_target, silent_listen
     refused = run_lelect("leader", "x", backend=target.url_for(30.0, "127.0.0.1", refused_port))
     assert refused.returncode == 69 and "refused" in refused.stderr, refused.stderr
     assert time.monotonic() - started < 5.0, "a refused connection must fail at once"
+    # The bound named is the campaign's (was "within 5s" on ZooKeeper).
+    refused = run_lelect("campaign", "x", "-w", "500ms", "--", "true",
+                         backend=target.url_for(5.0, "127.0.0.1", refused_port))
+    assert refused.returncode == 69 and "within 500ms" in refused.stderr, refused.stderr
 
 
 def test_out_of_range_durations_are_usage_errors_before_anything_runs(target, tmp_path):

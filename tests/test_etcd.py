@@ -67,6 +67,10 @@ def test_etcdctl_elect_leads_lelect_sees_it_and_no_wait_is_75(etcd_server, etcd_
     busy = run_lelect("campaign", "shared", "--no-wait", "--", "true", backend=url)
     assert busy.returncode == 75, busy.stderr
     assert "etcdctl-x" in busy.stderr
+    # etcdctl elect reads no resign request: say so, exit 1 (was: "asked", 0).
+    refused = run_lelect("resign", "shared", backend=url)
+    assert refused.returncode == 1 and "cannot be asked" in refused.stderr, refused
+    assert refused.stdout == ""
 
 
 def test_lelect_leads_etcdctl_sees_it_and_etcdctl_lock_waits(etcd_server, etcd_prefix, tmp_path,

@@ -34,7 +34,7 @@ from tests.plugins.postgres_server import PASSWORD, PostgresCluster, fresh_name
 
 TTL = 2.0
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+BACKENDS_DOC = ROOT / "docs" / "backends.md"
 
 
 def candidate(node_id: str) -> Candidate:
@@ -248,10 +248,11 @@ LELECT = [sys.executable, "-m", "lelect"]
 
 
 def documented_grants() -> list[str]:
-    """The ```sql blocks of the README's PostgreSQL section, in order."""
-    text = README.read_text()
-    section = text[text.index("### PostgreSQL"):]
-    section = section[:section.index("\n## ")]
+    """The ```sql blocks of the PostgreSQL section of docs/backends.md, in order."""
+    text = BACKENDS_DOC.read_text()
+    section = text[text.index("\n## PostgreSQL"):]
+    following = section.find("\n## ", 1)
+    section = section if following < 0 else section[:following]
     return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
 
 
@@ -295,6 +296,9 @@ def test_the_documented_grants_suffice(postgres_cluster, postgres_database, tmp_
             assert "lelect: error" not in out.stderr, (command, out.stderr)
         refused = run_lelect("campaign", "other", "--timeout", "0", "--", "true", backend=reader)
         assert refused.returncode == 78 and "privilege" in refused.stderr
+        # Was: "heartbeat not published" every interval, for ever.
+        observer = run_lelect("health", "--publish", "held", backend=reader, timeout=30)
+        assert observer.returncode == 78 and "privilege" in observer.stderr, observer.stderr
         assert run_lelect("resign", "held", backend=reader).returncode == 78
         postgres_cluster.sql(resign_grant, db)
         assert run_lelect("resign", "held", backend=reader).returncode == 0

@@ -68,9 +68,8 @@ def stored_history(client, election: str) -> list[tuple[int, dict]]:
 # -- URLs -------------------------------------------------------------------------------
 
 
-def test_url_forms_and_options(tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not read until connecting")
+def test_url_forms_and_options(redis_test_certs):
+    ca = redis_test_certs["ca"]  # read when the URL is parsed (a garbage one is status 2)
     backend = connect("redis://:s3cret@cache:6380/3?prefix=jobs&ttl=4s&connect_timeout=500ms"
                       "&history=50")
     options = backend.options
@@ -644,7 +643,7 @@ def test_unix_socket_url(redis_server):
         assert connect(redis_server.url).leader("e").term == leadership.term
 
 
-#: The ACL the README documents for lelect's Redis user.
+#: The ACL docs/backends.md documents for lelect's Redis user.
 DOCUMENTED_ACL = ("resetkeys", "resetchannels", "~lelect:*", "&lelect:*", "-@all", "+@read",
                   "+@write", "+@scripting", "+@pubsub", "+@connection", "+scan", "+time")
 

@@ -237,3 +237,25 @@ def test_restart_guard_costs_a_new_redis_one_ttl_once_and_can_be_turned_off(
     started = time.monotonic()
     guarded.campaign("e", who, ttl=TTL, timeout=10).release()  # the same instance: no wait
     assert time.monotonic() - started < 1.0
+
+
+def test_tls_mistakes_get_a_hint(redis_server_factory, redis_test_certs, tmp_path):
+    """Each used to be a raw error (or, for a garbage CA file, 69 where etcd says 2)."""
+    certs = redis_test_certs
+    server = redis_server_factory(tls=certs, extra=("--tls-auth-clients", "yes"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [
+        # plain redis:// on the TLS port
+        (f"redis://127.0.0.1:{server.tls_port}/0?connect_timeout=2s", 69, "rediss://"),
+        # the server requires a client certificate
+        (server.tls_url, 69, "client certificate"),
+        # a certificate without its key
+        (f"{server.tls_url}&ssl_certfile={certs['client_cert']}", 2, "ssl_keyfile"),
+        # a CA file that is no CA
+        (f"rediss://127.0.0.1:{server.tls_port}/0?ssl_ca_certs={garbage}", 2, "ssl_ca_certs"),
+    ]
+    for url, status, hint in cases:
+        out = run_lelect("leader", "x", backend=url)
+        assert out.returncode == status and hint in out.stderr, (url, out.stderr)
+        assert out.stderr.count("\n") == 1, out.stderr

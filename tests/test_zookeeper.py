@@ -26,7 +26,7 @@ from lelect.backends.records import HAND_BACK_REASON
 from lelect.backends.zookeeper import handback as _handback_zookeeper
 from lelect.errors import BackendUnavailable, ConfigError, ElectionBusy, UsageError
 from lelect.lease import renew_interval
-from tests.helpers import wait_until, zk_watchers
+from tests.helpers import run_lelect, wait_until, zk_watchers
 
 CONTENDER = re.compile(r"^[0-9a-f]{32}__lock__\d{10}$")
 
@@ -138,6 +138,10 @@ def test_kazoo_election_leads_and_lelect_waits(backends, zk_url, zk_path, zookee
         assert leading.wait(10)
         info = backend.leader("shared")
         assert (info.node_id, info.host, info.pid) == ("kazoo-user", None, None)
+        # kazoo's Election reads no resign request: say so, exit 1 (was: "asked", 0).
+        refused = run_lelect("resign", "shared", backend=zk_url)
+        assert refused.returncode == 1 and "cannot be asked" in refused.stderr, refused
+        assert refused.stdout == ""
         with pytest.raises(ElectionBusy, match="kazoo-user"):
             backend.campaign("shared", candidate("lelect-1"), no_wait=True)
         assert election.contenders() == ["kazoo-user"], "--no-wait left a node behind"

@@ -34,6 +34,7 @@ from lelect.backends.records import (  # noqa: F401 - re-exported: the interface
     LocalLock,
     MemberRecord,
     Members,
+    ResignAnswer,
     iso8601,
 )
 from lelect.durations import format_duration
@@ -371,9 +372,10 @@ class Backend(ABC):
         (the embedded backend may look at SQLite's data_version every 100 ms)."""
 
     @abstractmethod
-    def request_resign(self, election: str, term: int | None = None) -> bool:
-        """Ask the leader (only of ``term`` when given) to step down. False if nobody
-        (or not that term) leads."""
+    def request_resign(self, election: str, term: int | None = None) -> bool | ResignAnswer:
+        """Ask the leader (only of ``term`` when given) to step down. False (or
+        ResignAnswer.NOT_LEADING) if nobody (or not that term) leads;
+        ResignAnswer.CANNOT_ASK where the leader is not lelect's and cannot be asked."""
 
     # -- heartbeats -------------------------------------------------------------------
 
@@ -392,7 +394,7 @@ class Backend(ABC):
 
     @abstractmethod
     def elections(self) -> list[str]:
-        """Names of the elections this backend knows (with a leader or members)."""
+        """Names of the elections this backend knows (with a leader, members or a history)."""
 
     # -- operations -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ member records with. Standard library only: the keeper imports this module too.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -281,6 +282,25 @@ class Members:
     election: str
     now: float
     records: tuple[MemberRecord, ...] = field(default_factory=tuple)
+
+    def __iter__(self):
+        """``for record in election.members()``: the records."""
+        return iter(self.records)
+
+
+class ResignAnswer(enum.Enum):
+    """What a resign request came to. Only ASKED is true, so ``if backend.request_resign(...)``
+    reads as before."""
+
+    ASKED = "asked"
+    #: Nobody leads, or not the term named.
+    NOT_LEADING = "not leading"
+    #: The leader is not a lelect campaign (an ``etcdctl elect``, a kazoo Election):
+    #: nothing of it listens for requests.
+    CANNOT_ASK = "cannot ask"
+
+    def __bool__(self) -> bool:
+        return self is ResignAnswer.ASKED
 
 
 # -- the member record codec: one shape on every backend ---------------------------------

@@ -60,7 +60,7 @@ class LazyGroup(click.Group):
     # No envvar here: lelect.backends.default_url reads LELECT_BACKEND_FILE (first) and
     # LELECT_BACKEND, so the library and the CLI agree on where a URL comes from.
     help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
-    " ~/.local/state/lelect), redis://[user@]host:6379/0?password_file=PATH, rediss://…,"
+    f" {'/var/lib/lelect' if os.geteuid() == 0 else '~/.local/state/lelect'}), redis://[user@]host:6379/0?password_file=PATH, rediss://…,"
     " zookeeper://h1:2181,h2:2181/lelect, etcd://h1:2379,h2:2379/lelect,"
     " postgresql://user@db:5432/app, mysql://user@db:3306/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
     " LELECT_BACKEND.",
@@ -175,8 +175,15 @@ def backend_url(ctx: click.Context) -> str | None:
 def _error(message: str) -> None:
     from lelect.names import printable
 
-    # One line, whatever a record, a server or an argument put in the message.
-    click.echo(f"lelect: {printable(message)}", err=True)
+    line = f"lelect: {printable(message)}"
+    log = sys.modules.get("lelect.cli.logs")
+    if log is not None and log.ACTIVE is not None and log.ACTIVE.fmt == "json":
+        # --log-format json: the error is a JSON line like the rest of the log.
+        line = log.ACTIVE.format("error", message.removeprefix("error: "))
+    try:
+        click.echo(line, err=True)
+    except (OSError, ValueError):
+        pass  # stderr is closed or failing: the status says it
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
 
         register()
     _ARGV[:] = sys.argv[1:] if argv is None else argv
+    from lelect.cli import streams
+
+    streams.guard()
     try:
         status = cli.main(args=argv, prog_name="lelect", standalone_mode=False)
     except click.UsageError as exc:
@@ -207,11 +217,9 @@ def main(argv: list[str] | None = None) -> None:
         status = exc.exit_status
     except KeyboardInterrupt:
         status = ExitStatus.CANCELLED
-    except BrokenPipeError:
-        # stdout went away (e.g. `lelect leader x | head -0`): not an error worth a trace.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        status = ExitStatus.OK
+    except streams.OutputFailed as exc:
+        _error(f"cannot write to stdout: {exc.strerror}")
+        status = ExitStatus.OUTPUT_FAILED
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes status 70
         _error(
             f"internal error: {type(exc).__name__}: {exc} — this is a bug in lelect;"
@@ -229,8 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     # campaign it would compete for the CPU with the next leader's start.
     try:
         sys.stdout.flush()
+    except streams.OutputFailed as exc:
+        _error(f"cannot write to stdout: {exc.strerror}")
+        code = code or streams.EXIT_OUTPUT_FAILED
     except (OSError, ValueError):
-        code = code or 1
+        code = code or streams.EXIT_OUTPUT_FAILED
     try:
         sys.stderr.flush()
     except (OSError, ValueError):

@@ -67,16 +67,21 @@ def campaign(ctx, election, command, log_format, quiet, status_listen, **values)
       lelect campaign nightly -- ./report.sh
       lelect campaign nightly -q --once-per 1d -- ./report.sh      # cron, every host
     """
+    from lelect.cli.logs import StderrLog
+
+    log = StderrLog(log_format, election, quiet)  # errors from here on are in its format
     if not command:
         raise click.UsageError("missing the command to run: lelect campaign NAME [OPTIONS] -- CMD [ARGS]...")
     from lelect.campaign import CampaignOptions
-    from lelect.cli.logs import StderrLog
+    from lelect.durations import format_duration
     from lelect.supervisor import adopt_orphans
 
+    code = values.pop("conflict_exit_code", None)  # -E: like flock's, for --timeout too
     given = {name: value for name, value in values.items() if value is not None}
+    if code is not None:
+        given.update(conflict_exit_code=code, timeout_exit_code=code)
     options = CampaignOptions(election=election, command=tuple(command), **given)
     options.check()  # out-of-range options are refused before anything connects
-    log = StderrLog(log_format, election, quiet)
     status = probe = None
     if status_listen is not None:
         from lelect.campaign import CampaignStatus
@@ -88,6 +93,10 @@ def campaign(ctx, election, command, log_format, quiet, status_listen, **values)
         with open_client(ctx) as client:
             election_handle = client.election(election, values.get("node_id"))
             log.node_id = election_handle.candidate.node_id
+            ttl = values.get("ttl")
+            if ttl is not None and not client.backend.lease_based:
+                log("warning", f"--ttl {format_duration(ttl)} is ignored: the embedded backend"
+                    " has no lease (its flock is held for as long as the job runs)")
             adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
             return election_handle.run_options(options, log, systemd=True, status=status)
     finally:

@@ -44,6 +44,7 @@ def resign(ctx, election, term, wait):
       lelect resign nightly --wait 30s
       lelect resign nightly --term "$LELECT_TERM"
     """
+    from lelect.backends.records import ResignAnswer
     from lelect.durations import format_duration
     from lelect.names import printable
 
@@ -57,7 +58,14 @@ def resign(ctx, election, term, wait):
                 f"{election}: term {term} does not lead (the leader is {info.node_id},"
                 f" term {info.term}); nothing changed"
             )
-        if not handle.resign(info.term):
+        answer = handle.resign(info.term)
+        if answer is ResignAnswer.CANNOT_ASK:
+            return _refuse(
+                f"{election}: the leader {info.node_id} (term {info.term}) is not a lelect"
+                " campaign (an etcdctl elect or kazoo Election leader?) and cannot be asked to"
+                " step down; nothing changed"
+            )
+        if not answer:
             now = handle.leader()
             if now is None or now.term != info.term:
                 who = "nobody" if now is None else f"{now.node_id}, term {now.term}"

@@ -60,6 +60,7 @@ from lelect.backends.records import (
     MAX_SLOTS,
     VANISHED,
     VANISHED_REASON,
+    ResignAnswer,
     decode_member,
     encode_member,
     stored_arrivals,
@@ -677,13 +678,18 @@ class EtcdBackend(Backend):
             finally:
                 stream.close()
 
-    def request_resign(self, election: str, term: int | None = None) -> bool:
+    def request_resign(self, election: str, term: int | None = None) -> ResignAnswer:
         keys = self.keys(election)
         try:
             first = self.gateway.range(keys.contenders, prefix=True, first_by="CREATE", limit=1,
                                        budget=self.connect_timeout).first
             if first is None or (term is not None and first.create_revision != term):
-                return False
+                return ResignAnswer.NOT_LEADING
+            # lelect records each of its leaderships as it wins; an `etcdctl elect` or
+            # `lock` leader has no record and reads no request.
+            if self.gateway.range(keys.history_entry(first.create_revision),
+                                  budget=self.connect_timeout).first is None:
+                return ResignAnswer.CANNOT_ASK
             # Under the leader's own lease: the request ends with that leadership.
             asked = self.gateway.txn(
                 [wire.created_at(first.key, first.create_revision)],
@@ -692,7 +698,7 @@ class EtcdBackend(Backend):
             )
         except GatewayError as exc:
             raise self.unavailable(exc) from None
-        return asked.succeeded
+        return ResignAnswer.ASKED if asked.succeeded else ResignAnswer.NOT_LEADING
 
     # -- heartbeats ----------------------------------------------------------------------
 
@@ -747,17 +753,19 @@ class EtcdBackend(Backend):
     def elections(self) -> list[str]:
         top = self.options.prefix + "/"
         members = f"{top}_members/"
+        history = f"{top}_history/"
         try:
             looked = self.gateway.txn([], [
                 # Every election prefix: names start with a letter or digit, never "_".
                 wire.get(top + "0", range_end=top + "_", keys_only=True),
                 wire.get(top + "a", range_end=top + "{", keys_only=True),
                 wire.get(members, prefix=True, keys_only=True),
+                wire.get(history, prefix=True, keys_only=True),
             ], budget=self.connect_timeout)
         except GatewayError as exc:
             raise self.unavailable(exc) from None
         names = set()
-        for found, head in zip(looked.ranges, (top, top, members)):
+        for found, head in zip(looked.ranges, (top, top, members, history)):
             for kv in found.kvs if found else ():
                 name, sep, _ = kv.key[len(head):].partition("/")
                 if sep and ELECTION_NAME.fullmatch(name):

@@ -409,7 +409,8 @@ class FileBackend(Backend):
         led = {r[0] for r in self._query("SELECT election FROM leaders")}
         led = {name for name in led if isinstance(name, str) and ELECTION_NAME.fullmatch(name)
                and self._lock_held(name)}
-        return sorted(n for n in membered | led if isinstance(n, str) and ELECTION_NAME.fullmatch(n))
+        past = {r[0] for r in self._query("SELECT DISTINCT election FROM history")}
+        return sorted(n for n in membered | led | past if isinstance(n, str) and ELECTION_NAME.fullmatch(n))
 
     # -- operations -------------------------------------------------------------------
 

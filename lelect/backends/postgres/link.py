@@ -182,7 +182,7 @@ class PostgresOptions:
             )
         return ConfigError(
             f"role {self.role} lacks a privilege lelect needs at {self.where}: {text} (see"
-            " the GRANTs in the PostgreSQL section of the README)"
+            " the GRANTs in docs/backends.md, PostgreSQL, Least privilege)"
         )
 
     @property

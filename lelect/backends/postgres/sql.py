@@ -347,6 +347,8 @@ ELECTIONS = """
 SELECT election FROM %(schema)s.lease WHERE expires_at > clock_timestamp()
 UNION
 SELECT election FROM %(schema)s.member WHERE forget_at > clock_timestamp()
+UNION
+SELECT election FROM %(schema)s.history
 ORDER BY 1
 """
 

@@ -342,7 +342,7 @@ class RedisBackend(Backend):
             cursor, found = self._call("SCAN", cursor, "MATCH", head + "*", "COUNT", 1000)
             for key in found:
                 name, sep, kind = key[len(head):].rpartition("}:")
-                if sep and kind in ("leader", "members") and name:
+                if sep and kind in ("leader", "members", "history") and name:
                     names.add(name)
             if str(cursor) == "0":
                 return sorted(names)

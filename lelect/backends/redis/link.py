@@ -266,6 +266,8 @@ class RedisOptions:
             if not os.path.isfile(path):
                 raise UsageError(f"{name}={path!r} in rediss:// URL: no such file")
             kwargs[name] = path
+        _check_tls_files(kwargs.get("ssl_ca_certs"), kwargs.get("ssl_certfile"),
+                         kwargs.get("ssl_keyfile"))
         kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
         return cls(where, TLSConnection, kwargs, **settings)
 
@@ -308,12 +310,20 @@ class RedisOptions:
             return unreachable("redis", where, within, "connected, but no answer")
         elif isinstance(exc, NoMaster):
             return unreachable("redis", where, within, _short(text))
+        elif isinstance(exc, redis.ConnectionError) and self.tls and _no_client_cert(text):
+            hint = ("the server may require a client certificate: give ssl_certfile= and"
+                    " ssl_keyfile=" if "ssl_certfile" not in self.connection_kwargs
+                    else "does the server accept this client certificate (its CA)?")
+            return unreachable("redis", where, within, f"TLS failed: {_short(text)}; {hint}")
         elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
             return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
         elif isinstance(exc, redis.ConnectionError):
             if "refused" in text.lower():
                 return unreachable("redis", where, within,
                                    "connection refused (is redis running there?)")
+            if not self.tls and _closed_at_once(text):
+                return unreachable("redis", where, within, f"{_short(text)}; is that a TLS port"
+                                   " (tls-port)? Then use rediss://")
             return unreachable("redis", where, within, _short(text))
         elif text.startswith("WRONGTYPE"):
             what = (
@@ -734,6 +744,44 @@ def is_transient(exc: RedisError) -> bool:
     if isinstance(exc, (BusyLoadingError, ReadOnlyError)):
         return True
     return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and not _is_tls(exc)
+
+
+def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """The TLS files of a rediss:// URL are checked when it is parsed (status 2), as
+    etcd's are: a garbage CA file is no unreachable server."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise UsageError(f"ssl_ca_certs={ca!r} in rediss:// URL: no CA certificate in it"
+                             f" (PEM expected): {exc}") from None
+    if key and not cert:
+        raise UsageError("ssl_keyfile= in rediss:// URL needs ssl_certfile= (the certificate)")
+    if cert:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, ValueError) as exc:
+            if key:
+                raise UsageError(f"ssl_certfile={cert!r} and ssl_keyfile={key!r} in rediss://"
+                                 f" URL are not a certificate and its key: {exc}") from None
+            raise UsageError(f"ssl_certfile={cert!r} in rediss:// URL holds no private key:"
+                             " give ssl_keyfile= too") from None
+
+
+def _no_client_cert(text: str) -> bool:
+    """How a server that requires a client certificate ends a handshake without one."""
+    lowered = text.lower()
+    return ("eof occurred in violation of protocol" in lowered
+            or "certificate required" in lowered or "unexpected eof" in lowered)
+
+
+def _closed_at_once(text: str) -> bool:
+    """A TLS port's answer to plain text: it closes the connection."""
+    lowered = text.lower()
+    return "reset by peer" in lowered or "closed by server" in lowered
 
 
 def _is_tls(exc: BaseException) -> bool:

@@ -47,7 +47,13 @@ from lelect.backends.base import (
     connect_budget,
     only_changes,
 )
-from lelect.backends.records import MAX_SLOTS, decode_member, encode_member, stored_arrivals
+from lelect.backends.records import (
+    MAX_SLOTS,
+    ResignAnswer,
+    decode_member,
+    encode_member,
+    stored_arrivals,
+)
 from lelect.backends.zookeeper.acl import guard_acls
 from lelect.backends.zookeeper.contest import Contest
 from lelect.backends.zookeeper.layout import (
@@ -473,19 +479,24 @@ class ZooKeeperBackend(Backend):
             wake()
         return info
 
-    def request_resign(self, election: str, term: int | None = None) -> bool:
+    def request_resign(self, election: str, term: int | None = None) -> ResignAnswer:
         current = self.leader(election)
         if current is None or (term is not None and current.term != term):
-            return False
-        path = self.paths(election).resign
+            return ResignAnswer.NOT_LEADING
+        paths = self.paths(election)
+        path = paths.resign
         request = resign_request(current.term)
         session = self._session()
         with session.errors(f"asking the leader of {election!r} to resign", path):
+            # lelect records each of its leaderships as it wins; a kazoo Election leader
+            # has no record and reads no request.
+            if current.host is None and self._ask(session, "exists", paths.entry(current.term)) is None:
+                return ResignAnswer.CANNOT_ASK
             try:
                 self._ask(session, "create", path, request, makepath=True)
             except NodeExistsError:
                 self._ask(session, "set", path, request)
-        return True
+        return ResignAnswer.ASKED
 
     # -- heartbeats -------------------------------------------------------------
 
@@ -561,7 +572,7 @@ class ZooKeeperBackend(Backend):
         session = self._session()
         names: set[str] = set()
         with session.errors("listing elections", base):
-            for parent in (base, f"{base}/_members"):
+            for parent in (base, f"{base}/_members", f"{base}/_history"):
                 try:
                     children = self._ask(session, "get_children", parent)
                 except NoNodeError:

@@ -379,6 +379,10 @@ class ZooKeeperSession:
 
     def _no_session(self, within: float) -> BackendUnavailable:
         if self._verdict is not None:
+            if getattr(self._verdict, "refused", False):
+                # Another session was refused: say so with this session's own bound (a
+                # campaign's -w 500ms, not the 5s of the session that tried first).
+                return _refused(self.config.hosts, within)
             return self._verdict
         if self.client.client_state == KeeperState.AUTH_FAILED:
             return BackendUnavailable(self._refused_credentials())
@@ -386,7 +390,7 @@ class ZooKeeperSession:
             return BackendUnavailable("the ZooKeeper session was closed while connecting")
         self.unreachable = True
         if self.handler.all_refused(self.config.host_ports):
-            return unreachable("ZooKeeper", self.config.hosts, within, "connection refused")
+            return _refused(self.config.hosts, within)
         if self.malformed is not None:
             return unreachable("ZooKeeper", self.config.hosts, within,
                                f"not a ZooKeeper answer: {self.malformed}")
@@ -489,3 +493,9 @@ class ZooKeeperSession:
             raise BackendUnavailable(
                 f"ZooKeeper failed while {doing}: {type(exc).__name__}"
             ) from None
+
+
+def _refused(hosts: str, within: float) -> BackendUnavailable:
+    verdict = unreachable("ZooKeeper", hosts, within, "connection refused")
+    verdict.refused = True  # type: ignore[attr-defined] - read by sessions that adopt it
+    return verdict
