@@ -310,9 +310,12 @@ FROM (SELECT 1) AS one
 LEFT JOIN %(t_member)s m ON m.election = %(election)s AND m.forget_at > NOW(6)
 ORDER BY m.node_id"""
 
+#: Led now, with live members, or with a history (an election that ran stays listed).
 ELECTIONS = """SELECT election FROM %(t_lease)s WHERE expires_at > NOW(6)
 UNION
 SELECT election FROM %(t_member)s WHERE forget_at > NOW(6)
+UNION
+SELECT DISTINCT election FROM %(t_history)s
 ORDER BY 1"""
 
 # -- operations -----------------------------------------------------------------------------
