@@ -375,6 +375,9 @@ def test_kill9_of_lelect_hands_over_once_the_job_and_its_grandchild_are_gone(tar
     assert seen.read_text().strip() == "clean"
     assert not pid_alive(job_pid) and not pid_alive(grandchild_pid)
     assert took < 5.0, f"the next job started {took:.1f}s after the kill: the lease ran out"
+    if target.lease:  # the keeper says how its hand-back went (the keeper shares stderr)
+        _, err = leader.communicate(timeout=30)
+        assert "handed the leadership of 'k9' back: released" in err, err
 
 
 def test_sigterm_stops_the_job_releases_and_lelect_ends_by_sigterm(target, tmp_path):

@@ -106,6 +106,8 @@ def test_the_keeper_and_its_protocol_need_only_the_standard_library():
         assert {i for i in imports(MODULES[name]) if i in MODULES} <= {"lelect", "lelect.keeper_protocol",
                                           "lelect.backends", "lelect.backends.file",
                                           "lelect.backends.file.state", "lelect.backends.words",
+                                          "lelect.backends.file.keeper_lock",
+                                          "lelect.keeper_handback",
                                           "lelect.backends.records"}, name
     for name, path in MODULES.items():
         if name.startswith("lelect.backends.") and name.endswith(".handback"):

@@ -488,7 +488,11 @@ class HandBack:
     """How a job's keeper releases a leadership by its token after lelect died and the
     job's whole group is gone: ``module`` (standard library only, under
     lelect.backends) has ``hand_back(params, budget, exit_status)``. ``params`` may hold
-    credentials: it travels only over the keeper's private socket."""
+    credentials: it travels only over the keeper's private socket. ``budget``: how long
+    the keeper may try (after the lease there is nothing left to hand back); the keeper
+    logs how it went (released, not ours, unreachable) naming ``election``."""
 
     module: str
     params: dict[str, Any]
+    budget: float
+    election: str

@@ -313,6 +313,8 @@ class MySQLBackend(Backend):
         if not isinstance(leadership, MySQLLeadership) or leadership.wire is None:
             return None
         return HandBack(
+            budget=min(self.connect_timeout, leadership.ttl), election=leadership.election,
+
             module="lelect.backends.mysql.handback",
             params={
                 **leadership.wire,

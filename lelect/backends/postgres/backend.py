@@ -317,6 +317,8 @@ class PostgresBackend(Backend):
         if not isinstance(leadership, PostgresLeadership) or leadership.wire is None:
             return None
         return HandBack(
+            budget=min(self.connect_timeout, leadership.ttl), election=leadership.election,
+
             module="lelect.backends.postgres.handback",
             params={
                 **leadership.wire,

@@ -247,7 +247,8 @@ class RedisBackend(Backend):
         argv: list[Any] = release_args(keys, leadership.token, leadership.term, LOST, None,
                                        HAND_BACK_REASON, None, forget_member=leadership.node_id)
         argv[RELEASE_EXIT_STATUS] = None
-        return HandBack(module="lelect.backends.redis.handback", params={
+        return HandBack(budget=min(self.options.connect_timeout, ttl), election=leadership.election,
+                        module="lelect.backends.redis.handback", params={
             "address": address, "tls": tls, "username": kwargs["username"],
             "sentinel": None if sentinel is None else {
                 "master": sentinel.master_name, "sentinels": [list(a) for a in sentinel.sentinels],

@@ -363,6 +363,8 @@ class ZooKeeperBackend(Backend):
         session_id, password = client_id
         paths = leadership.paths
         return HandBack(
+            budget=min(self.config.connect_timeout, leadership.session_timeout), election=leadership.election,
+
             module="lelect.backends.zookeeper.handback",
             params={
                 "hosts": [list(host) for host in self.config.host_ports],
