@@ -248,6 +248,8 @@ class _Driver:
         self.notify = notify or Notifier({})
         self.loop_beat = time.monotonic()
         self.finished = False
+        #: The once-per slot of the leadership under way (told to the release).
+        self.slot: str | None = None
         #: The backend failed us (a lost lease, an outage): teardown is short.
         self.troubled = False
         self.status = status or CampaignStatus()
@@ -560,7 +562,7 @@ class _Driver:
         if opts.once_per is not None or opts.once_key is not None:
             slot = opts.once_key or slot_name(self.backend.now(), opts.once_per or 0.0)
             done = self.backend.slot_done(opts.election, slot) is not None
-            leadership.slot = slot
+            self.slot = slot
         recipe = self.backend.hand_back(leadership)
         if recipe is not None:
             keeper.hand_back_with(recipe)
@@ -594,7 +596,8 @@ class _Driver:
         self.leadership = self.status.leadership = None
         try:
             if leadership is not None:
-                leadership.release(command.outcome, command.exit_status, command.reason)
+                leadership.release(command.outcome, command.exit_status, command.reason,
+                                   self.slot)
         finally:
             if keeper is not None:
                 keeper.close()

@@ -195,12 +195,10 @@ def test_history_is_bounded(target):
 def test_once_per_slot_is_done_only_after_a_successful_run(backend):
     assert backend.slot_done("slots", "2026-12-02") is None
     failed = backend.campaign("slots", candidate("a"), timeout=10)
-    failed.slot = "2026-12-02"
-    failed.release("exited", 1)
+    failed.release("exited", 1, slot="2026-12-02")
     assert backend.slot_done("slots", "2026-12-02") is None
     done = backend.campaign("slots", candidate("b"), timeout=10)
-    done.slot = "2026-12-02"
-    done.release("exited", 0)
+    done.release("exited", 0, slot="2026-12-02")
     entry = backend.slot_done("slots", "2026-12-02")
     assert entry is not None and entry.term == done.term and entry.node_id == "b"
     assert backend.history("slots")[-1].slot == "2026-12-02"

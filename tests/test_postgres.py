@@ -279,8 +279,7 @@ def test_the_documented_grants_suffice(postgres_cluster, postgres_database, tmp_
     with connect(campaigner) as backend:  # heartbeats, history and a once-per slot
         backend.publish(heartbeat("x", "a"), ttl=60)
         leadership = backend.campaign("x", candidate("a"), timeout=10)
-        leadership.slot = "2026-01-01"
-        leadership.release("exited", 0)
+        leadership.release("exited", 0, slot="2026-01-01")
         assert backend.slot_done("x", "2026-01-01").term == leadership.term
         backend.remove_member("x", "a")
     record = tmp_path / "record"

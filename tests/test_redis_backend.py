@@ -197,8 +197,7 @@ def test_next_leader_closes_a_vanished_leader_and_its_late_release_changes_nothi
     assert older.reason and older.ended == pytest.approx(newer.started, abs=0.01)
     assert (newer.node_id, newer.outcome) == ("b", "running")
 
-    vanished.slot = "2026-12-02"
-    vanished.release("exited", 0)  # too late: the first writer won
+    vanished.release("exited", 0, slot="2026-12-02")  # too late: the first writer won
     assert [h.outcome for h in backend.history("v")] == ["vanished", "running"]
     assert backend.slot_done("v", "2026-12-02") is None
     assert client.get("lelect:{v}:leader") == successor.token
@@ -228,9 +227,8 @@ def test_slots_map_to_the_completing_entry_and_only_the_newest_are_kept(
     terms = {}
     for day in range(5):
         leadership = backend.campaign("daily", candidate("a"))
-        leadership.slot = f"day-{day}"
-        leadership.release("exited", 0)
-        terms[leadership.slot] = leadership.term
+        leadership.release("exited", 0, slot=f"day-{day}")
+        terms[leadership.ending.slot] = leadership.term
     kept = client.zrange("lelect:{daily}:slots-order", 0, -1, withscores=True)
     assert kept == [(f"day-{d}", float(terms[f"day-{d}"])) for d in (2, 3, 4)]
     assert set(client.hkeys("lelect:{daily}:slots")) == {"day-2", "day-3", "day-4"}
@@ -656,8 +654,7 @@ def test_documented_acl_suffices_and_a_missing_permission_is_a_clear_error(redis
         assert backend.request_resign("e") and leadership.resign_requested.wait(5)
         assert renewed(leadership).wait(5), "no renew went through"
         assert leadership.is_leader()
-        leadership.slot = "s"
-        leadership.release("exited", 0)
+        leadership.release("exited", 0, slot="s")
     assert backend.slot_done("e", "s").term == leadership.term
     assert backend.history("e")[-1].outcome == "exited"
     assert abs(backend.now() - time.time()) < 5

@@ -212,8 +212,7 @@ def test_history_and_slots_live_beside_the_election(backends, zookeeper_server, 
         assert kazoo.get_children(f"{zk_path}/kept") == [leadership.token]
         data, _ = kazoo.get(f"{zk_path}/_history/kept/{leadership.term:010d}")
         assert HistoryEntry.decode(data).outcome == "running"
-        leadership.slot = slot
-        leadership.release("exited", status)
+        leadership.release("exited", status, slot=slot)
     assert kazoo.get_children(f"{zk_path}/kept") == []
     # Bounded to the newest two; times are the znodes' own (the server's clock).
     kept = sorted(kazoo.get_children(f"{zk_path}/_history/kept"))

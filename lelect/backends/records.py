@@ -484,6 +484,23 @@ class LocalLock:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How a leadership ended, told to :meth:`Backend.resign` with the release itself:
+    ``outcome`` (one of :data:`OUTCOMES`), the job's ``exit_status``, a ``reason`` for
+    people, and the once-per ``slot`` it ran for (marked done only for "exited" with
+    status 0: :attr:`done_slot`)."""
+
+    outcome: str = EXITED
+    exit_status: int | None = None
+    reason: str | None = None
+    slot: str | None = None
+
+    @property
+    def done_slot(self) -> str | None:
+        return self.slot if self.outcome == EXITED and self.exit_status == 0 else None
+
+
+@dataclass(frozen=True)
 class HandBack:
     """How a job's keeper releases a leadership by its token after lelect died and the
     job's whole group is gone: ``module`` (standard library only, under

@@ -36,11 +36,11 @@ from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
     DEFAULT_TTL,
-    EXITED,
     PARTING_BUDGET,
     RUNNING,
     Backend,
     Candidate,
+    Ending,
     HandBack,
     Heartbeat,
     HistoryEntry,
@@ -537,16 +537,16 @@ class EtcdBackend(Backend):
 
     # -- release -------------------------------------------------------------------------
 
-    def resign(self, leadership: Leadership) -> None:
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
         assert isinstance(leadership, EtcdLeadership)
         leadership.stop()
         keys = leadership.keys
         budget = self.connect_timeout
         if leadership.lease_over():
             budget = min(budget, PARTING_BUDGET)
-        closed = replace(leadership.entry, ended=time.time(), outcome=leadership.outcome,
-                         exit_status=leadership.exit_status, reason=leadership.reason)
-        slot = leadership.slot if leadership.outcome == EXITED and leadership.exit_status == 0 else None
+        closed = replace(leadership.entry, ended=time.time(), outcome=ending.outcome,
+                         exit_status=ending.exit_status, reason=ending.reason)
+        slot = ending.done_slot
         if slot:
             closed = replace(closed, slot=slot)
         try:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from lelect.backends.base import (
     Backend,
     Candidate,
+    Ending,
     Heartbeat,
     HistoryEntry,
     LeaderInfo,
@@ -282,20 +283,18 @@ class FileBackend(Backend):
             raise timed_out(election, timeout)
         return won[0]
 
-    def resign(self, leadership: Leadership) -> None:
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
         assert isinstance(leadership, FileLeadership)
         leadership.close_listener()
-        marks_slot = leadership.slot is not None and leadership.outcome == "exited" \
-            and leadership.exit_status == 0
-        if marks_slot:
+        if ending.done_slot is not None:
             # The slot must be done before the next leader can look at it.
-            self._close(leadership)
+            self._close(leadership, ending)
             leadership.release_lock()
         else:
             leadership.release_lock()  # release at once; the record is for people
-            self._close(leadership)
+            self._close(leadership, ending)
 
-    def _close(self, leadership: Leadership) -> None:
+    def _close(self, leadership: Leadership, ending: Ending) -> None:
         conn = self.db
         if conn is None:
             return
@@ -303,11 +302,11 @@ class FileBackend(Backend):
             with self._conn_lock:
                 filestate.close_leadership(
                     conn, leadership.election, term=leadership.term, token=leadership.token,
-                    outcome=leadership.outcome, exit_status=leadership.exit_status,
-                    reason=leadership.reason, slot=leadership.slot, ended=time.time(),
+                    outcome=ending.outcome, exit_status=ending.exit_status,
+                    reason=ending.reason, slot=ending.slot, ended=time.time(),
                 )
         except ConfigError:
-            if leadership.slot is not None:
+            if ending.slot is not None:
                 raise
 
     def leader(self, election: str) -> LeaderInfo | None:

@@ -36,6 +36,7 @@ from lelect.backends.base import (
     PARTING_BUDGET,
     Backend,
     Candidate,
+    Ending,
     HandBack,
     Heartbeat,
     HistoryEntry,
@@ -276,9 +277,9 @@ class MySQLBackend(Backend):
         except GaveUp as gave_up:
             raise self.options.unavailable(exc, gave_up.bound) from None
 
-    def resign(self, leadership: Leadership) -> None:
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
         session = self._command
-        statement = self._release_sql(leadership, forget=False)
+        statement = self._release_sql(leadership, ending, forget=False)
         if isinstance(leadership, MySQLLeadership):
             session = leadership.session
             # Free the doorbell only once the lease row is gone: the next in line wakes
@@ -301,12 +302,12 @@ class MySQLBackend(Backend):
             if isinstance(leadership, MySQLLeadership):
                 leadership.session.close()
 
-    def _release_sql(self, leadership: Leadership, forget: bool) -> str:
+    def _release_sql(self, leadership: Leadership, ending: Ending, forget: bool) -> str:
         return sql.release_statement(
             self.options.prefix, election=leadership.election, token=leadership.token,
-            term=leadership.term, node_id=leadership.node_id, outcome=leadership.outcome,
-            exit_status=leadership.exit_status, reason=leadership.reason,
-            slot=leadership.slot, forget=forget,
+            term=leadership.term, node_id=leadership.node_id, outcome=ending.outcome,
+            exit_status=ending.exit_status, reason=ending.reason,
+            slot=ending.slot, forget=forget,
         )  # fmt: skip
 
     def hand_back(self, leadership: Leadership) -> HandBack | None:

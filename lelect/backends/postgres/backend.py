@@ -33,6 +33,7 @@ from lelect.backends.base import (
     PARTING_BUDGET,
     Backend,
     Candidate,
+    Ending,
     HandBack,
     Heartbeat,
     HistoryEntry,
@@ -279,7 +280,7 @@ class PostgresBackend(Backend):
                 if note.channel == channel and note.payload.startswith("released "):
                     return
 
-    def resign(self, leadership: Leadership) -> None:
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
         session = self._command
         if isinstance(leadership, PostgresLeadership):
             leadership.stop()
@@ -294,7 +295,7 @@ class PostgresBackend(Backend):
         elif deadline is not None:
             budget = min(budget, max(deadline - time.monotonic(), PARTING_BUDGET))
         try:
-            session.run(self._release_sql(leadership, forget=False), budget)
+            session.run(self._release_sql(leadership, ending, forget=False), budget)
         except psycopg.Error as exc:
             # Not fatal: the lease expires by itself.
             log.warning(
@@ -305,12 +306,12 @@ class PostgresBackend(Backend):
             if isinstance(leadership, PostgresLeadership):
                 leadership.close()
 
-    def _release_sql(self, leadership: Leadership, forget: bool) -> str:
+    def _release_sql(self, leadership: Leadership, ending: Ending, forget: bool) -> str:
         return sql.release_statement(
             self.options.schema, election=leadership.election, token=leadership.token,
-            term=leadership.term, node_id=leadership.node_id, outcome=leadership.outcome,
-            exit_status=leadership.exit_status, reason=leadership.reason,
-            slot=leadership.slot, forget=forget,
+            term=leadership.term, node_id=leadership.node_id, outcome=ending.outcome,
+            exit_status=ending.exit_status, reason=ending.reason,
+            slot=ending.slot, forget=forget,
         )  # fmt: skip
 
     def hand_back(self, leadership: Leadership) -> HandBack | None:

@@ -29,6 +29,7 @@ from lelect.backends.base import (
     PARTING_BUDGET,
     Backend,
     Candidate,
+    Ending,
     HandBack,
     Heartbeat,
     HistoryEntry,
@@ -203,7 +204,7 @@ class RedisBackend(Backend):
             if message and message[0] == keys.released_channel:
                 return
 
-    def resign(self, leadership: Leadership) -> None:
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
         if isinstance(leadership, RedisLeadership):
             leadership.stopped.set()
             leadership.close_subscription()
@@ -212,8 +213,7 @@ class RedisBackend(Backend):
         if leadership.lease_over():
             budget = min(budget, PARTING_BUDGET)
         self._release(self._keys(leadership.election), leadership.token, leadership.term,
-                      leadership.outcome, leadership.exit_status, leadership.reason,
-                      leadership.slot, budget)
+                      ending.outcome, ending.exit_status, ending.reason, ending.slot, budget)
 
     def _release(self, keys: RedisKeys, token: str, term: int, outcome: str,
                  exit_status: int | None, reason: str | None, slot: str | None,

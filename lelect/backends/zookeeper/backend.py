@@ -31,13 +31,13 @@ from kazoo.exceptions import (
 )
 
 from lelect.backends.base import (
-    EXITED,
     LOST,
     MAX_ARRIVALS,
     PARTING_BUDGET,
     RUNNING,
     Backend,
     Candidate,
+    Ending,
     HandBack,
     Heartbeat,
     HistoryEntry,
@@ -252,7 +252,7 @@ class ZooKeeperBackend(Backend):
                 format_duration(requested),
             )
 
-    def resign(self, leadership: Leadership) -> None:
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
         """One multi deletes our node (the next waiter's watch fires), closes our history
         entry and marks a completed slot; then the session ends. A leadership that is no
         longer ours only closes its own entry, if nobody did."""
@@ -262,11 +262,11 @@ class ZooKeeperBackend(Backend):
         session = leadership.session
         # A lost session reconnects as a new one: wait for it (the job is already dead,
         # nothing is in a hurry), so the lost leader can still say how its leadership ended.
-        lost = leadership.lease_over() or leadership.outcome == LOST
+        lost = leadership.lease_over() or ending.outcome == LOST
         give_up = time.monotonic() + (PARTING_BUDGET if lost else 0)
         while session.wait_connected(max(0.0, give_up - time.monotonic())):
             try:
-                self._release(session, leadership)
+                self._release(session, leadership, ending)
                 break
             except TRANSIENT as exc:
                 # A re-created session (with credentials to send again) may drop the
@@ -281,19 +281,20 @@ class ZooKeeperBackend(Backend):
                 break
         self._forget(session)
 
-    def _closing_entry(self, leadership: ZooKeeperLeadership, slot: str | None) -> HistoryEntry:
+    def _closing_entry(self, leadership: ZooKeeperLeadership, ending: Ending,
+                       slot: str | None) -> HistoryEntry:
         opened = leadership.entry or HistoryEntry(
             election=leadership.election, term=leadership.term, node_id=leadership.node_id,
             host=leadership.candidate.host, pid=leadership.candidate.pid, started=None,
         )
-        return replace(opened, ended=time.time(), outcome=leadership.outcome,
-                       exit_status=leadership.exit_status, reason=leadership.reason, slot=slot)
+        return replace(opened, ended=time.time(), outcome=ending.outcome,
+                       exit_status=ending.exit_status, reason=ending.reason, slot=slot)
 
-    def _release(self, session: ZooKeeperSession, leadership: ZooKeeperLeadership) -> None:
+    def _release(self, session: ZooKeeperSession, leadership: ZooKeeperLeadership,
+                 ending: Ending) -> None:
         paths = leadership.paths
-        done = leadership.slot if (leadership.outcome == EXITED and leadership.exit_status == 0
-                                   and leadership.slot) else None
-        closed = self._closing_entry(leadership, done)
+        done = ending.done_slot
+        closed = self._closing_entry(leadership, ending, done)
         entry_path = paths.entry(leadership.term)
         node: str | None = leadership.node_path
         entry_open = True
