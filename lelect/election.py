@@ -163,7 +163,7 @@ class Election:
     def leader(self) -> LeaderInfo | None:
         return self.backend.leader(self.name)
 
-    def resign(self, term: int | None = None) -> bool | ResignAnswer:
+    def request_resign(self, term: int | None = None) -> bool | ResignAnswer:
         """Ask the current leader (only of ``term`` if given) to step down: true if it
         was asked; ``ResignAnswer.CANNOT_ASK`` (false) if the leader is not lelect's (an
         ``etcdctl elect``, a kazoo Election) and cannot be asked."""

@@ -59,8 +59,3 @@ class CommandNotFound(LelectError):
 
     exit_status = ExitStatus.NOT_FOUND
 
-
-class InternalError(LelectError):
-    """A bug in lelect."""
-
-    exit_status = ExitStatus.INTERNAL

@@ -58,7 +58,7 @@ def resign(ctx, election, term, wait):
                 f"{election}: term {term} does not lead (the leader is {info.node_id},"
                 f" term {info.term}); nothing changed"
             )
-        answer = handle.resign(info.term)
+        answer = handle.request_resign(info.term)
         if answer is ResignAnswer.CANNOT_ASK:
             return _refuse(
                 f"{election}: the leader {info.node_id} (term {info.term}) is not a lelect"
