@@ -14,13 +14,9 @@ import time
 import pytest
 
 from lelect.backends import connect
-from lelect.backends.base import Candidate, Heartbeat, ResignAnswer
+from lelect.backends.base import Heartbeat, ResignAnswer
 from lelect.errors import CampaignTimeout, ElectionBusy
-from tests.helpers import wait_until
-
-
-def candidate(node_id: str) -> Candidate:
-    return Candidate(node_id=node_id, host="host-" + node_id, pid=4242)
+from tests.helpers import candidate, wait_until
 
 
 def heartbeat(election: str, node_id: str, seq: int, role: str = "follower") -> Heartbeat:

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from lelect.backends import connect
-from lelect.backends.base import Candidate, Heartbeat
+from lelect.backends.base import Heartbeat
 from tests.helpers import (
     assert_one_at_a_time,
+    candidate,
     leader_json,
     read_ticks,
     run_lelect,
@@ -29,10 +30,6 @@ from tests.plugins.redis_server import make_test_certs
 
 TTL = 2.0
 LELECT_IMPORTTIME = [sys.executable, "-X", "importtime", "-m", "lelect"]
-
-
-def candidate(node_id: str) -> Candidate:
-    return Candidate(node_id=node_id, host="host-" + node_id, pid=4242)
 
 
 def campaign(url: str, election: str, job: list[str], *options: str) -> subprocess.Popen:

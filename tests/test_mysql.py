@@ -17,16 +17,12 @@ from pathlib import Path
 import pytest
 
 from lelect.backends import connect
-from lelect.backends.base import Candidate, Heartbeat
-from tests.helpers import LELECT, assert_one_line, lelect_env, run_lelect, wait_until
+from lelect.backends.base import Heartbeat
+from tests.helpers import LELECT, assert_one_line, candidate, lelect_env, run_lelect, wait_until
 from tests.plugins.hostile import read_some, send_and_hold
 from tests.plugins.mysql_server import DATABASE, GRANTS, RUN_GRANTS, fresh_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def candidate(node_id: str) -> Candidate:
-    return Candidate(node_id=node_id, host="host-" + node_id, pid=4242)
 
 
 @pytest.fixture

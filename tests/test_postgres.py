@@ -17,12 +17,13 @@ import psycopg
 import pytest
 
 from lelect.backends import connect
-from lelect.backends.base import Candidate, Heartbeat
+from lelect.backends.base import Heartbeat
 from lelect.backends.records import HAND_BACK_REASON
 from lelect.errors import BackendUnavailable, ConfigError
 from tests.helpers import (
     assert_one_at_a_time,
     campaigns_in_turn,
+    candidate,
     lelect_env,
     read_ticks,
     run_lelect,
@@ -35,10 +36,6 @@ from tests.plugins.postgres_server import PASSWORD, PostgresCluster, fresh_name
 TTL = 2.0
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS_DOC = ROOT / "docs" / "backends.md"
-
-
-def candidate(node_id: str) -> Candidate:
-    return Candidate(node_id=node_id, host="host-" + node_id, pid=4242)
 
 
 def campaign(url: str, election: str, job: list[str], *options: str) -> subprocess.Popen:
