@@ -24,6 +24,7 @@ from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
 from lelect.backends.base import PARTING_BUDGET, Backend, Candidate, LeaderInfo, Leadership
+from lelect.backends.words import LOST
 from lelect.credentials import job_backend_env
 from lelect.durations import RANGES, format_duration
 from lelect.errors import (
@@ -592,6 +593,8 @@ class _Driver:
 
     def _release(self, command: core.Release) -> None:
         """Release the election first, then tidy up."""
+        if command.outcome == LOST:
+            self.troubled = True  # the server may not answer: the exit must not wait on it
         leadership, keeper = self.leadership, self.keeper
         self.leadership = self.status.leadership = None
         try:

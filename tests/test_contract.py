@@ -689,6 +689,8 @@ def test_a_frozen_server_stops_the_job_in_time_and_one_job_runs_after_the_thaw(
     assert_one_at_a_time(jobs)
     assert jobs[0].last_ns / 1e9 < time.time() - (time.monotonic() - frozen_at) + 3.0
     assert "lost leadership" not in tail.text  # the new leader did not win and lose at once
+    assert first.wait(timeout=10) == 73
+    assert time.monotonic() - frozen_at < 3.0 + 1.0, "lelect waited on the frozen server"
     time.sleep(1.0)  # the new leader's job keeps running: nothing to wait for
     running = [p for p in (first, second) if p.poll() is None]
     assert len(running) == 1, (first_tail.text, tail.text)
@@ -815,3 +817,24 @@ def test_a_partitioned_leader_job_is_dead_by_its_lease_deadline(network_target, 
     assert_one_at_a_time([first, second])
     follower.terminate()
     follower.wait(timeout=30)
+
+
+def test_a_leader_on_a_frozen_server_exits_73_within_ttl_plus_a_second(network_target, tmp_path):
+    """The server is frozen and stays frozen: the leader's job is stopped by its lease and
+    lelect exits 73 within ttl + 1 s of the freeze, never waiting on the dead server for
+    its release or its heartbeats."""
+    target = network_target
+    record = tmp_path / "ticks"
+    leader = spawn_lelect("campaign", "ice", "--ttl", "3s", "--", *ticking_job(record),
+                          backend=target.url)
+    wait_until(lambda: read_ticks(record), timeout=30, what="the job")
+    target.server.freeze()
+    frozen_at = time.monotonic()
+    try:
+        status = leader.wait(timeout=15)
+        took = time.monotonic() - frozen_at
+    finally:
+        target.server.thaw()
+    err = leader.stderr.read()
+    assert status == 73, err
+    assert took < 3.0 + 1.0, f"lelect exited {took:.1f}s after the freeze: {err}"

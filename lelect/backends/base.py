@@ -240,6 +240,17 @@ class Leadership:
             return False
         return self.lease is None or self.lease.alive()
 
+    def parting_budget(self, connect_timeout: float) -> float:
+        """How long the release may wait on the server: at most what is left of the lease
+        (after it a release only tidies the history), and :data:`PARTING_BUDGET` once the
+        lease is over; ``connect_timeout`` for a leadership without a lease."""
+        if self.lease_over():
+            return min(connect_timeout, PARTING_BUDGET)
+        deadline = self.lease_deadline
+        if deadline is None:
+            return connect_timeout
+        return min(connect_timeout, max(deadline - time.monotonic(), PARTING_BUDGET))
+
     def lease_over(self) -> bool:
         """The lease is lost or past its deadline: a release can only tidy the history."""
         return self.lost.is_set() or (self.lease is not None and not self.lease.alive())

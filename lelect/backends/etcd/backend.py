@@ -36,7 +36,6 @@ from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
     DEFAULT_TTL,
-    PARTING_BUDGET,
     RUNNING,
     Backend,
     Candidate,
@@ -541,9 +540,7 @@ class EtcdBackend(Backend):
         assert isinstance(leadership, EtcdLeadership)
         leadership.stop()
         keys = leadership.keys
-        budget = self.connect_timeout
-        if leadership.lease_over():
-            budget = min(budget, PARTING_BUDGET)
+        budget = leadership.parting_budget(self.connect_timeout)
         closed = replace(leadership.entry, ended=time.time(), outcome=ending.outcome,
                          exit_status=ending.exit_status, reason=ending.reason)
         slot = ending.done_slot

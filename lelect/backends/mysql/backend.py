@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
-    PARTING_BUDGET,
     Backend,
     Candidate,
     Ending,
@@ -285,12 +284,7 @@ class MySQLBackend(Backend):
             # Free the doorbell only once the lease row is gone: the next in line wakes
             # to a free lease.
             statement += ";\n" + self.render(sql.RING_BELL, name=self._bell(leadership.election))
-        budget = self.connect_timeout
-        deadline = leadership.lease_deadline
-        if leadership.lease_over():
-            budget = min(budget, PARTING_BUDGET)
-        elif deadline is not None:
-            budget = min(budget, max(deadline - time.monotonic(), PARTING_BUDGET))
+        budget = leadership.parting_budget(self.connect_timeout)
         try:
             session.run(statement, budget)
         except (LinkError, ConfigError) as exc:

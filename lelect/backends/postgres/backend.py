@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
-    PARTING_BUDGET,
     Backend,
     Candidate,
     Ending,
@@ -288,12 +287,7 @@ class PostgresBackend(Backend):
         # Past the lease's deadline a release frees nothing (the lease is over anyway),
         # and a lost leadership is most likely not ours any more: wait no longer than
         # the lease lasts, but 1s at least, to close the history entry.
-        budget = self.connect_timeout
-        deadline = leadership.lease_deadline
-        if leadership.lease_over():
-            budget = min(budget, PARTING_BUDGET)
-        elif deadline is not None:
-            budget = min(budget, max(deadline - time.monotonic(), PARTING_BUDGET))
+        budget = leadership.parting_budget(self.connect_timeout)
         try:
             session.run(self._release_sql(leadership, ending, forget=False), budget)
         except psycopg.Error as exc:

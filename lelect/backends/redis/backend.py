@@ -26,7 +26,6 @@ from redis.exceptions import RedisError
 from lelect.backends.base import (
     LOST,
     MAX_ARRIVALS,
-    PARTING_BUDGET,
     Backend,
     Candidate,
     Ending,
@@ -209,9 +208,7 @@ class RedisBackend(Backend):
             leadership.stopped.set()
             leadership.close_subscription()
         # A lost leadership is most likely not ours any more: do not hang on a dead link.
-        budget = self.options.connect_timeout
-        if leadership.lease_over():
-            budget = min(budget, PARTING_BUDGET)
+        budget = leadership.parting_budget(self.options.connect_timeout)
         self._release(self._keys(leadership.election), leadership.token, leadership.term,
                       ending.outcome, ending.exit_status, ending.reason, ending.slot, budget)
 
