@@ -18,7 +18,7 @@ import pytest
 
 from lelect.backends import connect
 from lelect.backends.base import Candidate, Heartbeat
-from lelect.backends.postgres.sql import LOST_REASON
+from lelect.backends.records import HAND_BACK_REASON as LOST_REASON
 from lelect.errors import BackendUnavailable, ConfigError
 from tests.helpers import (
     assert_one_at_a_time,

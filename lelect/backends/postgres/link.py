@@ -300,6 +300,7 @@ class PgSession:
         self._conn: psycopg.Connection | None = None
         self._lock = threading.RLock()
         self._channels: list[str] = []
+        self._unlistened: list[str] = []  # UNLISTENed with the next statement
         self._pending: list[psycopg.Notify] = []
 
     @property
@@ -318,6 +319,15 @@ class PgSession:
             else:
                 self._connect(budget)
 
+    def unlisten(self, channel: str) -> None:
+        """Stop listening to ``channel``: with the next statement (no round trip now)."""
+        with self._lock:
+            if channel in self._channels:
+                self._channels.remove(channel)
+                if self._conn is not None:
+                    self._unlistened.append(channel)
+            self._pending = [note for note in self._pending if note.channel != channel]
+
     def run(self, sql: str, budget: float) -> list[tuple]:
         """Run ``sql`` (one query string) within ``budget`` seconds; the rows of its last
         statement. Raises psycopg errors (StatementTimeout when out of time)."""
@@ -330,7 +340,10 @@ class PgSession:
             left = end - time.monotonic()
             if left <= 0:
                 raise StatementTimeout("no time left after connecting")
-            return self._execute(conn, with_timeout(sql, left * SERVER_SHARE), left)
+            unlisten = "".join(f'UNLISTEN "{channel}";\n' for channel in self._unlistened)
+            rows = self._execute(conn, unlisten + with_timeout(sql, left * SERVER_SHARE), left)
+            self._unlistened.clear()
+            return rows
         finally:
             self._lock.release()
 
@@ -423,6 +436,7 @@ class PgSession:
     def drop(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
+            self._unlistened.clear()  # a new connection listens to _channels only
         if conn is not None:
             try:
                 conn.close()
