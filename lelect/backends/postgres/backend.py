@@ -291,7 +291,15 @@ class PostgresBackend(Backend):
                     self._retry(retry, exc)
         finally:
             if session is not None:
+                if waiting:  # gave up in line: leave it, or a release would wake nobody
+                    self._leave(session, election, token)
                 self.give_back(session, wake)
+
+    def _leave(self, session: PgSession, election: str, token: str) -> None:
+        try:
+            session.run(self.render(sql.LEAVE, election=election, token=token), PARTING_BUDGET)
+        except psycopg.Error:
+            pass  # the ticket is skipped once its connection is gone or its time is out
 
     def _retry(self, attempts: Attempts, exc: psycopg.Error) -> None:
         """Pause before the next try, or raise the one-line error when that was the last."""

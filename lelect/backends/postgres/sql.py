@@ -263,6 +263,11 @@ SELECT (SELECT term FROM counted), holder.token, holder.node_id, holder.term, ho
 FROM (SELECT 1) AS one LEFT JOIN holder ON true
 """
 
+#: A candidate that gave up waiting (a timeout, a cancel) leaves the line.
+LEAVE = """/* lelect leave */
+DELETE FROM %(schema)s.queue WHERE election = %(election)s AND token = %(token)s
+"""
+
 #: Extend our lease from now by the server's clock, only while it is ours and alive.
 #: -> one row (resign requested?) if renewed, none if the lease is gone
 RENEW = """/* lelect renew */
