@@ -301,6 +301,7 @@ class PgSession:
         self._lock = threading.RLock()
         self._channels: list[str] = []
         self._unlistened: list[str] = []  # UNLISTENed with the next statement
+        self._leaving: list[str] = []  # to be taken off _channels under the lock
         self._pending: list[psycopg.Notify] = []
 
     @property
@@ -310,6 +311,7 @@ class PgSession:
     def listen(self, channel: str, budget: float) -> None:
         """LISTEN to ``channel`` (now, and after every reconnect)."""
         with self._lock:
+            self._take_leaving()
             if channel in self._channels and self._conn is not None:
                 return
             if channel not in self._channels:
@@ -320,8 +322,18 @@ class PgSession:
                 self._connect(budget)
 
     def unlisten(self, channel: str) -> None:
-        """Stop listening to ``channel``: with the next statement (no round trip now)."""
-        with self._lock:
+        """Stop listening to ``channel``: with the next statement (no round trip now, and
+        no waiting for another thread's call, which may be connecting for a while)."""
+        self._leaving.append(channel)  # atomic: taken in by the next call under the lock
+        if self._lock.acquire(timeout=0):
+            try:
+                self._take_leaving()
+            finally:
+                self._lock.release()
+
+    def _take_leaving(self) -> None:
+        while self._leaving:
+            channel = self._leaving.pop()
             if channel in self._channels:
                 self._channels.remove(channel)
                 if self._conn is not None:
@@ -336,6 +348,7 @@ class PgSession:
         if not self._lock.acquire(timeout=max(budget, 0.0)):
             raise StatementTimeout("the connection stayed busy with another call")
         try:
+            self._take_leaving()
             conn = self._connect(max(end - time.monotonic(), 0.0))
             left = end - time.monotonic()
             if left <= 0:
