@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -26,7 +26,6 @@ from lelect.backends import connect  # noqa: E402
 from lelect.backends.base import Candidate  # noqa: E402
 from tests.plugins.postgres_server import PostgresCluster  # noqa: E402
 from tests.plugins.redis_server import RedisServer  # noqa: E402
-
 
 #: What a client sends (commandstats also counts the commands scripts run).
 CLIENT_REQUESTS = {"evalsha", "eval", "pttl", "subscribe", "unsubscribe", "hello", "ping",
