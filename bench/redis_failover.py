@@ -42,11 +42,11 @@ from tests.plugins.redis_server import RedisServer  # noqa: E402
 
 
 def waiting(url: str, election: str) -> bool:
-    """True once the second candidate subscribed to the election's release channel (the
+    """True once the second candidate subscribed to the election's resign-requests channel (the
     leader keeps its own subscription)."""
     backend = connect(url)
     try:
-        channel = f"{backend.options.prefix}:{{{election}}}:released"
+        channel = f"{backend.options.prefix}:{{{election}}}:resign-requests"
         reply = backend.link.call(5.0, "PUBSUB", "NUMSUB", channel)
     finally:
         backend.close()

@@ -46,7 +46,7 @@ def command_calls(backend) -> dict[str, int]:
 def subscribers(url: str) -> int:
     backend = connect(url)
     try:
-        channel = f"{backend.options.prefix}:{{{ELECTION}}}:released"
+        channel = f"{backend.options.prefix}:{{{ELECTION}}}:resign-requests"
         return int(backend.link.call(5.0, "PUBSUB", "NUMSUB", channel)[1])
     finally:
         backend.close()

@@ -195,11 +195,11 @@ def blocked_on_flock(lock: Path) -> bool:
 
 
 def redis_listeners(client, election: str, prefix: str = "lelect") -> int:
-    """Connections subscribed to ``election``'s ``released`` channel (PUBSUB NUMSUB): a
-    leader's listener, an observer, and every candidate campaigning (each subscribes
-    before its first attempt)."""
-    channel = f"{prefix}:{{{election}}}:released"
-    return dict(client.pubsub_numsub(channel)).get(channel, 0)
+    """Connections subscribed to ``election``'s channels (PUBSUB NUMSUB): a leader's
+    listener and every candidate campaigning (each subscribes to ``resign-requests`` and
+    its own wake-up channel before its first attempt), and every observer (``released``)."""
+    channels = [f"{prefix}:{{{election}}}:{name}" for name in ("resign-requests", "released")]
+    return sum(dict(client.pubsub_numsub(*channels)).values())
 
 
 def redis_tried(client) -> int:

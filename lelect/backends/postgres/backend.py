@@ -12,8 +12,14 @@ leader counts its lease from the moment it sent the statement. Terms come from
 locks: a partitioned session keeps them until TCP keepalive reaps it, long after its
 client gave up.
 
-Waiters never poll: they LISTEN on the election's channel before their first attempt,
-and otherwise sleep until the lease's server-side expiry.
+Waiters never poll and are never woken as a herd: each LISTENs on its own channel before
+its first attempt, takes a ticket in ``<schema>.queue`` with that attempt, and sleeps
+until a release NOTIFYs it (the head of the line only) or the lease's server-side expiry
+(then it tries again, which also keeps its ticket).
+
+One connection per candidate: a campaign borrows the backend's command session (so
+heartbeats, the lease's renews, resign requests and the release share it); a second
+campaign running at the same time in the same process gets a session of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import TYPE_CHECKING
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
+    PARTING_BUDGET,
     Backend,
     Candidate,
     Ending,
@@ -86,6 +93,9 @@ class PostgresLeadership(Leadership):
         self.wire = _wire_params(session.connection)
         self._backend = backend
         self._wake_r, self._wake_w = socket.socketpair()
+        self._listening = False
+        #: The channel the campaign waited on (no longer needed once elected).
+        self.wake_channel = sql.wake_channel(backend.options.schema, election, token)
         self._renew_sql = backend.render(sql.RENEW, election=election, token=token, ttl=ttl)
         lease = Lease(sent, ttl, self._renew, idle=self._idle, name=f"pg:{election}",
                       describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
@@ -101,6 +111,9 @@ class PostgresLeadership(Leadership):
         if self.stopped.is_set() or wake.is_set():
             return
         try:
+            if not self._listening:  # resign requests come on the election's channel
+                self.session.listen(self.channel, min(seconds, self._backend.connect_timeout))
+                self._listening = True
             self._heard(self.session.wait(seconds, wake=self._wake_r))
         except psycopg.Error:
             pass  # the next renew reconnects
@@ -121,7 +134,7 @@ class PostgresLeadership(Leadership):
                 self.mark_resign_requested()
 
     def close(self) -> None:
-        self.session.close()
+        self._backend.give_back(self.session, self.channel, self.wake_channel)
         for sock in (self._wake_r, self._wake_w):
             sock.close()
 
@@ -143,11 +156,34 @@ class PostgresBackend(Backend):
         self.history_limit = self.options.history
         self.create = create
         self.retry = RetryPolicy(self.options.connect_timeout)
-        self._command = PgSession(self.options)  # for everything but campaigns and observers
+        #: Everything but observers; lent to one campaign at a time (one connection).
+        self._command = PgSession(self.options)
+        self._lent = False
+        self._lending = threading.Lock()
         self._schema_ready = False
 
     def render(self, statement: str, **values: object) -> str:
         return sql.render(statement, self.options.schema, **values)
+
+    def _borrow(self) -> PgSession:
+        """The command session for a campaign (and its leadership), unless another
+        campaign has it: then a session of its own."""
+        with self._lending:
+            if not self._lent:
+                self._lent = True
+                return self._command
+        return PgSession(self.options)
+
+    def give_back(self, session: PgSession, *channels: str) -> None:
+        """A campaign or leadership is done with ``session``: the command session stops
+        listening on ``channels`` and is lent again; any other is closed."""
+        if session is not self._command:
+            session.close()
+            return
+        for channel in channels:
+            session.unlisten(channel)
+        with self._lending:
+            self._lent = False
 
     # -- the schema ---------------------------------------------------------------------
 
@@ -157,12 +193,13 @@ class PostgresBackend(Backend):
         if self._schema_ready:
             return
         try:
-            version = session.run(self.render(sql.SCHEMA_VERSION_OF), budget)[0][0]
+            version, has_queue = session.run(self.render(
+                sql.SCHEMA_VERSION_OF, queue=f'"{self.options.schema}".queue'), budget)[0]
         except _NO_SCHEMA:
-            version = None
+            version, has_queue = None, False
         except pg_errors.InsufficientPrivilege as exc:
             raise self.options.refused(exc) from None
-        if version is None:  # not there, or a creation that was cut short
+        if version is None or not has_queue:  # not there, cut short, or made before the line
             version = self._create_schema(session, budget)
         if version > sql.SCHEMA_VERSION:
             raise ConfigError(
@@ -203,21 +240,23 @@ class PostgresBackend(Backend):
         ttl = self.default_ttl if ttl is None else ttl
         token = secrets.token_hex(16)
         channel = sql.channel(self.options.schema, election)
+        wake = sql.wake_channel(self.options.schema, election, token)
+        queue = not (no_wait or timeout == 0)  # one try needs no wake-up, nor a ticket
         acquire = self.render(
             sql.ACQUIRE, election=election, token=token, node_id=candidate.node_id,
             host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
-            channel=channel, vanished_reason=VANISHED_REASON,
+            channel=channel, vanished_reason=VANISHED_REASON, queue=queue, wake_channel=wake,
         )  # fmt: skip
         retry = self.retry.attempts(timeout, cancel=cancel)
         give_up = retry.give_up.at
-        session = PgSession(self.options)
+        session: PgSession | None = self._borrow()
         waiting = False
         try:
             while True:
                 try:
                     self._ensure_schema(session, retry.budget())
-                    if not no_wait:  # before the first attempt: no release goes unheard
-                        session.listen(channel, retry.budget())
+                    if queue:  # before the first attempt: no release goes unheard
+                        session.listen(wake, retry.budget())
                     t_send = time.monotonic()
                     term, holder_token, holder_node, holder_term, left_s, _ = session.run(
                         acquire, retry.budget())[0]  # fmt: skip
@@ -248,12 +287,20 @@ class PostgresBackend(Backend):
                     if on_wait is not None:
                         on_wait(holder)
                 try:
-                    self._wait_for_release(session, channel, left_s, give_up, cancel, election)
+                    self._wait_for_release(session, wake, left_s, give_up, cancel, election)
                 except psycopg.Error as exc:
                     self._retry(retry, exc)
         finally:
             if session is not None:
-                session.close()
+                if waiting:  # gave up in line: leave it, or a release would wake nobody
+                    self._leave(session, election, token)
+                self.give_back(session, wake)
+
+    def _leave(self, session: PgSession, election: str, token: str) -> None:
+        try:
+            session.run(self.render(sql.LEAVE, election=election, token=token), PARTING_BUDGET)
+        except psycopg.Error:
+            pass  # the ticket is skipped once its connection is gone or its time is out
 
     def _retry(self, attempts: Attempts, exc: psycopg.Error) -> None:
         """Pause before the next try, or raise the one-line error when that was the last."""
@@ -266,8 +313,8 @@ class PostgresBackend(Backend):
     def _wait_for_release(session: PgSession, channel: str, left_s: float | None,
                           give_up: float | None, cancel: threading.Event | None = None,
                           election: str = "") -> None:  # fmt: skip
-        """Sleep until a release is announced, the lease expires by the server's clock,
-        or ``give_up``. Without a holder to wait for (a winner that committed after our
+        """Sleep until a release wakes us (we head the line: a note on ``channel``, our
+        own), the lease expires by the server's clock, or ``give_up``. Without a holder to wait for (a winner that committed after our
         statement began), look again at once."""
         if left_s is None or left_s <= 0:
             return

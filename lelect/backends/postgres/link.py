@@ -300,6 +300,8 @@ class PgSession:
         self._conn: psycopg.Connection | None = None
         self._lock = threading.RLock()
         self._channels: list[str] = []
+        self._unlistened: list[str] = []  # UNLISTENed with the next statement
+        self._leaving: list[str] = []  # to be taken off _channels under the lock
         self._pending: list[psycopg.Notify] = []
 
     @property
@@ -309,6 +311,7 @@ class PgSession:
     def listen(self, channel: str, budget: float) -> None:
         """LISTEN to ``channel`` (now, and after every reconnect)."""
         with self._lock:
+            self._take_leaving()
             if channel in self._channels and self._conn is not None:
                 return
             if channel not in self._channels:
@@ -318,6 +321,25 @@ class PgSession:
             else:
                 self._connect(budget)
 
+    def unlisten(self, channel: str) -> None:
+        """Stop listening to ``channel``: with the next statement (no round trip now, and
+        no waiting for another thread's call, which may be connecting for a while)."""
+        self._leaving.append(channel)  # atomic: taken in by the next call under the lock
+        if self._lock.acquire(timeout=0):
+            try:
+                self._take_leaving()
+            finally:
+                self._lock.release()
+
+    def _take_leaving(self) -> None:
+        while self._leaving:
+            channel = self._leaving.pop()
+            if channel in self._channels:
+                self._channels.remove(channel)
+                if self._conn is not None:
+                    self._unlistened.append(channel)
+            self._pending = [note for note in self._pending if note.channel != channel]
+
     def run(self, sql: str, budget: float) -> list[tuple]:
         """Run ``sql`` (one query string) within ``budget`` seconds; the rows of its last
         statement. Raises psycopg errors (StatementTimeout when out of time)."""
@@ -326,11 +348,15 @@ class PgSession:
         if not self._lock.acquire(timeout=max(budget, 0.0)):
             raise StatementTimeout("the connection stayed busy with another call")
         try:
+            self._take_leaving()
             conn = self._connect(max(end - time.monotonic(), 0.0))
             left = end - time.monotonic()
             if left <= 0:
                 raise StatementTimeout("no time left after connecting")
-            return self._execute(conn, with_timeout(sql, left * SERVER_SHARE), left)
+            unlisten = "".join(f'UNLISTEN "{channel}";\n' for channel in self._unlistened)
+            rows = self._execute(conn, unlisten + with_timeout(sql, left * SERVER_SHARE), left)
+            self._unlistened.clear()
+            return rows
         finally:
             self._lock.release()
 
@@ -423,6 +449,7 @@ class PgSession:
     def drop(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
+            self._unlistened.clear()  # a new connection listens to _channels only
         if conn is not None:
             try:
                 conn.close()

@@ -14,6 +14,9 @@ Tables (in the URL's ``?schema=``, default ``lelect``):
 - ``history`` one row per leadership, written by the statement that wins it and closed
   by the one that releases it.
 - ``slot``    once-per slots done, with the leadership that did them.
+- ``queue``   the candidates waiting in line: token, the channel each one LISTENs on, when
+  it joined, until when its ticket is good, and its server process (pid and start), so a
+  release NOTIFYs the next live candidate only (herd-free) and skips one that died.
 - ``member``  heartbeats (records.py's codec) and arrival stamps by the server's clock.
 - ``schema_version``  one row: the version of this layout, for later migrations.
 """
@@ -81,6 +84,13 @@ def channel(schema: str, election: str) -> str:
     return "lelect_" + digest.hexdigest()[:32]
 
 
+def wake_channel(schema: str, election: str, token: str) -> str:
+    """The channel one waiting candidate LISTENs on: a release NOTIFYs the head of the
+    line there, and nobody else."""
+    digest = hashlib.sha256(f"{schema}/{election}/{token}".encode("utf-8", "surrogateescape"))
+    return "lelectw_" + digest.hexdigest()[:32]
+
+
 # -- the schema -----------------------------------------------------------------------------
 
 #: Created under a transaction-scoped advisory lock (one implicit transaction), so five
@@ -138,6 +148,16 @@ CREATE TABLE IF NOT EXISTS %(schema)s.slot (
     exit_status integer,
     PRIMARY KEY (election, slot)
 );
+CREATE TABLE IF NOT EXISTS %(schema)s.queue (
+    election text NOT NULL,
+    token text NOT NULL,
+    channel text NOT NULL,
+    enqueued timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    backend_pid integer NOT NULL,
+    backend_start timestamptz,
+    PRIMARY KEY (election, token)
+);
 CREATE TABLE IF NOT EXISTS %(schema)s.member (
     election text NOT NULL,
     node_id text NOT NULL,
@@ -153,7 +173,17 @@ SELECT version FROM %(schema)s.schema_version;
 
 SCHEMA_EXISTS = "SELECT to_regnamespace(%(name)s) IS NOT NULL"
 
-SCHEMA_VERSION_OF = "SELECT max(version) FROM %(schema)s.schema_version"
+#: -> (version, whether the queue table is there: it came later, without a new version,
+#: since older lelects work beside it unchanged)
+SCHEMA_VERSION_OF = """
+SELECT max(version), to_regclass(%(queue)s) IS NOT NULL FROM %(schema)s.schema_version
+"""
+
+#: A candidate process is alive on the server: its backend runs, and is the one that
+#: took the ticket (a pid the server reused is not). Another role's session shows no
+#: start time: then the pid alone decides (at worst a notification is lost).
+_ALIVE = """EXISTS (SELECT 1 FROM pg_stat_get_activity(q.backend_pid) a
+                WHERE a.backend_start IS NULL OR a.backend_start = q.backend_start)"""
 
 # -- leadership -----------------------------------------------------------------------------
 
@@ -162,6 +192,8 @@ SCHEMA_VERSION_OF = "SELECT max(version) FROM %(schema)s.schema_version"
 #: "running" one as vanished, prune the history, announce. A loser learns who holds the
 #: lease and for how long (by the server's clock; missing when the winner committed
 #: after this statement's snapshot: try again).
+#: With ``queue``, a loser takes (or keeps) its ticket in the line, good for what is left
+#: of the lease plus its own ttl; a winner leaves the line.
 #: -> (won term | NULL, holder token, holder node id, holder term, seconds left, notified)
 ACQUIRE = """/* lelect acquire */
 WITH won AS (
@@ -204,14 +236,36 @@ WITH won AS (
     SELECT pg_notify(%(channel)s, 'elected ' || term) FROM counted
 ), holder AS (
     SELECT l.token, l.node_id, t.term,
-           extract(epoch FROM l.expires_at - clock_timestamp())::float8 AS left_s
+           extract(epoch FROM l.expires_at - clock_timestamp())::float8 AS left_s,
+           l.expires_at
     FROM %(schema)s.lease l
     LEFT JOIN %(schema)s.term t ON t.election = l.election AND t.token = l.token
     WHERE l.election = %(election)s AND NOT EXISTS (SELECT 1 FROM won)
+), left_line AS (
+    DELETE FROM %(schema)s.queue
+    WHERE election = %(election)s AND token = %(token)s AND EXISTS (SELECT 1 FROM won)
+    RETURNING token
+), in_line AS (
+    INSERT INTO %(schema)s.queue AS q
+        (election, token, channel, enqueued, expires_at, backend_pid, backend_start)
+    SELECT %(election)s, %(token)s, %(wake_channel)s, clock_timestamp(),
+           greatest(holder.expires_at, clock_timestamp()) + %(ttl)s * interval '1 second',
+           pg_backend_pid(), (SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))
+    FROM (SELECT 1) AS one LEFT JOIN holder ON true
+    WHERE %(queue)s AND NOT EXISTS (SELECT 1 FROM won)
+    ON CONFLICT (election, token) DO UPDATE
+        SET expires_at = excluded.expires_at, backend_pid = excluded.backend_pid,
+            backend_start = excluded.backend_start
+    RETURNING token
 )
 SELECT (SELECT term FROM counted), holder.token, holder.node_id, holder.term, holder.left_s,
        (SELECT count(*) FROM announced)
 FROM (SELECT 1) AS one LEFT JOIN holder ON true
+"""
+
+#: A candidate that gave up waiting (a timeout, a cancel) leaves the line.
+LEAVE = """/* lelect leave */
+DELETE FROM %(schema)s.queue WHERE election = %(election)s AND token = %(token)s
 """
 
 #: Extend our lease from now by the server's clock, only while it is ours and alive.
@@ -226,7 +280,10 @@ RETURNING resign_requested
 #: Release our live lease (only by our token) and announce it; close our own history entry
 #: if still "running" (first writer wins), mark a once-per slot done for an "exited 0",
 #: and with ``forget`` drop our member record (the keeper's hand-back).
-#: -> (released, notified, entry closed, slot marked, member dropped) as counts
+#: The release is announced on the election's channel (observers) and wakes the head of
+#: the line only, on its own channel, skipping (and dropping) tickets of candidates that
+#: died or whose time ran out.
+#: -> (released, notified, entry closed, slot marked, member dropped, woken) as counts
 RELEASE = """/* lelect release */
 WITH released AS (
     DELETE FROM %(schema)s.lease
@@ -234,6 +291,18 @@ WITH released AS (
     RETURNING election
 ), announced AS (
     SELECT pg_notify(%(channel)s, 'released ' || %(term)s) FROM released
+), gone AS (
+    DELETE FROM %(schema)s.queue q
+    WHERE q.election = %(election)s AND EXISTS (SELECT 1 FROM released)
+      AND NOT (q.expires_at > clock_timestamp() AND """ + _ALIVE + """)
+    RETURNING q.token
+), head AS (
+    SELECT q.channel FROM %(schema)s.queue q
+    WHERE q.election = %(election)s AND EXISTS (SELECT 1 FROM released)
+      AND q.expires_at > clock_timestamp() AND """ + _ALIVE + """
+    ORDER BY q.enqueued, q.token LIMIT 1
+), woken AS (
+    SELECT pg_notify(head.channel, 'released ' || %(term)s) FROM head
 ), closed AS (
     UPDATE %(schema)s.history
     SET ended = clock_timestamp(), outcome = %(outcome)s, exit_status = %(exit_status)s,
@@ -263,7 +332,7 @@ WITH released AS (
 )
 SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM announced),
        (SELECT count(*) FROM closed), (SELECT count(*) FROM done),
-       (SELECT count(*) FROM forgotten)
+       (SELECT count(*) FROM forgotten), (SELECT count(*) FROM woken)
 """
 
 

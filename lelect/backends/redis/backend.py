@@ -8,8 +8,10 @@ scripts: ``scripts``); every call has a time budget (``link``); a won
 leadership keeps its lease in ``lease``; if lelect dies, the job's keeper hands
 the leadership back with ``handback``.
 
-Waiters never poll: they subscribe to ``released`` before their first attempt and
-otherwise sleep until the leader key's PTTL runs out.
+Waiters never poll and are never woken as a herd: each subscribes to its own channel
+before its first attempt, takes a ticket in the election's line with that attempt, and
+sleeps until a release wakes it (only the head of the line is woken) or the leader key's
+PTTL runs out (then it tries again, which also keeps its ticket).
 """
 
 from __future__ import annotations
@@ -122,8 +124,10 @@ class RedisBackend(Backend):
                 election, self.history_limit, "1" if self.options.restart_guard else "0"]
         contact = self.retry.attempts(timeout, cancel=cancel)
         subscription = None
-        if not (no_wait or timeout == 0):  # one try needs no wake-up
-            subscription = Subscription(self.link, [keys.released_channel, keys.resign_channel])
+        if not (no_wait or timeout == 0):  # one try needs no wake-up, nor a ticket
+            subscription = Subscription(self.link, [keys.wake_channel(token),
+                                                    keys.resign_channel])
+        args.append("0" if subscription is None else "1")
         waiting = False
         try:
             while True:
@@ -175,8 +179,8 @@ class RedisBackend(Backend):
     def _wait_for_release(self, subscription: Subscription, keys: RedisKeys, pttl: int,
                           contact: Attempts, timeout: float | None,
                           cancel: threading.Event | None = None) -> None:
-        """Sleep until a release is announced or the leader key is gone. When the PTTL
-        runs out, one PTTL call tells a renewed key (sleep on) from an expired one."""
+        """Sleep until a release wakes us (we head the line) or the leader key's PTTL runs
+        out; then the caller tries again, which also keeps our ticket in the line."""
         wake = time.monotonic() + pttl / 1000 + 0.001
         while True:
             now = time.monotonic()
@@ -184,23 +188,14 @@ class RedisBackend(Backend):
             if contact.out_of_time():
                 raise timed_out(keys.election, timeout)
             if now >= wake:
-                try:
-                    pttl = int(self.link.call(contact.budget(), "PTTL", keys.leadership[0]))
-                except RedisError as exc:
-                    self._retry(contact, exc)
-                    return
-                contact.succeeded()
-                if pttl <= 0:
-                    return
-                wake = time.monotonic() + pttl / 1000 + 0.001
-                continue
+                return
             until = wake if contact.give_up.at is None else min(wake, contact.give_up.at)
             try:
                 message = subscription.next_message(wait_slice(until - now, cancel))
             except RedisError as exc:
                 self._retry(contact, exc)  # resubscribe and try again
                 return
-            if message and message[0] == keys.released_channel:
+            if message and message[0] != keys.resign_channel:
                 return
 
     def resign(self, leadership: Leadership, ending: Ending) -> None:

@@ -54,7 +54,7 @@ class RedisLeadership(Leadership):
 
     def _listen(self) -> None:
         subscription = self._subscription or Subscription(
-            self._backend.link, [self.keys.released_channel, self.keys.resign_channel]
+            self._backend.link, [self.keys.resign_channel]
         )
         self._subscription = None
         try:

@@ -399,7 +399,9 @@ class RedisLink:
     """Connections to one Redis server; each call gets a budget that bounds connecting,
     sending and waiting for the answer."""
 
-    _MAX_IDLE = 4
+    #: One command connection per candidate; a call made while it is busy (a heartbeat
+    #: during a renew) gets a connection of its own for that call only.
+    _MAX_IDLE = 1
     #: Grows whenever the link starts talking to another server (a failover).
     epoch = 0
 

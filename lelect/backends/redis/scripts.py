@@ -16,11 +16,15 @@ Every key of an election sits under ``<prefix>:{NAME}:`` (a Redis Cluster hash t
   leadership that completed it, and sorted set slot -> term (newest MAX_SLOTS kept);
 - ``members``, ``arrivals``, ``members-expiry``  member records, arrival stamps from
   Redis TIME, and when each member is forgotten;
+- ``line``, ``line-expiry``  the candidates waiting, as tickets: sorted sets token ->
+  arrival (server time in µs) and token -> when the ticket runs out (ms); a release wakes
+  only the head of the line, on its own channel ``wake:<token>`` (:data:`RELEASE`);
 - ``boot``  hash: the Redis instance (run id / replication id) that last considered a grant, the
   earliest moment (``base_ms``) its leases can have been granted from, and the longest
   ttl ever asked for (``max_ttl_ms``): the delayed-restart rule (:data:`ACQUIRE`).
 
-Channels: ``released`` (a leader let go), ``elected`` (a new leader), ``resign-requests``.
+Channels: ``released`` (a leader let go: for observers), ``elected`` (a new leader),
+``resign-requests``, and ``wake:<token>`` per waiting candidate (the head of the line).
 Scripts check key types before their first write: a script that fails half way keeps
 what it wrote.
 """
@@ -89,6 +93,18 @@ class RedisKeys:
         return [self._key("members"), self._key("arrivals"), self._key("members-expiry")]
 
     @property
+    def line(self) -> list[str]:
+        return [self._key("line"), self._key("line-expiry")]
+
+    @property
+    def wake_prefix(self) -> str:
+        return self._key("wake:")
+
+    def wake_channel(self, token: str) -> str:
+        """The channel a waiting candidate sleeps on: a release wakes the head only."""
+        return self.wake_prefix + token
+
+    @property
     def released_channel(self) -> str:
         return self._key("released")
 
@@ -104,7 +120,7 @@ class RedisKeys:
 
     @property
     def acquire_keys(self) -> list[str]:
-        return [*self.leadership, self.term, self.resign, self.history, self.boot]
+        return [*self.leadership, self.term, self.resign, self.history, self.boot, *self.line]
 
     @property
     def renew_keys(self) -> list[str]:
@@ -112,7 +128,8 @@ class RedisKeys:
 
     @property
     def release_keys(self) -> list[str]:
-        return [*self.leadership, self.resign, self.history, *self.slots, *self.members]
+        return [*self.leadership, self.resign, self.history, *self.slots, *self.members,
+                *self.line]
 
 
 _TYPE_CHECK = """
@@ -162,7 +179,30 @@ local function forget_member(members, arrivals, expiry, node)
 end
 """
 
-#: Why the next leader closed a leadership that was still "running".
+# The line of waiting candidates (herd-free hand-off). A ticket is a token in ``line``
+# (scored by arrival) and in ``line-expiry`` (scored by when it runs out). A release
+# publishes to the head's own channel only; PUBLISH counts the subscribers it reached, so
+# a candidate that died in line (its connection is gone) is skipped at once, as is a
+# ticket whose time ran out (a frozen waiter). A notification lost anyway costs at most
+# what was left of the lease: every waiter also sleeps on the leader key's PTTL.
+_LINE = """
+local function leave_line(line, expiry, token)
+  redis.call('ZREM', line, token)
+  redis.call('ZREM', expiry, token)
+end
+local function wake_next(line, expiry, prefix, message, now_ms)
+  for _ = 1, 1000 do
+    local head = redis.call('ZRANGE', line, 0, 0)[1]
+    if not head then return 0 end
+    local expires = tonumber(redis.call('ZSCORE', expiry, head) or '0') or 0
+    if expires > now_ms and redis.call('PUBLISH', prefix .. head, message) > 0 then
+      return 1
+    end
+    leave_line(line, expiry, head)
+  end
+  return 0
+end
+"""
 
 # The delayed-restart rule. A Redis that restarted without its data (no persistence), or
 # a replica promoted in its master's place, may have forgotten leases that still run: it
@@ -206,9 +246,10 @@ local function restart_wait(boot, ttl_ms, now_ms)
 end
 """
 
-# KEYS: leader, leader-info, term, resign, history, boot
+# KEYS: leader, leader-info, term, resign, history, boot, line, line-expiry
 # ARGV: token, ttl_ms, node_id, host, pid, elected channel, election, history limit,
-#       restart guard ('1' on, '0' off)
+#       restart guard ('1' on, '0' off), join the line ('1': a loser takes or keeps its
+#       ticket, good for what is left of the lease plus ttl; a winner leaves the line)
 # -> {1, term, since_ms} when won, else {0, pttl[, term, node id, host, pid, since_ms]}
 #    (while the restart guard holds grants back: {0, milliseconds left})
 # Trying again with the same token after a lost answer finds the election already ours:
@@ -217,12 +258,15 @@ ACQUIRE = Script(
     _TYPE_CHECK
     + _HISTORY
     + _RESTART_WAIT
+    + _LINE
     + """
 local err = wrong_type(KEYS[1], 'string') or wrong_type(KEYS[2], 'hash')
   or wrong_type(KEYS[3], 'string') or wrong_type(KEYS[4], 'string')
   or wrong_type(KEYS[5], 'zset') or wrong_type(KEYS[6], 'hash')
+  or wrong_type(KEYS[7], 'zset') or wrong_type(KEYS[8], 'zset')
 if err then return err end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  leave_line(KEYS[7], KEYS[8], ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return {1, unpack(redis.call('HMGET', KEYS[2], 'term', 'since_ms'))}
@@ -257,11 +301,18 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     election = ARGV[7], term = tonumber(term), node_id = ARGV[3], host = optional(ARGV[4]),
     pid = tonumber(ARGV[5]), started = now_s, outcome = 'running'})
   redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1 - tonumber(ARGV[8]))
+  leave_line(KEYS[7], KEYS[8], ARGV[1])
   redis.call('PUBLISH', ARGV[6], term)
   return {1, term, string.format('%.0f', now_ms)}
 end
 local holder = redis.call('HMGET', KEYS[2], 'token', 'node_id', 'term', 'host', 'pid', 'since_ms')
 local pttl = redis.call('PTTL', KEYS[1])
+if ARGV[10] == '1' then
+  redis.call('ZADD', KEYS[7], 'NX', string.format('%.0f', now_ms * 1000 + tonumber(now[2]) % 1000),
+             ARGV[1])
+  redis.call('ZADD', KEYS[8], string.format('%.0f', now_ms + math.max(pttl, 0) + tonumber(ARGV[2])),
+             ARGV[1])
+end
 if holder[1] ~= redis.call('GET', KEYS[1]) then return {0, pttl} end
 return {0, pttl, holder[3], holder[2], holder[4], holder[5], holder[6]}
 """
@@ -279,10 +330,13 @@ return {1, asked and 1 or 0}
 )
 
 # KEYS: leader, leader-info, resign, history, slots, slots-order, members, arrivals,
-#       members-expiry
+#       members-expiry, line, line-expiry
 # ARGV: token, term, released channel, outcome, exit status or '', reason or '',
-#       once-per slot or '', max slots, node id whose member record goes or ''
+#       once-per slot or '', max slots, node id whose member record goes or '',
+#       wake channel prefix
 # -> 1 if we still led and released, 0 if the leadership was no longer ours.
+# A release announces itself on ``released`` (observers) and wakes the head of the line
+# only (waiting candidates).
 # Our own history entry is closed either way if it still runs; the slot is marked done
 # only with it (an exited job with status 0 ended while nobody else could lead).
 # The job's keeper runs this script too (the hand-back), forgetting our member record.
@@ -290,19 +344,22 @@ RELEASE = Script(
     _TYPE_CHECK
     + _HISTORY
     + _FORGET_MEMBER
+    + _LINE
     + """
 local err = wrong_type(KEYS[1], 'string') or wrong_type(KEYS[4], 'zset')
   or wrong_type(KEYS[5], 'hash') or wrong_type(KEYS[6], 'zset') or wrong_type(KEYS[7], 'hash')
   or wrong_type(KEYS[8], 'hash') or wrong_type(KEYS[9], 'zset')
+  or wrong_type(KEYS[10], 'zset') or wrong_type(KEYS[11], 'zset')
 if err then return err end
+"""
+    + _NOW
+    + """
 local ours = redis.call('GET', KEYS[1]) == ARGV[1]
 if ours then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('PUBLISH', ARGV[3], ARGV[2])
+  wake_next(KEYS[10], KEYS[11], ARGV[10], ARGV[2], now_ms)
 end
-"""
-    + _NOW
-    + """
 local slot = nil
 if ARGV[4] == 'exited' and ARGV[5] == '0' then slot = optional(ARGV[7]) end
 local entry = close_entry(KEYS[4], ARGV[2], ARGV[4], now_s, tonumber(ARGV[5]),
@@ -424,4 +481,4 @@ def release_args(keys: RedisKeys, token: str, term: int, outcome: str,
     """:data:`RELEASE`'s ARGV."""
     return [token, str(term), keys.released_channel, outcome,
             "" if exit_status is None else str(int(exit_status)), reason or "", slot or "",
-            MAX_SLOTS, forget_member]
+            MAX_SLOTS, forget_member, keys.wake_prefix]
