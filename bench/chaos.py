@@ -3,7 +3,7 @@ resource, on any backend. Anyone can repeat it:
 
     python bench/chaos.py BACKEND --minutes M --seed S [--candidates K] [--ttl 2s]
 
-BACKEND is file, redis, zookeeper, etcd or postgres; the server (if any) is started on
+BACKEND is file, redis, zookeeper, etcd, postgres or mysql; the server (if any) is started on
 loopback as the tests start it (tests/plugins/*_server.py), with a partition proxy
 (tests/plugins/proxy.py) in front of it for each candidate.
 
@@ -64,7 +64,7 @@ from common import LELECT, descendants  # noqa: E402
 from lelect.durations import parse_duration  # noqa: E402
 from tests.helpers import lelect_env  # noqa: E402
 
-BACKENDS = ("file", "redis", "zookeeper", "etcd", "postgres")
+BACKENDS = ("file", "redis", "zookeeper", "etcd", "postgres", "mysql")
 ELECTION = "chaos"
 #: Faults on one candidate, faults on the server, and the resign request.
 CANDIDATE_FAULTS = ("kill-lelect", "kill-keeper", "stop-lelect", "freeze-tree", "partition")
@@ -306,6 +306,13 @@ def _stage(backend: str, workdir: Path, ttl: float) -> Stage:
                      via=lambda port: cluster.url(database, port=port),
                      address=("127.0.0.1", cluster.port), freeze=pg_freeze, thaw=pg_thaw,
                      restart=cluster.restart, close=cluster.remove)
+    if backend == "mysql":
+        from tests.plugins.mysql_server import MariaDBServer
+
+        maria = MariaDBServer()
+        return Stage(url=maria.url(), via=lambda port: maria.url(port=port),
+                     address=("127.0.0.1", maria.port), freeze=maria.freeze, thaw=maria.thaw,
+                     restart=maria.restart, close=maria.remove)
     raise SystemExit(f"chaos: unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
 
 
@@ -417,7 +424,11 @@ class Chaos:
                 self.proxies.append(proxy)
                 url = self.stage.via(proxy.port)
             command = [*LELECT, "campaign", ELECTION, "--log-format", "json", "--id", f"c{n}",
-                       "--restart", "--ttl", f"{ttl:g}s", "--", sys.executable, "-S", "-I",
+                       "--restart", "--ttl", f"{ttl:g}s",
+                       # Back-to-back resigns must not leave the election leaderless by
+                       # policy (docs/lease.md: how the cooldown adds up): one ttl out.
+                       "--resign-cooldown", f"{ttl:g}s",
+                       "--", sys.executable, "-S", "-I",
                        str(job), str(workdir / "fence.sock")]
             candidate = Candidate(f"c{n}", url, command, self.recorder)
             candidate.proxy = self.proxies[-1] if self.proxies else None

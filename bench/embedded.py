@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import LELECT, latency_row, wait_for
 
-from lelect.backends.filestate import flock_waiters
+from lelect.backends.file.state import flock_waiters
 
 
 def written(path: Path, timeout: float = 10.0) -> str:

@@ -9,7 +9,7 @@ Rows (each from the event to the first line the next candidate's job writes):
   keeper's fork/exec);
 - lelect killed (-9), host alive: SIGKILL of the leading lelect at a random point of its
   renew cycle; its keeper kills the job's group and, once the group is gone, hands the
-  leadership back with its own client (``_handback_postgres``): end to end, from the
+  leadership back with its own client (``handback``): end to end, from the
   SIGKILL to the next job;
 - host dies (all frozen): lelect, its keeper and the job SIGSTOPped together: failover
   comes from the lease (expect 2/3 ttl to ttl). "overlaps" counts old jobs that ticked

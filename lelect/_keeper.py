@@ -2,8 +2,10 @@
 
 Run as ``python -S -I -c "…main()" CTRL_FD [KEY=VALUE...] -- CMD [ARGS...]`` (see
 lelect.supervisor); it imports
-only the standard library and lelect.keeper_protocol (and, on the embedded backend,
-lelect.backends.filestate while it waits; a hand-back module once lelect sends one).
+only the standard library and lelect.keeper_protocol, and its two other parts:
+lelect.backends.file.keeper_lock (the embedded backend's flock election; it imports
+lelect.backends.file.state while it waits) and lelect.keeper_handback (the hand-back
+after lelect died; the backend's hand-back module loads once the job runs).
 
 - It starts the job in its own process group and is its child subreaper, so nothing the
   job starts can escape it. The job dies with it (PR_SET_PDEATHSIG), even if somebody
@@ -38,10 +40,6 @@ IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTOU, signal.
            signal.SIGWINCH)
 TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 LIBC = None
-#: How long the keeper tries to hand the leadership back when the recipe sets no budget.
-HAND_BACK_BUDGET = 3.0
-#: How long the keeper tries to close the embedded backend's record itself.
-CLOSE_RECORD_BUDGET = 1.0
 
 
 def shell_status(status):
@@ -49,6 +47,17 @@ def shell_status(status):
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def looks_like_text(path):
+    """A file to hand to /bin/sh: not a binary (bash's test: no NUL in its first line,
+    and not an ELF header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(128)
+    except OSError:
+        return False
+    return not head.startswith(b"\x7fELF") and b"\0" not in head.split(b"\n", 1)[0]
 
 
 def set_subreaper():
@@ -129,7 +138,14 @@ class Launcher:
                 env[b"LELECT_SLOT"] = slot
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if "/" in program:
-                os.execve(program, argv, env)
+                try:
+                    os.execve(program, argv, env)
+                except OSError as exc:
+                    if exc.errno != errno.ENOEXEC or not looks_like_text(program):
+                        raise
+                    # No #! line: run it through /bin/sh, as execvp(3) and flock(1) do.
+                    os.execve("/bin/sh", [b"/bin/sh", os.fsencode(program),
+                                          *map(os.fsencode, argv[1:])], env)
             else:
                 os.execvpe(program, argv, env)
         except OSError as exc:
@@ -155,11 +171,15 @@ class Launcher:
             raise OSError(code, os.strerror(code))
 
 
-class _GiveUp(Exception):
-    """The campaign's deadline passed while the keeper waited for the flock."""
+from lelect.backends.file.keeper_lock import LocalElection  # noqa: E402 - stdlib only
+from lelect.keeper_handback import HandBackRunner  # noqa: E402 - stdlib only
 
 
-class Keeper:
+class Keeper(LocalElection):
+    """The keeper: job supervision and the dead-man switch (here); the embedded
+    backend's flock election (:class:`LocalElection`); the hand-back after lelect died
+    (:class:`HandBackRunner`)."""
+
     def __init__(self, ctrl, options, command, proto):
         self.ctrl = ctrl
         self.options = options
@@ -187,8 +207,7 @@ class Keeper:
         self.terminated = False
         self.continued = False
         self.exit_when_done = False
-        self.recipe = None
-        self.hand_back_call = None  # (module.hand_back, params), loaded once the job runs
+        self.hand_back_runner = None  # what lelect sent; its module loads once the job runs
         self.released_by_lelect = False
         self.stop_signal = int(options.get("stop_signal", signal.SIGTERM))
         self.grace = float(options.get("grace", "10"))
@@ -233,150 +252,6 @@ class Keeper:
         except self.proto.ProtocolError as exc:
             self.send(self.proto.Error(f"keeper: {exc}"))
             return []
-
-    # -- the flock (embedded backend) -------------------------------------------
-
-    def wait_for_lock(self):
-        """Take the flock in the main thread (a blocked helper thread wakes up to ms
-        later). While blocked, a timer checks every half second that lelect is alive,
-        and gives up at the campaign's deadline: a job lelect reports as never started
-        must never start, so only the keeper decides whether it won in time."""
-        self.announced = False  # nothing about the job goes out before "locked"
-        # Import and open the state database now, while waiting, so winning costs only
-        # the job's fork/exec (the leader record is written after).
-        from lelect.backends import filestate
-
-        self.filestate = filestate
-        lock_name = os.path.basename(self.options["lock"])
-        try:
-            # lelect checked the directory (and the database); every file in it is opened
-            # relative to it, never through a link.
-            self.state = filestate.StateDir(self.options["db"], self.options.get("shared") == "1")
-            self.db = filestate.open_db(self.state)
-        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
-            self.send(self.proto.Error(str(exc)))
-            os._exit(0)
-        deadline = float(self.options["deadline"]) if self.options.get("deadline") else None
-        nowait = self.options.get("nowait") == "1"
-        if self.options.get("announce"):
-            time.localtime()  # reads the time zone now, not on the way to starting the job
-
-        def check(*_):
-            ready, _, _ = select.select([self.ctrl], [], [], 0)
-            if ready:
-                messages = self.read_ctrl()
-                if messages is None or any(isinstance(m, self.proto.Exit) for m in messages):
-                    os._exit(0)  # nothing started yet: just go
-                self.pending.extend(messages)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise _GiveUp
-            signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
-
-        previous_term = signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-        signal.signal(signal.SIGALRM, check)
-        outcome = None
-        try:
-            if deadline is not None and deadline <= time.monotonic():
-                nowait = True  # --timeout 0: one try, as flock -w 0
-            self.lock_fd = filestate.take_lock(self.state, lock_name, True)
-            if self.lock_fd is None and not nowait:
-                self.send(self.proto.Waiting())
-                signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
-                self.lock_fd = filestate.take_lock(self.state, lock_name, False)
-        except _GiveUp:
-            outcome = self.proto.TimedOut()
-        except OSError as exc:
-            outcome = self.proto.Error(f"cannot open lock file {self.options['lock']}:"
-                                       f" {exc.strerror or exc}")
-        except Exception as exc:  # noqa: BLE001 - a file lelect must not use: one line
-            outcome = self.proto.Error(str(exc))
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGTERM, previous_term)
-        if outcome is None and self.lock_fd is None:
-            timed = deadline is not None and self.options.get("nowait") != "1"
-            outcome = self.proto.TimedOut() if timed else self.proto.Busy()
-        if outcome is not None:
-            self.release()
-            self.send(outcome)
-            os._exit(0)
-        self.on_locked()
-
-    @staticmethod
-    def _tick(deadline):
-        interval = 0.5
-        if deadline is not None:
-            interval = min(interval, max(deadline - time.monotonic(), 0.001))
-        return interval
-
-    def on_locked(self):
-        since = time.time()
-        try:
-            term = self.filestate.next_term(self.lock_fd, self.db, self.options["election"],
-                                            self.options["lock"])
-        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
-            self.release()
-            self.send(self.proto.Error(str(exc)))
-            os._exit(0)
-        self.term = term
-        # The term is settled (the lock file holds it), so start the job first.
-        if self.command and self.options.get("autostart") == "1":
-            self.start_job(term, None, announce=False)
-        # The leader record is for people (`leader`, `watch`) and the history: write it
-        # in a thread, so a busy database (another process recovering the WAL) never
-        # keeps the main loop from noticing the job's exit. lelect hears "locked" once
-        # it is written.
-        import threading
-
-        read_end, write_end = os.pipe()
-        self.record_pipe = read_end
-        self.locked = self.proto.Locked(term, since)
-        threading.Thread(
-            target=self._record_leader, args=(term, since, write_end), daemon=True
-        ).start()
-
-    def _record_leader(self, term, since, done_fd):
-        try:
-            self.filestate.record_leader(
-                self.db,
-                self.options["election"],
-                term=term,
-                node_id=self.options["node_id"],
-                token=self.options["token"],
-                host=self.options.get("host"),
-                pid=int(self.options["pid"]) if self.options.get("pid") else None,
-                since=since,
-                history_limit=int(self.options.get("history", "1000")),
-            )
-            outcome = b"K"
-        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
-            outcome = b"E" + str(exc).replace("\n", " ").encode()
-        finally:
-            self.db.close()
-        os.write(done_fd, outcome)
-        os.close(done_fd)
-
-    def on_recorded(self):
-        data = os.read(self.record_pipe, 65536)
-        os.close(self.record_pipe)
-        self.record_pipe = None
-        if not data.startswith(b"K"):
-            self.kill_everything()
-            self.release()
-            self.send(self.proto.Error(data[1:].decode(errors="replace")))
-            os._exit(0)
-        self.send(self.locked)
-        if self.job_pid is not None:
-            self.send(self.proto.Started(self.job_pid))
-        self.announced = True
-        for message in self.held_back:
-            self.send(message)
-        self.held_back = []
-
-    def release(self):
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
 
     # -- the job ------------------------------------------------------------
 
@@ -493,9 +368,12 @@ class Keeper:
                 os.killpg(self.job_pid, sig)
             except OSError:
                 pass
-        # Descendants that left the group (setsid) were re-parented to us.
+        # Descendants that left the group (setsid) were re-parented to us; those still in
+        # the group (the job itself above all) had their one signal already.
         for pid in child_pids():
             try:
+                if self.job_pid is not None and os.getpgid(pid) == self.job_pid:
+                    continue
                 os.kill(pid, sig)
             except OSError:
                 pass
@@ -559,7 +437,7 @@ class Keeper:
         elif isinstance(message, proto.Stop):
             self.begin_stop(message.signum, message.grace, message.reason)
         elif isinstance(message, proto.Recipe):
-            self.recipe = message.json
+            self.hand_back_runner = HandBackRunner(message.json)
         elif isinstance(message, proto.Release):
             self.released_by_lelect = True
             self.release()
@@ -585,7 +463,7 @@ class Keeper:
         if gone and not self.released_by_lelect and self.job_pid is not None:
             if held and (lelect_died or self.exit_when_done):
                 # lelect died, or was stopped before it heard that we won.
-                from lelect.backends.records import HAND_BACK_REASON
+                from lelect.backends.words import HAND_BACK_REASON
 
                 try:
                     os.nice(19)  # the next leader's job goes first; this is tidying up
@@ -595,61 +473,9 @@ class Keeper:
                     self.close_record("lost", HAND_BACK_REASON)
                 else:
                     self.close_record("stopped", "lelect was stopped as it won")
-            elif lelect_died and self.recipe:
-                self.hand_back()
+            elif lelect_died and self.hand_back_runner is not None:
+                self.hand_back_runner.run(self.job_status)
         os._exit(0)
-
-    def close_record(self, outcome, reason):
-        """The embedded backend: lelect cannot close the leadership (it died, or was
-        stopped before it heard that we won) and the job's group is gone. The keeper
-        wrote the leadership's record, so it closes it too (after it let go of the
-        flock: its own word overwrites the next leader's "vanished"), then forgets
-        lelect's member."""
-        try:
-            if self.record_pipe is not None:  # the record is still being written
-                select.select([self.record_pipe], [], [], CLOSE_RECORD_BUDGET)
-            conn = self.filestate.open_db(self.state)
-            # A busy database must not hold up the exit (nor the next leader) for long.
-            conn.execute(f"PRAGMA busy_timeout={int(CLOSE_RECORD_BUDGET * 1000)}")
-            try:
-                self.filestate.close_leadership(
-                    conn, self.options["election"], term=self.term, token=self.options["token"],
-                    outcome=outcome, exit_status=self.job_status, reason=reason,
-                    slot=None, ended=time.time(),
-                )
-                with self.filestate.transaction(conn):
-                    conn.execute("DELETE FROM members WHERE election=? AND node_id=?",
-                                 (self.options["election"], self.options["node_id"]))
-            finally:
-                conn.close()
-        except Exception:  # noqa: BLE001 - the next leader closes it as vanished instead
-            pass
-
-    def load_hand_back(self):
-        """Import the recipe's module once the job runs (never on the way to starting
-        it), so that handing back after lelect died costs no import."""
-        try:
-            import importlib
-            import json
-
-            recipe = json.loads(self.recipe)
-            self.hand_back_call = (importlib.import_module(recipe["module"]).hand_back,
-                                   recipe["params"])
-        except Exception:  # noqa: BLE001 - nothing is lost: the lease runs out instead
-            self.recipe = None
-
-    def hand_back(self):
-        """lelect died while its job ran, and the job's whole group is gone: release the
-        leadership by its token now, rather than leave it to the lease."""
-        if self.hand_back_call is None:
-            self.load_hand_back()
-        if self.hand_back_call is None:
-            return
-        call, params = self.hand_back_call
-        try:
-            call(params, float(params.get("budget", HAND_BACK_BUDGET)), self.job_status)
-        except Exception:  # noqa: BLE001 - nothing is lost: the lease runs out instead
-            pass
 
     def timers(self, now):
         if self.job_pid is None or self.job_done:
@@ -723,8 +549,8 @@ class Keeper:
             if self.pending:
                 self.handle(self.pending.pop(0))
                 continue
-            if self.recipe and self.hand_back_call is None and self.job_pid is not None:
-                self.load_hand_back()
+            if self.hand_back_runner is not None and self.job_pid is not None:
+                self.hand_back_runner.load()
             now = time.monotonic()
             next_timer = self.timers(now)
             timeout = None if next_timer is None else max(0.0, next_timer - now)

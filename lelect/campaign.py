@@ -13,6 +13,7 @@ import queue
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -23,18 +24,11 @@ from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
 from lelect.backends.base import PARTING_BUDGET, Backend, Candidate, LeaderInfo, Leadership
-from lelect.campaign_core import (  # noqa: F401 - the exit statuses, for library users
-    DEFAULT_GRACE,
-    EXIT_CONFLICT,
-    EXIT_LOST,
-    EXIT_MAX_RUNTIME,
-    EXIT_NOT_FOUND,
-    EXIT_TIMEOUT,
-)
 from lelect.credentials import job_backend_env
 from lelect.durations import RANGES, format_duration
 from lelect.errors import (
     BackendUnavailable,
+    CampaignCancelled,
     CampaignTimeout,
     CommandNotFound,
     ConfigError,
@@ -43,7 +37,9 @@ from lelect.errors import (
 )
 from lelect.lease import LeaseTiming
 from lelect.names import validate_election
-from lelect.supervisor import Gone, Keeper, KeeperConfig
+from lelect.options import DEFAULT_GRACE, default  # noqa: F401 - DEFAULT_GRACE for library users
+from lelect.status import ExitStatus
+from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
 
 #: What the signal wake-up thread puts on the events queue: nothing to handle.
@@ -60,27 +56,47 @@ def _no_log(event: str, message: str, **fields: Any) -> None:
     pass
 
 
+#: Signals that pause or continue a process instead of asking it to stop.
+UNSTOPPING_SIGNALS = frozenset(
+    {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT}
+)
+
+
 @dataclass(frozen=True)
 class CampaignOptions:
+    """``lelect campaign``'s options (their defaults, flags and help are declared once,
+    in :mod:`lelect.options`)."""
+
     election: str
     command: Sequence[str]
-    node_id: str | None = None
-    stop_signal: int = signal.SIGTERM
-    grace: float | None = None  # None: 10 s, or what fits the lease
-    ttl: float | None = None  # None: the backend's
-    max_runtime: float | None = None
-    no_wait: bool = False
-    conflict_exit_code: int = EXIT_CONFLICT
-    timeout: float | None = None
-    hold_at_least: float = 0.0
-    restart: bool = False
-    restart_delay: float = 1.0
-    resign_cooldown: float = 10.0
-    heartbeat_interval: float = 2.0
-    forget_after: float = 3600.0
-    once_per: float | None = None  # run the job successfully at most once per slot
-    once_key: str | None = None  # ...or once per this named slot
+    node_id: str | None = default("node_id")
+    stop_signal: int = default("stop_signal")
+    grace: float | None = default("grace")  # None: 10 s, or what fits the lease
+    ttl: float | None = default("ttl")  # None: the backend's
+    max_runtime: float | None = default("max_runtime")
+    no_wait: bool = default("no_wait")
+    conflict_exit_code: int = ExitStatus.CONFLICT
+    timeout: float | None = default("timeout")
+    timeout_exit_code: int = ExitStatus.TIMEOUT  # the CLI's -E sets both, like flock -E
+    hold_at_least: float = default("hold_at_least")
+    restart: bool = default("restart")
+    restart_delay: float = default("restart_delay")
+    resign_cooldown: float = default("resign_cooldown")
+    heartbeat_interval: float = default("heartbeat_interval")
+    forget_after: float = default("forget_after")
+    once_per: float | None = default("once_per")  # run the job successfully at most once per slot
+    once_key: str | None = default("once_key")  # ...or once per this named slot
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def policy(self, grace: float, lease: bool) -> core.Policy:
+        """The core's view of these options (``grace`` as the lease timing settled it)."""
+        return core.Policy(
+            election=self.election, stop_signal=int(self.stop_signal), grace=grace, lease=lease,
+            max_runtime=self.max_runtime, hold_at_least=self.hold_at_least,
+            restart=self.restart, restart_delay=self.restart_delay,
+            resign_cooldown=self.resign_cooldown, conflict_exit_code=self.conflict_exit_code,
+            timeout_exit_code=self.timeout_exit_code,
+        )
 
     def check(self) -> None:
         """Refuse options out of their documented range (:data:`RANGES`), before
@@ -92,6 +108,11 @@ class CampaignOptions:
             if limits is not None and isinstance(value, (int, float)) and value is not None:
                 limits.check(float(value), f"--{option.name.replace('_', '-')}",
                              format_duration(float(value)))
+        if self.stop_signal in UNSTOPPING_SIGNALS:
+            raise UsageError(
+                f"--stop-signal {signal.Signals(self.stop_signal).name[3:]} does not ask a job to"
+                " stop (it pauses or continues it): use TERM, INT, HUP, QUIT, USR1 or USR2"
+            )
         if self.once_per is not None and self.once_key is not None:
             raise UsageError("--once-per and --once-key name the slot two ways: use one")
         if self.restart and (self.once_per is not None or self.once_key is not None):
@@ -144,13 +165,37 @@ def check_command(command: Sequence[str]) -> str:
     if "/" in program:
         if not os.path.exists(program):
             raise CommandNotFound(f"{program}: no such file")
-        if os.path.isdir(program) or not os.access(program, os.X_OK):
+        if os.path.isdir(program):
+            raise CommandNotFound(f"{program}: is a directory")
+        if not os.access(program, os.X_OK):
             raise CommandNotFound(f"{program}: not executable")
+        _check_interpreter(program)
         return program
     found = shutil.which(program)
     if found is None:
         raise CommandNotFound(f"{program}: command not found in PATH")
+    _check_interpreter(found)
     return found
+
+
+def _check_interpreter(path: str) -> None:
+    """A script whose #! line names a missing interpreter fails with "No such file or
+    directory" for a file that exists: name the interpreter instead (as bash does)."""
+    try:
+        with open(path, "rb") as script:
+            first = script.read(256).split(b"\n", 1)[0]
+    except OSError:
+        return  # unreadable but executable: the exec will say
+    if not first.startswith(b"#!"):
+        return
+    words = first[2:].split()
+    if not words:
+        return
+    interpreter = os.fsdecode(words[0])
+    if not os.path.exists(interpreter):
+        raise CommandNotFound(f"{path}: bad interpreter {interpreter} (its #! line): no such file")
+    if os.path.isdir(interpreter) or not os.access(interpreter, os.X_OK):
+        raise CommandNotFound(f"{path}: bad interpreter {interpreter} (its #! line): not executable")
 
 
 def slot_name(now: float, once_per: float) -> str:
@@ -176,11 +221,11 @@ class CampaignStatus:
         return leadership if leadership is not None and leadership.is_leader() else None
 
 
-class Interrupted(Exception):
-    """lelect was told to stop while a blocking call (the campaign) was under way."""
+class _Cancelled:
+    """Queued when a stop signal cancels the campaign under way (wakes a wait on the
+    keeper's news)."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signum)
         self.signum = signum
 
 
@@ -194,30 +239,23 @@ class _Driver:
         self.log = log
         self.timing = lease_timing(backend, options.ttl, options.grace)
         self.candidate = Candidate.local(options.node_id)
-        self.core = core.CampaignCore(core.Policy(
-            election=options.election,
-            stop_signal=int(options.stop_signal),
-            grace=self.timing.grace,
-            lease=backend.lease_based,
-            max_runtime=options.max_runtime,
-            hold_at_least=options.hold_at_least,
-            restart=options.restart,
-            restart_delay=options.restart_delay,
-            resign_cooldown=options.resign_cooldown,
-            conflict_exit_code=options.conflict_exit_code,
-        ))
+        self.core = core.CampaignCore(options.policy(self.timing.grace, backend.lease_based))
         # A SimpleQueue: its put is reentrant, so the signal handler may put while this
         # thread is inside get (a Queue's lock would deadlock the campaign).
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self._stop_wakeups: Callable[[], None] | None = None
-        self.blocking = False  # a signal interrupts the blocking call under way
-        self.keeper: Keeper | None = None
+        self.blocking = False  # a stop signal cancels the campaign under way
+        self.cancel = threading.Event()
+        self.cancelled_by: int | None = None
+        self.keeper: KeeperHandle | None = None
         self.leadership: Leadership | None = None
         self.announced = False
         self.heartbeats = None
         self.notify = notify or Notifier({})
         self.loop_beat = time.monotonic()
         self.finished = False
+        #: The once-per slot of the leadership under way (told to the release).
+        self.slot: str | None = None
         #: The backend failed us (a lost lease, an outage): teardown is short.
         self.troubled = False
         self.status = status or CampaignStatus()
@@ -227,8 +265,13 @@ class _Driver:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.blocking and signum in core.WAIT_INTERRUPTS:
+            # Cancel by event, as kazoo's Lock.cancel() does: the campaign leaves the line
+            # at its next look (never an exception raised into a client call).
             self.blocking = False
-            raise Interrupted(signum)
+            self.cancelled_by = signum
+            self.cancel.set()
+            self.events.put(_Cancelled(signum))
+            return
         self.events.put(core.SignalReceived(time.monotonic(), signum))
 
     def _install_signals(self) -> dict[int, Any]:
@@ -325,6 +368,8 @@ class _Driver:
         now = time.monotonic()
         if isinstance(item, core.Event):
             return item
+        if isinstance(item, _Cancelled):  # it came just as the campaign returned: a stop
+            return core.SignalReceived(now, item.signum)
         if isinstance(item, proto.Started):
             return core.JobStarted(now, item.pid)
         if isinstance(item, proto.Exited):
@@ -406,10 +451,11 @@ class _Driver:
             history_limit=backend.history_limit,
             announce=announce,
         )
-        keeper = self.keeper = Keeper(config, self.job_env(), self.events,
+        keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.announced = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
+        self.cancel = threading.Event()
         self.blocking = True
         try:
             if lock is not None:
@@ -421,7 +467,7 @@ class _Driver:
             else:
                 leadership = backend.campaign(
                     opts.election, self.candidate, timeout=opts.timeout, no_wait=opts.no_wait,
-                    ttl=self.timing.ttl, on_wait=self._on_wait,
+                    ttl=self.timing.ttl, on_wait=self._on_wait, cancel=self.cancel,
                 )
         except ElectionBusy as busy:
             keeper.kill()
@@ -434,14 +480,17 @@ class _Driver:
                 raise
             keeper.kill()  # --restart: an outage of any length is waited out
             return core.Unreachable(time.monotonic(), str(trouble))
-        except Interrupted as stop:
-            keeper.kill()  # a job it had just started gets the stop signal and the grace
-            self._report_late_job(keeper)
-            return core.SignalReceived(time.monotonic(), stop.signum)
+        except CampaignCancelled:
+            return self._cancelled(keeper)
         finally:
             self.blocking = False
         self.leadership = leadership
         return self._won(leadership, keeper)
+
+    def _cancelled(self, keeper: KeeperHandle) -> core.Event:
+        keeper.kill()  # a job it had just started gets the stop signal and the grace
+        self._report_late_job(keeper)
+        return core.SignalReceived(time.monotonic(), self.cancelled_by or signal.SIGTERM)
 
     def _status(self, log: core.Log) -> None:
         """systemd's STATUS= line, from what the core logs."""
@@ -459,7 +508,6 @@ class _Driver:
         interval = self.notify.watchdog_interval
         if interval is None:
             return
-        import threading
 
         def ping() -> None:
             while not self.finished:
@@ -473,7 +521,7 @@ class _Driver:
 
         threading.Thread(target=ping, name="systemd-watchdog", daemon=True).start()
 
-    def _report_late_job(self, keeper: Keeper) -> None:
+    def _report_late_job(self, keeper: KeeperHandle) -> None:
         """lelect was stopped just as its keeper won: say how the job it had started
         ended (the keeper closed that leadership's record itself)."""
         while True:
@@ -493,11 +541,29 @@ class _Driver:
         self.log("waiting", f"waiting for {self.options.election!r}: {who}",
                  **({"leader": holder.node_id, "leader_term": holder.term} if holder else {}))
 
-    def _wait_for_keeper(self, lock, keeper: Keeper) -> Leadership | core.Event:
+    def _wait_for_keeper(self, lock, keeper: KeeperHandle) -> Leadership | core.Event:
         """The embedded backend: the keeper takes the flock (and gives up at the
         deadline by itself: only it knows whether the job started)."""
+        deferred: list[core.Event] = []
+        try:
+            return self._keeper_verdict(lock, keeper, deferred)
+        finally:
+            for event in deferred:  # signals to pass on once the job runs
+                keeper.events.put(event)
+
+    def _keeper_verdict(self, lock, keeper: KeeperHandle, deferred: list) -> Leadership | core.Event:
         while True:
             message = keeper.events.get()
+            if isinstance(message, _Cancelled):
+                return self._cancelled(keeper)
+            if isinstance(message, core.SignalReceived):
+                if message.signum in core.WAIT_INTERRUPTS:
+                    # It came as the keeper was being started, before this wait could be
+                    # cancelled (the keeper may have won and started the job already).
+                    self.cancelled_by = message.signum
+                    return self._cancelled(keeper)
+                deferred.append(message)
+                continue
             if isinstance(message, proto.Locked):
                 return self.backend.adopt_local_lock(lock, message.term, message.since,
                                                      release_lock=keeper.release)
@@ -521,7 +587,7 @@ class _Driver:
                 # Killed from outside; it may have won and started the job already, which
                 # the kernel then killed with it (and lelect's subreaper, its children).
                 return core.KeeperGone(time.monotonic())
-            # Anything else (a forwarded signal) waits: news of the job comes after "locked".
+            # Anything else waits: news of the job comes after "locked".
 
     def _keeper_respawned(self) -> None:
         self.log("keeper-respawned", "the keeper of this waiting candidate died; a new one"
@@ -531,13 +597,13 @@ class _Driver:
         holder = self.backend.leader(self.options.election)
         return f"{holder.node_id} (term {holder.term})" if holder else "another candidate"
 
-    def _won(self, leadership: Leadership, keeper: Keeper) -> core.Won:
+    def _won(self, leadership: Leadership, keeper: KeeperHandle) -> core.Won:
         opts = self.options
         slot = done = None
         if opts.once_per is not None or opts.once_key is not None:
             slot = opts.once_key or slot_name(self.backend.now(), opts.once_per or 0.0)
             done = self.backend.slot_done(opts.election, slot) is not None
-            leadership.slot = slot
+            self.slot = slot
         recipe = self.backend.hand_back(leadership)
         if recipe is not None:
             keeper.hand_back_with(recipe)
@@ -571,7 +637,8 @@ class _Driver:
         self.leadership = self.status.leadership = None
         try:
             if leadership is not None:
-                leadership.release(command.outcome, command.exit_status, command.reason)
+                leadership.release(command.outcome, command.exit_status, command.reason,
+                                   self.slot)
         finally:
             if keeper is not None:
                 keeper.close()

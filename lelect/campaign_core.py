@@ -28,13 +28,9 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import ClassVar
 
-# -- exit statuses ------------------------------------------------------------------------
-
-EXIT_LOST = 73
-EXIT_CONFLICT = 75
-EXIT_MAX_RUNTIME = 79
-EXIT_TIMEOUT = 124
-EXIT_NOT_FOUND = 127
+from lelect.backends.words import EXITED, LOST, RESIGNED, STOPPED
+from lelect.options import DEFAULT_GRACE, default
+from lelect.status import ExitStatus
 
 #: Signals that mean "lelect, stop": the job gets the same signal, SIGKILL after the
 #: grace, no restart, and lelect then ends by that signal itself.
@@ -44,8 +40,6 @@ WAIT_INTERRUPTS = (int(_signal.SIGINT), int(_signal.SIGTERM), int(_signal.SIGHUP
 
 #: With --restart, the shortest pause before rejoining (a crashing job cannot spin).
 MIN_RESTART_DELAY = 0.1
-#: Stop signal -> SIGKILL, unless --grace says (or the lease needs) otherwise.
-DEFAULT_GRACE = 10.0
 #: The longest back-off between failing runs.
 MAX_RESTART_DELAY = 30.0
 #: A job that ran this long resets the back-off.
@@ -255,18 +249,19 @@ class Exit(Command):
 
 @dataclass(frozen=True)
 class Policy:
-    """What the options say (see CampaignOptions)."""
+    """What the options say (declared once in :mod:`lelect.options`; see CampaignOptions)."""
 
     election: str
-    stop_signal: int = int(_signal.SIGTERM)
+    stop_signal: int = default("stop_signal")
     grace: float = DEFAULT_GRACE
     lease: bool = True
-    max_runtime: float | None = None
-    hold_at_least: float = 0.0
-    restart: bool = False
-    restart_delay: float = 1.0
-    resign_cooldown: float = 10.0
-    conflict_exit_code: int = EXIT_CONFLICT
+    max_runtime: float | None = default("max_runtime")
+    hold_at_least: float = default("hold_at_least")
+    restart: bool = default("restart")
+    restart_delay: float = default("restart_delay")
+    resign_cooldown: float = default("resign_cooldown")
+    conflict_exit_code: int = ExitStatus.CONFLICT
+    timeout_exit_code: int = ExitStatus.TIMEOUT
 
 
 IDLE, CAMPAIGNING, LEADING, HOLDING, PAUSED, DONE = (
@@ -306,6 +301,8 @@ class CampaignCore:
         self.job_status: int | None = None
         self.outcome: str | None = None  # why the job is being stopped: lost, resign, ...
         self.stop_signal: int | None = None  # the signal that stopped the job
+        self.stopped_at: float | None = None  # when it came
+        self.stop_repeats = 0  # stop signals since: the second says so, the third kills
         self.exit_signal: int | None = None  # lelect was told to stop by this signal
         self.stop_deadline: float | None = None  # max-runtime
         self.hold_until: float | None = None
@@ -336,14 +333,14 @@ class CampaignCore:
                               Log("busy", f"election {policy.election!r} is led by {event.holder}"))
         if isinstance(event, TimedOut):
             detail = event.detail or f"not elected leader of {policy.election!r} in time"
-            return self._exit(EXIT_TIMEOUT, Log("timeout", detail))
+            return self._exit(policy.timeout_exit_code, Log("timeout", detail))
         if isinstance(event, SignalReceived) and event.signum in WAIT_INTERRUPTS:
             return self._interrupted(event.signum, "while waiting")
         if isinstance(event, KeeperGone):
             # Killed from outside while waiting (or just as it won): anything it had
             # started died with it. With --restart, back into line.
             return [Log("keeper-gone", "the job's keeper died before it reported; anything"
-                        " it had started died with it"), *self._after(EXIT_LOST, "lost", event.now)]
+                        " it had started died with it"), *self._after(ExitStatus.LOST, "lost", event.now)]
         if isinstance(event, Unreachable) and policy.restart:
             return self._unreachable(event)
         return []
@@ -387,7 +384,7 @@ class CampaignCore:
             out.append(Log("slot-done", f"elected leader of {policy.election!r} (term"
                            f" {event.term}), but the job already succeeded for slot"
                            f" {event.slot}: not running it", {**fields, "slot": event.slot}))
-            out += self._release("exited", None, f"slot {event.slot} was already done")
+            out += self._release(EXITED, None, f"slot {event.slot} was already done")
             return out + self._after(0, "skipped", event.now)
         out.append(Log("elected", f"elected leader of {policy.election!r} (term {event.term})",
                        fields))
@@ -400,6 +397,21 @@ class CampaignCore:
         return out
 
     # -- leading ------------------------------------------------------------------------------
+
+    def _stop_again(self, event: SignalReceived) -> list[Command]:
+        """Another stop signal while the job is given its grace: the first repeat says how
+        long lelect still waits, the next kills the job now (as an impatient operator or
+        a supervisor's second try means)."""
+        name = _signal_name(event.signum)
+        if not self.job_running:
+            return []
+        self.stop_repeats += 1
+        if self.stop_repeats == 1:
+            left = max(0.0, self.policy.grace - (event.now - (self.stopped_at or event.now)))
+            return [Log("stopping", f"{name}: waiting up to {round(left, 1):g}s for the job"
+                        f" ({name} again to kill it now)")]
+        return [Log("stopping", f"{name} again: killing the job now"),
+                StopJob(int(_signal.SIGKILL), 0.0, "stop")]
 
     def _leading(self, event: Event) -> list[Command]:
         policy = self.policy
@@ -423,8 +435,9 @@ class CampaignCore:
         if isinstance(event, SignalReceived):
             if event.signum in STOPPING:
                 if self.stop_signal is not None:
-                    return []
+                    return self._stop_again(event)
                 self.stop_signal = self.exit_signal = event.signum
+                self.stopped_at = event.now
                 if self.outcome is None:
                     self.outcome = "stop"
                 return [Log("stopping", f"{_signal_name(event.signum)}: stopping the job"),
@@ -450,14 +463,14 @@ class CampaignCore:
         if isinstance(event, ExecFailed):
             self.job_running = False
             out: list[Command] = [Log("execfail", f"cannot run {event.message}")]
-            out += self._release("exited", EXIT_NOT_FOUND, event.message)
-            return out + self._exit(EXIT_NOT_FOUND)
+            out += self._release(EXITED, ExitStatus.NOT_FOUND, event.message)
+            return out + self._exit(ExitStatus.NOT_FOUND)
         if isinstance(event, KeeperGone):
             self.job_running = False
             self.outcome = "lost"
             out = [Log("keeper-gone", "the job's keeper died; the job died with it")]
-            out += self._release("lost", None, "the job's keeper died")
-            return out + self._after(EXIT_LOST, "lost", event.now)
+            out += self._release(LOST, None, "the job's keeper died")
+            return out + self._after(ExitStatus.LOST, "lost", event.now)
         if isinstance(event, JobExited):
             return self._job_exited(event)
         return []
@@ -520,15 +533,15 @@ class CampaignCore:
         status = self.job_status if self.job_status is not None else 0
         outcome = self.outcome
         if self.stop_signal is not None:
-            history, exit_status, kind = "stopped", status, "stopped"
+            history, exit_status, kind = STOPPED, status, "stopped"
         elif outcome == "lost":
-            history, exit_status, kind = "lost", EXIT_LOST, "lost"
+            history, exit_status, kind = LOST, ExitStatus.LOST, "lost"
         elif outcome == "resign":
-            history, exit_status, kind = "resigned", 0, "resigned"
+            history, exit_status, kind = RESIGNED, ExitStatus.OK, "resigned"
         elif outcome == "max-runtime":
-            history, exit_status, kind = "stopped", EXIT_MAX_RUNTIME, "max-runtime"
+            history, exit_status, kind = STOPPED, ExitStatus.MAX_RUNTIME, "max-runtime"
         else:
-            history, exit_status, kind = "exited", status, "exited"
+            history, exit_status, kind = EXITED, status, "exited"
         reason = {"max-runtime": "--max-runtime reached", "resign": "resign requested"}.get(
             outcome or "")
         if self.stop_signal is not None:

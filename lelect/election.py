@@ -20,6 +20,7 @@ from lelect.backends.base import (
     LeaderInfo,
     Leadership,
     Members,
+    ResignAnswer,
 )
 from lelect.names import validate_election, validate_node_id
 
@@ -162,8 +163,10 @@ class Election:
     def leader(self) -> LeaderInfo | None:
         return self.backend.leader(self.name)
 
-    def resign(self, term: int | None = None) -> bool:
-        """Ask the current leader (only of ``term`` if given) to step down."""
+    def request_resign(self, term: int | None = None) -> bool | ResignAnswer:
+        """Ask the current leader (only of ``term`` if given) to step down: true if it
+        was asked; ``ResignAnswer.CANNOT_ASK`` (false) if the leader is not lelect's (an
+        ``etcdctl elect``, a kazoo Election) and cannot be asked."""
         return self.backend.request_resign(self.name, term)
 
     def members(self) -> Members:

@@ -2,63 +2,60 @@
 
 from __future__ import annotations
 
+from lelect.status import ExitStatus
+
 
 class LelectError(Exception):
     """Base of every error lelect reports to a user as one line."""
 
-    exit_status = 70
+    exit_status = ExitStatus.INTERNAL
 
 
 class UsageError(LelectError):
     """Bad flag, bad election name, bad URL or duration, missing command."""
 
-    exit_status = 2
+    exit_status = ExitStatus.USAGE
 
 
 class BackendUnavailable(LelectError):
     """The backend cannot be reached or is failing (connection refused, auth, TLS, READONLY)."""
 
-    exit_status = 69
+    exit_status = ExitStatus.UNAVAILABLE
 
 
 class ConfigError(LelectError):
     """Configuration refused: unsafe directory, options that break the lease promise, corrupt state."""
 
-    exit_status = 78
+    exit_status = ExitStatus.CONFIG
 
 
 class LeadershipLost(LelectError):
     """Leadership was lost while the job ran; the job was stopped."""
 
-    exit_status = 73
+    exit_status = ExitStatus.LOST
 
 
 class ElectionBusy(LelectError):
     """``no_wait`` was asked and somebody else leads."""
 
-    exit_status = 75
+    exit_status = ExitStatus.CONFLICT
 
 
 class CampaignTimeout(LelectError):
     """The timeout ran out before leadership was won."""
 
-    exit_status = 124
+    exit_status = ExitStatus.TIMEOUT
 
 
 class CampaignCancelled(LelectError):
     """The caller cancelled a campaign while it waited (the asyncio API's task
     cancellation); the candidate left the line."""
 
-    exit_status = 130
+    exit_status = ExitStatus.CANCELLED
 
 
 class CommandNotFound(LelectError):
     """The job's command was not found or is not executable."""
 
-    exit_status = 127
+    exit_status = ExitStatus.NOT_FOUND
 
-
-class InternalError(LelectError):
-    """A bug in lelect."""
-
-    exit_status = 70

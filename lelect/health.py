@@ -24,6 +24,7 @@ from lelect.backends.base import Backend, Candidate, Heartbeat, LeaderInfo, Memb
 from lelect.backends.records import DEFAULT_FORGET_AFTER
 from lelect.errors import LelectError, UsageError
 from lelect.names import printable, validate_election
+from lelect.status import HealthStatus
 
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_THRESHOLD = 8.0
@@ -31,7 +32,8 @@ DEFAULT_THRESHOLD = 8.0
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 #: Nagios convention: OK, WARNING, CRITICAL.
-EXIT_STATUS = {HEALTHY: 0, DEGRADED: 1, CRITICAL: 2}
+EXIT_STATUS = {HEALTHY: HealthStatus.HEALTHY, DEGRADED: HealthStatus.DEGRADED,
+               CRITICAL: HealthStatus.CRITICAL}
 
 
 # -- publishing -----------------------------------------------------------------------
@@ -108,6 +110,7 @@ class HeartbeatPublisher:
         self.seq = 0
         self.published = False
         self.last_error: str | None = None
+        self.last_exception: Exception | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -194,9 +197,9 @@ class HeartbeatPublisher:
         while not self._stop.is_set():
             try:
                 self.publish_once()
-                self.last_error = None
+                self.last_error = self.last_exception = None
             except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the campaign
-                self.last_error = str(exc)
+                self.last_error, self.last_exception = str(exc), exc
             self._wake.wait(self.interval)
             self._wake.clear()
 
@@ -459,13 +462,35 @@ def next_leader(
     try:
         for info in changes:
             if info is not None and info.term > after_term:
-                return info
+                return _recorded(backend, election, info)
     finally:
         stop.set()
         timer.cancel()
         changes.close()
     info = backend.leader(election)
     return info if info is not None and info.term > after_term else None
+
+
+#: How long a new leader seen without host and pid may take to record them.
+RECORD_GRACE = 1.0
+
+
+def _recorded(backend: Backend, election: str, info: LeaderInfo) -> LeaderInfo:
+    """``info`` as ``leader()`` shows it once the leader recorded its host and pid: an
+    observer can see a leader (etcd's first key, ZooKeeper's first node) moments before
+    lelect's record of it. A leader that is not lelect's (etcdctl, kazoo) never records
+    them: after RECORD_GRACE, ``info`` as it is."""
+    if info.host is not None:
+        return info
+    give_up = time.monotonic() + RECORD_GRACE
+    while time.monotonic() < give_up:
+        time.sleep(0.05)  # bounded: a foreign leader gives no sign that nothing will come
+        again = backend.leader(election)
+        if again is None or again.identity != info.identity:
+            break
+        if again.host is not None:
+            return again
+    return info
 
 
 @dataclass(frozen=True)

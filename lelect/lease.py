@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lelect.options import DEFAULT_GRACE
+
 Clock = Callable[[], float]
 
 #: ``--timeout`` bounds connecting too, but never below one attempt of this long
@@ -36,8 +38,6 @@ MIN_ATTEMPT = 0.5
 #: The job is stopped (stop signal) at ``deadline - grace``; that must come after the next
 #: renew had this share of the ttl to be answered.
 ANSWER_ROOM = 0.05
-#: The default grace between the stop signal and SIGKILL.
-DEFAULT_GRACE = 10.0
 #: Pauses between tries of a failing call: doubled from the first to the last.
 FIRST_PAUSE = 0.05
 LAST_PAUSE = 0.5

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 import re
 from collections import Counter, deque
@@ -41,6 +42,13 @@ _CONFIGS: dict[str, type] = {"bully": BullyConfig, "ring": RingConfig, "raft": R
 
 
 # -- the scenario ------------------------------------------------------------
+
+
+#: The most nodes a scenario has, and the most messages a run sends before it stops:
+#: together they keep a run within seconds of real time (Bully's elections cost n²
+#: messages; a lossy Ring may never get a message round).
+MAX_NODES = 200
+MESSAGE_BUDGET = 300_000
 
 
 @dataclass(frozen=True)
@@ -103,13 +111,17 @@ class Scenario:
             raise UsageError(
                 f"unknown algorithm {self.algorithm!r}: use one of {', '.join(ALGORITHMS)}"
             )
-        if not 1 <= self.nodes <= 1000:
-            raise UsageError(f"invalid number of nodes {self.nodes}: use 1 to 1000")
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise UsageError(f"invalid number of nodes {self.nodes}: use 1 to {MAX_NODES}")
         if not self.tick_ms > 0:
             raise UsageError(f"invalid tick {self.tick_ms} ms: must be positive")
         for link in (self.link, *self.links.values()):
-            if link.delay_ms < 0 or link.jitter_ms < 0 or not 0 <= link.loss < 1:
-                raise UsageError(f"invalid link {link}: delays must be >= 0 and loss in [0, 1)")
+            if not (link.delay_ms >= 0 and link.jitter_ms >= 0 and math.isfinite(link.delay_ms)
+                    and math.isfinite(link.jitter_ms)):
+                raise UsageError(f"invalid link delay {link.delay_ms:g} ms, jitter"
+                                 f" {link.jitter_ms:g} ms: both must be finite and >= 0")
+            if not 0 <= link.loss < 1:  # also refuses nan
+                raise UsageError(f"invalid loss {link.loss:g}: use a probability in [0, 1)")
         for partition in self.partitions:
             _check_partition(partition, self.nodes)
         for crash in self.crashes:
@@ -337,6 +349,7 @@ class SimResult:
     crashed_leader: NodeId | None
     duration_ms: float
     trace: tuple[Record, ...]
+    budget_spent: bool = False  # stopped after MESSAGE_BUDGET messages
 
     @property
     def events(self) -> list[Record]:
@@ -358,6 +371,7 @@ class SimResult:
             "failover_messages": self.failover_messages,
             "crashed_leader": None if self.crashed_leader is None else str(self.crashed_leader),
             "duration_ms": _ms(self.duration_ms),
+            "budget_spent": self.budget_spent,
             "events": [record_to_json(record) for record in self.events],
         }
 
@@ -464,9 +478,10 @@ class Simulator:
 
     def run_until(self, t_ms: float) -> None:
         limit = _us(t_ms)
-        while self._queue and self._queue[0][0] <= limit:
+        while self._queue and self._queue[0][0] <= limit and self._sent < MESSAGE_BUDGET:
             self._process_next()
-        self._now = max(self._now, limit)
+        if self._sent < MESSAGE_BUDGET:
+            self._now = max(self._now, limit)
 
     def run(self) -> SimResult:
         if self.scenario.duration_ms is not None:
@@ -491,6 +506,7 @@ class Simulator:
             crashed_leader=self._crashed_leader,
             duration_ms=now_ms,
             trace=self.trace,
+            budget_spent=self._sent >= MESSAGE_BUDGET,
         )
 
     # -- the event loop -------------------------------------------------------
@@ -523,6 +539,8 @@ class Simulator:
                     return
             if next_at > give_up:
                 self._now = give_up
+                return
+            if self._sent >= MESSAGE_BUDGET:
                 return
             self._process_next()
 

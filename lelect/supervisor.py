@@ -141,8 +141,8 @@ class KeeperConfig:
         return proto.encode_config(options)
 
 
-class Keeper:
-    """Handle on one keeper process (one per campaign attempt)."""
+class KeeperHandle:
+    """lelect's handle on one keeper process (one per campaign attempt)."""
 
     def __init__(self, config: KeeperConfig, env: dict[str, str] | None = None,
                  events: queue.SimpleQueue | None = None,

@@ -13,9 +13,11 @@ from tests.helpers import kill_spawned
 pytest_plugins = [
     "tests.plugins.proxy",
     "tests.plugins.redis_server",
+    "tests.plugins.redis_sentinel",
     "tests.plugins.zookeeper_server",
     "tests.plugins.postgres_server",
     "tests.plugins.etcd_server",
+    "tests.plugins.mysql_server",
     "tests.plugins.targets",
     "tests.plugins.hostile",
 ]

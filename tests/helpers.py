@@ -186,7 +186,7 @@ def pid_alive(pid: int) -> bool:
 def blocked_on_flock(lock: Path) -> bool:
     """True once some process waits for the flock of ``lock``: an embedded-backend
     candidate is queued."""
-    from lelect.backends.filestate import flock_waiters
+    from lelect.backends.file.state import flock_waiters
 
     return flock_waiters(lock) > 0
 
@@ -316,3 +316,10 @@ def assert_one_at_a_time(activities: list[Activity]) -> None:
     for before, after in zip(activities, activities[1:]):
         assert before.last_ns < after.first_ns, f"jobs overlap: {before} and {after}"
         assert after.term > before.term, f"term did not grow: {before} then {after}"
+
+
+def candidate(node_id: str):
+    """A library candidate with a recognisable host and pid (for the backend tests)."""
+    from lelect.backends.base import Candidate
+
+    return Candidate(node_id=node_id, host="host-" + node_id, pid=4242)

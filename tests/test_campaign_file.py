@@ -200,7 +200,7 @@ def test_lock_fd_does_not_leak_into_the_job(backend, tmp_path):
 
 def test_help_imports_no_backend_client():
     code = (
-        "import sys; from lelect.cli import cli; import lelect.backends.file;"
+        "import sys; from lelect.cli import cli; import lelect.backends.file.backend;"
         "bad = [m for m in ('redis', 'kazoo', 'rich', 'psutil') if m in sys.modules];"
         "print(bad)"
     )
@@ -263,9 +263,9 @@ def started_job(keeper) -> int:
 
 
 def test_killing_a_keeper_handle_never_orphans_its_job():
-    from lelect.supervisor import Keeper, KeeperConfig
+    from lelect.supervisor import KeeperConfig, KeeperHandle
 
-    keeper = Keeper(KeeperConfig(command=("sh", "-c", "sleep 60 & exec sleep 60")))
+    keeper = KeeperHandle(KeeperConfig(command=("sh", "-c", "sleep 60 & exec sleep 60")))
     keeper.spawn()
     keeper.start(1)
     job = started_job(keeper)
@@ -276,9 +276,9 @@ def test_killing_a_keeper_handle_never_orphans_its_job():
 def test_a_job_dies_with_its_keeper_in_a_library_process_too():
     """No subreaper here (the library leaves its host process alone): SIGKILL of the
     keeper still takes the job, by the kernel's PR_SET_PDEATHSIG."""
-    from lelect.supervisor import Keeper, KeeperConfig
+    from lelect.supervisor import KeeperConfig, KeeperHandle
 
-    keeper = Keeper(KeeperConfig(command=("sleep", "60")))
+    keeper = KeeperHandle(KeeperConfig(command=("sleep", "60")))
     keeper.spawn()
     keeper.start(1)
     job = started_job(keeper)
@@ -298,7 +298,7 @@ def test_exec_failure_after_winning_is_127_and_frees_the_election(backend, tmp_p
 
 
 def _open_state(directory: str, start, results) -> None:
-    from lelect.backends import filestate
+    from lelect.backends.file import state as filestate
 
     start.wait()
     try:

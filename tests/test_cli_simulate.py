@@ -117,6 +117,8 @@ def test_tables_show_the_timeline_and_the_summary():
         (["--duration", "soon"], "--duration"),
         (["--crash-leader-at", "-1s"], "--crash-leader-at"),
         (["--loss", "1"], "--loss"),
+        (["--loss", "nan"], "invalid loss nan: use a probability in [0, 1)"),
+        (["--nodes", "1000"], "use 1 to 200"),
         (["--tick", "0"], "tick"),
         (["--partition", "1,2"], "--partition"),
         (["--partition", "1,9@1s"], "--partition"),
@@ -132,3 +134,19 @@ def test_bad_input_exits_2_with_one_clear_line(args, complaint):
     assert isinstance(result.exception, SystemExit)  # a usage error, not a traceback
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and complaint in error_lines[0], result.output
+
+
+@pytest.mark.parametrize("algorithm", ["bully", "ring"])
+def test_a_run_is_bounded_by_the_message_budget(algorithm):
+    """Was: bully at 1000 nodes ran 93 s; a lossy Ring at 100 nodes never ended."""
+    import time
+
+    from lelect import sim
+
+    started = time.monotonic()
+    result = run("--algorithm", algorithm, "--nodes", "200", "--loss", "0.3", "--json")
+    assert time.monotonic() - started < 30  # the budget: seconds, on a loaded machine
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["budget_spent"] is True and out["messages"] <= sim.MESSAGE_BUDGET + 200
+    assert "stopped after 300,000 messages" in result.stderr

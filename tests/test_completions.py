@@ -65,6 +65,13 @@ def test_watch_completes_more_than_one_election(backend):
     assert complete(backend, "lelect watch nightly b") == ["backup"]
 
 
+def test_history_completes_elections_that_only_have_a_history(backend):
+    from tests.helpers import run_lelect
+
+    assert run_lelect("campaign", "deploy", "--", "true", backend=backend).returncode == 0
+    assert complete(backend, "lelect history de") == ["deploy"]
+
+
 def test_commands_complete(backend):
     names = complete(backend, "lelect ")
     assert {"campaign", "leader", "watch", "health", "resign"} <= set(names)

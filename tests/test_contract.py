@@ -14,13 +14,9 @@ import time
 import pytest
 
 from lelect.backends import connect
-from lelect.backends.base import Candidate, Heartbeat
+from lelect.backends.base import Heartbeat, ResignAnswer
 from lelect.errors import CampaignTimeout, ElectionBusy
-from tests.helpers import wait_until
-
-
-def candidate(node_id: str) -> Candidate:
-    return Candidate(node_id=node_id, host="host-" + node_id, pid=4242)
+from tests.helpers import candidate, wait_until
 
 
 def heartbeat(election: str, node_id: str, seq: int, role: str = "follower") -> Heartbeat:
@@ -105,11 +101,13 @@ def test_leader_names_node_term_host_and_pid(backend):
 
 def test_resign_request_reaches_only_the_named_term(backend):
     with backend.campaign("quit", candidate("a"), timeout=10) as held:
-        assert backend.request_resign("quit", held.term - 1) is False
+        stale = backend.request_resign("quit", held.term - 1)
+        assert not stale and stale is not ResignAnswer.CANNOT_ASK
         assert not held.resign_requested.is_set()
-        assert backend.request_resign("quit", held.term) is True
+        assert backend.request_resign("quit", held.term)
         wait_until(held.resign_requested.is_set, what="the resign request to arrive")
-    assert backend.request_resign("quit") is False  # nobody leads
+    nobody = backend.request_resign("quit")
+    assert not nobody and nobody is not ResignAnswer.CANNOT_ASK
 
 
 def test_observe_yields_the_leader_then_every_change(backend):
@@ -150,11 +148,14 @@ def test_heartbeats_keep_backend_stamped_arrivals(backend):
     assert backend.members("beats").records == ()
 
 
-def test_elections_lists_led_and_membered_elections(backend):
+def test_elections_lists_led_membered_and_past_elections(backend):
     backend.publish(heartbeat("with-members", "a", 1), ttl=60)
+    with backend.campaign("with-history", candidate("a"), timeout=10):
+        pass
     with backend.campaign("with-leader", candidate("a"), timeout=10):
         names = backend.elections()
-    assert {"with-members", "with-leader"} <= set(names)
+    # An election that had a leader stays listed (for the exporter's has_leader == 0).
+    assert {"with-members", "with-leader", "with-history"} <= set(names)
 
 
 def test_now_is_the_backends_clock(backend):
@@ -190,12 +191,10 @@ def test_history_is_bounded(target):
 def test_once_per_slot_is_done_only_after_a_successful_run(backend):
     assert backend.slot_done("slots", "2026-12-02") is None
     failed = backend.campaign("slots", candidate("a"), timeout=10)
-    failed.slot = "2026-12-02"
-    failed.release("exited", 1)
+    failed.release("exited", 1, slot="2026-12-02")
     assert backend.slot_done("slots", "2026-12-02") is None
     done = backend.campaign("slots", candidate("b"), timeout=10)
-    done.slot = "2026-12-02"
-    done.release("exited", 0)
+    done.release("exited", 0, slot="2026-12-02")
     entry = backend.slot_done("slots", "2026-12-02")
     assert entry is not None and entry.term == done.term and entry.node_id == "b"
     assert backend.history("slots")[-1].slot == "2026-12-02"
@@ -380,6 +379,9 @@ def test_kill9_of_lelect_hands_over_once_the_job_and_its_grandchild_are_gone(tar
     assert seen.read_text().strip() == "clean"
     assert not pid_alive(job_pid) and not pid_alive(grandchild_pid)
     assert took < 5.0, f"the next job started {took:.1f}s after the kill: the lease ran out"
+    if target.lease:  # the keeper says how its hand-back went (the keeper shares stderr)
+        _, err = leader.communicate(timeout=30)
+        assert "handed the leadership of 'k9' back: released" in err, err
 
 
 def test_sigterm_stops_the_job_releases_and_lelect_ends_by_sigterm(target, tmp_path):
@@ -474,6 +476,21 @@ def test_leader_wait_blocks_until_somebody_leads(target, tmp_path):
     proc.communicate(timeout=30)
 
 
+def test_leader_wait_json_shows_what_leader_json_shows(target, tmp_path):
+    """Was: on etcd, `leader --wait --json` caught the leader before its record and
+    showed since, host and pid as null."""
+    waiter = spawn_lelect("leader", "later", "--wait", "60s", "--json", backend=target.url)
+    time.sleep(1.0)  # a window: the waiter is watching before anybody leads
+    proc, release = leading(target, "later", tmp_path, "node-b")
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, err
+    waited = json.loads(out)["leader"]
+    assert waited == leader_json(target.url, "later")
+    assert None not in (waited["since"], waited["host"], waited["pid"]), waited
+    release.touch()
+    proc.communicate(timeout=30)
+
+
 def test_restart_rejoins_with_a_new_term_each_time(target, tmp_path):
     record = tmp_path / "record"
     proc = spawn_lelect("campaign", "again", "--restart", "--restart-delay", "100ms", "--",
@@ -512,6 +529,10 @@ def test_unreachable_server_is_69_within_the_bound(network_target, silent_listen
     refused = run_lelect("leader", "x", backend=target.url_for(30.0, "127.0.0.1", refused_port))
     assert refused.returncode == 69 and "refused" in refused.stderr, refused.stderr
     assert time.monotonic() - started < 5.0, "a refused connection must fail at once"
+    # The bound named is the campaign's (was "within 5s" on ZooKeeper).
+    refused = run_lelect("campaign", "x", "-w", "500ms", "--", "true",
+                         backend=target.url_for(5.0, "127.0.0.1", refused_port))
+    assert refused.returncode == 69 and "within 500ms" in refused.stderr, refused.stderr
 
 
 def test_out_of_range_durations_are_usage_errors_before_anything_runs(target, tmp_path):
@@ -724,9 +745,9 @@ def test_a_job_is_never_started_after_its_lease_could_have_run_out():
     """The keeper refuses a Start that comes after the lease's stop point, whatever the
     order lelect's messages arrive in."""
     from lelect import keeper_protocol as proto
-    from lelect.supervisor import Keeper, KeeperConfig
+    from lelect.supervisor import KeeperConfig, KeeperHandle
 
-    keeper = Keeper(KeeperConfig(command=("sh", "-c", "echo ran; sleep 5"), grace=0.1))
+    keeper = KeeperHandle(KeeperConfig(command=("sh", "-c", "echo ran; sleep 5"), grace=0.1))
     keeper.spawn()
     keeper.lease(time.monotonic() - 0.01, 0.1)  # the lease is over by now
     keeper.start(7)
@@ -761,3 +782,45 @@ def test_a_killed_candidate_is_no_duplicate_of_its_restarted_successor(target, t
     assert leader.wait(timeout=30) == 0
     assert second.wait(timeout=30) == 0
     assert "another live candidate" not in tail.text, tail.text
+
+
+def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
+    """SIGTERM to a waiting candidate cancels its campaign (an event the backend's wait
+    looks at): it leaves the line and ends by the signal within a second, and its job
+    never runs."""
+    proc, release = leading(target, "quit", tmp_path)
+    marker = tmp_path / "quitter-ran"
+    quitter, tail = waiting(target, "quit", "--", "touch", str(marker), name="quitter")
+    sent = time.monotonic()
+    quitter.send_signal(signal.SIGTERM)
+    assert quitter.wait(timeout=10) == -signal.SIGTERM
+    assert time.monotonic() - sent < 1.5
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert not marker.exists()
+    assert "Traceback" not in tail.text
+
+
+def test_a_partitioned_leader_job_is_dead_by_its_lease_deadline(network_target, tmp_path,
+                                                                partition_proxy):
+    """The leader reaches the server through a proxy that stops forwarding: its job is
+    dead by its lease deadline, lelect exits 73, and the waiter's job runs after it."""
+    target = network_target
+    proxy = partition_proxy("127.0.0.1", target.server.port)
+    record = tmp_path / "ticks"
+    leader = spawn_lelect("campaign", "cut", "--id", "cut-off", "--", *ticking_job(record),
+                          backend=target.url.replace(f":{target.server.port}", f":{proxy.port}"))
+    wait_until(lambda: read_ticks(record), timeout=30, what="the leader's job")
+    follower = spawn_lelect("campaign", "cut", "--id", "b", "--", *ticking_job(record),
+                            backend=target.url)
+    OutputTail(follower.stderr).wait_for("waiting for")
+    proxy.block()
+    blocked_ns = time.time_ns()
+    wait_until(lambda: len(read_ticks(record)) == 2, timeout=target.ttl + 15,
+               what="the next job")
+    assert leader.wait(15) == 73
+    first, second = read_ticks(record)
+    assert first.last_ns <= blocked_ns + target.ttl * 1e9
+    assert_one_at_a_time([first, second])
+    follower.terminate()
+    follower.wait(timeout=30)

@@ -6,12 +6,15 @@ the contract suite."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 
 import click
 import pexpect
+import pytest
 
 from lelect.cli import COMMANDS, cli
 from lelect.cli.params import Duration
@@ -165,6 +168,13 @@ def test_health_of_an_unknown_election_says_so(backend):
     assert "unknown election 'typo'" in out.stderr
 
 
+def test_health_of_an_election_with_only_a_history_is_no_leader(backend):
+    assert run_lelect("campaign", "past", "--", "true", backend=backend).returncode == 0
+    out = run_lelect("health", "past", backend=backend)
+    assert "unknown election" not in out.stderr
+    assert "no leader" in out.stdout and out.returncode == 2
+
+
 def test_watch_keeps_node_ids_whole_on_a_narrow_terminal(backend, tmp_path):
     node = "web-frontend-03.example.internal"
     proc = spawn_lelect("campaign", "narrow", "--id", node, "--", "sleep", "30", backend=backend)
@@ -175,6 +185,57 @@ def test_watch_keeps_node_ids_whole_on_a_narrow_terminal(backend, tmp_path):
     assert node in out.stdout, out.stdout
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def node_column(table: str) -> list[str]:
+    """The NODE cells of a piped watch/health table, a folded cell's lines joined."""
+    lines = table.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("NODE"))
+    width = lines[header].index("ROLE")
+    cells: list[str] = []
+    for line in lines[header + 1:]:
+        if not line.strip() or line.startswith("  "):
+            break
+        cell, rest = line[:width].strip(), line[width:].strip()
+        if rest and not rest.startswith(("follower", "leader")):
+            raise AssertionError(f"not a member row: {line!r}")
+        if rest:
+            cells.append(cell)
+        else:
+            cells[-1] += cell
+    return cells
+
+
+def test_node_ids_are_never_cut_and_no_column_is_dropped(backend):
+    """Two FQDNs that differ after character 48: piped, at 200 and at 80 columns, both
+    are shown whole and every column is there (was: cut with "…", LOAD and STATUS
+    dropped at 80)."""
+    base = "web-frontend-03.eu-west-1.compute.internal.example.com-"
+    nodes = [base + "primary", base + "secondary"]
+    for node in nodes:
+        spawn_lelect("campaign", "wide", "--id", node, "--heartbeat-interval", "100ms", "--",
+                     "sleep", "30", backend=backend)
+    wait_until(lambda: run_lelect("watch", "wide", "--once", "--json", backend=backend)
+               .stdout.count('"alive"') == 2, timeout=20, what="two members")
+    for columns in ("200", "80"):
+        for command in ("watch", "health"):
+            out = subprocess.run([*LELECT, command, "wide", *(["--once"] * (command == "watch"))],
+                                 capture_output=True, text=True, timeout=30,
+                                 env={**lelect_env(backend), "COLUMNS": columns})
+            assert "…" not in out.stdout, out.stdout
+            assert sorted(node_column(out.stdout)) == nodes, out.stdout
+            header = next(line for line in out.stdout.splitlines() if line.startswith("NODE"))
+            assert header.split() == ["NODE", "ROLE", "LAST", "BEAT", "CPU", "MEM", "LOAD",
+                                      "STATUS", *(["PHI"] * (command == "health"))], out.stdout
+            assert all(len(line) <= int(columns) for line in out.stdout.splitlines())
+            assert [line for line in out.stdout.splitlines() if line != line.rstrip()] == []
+
+
+def test_piped_history_tables_have_no_trailing_spaces(backend):
+    assert run_lelect("campaign", "trail", "--", "true", backend=backend).returncode == 0
+    out = run_lelect("history", "trail", backend=backend)
+    assert "exited" in out.stdout
+    assert [line for line in out.stdout.splitlines() if line != line.rstrip()] == []
 
 
 def test_two_candidates_with_one_node_id_are_warned(backend):
@@ -196,7 +257,7 @@ def test_two_candidates_with_one_node_id_are_warned(backend):
 OTHER_USER = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
-from lelect.backends import filestate
+from lelect.backends.file import state as filestate
 directory = sys.argv[1]
 state = filestate.open_state_dir(directory, create=False)
 assert state.shared is True
@@ -233,3 +294,212 @@ def test_root_and_another_user_share_an_election_in_a_setgid_group_directory(sha
     for path in shared.iterdir():
         if path.is_file() and path.name != "started":
             assert path.stat().st_mode & 0o060 == 0o060, path  # the group's too
+
+
+#: A job that counts each delivery of SIGTERM (the wakeup fd gets one byte per delivery,
+#: where a Python handler may run once for two) and writes the count when it ends.
+COUNT_TERMS = """
+import os, signal, sys, time
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.signal(signal.SIGTERM, lambda *_: None)
+signal.set_wakeup_fd(w)
+open(sys.argv[1], "w").close()
+signal.pause()
+time.sleep(0.3)
+with open(sys.argv[2], "a") as f:
+    f.write(f"{os.read(r, 100).count(bytes([signal.SIGTERM]))}\\n")
+"""
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "resign"])
+def test_the_job_gets_one_stop_signal(backend, tmp_path, stop):
+    """One SIGTERM per stop, to the group (was: the group, then the job's pid again)."""
+    counts = tmp_path / "counts"
+    for run in range(5):
+        started = tmp_path / f"started-{run}"
+        proc = spawn_lelect("campaign", "once", "--", sys.executable, "-c", COUNT_TERMS,
+                            str(started), str(counts), backend=backend)
+        wait_until(started.exists, timeout=20, what="the job")
+        if stop == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            assert run_lelect("resign", "once", backend=backend).returncode == 0
+        proc.wait(timeout=30)
+    assert counts.read_text().split() == ["1"] * 5
+
+
+def test_election_members_is_iterable(backend, tmp_path):
+    import lelect
+
+    started = tmp_path / "started"
+    proc = spawn_lelect("campaign", "it", "--id", "m-1", "--heartbeat-interval", "100ms", "--",
+                        "sh", "-c", f"touch {started}; exec sleep 30", backend=backend)
+    with lelect.connect(backend) as client:
+        election = client.election("it")
+        wait_until(lambda: started.exists() and election.members().records, timeout=20,
+                   what="the job and a member record")
+        assert [record.node_id for record in election.members()] == ["m-1"]
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def lelect_in_sh(redirect: str, *args: str, backend: str) -> subprocess.CompletedProcess:
+    """`lelect ARGS` run by sh with ``redirect`` (``>&-``, ``2>&-``, ``>/dev/full``)."""
+    script = f'exec "$@" {redirect}'
+    return subprocess.run(["sh", "-c", script, "sh", *LELECT, *args], env=lelect_env(backend),
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+def test_a_command_that_cannot_write_says_so_in_one_line(backend, redirect):
+    assert run_lelect("campaign", "out", "--", "true", backend=backend).returncode == 0
+    for args in (("leader", "x"), ("history", "out"), ("watch", "--once"), ("health", "--json")):
+        out = lelect_in_sh(redirect, *args, backend=backend)
+        assert out.returncode == 74, (args, out)
+        assert out.stderr.splitlines() == [
+            "lelect: cannot write to stdout: " + ("Bad file descriptor" if redirect == ">&-"
+                                                  else "No space left on device")], out.stderr
+
+
+@pytest.mark.parametrize("redirect", ["2>&-", ">&-", ">&- 2>&-", "2>/dev/full"])
+def test_a_campaign_ends_with_its_jobs_status_whatever_its_streams(backend, redirect):
+    for quiet in ((), ("-q",)):
+        out = lelect_in_sh(redirect, "campaign", "sf", *quiet, "--", "sh", "-c", "exit 7",
+                           backend=backend)
+        assert out.returncode == 7, (redirect, quiet, out)
+
+
+def test_a_reader_that_left_ends_the_command_with_its_own_status(backend):
+    """`--json | head -1`: the reader has what it wanted; the status is the command's own,
+    every time (was 0 or 1 at random)."""
+    for name in ("a", "b", "c"):
+        assert run_lelect("campaign", name, "--", "true", backend=backend).returncode == 0
+    for args, status in ((("health", "--json"), 2), (("watch", "--once", "--json"), 0),
+                         (("history", "a", "--json"), 0), (("leader", "a", "--json"), 1)):
+        for _ in range(3):
+            read, write = os.pipe()
+            os.close(read)  # the reader is gone before the first line
+            proc = subprocess.run([*LELECT, *args], env=lelect_env(backend), stdout=write,
+                                  stderr=subprocess.PIPE, text=True, timeout=60)
+            os.close(write)
+            assert (proc.returncode, proc.stderr) == (status, ""), (args, proc)
+
+
+def test_leader_wait_that_runs_out_is_124_like_the_other_waits(backend):
+    out = run_lelect("leader", "nobody", "--wait", "300ms", backend=backend)
+    assert out.returncode == 124 and "no leader within 300ms" in out.stdout, out
+
+
+def test_conflict_exit_code_covers_the_timeout_like_flock(backend, tmp_path):
+    started = tmp_path / "started"
+    spawn_lelect("campaign", "fl", "--", "sh", "-c", f"touch {started}; exec sleep 30",
+                 backend=backend)
+    wait_until(started.exists, timeout=20, what="the leader's job")
+    assert run_lelect("campaign", "fl", "-w", "200ms", "--", "true",
+                      backend=backend).returncode == 124
+    for how in (("-w", "200ms"), ("-n",)):
+        out = run_lelect("campaign", "fl", "-E", "3", *how, "--", "true", backend=backend)
+        assert out.returncode == 3, (how, out.stderr)
+
+
+@pytest.mark.parametrize("sig", ["STOP", "TSTP", "CONT"])
+def test_a_stop_signal_that_cannot_stop_a_job_is_refused(backend, sig, tmp_path):
+    marker = tmp_path / "ran"
+    out = run_lelect("campaign", "ss", "--stop-signal", sig, "--", "touch", str(marker),
+                     backend=backend)
+    assert out.returncode == 2 and "does not ask a job to stop" in out.stderr
+    assert not marker.exists()
+
+
+def test_ttl_on_the_embedded_backend_is_named_as_ignored_once(backend):
+    out = run_lelect("campaign", "tt", "--ttl", "2s", "--grace", "5s", "--", "true",
+                     backend=backend)
+    assert out.returncode == 0
+    assert out.stderr.count("--ttl 2s is ignored") == 1, out.stderr
+
+
+def test_help_names_the_default_directory_of_whoever_runs_it():
+    text = " ".join(run_lelect("--help").stdout.split())
+    expected = "/var/lib/lelect" if os.geteuid() == 0 else "~/.local/state/lelect"
+    assert f"$LELECT_HOME or {expected}" in text
+
+
+def test_health_takes_several_elections_like_watch(backend):
+    for name in ("one", "two", "three"):
+        assert run_lelect("campaign", name, "--", "true", backend=backend).returncode == 0
+    out = run_lelect("health", "one", "two", "--json", backend=backend)
+    assert [json.loads(line)["election"] for line in out.stdout.splitlines()] == ["one", "two"]
+    typo = run_lelect("health", "one", "tow", backend=backend)
+    assert typo.returncode == 2 and "unknown election 'tow'" in typo.stderr
+
+
+def test_a_script_without_a_shebang_runs_through_sh_like_execvp(backend, tmp_path):
+    script = tmp_path / "plain"
+    script.write_text('echo "ran with $1"\n')
+    script.chmod(0o755)
+    out = run_lelect("campaign", "sb", "--", str(script), "arg", backend=backend)
+    assert (out.returncode, out.stdout) == (0, "ran with arg\n"), out.stderr
+
+
+def test_commands_that_cannot_run_say_why_before_campaigning(backend, tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_text("#!/nonexistent/python9 -u\nprint(1)\n")
+    bad.chmod(0o755)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for command, reason in ((bad, "bad interpreter /nonexistent/python9"),
+                            (folder, "is a directory")):
+        out = run_lelect("campaign", "why", "--", str(command), backend=backend)
+        assert out.returncode == 127 and reason in out.stderr, out.stderr
+        assert "elected" not in out.stderr
+
+
+def test_json_logs_carry_errors_as_json_too(backend, tmp_path):
+    for args, status in ((("--", str(tmp_path / "missing")), 127),
+                         (("--stop-signal", "STOP", "--", "true"), 2)):
+        out = run_lelect("campaign", "je", "--log-format", "json", *args, backend=backend)
+        assert out.returncode == status
+        (record,) = [json.loads(line) for line in out.stderr.splitlines()]
+        assert record["event"] == "error" and record["election"] == "je", record
+
+
+def test_a_second_stop_signal_says_how_long_and_a_third_kills(backend, tmp_path):
+    started = tmp_path / "started"
+    proc = spawn_lelect("campaign", "stubborn", "--grace", "30s", "--", "sh", "-c",
+                        f"trap '' TERM; touch {started}; while :; do sleep 0.05; done",
+                        backend=backend)
+    wait_until(started.exists, timeout=20, what="the job")
+    tail = OutputTail(proc.stderr)
+    proc.send_signal(signal.SIGTERM)
+    tail.wait_for("SIGTERM: stopping the job")
+    proc.send_signal(signal.SIGTERM)
+    tail.wait_for("SIGTERM: waiting up to")
+    assert "(SIGTERM again to kill it now)" in tail.text
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == -signal.SIGTERM
+    assert time.monotonic() - began < 10  # not the 30 s grace
+
+
+def test_a_leader_without_heartbeats_is_not_shown_as_no_candidates(backend, tmp_path):
+    started = tmp_path / "started"
+    spawn_lelect("campaign", "quiet", "--heartbeat-interval", "0", "--", "sh", "-c",
+                 f"touch {started}; exec sleep 30", backend=backend)
+    wait_until(started.exists, timeout=20, what="the job")
+    for command in (("watch", "quiet", "--once"), ("health", "quiet")):
+        out = run_lelect(*command, backend=backend)
+        assert "no candidates" not in out.stdout, out.stdout
+        assert "the leader publishes none" in out.stdout, out.stdout
+
+
+def test_sigterm_as_the_job_starts_always_ends_lelect(backend, tmp_path):
+    """A SIGTERM that came while the keeper was being started was dropped: lelect
+    waited for ever, its job running (1 run in ~20)."""
+    for run in range(15):
+        started = tmp_path / f"started-{run}"
+        proc = spawn_lelect("campaign", f"early-{run}", "--", "sh", "-c",
+                            f"touch {started}; exec sleep 30", backend=backend)
+        wait_until(started.exists, timeout=20, what="the job")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == -signal.SIGTERM

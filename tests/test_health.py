@@ -254,7 +254,7 @@ def test_group_watch_reports_each_leader_change_once(tmp_path):
         assert (change.previous.node_id, change.current) == ("b", None)
 
 
-def test_group_watch_of_every_election_skips_stray_names_and_sees_a_group_vanish(tmp_path):
+def test_group_watch_of_every_election_skips_stray_names_and_keeps_a_past_election(tmp_path):
     import sqlite3
 
     with connect(f"file://{tmp_path}/state") as backend:
@@ -265,10 +265,11 @@ def test_group_watch_of_every_election_skips_stray_names_and_sees_a_group_vanish
         leadership = held(backend, "e", "a")
         watch = GroupWatch(backend, (), DETECTOR, interval=0.01)
         assert [g.election for g in watch.snapshot().groups] == ["e"]
-        leadership.release()  # the election drops out of elections(): the loss is still seen
+        leadership.release()
         (change,) = watch.snapshot().changes
         assert (change.previous.node_id, change.current) == ("a", None)
-        assert watch.snapshot().groups == ()
+        # Its history keeps it listed, leaderless (the exporter's has_leader == 0).
+        assert [(g.election, g.leader) for g in watch.snapshot().groups] == [("e", None)]
 
 
 def test_group_watch_run_survives_a_failing_backend(redis_server):

@@ -100,7 +100,7 @@ def test_redis_slow_drip_reply_ends_by_the_deadline(hostile_server):
     pytest.param(b":1e999\r\n", id="bad-integer"),
 ])
 def test_redis_hand_back_refuses_a_malformed_reply_in_time(hostile_server, reply):
-    from lelect.backends import _handback_redis
+    from lelect.backends.redis import handback as _handback_redis
 
     def endless(conn, stopped):
         read_some(conn)
@@ -156,7 +156,7 @@ CREATED = b'{"result":{"header":{"revision":"5"},"created":true}}\n'
     pytest.param(b"[" * 100000 + b"\n", id="deep-json"),
 ])
 def test_etcd_garbled_watch_line_ends_the_watch_with_a_gateway_error(hostile_server, after):
-    from lelect.backends._etcd_gateway import Endpoint, Gateway, GatewayError
+    from lelect.backends.etcd.gateway import Endpoint, Gateway, GatewayError
 
     server = hostile_server(answering(watch_answer(CREATED, after)))
     gateway = Gateway([Endpoint("127.0.0.1", server.port)])
@@ -166,7 +166,7 @@ def test_etcd_garbled_watch_line_ends_the_watch_with_a_gateway_error(hostile_ser
 
 
 def test_etcd_endless_watch_chunk_is_cut_off(hostile_server):
-    from lelect.backends._etcd_gateway import MAX_WATCH_LINE, Endpoint, Gateway, GatewayError
+    from lelect.backends.etcd.gateway import MAX_WATCH_LINE, Endpoint, Gateway, GatewayError
 
     def script(conn, stopped):
         read_some(conn)
@@ -209,7 +209,7 @@ def test_zookeeper_hostile_frame_is_69_without_allocating_it(hostile_server, fra
     pytest.param(b"\x00\x00\x00\x0a" + b"\0" * 10, id="short-frame"),
 ])
 def test_zookeeper_hand_back_refuses_a_hostile_frame_in_time(hostile_server, frame):
-    from lelect.backends import _handback_zookeeper
+    from lelect.backends.zookeeper import handback as _handback_zookeeper
 
     def script(conn, stopped):
         read_some(conn)
@@ -296,7 +296,7 @@ class AuthScript:
     pytest.param("!password", pg_message(b"R", struct.pack("!I", 3)), id="not-cleartext"),
 ])
 def test_postgres_hand_back_honours_require_auth(hostile_server, require_auth, request_):
-    from lelect.backends import _handback_postgres
+    from lelect.backends.postgres import handback as _handback_postgres
 
     script = AuthScript(request_)
     server = hostile_server(script)
@@ -309,7 +309,7 @@ def test_postgres_hand_back_honours_require_auth(hostile_server, require_auth, r
 
 @pytest.mark.parametrize("iterations", [b"2000000000", b"10000000", b"99999999999999999999", b"1"])
 def test_postgres_hand_back_refuses_scram_work_beyond_its_budget(hostile_server, iterations):
-    from lelect.backends import _handback_postgres
+    from lelect.backends.postgres import handback as _handback_postgres
 
     def script(conn, stopped):
         pg_startup(conn)

@@ -91,7 +91,7 @@ def test_backend_campaign_takes_no_keeper():
 
 def test_help_and_the_embedded_path_import_no_client_library():
     code = (
-        "import sys; from lelect.cli import cli; import lelect.backends.file;"
+        "import sys; from lelect.cli import cli; import lelect.backends.file.backend;"
         "import lelect.campaign; import lelect.election;"
         "heavy = ('redis', 'kazoo', 'psycopg', 'prometheus_client', 'rich', 'psutil', 'ssl',"
         " 'http.client');"
@@ -104,10 +104,13 @@ def test_help_and_the_embedded_path_import_no_client_library():
 def test_the_keeper_and_its_protocol_need_only_the_standard_library():
     for name in ("lelect._keeper", "lelect.keeper_protocol"):
         assert {i for i in imports(MODULES[name]) if i in MODULES} <= {"lelect", "lelect.keeper_protocol",
-                                          "lelect.backends", "lelect.backends.filestate",
+                                          "lelect.backends", "lelect.backends.file",
+                                          "lelect.backends.file.state", "lelect.backends.words",
+                                          "lelect.backends.file.keeper_lock",
+                                          "lelect.keeper_handback",
                                           "lelect.backends.records"}, name
     for name, path in MODULES.items():
-        if name.startswith("lelect.backends._handback_"):
+        if name.startswith("lelect.backends.") and name.endswith(".handback"):
             tree = ast.parse(path.read_text())
             third_party = {
                 alias.name.split(".")[0]
@@ -123,7 +126,7 @@ def test_the_embedded_history_entry_has_the_records_shape():
     dataclasses): the same keys as records.HistoryEntry, which reads them back."""
     from dataclasses import fields
 
-    from lelect.backends import filestate
+    from lelect.backends.file import state as filestate
     from lelect.backends.records import HistoryEntry
 
     entry = filestate.new_entry("e", 3, "n", "h", 1, 12.5)

@@ -72,6 +72,26 @@ def test_exporter_follows_a_failover(backend, processes, tmp_path):
     assert exporter.wait(timeout=30) == 0
 
 
+def test_an_election_without_leader_or_members_stays_listed(backend, processes):
+    """docs/operations.md's `lelect_has_leader == 0` alert: an election whose leader exited (or
+    was killed) stays in /metrics and in `health` with no name (was: dropped at once)."""
+    port = free_port()
+    exporter = spawn_lelect("exporter", "--listen", f"127.0.0.1:{port}", "--interval", "200ms",
+                            backend=backend)
+    processes.append(exporter)
+    OutputTail(exporter.stderr).wait_for("serving metrics")
+    job = spawn_lelect("campaign", "nightly", "--", "sleep", "30", backend=backend)
+    wait_until(lambda: value(scrape(port), "lelect_has_leader", election="nightly") == 1,
+               timeout=30, what="the leader in /metrics")
+    job.kill()
+    wait_until(lambda: value(scrape(port), "lelect_has_leader", election="nightly") == 0,
+               timeout=30, what="has_leader 0")
+    time.sleep(0.5)  # a few exporter looks later, it is still there
+    assert value(scrape(port), "lelect_has_leader", election="nightly") == 0
+    out = run_lelect("health", "--json", backend=backend)
+    assert '"nightly"' in out.stdout and out.returncode == 2, out
+
+
 def test_exporter_without_prometheus_client_says_what_to_install(backend, tmp_path):
     hide = tmp_path / "hide"
     (hide / "prometheus_client").mkdir(parents=True)

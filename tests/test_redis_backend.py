@@ -15,9 +15,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 import pytest
 
-from lelect.backends import _handback_redis, _redis_scripts, connect
+from lelect.backends import connect
 from lelect.backends.base import MAX_ARRIVALS, Candidate, Heartbeat, lease_drift
 from lelect.backends.records import HAND_BACK_REASON
+from lelect.backends.redis import handback as _handback_redis
+from lelect.backends.redis import scripts as _redis_scripts
 from lelect.errors import BackendUnavailable, UsageError
 from tests.helpers import free_port, redis_listeners, redis_tried, wait_until
 
@@ -66,9 +68,8 @@ def stored_history(client, election: str) -> list[tuple[int, dict]]:
 # -- URLs -------------------------------------------------------------------------------
 
 
-def test_url_forms_and_options(tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not read until connecting")
+def test_url_forms_and_options(redis_test_certs):
+    ca = redis_test_certs["ca"]  # read when the URL is parsed (a garbage one is status 2)
     backend = connect("redis://:s3cret@cache:6380/3?prefix=jobs&ttl=4s&connect_timeout=500ms"
                       "&history=50")
     options = backend.options
@@ -196,8 +197,7 @@ def test_next_leader_closes_a_vanished_leader_and_its_late_release_changes_nothi
     assert older.reason and older.ended == pytest.approx(newer.started, abs=0.01)
     assert (newer.node_id, newer.outcome) == ("b", "running")
 
-    vanished.slot = "2026-12-02"
-    vanished.release("exited", 0)  # too late: the first writer won
+    vanished.release("exited", 0, slot="2026-12-02")  # too late: the first writer won
     assert [h.outcome for h in backend.history("v")] == ["vanished", "running"]
     assert backend.slot_done("v", "2026-12-02") is None
     assert client.get("lelect:{v}:leader") == successor.token
@@ -227,9 +227,8 @@ def test_slots_map_to_the_completing_entry_and_only_the_newest_are_kept(
     terms = {}
     for day in range(5):
         leadership = backend.campaign("daily", candidate("a"))
-        leadership.slot = f"day-{day}"
-        leadership.release("exited", 0)
-        terms[leadership.slot] = leadership.term
+        leadership.release("exited", 0, slot=f"day-{day}")
+        terms[leadership.ending.slot] = leadership.term
     kept = client.zrange("lelect:{daily}:slots-order", 0, -1, withscores=True)
     assert kept == [(f"day-{d}", float(terms[f"day-{d}"])) for d in (2, 3, 4)]
     assert set(client.hkeys("lelect:{daily}:slots")) == {"day-2", "day-3", "day-4"}
@@ -275,7 +274,7 @@ def hand_back_as_the_keeper(params: dict, budget: float, exit_status: int) -> st
     params over a pipe (never argv)."""
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]);"
-        " from lelect.backends import _handback_redis;"
+        " from lelect.backends.redis import handback as _handback_redis;"
         " params = json.load(sys.stdin);"
         " print(_handback_redis.hand_back(params, float(sys.argv[2]), int(sys.argv[3])));"
         " assert not {'redis', 'ssl'} & set(sys.modules), sorted(sys.modules)"
@@ -361,7 +360,7 @@ def test_hand_back_over_tls_unix_socket_and_with_a_user_and_db(
     leadership = backend.campaign("hb", candidate("a"))
     leadership.lease.stop()  # renewing stops, as when lelect dies
     recipe = backend.hand_back(leadership)
-    assert recipe.module == "lelect.backends._handback_redis"
+    assert recipe.module == "lelect.backends.redis.handback"
     assert _handback_redis.hand_back(recipe.params, 5.0, 0) == "released"
     assert backend.leader("hb") is None
     assert backend.history("hb")[-1].outcome == "lost"
@@ -642,7 +641,7 @@ def test_unix_socket_url(redis_server):
         assert connect(redis_server.url).leader("e").term == leadership.term
 
 
-#: The ACL the README documents for lelect's Redis user.
+#: The ACL docs/backends.md documents for lelect's Redis user.
 DOCUMENTED_ACL = ("resetkeys", "resetchannels", "~lelect:*", "&lelect:*", "-@all", "+@read",
                   "+@write", "+@scripting", "+@pubsub", "+@connection", "+scan", "+time")
 
@@ -655,8 +654,7 @@ def test_documented_acl_suffices_and_a_missing_permission_is_a_clear_error(redis
         assert backend.request_resign("e") and leadership.resign_requested.wait(5)
         assert renewed(leadership).wait(5), "no renew went through"
         assert leadership.is_leader()
-        leadership.slot = "s"
-        leadership.release("exited", 0)
+        leadership.release("exited", 0, slot="s")
     assert backend.slot_done("e", "s").term == leadership.term
     assert backend.history("e")[-1].outcome == "exited"
     assert abs(backend.now() - time.time()) < 5

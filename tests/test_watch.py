@@ -9,8 +9,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
-from tests.helpers import LELECT, lelect_env, run_lelect, spawn_lelect, wait_until
+from tests.helpers import LELECT, lelect_env, pid_alive, run_lelect, spawn_lelect, wait_until
 
 BEAT = "0.2s"
 
@@ -296,3 +297,24 @@ def test_dead_member_is_forgotten_after_forget_after(backend, processes):
 def test_health_publish_needs_an_election(backend):
     out = run_lelect("health", "--publish", backend=backend)
     assert out.returncode == 2 and "ELECTION" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_running_on_change_hook_ends_with_watch(backend, processes, tmp_path):
+    """SIGTERM to watch while the hook runs: the hook's group gets it and watch ends
+    at once (was: exit 0 after 10 s, `sh -c` and its child left running)."""
+    pids = tmp_path / "pids"
+    hook = f"sleep 100 & echo $! > {pids}; wait"
+    watcher = subprocess.Popen(
+        [*LELECT, "watch", "hooked", "--json", "--interval", "0.1s", "--on-change", hook],
+        env=lelect_env(backend), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    processes.append(watcher)
+    candidate(processes, backend, "hooked", "alpha")
+    wait_until(lambda: pids.exists() and pids.read_text().strip(), timeout=20, what="the hook")
+    sleeper = int(pids.read_text())
+    started = time.monotonic()
+    watcher.send_signal(signal.SIGTERM)
+    assert watcher.wait(timeout=20) == 0
+    assert time.monotonic() - started < 5
+    wait_until(lambda: not pid_alive(sleeper), timeout=5, what="the hook's child to end")
+    assert "Traceback" not in watcher.stderr.read()

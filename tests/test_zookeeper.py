@@ -20,12 +20,13 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import Permissions
 
-from lelect.backends import _handback_zookeeper, connect
+from lelect.backends import connect
 from lelect.backends.base import Candidate, Heartbeat, HistoryEntry, lease_drift
 from lelect.backends.records import HAND_BACK_REASON
+from lelect.backends.zookeeper import handback as _handback_zookeeper
 from lelect.errors import BackendUnavailable, ConfigError, ElectionBusy, UsageError
 from lelect.lease import renew_interval
-from tests.helpers import wait_until, zk_watchers
+from tests.helpers import run_lelect, wait_until, zk_watchers
 
 CONTENDER = re.compile(r"^[0-9a-f]{32}__lock__\d{10}$")
 
@@ -137,6 +138,10 @@ def test_kazoo_election_leads_and_lelect_waits(backends, zk_url, zk_path, zookee
         assert leading.wait(10)
         info = backend.leader("shared")
         assert (info.node_id, info.host, info.pid) == ("kazoo-user", None, None)
+        # kazoo's Election reads no resign request: say so, exit 1 (was: "asked", 0).
+        refused = run_lelect("resign", "shared", backend=zk_url)
+        assert refused.returncode == 1 and "cannot be asked" in refused.stderr, refused
+        assert refused.stdout == ""
         with pytest.raises(ElectionBusy, match="kazoo-user"):
             backend.campaign("shared", candidate("lelect-1"), no_wait=True)
         assert election.contenders() == ["kazoo-user"], "--no-wait left a node behind"
@@ -207,8 +212,7 @@ def test_history_and_slots_live_beside_the_election(backends, zookeeper_server, 
         assert kazoo.get_children(f"{zk_path}/kept") == [leadership.token]
         data, _ = kazoo.get(f"{zk_path}/_history/kept/{leadership.term:010d}")
         assert HistoryEntry.decode(data).outcome == "running"
-        leadership.slot = slot
-        leadership.release("exited", status)
+        leadership.release("exited", status, slot=slot)
     assert kazoo.get_children(f"{zk_path}/kept") == []
     # Bounded to the newest two; times are the znodes' own (the server's clock).
     kept = sorted(kazoo.get_children(f"{zk_path}/_history/kept"))

@@ -13,7 +13,6 @@ from pathlib import Path
 from kazoo.client import KazooClient
 
 from tests.helpers import (
-    assert_exclusive,
     leader_json,
     pid_alive,
     read_intervals,
@@ -128,59 +127,6 @@ def test_kazoo_election_and_lelect_campaign_exclude_each_other(
         kazoo.close()
 
 
-def test_partitioned_leader_job_dies_before_its_session_could_expire(
-    zookeeper_server, zk_path, partition_proxy, tmp_path
-):
-    proxy = partition_proxy("127.0.0.1", zookeeper_server.port)
-    via_proxy = zookeeper_server.url(zk_path, hosts=proxy.address, session_timeout="2s")
-    direct = zookeeper_server.url(zk_path, session_timeout="2s")
-    record = tmp_path / "record"
-    cut_off = spawn_lelect(
-        "campaign", "split", "--grace", "0.3s", "--", *trapping_job(record), backend=via_proxy
-    )
-    wait_until(lambda: started(record, 1), what="the first job")
-    healthy = spawn_lelect("campaign", "split", "--", *trapping_job(record), backend=direct)
-    wait_for_waiter(zookeeper_server, f"{zk_path}/split")
-    proxy.block()
-    blocked_ns = time.time_ns()
-    wait_until(lambda: started(record, 2), timeout=SESSION + 5, what="the other candidate's job")
-    _, err = cut_off.communicate(timeout=10)
-    assert cut_off.returncode == 73, err
-    old, new = read_intervals(record)
-    assert old.end_ns is not None, "the cut-off leader's job was killed, not stopped"
-    # Dead before its session could expire: the server cannot expire it earlier than a
-    # session timeout after the partition, and the other candidate got in only then.
-    assert (old.end_ns - blocked_ns) / 1e9 < SESSION
-    assert old.end_ns < new.start_ns
-    assert (new.start_ns - blocked_ns) / 1e9 >= SESSION * 2 / 3 - 0.05
-    assert new.term > old.term
-    stop(healthy)
-
-
-def test_frozen_server_leader_job_dies_and_one_job_runs_after(fresh_zookeeper, tmp_path):
-    url = fresh_zookeeper.url("/lelect", session_timeout="2s")
-    record = tmp_path / "record"
-    first = spawn_lelect("campaign", "frozen", "--grace", "0.3s", "--", *trapping_job(record), backend=url)
-    wait_until(lambda: started(record, 1), what="the first job")
-    second = spawn_lelect("campaign", "frozen", "--", *trapping_job(record), backend=url)
-    wait_for_waiter(fresh_zookeeper, "/lelect/frozen")
-    fresh_zookeeper.freeze()
-    frozen_ns = time.time_ns()
-    try:
-        wait_until(lambda: not running(record), timeout=SESSION + 1, what="the leader's job to die")
-        (old,) = read_intervals(record)
-        assert (old.end_ns - frozen_ns) / 1e9 < SESSION
-        time.sleep(1.5)  # the fault's length, not a wait: the freeze outlasts the session
-    finally:
-        fresh_zookeeper.thaw()
-    wait_until(lambda: len(running(record)) == 1, timeout=SESSION + 8, what="one job after SIGCONT")
-    time.sleep(SESSION)  # a window: no second job may join the one for a session timeout
-    assert len(running(record)) == 1
-    for proc in (first, second):
-        stop(proc)
-    assert_exclusive(read_intervals(record))
-
-
 def test_refused_credentials_and_acl_are_69(zookeeper_server, zk_path):
     owner = zookeeper_server.url(zk_path, session_timeout="2s", auth="digest:ops:s3cret")
     assert run_lelect("campaign", "guarded", "--", "true", backend=owner).returncode == 0
@@ -212,29 +158,11 @@ def unreachable_within(args: list[str], url: str, bound: str, seconds: float) ->
     return out.stderr
 
 
-def test_silent_server_leader_keeps_connect_timeout(silent_listener):
-    url = f"zookeeper://127.0.0.1:{silent_listener}/lelect?connect_timeout=1s"
-    unreachable_within(["leader", "x"], url, "1s", 1.0)
-
-
-def test_silent_server_campaign_keeps_its_timeout(silent_listener):
-    """All of a campaign's sessions (its own, the heartbeats') within --timeout."""
-    url = f"zookeeper://127.0.0.1:{silent_listener}/lelect"  # connect_timeout 5s
-    unreachable_within(["campaign", "x", "-w", "1s", "--", "true"], url, "1s", 1.0)
-
-
 def test_redis_port_typo_is_unreachable_within_the_bound(redis_server):
     url = f"zookeeper://{redis_server.host_port}/lelect?connect_timeout=1s"
     for args in (["leader", "x"], ["campaign", "x", "--", "true"]):
         error = unreachable_within(args, url, "1s", 1.0)
         assert "is that a ZooKeeper port?" in error
-
-
-def test_refused_connections_fail_at_once(refused_port):
-    url = f"zookeeper://127.0.0.1:{refused_port}/lelect?connect_timeout=1m"
-    for args in (["leader", "x"], ["campaign", "x", "--", "true"]):
-        error = unreachable_within(args, url, "1m", 0.0)
-        assert "connection refused" in error
 
 
 def test_timeout_zero_and_one_ms_win_a_free_election(zk_url):

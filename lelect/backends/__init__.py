@@ -20,16 +20,19 @@ __all__ = ["BackendURL", "connect", "default_url", "mask_url", "parse_url", "SCH
 
 #: scheme -> "module:class"; the module is imported only when a URL names it.
 SCHEMES: dict[str, str] = {
-    "file": "lelect.backends.file:FileBackend",
-    "redis": "lelect.backends.redis:RedisBackend",
-    "rediss": "lelect.backends.redis:RedisBackend",
-    "unix": "lelect.backends.redis:RedisBackend",
-    "zookeeper": "lelect.backends.zookeeper:ZooKeeperBackend",
-    "zk": "lelect.backends.zookeeper:ZooKeeperBackend",
-    "postgresql": "lelect.backends.postgres:PostgresBackend",
-    "postgres": "lelect.backends.postgres:PostgresBackend",
-    "etcd": "lelect.backends.etcd:EtcdBackend",
-    "etcds": "lelect.backends.etcd:EtcdBackend",
+    "file": "lelect.backends.file.backend:FileBackend",
+    "redis": "lelect.backends.redis.backend:RedisBackend",
+    "rediss": "lelect.backends.redis.backend:RedisBackend",
+    "redis+sentinel": "lelect.backends.redis.backend:RedisBackend",
+    "unix": "lelect.backends.redis.backend:RedisBackend",
+    "zookeeper": "lelect.backends.zookeeper.backend:ZooKeeperBackend",
+    "zk": "lelect.backends.zookeeper.backend:ZooKeeperBackend",
+    "postgresql": "lelect.backends.postgres.backend:PostgresBackend",
+    "postgres": "lelect.backends.postgres.backend:PostgresBackend",
+    "etcd": "lelect.backends.etcd.backend:EtcdBackend",
+    "etcds": "lelect.backends.etcd.backend:EtcdBackend",
+    "mysql": "lelect.backends.mysql.backend:MySQLBackend",
+    "mariadb": "lelect.backends.mysql.backend:MySQLBackend",
 }
 
 
@@ -54,7 +57,7 @@ def default_url() -> str:
         return env
     from urllib.parse import quote
 
-    from lelect.backends.filestate import default_home
+    from lelect.backends.file.state import default_home
 
     # Quoted: LELECT_HOME=/srv/team#1 is a directory, not a URL with a fragment.
     return "file://" + quote(default_home(), safe="/")

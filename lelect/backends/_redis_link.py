@@ -16,27 +16,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis._parsers import _RESP2Parser
-from redis._parsers.socket import SocketBuffer
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
-    InvalidResponse,
     NoPermissionError,
     NoScriptError,
     ReadOnlyError,
     RedisError,
     ResponseError,
 )
-from redis.utils import SENTINEL
 
 from lelect.backends._redis_scripts import Script
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
     DEFAULT_TTL,
-    server_text,
+    connect_budget,
     unreachable,
 )
 from lelect.backends.urls import BackendURL
@@ -51,114 +47,16 @@ _PREFIX = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 _TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 
 
-#: What a reply may hold. lelect's own replies are small (a history of at most 10000
-#: entries is the biggest); anything beyond these is a broken or hostile server.
-MAX_LINE = 1 << 20  # a status, error or integer line
-MAX_BULK = 16 << 20  # one bulk string
-MAX_ARRAY = 1 << 20  # elements of one array
-MAX_DEPTH = 16  # arrays within arrays
-MAX_REPLY = 64 << 20  # all the bytes of one reply
-
-
-class _CappedBuffer(SocketBuffer):
-    """redis-py's socket buffer with an overall deadline for the reply being read (each
-    recv gets what is left of it, not a fresh socket timeout) and size caps, so a server
-    that streams an endless line or announces a huge bulk string is cut off in time."""
-
-    deadline: float | None = None
-
-    def _read_from_socket(self, length=None, timeout=SENTINEL, raise_on_timeout=True):
-        wanted = 1 if length is None else length
-        while True:
-            left = None if self.deadline is None else self.deadline - time.monotonic()
-            if left is not None and left <= 0:
-                if not raise_on_timeout:
-                    return False
-                raise redis.TimeoutError("no whole answer in time")
-            step = timeout
-            if left is not None:
-                step = left if timeout is SENTINEL or timeout is None else min(timeout, left)
-            before = self.unread_bytes()
-            if not super()._read_from_socket(None, step, raise_on_timeout):
-                return False
-            if self.get_pos() + self.unread_bytes() > MAX_REPLY:
-                raise InvalidResponse(f"a reply longer than {MAX_REPLY >> 20} MiB")
-            wanted -= self.unread_bytes() - before
-            if wanted <= 0:
-                return True
-
-    def readline(self, timeout=SENTINEL) -> bytes:
-        buf = self._live_buffer()
-        data = buf.readline(MAX_LINE + 2)
-        while not data.endswith(b"\r\n"):
-            if len(data) > MAX_LINE:
-                raise InvalidResponse(f"a reply line longer than {MAX_LINE >> 20} MiB")
-            self._read_from_socket(timeout=timeout)
-            data += buf.readline(MAX_LINE + 2 - len(data))
-        line = data[:-2]
-        kind, size = line[:1], line[1:]
-        if kind in (b"$", b"*") and size != b"-1":
-            if not (size.isdigit() and len(size) < 12):
-                raise InvalidResponse(f"not a Redis reply: {line[:40]!r}")
-            if int(size) > (MAX_BULK if kind == b"$" else MAX_ARRAY):
-                what = "bulk string" if kind == b"$" else "array"
-                raise InvalidResponse(f"a reply with a {what} of {int(size)} (too big)")
-        return line
-
-
-class _CappedParser(_RESP2Parser):
-    """RESP2 with :class:`_CappedBuffer` and a bound on nesting (deep arrays would
-    otherwise end in a RecursionError)."""
-
-    _depth = 0
-
-    def on_connect(self, connection) -> None:
-        super().on_connect(connection)
-        buffer = _CappedBuffer(self._sock, self.socket_read_size, connection.socket_timeout)
-        self._buffer = buffer
-
-    def _read_response(self, disable_decoding=False, timeout=SENTINEL):
-        if self._depth >= MAX_DEPTH:
-            raise InvalidResponse(f"a reply nested deeper than {MAX_DEPTH} arrays")
-        self._depth += 1
-        try:
-            return super()._read_response(disable_decoding=disable_decoding, timeout=timeout)
-        except ValueError as exc:  # a malformed integer ("not a Redis reply")
-            raise InvalidResponse(f"not a Redis reply: {exc}") from None
-        finally:
-            self._depth -= 1
-
-
 class _Bounded:
     """A redis-py connection whose whole connect (TCP, TLS, then AUTH, CLIENT SETNAME and
-    SELECT, one answer each) ends by one deadline, not one socket timeout per step, and
-    whose every reply is read by :class:`_CappedParser` within a deadline: the call's
-    (``reply_deadline``, set by :func:`timed_call`), the connect's, or else one socket
-    timeout from the start of the reply."""
+    SELECT, one answer each) ends by one deadline, not one socket timeout per step."""
 
     connect_deadline: float | None = None
-    reply_deadline: float | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["parser_class"] = _CappedParser
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        deadline = self.connect_deadline
-        if deadline is not None and "timeout" not in kwargs:
-            kwargs["timeout"] = max(deadline - time.monotonic(), 0.001)
-        if deadline is None:
-            deadline = self.reply_deadline
-        if deadline is None:
-            deadline = time.monotonic() + (self.socket_timeout or DEFAULT_CONNECT_TIMEOUT)  # type: ignore[attr-defined]
-        buffer = getattr(self._parser, "_buffer", None)  # type: ignore[attr-defined]
-        if isinstance(buffer, _CappedBuffer):
-            buffer.deadline = deadline
-        try:
-            return super().read_response(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            if isinstance(buffer, _CappedBuffer):
-                buffer.deadline = None
+        if self.connect_deadline is not None and "timeout" not in kwargs:
+            kwargs["timeout"] = max(self.connect_deadline - time.monotonic(), 0.001)
+        return super().read_response(*args, **kwargs)  # type: ignore[misc]
 
 
 class TCPConnection(_Bounded, redis.Connection):
@@ -184,8 +82,6 @@ class RedisOptions:
     ttl: float = DEFAULT_TTL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     history_limit: int = DEFAULT_HISTORY
-    #: The delayed-restart rule (``?restart_guard=off`` accepts the risk): see ACQUIRE.
-    restart_guard: bool = True
 
     @property
     def tls(self) -> bool:
@@ -194,7 +90,7 @@ class RedisOptions:
     @classmethod
     def from_url(cls, url: BackendURL) -> RedisOptions:
         scheme = url.scheme
-        allowed = {"prefix", "ttl", "connect_timeout", "history", "restart_guard"}
+        allowed = {"prefix", "ttl", "connect_timeout", "history"}
         if scheme == "rediss":
             allowed |= _TLS_OPTIONS
         if scheme == "unix":
@@ -216,7 +112,6 @@ class RedisOptions:
             "ttl": url.duration("ttl", DEFAULT_TTL),
             "connect_timeout": url.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
             "history_limit": url.integer("history", DEFAULT_HISTORY),
-            "restart_guard": _on_off(url, "restart_guard"),
         }
         kwargs: dict[str, Any] = {
             "username": url.username,
@@ -257,6 +152,8 @@ class RedisOptions:
             if not os.path.isfile(path):
                 raise UsageError(f"{name}={path!r} in rediss:// URL: no such file")
             kwargs[name] = path
+        _check_tls_files(kwargs.get("ssl_ca_certs"), kwargs.get("ssl_certfile"),
+                         kwargs.get("ssl_keyfile"))
         kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
         return cls(where, TLSConnection, kwargs, **settings)
 
@@ -267,7 +164,7 @@ class RedisOptions:
         where = self.where
         within = self.connect_timeout if within is None else within
         # Errors inside scripts end in "script: <sha>, on @user_script:<line>."
-        text = server_text(str(exc).split(" script: ")[0]).strip().rstrip(".")
+        text = str(exc).split(" script: ")[0].strip().rstrip(".")
         if isinstance(exc, AuthenticationError):
             if "required" in text.lower():
                 message = (
@@ -294,12 +191,20 @@ class RedisOptions:
                                " is that port serving TLS (tls-port)?")
         elif isinstance(exc, redis.TimeoutError):
             return unreachable("redis", where, within, "connected, but no answer")
+        elif isinstance(exc, redis.ConnectionError) and self.tls and _no_client_cert(text):
+            hint = ("the server may require a client certificate: give ssl_certfile= and"
+                    " ssl_keyfile=" if "ssl_certfile" not in self.connection_kwargs
+                    else "does the server accept this client certificate (its CA)?")
+            return unreachable("redis", where, within, f"TLS failed: {_short(text)}; {hint}")
         elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
             return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
         elif isinstance(exc, redis.ConnectionError):
             if "refused" in text.lower():
                 return unreachable("redis", where, within,
                                    "connection refused (is redis running there?)")
+            if not self.tls and _closed_at_once(text):
+                return unreachable("redis", where, within, f"{_short(text)}; is that a TLS port"
+                                   " (tls-port)? Then use rediss://")
             return unreachable("redis", where, within, _short(text))
         elif text.startswith("WRONGTYPE"):
             what = (
@@ -314,10 +219,10 @@ class RedisOptions:
 
 
 def _db_number(text: str, url: BackendURL) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= 5):  # "²".isdigit()
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit(), but int("²") fails
         raise UsageError(
-            f"malformed {url.scheme}:// URL: the database must be a number (like /0),"
-            f" got {text[:20]!r}"
+            f"malformed {url.scheme}:// URL {url.masked!r}: the database must be a number"
+            f" (like /0), got {text!r}"
         )
     return int(text)
 
@@ -393,11 +298,7 @@ def timed_call(conn: redis.Connection, budget: float, *args: Any) -> Any:
     conn.send_command(*args)
     if not conn.can_read(timeout=max(end - time.monotonic(), 0.0)):
         raise redis.TimeoutError(f"no answer within {format_duration(budget)}")
-    conn.reply_deadline = end
-    try:
-        return conn.read_response()
-    finally:
-        conn.reply_deadline = None
+    return conn.read_response()
 
 
 def connect(conn: redis.Connection, budget: float) -> None:
@@ -462,6 +363,60 @@ class Subscription:
             conn.disconnect()
 
 
+class Contact:
+    """How long calls to Redis may take while campaigning or observing.
+
+    Until the first answer, every connection and call together get
+    :func:`connect_budget` (connect_timeout, or the timeout if shorter), and any failure
+    is final: a refused connection fails at once. After it, a streak of transient
+    failures (a restart, a failover, a LOADING server) is borne, with back-off, for
+    another such budget counted from the start of the call that failed first.
+    """
+
+    def __init__(self, options: RedisOptions, timeout: float | None) -> None:
+        self._options = options
+        started = time.monotonic()
+        self.give_up = None if timeout is None else started + timeout
+        self._bound = connect_budget(options.connect_timeout, timeout)
+        self._until: float | None = started + self._bound  # None: healthy, no limit set
+        self._contacted = False
+        self._delay = 0.05
+
+    def _fresh_bound(self, now: float) -> float:
+        left = None if self.give_up is None else self.give_up - now
+        return connect_budget(self._options.connect_timeout, left)
+
+    def budget(self) -> float:
+        """Time allowed for the next call."""
+        now = time.monotonic()
+        if self._until is None:
+            return self._fresh_bound(now)
+        return max(self._until - now, 0.001)
+
+    def out_of_time(self) -> bool:
+        """The campaign's timeout ran out (``timeout=0``: after the first attempt)."""
+        return self.give_up is not None and time.monotonic() >= self.give_up
+
+    def succeeded(self) -> None:
+        self._contacted = True
+        self._until = None
+        self._delay = 0.05
+
+    def failed(self, exc: RedisError, started: float) -> None:
+        """A call that began at ``started`` failed: sleep before the next try, or raise
+        BackendUnavailable (stating the bound) when that is final or out of time."""
+        if not self._contacted or not is_transient(exc):
+            raise self._options.unavailable(exc, self._bound) from None
+        if self._until is None:  # a streak begins
+            self._bound = self._fresh_bound(started)
+            self._until = started + self._bound
+        now = time.monotonic()
+        if now >= self._until:
+            raise self._options.unavailable(exc, self._bound) from None
+        time.sleep(min(self._delay, self._until - now))
+        self._delay = min(self._delay * 2, 0.5)
+
+
 def is_transient(exc: RedisError) -> bool:
     """Errors that may pass on their own (a restart, a failover, a loading server)."""
     if isinstance(exc, (AuthenticationError, AuthorizationError)):
@@ -471,6 +426,44 @@ def is_transient(exc: RedisError) -> bool:
     return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and not _is_tls(exc)
 
 
+def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """The TLS files of a rediss:// URL are checked when it is parsed (status 2), as
+    etcd's are: a garbage CA file is no unreachable server."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise UsageError(f"ssl_ca_certs={ca!r} in rediss:// URL: no CA certificate in it"
+                             f" (PEM expected): {exc}") from None
+    if key and not cert:
+        raise UsageError("ssl_keyfile= in rediss:// URL needs ssl_certfile= (the certificate)")
+    if cert:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, ValueError) as exc:
+            if key:
+                raise UsageError(f"ssl_certfile={cert!r} and ssl_keyfile={key!r} in rediss://"
+                                 f" URL are not a certificate and its key: {exc}") from None
+            raise UsageError(f"ssl_certfile={cert!r} in rediss:// URL holds no private key:"
+                             " give ssl_keyfile= too") from None
+
+
+def _no_client_cert(text: str) -> bool:
+    """How a server that requires a client certificate ends a handshake without one."""
+    lowered = text.lower()
+    return ("eof occurred in violation of protocol" in lowered
+            or "certificate required" in lowered or "unexpected eof" in lowered)
+
+
+def _closed_at_once(text: str) -> bool:
+    """A TLS port's answer to plain text: it closes the connection."""
+    lowered = text.lower()
+    return "reset by peer" in lowered or "closed by server" in lowered
+
+
 def _is_tls(exc: BaseException) -> bool:
     text = str(exc)
     return "SSL" in text or "TLS" in text or "certificate" in text
@@ -478,13 +471,4 @@ def _is_tls(exc: BaseException) -> bool:
 
 def _short(text: str) -> str:
     # redis-py wraps errors as "Error 111 connecting to host:port. Connection refused."
-    return server_text(text)
-
-
-def _on_off(url: BackendURL, name: str, default: bool = True) -> bool:
-    text = url.option(name)
-    if text is None:
-        return default
-    if text not in ("on", "off"):
-        raise UsageError(f"invalid {name} option {text!r} in {url.scheme}:// URL: use on or off")
-    return text == "on"
+    return " ".join(text.split())

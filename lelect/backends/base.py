@@ -27,6 +27,7 @@ from lelect.backends.records import (  # noqa: F401 - re-exported: the interface
     OUTCOMES,
     RUNNING,
     Candidate,
+    Ending,
     HandBack,
     Heartbeat,
     HistoryEntry,
@@ -34,6 +35,7 @@ from lelect.backends.records import (  # noqa: F401 - re-exported: the interface
     LocalLock,
     MemberRecord,
     Members,
+    ResignAnswer,
     iso8601,
 )
 from lelect.durations import format_duration
@@ -168,10 +170,8 @@ class Leadership:
         self.lost_reason: str | None = None
         self.resign_requested = threading.Event()
         self.released = False
-        self.outcome = EXITED
-        self.exit_status: int | None = None
-        self.slot: str | None = None
-        self.reason: str | None = None
+        #: How it ended, once released.
+        self.ending: Ending | None = None
         self.lease = lease
         backend.leaderships.add(self)
         self._subscribers: list[Callable[[str], None]] = []
@@ -245,18 +245,19 @@ class Leadership:
         return self.lost.is_set() or (self.lease is not None and not self.lease.alive())
 
     def release(self, outcome: str | None = None, exit_status: int | None = None,
-                reason: str | None = None) -> None:
+                reason: str | None = None, slot: str | None = None) -> None:
         """Step down at once (idempotent), telling the history how the leadership ended
-        (default: "lost" if it was lost, else "exited")."""
+        (default: "lost" if it was lost, else "exited") and, for a once-per run, its
+        ``slot``."""
         if self.released:
             return
         self.released = True
-        self.outcome = outcome or (LOST if self.lost.is_set() else EXITED)
-        self.exit_status = exit_status
-        self.reason = reason or (self.lost_reason if self.outcome == LOST else None)
+        outcome = outcome or (LOST if self.lost.is_set() else EXITED)
+        self.ending = Ending(outcome, exit_status,
+                             reason or (self.lost_reason if outcome == LOST else None), slot)
         if self.lease is not None:
             self.lease.stop()
-        self.backend.resign(self)
+        self.backend.resign(self, self.ending)
 
     def __enter__(self) -> Leadership:
         return self
@@ -353,10 +354,9 @@ class Backend(ABC):
         its lease (not yet started: :meth:`Leadership.begin` starts it)."""
 
     @abstractmethod
-    def resign(self, leadership: Leadership) -> None:
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
         """Release the election at once if ``leadership`` still holds it (by its token),
-        recording ``leadership.outcome``/``exit_status`` in the history and, for an
-        "exited" outcome with status 0, ``leadership.slot`` as done. A leadership that
+        recording ``ending`` in the history and ``ending.done_slot`` as done. A leadership that
         is no longer ours still closes its own history entry if that is "running"."""
 
     @abstractmethod
@@ -371,9 +371,10 @@ class Backend(ABC):
         (the embedded backend may look at SQLite's data_version every 100 ms)."""
 
     @abstractmethod
-    def request_resign(self, election: str, term: int | None = None) -> bool:
-        """Ask the leader (only of ``term`` when given) to step down. False if nobody
-        (or not that term) leads."""
+    def request_resign(self, election: str, term: int | None = None) -> bool | ResignAnswer:
+        """Ask the leader (only of ``term`` when given) to step down. False (or
+        ResignAnswer.NOT_LEADING) if nobody (or not that term) leads;
+        ResignAnswer.CANNOT_ASK where the leader is not lelect's and cannot be asked."""
 
     # -- heartbeats -------------------------------------------------------------------
 
@@ -392,7 +393,7 @@ class Backend(ABC):
 
     @abstractmethod
     def elections(self) -> list[str]:
-        """Names of the elections this backend knows (with a leader or members)."""
+        """Names of the elections this backend knows (with a leader, members or a history)."""
 
     # -- operations -------------------------------------------------------------------
 

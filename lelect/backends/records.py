@@ -4,6 +4,7 @@ member records with. Standard library only: the keeper imports this module too.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -23,12 +24,17 @@ DEFAULT_HISTORY = 1000
 MAX_SLOTS = 1000
 
 #: How a leadership ended (``HistoryEntry.outcome``).
-RUNNING, EXITED, RESIGNED, LOST, STOPPED, VANISHED = (
-    "running", "exited", "resigned", "lost", "stopped", "vanished"
+from lelect.backends.words import (  # noqa: E402,F401 - the one vocabulary, re-exported
+    EXITED,
+    HAND_BACK_REASON,
+    LOST,
+    OUTCOMES,
+    RESIGNED,
+    RUNNING,
+    STOPPED,
+    VANISHED,
+    VANISHED_REASON,
 )
-OUTCOMES = (RUNNING, EXITED, RESIGNED, LOST, STOPPED, VANISHED)
-#: The history's reason for a leadership the job's keeper handed back (issue: crash).
-HAND_BACK_REASON = "lelect died; its keeper stopped the job and handed the leadership back"
 
 
 def iso8601(epoch: float | None) -> str | None:
@@ -277,6 +283,25 @@ class Members:
     now: float
     records: tuple[MemberRecord, ...] = field(default_factory=tuple)
 
+    def __iter__(self):
+        """``for record in election.members()``: the records."""
+        return iter(self.records)
+
+
+class ResignAnswer(enum.Enum):
+    """What a resign request came to. Only ASKED is true, so ``if backend.request_resign(...)``
+    reads as before."""
+
+    ASKED = "asked"
+    #: Nobody leads, or not the term named.
+    NOT_LEADING = "not leading"
+    #: The leader is not a lelect campaign (an ``etcdctl elect``, a kazoo Election):
+    #: nothing of it listens for requests.
+    CANNOT_ASK = "cannot ask"
+
+    def __bool__(self) -> bool:
+        return self is ResignAnswer.ASKED
+
 
 # -- the member record codec: one shape on every backend ---------------------------------
 
@@ -459,11 +484,32 @@ class LocalLock:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How a leadership ended, told to :meth:`Backend.resign` with the release itself:
+    ``outcome`` (one of :data:`OUTCOMES`), the job's ``exit_status``, a ``reason`` for
+    people, and the once-per ``slot`` it ran for (marked done only for "exited" with
+    status 0: :attr:`done_slot`)."""
+
+    outcome: str = EXITED
+    exit_status: int | None = None
+    reason: str | None = None
+    slot: str | None = None
+
+    @property
+    def done_slot(self) -> str | None:
+        return self.slot if self.outcome == EXITED and self.exit_status == 0 else None
+
+
+@dataclass(frozen=True)
 class HandBack:
     """How a job's keeper releases a leadership by its token after lelect died and the
     job's whole group is gone: ``module`` (standard library only, under
     lelect.backends) has ``hand_back(params, budget, exit_status)``. ``params`` may hold
-    credentials: it travels only over the keeper's private socket."""
+    credentials: it travels only over the keeper's private socket. ``budget``: how long
+    the keeper may try (after the lease there is nothing left to hand back); the keeper
+    logs how it went (released, not ours, unreachable) naming ``election``."""
 
     module: str
     params: dict[str, Any]
+    budget: float
+    election: str

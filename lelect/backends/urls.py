@@ -120,7 +120,7 @@ class BackendURL:
 
 
 #: Query options whose values are secrets and never shown.
-SECRET_OPTIONS = {"auth", "password", "sslpassword"}
+SECRET_OPTIONS = {"auth", "password", "sslpassword", "sentinel_password"}
 
 
 def parse_url(url: str, *, read_files: bool = True) -> BackendURL:

@@ -14,20 +14,9 @@ import click
 
 from lelect import __version__
 from lelect.errors import LelectError
+from lelect.status import ExitStatus, exit_table_text
 
-EXIT_STATUSES = """\b
-Exit statuses:
-  job's own  the job ran and exited (killed by signal N: 128+N)
-  2          usage error (bad flag, election name, URL, missing -- CMD)
-  69         backend unreachable or failing
-  70         internal error (a bug in lelect)
-  73         leadership lost while the job ran; the job was stopped
-  75         --no-wait and someone else leads (--conflict-exit-code)
-  78         configuration refused (unsafe directory, lease/grace, corrupt state)
-  79         --max-runtime reached; the job was stopped
-  124        --timeout ran out before leadership
-  127        the command was not found or is not executable
-  128+N      lelect was stopped by signal N (it ends by that signal itself)"""
+EXIT_STATUSES = exit_table_text()
 
 #: name -> (module, attribute, one-line help); imported only when the command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -71,9 +60,9 @@ class LazyGroup(click.Group):
     # No envvar here: lelect.backends.default_url reads LELECT_BACKEND_FILE (first) and
     # LELECT_BACKEND, so the library and the CLI agree on where a URL comes from.
     help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
-    " ~/.local/state/lelect), redis://[user@]host:6379/0?password_file=PATH, rediss://…,"
+    f" {'/var/lib/lelect' if os.geteuid() == 0 else '~/.local/state/lelect'}), redis://[user@]host:6379/0?password_file=PATH, rediss://…,"
     " zookeeper://h1:2181,h2:2181/lelect, etcd://h1:2379,h2:2379/lelect,"
-    " postgresql://user@db:5432/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
+    " postgresql://user@db:5432/app, mysql://user@db:3306/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
     " LELECT_BACKEND.",
 )
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
@@ -186,8 +175,15 @@ def backend_url(ctx: click.Context) -> str | None:
 def _error(message: str) -> None:
     from lelect.names import printable
 
-    # One line, whatever a record, a server or an argument put in the message.
-    click.echo(f"lelect: {printable(message)}", err=True)
+    line = f"lelect: {printable(message)}"
+    log = sys.modules.get("lelect.cli.logs")
+    if log is not None and log.ACTIVE is not None and log.ACTIVE.fmt == "json":
+        # --log-format json: the error is a JSON line like the rest of the log.
+        line = log.ACTIVE.format("error", message.removeprefix("error: "))
+    try:
+        click.echo(line, err=True)
+    except (OSError, ValueError):
+        pass  # stderr is closed or failing: the status says it
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,19 +193,22 @@ def main(argv: list[str] | None = None) -> None:
 
         register()
     _ARGV[:] = sys.argv[1:] if argv is None else argv
+    from lelect.cli import streams
+
+    streams.guard()
     try:
         status = cli.main(args=argv, prog_name="lelect", standalone_mode=False)
     except click.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
             click.echo(exc.ctx.get_help(), err=True)
-            sys.exit(2)
+            sys.exit(ExitStatus.USAGE)
         command = exc.ctx.command_path if exc.ctx else "lelect"
         _error(f"{exc.format_message()} (see '{command} --help')")
-        status = 2
+        status = ExitStatus.USAGE
     except click.exceptions.Exit as exc:
         status = exc.exit_code
     except click.Abort:
-        status = 130
+        status = ExitStatus.CANCELLED
     except click.ClickException as exc:
         _error(exc.format_message())
         status = exc.exit_code
@@ -217,12 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         _error(f"error: {exc}")
         status = exc.exit_status
     except KeyboardInterrupt:
-        status = 130
-    except BrokenPipeError:
-        # stdout went away (e.g. `lelect leader x | head -0`): not an error worth a trace.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        status = 0
+        status = ExitStatus.CANCELLED
+    except streams.OutputFailed as exc:
+        _error(f"cannot write to stdout: {exc.strerror}")
+        status = ExitStatus.OUTPUT_FAILED
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes status 70
         _error(
             f"internal error: {type(exc).__name__}: {exc} — this is a bug in lelect;"
@@ -232,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        status = 70
+        status = ExitStatus.INTERNAL
     result = status if hasattr(status, "signal") else None  # a CampaignResult
     status = getattr(status, "status", status)
     code = status if isinstance(status, int) else 0
@@ -240,8 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     # campaign it would compete for the CPU with the next leader's start.
     try:
         sys.stdout.flush()
+    except streams.OutputFailed as exc:
+        _error(f"cannot write to stdout: {exc.strerror}")
+        code = code or streams.EXIT_OUTPUT_FAILED
     except (OSError, ValueError):
-        code = code or 1
+        code = code or streams.EXIT_OUTPUT_FAILED
     try:
         sys.stderr.flush()
     except (OSError, ValueError):

@@ -17,6 +17,26 @@ from lelect.cli.params import (
 )
 
 
+def campaign_options(function):
+    """Every option of :data:`lelect.options.CAMPAIGN`, as click options (declared once)."""
+    from lelect.options import CAMPAIGN
+
+    types = {"duration": DURATION, "signal": SIGNAL, "node-id": NODE_ID,
+             "exit-code": click.IntRange(0, 255), "text": None}
+    for option in reversed(CAMPAIGN):
+        kwargs = {"help": option.help, "metavar": option.metavar}
+        if option.kind == "flag":
+            kwargs = {"help": option.help, "is_flag": True, "default": None}
+        else:
+            kwargs["type"] = types[option.kind]
+            if option.name == "once_per":
+                kwargs["type"] = Duration("once-per")
+            if option.shown is not None:
+                kwargs["default"], kwargs["show_default"] = option.shown, True
+        function = click.option(*option.flags, option.name, **kwargs)(function)
+    return function
+
+
 @click.command(
     "campaign",
     cls=CommandAfterName,
@@ -26,38 +46,7 @@ from lelect.cli.params import (
 @backend_option
 @click.argument("election", type=ELECTION)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[--] CMD [ARGS]...")
-@click.option("--id", "node_id", type=NODE_ID, metavar="ID", help="Node id shown to people (default: hostname:pid).")
-@click.option("--no-wait", "-n", is_flag=True, help="If someone else leads, exit at once (status 75), like flock -n.")
-@click.option("--conflict-exit-code", "-E", type=click.IntRange(0, 255), default=75, show_default=True,
-              help="Exit status for --no-wait when someone else leads.")
-@click.option("--timeout", "-w", type=DURATION, metavar="DUR",
-              help="Give up waiting for leadership after DUR (status 124); 0 tries once, like flock -w 0.")
-@click.option("--ttl", type=DURATION, metavar="DUR",
-              help="Lease length on lease backends (redis, zookeeper, etcd, postgresql); renewed every ttl/3.")
-@click.option("--stop-signal", type=SIGNAL, default="TERM", show_default=True,
-              help="Signal that asks the job to stop; SIGKILL follows after --grace.")
-@click.option("--grace", type=DURATION, metavar="DUR",
-              help="Time between the stop signal and SIGKILL [default: 10s, or what fits the lease].")
-@click.option("--max-runtime", type=DURATION, metavar="DUR",
-              help="Stop the job after it ran for DUR (status 79).")
-@click.option("--hold-at-least", type=DURATION, metavar="DUR", default="0s", show_default=True,
-              help="Keep the leadership for DUR even if the job ends sooner (cron on skewed clocks).")
-@click.option("--once-per", type=Duration("once-per"), metavar="DUR",
-              help="Run the job successfully at most once per DUR slot of the backend's clock"
-              " (UTC, from the epoch); a failed run leaves the slot open.")
-@click.option("--once-key", metavar="KEY",
-              help="Like --once-per, with the slot named by KEY (e.g. \"$(date -u +%F)\").")
-@click.option("--restart", is_flag=True,
-              help="Stay in the race: after the job ends, campaign again (a failing job backs off).")
-@click.option("--restart-delay", type=DURATION, metavar="DUR", default="1s", show_default=True,
-              help="With --restart: a job runs at most once per DUR (at least 100ms); a failing"
-              " job backs off from DUR, doubling up to 30s.")
-@click.option("--resign-cooldown", type=DURATION, metavar="DUR", default="10s", show_default=True,
-              help="With --restart, wait this long after a resign request before rejoining.")
-@click.option("--heartbeat-interval", type=DURATION, metavar="DUR", default="2s", show_default=True,
-              help="Publish a heartbeat this often (0 disables).")
-@click.option("--forget-after", type=DURATION, metavar="DUR", default="1h", show_default=True,
-              help="How long a dead member stays listed.")
+@campaign_options
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Format of the leadership changes logged to stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="Log only losses and failures (cron: mail only when it matters).")
@@ -65,10 +54,7 @@ from lelect.cli.params import (
               help="Serve GET / over HTTP: 200 with the leadership as JSON while this candidate"
               " leads, 503 while it does not (load balancers, readiness probes).")
 @click.pass_context
-def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeout, ttl,
-             stop_signal, grace, max_runtime, hold_at_least, once_per, once_key, restart,
-             restart_delay, resign_cooldown, heartbeat_interval, forget_after, log_format, quiet,
-             status_listen):
+def campaign(ctx, election, command, log_format, quiet, status_listen, **values):
     """Run CMD only while this node leads ELECTION.
 
     CMD starts once leadership is won, in its own process group, with LELECT_ELECTION,
@@ -81,34 +67,21 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
       lelect campaign nightly -- ./report.sh
       lelect campaign nightly -q --once-per 1d -- ./report.sh      # cron, every host
     """
+    from lelect.cli.logs import StderrLog
+
+    log = StderrLog(log_format, election, quiet)  # errors from here on are in its format
     if not command:
         raise click.UsageError("missing the command to run: lelect campaign NAME [OPTIONS] -- CMD [ARGS]...")
     from lelect.campaign import CampaignOptions
-    from lelect.cli.logs import StderrLog
+    from lelect.durations import format_duration
     from lelect.supervisor import adopt_orphans
 
-    options = CampaignOptions(
-        election=election,
-        command=tuple(command),
-        node_id=node_id,
-        stop_signal=stop_signal,
-        grace=grace,
-        ttl=ttl,
-        max_runtime=max_runtime,
-        no_wait=no_wait,
-        conflict_exit_code=conflict_exit_code,
-        timeout=timeout,
-        hold_at_least=hold_at_least,
-        restart=restart,
-        restart_delay=restart_delay,
-        resign_cooldown=resign_cooldown,
-        heartbeat_interval=heartbeat_interval,
-        forget_after=forget_after,
-        once_per=once_per,
-        once_key=once_key,
-    )
+    code = values.pop("conflict_exit_code", None)  # -E: like flock's, for --timeout too
+    given = {name: value for name, value in values.items() if value is not None}
+    if code is not None:
+        given.update(conflict_exit_code=code, timeout_exit_code=code)
+    options = CampaignOptions(election=election, command=tuple(command), **given)
     options.check()  # out-of-range options are refused before anything connects
-    log = StderrLog(log_format, election, quiet)
     status = probe = None
     if status_listen is not None:
         from lelect.campaign import CampaignStatus
@@ -118,8 +91,12 @@ def campaign(ctx, election, command, node_id, no_wait, conflict_exit_code, timeo
         probe = ProbeServer(*status_listen, status_route(status)).start()
     try:
         with open_client(ctx) as client:
-            election_handle = client.election(election, node_id)
+            election_handle = client.election(election, values.get("node_id"))
             log.node_id = election_handle.candidate.node_id
+            ttl = values.get("ttl")
+            if ttl is not None and not client.backend.lease_based:
+                log("warning", f"--ttl {format_duration(ttl)} is ignored: the embedded backend"
+                    " has no lease (its flock is held for as long as the job runs)")
             adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
             return election_handle.run_options(options, log, systemd=True, status=status)
     finally:

@@ -7,6 +7,7 @@ import click
 from lelect.cli import open_client
 from lelect.cli.params import ELECTION, LISTEN, Duration, backend_option
 from lelect.errors import BackendUnavailable, LelectError
+from lelect.status import ExitStatus
 
 
 @click.command("exporter")
@@ -53,4 +54,4 @@ def exporter(ctx, elections, listen, interval):
             raise failure
         raise BackendUnavailable(f"the exporter stopped following the elections:"
                                  f" {type(failure).__name__}: {failure}")
-    return 0
+    return ExitStatus.OK

@@ -1,4 +1,4 @@
-"""``lelect health [ELECTION] [--json] [--threshold PHI]``, ``lelect health --publish ELECTION``"""
+"""``lelect health [ELECTION]... [--json] [--threshold PHI]``, ``lelect health --publish ELECTION``"""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import click
 from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, NODE_ID, Duration, backend_option
 from lelect.cli.watch import THRESHOLD
+from lelect.status import ExitStatus
 
 HEALTH_STATUSES = """\b
 Exit statuses (Nagios convention; with no ELECTION the worst group wins):
@@ -20,7 +21,7 @@ Exit statuses (Nagios convention; with no ELECTION the worst group wins):
 
 @click.command("health", epilog=HEALTH_STATUSES, context_settings={"max_content_width": 100})
 @backend_option
-@click.argument("election", type=ELECTION, required=False)
+@click.argument("elections", nargs=-1, type=ELECTION, metavar="[ELECTION]...")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per election, one per line (NDJSON), for jq.")
 @click.option("--threshold", type=THRESHOLD, metavar="PHI", default=8.0, show_default=True,
@@ -37,8 +38,8 @@ Exit statuses (Nagios convention; with no ELECTION the worst group wins):
 @click.option("--forget-after", type=DURATION, metavar="DUR", default="1h", show_default=True,
               help="With --publish: how long this node stays listed as dead if it dies.")
 @click.pass_context
-def health(ctx, election, as_json, threshold, heartbeat_interval, publish, node_id, forget_after):
-    """Judge the heartbeats of ELECTION's members (default: every election).
+def health(ctx, elections, as_json, threshold, heartbeat_interval, publish, node_id, forget_after):
+    """Judge the heartbeats of each ELECTION's members (default: every election).
 
     Each member is alive, suspect or dead by a phi accrual failure detector over the
     arrival times of its last ~20 heartbeats, judged by the backend's clock: suspect
@@ -51,9 +52,9 @@ def health(ctx, election, as_json, threshold, heartbeat_interval, publish, node_
       lelect health --publish nightly --id monitor-1     # appear in the group
     """
     if publish:
-        if election is None:
-            raise click.UsageError("--publish needs the ELECTION to publish into")
-        return _publish(ctx, election, node_id, heartbeat_interval, forget_after)
+        if len(elections) != 1:
+            raise click.UsageError("--publish needs the one ELECTION to publish into")
+        return _publish(ctx, elections[0], node_id, heartbeat_interval, forget_after)
 
     from lelect.cli import render
     from lelect.health import CRITICAL, EXIT_STATUS, PhiAccrualDetector, worst
@@ -61,12 +62,15 @@ def health(ctx, election, as_json, threshold, heartbeat_interval, publish, node_
     detector = PhiAccrualDetector(threshold=threshold, expected_interval=heartbeat_interval)
     with open_client(ctx, create=False) as client:
         known = client.elections()
-        names = [election] if election else known
+        names = list(dict.fromkeys(elections)) or known
         groups = [client.election(name).health(detector) for name in names]
-    if election and election not in known and not groups[0].members and groups[0].leader is None:
+    unknown = [g.election for g in groups
+               if elections and g.election not in known and not g.members and g.leader is None]
+    if unknown:
         shown = ", ".join(known[:8]) + (" …" if len(known) > 8 else "") if known else "none"
-        click.echo(f"lelect: unknown election {election!r}: nobody campaigns in it and it has"
-                   f" no members (known: {shown})", err=True)
+        for name in unknown:
+            click.echo(f"lelect: unknown election {name!r}: nobody campaigns in it, it has no"
+                       f" members and no history (known: {shown})", err=True)
         return EXIT_STATUS[CRITICAL]
     if as_json:
         for group in groups:
@@ -83,6 +87,7 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
 
     from lelect.backends.base import Candidate
     from lelect.durations import format_duration
+    from lelect.errors import ConfigError
     from lelect.health import HeartbeatPublisher
     from lelect.names import printable
 
@@ -92,6 +97,9 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
                                        forget_after=forget_after, role="observer")
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         signal.signal(signal.SIGHUP, signal.default_int_handler)
+        # The first beat is published here: a role that may not publish (78), a URL that
+        # cannot work, fail now with their own status instead of a warning per interval.
+        publisher.publish_once()
         publisher.start()
         click.echo(
             f"lelect: publishing heartbeats into {election!r} as {printable(candidate.node_id)} every"
@@ -102,6 +110,8 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
         try:
             while True:
                 time.sleep(min(interval, 0.5))
+                if isinstance(publisher.last_exception, ConfigError):
+                    raise publisher.last_exception  # a privilege taken away: no retry helps
                 if publisher.last_error != reported:
                     reported = publisher.last_error
                     if reported:
@@ -111,4 +121,4 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
             pass
         finally:
             publisher.stop()
-    return 0
+    return ExitStatus.OK

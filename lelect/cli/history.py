@@ -6,6 +6,7 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import ELECTION, backend_option
+from lelect.status import ExitStatus
 
 
 @click.command("history")
@@ -33,4 +34,4 @@ def history(ctx, election, as_json, limit):
             click.echo(render.dumps(entry.to_json()))
     else:
         render.console().print(render.history_table(election, entries))
-    return 0
+    return ExitStatus.OK

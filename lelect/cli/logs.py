@@ -16,12 +16,18 @@ LOUD = {"lost", "execfail", "keeper-gone", "keeper-error", "duplicate-id"}
 JSON_ONLY = {"job-started"}
 
 
+#: The log of the command running (the CLI writes its last error in the log's format).
+ACTIVE: StderrLog | None = None
+
+
 class StderrLog:
     def __init__(self, fmt: str, election: str, quiet: bool = False) -> None:
+        global ACTIVE
         self.fmt = fmt
         self.election = election
         self.quiet = quiet
         self.node_id: str | None = None
+        ACTIVE = self
 
     def __call__(self, event: str, message: str, **fields: Any) -> None:
         if self.quiet and event not in LOUD:

@@ -94,9 +94,11 @@ def dumps(record: dict[str, Any]) -> str:
 # -- tables ----------------------------------------------------------------------------
 
 
-def _clean(text: object, limit: int = 48) -> str:
-    """Printable text only (a garbage record must not drive the terminal), shortened."""
-    return printable(text, limit)
+def _clean(text: object, limit: int | None = None) -> str:
+    """Printable text only (a garbage record must not drive the terminal), shortened to
+    ``limit`` if given (never a node id: two may differ only at their end)."""
+    shown = printable(text)
+    return shown if limit is None or len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def _percent(value: float | None) -> str:
@@ -159,18 +161,17 @@ def group_table(group: GroupHealth, *, phi: bool = False) -> RenderableType:
     from rich.text import Text
 
     parts: list[RenderableType] = [group_title(group)]
-    if not group.members:
+    if not group.members and group.leader is not None:
+        parts.append(Text("  no heartbeats: the leader publishes none (--heartbeat-interval 0?)"
+                          " and no other candidate is known", style="dim"))
+    elif not group.members:
         parts.append(Text(f"  {NO_CANDIDATES}", style="dim"))
     else:
         table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold dim")
-        table.add_column("NODE", no_wrap=True)
-        for name in ("ROLE", "LAST BEAT"):
-            table.add_column(name, no_wrap=True, min_width=len(name))
-        for name in ("CPU", "MEM", "LOAD"):
-            table.add_column(name, justify="right", no_wrap=True, min_width=5)
-        table.add_column("STATUS", no_wrap=True, min_width=7)
-        if phi:
-            table.add_column("PHI", justify="right", no_wrap=True, min_width=5)
+        # Node ids are never cut: on a narrow terminal the NODE column folds them over
+        # lines, and every other column keeps the width of what it shows.
+        table.add_column("NODE", overflow="fold", ratio=1)
+        rows = []
         for member in group.members:
             beat = member.heartbeat
             load = _number(beat.load1, 2) if beat else None
@@ -185,6 +186,13 @@ def group_table(group: GroupHealth, *, phi: bool = False) -> RenderableType:
             ]
             if phi:
                 row.append(Text(_phi(member.phi)))
+            rows.append(row)
+        names = ("ROLE", "LAST BEAT", "CPU", "MEM", "LOAD", "STATUS", "PHI")[: len(rows[0]) - 1]
+        for index, name in enumerate(names, start=1):
+            width = max(len(name), *(row[index].cell_len for row in rows))
+            table.add_column(name, no_wrap=True, min_width=width, max_width=width,
+                             justify="right" if name in ("CPU", "MEM", "LOAD", "PHI") else "left")
+        for row in rows:
             table.add_row(*row)
         parts.append(table)
         for member in group.members:
@@ -256,8 +264,19 @@ def console(stderr: bool = False) -> Console:
 
     from rich.console import Console
 
+    class PipedConsole(Console):
+        """Not a terminal: lines without the padding of a table's last column."""
+
+        def print(self, *objects: Any, **options: Any) -> None:
+            if self.is_terminal:
+                return super().print(*objects, **options)
+            with self.capture() as captured:
+                super().print(*objects, **options)
+            self.file.write("\n".join(line.rstrip() for line in captured.get().split("\n")))
+            self.file.flush()
+
     stream = sys.stderr if stderr else sys.stdout
     width = None
     if not stream.isatty() and not os.environ.get("COLUMNS"):
         width = 160
-    return Console(stderr=stderr, highlight=False, width=width)
+    return PipedConsole(stderr=stderr, highlight=False, width=width)

@@ -6,9 +6,7 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, backend_option
-
-EXIT_REFUSED = 1
-EXIT_NO_SUCCESSOR = 124
+from lelect.status import ExitStatus
 
 RESIGN_STATUSES = """\b
 Exit statuses:
@@ -22,7 +20,7 @@ def _refuse(message: str) -> int:
     from lelect.names import printable
 
     click.echo(f"lelect: {printable(message)}", err=True)
-    return EXIT_REFUSED
+    return ExitStatus.NO
 
 
 @click.command("resign", epilog=RESIGN_STATUSES, context_settings={"max_content_width": 100})
@@ -46,6 +44,7 @@ def resign(ctx, election, term, wait):
       lelect resign nightly --wait 30s
       lelect resign nightly --term "$LELECT_TERM"
     """
+    from lelect.backends.records import ResignAnswer
     from lelect.durations import format_duration
     from lelect.names import printable
 
@@ -59,7 +58,14 @@ def resign(ctx, election, term, wait):
                 f"{election}: term {term} does not lead (the leader is {info.node_id},"
                 f" term {info.term}); nothing changed"
             )
-        if not handle.resign(info.term):
+        answer = handle.request_resign(info.term)
+        if answer is ResignAnswer.CANNOT_ASK:
+            return _refuse(
+                f"{election}: the leader {info.node_id} (term {info.term}) is not a lelect"
+                " campaign (an etcdctl elect or kazoo Election leader?) and cannot be asked to"
+                " step down; nothing changed"
+            )
+        if not answer:
             now = handle.leader()
             if now is None or now.term != info.term:
                 who = "nobody" if now is None else f"{now.node_id}, term {now.term}"
@@ -72,10 +78,10 @@ def resign(ctx, election, term, wait):
             )
         click.echo(f"asked {printable(info.node_id)} (term {info.term}) to step down")
         if wait is None:
-            return 0
+            return ExitStatus.OK
         successor = handle.wait_for_leader(info.term, wait)
     if successor is None:
         click.echo(f"lelect: {election}: no new leader within {format_duration(wait)}", err=True)
-        return EXIT_NO_SUCCESSOR
+        return ExitStatus.TIMEOUT
     click.echo(f"new leader: {printable(successor.node_id)} (term {successor.term})")
-    return 0
+    return ExitStatus.OK

@@ -116,8 +116,10 @@ def simulate(
 
     The network delays each message by --delay plus up to --jitter, loses it
     with probability --loss, and drops it while a partition separates its ends
-    or its destination is down. Times are simulated, so a run takes
-    milliseconds of real time. Timeouts (in ticks): heartbeat 5, election or
+    or its destination is down. Times are simulated: a run of up to 200 nodes
+    stops after 300,000 messages at most, within seconds of real time (Bully
+    costs n² messages per election; a lossy Ring may never complete a round).
+    Timeouts (in ticks): heartbeat 5, election or
     leader timeout 15 (randomized up to 30).
 
     \b
@@ -160,6 +162,11 @@ def simulate(
             results = [sim.run(sim.Scenario(algorithm or "raft", node_counts[0], **options))]
     except UsageError as error:
         raise click.UsageError(str(error)) from None
+    for result in results:
+        if result.budget_spent:
+            click.echo(f"lelect: {result.scenario.algorithm} with {result.scenario.nodes} nodes"
+                       f" stopped after {sim.MESSAGE_BUDGET:,} messages (the simulator's"
+                       " budget)", err=True)
 
     if as_json:
         import json

@@ -7,13 +7,18 @@ import click
 from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, Duration, backend_option
 from lelect.names import printable
+from lelect.status import ExitStatus
 
 THRESHOLD = click.FloatRange(min=0, min_open=True)
 
 
 class ChangeCommand:
     """Runs the --on-change command once per leader change, in order, in a worker
-    thread (like keepalived's notify scripts), so the table keeps refreshing."""
+    thread (like keepalived's notify scripts), so the table keeps refreshing. Each run
+    has its own process group, so that a stopped watch can stop all of it."""
+
+    #: How long a hook may take to end after watch passed it its stop signal.
+    GRACE = 5.0
 
     def __init__(self, command: str, backend_url: str) -> None:
         import queue
@@ -22,6 +27,9 @@ class ChangeCommand:
         self.command = command
         self.backend_url = backend_url
         self.changes: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.running = None  # the subprocess.Popen of the hook now running
+        self.stopped = False
         self.thread = threading.Thread(target=self._run, name="on-change", daemon=True)
         self.thread.start()
 
@@ -35,15 +43,23 @@ class ChangeCommand:
 
         while (change := self.changes.get()) is not None:
             env = {**os.environ, **change.environ(self.backend_url)}
-            try:
-                # The command's output goes to stderr: stdout may be NDJSON for a script.
-                status = subprocess.run(
-                    ["/bin/sh", "-c", self.command], env=env, stdin=subprocess.DEVNULL,
-                    stdout=sys.stderr.fileno(),
-                ).returncode
-            except (OSError, ValueError) as exc:
-                click.echo(f"lelect: --on-change could not run: {printable(exc)}", err=True)
-                continue
+            with self.lock:
+                if self.stopped:
+                    return
+                try:
+                    # The command's output goes to stderr: stdout may be NDJSON for a script.
+                    self.running = subprocess.Popen(
+                        ["/bin/sh", "-c", self.command], env=env, stdin=subprocess.DEVNULL,
+                        stdout=sys.stderr.fileno(), process_group=0,
+                    )
+                except (OSError, ValueError) as exc:
+                    click.echo(f"lelect: --on-change could not run: {printable(exc)}", err=True)
+                    continue
+            status = self.running.wait()
+            with self.lock:
+                self.running = None
+                if self.stopped:
+                    return
             if status != 0:
                 click.echo(f"lelect: --on-change command exited with status {status}", err=True)
 
@@ -51,6 +67,32 @@ class ChangeCommand:
         """Let the changes already seen run (up to ``timeout``)."""
         self.changes.put(None)
         self.thread.join(timeout)
+
+    def stop(self, signum: int) -> None:
+        """watch was told to stop: the running hook's group gets the same signal (SIGKILL
+        after GRACE), and changes not yet run are dropped."""
+        import os
+        import signal
+        import subprocess
+
+        with self.lock:
+            self.stopped = True
+            hook = self.running
+        self.changes.put(None)
+        if hook is None:
+            return
+        try:
+            os.killpg(hook.pid, signum)
+            try:
+                hook.wait(self.GRACE)
+            except subprocess.TimeoutExpired:
+                click.echo(f"lelect: --on-change command still running after {self.GRACE:g}s:"
+                           " killed", err=True)
+            # What it started in its group goes too (a shell ends before its children).
+            os.killpg(hook.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        hook.wait()
 
 
 @click.command("watch")
@@ -103,9 +145,17 @@ def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbe
                     click.echo(render.dumps(render.group_json(group)))
             else:
                 render.console().print(render.groups_table(snapshot.groups))
-            return 0
-        # SIGTERM ends a viewer as cleanly as Ctrl-C: status 0, terminal restored.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+            return ExitStatus.OK
+        # SIGTERM ends a viewer as cleanly as Ctrl-C: status 0, terminal restored; a
+        # running --on-change command gets the same signal.
+        received = [signal.SIGINT]
+
+        def stop(signum, frame):
+            received[0] = signum
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
         hook = ChangeCommand(on_change, client.url) if on_change else None
         try:
             if not as_json and sys.stdout.isatty():
@@ -113,8 +163,9 @@ def watch(ctx, elections, once, as_json, interval, on_change, threshold, heartbe
             else:
                 _stream(watcher, hook, as_json)
         except KeyboardInterrupt:
-            pass
-        return 0
+            if hook is not None:
+                hook.stop(received[0])
+        return ExitStatus.OK
     finally:
         watcher.close()
         if hook is not None:
@@ -141,6 +192,7 @@ def _live(watcher, hook) -> None:
 def _stream(watcher, hook, as_json: bool) -> None:
     """Not a terminal (or --json): print a group again only when it changed."""
     from lelect.cli import render
+    from lelect.cli.streams import reader_gone
 
     console = None if as_json else render.console()
     printed: dict[str, tuple] = {}
@@ -170,3 +222,5 @@ def _stream(watcher, hook, as_json: bool) -> None:
                 click.echo(render.dumps(render.group_json(group)))
         if console is not None and changed:
             console.print(render.groups_table(changed))
+        if reader_gone():  # `watch --json | head -1`: the reader has what it wanted
+            return

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 #: Every backend the contract suite runs against.
-BACKEND_IDS = ["file", "redis", "zookeeper", "postgres", "etcd"]
+BACKEND_IDS = ["file", "redis", "zookeeper", "postgres", "etcd", "mysql"]
 #: The backends that talk to a server over the network.
 NETWORK_IDS = [b for b in BACKEND_IDS if b != "file"]
 

@@ -1,0 +1,838 @@
+"""etcd backend: ``etcd://[user:password@]host:2379[,host2:2379…]/PREFIX`` and ``etcds://…``
+(TLS; options ``ca``, ``cert``, ``key``); options ``ttl``, ``connect_timeout``, ``history``.
+
+An election is exactly etcd's ``client/v3/concurrency`` Election on ``PREFIX/NAME``, so
+``etcdctl elect PREFIX/NAME`` and ``etcdctl lock PREFIX/NAME`` contend in it too:
+
+- each candidate puts ``PREFIX/NAME/<its lease id in hex>`` under its own lease, value =
+  its node id (``create_revision == 0`` guards the put, as Campaign does);
+- the key with the lowest create revision leads, and that revision is the term (what
+  ``etcdctl lock`` exports as ``ETCD_LOCK_REV`` when it did not have to wait);
+- each waiter watches only the key just before its own for its deletion (no herd).
+
+lelect's own records live outside every election prefix (no election name starts with
+``_``): ``PREFIX/_members/NAME/<node id>`` (heartbeats, each under a lease as long as the
+member stays listed), ``PREFIX/_resign/NAME`` (a request that the leader of a term step
+down, under that leader's lease), ``PREFIX/_history/NAME/<term, 20 digits>`` and
+``PREFIX/_slots/NAME/<slot>``. Every write that concerns a leadership compares the
+contender key's create revision: that revision is the leadership's identity.
+
+The lease is granted with the ttl (etcd grants whole seconds, at least its minimum: we use
+what it granted), kept alive every ttl/3 and counted from when each keep-alive was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from lelect.backends.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HISTORY,
+    DEFAULT_TTL,
+    PARTING_BUDGET,
+    RUNNING,
+    Backend,
+    Candidate,
+    Ending,
+    HandBack,
+    Heartbeat,
+    HistoryEntry,
+    LeaderInfo,
+    Leadership,
+    Members,
+    busy,
+    check_cancel,
+    only_changes,
+    timed_out,
+    unreachable,
+    wait_slice,
+)
+from lelect.backends.etcd import gateway as wire
+from lelect.backends.etcd.gateway import Endpoint, Gateway, GatewayError, KeyValue, TLSFiles
+from lelect.backends.records import (
+    MAX_SLOTS,
+    VANISHED,
+    VANISHED_REASON,
+    ResignAnswer,
+    decode_member,
+    encode_member,
+    stored_arrivals,
+)
+from lelect.durations import format_duration
+from lelect.errors import BackendUnavailable, UsageError
+from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy, renew_interval
+from lelect.names import ELECTION_NAME, validate_election
+
+if TYPE_CHECKING:
+    from lelect.backends.urls import BackendURL
+
+log = logging.getLogger("lelect.etcd")
+
+DEFAULT_PORT = 2379
+DEFAULT_PREFIX = "lelect"
+#: A watch read wakes this often to look at local state (the campaign's timeout, our
+#: lease, an observer's stop): a wake-up sends nothing to etcd.
+WAKE = 0.25
+_OPTIONS = {"ttl", "connect_timeout", "history", "ca", "cert", "key"}
+
+
+# -- the URL ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    endpoints: tuple[Endpoint, ...]
+    prefix: str
+    ttl: float
+    connect_timeout: float
+    history: int
+    tls: TLSFiles | None
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_url(cls, url: BackendURL) -> EtcdOptions:
+        url.check_options(_OPTIONS)
+        if not url.hosts:
+            raise UsageError(f"{url.scheme}:// URL names no host: use {url.scheme}://host:2379/PREFIX")
+        prefix = url.path[1:] if url.path.startswith("/") else url.path
+        prefix = prefix.rstrip("/") if prefix != "/" else prefix
+        prefix = prefix or DEFAULT_PREFIX
+        if "//" in prefix.lstrip("/") or not prefix.isascii() or not prefix.isprintable() or " " in prefix:
+            raise UsageError(
+                f"invalid key prefix {prefix!r} in {url.scheme}:// URL: use printable ASCII"
+                " without spaces or empty path segments, e.g. etcd://host:2379/lelect"
+            )
+        tls = None
+        files = {name: url.option(name) for name in ("ca", "cert", "key")}
+        if url.scheme == "etcds":
+            for name, path in files.items():
+                if path is not None and not os.path.isfile(path):
+                    raise UsageError(f"{name} option in etcds:// URL: no such file {path!r}")
+            if bool(files["cert"]) != bool(files["key"]):
+                raise UsageError("etcds:// URL: give cert= and key= together (a client certificate and its key)")
+            tls = TLSFiles(files["ca"], files["cert"], files["key"])
+        elif any(files.values()):
+            given = next(name for name, path in files.items() if path)
+            raise UsageError(f"{given} option needs TLS: use etcds:// instead of etcd://")
+        return cls(
+            endpoints=tuple(Endpoint(host, port or DEFAULT_PORT) for host, port in url.hosts),
+            prefix=prefix,
+            ttl=url.duration("ttl", DEFAULT_TTL),
+            connect_timeout=url.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            history=url.integer("history", DEFAULT_HISTORY),
+            tls=tls,
+            username=url.username,
+            password=url.password,
+        )
+
+
+@dataclass(frozen=True)
+class EtcdKeys:
+    """Where one election lives."""
+
+    prefix: str
+    election: str
+
+    @property
+    def contenders(self) -> str:
+        """etcd's election prefix (``NewElection(s, "PREFIX/NAME")`` adds the slash)."""
+        return f"{self.prefix}/{self.election}/"
+
+    def contender(self, lease_id: int) -> str:
+        return f"{self.contenders}{lease_id:x}"
+
+    @property
+    def members(self) -> str:
+        return f"{self.prefix}/_members/{self.election}/"
+
+    def member(self, node_id: str) -> str:
+        return self.members + node_id
+
+    @property
+    def resign(self) -> str:
+        return f"{self.prefix}/_resign/{self.election}"
+
+    @property
+    def history(self) -> str:
+        return f"{self.prefix}/_history/{self.election}/"
+
+    def history_entry(self, term: int) -> str:
+        return f"{self.history}{term:020d}"
+
+    @property
+    def slots(self) -> str:
+        return f"{self.prefix}/_slots/{self.election}/"
+
+    def slot(self, name: str) -> str:
+        return self.slots + name
+
+
+def lease_seconds(ttl: float) -> int:
+    """etcd leases are whole seconds: ask for the ttl rounded up."""
+    return max(1, math.ceil(ttl - 1e-9))
+
+
+# -- leases ------------------------------------------------------------------------------
+
+
+class _Lease:
+    """One etcd lease (a waiter's too: its key in line lives under it), kept alive by
+    :class:`lelect.lease.Lease` with etcd's keep-alive as the renew verb."""
+
+    def __init__(self, backend: EtcdBackend, ttl: float, budget: float) -> None:
+        self.backend = backend
+        t_send = time.monotonic()
+        answer = backend.gateway.call("lease/grant", {"TTL": str(lease_seconds(ttl))}, budget)
+        self.id = wire.lease_id(answer)
+        #: The lease etcd granted: whole seconds, at least its minimum.
+        self.granted = wire.decoded(lambda raw: float(raw.get("TTL") or lease_seconds(ttl)), answer)
+        if self.granted != ttl:
+            backend.say_granted(ttl, self.granted)
+        # Renewing as often as the asked-for ttl needs keeps every promise made for it.
+        self.keeper = Lease(t_send, self.granted, self._keepalive,
+                            interval=renew_interval(min(ttl, self.granted)),
+                            describe=lambda exc: getattr(exc, "message", str(exc)),
+                            name=f"etcd-lease:{self.id:x}")
+        self.keeper.start()
+
+    def _keepalive(self, budget: float) -> Renewal:
+        answer = self.backend.gateway.call("lease/keepalive", {"ID": str(self.id)}, budget)
+        granted = wire.decoded(lambda raw: int((raw.get("result") or raw).get("TTL") or 0), answer)
+        if granted <= 0:
+            return Renewal(False, reason="etcd says our lease expired")
+        return Renewal(True, granted=float(granted))
+
+    def alive(self) -> bool:
+        return self.keeper.alive()
+
+    def revoke(self, budget: float) -> None:
+        """Stop renewing and revoke the lease (deleting every key under it), best effort:
+        a lease that cannot be revoked runs out by itself."""
+        self.keeper.stop()
+        try:
+            self.backend.gateway.call("lease/revoke", {"ID": str(self.id)}, budget)
+        except GatewayError as exc:
+            if exc.code != 5:  # NotFound: it had run out already
+                log.warning("lelect: could not revoke etcd lease %x (%s); it runs out by itself",
+                            self.id, exc.message)
+
+
+# -- leadership ----------------------------------------------------------------------------
+
+
+class EtcdLeadership(Leadership):
+    """A won election: our contender key under our lease. Two watches hear of our key's
+    deletion (lost) and of a resign request for our term."""
+
+    def __init__(self, backend: EtcdBackend, keys: EtcdKeys, candidate: Candidate,
+                 key: str, term: int, lease: _Lease, entry: HistoryEntry, revision: int) -> None:
+        super().__init__(backend, keys.election, candidate, term, key, lease.keeper, entry.started)
+        self.keys = keys
+        self.key = key
+        self.etcd_lease = lease
+        self.entry = entry
+        #: The lease etcd granted (whole seconds, at least its minimum).
+        self.ttl = lease.granted
+        self.stopped = threading.Event()
+        self._backend = backend
+        self._revision = revision
+
+    def _begin(self) -> None:
+        watches = ((self.key, self._on_own_key), (self.keys.resign, self._on_resign))
+        for watched, handle in watches:
+            threading.Thread(target=self._watch, args=(watched, self._revision + 1, handle),
+                             name=f"lelect-etcd-watch:{watched}", daemon=True).start()
+
+    def _on_own_key(self, event: wire.WatchEvent) -> None:
+        if event.kind == "DELETE":
+            self.mark_lost(f"our key {self.key} was deleted")
+
+    def _on_resign(self, event: wire.WatchEvent) -> None:
+        if event.kind == "PUT" and event.value.decode("utf-8", "replace") == str(self.term):
+            self.mark_resign_requested()
+
+    def _watch(self, key: str, start: int, handle: Callable[[wire.WatchEvent], None]) -> None:
+        """Follow ``key`` from revision ``start`` until the leadership ends, reopening the
+        watch where it left off when it breaks."""
+        backend = self._backend
+        while not self._over():
+            try:
+                stream = backend.gateway.watch(key, start_revision=start,
+                                               budget=backend.options.connect_timeout)
+            except GatewayError:
+                self.stopped.wait(WAKE)  # the keep-alive decides whether the lease is lost
+                continue
+            try:
+                while not self._over():
+                    events = stream.next(WAKE)
+                    for event in events or ():
+                        start = event.mod_revision + 1
+                        if not self._over():
+                            handle(event)
+            except GatewayError as exc:
+                if exc.kind == "compacted":
+                    # What happened meanwhile is gone: look at the keys themselves.
+                    start = backend.look_again(self)
+            finally:
+                stream.close()
+
+    def _over(self) -> bool:
+        return self.stopped.is_set() or self.lost.is_set() or self.released
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.etcd_lease.keeper.stop()
+
+
+# -- the backend ---------------------------------------------------------------------------
+
+
+class EtcdBackend(Backend):
+    """Elections in one etcd cluster, through its members' v3 JSON gateways."""
+
+    scheme = "etcd"
+    lease_based = True
+    has_clock = False  # etcd has no clock a client can read: now() is local time
+
+    def __init__(self, url: BackendURL) -> None:
+        super().__init__(url)
+        self.scheme = url.scheme
+        self.options = EtcdOptions.from_url(url)
+        self.default_ttl = self.ttl = self.options.ttl
+        self.connect_timeout = self.options.connect_timeout
+        self.history_limit = self.options.history
+        self.retry = RetryPolicy(self.connect_timeout)
+        self.gateway = Gateway(self.options.endpoints, tls=self.options.tls,
+                               username=self.options.username, password=self.options.password)
+        self._said_granted: set[tuple[float, float]] = set()
+
+    def keys(self, election: str) -> EtcdKeys:
+        return EtcdKeys(self.options.prefix, validate_election(election))
+
+    def say_granted(self, asked: float, granted: float) -> None:
+        """Say once per length that etcd's lease differs from the ttl asked for."""
+        if (asked, granted) in self._said_granted:
+            return
+        self._said_granted.add((asked, granted))
+        log.warning(
+            "lelect: etcd granted a %s lease for ttl %s (leases are whole seconds, at least"
+            " etcd's minimum): using %s", format_duration(granted), format_duration(asked),
+            format_duration(granted),
+        )
+
+    # -- campaign ------------------------------------------------------------------------
+
+    def _retry(self, attempts: Attempts, exc: GatewayError) -> None:
+        """Pause before the next try, or raise the one-line error when that was the last."""
+        try:
+            attempts.retry_after(exc.transient)
+        except GaveUp as gave_up:
+            raise self.unavailable(exc, gave_up.bound) from None
+
+    def _campaign(
+        self,
+        election: str,
+        candidate: Candidate,
+        *,
+        timeout: float | None,
+        no_wait: bool,
+        ttl: float | None,
+        on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
+    ) -> Leadership:
+        keys = self.keys(election)
+        ttl = self.default_ttl if ttl is None else ttl
+        contact = self.retry.attempts(timeout, cancel=cancel)
+        give_up = contact.give_up.at
+        told_waiting = False
+
+        def waiting(holder: LeaderInfo | None) -> None:
+            nonlocal told_waiting
+            if not told_waiting and on_wait is not None:
+                told_waiting = True
+                on_wait(holder)
+
+        while True:
+            try:
+                if no_wait or timeout == 0:
+                    # Look first: a busy election costs no lease.
+                    holder = self._leader(keys, contact.budget())[0]
+                    if holder is not None:
+                        raise busy(election, holder) if no_wait else timed_out(election, timeout)
+                lease = _Lease(self, ttl, contact.budget())
+            except GatewayError as exc:
+                self._retry(contact, exc)
+                continue
+            contact.succeeded()
+            # Leaving the line revokes our lease at once, with time of its own (not what is
+            # left of --timeout): a key left in line would lead, jobless, when its turn came.
+            try:
+                won = self._contend(keys, candidate, lease, contact, give_up, timeout,
+                                    no_wait=no_wait, waiting=waiting, cancel=cancel)
+            except BaseException:
+                lease.revoke(min(self.connect_timeout, 1.0))
+                raise
+            if won is not None:
+                return won
+            lease.revoke(min(self.connect_timeout, 1.0))  # our place was lost: queue again
+
+    def _contend(self, keys: EtcdKeys, candidate: Candidate, lease: _Lease,
+                 contact: Attempts, give_up: float | None, timeout: float | None, *,
+                 no_wait: bool, waiting: Callable[[LeaderInfo | None], None],
+                 cancel: threading.Event | None = None) -> EtcdLeadership | None:
+        """Queue under ``lease`` and wait for our turn; None if our place was lost (the
+        lease ran out or our key was deleted) and we must queue again."""
+        key = keys.contender(lease.id)
+        while True:
+            try:
+                # etcd's Campaign: our key unless it exists, and the first in line.
+                joined = self.gateway.txn(
+                    [wire.created_at(key, 0)],
+                    [wire.put(key, candidate.node_id, lease.id),
+                     wire.get(keys.contenders, prefix=True, first_by="CREATE", limit=1)],
+                    [wire.get(key), wire.get(keys.contenders, prefix=True, first_by="CREATE", limit=1)],
+                    budget=contact.budget(),
+                )
+                break
+            except GatewayError as exc:
+                self._retry(contact, exc)
+        if joined.succeeded:
+            term = joined.revision
+        elif joined.ranges[0] and joined.ranges[0].first:
+            term = joined.ranges[0].first.create_revision
+        else:
+            return None
+        first = joined.ranges[1].first if joined.ranges[1] else None
+        if first is None:
+            return None  # our key is gone already
+        if first.create_revision != term:
+            holder = self._holder(keys, first, contact.budget())
+            if no_wait:
+                raise busy(keys.election, holder)
+            if timeout == 0:
+                raise timed_out(keys.election, 0)
+            waiting(holder)
+            if not self._wait_for_turn(keys, term, lease, contact, give_up, timeout, cancel):
+                return None
+        return self._win(keys, candidate, key, term, lease, contact)
+
+    def _wait_for_turn(self, keys: EtcdKeys, term: int, lease: _Lease, contact: Attempts,
+                       give_up: float | None, timeout: float | None,
+                       cancel: threading.Event | None = None) -> bool:
+        """etcd's waitDeletes: until no key older than ours is left, watch the youngest of
+        them for its deletion. False if our lease ran out meanwhile."""
+        while True:
+            if give_up is not None and time.monotonic() >= give_up:
+                raise timed_out(keys.election, timeout)
+            if not lease.alive():
+                return False
+            try:
+                before = self.gateway.range(keys.contenders, prefix=True, last_by="CREATE", limit=1,
+                                            max_create_revision=term - 1, budget=contact.budget())
+                if before.first is None:
+                    return True
+                stream = self.gateway.watch(before.first.key, start_revision=before.revision,
+                                            budget=contact.budget())
+            except GatewayError as exc:
+                self._retry(contact, exc)
+                continue
+            contact.succeeded()
+            try:
+                self._until_deleted(stream, lease, give_up, cancel, keys.election)
+            except GatewayError as exc:
+                if exc.kind != "compacted":
+                    self._retry(contact, exc)
+            finally:
+                stream.close()
+
+    @staticmethod
+    def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None,
+                       cancel: threading.Event | None = None, election: str = "") -> None:
+        while lease.alive():
+            check_cancel(cancel, election)
+            wake = WAKE if give_up is None else min(WAKE, give_up - time.monotonic())
+            if wake <= 0:
+                return
+            events = stream.next(wait_slice(wake, cancel) or 0.0)
+            if events and any(event.kind == "DELETE" for event in events):
+                return
+
+    def _win(self, keys: EtcdKeys, candidate: Candidate, key: str, term: int,
+             lease: _Lease, contact: Attempts) -> EtcdLeadership | None:
+        """Record the win in the history, in one txn guarded by our key's create revision:
+        our entry "running", the previous one (if still "running") closed as "vanished",
+        the oldest dropped beyond ``history``. None if our key is no longer ours."""
+        entry = HistoryEntry(keys.election, term, candidate.node_id, candidate.host,
+                             candidate.pid, started=time.time())
+        for _ in range(10):
+            try:
+                result, closed = self._record_win(keys, key, entry, contact.budget())
+            except GatewayError as exc:
+                self._retry(contact, exc)
+                continue
+            if result is None:
+                continue  # the history changed under us: read it again
+            if not result.succeeded:
+                return None
+            resign = result.ranges[-1].first if result.ranges[-1] else None
+            leadership = EtcdLeadership(self, keys, candidate, key, term, lease, entry,
+                                        result.revision)
+            if resign is not None and resign.value.decode("utf-8", "replace") == str(term):
+                leadership.mark_resign_requested()
+            if closed is not None:
+                log.info("lelect: term %d of %r ended unseen; recorded as vanished", closed.term,
+                         keys.election)
+            return leadership
+        raise BackendUnavailable(f"could not record the leadership of {keys.election!r} in"
+                                 f" {keys.history}: it kept changing")
+
+    def _record_win(self, keys: EtcdKeys, key: str, entry: HistoryEntry, budget: float
+                    ) -> tuple[wire.TxnResult | None, HistoryEntry | None]:
+        seen = self.gateway.txn([], [
+            wire.get(keys.history, prefix=True, last_by="KEY", limit=1),
+            wire.get(keys.history, prefix=True, count_only=True),
+        ], budget=budget)
+        newest = seen.ranges[0].first if seen.ranges[0] else None
+        count = seen.ranges[1].count if seen.ranges[1] else 0
+        compare = [wire.created_at(key, entry.term)]
+        ops = [wire.put(keys.history_entry(entry.term), entry.encode())]
+        dropped_to = None
+        if count >= self.history_limit:
+            oldest = self.gateway.range(keys.history, prefix=True, first_by="KEY", keys_only=True,
+                                        limit=count - self.history_limit + 1, budget=budget)
+            if oldest.kvs:
+                dropped_to = oldest.kvs[-1].key
+                ops.append(wire.delete(keys.history, dropped_to + "\0"))
+        closed = None
+        if newest is not None and (dropped_to is None or newest.key > dropped_to):
+            previous = _decode_entry(newest)
+            if previous is not None and previous.outcome == RUNNING and previous.term < entry.term:
+                closed = replace(previous, ended=time.time(), outcome=VANISHED,
+                                 reason=VANISHED_REASON)
+                compare.append(wire.modified_at(newest.key, newest.mod_revision))
+                ops.append(wire.put(newest.key, closed.encode()))
+        ops.append(wire.get(keys.resign))
+        result = self.gateway.txn(compare, ops, [wire.get(key)], budget=budget)
+        if not result.succeeded:
+            mine = result.ranges[0].first if result.ranges[0] else None
+            if mine is not None and mine.create_revision == entry.term:
+                return None, None  # only the history moved: try again
+        return result, closed
+
+    def _holder(self, keys: EtcdKeys, first: KeyValue, budget: float) -> LeaderInfo:
+        """Who holds the election, from its first key (and its history entry, if lelect's)."""
+        try:
+            entry = self.gateway.range(keys.history_entry(first.create_revision), budget=budget)
+        except GatewayError:
+            entry = None
+        return _leader_info(first, _decode_entry(entry.first) if entry and entry.first else None)
+
+    # -- release -------------------------------------------------------------------------
+
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
+        assert isinstance(leadership, EtcdLeadership)
+        leadership.stop()
+        keys = leadership.keys
+        budget = self.connect_timeout
+        if leadership.lease_over():
+            budget = min(budget, PARTING_BUDGET)
+        closed = replace(leadership.entry, ended=time.time(), outcome=ending.outcome,
+                         exit_status=ending.exit_status, reason=ending.reason)
+        slot = ending.done_slot
+        if slot:
+            closed = replace(closed, slot=slot)
+        try:
+            ops = [wire.delete(leadership.key),
+                   wire.put(keys.history_entry(leadership.term), closed.encode())]
+            if slot:
+                ops += self._slot_ops(keys, slot, closed, budget)
+            released = self.gateway.txn([wire.created_at(leadership.key, leadership.term)], ops,
+                                        budget=budget)
+            if not released.succeeded:
+                # No longer ours: still close our own entry, if nobody did (first writer wins).
+                self._close_own_entry(keys, closed, budget)
+        except GatewayError as exc:
+            log.warning("lelect: could not release %r (%s); it frees itself when the lease runs out",
+                        leadership.election, exc.message)
+            return
+        leadership.etcd_lease.revoke(budget)
+
+    def _slot_ops(self, keys: EtcdKeys, slot: str, closed: HistoryEntry, budget: float
+                  ) -> list[dict]:
+        ops = [wire.put(keys.slot(slot), closed.encode())]
+        count = self.gateway.range(keys.slots, prefix=True, count_only=True, budget=budget).count
+        if count >= MAX_SLOTS:
+            oldest = self.gateway.range(keys.slots, prefix=True, first_by="MOD", keys_only=True,
+                                        limit=count - MAX_SLOTS + 1, budget=budget)
+            ops += [wire.delete(kv.key) for kv in oldest.kvs if kv.key != keys.slot(slot)]
+        return ops
+
+    def _close_own_entry(self, keys: EtcdKeys, closed: HistoryEntry, budget: float) -> None:
+        stored = self.gateway.range(keys.history_entry(closed.term), budget=budget).first
+        entry = _decode_entry(stored) if stored else None
+        if stored is None or entry is None or entry.outcome != RUNNING:
+            return
+        self.gateway.txn([wire.modified_at(stored.key, stored.mod_revision)],
+                         [wire.put(stored.key, closed.encode())], budget=budget)
+
+    def look_again(self, leadership: EtcdLeadership) -> int:
+        """After a compacted watch: check our key and the resign request directly; the
+        revision to watch from next."""
+        keys = leadership.keys
+        try:
+            now = self.gateway.txn([], [wire.get(leadership.key), wire.get(keys.resign)],
+                                   budget=self.connect_timeout)
+        except GatewayError:
+            return 0
+        mine = now.ranges[0].first if now.ranges[0] else None
+        if mine is None or mine.create_revision != leadership.term:
+            leadership.mark_lost(f"our key {leadership.key} was deleted")
+        asked = now.ranges[1].first if now.ranges[1] else None
+        if asked is not None and asked.value.decode("utf-8", "replace") == str(leadership.term):
+            leadership.mark_resign_requested()
+        return now.revision + 1
+
+    def hand_back(self, leadership: Leadership) -> HandBack | None:
+        assert isinstance(leadership, EtcdLeadership)
+        options = self.options
+        return HandBack(
+            budget=min(self.connect_timeout, leadership.ttl), election=leadership.election,
+
+            module="lelect.backends.etcd.handback",
+            params={
+                "endpoints": [[e.host, e.port] for e in options.endpoints],
+                "tls": None if options.tls is None else {
+                    "ca": options.tls.ca, "cert": options.tls.cert, "key": options.tls.key},
+                "username": options.username,
+                "password": options.password,
+                # etcd's authenticate costs a bcrypt: the keeper tries lelect's token first.
+                "token": self.gateway.token,
+                "lease_id": leadership.etcd_lease.id,
+                "key": leadership.key,
+                "term": leadership.term,
+                "history_key": leadership.keys.history_entry(leadership.term),
+                "entry": leadership.entry.encode(),
+                "member_key": leadership.keys.member(leadership.node_id),
+            },
+        )
+
+    # -- looking -------------------------------------------------------------------------
+
+    def leader(self, election: str) -> LeaderInfo | None:
+        keys = self.keys(election)
+        try:
+            return self._leader(keys, self.connect_timeout)[0]
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+
+    def _leader(self, keys: EtcdKeys, budget: float
+                ) -> tuple[LeaderInfo | None, KeyValue | None, int]:
+        """The leader (etcd's Leader: the first key by create revision, with host, pid
+        and since from its history entry), its key, and the revision they were read at."""
+        looked = self.gateway.txn([], [
+            wire.get(keys.contenders, prefix=True, first_by="CREATE", limit=1),
+            wire.get(keys.history, prefix=True, last_by="KEY", limit=1),
+        ], budget=budget)
+        first = looked.ranges[0].first if looked.ranges[0] else None
+        if first is None:
+            return None, None, looked.revision
+        newest = looked.ranges[1].first if looked.ranges[1] else None
+        entry = _decode_entry(newest) if newest else None
+        return _leader_info(first, entry), first, looked.revision
+
+    def observe(self, election: str, stop: threading.Event | None = None
+                ) -> Iterator[LeaderInfo | None]:
+        return only_changes(self._looks(self.keys(election), stop or threading.Event()))
+
+    def _looks(self, keys: EtcdKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
+        """etcd's Observe: look at the leader, then watch its key (or, with none, the
+        election's prefix) from just after that look until it changes."""
+        contact = self.retry.attempts(None, cancel=stop)
+        while not stop.is_set():
+            try:
+                current, first, revision = self._leader(keys, contact.budget())
+                # Any put under the prefix when nobody leads; the leader's key otherwise.
+                watched, end = (keys.contenders, wire.prefix_end(keys.contenders)) if first is None \
+                    else (first.key, None)
+                stream = self.gateway.watch(watched, range_end=end, start_revision=revision + 1,
+                                            budget=contact.budget())
+            except GatewayError as exc:
+                self._retry(contact, exc)
+                continue
+            contact.succeeded()
+            yield current
+            try:
+                while not stop.is_set():
+                    events = stream.next(WAKE)
+                    if events:
+                        break
+            except GatewayError as exc:
+                if exc.kind != "compacted":
+                    self._retry(contact, exc)
+            finally:
+                stream.close()
+
+    def request_resign(self, election: str, term: int | None = None) -> ResignAnswer:
+        keys = self.keys(election)
+        try:
+            first = self.gateway.range(keys.contenders, prefix=True, first_by="CREATE", limit=1,
+                                       budget=self.connect_timeout).first
+            if first is None or (term is not None and first.create_revision != term):
+                return ResignAnswer.NOT_LEADING
+            # lelect records each of its leaderships as it wins; an `etcdctl elect` or
+            # `lock` leader has no record and reads no request.
+            if self.gateway.range(keys.history_entry(first.create_revision),
+                                  budget=self.connect_timeout).first is None:
+                return ResignAnswer.CANNOT_ASK
+            # Under the leader's own lease: the request ends with that leadership.
+            asked = self.gateway.txn(
+                [wire.created_at(first.key, first.create_revision)],
+                [wire.put(keys.resign, str(first.create_revision), first.lease)],
+                budget=self.connect_timeout,
+            )
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+        return ResignAnswer.ASKED if asked.succeeded else ResignAnswer.NOT_LEADING
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
+        """Store the heartbeat with the arrival stamps so far plus this one (local time:
+        etcd has no clock), under a lease of ``ttl`` seconds that each publish renews, so
+        a member that stops publishing is forgotten by etcd itself."""
+        keys = self.keys(heartbeat.election)
+        key = keys.member(heartbeat.node_id)
+        budget = self.connect_timeout
+        try:
+            for _ in range(10):
+                stored = self.gateway.range(key, budget=budget).first
+                lease = self._member_lease(stored, ttl, budget)
+                arrivals = [*stored_arrivals(stored.value if stored else None), time.time()]
+                record = encode_member(heartbeat, arrivals, forget_after=ttl)
+                guard = wire.modified_at(key, stored.mod_revision) if stored else wire.created_at(key, 0)
+                if self.gateway.txn([guard], [wire.put(key, record, lease)], budget=budget).succeeded:
+                    return
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+        raise BackendUnavailable(f"could not publish a heartbeat to {key}: too many concurrent writers")
+
+    def _member_lease(self, stored: KeyValue | None, ttl: float, budget: float) -> int:
+        """The member's lease renewed, or a new one if it ran out or has another length."""
+        seconds = lease_seconds(ttl)
+        if stored is not None and stored.lease:
+            answer = self.gateway.call("lease/keepalive", {"ID": str(stored.lease)}, budget)
+            if wire.decoded(lambda raw: int((raw.get("result") or raw).get("TTL") or 0),
+                            answer) == seconds:
+                return stored.lease
+        answer = self.gateway.call("lease/grant", {"TTL": str(seconds)}, budget)
+        return wire.lease_id(answer)
+
+    def remove_member(self, election: str, node_id: str) -> None:
+        try:
+            self.gateway.call("kv/deleterange", {"key": wire.b64(self.keys(election).member(node_id))},
+                              self.connect_timeout)
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+
+    def members(self, election: str) -> Members:
+        keys = self.keys(election)
+        try:
+            found = self.gateway.range(keys.members, prefix=True, first_by="KEY",
+                                       budget=self.connect_timeout)
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+        records = tuple(decode_member(kv.key[len(keys.members):], kv.value) for kv in found.kvs)
+        return Members(election=election, now=time.time(), records=records)
+
+    def elections(self) -> list[str]:
+        top = self.options.prefix + "/"
+        members = f"{top}_members/"
+        history = f"{top}_history/"
+        try:
+            looked = self.gateway.txn([], [
+                # Every election prefix: names start with a letter or digit, never "_".
+                wire.get(top + "0", range_end=top + "_", keys_only=True),
+                wire.get(top + "a", range_end=top + "{", keys_only=True),
+                wire.get(members, prefix=True, keys_only=True),
+                wire.get(history, prefix=True, keys_only=True),
+            ], budget=self.connect_timeout)
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+        names = set()
+        for found, head in zip(looked.ranges, (top, top, members, history)):
+            for kv in found.kvs if found else ():
+                name, sep, _ = kv.key[len(head):].partition("/")
+                if sep and ELECTION_NAME.fullmatch(name):
+                    names.add(name)
+        return sorted(names)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
+        keys = self.keys(election)
+        try:
+            found = self.gateway.range(keys.history, prefix=True, last_by="KEY",
+                                       limit=limit or self.history_limit, budget=self.connect_timeout)
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+        entries = [_decode_entry(kv) for kv in reversed(found.kvs)]
+        return [entry for entry in entries if entry is not None]
+
+    def slot_done(self, election: str, slot: str) -> HistoryEntry | None:
+        keys = self.keys(election)
+        try:
+            stored = self.gateway.range(keys.slot(slot), budget=self.connect_timeout).first
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+        return _decode_entry(stored) if stored else None
+
+    def now(self) -> float:
+        return time.time()
+
+    def close(self) -> None:
+        self.gateway.close()
+
+    # -- errors --------------------------------------------------------------------------
+
+    def unavailable(self, exc: GatewayError, within: float | None = None) -> BackendUnavailable:
+        """One line for a failed call: what failed, where, and what to do."""
+        where = self.gateway.where
+        if exc.kind == "auth":
+            who = f"user {self.options.username!r}" if self.options.username else "a client without a user"
+            hint = "" if self.options.username else ": put user:password@ in the URL"
+            return BackendUnavailable(f"etcd at {where} refused {who} ({exc.message}){hint}")
+        if exc.kind == "denied":
+            return BackendUnavailable(
+                f"etcd at {where}: user {self.options.username!r} may not use {self.options.prefix}/"
+                f" ({exc.message}): grant it a role with readwrite on that prefix")
+        if exc.kind == "tls":
+            return BackendUnavailable(f"TLS to etcd at {where} failed: {exc.message}")
+        if exc.kind == "unreachable":
+            return unreachable("etcd", where, self.connect_timeout if within is None else within,
+                               exc.message)
+        return BackendUnavailable(f"etcd at {where} answered: {exc.message}")
+
+
+def _decode_entry(kv: KeyValue) -> HistoryEntry | None:
+    try:
+        return HistoryEntry.decode(kv.value)
+    except ValueError:
+        return None
+
+
+def _leader_info(first: KeyValue, entry: HistoryEntry | None) -> LeaderInfo:
+    """The leader from its key (value: node id; an ``etcdctl lock`` key has none: its
+    lease) and, when it is lelect's, the history entry of its term."""
+    node_id = first.value.decode("utf-8", "replace") or first.key.rsplit("/", 1)[-1]
+    if entry is None or entry.term != first.create_revision:
+        return LeaderInfo(node_id=node_id, term=first.create_revision)
+    return LeaderInfo(node_id=node_id, term=first.create_revision, since=entry.started,
+                      host=entry.host, pid=entry.pid)

@@ -1,0 +1,193 @@
+"""The embedded backend's election, as the job's keeper runs it: take the election's
+flock (giving up at the campaign's deadline), settle the term, start the job the moment
+it wins, write the leader record, and close that record itself when lelect cannot.
+
+A mixin of the keeper (``lelect/_keeper.py``): standard library only, and the state
+code (:mod:`lelect.backends.file.state`) is imported while the keeper waits."""
+
+import os
+import select
+import signal
+import time
+
+#: How long the keeper tries to close the embedded backend's record itself.
+CLOSE_RECORD_BUDGET = 1.0
+
+
+class _GiveUp(Exception):
+    """The campaign's deadline passed while the keeper waited for the flock."""
+
+
+
+class LocalElection:
+    """The keeper's flock election; the keeper supplies ``options``, ``proto``, ``send``,
+    ``read_ctrl``, ``start_job`` and the job's state."""
+
+    def wait_for_lock(self):
+        """Take the flock in the main thread (a blocked helper thread wakes up to ms
+        later). While blocked, a timer checks every half second that lelect is alive,
+        and gives up at the campaign's deadline: a job lelect reports as never started
+        must never start, so only the keeper decides whether it won in time."""
+        self.announced = False  # nothing about the job goes out before "locked"
+        # Import and open the state database now, while waiting, so winning costs only
+        # the job's fork/exec (the leader record is written after).
+        from lelect.backends.file import state as filestate
+
+        self.filestate = filestate
+        lock_name = os.path.basename(self.options["lock"])
+        try:
+            # lelect checked the directory (and the database); every file in it is opened
+            # relative to it, never through a link.
+            self.state = filestate.StateDir(self.options["db"], self.options.get("shared") == "1")
+            self.db = filestate.open_db(self.state)
+        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
+            self.send(self.proto.Error(str(exc)))
+            os._exit(0)
+        deadline = float(self.options["deadline"]) if self.options.get("deadline") else None
+        nowait = self.options.get("nowait") == "1"
+        if self.options.get("announce"):
+            time.localtime()  # reads the time zone now, not on the way to starting the job
+
+        def check(*_):
+            ready, _, _ = select.select([self.ctrl], [], [], 0)
+            if ready:
+                messages = self.read_ctrl()
+                if messages is None or any(isinstance(m, self.proto.Exit) for m in messages):
+                    os._exit(0)  # nothing started yet: just go
+                self.pending.extend(messages)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _GiveUp
+            signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
+
+        previous_term = signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        signal.signal(signal.SIGALRM, check)
+        outcome = None
+        try:
+            if deadline is not None and deadline <= time.monotonic():
+                nowait = True  # --timeout 0: one try, as flock -w 0
+            self.lock_fd = filestate.take_lock(self.state, lock_name, True)
+            if self.lock_fd is None and not nowait:
+                self.send(self.proto.Waiting())
+                signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
+                self.lock_fd = filestate.take_lock(self.state, lock_name, False)
+        except _GiveUp:
+            outcome = self.proto.TimedOut()
+        except OSError as exc:
+            outcome = self.proto.Error(f"cannot open lock file {self.options['lock']}:"
+                                       f" {exc.strerror or exc}")
+        except Exception as exc:  # noqa: BLE001 - a file lelect must not use: one line
+            outcome = self.proto.Error(str(exc))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGTERM, previous_term)
+        if outcome is None and self.lock_fd is None:
+            timed = deadline is not None and self.options.get("nowait") != "1"
+            outcome = self.proto.TimedOut() if timed else self.proto.Busy()
+        if outcome is not None:
+            self.release()
+            self.send(outcome)
+            os._exit(0)
+        self.on_locked()
+
+    @staticmethod
+    def _tick(deadline):
+        interval = 0.5
+        if deadline is not None:
+            interval = min(interval, max(deadline - time.monotonic(), 0.001))
+        return interval
+
+    def on_locked(self):
+        since = time.time()
+        try:
+            term = self.filestate.next_term(self.lock_fd, self.db, self.options["election"],
+                                            self.options["lock"])
+        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
+            self.release()
+            self.send(self.proto.Error(str(exc)))
+            os._exit(0)
+        self.term = term
+        # The term is settled (the lock file holds it), so start the job first.
+        if self.command and self.options.get("autostart") == "1":
+            self.start_job(term, None, announce=False)
+        # The leader record is for people (`leader`, `watch`) and the history: write it
+        # in a thread, so a busy database (another process recovering the WAL) never
+        # keeps the main loop from noticing the job's exit. lelect hears "locked" once
+        # it is written.
+        import threading
+
+        read_end, write_end = os.pipe()
+        self.record_pipe = read_end
+        self.locked = self.proto.Locked(term, since)
+        threading.Thread(
+            target=self._record_leader, args=(term, since, write_end), daemon=True
+        ).start()
+
+    def _record_leader(self, term, since, done_fd):
+        try:
+            self.filestate.record_leader(
+                self.db,
+                self.options["election"],
+                term=term,
+                node_id=self.options["node_id"],
+                token=self.options["token"],
+                host=self.options.get("host"),
+                pid=int(self.options["pid"]) if self.options.get("pid") else None,
+                since=since,
+                history_limit=int(self.options.get("history", "1000")),
+            )
+            outcome = b"K"
+        except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
+            outcome = b"E" + str(exc).replace("\n", " ").encode()
+        finally:
+            self.db.close()
+        os.write(done_fd, outcome)
+        os.close(done_fd)
+
+    def on_recorded(self):
+        data = os.read(self.record_pipe, 65536)
+        os.close(self.record_pipe)
+        self.record_pipe = None
+        if not data.startswith(b"K"):
+            self.kill_everything()
+            self.release()
+            self.send(self.proto.Error(data[1:].decode(errors="replace")))
+            os._exit(0)
+        self.send(self.locked)
+        if self.job_pid is not None:
+            self.send(self.proto.Started(self.job_pid))
+        self.announced = True
+        for message in self.held_back:
+            self.send(message)
+        self.held_back = []
+
+    def release(self):
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def close_record(self, outcome, reason):
+        """The embedded backend: lelect cannot close the leadership (it died, or was
+        stopped before it heard that we won) and the job's group is gone. The keeper
+        wrote the leadership's record, so it closes it too (after it let go of the
+        flock: its own word overwrites the next leader's "vanished"), then forgets
+        lelect's member."""
+        try:
+            if self.record_pipe is not None:  # the record is still being written
+                select.select([self.record_pipe], [], [], CLOSE_RECORD_BUDGET)
+            conn = self.filestate.open_db(self.state)
+            # A busy database must not hold up the exit (nor the next leader) for long.
+            conn.execute(f"PRAGMA busy_timeout={int(CLOSE_RECORD_BUDGET * 1000)}")
+            try:
+                self.filestate.close_leadership(
+                    conn, self.options["election"], term=self.term, token=self.options["token"],
+                    outcome=outcome, exit_status=self.job_status, reason=reason,
+                    slot=None, ended=time.time(),
+                )
+                with self.filestate.transaction(conn):
+                    conn.execute("DELETE FROM members WHERE election=? AND node_id=?",
+                                 (self.options["election"], self.options["node_id"]))
+            finally:
+                conn.close()
+        except Exception:  # noqa: BLE001 - the next leader closes it as vanished instead
+            pass
+

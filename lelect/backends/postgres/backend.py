@@ -1,0 +1,535 @@
+"""PostgreSQL backend: ``postgresql://[user[:pw]@]host[:port][,host2…]/dbname`` (also
+``postgres://``); lelect's options ``schema`` (default ``lelect``), ``ttl``,
+``connect_timeout`` and ``history``; every other query option goes to libpq as it is
+(``sslmode``, ``sslrootcert``, ``application_name``, ``target_session_attrs``, …). A
+password may come from ``PGPASSWORD`` or ``~/.pgpass``, as with psql.
+
+A leadership is a row in ``<schema>.lease`` acquired, renewed and released by single
+guarded statements (``sql``): acquired only if absent or expired, renewed and
+released only ``WHERE token = ours``, expiry by the server's ``clock_timestamp()``. The
+leader counts its lease from the moment it sent the statement. Terms come from
+``<schema>.term``, a counter per election that is never deleted. No session advisory
+locks: a partitioned session keeps them until TCP keepalive reaps it, long after its
+client gave up.
+
+Waiters never poll: they LISTEN on the election's channel before their first attempt,
+and otherwise sleep until the lease's server-side expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from lelect.backends.base import (
+    EXITED,
+    MAX_ARRIVALS,
+    PARTING_BUDGET,
+    Backend,
+    Candidate,
+    Ending,
+    HandBack,
+    Heartbeat,
+    HistoryEntry,
+    LeaderInfo,
+    Leadership,
+    Members,
+    busy,
+    check_cancel,
+    only_changes,
+    timed_out,
+    wait_slice,
+)
+from lelect.backends.postgres import sql
+from lelect.backends.postgres.link import (
+    PgSession,
+    PostgresOptions,
+    is_transient,
+    pg_errors,
+    psycopg,
+)
+from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
+from lelect.errors import ConfigError
+from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
+from lelect.names import validate_election
+
+if TYPE_CHECKING:
+    from lelect.backends.urls import BackendURL
+
+log = logging.getLogger("lelect.postgres")
+
+#: The schema is not there (yet): nothing was ever written with it.
+_NO_SCHEMA = (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)
+#: libpq settings the keeper's own wire client cannot honour: no hand-back then.
+_KEEPER_CANNOT = {"channel_binding": "require", "gssencmode": "require",
+                  "sslnegotiation": "direct"}  # fmt: skip
+
+
+class PostgresLeadership(Leadership):
+    """A PostgreSQL leadership: its lease is kept by :class:`lelect.lease.Lease` with the
+    guarded RENEW statement as its renew verb; between renews the same thread listens for
+    resign requests on the same connection."""
+
+    def __init__(self, backend: PostgresBackend, election: str, candidate: Candidate,
+                 term: int, token: str, sent: float, ttl: float,
+                 session: PgSession) -> None:  # fmt: skip
+        self.ttl = ttl
+        self.session = session
+        self.stopped = threading.Event()
+        self.channel = sql.channel(backend.options.schema, election)
+        #: How the keeper reaches the server that granted this leadership.
+        self.wire = _wire_params(session.connection)
+        self._backend = backend
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._renew_sql = backend.render(sql.RENEW, election=election, token=token, ttl=ttl)
+        lease = Lease(sent, ttl, self._renew, idle=self._idle, name=f"pg:{election}",
+                      describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
+        super().__init__(backend, election, candidate, term, token, lease)
+
+    def _renew(self, budget: float) -> Renewal:
+        rows = self.session.run(self._renew_sql, budget=budget)
+        if not rows:
+            return Renewal(False, reason="the lease row no longer holds our token (expired or taken)")
+        return Renewal(True, resign_requested=bool(rows[0][0]))
+
+    def _idle(self, seconds: float, wake: threading.Event) -> None:
+        if self.stopped.is_set() or wake.is_set():
+            return
+        try:
+            self._heard(self.session.wait(seconds, wake=self._wake_r))
+        except psycopg.Error:
+            pass  # the next renew reconnects
+
+    def stop(self) -> None:
+        """No more renews; wake the lease's thread so it lets go of the connection."""
+        self.stopped.set()
+        if self.lease is not None:
+            self.lease.stop()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _heard(self, notes: list[psycopg.Notify]) -> None:
+        for note in notes:
+            if note.channel == self.channel and note.payload == f"resign {self.term}":
+                self.mark_resign_requested()
+
+    def close(self) -> None:
+        self.session.close()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+
+class PostgresBackend(Backend):
+    """Elections in one PostgreSQL database, under one schema."""
+
+    scheme = "postgresql"
+    lease_based = True
+    #: Writers create the schema on first use; readers (``create=False``) never do.
+    creates_state = True
+
+    def __init__(self, url: BackendURL, create: bool = True) -> None:
+        super().__init__(url)
+        self.scheme = url.scheme
+        self.options = PostgresOptions.from_url(url)
+        self.default_ttl = self.options.ttl
+        self.connect_timeout = self.options.connect_timeout
+        self.history_limit = self.options.history
+        self.create = create
+        self.retry = RetryPolicy(self.options.connect_timeout)
+        self._command = PgSession(self.options)  # for everything but campaigns and observers
+        self._schema_ready = False
+
+    def render(self, statement: str, **values: object) -> str:
+        return sql.render(statement, self.options.schema, **values)
+
+    # -- the schema ---------------------------------------------------------------------
+
+    def _ensure_schema(self, session: PgSession, budget: float) -> None:
+        """Check the schema's version, creating the schema on first use. Raises psycopg
+        errors for the caller's retry, ConfigError for what only a person can fix."""
+        if self._schema_ready:
+            return
+        try:
+            version = session.run(self.render(sql.SCHEMA_VERSION_OF), budget)[0][0]
+        except _NO_SCHEMA:
+            version = None
+        except pg_errors.InsufficientPrivilege as exc:
+            raise self.options.refused(exc) from None
+        if version is None:  # not there, or a creation that was cut short
+            version = self._create_schema(session, budget)
+        if version > sql.SCHEMA_VERSION:
+            raise ConfigError(
+                f"schema {self.options.schema!r} at {self.options.where} is version {version},"
+                f" newer than this lelect knows ({sql.SCHEMA_VERSION}): upgrade lelect"
+            )
+        self._schema_ready = True
+
+    def _create_schema(self, session: PgSession, budget: float) -> int:
+        end = time.monotonic() + budget
+        name = self.options.schema
+        try:
+            (exists,), = session.run(sql.render(sql.SCHEMA_EXISTS, name, name=name), budget)
+            # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema
+            # exists: only ask for it when the schema is missing.
+            statement = sql.CREATE_TABLES if exists else sql.CREATE_SCHEMA + sql.CREATE_TABLES
+            rows = session.run(self.render(statement, name=name, version=sql.SCHEMA_VERSION),
+                               max(end - time.monotonic(), 0.001))  # fmt: skip
+        except pg_errors.InsufficientPrivilege as exc:
+            raise self.options.refused(exc) from None
+        log.info("lelect: created schema %r version %d", self.options.schema, sql.SCHEMA_VERSION)
+        return int(rows[0][0])
+
+    # -- leadership -------------------------------------------------------------------
+
+    def _campaign(
+        self,
+        election: str,
+        candidate: Candidate,
+        *,
+        timeout: float | None,
+        no_wait: bool,
+        ttl: float | None,
+        on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
+    ) -> Leadership:
+        validate_election(election)
+        ttl = self.default_ttl if ttl is None else ttl
+        token = secrets.token_hex(16)
+        channel = sql.channel(self.options.schema, election)
+        acquire = self.render(
+            sql.ACQUIRE, election=election, token=token, node_id=candidate.node_id,
+            host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
+            channel=channel, vanished_reason=VANISHED_REASON,
+        )  # fmt: skip
+        retry = self.retry.attempts(timeout, cancel=cancel)
+        give_up = retry.give_up.at
+        session = PgSession(self.options)
+        waiting = False
+        try:
+            while True:
+                try:
+                    self._ensure_schema(session, retry.budget())
+                    if not no_wait:  # before the first attempt: no release goes unheard
+                        session.listen(channel, retry.budget())
+                    t_send = time.monotonic()
+                    term, holder_token, holder_node, holder_term, left_s, _ = session.run(
+                        acquire, retry.budget())[0]  # fmt: skip
+                    if term is None and holder_token == token:
+                        # An earlier attempt won but its answer was lost: renew what is ours.
+                        t_send = time.monotonic()
+                        if session.run(self.render(sql.RENEW, election=election, token=token,
+                                                   ttl=ttl), retry.budget()):  # fmt: skip
+                            term = holder_term
+                except psycopg.Error as exc:
+                    self._retry(retry, exc)
+                    continue
+                retry.succeeded()
+                if term is not None:
+                    leadership = PostgresLeadership(self, election, candidate, int(term), token,
+                                                    t_send, ttl, session)  # fmt: skip
+                    session = None  # the leadership's now
+                    return leadership
+                holder = None
+                if holder_node is not None and holder_term is not None:
+                    holder = LeaderInfo(node_id=holder_node, term=int(holder_term))
+                if no_wait:
+                    raise busy(election, holder)
+                if give_up is not None and time.monotonic() >= give_up:
+                    raise timed_out(election, timeout)
+                if not waiting:
+                    waiting = True
+                    if on_wait is not None:
+                        on_wait(holder)
+                try:
+                    self._wait_for_release(session, channel, left_s, give_up, cancel, election)
+                except psycopg.Error as exc:
+                    self._retry(retry, exc)
+        finally:
+            if session is not None:
+                session.close()
+
+    def _retry(self, attempts: Attempts, exc: psycopg.Error) -> None:
+        """Pause before the next try, or raise the one-line error when that was the last."""
+        try:
+            attempts.retry_after(is_transient(exc))
+        except GaveUp as gave_up:
+            raise self.options.unavailable(exc, gave_up.bound) from None
+
+    @staticmethod
+    def _wait_for_release(session: PgSession, channel: str, left_s: float | None,
+                          give_up: float | None, cancel: threading.Event | None = None,
+                          election: str = "") -> None:  # fmt: skip
+        """Sleep until a release is announced, the lease expires by the server's clock,
+        or ``give_up``. Without a holder to wait for (a winner that committed after our
+        statement began), look again at once."""
+        if left_s is None or left_s <= 0:
+            return
+        wake = time.monotonic() + left_s + 0.001
+        end = wake if give_up is None else min(wake, give_up)
+        while (left := end - time.monotonic()) > 0:
+            check_cancel(cancel, election)
+            for note in session.wait(wait_slice(left, cancel) or 0.0):
+                if note.channel == channel and note.payload.startswith("released "):
+                    return
+
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
+        session = self._command
+        if isinstance(leadership, PostgresLeadership):
+            leadership.stop()
+            session = leadership.session
+        # Past the lease's deadline a release frees nothing (the lease is over anyway),
+        # and a lost leadership is most likely not ours any more: wait no longer than
+        # the lease lasts, but 1s at least, to close the history entry.
+        budget = self.connect_timeout
+        deadline = leadership.lease_deadline
+        if leadership.lease_over():
+            budget = min(budget, PARTING_BUDGET)
+        elif deadline is not None:
+            budget = min(budget, max(deadline - time.monotonic(), PARTING_BUDGET))
+        try:
+            session.run(self._release_sql(leadership, ending, forget=False), budget)
+        except psycopg.Error as exc:
+            # Not fatal: the lease expires by itself.
+            log.warning(
+                "lelect: could not release %r (%s); it frees itself when the lease runs out",
+                leadership.election, self.options.unavailable(exc, budget),
+            )  # fmt: skip
+        finally:
+            if isinstance(leadership, PostgresLeadership):
+                leadership.close()
+
+    def _release_sql(self, leadership: Leadership, ending: Ending, forget: bool) -> str:
+        return sql.release_statement(
+            self.options.schema, election=leadership.election, token=leadership.token,
+            term=leadership.term, node_id=leadership.node_id, outcome=ending.outcome,
+            exit_status=ending.exit_status, reason=ending.reason,
+            slot=ending.slot, forget=forget,
+        )  # fmt: skip
+
+    def hand_back(self, leadership: Leadership) -> HandBack | None:
+        if not isinstance(leadership, PostgresLeadership) or leadership.wire is None:
+            return None
+        return HandBack(
+            budget=min(self.connect_timeout, leadership.ttl), election=leadership.election,
+
+            module="lelect.backends.postgres.handback",
+            params={
+                **leadership.wire,
+                "schema": self.options.schema,
+                "election": leadership.election,
+                "token": leadership.token,
+                "term": leadership.term,
+                "node_id": leadership.node_id,
+            },
+        )
+
+    def leader(self, election: str) -> LeaderInfo | None:
+        validate_election(election)
+        try:
+            return self._leader(self._command, election, self.connect_timeout)[0]
+        except psycopg.Error as exc:
+            raise self.options.unavailable(exc) from None
+
+    def _leader(self, session: PgSession, election: str, budget: float
+                ) -> tuple[LeaderInfo | None, float | None]:  # fmt: skip
+        """The leader and the seconds its lease has left by the server's clock."""
+        try:
+            rows = session.run(self.render(sql.LEADER, election=election), budget)
+        except _NO_SCHEMA:
+            return None, None
+        if not rows:
+            return None, None
+        node_id, term, since, host, pid, left_s = rows[0]
+        info = LeaderInfo(node_id=node_id, term=int(term or 0), since=since, host=host, pid=pid)
+        return info, left_s
+
+    def observe(self, election: str, stop: threading.Event | None = None
+                ) -> Iterator[LeaderInfo | None]:  # fmt: skip
+        validate_election(election)
+        stop = stop or threading.Event()
+        session = PgSession(self.options)
+        channel = sql.channel(self.options.schema, election)
+        retry = self.retry.attempts(None, cancel=stop)
+
+        def looks() -> Iterator[LeaderInfo | None]:
+            while not stop.is_set():
+                try:
+                    session.listen(channel, retry.budget())
+                    current, left_s = self._leader(session, election, retry.budget())
+                except psycopg.Error as exc:
+                    self._retry(retry, exc)
+                    continue
+                retry.succeeded()
+                yield current
+                # Wake on an announcement, when the lease would expire, or to check ``stop``.
+                wake = time.monotonic() + (left_s + 0.001 if left_s is not None else 3600.0)
+                while not stop.is_set() and (now := time.monotonic()) < wake:
+                    try:
+                        if session.wait(min(wake - now, 0.25)):
+                            break
+                    except psycopg.Error:
+                        break
+
+        try:
+            yield from only_changes(looks())
+        finally:
+            session.close()
+
+    def request_resign(self, election: str, term: int | None = None) -> bool:
+        validate_election(election)
+        statement = self.render(sql.REQUEST_RESIGN, election=election,
+                                term=None if term is None else int(term),
+                                channel=sql.channel(self.options.schema, election))  # fmt: skip
+        rows = self._write(statement, create=False)
+        return bool(rows)
+
+    # -- heartbeats ---------------------------------------------------------------------
+
+    def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
+        validate_election(heartbeat.election)
+        record = encode_member(heartbeat, (), forget_after=ttl).decode("utf-8")
+        self._write(self.render(sql.PUBLISH, election=heartbeat.election,
+                                node_id=heartbeat.node_id, record=record, forget_after=ttl,
+                                max_arrivals=MAX_ARRIVALS))  # fmt: skip
+
+    def remove_member(self, election: str, node_id: str) -> None:
+        validate_election(election)
+        self._write(self.render(sql.REMOVE_MEMBER, election=election, node_id=node_id),
+                    create=False)
+
+    def members(self, election: str) -> Members:
+        validate_election(election)
+        rows = self._read(self.render(sql.MEMBERS, election=election))
+        if rows is None:
+            return Members(election=election, now=self.now())
+        records = tuple(
+            decode_member(node_id, record, arrivals or ())
+            for _, node_id, record, arrivals in rows
+            if node_id is not None
+        )
+        return Members(election=election, now=rows[0][0], records=records)
+
+    def elections(self) -> list[str]:
+        rows = self._read(self.render(sql.ELECTIONS))
+        return [name for (name,) in rows or ()]
+
+    # -- operations ---------------------------------------------------------------------
+
+    def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
+        validate_election(election)
+        rows = self._read(self.render(sql.HISTORY, election=election, limit=limit))
+        return [
+            HistoryEntry(election=election, term=int(term), node_id=node_id, host=host, pid=pid,
+                         started=started, ended=ended, outcome=outcome,
+                         exit_status=exit_status, slot=slot, reason=reason)
+            for term, node_id, host, pid, started, ended, outcome, exit_status, slot, reason
+            in rows or ()
+        ]  # fmt: skip
+
+    def slot_done(self, election: str, slot: str) -> HistoryEntry | None:
+        validate_election(election)
+        rows = self._read(self.render(sql.SLOT_DONE, election=election, slot=slot))
+        if not rows:
+            return None
+        term, node_id, host, pid, started, ended, exit_status = rows[0]
+        return HistoryEntry(election=election, term=int(term), node_id=node_id, host=host,
+                            pid=pid, started=started, ended=ended, outcome=EXITED,
+                            exit_status=exit_status, slot=slot)  # fmt: skip
+
+    def now(self) -> float:
+        try:
+            return float(self._command.run(sql.NOW, self.connect_timeout)[0][0])
+        except psycopg.Error as exc:
+            raise self.options.unavailable(exc) from None
+
+    def close(self) -> None:
+        self._command.close()
+        for leadership in list(self.leaderships):
+            if isinstance(leadership, PostgresLeadership) and not leadership.released:
+                leadership.stop()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _read(self, statement: str) -> list[tuple] | None:
+        """Rows of a read, or None when the schema does not exist (nothing was written)."""
+        try:
+            return self._command.run(statement, self.connect_timeout)
+        except _NO_SCHEMA:
+            return None
+        except psycopg.Error as exc:
+            raise self.options.unavailable(exc) from None
+
+    def _write(self, statement: str, create: bool = True) -> list[tuple]:
+        """Rows of a write; the schema is created first if ``create`` (else a missing
+        schema means there is nothing to change: no rows)."""
+        try:
+            if create:
+                self._ensure_schema(self._command, self.connect_timeout)
+            return self._command.run(statement, self.connect_timeout)
+        except _NO_SCHEMA:
+            if create:
+                raise
+            return []
+        except pg_errors.InsufficientPrivilege as exc:
+            raise self.options.refused(exc) from None
+        except psycopg.Error as exc:
+            raise self.options.unavailable(exc) from None
+
+
+def _wire_params(conn: psycopg.Connection | None) -> dict[str, object] | None:
+    """How the keeper's own client reaches the server this connection reached, with the
+    password libpq used (from the URL, PGPASSWORD or ~/.pgpass); None if it cannot."""
+    if conn is None or conn.closed:
+        return None
+    settings = {
+        option.keyword.decode(): option.val.decode() if option.val is not None else None
+        for option in conn.pgconn.info
+    }
+    try:
+        used_gssapi: bool | None = conn.pgconn.used_gssapi
+    except psycopg.NotSupportedError:  # libpq before 16 cannot tell
+        used_gssapi = None
+    if not keeper_can_follow(settings, used_gssapi):
+        return None
+    info = conn.info
+    return {
+        "host": info.host,
+        "hostaddr": info.hostaddr or None,
+        "port": info.port,
+        "user": info.user,
+        "password": info.password or None,
+        "dbname": info.dbname,
+        "tls": bool(conn.pgconn.ssl_in_use),
+        "sslmode": settings.get("sslmode") or "prefer",
+        "sslrootcert": settings.get("sslrootcert"),
+        "sslcert": settings.get("sslcert"),
+        "sslkey": settings.get("sslkey"),
+        "sslsni": settings.get("sslsni") != "0",
+        "require_auth": settings.get("require_auth") or None,
+    }
+
+
+def keeper_can_follow(settings: dict[str, str | None], used_gssapi: bool | None) -> bool:
+    """Whether the keeper's own client may reconnect the way this connection did: not
+    when libpq was told to need what it lacks (channel binding, GSS encryption, direct
+    TLS, a key passphrase), nor when this connection is GSS-encrypted or authenticated
+    (the hand-back would fall back to a plain connection). ``used_gssapi`` is None when
+    libpq cannot say; then a Kerberos credential cache that libpq's default
+    ``gssencmode=prefer`` would use counts as GSS."""
+    if any(settings.get(name) == refused for name, refused in _KEEPER_CANNOT.items()):
+        return False
+    if settings.get("sslpassword"):
+        return False
+    if used_gssapi is not None:
+        return not used_gssapi
+    if settings.get("gssencmode") == "disable":
+        return True
+    return "KRB5CCNAME" not in os.environ and not os.path.exists(f"/tmp/krb5cc_{os.getuid()}")

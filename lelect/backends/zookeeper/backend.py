@@ -1,0 +1,665 @@
+"""ZooKeeper backend (kazoo), laid out exactly as kazoo's Lock/Election recipe.
+
+``<path>/NAME`` holds nothing but contender nodes ``<uuid4 hex>__lock__<seq>``
+(ephemeral, sequential, the node id as data). The lowest sequence leads, each waiter
+watches only its predecessor, and the leader's sequence number is the term. So
+``KazooClient(...).Election("/lelect/NAME", "id")`` contends in the same election as
+``lelect campaign NAME``. lelect's own records live beside it (:mod:`.layout`).
+
+The pieces, one per module as kazoo's recipes are: where things live and the
+transactions that change them (``layout``), sessions and their bounded connect
+(``session``), the way to the front of the queue (``contest``), the lease guard
+(``lease``) and the keeper's standard-library hand-back (``handback``).
+This module is the backend over them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
+
+from lelect.backends.base import (
+    LOST,
+    MAX_ARRIVALS,
+    PARTING_BUDGET,
+    RUNNING,
+    Backend,
+    Candidate,
+    Ending,
+    HandBack,
+    Heartbeat,
+    HistoryEntry,
+    LeaderInfo,
+    Leadership,
+    Members,
+    connect_budget,
+    only_changes,
+)
+from lelect.backends.records import (
+    MAX_SLOTS,
+    ResignAnswer,
+    decode_member,
+    encode_member,
+    stored_arrivals,
+)
+from lelect.backends.zookeeper.acl import guard_acls
+from lelect.backends.zookeeper.contest import Contest
+from lelect.backends.zookeeper.layout import (
+    Contender,
+    Create,
+    Delete,
+    ElectionPaths,
+    SetData,
+    clock_path,
+    contenders,
+    entry_data,
+    from_znode_name,
+    history_terms,
+    release_ops,
+)
+from lelect.backends.zookeeper.lease import ZooKeeperLeadership, resign_request
+from lelect.backends.zookeeper.session import (
+    TRANSIENT,
+    ZK_ERRORS,
+    ZooKeeperConfig,
+    ZooKeeperSession,
+    check_session_timeout,
+    log,
+)
+from lelect.durations import format_duration
+from lelect.errors import BackendUnavailable, ConfigError
+from lelect.names import ELECTION_NAME
+
+if TYPE_CHECKING:
+    from lelect.backends.urls import BackendURL
+
+#: The longest a release (or a lost leader's last word) waits for an answer.
+RELEASE_PATIENCE = 1.0
+#: Tries of the release multi (each retry leaves out a part that cannot apply).
+RELEASE_TRIES = 5
+
+
+class ZooKeeperBackend(Backend):
+    """Elections in ZooKeeper, shared with kazoo's Election recipe."""
+
+    scheme = "zookeeper"
+    lease_based = True
+
+    def __init__(self, url: BackendURL) -> None:
+        super().__init__(url)
+        self.config = ZooKeeperConfig.from_url(url)
+        #: The session timeout asked for when ``campaign`` is given no ttl.
+        self.ttl = self.default_ttl = self.config.session_timeout
+        self.connect_timeout = self.config.connect_timeout
+        self.history_limit = self.config.history_limit
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sessions: set[ZooKeeperSession] = set()  # every session not yet closed
+        self._connecting: set[ZooKeeperSession] = set()
+        #: The last "no server answered" of any session of ours, and when (monotonic);
+        #: cleared by the next session that connects.
+        self._verdict: tuple[BackendUnavailable, float] | None = None
+        # The shared session (everything but campaigns): one connect at a time; a caller
+        # that waited behind a failed one gets its verdict instead of trying again.
+        self._shared: ZooKeeperSession | None = None
+        self._shared_lock = threading.Lock()
+        self._shared_tries = 0
+
+    def paths(self, election: str) -> ElectionPaths:
+        return ElectionPaths.of(self.config.path, election)
+
+    # -- sessions ---------------------------------------------------------------
+
+    def _start(self, session: ZooKeeperSession, within: float) -> None:
+        """Connect ``session`` within ``within``; a session that finds no server gives
+        the same verdict to every other session of ours still connecting, so the whole
+        connect keeps one bound."""
+        with self._lock:
+            if self._closed:
+                raise BackendUnavailable("the ZooKeeper backend was closed")
+            self._sessions.add(session)
+            self._connecting.add(session)
+        try:
+            session.start(within)
+        except BackendUnavailable as verdict:
+            with self._lock:
+                self._sessions.discard(session)
+                others = []
+                if session.unreachable:
+                    self._verdict = (verdict, time.monotonic())
+                    others = list(self._connecting - {session})
+            for other in others:
+                other.fail(verdict)
+            raise
+        else:
+            with self._lock:
+                self._verdict = None
+        finally:
+            with self._lock:
+                self._connecting.discard(session)
+
+    def _session(self, *, best_effort: bool = False) -> ZooKeeperSession:
+        """The session for everything but campaigns (leader, observe, heartbeats).
+
+        ``best_effort`` (heartbeats and their removal: a beat that cannot arrive now is
+        a missed beat): never wait behind another connect or for a reconnect, and fail
+        at once while a verdict of "no server" stands (for ``connect_timeout``: trying
+        again sooner could learn nothing new)."""
+        if best_effort:
+            with self._lock:
+                verdict = self._verdict
+            if verdict is not None and time.monotonic() - verdict[1] < self.config.connect_timeout:
+                raise verdict[0]
+            if not self._shared_lock.acquire(blocking=False):
+                raise BackendUnavailable(f"still connecting to ZooKeeper at {self.config.hosts}")
+        else:
+            tries = self._shared_tries
+            self._shared_lock.acquire()
+        try:
+            session = self._shared
+            if session is not None and not session.closed:
+                if best_effort and not session.connected.is_set():
+                    raise BackendUnavailable(f"not connected to ZooKeeper at {self.config.hosts}")
+                return session
+            with self._lock:
+                verdict = self._verdict
+            if not best_effort and self._shared_tries != tries and verdict is not None:
+                raise verdict[0]  # we waited behind an attempt that found no server
+            self._shared_tries += 1
+            session = ZooKeeperSession(self.config, self.config.session_timeout)
+            self._start(session, self.config.connect_timeout)
+            self._shared = session
+            return session
+        finally:
+            self._shared_lock.release()
+
+    def _ask(self, session: ZooKeeperSession, method: str, *args: Any, **kwargs: Any) -> Any:
+        return session.call(method, *args, timeout=self.config.connect_timeout, **kwargs)
+
+    def _forget(self, session: ZooKeeperSession, wait: float = RELEASE_PATIENCE) -> None:
+        with self._lock:
+            self._sessions.discard(session)
+        session.close(wait)
+
+    def close(self) -> None:
+        """Close every session; one still connecting is dropped at once."""
+        with self._lock:
+            self._closed = True
+            sessions = list(self._sessions)
+            self._sessions.clear()
+        for session in sessions:
+            session.close()
+
+    # -- campaign / resign ------------------------------------------------------
+
+    def _campaign(
+        self,
+        election: str,
+        candidate: Candidate,
+        *,
+        timeout: float | None,
+        no_wait: bool,
+        ttl: float | None,
+        on_wait: Callable[[LeaderInfo | None], None] | None,
+        cancel: threading.Event | None = None,
+    ) -> Leadership:
+        paths = self.paths(election)
+        requested = self.ttl if ttl is None else ttl
+        check_session_timeout(requested, "the session timeout (--ttl)")
+        started = time.monotonic()
+        budget = connect_budget(self.config.connect_timeout, timeout)
+        session = ZooKeeperSession(self.config, requested)
+        self._start(session, budget)
+        try:
+            self._check_granted(session, requested)
+            guard_acls(session, paths, budget)
+            contest = Contest(
+                self, session, paths, candidate,
+                give_up=None if timeout is None else started + timeout,
+                # At least one attempt: timeout=0 still wins a free election.
+                calls_until=None if timeout is None else started + max(timeout, budget),
+                timeout=timeout, no_wait=no_wait, on_wait=on_wait, cancel=cancel,
+            )
+            return contest.run()
+        except BaseException:
+            self._forget(session)
+            raise
+
+    def _check_granted(self, session: ZooKeeperSession, requested: float) -> None:
+        granted = session.granted or requested
+        if round(granted * 1000) < round(requested * 1000):
+            raise ConfigError(
+                f"ZooKeeper granted a {format_duration(granted)} session, shorter than the"
+                f" {format_duration(requested)} asked for (its maxSessionTimeout): use"
+                f" --ttl {format_duration(granted)} or session_timeout={format_duration(granted)}"
+            )
+        if granted > requested:
+            log.info(
+                "ZooKeeper granted a %s session (its minSessionTimeout), not %s",
+                format_duration(granted),
+                format_duration(requested),
+            )
+
+    def resign(self, leadership: Leadership, ending: Ending) -> None:
+        """One multi deletes our node (the next waiter's watch fires), closes our history
+        entry and marks a completed slot; then the session ends. A leadership that is no
+        longer ours only closes its own entry, if nobody did."""
+        if not isinstance(leadership, ZooKeeperLeadership):
+            raise TypeError(f"not a ZooKeeper leadership: {leadership!r}")
+        leadership.guard.stop()
+        session = leadership.session
+        # A lost session reconnects as a new one: wait for it (the job is already dead,
+        # nothing is in a hurry), so the lost leader can still say how its leadership ended.
+        lost = leadership.lease_over() or ending.outcome == LOST
+        give_up = time.monotonic() + (PARTING_BUDGET if lost else 0)
+        while session.wait_connected(max(0.0, give_up - time.monotonic())):
+            try:
+                self._release(session, leadership, ending)
+                break
+            except TRANSIENT as exc:
+                # A re-created session (with credentials to send again) may drop the
+                # first request: a lost leader tries again while its patience lasts.
+                if not lost or time.monotonic() >= give_up:
+                    log.debug("releasing %s failed (%s): its session's end removes it",
+                              leadership.node_path, type(exc).__name__)
+                    break
+            except ZK_ERRORS as exc:
+                log.debug("releasing %s failed (%s): its session's end removes it",
+                          leadership.node_path, type(exc).__name__)
+                break
+        self._forget(session)
+
+    def _closing_entry(self, leadership: ZooKeeperLeadership, ending: Ending,
+                       slot: str | None) -> HistoryEntry:
+        opened = leadership.entry or HistoryEntry(
+            election=leadership.election, term=leadership.term, node_id=leadership.node_id,
+            host=leadership.candidate.host, pid=leadership.candidate.pid, started=None,
+        )
+        return replace(opened, ended=time.time(), outcome=ending.outcome,
+                       exit_status=ending.exit_status, reason=ending.reason, slot=slot)
+
+    def _release(self, session: ZooKeeperSession, leadership: ZooKeeperLeadership,
+                 ending: Ending) -> None:
+        paths = leadership.paths
+        done = ending.done_slot
+        closed = self._closing_entry(leadership, ending, done)
+        entry_path = paths.entry(leadership.term)
+        node: str | None = leadership.node_path
+        entry_open = True
+        slot = prune = None
+        if done is not None:
+            slot = (paths.slot(done), self._slot_record(session, entry_path, closed))
+            prune = self._slots_to_prune(session, paths)
+        for _ in range(RELEASE_TRIES):
+            closing = (entry_path, closed if slot else replace(closed, slot=None))
+            ops = release_ops(node, closing if entry_open else None, slot, prune or ())
+            if not ops:
+                return
+            failed = session.commit(ops, timeout=RELEASE_PATIENCE)
+            if failed is None:
+                return
+            if failed.op == Delete(leadership.node_path) and isinstance(failed.error, NoNodeError):
+                node = slot = None  # not ours any more: only our own entry is left to close
+            elif isinstance(failed.op, SetData):
+                entry_open = False  # closed by the next leader (first writer wins), or never written
+            elif isinstance(failed.op, Create) and isinstance(failed.error, NoNodeError):
+                self._ask(session, "ensure_path", paths.slots)  # the election's first slot
+            elif isinstance(failed.op, Create):
+                slot = None  # completed by somebody else already
+            elif isinstance(failed.op, Delete) and isinstance(failed.error, NoNodeError):
+                prune = tuple(path for path in prune or () if path != failed.op.path)
+            else:
+                log.warning("releasing %r: %s", leadership.election, type(failed.error).__name__)
+                return
+
+    def _slot_record(self, session: ZooKeeperSession, entry_path: str, closed: HistoryEntry) -> bytes:
+        """The completing leadership as the slot keeps it (started: its entry's ctime)."""
+        try:
+            stat = self._ask(session, "exists", entry_path)
+        except ZK_ERRORS:
+            stat = None
+        started = closed.started if stat is None else stat.ctime / 1000.0
+        return entry_data(replace(closed, started=started))
+
+    def _slots_to_prune(self, session: ZooKeeperSession, paths: ElectionPaths) -> tuple[str, ...]:
+        """The oldest slots beyond MAX_SLOTS (counting the one about to be added)."""
+        try:
+            children = self._ask(session, "get_children", paths.slots)
+        except NoNodeError:
+            return ()
+        excess = len(children) + 1 - MAX_SLOTS
+        if excess <= 0:
+            return ()
+        pending = [(child, session.client.exists_async(f"{paths.slots}/{child}"))
+                   for child in children]
+        made = []
+        for child, result in pending:
+            stat = result.get(timeout=self.config.connect_timeout)
+            if stat is not None:
+                made.append((stat.czxid, f"{paths.slots}/{child}"))
+        return tuple(path for _, path in sorted(made)[:excess])
+
+    def hand_back(self, leadership: Leadership) -> HandBack | None:
+        """What the job's keeper needs to end our campaign session from a fresh
+        connection if lelect dies: its id and password (so nothing it does can act in
+        anybody else's session), our node, our entry and our member record."""
+        if not isinstance(leadership, ZooKeeperLeadership):
+            return None
+        session = leadership.session
+        client_id = session.client_id
+        if client_id is None:
+            return None
+        session_id, password = client_id
+        paths = leadership.paths
+        return HandBack(
+            budget=min(self.config.connect_timeout, leadership.session_timeout), election=leadership.election,
+
+            module="lelect.backends.zookeeper.handback",
+            params={
+                "hosts": [list(host) for host in self.config.host_ports],
+                "session_id": session_id,
+                "password": password.hex(),
+                "last_zxid": session.client.last_zxid,
+                "timeout_ms": int(leadership.session_timeout * 1000),
+                "auth": None if self.config.auth_scheme is None
+                else [self.config.auth_scheme, self.config.auth_credential or ""],
+                "node": leadership.node_path,
+                "entry_path": paths.entry(leadership.term),
+                "entry": None if leadership.entry is None else leadership.entry.encode(),
+                "member": paths.member(leadership.node_id),
+                # Past the session timeout the session is gone anyway.
+                "budget": min(self.config.connect_timeout, leadership.session_timeout),
+            },
+        )
+
+    # -- who leads --------------------------------------------------------------
+
+    def contender_info(self, session: ZooKeeperSession, paths: ElectionPaths, contender: Contender,
+                       timeout: float) -> LeaderInfo | None:
+        """``contender`` as a LeaderInfo (host and pid from lelect's member record; a
+        kazoo contender has none); None if it left while we looked."""
+        try:
+            data, stat = session.call("get", paths.contender(contender.name), timeout=timeout)
+        except NoNodeError:
+            return None
+        node_id = (data or b"").decode("utf-8", "replace")
+        host = pid = None
+        if node_id:
+            try:
+                record, _ = session.call("get", paths.member(node_id), timeout=timeout)
+            except NoNodeError:
+                record = None
+            heartbeat = decode_member(node_id, record).heartbeat if record else None
+            if heartbeat is not None:
+                host, pid = heartbeat.host, heartbeat.pid
+        return LeaderInfo(node_id=node_id, term=contender.seq, since=stat.ctime / 1000.0,
+                          host=host, pid=pid)
+
+    def _leader(self, session: ZooKeeperSession, paths: ElectionPaths) -> tuple[LeaderInfo, str] | None:
+        """The leader and its node's name, or None."""
+        try:
+            children = self._ask(session, "get_children", paths.contenders)
+        except NoNodeError:
+            return None
+        for contender in contenders(children):
+            info = self.contender_info(session, paths, contender, self.config.connect_timeout)
+            if info is not None:  # else it left while we looked: the next one leads
+                return info, contender.name
+        return None
+
+    def leader(self, election: str) -> LeaderInfo | None:
+        paths = self.paths(election)
+        session = self._session()
+        with session.errors(f"reading the leader of {election!r}", paths.contenders):
+            found = self._leader(session, paths)
+        return None if found is None else found[0]
+
+    def observe(
+        self, election: str, stop: threading.Event | None = None
+    ) -> Iterator[LeaderInfo | None]:
+        """Yield the leader now and on every change, woken by watches. Watches only the
+        leader's node (or the empty election), so joining waiters do not wake it."""
+        paths = self.paths(election)
+        stop = stop or threading.Event()
+        session = self._session()
+        changed = threading.Event()
+
+        def wake(_: Any = None) -> None:
+            changed.set()
+
+        def looks() -> Iterator[LeaderInfo | None]:
+            while not stop.is_set():
+                changed.clear()
+                with session.errors(f"watching the leader of {election!r}", paths.contenders):
+                    try:
+                        info = self._watch_leader(session, paths, wake)
+                    except (*TRANSIENT, SessionExpiredError) as no_answer:
+                        # Wait out a reconnection (kazoo starts a new session by itself).
+                        if isinstance(no_answer, ConnectionClosedError) or \
+                                not session.wait_connected(self.config.connect_timeout):
+                            raise
+                        continue
+                yield info
+                changed.wait()
+
+        done = threading.Event()
+        threading.Thread(target=_relay_stop, args=(stop, changed, done),
+                         name=f"zk-observe-{election}", daemon=True).start()
+        session.add_listener(wake)
+        try:
+            yield from only_changes(looks())
+        finally:
+            done.set()
+            session.remove_listener(wake)
+
+    def _watch_leader(self, session: ZooKeeperSession, paths: ElectionPaths, wake: Any
+                      ) -> LeaderInfo | None:
+        found = self._leader(session, paths)
+        if found is None:
+            # Nobody leads: wake on the first contender (or on the election's creation).
+            try:
+                if self._ask(session, "get_children", paths.contenders, watch=wake):
+                    wake()
+            except NoNodeError:
+                if self._ask(session, "exists", paths.contenders, watch=wake) is not None:
+                    wake()
+            return None
+        info, name = found
+        # Sequence numbers only grow, so the leader changes only when its node goes.
+        if self._ask(session, "exists", paths.contender(name), watch=wake) is None:
+            wake()
+        return info
+
+    def request_resign(self, election: str, term: int | None = None) -> ResignAnswer:
+        current = self.leader(election)
+        if current is None or (term is not None and current.term != term):
+            return ResignAnswer.NOT_LEADING
+        paths = self.paths(election)
+        path = paths.resign
+        request = resign_request(current.term)
+        session = self._session()
+        with session.errors(f"asking the leader of {election!r} to resign", path):
+            # lelect records each of its leaderships as it wins; a kazoo Election leader
+            # has no record and reads no request.
+            if current.host is None and self._ask(session, "exists", paths.entry(current.term)) is None:
+                return ResignAnswer.CANNOT_ASK
+            try:
+                self._ask(session, "create", path, request, makepath=True)
+            except NodeExistsError:
+                self._ask(session, "set", path, request)
+        return ResignAnswer.ASKED
+
+    # -- heartbeats -------------------------------------------------------------
+
+    def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
+        """Write the heartbeat with the arrival stamps so far: each earlier write's
+        stamp is the mtime it left on the node, read back before this write."""
+        path = self.paths(heartbeat.election).member(heartbeat.node_id)
+        session = self._session(best_effort=True)
+        with session.errors(f"publishing a heartbeat for {heartbeat.election!r}", path):
+            for _ in range(5):
+                try:
+                    data, stat = self._ask(session, "get", path)
+                except NoNodeError:
+                    try:
+                        self._ask(session, "create", path, encode_member(heartbeat, (), ttl),
+                                  makepath=True)
+                        return
+                    except NodeExistsError:
+                        continue
+                # The arrival being written now is stamped by its own mtime, read later.
+                earlier = [*stored_arrivals(data), stat.mtime / 1000.0][-(MAX_ARRIVALS - 1):]
+                try:
+                    self._ask(session, "set", path, encode_member(heartbeat, earlier, ttl),
+                              version=stat.version)
+                    return
+                except (BadVersionError, NoNodeError):
+                    continue  # another writer of the same node id got there first
+        raise BackendUnavailable(f"could not publish a heartbeat to {path}: too many concurrent writers")
+
+    def remove_member(self, election: str, node_id: str) -> None:
+        path = self.paths(election).member(node_id)
+        session = self._session(best_effort=True)
+        with session.errors(f"removing member {node_id!r}", path):
+            try:
+                self._ask(session, "delete", path)
+            except NoNodeError:
+                pass
+
+    def members(self, election: str) -> Members:
+        path = self.paths(election).members
+        session = self._session()
+        with session.errors(f"reading the members of {election!r}", path):
+            try:
+                children = self._ask(session, "get_children", path)
+            except NoNodeError:
+                children = []
+            pending = [(child, session.client.get_async(f"{path}/{child}")) for child in children]
+            read = []
+            for child, result in pending:
+                try:
+                    data, stat = result.get(timeout=self.config.connect_timeout)
+                except NoNodeError:
+                    continue
+                record = decode_member(from_znode_name(child), data, [stat.mtime / 1000.0])
+                read.append((child, stat.version, record))
+            now = self._server_now(session)  # after the reads: no arrival is newer than now
+            records = []
+            for child, version, record in read:
+                if now - record.arrivals[-1] > record.forget_after:
+                    self._forget_member(session, f"{path}/{child}", version)
+                else:
+                    records.append(record)
+        return Members(election, now, tuple(sorted(records, key=lambda r: r.node_id)))
+
+    def _forget_member(self, session: ZooKeeperSession, path: str, version: int) -> None:
+        try:
+            self._ask(session, "delete", path, version=version)
+        except ZK_ERRORS:
+            pass  # written again meanwhile, gone, or not ours to delete
+
+    def elections(self) -> list[str]:
+        base = self.config.path
+        session = self._session()
+        names: set[str] = set()
+        with session.errors("listing elections", base):
+            for parent in (base, f"{base}/_members", f"{base}/_history"):
+                try:
+                    children = self._ask(session, "get_children", parent)
+                except NoNodeError:
+                    continue
+                pending = [
+                    (child, session.client.exists_async(f"{parent}/{child}"))
+                    for child in children
+                    if ELECTION_NAME.fullmatch(child)
+                ]
+                for child, result in pending:
+                    stat = result.get(timeout=self.config.connect_timeout)
+                    if stat is not None and stat.numChildren > 0:
+                        names.add(child)
+        return sorted(names)
+
+    # -- operations -------------------------------------------------------------
+
+    def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
+        """Oldest first; times from each entry's znode (ctime: started, mtime: ended)."""
+        path = self.paths(election).history
+        session = self._session()
+        with session.errors(f"reading the history of {election!r}", path):
+            try:
+                names = history_terms(self._ask(session, "get_children", path))
+            except NoNodeError:
+                return []
+            if limit is not None:
+                names = names[-limit:] if limit > 0 else []
+            pending = [session.client.get_async(f"{path}/{name}") for name in names]
+            entries = []
+            for result in pending:
+                try:
+                    data, stat = result.get(timeout=self.config.connect_timeout)
+                    entry = HistoryEntry.decode(data or b"", election)
+                except (NoNodeError, ValueError):
+                    continue  # pruned while we read, or garbage
+                ended = None if entry.outcome == RUNNING else stat.mtime / 1000.0
+                entries.append(replace(entry, started=stat.ctime / 1000.0, ended=ended))
+        return entries
+
+    def slot_done(self, election: str, slot: str) -> HistoryEntry | None:
+        path = self.paths(election).slot(slot)
+        session = self._session()
+        with session.errors(f"reading once-per slot {slot!r} of {election!r}", path):
+            try:
+                data, stat = self._ask(session, "get", path)
+            except NoNodeError:
+                return None
+        try:
+            entry = HistoryEntry.decode(data or b"")
+        except ValueError:
+            return None
+        return replace(entry, ended=stat.ctime / 1000.0)
+
+    def now(self) -> float:
+        session = self._session()
+        with session.errors("reading the server's clock", clock_path(self.config.path)):
+            return self._server_now(session)
+
+    def _server_now(self, session: ZooKeeperSession) -> float:
+        """The server's clock: the mtime a touch of ``<path>/_clock`` leaves. Falls back
+        to the local clock only if this client may not touch it."""
+        path = clock_path(self.config.path)
+        try:
+            try:
+                stat = self._ask(session, "set", path, b"")
+            except NoNodeError:
+                try:
+                    self._ask(session, "create", path, b"", acl=self.config.clock_acl(),
+                              makepath=True)
+                except NodeExistsError:
+                    pass
+                stat = self._ask(session, "set", path, b"")
+        except NoAuthError:
+            log.debug("may not touch %s: judging ages by the local clock", path)
+            return time.time()
+        return stat.mtime / 1000.0
+
+
+def _relay_stop(stop: threading.Event, changed: threading.Event, done: threading.Event) -> None:
+    """Wake an observer the moment ``stop`` is set; end once the observer has ended
+    (looked at once a second: only this thread's own end waits for it)."""
+    while not stop.wait(1.0):
+        if done.is_set():
+            return
+    changed.set()
+

@@ -1,0 +1,164 @@
+"""A won ZooKeeper election and the guard that keeps its lease honest.
+
+A leadership has a ZooKeeper session of its own. The server expires a session the
+*granted* session timeout after it last heard from the client, so the lease deadline
+counts from the send time of the last answered request: the guard sends a timed probe
+every ``renew_interval`` (an ``exists`` on our own node, which also keeps a watch on
+it) and marks the leadership lost when the session is lost, our node is gone, or the
+deadline passes without an answer. It also honours ``<path>/_resign/NAME`` requests
+that name our term.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from kazoo.exceptions import KazooException, NoNodeError, SessionExpiredError
+
+from lelect.backends.base import Candidate, HistoryEntry, Leadership
+from lelect.backends.zookeeper.layout import Contender, ElectionPaths
+from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, ZooKeeperSession, log
+from lelect.lease import Lease, Renewal
+
+if TYPE_CHECKING:
+    from lelect.backends.zookeeper.backend import ZooKeeperBackend
+
+
+class ZooKeeperLeadership(Leadership):
+    """A won election: our contender node (its name is the token, its sequence the
+    term), in a session of its own, and our open history entry."""
+
+    def __init__(
+        self,
+        backend: ZooKeeperBackend,
+        paths: ElectionPaths,
+        candidate: Candidate,
+        contender: Contender,
+        *,
+        session: ZooKeeperSession,
+        entry: HistoryEntry | None,
+        sent: float,
+    ) -> None:
+        self.paths = paths
+        self.session = session
+        self.node_path = paths.contender(contender.name)
+        #: Our history entry as written when we won (None: the history could not be written).
+        self.entry = entry
+        #: The session timeout the server granted: the lease length.
+        self.session_timeout = session.granted or session.requested
+        self.guard = LeaseGuard(self)
+        lease = Lease(sent, self.session_timeout, self.guard.renew, name=f"zk:{paths.election}",
+                      describe=lambda exc: type(exc).__name__)
+        super().__init__(backend, paths.election, candidate, contender.seq, contender.name,
+                         lease, since=None if entry is None else entry.started)
+
+    def _begin(self) -> None:
+        self.guard.start()
+
+
+class LeaseGuard:
+    """The ZooKeeper side of a leadership's lease: the renew verb (a timed probe, an
+    ``exists`` on our own node that also keeps a watch on it, and a look at resign
+    requests when one may have come) and the session and node events.
+
+    Watch and state callbacks run on kazoo's threads and only set flags or mark the
+    leadership lost; calls are made by the lease's thread, each with its budget.
+    """
+
+    def __init__(self, leadership: ZooKeeperLeadership) -> None:
+        self.leadership = leadership
+        self.session = leadership.session
+        self.resign_path = leadership.paths.resign
+        self.check_resign = True  # a request may predate our watch
+
+    def start(self) -> None:
+        self.session.add_listener(self._on_state)
+        # Probe at once: its exists() sets the watch on our own node, so a deletion in
+        # the first renew interval is noticed at once too, not at the first renew.
+        self._renew_soon()
+
+    def stop(self) -> None:
+        self.session.remove_listener(self._on_state)
+
+    def _renew_soon(self) -> None:
+        if self.leadership.lease is not None:
+            self.leadership.lease.renew_soon()
+
+    # -- kazoo's threads --------------------------------------------------------
+
+    def _on_state(self, state: str) -> None:
+        if state == "LOST":
+            self.leadership.mark_lost("the ZooKeeper session expired")
+        elif state == "CONNECTED":
+            # Reconnected within the session: watches are gone, the lease is not.
+            self.check_resign = True
+            self._renew_soon()
+
+    def _on_node(self, event: Any) -> None:
+        if event.type == "DELETED":
+            self.leadership.mark_lost(f"our contender node {event.path} was deleted")
+
+    def _on_resign(self, event: Any) -> None:
+        if event.type != "NONE":
+            self.check_resign = True
+            self._renew_soon()
+
+    # -- the lease's thread -----------------------------------------------------
+
+    def renew(self, budget: float) -> Renewal:
+        """An answered request proves the server heard from us at its send time."""
+        end = time.monotonic() + budget
+        if self.check_resign:
+            self.check_resign = False
+            self._look_for_resign(end)
+        leadership = self.leadership
+        stat = self._ask("exists", leadership.node_path, watch=self._on_node, end=end)
+        if stat is None:
+            return Renewal(False, reason=f"our contender node {leadership.node_path} is gone")
+        return Renewal(True, granted=self.session.granted or leadership.session_timeout)
+
+    def _ask(self, method: str, *args: Any, end: float, **kwargs: Any) -> Any:
+        timeout = max(end - time.monotonic(), 0.001)
+        return self.session.call(method, *args, timeout=timeout, **kwargs)
+
+    def _look_for_resign(self, end: float) -> None:
+        """Honour ``<path>/_resign/NAME`` if it names our term; keep a watch on it."""
+        leadership = self.leadership
+        try:
+            stat = self._ask("exists", self.resign_path, watch=self._on_resign, end=end)
+            if stat is None:
+                return
+            data, stat = self._ask("get", self.resign_path, end=end)
+        except NoNodeError:
+            return
+        except (*TRANSIENT, SessionExpiredError):
+            self.check_resign = True  # look again once there is an answer
+            return
+        except KazooException as exc:
+            log.warning("reading the resign request failed: %s", type(exc).__name__)
+            return
+        term = resign_term(data)
+        if term == leadership.term:
+            leadership.mark_resign_requested()
+        if term is None or term <= leadership.term:
+            # Honoured or stale: nobody else will ever act on it.
+            try:
+                self._ask("delete", self.resign_path, version=stat.version, end=end)
+            except ZK_ERRORS:
+                pass
+
+
+def resign_request(term: int) -> bytes:
+    return json.dumps({"term": term, "time": time.time()}).encode()
+
+
+def resign_term(data: bytes | None) -> int | None:
+    """The term a resign request names (None for garbage)."""
+    from lelect.backends.records import load_record, whole
+
+    try:
+        return whole(load_record(data)["term"], "term", 0)
+    except (ValueError, TypeError, KeyError):
+        return None
