@@ -58,9 +58,9 @@ from pathlib import Path
 
 import psutil
 from common import LELECT, percentile, wait_for
-from lelect.backends.filestate import flock_waiters
 from redis_idle import REQUESTS
 
+from lelect.backends.file.state import flock_waiters
 from tests.helpers import lelect_env, redis_listeners, zk_queue
 
 BACKENDS = ("file", "redis", "zookeeper", "etcd", "postgres")
