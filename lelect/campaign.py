@@ -43,6 +43,9 @@ from lelect.status import ExitStatus
 from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
 
+#: What the signal wake-up thread puts on the events queue: nothing to handle.
+WAKE = object()
+
 #: Signals forwarded to the job's process group while it runs.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
              signal.SIGWINCH)
@@ -238,7 +241,10 @@ class _Driver:
         self.timing = lease_timing(backend, options.ttl, options.grace)
         self.candidate = Candidate.local(options.node_id)
         self.core = core.CampaignCore(options.policy(self.timing.grace, backend.lease_based))
-        self.events: queue.Queue = queue.Queue()
+        # A SimpleQueue: its put is reentrant, so the signal handler may put while this
+        # thread is inside get (a Queue's lock would deadlock the campaign).
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop_wakeups: Callable[[], None] | None = None
         self.blocking = False  # a stop signal cancels the campaign under way
         self.cancel = threading.Event()
         self.cancelled_by: int | None = None
@@ -276,7 +282,37 @@ class _Driver:
                 previous[sig] = signal.signal(sig, self._on_signal)
             except ValueError:  # not the main thread: the caller handles signals
                 return previous
+        self._stop_wakeups = self._wake_on_signals()
         return previous
+
+    def _wake_on_signals(self) -> Callable[[], None]:
+        """The kernel may hand a signal to any thread (one that is not handling another),
+        and Python runs the handler in the main thread once that thread runs bytecode: a
+        main thread blocked in the events' get would not, and a SIGTERM would wait for
+        the next event, perhaps for ever. The C half of the handler also writes to a
+        wake-up pipe, whatever the thread; a reader thread then ends the get."""
+        import threading
+
+        read_end, write_end = os.pipe()  # not inherited by the keeper or the job
+        os.set_blocking(write_end, False)
+        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+        def read() -> None:
+            try:
+                while os.read(read_end, 512):
+                    self.events.put(WAKE)
+            except OSError:
+                pass
+            finally:
+                os.close(read_end)
+
+        threading.Thread(target=read, name="signal-wakeups", daemon=True).start()
+
+        def stop() -> None:
+            signal.set_wakeup_fd(previous)
+            os.close(write_end)  # the reader reads the end of the pipe
+
+        return stop
 
     # -- the loop -----------------------------------------------------------------
 
@@ -310,18 +346,23 @@ class _Driver:
                 self.heartbeats.stop(budget=PARTING_BUDGET if self.troubled else 2.0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self._stop_wakeups is not None:
+                self._stop_wakeups()
+                self._stop_wakeups = None
 
     def _next_event(self) -> core.Event:
-        wake_at = self.core.wake_at
-        if self.notify.watchdog_interval is not None:  # the watchdog sees this loop turn
-            beat = time.monotonic() + self.notify.watchdog_interval
-            wake_at = beat if wake_at is None else min(wake_at, beat)
-        timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
-        try:
-            item = self.events.get(timeout=timeout)
-        except queue.Empty:
-            return core.Tick(time.monotonic())
-        return self._translate(item)
+        while True:
+            wake_at = self.core.wake_at
+            if self.notify.watchdog_interval is not None:  # the watchdog sees this loop turn
+                beat = time.monotonic() + self.notify.watchdog_interval
+                wake_at = beat if wake_at is None else min(wake_at, beat)
+            timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+            try:
+                item = self.events.get(timeout=timeout)
+            except queue.Empty:
+                return core.Tick(time.monotonic())
+            if item is not WAKE:  # a wake-up only lets the signal's handler run
+                return self._translate(item)
 
     def _translate(self, item: object) -> core.Event:
         """A keeper's message or a leadership's change, as the core's event."""
@@ -351,7 +392,7 @@ class _Driver:
     def _execute(self, command: core.Command) -> CampaignResult | core.Event | None:
         keeper = self.keeper
         if isinstance(command, core.Campaign):
-            self.events = queue.Queue()  # a late event of the last attempt must not reach this one
+            self.events = queue.SimpleQueue()  # a late event of the last attempt must not reach this one
             return self._attempt()
         elif isinstance(command, core.TellDeadline) and keeper is not None:
             keeper.lease(command.deadline, command.grace)

@@ -145,13 +145,13 @@ class KeeperHandle:
     """lelect's handle on one keeper process (one per campaign attempt)."""
 
     def __init__(self, config: KeeperConfig, env: dict[str, str] | None = None,
-                 events: queue.Queue | None = None,
+                 events: queue.SimpleQueue | None = None,
                  on_respawn: Callable[[], None] | None = None) -> None:
         self.config = config
         #: Told (from the reader's thread) when a new keeper replaced a killed one.
         self.on_respawn = on_respawn
         self.env = env
-        self.events: queue.Queue = events if events is not None else queue.Queue()
+        self.events: queue.SimpleQueue = events if events is not None else queue.SimpleQueue()
         self.process: subprocess.Popen | None = None
         self.job_pid: int | None = None
         self._sock: socket.socket | None = None

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install everything the test suite needs (Debian packages; Python packages into the
 # project's own virtual environment, .venv — never into the system interpreter), then
-# run ruff and the whole suite.
+# run ruff and the whole suite, on two pytest-xdist workers (fewer on a one-core machine;
+# LELECT_TEST_WORKERS=N to choose, 0 for one process).
 # Usage: sh tests/run.sh [pytest args...]
 set -eu
 cd "$(dirname "$0")/.."
@@ -35,4 +36,8 @@ VENV="${LELECT_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
 "$VENV/bin/python" -m ruff check lelect tests bench
-exec "$VENV/bin/python" -m pytest -q "$@"
+# Each worker starts its own servers (session fixtures on free ports); xdist_group marks
+# keep a module's costly fixture on one worker.
+workers="${LELECT_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+[ "$workers" -le 2 ] || workers=2
+exec "$VENV/bin/python" -m pytest -q -n "$workers" --dist loadgroup "$@"

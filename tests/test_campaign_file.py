@@ -344,3 +344,27 @@ def test_backend_option_works_after_the_command_name_too(backend, tmp_path):
     assert shown.returncode == 1 and '"leader": null' in shown.stdout
     assert not (tmp_path / "elsewhere" / "here.lock").exists()
     assert (Path(backend.removeprefix("file://")) / "here.lock").exists()
+
+
+def test_a_flood_of_signals_never_deadlocks_the_campaign(backend, tmp_path):
+    """Forwarded signals are queued by a signal handler while the main loop may be inside
+    the queue's get: a queue whose put takes a lock the interrupted get holds hung lelect
+    (seen as a SIGTERM that never ended a campaign). A flood makes that window likely;
+    after it, SIGTERM still stops the job and lelect."""
+    for round_number in range(3):
+        started = tmp_path / f"started-{round_number}"
+        proc = spawn_lelect("campaign", "flood", "--", "sh", "-c",
+                            f"trap '' USR1; touch {started}; while :; do sleep 0.05; done",
+                            backend=backend)  # fmt: skip
+        wait_until(started.exists, timeout=30, what="the job")
+        for sent in range(20_000):
+            os.kill(proc.pid, signal.SIGUSR1)
+            if sent % 200 == 0:
+                time.sleep(0.0005)  # let the loop take some: its get is where it hung
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"round {round_number}: SIGTERM did not end lelect") from None
+        assert proc.returncode == -signal.SIGTERM, (proc.returncode, err[-2000:])
+        assert "Traceback" not in err

@@ -60,6 +60,11 @@ def main() -> None:
 '''
 
 
+# One worker builds the wheel and the venv once for the whole module (pytest-xdist runs
+# the suite with --dist loadgroup: a group stays on one worker).
+pytestmark = pytest.mark.xdist_group("package")
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A fresh venv with lelect installed from a wheel built from this tree (no deps: the

@@ -411,6 +411,7 @@ def tls_cluster(tmp_path_factory):
     cluster.remove()
 
 
+@pytest.mark.xdist_group("postgres-tls")  # one worker starts the TLS cluster
 @pytest.mark.parametrize("sslmode", ["require", "verify-full"])
 def test_hand_back_speaks_tls_as_the_url_asks(tls_cluster, sslmode):
     cluster, certs = tls_cluster
@@ -425,6 +426,7 @@ def test_hand_back_speaks_tls_as_the_url_asks(tls_cluster, sslmode):
         assert backend.leader(f"tls-{sslmode}") is None
 
 
+@pytest.mark.xdist_group("postgres-tls")
 def test_hand_back_refuses_a_server_whose_certificate_it_cannot_verify(tls_cluster, tmp_path):
     from tests.plugins.redis_server import make_test_certs
 

@@ -1,0 +1,586 @@
+"""N waiting candidates on one election: what a handoff costs, what waiting costs, on any
+backend, beside an anchor (a well-known tool doing the same) in the same run.
+
+    python bench/scale.py                                   # file, redis, zookeeper; N 1 10 50
+    python bench/scale.py -b redis -b postgres -n 1 -n 200 --trials 5
+    python bench/scale.py -b etcd --no-anchors --idle 5
+
+For each backend and each N (``-n``, repeatable), a leader holds the election and N
+candidates wait behind it. Then:
+
+- handoff: ``--trials`` times, the leader's job exits; measured from its last line to the
+  first line of the next job (each record line carries ``date +%s%N``). After each
+  handoff one more candidate joins, so N wait again before the next;
+- server work per handoff: the server's own counters over the handoff (from just before
+  the job exits to ``--settle`` s after the next job starts), less what the line does
+  idle in that time (next item). Redis: client requests from ``INFO commandstats`` (the
+  commands clients send: scripts, PTTL, SUBSCRIBE, connection set-up; ``cmds`` adds the
+  commands the scripts ran); ZooKeeper: ``zk_packets_received`` of ``mntr``; etcd:
+  ``grpc_server_msg_received_total`` of ``/metrics`` (every unary call and every message on
+  a stream; lelect's JSON gateway calls end up there too); PostgreSQL: calls in
+  ``pg_stat_statements`` by the candidates' role (``xact_commit`` of ``pg_stat_database``
+  lags by up to a second, so it is not shown). "srv ms" is the server's CPU time (psutil;
+  PostgreSQL: the postmaster, its backends and those it reaped). Both are means over the handoffs;
+- idle load per waiter: the same counters over ``--idle`` s with the leader alone, then
+  with the N waiters: (rate with N - rate alone) / N. "wake/s" is the waiters' own
+  context switches per second (psutil, lelect and its keeper): how often a waiting
+  candidate wakes up, on any backend (also the embedded one, which has no server);
+- memory per candidate: RSS and PSS (psutil) of each waiter's process tree (lelect and
+  its keeper; an anchor's process), averaged;
+- connections per candidate: TCP connections from each waiter's process tree to the
+  server's port, averaged;
+- all waiting: seconds from starting the N waiters at once until all of them wait.
+
+Anchors: ``flock(1)`` for file, kazoo's ``Election`` recipe (one python process per
+candidate) for zookeeper, ``etcdctl lock`` and ``etcdctl elect`` for etcd. Redis and
+PostgreSQL have none. Servers are started on loopback with free ports (the test suite's
+classes). lelect runs with ``--heartbeat-interval 0`` and the backend's default ttl.
+Prints one table; asserts nothing. The run time is about, per backend and side,
+sum over N of (2 * --idle + start-up of N candidates + trials * (handoff + start-up of one
+candidate)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from common import LELECT, percentile, wait_for
+from redis_idle import REQUESTS
+
+from lelect.backends.file.state import flock_waiters
+from tests.helpers import lelect_env, redis_listeners, zk_queue
+
+BACKENDS = ("file", "redis", "zookeeper", "etcd", "postgres")
+#: Commands a Redis client sends itself (everything else in commandstats ran in a script).
+REDIS_REQUESTS = REQUESTS | {"evalsha_ro", "eval_ro", "fcall", "fcall_ro", "unsubscribe",
+                             "ssubscribe", "sunsubscribe", "psubscribe", "punsubscribe",
+                             "quit", "reset"}  # fmt: skip
+PG_SCHEMA = "lelect"
+
+
+# -- the job every candidate runs: a record line when it starts, exits when told -------------
+
+
+def gated_job(record: Path, gates: Path) -> str:
+    """Shell text: appends 'start NS 0 PID' to ``record``, waits until ``gates``/PID exists,
+    appends 'end NS 0 PID' and exits (PID: the shell's own)."""
+    f, g = shlex.quote(str(record)), shlex.quote(str(gates))
+    return (f'w() {{ echo "$1 $(date +%s%N) 0 $$" >> {f}; }}; w start; '
+            f'while [ ! -e {g}/$$ ]; do sleep 0.005; done; w end')  # fmt: skip
+
+
+def records(record: Path) -> list[tuple[str, int, int]]:
+    """(kind, ns, pid) of each whole line of ``record``."""
+    try:
+        text = record.read_text()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4:
+            found.append((parts[0], int(parts[1]), int(parts[3])))
+    return found
+
+
+# -- servers and their counters ----------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A backend to measure: lelect's URL, the server's counters and port (None for the
+    embedded backend)."""
+
+    name: str
+    url: str
+    port: int | None = None
+    #: {counter: value} now; "requests" is the one shown per handoff.
+    counters: Callable[[], dict[str, float]] = dict
+    #: Seconds of CPU the server has used (None: not measured).
+    cpu: Callable[[], float | None] = lambda: None
+    extra: dict = field(default_factory=dict)
+
+
+def tree_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        top = psutil.Process(pid)
+        return [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+@contextmanager
+def file_server(work: Path) -> Iterator[Server]:
+    home = work / "state"
+    home.mkdir(mode=0o700)
+    yield Server("file", f"file://{home}", extra={"home": home})
+
+
+@contextmanager
+def redis_server(work: Path) -> Iterator[Server]:
+    from tests.plugins.redis_server import RedisServer
+
+    server = RedisServer(work / "redis")
+    client = server.client()
+
+    def counters() -> dict[str, float]:
+        calls = server.command_calls()
+        calls.pop("info", None)  # our own
+        requests = sum(n for name, n in calls.items()
+                       if name in REDIS_REQUESTS or name.startswith("client|"))  # fmt: skip
+        return {"requests": requests, "cmds": sum(calls.values())}
+
+    try:
+        yield Server("redis", server.url, server.port, counters,
+                     lambda: tree_cpu([server.pid]), {"client": client})  # fmt: skip
+    finally:
+        client.close()
+        server.remove()
+
+
+@contextmanager
+def zookeeper_server(work: Path) -> Iterator[Server]:
+    from kazoo.client import KazooClient
+
+    from tests.plugins.zookeeper_server import ZooKeeperServer
+
+    (work / "zk").mkdir()
+    server = ZooKeeperServer(work / "zk")
+    server.start()
+    kazoo = KazooClient(hosts=server.hosts, timeout=30)  # pings every 10 s: little noise
+    kazoo.start(30)
+
+    def counters() -> dict[str, float]:
+        stats = dict(line.split("\t", 1) for line in server.command("mntr").splitlines()
+                     if "\t" in line)  # fmt: skip
+        return {"requests": float(stats.get("zk_packets_received", 0))}
+
+    try:
+        yield Server("zookeeper", server.url("/scale"), server.port, counters,
+                     lambda: tree_cpu([server.process.pid]),
+                     {"kazoo": kazoo, "hosts": server.hosts})  # fmt: skip
+    finally:
+        kazoo.stop()
+        kazoo.close()
+        server.stop()
+
+
+@contextmanager
+def etcd_server(work: Path) -> Iterator[Server]:
+    from tests.plugins.etcd_server import EtcdServer
+
+    server = EtcdServer(work / "etcd")
+
+    def counters() -> dict[str, float]:
+        total = 0.0
+        for line in server.metrics().splitlines():
+            if line.startswith("grpc_server_msg_received_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return {"requests": total}
+
+    try:
+        yield Server("etcd", server.url("scale"), server.port, counters,
+                     lambda: tree_cpu([server.pid]), {"server": server})  # fmt: skip
+    finally:
+        server.remove()
+
+
+@contextmanager
+def postgres_server(work: Path) -> Iterator[Server]:
+    from tests.plugins.postgres_server import ROLE, PostgresCluster
+
+    cluster = PostgresCluster()
+    database = cluster.create_database("scale")
+    cluster.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", database)
+    monitor = cluster.connect(database)
+
+    def counters() -> dict[str, float]:
+        calls = monitor.execute(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            f" AND userid = (SELECT oid FROM pg_roles WHERE rolname = '{ROLE}')").fetchone()[0]
+        commits = monitor.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()[0]
+        return {"requests": float(calls), "xact": float(commits)}
+
+    def cpu() -> float:
+        # Backends that exited are in the postmaster's children times once it reaped them.
+        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+        times = psutil.Process(postmaster).cpu_times()
+        children = [p.pid for p in process_tree(postmaster)[1:]]
+        return times.children_user + times.children_system + tree_cpu([postmaster, *children])
+
+    try:
+        yield Server("postgres", cluster.url(database), cluster.port, counters, cpu,
+                     {"cluster": cluster, "database": database, "monitor": monitor})
+    finally:
+        monitor.close()
+        cluster.remove()
+
+
+SERVERS = {"file": file_server, "redis": redis_server, "zookeeper": zookeeper_server,
+           "etcd": etcd_server, "postgres": postgres_server}  # fmt: skip
+
+
+# -- the sides: lelect and the anchors -------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """Who campaigns: ``argv(election, job_text)`` starts one candidate; ``waiting(election)``
+    counts the candidates that wait behind the leader (the backend's view)."""
+
+    label: str
+    argv: Callable[[str, str], list[str]]
+    waiting: Callable[[str], int]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def lelect_side(server: Server) -> Side:
+    def argv(election: str, job: str) -> list[str]:
+        return [*LELECT, "campaign", election, "--heartbeat-interval", "0", "--",
+                "sh", "-c", job]  # fmt: skip
+
+    if server.name == "file":
+        home = server.extra["home"]
+        waiting = lambda election: flock_waiters(home / f"{election}.lock")  # noqa: E731
+    elif server.name == "redis":
+        client = server.extra["client"]
+        # Every candidate subscribes to the release channel, the leader too.
+        waiting = lambda election: redis_listeners(client, election) - 1  # noqa: E731
+    elif server.name == "zookeeper":
+        kazoo = server.extra["kazoo"]
+        waiting = lambda election: len(zk_children(kazoo, f"/scale/{election}")) - 1  # noqa: E731
+    elif server.name == "etcd":
+        from lelect.backends import connect
+
+        def waiting(election: str) -> int:
+            with connect(server.url) as backend:
+                keys = backend.keys(election)
+                found = backend.gateway.range(keys.contenders, prefix=True, count_only=True,
+                                              budget=5.0)  # fmt: skip
+            return found.count - 1
+    else:
+        from tests.plugins.postgres_server import waiting_sql
+
+        monitor = server.extra["monitor"]
+        waiting = lambda election: monitor.execute(  # noqa: E731
+            waiting_sql(PG_SCHEMA, election)).fetchone()[0]
+    return Side(f"lelect {server.name}", argv, waiting, lelect_env(server.url))
+
+
+def zk_children(kazoo, path: str) -> list[str]:
+    try:
+        return zk_queue(kazoo, path)
+    except Exception:  # noqa: BLE001 - the election node does not exist yet
+        return []
+
+
+KAZOO_CANDIDATE = """\
+import subprocess, sys
+from kazoo.client import KazooClient
+hosts, path, job = sys.argv[1:]
+zk = KazooClient(hosts=hosts)
+zk.start(30)
+zk.Election(path, "scale").run(subprocess.run, ["sh", "-c", job])
+zk.stop()
+zk.close()
+"""
+
+
+def anchor_sides(server: Server, work: Path) -> list[Side]:
+    if server.name == "file":
+        home = server.extra["home"]
+        lock = lambda election: home / f"flock-{election}.lock"  # noqa: E731
+        return [Side("flock", lambda election, job: ["flock", str(lock(election)), "sh", "-c", job],
+                     lambda election: flock_waiters(lock(election)))]
+    if server.name == "zookeeper":
+        script = work / "kazoo_candidate.py"
+        script.write_text(KAZOO_CANDIDATE)
+        kazoo, hosts = server.extra["kazoo"], server.extra["hosts"]
+        return [Side("kazoo Election",
+                     lambda election, job: [sys.executable, str(script), hosts,
+                                            f"/kazoo/{election}", job],
+                     lambda election: len(zk_children(kazoo, f"/kazoo/{election}")) - 1)]
+    if server.name == "etcd":
+        etcd = server.extra["server"]
+
+        def count(name: str) -> int:
+            out = etcd.etcdctl("get", f"{name}/", "--prefix", "--keys-only")
+            return sum(1 for line in out.stdout.splitlines() if line.strip())
+
+        def elect(election: str, job: str) -> list[str]:
+            # etcdctl elect prints the proposal once elected and campaigns until killed:
+            # the job runs when it has printed, and ends it when done.
+            command = shlex.join(etcd.etcdctl_command("elect", f"elect-{election}", "p"))
+            fifo = shlex.quote(str(work / "elect"))
+            return ["sh", "-c",
+                    f"f={fifo}-$$; mkfifo $f; {command} > $f & e=$!; exec 3< $f; read k <&3;"
+                    f" read v <&3; {job}; kill $e; wait $e; rm -f $f"]  # fmt: skip
+
+        return [
+            Side("etcdctl lock",
+                 lambda election, job: etcd.etcdctl_command("lock", f"lock-{election}", "--",
+                                                            "sh", "-c", job),
+                 lambda election: count(f"lock-{election}") - 1, {"ETCDCTL_API": "3"}),
+            Side("etcdctl elect", elect, lambda election: count(f"elect-{election}") - 1,
+                 {"ETCDCTL_API": "3"}),
+        ]
+    return []
+
+
+# -- one stage: a side, N waiters --------------------------------------------------------
+
+
+@dataclass
+class Result:
+    label: str
+    waiters: int
+    handoffs: list[float]
+    requests: list[float]
+    server_cpu: list[float]
+    idle_per_waiter: float | None
+    wakeups: float
+    rss: float
+    pss: float
+    connections: float | None
+    all_waiting: float
+
+
+class Line:
+    """The candidates of one election, each in a process group of its own."""
+
+    def __init__(self, side: Side, election: str, work: Path, timeout: float) -> None:
+        self.side, self.election, self.timeout = side, election, timeout
+        self.record = work / f"{election}.record"
+        self.gates = work / f"{election}.gates"
+        self.gates.mkdir()
+        self.job = gated_job(self.record, self.gates)
+        self.processes: list[subprocess.Popen] = []
+        env = dict(os.environ)
+        env.update(side.env)
+        self.env = env
+
+    def start(self) -> subprocess.Popen:
+        process = subprocess.Popen(self.side.argv(self.election, self.job), env=self.env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)  # fmt: skip
+        self.processes.append(process)
+        return process
+
+    def starts(self) -> list[tuple[str, int, int]]:
+        return [line for line in records(self.record) if line[0] == "start"]
+
+    def wait_waiting(self, count: int) -> None:
+        wait_for(lambda: self.side.waiting(self.election) >= count, self.timeout,
+                 f"{count} waiting candidates of {self.side.label}", interval=0.05)  # fmt: skip
+
+    def waiters(self) -> list[subprocess.Popen]:
+        """The candidates alive that have not (yet) led."""
+        led = {pid for _, _, pid in self.starts()}
+        found = []
+        for process in self.processes:
+            if process.poll() is not None:
+                continue
+            tree = {p.pid for p in process_tree(process.pid)}
+            if not tree & led:
+                found.append(process)
+        return found
+
+    def close(self) -> None:
+        pids = [p.pid for process in self.processes for p in process_tree(process.pid)]
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for process in self.processes:
+            process.wait()
+
+
+def footprint(processes: list[subprocess.Popen], port: int | None) -> tuple[float, float, float | None]:
+    """Mean RSS and PSS (MB) of each process's tree, and its mean TCP connections to
+    ``port``."""
+    rss, pss, conns = [], [], []
+    for process in processes:
+        tree_rss = tree_pss = 0
+        tree_conns = 0
+        for p in process_tree(process.pid):
+            try:
+                info = p.memory_full_info()
+                tree_rss += info.rss
+                tree_pss += info.pss
+                if port is not None:
+                    tree_conns += sum(1 for c in p.net_connections(kind="tcp")
+                                      if c.raddr and c.raddr.port == port)  # fmt: skip
+            except psutil.Error:
+                pass
+        rss.append(tree_rss / 2**20)
+        pss.append(tree_pss / 2**20)
+        conns.append(tree_conns)
+    mean = lambda values: statistics.fmean(values) if values else float("nan")  # noqa: E731
+    return mean(rss), mean(pss), (mean(conns) if port is not None else None)
+
+
+def switches(processes: list[subprocess.Popen]) -> int:
+    """Context switches of every thread of each process's tree (psutil's count is the
+    main thread's only)."""
+    total = 0
+    for process in processes:
+        for p in process_tree(process.pid):
+            for status in Path(f"/proc/{p.pid}/task").glob("*/status"):
+                try:
+                    text = status.read_text()
+                except OSError:
+                    continue
+                total += sum(int(line.split()[1]) for line in text.splitlines()
+                             if "ctxt_switches:" in line)  # fmt: skip
+    return total
+
+
+def rate(server: Server, window: float) -> float:
+    before, began = server.counters().get("requests", 0.0), time.monotonic()
+    time.sleep(window)
+    return (server.counters().get("requests", 0.0) - before) / (time.monotonic() - began)
+
+
+def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
+    election = f"{side.label.split()[-1].lower()}-{waiters}-{time.monotonic_ns() % 10**9}"
+    line = Line(side, election, work, args.timeout)
+    try:
+        line.start()
+        wait_for(lambda: line.starts(), args.timeout, f"the first leader of {side.label}")
+        has_server = server.port is not None
+        alone = rate(server, args.idle) if has_server else 0.0
+        began = time.monotonic()
+        for _ in range(waiters):
+            line.start()
+        line.wait_waiting(waiters)
+        all_waiting = time.monotonic() - began
+        time.sleep(args.settle)
+        queue = line.waiters()
+        rss, pss, connections = footprint(queue, server.port)
+        ctx_before, idle_began = switches(queue), time.monotonic()
+        full = rate(server, args.idle) if has_server else 0.0
+        wakeups = (switches(queue) - ctx_before) / (time.monotonic() - idle_began) / waiters
+        if not has_server:
+            time.sleep(max(0.0, args.idle - (time.monotonic() - idle_began)))
+            wakeups = (switches(queue) - ctx_before) / (time.monotonic() - idle_began) / waiters
+        handoffs, requests, cpu = [], [], []
+        for _ in range(args.trials):
+            led = line.starts()
+            leader_pid = led[-1][2]
+            before, cpu_before, began = server.counters(), server.cpu(), time.monotonic()
+            (line.gates / str(leader_pid)).touch()
+            count = len(led)
+            wait_for(lambda count=count: len(line.starts()) > count, args.timeout,
+                     f"the next leader of {side.label}", interval=0.001)  # fmt: skip
+            time.sleep(args.settle)
+            after, cpu_after, took = server.counters(), server.cpu(), time.monotonic() - began
+            ends = {pid: ns for kind, ns, pid in records(line.record) if kind == "end"}
+            handoffs.append((line.starts()[len(led)][1] - ends[leader_pid]) / 1e9)
+            if has_server:
+                requests.append(after["requests"] - before["requests"] - full * took)
+            if cpu_before is not None and cpu_after is not None:
+                cpu.append(cpu_after - cpu_before)
+            line.start()  # N wait again
+            line.wait_waiting(waiters)
+            time.sleep(args.settle)
+        idle = (full - alone) / waiters if has_server else None
+        return Result(side.label, waiters, handoffs, requests, cpu, idle, wakeups, rss, pss,
+                      connections, all_waiting)  # fmt: skip
+    finally:
+        line.close()
+
+
+# -- the table --------------------------------------------------------------------------
+
+HEADER = ("| side | N | trials | handoff p50 ms | p99 ms | req/handoff | srv ms/handoff"
+          " | idle req/s per waiter | wake/s per waiter | RSS MB | PSS MB | conns | all waiting s |")
+
+
+def table_row(r: Result) -> str:
+    def cell(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    median = lambda values: statistics.median(values) if values else None  # noqa: E731
+    mean = lambda values: statistics.fmean(values) if values else None  # noqa: E731
+    return "| " + " | ".join([
+        r.label, str(r.waiters), str(len(r.handoffs)),
+        cell(median(r.handoffs) * 1000, ".1f"),
+        cell(percentile(r.handoffs, 0.99) * 1000, ".1f"),
+        cell(mean(r.requests), ".1f"),
+        cell(mean(r.server_cpu) * 1000 if r.server_cpu else None, ".1f"),
+        cell(r.idle_per_waiter, ".2f"), cell(r.wakeups, ".1f"),
+        cell(r.rss, ".1f"), cell(r.pss, ".1f"), cell(r.connections, ".2f"),
+        cell(r.all_waiting, ".2f"),
+    ]) + " |"  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-b", "--backend", action="append", choices=BACKENDS,
+                        help="backend to measure (repeatable; default: file, redis, zookeeper)")
+    parser.add_argument("-n", "--waiters", type=int, action="append",
+                        help="waiting candidates (repeatable; default: 1, 10, 50)")
+    parser.add_argument("--trials", type=int, default=10, help="handoffs per stage")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of each idle window")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="seconds after a handoff still counted as its server work")
+    parser.add_argument("--timeout", type=float, default=120.0, help="bound of each wait")
+    parser.add_argument("--no-anchors", action="store_true", help="measure lelect only")
+    args = parser.parse_args()
+    backends = args.backend or ["file", "redis", "zookeeper"]
+    counts = args.waiters or [1, 10, 50]
+
+    print(HEADER)
+    print("|" + "---|" * HEADER.count(" | ") + "---|")
+    with tempfile.TemporaryDirectory(prefix="lelect-scale-") as tmp:
+        for name in backends:
+            work = Path(tmp) / name
+            work.mkdir()
+            with ExitStack() as stack:
+                server = stack.enter_context(SERVERS[name](work))
+                sides = [lelect_side(server)]
+                if not args.no_anchors:
+                    sides += anchor_sides(server, work)
+                for waiters in counts:
+                    for side in sides:
+                        result = stage(server, side, waiters, args, work)
+                        print(table_row(result), flush=True)
+    print(f"\nhandoff: the leader's job exits -> the next job's first line; {args.trials}"
+          f" handoffs per row; server counters less the idle rate; idle windows {args.idle:g} s")
+
+
+if __name__ == "__main__":
+    main()
