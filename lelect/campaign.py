@@ -245,6 +245,7 @@ class _Driver:
         # thread is inside get (a Queue's lock would deadlock the campaign).
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self._stop_wakeups: Callable[[], None] | None = None
+        self._cancel_w: int | None = None
         self.blocking = False  # a stop signal cancels the campaign under way
         self.cancel = threading.Event()
         self.cancelled_by: int | None = None
@@ -270,7 +271,12 @@ class _Driver:
             # at its next look (never an exception raised into a client call).
             self.blocking = False
             self.cancelled_by = signum
-            self.cancel.set()
+            # No lock is taken in a handler (the main thread may hold it): a relay thread
+            # sets the cancel event; the SimpleQueue's put is reentrant.
+            try:
+                os.write(self._cancel_w, b"c")
+            except (OSError, TypeError):
+                pass
             self.events.put(_Cancelled(signum))
             return
         self.events.put(core.SignalReceived(time.monotonic(), signum))
@@ -307,10 +313,24 @@ class _Driver:
                 os.close(read_end)
 
         threading.Thread(target=read, name="signal-wakeups", daemon=True).start()
+        cancel_r, self._cancel_w = os.pipe()
+
+        def relay_cancel() -> None:
+            try:
+                while os.read(cancel_r, 64):
+                    self.cancel.set()
+            except OSError:
+                pass
+            finally:
+                os.close(cancel_r)
+
+        threading.Thread(target=relay_cancel, name="cancel-relay", daemon=True).start()
 
         def stop() -> None:
             signal.set_wakeup_fd(previous)
             os.close(write_end)  # the reader reads the end of the pipe
+            os.close(self._cancel_w)
+            self._cancel_w = None
 
         return stop
 

@@ -92,7 +92,7 @@ def unreachable(what: str, where: str, within: float, detail: str = "") -> Backe
 
 #: A campaign given a ``cancel`` event looks at it at least this often while it waits
 #: (a local check, no request to the server).
-CANCEL_CHECK = 0.05
+CANCEL_CHECK = 0.25
 
 
 def check_cancel(cancel: threading.Event | None, election: str) -> None:
