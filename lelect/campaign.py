@@ -246,6 +246,9 @@ class _Driver:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self._stop_wakeups: Callable[[], None] | None = None
         self._cancel_w: int | None = None
+        #: Events the core must see before anything queued (signals held back while the
+        #: keeper had not yet said whether it won).
+        self.first: list[core.Event] = []
         self.blocking = False  # a stop signal cancels the campaign under way
         self.cancel = threading.Event()
         self.cancelled_by: int | None = None
@@ -371,6 +374,8 @@ class _Driver:
                 self._stop_wakeups = None
 
     def _next_event(self) -> core.Event:
+        if self.first:  # what happened while the keeper had not yet said it won
+            return self.first.pop(0)
         while True:
             wake_at = self.core.wake_at
             if self.notify.watchdog_interval is not None:  # the watchdog sees this loop turn
@@ -412,6 +417,7 @@ class _Driver:
     def _execute(self, command: core.Command) -> CampaignResult | core.Event | None:
         keeper = self.keeper
         if isinstance(command, core.Campaign):
+            self.first = []
             self.events = queue.SimpleQueue()  # a late event of the last attempt must not reach this one
             return self._attempt()
         elif isinstance(command, core.TellDeadline) and keeper is not None:
@@ -477,6 +483,7 @@ class _Driver:
         self.announced = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
         self.cancel = threading.Event()
+        self.cancelled_by = None
         self.blocking = True
         try:
             if lock is not None:
@@ -569,23 +576,27 @@ class _Driver:
         try:
             return self._keeper_verdict(lock, keeper, deferred)
         finally:
-            for event in deferred:  # signals to pass on once the job runs
-                keeper.events.put(event)
+            # Signals that came before the keeper said it won go first, before its news.
+            self.first.extend(deferred)
 
     def _keeper_verdict(self, lock, keeper: KeeperHandle, deferred: list) -> Leadership | core.Event:
         while True:
             message = keeper.events.get()
-            if isinstance(message, _Cancelled):
-                return self._cancelled(keeper)
+            if isinstance(message, (_Cancelled, core.SignalReceived)) and (
+                    message.signum in core.WAIT_INTERRUPTS):
+                # The keeper may have won and started the job already (it says so once
+                # the record is written): SIGTERM makes a waiting keeper just exit and a
+                # winning one stop its job. Its verdict still decides what happened.
+                self.cancelled_by = message.signum
+                if keeper.process is not None and keeper.process.poll() is None:
+                    keeper.process.terminate()
+                continue
             if isinstance(message, core.SignalReceived):
-                if message.signum in core.WAIT_INTERRUPTS:
-                    # It came as the keeper was being started, before this wait could be
-                    # cancelled (the keeper may have won and started the job already).
-                    self.cancelled_by = message.signum
-                    return self._cancelled(keeper)
                 deferred.append(message)
                 continue
             if isinstance(message, proto.Locked):
+                if self.cancelled_by is not None:  # the core stops the job it started
+                    deferred.append(core.SignalReceived(time.monotonic(), self.cancelled_by))
                 return self.backend.adopt_local_lock(lock, message.term, message.since,
                                                      release_lock=keeper.release)
             if isinstance(message, proto.Waiting):
@@ -605,6 +616,9 @@ class _Driver:
                 keeper.kill()
                 raise ConfigError(message.message)
             if isinstance(message, Gone):
+                if self.cancelled_by is not None:  # it exited as told: nothing ran on
+                    self._report_late_job(keeper)
+                    return core.SignalReceived(time.monotonic(), self.cancelled_by)
                 # Killed from outside; it may have won and started the job already, which
                 # the kernel then killed with it (and lelect's subreaper, its children).
                 return core.KeeperGone(time.monotonic())
