@@ -208,7 +208,7 @@ end
 # a replica promoted in its master's place, may have forgotten leases that still run: it
 # grants none until the longest lease it could have granted has run out. Leases of an
 # earlier instance were all granted before this one started, so a restarted instance
-# waits max ttl from its start (TIME - uptime); a promoted replica (it has a second
+# waits max ttl from its start (TIME - uptime + 1 s: the uptime may be a second over); a promoted replica (it has a second
 # replication id) cannot tell when its master last granted and waits max ttl from the
 # first attempt it sees. The instance is told by its run id and its replication id
 # together: a master demoted to a replica and promoted back keeps its run id, but not
@@ -236,7 +236,9 @@ local function restart_wait(boot, ttl_ms, now_ms)
     if promoted or not uptime or run_id == 'unknown' then
       base = now_ms
     else
-      base = now_ms - uptime * 1000
+      -- uptime_in_seconds is two whole-second clocks subtracted: it may be up to 1 s
+      -- more than the instance has really run, so count the start 1 s later.
+      base = now_ms - (uptime - 1) * 1000
     end
   end
   redis.call('HDEL', boot, 'run_id')  -- the field before replication ids counted
