@@ -1,8 +1,8 @@
 """The backend contract: the same behaviours, on every backend, against real servers.
 
 Each test takes ``target`` (every backend id in tests/plugins/targets.py: file, redis,
-zookeeper, etcd, postgres) or ``network_target`` (the backends with a server: redis,
-zookeeper, etcd, postgres). A new backend is done when it passes
+zookeeper, etcd, postgres, mysql) or ``network_target`` (the backends with a server:
+redis, zookeeper, etcd, postgres, mysql). A new backend is done when it passes
 all of them, plus the tests of its own module.
 """
 
