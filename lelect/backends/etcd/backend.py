@@ -602,7 +602,6 @@ class EtcdBackend(Backend):
         options = self.options
         return HandBack(
             budget=min(self.connect_timeout, leadership.ttl), election=leadership.election,
-
             module="lelect.backends.etcd.handback",
             params={
                 "endpoints": [[e.host, e.port] for e in options.endpoints],

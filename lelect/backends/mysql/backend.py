@@ -49,8 +49,8 @@ from lelect.backends.base import (
     wait_slice,
 )
 from lelect.backends.mysql import sql
-from lelect.backends.mysql.link import LinkError, MySQLOptions, Session, wire_params
-from lelect.backends.records import decode_member, encode_member
+from lelect.backends.mysql.link import LinkError, MySQLOptions, MySQLSession, wire_params
+from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.errors import CampaignCancelled, ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_election
@@ -74,7 +74,7 @@ class MySQLLeadership(Leadership):
     also holds the election's wake-up lock, when it got it)."""
 
     def __init__(self, backend: MySQLBackend, election: str, candidate: Candidate,
-                 term: int, token: str, sent: float, ttl: float, session: Session) -> None:
+                 term: int, token: str, sent: float, ttl: float, session: MySQLSession) -> None:
         self.ttl = ttl
         self.session = session
         self.wire = wire_params(session)
@@ -108,7 +108,7 @@ class MySQLBackend(Backend):
         self.history_limit = self.options.history
         self.create = create
         self.retry = RetryPolicy(self.options.connect_timeout)
-        self._command = Session(self.options)
+        self._command = MySQLSession(self.options)
         self._schema_ready = False
 
     def render(self, statement: str, **values: object) -> str:
@@ -119,7 +119,7 @@ class MySQLBackend(Backend):
 
     # -- the schema ---------------------------------------------------------------------
 
-    def _ensure_schema(self, session: Session, budget: float) -> None:
+    def _ensure_schema(self, session: MySQLSession, budget: float) -> None:
         """Check the tables' version, creating them on first use. Raises LinkError for
         the caller's retry, ConfigError for what only a person can fix."""
         if self._schema_ready:
@@ -171,7 +171,7 @@ class MySQLBackend(Backend):
         bell = self._bell(election)
         retry = self.retry.attempts(timeout, cancel=cancel)
         give_up = retry.give_up.at
-        session: Session | None = Session(self.options)
+        session: MySQLSession | None = MySQLSession(self.options)
         holding_bell = False
         waiting = False
 
@@ -238,10 +238,10 @@ class MySQLBackend(Backend):
             sql.ACQUIRE, election=election, token=token, attempt=secrets.token_hex(16),
             node_id=candidate.node_id, host=candidate.host, pid=candidate.pid,
             ttl_us=sql.microseconds(ttl), history_limit=self.history_limit,
-            vanished_reason=sql.VANISHED_REASON,
+            vanished_reason=VANISHED_REASON,
         )  # fmt: skip
 
-    def _wait(self, session: Session, bell: str, left_s: float | None, holding_bell: bool,
+    def _wait(self, session: MySQLSession, bell: str, left_s: float | None, holding_bell: bool,
               give_up: float | None, cancel: threading.Event | None, election: str) -> bool:
         """Wait for a turn; True if this waiter now holds the election's lock. The lock's
         holder (the next in line while the lease stands) looks again every POLL_BOUND;
@@ -309,7 +309,6 @@ class MySQLBackend(Backend):
             return None
         return HandBack(
             budget=min(self.connect_timeout, leadership.ttl), election=leadership.election,
-
             module="lelect.backends.mysql.handback",
             params={
                 **leadership.wire,
@@ -328,7 +327,7 @@ class MySQLBackend(Backend):
         except LinkError as exc:
             raise self.options.unavailable(exc) from None
 
-    def _leader(self, session: Session, election: str, budget: float
+    def _leader(self, session: MySQLSession, election: str, budget: float
                 ) -> tuple[LeaderInfo | None, float | None]:  # fmt: skip
         try:
             rows = session.run(self.render(sql.LEADER, election=election), budget)
@@ -349,7 +348,7 @@ class MySQLBackend(Backend):
         at the lease's expiry by the server's clock."""
         validate_election(election)
         stop = stop or threading.Event()
-        session = Session(self.options)
+        session = MySQLSession(self.options)
         retry = self.retry.attempts(None, cancel=stop)
 
         def looks() -> Iterator[LeaderInfo | None]:

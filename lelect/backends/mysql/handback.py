@@ -21,11 +21,11 @@ import time
 from typing import Any
 
 from lelect.backends.mysql.sql import (
-    LOST_REASON,
     SESSION_SETUP,
     release_statement,
     with_timeout,
 )
+from lelect.backends.words import HAND_BACK_REASON
 
 #: Share of the budget left for the release statement itself (server-side timeout).
 STATEMENT_SHARE = 0.9
@@ -55,7 +55,7 @@ def hand_back(params: dict[str, Any], budget: float, exit_status: int | None) ->
     statement = release_statement(
         params["prefix"], election=params["election"], token=params["token"],
         term=int(params["term"]), node_id=params["node_id"], outcome="lost",
-        exit_status=exit_status, reason=LOST_REASON, slot=None, forget=True,
+        exit_status=exit_status, reason=HAND_BACK_REASON, slot=None, forget=True,
     )  # fmt: skip
     wire = Wire.connect(params, deadline)
     try:

@@ -328,7 +328,7 @@ def open_connection(options: MySQLOptions, budget: float) -> pymysql.connections
     raise LinkError("no answer in time", timed_out=True)
 
 
-class Session:
+class MySQLSession:
     """One connection, made when first needed, used by one call at a time."""
 
     def __init__(self, options: MySQLOptions) -> None:
@@ -444,7 +444,7 @@ class Session:
             self._lock.release()
 
 
-def wire_params(session: Session) -> dict[str, object] | None:
+def wire_params(session: MySQLSession) -> dict[str, object] | None:
     """How the keeper's own client reaches the server this session reached (None: it
     cannot; TLS is not spoken by the keeper's client)."""
     options = session.options

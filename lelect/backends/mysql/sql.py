@@ -39,8 +39,6 @@ DEFAULT_PREFIX = "lelect_"
 PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
 TABLES = ("schema_version", "term", "lease", "history", "slot", "member")
 
-LOST_REASON = "lelect died; its keeper stopped the job and handed the leadership back"
-VANISHED_REASON = "the leader disappeared without a word; the next leader closed the entry"
 #: Every session's settings (the backend's and the hand-back's): expiry is UTC by the
 #: server's clock whatever the server's time zone, and text is utf8mb4.
 SESSION_SETUP = "SET time_zone = '+00:00', NAMES utf8mb4 COLLATE utf8mb4_bin"

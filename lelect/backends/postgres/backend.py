@@ -360,7 +360,6 @@ class PostgresBackend(Backend):
             return None
         return HandBack(
             budget=min(self.connect_timeout, leadership.ttl), election=leadership.election,
-
             module="lelect.backends.postgres.handback",
             params={
                 **leadership.wire,

@@ -365,7 +365,6 @@ class ZooKeeperBackend(Backend):
         paths = leadership.paths
         return HandBack(
             budget=min(self.config.connect_timeout, leadership.session_timeout), election=leadership.election,
-
             module="lelect.backends.zookeeper.handback",
             params={
                 "hosts": [list(host) for host in self.config.host_ports],
