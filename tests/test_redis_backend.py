@@ -16,11 +16,12 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 import pytest
 
 from lelect.backends import connect
-from lelect.backends.base import MAX_ARRIVALS, Candidate, Heartbeat, lease_drift
+from lelect.backends.base import MAX_ARRIVALS, Candidate, Heartbeat
 from lelect.backends.records import HAND_BACK_REASON
 from lelect.backends.redis import handback as _handback_redis
 from lelect.backends.redis import scripts as _redis_scripts
 from lelect.errors import BackendUnavailable, UsageError
+from lelect.lease import drift as lease_drift
 from tests.helpers import free_port, redis_listeners, redis_tried, wait_until
 
 

@@ -21,10 +21,11 @@ from kazoo.exceptions import NoAuthError
 from kazoo.security import Permissions
 
 from lelect.backends import connect
-from lelect.backends.base import Candidate, Heartbeat, HistoryEntry, lease_drift
+from lelect.backends.base import Candidate, Heartbeat, HistoryEntry
 from lelect.backends.records import HAND_BACK_REASON
 from lelect.backends.zookeeper import handback as _handback_zookeeper
 from lelect.errors import BackendUnavailable, ConfigError, ElectionBusy, UsageError
+from lelect.lease import drift as lease_drift
 from lelect.lease import renew_interval
 from tests.helpers import run_lelect, wait_until, zk_watchers
 

@@ -40,7 +40,7 @@ from lelect.backends.records import (  # noqa: F401 - re-exported: the interface
 )
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, CampaignCancelled, CampaignTimeout, ElectionBusy
-from lelect.lease import LATE_WIN, MIN_ATTEMPT, Lease, connect_budget, drift
+from lelect.lease import LATE_WIN, Lease
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
@@ -50,10 +50,6 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: How long a last word to a server may take once the lease it concerns has run out (a
 #: release that only closes a history entry): the exit must not wait on a dead server.
 PARTING_BUDGET = 0.5
-
-# The lease rule lives in lelect.lease; these names stay importable from here.
-lease_drift = drift
-__all__ = ["MIN_ATTEMPT", "connect_budget", "lease_drift", "LATE_WIN"]
 
 
 # -- one wording for the errors every backend raises ------------------------------------

@@ -44,7 +44,6 @@ from lelect.backends.base import (
     LeaderInfo,
     Leadership,
     Members,
-    connect_budget,
     only_changes,
 )
 from lelect.backends.records import (
@@ -80,6 +79,7 @@ from lelect.backends.zookeeper.session import (
 )
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, ConfigError
+from lelect.lease import connect_budget
 from lelect.names import ELECTION_NAME
 
 if TYPE_CHECKING:
