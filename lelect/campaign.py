@@ -300,8 +300,6 @@ class _Driver:
         main thread blocked in the events' get would not, and a SIGTERM would wait for
         the next event, perhaps for ever. The C half of the handler also writes to a
         wake-up pipe, whatever the thread; a reader thread then ends the get."""
-        import threading
-
         read_end, write_end = os.pipe()  # not inherited by the keeper or the job
         os.set_blocking(write_end, False)
         previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
