@@ -847,3 +847,46 @@ def test_a_leader_on_a_frozen_server_exits_73_within_ttl_plus_a_second(network_t
     err = leader.stderr.read()
     assert status == 73, err
     assert took < 3.0 + 1.0, f"lelect exited {took:.1f}s after the freeze: {err}"
+
+
+# -- notes: small records beside an election (seats, values, handovers build on them) ---
+
+
+def test_notes_store_read_back_and_delete(backend):
+    assert backend.get_note("noted", "value:1") is None
+    assert backend.put_note("noted", "value:1", b'{"v":"a"}') is True
+    assert backend.get_note("noted", "value:1") == b'{"v":"a"}'
+    assert backend.put_note("noted", "value:1", b'{"v":"b"}') is True
+    assert backend.get_note("noted", "value:1") == b'{"v":"b"}'
+    assert backend.get_note("other", "value:1") is None
+    backend.delete_note("noted", "value:1")
+    assert backend.get_note("noted", "value:1") is None
+    backend.delete_note("noted", "value:1")  # nothing to delete is no error
+
+
+def test_a_note_created_once_is_not_overwritten_by_create(backend):
+    assert backend.put_note("pinned", "holders", b"3", 30, create=True) is True
+    assert backend.put_note("pinned", "holders", b"2", 30, create=True) is False
+    assert backend.get_note("pinned", "holders") == b"3"
+
+
+def test_a_note_expires_by_its_ttl_and_may_then_be_created_again(backend):
+    assert backend.put_note("fleeting", "handover", b"x", 0.3, create=True) is True
+    assert backend.get_note("fleeting", "handover") == b"x"
+    wait_until(lambda: backend.get_note("fleeting", "handover") is None, timeout=5)
+    assert backend.put_note("fleeting", "handover", b"y", 30, create=True) is True
+    assert backend.get_note("fleeting", "handover") == b"y"
+
+
+def test_notes_are_bounded_and_keys_are_lelects_own(backend):
+    from lelect.backends.base import MAX_NOTE
+
+    big = b"x" * MAX_NOTE
+    assert backend.put_note("bounded", "value:7", big) is True
+    assert backend.get_note("bounded", "value:7") == big
+    with pytest.raises(ValueError):
+        backend.put_note("bounded", "value:7", big + b"x")
+    with pytest.raises(ValueError):
+        backend.put_note("bounded", "Bad Key", b"x")
+    with pytest.raises(ValueError):
+        backend.get_note("bounded", "../etc")

@@ -11,6 +11,7 @@ dataclasses (:mod:`lelect.backends.records`). Nothing here imports from above
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import weakref
@@ -82,6 +83,27 @@ def unreachable(what: str, where: str, within: float, detail: str = "") -> Backe
     """``cannot reach WHAT at WHERE within 1s: DETAIL`` (the bound really applied)."""
     tail = f": {detail}" if detail else ": is it running, and is the URL right?"
     return BackendUnavailable(f"cannot reach {what} at {where} within {format_duration(within)}{tail}")
+
+
+# -- notes ------------------------------------------------------------------------------
+
+#: The largest note a backend stores or reads back (a value is at most 4 KiB of text).
+MAX_NOTE = 16 * 1024
+NOTE_KEY = re.compile(r"[a-z0-9][a-z0-9:._-]{0,63}")
+
+
+def check_note_key(key: str) -> str:
+    """``key`` if it is a note key (1-64 characters from a-z 0-9 : . _ -), else ValueError:
+    keys are lelect's own words, never a user's text."""
+    if not isinstance(key, str) or not NOTE_KEY.fullmatch(key):
+        raise ValueError(f"not a note key: {key!r}")
+    return key
+
+
+def check_note(data: bytes) -> bytes:
+    if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_NOTE:
+        raise ValueError(f"a note is at most {MAX_NOTE} bytes")
+    return bytes(data)
 
 
 # -- cancelling a campaign that waits ---------------------------------------------------
@@ -401,6 +423,28 @@ class Backend(ABC):
     @abstractmethod
     def elections(self) -> list[str]:
         """Names of the elections this backend knows (with a leader, members or a history)."""
+
+    # -- notes: small records beside an election --------------------------------------
+    # What seats, a leader's value and a handover keep: the holders count the candidates
+    # agreed on, the value each term proclaimed, the node a leadership is handed to.
+    # Written by lelect, read back as data that may be garbage (callers check it).
+
+    @abstractmethod
+    def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
+                 create: bool = False) -> bool:
+        """Store ``data`` (at most :data:`MAX_NOTE` bytes) under ``key`` (:func:`check_note_key`)
+        beside ``election``, for ``ttl`` seconds by the backend's clock (None: until deleted).
+        With ``create``, only if no live note has that key: False (nothing written) if
+        one has. True when written."""
+
+    @abstractmethod
+    def get_note(self, election: str, key: str) -> bytes | None:
+        """The live note under ``key``, or None (none, expired, or over :data:`MAX_NOTE`
+        bytes: a read is bounded)."""
+
+    @abstractmethod
+    def delete_note(self, election: str, key: str) -> None:
+        """Forget the note under ``key`` (nothing if there is none)."""
 
     # -- operations -------------------------------------------------------------------
 
