@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from lelect.backends.base import (
+    MAX_NOTE,
     Backend,
     Candidate,
     Ending,
@@ -31,6 +32,8 @@ from lelect.backends.base import (
     LocalLock,
     Members,
     busy,
+    check_note,
+    check_note_key,
     only_changes,
     timed_out,
     wait_event,
@@ -410,6 +413,46 @@ class FileBackend(Backend):
                and self._lock_held(name)}
         past = {r[0] for r in self._query("SELECT DISTINCT election FROM history")}
         return sorted(n for n in membered | led | past if isinstance(n, str) and ELECTION_NAME.fullmatch(n))
+
+    # -- notes ------------------------------------------------------------------------
+
+    def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
+                 create: bool = False) -> bool:
+        validate_election(election)
+        check_note_key(key)
+        data = check_note(data)
+        stamp = filestate.now()
+        expires = None if ttl is None else stamp + ttl
+        with self._conn_lock, filestate.transaction(self._writable()) as conn:
+            if create and conn.execute(
+                "SELECT 1 FROM notes WHERE election=? AND key=?"
+                " AND (expires IS NULL OR expires >= ?)", (election, key, stamp)
+            ).fetchone():
+                return False
+            conn.execute("INSERT OR REPLACE INTO notes(election, key, data, expires)"
+                         " VALUES (?, ?, ?, ?)", (election, key, data, expires))
+        return True
+
+    def get_note(self, election: str, key: str) -> bytes | None:
+        validate_election(election)
+        check_note_key(key)
+        try:
+            rows = self._query(
+                "SELECT substr(data, 1, ?), length(data) FROM notes WHERE election=? AND key=?"
+                " AND (expires IS NULL OR expires >= ?)",
+                (MAX_NOTE, election, key, filestate.now()))
+        except ConfigError:
+            if self.writer:
+                raise
+            return None  # a reader of a database an older lelect made: no notes table
+        if not rows or not isinstance(rows[0][0], bytes) or rows[0][1] > MAX_NOTE:
+            return None
+        return rows[0][0]
+
+    def delete_note(self, election: str, key: str) -> None:
+        validate_election(election)
+        check_note_key(key)
+        self._query("DELETE FROM notes WHERE election=? AND key=?", (election, key))
 
     # -- operations -------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ SCHEMA_VERSION = 2
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "fuse.sshfs"}
 
 _TABLES = {"terms", "leaders", "members", "history", "slots", "schema"}
+#: Tables a writer adds to a database an older lelect made (a reader does without).
+_LATER_TABLES = {"notes"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS terms (
     election TEXT PRIMARY KEY,
@@ -63,6 +65,13 @@ CREATE TABLE IF NOT EXISTS slots (
     slot TEXT NOT NULL,
     term INTEGER NOT NULL,
     PRIMARY KEY (election, slot)
+);
+CREATE TABLE IF NOT EXISTS notes (
+    election TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data BLOB NOT NULL,
+    expires REAL,
+    PRIMARY KEY (election, key)
 );
 CREATE TABLE IF NOT EXISTS schema (
     version INTEGER NOT NULL
@@ -611,7 +620,7 @@ def _connect(state: StateDir, checked: os.stat_result, writable: bool, check: bo
             if mode != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            if not _TABLES <= tables:
+            if not _TABLES | _LATER_TABLES <= tables:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executescript(_SCHEMA)
                 if not conn.execute("SELECT 1 FROM schema").fetchone():
