@@ -8,6 +8,45 @@ from lelect.errors import UsageError
 
 ELECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
+# -- the parts of an election with seats (``campaign --holders N``) -------------------------
+# Seat S of election NAME is an election of its own, ``NAME:seatS`` (its own lease, term,
+# history and hand-back), and ``NAME:line`` is the one line candidates wait in for a
+# seat. The ``:`` keeps them out of any name a user can give, and out of ``elections``.
+
+#: The most holders an election may have.
+MAX_HOLDERS = 100
+#: The longest name of an election with seats (its parts stay within 128 characters).
+MAX_SEATED_NAME = 120
+PART_NAME = re.compile(
+    r"(?P<election>[A-Za-z0-9][A-Za-z0-9._-]{0,119}):(?:seat(?P<seat>0|[1-9][0-9]?)|line)"
+)
+
+
+def seat_election(election: str, seat: int) -> str:
+    """The election that seat ``seat`` of ``election`` is."""
+    return f"{election}:seat{int(seat)}"
+
+
+def line_election(election: str) -> str:
+    """The election whose leader is the head of the line for ``election``'s seats."""
+    return f"{election}:line"
+
+
+def split_part(name: str) -> tuple[str, int | None]:
+    """``(election, seat)`` of a stored name (seat None: the election itself or its line)."""
+    match = PART_NAME.fullmatch(name)
+    if match is None:
+        return name, None
+    seat = match.group("seat")
+    return match.group("election"), None if seat is None else int(seat)
+
+
+def validate_stored(name: str) -> str:
+    """What a backend accepts: an election name, or one of lelect's own parts of one."""
+    if isinstance(name, str) and PART_NAME.fullmatch(name):
+        return name
+    return validate_election(name)
+
 
 def validate_election(name: str) -> str:
     """Return ``name`` if it is a valid election name, else raise UsageError saying why."""

@@ -67,7 +67,7 @@ from lelect.backends.records import (
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, UsageError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy, renew_interval
-from lelect.names import ELECTION_NAME, validate_election
+from lelect.names import ELECTION_NAME, validate_stored
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
@@ -314,7 +314,7 @@ class EtcdBackend(Backend):
         self._said_granted: set[tuple[float, float]] = set()
 
     def keys(self, election: str) -> EtcdKeys:
-        return EtcdKeys(self.options.prefix, validate_election(election))
+        return EtcdKeys(self.options.prefix, validate_stored(election))
 
     def say_granted(self, asked: float, granted: float) -> None:
         """Say once per length that etcd's lease differs from the ttl asked for."""

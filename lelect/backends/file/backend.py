@@ -47,7 +47,7 @@ from lelect.backends.records import (
 )
 from lelect.backends.urls import BackendURL
 from lelect.errors import ConfigError, UsageError
-from lelect.names import ELECTION_NAME, validate_election
+from lelect.names import ELECTION_NAME, validate_stored
 
 OBSERVE_INTERVAL = 0.1
 
@@ -188,7 +188,7 @@ class FileBackend(Backend):
 
     def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False
                    ) -> LocalLock:
-        validate_election(election)
+        validate_stored(election)
         return LocalLock(
             lock_path=self.lock_path(election),
             db_dir=self.directory,
@@ -313,7 +313,7 @@ class FileBackend(Backend):
                 raise
 
     def leader(self, election: str) -> LeaderInfo | None:
-        validate_election(election)
+        validate_stored(election)
         rows = self._query(
             "SELECT node_id, term, since, host, pid FROM leaders WHERE election=?", (election,)
         )
@@ -324,7 +324,7 @@ class FileBackend(Backend):
         return found or LeaderInfo(node_id="(unknown)", term=0)
 
     def observe(self, election: str, stop: threading.Event | None = None) -> Iterator[LeaderInfo | None]:
-        validate_election(election)
+        validate_stored(election)
         stop = stop or threading.Event()
 
         def looks() -> Iterator[LeaderInfo | None]:
@@ -372,7 +372,7 @@ class FileBackend(Backend):
     # -- heartbeats -------------------------------------------------------------------
 
     def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
-        validate_election(heartbeat.election)
+        validate_stored(heartbeat.election)
         stamp = filestate.now()
         with self._conn_lock, filestate.transaction(self._writable()) as conn:
             row = conn.execute(
@@ -391,7 +391,7 @@ class FileBackend(Backend):
         self._query("DELETE FROM members WHERE election=? AND node_id=?", (election, node_id))
 
     def members(self, election: str) -> Members:
-        validate_election(election)
+        validate_stored(election)
         now = filestate.now()
         if self.writer and self.db is not None:
             self._query("DELETE FROM members WHERE expires < ?", (now,))
@@ -418,7 +418,7 @@ class FileBackend(Backend):
 
     def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
                  create: bool = False) -> bool:
-        validate_election(election)
+        validate_stored(election)
         check_note_key(key)
         data = check_note(data)
         stamp = filestate.now()
@@ -434,7 +434,7 @@ class FileBackend(Backend):
         return True
 
     def get_note(self, election: str, key: str) -> bytes | None:
-        validate_election(election)
+        validate_stored(election)
         check_note_key(key)
         try:
             rows = self._query(
@@ -450,14 +450,14 @@ class FileBackend(Backend):
         return rows[0][0]
 
     def delete_note(self, election: str, key: str) -> None:
-        validate_election(election)
+        validate_stored(election)
         check_note_key(key)
         self._query("DELETE FROM notes WHERE election=? AND key=?", (election, key))
 
     # -- operations -------------------------------------------------------------------
 
     def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
-        validate_election(election)
+        validate_stored(election)
         rows = self._query(
             "SELECT entry FROM history WHERE election=? ORDER BY term DESC LIMIT ?",
             (election, limit if limit is not None else -1),

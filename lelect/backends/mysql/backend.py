@@ -53,7 +53,7 @@ from lelect.backends.mysql.link import LinkError, MySQLOptions, MySQLSession, wi
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.errors import CampaignCancelled, ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
-from lelect.names import validate_election
+from lelect.names import validate_stored
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
@@ -165,7 +165,7 @@ class MySQLBackend(Backend):
         on_wait: Callable[[LeaderInfo | None], None] | None,
         cancel: threading.Event | None = None,
     ) -> Leadership:
-        validate_election(election)
+        validate_stored(election)
         ttl = self.default_ttl if ttl is None else ttl
         token = secrets.token_hex(16)
         bell = self._bell(election)
@@ -321,7 +321,7 @@ class MySQLBackend(Backend):
         )
 
     def leader(self, election: str) -> LeaderInfo | None:
-        validate_election(election)
+        validate_stored(election)
         try:
             return self._leader(self._command, election, self.connect_timeout)[0]
         except LinkError as exc:
@@ -346,7 +346,7 @@ class MySQLBackend(Backend):
                 ) -> Iterator[LeaderInfo | None]:  # fmt: skip
         """Look every POLL_BOUND (MySQL has no notifications; one primary-key read), and
         at the lease's expiry by the server's clock."""
-        validate_election(election)
+        validate_stored(election)
         stop = stop or threading.Event()
         session = MySQLSession(self.options)
         retry = self.retry.attempts(None, cancel=stop)
@@ -369,7 +369,7 @@ class MySQLBackend(Backend):
             session.close()
 
     def request_resign(self, election: str, term: int | None = None) -> bool:
-        validate_election(election)
+        validate_stored(election)
         statement = self.render(sql.REQUEST_RESIGN, election=election,
                                 term_given=term is not None,
                                 term_value=0 if term is None else int(term))  # fmt: skip
@@ -379,19 +379,19 @@ class MySQLBackend(Backend):
     # -- heartbeats ---------------------------------------------------------------------
 
     def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
-        validate_election(heartbeat.election)
+        validate_stored(heartbeat.election)
         record = encode_member(heartbeat, (), forget_after=ttl).decode("utf-8")
         self._write(self.render(sql.PUBLISH, election=heartbeat.election,
                                 node_id=heartbeat.node_id, record=record,
                                 forget_us=sql.microseconds(ttl)))  # fmt: skip
 
     def remove_member(self, election: str, node_id: str) -> None:
-        validate_election(election)
+        validate_stored(election)
         self._write(self.render(sql.REMOVE_MEMBER, election=election, node_id=node_id),
                     create=False)
 
     def members(self, election: str) -> Members:
-        validate_election(election)
+        validate_stored(election)
         rows = self._read(self.render(sql.MEMBERS, election=election))
         if rows is None:
             return Members(election=election, now=self.now())
@@ -409,7 +409,7 @@ class MySQLBackend(Backend):
     # -- operations ---------------------------------------------------------------------
 
     def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
-        validate_election(election)
+        validate_stored(election)
         rows = self._read(self.render(sql.HISTORY, election=election,
                                       limit=_NO_LIMIT if limit is None else int(limit)))
         return [
@@ -421,7 +421,7 @@ class MySQLBackend(Backend):
         ]  # fmt: skip
 
     def slot_done(self, election: str, slot: str) -> HistoryEntry | None:
-        validate_election(election)
+        validate_stored(election)
         rows = self._read(self.render(sql.SLOT_DONE, election=election, slot=slot))
         if not rows:
             return None

@@ -63,7 +63,7 @@ from lelect.backends.postgres.link import (
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.errors import ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
-from lelect.names import validate_election
+from lelect.names import validate_stored
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
@@ -236,7 +236,7 @@ class PostgresBackend(Backend):
         on_wait: Callable[[LeaderInfo | None], None] | None,
         cancel: threading.Event | None = None,
     ) -> Leadership:
-        validate_election(election)
+        validate_stored(election)
         ttl = self.default_ttl if ttl is None else ttl
         token = secrets.token_hex(16)
         channel = sql.channel(self.options.schema, election)
@@ -372,7 +372,7 @@ class PostgresBackend(Backend):
         )
 
     def leader(self, election: str) -> LeaderInfo | None:
-        validate_election(election)
+        validate_stored(election)
         try:
             return self._leader(self._command, election, self.connect_timeout)[0]
         except psycopg.Error as exc:
@@ -393,7 +393,7 @@ class PostgresBackend(Backend):
 
     def observe(self, election: str, stop: threading.Event | None = None
                 ) -> Iterator[LeaderInfo | None]:  # fmt: skip
-        validate_election(election)
+        validate_stored(election)
         stop = stop or threading.Event()
         session = PgSession(self.options)
         channel = sql.channel(self.options.schema, election)
@@ -424,7 +424,7 @@ class PostgresBackend(Backend):
             session.close()
 
     def request_resign(self, election: str, term: int | None = None) -> bool:
-        validate_election(election)
+        validate_stored(election)
         statement = self.render(sql.REQUEST_RESIGN, election=election,
                                 term=None if term is None else int(term),
                                 channel=sql.channel(self.options.schema, election))  # fmt: skip
@@ -434,19 +434,19 @@ class PostgresBackend(Backend):
     # -- heartbeats ---------------------------------------------------------------------
 
     def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
-        validate_election(heartbeat.election)
+        validate_stored(heartbeat.election)
         record = encode_member(heartbeat, (), forget_after=ttl).decode("utf-8")
         self._write(self.render(sql.PUBLISH, election=heartbeat.election,
                                 node_id=heartbeat.node_id, record=record, forget_after=ttl,
                                 max_arrivals=MAX_ARRIVALS))  # fmt: skip
 
     def remove_member(self, election: str, node_id: str) -> None:
-        validate_election(election)
+        validate_stored(election)
         self._write(self.render(sql.REMOVE_MEMBER, election=election, node_id=node_id),
                     create=False)
 
     def members(self, election: str) -> Members:
-        validate_election(election)
+        validate_stored(election)
         rows = self._read(self.render(sql.MEMBERS, election=election))
         if rows is None:
             return Members(election=election, now=self.now())
@@ -464,7 +464,7 @@ class PostgresBackend(Backend):
     # -- operations ---------------------------------------------------------------------
 
     def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
-        validate_election(election)
+        validate_stored(election)
         rows = self._read(self.render(sql.HISTORY, election=election, limit=limit))
         return [
             HistoryEntry(election=election, term=int(term), node_id=node_id, host=host, pid=pid,
@@ -475,7 +475,7 @@ class PostgresBackend(Backend):
         ]  # fmt: skip
 
     def slot_done(self, election: str, slot: str) -> HistoryEntry | None:
-        validate_election(election)
+        validate_stored(election)
         rows = self._read(self.render(sql.SLOT_DONE, election=election, slot=slot))
         if not rows:
             return None

@@ -74,7 +74,7 @@ from lelect.backends.redis.scripts import (
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable
 from lelect.lease import Attempts, GaveUp, RetryPolicy
-from lelect.names import validate_election
+from lelect.names import validate_stored
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
@@ -100,7 +100,7 @@ class RedisBackend(Backend):
         self.retry = RetryPolicy(self.options.connect_timeout)
 
     def _keys(self, election: str) -> RedisKeys:
-        return RedisKeys(self.options.prefix, validate_election(election))
+        return RedisKeys(self.options.prefix, validate_stored(election))
 
     # -- leadership -------------------------------------------------------------------
 

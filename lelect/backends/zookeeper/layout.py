@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote
 
 from lelect.backends.records import RUNNING, VANISHED, VANISHED_REASON, HistoryEntry
 from lelect.errors import UsageError
-from lelect.names import validate_election
+from lelect.names import validate_stored
 
 #: kazoo's contender node name: ``<uuid4 hex>__lock__<10-digit sequence>``.
 CONTENDER_MARK = "__lock__"
@@ -85,7 +85,7 @@ class ElectionPaths:
 
     @classmethod
     def of(cls, base: str, election: str) -> ElectionPaths:
-        return cls(base, validate_election(election))
+        return cls(base, validate_stored(election))
 
     @property
     def contenders(self) -> str:
