@@ -97,10 +97,14 @@ class HeartbeatPublisher:
         forget_after: float = DEFAULT_FORGET_AFTER,
         role: str = "follower",
         on_duplicate: Callable[[Heartbeat], None] | None = None,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
         #: Called once if another live member already publishes under our node id.
         self.on_duplicate = on_duplicate
+        #: Called after every beat, in the publishing thread (its errors are ignored).
+        self.on_beat = on_beat
+        self.seat: int | None = None
         self.election = election
         self.candidate = candidate
         self.interval = interval
@@ -115,9 +119,9 @@ class HeartbeatPublisher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def set_role(self, role: str, term: int | None) -> None:
-        """Change the role (and term) and publish it at once."""
-        self.role, self.term = role, term
+    def set_role(self, role: str, term: int | None, seat: int | None = None) -> None:
+        """Change the role (and term, and seat) and publish it at once."""
+        self.role, self.term, self.seat = role, term, seat
         self._wake.set()
 
     def start(self) -> None:
@@ -163,6 +167,7 @@ class HeartbeatPublisher:
             pid=self.candidate.pid or os.getpid(),
             role=self.role,
             term=self.term,
+            seat=self.seat,
             seq=self.seq,
             time=time.time(),
             interval=self.interval,
@@ -200,6 +205,11 @@ class HeartbeatPublisher:
                 self.last_error = self.last_exception = None
             except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the campaign
                 self.last_error, self.last_exception = str(exc), exc
+            if self.on_beat is not None:
+                try:
+                    self.on_beat()
+                except Exception:  # noqa: BLE001 - a refresh is advisory; the next one retries
+                    pass
             self._wake.wait(self.interval)
             self._wake.clear()
 

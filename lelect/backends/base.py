@@ -42,6 +42,7 @@ from lelect.backends.records import (  # noqa: F401 - re-exported: the interface
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, CampaignCancelled, CampaignTimeout, ElectionBusy
 from lelect.lease import LATE_WIN, Lease
+from lelect.names import split_part
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
@@ -184,6 +185,8 @@ class Leadership:
         self.term = term
         self.token = token
         self.since = since
+        #: The seat this leadership is, for an election with seats (``NAME:seatS``).
+        self.seat = split_part(election)[1]
         self.lost = threading.Event()
         self.lost_reason: str | None = None
         self.resign_requested = threading.Event()
@@ -466,9 +469,10 @@ class Backend(ABC):
         and the lease runs out instead)."""
         return None
 
-    def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False
-                   ) -> LocalLock | None:
-        """A lock the job's keeper can take by itself (the embedded backend), else None."""
+    def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False,
+                   holders: int = 1) -> LocalLock | None:
+        """A lock the job's keeper can take by itself (the embedded backend), else None;
+        with ``holders`` > 1, the first free of that many seats."""
         return None
 
     def adopt_local_lock(self, lock: LocalLock, term: int, since: float,

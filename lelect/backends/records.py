@@ -231,6 +231,7 @@ class Heartbeat:
     net_bytes_sent: int = 0
     net_bytes_recv: int = 0
     interval: float | None = None  # the publisher's heartbeat interval, seconds
+    seat: int | None = None  # the seat a leader holds, in an election with seats
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -258,6 +259,7 @@ class Heartbeat:
                 net_bytes_recv=whole(data.get("net_bytes_recv", 0), "net_bytes_recv"),
                 interval=None if data.get("interval") is None
                 else finite(data["interval"], "interval"),
+                seat=None if data.get("seat") is None else whole(data["seat"], "seat", 0, 999),
             )
         except KeyError as exc:
             raise BadRecord(f"no {exc.args[0]} in the heartbeat") from None
@@ -481,6 +483,7 @@ class LocalLock:
     pid: int
     nowait: bool
     shared: bool = False  # the directory is shared by a group: files are made 0660
+    seats: int = 1  # an election with seats: the keeper takes the first free one
 
 
 @dataclass(frozen=True)

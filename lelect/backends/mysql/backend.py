@@ -413,7 +413,7 @@ class MySQLBackend(Backend):
 
     def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
                  create: bool = False) -> bool:
-        validate_election(election)
+        validate_stored(election)
         statement = self.render(
             sql.PUT_NOTE, election=election, key=check_note_key(key), data=check_note(data),
             ttl_us=None if ttl is None else sql.microseconds(ttl), only_new=create,
@@ -423,13 +423,13 @@ class MySQLBackend(Backend):
         return bool(rows and int(rows[0][0] or 0))
 
     def get_note(self, election: str, key: str) -> bytes | None:
-        validate_election(election)
+        validate_stored(election)
         rows = self._read(self.render(sql.GET_NOTE, election=election, key=check_note_key(key),
                                       max_bytes=MAX_NOTE))  # fmt: skip
         return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def delete_note(self, election: str, key: str) -> None:
-        validate_election(election)
+        validate_stored(election)
         self._write(self.render(sql.DELETE_NOTE, election=election, key=check_note_key(key)),
                     create=False)
 
