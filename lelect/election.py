@@ -22,7 +22,9 @@ from lelect.backends.base import (
     Members,
     ResignAnswer,
 )
-from lelect.names import validate_election, validate_node_id
+from lelect.errors import UsageError
+from lelect.names import split_part, validate_election, validate_node_id, validate_stored
+from lelect.seats import Seat, check_holders
 
 if TYPE_CHECKING:
     from lelect.aio import LeadershipBlock, LostCallback
@@ -43,8 +45,9 @@ class Client:
         """The backend's URL with any password masked."""
         return self.backend.display_url
 
-    def election(self, name: str, node_id: str | None = None) -> Election:
-        return Election(self.backend, name, node_id=node_id)
+    def election(self, name: str, node_id: str | None = None, *, holders: int = 1) -> Election:
+        """One election; ``holders`` > 1 lets that many lead at once, each in a seat."""
+        return Election(self.backend, name, node_id=node_id, holders=holders)
 
     def elections(self) -> list[str]:
         """Every election the backend knows (skipping names no election could have)."""
@@ -70,10 +73,36 @@ class Client:
 
 
 class Election:
-    def __init__(self, backend: Backend, name: str, node_id: str | None = None) -> None:
+    def __init__(self, backend: Backend, name: str, node_id: str | None = None, *,
+                 holders: int = 1) -> None:
         self.backend = backend
-        self.name = validate_election(name)
+        self.name = validate_stored(name) if split_part(name)[1] is not None \
+            else validate_election(name)
         self.candidate = Candidate.local(None if node_id is None else validate_node_id(node_id))
+        #: Up to this many lead at once, each in a seat (``campaign --holders N``).
+        self.holders = check_holders(self.name, holders)
+
+    def seat(self, seat: int) -> Election:
+        """Seat ``seat`` of this election, as an election of its own (its leader, its
+        history, a resign request to it)."""
+        from lelect.names import MAX_HOLDERS, seat_election
+
+        if not 0 <= seat < MAX_HOLDERS:
+            raise UsageError(f"--seat must be a whole number from 0 to {MAX_HOLDERS - 1}")
+        return Election(self.backend, seat_election(self.name, seat), self.candidate.node_id)
+
+    def holders_count(self) -> int:
+        """How many may lead at once: what the running candidates agreed on, else the
+        most this election ever had, else 1."""
+        from lelect.seats import holders_count
+
+        return holders_count(self.backend, self.name)
+
+    def seats(self, holders: int | None = None) -> list[Seat]:
+        """Every seat and who holds it (``holders`` seats, else :meth:`holders_count`)."""
+        from lelect.seats import seat_holders
+
+        return seat_holders(self.backend, self.name, holders)
 
     def campaign(
         self,
@@ -93,10 +122,20 @@ class Election:
         Setting ``cancel`` (from another thread) makes a waiting campaign leave the line
         and raise :class:`~lelect.errors.CampaignCancelled`; ``on_wait(holder)`` is
         called once (in the campaigning thread) when it starts waiting behind somebody."""
-        leadership = self.backend.campaign(
-            self.name, self.candidate, timeout=timeout, no_wait=no_wait, ttl=ttl,
-            cancel=cancel, on_wait=on_wait,
-        )
+        from lelect.seats import HoldersPin, campaign_seat
+
+        pin = HoldersPin(self.backend, self.name, self.holders)
+        if self.holders > 1:
+            leadership = campaign_seat(
+                self.backend, self.name, self.candidate, self.holders, timeout=timeout,
+                no_wait=no_wait, ttl=ttl, cancel=cancel, on_wait=on_wait, pin=pin,
+            )
+        else:
+            pin.claim()  # a plain election never shares its name with one with seats
+            leadership = self.backend.campaign(
+                self.name, self.candidate, timeout=timeout, no_wait=no_wait, ttl=ttl,
+                cancel=cancel, on_wait=on_wait,
+            )
         if on_elected is not None:
             on_elected(leadership)
         if on_lost is not None:
@@ -144,6 +183,7 @@ class Election:
         leads, under a keeper; options as :class:`lelect.campaign.CampaignOptions`."""
         from lelect.campaign import CampaignOptions
 
+        options.setdefault("holders", self.holders)
         opts = CampaignOptions(election=self.name, command=tuple(command),
                                node_id=self.candidate.node_id, **options)  # type: ignore[arg-type]
         return self.run_options(opts, log)
@@ -163,6 +203,19 @@ class Election:
     def leader(self) -> LeaderInfo | None:
         return self.backend.leader(self.name)
 
+    def wait_for_holders(self, timeout: float | None = None) -> list[Seat]:
+        """The seats once one is held (or as they are when ``timeout`` ran out)."""
+        import time
+
+        from lelect.names import SEAT_LOOK
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seats = self.seats()
+            if any(s.holder for s in seats) or (end is not None and time.monotonic() >= end):
+                return seats
+            time.sleep(SEAT_LOOK * 4)
+
     def request_resign(self, term: int | None = None) -> bool | ResignAnswer:
         """Ask the current leader (only of ``term`` if given) to step down: true if it
         was asked; ``ResignAnswer.CANNOT_ASK`` (false) if the leader is not lelect's (an
@@ -173,8 +226,15 @@ class Election:
         return self.backend.members(self.name)
 
     def history(self, limit: int | None = None) -> list[HistoryEntry]:
-        """The newest ``limit`` leaderships (default: all kept), oldest first."""
-        return self.backend.history(self.name, limit)
+        """The newest ``limit`` leaderships (default: all kept), oldest first; of every
+        seat, for an election with seats (each entry's ``seat`` says which)."""
+        count = self.holders_count() if split_part(self.name)[1] is None else 1
+        if count <= 1:
+            return self.backend.history(self.name, limit)
+        entries = [entry for seat in range(count)
+                   for entry in self.seat(seat).history(limit)]
+        entries.sort(key=lambda entry: (entry.started or 0.0, entry.seat or 0, entry.term))
+        return entries if limit is None else entries[-limit:]
 
     def wait_for_leader(self, after_term: int = -1, timeout: float | None = None
                         ) -> LeaderInfo | None:

@@ -377,9 +377,21 @@ class HistoryEntry:
     slot: str | None = None  # the once-per slot this leadership completed
     reason: str | None = None  # why it ended, in words, where that is known
 
+    @property
+    def seat(self) -> int | None:
+        """The seat this leadership was, in an election with seats (its election is then
+        ``NAME:seatS``)."""
+        from lelect.names import split_part
+
+        return split_part(self.election)[1]
+
     def to_json(self) -> dict[str, Any]:
+        from lelect.names import split_part
+
+        election, seat = split_part(self.election)
         return {
-            "election": self.election,
+            "election": election,
+            **({} if seat is None else {"seat": seat}),
             "term": self.term,
             "node_id": self.node_id,
             "host": self.host,

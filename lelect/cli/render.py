@@ -229,7 +229,8 @@ def history_table(election: str, entries: Sequence[HistoryEntry]) -> RenderableT
     if not entries:
         return Text(f"{_clean(election, 128)}: no leaderships recorded", style="dim")
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold dim")
-    for name in ("TERM", "NODE", "STARTED", "ENDED", "OUTCOME", "STATUS"):
+    seated = any(entry.seat is not None for entry in entries)
+    for name in ("SEAT", "TERM", "NODE", "STARTED", "ENDED", "OUTCOME", "STATUS")[not seated:]:
         table.add_column(name, no_wrap=True, min_width=len(name))
     table.add_column("NOTE", overflow="fold", ratio=1)  # the one column that gives way
     styles = {"running": "bold green", "exited": "", "resigned": "cyan", "lost": "bold red",
@@ -239,7 +240,7 @@ def history_table(election: str, entries: Sequence[HistoryEntry]) -> RenderableT
         if entry.slot:
             note = f"slot {entry.slot}" + (f"; {note}" if note else "")
         table.add_row(
-            str(entry.term), Text(_clean(entry.node_id, 64)), _stamp(entry.started),
+            *([str(entry.seat)] if seated else []), str(entry.term), Text(_clean(entry.node_id, 64)), _stamp(entry.started),
             _stamp(entry.ended, entry.started), Text(entry.outcome, style=styles.get(entry.outcome, "")),
             "" if entry.exit_status is None else str(entry.exit_status), Text(_clean(note, 80)),
         )
