@@ -432,22 +432,22 @@ class Backend(ABC):
     # agreed on, the value each term proclaimed, the node a leadership is handed to.
     # Written by lelect, read back as data that may be garbage (callers check it).
 
+    @abstractmethod
     def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
                  create: bool = False) -> bool:
         """Store ``data`` (at most :data:`MAX_NOTE` bytes) under ``key`` (:func:`check_note_key`)
         beside ``election``, for ``ttl`` seconds by the backend's clock (None: until deleted).
         With ``create``, only if no live note has that key: False (nothing written) if
         one has. True when written."""
-        raise NotImplementedError(f"{self.scheme}:// keeps no notes")
 
+    @abstractmethod
     def get_note(self, election: str, key: str) -> bytes | None:
         """The live note under ``key``, or None (none, expired, or over :data:`MAX_NOTE`
         bytes: a read is bounded)."""
-        raise NotImplementedError(f"{self.scheme}:// keeps no notes")
 
+    @abstractmethod
     def delete_note(self, election: str, key: str) -> None:
         """Forget the note under ``key`` (nothing if there is none)."""
-        raise NotImplementedError(f"{self.scheme}:// keeps no notes")
 
     # -- operations -------------------------------------------------------------------
 
