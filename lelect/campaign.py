@@ -39,7 +39,7 @@ from lelect.errors import (
 from lelect.lease import LeaseTiming
 from lelect.names import seat_election, validate_election
 from lelect.options import DEFAULT_GRACE, default  # noqa: F401 - DEFAULT_GRACE for library users
-from lelect.seats import HoldersPin, campaign_seat, check_holders, seat_holders
+from lelect.seats import HoldersMismatch, HoldersPin, campaign_seat, check_holders, seat_holders
 from lelect.status import ExitStatus
 from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
@@ -485,6 +485,11 @@ class _Driver:
             history_limit=backend.history_limit,
             announce=announce,
         )
+        # Every candidate agrees on --holders (seats.py): claimed while the campaign makes
+        # its first contact, and settled before any job runs.
+        agreed = self.pin.claim_alongside()
+        if lock is not None:
+            agreed()  # the keeper starts the job the moment it wins (a local database)
         keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.announced = False
@@ -493,7 +498,6 @@ class _Driver:
         self.cancelled_by = None
         self.blocking = True
         try:
-            self.pin.claim()  # every candidate agrees on --holders (seats.py)
             if lock is not None:
                 won = self._wait_for_keeper(lock, keeper)
                 if not isinstance(won, Leadership):
@@ -526,6 +530,12 @@ class _Driver:
             return self._cancelled(keeper)
         finally:
             self.blocking = False
+        try:
+            agreed()
+        except HoldersMismatch:
+            keeper.kill()
+            leadership.release("stopped", None, "its candidates disagree on --holders")
+            raise
         self.leadership = leadership
         return self._won(leadership, keeper)
 

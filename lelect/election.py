@@ -24,7 +24,7 @@ from lelect.backends.base import (
 )
 from lelect.errors import UsageError
 from lelect.names import split_part, validate_election, validate_node_id, validate_stored
-from lelect.seats import Seat, check_holders
+from lelect.seats import HoldersMismatch, Seat, check_holders
 
 if TYPE_CHECKING:
     from lelect.aio import LeadershipBlock, LostCallback
@@ -125,17 +125,22 @@ class Election:
         from lelect.seats import HoldersPin, campaign_seat
 
         pin = HoldersPin(self.backend, self.name, self.holders)
+        agreed = pin.claim_alongside()  # a plain election never shares its name with seats
         if self.holders > 1:
             leadership = campaign_seat(
                 self.backend, self.name, self.candidate, self.holders, timeout=timeout,
                 no_wait=no_wait, ttl=ttl, cancel=cancel, on_wait=on_wait, pin=pin,
             )
         else:
-            pin.claim()  # a plain election never shares its name with one with seats
             leadership = self.backend.campaign(
                 self.name, self.candidate, timeout=timeout, no_wait=no_wait, ttl=ttl,
                 cancel=cancel, on_wait=on_wait,
             )
+        try:
+            agreed()
+        except HoldersMismatch:
+            leadership.release("stopped", None, "its candidates disagree on holders")
+            raise
         if on_elected is not None:
             on_elected(leadership)
         if on_lost is not None:

@@ -126,6 +126,33 @@ class HoldersPin:
                 backend.put_note(election, SEATS_KEY, _encode(self.holders))
         self.claimed_at = time.monotonic()
 
+    def claim_alongside(self) -> Callable[[], None]:
+        """Claim in a thread, alongside a campaign (whose first contact with the server
+        reports an unreachable server, within the campaign's own bound); return
+        ``verdict()``, which waits for the claim (at most the backend's connect timeout)
+        and raises HoldersMismatch if it was refused. Call it before anything runs."""
+        done = threading.Event()
+        refused: list[HoldersMismatch] = []
+
+        def claim() -> None:
+            try:
+                self.claim()
+            except HoldersMismatch as exc:
+                refused.append(exc)
+            except Exception:  # noqa: BLE001 - unreachable: the campaign says so itself
+                pass
+            finally:
+                done.set()
+
+        threading.Thread(target=claim, name="holders-claim", daemon=True).start()
+
+        def verdict() -> None:
+            done.wait(self.backend.connect_timeout)
+            if refused:
+                raise refused[0]
+
+        return verdict
+
     def refresh_if_due(self) -> None:
         """Claim again once a third of :data:`PIN_TTL` has passed (from the heartbeat
         thread, or the line's loop)."""
@@ -164,10 +191,13 @@ def campaign_seat(
     """Block until ``candidate`` holds a seat of ``election``; return that seat's
     leadership (``leadership.seat`` says which). Errors as :meth:`Backend.campaign`.
 
+    ``pin``: the caller's claim on the number of holders, which it has made (this
+    refreshes it while at the head of the line); None claims one here first.
     ``take(seat_election)`` tries one free seat without waiting (None: taken by somebody
     else first); by default ``backend.campaign(..., no_wait=True)``."""
-    pin = pin or HoldersPin(backend, election, holders)
-    pin.claim()
+    if pin is None:
+        pin = HoldersPin(backend, election, holders)
+        pin.claim()
     started = time.monotonic()
     line = line_election(election)
 

@@ -70,6 +70,8 @@ def member_json(member: MemberHealth, *, phi: bool = False) -> dict[str, Any]:
         net_bytes_sent=beat.net_bytes_sent if beat else None,
         net_bytes_recv=beat.net_bytes_recv if beat else None,
     )
+    if beat is not None and beat.seat is not None:
+        record["seat"] = beat.seat
     if member.stale_leader:
         record["stale_leader"] = True
     if member.error:
@@ -83,6 +85,8 @@ def group_json(group: GroupHealth, *, phi: bool = False) -> dict[str, Any]:
         "election": group.election,
         "status": group.status,
         "leader": group.leader.to_json() if group.leader else None,
+        **({"holders": [{"seat": s.seat, "leader": s.holder.to_json() if s.holder else None}
+                        for s in group.seats]} if group.seats else {}),
         "members": [member_json(m, phi=phi) for m in group.members],
     }
 
@@ -143,7 +147,11 @@ def group_title(group: GroupHealth):
     from rich.text import Text
 
     title = Text.assemble((_clean(group.election, 128), "bold"), "  ")
-    if group.leader is None:
+    if group.seats:
+        held = sum(1 for seat in group.seats if seat.holder is not None)
+        title.append(f"{held} of {len(group.seats)} seats held",
+                     style="bold red" if not held else "")
+    elif group.leader is None:
         title.append("no leader", style="bold red")
     else:
         leader = group.leader
@@ -153,6 +161,14 @@ def group_title(group: GroupHealth):
     title.append("  ")
     title.append(group.status, style=STYLES[group.status])
     return title
+
+
+def _seat_of(group: GroupHealth, member: MemberHealth) -> str:
+    """`` seat S`` for a holder of an election with seats."""
+    for seat in group.seats:
+        if seat.holder is not None and seat.holder.node_id == member.node_id:
+            return f" seat {seat.seat}"
+    return ""
 
 
 def group_table(group: GroupHealth, *, phi: bool = False) -> RenderableType:
@@ -177,7 +193,7 @@ def group_table(group: GroupHealth, *, phi: bool = False) -> RenderableType:
             load = _number(beat.load1, 2) if beat else None
             row = [
                 Text(_clean(member.node_id), style="bold" if member.role == "leader" else ""),
-                Text(member.role + ("*" if _note(member) else "")),
+                Text(member.role + _seat_of(group, member) + ("*" if _note(member) else "")),
                 Text(_age(member.last_seen_s)),
                 Text(_percent(beat.cpu_percent if beat else None)),
                 Text(_percent(beat.memory_percent if beat else None)),
