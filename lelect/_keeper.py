@@ -464,7 +464,11 @@ class Keeper(LocalElection):
         held = self.lock_fd is not None
         self.release()  # the next leader goes ahead at once
         self.take_terminal_back()
-        if gone and not self.released_by_lelect and self.job_pid is not None:
+        if gone and not self.released_by_lelect and self.job_pid is None:
+            if lelect_died and self.hand_back_runner is not None:
+                # No job ran: lelect held the head of an election's line (seats.py).
+                self.hand_back_runner.run(self.job_status)
+        elif gone and not self.released_by_lelect:
             if held and (lelect_died or self.exit_when_done):
                 # lelect died, or was stopped before it heard that we won.
                 from lelect.backends.words import HAND_BACK_REASON

@@ -508,7 +508,7 @@ class _Driver:
                 leadership = campaign_seat(
                     backend, opts.election, self.candidate, opts.holders, timeout=opts.timeout,
                     no_wait=opts.no_wait, ttl=self.timing.ttl, on_wait=self._on_wait,
-                    cancel=self.cancel, pin=self.pin,
+                    cancel=self.cancel, pin=self.pin, on_head=self._head_of_line,
                 )
             else:
                 leadership = backend.campaign(
@@ -538,6 +538,13 @@ class _Driver:
             raise
         self.leadership = leadership
         return self._won(leadership, keeper)
+
+    def _head_of_line(self, line: Leadership) -> None:
+        """At the head of the line for a seat: should lelect die there, its keeper
+        hands the line back at once (the next in line need not wait for its lease)."""
+        recipe = self.backend.hand_back(line)
+        if recipe is not None and self.keeper is not None:
+            self.keeper.hand_back_with(recipe)
 
     def _cancelled(self, keeper: KeeperHandle) -> core.Event:
         keeper.kill()  # a job it had just started gets the stop signal and the grace

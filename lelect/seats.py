@@ -187,6 +187,7 @@ def campaign_seat(
     cancel: threading.Event | None = None,
     pin: HoldersPin | None = None,
     take: Callable[[str], Leadership | None] | None = None,
+    on_head: Callable[[Leadership], None] | None = None,
 ) -> Leadership:
     """Block until ``candidate`` holds a seat of ``election``; return that seat's
     leadership (``leadership.seat`` says which). Errors as :meth:`Backend.campaign`.
@@ -194,7 +195,9 @@ def campaign_seat(
     ``pin``: the caller's claim on the number of holders, which it has made (this
     refreshes it while at the head of the line); None claims one here first.
     ``take(seat_election)`` tries one free seat without waiting (None: taken by somebody
-    else first); by default ``backend.campaign(..., no_wait=True)``."""
+    else first); by default ``backend.campaign(..., no_wait=True)``. ``on_head(line)`` is
+    called when the candidate reaches the head of the line (a CLI candidate has its
+    keeper hand the line back should lelect die there)."""
     if pin is None:
         pin = HoldersPin(backend, election, holders)
         pin.claim()
@@ -238,6 +241,8 @@ def campaign_seat(
         except CampaignTimeout:
             raise timed_out(election, timeout) from None
         try:
+            if on_head is not None:
+                on_head(head)
             if not told:
                 waits(None)
             while head.is_leader():

@@ -988,3 +988,25 @@ def test_seats_in_python_each_holder_its_own_seat(backend):
     finally:
         first.release()
         second.release()
+
+
+def test_a_killed_head_of_the_line_hands_the_line_back_at_once(target, tmp_path):
+    ttl = ("--ttl", "10s") if target.lease else ()
+    holders = [leading(target, "line", tmp_path, f"h{i}", "--holders", "2", *ttl)
+               for i in range(2)]
+    head, _ = waiting(target, "line", "--holders", "2", *ttl, "--", "true", name="head")
+    started = tmp_path / "second"
+    second = spawn_lelect("campaign", "line", "--holders", "2", "--id", "second", *ttl, "--",
+                          "touch", str(started), backend=target.url)
+    OutputTail(second.stderr).wait_for("waiting for")
+    head.kill()
+    head.communicate(timeout=30)
+    freed_at = time.monotonic()
+    holders[0][1].touch()
+    holders[0][0].communicate(timeout=30)
+    wait_until(started.exists, timeout=30, what="the second in line's job")
+    took = time.monotonic() - freed_at
+    assert took < 5.0, f"the freed seat was taken {took:.1f}s later: the dead head held the line"
+    second.communicate(timeout=30)
+    holders[1][1].touch()
+    holders[1][0].communicate(timeout=30)
