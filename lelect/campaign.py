@@ -54,6 +54,11 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signa
 Log = Callable[..., None]
 
 
+#: How long the embedded backend waits for its database to settle --holders before the
+#: keeper takes the lock (a database another process holds busy is not waited out).
+LOCAL_VERDICT = 0.5
+
+
 def _no_log(event: str, message: str, **fields: Any) -> None:
     pass
 
@@ -269,7 +274,8 @@ class _Driver:
         self.status = status or CampaignStatus()
         self.status.election, self.status.node_id = options.election, self.candidate.node_id
         #: This candidate's word on --holders, claimed before each attempt (seats.py).
-        self.pin = HoldersPin(backend, options.election, options.holders)
+        self.pin = HoldersPin(backend.aside(), options.election, options.holders)
+        self.disagreed = False
 
     # -- signals ----------------------------------------------------------------
 
@@ -489,7 +495,9 @@ class _Driver:
         # its first contact, and settled before any job runs.
         agreed = self.pin.claim_alongside()
         if lock is not None:
-            agreed()  # the keeper starts the job the moment it wins (a local database)
+            # The keeper starts the job the moment it wins: settle first (a local
+            # database; one held busy by another process is not waited for long).
+            agreed(LOCAL_VERDICT)
         keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.announced = False
@@ -737,6 +745,17 @@ class _Driver:
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
 
+    def _refresh_holders(self) -> None:
+        """Keep this candidate's word on --holders alive (from the heartbeat thread); say
+        once if the election's candidates have come to disagree (two that started at
+        the same instant on an election nobody ran)."""
+        try:
+            self.pin.refresh_if_due()
+        except HoldersMismatch as exc:
+            if not self.disagreed:
+                self.disagreed = True
+                self.log("holders-disagree", str(exc))
+
     def _start_heartbeats(self) -> None:
         if self.options.heartbeat_interval <= 0:
             return
@@ -754,7 +773,7 @@ class _Driver:
             interval=self.options.heartbeat_interval,
             forget_after=self.options.forget_after,
             on_duplicate=duplicate,
-            on_beat=self.pin.refresh_if_due,
+            on_beat=self._refresh_holders,
         )
         self.heartbeats.start()
 

@@ -126,7 +126,7 @@ class HoldersPin:
                 backend.put_note(election, SEATS_KEY, _encode(self.holders))
         self.claimed_at = time.monotonic()
 
-    def claim_alongside(self) -> Callable[[], None]:
+    def claim_alongside(self) -> Callable[..., None]:
         """Claim in a thread, alongside a campaign (whose first contact with the server
         reports an unreachable server, within the campaign's own bound); return
         ``verdict()``, which waits for the claim (at most the backend's connect timeout)
@@ -146,8 +146,8 @@ class HoldersPin:
 
         threading.Thread(target=claim, name="holders-claim", daemon=True).start()
 
-        def verdict() -> None:
-            done.wait(self.backend.connect_timeout)
+        def verdict(within: float | None = None) -> None:
+            done.wait(self.backend.connect_timeout if within is None else within)
             if refused:
                 raise refused[0]
 

@@ -136,6 +136,12 @@ class FileBackend(Backend):
         if self.exists:
             _ = self.db  # refuse a corrupt database now, before anybody waits on it
 
+    def aside(self) -> FileBackend:
+        """Its own database connection: one the campaign shares with its heartbeats
+        waits while another process holds the database busy, and an advisory write must
+        never make a release or an exit wait behind it."""
+        return FileBackend(self.url, create=self.writer)
+
     # -- state ----------------------------------------------------------------
 
     @property
