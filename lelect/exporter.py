@@ -8,6 +8,8 @@ cost the backend nothing.
 
     lelect_has_leader{election}                      1 while somebody leads
     lelect_leader_term{election}                     the leader's term (fencing token)
+    lelect_seats{election,state}                     seats held and free (--holders N)
+    lelect_seat_term{election,seat}                  each held seat's term
     lelect_members{election,status}                  members alive / suspect / dead
     lelect_health_status{election}                   0 healthy, 1 degraded, 2 critical
     lelect_member_heartbeat_age_seconds{election,node_id}
@@ -53,7 +55,7 @@ class Exporter:
         self._lock = threading.Lock()
         self._groups: tuple[GroupHealth, ...] = ()
         self._error: str | None = None
-        self._terms: dict[str, set[int]] = {}  # history terms counted, per election
+        self._terms: dict[str, set[tuple[int | None, int]]] = {}  # (seat, term)s counted
         self._changes: dict[str, int] = {}
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -104,7 +106,7 @@ class Exporter:
         except LelectError:
             return
         seen = self._terms.setdefault(election, set())
-        new = {e.term for e in entries} - seen
+        new = {(e.seat, e.term) for e in entries} - seen  # terms are per seat
         seen |= new
         self._changes[election] = self._changes.get(election, 0) + len(new)
 
@@ -130,6 +132,9 @@ class Exporter:
             return Response.json(404, {"election": election, "error": "unknown election"})
         leader = group.leader
         body = {"election": election, "leader": leader.to_json() if leader else None}
+        if group.seats:
+            body["holders"] = [{"seat": s.seat, "leader": s.holder.to_json() if s.holder else None}
+                               for s in group.seats]
         return Response.json(200 if leader is not None else 503, body)
 
     # -- prometheus_client's collector protocol ---------------------------------------
@@ -160,11 +165,21 @@ class Exporter:
         total = core.CounterMetricFamily("lelect_leader_changes_total",
                                          "Leaderships recorded in the history",
                                          labels=["election"])
+        seats = core.GaugeMetricFamily("lelect_seats", "Seats of an election with seats, by"
+                                       " whether they are held", labels=["election", "state"])
+        seat_term = core.GaugeMetricFamily("lelect_seat_term", "Each held seat's term (its"
+                                           " fencing token)", labels=["election", "seat"])
         for group in groups:
             name = group.election
             has.add_metric([name], 1 if group.leader else 0)
             if group.leader is not None:
                 term.add_metric([name], group.leader.term)
+            if group.seats:
+                held = [s for s in group.seats if s.holder is not None]
+                seats.add_metric([name, "held"], len(held))
+                seats.add_metric([name, "free"], len(group.seats) - len(held))
+                for s in held:
+                    seat_term.add_metric([name, str(s.seat)], s.holder.term)
             for status in (ALIVE, SUSPECT, DEAD):
                 members.add_metric([name, status], sum(m.status == status for m in group.members))
             health.add_metric([name], EXIT_STATUS[group.status])
@@ -172,7 +187,7 @@ class Exporter:
                 if member.last_seen_s is not None:
                     age.add_metric([name, member.node_id], member.last_seen_s)
             total.add_metric([name], changes.get(name, 0))
-        yield from (has, term, members, health, age, total)
+        yield from (has, term, members, health, age, total, seats, seat_term)
 
 
 def serve(exporter: Exporter, host: str, port: int, *, read_timeout: float = READ_TIMEOUT,
