@@ -274,7 +274,7 @@ class _Driver:
         self.status = status or CampaignStatus()
         self.status.election, self.status.node_id = options.election, self.candidate.node_id
         #: This candidate's word on --holders, claimed before each attempt (seats.py).
-        self.pin = HoldersPin(backend.aside(), options.election, options.holders)
+        self.pin = HoldersPin(backend, options.election, options.holders)
         self.disagreed = False
 
     # -- signals ----------------------------------------------------------------

@@ -156,8 +156,8 @@ class HoldersPin:
     def refresh_if_due(self) -> None:
         """Claim again once a third of :data:`PIN_TTL` has passed (from the heartbeat
         thread, or the line's loop)."""
-        if self.claimed_at is None or time.monotonic() - self.claimed_at >= PIN_TTL / 3:
-            self.claim()
+        if self.claimed_at is not None and time.monotonic() - self.claimed_at >= PIN_TTL / 3:
+            self.claim()  # (the campaign's own claim comes first: nothing before it)
 
 
 @dataclass(frozen=True)

@@ -464,11 +464,6 @@ class Backend(ABC):
         """The backend's clock (epoch seconds); the local clock where it has none
         (:attr:`has_clock` False)."""
 
-    def aside(self) -> Backend:
-        """A handle for advisory writes (the holders claim) that must never hold up this
-        one's calls: this backend itself, where calls from several threads interleave."""
-        return self
-
     def hand_back(self, leadership: Leadership) -> HandBack | None:
         """How the job's keeper releases ``leadership`` if lelect dies (None: it cannot,
         and the lease runs out instead)."""

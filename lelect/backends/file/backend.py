@@ -11,6 +11,7 @@ unix socket in DIR for resign requests; observers poll SQLite's ``PRAGMA data_ve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -46,7 +47,7 @@ from lelect.backends.records import (
     stored_arrivals,
 )
 from lelect.backends.urls import BackendURL
-from lelect.errors import ConfigError, UsageError
+from lelect.errors import BackendUnavailable, ConfigError, UsageError
 from lelect.names import ELECTION_NAME, validate_stored
 
 OBSERVE_INTERVAL = 0.1
@@ -105,6 +106,11 @@ class FileLeadership(Leadership):
             listener.close()
 
 
+#: How long a note (advisory: the holders claim) waits for a database another process
+#: holds busy.
+NOTE_BUSY = 0.5
+
+
 class FileBackend(Backend):
     scheme = "file"
     lease_based = False
@@ -135,12 +141,6 @@ class FileBackend(Backend):
         self._conn_lock = threading.RLock()
         if self.exists:
             _ = self.db  # refuse a corrupt database now, before anybody waits on it
-
-    def aside(self) -> FileBackend:
-        """Its own database connection: one the campaign shares with its heartbeats
-        waits while another process holds the database busy, and an advisory write must
-        never make a release or an exit wait behind it."""
-        return FileBackend(self.url, create=self.writer)
 
     # -- state ----------------------------------------------------------------
 
@@ -430,15 +430,32 @@ class FileBackend(Backend):
         data = check_note(data)
         stamp = filestate.now()
         expires = None if ttl is None else stamp + ttl
-        with self._conn_lock, filestate.transaction(self._writable()) as conn:
-            if create and conn.execute(
-                "SELECT 1 FROM notes WHERE election=? AND key=?"
-                " AND (expires IS NULL OR expires >= ?)", (election, key, stamp)
-            ).fetchone():
-                return False
-            conn.execute("INSERT OR REPLACE INTO notes(election, key, data, expires)"
-                         " VALUES (?, ?, ?, ?)", (election, key, data, expires))
+        with self._conn_lock, self._briefly(self._writable()) as conn:
+            with filestate.transaction(conn):
+                if create and conn.execute(
+                    "SELECT 1 FROM notes WHERE election=? AND key=?"
+                    " AND (expires IS NULL OR expires >= ?)", (election, key, stamp)
+                ).fetchone():
+                    return False
+                conn.execute("INSERT OR REPLACE INTO notes(election, key, data, expires)"
+                             " VALUES (?, ?, ?, ?)", (election, key, data, expires))
         return True
+
+    @contextlib.contextmanager
+    def _briefly(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """A note is advisory: while another process holds the database busy, wait at
+        most :data:`NOTE_BUSY` for it (not the busy timeout a leadership waits), so the
+        connection, which the campaign and its heartbeats share, is soon free again."""
+        conn.execute(f"PRAGMA busy_timeout={int(NOTE_BUSY * 1000)}")
+        try:
+            yield conn
+        except ConfigError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise BackendUnavailable(f"the state database in {self.directory} is busy"
+                                     " (another process holds it)") from None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(filestate.BUSY_TIMEOUT * 1000)}")
 
     def get_note(self, election: str, key: str) -> bytes | None:
         validate_stored(election)
@@ -459,7 +476,8 @@ class FileBackend(Backend):
     def delete_note(self, election: str, key: str) -> None:
         validate_stored(election)
         check_note_key(key)
-        self._query("DELETE FROM notes WHERE election=? AND key=?", (election, key))
+        with self._conn_lock, self._briefly(self._writable()):
+            self._query("DELETE FROM notes WHERE election=? AND key=?", (election, key))
 
     # -- operations -------------------------------------------------------------------
 
