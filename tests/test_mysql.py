@@ -125,9 +125,9 @@ def test_a_user_with_only_the_run_grants_and_a_password_file_runs_a_campaign(
     assert "term=1" in out.stdout
     assert "run-pw-1" not in out.stdout + out.stderr
     with connect(run_url) as backend:  # notes, for seats, values and handovers
-        assert backend.put_note("least", "holders", b"2", 30, create=True) is True
-        assert backend.get_note("least", "holders") == b"2"
-        backend.delete_note("least", "holders")
+        assert backend.put_note("least", "value.7", b"2", 30, create=True) is True
+        assert backend.get_note("least", "value.7") == b"2"
+        backend.delete_note("least", "value.7")
     # Without CREATE, a fresh prefix cannot be set up: 78, naming the GRANT.
     fresh = mysql_server.url(user=user, password=None, prefix=fresh_prefix(), password_file=str(pw))
     out = run_lelect("campaign", "least", "--", "true", backend=fresh)
