@@ -21,8 +21,13 @@ from lelect.backends.base import (
     Leadership,
     Members,
     ResignAnswer,
+    not_leading,
+    publish_value,
+    with_value,
 )
-from lelect.names import validate_election, validate_node_id
+from lelect.backends.notes import HANDOVER_KEY, encode_handover, encode_value, handover_ttl
+from lelect.errors import LelectError, NotWaiting, UsageError
+from lelect.names import MAX_HOLDERS, seat_election, validate_election, validate_node_id
 
 if TYPE_CHECKING:
     from lelect.aio import LeadershipBlock, LostCallback
@@ -160,14 +165,67 @@ class Election:
         return run_campaign(self.backend, options, log or _no_log,
                             Notifier() if systemd else None, status)
 
-    def leader(self) -> LeaderInfo | None:
-        return self.backend.leader(self.name)
+    def part(self, seat: int | None = None) -> str:
+        """Where the leadership of ``seat`` lives: the election itself (None), or its
+        seat's own election."""
+        if seat is None:
+            return self.name
+        if isinstance(seat, bool) or not isinstance(seat, int) or not 0 <= seat < MAX_HOLDERS:
+            raise UsageError(f"invalid seat {seat!r}: seats are 0 to {MAX_HOLDERS - 1}")
+        return seat_election(self.name, seat)
 
-    def request_resign(self, term: int | None = None) -> bool | ResignAnswer:
+    def leader(self, seat: int | None = None) -> LeaderInfo | None:
+        """Who leads now, with the value its term proclaimed (None: nobody)."""
+        part = self.part(seat)
+        return with_value(self.backend, part, self.backend.leader(part))
+
+    def request_resign(self, term: int | None = None, seat: int | None = None
+                       ) -> bool | ResignAnswer:
         """Ask the current leader (only of ``term`` if given) to step down: true if it
         was asked; ``ResignAnswer.CANNOT_ASK`` (false) if the leader is not lelect's (an
         ``etcdctl elect``, a kazoo Election) and cannot be asked."""
-        return self.backend.request_resign(self.name, term)
+        return self.backend.request_resign(self.part(seat), term)
+
+    def proclaim(self, value: str, term: int, seat: int | None = None) -> None:
+        """Publish ``value`` (text, at most 4 KiB of UTF-8) as the value of the leadership
+        of ``term`` (a job's ``LELECT_TERM``), replacing any earlier one. Raises NotLeader
+        (nothing written) unless ``term`` leads, before and after the write."""
+        part = self.part(seat)
+        data = encode_value(value)
+        now = self.backend.leader(part)
+        if now is None or now.term != term:
+            raise not_leading(part, term, now)
+        publish_value(self.backend, part, term, data)
+
+    def is_waiting(self, node_id: str, detector: PhiAccrualDetector | None = None) -> bool:
+        """``node_id`` is a live candidate waiting in line (a fresh "follower" heartbeat
+        among the election's members)."""
+        from lelect.health import PhiAccrualDetector, is_waiting
+
+        return is_waiting(self.members(), node_id, detector or PhiAccrualDetector())
+
+    def hand_over(self, to: str, term: int, seat: int | None = None) -> bool | ResignAnswer:
+        """Ask the leadership of ``term`` to step down in favour of node ``to``: for a
+        bounded time (:func:`~lelect.backends.notes.handover_ttl`) only ``to`` may take
+        it, then anybody may. Raises NotLeader unless ``term`` leads, NotWaiting unless
+        ``to`` is a live candidate waiting in line (both: nothing changed). Otherwise as
+        :meth:`request_resign` (if the leader could not be asked, the reservation is
+        taken back)."""
+        part = self.part(seat)
+        now = self.backend.leader(part)
+        if now is None or now.term != term:
+            raise not_leading(part, term, now)
+        if not self.is_waiting(to):
+            raise NotWaiting(f"{to} is not waiting in {self.name}; nothing changed")
+        ttl = handover_ttl(self.backend.default_ttl if self.backend.lease_based else None)
+        self.backend.put_note(part, HANDOVER_KEY, encode_handover(to, term, ttl), ttl)
+        answer = self.backend.request_resign(part, term)
+        if not answer:
+            try:
+                self.backend.delete_note(part, HANDOVER_KEY)
+            except LelectError:
+                pass  # it expires
+        return answer
 
     def members(self) -> Members:
         return self.backend.members(self.name)
@@ -176,13 +234,15 @@ class Election:
         """The newest ``limit`` leaderships (default: all kept), oldest first."""
         return self.backend.history(self.name, limit)
 
-    def wait_for_leader(self, after_term: int = -1, timeout: float | None = None
-                        ) -> LeaderInfo | None:
-        """The leader once there is one with a term above ``after_term`` (None if there
-        is none within ``timeout``; None waits for ever)."""
+    def wait_for_leader(self, after_term: int = -1, timeout: float | None = None,
+                        seat: int | None = None) -> LeaderInfo | None:
+        """The leader (with its value) once there is one with a term above
+        ``after_term`` (None if there is none within ``timeout``; None waits for ever)."""
         from lelect.health import next_leader
 
-        return next_leader(self.backend, self.name, after_term, timeout)
+        part = self.part(seat)
+        return with_value(self.backend, part, next_leader(self.backend, part, after_term,
+                                                          timeout))
 
     def health(self, detector: PhiAccrualDetector | None = None) -> GroupHealth:
         """The leader and every member, judged by the phi accrual failure detector."""
@@ -191,4 +251,7 @@ class Election:
         return check(self.backend, self.name, detector or PhiAccrualDetector())
 
     def observe(self, stop: threading.Event | None = None) -> Iterator[LeaderInfo | None]:
-        return self.backend.observe(self.name, stop)
+        """The leader now and again on every change of leadership, each with its value
+        as it was when looked at."""
+        for info in self.backend.observe(self.name, stop):
+            yield with_value(self.backend, self.name, info)

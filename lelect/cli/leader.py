@@ -56,7 +56,8 @@ def leader(ctx, election, as_json, term, wait):
         where = f" on {printable(info.host, 255)}" if info.host else ""
         pid = f" pid {info.pid}" if info.pid else ""
         since = f", since {iso8601(info.since)}" if info.since else ""
-        click.echo(f"{printable(info.node_id)} (term {info.term}{since}{where}{pid})")
+        value = "" if info.value is None else f" value {printable(info.value, 200)}"
+        click.echo(f"{printable(info.node_id)} (term {info.term}{since}{where}{pid}){value}")
     if info is None:
         # Like campaign -w and resign --wait: a wait that ran out is 124.
         return ExitStatus.NO if wait is None else ExitStatus.TIMEOUT
