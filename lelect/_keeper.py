@@ -132,10 +132,12 @@ class Launcher:
                 if not chunk:  # the keeper is done without winning
                     os._exit(0)
                 words += chunk
-            term, _, slot = words.strip().partition(b" ")
+            term, slot, seat = (words.split() + [b"-", b"-"])[:3]
             env[b"LELECT_TERM"] = term
-            if slot and slot != b"-":
+            if slot != b"-":
                 env[b"LELECT_SLOT"] = slot
+            if seat != b"-":
+                env[b"LELECT_SEAT"] = seat
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if "/" in program:
                 try:
@@ -156,10 +158,11 @@ class Launcher:
         finally:
             os._exit(127)
 
-    def launch(self, term, slot=None):
-        """Run the job with ``term``; raise OSError if it could not be run."""
+    def launch(self, term, slot=None, seat=None):
+        """Run the job with ``term`` (and ``slot``, ``seat``); raise OSError if it could
+        not be run."""
         try:
-            os.write(self.go, f"{term} {slot or '-'}\n".encode())
+            os.write(self.go, f"{term} {slot or '-'} {'-' if seat is None else seat}\n".encode())
             failure = b""
             while chunk := os.read(self.report, 64):
                 failure += chunk
@@ -255,7 +258,7 @@ class Keeper(LocalElection):
 
     # -- the job ------------------------------------------------------------
 
-    def start_job(self, term, slot, announce=True):
+    def start_job(self, term, slot, seat=None, announce=True):
         if self.job_pid is not None or self.job_done:
             return
         launcher, self.launcher = self.launcher, None
@@ -265,7 +268,7 @@ class Keeper(LocalElection):
             line = self.options.get("announce")
             if line:  # lelect's "elected" line, before anything the job prints
                 stamp = time.time()
-                line = (line.replace("{term}", str(term))
+                line = (line.replace("{term}", str(term)).replace("{seat}", str(seat))
                         .replace("{hms}", time.strftime("%H:%M:%S", time.localtime(stamp)))
                         .replace("{ts}", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
                                  + f".{int(stamp * 1000) % 1000:03d}+00:00"))
@@ -273,7 +276,7 @@ class Keeper(LocalElection):
                     os.write(2, (line + "\n").encode())
                 except OSError:
                     pass
-            launcher.launch(term, slot)
+            launcher.launch(term, slot, seat)
         except OSError as exc:
             if launcher is not None:
                 self.forget(launcher.pid)
@@ -423,7 +426,8 @@ class Keeper(LocalElection):
                 self.job_done = True
                 self.report(proto.Exited(0, "unstarted"))
                 return
-            self.start_job(message.term, message.slot)
+            self.start_job(message.term, message.slot,
+                           None if message.seat < 0 else message.seat)
         elif isinstance(message, proto.Lease):
             if self.reason != "lease":
                 self.lease_stop_at = message.deadline - message.grace

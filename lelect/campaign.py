@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
@@ -39,8 +39,9 @@ from lelect.errors import (
     UsageError,
 )
 from lelect.lease import LeaseTiming
-from lelect.names import validate_election
+from lelect.names import seat_election, validate_election
 from lelect.options import DEFAULT_GRACE, default  # noqa: F401 - DEFAULT_GRACE for library users
+from lelect.seats import HoldersMismatch, HoldersPin, campaign_seat, check_holders, seat_holders
 from lelect.status import ExitStatus
 from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
@@ -90,6 +91,7 @@ class CampaignOptions:
     once_per: float | None = default("once_per")  # run the job successfully at most once per slot
     once_key: str | None = default("once_key")  # ...or once per this named slot
     value: str | None = default("value")  # published with the leadership (LELECT_VALUE)
+    holders: int = default("holders")  # up to this many leaders at once, each in a seat
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def policy(self, grace: float, lease: bool) -> core.Policy:
@@ -117,6 +119,7 @@ class CampaignOptions:
                 f"--stop-signal {signal.Signals(self.stop_signal).name[3:]} does not ask a job to"
                 " stop (it pauses or continues it): use TERM, INT, HUP, QUIT, USR1 or USR2"
             )
+        check_holders(self.election, self.holders)
         if self.once_per is not None and self.once_key is not None:
             raise UsageError("--once-per and --once-key name the slot two ways: use one")
         if self.restart and (self.once_per is not None or self.once_key is not None):
@@ -270,6 +273,8 @@ class _Driver:
         self.troubled = False
         self.status = status or CampaignStatus()
         self.status.election, self.status.node_id = options.election, self.candidate.node_id
+        #: This candidate's word on --holders, claimed before each attempt (seats.py).
+        self.pin = HoldersPin(backend, options.election, options.holders)
 
     # -- signals ----------------------------------------------------------------
 
@@ -426,7 +431,7 @@ class _Driver:
         elif isinstance(command, core.TellDeadline) and keeper is not None:
             keeper.lease(command.deadline, command.grace)
         elif isinstance(command, core.StartJob) and keeper is not None:
-            keeper.start(command.term, command.slot)
+            keeper.start(command.term, command.slot, command.seat)
         elif isinstance(command, core.StopJob) and keeper is not None:
             keeper.stop(command.signum, command.grace, command.reason)
             self.notify.status(f"stopping the job ({command.reason}), term {self.core.term}")
@@ -454,7 +459,7 @@ class _Driver:
         env["LELECT_ELECTION"] = self.options.election
         env["LELECT_NODE_ID"] = self.candidate.node_id
         job_backend_env(env, self.backend.url)  # no secrets: docs/security.md, "Secrets"
-        for name in ("LELECT_TERM", "LELECT_SLOT", "LELECT_VALUE", "NOTIFY_SOCKET",
+        for name in ("LELECT_TERM", "LELECT_SLOT", "LELECT_SEAT", "LELECT_VALUE", "NOTIFY_SOCKET",
                      "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(name, None)
         if self.options.value is not None:
@@ -465,13 +470,16 @@ class _Driver:
         """Campaign once: Won, Busy, TimedOut or KeeperGone (the backend's errors raise)."""
         opts, backend = self.options, self.backend
         once = opts.once_per is not None or opts.once_key is not None
-        lock = backend.local_lock(opts.election, self.candidate, no_wait=opts.no_wait)
+        lock = backend.local_lock(opts.election, self.candidate, no_wait=opts.no_wait,
+                                  holders=opts.holders)
         announce = None
         if lock is not None and not once:
             template = getattr(self.log, "template", None)
             if template is not None:
-                announce = template("elected", f"elected leader of {opts.election!r} (term {{term}})",
-                                    term="{term}")
+                seated = {"seat": "{seat}"} if opts.holders > 1 else {}
+                what = " seat {seat}" if seated else ""
+                announce = template("elected", f"elected leader of {opts.election!r}{what}"
+                                    " (term {term})", term="{term}", **seated)
         config = KeeperConfig(
             command=tuple(opts.command),
             program=self.program,
@@ -484,6 +492,11 @@ class _Driver:
             history_limit=backend.history_limit,
             announce=announce,
         )
+        # Every candidate agrees on --holders (seats.py): claimed while the campaign makes
+        # its first contact, and settled before any job runs.
+        agreed = self.pin.claim_alongside()
+        if lock is not None:
+            agreed()  # the keeper starts the job the moment it wins (a local database)
         keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.announced = False
@@ -498,6 +511,12 @@ class _Driver:
                     return won
                 leadership = won
                 self.announced = keeper.autostart and announce is not None
+            elif opts.holders > 1:
+                leadership = campaign_seat(
+                    backend, opts.election, self.candidate, opts.holders, timeout=opts.timeout,
+                    no_wait=opts.no_wait, ttl=self.timing.ttl, on_wait=self._on_wait,
+                    cancel=self.cancel, pin=self.pin,
+                )
             else:
                 leadership = backend.campaign(
                     opts.election, self.candidate, timeout=opts.timeout, no_wait=opts.no_wait,
@@ -518,6 +537,12 @@ class _Driver:
             return self._cancelled(keeper)
         finally:
             self.blocking = False
+        try:
+            agreed()
+        except HoldersMismatch:
+            keeper.kill()
+            leadership.release("stopped", None, "its candidates disagree on --holders")
+            raise
         self.leadership = leadership
         return self._won(leadership, keeper)
 
@@ -603,10 +628,13 @@ class _Driver:
             if isinstance(message, proto.Locked):
                 if self.cancelled_by is not None:  # the core stops the job it started
                     deferred.append(core.SignalReceived(time.monotonic(), self.cancelled_by))
+                if message.seat >= 0:  # the keeper took that seat
+                    seat = seat_election(lock.election, message.seat)
+                    lock = replace(lock, election=seat, lock_path=self.backend.lock_path(seat))
                 return self.backend.adopt_local_lock(lock, message.term, message.since,
                                                      release_lock=keeper.release)
             if isinstance(message, proto.Waiting):
-                self._on_wait(self.backend.leader(self.options.election))
+                self._on_wait(self._holder())
                 continue
             if isinstance(message, proto.Busy):
                 keeper.kill()
@@ -634,8 +662,15 @@ class _Driver:
         self.log("keeper-respawned", "the keeper of this waiting candidate died; a new one"
                  " took its place (still in line)")
 
+    def _holder(self) -> LeaderInfo | None:
+        """Who leads (with seats: the holder of the lowest seat held)."""
+        if self.options.holders > 1:
+            held = seat_holders(self.backend, self.options.election, self.options.holders)
+            return next((seat.holder for seat in held if seat.holder), None)
+        return self.backend.leader(self.options.election)
+
     def _holder_text(self) -> str:
-        holder = self.backend.leader(self.options.election)
+        holder = self._holder()
         return f"{holder.node_id} (term {holder.term})" if holder else "another candidate"
 
     def _won(self, leadership: Leadership, keeper: KeeperHandle) -> core.Won:
@@ -643,7 +678,7 @@ class _Driver:
         slot = done = None
         if opts.once_per is not None or opts.once_key is not None:
             slot = opts.once_key or slot_name(self.backend.now(), opts.once_per or 0.0)
-            done = self.backend.slot_done(opts.election, slot) is not None
+            done = self.backend.slot_done(leadership.election, slot) is not None
             self.slot = slot
         recipe = self.backend.hand_back(leadership)
         if recipe is not None:
@@ -667,11 +702,12 @@ class _Driver:
         if leadership.resign_requested.is_set():
             changed("resign")
         if self.heartbeats is not None:
-            self.heartbeats.set_role("leader", leadership.term)
+            self.heartbeats.set_role("leader", leadership.term, leadership.seat)
         self._proclaim(leadership)
         self.status.leadership = leadership
         return core.Won(now(), leadership.term, leadership.lease_deadline,
-                        job_started=keeper.autostart, slot=slot, slot_done=bool(done))
+                        job_started=keeper.autostart, slot=slot, slot_done=bool(done),
+                        seat=leadership.seat)
 
     def _proclaim(self, leadership: Leadership) -> None:
         """Publish --value with the leadership just won; its job may proclaim another
@@ -730,6 +766,7 @@ class _Driver:
             interval=self.options.heartbeat_interval,
             forget_after=self.options.forget_after,
             on_duplicate=duplicate,
+            on_beat=self.pin.refresh_if_due,
         )
         self.heartbeats.start()
 

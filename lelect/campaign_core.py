@@ -110,6 +110,7 @@ class Won(Event):
     job_started: bool = False  # the keeper started the job by itself on winning
     slot: str | None = None  # the once-per slot this leadership is for
     slot_done: bool = False  # ...and it was already done
+    seat: int | None = None  # the seat won, in an election with seats
 
 
 class Busy(Event):
@@ -196,6 +197,7 @@ class TellDeadline(Command):
 class StartJob(Command):
     term: int
     slot: str | None = None
+    seat: int | None = None
 
 
 class StopJob(Command):
@@ -379,18 +381,21 @@ class CampaignCore:
         if event.lease_deadline is not None:
             # The dead-man switch is armed before anything runs.
             out.append(TellDeadline(event.lease_deadline, policy.grace))
-        fields = {"term": event.term}
+        fields: dict[str, object] = {"term": event.term}
+        what = f"{policy.election!r} (term {event.term})"
+        if event.seat is not None:
+            fields["seat"] = event.seat
+            what = f"{policy.election!r} seat {event.seat} (term {event.term})"
         if event.slot_done:
-            out.append(Log("slot-done", f"elected leader of {policy.election!r} (term"
-                           f" {event.term}), but the job already succeeded for slot"
-                           f" {event.slot}: not running it", {**fields, "slot": event.slot}))
+            out.append(Log("slot-done", f"elected leader of {what}, but the job already"
+                           f" succeeded for slot {event.slot}: not running it",
+                           {**fields, "slot": event.slot}))
             out += self._release(EXITED, None, f"slot {event.slot} was already done")
             return out + self._after(0, "skipped", event.now)
-        out.append(Log("elected", f"elected leader of {policy.election!r} (term {event.term})",
-                       fields))
+        out.append(Log("elected", f"elected leader of {what}", fields))
         self.job_running = self.job_ran = True
         if not event.job_started:
-            out.append(StartJob(event.term, event.slot))
+            out.append(StartJob(event.term, event.slot, event.seat))
         if policy.max_runtime is not None:
             self.stop_deadline = event.now + policy.max_runtime
         self._schedule()

@@ -27,7 +27,8 @@ from lelect.backends.base import (
 )
 from lelect.backends.notes import HANDOVER_KEY, encode_handover, encode_value, handover_ttl
 from lelect.errors import LelectError, NotWaiting, UsageError
-from lelect.names import MAX_HOLDERS, seat_election, validate_election, validate_node_id
+from lelect.names import split_part, validate_election, validate_node_id, validate_stored
+from lelect.seats import HoldersMismatch, Seat, check_holders
 
 if TYPE_CHECKING:
     from lelect.aio import LeadershipBlock, LostCallback
@@ -48,8 +49,9 @@ class Client:
         """The backend's URL with any password masked."""
         return self.backend.display_url
 
-    def election(self, name: str, node_id: str | None = None) -> Election:
-        return Election(self.backend, name, node_id=node_id)
+    def election(self, name: str, node_id: str | None = None, *, holders: int = 1) -> Election:
+        """One election; ``holders`` > 1 lets that many lead at once, each in a seat."""
+        return Election(self.backend, name, node_id=node_id, holders=holders)
 
     def elections(self) -> list[str]:
         """Every election the backend knows (skipping names no election could have)."""
@@ -75,10 +77,36 @@ class Client:
 
 
 class Election:
-    def __init__(self, backend: Backend, name: str, node_id: str | None = None) -> None:
+    def __init__(self, backend: Backend, name: str, node_id: str | None = None, *,
+                 holders: int = 1) -> None:
         self.backend = backend
-        self.name = validate_election(name)
+        self.name = validate_stored(name) if split_part(name)[1] is not None \
+            else validate_election(name)
         self.candidate = Candidate.local(None if node_id is None else validate_node_id(node_id))
+        #: Up to this many lead at once, each in a seat (``campaign --holders N``).
+        self.holders = check_holders(self.name, holders)
+
+    def seat(self, seat: int) -> Election:
+        """Seat ``seat`` of this election, as an election of its own (its leader, its
+        history, a resign request to it)."""
+        from lelect.names import MAX_HOLDERS, seat_election
+
+        if not 0 <= seat < MAX_HOLDERS:
+            raise UsageError(f"--seat must be a whole number from 0 to {MAX_HOLDERS - 1}")
+        return Election(self.backend, seat_election(self.name, seat), self.candidate.node_id)
+
+    def holders_count(self) -> int:
+        """How many may lead at once: what the running candidates agreed on, else the
+        most this election ever had, else 1."""
+        from lelect.seats import holders_count
+
+        return holders_count(self.backend, self.name)
+
+    def seats(self, holders: int | None = None) -> list[Seat]:
+        """Every seat and who holds it (``holders`` seats, else :meth:`holders_count`)."""
+        from lelect.seats import seat_holders
+
+        return seat_holders(self.backend, self.name, holders)
 
     def campaign(
         self,
@@ -98,10 +126,25 @@ class Election:
         Setting ``cancel`` (from another thread) makes a waiting campaign leave the line
         and raise :class:`~lelect.errors.CampaignCancelled`; ``on_wait(holder)`` is
         called once (in the campaigning thread) when it starts waiting behind somebody."""
-        leadership = self.backend.campaign(
-            self.name, self.candidate, timeout=timeout, no_wait=no_wait, ttl=ttl,
-            cancel=cancel, on_wait=on_wait,
-        )
+        from lelect.seats import HoldersPin, campaign_seat
+
+        pin = HoldersPin(self.backend, self.name, self.holders)
+        agreed = pin.claim_alongside()  # a plain election never shares its name with seats
+        if self.holders > 1:
+            leadership = campaign_seat(
+                self.backend, self.name, self.candidate, self.holders, timeout=timeout,
+                no_wait=no_wait, ttl=ttl, cancel=cancel, on_wait=on_wait, pin=pin,
+            )
+        else:
+            leadership = self.backend.campaign(
+                self.name, self.candidate, timeout=timeout, no_wait=no_wait, ttl=ttl,
+                cancel=cancel, on_wait=on_wait,
+            )
+        try:
+            agreed()
+        except HoldersMismatch:
+            leadership.release("stopped", None, "its candidates disagree on holders")
+            raise
         if on_elected is not None:
             on_elected(leadership)
         if on_lost is not None:
@@ -149,6 +192,7 @@ class Election:
         leads, under a keeper; options as :class:`lelect.campaign.CampaignOptions`."""
         from lelect.campaign import CampaignOptions
 
+        options.setdefault("holders", self.holders)
         opts = CampaignOptions(election=self.name, command=tuple(command),
                                node_id=self.candidate.node_id, **options)  # type: ignore[arg-type]
         return self.run_options(opts, log)
@@ -165,64 +209,68 @@ class Election:
         return run_campaign(self.backend, options, log or _no_log,
                             Notifier() if systemd else None, status)
 
-    def part(self, seat: int | None = None) -> str:
-        """Where the leadership of ``seat`` lives: the election itself (None), or its
-        seat's own election."""
-        if seat is None:
-            return self.name
-        if isinstance(seat, bool) or not isinstance(seat, int) or not 0 <= seat < MAX_HOLDERS:
-            raise UsageError(f"invalid seat {seat!r}: seats are 0 to {MAX_HOLDERS - 1}")
-        return seat_election(self.name, seat)
-
-    def leader(self, seat: int | None = None) -> LeaderInfo | None:
+    def leader(self) -> LeaderInfo | None:
         """Who leads now, with the value its term proclaimed (None: nobody)."""
-        part = self.part(seat)
-        return with_value(self.backend, part, self.backend.leader(part))
+        return with_value(self.backend, self.name, self.backend.leader(self.name))
 
-    def request_resign(self, term: int | None = None, seat: int | None = None
-                       ) -> bool | ResignAnswer:
+    def wait_for_holders(self, timeout: float | None = None) -> list[Seat]:
+        """The seats once one is held (or as they are when ``timeout`` ran out)."""
+        import time
+
+        from lelect.names import SEAT_LOOK
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seats = self.seats()
+            if any(s.holder for s in seats) or (end is not None and time.monotonic() >= end):
+                return seats
+            time.sleep(SEAT_LOOK * 4)
+
+    def request_resign(self, term: int | None = None) -> bool | ResignAnswer:
         """Ask the current leader (only of ``term`` if given) to step down: true if it
         was asked; ``ResignAnswer.CANNOT_ASK`` (false) if the leader is not lelect's (an
         ``etcdctl elect``, a kazoo Election) and cannot be asked."""
-        return self.backend.request_resign(self.part(seat), term)
+        return self.backend.request_resign(self.name, term)
 
-    def proclaim(self, value: str, term: int, seat: int | None = None) -> None:
+    def proclaim(self, value: str, term: int) -> None:
         """Publish ``value`` (text, at most 4 KiB of UTF-8) as the value of the leadership
         of ``term`` (a job's ``LELECT_TERM``), replacing any earlier one. Raises NotLeader
-        (nothing written) unless ``term`` leads, before and after the write."""
-        part = self.part(seat)
+        (nothing written) unless ``term`` leads, before and after the write. For a seat:
+        ``election.seat(S).proclaim(...)``."""
         data = encode_value(value)
-        now = self.backend.leader(part)
+        now = self.backend.leader(self.name)
         if now is None or now.term != term:
-            raise not_leading(part, term, now)
-        publish_value(self.backend, part, term, data)
+            raise not_leading(self.name, term, now)
+        publish_value(self.backend, self.name, term, data)
 
     def is_waiting(self, node_id: str, detector: PhiAccrualDetector | None = None) -> bool:
-        """``node_id`` is a live candidate waiting in line (a fresh "follower" heartbeat
-        among the election's members)."""
+        """``node_id`` is a live candidate waiting in line: a fresh "follower" heartbeat
+        among the election's members (published under the election itself, with seats
+        too)."""
         from lelect.health import PhiAccrualDetector, is_waiting
 
-        return is_waiting(self.members(), node_id, detector or PhiAccrualDetector())
+        members = self.backend.members(split_part(self.name)[0])
+        return is_waiting(members, node_id, detector or PhiAccrualDetector())
 
-    def hand_over(self, to: str, term: int, seat: int | None = None) -> bool | ResignAnswer:
+    def hand_over(self, to: str, term: int) -> bool | ResignAnswer:
         """Ask the leadership of ``term`` to step down in favour of node ``to``: for a
         bounded time (:func:`~lelect.backends.notes.handover_ttl`) only ``to`` may take
         it, then anybody may. Raises NotLeader unless ``term`` leads, NotWaiting unless
         ``to`` is a live candidate waiting in line (both: nothing changed). Otherwise as
         :meth:`request_resign` (if the leader could not be asked, the reservation is
-        taken back)."""
-        part = self.part(seat)
-        now = self.backend.leader(part)
+        taken back). For a seat: ``election.seat(S).hand_over(...)``."""
+        now = self.backend.leader(self.name)
         if now is None or now.term != term:
-            raise not_leading(part, term, now)
+            raise not_leading(self.name, term, now)
         if not self.is_waiting(to):
-            raise NotWaiting(f"{to} is not waiting in {self.name}; nothing changed")
+            raise NotWaiting(f"{to} is not waiting in {split_part(self.name)[0]}; nothing"
+                             " changed")
         ttl = handover_ttl(self.backend.default_ttl if self.backend.lease_based else None)
-        self.backend.put_note(part, HANDOVER_KEY, encode_handover(to, term, ttl), ttl)
-        answer = self.backend.request_resign(part, term)
+        self.backend.put_note(self.name, HANDOVER_KEY, encode_handover(to, term, ttl), ttl)
+        answer = self.backend.request_resign(self.name, term)
         if not answer:
             try:
-                self.backend.delete_note(part, HANDOVER_KEY)
+                self.backend.delete_note(self.name, HANDOVER_KEY)
             except LelectError:
                 pass  # it expires
         return answer
@@ -231,18 +279,24 @@ class Election:
         return self.backend.members(self.name)
 
     def history(self, limit: int | None = None) -> list[HistoryEntry]:
-        """The newest ``limit`` leaderships (default: all kept), oldest first."""
-        return self.backend.history(self.name, limit)
+        """The newest ``limit`` leaderships (default: all kept), oldest first; of every
+        seat, for an election with seats (each entry's ``seat`` says which)."""
+        count = self.holders_count() if split_part(self.name)[1] is None else 1
+        if count <= 1:
+            return self.backend.history(self.name, limit)
+        entries = [entry for seat in range(count)
+                   for entry in self.seat(seat).history(limit)]
+        entries.sort(key=lambda entry: (entry.started or 0.0, entry.seat or 0, entry.term))
+        return entries if limit is None else entries[-limit:]
 
-    def wait_for_leader(self, after_term: int = -1, timeout: float | None = None,
-                        seat: int | None = None) -> LeaderInfo | None:
+    def wait_for_leader(self, after_term: int = -1, timeout: float | None = None
+                        ) -> LeaderInfo | None:
         """The leader (with its value) once there is one with a term above
         ``after_term`` (None if there is none within ``timeout``; None waits for ever)."""
         from lelect.health import next_leader
 
-        part = self.part(seat)
-        return with_value(self.backend, part, next_leader(self.backend, part, after_term,
-                                                          timeout))
+        info = next_leader(self.backend, self.name, after_term, timeout)
+        return with_value(self.backend, self.name, info)
 
     def health(self, detector: PhiAccrualDetector | None = None) -> GroupHealth:
         """The leader and every member, judged by the phi accrual failure detector."""

@@ -16,7 +16,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
@@ -24,6 +24,7 @@ from lelect.backends.base import Backend, Candidate, Heartbeat, LeaderInfo, Memb
 from lelect.backends.records import DEFAULT_FORGET_AFTER
 from lelect.errors import LelectError, UsageError
 from lelect.names import printable, validate_election
+from lelect.seats import Seat, holders_count, seat_holders
 from lelect.status import HealthStatus
 
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
@@ -97,10 +98,14 @@ class HeartbeatPublisher:
         forget_after: float = DEFAULT_FORGET_AFTER,
         role: str = "follower",
         on_duplicate: Callable[[Heartbeat], None] | None = None,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
         #: Called once if another live member already publishes under our node id.
         self.on_duplicate = on_duplicate
+        #: Called after every beat, in the publishing thread (its errors are ignored).
+        self.on_beat = on_beat
+        self.seat: int | None = None
         self.election = election
         self.candidate = candidate
         self.interval = interval
@@ -115,9 +120,9 @@ class HeartbeatPublisher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def set_role(self, role: str, term: int | None) -> None:
-        """Change the role (and term) and publish it at once."""
-        self.role, self.term = role, term
+    def set_role(self, role: str, term: int | None, seat: int | None = None) -> None:
+        """Change the role (and term, and seat) and publish it at once."""
+        self.role, self.term, self.seat = role, term, seat
         self._wake.set()
 
     def start(self) -> None:
@@ -163,6 +168,7 @@ class HeartbeatPublisher:
             pid=self.candidate.pid or os.getpid(),
             role=self.role,
             term=self.term,
+            seat=self.seat,
             seq=self.seq,
             time=time.time(),
             interval=self.interval,
@@ -200,6 +206,11 @@ class HeartbeatPublisher:
                 self.last_error = self.last_exception = None
             except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the campaign
                 self.last_error, self.last_exception = str(exc), exc
+            if self.on_beat is not None:
+                try:
+                    self.on_beat()
+                except Exception:  # noqa: BLE001 - a refresh is advisory; the next one retries
+                    pass
             self._wake.wait(self.interval)
             self._wake.clear()
 
@@ -306,6 +317,8 @@ class GroupHealth:
     leader: LeaderInfo | None
     members: tuple[MemberHealth, ...]
     now: float
+    #: An election with seats: every seat and its holder (``leader`` is the first holder).
+    seats: tuple[Seat, ...] = ()
 
     @property
     def exit_status(self) -> int:
@@ -322,6 +335,7 @@ class GroupHealth:
         return (
             self.status,
             leader,
+            seats_identity(self.seats),
             tuple((m.node_id, m.role, m.status, m.error, m.stale_leader) for m in self.members),
         )
 
@@ -334,6 +348,7 @@ def judge_member(
     leader: LeaderInfo | None,
     detector: PhiAccrualDetector,
     error: str | None = None,
+    holders: Collection[str] = (),
 ) -> MemberHealth:
     if heartbeat is not None and heartbeat.interval and math.isfinite(heartbeat.interval) \
             and heartbeat.interval > 0 and heartbeat.interval != detector.expected_interval:
@@ -343,7 +358,7 @@ def judge_member(
     finite = [t for t in arrivals if isinstance(t, (int, float)) and math.isfinite(t)]
     last_seen = max(0.0, now - max(finite)) if finite and math.isfinite(now) else None
     claimed = heartbeat.role if heartbeat is not None else None
-    if leader is not None and node_id == leader.node_id:
+    if (leader is not None and node_id == leader.node_id) or node_id in holders:
         role = "leader"
     elif claimed == "observer":
         role = "observer"
@@ -362,9 +377,16 @@ def judge_member(
 
 
 def assess(
-    members: Members, leader: LeaderInfo | None, detector: PhiAccrualDetector
+    members: Members, leader: LeaderInfo | None, detector: PhiAccrualDetector,
+    seats: Sequence[Seat] = (),
 ) -> GroupHealth:
-    """Judge every member of ``members`` and the group as a whole (pure: no I/O)."""
+    """Judge every member of ``members`` and the group as a whole (pure: no I/O). With
+    ``seats`` (an election with seats), every holder leads; a free seat degrades the
+    group, no holder at all makes it critical."""
+    held = [seat.holder for seat in seats if seat.holder is not None]
+    if seats:
+        leader = held[0] if held else None
+    holders = frozenset(info.node_id for info in held)
     judged = tuple(
         judge_member(
             str(record.node_id),
@@ -374,24 +396,34 @@ def assess(
             leader,
             detector,
             record.error,
+            holders,
         )
         for record in sorted(members.records, key=lambda r: str(r.node_id))
     )
     leading = next((m for m in judged if m.role == "leader"), None)
     if leader is None or (leading is not None and leading.status == DEAD):
         status = CRITICAL
-    elif all(m.status == ALIVE for m in judged):
+    elif all(m.status == ALIVE for m in judged) and len(held) == len(seats):
         status = HEALTHY
     else:
         status = DEGRADED
-    return GroupHealth(members.election, status, leader, judged, members.now)
+    return GroupHealth(members.election, status, leader, judged, members.now, tuple(seats))
 
 
 def check(backend: Backend, election: str, detector: PhiAccrualDetector) -> GroupHealth:
-    """Read ``election``'s leader (with its value) and members from ``backend`` and
-    judge them."""
+    """Read ``election``'s leader (or, with seats, its holders), each with its value, and
+    members from ``backend`` and judge them."""
+    count = holders_count(backend, election)
+    if count > 1:
+        return assess(backend.members(election), None, detector,
+                      seat_holders(backend, election, count))
     leader = with_value(backend, election, backend.leader(election))
     return assess(backend.members(election), leader, detector)
+
+
+def seats_identity(seats: Sequence[Seat]) -> tuple:
+    """What makes two looks at an election's seats the same."""
+    return tuple((s.seat, _identity(s.holder)) for s in seats)
 
 
 def worst(groups: Sequence[GroupHealth]) -> str:
@@ -561,7 +593,7 @@ class GroupWatch:
         changes = []
         for group in groups:
             seen = self._leaders.get(group.election)
-            identity = _identity(group.leader)
+            identity = _identity(group.leader) if not group.seats else seats_identity(group.seats)
             if seen is not None and seen[1] != identity:
                 changes.append(LeaderChange(group.election, seen[0], group.leader))
             self._leaders[group.election] = (group.leader, identity)

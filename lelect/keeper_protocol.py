@@ -73,11 +73,12 @@ class Message:
 
 
 class Start(Message):
-    """Run the job now, with its fencing token (and its once-per slot, "-" for none)."""
+    """Run the job now, with its fencing token (its once-per slot, "-" for none; its
+    seat, -1 for none)."""
 
-    __slots__ = ("term", "slot")
+    __slots__ = ("term", "slot", "seat")
     verb = "start"
-    fields = (("term", int), ("slot", str))
+    fields = (("term", int), ("slot", str), ("seat", int))
 
 
 class Lease(Message):
@@ -132,11 +133,12 @@ class Exit(Message):
 
 
 class Locked(Message):
-    """The keeper won the local lock: ``term`` is settled, since ``since`` (wall clock)."""
+    """The keeper won the local lock: ``term`` is settled, since ``since`` (wall clock);
+    ``seat`` is the seat it took (-1: the election has none)."""
 
-    __slots__ = ("term", "since")
+    __slots__ = ("term", "since", "seat")
     verb = "locked"
-    fields = (("term", int), ("since", float))
+    fields = (("term", int), ("since", float), ("seat", int))
 
 
 class Waiting(Message):

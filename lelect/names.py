@@ -13,6 +13,8 @@ ELECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # history and hand-back), and ``NAME:line`` is the one line candidates wait in for a
 # seat. The ``:`` keeps them out of any name a user can give, and out of ``elections``.
 
+#: How often the head of an election's line looks for a free seat (N reads or tries).
+SEAT_LOOK = 0.05
 #: The most holders an election may have.
 MAX_HOLDERS = 100
 #: The longest name of an election with seats (its parts stay within 128 characters).

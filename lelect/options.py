@@ -55,6 +55,9 @@ CAMPAIGN: tuple[Option, ...] = (
     Option("once_per", None, ("--once-per",), "duration",
            "Run the job successfully at most once per DUR slot of the backend's clock (UTC, from"
            " the epoch); a failed run leaves the slot open.", "DUR"),
+    Option("holders", 1, ("--holders",), "count",
+           "Let up to N candidates lead at once, each in its own seat (LELECT_SEAT, 0..N-1)"
+           " with its own term; every candidate must give the same N.", "N", "1"),
     Option("once_key", None, ("--once-key",), "text",
            "Like --once-per, with the slot named by KEY (e.g. \"$(date -u +%F)\").", "KEY"),
     Option("value", None, ("--value",), "text",

@@ -130,7 +130,7 @@ class KeeperConfig:
             options.update(
                 lock=lock.lock_path, db=lock.db_dir, election=lock.election,
                 node_id=lock.node_id, token=lock.token, host=lock.host, pid=lock.pid,
-                nowait=int(lock.nowait), shared=int(lock.shared),
+                nowait=int(lock.nowait), shared=int(lock.shared), seats=lock.seats,
                 autostart=int(self.autostart and bool(self.command)),
                 autorelease=int(self.autorelease), history=self.history_limit,
             )
@@ -231,8 +231,8 @@ class KeeperHandle:
             except OSError:
                 pass
 
-    def start(self, term: int, slot: str | None = None) -> None:
-        self.send(proto.Start(term, slot or "-"))
+    def start(self, term: int, slot: str | None = None, seat: int | None = None) -> None:
+        self.send(proto.Start(term, slot or "-", -1 if seat is None else seat))
 
     def lease(self, deadline: float, grace: float) -> None:
         """Tell the dead-man switch the new lease deadline (monotonic clock)."""

@@ -893,6 +893,104 @@ def test_notes_are_bounded_and_keys_are_lelects_own(backend):
         backend.get_note("bounded", "../etc")
 
 
+# -- seats: up to N holders at once (campaign --holders N) ----------------------------------
+
+
+def seated_job(record, hold: float) -> list[str]:
+    """A job that records 'start|end NS TERM SEAT PID' around ``hold`` seconds of work."""
+    f = str(record)
+    return ["sh", "-c",
+            f'echo "start $(date +%s%N) $LELECT_TERM $LELECT_SEAT $$" >> {f}; sleep {hold};'
+            f' echo "end $(date +%s%N) $LELECT_TERM $LELECT_SEAT $$" >> {f}']
+
+
+def seated_intervals(record) -> list[tuple[int, int, int, int]]:
+    """(start_ns, end_ns, term, seat) per job, in start order."""
+    starts, ends = {}, {}
+    for line in record.read_text().splitlines():
+        kind, ns, term, seat, pid = line.split()
+        if kind == "start":
+            starts[pid] = (int(ns), int(term), int(seat))
+        else:
+            ends[pid] = int(ns)
+    return sorted((ns, ends[pid], term, seat) for pid, (ns, term, seat) in starts.items())
+
+
+def test_three_seats_six_candidates_never_more_than_three_and_terms_grow_per_seat(target, tmp_path):
+    record = tmp_path / "record"
+    procs = [spawn_lelect("campaign", "seated", "--holders", "3", "--id", f"c{i}", "--",
+                          *seated_job(record, 0.4), backend=target.url) for i in range(6)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+    jobs = seated_intervals(record)
+    assert len(jobs) == 6, jobs
+    assert {seat for *_, seat in jobs} <= {0, 1, 2}
+    for start, *_ in jobs:  # at no moment more than three
+        assert sum(1 for s, e, *_ in jobs if s <= start < e) <= 3, jobs
+    for seat in range(3):
+        mine = [job for job in jobs if job[3] == seat]
+        for before, after in zip(mine, mine[1:]):
+            assert before[1] <= after[0], f"seat {seat} held twice at once: {before} {after}"
+            assert after[2] > before[2], f"seat {seat}'s term did not grow: {before} {after}"
+
+
+def test_leader_lists_every_seat_and_a_killed_holder_frees_its_seat_at_once(target, tmp_path):
+    ttl = ("--ttl", "10s") if target.lease else ()
+    holders = [leading(target, "seats", tmp_path, f"h{i}", "--holders", "2", *ttl)
+               for i in range(2)]
+    listed = json.loads(run_lelect("leader", "seats", "--json", backend=target.url).stdout)
+    assert sorted(h["seat"] for h in listed["holders"]) == [0, 1]
+    assert {h["leader"]["node_id"] for h in listed["holders"]} == {"h0", "h1"}
+    shown = run_lelect("leader", "seats", backend=target.url)
+    assert shown.returncode == 0 and "2 of 2 seats held" in shown.stdout, shown
+    seat_of_h0 = next(h["seat"] for h in listed["holders"] if h["leader"]["node_id"] == "h0")
+    started = tmp_path / "next"
+    follower = spawn_lelect("campaign", "seats", "--holders", "2", "--id", "next", *ttl, "--",
+                            "sh", "-c", f'echo "$LELECT_SEAT $LELECT_TERM" > {started}',
+                            backend=target.url)
+    OutputTail(follower.stderr).wait_for("waiting for")
+    killed_at = time.monotonic()
+    holders[0][0].kill()
+    wait_until(started.exists, timeout=30, what="the waiting candidate's job")
+    took = time.monotonic() - killed_at
+    seat, term = map(int, started.read_text().split())
+    assert seat == seat_of_h0 and term > 0
+    assert took < 5.0, f"the freed seat was taken {took:.1f}s after the kill"
+    follower.communicate(timeout=30)
+    for proc, release in holders[1:]:
+        release.touch()
+        proc.communicate(timeout=30)
+
+
+def test_candidates_that_disagree_on_holders_are_refused(target, tmp_path):
+    proc, release = leading(target, "agree", tmp_path, "three", "--holders", "3")
+    ran = tmp_path / "ran"
+    for other in (("--holders", "2"), ()):
+        out = run_lelect("campaign", "agree", *other, "--", "touch", str(ran), backend=target.url)
+        assert out.returncode == 78, out.stderr
+        assert "--holders 3" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert not ran.exists()
+    release.touch()
+    proc.communicate(timeout=30)
+
+
+def test_seats_in_python_each_holder_its_own_seat(backend):
+    from lelect.election import Election
+
+    first = Election(backend, "pyseats", "a", holders=2).campaign(timeout=10)
+    second = Election(backend, "pyseats", "b", holders=2).campaign(timeout=10)
+    try:
+        assert {first.seat, second.seat} == {0, 1}
+        with pytest.raises(ElectionBusy):
+            Election(backend, "pyseats", "c", holders=2).campaign(no_wait=True)
+        seats = Election(backend, "pyseats").seats()
+        assert [s.holder.node_id for s in seats] == (["a", "b"] if first.seat == 0 else ["b", "a"])
+    finally:
+        first.release()
+        second.release()
+
+
 # -- a leader's value and a handover to a named node (on the notes) -------------------------
 
 

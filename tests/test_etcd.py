@@ -249,6 +249,32 @@ def test_help_and_the_hand_back_import_no_client(etcd_server):
     assert loaded - set(sys.stdlib_module_names) == {"lelect"}, loaded
 
 
+# -- notes --------------------------------------------------------------------------------
+
+
+def test_notes_live_beside_the_election_and_a_ttl_is_an_etcd_lease(etcd_server, etcd_prefix):
+    from lelect.backends.base import MAX_NOTE
+
+    notes = f"{etcd_prefix}/_notes/noted/"
+    with connect(etcd_server.url(etcd_prefix)) as backend:
+        assert backend.put_note("noted", "handover", b"node-b", 5, create=True) is True
+        assert backend.put_note("noted", "holders", b"3") is True
+        stored = {kv["key"]: kv for kv in etcd_server.get(f"{etcd_prefix}/", prefix=True)}
+        assert set(stored) == {notes + "handover", notes + "holders"}
+        lease = int(stored[notes + "handover"]["lease"])
+        assert not stored[notes + "holders"].get("lease")
+        alive = etcd_server.etcdctl("lease", "timetolive", f"{lease:x}").stdout
+        assert "granted with TTL(5s)" in alive, alive
+        # Notes make no election, and never join one's contenders.
+        assert backend.elections() == [] and backend.leader("noted") is None
+        # Written again without a ttl, a note no longer expires.
+        assert backend.put_note("noted", "handover", b"node-c") is True
+        assert not etcd_server.get(notes + "handover")[0].get("lease")
+        # A value too big for a note, put there by somebody else, reads as none.
+        etcd_server.etcdctl("put", notes + "value:1", "x" * (MAX_NOTE + 1))
+        assert backend.get_note("noted", "value:1") is None
+
+
 # -- hand-back ------------------------------------------------------------------------------
 
 

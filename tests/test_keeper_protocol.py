@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from lelect import keeper_protocol as proto
 
 EXAMPLES = [
-    proto.Start(7, "-"), proto.Start(1795766138059, "1d@2026-12-02T00:00:00Z"),
+    proto.Start(7, "-", -1), proto.Start(1795766138059, "1d@2026-12-02T00:00:00Z", 2),
     proto.Lease(12345.678901, 0.25), proto.Signal(15), proto.Stop(15, 10.0, "lost"),
     proto.Release(), proto.Recipe('{"module": "m", "params": {"pw": "a b"}}'), proto.Exit(),
-    proto.Locked(3, 1796000000.123), proto.Waiting(), proto.Busy(), proto.TimedOut(),
+    proto.Locked(3, 1796000000.123, -1), proto.Waiting(), proto.Busy(), proto.TimedOut(),
     proto.Error("cannot open lock file: [Errno 13] Permission denied"), proto.Started(4242),
     proto.ExecFailed("nope: No such file or directory"), proto.Leftovers(2, 10.0),
     proto.Exited(143, "resign"), proto.Released(), proto.Suspended(),

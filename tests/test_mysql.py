@@ -45,7 +45,7 @@ def test_tables_are_created_on_first_use_and_versioned(mysql_server, url):
         backend.campaign("e", candidate("a"), timeout=5).release()
     tables = {name for (name,) in mysql_server.sql(f"SHOW TABLES FROM {DATABASE} LIKE '{prefix}%'")}
     assert tables == {prefix + t for t in
-                      ("lease", "term", "history", "slot", "member", "schema_version")}
+                      ("lease", "term", "history", "slot", "member", "note", "schema_version")}
     assert mysql_server.sql(f"SELECT version FROM {DATABASE}.{prefix}schema_version") == [(1,)]
     mysql_server.sql(f"UPDATE {DATABASE}.{prefix}schema_version SET version = 99")
     out = run_lelect("campaign", "e", "--", "true", backend=url)
@@ -77,6 +77,25 @@ def test_terms_never_go_back_when_the_lease_rows_are_deleted(mysql_server, url):
         second.release()
 
 
+def test_tables_made_before_notes_gain_the_note_table(mysql_server, url):
+    with connect(url) as backend:
+        backend.campaign("n", candidate("a"), timeout=5).release()
+    mysql_server.sql(f"DROP TABLE {DATABASE}.{prefix_of(url)}note")  # as an older lelect left them
+    with connect(url) as backend:
+        assert backend.get_note("n", "holders") is None
+        assert backend.put_note("n", "holders", b"3") is True
+        assert backend.get_note("n", "holders") == b"3"
+    (expires,), = mysql_server.sql(f"SELECT expires_at FROM {DATABASE}.{prefix_of(url)}note")
+    assert expires is None  # no ttl: until deleted
+
+
+def test_an_oversized_note_stored_behind_lelects_back_reads_as_none(mysql_server, url):
+    with connect(url) as backend:
+        assert backend.put_note("big", "value:1", b"small") is True
+        mysql_server.sql(f"UPDATE {DATABASE}.{prefix_of(url)}note SET data = REPEAT('x', 60000)")
+        assert backend.get_note("big", "value:1") is None
+
+
 # -- least privilege and secrets ------------------------------------------------------------
 
 
@@ -105,6 +124,10 @@ def test_a_user_with_only_the_run_grants_and_a_password_file_runs_a_campaign(
     assert out.returncode == 0, out.stderr
     assert "term=1" in out.stdout
     assert "run-pw-1" not in out.stdout + out.stderr
+    with connect(run_url) as backend:  # notes, for seats, values and handovers
+        assert backend.put_note("least", "holders", b"2", 30, create=True) is True
+        assert backend.get_note("least", "holders") == b"2"
+        backend.delete_note("least", "holders")
     # Without CREATE, a fresh prefix cannot be set up: 78, naming the GRANT.
     fresh = mysql_server.url(user=user, password=None, prefix=fresh_prefix(), password_file=str(pw))
     out = run_lelect("campaign", "least", "--", "true", backend=fresh)

@@ -221,6 +221,27 @@ def test_a_schema_newer_than_lelect_is_refused(postgres_cluster, postgres_databa
         backend.campaign("v", candidate("a"), timeout=5)
 
 
+def test_a_schema_made_before_notes_gains_the_note_table(postgres_cluster, postgres_database):
+    url = postgres_cluster.url(postgres_database)
+    with connect(url) as backend:
+        backend.campaign("v", candidate("a"), timeout=5).release()
+    postgres_cluster.sql("DROP TABLE lelect.note", postgres_database)  # as an older lelect left it
+    with connect(url) as backend:
+        assert backend.get_note("v", "holders") is None
+        assert backend.put_note("v", "holders", b"3") is True
+        assert backend.get_note("v", "holders") == b"3"
+
+
+def test_an_oversized_note_stored_behind_lelects_back_reads_as_none(
+    postgres_cluster, postgres_database
+):
+    with connect(postgres_cluster.url(postgres_database)) as backend:
+        assert backend.put_note("big", "value:1", b"small") is True
+        postgres_cluster.sql("UPDATE lelect.note SET data = decode(repeat('78', 1 << 20), 'hex')",
+                             postgres_database)  # fmt: skip
+        assert backend.get_note("big", "value:1") is None
+
+
 # -- credentials and privileges -----------------------------------------------------------
 
 
@@ -279,6 +300,12 @@ def test_the_documented_grants_suffice(postgres_cluster, postgres_database, tmp_
         leadership.release("exited", 0, slot="2026-01-01")
         assert backend.slot_done("x", "2026-01-01").term == leadership.term
         backend.remove_member("x", "a")
+        assert backend.put_note("x", "holders", b"2", 30, create=True) is True
+        assert backend.get_note("x", "holders") == b"2"
+    with connect(reader) as backend:
+        assert backend.get_note("x", "holders") == b"2"
+    with connect(campaigner) as backend:
+        backend.delete_note("x", "holders")
     record = tmp_path / "record"
     leader = campaign(campaigner, "held", ticking_job(record), "--heartbeat-interval", "0.1")
     try:

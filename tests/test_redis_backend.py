@@ -557,6 +557,42 @@ def test_members_are_forgotten_after_their_ttl_by_redis_time(redis_server):
     assert {r.node_id for r in later.records} == {"stays"}
 
 
+# -- notes ----------------------------------------------------------------------------------
+
+
+def test_notes_share_the_elections_hash_tag_expire_by_px_and_make_no_election(redis_server):
+    from redis.crc import key_slot
+
+    backend = connect(redis_server.url)
+    client = redis_server.client()
+    assert backend.put_note("noted", "handover", b"node-b", 5, create=True) is True
+    assert backend.put_note("noted", "holders", b"3") is True
+    assert set(client.keys("*")) == {"lelect:{noted}:note:handover", "lelect:{noted}:note:holders"}
+    slots = {key_slot(key.encode()) for key in client.keys("*")}
+    assert slots == {key_slot(b"lelect:{noted}:leader")}
+    assert 4000 < client.pttl("lelect:{noted}:note:handover") <= 5000
+    assert client.pttl("lelect:{noted}:note:holders") == -1
+    assert backend.elections() == [] and backend.leader("noted") is None
+    # Bytes that are not UTF-8 come back as they went in.
+    assert backend.put_note("noted", "value:1", b"\xff\x00\xed\xa0\x80") is True
+    assert backend.get_note("noted", "value:1") == b"\xff\x00\xed\xa0\x80"
+
+
+def test_an_oversized_or_mistyped_note_never_leaves_the_server(redis_server):
+    from lelect.backends.base import MAX_NOTE
+
+    backend = connect(redis_server.url)
+    client = redis_server.client()
+    client.set("lelect:{e}:note:value:1", "x" * (1 << 20))
+    sent = int(client.info("stats")["total_net_output_bytes"])
+    assert backend.get_note("e", "value:1") is None
+    assert int(client.info("stats")["total_net_output_bytes"]) - sent < MAX_NOTE
+    client.hset("lelect:{e}:note:holders", "n", "3")
+    with pytest.raises(BackendUnavailable) as error:
+        backend.get_note("e", "holders")
+    assert "holds a hash" in str(error.value) and "\n" not in str(error.value)
+
+
 # -- reaching Redis: bounds, TLS, AUTH, ACL, unix sockets ------------------------------------
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from lelect.backends import connect
 from lelect.backends.base import Candidate
-from lelect.errors import ElectionBusy, UsageError
+from lelect.errors import BackendUnavailable, ElectionBusy, UsageError
 from tests.helpers import (
     assert_one_at_a_time,
     free_port,
@@ -165,6 +165,32 @@ def test_the_keeper_hands_back_through_a_sentinel(redis_sentinels, tmp_path, pro
     leader.kill()
     wait_until(lambda: backend.leader("hb") is None, timeout=10,
                what="the keeper to hand back")
+
+
+def test_notes_are_read_and_written_on_the_master_the_sentinels_name(redis_sentinels):
+    """Notes take the backend's one path to the master: after a failover they are read
+    and written on the promoted replica, not on the old master (a master for seconds)."""
+    setup = redis_sentinels
+    backend = connect(setup.url(restart_guard="off"))
+    assert backend.put_note("n", "holders", b"3", create=True) is True
+    assert setup.master.client().get("lelect:{n}:note:holders") == "3"
+    wait_until(lambda: setup.replica.client().get("lelect:{n}:note:holders") == "3",
+               what="the note on the replica")
+    setup.failover()
+    new = setup.wait_for_new_master()
+
+    def read_on_the_new_master() -> bool:
+        try:
+            return backend.get_note("n", "holders") == b"3" and \
+                backend.link.master == ("127.0.0.1", new.port)
+        except BackendUnavailable:
+            return False  # a call that met the switch
+
+    wait_until(read_on_the_new_master, timeout=10, what="notes read on the new master")
+    assert backend.put_note("n", "holders", b"2", create=True) is False
+    assert backend.put_note("n", "value:1", b"v") is True
+    assert new.client().get("lelect:{n}:note:value:1") == "v"
+    backend.close()
 
 
 def test_bad_sentinels_are_skipped_within_the_budget(redis_sentinels, hostile_server):

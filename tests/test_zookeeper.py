@@ -226,6 +226,30 @@ def test_history_and_slots_live_beside_the_election(backends, zookeeper_server, 
     assert backend.slot_done("kept", "day/2").term == terms[2]
 
 
+def test_notes_live_beside_the_election_and_list_no_election(backends, zk_url, zk_path, kazoo):
+    backend = backends(zk_url)
+    with backend.campaign("noted", candidate("a")) as leadership:
+        assert backend.put_note("noted", "value:1", b"addr", 30) is True
+        assert kazoo.get_children(f"{zk_path}/noted") == [leadership.token]
+    assert backend.put_note("only-notes", "holders", b"3") is True
+    assert sorted(kazoo.get_children(f"{zk_path}/_notes")) == ["noted", "only-notes"]
+    data, _ = kazoo.get(f"{zk_path}/_notes/noted/value:1")
+    assert data == b"30000\naddr"  # the ttl (ms, from the node's mtime), then the note
+    assert backend.elections() == ["noted"]
+
+
+def test_a_hostile_or_oversized_note_node_reads_as_none(backends, zk_url, zk_path, kazoo):
+    from lelect.backends.base import MAX_NOTE
+
+    backend = backends(zk_url)
+    for key, raw in (("big", b"-\n" + b"x" * (MAX_NOTE + 1)), ("garbage", b"\xff" * 20),
+                     ("no-ttl", b"abc\nx")):  # fmt: skip
+        kazoo.create(f"{zk_path}/_notes/e/{key}", raw, makepath=True)
+        assert backend.get_note("e", key) is None
+    assert backend.put_note("e", "garbage", b"mine", 30, create=True) is True  # not a live note
+    assert backend.get_note("e", "garbage") == b"mine"
+
+
 # -- the lease --------------------------------------------------------------------------
 
 
@@ -380,7 +404,9 @@ def test_acl_lets_everyone_read_and_only_the_owner_write(backends, zookeeper_ser
     reader = backends(zookeeper_server.url(zk_path))
     with owner.campaign("guarded", candidate("ops-node")) as leadership:
         entry = f"{zk_path}/_history/guarded/{leadership.term:010d}"
-        for path in (leadership.node_path, f"{zk_path}/guarded", zk_path, entry):
+        assert owner.put_note("guarded", "value:1", b"x") is True
+        note = f"{zk_path}/_notes/guarded/value:1"
+        for path in (leadership.node_path, f"{zk_path}/guarded", zk_path, entry, note):
             acl, _ = kazoo.get_acls(path)  # the server shows others' digests as "user:x"
             assert {(a.id.scheme, a.id.id.split(":")[0], a.perms) for a in acl} == {
                 ("digest", "ops", Permissions.ALL),

@@ -59,6 +59,7 @@ from lelect.errors import (
     NotLeader,
 )
 from lelect.lease import LATE_WIN, Lease
+from lelect.names import split_part
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
@@ -230,6 +231,8 @@ class Leadership:
         self.term = term
         self.token = token
         self.since = since
+        #: The seat this leadership is, for an election with seats (``NAME:seatS``).
+        self.seat = split_part(election)[1]
         self.lost = threading.Event()
         self.lost_reason: str | None = None
         self.resign_requested = threading.Event()
@@ -559,22 +562,22 @@ class Backend(ABC):
     # agreed on, the value each term proclaimed, the node a leadership is handed to.
     # Written by lelect, read back as data that may be garbage (callers check it).
 
+    @abstractmethod
     def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
                  create: bool = False) -> bool:
         """Store ``data`` (at most :data:`MAX_NOTE` bytes) under ``key`` (:func:`check_note_key`)
         beside ``election``, for ``ttl`` seconds by the backend's clock (None: until deleted).
         With ``create``, only if no live note has that key: False (nothing written) if
         one has. True when written."""
-        raise NotImplementedError(f"{self.scheme}:// keeps no notes")
 
+    @abstractmethod
     def get_note(self, election: str, key: str) -> bytes | None:
         """The live note under ``key``, or None (none, expired, or over :data:`MAX_NOTE`
         bytes: a read is bounded)."""
-        raise NotImplementedError(f"{self.scheme}:// keeps no notes")
 
+    @abstractmethod
     def delete_note(self, election: str, key: str) -> None:
         """Forget the note under ``key`` (nothing if there is none)."""
-        raise NotImplementedError(f"{self.scheme}:// keeps no notes")
 
     # -- operations -------------------------------------------------------------------
 
@@ -596,9 +599,10 @@ class Backend(ABC):
         and the lease runs out instead)."""
         return None
 
-    def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False
-                   ) -> LocalLock | None:
-        """A lock the job's keeper can take by itself (the embedded backend), else None."""
+    def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False,
+                   holders: int = 1) -> LocalLock | None:
+        """A lock the job's keeper can take by itself (the embedded backend), else None;
+        with ``holders`` > 1, the first free of that many seats."""
         return None
 
     def adopt_local_lock(self, lock: LocalLock, term: int, since: float,

@@ -235,6 +235,7 @@ class Heartbeat:
     net_bytes_sent: int = 0
     net_bytes_recv: int = 0
     interval: float | None = None  # the publisher's heartbeat interval, seconds
+    seat: int | None = None  # the seat a leader holds, in an election with seats
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -262,6 +263,7 @@ class Heartbeat:
                 net_bytes_recv=whole(data.get("net_bytes_recv", 0), "net_bytes_recv"),
                 interval=None if data.get("interval") is None
                 else finite(data["interval"], "interval"),
+                seat=None if data.get("seat") is None else whole(data["seat"], "seat", 0, 999),
             )
         except KeyError as exc:
             raise BadRecord(f"no {exc.args[0]} in the heartbeat") from None
@@ -379,9 +381,21 @@ class HistoryEntry:
     slot: str | None = None  # the once-per slot this leadership completed
     reason: str | None = None  # why it ended, in words, where that is known
 
+    @property
+    def seat(self) -> int | None:
+        """The seat this leadership was, in an election with seats (its election is then
+        ``NAME:seatS``)."""
+        from lelect.names import split_part
+
+        return split_part(self.election)[1]
+
     def to_json(self) -> dict[str, Any]:
+        from lelect.names import split_part
+
+        election, seat = split_part(self.election)
         return {
-            "election": self.election,
+            "election": election,
+            **({} if seat is None else {"seat": seat}),
             "term": self.term,
             "node_id": self.node_id,
             "host": self.host,
@@ -485,6 +499,7 @@ class LocalLock:
     pid: int
     nowait: bool
     shared: bool = False  # the directory is shared by a group: files are made 0660
+    seats: int = 1  # an election with seats: the keeper takes the first free one
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from lelect.cli.params import (
     Duration,
     backend_option,
 )
+from lelect.names import MAX_HOLDERS
 
 
 def campaign_options(function):
@@ -22,7 +23,8 @@ def campaign_options(function):
     from lelect.options import CAMPAIGN
 
     types = {"duration": DURATION, "signal": SIGNAL, "node-id": NODE_ID,
-             "exit-code": click.IntRange(0, 255), "text": None}
+             "exit-code": click.IntRange(0, 255), "text": None,
+             "count": click.IntRange(1, MAX_HOLDERS)}
     for option in reversed(CAMPAIGN):
         kwargs = {"help": option.help, "metavar": option.metavar}
         if option.kind == "flag":

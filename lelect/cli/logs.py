@@ -58,7 +58,8 @@ class StderrLog:
             line = self.format(event, message, **fields)
             record = json.loads(line)
             record["ts"] = "{ts}"
-            return json.dumps(record, separators=(",", ":")).replace('"{term}"', "{term}")
+            return (json.dumps(record, separators=(",", ":")).replace('"{term}"', "{term}")
+                    .replace('"{seat}"', "{seat}"))
         return f"lelect[{{hms}}]: {printable(message)}"
 
     @staticmethod

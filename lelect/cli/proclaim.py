@@ -8,6 +8,7 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import ELECTION, backend_option
+from lelect.names import MAX_HOLDERS
 from lelect.status import ExitStatus
 
 PROCLAIM_STATUSES = """\b
@@ -41,7 +42,7 @@ def read_value(text: str) -> str:
 @click.option("--term", type=int, metavar="T", required=True,
               help="The leadership whose value this is (a job's $LELECT_TERM): written only"
               " while term T leads.")
-@click.option("--seat", type=click.IntRange(0), metavar="S",
+@click.option("--seat", type=click.IntRange(0, MAX_HOLDERS - 1), metavar="S",
               help="With --holders: the value of seat S's holder.")
 @click.pass_context
 def proclaim(ctx, election, value, term, seat):
@@ -64,7 +65,8 @@ def proclaim(ctx, election, value, term, seat):
     value = read_value(value)
     with open_client(ctx) as client:  # a writer (the embedded backend's notes)
         try:
-            client.election(election).proclaim(value, term, seat)
+            handle = client.election(election)
+            (handle if seat is None else handle.seat(seat)).proclaim(value, term)
         except NotLeader as refused:
             click.echo(f"lelect: {printable(refused)}", err=True)
             return ExitStatus.NO

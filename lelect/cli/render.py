@@ -70,6 +70,8 @@ def member_json(member: MemberHealth, *, phi: bool = False) -> dict[str, Any]:
         net_bytes_sent=beat.net_bytes_sent if beat else None,
         net_bytes_recv=beat.net_bytes_recv if beat else None,
     )
+    if beat is not None and beat.seat is not None:
+        record["seat"] = beat.seat
     if member.stale_leader:
         record["stale_leader"] = True
     if member.error:
@@ -83,6 +85,8 @@ def group_json(group: GroupHealth, *, phi: bool = False) -> dict[str, Any]:
         "election": group.election,
         "status": group.status,
         "leader": group.leader.to_json() if group.leader else None,
+        **({"holders": [{"seat": s.seat, "leader": s.holder.to_json() if s.holder else None}
+                        for s in group.seats]} if group.seats else {}),
         "members": [member_json(m, phi=phi) for m in group.members],
     }
 
@@ -143,7 +147,11 @@ def group_title(group: GroupHealth):
     from rich.text import Text
 
     title = Text.assemble((_clean(group.election, 128), "bold"), "  ")
-    if group.leader is None:
+    if group.seats:
+        held = sum(1 for seat in group.seats if seat.holder is not None)
+        title.append(f"{held} of {len(group.seats)} seats held",
+                     style="bold red" if not held else "")
+    elif group.leader is None:
         title.append("no leader", style="bold red")
     else:
         leader = group.leader
@@ -155,6 +163,14 @@ def group_title(group: GroupHealth):
     title.append("  ")
     title.append(group.status, style=STYLES[group.status])
     return title
+
+
+def _seat_of(group: GroupHealth, member: MemberHealth) -> str:
+    """`` seat S`` for a holder of an election with seats."""
+    for seat in group.seats:
+        if seat.holder is not None and seat.holder.node_id == member.node_id:
+            return f" seat {seat.seat}"
+    return ""
 
 
 def group_table(group: GroupHealth, *, phi: bool = False) -> RenderableType:
@@ -179,7 +195,7 @@ def group_table(group: GroupHealth, *, phi: bool = False) -> RenderableType:
             load = _number(beat.load1, 2) if beat else None
             row = [
                 Text(_clean(member.node_id), style="bold" if member.role == "leader" else ""),
-                Text(member.role + ("*" if _note(member) else "")),
+                Text(member.role + _seat_of(group, member) + ("*" if _note(member) else "")),
                 Text(_age(member.last_seen_s)),
                 Text(_percent(beat.cpu_percent if beat else None)),
                 Text(_percent(beat.memory_percent if beat else None)),
@@ -231,7 +247,8 @@ def history_table(election: str, entries: Sequence[HistoryEntry]) -> RenderableT
     if not entries:
         return Text(f"{_clean(election, 128)}: no leaderships recorded", style="dim")
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold dim")
-    for name in ("TERM", "NODE", "STARTED", "ENDED", "OUTCOME", "STATUS"):
+    seated = any(entry.seat is not None for entry in entries)
+    for name in ("SEAT", "TERM", "NODE", "STARTED", "ENDED", "OUTCOME", "STATUS")[not seated:]:
         table.add_column(name, no_wrap=True, min_width=len(name))
     table.add_column("NOTE", overflow="fold", ratio=1)  # the one column that gives way
     styles = {"running": "bold green", "exited": "", "resigned": "cyan", "lost": "bold red",
@@ -241,7 +258,7 @@ def history_table(election: str, entries: Sequence[HistoryEntry]) -> RenderableT
         if entry.slot:
             note = f"slot {entry.slot}" + (f"; {note}" if note else "")
         table.add_row(
-            str(entry.term), Text(_clean(entry.node_id, 64)), _stamp(entry.started),
+            *([str(entry.seat)] if seated else []), str(entry.term), Text(_clean(entry.node_id, 64)), _stamp(entry.started),
             _stamp(entry.ended, entry.started), Text(entry.outcome, style=styles.get(entry.outcome, "")),
             "" if entry.exit_status is None else str(entry.exit_status), Text(_clean(note, 80)),
         )

@@ -6,6 +6,7 @@ import click
 
 from lelect.cli import open_client
 from lelect.cli.params import DURATION, ELECTION, NODE_ID, backend_option
+from lelect.names import MAX_HOLDERS
 from lelect.status import ExitStatus
 
 RESIGN_STATUSES = """\b
@@ -34,7 +35,7 @@ def _refuse(message: str) -> int:
               help="Hand over to NODE, a live candidate waiting in line: for a while only NODE"
               " may take the leadership (then anybody may). If NODE is not waiting, nothing"
               " changes (status 1).")
-@click.option("--seat", type=click.IntRange(0), metavar="S",
+@click.option("--seat", type=click.IntRange(0, MAX_HOLDERS - 1), metavar="S",
               help="With --holders: ask the holder of seat S.")
 @click.option("--wait", "wait", type=DURATION, metavar="DUR",
               help="Wait up to DUR for the next leader and print it.")
@@ -64,7 +65,9 @@ def resign(ctx, election, term, to, seat, wait):
     # --to writes a note: a writer (the embedded backend's state).
     with open_client(ctx, create=to is not None) as client:
         handle = client.election(election)
-        info = handle.leader(seat)
+        if seat is not None:
+            handle = handle.seat(seat)
+        info = handle.leader()
         if info is None:
             return _refuse(f"{election}: no leader; nothing to resign")
         if term is not None and info.term != term:
@@ -73,8 +76,8 @@ def resign(ctx, election, term, to, seat, wait):
                 f" term {info.term}); nothing changed"
             )
         try:
-            answer = (handle.request_resign(info.term, seat) if to is None
-                      else handle.hand_over(to, info.term, seat))
+            answer = (handle.request_resign(info.term) if to is None
+                      else handle.hand_over(to, info.term))
         except (NotLeader, NotWaiting) as refused:
             return _refuse(str(refused))
         if answer is ResignAnswer.CANNOT_ASK:
@@ -84,7 +87,7 @@ def resign(ctx, election, term, to, seat, wait):
                 " step down; nothing changed"
             )
         if not answer:
-            now = handle.leader(seat)
+            now = handle.leader()
             if now is None or now.term != info.term:
                 who = "nobody" if now is None else f"{now.node_id}, term {now.term}"
                 return _refuse(
@@ -98,7 +101,7 @@ def resign(ctx, election, term, to, seat, wait):
         click.echo(f"asked {printable(info.node_id)} (term {info.term}) to step down{towards}")
         if wait is None:
             return ExitStatus.OK
-        successor = handle.wait_for_leader(info.term, wait, seat)
+        successor = handle.wait_for_leader(info.term, wait)
     if successor is None:
         click.echo(f"lelect: {election}: no new leader within {format_duration(wait)}", err=True)
         return ExitStatus.TIMEOUT

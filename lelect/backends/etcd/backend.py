@@ -13,8 +13,9 @@ An election is exactly etcd's ``client/v3/concurrency`` Election on ``PREFIX/NAM
 lelect's own records live outside every election prefix (no election name starts with
 ``_``): ``PREFIX/_members/NAME/<node id>`` (heartbeats, each under a lease as long as the
 member stays listed), ``PREFIX/_resign/NAME`` (a request that the leader of a term step
-down, under that leader's lease), ``PREFIX/_history/NAME/<term, 20 digits>`` and
-``PREFIX/_slots/NAME/<slot>``. Every write that concerns a leadership compares the
+down, under that leader's lease), ``PREFIX/_history/NAME/<term, 20 digits>``,
+``PREFIX/_slots/NAME/<slot>`` and ``PREFIX/_notes/NAME/<key>`` (notes; one with a ttl
+under a lease of its own). Every write that concerns a leadership compares the
 contender key's create revision: that revision is the leadership's identity.
 
 The lease is granted with the ttl (etcd grants whole seconds, at least its minimum: we use
@@ -36,6 +37,7 @@ from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
     DEFAULT_TTL,
+    MAX_NOTE,
     RUNNING,
     Backend,
     Candidate,
@@ -48,6 +50,8 @@ from lelect.backends.base import (
     Members,
     busy,
     check_cancel,
+    check_note,
+    check_note_key,
     only_changes,
     timed_out,
     unreachable,
@@ -172,6 +176,9 @@ class EtcdKeys:
 
     def slot(self, name: str) -> str:
         return self.slots + name
+
+    def note(self, key: str) -> str:
+        return f"{self.prefix}/_notes/{self.election}/{key}"
 
 
 def lease_seconds(ttl: float) -> int:
@@ -792,6 +799,42 @@ class EtcdBackend(Backend):
 
     def now(self) -> float:
         return time.time()
+
+    # -- notes -----------------------------------------------------------------------------
+
+    def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
+                 create: bool = False) -> bool:
+        key, data = check_note_key(key), check_note(data)
+        note, budget = self.keys(election).note(key), self.connect_timeout
+        try:
+            # A ttl is kept by etcd's clock: a lease of the note's own (whole seconds, at
+            # least etcd's minimum) that deletes the note when it runs out. A lease left
+            # unused (a create that found a live note) just runs out too.
+            lease = None if ttl is None else wire.lease_id(self.gateway.call(
+                "lease/grant", {"TTL": str(lease_seconds(ttl))}, budget))
+            # etcd's Campaign guard: "the key does not exist" is create revision 0.
+            written = self.gateway.txn([wire.created_at(note, 0)] if create else [],
+                                       [wire.put(note, data, lease)], budget=budget)
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+        return written.succeeded
+
+    def get_note(self, election: str, key: str) -> bytes | None:
+        note = self.keys(election).note(check_note_key(key))
+        try:
+            stored = self.gateway.range(note, budget=self.connect_timeout).first
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
+        # etcd cannot read part of a value: the answer is bounded by the gateway's caps
+        # (and etcd's request limit, 1.5 MiB by default), a note by MAX_NOTE.
+        return None if stored is None or len(stored.value) > MAX_NOTE else stored.value
+
+    def delete_note(self, election: str, key: str) -> None:
+        note = self.keys(election).note(check_note_key(key))
+        try:
+            self.gateway.call("kv/deleterange", {"key": wire.b64(note)}, self.connect_timeout)
+        except GatewayError as exc:
+            raise self.unavailable(exc) from None
 
     def close(self) -> None:
         self.gateway.close()

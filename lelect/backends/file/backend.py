@@ -186,8 +186,8 @@ class FileBackend(Backend):
 
     # -- leadership ------------------------------------------------------------
 
-    def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False
-                   ) -> LocalLock:
+    def local_lock(self, election: str, candidate: Candidate, *, no_wait: bool = False,
+                   holders: int = 1) -> LocalLock:
         validate_stored(election)
         return LocalLock(
             lock_path=self.lock_path(election),
@@ -199,6 +199,7 @@ class FileBackend(Backend):
             pid=candidate.pid or os.getpid(),
             nowait=no_wait,
             shared=self.shared,
+            seats=holders,
         )
 
     def adopt_local_lock(self, lock: LocalLock, term: int, since: float,

@@ -66,13 +66,19 @@ class LocalElection:
         previous_term = signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         signal.signal(signal.SIGALRM, check)
         outcome = None
+        self.seat = None
+        seats = int(self.options.get("seats") or 1)
+        election, lock = self.options["election"], self.options["lock"]
         waiting = False
         try:
             if deadline is not None and deadline <= time.monotonic():
                 nowait = True  # --timeout 0: one try, as flock -w 0
             while True:
-                self.lock_fd = filestate.take_lock(self.state, lock_name, True)
-                if self.lock_fd is None and not nowait:
+                if seats > 1:
+                    self.lock_fd = self._take_seat(seats, nowait, deadline)
+                else:
+                    self.lock_fd = filestate.take_lock(self.state, lock_name, True)
+                if self.lock_fd is None and not nowait and seats == 1:
                     if not waiting:
                         self.send(self.proto.Waiting())
                         waiting = True
@@ -86,13 +92,16 @@ class LocalElection:
                 # Being handed to another node (resign --to): let go before anything
                 # runs or any term is spent, and let it in.
                 self.release()
+                won = self.options["election"]  # a seat's election, with seats
+                self.options["election"], self.options["lock"] = election, lock
+                self.seat = None
                 if nowait:
                     break
                 if not waiting:
                     self.send(self.proto.Waiting())
                     waiting = True
                 signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
-                self.await_handover(*barred)
+                self.await_handover(won, *barred)
         except _GiveUp:
             outcome = self.proto.TimedOut()
         except OSError as exc:
@@ -124,16 +133,52 @@ class LocalElection:
             return handover, last
         return None
 
-    def await_handover(self, handover, last):
-        """Until the named node has led (a term above ``last``) or the note is gone
-        (taken back, or expired: the handover is bounded). The deadline timer runs."""
+    def await_handover(self, election, handover, last):
+        """Until the named node has led ``election`` (a term above ``last``) or the note
+        is gone (taken back, or expired: the handover is bounded). The deadline timer
+        runs."""
         from lelect.backends.notes import decode_handover
 
         while True:
             time.sleep(HANDOVER_POLL)
-            data, term = self.filestate.handover_note(self.db, self.options["election"])
+            data, term = self.filestate.handover_note(self.db, election)
             if term > last or decode_handover(data) is None:
                 return
+
+    def _take_seat(self, seats, nowait, deadline):
+        """An election with seats: the flock of the first free seat (None: all taken and
+        ``nowait``). Somebody in line goes first; else wait in the line (its flock) and,
+        at its head, look for a free seat every SEAT_LOOK (seats.py does the same for
+        the other backends)."""
+        from lelect.names import SEAT_LOOK, line_election, seat_election
+
+        filestate, election = self.filestate, self.options["election"]
+        names = [f"{seat_election(election, seat)}.lock" for seat in range(seats)]
+        line = f"{line_election(election)}.lock"
+
+        def free_seat():
+            for seat, name in enumerate(names):
+                fd = filestate.take_lock(self.state, name, True)
+                if fd is not None:
+                    return seat, fd
+            return None
+
+        got = None if filestate.lock_held(self.state, line) else free_seat()
+        if got is None and not nowait:
+            self.send(self.proto.Waiting())
+            signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
+            line_fd = filestate.take_lock(self.state, line, False)
+            try:
+                while (got := free_seat()) is None:
+                    time.sleep(SEAT_LOOK)
+            finally:
+                os.close(line_fd)
+        if got is None:
+            return None
+        self.seat, fd = got
+        self.options["election"] = seat_election(election, self.seat)
+        self.options["lock"] = os.path.join(os.path.dirname(self.options["lock"]), names[self.seat])
+        return fd
 
     @staticmethod
     def _tick(deadline):
@@ -154,7 +199,7 @@ class LocalElection:
         self.term = term
         # The term is settled (the lock file holds it), so start the job first.
         if self.command and self.options.get("autostart") == "1":
-            self.start_job(term, None, announce=False)
+            self.start_job(term, None, self.seat, announce=False)
         # The leader record is for people (`leader`, `watch`) and the history: write it
         # in a thread, so a busy database (another process recovering the WAL) never
         # keeps the main loop from noticing the job's exit. lelect hears "locked" once
@@ -163,7 +208,7 @@ class LocalElection:
 
         read_end, write_end = os.pipe()
         self.record_pipe = read_end
-        self.locked = self.proto.Locked(term, since)
+        self.locked = self.proto.Locked(term, since, -1 if self.seat is None else self.seat)
         threading.Thread(
             target=self._record_leader, args=(term, since, write_end), daemon=True
         ).start()

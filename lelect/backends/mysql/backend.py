@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
+    MAX_NOTE,
     Backend,
     Candidate,
     Ending,
@@ -44,6 +45,8 @@ from lelect.backends.base import (
     Members,
     busy,
     check_cancel,
+    check_note,
+    check_note_key,
     only_changes,
     timed_out,
     wait_slice,
@@ -405,6 +408,30 @@ class MySQLBackend(Backend):
     def elections(self) -> list[str]:
         rows = self._read(self.render(sql.ELECTIONS))
         return [name for (name,) in rows or ()]
+
+    # -- notes ----------------------------------------------------------------------------
+
+    def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
+                 create: bool = False) -> bool:
+        validate_stored(election)
+        statement = self.render(
+            sql.PUT_NOTE, election=election, key=check_note_key(key), data=check_note(data),
+            ttl_us=None if ttl is None else sql.microseconds(ttl), only_new=create,
+            attempt=secrets.token_hex(16),
+        )  # fmt: skip
+        rows = self._write(statement)
+        return bool(rows and int(rows[0][0] or 0))
+
+    def get_note(self, election: str, key: str) -> bytes | None:
+        validate_stored(election)
+        rows = self._read(self.render(sql.GET_NOTE, election=election, key=check_note_key(key),
+                                      max_bytes=MAX_NOTE))  # fmt: skip
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def delete_note(self, election: str, key: str) -> None:
+        validate_stored(election)
+        self._write(self.render(sql.DELETE_NOTE, election=election, key=check_note_key(key)),
+                    create=False)
 
     # -- operations ---------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ Tables (in the URL's database, names starting with ``?prefix=``, default ``lelec
   by the one that releases it; the newest ``?history=N`` kept.
 - ``slot``     once-per slots done, with the leadership that did them.
 - ``member``   heartbeats (records.py's codec) and arrival stamps by the server's clock.
+- ``note``     small records beside an election (``put_note``): bytes under a key, until
+  ``expires_at`` by the server's clock (NULL: until deleted).
 - ``schema_version``  one row: the version of this layout, for later migrations.
 
 MySQL has no data-modifying CTEs, so a verb that writes more than one table is one
@@ -37,7 +39,7 @@ SCHEMA_VERSION = 1
 DEFAULT_PREFIX = "lelect_"
 #: A table prefix lelect accepts: plain lower-case, so names never need care.
 PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
-TABLES = ("schema_version", "term", "lease", "history", "slot", "member")
+TABLES = ("schema_version", "term", "lease", "history", "slot", "member", "note")
 
 #: Every session's settings (the backend's and the hand-back's): expiry is UTC by the
 #: server's clock whatever the server's time zone, and text is utf8mb4.
@@ -51,6 +53,8 @@ def literal(value: object) -> str:
         return "NULL"
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, bytes):
+        return f"X'{value.hex()}'"
     if isinstance(value, int):
         return str(int(value))
     if isinstance(value, float):
@@ -160,12 +164,23 @@ CREATE TABLE IF NOT EXISTS %(t_member)s (
     forget_at DATETIME(6) NOT NULL,
     PRIMARY KEY (election, node_id)
 ) {_TABLE};
+CREATE TABLE IF NOT EXISTS %(t_note)s (
+    {_ELECTION},
+    note_key VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    data BLOB NOT NULL,
+    expires_at DATETIME(6),
+    attempt {_TOKEN},
+    PRIMARY KEY (election, note_key)
+) {_TABLE};
 INSERT INTO %(t_schema_version)s (id, version) VALUES (1, %(version)s)
 ON DUPLICATE KEY UPDATE id = id;
 SELECT MAX(version) FROM %(t_schema_version)s
 """
 
-SCHEMA_VERSION_OF = "SELECT MAX(version) FROM %(t_schema_version)s"
+#: Names the newest table too: tables made before it (by an older lelect, which works
+#: beside it unchanged: no new version) read as missing, and CREATE_TABLES adds it.
+SCHEMA_VERSION_OF = """SELECT MAX(version) FROM %(t_schema_version)s
+WHERE NOT EXISTS (SELECT 1 FROM %(t_note)s WHERE FALSE)"""
 
 # -- leadership -----------------------------------------------------------------------------
 
@@ -315,6 +330,31 @@ SELECT election FROM %(t_member)s WHERE forget_at > NOW(6)
 UNION
 SELECT DISTINCT election FROM %(t_history)s
 ORDER BY 1"""
+
+# -- notes ----------------------------------------------------------------------------------
+
+_LIVE_NOTE = "(expires_at IS NULL OR expires_at > NOW(6))"
+_KEEP = f"%(only_new)s AND {_LIVE_NOTE}"
+
+#: Store a note until ``ttl_us`` from now by the server's clock (NULL: no expiry); with
+#: ``only_new``, only over no note or an expired one (every assignment guarded, on the
+#: locked row; ``attempt`` tells whether this statement wrote). -> (1 if written else 0)
+PUT_NOTE = f"""START TRANSACTION;
+INSERT INTO %(t_note)s (election, note_key, data, expires_at, attempt) /* lelect put-note */
+VALUES (%(election)s, %(key)s, %(data)s, NOW(6) + INTERVAL %(ttl_us)s MICROSECOND,
+        %(attempt)s)
+ON DUPLICATE KEY UPDATE
+    attempt = IF({_KEEP}, attempt, %(attempt)s), data = IF({_KEEP}, data, %(data)s),
+    expires_at = IF({_KEEP}, expires_at, NOW(6) + INTERVAL %(ttl_us)s MICROSECOND);
+SELECT attempt = %(attempt)s FROM %(t_note)s
+WHERE election = %(election)s AND note_key = %(key)s;
+COMMIT"""
+
+#: The live note, NULL when it is longer than ``max_bytes`` (not even sent: a bounded read).
+GET_NOTE = f"""SELECT IF(LENGTH(data) <= %(max_bytes)s, data, NULL) FROM %(t_note)s
+WHERE election = %(election)s AND note_key = %(key)s AND {_LIVE_NOTE}"""
+
+DELETE_NOTE = "DELETE FROM %(t_note)s WHERE election = %(election)s AND note_key = %(key)s"
 
 # -- operations -----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
+    MAX_NOTE,
     PARTING_BUDGET,
     Backend,
     Candidate,
@@ -48,6 +49,8 @@ from lelect.backends.base import (
     Members,
     busy,
     check_cancel,
+    check_note,
+    check_note_key,
     only_changes,
     timed_out,
     wait_slice,
@@ -193,13 +196,13 @@ class PostgresBackend(Backend):
         if self._schema_ready:
             return
         try:
-            version, has_queue = session.run(self.render(
-                sql.SCHEMA_VERSION_OF, queue=f'"{self.options.schema}".queue'), budget)[0]
+            version, complete = session.run(self.render(
+                sql.SCHEMA_VERSION_OF, newest=f'"{self.options.schema}".note'), budget)[0]
         except _NO_SCHEMA:
-            version, has_queue = None, False
+            version, complete = None, False
         except pg_errors.InsufficientPrivilege as exc:
             raise self.options.refused(exc) from None
-        if version is None or not has_queue:  # not there, cut short, or made before the line
+        if version is None or not complete:  # not there, cut short, or made before notes
             version = self._create_schema(session, budget)
         if version > sql.SCHEMA_VERSION:
             raise ConfigError(
@@ -460,6 +463,26 @@ class PostgresBackend(Backend):
     def elections(self) -> list[str]:
         rows = self._read(self.render(sql.ELECTIONS))
         return [name for (name,) in rows or ()]
+
+    # -- notes ----------------------------------------------------------------------------
+
+    def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
+                 create: bool = False) -> bool:
+        validate_stored(election)
+        statement = self.render(sql.PUT_NOTE, election=election, key=check_note_key(key),
+                                data=check_note(data), ttl=ttl, only_new=create)  # fmt: skip
+        return bool(self._write(statement))
+
+    def get_note(self, election: str, key: str) -> bytes | None:
+        validate_stored(election)
+        rows = self._read(self.render(sql.GET_NOTE, election=election, key=check_note_key(key),
+                                      max_bytes=MAX_NOTE))  # fmt: skip
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def delete_note(self, election: str, key: str) -> None:
+        validate_stored(election)
+        self._write(self.render(sql.DELETE_NOTE, election=election, key=check_note_key(key)),
+                    create=False)
 
     # -- operations ---------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ Tables (in the URL's ``?schema=``, default ``lelect``):
   it joined, until when its ticket is good, and its server process (pid and start), so a
   release NOTIFYs the next live candidate only (herd-free) and skips one that died.
 - ``member``  heartbeats (records.py's codec) and arrival stamps by the server's clock.
+- ``note``    small records beside an election (``put_note``): bytes under a key, until
+  ``expires_at`` by the server's clock (NULL: until deleted).
 - ``schema_version``  one row: the version of this layout, for later migrations.
 """
 
@@ -50,6 +52,8 @@ def literal(value: object) -> str:
         return f'"{value}"'
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, bytes):
+        return f"decode('{value.hex()}', 'hex')"
     if isinstance(value, int):
         return str(int(value))
     if isinstance(value, float):
@@ -166,6 +170,13 @@ CREATE TABLE IF NOT EXISTS %(schema)s.member (
     forget_at timestamptz NOT NULL,
     PRIMARY KEY (election, node_id)
 );
+CREATE TABLE IF NOT EXISTS %(schema)s.note (
+    election text NOT NULL,
+    key text NOT NULL,
+    data bytea NOT NULL,
+    expires_at timestamptz,  -- NULL: until deleted
+    PRIMARY KEY (election, key)
+);
 INSERT INTO %(schema)s.schema_version (version)
 SELECT %(version)s WHERE NOT EXISTS (SELECT 1 FROM %(schema)s.schema_version);
 SELECT version FROM %(schema)s.schema_version;
@@ -173,10 +184,10 @@ SELECT version FROM %(schema)s.schema_version;
 
 SCHEMA_EXISTS = "SELECT to_regnamespace(%(name)s) IS NOT NULL"
 
-#: -> (version, whether the queue table is there: it came later, without a new version,
-#: since older lelects work beside it unchanged)
+#: -> (version, whether the newest table is there: ``queue`` and then ``note`` came later,
+#: without a new version, since older lelects work beside them unchanged)
 SCHEMA_VERSION_OF = """
-SELECT max(version), to_regclass(%(queue)s) IS NOT NULL FROM %(schema)s.schema_version
+SELECT max(version), to_regclass(%(newest)s) IS NOT NULL FROM %(schema)s.schema_version
 """
 
 #: A candidate process is alive on the server: its backend runs, and is the one that
@@ -419,6 +430,33 @@ SELECT election FROM %(schema)s.member WHERE forget_at > clock_timestamp()
 UNION
 SELECT election FROM %(schema)s.history
 ORDER BY 1
+"""
+
+# -- notes ----------------------------------------------------------------------------------
+
+_LIVE_NOTE = "(n.expires_at IS NULL OR n.expires_at > clock_timestamp())"
+
+#: Store a note until ``ttl`` seconds from now by the server's clock (NULL: no expiry); with
+#: ``only_new``, only over no note or an expired one (the upsert's WHERE, on the locked row).
+#: -> one row if written, none if a live note stands
+PUT_NOTE = """/* lelect put-note */
+INSERT INTO %(schema)s.note AS n (election, key, data, expires_at)
+VALUES (%(election)s, %(key)s, %(data)s,
+        clock_timestamp() + %(ttl)s::float8 * interval '1 second')
+ON CONFLICT (election, key) DO UPDATE
+    SET data = excluded.data, expires_at = excluded.expires_at
+    WHERE NOT %(only_new)s OR NOT """ + _LIVE_NOTE + """
+RETURNING 1
+"""
+
+#: The live note, NULL when it is longer than ``max_bytes`` (not even sent: a bounded read).
+GET_NOTE = """
+SELECT CASE WHEN octet_length(n.data) <= %(max_bytes)s THEN n.data END
+FROM %(schema)s.note n
+WHERE n.election = %(election)s AND n.key = %(key)s AND """ + _LIVE_NOTE
+
+DELETE_NOTE = """/* lelect delete-note */
+DELETE FROM %(schema)s.note WHERE election = %(election)s AND key = %(key)s
 """
 
 # -- operations -----------------------------------------------------------------------------

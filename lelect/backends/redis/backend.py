@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from lelect.backends.base import (
     LOST,
     MAX_ARRIVALS,
+    MAX_NOTE,
     Backend,
     Candidate,
     Ending,
@@ -39,6 +40,8 @@ from lelect.backends.base import (
     Members,
     busy,
     check_cancel,
+    check_note,
+    check_note_key,
     only_changes,
     timed_out,
     wait_slice,
@@ -60,6 +63,7 @@ from lelect.backends.redis.link import (
 )
 from lelect.backends.redis.scripts import (
     ACQUIRE,
+    GET_NOTE,
     LEADER,
     MEMBERS,
     PUBLISH,
@@ -339,6 +343,25 @@ class RedisBackend(Backend):
                     names.add(name)
             if str(cursor) == "0":
                 return sorted(names)
+
+    # -- notes ----------------------------------------------------------------------------
+
+    def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
+                 create: bool = False) -> bool:
+        key, data = check_note_key(key), check_note(data)
+        expiry = [] if ttl is None else ["PX", milliseconds(ttl)]
+        reply = self._call("SET", self._keys(election).note(key), data, *expiry,
+                           *(["NX"] if create else []), election=election)
+        return reply is not None  # SET NX answers nil when a live note has the key
+
+    def get_note(self, election: str, key: str) -> bytes | None:
+        note = self._keys(election).note(check_note_key(key))
+        reply = self._run(GET_NOTE, [note], [MAX_NOTE], election)
+        # Replies are decoded with surrogateescape: this gives back the bytes stored.
+        return None if reply is None else reply.encode("utf-8", "surrogateescape")
+
+    def delete_note(self, election: str, key: str) -> None:
+        self._call("DEL", self._keys(election).note(check_note_key(key)), election=election)
 
     # -- operations -----------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ Every key of an election sits under ``<prefix>:{NAME}:`` (a Redis Cluster hash t
   only the head of the line, on its own channel ``wake:<token>`` (:data:`RELEASE`);
 - ``boot``  hash: the Redis instance (run id / replication id) that last considered a grant, the
   earliest moment (``base_ms``) its leases can have been granted from, and the longest
-  ttl ever asked for (``max_ttl_ms``): the delayed-restart rule (:data:`ACQUIRE`).
+  ttl ever asked for (``max_ttl_ms``): the delayed-restart rule (:data:`ACQUIRE`);
+- ``note:<key>``  a note (``Backend.put_note``): a string, with Redis's own PX expiry.
 
 Channels: ``released`` (a leader let go: for observers), ``elected`` (a new leader),
 ``resign-requests``, and ``wake:<token>`` per waiting candidate (the head of the line).
@@ -95,6 +96,10 @@ class RedisKeys:
     @property
     def line(self) -> list[str]:
         return [self._key("line"), self._key("line-expiry")]
+
+    def note(self, key: str) -> str:
+        """A note's key (``key`` checked by ``check_note_key``: never a brace)."""
+        return self._key("note:" + key)
 
     @property
     def wake_prefix(self) -> str:
@@ -469,6 +474,18 @@ REMOVE_MEMBER = Script(
     + """
 forget_member(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 return 1
+"""
+)
+
+# KEYS: note; ARGV: most bytes -> the note, or nil (none, or longer than that: a read of
+# a note is bounded, so an oversized value never leaves the server)
+GET_NOTE = Script(
+    _TYPE_CHECK
+    + """
+local err = wrong_type(KEYS[1], 'string')
+if err then return err end
+if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then return false end
+return redis.call('GET', KEYS[1])
 """
 )
 

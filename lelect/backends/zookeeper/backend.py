@@ -33,6 +33,7 @@ from kazoo.exceptions import (
 from lelect.backends.base import (
     LOST,
     MAX_ARRIVALS,
+    MAX_NOTE,
     PARTING_BUDGET,
     RUNNING,
     Backend,
@@ -44,6 +45,8 @@ from lelect.backends.base import (
     LeaderInfo,
     Leadership,
     Members,
+    check_note,
+    check_note_key,
     only_changes,
 )
 from lelect.backends.records import (
@@ -56,11 +59,13 @@ from lelect.backends.records import (
 from lelect.backends.zookeeper.acl import guard_acls
 from lelect.backends.zookeeper.contest import Contest
 from lelect.backends.zookeeper.layout import (
+    ANY_VERSION,
     Contender,
     Create,
     Delete,
     ElectionPaths,
     SetData,
+    StoredNote,
     clock_path,
     contenders,
     entry_data,
@@ -89,6 +94,8 @@ if TYPE_CHECKING:
 RELEASE_PATIENCE = 1.0
 #: Tries of the release multi (each retry leaves out a part that cannot apply).
 RELEASE_TRIES = 5
+#: Tries of a note's write against writers that change or delete it meanwhile.
+NOTE_TRIES = 5
 
 
 class ZooKeeperBackend(Backend):
@@ -589,6 +596,63 @@ class ZooKeeperBackend(Backend):
                     if stat is not None and stat.numChildren > 0:
                         names.add(child)
         return sorted(names)
+
+    # -- notes ------------------------------------------------------------------
+
+    def put_note(self, election: str, key: str, data: bytes, ttl: float | None = None, *,
+                 create: bool = False) -> bool:
+        """Create the node, or set it: with ``create`` only at the version read when the
+        note there has expired (by the server's clock)."""
+        path = self.paths(election).note(check_note_key(key))
+        stored = StoredNote.of(check_note(data), ttl).encode()
+        session = self._session()
+        with session.errors(f"writing note {key!r} of {election!r}", path):
+            for _ in range(NOTE_TRIES):
+                try:
+                    self._ask(session, "create", path, stored, makepath=True)
+                    return True
+                except NodeExistsError:
+                    pass
+                try:
+                    version = ANY_VERSION
+                    if create:
+                        raw, stat = self._ask(session, "get", path)
+                        if self._live_note(session, raw, stat) is not None:
+                            return False
+                        version = stat.version
+                    self._ask(session, "set", path, stored, version=version)
+                    return True
+                except (NoNodeError, BadVersionError):
+                    continue  # deleted or written meanwhile: look again
+        raise BackendUnavailable(f"could not write note {path}: too many concurrent writers")
+
+    def get_note(self, election: str, key: str) -> bytes | None:
+        path = self.paths(election).note(check_note_key(key))
+        session = self._session()
+        with session.errors(f"reading note {key!r} of {election!r}", path):
+            try:
+                raw, stat = self._ask(session, "get", path)
+            except NoNodeError:
+                return None
+            return self._live_note(session, raw, stat)
+
+    def _live_note(self, session: ZooKeeperSession, raw: bytes | None, stat: Any) -> bytes | None:
+        """A note node's bytes if they are a live note of at most MAX_NOTE bytes."""
+        note = StoredNote.decode(raw or b"")
+        if note is None or len(note.data) > MAX_NOTE:
+            return None
+        if note.ttl_ms is not None and not note.live(stat.mtime, self._server_now(session)):
+            return None
+        return note.data
+
+    def delete_note(self, election: str, key: str) -> None:
+        path = self.paths(election).note(check_note_key(key))
+        session = self._session()
+        with session.errors(f"deleting note {key!r} of {election!r}", path):
+            try:
+                self._ask(session, "delete", path)
+            except NoNodeError:
+                pass
 
     # -- operations -------------------------------------------------------------
 

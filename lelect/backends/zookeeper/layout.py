@@ -11,6 +11,7 @@ election under names no election can have (they start with ``_``):
 - ``<path>/_resign/NAME``: a request that the leader of a given term step down
 - ``<path>/_history/NAME/<10-digit term>``: one leadership (``HistoryEntry`` JSON)
 - ``<path>/_slots/NAME/<slot>``: the leadership that completed a once-per slot
+- ``<path>/_notes/NAME/<key>``: a note (``put_note``): its ttl, then its bytes
 - ``<path>/_clock``: a scratch node whose mtime tells the server's current time
 
 A history entry is created (version 0) by the multi that makes its leader leader, and
@@ -22,6 +23,7 @@ server's clock.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
@@ -119,9 +121,45 @@ class ElectionPaths:
     def slot(self, slot: str) -> str:
         return f"{self.slots}/{znode_name(slot, 'a once-per slot')}"
 
+    @property
+    def notes(self) -> str:
+        return f"{self.base}/_notes/{self.election}"
+
+    def note(self, key: str) -> str:
+        return f"{self.notes}/{znode_name(key, 'a note key')}"
+
 
 def clock_path(base: str) -> str:
     return f"{base}/_clock"
+
+
+@dataclass(frozen=True)
+class StoredNote:
+    """A note's node: ZooKeeper has no TTL nodes by default, so the ttl is stored in the
+    data (whole milliseconds, or ``-`` for none) and counts from the node's mtime, which
+    the server stamps at every write; it is judged against the server's clock."""
+
+    data: bytes
+    ttl_ms: int | None = None
+
+    @classmethod
+    def of(cls, data: bytes, ttl: float | None) -> StoredNote:
+        return cls(data, None if ttl is None else max(0, math.ceil(ttl * 1000)))
+
+    def encode(self) -> bytes:
+        return (b"-" if self.ttl_ms is None else b"%d" % self.ttl_ms) + b"\n" + self.data
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StoredNote | None:
+        """The note in a node's data, or None if it is not one."""
+        head, newline, data = raw.partition(b"\n")
+        if not newline or not (head == b"-" or head.isdigit()):
+            return None
+        return cls(data, None if head == b"-" else int(head))
+
+    def live(self, mtime_ms: int, now: float) -> bool:
+        """Unexpired at the server's time ``now`` (epoch seconds), written at ``mtime_ms``."""
+        return self.ttl_ms is None or now * 1000 < mtime_ms + self.ttl_ms
 
 
 # -- the writes of a transaction (ZooKeeper multi), each naming what it compares ---------
