@@ -298,6 +298,25 @@ class Election:
         info = next_leader(self.backend, self.name, after_term, timeout)
         return with_value(self.backend, self.name, info)
 
+    def wait_for_successor(self, to: str, after_term: int, timeout: float | None = None
+                           ) -> LeaderInfo | None:
+        """After :meth:`hand_over` to ``to``: the leader that took over from ``after_term``
+        (None if nobody did within ``timeout``). A candidate that won while the handover
+        held and stepped down at once is passed over: the answer is ``to``, or whoever
+        leads once the reservation is over."""
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            info = self.wait_for_leader(after_term, left)
+            if info is None or info.node_id == to:
+                return info
+            if self.backend.get_note(self.name, HANDOVER_KEY) is None:
+                now = self.leader()  # ``to`` may have won and spent the note meanwhile
+                return now if now is not None and now.term > after_term else info
+            after_term = info.term
+
     def health(self, detector: PhiAccrualDetector | None = None) -> GroupHealth:
         """The leader and every member, judged by the phi accrual failure detector."""
         from lelect.health import PhiAccrualDetector, check

@@ -355,12 +355,15 @@ class Leadership:
         self.ending = Ending(outcome, exit_status,
                              reason or (self.lost_reason if outcome == LOST else None), slot)
         # A server that failed us gets no last word but the release.
-        forget = self.publishes_value and not self.lease_over()
+        forget = self.publishes_value and outcome != LOST and not self.lease_over()
         if self.lease is not None:
             self.lease.stop()
         self.backend.resign(self, self.ending)
-        if forget:
-            self.forget_value()  # after the release: the next leader never waits on it
+        if forget:  # after the release: the next leader never waits on it, nor the exit long
+            forgetting = threading.Thread(target=self.forget_value, name="forget-value",
+                                          daemon=True)
+            forgetting.start()
+            forgetting.join(PARTING_BUDGET)
 
     def __enter__(self) -> Leadership:
         return self

@@ -101,7 +101,8 @@ def resign(ctx, election, term, to, seat, wait):
         click.echo(f"asked {printable(info.node_id)} (term {info.term}) to step down{towards}")
         if wait is None:
             return ExitStatus.OK
-        successor = handle.wait_for_leader(info.term, wait)
+        successor = (handle.wait_for_leader(info.term, wait) if to is None
+                     else handle.wait_for_successor(to, info.term, wait))
     if successor is None:
         click.echo(f"lelect: {election}: no new leader within {format_duration(wait)}", err=True)
         return ExitStatus.TIMEOUT
