@@ -24,6 +24,7 @@ from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
 from lelect.backends.base import PARTING_BUDGET, Backend, Candidate, LeaderInfo, Leadership
+from lelect.backends.notes import encode_value
 from lelect.backends.words import LOST
 from lelect.credentials import job_backend_env
 from lelect.durations import RANGES, format_duration
@@ -34,6 +35,7 @@ from lelect.errors import (
     CommandNotFound,
     ConfigError,
     ElectionBusy,
+    LelectError,
     UsageError,
 )
 from lelect.lease import LeaseTiming
@@ -93,6 +95,7 @@ class CampaignOptions:
     forget_after: float = default("forget_after")
     once_per: float | None = default("once_per")  # run the job successfully at most once per slot
     once_key: str | None = default("once_key")  # ...or once per this named slot
+    value: str | None = default("value")  # published with the leadership (LELECT_VALUE)
     holders: int = default("holders")  # up to this many leaders at once, each in a seat
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -129,6 +132,8 @@ class CampaignOptions:
                 "--restart and --once-per/--once-key do not mix: run the campaign from a"
                 " timer (systemd, cron) for once-per-slot jobs"
             )
+        if self.value is not None:
+            encode_value(self.value)  # text, at most MAX_VALUE bytes
         if self.once_key is not None and (not self.once_key or any(c.isspace() for c in self.once_key)
                                           or len(self.once_key) > 200):
             raise UsageError("--once-key must be 1-200 characters without spaces")
@@ -460,9 +465,11 @@ class _Driver:
         env["LELECT_ELECTION"] = self.options.election
         env["LELECT_NODE_ID"] = self.candidate.node_id
         job_backend_env(env, self.backend.url)  # no secrets: docs/security.md, "Secrets"
-        for name in ("LELECT_TERM", "LELECT_SLOT", "LELECT_SEAT", "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                     "WATCHDOG_PID"):
+        for name in ("LELECT_TERM", "LELECT_SLOT", "LELECT_SEAT", "LELECT_VALUE", "NOTIFY_SOCKET",
+                     "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(name, None)
+        if self.options.value is not None:
+            env["LELECT_VALUE"] = self.options.value
         return env
 
     def _attempt(self) -> core.Event:
@@ -711,10 +718,22 @@ class _Driver:
             changed("resign")
         if self.heartbeats is not None:
             self.heartbeats.set_role("leader", leadership.term, leadership.seat)
+        self._proclaim(leadership)
         self.status.leadership = leadership
         return core.Won(now(), leadership.term, leadership.lease_deadline,
                         job_started=keeper.autostart, slot=slot, slot_done=bool(done),
                         seat=leadership.seat)
+
+    def _proclaim(self, leadership: Leadership) -> None:
+        """Publish --value with the leadership just won; its job may proclaim another
+        (``lelect proclaim``), so the release forgets this term's value either way."""
+        leadership.publishes_value = True
+        if self.options.value is None:
+            return
+        try:
+            leadership.proclaim(self.options.value)
+        except LelectError as exc:  # a leadership lost meanwhile is the lease's news
+            self.log("warning", f"could not publish the value of term {leadership.term}: {exc}")
 
     def _release(self, command: core.Release) -> None:
         """Release the election first, then tidy up."""

@@ -21,8 +21,12 @@ from lelect.backends.base import (
     Leadership,
     Members,
     ResignAnswer,
+    not_leading,
+    publish_value,
+    with_value,
 )
-from lelect.errors import UsageError
+from lelect.backends.notes import HANDOVER_KEY, encode_handover, encode_value, handover_ttl
+from lelect.errors import LelectError, NotWaiting, UsageError
 from lelect.names import split_part, validate_election, validate_node_id, validate_stored
 from lelect.seats import HoldersMismatch, Seat, check_holders
 
@@ -206,7 +210,8 @@ class Election:
                             Notifier() if systemd else None, status)
 
     def leader(self) -> LeaderInfo | None:
-        return self.backend.leader(self.name)
+        """Who leads now, with the value its term proclaimed (None: nobody)."""
+        return with_value(self.backend, self.name, self.backend.leader(self.name))
 
     def wait_for_holders(self, timeout: float | None = None) -> list[Seat]:
         """The seats once one is held (or as they are when ``timeout`` ran out)."""
@@ -227,6 +232,49 @@ class Election:
         ``etcdctl elect``, a kazoo Election) and cannot be asked."""
         return self.backend.request_resign(self.name, term)
 
+    def proclaim(self, value: str, term: int) -> None:
+        """Publish ``value`` (text, at most 4 KiB of UTF-8) as the value of the leadership
+        of ``term`` (a job's ``LELECT_TERM``), replacing any earlier one. Raises NotLeader
+        (nothing written) unless ``term`` leads, before and after the write. For a seat:
+        ``election.seat(S).proclaim(...)``."""
+        data = encode_value(value)
+        now = self.backend.leader(self.name)
+        if now is None or now.term != term:
+            raise not_leading(self.name, term, now)
+        publish_value(self.backend, self.name, term, data)
+
+    def is_waiting(self, node_id: str, detector: PhiAccrualDetector | None = None) -> bool:
+        """``node_id`` is a live candidate waiting in line: a fresh "follower" heartbeat
+        among the election's members (published under the election itself, with seats
+        too)."""
+        from lelect.health import PhiAccrualDetector, is_waiting
+
+        members = self.backend.members(split_part(self.name)[0])
+        return is_waiting(members, node_id, detector or PhiAccrualDetector())
+
+    def hand_over(self, to: str, term: int) -> bool | ResignAnswer:
+        """Ask the leadership of ``term`` to step down in favour of node ``to``: for a
+        bounded time (:func:`~lelect.backends.notes.handover_ttl`) only ``to`` may take
+        it, then anybody may. Raises NotLeader unless ``term`` leads, NotWaiting unless
+        ``to`` is a live candidate waiting in line (both: nothing changed). Otherwise as
+        :meth:`request_resign` (if the leader could not be asked, the reservation is
+        taken back). For a seat: ``election.seat(S).hand_over(...)``."""
+        now = self.backend.leader(self.name)
+        if now is None or now.term != term:
+            raise not_leading(self.name, term, now)
+        if not self.is_waiting(to):
+            raise NotWaiting(f"{to} is not waiting in {split_part(self.name)[0]}; nothing"
+                             " changed")
+        ttl = handover_ttl(self.backend.default_ttl if self.backend.lease_based else None)
+        self.backend.put_note(self.name, HANDOVER_KEY, encode_handover(to, term, ttl), ttl)
+        answer = self.backend.request_resign(self.name, term)
+        if not answer:
+            try:
+                self.backend.delete_note(self.name, HANDOVER_KEY)
+            except LelectError:
+                pass  # it expires
+        return answer
+
     def members(self) -> Members:
         return self.backend.members(self.name)
 
@@ -243,11 +291,31 @@ class Election:
 
     def wait_for_leader(self, after_term: int = -1, timeout: float | None = None
                         ) -> LeaderInfo | None:
-        """The leader once there is one with a term above ``after_term`` (None if there
-        is none within ``timeout``; None waits for ever)."""
+        """The leader (with its value) once there is one with a term above
+        ``after_term`` (None if there is none within ``timeout``; None waits for ever)."""
         from lelect.health import next_leader
 
-        return next_leader(self.backend, self.name, after_term, timeout)
+        info = next_leader(self.backend, self.name, after_term, timeout)
+        return with_value(self.backend, self.name, info)
+
+    def wait_for_successor(self, to: str, after_term: int, timeout: float | None = None
+                           ) -> LeaderInfo | None:
+        """After :meth:`hand_over` to ``to``: the leader that took over from ``after_term``
+        (None if nobody did within ``timeout``). A candidate that won while the handover
+        held and stepped down at once is passed over: the answer is ``to``, or whoever
+        leads once the reservation is over."""
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            info = self.wait_for_leader(after_term, left)
+            if info is None or info.node_id == to:
+                return info
+            if self.backend.get_note(self.name, HANDOVER_KEY) is None:
+                now = self.leader()  # ``to`` may have won and spent the note meanwhile
+                return now if now is not None and now.term > after_term else info
+            after_term = info.term
 
     def health(self, detector: PhiAccrualDetector | None = None) -> GroupHealth:
         """The leader and every member, judged by the phi accrual failure detector."""
@@ -256,4 +324,7 @@ class Election:
         return check(self.backend, self.name, detector or PhiAccrualDetector())
 
     def observe(self, stop: threading.Event | None = None) -> Iterator[LeaderInfo | None]:
-        return self.backend.observe(self.name, stop)
+        """The leader now and again on every change of leadership, each with its value
+        as it was when looked at."""
+        for info in self.backend.observe(self.name, stop):
+            yield with_value(self.backend, self.name, info)

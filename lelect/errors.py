@@ -54,6 +54,19 @@ class CampaignCancelled(LelectError):
     exit_status = ExitStatus.CANCELLED
 
 
+class NotLeader(LelectError):
+    """The leadership a write names (its term) does not lead: nothing was written."""
+
+    exit_status = ExitStatus.NO
+
+
+class NotWaiting(LelectError):
+    """``resign --to NODE``: NODE is not a live candidate waiting in the election; nothing
+    changed."""
+
+    exit_status = ExitStatus.NO
+
+
 class CommandNotFound(LelectError):
     """The job's command was not found or is not executable."""
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
-from lelect.backends.base import Backend, Candidate, Heartbeat, LeaderInfo, Members
+from lelect.backends.base import Backend, Candidate, Heartbeat, LeaderInfo, Members, with_value
 from lelect.backends.records import DEFAULT_FORGET_AFTER
 from lelect.errors import LelectError, UsageError
 from lelect.names import printable, validate_election
@@ -331,7 +331,7 @@ class GroupHealth:
     def change_key(self) -> tuple:
         """What a viewer reports as a change: the leader and each member's role and
         status, not the figures that move on every beat."""
-        leader = None if self.leader is None else (self.leader.node_id, self.leader.term)
+        leader = _identity(self.leader)
         return (
             self.status,
             leader,
@@ -411,13 +411,13 @@ def assess(
 
 
 def check(backend: Backend, election: str, detector: PhiAccrualDetector) -> GroupHealth:
-    """Read ``election``'s leader (or, with seats, its holders) and members from
-    ``backend`` and judge them."""
+    """Read ``election``'s leader (or, with seats, its holders), each with its value, and
+    members from ``backend`` and judge them."""
     count = holders_count(backend, election)
     if count > 1:
         return assess(backend.members(election), None, detector,
                       seat_holders(backend, election, count))
-    leader = backend.leader(election)
+    leader = with_value(backend, election, backend.leader(election))
     return assess(backend.members(election), leader, detector)
 
 
@@ -431,6 +431,19 @@ def worst(groups: Sequence[GroupHealth]) -> str:
     if not groups:
         return CRITICAL
     return max((g.status for g in groups), key=EXIT_STATUS.__getitem__)
+
+
+def is_waiting(members: Members, node_id: str, detector: PhiAccrualDetector) -> bool:
+    """``node_id`` is a live candidate waiting in line: its heartbeat says "follower"
+    and is fresh (alive by ``detector``, at the backend's time)."""
+    for record in members.records:
+        beat = record.heartbeat
+        if record.node_id != node_id or beat is None or beat.role != "follower":
+            continue
+        judged = judge_member(node_id, beat, record.arrivals, members.now, None, detector)
+        if judged.status == ALIVE:
+            return True
+    return False
 
 
 def list_elections(backend: Backend) -> list[str]:
@@ -449,7 +462,8 @@ def list_elections(backend: Backend) -> list[str]:
 
 @dataclass(frozen=True)
 class LeaderChange:
-    """The leader of ``election`` changed from ``previous`` to ``current``."""
+    """The leader of ``election`` changed from ``previous`` to ``current`` (or only its
+    value: event "proclaimed")."""
 
     election: str
     previous: LeaderInfo | None
@@ -463,22 +477,27 @@ class LeaderChange:
             return "" if value is None else printable(value)
 
         new, old = self.current, self.previous
+        event = "elected" if new is not None else "vacant"
+        if new is not None and old is not None and new.identity == old.identity:
+            event = "proclaimed"
         return {
             "LELECT_ELECTION": self.election,
-            "LELECT_EVENT": "elected" if new is not None else "vacant",
+            "LELECT_EVENT": event,
             "LELECT_LEADER": text(new and new.node_id),
             "LELECT_NODE_ID": text(new and new.node_id),
             "LELECT_TERM": text(new and new.term),
             "LELECT_LEADER_HOST": text(new and new.host),
             "LELECT_LEADER_PID": text(new and new.pid),
+            "LELECT_VALUE": text(new and new.value),
             "LELECT_PREVIOUS_LEADER": text(old and old.node_id),
             "LELECT_PREVIOUS_TERM": text(old and old.term),
             "LELECT_BACKEND": backend_url,
         }
 
 
-def _identity(info: LeaderInfo | None) -> tuple[str, int] | None:
-    return None if info is None else (info.node_id, info.term)
+def _identity(info: LeaderInfo | None) -> tuple[str, int, str | None] | None:
+    """What a watcher reports as a change: another leadership, or a new value."""
+    return None if info is None else (info.node_id, info.term, info.value)
 
 
 def next_leader(
@@ -554,7 +573,7 @@ class GroupWatch:
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _wake: threading.Event = field(default_factory=threading.Event, init=False)
     _observed: set[str] = field(default_factory=set, init=False)
-    _leaders: dict[str, tuple[LeaderInfo | None, tuple[str, int] | None]] = field(
+    _leaders: dict[str, tuple[LeaderInfo | None, tuple[str, int, str | None] | None]] = field(
         default_factory=dict, init=False
     )
 

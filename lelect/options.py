@@ -60,6 +60,10 @@ CAMPAIGN: tuple[Option, ...] = (
            " with its own term; every candidate must give the same N.", "N", "1"),
     Option("once_key", None, ("--once-key",), "text",
            "Like --once-per, with the slot named by KEY (e.g. \"$(date -u +%F)\").", "KEY"),
+    Option("value", None, ("--value",), "text",
+           "Publish TEXT (at most 4 KiB) with the leadership while it holds: leader --json,"
+           " watch and observe() show it, the job gets it as LELECT_VALUE, and the job may"
+           " replace it with lelect proclaim NAME --term \"$LELECT_TERM\" NEW.", "TEXT"),
     Option("restart", False, ("--restart",), "flag",
            "Stay in the race: after the job ends, campaign again (a failing job backs off); an"
            " unreachable backend never ends it."),

@@ -34,6 +34,7 @@ from lelect.backends.base import (
     busy,
     check_cancel,
     timed_out,
+    with_value,
 )
 from lelect.errors import (
     BackendUnavailable,
@@ -171,7 +172,8 @@ class Seat:
 def seat_holders(backend: Backend, election: str, holders: int | None = None) -> list[Seat]:
     """Every seat of ``election`` (``holders`` of them, else :func:`holders_count`)."""
     count = holders or holders_count(backend, election)
-    return [Seat(s, backend.leader(seat_election(election, s))) for s in range(count)]
+    names = [seat_election(election, s) for s in range(count)]
+    return [Seat(s, with_value(backend, name, backend.leader(name))) for s, name in enumerate(names)]
 
 
 def campaign_seat(

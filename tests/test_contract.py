@@ -216,6 +216,7 @@ from tests.helpers import (  # noqa: E402
     OutputTail,
     assert_exclusive,
     assert_one_at_a_time,
+    assert_one_line,
     campaigns_in_turn,
     leader_json,
     pid_alive,
@@ -1014,3 +1015,125 @@ def test_a_killed_head_of_the_line_hands_the_line_back_at_once(target, tmp_path)
     second.communicate(timeout=30)
     holders[1][1].touch()
     holders[1][0].communicate(timeout=30)
+
+
+# -- a leader's value and a handover to a named node (on the notes) -------------------------
+
+
+def test_a_value_shows_only_for_the_term_that_leads(backend):
+    from lelect.election import Election
+    from lelect.errors import NotLeader
+
+    election = Election(backend, "valued")
+    first = backend.campaign("valued", candidate("a"), timeout=10)
+    assert election.leader().value is None
+    first.proclaim("10.0.0.1:5432")
+    assert election.leader().value == "10.0.0.1:5432"
+    assert election.leader().to_json()["value"] == "10.0.0.1:5432"
+    first.release()
+    with backend.campaign("valued", candidate("b"), timeout=10) as second:
+        assert election.leader().value is None  # the old term's value never shows
+        with pytest.raises(NotLeader, match="does not lead"):
+            election.proclaim("stale", first.term)
+        with pytest.raises(NotLeader):
+            first.proclaim("stale")
+        election.proclaim("10.0.0.2:5432", second.term)  # as `lelect proclaim` does
+        assert election.leader().value == "10.0.0.2:5432"
+        second.proclaim("10.0.0.3:5432")
+        assert election.leader().value == "10.0.0.3:5432"
+    assert backend.get_note("valued", f"value.{second.term}") is None  # forgotten on release
+
+
+def test_a_winner_steps_down_while_the_leadership_is_handed_to_another(backend):
+    from lelect.election import Election
+
+    election = Election(backend, "handed")
+    backend.publish(heartbeat("handed", "b", 1), 60)
+    held = backend.campaign("handed", candidate("a"), timeout=10)
+    assert election.hand_over("b", held.term)
+    assert held.resign_requested.wait(10)
+    held.release("resigned")
+    with pytest.raises(CampaignTimeout):
+        backend.campaign("handed", candidate("c"), timeout=1)
+    refused = backend.history("handed")[-1]
+    assert (refused.node_id, refused.outcome, refused.reason) == ("c", "resigned",
+                                                                  "handed over to b")
+    with backend.campaign("handed", candidate("b"), timeout=10) as taken:
+        assert taken.term > refused.term
+    assert backend.get_note("handed", "handover") is None  # spent by b's win
+    with backend.campaign("handed", candidate("c"), timeout=10) as later:
+        assert later.term > taken.term
+
+
+def test_campaign_value_reaches_leader_json_and_the_job_and_proclaim_replaces_it(target,
+                                                                                 tmp_path):
+    seen, release = tmp_path / "seen", tmp_path / "release"
+    proc = spawn_lelect(
+        "campaign", "primary", "--id", "db-1", "--value", "db-1:5432", "--", "sh", "-c",
+        f'echo "$LELECT_TERM $LELECT_VALUE" > {seen}; while [ ! -e {release} ]; do sleep 0.02;'
+        " done", backend=target.url)
+    wait_until(lambda: seen.exists() and seen.read_text().strip(), timeout=30, what="the job")
+    term, value = seen.read_text().split()
+    assert value == "db-1:5432"
+    wait_until(lambda: leader_json(target.url, "primary")["value"] == "db-1:5432", timeout=10,
+               what="the value in leader --json")
+    moved = run_lelect("proclaim", "primary", "--term", term, "db-1:6432", backend=target.url)
+    assert moved.returncode == 0, moved.stderr
+    assert leader_json(target.url, "primary")["value"] == "db-1:6432"
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert run_lelect("leader", "primary", "--json", backend=target.url).returncode == 1
+
+
+def test_proclaim_by_a_stale_term_is_refused_and_changes_nothing(target, tmp_path):
+    old = run_lelect("campaign", "stale-value", "--", "sh", "-c", "echo $LELECT_TERM",
+                     backend=target.url)
+    assert old.returncode == 0, old.stderr
+    proc, release = leading(target, "stale-value", tmp_path, "db-2", "--value", "db-2:5432")
+    now = leader_json(target.url, "stale-value")
+    refused = run_lelect("proclaim", "stale-value", "--term", old.stdout.strip(), "db-1:5432",
+                         backend=target.url)
+    assert_one_line(refused, 1, "does not lead", "db-2")
+    assert leader_json(target.url, "stale-value") == now
+    assert now["value"] == "db-2:5432"
+    release.touch()
+    proc.communicate(timeout=30)
+
+
+def test_resign_to_moves_the_leadership_to_that_node_and_not_to_the_first_in_line(target,
+                                                                                  tmp_path):
+    from lelect.election import Election
+
+    proc, release = leading(target, "drain", tmp_path, "host-1")
+    term = leader_json(target.url, "drain")["term"]
+    ran = tmp_path / "ran"
+    job = ["--", "sh", "-c", f'echo "$LELECT_NODE_ID $LELECT_TERM" >> {ran}; sleep 30']
+    first, _ = waiting(target, "drain", "--heartbeat-interval", "200ms", *job, name="host-2")
+    chosen, _ = waiting(target, "drain", "--heartbeat-interval", "200ms", *job, name="host-3")
+    with connect(target.url) as opened:
+        election = Election(opened, "drain")
+        wait_until(lambda: election.is_waiting("host-3"), timeout=10, what="host-3 waiting")
+    moved = run_lelect("resign", "drain", "--to", "host-3", "--wait", "30s", backend=target.url)
+    assert moved.returncode == 0, (moved.stdout, moved.stderr)
+    assert "new leader: host-3" in moved.stdout
+    assert proc.wait(timeout=30) == 0
+    wait_until(ran.exists, timeout=30, what="host-3's job")
+    node, new_term = ran.read_text().split()
+    assert node == "host-3" and int(new_term) > term
+    assert leader_json(target.url, "drain")["node_id"] == "host-3"
+    assert first.poll() is None and ran.read_text().count("\n") == 1  # host-2 still waits
+    chosen.kill()
+    chosen.wait(timeout=30)
+    wait_until(lambda: "host-2" in ran.read_text(), timeout=30, what="host-2 next")
+
+
+def test_resign_to_a_node_that_is_not_waiting_changes_nothing(target, tmp_path):
+    proc, release = leading(target, "stay", tmp_path, "host-1")
+    before = leader_json(target.url, "stay")
+    for node in ("host-9", "host-1"):  # nobody; the leader itself (not waiting)
+        refused = run_lelect("resign", "stay", "--to", node, backend=target.url)
+        assert_one_line(refused, 1, f"{node} is not waiting in stay; nothing changed")
+    assert leader_json(target.url, "stay") == before
+    assert proc.poll() is None
+    release.touch()
+    assert proc.wait(timeout=30) == 0

@@ -17,8 +17,17 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from lelect.backends.notes import (
+    HANDOVER_KEY,
+    Handover,
+    decode_handover,
+    decode_value,
+    encode_value,
+    value_key,
+)
 from lelect.backends.records import (  # noqa: F401 - re-exported: the interface's records
     DEFAULT_FORGET_AFTER,
     DEFAULT_HISTORY,
@@ -39,8 +48,16 @@ from lelect.backends.records import (  # noqa: F401 - re-exported: the interface
     ResignAnswer,
     iso8601,
 )
+from lelect.backends.words import HANDED_OVER, RESIGNED
 from lelect.durations import format_duration
-from lelect.errors import BackendUnavailable, CampaignCancelled, CampaignTimeout, ElectionBusy
+from lelect.errors import (
+    BackendUnavailable,
+    CampaignCancelled,
+    CampaignTimeout,
+    ElectionBusy,
+    LelectError,
+    NotLeader,
+)
 from lelect.lease import LATE_WIN, Lease
 from lelect.names import split_part
 
@@ -105,6 +122,35 @@ def check_note(data: bytes) -> bytes:
     if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_NOTE:
         raise ValueError(f"a note is at most {MAX_NOTE} bytes")
     return bytes(data)
+
+
+def not_leading(election: str, term: int, now: LeaderInfo | None) -> NotLeader:
+    """``NAME: term T does not lead (the leader is X, term U); nothing written``."""
+    who = "nobody leads" if now is None else f"the leader is {now.node_id}, term {now.term}"
+    return NotLeader(f"{election}: term {term} does not lead ({who}); nothing written")
+
+
+def publish_value(backend: Backend, election: str, term: int, data: bytes) -> None:
+    """Write ``data`` (:func:`~lelect.backends.notes.encode_value`) as the value of the
+    leadership of ``term``, then make sure that term still leads: if not, the write is
+    taken back and NotLeader raised (it would never show anyway: only the leading term's
+    value is read)."""
+    backend.put_note(election, value_key(term), data)
+    now = backend.leader(election)
+    if now is None or now.term != term:
+        try:
+            backend.delete_note(election, value_key(term))
+        except LelectError:
+            pass
+        raise not_leading(election, term, now)
+
+
+def with_value(backend: Backend, election: str, info: LeaderInfo | None) -> LeaderInfo | None:
+    """``info`` with the value its term proclaimed (one note read). Only the term that
+    leads now is looked at, so a stale leadership's write never shows."""
+    if info is None:
+        return None
+    return replace(info, value=decode_value(backend.get_note(election, value_key(info.term))))
 
 
 # -- cancelling a campaign that waits ---------------------------------------------------
@@ -191,6 +237,9 @@ class Leadership:
         self.lost_reason: str | None = None
         self.resign_requested = threading.Event()
         self.released = False
+        #: A value may be published for this term (:meth:`proclaim`; ``lelect campaign``
+        #: sets it, as its job may ``lelect proclaim``): the release forgets it.
+        self.publishes_value = False
         #: How it ended, once released.
         self.ending: Ending | None = None
         self.lease = lease
@@ -261,6 +310,24 @@ class Leadership:
             return False
         return self.lease is None or self.lease.alive()
 
+    def proclaim(self, value: str) -> None:
+        """Publish ``value`` (text, at most 4 KiB of UTF-8) as this leadership's value,
+        replacing any earlier one: ``leader``, ``watch`` and ``observe`` show it while
+        this term leads. Raises NotLeader (and shows nothing) unless this leadership
+        still leads once the value is written."""
+        data = encode_value(value)
+        if not self.is_leader():
+            raise NotLeader(f"{self.election}: term {self.term} no longer leads; nothing written")
+        self.publishes_value = True
+        publish_value(self.backend, self.election, self.term, data)
+
+    def forget_value(self) -> None:
+        """Delete this term's value (best effort: a stale value is never shown anyway)."""
+        try:
+            self.backend.delete_note(self.election, value_key(self.term))
+        except (LelectError, NotImplementedError):
+            pass
+
     def parting_budget(self, connect_timeout: float) -> float:
         """How long the release may wait on the server: at most what is left of the lease
         (after it a release only tidies the history), and :data:`PARTING_BUDGET` once the
@@ -287,9 +354,16 @@ class Leadership:
         outcome = outcome or (LOST if self.lost.is_set() else EXITED)
         self.ending = Ending(outcome, exit_status,
                              reason or (self.lost_reason if outcome == LOST else None), slot)
+        # A server that failed us gets no last word but the release.
+        forget = self.publishes_value and outcome != LOST and not self.lease_over()
         if self.lease is not None:
             self.lease.stop()
         self.backend.resign(self, self.ending)
+        if forget:  # after the release: the next leader never waits on it, nor the exit long
+            forgetting = threading.Thread(target=self.forget_value, name="forget-value",
+                                          daemon=True)
+            forgetting.start()
+            forgetting.join(PARTING_BUDGET)
 
     def __enter__(self) -> Leadership:
         return self
@@ -356,19 +430,78 @@ class Backend(ABC):
         """
         started = time.monotonic()
         left = timeout
+        waited: list[LeaderInfo | None] = []
+
+        def waiting(holder: LeaderInfo | None) -> None:
+            waited.append(holder)
+            if on_wait is not None and len(waited) == 1:
+                on_wait(holder)
+
         while True:
             leadership = self._campaign(election, candidate, timeout=left, no_wait=no_wait,
-                                        ttl=ttl, on_wait=on_wait, cancel=cancel)
+                                        ttl=ttl, on_wait=waiting, cancel=cancel)
             if cancel is not None and cancel.is_set():
                 leadership.release(EXITED, None, "the campaign was cancelled as it won")
                 check_cancel(cancel, election)
-            if leadership.begin():
+            handover = self._handover(leadership)
+            if handover is not None and handover.bars(candidate.node_id, leadership.term):
+                # Being handed to another node (resign --to): step down before anything
+                # runs, and let it in.
+                leadership.release(RESIGNED, None, HANDED_OVER.format(handover.to))
+                if no_wait:
+                    raise busy(election, None)
+                waiting(None)
+                bound = handover.ttl
+                if timeout is not None:
+                    bound = min(bound, max(0.0, timeout - (time.monotonic() - started)))
+                self._await_handover(election, leadership.term, bound, cancel)
+            elif leadership.begin():
+                if handover is not None and handover.to == candidate.node_id:
+                    self._forget_handover(election)
                 return leadership
-            leadership.release(LOST, None, LATE_WIN)
+            else:
+                leadership.release(LOST, None, LATE_WIN)
             if timeout is not None:
                 left = timeout - (time.monotonic() - started)
                 if left <= 0:
                     raise timed_out(election, timeout)
+
+    def _handover(self, leadership: Leadership) -> Handover | None:
+        """The live handover note beside the election just won (None: none). A backend
+        that cannot say releases the win: it must not take what may be another's."""
+        try:
+            return decode_handover(self.get_note(leadership.election, HANDOVER_KEY))
+        except BaseException:
+            leadership.release(EXITED, None, "could not read the election's handover note")
+            raise
+
+    def _await_handover(self, election: str, after_term: int, bound: float,
+                        cancel: threading.Event | None) -> None:
+        """After stepping down for a handover: wait until somebody leads with a term above
+        ``after_term`` (the named node took over), at most ``bound`` (the note's life)."""
+        stop, seen = threading.Event(), threading.Event()
+
+        def look() -> None:
+            try:
+                for info in self.observe(election, stop):
+                    if info is not None and info.term > after_term:
+                        seen.set()
+                        return
+            except Exception:  # noqa: BLE001 - the bound still ends the wait
+                return
+
+        threading.Thread(target=look, name=f"handover:{election}", daemon=True).start()
+        try:
+            wait_event(seen, bound, cancel, election)
+        finally:
+            stop.set()
+
+    def _forget_handover(self, election: str) -> None:
+        """The named node won: the reservation is spent (best effort; it expires anyway)."""
+        try:
+            self.delete_note(election, HANDOVER_KEY)
+        except LelectError:
+            pass
 
     @abstractmethod
     def _campaign(

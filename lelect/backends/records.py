@@ -171,13 +171,16 @@ class Candidate:
 
 @dataclass(frozen=True)
 class LeaderInfo:
-    """Who leads an election now. ``since`` is wall-clock epoch seconds, for humans only."""
+    """Who leads an election now. ``since`` is wall-clock epoch seconds, for humans only.
+    ``value`` is what this leadership proclaimed (``campaign --value``, ``proclaim``):
+    backends leave it None, the library fills it in (:func:`lelect.backends.base.with_value`)."""
 
     node_id: str
     term: int
     since: float | None = None
     host: str | None = None
     pid: int | None = None
+    value: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -186,6 +189,7 @@ class LeaderInfo:
             "since": iso8601(self.since),
             "host": self.host,
             "pid": self.pid,
+            "value": self.value,
         }
 
     @classmethod

@@ -61,7 +61,7 @@ def campaign(ctx, election, command, log_format, quiet, status_listen, **values)
 
     CMD starts once leadership is won, in its own process group, with LELECT_ELECTION,
     LELECT_NODE_ID, LELECT_TERM (the fencing token), LELECT_BACKEND (and LELECT_SLOT with
-    --once-per) in its environment. When it exits, the election is released and lelect
+    --once-per, LELECT_VALUE with --value) in its environment. When it exits, the election is released and lelect
     exits with its status. If leadership is lost, the job is stopped before its lease
     could expire. Options end at CMD, as with flock(1): `--` is optional.
 

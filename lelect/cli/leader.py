@@ -79,7 +79,8 @@ def _describe(info) -> str:
     where = f" on {printable(info.host, 255)}" if info.host else ""
     pid = f" pid {info.pid}" if info.pid else ""
     since = f", since {iso8601(info.since)}" if info.since else ""
-    return f"{printable(info.node_id)} (term {info.term}{since}{where}{pid})"
+    value = "" if info.value is None else f" value {printable(info.value, 200)}"
+    return f"{printable(info.node_id)} (term {info.term}{since}{where}{pid}){value}"
 
 
 def _seated(handle, as_json: bool, term: int | None, wait: float | None) -> int:

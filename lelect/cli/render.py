@@ -158,6 +158,8 @@ def group_title(group: GroupHealth):
         title.append("leader ")
         title.append(_clean(leader.node_id), style="bold")
         title.append(f" · term {leader.term}{_since(leader.since)}")
+        if leader.value is not None:
+            title.append(f" · value {_clean(leader.value, 80)}")
     title.append("  ")
     title.append(group.status, style=STYLES[group.status])
     return title

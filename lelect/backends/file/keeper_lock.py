@@ -12,6 +12,9 @@ import time
 
 #: How long the keeper tries to close the embedded backend's record itself.
 CLOSE_RECORD_BUDGET = 1.0
+#: How often a keeper that stepped aside for a handover looks at the local database
+#: (cheap, as observers do) for the named node's term or the note's end.
+HANDOVER_POLL = 0.05
 
 
 class _GiveUp(Exception):
@@ -29,6 +32,7 @@ class LocalElection:
         and gives up at the campaign's deadline: a job lelect reports as never started
         must never start, so only the keeper decides whether it won in time."""
         self.announced = False  # nothing about the job goes out before "locked"
+        self.handover_spent = False  # won as the node a handover named
         # Import and open the state database now, while waiting, so winning costs only
         # the job's fork/exec (the leader record is written after).
         from lelect.backends.file import state as filestate
@@ -64,17 +68,40 @@ class LocalElection:
         outcome = None
         self.seat = None
         seats = int(self.options.get("seats") or 1)
+        election, lock = self.options["election"], self.options["lock"]
+        waiting = False
         try:
             if deadline is not None and deadline <= time.monotonic():
                 nowait = True  # --timeout 0: one try, as flock -w 0
-            if seats > 1:
-                self.lock_fd = self._take_seat(seats, nowait, deadline)
-            else:
-                self.lock_fd = filestate.take_lock(self.state, lock_name, True)
-            if self.lock_fd is None and not nowait and seats == 1:
-                self.send(self.proto.Waiting())
+            while True:
+                if seats > 1:
+                    self.lock_fd = self._take_seat(seats, nowait, deadline)
+                else:
+                    self.lock_fd = filestate.take_lock(self.state, lock_name, True)
+                if self.lock_fd is None and not nowait and seats == 1:
+                    if not waiting:
+                        self.send(self.proto.Waiting())
+                        waiting = True
+                    signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
+                    self.lock_fd = filestate.take_lock(self.state, lock_name, False)
+                if self.lock_fd is None:
+                    break
+                barred = self.handover_bars()
+                if barred is None:
+                    break
+                # Being handed to another node (resign --to): let go before anything
+                # runs or any term is spent, and let it in.
+                self.release()
+                won = self.options["election"]  # a seat's election, with seats
+                self.options["election"], self.options["lock"] = election, lock
+                self.seat = None
+                if nowait:
+                    break
+                if not waiting:
+                    self.send(self.proto.Waiting())
+                    waiting = True
                 signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
-                self.lock_fd = filestate.take_lock(self.state, lock_name, False)
+                self.await_handover(won, *barred)
         except _GiveUp:
             outcome = self.proto.TimedOut()
         except OSError as exc:
@@ -93,6 +120,30 @@ class LocalElection:
             self.send(outcome)
             os._exit(0)
         self.on_locked()
+
+    def handover_bars(self):
+        """``(handover, last term)`` if a live handover note names another node and so
+        bars this candidate, else None (and remember whether it names this one)."""
+        from lelect.backends.notes import decode_handover
+
+        data, last = self.filestate.handover_note(self.db, self.options["election"])
+        handover = decode_handover(data)
+        self.handover_spent = handover is not None and handover.to == self.options["node_id"]
+        if handover is not None and handover.bars(self.options["node_id"], last + 1):
+            return handover, last
+        return None
+
+    def await_handover(self, election, handover, last):
+        """Until the named node has led ``election`` (a term above ``last``) or the note
+        is gone (taken back, or expired: the handover is bounded). The deadline timer
+        runs."""
+        from lelect.backends.notes import decode_handover
+
+        while True:
+            time.sleep(HANDOVER_POLL)
+            data, term = self.filestate.handover_note(self.db, election)
+            if term > last or decode_handover(data) is None:
+                return
 
     def _take_seat(self, seats, nowait, deadline):
         """An election with seats: the flock of the first free seat (None: all taken and
@@ -174,6 +225,7 @@ class LocalElection:
                 pid=int(self.options["pid"]) if self.options.get("pid") else None,
                 since=since,
                 history_limit=int(self.options.get("history", "1000")),
+                handover_spent=self.handover_spent,
             )
             outcome = b"K"
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect

@@ -704,6 +704,25 @@ def read_term(conn: sqlite3.Connection, election: str) -> int:
     return int(row[0]) if row else 0
 
 
+def handover_note(conn: sqlite3.Connection, election: str) -> tuple[bytes | None, int]:
+    """The live handover note beside ``election`` (None: none) and the last term the
+    election handed out, read in one statement (one snapshot). The keeper reads them
+    under the flock, before it settles a term."""
+    from lelect.backends.notes import HANDOVER_KEY
+
+    try:
+        row = conn.execute(
+            "SELECT (SELECT data FROM notes WHERE election=?1 AND key=?2"
+            " AND (expires IS NULL OR expires >= ?3)),"
+            " (SELECT term FROM terms WHERE election=?1)",
+            (election, HANDOVER_KEY, now()),
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise corrupt(_path(conn), str(exc)) from None
+    data = row[0] if isinstance(row[0], bytes) else None
+    return data, int(row[1] or 0)
+
+
 def record_leader(
     conn: sqlite3.Connection,
     election: str,
@@ -715,11 +734,18 @@ def record_leader(
     pid: int | None,
     since: float,
     history_limit: int,
+    handover_spent: bool = False,
 ) -> None:
     """Record ``term`` (terms only grow), the new leader, and its history entry; close
-    an earlier entry still "running" as "vanished". Called while holding the flock."""
+    an earlier entry still "running" as "vanished"; with ``handover_spent`` (the leader
+    is the node a handover named), forget the handover note. Called while holding the
+    flock."""
     entry = new_entry(election, term, node_id, host, pid, since)
     with transaction(conn):
+        if handover_spent:
+            from lelect.backends.notes import HANDOVER_KEY
+
+            conn.execute("DELETE FROM notes WHERE election=? AND key=?", (election, HANDOVER_KEY))
         conn.execute(
             "INSERT INTO terms(election, term) VALUES (?, ?)"
             " ON CONFLICT(election) DO UPDATE SET term = max(term, excluded.term)",
