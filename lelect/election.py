@@ -267,6 +267,8 @@ class Election:
                              " changed")
         ttl = handover_ttl(self.backend.default_ttl if self.backend.lease_based else None)
         self.backend.put_note(self.name, HANDOVER_KEY, encode_handover(to, term, ttl), ttl)
+        if split_part(self.name)[1] is not None:
+            self._reserve_line(to, ttl)
         answer = self.backend.request_resign(self.name, term)
         if not answer:
             try:
@@ -274,6 +276,21 @@ class Election:
             except LelectError:
                 pass  # it expires
         return answer
+
+    def _reserve_line(self, to: str, ttl: float) -> None:
+        """A seat handed over: ``to`` waits in the seats' line, where only its head looks
+        for a free seat. Reserve the head of the line for ``to`` too, and ask whoever is
+        there now to step back into line."""
+        from lelect.names import line_election
+
+        line = line_election(split_part(self.name)[0])
+        head = self.backend.leader(line)
+        if head is not None and head.node_id == to:
+            return
+        self.backend.put_note(line, HANDOVER_KEY,
+                              encode_handover(to, head.term if head else 0, ttl), ttl)
+        if head is not None:
+            self.backend.request_resign(line, head.term)
 
     def members(self) -> Members:
         return self.backend.members(self.name)

@@ -36,6 +36,8 @@ from lelect.backends.base import (
     timed_out,
     with_value,
 )
+from lelect.backends.notes import HANDOVER_KEY, decode_handover
+from lelect.backends.words import RESIGNED
 from lelect.errors import (
     BackendUnavailable,
     CampaignTimeout,
@@ -206,13 +208,18 @@ def campaign_seat(
     started = time.monotonic()
     line = line_election(election)
 
+    def reserved(name: str) -> bool:
+        """A free seat being handed to another node (resign --to): not ours to try."""
+        handover = decode_handover(backend.get_note(name, HANDOVER_KEY))
+        return handover is not None and handover.to != candidate.node_id
+
     def left() -> float | None:
         return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
 
     def try_seats() -> Leadership | None:
         for seat in range(holders):
             name = seat_election(election, seat)
-            if backend.leader(name) is not None:
+            if backend.leader(name) is not None or reserved(name):
                 continue
             leadership = take(name) if take is not None else _take(backend, name, candidate, ttl)
             if leadership is not None:
@@ -247,7 +254,9 @@ def campaign_seat(
                 on_head(head)
             if not told:
                 waits(None)
-            while head.is_leader():
+            while head.is_leader() and not head.resign_requested.is_set():
+                # (asked to step back: the head of the line is handed to the node a
+                # seat is being handed to, resign --to --seat)
                 leadership = try_seats()
                 if leadership is not None:
                     return leadership
@@ -263,7 +272,7 @@ def campaign_seat(
                     head.lost.wait(pause)
         finally:
             try:
-                head.release()
+                head.release(RESIGNED if head.resign_requested.is_set() else None)
             except BackendUnavailable:
                 pass  # its lease runs out by itself
 

@@ -1137,3 +1137,34 @@ def test_resign_to_a_node_that_is_not_waiting_changes_nothing(target, tmp_path):
     assert proc.poll() is None
     release.touch()
     assert proc.wait(timeout=30) == 0
+
+
+def test_resign_to_with_a_seat_moves_that_seat_to_the_node_and_not_the_head_of_the_line(
+        target, tmp_path):
+    from lelect.election import Election
+
+    seats = ("--holders", "2")
+    holders = [leading(target, "drain2", tmp_path, f"h{i}", *seats) for i in range(2)]
+    listed = json.loads(run_lelect("leader", "drain2", "--json", backend=target.url).stdout)
+    seat = next(h["seat"] for h in listed["holders"] if h["leader"]["node_id"] == "h0")
+    ran = tmp_path / "ran"
+    job = ["--", "sh", "-c", f'echo "$LELECT_NODE_ID $LELECT_SEAT" >> {ran}; sleep 30']
+    head, _ = waiting(target, "drain2", *seats, "--heartbeat-interval", "200ms", *job,
+                      name="head")
+    chosen, _ = waiting(target, "drain2", *seats, "--heartbeat-interval", "200ms", *job,
+                        name="chosen")
+    with connect(target.url) as opened:
+        election = Election(opened, "drain2")
+        wait_until(lambda: election.is_waiting("chosen"), timeout=10, what="chosen waiting")
+    moved = run_lelect("resign", "drain2", "--seat", str(seat), "--to", "chosen", "--wait",
+                       "30s", backend=target.url)
+    assert moved.returncode == 0, (moved.stdout, moved.stderr)
+    assert holders[0][0].wait(timeout=30) == 0
+    wait_until(ran.exists, timeout=30, what="chosen's job")
+    assert ran.read_text().split() == ["chosen", str(seat)]
+    assert head.poll() is None  # the head of the line still waits
+    for proc in (chosen, head):
+        proc.kill()
+        proc.wait(timeout=30)
+    holders[1][1].touch()
+    holders[1][0].wait(timeout=30)
