@@ -948,6 +948,8 @@ def test_leader_lists_every_seat_and_a_killed_holder_frees_its_seat_at_once(targ
     assert {h["leader"]["node_id"] for h in listed["holders"]} == {"h0", "h1"}
     shown = run_lelect("leader", "seats", backend=target.url)
     assert shown.returncode == 0 and "2 of 2 seats held" in shown.stdout, shown
+    unnamed = run_lelect("resign", "seats", backend=target.url)
+    assert unnamed.returncode == 1 and "--seat S" in unnamed.stderr, unnamed
     seat_of_h0 = next(h["seat"] for h in listed["holders"] if h["leader"]["node_id"] == "h0")
     started = tmp_path / "next"
     follower = spawn_lelect("campaign", "seats", "--holders", "2", "--id", "next", *ttl, "--",

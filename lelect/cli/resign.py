@@ -68,6 +68,11 @@ def resign(ctx, election, term, to, seat, wait):
         if seat is not None:
             handle = handle.seat(seat)
         info = handle.leader()
+        if info is None and seat is None and handle.holders_count() > 1:
+            held = ", ".join(f"{s.seat} ({printable(s.holder.node_id)})"
+                             for s in handle.seats() if s.holder is not None)
+            return _refuse(f"{election} has seats: name the one to resign with --seat S"
+                           f" (held: {held or 'none'}); nothing changed")
         if info is None:
             return _refuse(f"{election}: no leader; nothing to resign")
         if term is not None and info.term != term:
