@@ -66,14 +66,16 @@ async def run_in_thread(func: Callable[[], T], name: str = "lelect-aio") -> T:
 
 
 class AsyncLeadership:
-    """A won election, seen from asyncio. ``term`` is the fencing token; ``value`` is the
-    leader's value (None: this version has no values yet)."""
+    """A won election, seen from asyncio. ``term`` is the fencing token (of ``seat``, in
+    an election with seats); ``value`` is the value this leadership last proclaimed
+    (:meth:`proclaim`; None: none yet)."""
 
     def __init__(self, leadership: Leadership, loop: asyncio.AbstractEventLoop) -> None:
         self.leadership = leadership
         self.election: str = leadership.election
         self.node_id: str = leadership.node_id
         self.term: int = leadership.term
+        self.seat: int | None = leadership.seat
         self.value: str | None = None
         #: Set (on the loop) when the leadership is lost; see :meth:`lost`.
         self.lost_event = asyncio.Event()
@@ -94,6 +96,12 @@ class AsyncLeadership:
         """Still the leader: not lost, not released, the lease not run out. Check it
         before each protected step, and stamp each step with :attr:`term`."""
         return self.leadership.is_leader()
+
+    async def proclaim(self, value: str) -> None:
+        """Publish ``value`` as this leadership's value (``Leadership.proclaim``, in a
+        thread): NotLeader if this term no longer leads."""
+        await run_in_thread(lambda: self.leadership.proclaim(value), name="lelect-proclaim")
+        self.value = value
 
     async def lost(self) -> str:
         """Wait until the leadership is lost; return why."""

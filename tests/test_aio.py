@@ -213,3 +213,16 @@ def test_report_loop_lags():
     """Not a check: prints the worst loop lag each test above measured (pytest -s)."""
     for name, worst in sorted(LAGS.items()):
         print(f"loop lag {name}: {worst * 1000:.1f} ms")
+
+
+def test_a_seat_and_a_value_from_asyncio(client):
+    async def main():
+        async with client.election("aseats", holders=2).leadership(timeout=10) as first, \
+                client.election("aseats", holders=2).leadership(timeout=10) as second:
+            assert {first.seat, second.seat} == {0, 1}
+            await first.proclaim("10.0.0.1:5432")
+            assert first.value == "10.0.0.1:5432"
+            shown = client.election("aseats").seat(first.seat).leader()
+            return shown.value, shown.term == first.term
+
+    assert asyncio.run(main()) == ("10.0.0.1:5432", True)
