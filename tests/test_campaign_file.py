@@ -368,3 +368,27 @@ def test_a_flood_of_signals_never_deadlocks_the_campaign(backend, tmp_path):
             raise AssertionError(f"round {round_number}: SIGTERM did not end lelect") from None
         assert proc.returncode == -signal.SIGTERM, (proc.returncode, err[-2000:])
         assert "Traceback" not in err
+
+
+def test_once_per_counts_one_success_per_slot_and_seat(backend, tmp_path):
+    """--holders 2 --once-key K: each seat runs the job once for K; a third run of
+    either seat finds it done."""
+    runs, hold = tmp_path / "runs", tmp_path / "hold"
+    once = ("--holders", "2", "--once-key", "k1", "--")
+    first = spawn_lelect("campaign", "shifts", *once, "sh", "-c",
+                         f'echo "$LELECT_SEAT" >> {runs}; while [ ! -e {hold} ]; do sleep 0.02; done',
+                         backend=backend)
+    wait_until(runs.exists, what="the first seat's job")
+    second = run_lelect("campaign", "shifts", *once, "sh", "-c", f'echo "$LELECT_SEAT" >> {runs}',
+                        backend=backend)
+    assert second.returncode == 0, second.stderr
+    third = run_lelect("campaign", "shifts", *once, "sh", "-c", f'echo "$LELECT_SEAT" >> {runs}',
+                       backend=backend)
+    assert third.returncode == 0 and "already succeeded" in third.stderr, third.stderr
+    hold.touch()
+    assert first.wait(timeout=30) == 0
+    assert sorted(runs.read_text().split()) == ["0", "1"]
+    again = run_lelect("campaign", "shifts", *once, "sh", "-c", f'echo "$LELECT_SEAT" >> {runs}',
+                       backend=backend)
+    assert again.returncode == 0 and "already succeeded" in again.stderr, again.stderr
+    assert sorted(runs.read_text().split()) == ["0", "1"]
