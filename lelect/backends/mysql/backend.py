@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
-    MAX_NOTE,
     Backend,
     Candidate,
     Ending,
@@ -54,6 +53,7 @@ from lelect.backends.base import (
 from lelect.backends.mysql import sql
 from lelect.backends.mysql.link import LinkError, MySQLOptions, MySQLSession, wire_params
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
+from lelect.backends.sql_notes import SqlNotes
 from lelect.errors import CampaignCancelled, ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_stored
@@ -94,8 +94,10 @@ class MySQLLeadership(Leadership):
         return Renewal(True, resign_requested=bool(rows[0][1]))
 
 
-class MySQLBackend(Backend):
+class MySQLBackend(SqlNotes, Backend):
     """Elections in one MySQL or MariaDB database, in tables named with one prefix."""
+
+    notes_sql = sql  # its GET_NOTE and DELETE_NOTE (SqlNotes)
 
     scheme = "mysql"
     lease_based = True
@@ -421,17 +423,6 @@ class MySQLBackend(Backend):
         )  # fmt: skip
         rows = self._write(statement)
         return bool(rows and int(rows[0][0] or 0))
-
-    def get_note(self, election: str, key: str) -> bytes | None:
-        validate_stored(election)
-        rows = self._read(self.render(sql.GET_NOTE, election=election, key=check_note_key(key),
-                                      max_bytes=MAX_NOTE))  # fmt: skip
-        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    def delete_note(self, election: str, key: str) -> None:
-        validate_stored(election)
-        self._write(self.render(sql.DELETE_NOTE, election=election, key=check_note_key(key)),
-                    create=False)
 
     # -- operations ---------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING
 from lelect.backends.base import (
     EXITED,
     MAX_ARRIVALS,
-    MAX_NOTE,
     PARTING_BUDGET,
     Backend,
     Candidate,
@@ -64,6 +63,7 @@ from lelect.backends.postgres.link import (
     psycopg,
 )
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
+from lelect.backends.sql_notes import SqlNotes
 from lelect.errors import ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_stored
@@ -142,8 +142,10 @@ class PostgresLeadership(Leadership):
             sock.close()
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(SqlNotes, Backend):
     """Elections in one PostgreSQL database, under one schema."""
+
+    notes_sql = sql  # its GET_NOTE and DELETE_NOTE (SqlNotes)
 
     scheme = "postgresql"
     lease_based = True
@@ -472,17 +474,6 @@ class PostgresBackend(Backend):
         statement = self.render(sql.PUT_NOTE, election=election, key=check_note_key(key),
                                 data=check_note(data), ttl=ttl, only_new=create)  # fmt: skip
         return bool(self._write(statement))
-
-    def get_note(self, election: str, key: str) -> bytes | None:
-        validate_stored(election)
-        rows = self._read(self.render(sql.GET_NOTE, election=election, key=check_note_key(key),
-                                      max_bytes=MAX_NOTE))  # fmt: skip
-        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    def delete_note(self, election: str, key: str) -> None:
-        validate_stored(election)
-        self._write(self.render(sql.DELETE_NOTE, election=election, key=check_note_key(key)),
-                    create=False)
 
     # -- operations ---------------------------------------------------------------------
 
