@@ -392,3 +392,36 @@ def test_once_per_counts_one_success_per_slot_and_seat(backend, tmp_path):
                        backend=backend)
     assert again.returncode == 0 and "already succeeded" in again.stderr, again.stderr
     assert sorted(runs.read_text().split()) == ["0", "1"]
+
+
+def test_a_second_connection_in_one_process_never_loses_the_first_ones_commits(backend):
+    """Closing any descriptor of the database drops every POSIX lock the process holds
+    on it, SQLite's own included: a second connection (observe(), a second client) that
+    opened and closed one made the first look absent, the next process to close deleted
+    the WAL, and the first one's later commits went to the deleted file."""
+    import lelect
+    from lelect.backends.file.backend import FileBackend
+    from lelect.backends.records import Heartbeat
+
+    def beat(seq: int) -> Heartbeat:
+        return Heartbeat("e", "n", "h", 1, "follower", None, seq, time.time())
+
+    def seen() -> int:
+        with lelect.connect(backend, create=False) as other:  # another process's view
+            out = subprocess.run(
+                [sys.executable, "-c", "import sqlite3, sys, json;"
+                 " c = sqlite3.connect(sys.argv[1]);"
+                 " print(json.loads(c.execute('select data from members').fetchone()[0])"
+                 "['heartbeat']['seq'])", str(Path(other.backend.directory) / "lelect.db")],
+                capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    with lelect.connect(backend) as first:
+        first.backend.publish(beat(1), 60)
+        second = FileBackend(first.backend.url)
+        assert seen() == 1  # that process opened and closed the database
+        first.backend.publish(beat(2), 60)
+        assert seen() == 2
+        second.close()
+        first.backend.publish(beat(3), 60)
+        assert seen() == 3

@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import stat
+import threading
 import time
 
 from lelect.backends.words import VANISHED_REASON
@@ -510,6 +511,57 @@ class _Creation:
         os.close(self.fd)  # lets go of the flock
 
 
+# -- one process, several connections ---------------------------------------------------
+# Closing ANY descriptor of a file drops every POSIX lock this process holds on it,
+# SQLite's own included. A connection whose locks are gone looks absent to other
+# processes: the last of them to close checkpoints and deletes the WAL, and every commit
+# that connection makes afterwards goes to the deleted file (seen: a campaign's
+# heartbeats, written and never seen again). So while this process has a connection to
+# the database, open_db never opens (and closes) a descriptor of it itself: a further
+# connection goes to SQLite directly.
+
+_connected: dict[tuple[int, int], int] = {}
+_connected_lock = threading.Lock()
+
+
+class _Tracked(sqlite3.Connection):
+    """A connection open_db made: counted in ``_connected`` until it is closed."""
+
+    identity: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        identity, self.identity = self.identity, None
+        if identity is not None:
+            with _connected_lock:
+                left = _connected.get(identity, 0) - 1
+                if left > 0:
+                    _connected[identity] = left
+                else:
+                    _connected.pop(identity, None)
+        super().close()
+
+
+def _counted(conn: sqlite3.Connection, info: os.stat_result) -> sqlite3.Connection:
+    identity = (info.st_dev, info.st_ino)
+    if isinstance(conn, _Tracked) and conn.identity is None:
+        conn.identity = identity
+        with _connected_lock:
+            _connected[identity] = _connected.get(identity, 0) + 1
+    return conn
+
+
+def _already_connected(state: StateDir) -> os.stat_result | None:
+    """The database file, if this process has a connection to it (checked when that one
+    was opened; the same inode, still under its name)."""
+    try:
+        info = os.stat(DB_NAME, dir_fd=state.fd, follow_symlinks=False)
+    except OSError:
+        return None
+    with _connected_lock:
+        known = (info.st_dev, info.st_ino) in _connected
+    return info if known and stat.S_ISREG(info.st_mode) and info.st_size else None
+
+
 def open_db(state: StateDir, *, create: bool = True, check: bool = False
             ) -> sqlite3.Connection | None:
     """Open the state database; refuse a corrupt, emptied or planted one.
@@ -524,6 +576,11 @@ def open_db(state: StateDir, *, create: bool = True, check: bool = False
     the others wait for that flock. The database file is opened by us first, without
     following links, and checked; SQLite must then find that very file."""
     path = state.where(DB_NAME)
+    known = _already_connected(state)
+    if known is not None:
+        writable = create or os.access(DB_NAME, os.W_OK, dir_fd=state.fd)
+        return _retrying(f"state database {path}",
+                         lambda: _connect(state, known, writable, False, settled=True))
     try:
         fd, writable = _open_db_file(state, create)
         if fd is None and not create:
@@ -592,7 +649,7 @@ def _connect(state: StateDir, checked: os.stat_result, writable: bool, check: bo
     path = state.where(DB_NAME)
     uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
     try:
-        conn = sqlite3.connect(f"{uri}?mode={'rw' if writable else 'ro'}", uri=True,
+        conn = sqlite3.connect(f"{uri}?mode={'rw' if writable else 'ro'}", uri=True, factory=_Tracked,
                                timeout=BUSY_TIMEOUT, isolation_level=None,
                                check_same_thread=False)
     except sqlite3.Error as exc:
@@ -607,7 +664,7 @@ def _connect(state: StateDir, checked: os.stat_result, writable: bool, check: bo
             # Nobody has it open, so its WAL is gone, and we may not create the -shm
             # index a read-only WAL reader needs: read the file as it is.
             conn.close()
-            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, factory=_Tracked, isolation_level=None,
                                    check_same_thread=False)
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         _same_file(state, conn, checked)
@@ -641,7 +698,7 @@ def _connect(state: StateDir, checked: os.stat_result, writable: bool, check: bo
     except BaseException:
         conn.close()
         raise
-    return conn
+    return _counted(conn, checked)
 
 
 def _same_file(state: StateDir, conn: sqlite3.Connection, checked: os.stat_result) -> None:
