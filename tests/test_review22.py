@@ -1,0 +1,32 @@
+"""A review of seats, a leader's value and the handover (issue 22): each test shows one
+suspicion, on real servers and real lelect processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from lelect.backends import connect
+from lelect.backends.notes import HANDOVER_KEY, decode_handover
+from tests.helpers import run_lelect
+
+#: A note nobody can read: nested deeper than Python's json parser recurses.
+DEEP = b"[" * 2000 + b"]" * 2000  # 4000 bytes: within the 4 KiB a note may have
+
+
+def test_a_deeply_nested_handover_note_reserves_nothing():
+    assert decode_handover(DEEP) is None
+    assert decode_handover(b'{"to": "b", "term": 1, "ttl": ' + b"[" * 1500 + b"]" * 1500
+                           + b"}") is None
+
+
+@pytest.mark.parametrize("target", ["file", "redis"], indirect=True)
+def test_a_deeply_nested_handover_note_written_by_another_is_data_not_a_crash(target):
+    with connect(target.url) as backend:
+        backend.put_note("deep", HANDOVER_KEY, DEEP, 60)
+        backend.put_note("deep2:seat0", HANDOVER_KEY, DEEP, 60)
+    out = run_lelect("campaign", "deep", "--", "true", backend=target.url)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    seated = run_lelect("campaign", "deep2", "--holders", "2", "--", "true", backend=target.url)
+    assert seated.returncode == 0, seated.stderr
+    assert "Traceback" not in seated.stderr
