@@ -3,10 +3,13 @@ suspicion, on real servers and real lelect processes."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from lelect.backends import connect
 from lelect.backends.notes import HANDOVER_KEY, decode_handover
+from lelect.errors import CampaignCancelled
 from tests.helpers import run_lelect
 
 #: A note nobody can read: nested deeper than Python's json parser recurses.
@@ -30,3 +33,20 @@ def test_a_deeply_nested_handover_note_written_by_another_is_data_not_a_crash(ta
     seated = run_lelect("campaign", "deep2", "--holders", "2", "--", "true", backend=target.url)
     assert seated.returncode == 0, seated.stderr
     assert "Traceback" not in seated.stderr
+
+
+@pytest.mark.parametrize("target", ["file", "redis"], indirect=True)
+def test_a_cancelled_campaign_for_a_seat_takes_no_seat(target):
+    """A plain campaign whose cancel is set when it wins releases and raises; one for a
+    seat must too (else `lelect campaign --holders N` starts its job after a SIGTERM
+    that came while its head of the line was taking a seat)."""
+    from lelect.election import Election
+
+    cancel = threading.Event()
+    cancel.set()
+    with connect(target.url) as backend:
+        with pytest.raises(CampaignCancelled):
+            Election(backend, "cancelled", "a").campaign(cancel=cancel)
+        with pytest.raises(CampaignCancelled):
+            Election(backend, "cancelled2", "a", holders=2).campaign(cancel=cancel)
+        assert all(seat.holder is None for seat in Election(backend, "cancelled2").seats(2))
