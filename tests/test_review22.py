@@ -4,6 +4,7 @@ suspicion, on real servers and real lelect processes."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -50,3 +51,26 @@ def test_a_cancelled_campaign_for_a_seat_takes_no_seat(target):
         with pytest.raises(CampaignCancelled):
             Election(backend, "cancelled2", "a", holders=2).campaign(cancel=cancel)
         assert all(seat.holder is None for seat in Election(backend, "cancelled2").seats(2))
+
+
+def test_the_holders_agreement_outlives_30s_without_frequent_heartbeats(target_file, tmp_path):
+    """The holders note lives PIN_TTL (30 s) and is refreshed from the heartbeat thread:
+    a holder with --heartbeat-interval 0 (or 1m) must still keep it, or after 30 s a
+    candidate with another --holders is let in beside it (more jobs than N)."""
+    from lelect.seats import PIN_TTL
+    from tests.test_contract import leading
+
+    url = target_file.url
+    target = type("T", (), {"url": url})
+    held = [leading(target, f"pinned{i}", tmp_path, f"h{i}", "--holders", "2",
+                    "--heartbeat-interval", every) for i, every in enumerate(("0", "1m"))]
+    time.sleep(PIN_TTL + 2)  # the note's life (nothing to await: time itself is the test)
+    ran = tmp_path / "ran"
+    for i in range(2):
+        out = run_lelect("campaign", f"pinned{i}", "--holders", "3", "--no-wait", "--",
+                         "touch", str(ran), backend=url)
+        assert out.returncode == 78, (out.returncode, out.stderr)
+    assert not ran.exists()
+    for proc, release in held:
+        release.touch()
+        proc.communicate(timeout=30)
