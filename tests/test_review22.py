@@ -74,3 +74,22 @@ def test_the_holders_agreement_outlives_30s_without_frequent_heartbeats(target_f
     for proc, release in held:
         release.touch()
         proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("target", ["file", "redis"], indirect=True)
+def test_a_candidate_barred_by_a_handover_waits_no_longer_than_the_note_lives(target):
+    """A candidate that wins while a handover names another node steps down and waits
+    for that node, bounded by the note's life: by what is *left* of it, not its whole
+    ttl again (one that wins late in the reservation, after the named node died, would
+    leave the election leaderless for up to a second reservation). Shown with a note
+    whose stored life (1 s) is shorter than its ttl field (20 s): what a note written
+    19 s ago looks like."""
+    from lelect.backends.notes import encode_handover
+
+    with connect(target.url) as backend:
+        backend.put_note("late", HANDOVER_KEY, encode_handover("ghost", 0, 20.0), 1.0)
+    started = time.monotonic()
+    out = run_lelect("campaign", "late", "--timeout", "30s", "--", "true", backend=target.url)
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    assert took < 8.0, f"barred for {took:.1f}s by a note that lived 1s"
