@@ -93,3 +93,18 @@ def test_a_candidate_barred_by_a_handover_waits_no_longer_than_the_note_lives(ta
     took = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     assert took < 8.0, f"barred for {took:.1f}s by a note that lived 1s"
+
+
+@pytest.mark.parametrize("target", ["file", "redis"], indirect=True)
+def test_a_seat_reserved_for_another_node_does_not_keep_a_candidate_from_a_free_seat(target):
+    from lelect.backends.notes import encode_handover
+
+    with connect(target.url) as backend:
+        backend.put_note("reserved:seat0", HANDOVER_KEY, encode_handover("ghost", 0, 20.0), 20)
+    started = time.monotonic()
+    out = run_lelect("campaign", "reserved", "--holders", "2", "--timeout", "30s", "--", "sh",
+                     "-c", "echo $LELECT_SEAT", backend=target.url)
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
+    assert took < 8.0, f"seat 1 was free, but the campaign waited {took:.1f}s"
