@@ -41,7 +41,14 @@ from lelect.errors import (
 from lelect.lease import LeaseTiming
 from lelect.names import seat_election, validate_election
 from lelect.options import DEFAULT_GRACE, default  # noqa: F401 - DEFAULT_GRACE for library users
-from lelect.seats import HoldersMismatch, HoldersPin, campaign_seat, check_holders, seat_holders
+from lelect.seats import (
+    PIN_TTL,
+    HoldersMismatch,
+    HoldersPin,
+    campaign_seat,
+    check_holders,
+    seat_holders,
+)
 from lelect.status import ExitStatus
 from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
 from lelect.systemd import Notifier
@@ -281,6 +288,7 @@ class _Driver:
         #: This candidate's word on --holders, claimed before each attempt (seats.py).
         self.pin = HoldersPin(backend, options.election, options.holders)
         self.disagreed = False
+        self._pin_stop = threading.Event()
 
     # -- signals ----------------------------------------------------------------
 
@@ -376,6 +384,7 @@ class _Driver:
         finally:
             self.finished = True
             self.blocking = False
+            self._pin_stop.set()
             self.notify.stopping()
             if self.heartbeats is not None:
                 # After a lost lease or a failed connect the server may not answer: the
@@ -775,7 +784,26 @@ class _Driver:
                 self.disagreed = True
                 self.log("holders-disagree", str(exc))
 
+    def _start_holders_refresh(self) -> None:
+        """The heartbeat thread refreshes this candidate's word on --holders after each
+        beat; with no heartbeats, or beats further apart than a refresh is due, a thread
+        of its own does (else the note expires under running holders, and a candidate
+        with another --holders is let in beside them)."""
+        every = self.options.heartbeat_interval
+        if 0 < every <= PIN_TTL / 3:
+            return
+
+        def refresh() -> None:
+            while not self._pin_stop.wait(PIN_TTL / 6):
+                try:
+                    self._refresh_holders()
+                except Exception:  # noqa: BLE001 - a refresh is advisory; the next one retries
+                    pass
+
+        threading.Thread(target=refresh, name="holders-refresh", daemon=True).start()
+
     def _start_heartbeats(self) -> None:
+        self._start_holders_refresh()
         if self.options.heartbeat_interval <= 0:
             return
         from lelect.health import HeartbeatPublisher

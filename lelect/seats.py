@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lelect.backends.base import (
+    EXITED,
     Backend,
     Candidate,
     LeaderInfo,
@@ -223,6 +224,10 @@ def campaign_seat(
                 continue
             leadership = take(name) if take is not None else _take(backend, name, candidate, ttl)
             if leadership is not None:
+                if cancel is not None and cancel.is_set():
+                    # Cancelled as it won (a SIGTERM to lelect): nothing may run on it.
+                    leadership.release(EXITED, None, "the campaign was cancelled as it won")
+                    check_cancel(cancel, election)
                 return leadership
         return None
 

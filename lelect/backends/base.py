@@ -155,6 +155,10 @@ def with_value(backend: Backend, election: str, info: LeaderInfo | None) -> Lead
 
 # -- cancelling a campaign that waits ---------------------------------------------------
 
+#: How often a candidate that stepped aside for a handover looks whether its note is
+#: still there (only while a handover bars it).
+HANDOVER_LOOK = 1.0
+
 #: A campaign given a ``cancel`` event looks at it at least this often while it waits
 #: (a local check, no request to the server).
 CANCEL_CHECK = 0.25
@@ -491,8 +495,20 @@ class Backend(ABC):
                 return
 
         threading.Thread(target=look, name=f"handover:{election}", daemon=True).start()
+        end = time.monotonic() + bound
         try:
-            wait_event(seen, bound, cancel, election)
+            while True:
+                left = end - time.monotonic()
+                if left <= 0 or wait_event(seen, min(left, HANDOVER_LOOK), cancel, election):
+                    return
+                # The reservation ends with its note (expired, spent or taken back): the
+                # bound is the note's whole life, and this one may have been written long
+                # ago (or name a life it does not have).
+                try:
+                    if decode_handover(self.get_note(election, HANDOVER_KEY)) is None:
+                        return
+                except LelectError:
+                    pass  # the bound still ends the wait
         finally:
             stop.set()
 

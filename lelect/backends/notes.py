@@ -89,8 +89,8 @@ def decode_handover(data):
         raw = json.loads(bytes(data).decode("utf-8"))
         to, term = raw["to"], raw["term"]
         ttl = float(raw.get("ttl", handover_ttl()))
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None  # (a nesting deeper than the parser recurses is garbage too)
     if not isinstance(to, str) or not to or isinstance(term, bool) or not isinstance(term, int):
         return None
     if not 0 < ttl < 86400:

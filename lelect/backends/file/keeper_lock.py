@@ -150,15 +150,26 @@ class LocalElection:
         ``nowait``). Somebody in line goes first; else wait in the line (its flock) and,
         at its head, look for a free seat every SEAT_LOOK (seats.py does the same for
         the other backends)."""
+        from lelect.backends.notes import decode_handover
         from lelect.names import SEAT_LOOK, line_election, seat_election
 
         filestate, election = self.filestate, self.options["election"]
         names = [f"{seat_election(election, seat)}.lock" for seat in range(seats)]
         line = f"{line_election(election)}.lock"
 
+        def reserved(seat):
+            """A seat being handed to another node (resign --to --seat)."""
+            data, last = filestate.handover_note(self.db, seat_election(election, seat))
+            handover = decode_handover(data)
+            return handover is not None and handover.bars(self.options["node_id"], last + 1)
+
         def free_seat():
-            for seat, name in enumerate(names):
-                fd = filestate.take_lock(self.state, name, True)
+            # A seat reserved for another node last: taking it (to be barred there and
+            # let go of the line, so the named node reaches its head) only when no other
+            # seat is free.
+            kept = [seat for seat in range(seats) if reserved(seat)]
+            for seat in [s for s in range(seats) if s not in kept] + kept:
+                fd = filestate.take_lock(self.state, names[seat], True)
                 if fd is not None:
                     return seat, fd
             return None
