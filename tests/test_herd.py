@@ -62,8 +62,9 @@ def line(request) -> Line:
             url=server.url,
             length=lambda: client.zcard(key),
             mark=calls,
-            # Every script call since the mark, less the release itself.
-            acquires_since=lambda before: calls() - before - 1,  # type: ignore[operator]
+            # Every script call since the mark, less the release itself and the winner's
+            # one look at the election's handover note (resign --to).
+            acquires_since=lambda before: calls() - before - 2,  # type: ignore[operator]
             drop=lambda: client.delete(key, key + "-expiry"),
             connections=lambda: sum(1 for c in client.client_list()
                                     if c.get("name") == "lelect"),
