@@ -132,7 +132,11 @@ def test_a_replica_promoted_twice_waits_out_the_leases_it_may_have_missed(
     ("redis+sentinel://127.0.0.1:1/m/x", "database"),
     ("redis+sentinel://127.0.0.1:1/m/0/1", "MASTER"),
     ("redis+sentinel:///m/0", "sentinel"),
-    ("redis+sentinel://127.0.0.1:1/m/0?ssl_ca_certs=/x", "rediss"),
+    ("redis+sentinel://127.0.0.1:1/m/0?ssl_ca_certs=/x", r"needs a rediss\+sentinel://"),
+    ("rediss+sentinel://127.0.0.1:1/m/0?ssl_ca_certs=/no/such/ca.pem", "no such file"),
+    ("rediss+sentinel://127.0.0.1:1/m/0?ssl_keyfile=/x", "no such file"),
+    ("rediss+sentinel://127.0.0.1:1/m/0?nope=1", "unknown option"),
+    ("rediss+sentinel://127.0.0.1:1", "MASTER"),
     ("redis+sentinel://127.0.0.1:1/m/0?nope=1", "unknown option"),
 ])
 def test_bad_sentinel_urls_are_usage_errors(url, words):
@@ -214,3 +218,101 @@ def test_bad_sentinels_are_skipped_within_the_budget(redis_sentinels, hostile_se
     assert backend.link.master == ("127.0.0.1", setup.master.port)
     assert liar.connections == 1 and silent.connections == 1 and garbage.connections == 1
     backend.close()
+
+
+# -- rediss+sentinel://: TLS to the sentinels and to the master ---------------------------
+# The sentinels listen on a TLS port only, the servers are monitored and replicate on
+# their TLS ports, and both have passwords: nothing here works over plain TCP.
+
+
+def test_tls_sentinel_campaign_runs_a_job_and_shows_no_secret(redis_tls_sentinels):
+    setup = redis_tls_sentinels
+    url = setup.url(restart_guard="off")  # a fresh master would make the first win wait
+    out = run_lelect("campaign", "tls", "--", "sh", "-c", "echo term=$LELECT_TERM; env",
+                     backend=url)
+    assert out.returncode == 0, out.stderr
+    assert "term=" in out.stdout and "LELECT_BACKEND=rediss+sentinel://:***@" in out.stdout
+    for secret in (setup.password, setup.sentinel_password):
+        assert secret not in out.stdout and secret not in out.stderr
+    leader = run_lelect("leader", "tls", "--json", backend=url)
+    assert leader.returncode != 0 or "null" in leader.stdout, leader.stdout  # released
+
+
+def test_tls_sentinel_failover_under_a_running_job(redis_tls_sentinels, tmp_path, processes):
+    """``SENTINEL FAILOVER`` over TLS while a leader's job runs: the leader follows the
+    sentinels to the promoted replica and renews there (one job all along); after it
+    resigns, its job is gone before the next one starts, with a larger term, no sooner
+    than a ttl later (the promoted replica's rule)."""
+    setup = redis_tls_sentinels
+    record = tmp_path / "record"
+    leader, _ = leader_and_waiter(setup, "fo", record, processes)
+    setup.failover()
+    new = setup.wait_for_new_master()
+    wait_until(lambda: lelect_clients(new) >= 2, timeout=5, what="lelect on the new master")
+    key = "lelect:{fo}:leader"
+    seen = [new.client().pttl(key)]
+
+    def renewed_on_the_new_master() -> bool:
+        seen.append(new.client().pttl(key))
+        assert seen[-1] > 0, "the leader key ran out on the new master"
+        return seen[-1] > seen[-2]
+
+    wait_until(renewed_on_the_new_master, timeout=TTL, interval=0.05,
+               what="a renew on the new master")
+    assert len(read_ticks(record)) == 1 and leader.poll() is None
+
+    resign_ns = time.time_ns()
+    out = run_lelect("resign", "fo", backend=setup.url())
+    assert out.returncode == 0, out.stderr
+    leader.wait(15)
+    wait_until(lambda: len(read_ticks(record)) >= 2, timeout=TTL + 10, what="the next job")
+    first, second = read_ticks(record)[:2]
+    assert_one_at_a_time([first, second])
+    assert second.first_ns - resign_ns >= TTL * 1e9
+    assert len(read_ticks(record)) == 2
+
+
+def test_the_keeper_hands_back_by_tls_through_a_sentinel(redis_tls_sentinels, tmp_path,
+                                                         processes):
+    """lelect dies (SIGKILL): its job's keeper asks a sentinel for the master over TLS
+    (with the sentinels' password) and releases there over TLS, long before the 30 s
+    lease would run out."""
+    setup = redis_tls_sentinels
+    url = setup.url(restart_guard="off")
+    record = tmp_path / "record"
+    leader = campaign(url, "hb", ticking_job(record), "--ttl", "30s")
+    processes.append(leader)
+    wait_until(lambda: read_ticks(record), timeout=15, what="the job")
+    backend = connect(url)
+    assert backend.leader("hb") is not None
+    leader.kill()
+    _, err = leader.communicate(timeout=30)
+    assert "handed the leadership of 'hb' back: released" in err, err
+    assert backend.leader("hb") is None
+    assert setup.password not in err and setup.sentinel_password not in err
+    backend.close()
+
+
+def test_tls_sentinel_mistakes_are_one_line(redis_tls_sentinels, tmp_path):
+    """A CA that did not sign the sentinels' certificates: 69 (as rediss:// says), one
+    line saying TLS failed; a CA file that is no CA: 2, as for rediss://; plain
+    redis+sentinel:// at TLS sentinels: 69 with the hint to use rediss+sentinel://."""
+    from tests.helpers import assert_one_line
+    from tests.test_redis_backend import other_ca
+
+    setup = redis_tls_sentinels
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    hosts = ",".join(f"127.0.0.1:{s.port}" for s in setup.sentinels)
+    plain = f"redis+sentinel://{hosts}/lelect-test/0?connect_timeout=2s"
+    cases = [
+        (setup.url(ssl_ca_certs=str(other_ca(tmp_path)), connect_timeout="2s"), 69,
+         "TLS failed", "certificate verify failed"),
+        (setup.url(ssl_ca_certs=str(garbage)), 2, "ssl_ca_certs", "rediss+sentinel://"),
+        (setup.url(ssl_certfile=str(setup.tls["client_cert"])), 2, "ssl_keyfile"),
+        (plain, 69, "rediss+sentinel://"),
+    ]
+    for url, status, *words in cases:
+        out = run_lelect("leader", "x", backend=url)
+        assert_one_line(out, status, *words)
+        assert setup.password not in out.stderr and setup.sentinel_password not in out.stderr

@@ -308,9 +308,10 @@ class RedisOptions:
         elif isinstance(exc, NoMaster) and self.tls and _is_tls(exc):
             return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
         elif isinstance(exc, NoMaster):
+            hint = ""
             if not self.tls and _closed_at_once(text):
-                text += "; are the sentinels TLS ports (tls-port)? Then use rediss+sentinel://"
-            return unreachable("redis", where, within, _short(text))
+                hint = "; are the sentinels TLS ports (tls-port)? Then use rediss+sentinel://"
+            return unreachable("redis", where, within, _short(text) + hint)
         elif isinstance(exc, redis.ConnectionError) and self.tls and _no_client_cert(text):
             hint = ("the server may require a client certificate: give ssl_certfile= and"
                     " ssl_keyfile=" if "ssl_certfile" not in self.connection_kwargs
