@@ -366,7 +366,7 @@ class SentinelOptions:
     #: For connections to a sentinel (its own credentials: ``?sentinel_password=``; the
     #: master's TLS options).
     connection_kwargs: dict[str, Any] = field(repr=False)
-    connection_class: type = field(default=None, repr=False)  # type: ignore[assignment]
+    connection_class: type = field(repr=False)
 
     @property
     def where(self) -> str:
