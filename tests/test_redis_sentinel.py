@@ -45,25 +45,43 @@ def test_sentinel_failover_under_a_running_job(redis_sentinels, tmp_path, proces
     setup = redis_sentinels
     record = tmp_path / "record"
     leader, _ = leader_and_waiter(setup, "fo", record, processes)
-    setup.failover()
-    new = setup.wait_for_new_master()
-    # The old master is still a master (Sentinel demotes it seconds later), but the
-    # candidates move to the new one at once: the leader renews there, so its key there
-    # outlives a ttl.
-    wait_until(lambda: lelect_clients(new) >= 2, timeout=5, what="lelect on the new master")
+    new = failover_and_follow(setup, "fo")
     time.sleep(TTL * 1.5)  # nothing may happen for longer than a ttl
     assert new.client().pttl("lelect:{fo}:leader") > 0, "the leader did not renew on the new master"
     assert len(read_ticks(record)) == 1 and leader.poll() is None
+    resign_and_expect_the_next_job_a_ttl_later(setup, "fo", leader, record)
 
+
+def failover_and_follow(setup, election: str):
+    """``SENTINEL FAILOVER``; returns the new master once the candidates moved there and
+    the leader renewed there. The old master is still a master (Sentinel demotes it
+    seconds later), but the candidates move at once."""
+    setup.failover()
+    new = setup.wait_for_new_master()
+    wait_until(lambda: lelect_clients(new) >= 2, timeout=5, what="lelect on the new master")
+    key = f"lelect:{{{election}}}:leader"
+    seen = [new.client().pttl(key)]
+
+    def renewed() -> bool:
+        seen.append(new.client().pttl(key))
+        assert seen[-1] > 0, "the leader key ran out on the new master"
+        return seen[-1] > seen[-2]
+
+    wait_until(renewed, timeout=TTL, interval=0.05, what="a renew on the new master")
+    return new
+
+
+def resign_and_expect_the_next_job_a_ttl_later(setup, election: str, leader, record) -> None:
+    """The leader resigns: its job is gone before the waiter's starts, with a larger
+    term, and no sooner than a ttl later: the promoted replica had not granted before,
+    so it waits out one ttl from the first attempt it saw (after the resignation)."""
     resign_ns = time.time_ns()
-    out = run_lelect("resign", "fo", backend=setup.url())
+    out = run_lelect("resign", election, backend=setup.url())
     assert out.returncode == 0, out.stderr
     leader.wait(15)
     wait_until(lambda: len(read_ticks(record)) >= 2, timeout=TTL + 10, what="the next job")
     first, second = read_ticks(record)[:2]
     assert_one_at_a_time([first, second])
-    # The promoted replica had not granted before: it waits out one ttl from the first
-    # attempt it saw, which came after the resignation.
     assert second.first_ns - resign_ns >= TTL * 1e9, (
         f"the next job started {(second.first_ns - resign_ns) / 1e9:.3f}s after the resign")
     assert len(read_ticks(record)) == 2
@@ -132,7 +150,11 @@ def test_a_replica_promoted_twice_waits_out_the_leases_it_may_have_missed(
     ("redis+sentinel://127.0.0.1:1/m/x", "database"),
     ("redis+sentinel://127.0.0.1:1/m/0/1", "MASTER"),
     ("redis+sentinel:///m/0", "sentinel"),
-    ("redis+sentinel://127.0.0.1:1/m/0?ssl_ca_certs=/x", "rediss"),
+    ("redis+sentinel://127.0.0.1:1/m/0?ssl_ca_certs=/x", r"needs a rediss\+sentinel://"),
+    ("rediss+sentinel://127.0.0.1:1/m/0?ssl_ca_certs=/no/such/ca.pem", "no such file"),
+    ("rediss+sentinel://127.0.0.1:1/m/0?ssl_keyfile=/x", "no such file"),
+    ("rediss+sentinel://127.0.0.1:1/m/0?nope=1", "unknown option"),
+    ("rediss+sentinel://127.0.0.1:1", "MASTER"),
     ("redis+sentinel://127.0.0.1:1/m/0?nope=1", "unknown option"),
 ])
 def test_bad_sentinel_urls_are_usage_errors(url, words):
@@ -151,10 +173,13 @@ def test_sentinel_url_masks_both_passwords_and_reports_no_master_in_one_line(tmp
     assert f"sentinel 127.0.0.1:{dead}" in out.stderr and "'m'" in out.stderr
 
 
-def test_the_keeper_hands_back_through_a_sentinel(redis_sentinels, tmp_path, processes):
+@pytest.mark.parametrize("sentinels", ["redis_sentinels", "redis_tls_sentinels"],
+                         ids=["plain", "tls"])
+def test_the_keeper_hands_back_through_a_sentinel(sentinels, request, tmp_path, processes):
     """lelect dies (SIGKILL): its job's keeper asks a sentinel for the master and
-    releases there, long before the 30 s lease would run out."""
-    setup = redis_sentinels
+    releases there, long before the 30 s lease would run out. With rediss+sentinel://
+    it reaches the sentinel (with the sentinels' password) and the master by TLS."""
+    setup = request.getfixturevalue(sentinels)
     url = setup.url(restart_guard="off")  # a fresh master would hold a 30 s lease back
     record = tmp_path / "record"
     leader = campaign(url, "hb", ticking_job(record), "--ttl", "30s")
@@ -163,8 +188,12 @@ def test_the_keeper_hands_back_through_a_sentinel(redis_sentinels, tmp_path, pro
     backend = connect(url)
     assert backend.leader("hb") is not None
     leader.kill()
-    wait_until(lambda: backend.leader("hb") is None, timeout=10,
-               what="the keeper to hand back")
+    _, err = leader.communicate(timeout=30)
+    assert "handed the leadership of 'hb' back: released" in err, err
+    assert backend.leader("hb") is None
+    for secret in (setup.password, setup.sentinel_password):
+        assert secret is None or secret not in err
+    backend.close()
 
 
 def test_notes_are_read_and_written_on_the_master_the_sentinels_name(redis_sentinels):
@@ -214,3 +243,59 @@ def test_bad_sentinels_are_skipped_within_the_budget(redis_sentinels, hostile_se
     assert backend.link.master == ("127.0.0.1", setup.master.port)
     assert liar.connections == 1 and silent.connections == 1 and garbage.connections == 1
     backend.close()
+
+
+# -- rediss+sentinel://: TLS to the sentinels and to the master ---------------------------
+# The sentinels listen on a TLS port only, the servers are monitored and replicate on
+# their TLS ports, and both have passwords: nothing here works over plain TCP.
+
+
+def test_tls_sentinel_campaign_runs_a_job_and_shows_no_secret(redis_tls_sentinels):
+    setup = redis_tls_sentinels
+    url = setup.url(restart_guard="off")  # a fresh master would make the first win wait
+    out = run_lelect("campaign", "tls", "--", "sh", "-c", "echo term=$LELECT_TERM; env",
+                     backend=url)
+    assert out.returncode == 0, out.stderr
+    assert "term=" in out.stdout and "LELECT_BACKEND=rediss+sentinel://:***@" in out.stdout
+    for secret in (setup.password, setup.sentinel_password):
+        assert secret not in out.stdout and secret not in out.stderr
+    leader = run_lelect("leader", "tls", "--json", backend=url)
+    assert leader.returncode != 0 or "null" in leader.stdout, leader.stdout  # released
+
+
+def test_tls_sentinel_failover_under_a_running_job(redis_tls_sentinels, tmp_path, processes):
+    """``SENTINEL FAILOVER`` over TLS while a leader's job runs: the leader follows the
+    sentinels to the promoted replica and renews there (one job all along); after it
+    resigns, its job is gone before the next one starts, with a larger term, no sooner
+    than a ttl later (the promoted replica's rule)."""
+    setup = redis_tls_sentinels
+    record = tmp_path / "record"
+    leader, _ = leader_and_waiter(setup, "fo", record, processes)
+    failover_and_follow(setup, "fo")
+    assert len(read_ticks(record)) == 1 and leader.poll() is None
+    resign_and_expect_the_next_job_a_ttl_later(setup, "fo", leader, record)
+
+
+def test_tls_sentinel_mistakes_are_one_line(redis_tls_sentinels, tmp_path):
+    """A CA that did not sign the sentinels' certificates: 69 (as rediss:// says), one
+    line saying TLS failed; a CA file that is no CA: 2, as for rediss://; plain
+    redis+sentinel:// at TLS sentinels: 69 with the hint to use rediss+sentinel://."""
+    from tests.helpers import assert_one_line
+    from tests.test_redis_backend import other_ca
+
+    setup = redis_tls_sentinels
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    hosts = ",".join(f"127.0.0.1:{s.port}" for s in setup.sentinels)
+    plain = f"redis+sentinel://{hosts}/lelect-test/0?connect_timeout=2s"
+    cases = [
+        (setup.url(ssl_ca_certs=str(other_ca(tmp_path)), connect_timeout="2s"), 69,
+         "TLS failed", "certificate verify failed"),
+        (setup.url(ssl_ca_certs=str(garbage)), 2, "ssl_ca_certs", "rediss+sentinel://"),
+        (setup.url(ssl_certfile=str(setup.tls["client_cert"])), 2, "ssl_keyfile"),
+        (plain, 69, "rediss+sentinel://"),
+    ]
+    for url, status, *words in cases:
+        out = run_lelect("leader", "x", backend=url)
+        assert_one_line(out, status, *words)
+        assert setup.password not in out.stderr and setup.sentinel_password not in out.stderr

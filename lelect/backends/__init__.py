@@ -24,6 +24,7 @@ SCHEMES: dict[str, str] = {
     "redis": "lelect.backends.redis.backend:RedisBackend",
     "rediss": "lelect.backends.redis.backend:RedisBackend",
     "redis+sentinel": "lelect.backends.redis.backend:RedisBackend",
+    "rediss+sentinel": "lelect.backends.redis.backend:RedisBackend",
     "unix": "lelect.backends.redis.backend:RedisBackend",
     "zookeeper": "lelect.backends.zookeeper.backend:ZooKeeperBackend",
     "zk": "lelect.backends.zookeeper.backend:ZooKeeperBackend",

@@ -3,7 +3,10 @@
 in a temp dir. A missing redis-sentinel fails the test: never a skip.
 
 The servers are :class:`tests.plugins.redis_server.RedisServer` with lelect's
-delayed-restart rule left on (the rule is what a failover needs)."""
+delayed-restart rule left on (the rule is what a failover needs). With ``tls`` (the
+test certificates) every link lelect and the sentinels use is TLS: the sentinels listen
+on a TLS port only and monitor the servers' TLS ports, replication runs over TLS, and
+passwords guard the servers (``requirepass``) and the sentinels."""
 
 from __future__ import annotations
 
@@ -35,13 +38,28 @@ def redis_sentinel_binary() -> str:
 class Sentinel:
     """One redis-sentinel process watching ``master``."""
 
-    def __init__(self, directory: Path, master_port: int) -> None:
+    def __init__(self, directory: Path, master_port: int,
+                 tls: dict[str, Path] | None = None, master_password: str | None = None,
+                 password: str | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = free_port()
+        self.tls = tls
+        self.password = password
         config = directory / "sentinel.conf"  # Sentinel rewrites it: a file of its own
+        listen = f"port {self.port}\n"
+        if tls:
+            listen = (
+                f"port 0\ntls-port {self.port}\ntls-replication yes\n"
+                f"tls-cert-file {tls['server_cert']}\ntls-key-file {tls['server_key']}\n"
+                f"tls-ca-cert-file {tls['ca']}\ntls-auth-clients optional\n"
+            )
+        if master_password:
+            listen += f"sentinel auth-pass {MASTER_NAME} {master_password}\n"
+        if password:  # the sentinels' own, which they also use among themselves
+            listen += f"requirepass {password}\nsentinel sentinel-pass {password}\n"
         config.write_text(
-            f"port {self.port}\n"
+            listen +
             "bind 127.0.0.1\n"
             f"dir {directory}\n"
             f"logfile {directory / 'sentinel.log'}\n"
@@ -50,6 +68,7 @@ class Sentinel:
             f"sentinel failover-timeout {MASTER_NAME} 10000\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
         )
+        config.chmod(0o600)
         self.process = subprocess.Popen([redis_sentinel_binary(), str(config)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, timeout=10, what=f"redis-sentinel on port {self.port}")
@@ -66,7 +85,10 @@ class Sentinel:
 
     def client(self, **kwargs) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 5)
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, **kwargs)
+        if self.tls:
+            kwargs.update(ssl=True, ssl_ca_certs=str(self.tls["ca"]))
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                           decode_responses=True, **kwargs)
 
     def master_port(self) -> int | None:
         try:
@@ -89,14 +111,24 @@ class Sentinel:
 class SentinelSetup:
     """A master, a replica of it, and three sentinels that agree on both."""
 
-    def __init__(self, directory: Path) -> None:
-        self.master = RedisServer(directory / "master", restart_guard=True)
+    def __init__(self, directory: Path, tls: dict[str, Path] | None = None) -> None:
+        self.tls = tls
+        #: The master's password and the sentinels' (TLS set-ups only).
+        self.password = "master-s3cret" if tls else None
+        self.sentinel_password = "sentinel-s3cret" if tls else None
+        extra: tuple[str, ...] = ()
+        if tls:
+            extra = ("--tls-replication", "yes", "--masterauth", self.password)
+        self.master = RedisServer(directory / "master", restart_guard=True, tls=tls,
+                                  password=self.password, extra=extra)
         self.replica = RedisServer(
-            directory / "replica", restart_guard=True,
-            extra=("--replicaof", "127.0.0.1", str(self.master.port)))
+            directory / "replica", restart_guard=True, tls=tls, password=self.password,
+            extra=(*extra, "--replicaof", "127.0.0.1", str(self.port_of(self.master))))
         self.sentinels: list[Sentinel] = []
         for index in range(3):
-            self.sentinels.append(Sentinel(directory / f"sentinel-{index}", self.master.port))
+            self.sentinels.append(Sentinel(directory / f"sentinel-{index}",
+                                           self.port_of(self.master), tls, self.password,
+                                           self.sentinel_password))
         wait_until(self._settled, timeout=30, what="three sentinels that know each other"
                    " and the replica in sync")
 
@@ -116,10 +148,20 @@ class SentinelSetup:
     def servers(self) -> list[RedisServer]:
         return [self.master, self.replica]
 
+    def port_of(self, server: RedisServer) -> int:
+        """The port the sentinels and lelect reach ``server`` at (its TLS port with TLS)."""
+        return server.tls_port if self.tls else server.port  # type: ignore[return-value]
+
     def url(self, **options: str) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        if self.tls:
+            options = {"ssl_ca_certs": str(self.tls["ca"]),
+                       "sentinel_password": self.sentinel_password, **options}
         query = "&".join(f"{k}={v}" for k, v in options.items())
-        return f"redis+sentinel://{hosts}/{MASTER_NAME}/0" + (f"?{query}" if query else "")
+        scheme, auth = "redis+sentinel", ""
+        if self.tls:
+            scheme, auth = "rediss+sentinel", f":{self.password}@"
+        return f"{scheme}://{auth}{hosts}/{MASTER_NAME}/0" + (f"?{query}" if query else "")
 
     def named_master(self) -> int | None:
         """The master's port as the first sentinel that answers says."""
@@ -130,7 +172,7 @@ class SentinelSetup:
         return None
 
     def server_at(self, port: int) -> RedisServer:
-        (server,) = [s for s in self.servers if s.port == port]
+        (server,) = [s for s in self.servers if self.port_of(s) == port]
         return server
 
     def failover(self) -> None:
@@ -144,7 +186,7 @@ class SentinelSetup:
     def wait_for_new_master(self, timeout: float = 30) -> RedisServer:
         """Every sentinel names the replica, and the replica says it is a master."""
         def switched() -> bool:
-            if any(s.master_port() != self.replica.port for s in self.sentinels):
+            if any(s.master_port() != self.port_of(self.replica) for s in self.sentinels):
                 return False
             return self.replica.client().info("replication").get("role") == "master"
 
@@ -162,6 +204,15 @@ class SentinelSetup:
 def redis_sentinels(tmp_path: Path):
     """A master, a replica and three sentinels (quorum 2) on loopback."""
     setup = SentinelSetup(tmp_path / "sentinel")
+    yield setup
+    setup.remove()
+
+
+@pytest.fixture
+def redis_tls_sentinels(tmp_path: Path, redis_test_certs):
+    """The same over TLS only (``rediss+sentinel://``), with passwords on the servers
+    and the sentinels."""
+    setup = SentinelSetup(tmp_path / "sentinel", tls=redis_test_certs)
     yield setup
     setup.remove()
 

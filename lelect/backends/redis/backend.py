@@ -1,7 +1,7 @@
-"""Redis backend: ``redis://[user:pw@]host[:port][/db]``, ``rediss://`` (TLS) and
-``unix:///path/redis.sock``; options ``prefix``, ``ttl``, ``connect_timeout``, ``history``,
-``restart_guard`` (on, or off to accept the risk of a Redis that forgot its leases: see
-``scripts.ACQUIRE``).
+"""Redis backend: ``redis://[user:pw@]host[:port][/db]``, ``rediss://`` (TLS),
+``unix:///path/redis.sock`` and ``redis[s]+sentinel://s1,s2/MASTER[/db]``; options
+``prefix``, ``ttl``, ``connect_timeout``, ``history``, ``restart_guard`` (on, or off to
+accept the risk of a Redis that forgot its leases: see ``scripts.ACQUIRE``).
 
 Each verb is one Lua script guarded by the leadership's random token (the keys and the
 scripts: ``scripts``); every call has a time budget (``link``); a won

@@ -8,9 +8,10 @@ record.
 Standard library only, and as little of it as will do: the keeper runs ``python -S
 -I`` and imports this module while the next leader waits, so it imports ``socket``
 (and ``ssl`` only for TLS: the URL's CA, client certificate and key, the host name
-checked), nothing of lelect. AUTH and SELECT are pipelined with the script. Every
-socket wait gets what is left of one deadline, so the whole hand-back ends within its
-budget; if Redis cannot be reached, the lease simply runs out.
+checked; with ``rediss+sentinel://`` for the sentinels too), nothing of lelect. AUTH
+and SELECT are pipelined with the script. Every socket wait gets what is left of one
+deadline, so the whole hand-back ends within its budget; if Redis cannot be reached,
+the lease simply runs out.
 """
 
 import socket
@@ -137,9 +138,10 @@ def _pack(command):
     return b"".join(parts)
 
 
-def _master_of(sentinel, deadline):
+def _master_of(sentinel, tls, deadline):
     """The master's address as the first sentinel that knows it says (each sentinel
-    gets its share of what is left of the budget)."""
+    gets its share of what is left of the budget; reached by TLS if ``tls``, with the
+    master's TLS options, as lelect reached it)."""
     sentinels = sentinel["sentinels"]
     problems = []
     for index, (host, port) in enumerate(sentinels):
@@ -151,7 +153,7 @@ def _master_of(sentinel, deadline):
             user = (sentinel["username"],) if sentinel.get("username") else ()
             commands.append(("AUTH", *user, sentinel["password"]))
         try:
-            wire = _Wire({"address": {"host": host, "port": port}},
+            wire = _Wire({"address": {"host": host, "port": port}, "tls": tls},
                          time.monotonic() + share)
             try:
                 wire.send(*commands, ("SENTINEL", "get-master-addr-by-name", sentinel["master"]))
@@ -187,7 +189,8 @@ def hand_back(params, budget, exit_status):
         commands.append(("SELECT", params["db"]))
     release = (len(params["keys"]), *params["keys"], *argv)
     if params.get("sentinel"):
-        params = dict(params, address=_master_of(params["sentinel"], deadline))
+        params = dict(params, address=_master_of(params["sentinel"], params.get("tls"),
+                                                 deadline))
     wire = _Wire(params, deadline)
     try:
         wire.send(*commands, ("EVALSHA", params["sha"], *release))

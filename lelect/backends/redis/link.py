@@ -175,7 +175,7 @@ class UnixConnection(_Bounded, redis.UnixDomainSocketConnection):
 
 @dataclass(frozen=True)
 class RedisOptions:
-    """What a redis://, rediss:// or unix:// URL asks for."""
+    """What a redis://, rediss://, unix:// or redis[s]+sentinel:// URL asks for."""
 
     where: str  # host:port or socket path, for messages (never the password)
     connection_class: type
@@ -197,15 +197,17 @@ class RedisOptions:
     def from_url(cls, url: BackendURL) -> RedisOptions:
         scheme = url.scheme
         allowed = {"prefix", "ttl", "connect_timeout", "history", "restart_guard"}
-        if scheme == "rediss":
+        if scheme in TLS_SCHEMES:
             allowed |= _TLS_OPTIONS
         if scheme == "unix":
             allowed |= {"db", "password"}
-        if scheme == SENTINEL_SCHEME:
+        if scheme in SENTINEL_SCHEMES:
             allowed |= _SENTINEL_OPTIONS
-        if scheme != "rediss" and _TLS_OPTIONS & set(url.query):
+        if scheme not in TLS_SCHEMES and _TLS_OPTIONS & set(url.query):
+            tls_form = "rediss+sentinel://" if scheme in SENTINEL_SCHEMES else "rediss://"
             raise UsageError(
-                f"option {sorted(_TLS_OPTIONS & set(url.query))[0]!r} needs a rediss:// URL (TLS)"
+                f"option {sorted(_TLS_OPTIONS & set(url.query))[0]!r} needs a {tls_form} URL"
+                " (TLS)"
             )
         url.check_options(allowed)
 
@@ -244,32 +246,27 @@ class RedisOptions:
             kwargs["db"] = _db_number(url.option("db", "0") or "0", url)
             return cls(url.path, UnixConnection, kwargs, **settings)
 
-        if scheme == SENTINEL_SCHEME:
-            sentinel, db = SentinelOptions.from_url(url, kwargs)
+        connection_class = TCPConnection
+        if scheme in TLS_SCHEMES:
+            # One set of TLS options for the server and, with Sentinel, the sentinels.
+            kwargs.update(_tls_kwargs(url))
+            connection_class = TLSConnection
+        if scheme in SENTINEL_SCHEMES:
+            sentinel, db = SentinelOptions.from_url(url, kwargs, connection_class)
             kwargs["db"] = db
             where = f"master {sentinel.master_name!r} (sentinels {sentinel.where})"
-            return cls(where, TCPConnection, kwargs, **settings, sentinel=sentinel)
+            return cls(where, connection_class, kwargs, **settings, sentinel=sentinel)
         if len(url.hosts) > 1:
+            sentinel_scheme = "rediss+sentinel" if scheme == "rediss" else "redis+sentinel"
             raise UsageError(
                 f"{scheme}:// takes one host, got {len(url.hosts)} in {url.masked!r}"
-                f" (Redis Cluster is not supported; for Sentinel use {SENTINEL_SCHEME}://)"
+                f" (Redis Cluster is not supported; for Sentinel use {sentinel_scheme}://)"
             )
         host, port = url.hosts[0] if url.hosts else ("localhost", None)
         port = port or DEFAULT_PORT
         kwargs.update(host=host, port=port, db=_db_number(url.path.strip("/") or "0", url))
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if scheme == "redis":
-            return cls(where, TCPConnection, kwargs, **settings)
-
-        for name in sorted(_TLS_OPTIONS & set(url.query)):
-            path = url.query[name]
-            if not os.path.isfile(path):
-                raise UsageError(f"{name}={path!r} in rediss:// URL: no such file")
-            kwargs[name] = path
-        _check_tls_files(kwargs.get("ssl_ca_certs"), kwargs.get("ssl_certfile"),
-                         kwargs.get("ssl_keyfile"))
-        kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
-        return cls(where, TLSConnection, kwargs, **settings)
+        return cls(where, connection_class, kwargs, **settings)
 
     def unavailable(self, exc: RedisError, within: float | None = None,
                     context: str = "") -> BackendUnavailable:
@@ -308,8 +305,13 @@ class RedisOptions:
                                " is that port serving TLS (tls-port)?")
         elif isinstance(exc, redis.TimeoutError):
             return unreachable("redis", where, within, "connected, but no answer")
+        elif isinstance(exc, NoMaster) and self.tls and _is_tls(exc):
+            return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
         elif isinstance(exc, NoMaster):
-            return unreachable("redis", where, within, _short(text))
+            hint = ""
+            if not self.tls and _closed_at_once(text):
+                hint = "; are the sentinels TLS ports (tls-port)? Then use rediss+sentinel://"
+            return unreachable("redis", where, within, _short(text) + hint)
         elif isinstance(exc, redis.ConnectionError) and self.tls and _no_client_cert(text):
             hint = ("the server may require a client certificate: give ssl_certfile= and"
                     " ssl_keyfile=" if "ssl_certfile" not in self.connection_kwargs
@@ -322,8 +324,9 @@ class RedisOptions:
                 return unreachable("redis", where, within,
                                    "connection refused (is redis running there?)")
             if not self.tls and _closed_at_once(text):
+                tls_form = "rediss+sentinel://" if self.sentinel is not None else "rediss://"
                 return unreachable("redis", where, within, f"{_short(text)}; is that a TLS port"
-                                   " (tls-port)? Then use rediss://")
+                                   f" (tls-port)? Then use {tls_form}")
             return unreachable("redis", where, within, _short(text))
         elif text.startswith("WRONGTYPE"):
             what = (
@@ -346,7 +349,9 @@ def _db_number(text: str, url: BackendURL) -> int:
     return int(text)
 
 
-SENTINEL_SCHEME = "redis+sentinel"
+#: The Sentinel schemes, plain and TLS (to the sentinels and to the master alike).
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+TLS_SCHEMES = ("rediss", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
 _SENTINEL_OPTIONS = {"sentinel_username", "sentinel_password"}
 _MASTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -358,18 +363,21 @@ class SentinelOptions:
 
     master_name: str
     sentinels: tuple[tuple[str, int], ...]
-    #: For connections to a sentinel (its own credentials: ``?sentinel_password=``).
+    #: For connections to a sentinel (its own credentials: ``?sentinel_password=``; the
+    #: master's TLS options).
     connection_kwargs: dict[str, Any] = field(repr=False)
+    connection_class: type = field(repr=False)
 
     @property
     def where(self) -> str:
         return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
 
     @classmethod
-    def from_url(cls, url: BackendURL, master_kwargs: dict[str, Any]
+    def from_url(cls, url: BackendURL, master_kwargs: dict[str, Any], connection_class: type
                  ) -> tuple[SentinelOptions, int]:
         """The sentinels, the master's name and the database number of
-        ``redis+sentinel://[user:pw@]s1[:26379],s2…/MASTER[/DB]``."""
+        ``redis[s]+sentinel://[user:pw@]s1[:26379],s2…/MASTER[/DB]``; sentinels are
+        reached as the master is (``connection_class``, TLS options in ``master_kwargs``)."""
         name, _, db_text = url.path.strip("/").partition("/")
         if not _MASTER_NAME.fullmatch(name) or "/" in db_text:
             raise UsageError(
@@ -382,13 +390,13 @@ class SentinelOptions:
                              " sentinel (host:port)")
         sentinels = tuple((host, port or DEFAULT_SENTINEL_PORT) for host, port in url.hosts)
         kwargs = {
-            key: master_kwargs[key]
-            for key in ("decode_responses", "encoding_errors", "protocol", "client_name",
-                        "driver_info")
+            key: value for key, value in master_kwargs.items()
+            if key in ("decode_responses", "encoding_errors", "protocol", "client_name",
+                       "driver_info") or key.startswith("ssl_")
         }
         kwargs.update(username=url.option("sentinel_username"),
                       password=url.option("sentinel_password"))
-        return cls(name, sentinels, kwargs), _db_number(db_text or "0", url)
+        return cls(name, sentinels, kwargs, connection_class), _db_number(db_text or "0", url)
 
 
 class NoMaster(redis.ConnectionError):
@@ -605,8 +613,8 @@ class SentinelLink(RedisLink):
         if conn is None or _closed_by_server(conn):
             if conn is not None:
                 conn.disconnect()
-            conn = TCPConnection(host=address[0], port=address[1],
-                                 **self.sentinel.connection_kwargs)
+            conn = self.sentinel.connection_class(host=address[0], port=address[1],
+                                                  **self.sentinel.connection_kwargs)
         try:
             reply = timed_call(conn, budget, "SENTINEL", "get-master-addr-by-name",
                                self.sentinel.master_name)
@@ -748,7 +756,22 @@ def is_transient(exc: RedisError) -> bool:
     return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and not _is_tls(exc)
 
 
-def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+def _tls_kwargs(url: BackendURL) -> dict[str, Any]:
+    """redis-py's TLS settings for a rediss:// or rediss+sentinel:// URL: its files
+    (checked now), the certificate always verified, its host name too."""
+    kwargs: dict[str, Any] = {}
+    for name in sorted(_TLS_OPTIONS & set(url.query)):
+        path = url.query[name]
+        if not os.path.isfile(path):
+            raise UsageError(f"{name}={path!r} in {url.scheme}:// URL: no such file")
+        kwargs[name] = path
+    _check_tls_files(url.scheme, kwargs.get("ssl_ca_certs"), kwargs.get("ssl_certfile"),
+                     kwargs.get("ssl_keyfile"))
+    kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+    return kwargs
+
+
+def _check_tls_files(scheme: str, ca: str | None, cert: str | None, key: str | None) -> None:
     """The TLS files of a rediss:// URL are checked when it is parsed (status 2), as
     etcd's are: a garbage CA file is no unreachable server."""
     import ssl
@@ -758,18 +781,18 @@ def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
         try:
             context.load_verify_locations(cafile=ca)
         except (ssl.SSLError, ValueError) as exc:
-            raise UsageError(f"ssl_ca_certs={ca!r} in rediss:// URL: no CA certificate in it"
+            raise UsageError(f"ssl_ca_certs={ca!r} in {scheme}:// URL: no CA certificate in it"
                              f" (PEM expected): {exc}") from None
     if key and not cert:
-        raise UsageError("ssl_keyfile= in rediss:// URL needs ssl_certfile= (the certificate)")
+        raise UsageError(f"ssl_keyfile= in {scheme}:// URL needs ssl_certfile= (the certificate)")
     if cert:
         try:
             context.load_cert_chain(cert, key)
         except (ssl.SSLError, ValueError) as exc:
             if key:
-                raise UsageError(f"ssl_certfile={cert!r} and ssl_keyfile={key!r} in rediss://"
+                raise UsageError(f"ssl_certfile={cert!r} and ssl_keyfile={key!r} in {scheme}://"
                                  f" URL are not a certificate and its key: {exc}") from None
-            raise UsageError(f"ssl_certfile={cert!r} in rediss:// URL holds no private key:"
+            raise UsageError(f"ssl_certfile={cert!r} in {scheme}:// URL holds no private key:"
                              " give ssl_keyfile= too") from None
 
 
