@@ -62,6 +62,7 @@ class LazyGroup(click.Group):
     # LELECT_BACKEND, so the library and the CLI agree on where a URL comes from.
     help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
     f" {'/var/lib/lelect' if os.geteuid() == 0 else '~/.local/state/lelect'}), redis://[user@]host:6379/0?password_file=PATH, rediss://…,"
+    " redis+sentinel://s1:26379,s2:26379/MASTER/0 (rediss+sentinel://… for TLS),"
     " zookeeper://h1:2181,h2:2181/lelect, etcd://h1:2379,h2:2379/lelect,"
     " postgresql://user@db:5432/app, mysql://user@db:3306/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
     " LELECT_BACKEND.",
