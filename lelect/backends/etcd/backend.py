@@ -49,6 +49,7 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
+    cancel_wakeup,
     check_cancel,
     check_note,
     check_note_key,
@@ -462,14 +463,22 @@ class EtcdBackend(Backend):
     @staticmethod
     def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None,
                        cancel: threading.Event | None = None, election: str = "") -> None:
-        while lease.alive():
+        """Until the watched key is deleted. The read wakes by itself only when our lease
+        would run out unrenewed (its keep-alive moves that on) or at ``give_up``; a
+        :class:`~lelect.backends.base.Cancel` wakes it at once."""
+        with cancel_wakeup(cancel) as woken:
+            while lease.alive():
+                check_cancel(cancel, election)
+                now = time.monotonic()
+                wake = max(lease.keeper.deadline - now, 0.001)
+                if give_up is not None:
+                    wake = min(wake, give_up - now)
+                if wake <= 0:
+                    return
+                events = stream.next(wait_slice(wake, cancel) or 0.0, woken)
+                if events and any(event.kind == "DELETE" for event in events):
+                    return
             check_cancel(cancel, election)
-            wake = WAKE if give_up is None else min(WAKE, give_up - time.monotonic())
-            if wake <= 0:
-                return
-            events = stream.next(wait_slice(wake, cancel) or 0.0)
-            if events and any(event.kind == "DELETE" for event in events):
-                return
 
     def _win(self, keys: EtcdKeys, candidate: Candidate, key: str, term: int,
              lease: _Lease, contact: Attempts) -> EtcdLeadership | None:
