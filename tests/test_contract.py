@@ -208,7 +208,9 @@ def test_once_per_slot_is_done_only_after_a_successful_run(backend):
 
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import psutil  # noqa: E402
 
@@ -226,6 +228,7 @@ from tests.helpers import (  # noqa: E402
     run_lelect,
     spawn_lelect,
     ticking_job,
+    wakeups,
 )
 
 
@@ -805,6 +808,32 @@ def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
     release.touch()
     assert proc.wait(timeout=30) == 0
     assert not marker.exists()
+    assert "Traceback" not in tail.text
+
+
+def test_a_waiting_candidate_sleeps_on_its_backend(target, tmp_path):
+    """A candidate waiting in line (lelect and its keeper, every thread) sleeps until its
+    backend has news: no periodic look at a cancel event or at lelect's pipe. With
+    heartbeats off and a 12 s lease, what may wake it in 5 s is its lease keep-alive
+    (etcd: every 4 s; a leader's key expiring on Redis) and its client's own ping
+    (kazoo), a few wake-ups each; a look 4 times a second alone would make 20, the
+    embedded keeper's old look at lelect's pipe twice a second 10."""
+    if target.lease:
+        url = re.sub(r"\b(ttl|session_timeout)=2s\b", r"\1=12s", target.url)
+        assert url != target.url, "the lease targets' URLs name a 2s lease"
+        target = replace(target, url=url)
+    proc, release = leading(target, "lean", tmp_path)
+    waiter, tail = waiting(target, "lean", "--heartbeat-interval", "0", "--", "true",
+                           name="waiter")
+    time.sleep(1.0)  # let the start-up settle: the keeper, the client's threads
+    before = wakeups(waiter.pid)
+    time.sleep(5.0)
+    woke = wakeups(waiter.pid) - before
+    assert woke <= 8, f"a waiting candidate woke {woke} times in 5 s"
+    waiter.send_signal(signal.SIGTERM)
+    assert waiter.wait(timeout=10) == -signal.SIGTERM
+    release.touch()
+    assert proc.wait(timeout=30) == 0
     assert "Traceback" not in tail.text
 
 
