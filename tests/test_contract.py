@@ -837,6 +837,47 @@ def test_a_waiting_candidate_sleeps_on_its_backend(target, tmp_path):
     assert "Traceback" not in tail.text
 
 
+def server_connections(pid: int, port: int) -> int:
+    """TCP connections from ``pid`` and its children (the keeper) to ``port``."""
+    count = 0
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            count += sum(1 for c in process.net_connections("tcp")
+                         if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED")
+        except psutil.NoSuchProcess:
+            pass
+    return count
+
+
+#: Backends whose candidates still use more than one connection (issue 21): Redis a
+#: pub/sub connection besides the command one (RESP2), etcd its watch and keep-alive
+#: streams, MariaDB the GET_LOCK wait's.
+MORE_THAN_ONE_CONNECTION = {"redis", "etcd", "mysql"}
+
+
+def test_a_candidate_holds_one_connection_to_its_server(network_target, tmp_path, request):
+    """The leader and a waiting candidate each talk to the server over one connection
+    (one session), heartbeats and lookups included."""
+    if request.node.callspec.params["network_target"] in MORE_THAN_ONE_CONNECTION:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="not one connection yet"))
+    target = network_target
+    port = target.server.port
+    beats = ("--heartbeat-interval", "0.2s")
+    proc, release = leading(target, "one", tmp_path, "leader", *beats)
+    waiter, tail = waiting(target, "one", *beats, "--", "true", name="waiter")
+    seen = {"leader": set(), "waiter": set()}
+    for _ in range(10):  # over two seconds: renews, heartbeats, the waiter's looks
+        seen["leader"].add(server_connections(proc.pid, port))
+        seen["waiter"].add(server_connections(waiter.pid, port))
+        time.sleep(0.2)
+    assert seen == {"leader": {1}, "waiter": {1}}
+    waiter.send_signal(signal.SIGTERM)
+    assert waiter.wait(timeout=10) == -signal.SIGTERM
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in tail.text
+
+
 def test_a_partitioned_leader_job_is_dead_by_its_lease_deadline(network_target, tmp_path,
                                                                 partition_proxy):
     """The leader reaches the server through a proxy that stops forwarding: its job is

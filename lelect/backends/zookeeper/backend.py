@@ -258,9 +258,9 @@ class ZooKeeperBackend(Backend):
         session = self._adopt_shared(requested, budget)
         if session is None:
             session = ZooKeeperSession(self.config, requested)
-            started = threading.Event()
+            connected = threading.Event()
             with self._lock:
-                self._campaigning[session] = started
+                self._campaigning[session] = connected
             try:
                 self._start(session, budget)
             except BaseException:
@@ -268,7 +268,7 @@ class ZooKeeperBackend(Backend):
                     self._campaigning.pop(session, None)
                 raise
             finally:
-                started.set()
+                connected.set()
         try:
             self._check_granted(session, requested)
             guard_acls(session, paths, budget)
