@@ -766,6 +766,9 @@ class ZooKeeperBackend(Backend):
             try:
                 stat = self._ask(session, "set", path, b"")
             except NoNodeError:
+                # The parents first, with lelect's ACL: makepath would give them the
+                # clock's, which lets anybody write.
+                self._ask(session, "ensure_path", self.config.path)
                 try:
                     self._ask(session, "create", path, b"", acl=self.config.clock_acl(),
                               makepath=True)
