@@ -127,6 +127,8 @@ class ZooKeeperBackend(Backend):
         #: one lives, everything else this candidate asks goes through it (one session
         #: per candidate, heartbeats and lookups included), and no shared one is opened.
         self._campaigning: dict[ZooKeeperSession, threading.Event] = {}
+        #: Shared sessions observers watch through, and how many: never taken over.
+        self._observed: dict[ZooKeeperSession, int] = {}
 
     def paths(self, election: str) -> ElectionPaths:
         return ElectionPaths.of(self.config.path, election)
@@ -189,8 +191,20 @@ class ZooKeeperBackend(Backend):
                 return session
         return None
 
-    def _shared_session(self, *, best_effort: bool = False) -> ZooKeeperSession:
-        """The session of a process that does not campaign (or between campaigns)."""
+    def _shared_session(self, *, best_effort: bool = False, observing: bool = False
+                        ) -> ZooKeeperSession:
+        """The session of a process that does not campaign (or between campaigns);
+        ``observing``: for an observer's watches, so no campaign takes it over (the
+        caller ends that with :meth:`_unobserve`)."""
+        return self._shared_or_new(best_effort=best_effort, observing=observing)
+
+    def _unobserve(self, session: ZooKeeperSession) -> None:
+        with self._lock:
+            left = self._observed.pop(session, 1) - 1
+            if left > 0:
+                self._observed[session] = left
+
+    def _shared_or_new(self, *, best_effort: bool, observing: bool) -> ZooKeeperSession:
         if best_effort:
             with self._lock:
                 verdict = self._verdict
@@ -206,7 +220,7 @@ class ZooKeeperBackend(Backend):
             if session is not None and not session.closed:
                 if best_effort and not session.connected.is_set():
                     raise BackendUnavailable(f"not connected to ZooKeeper at {self.config.hosts}")
-                return session
+                return self._observing(session) if observing else session
             with self._lock:
                 verdict = self._verdict
             if not best_effort and self._shared_tries != tries and verdict is not None:
@@ -215,9 +229,16 @@ class ZooKeeperBackend(Backend):
             session = ZooKeeperSession(self.config, self.config.session_timeout)
             self._start(session, self.config.connect_timeout)
             self._shared = session
-            return session
+            return self._observing(session) if observing else session
         finally:
             self._shared_lock.release()
+
+    def _observing(self, session: ZooKeeperSession) -> ZooKeeperSession:
+        """Count an observer of ``session`` (under the shared lock: no campaign takes it
+        over meanwhile)."""
+        with self._lock:
+            self._observed[session] = self._observed.get(session, 0) + 1
+        return session
 
     def _ask(self, session: ZooKeeperSession, method: str, *args: Any, **kwargs: Any) -> Any:
         return session.call(method, *args, timeout=self.config.connect_timeout, **kwargs)
@@ -295,11 +316,13 @@ class ZooKeeperBackend(Backend):
             if (shared is None or shared.closed or not shared.connected.is_set()
                     or shared.requested != requested):
                 return None
-            self._shared = None
             started = threading.Event()
             started.set()
             with self._lock:
+                if shared in self._observed:
+                    return None
                 self._campaigning[shared] = started
+            self._shared = None
             return shared
         finally:
             self._shared_lock.release()
@@ -499,7 +522,7 @@ class ZooKeeperBackend(Backend):
         leader's node (or the empty election), so joining waiters do not wake it."""
         paths = self.paths(election)
         stop = stop or threading.Event()
-        session = self._shared_session()  # its watches outlive any campaign's session
+        session = self._shared_session(observing=True)  # its watches outlive a campaign
         changed = threading.Event()
 
         def wake(_: Any = None) -> None:
@@ -529,6 +552,7 @@ class ZooKeeperBackend(Backend):
         finally:
             done.set()
             session.remove_listener(wake)
+            self._unobserve(session)
 
     def _watch_leader(self, session: ZooKeeperSession, paths: ElectionPaths, wake: Any
                       ) -> LeaderInfo | None:
