@@ -199,36 +199,46 @@ class Cancel(threading.Event):
                 self._wakers.remove(waker)
 
 
-class _WakePipe:
-    """The read end of a pipe that a :class:`Cancel` makes readable: for select()."""
+class WakePipe:
+    """Something for a select() that another thread makes readable (:meth:`wake`), to
+    end a wait on a socket at once. Safe to wake after :meth:`close` (it does nothing)."""
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
+        self._lock = threading.Lock()
+        self._closed = False
 
     def fileno(self) -> int:
         return self._read
 
     def wake(self) -> None:
-        try:
-            os.write(self._write, b"x")
-        except OSError:  # full: readable already
-            pass
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._write, b"x")
+            except OSError:  # full: readable already
+                pass
 
     def close(self) -> None:
-        os.close(self._read)
-        os.close(self._write)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)
 
 
 @contextmanager
-def cancel_wakeup(cancel: threading.Event | None) -> Iterator[_WakePipe | None]:
+def cancel_wakeup(cancel: threading.Event | None) -> Iterator[WakePipe | None]:
     """For a wait that selects on sockets: something to add to the select (it becomes
     readable once ``cancel``, a :class:`Cancel`, is set), or None when ``cancel`` cannot
     wake a select (None or a plain Event: bound each wait by :func:`wait_slice` then)."""
     if not isinstance(cancel, Cancel):
         yield None
         return
-    pipe = _WakePipe()
+    pipe = WakePipe()
     try:
         with cancel.waking(pipe.wake):
             yield pipe
