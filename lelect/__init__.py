@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from lelect.aio import AsyncLeadership, LeadershipBlock
-    from lelect.backends.base import Leadership
+    from lelect.backends.base import Cancel, Leadership
     from lelect.election import Client, Election
     from lelect.errors import LeadershipLost, LelectError
 
-__all__ = ["AsyncLeadership", "Client", "Election", "Leadership", "LeadershipBlock",
+__all__ = ["AsyncLeadership", "Cancel", "Client", "Election", "Leadership", "LeadershipBlock",
            "LeadershipLost", "LelectError", "__version__", "connect"]
 
 #: Names re-exported from their modules, imported on first use (the keeper imports this
@@ -29,6 +29,7 @@ __all__ = ["AsyncLeadership", "Client", "Election", "Leadership", "LeadershipBlo
 _LAZY = {
     "AsyncLeadership": "lelect.aio",
     "LeadershipBlock": "lelect.aio",
+    "Cancel": "lelect.backends.base",
     "Leadership": "lelect.backends.base",
     "Client": "lelect.election",
     "Election": "lelect.election",

@@ -139,7 +139,9 @@ class LeadershipBlock:
             raise RuntimeError("a leadership block cannot be entered twice")
         loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        cancel = threading.Event()
+        from lelect.backends.base import Cancel
+
+        cancel = Cancel()  # wakes the backend's wait: no periodic look at it
         election = self.election
 
         on_wait = self.on_wait

@@ -23,7 +23,14 @@ from typing import Any, NoReturn
 from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
-from lelect.backends.base import PARTING_BUDGET, Backend, Candidate, LeaderInfo, Leadership
+from lelect.backends.base import (
+    PARTING_BUDGET,
+    Backend,
+    Cancel,
+    Candidate,
+    LeaderInfo,
+    Leadership,
+)
 from lelect.backends.notes import encode_value
 from lelect.backends.words import LOST
 from lelect.credentials import job_backend_env
@@ -270,7 +277,7 @@ class _Driver:
         #: keeper had not yet said whether it won).
         self.first: list[core.Event] = []
         self.blocking = False  # a stop signal cancels the campaign under way
-        self.cancel = threading.Event()
+        self.cancel = Cancel()
         self.cancelled_by: int | None = None
         self.keeper: KeeperHandle | None = None
         self.leadership: Leadership | None = None
@@ -518,7 +525,7 @@ class _Driver:
                                       on_respawn=self._keeper_respawned)
         self.announced = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
-        self.cancel = threading.Event()
+        self.cancel = Cancel()
         self.cancelled_by = None
         self.blocking = True
         try:

@@ -124,7 +124,9 @@ class Election:
         leadership is lost before it is released; check ``leadership.is_leader()``
         before each protected step, and pass ``leadership.term`` as a fencing token.
         Setting ``cancel`` (from another thread) makes a waiting campaign leave the line
-        and raise :class:`~lelect.errors.CampaignCancelled`; ``on_wait(holder)`` is
+        and raise :class:`~lelect.errors.CampaignCancelled` (a :class:`lelect.Cancel`
+        wakes the wait at once; a plain Event is looked at 4 times a second while it
+        waits); ``on_wait(holder)`` is
         called once (in the campaigning thread) when it starts waiting behind somebody."""
         from lelect.seats import HoldersPin, campaign_seat
 

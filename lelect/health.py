@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import statistics
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -273,6 +272,8 @@ class PhiAccrualDetector:
         if len(stamps) < self.min_samples or not intervals:
             mean, std = self.expected_interval, 0.0
         else:
+            import statistics  # 2 MB (decimal, fractions): not for a campaign's heartbeats
+
             mean, std = statistics.fmean(intervals), statistics.pstdev(intervals)
         std = max(std, mean * self.min_std_ratio, self.min_std)
         return phi_value(elapsed, mean + mean, std)

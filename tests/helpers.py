@@ -183,6 +183,23 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def wakeups(pid: int) -> int:
+    """Times every thread of ``pid`` and of its children went to sleep and woke again
+    (voluntary context switches; psutil counts the main thread's only)."""
+    import psutil
+
+    total = 0
+    for task in [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]:
+        for status in Path(f"/proc/{task}/task").glob("*/status"):
+            try:
+                lines = status.read_text().splitlines()
+            except OSError:  # the thread ended
+                continue
+            total += sum(int(line.split()[1]) for line in lines
+                         if line.startswith("voluntary_ctxt_switches:"))
+    return total
+
+
 def blocked_on_flock(lock: Path) -> bool:
     """True once some process waits for the flock of ``lock``: an embedded-backend
     candidate is queued."""

@@ -17,6 +17,7 @@ from tests.helpers import (
     LELECT,
     assert_one_line,
     blocked_on_flock,
+    leader_json,
     lelect_env,
     pid_alive,
     run_lelect,
@@ -252,6 +253,27 @@ def test_job_dies_with_its_keeper_even_when_lelect_dies_too(backend, tmp_path):
     wait_until(lambda: not pid_alive(job), timeout=5, what="the job to die with its keeper")
     out = run_lelect("campaign", "both", "--no-wait", "--", "true", backend=backend)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_waiting_keeper_leaves_the_line_when_lelect_is_killed(backend, tmp_path):
+    """lelect killed (SIGKILL) while its keeper waits on the flock: the kernel wakes the
+    keeper (its control socket reaches EOF), which leaves at once, and the dead
+    candidate's job never runs when the election is freed."""
+    release, ran = tmp_path / "release", tmp_path / "ran"
+    leader = spawn_lelect("campaign", "gone", "--", "sh", "-c",
+                          f"while [ ! -e {release} ]; do sleep 0.02; done", backend=backend)
+    wait_until(lambda: leader_json(backend, "gone"), what="the leader")
+    waiter = spawn_lelect("campaign", "gone", "--", "touch", str(ran), backend=backend)
+    wait_until(lambda: blocked_on_flock(lock_of(backend, "gone")), what="the waiter in line")
+    (keeper,) = [int(pid) for pid in
+                 Path(f"/proc/{waiter.pid}/task/{waiter.pid}/children").read_text().split()]
+    os.kill(waiter.pid, signal.SIGKILL)
+    waiter.wait(timeout=10)
+    wait_until(lambda: not pid_alive(keeper), timeout=2, what="the keeper to leave the line")
+    assert not blocked_on_flock(lock_of(backend, "gone"))
+    release.touch()
+    assert leader.wait(timeout=30) == 0
+    assert not ran.exists()
 
 
 def started_job(keeper) -> int:

@@ -208,7 +208,9 @@ def test_once_per_slot_is_done_only_after_a_successful_run(backend):
 
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import psutil  # noqa: E402
 
@@ -226,6 +228,7 @@ from tests.helpers import (  # noqa: E402
     run_lelect,
     spawn_lelect,
     ticking_job,
+    wakeups,
 )
 
 
@@ -805,6 +808,73 @@ def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
     release.touch()
     assert proc.wait(timeout=30) == 0
     assert not marker.exists()
+    assert "Traceback" not in tail.text
+
+
+def test_a_waiting_candidate_sleeps_on_its_backend(target, tmp_path):
+    """A candidate waiting in line (lelect and its keeper, every thread) sleeps until its
+    backend has news: no periodic look at a cancel event or at lelect's pipe. With
+    heartbeats off and a 12 s lease, what may wake it in 5 s is its lease keep-alive
+    (etcd: every 4 s; a leader's key expiring on Redis) and its client's own ping
+    (kazoo), a few wake-ups each; a look 4 times a second alone would make 20, the
+    embedded keeper's old look at lelect's pipe twice a second 10."""
+    if target.lease:
+        url = re.sub(r"\b(ttl|session_timeout)=2s\b", r"\1=12s", target.url)
+        assert url != target.url, "the lease targets' URLs name a 2s lease"
+        target = replace(target, url=url)
+    proc, release = leading(target, "lean", tmp_path)
+    waiter, tail = waiting(target, "lean", "--heartbeat-interval", "0", "--", "true",
+                           name="waiter")
+    time.sleep(1.0)  # let the start-up settle: the keeper, the client's threads
+    before = wakeups(waiter.pid)
+    time.sleep(5.0)
+    woke = wakeups(waiter.pid) - before
+    assert woke <= 8, f"a waiting candidate woke {woke} times in 5 s"
+    waiter.send_signal(signal.SIGTERM)
+    assert waiter.wait(timeout=10) == -signal.SIGTERM
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in tail.text
+
+
+def server_connections(pid: int, port: int) -> int:
+    """TCP connections from ``pid`` and its children (the keeper) to ``port``."""
+    count = 0
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            count += sum(1 for c in process.net_connections("tcp")
+                         if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED")
+        except psutil.NoSuchProcess:
+            pass
+    return count
+
+
+#: Backends whose candidates still use more than one connection (issue 21): Redis a
+#: pub/sub connection besides the command one (RESP2), etcd its watch and keep-alive
+#: streams, MariaDB the GET_LOCK wait's.
+MORE_THAN_ONE_CONNECTION = {"redis", "etcd", "mysql"}
+
+
+def test_a_candidate_holds_one_connection_to_its_server(network_target, tmp_path, request):
+    """The leader and a waiting candidate each talk to the server over one connection
+    (one session), heartbeats and lookups included."""
+    if request.node.callspec.params["network_target"] in MORE_THAN_ONE_CONNECTION:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="not one connection yet"))
+    target = network_target
+    port = target.server.port
+    beats = ("--heartbeat-interval", "0.2s")
+    proc, release = leading(target, "one", tmp_path, "leader", *beats)
+    waiter, tail = waiting(target, "one", *beats, "--", "true", name="waiter")
+    seen = {"leader": set(), "waiter": set()}
+    for _ in range(10):  # over two seconds: renews, heartbeats, the waiter's looks
+        seen["leader"].add(server_connections(proc.pid, port))
+        seen["waiter"].add(server_connections(waiter.pid, port))
+        time.sleep(0.2)
+    assert seen == {"leader": {1}, "waiter": {1}}
+    waiter.send_signal(signal.SIGTERM)
+    assert waiter.wait(timeout=10) == -signal.SIGTERM
+    release.touch()
+    assert proc.wait(timeout=30) == 0
     assert "Traceback" not in tail.text
 
 

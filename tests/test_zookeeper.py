@@ -578,6 +578,17 @@ def test_open_lelect_nodes_are_given_lelect_acl(backends, zookeeper_server, zk_p
             kazoo.delete(leadership.node_path)
 
 
+def test_the_server_clock_node_leaves_lelect_path_closed_to_writers(backends, zookeeper_server,
+                                                                     zk_path, kazoo):
+    """The first thing lelect writes under a new path may be its clock node (anybody may
+    touch it): the path above it still gets lelect's ACL, not the clock's."""
+    owner = backends(zookeeper_server.url(zk_path, auth="digest:ops:s3cret"))
+    owner.now()
+    acl, _ = kazoo.get_acls(zk_path)
+    assert {(a.id.scheme, a.id.id.split(":")[0], a.perms) for a in acl} == {
+        ("digest", "ops", Permissions.ALL), ("world", "anyone", Permissions.READ)}
+
+
 def test_acl_lelect_cannot_fix_is_refused_naming_the_node(backends, zookeeper_server, zk_path):
     from kazoo.security import make_acl, make_digest_acl
 

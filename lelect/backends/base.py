@@ -11,12 +11,14 @@ dataclasses (:mod:`lelect.backends.records`). Nothing here imports from above
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -159,9 +161,93 @@ def with_value(backend: Backend, election: str, info: LeaderInfo | None) -> Lead
 #: still there (only while a handover bars it).
 HANDOVER_LOOK = 1.0
 
-#: A campaign given a ``cancel`` event looks at it at least this often while it waits
-#: (a local check, no request to the server).
+#: A campaign given a plain :class:`threading.Event` as ``cancel`` looks at it at least
+#: this often while it waits (a local check, no request to the server). A :class:`Cancel`
+#: wakes the wait itself: no look is needed.
 CANCEL_CHECK = 0.25
+
+
+class Cancel(threading.Event):
+    """A cancel event that wakes the wait it cancels, as kazoo's ``Lock.cancel()`` does:
+    a backend's wait registers a waker (:func:`cancel_wakeup`, :func:`wait_event`) that
+    ends its sleep (sets the event it waits on, makes a pipe readable that its select
+    includes), so a waiting campaign sleeps on its backend alone, with no periodic look.
+
+    Wakers run in the thread that sets the event (never a signal handler: one that takes
+    a lock there could deadlock), under a lock, so a waker is never called once its wait
+    has unregistered it; they must be quick and must not set this event again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wakers: list[Callable[[], None]] = []
+        self._wakers_lock = threading.Lock()
+
+    def set(self) -> None:
+        with self._wakers_lock:
+            super().set()
+            for waker in self._wakers:
+                waker()
+
+    @contextmanager
+    def waking(self, waker: Callable[[], None]) -> Iterator[None]:
+        """Call ``waker`` when the event is set (at once if it is set already), until the
+        block ends."""
+        with self._wakers_lock:
+            self._wakers.append(waker)
+            if self.is_set():
+                waker()
+        try:
+            yield
+        finally:
+            with self._wakers_lock:
+                self._wakers.remove(waker)
+
+
+class WakePipe:
+    """Something for a select() that another thread makes readable (:meth:`wake`), to
+    end a wait on a socket at once. Safe to wake after :meth:`close` (it does nothing)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._write, b"x")
+            except OSError:  # full: readable already
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)
+
+
+@contextmanager
+def cancel_wakeup(cancel: threading.Event | None) -> Iterator[WakePipe | None]:
+    """For a wait that selects on sockets: something to add to the select (it becomes
+    readable once ``cancel``, a :class:`Cancel`, is set), or None when ``cancel`` cannot
+    wake a select (None or a plain Event: bound each wait by :func:`wait_slice` then)."""
+    if not isinstance(cancel, Cancel):
+        yield None
+        return
+    pipe = WakePipe()
+    try:
+        with cancel.waking(pipe.wake):
+            yield pipe
+    finally:
+        pipe.close()
 
 
 def check_cancel(cancel: threading.Event | None, election: str) -> None:
@@ -173,17 +259,24 @@ def check_cancel(cancel: threading.Event | None, election: str) -> None:
 
 def wait_slice(left: float | None, cancel: threading.Event | None) -> float | None:
     """How long one wait may block: ``left`` (None: no bound), but no longer than
-    :data:`CANCEL_CHECK` when a cancel can come."""
-    if cancel is None:
+    :data:`CANCEL_CHECK` when a cancel can come that cannot wake the wait (a plain
+    Event; a :class:`Cancel` wakes it)."""
+    if cancel is None or isinstance(cancel, Cancel):
         return left
     return CANCEL_CHECK if left is None else max(0.0, min(left, CANCEL_CHECK))
 
 
 def wait_event(event: threading.Event, timeout: float | None, cancel: threading.Event | None,
                election: str) -> bool:
-    """``event.wait(timeout)`` that raises CampaignCancelled soon after ``cancel`` is set."""
+    """``event.wait(timeout)`` that raises CampaignCancelled soon after ``cancel`` is set
+    (at once for a :class:`Cancel`, which wakes the wait by setting ``event``)."""
     if cancel is None:
         return event.wait(timeout)
+    if isinstance(cancel, Cancel):
+        with cancel.waking(event.set):
+            woke = event.wait(timeout)
+        check_cancel(cancel, election)
+        return woke
     end = None if timeout is None else time.monotonic() + timeout
     while True:
         left = None if end is None else end - time.monotonic()
@@ -423,8 +516,9 @@ class Backend(ABC):
         ``timeout`` ran out; ``timeout=0`` tries once), BackendUnavailable (within
         :func:`connect_budget`). ``on_wait(holder)`` is called once when the candidate
         starts waiting behind somebody else. Once ``cancel`` is set (from another
-        thread), the campaign leaves the line as on a timeout, within about
-        :data:`CANCEL_CHECK`, and raises CampaignCancelled. On winning, the history gains an entry
+        thread), the campaign leaves the line as on a timeout and raises CampaignCancelled:
+        at once for a :class:`Cancel` (it wakes the backend's wait), within about
+        :data:`CANCEL_CHECK` for a plain Event. On winning, the history gains an entry
         (outcome "running"), and an earlier entry still "running" is closed as
         "vanished", in the same transaction as the win where the backend allows.
 

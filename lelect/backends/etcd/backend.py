@@ -48,7 +48,9 @@ from lelect.backends.base import (
     LeaderInfo,
     Leadership,
     Members,
+    WakePipe,
     busy,
+    cancel_wakeup,
     check_cancel,
     check_note,
     check_note_key,
@@ -250,8 +252,12 @@ class EtcdLeadership(Leadership):
         self.stopped = threading.Event()
         self._backend = backend
         self._revision = revision
+        #: One per watch thread: ends its read when the leadership stops or is lost.
+        self._wakes: list[WakePipe] = []
+        self._wakes_lock = threading.Lock()
 
     def _begin(self) -> None:
+        self.subscribe(lambda kind: self._wake_watches() if kind == "lost" else None)
         watches = ((self.key, self._on_own_key), (self.keys.resign, self._on_resign))
         for watched, handle in watches:
             threading.Thread(target=self._watch, args=(watched, self._revision + 1, handle),
@@ -269,32 +275,48 @@ class EtcdLeadership(Leadership):
         """Follow ``key`` from revision ``start`` until the leadership ends, reopening the
         watch where it left off when it breaks."""
         backend = self._backend
-        while not self._over():
-            try:
-                stream = backend.gateway.watch(key, start_revision=start,
-                                               budget=backend.options.connect_timeout)
-            except GatewayError:
-                self.stopped.wait(WAKE)  # the keep-alive decides whether the lease is lost
-                continue
-            try:
-                while not self._over():
-                    events = stream.next(WAKE)
-                    for event in events or ():
-                        start = event.mod_revision + 1
-                        if not self._over():
-                            handle(event)
-            except GatewayError as exc:
-                if exc.kind == "compacted":
-                    # What happened meanwhile is gone: look at the keys themselves.
-                    start = backend.look_again(self)
-            finally:
-                stream.close()
+        wake = WakePipe()
+        with self._wakes_lock:
+            self._wakes.append(wake)
+        try:
+            while not self._over():
+                try:
+                    stream = backend.gateway.watch(key, start_revision=start,
+                                                   budget=backend.options.connect_timeout)
+                except GatewayError:
+                    self.stopped.wait(WAKE)  # the keep-alive decides whether the lease is lost
+                    continue
+                try:
+                    while not self._over():
+                        # Sleeps until an event or the leadership's end (``wake``).
+                        events = stream.next(self.ttl, wake)
+                        for event in events or ():
+                            start = event.mod_revision + 1
+                            if not self._over():
+                                handle(event)
+                except GatewayError as exc:
+                    if exc.kind == "compacted":
+                        # What happened meanwhile is gone: look at the keys themselves.
+                        start = backend.look_again(self)
+                finally:
+                    stream.close()
+        finally:
+            with self._wakes_lock:
+                self._wakes.remove(wake)
+            wake.close()
+
+    def _wake_watches(self) -> None:
+        with self._wakes_lock:
+            wakes = list(self._wakes)
+        for wake in wakes:
+            wake.wake()
 
     def _over(self) -> bool:
         return self.stopped.is_set() or self.lost.is_set() or self.released
 
     def stop(self) -> None:
         self.stopped.set()
+        self._wake_watches()
         self.etcd_lease.keeper.stop()
 
 
@@ -462,14 +484,22 @@ class EtcdBackend(Backend):
     @staticmethod
     def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None,
                        cancel: threading.Event | None = None, election: str = "") -> None:
-        while lease.alive():
+        """Until the watched key is deleted. The read wakes by itself only when our lease
+        would run out unrenewed (its keep-alive moves that on) or at ``give_up``; a
+        :class:`~lelect.backends.base.Cancel` wakes it at once."""
+        with cancel_wakeup(cancel) as woken:
+            while lease.alive():
+                check_cancel(cancel, election)
+                now = time.monotonic()
+                wake = max(lease.keeper.deadline - now, 0.001)
+                if give_up is not None:
+                    wake = min(wake, give_up - now)
+                if wake <= 0:
+                    return
+                events = stream.next(wait_slice(wake, cancel) or 0.0, woken)
+                if events and any(event.kind == "DELETE" for event in events):
+                    return
             check_cancel(cancel, election)
-            wake = WAKE if give_up is None else min(WAKE, give_up - time.monotonic())
-            if wake <= 0:
-                return
-            events = stream.next(wait_slice(wake, cancel) or 0.0)
-            if events and any(event.kind == "DELETE" for event in events):
-                return
 
     def _win(self, keys: EtcdKeys, candidate: Candidate, key: str, term: int,
              lease: _Lease, contact: Attempts) -> EtcdLeadership | None:

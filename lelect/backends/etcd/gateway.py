@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import select
 import socket
 import sys
 import threading
@@ -462,11 +463,18 @@ class _Connection:
         self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
         self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
 
-    def recv(self, deadline: float) -> bool:
-        """Read what has arrived; False when the deadline passed first."""
+    def recv(self, deadline: float, wake: Any = None) -> bool:
+        """Read what has arrived; False when the deadline passed first, or ``wake``
+        (anything with a fileno()) became readable while nothing had arrived."""
         left = deadline - time.monotonic()
         if left <= 0:
             return False
+        pending = getattr(self.sock, "pending", None)  # TLS: bytes decrypted already
+        if wake is not None and not (pending is not None and pending()):
+            readable, _, _ = select.select([self.sock, wake], [], [], left)
+            if self.sock not in readable:
+                return False
+            left = max(deadline - time.monotonic(), 0.001)
         self.sock.settimeout(left)
         try:
             data = self.sock.recv(65536)
@@ -601,11 +609,12 @@ class WatchStream:
             self.close()
             raise _Down("not an etcd answer to the watch request") from None
 
-    def next(self, timeout: float) -> list[WatchEvent] | None:
+    def next(self, timeout: float, wake: Any = None) -> list[WatchEvent] | None:
         """The events of the next answer ([] for a progress note), or None if nothing
-        came within ``timeout``. Raises GatewayError when the watch ended."""
+        came within ``timeout`` or ``wake`` (anything with a fileno()) became readable.
+        Raises GatewayError when the watch ended."""
         try:
-            result = self._next_result(time.monotonic() + timeout)
+            result = self._next_result(time.monotonic() + timeout, wake)
         except (OSError, ValueError, _Closed) as exc:
             self.close()
             raise GatewayError("unreachable",
@@ -637,7 +646,7 @@ class WatchStream:
     def close(self) -> None:
         self._connection.close()
 
-    def _next_result(self, deadline: float) -> dict[str, Any] | None:
+    def _next_result(self, deadline: float, wake: Any = None) -> dict[str, Any] | None:
         while True:
             payload, ended = self._connection.decode_chunks()
             *whole, self._payload = (self._payload + payload).split(b"\n")
@@ -658,7 +667,7 @@ class WatchStream:
                 return result
             if ended:
                 raise _Closed("the server ended the watch")
-            if not self._connection.recv(deadline):
+            if not self._connection.recv(deadline, wake):
                 return None
 
 

@@ -12,7 +12,6 @@ unix socket in DIR for resign requests; observers poll SQLite's ``PRAGMA data_ve
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import sqlite3
@@ -182,6 +181,8 @@ class FileBackend(Backend):
         name = f"{election}.sock"
         if len(name.encode()) <= 64:
             return name
+        import hashlib  # OpenSSL's libcrypto, 3-4 MB: only for a name this long
+
         return f"_{hashlib.sha256(election.encode()).hexdigest()[:16]}.sock"
 
     def _writable(self) -> sqlite3.Connection:

@@ -5,6 +5,7 @@ it wins, write the leader record, and close that record itself when lelect canno
 A mixin of the keeper (``lelect/_keeper.py``): standard library only, and the state
 code (:mod:`lelect.backends.file.state`) is imported while the keeper waits."""
 
+import fcntl
 import os
 import select
 import signal
@@ -28,9 +29,10 @@ class LocalElection:
 
     def wait_for_lock(self):
         """Take the flock in the main thread (a blocked helper thread wakes up to ms
-        later). While blocked, a timer checks every half second that lelect is alive,
-        and gives up at the campaign's deadline: a job lelect reports as never started
-        must never start, so only the keeper decides whether it won in time."""
+        later). While blocked, the kernel wakes it (SIGIO, O_ASYNC on the control
+        socket) when lelect writes or goes, and a timer at the campaign's deadline,
+        where it gives up: a job lelect reports as never started must never start, so
+        only the keeper decides whether it won in time. Nothing else wakes it."""
         self.announced = False  # nothing about the job goes out before "locked"
         self.handover_spent = False  # won as the node a handover named
         # Import and open the state database now, while waiting, so winning costs only
@@ -65,6 +67,11 @@ class LocalElection:
 
         previous_term = signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         signal.signal(signal.SIGALRM, check)
+        signal.signal(signal.SIGIO, check)
+        self._check_ctrl = check
+        ctrl_flags = fcntl.fcntl(self.ctrl, fcntl.F_GETFL)
+        fcntl.fcntl(self.ctrl, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(self.ctrl, fcntl.F_SETFL, ctrl_flags | os.O_ASYNC)
         outcome = None
         self.seat = None
         seats = int(self.options.get("seats") or 1)
@@ -82,7 +89,7 @@ class LocalElection:
                     if not waiting:
                         self.send(self.proto.Waiting())
                         waiting = True
-                    signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
+                    check()  # what came before O_ASYNC was set; arms the deadline's timer
                     self.lock_fd = filestate.take_lock(self.state, lock_name, False)
                 if self.lock_fd is None:
                     break
@@ -100,7 +107,7 @@ class LocalElection:
                 if not waiting:
                     self.send(self.proto.Waiting())
                     waiting = True
-                signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
+                check()  # what came before O_ASYNC was set; arms the deadline's timer
                 self.await_handover(won, *barred)
         except _GiveUp:
             outcome = self.proto.TimedOut()
@@ -111,6 +118,9 @@ class LocalElection:
             outcome = self.proto.Error(str(exc))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            # No SIGIO from here on (the job must not inherit a disposition of ours).
+            fcntl.fcntl(self.ctrl, fcntl.F_SETFL, ctrl_flags)
+            signal.signal(signal.SIGIO, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, previous_term)
         if outcome is None and self.lock_fd is None:
             timed = deadline is not None and self.options.get("nowait") != "1"
@@ -177,7 +187,7 @@ class LocalElection:
         got = None if filestate.lock_held(self.state, line) else free_seat()
         if got is None and not nowait:
             self.send(self.proto.Waiting())
-            signal.setitimer(signal.ITIMER_REAL, self._tick(deadline))
+            self._check_ctrl()  # what came before O_ASYNC was set; arms the deadline's timer
             line_fd = filestate.take_lock(self.state, line, False)
             try:
                 while (got := free_seat()) is None:
@@ -193,10 +203,8 @@ class LocalElection:
 
     @staticmethod
     def _tick(deadline):
-        interval = 0.5
-        if deadline is not None:
-            interval = min(interval, max(deadline - time.monotonic(), 0.001))
-        return interval
+        """The timer until the campaign's deadline (0: none, the timer is off)."""
+        return 0 if deadline is None else max(deadline - time.monotonic(), 0.001)
 
     def on_locked(self):
         since = time.time()

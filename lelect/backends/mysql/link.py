@@ -16,9 +16,16 @@ import socket
 import ssl
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TTL, server_text, unreachable
+from lelect.backends.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TTL,
+    Cancel,
+    server_text,
+    unreachable,
+)
 from lelect.backends.mysql.sql import DEFAULT_PREFIX, PREFIX, SESSION_SETUP, with_timeout
 from lelect.backends.records import DEFAULT_HISTORY
 from lelect.backends.urls import BackendURL
@@ -238,6 +245,7 @@ class _Watchdog:
         self._sock = sock
         self._done = threading.Event()
         self._cancel = cancel
+        self._finished = False
         self.fired = False
         self._thread = threading.Thread(target=self._run, args=(budget,), daemon=True,
                                         name="lelect-mysql-watchdog")
@@ -245,13 +253,17 @@ class _Watchdog:
 
     def _run(self, budget: float) -> None:
         end = time.monotonic() + max(budget, 0.0)
-        while not self._done.is_set():
-            left = end - time.monotonic()
-            if left <= 0 or (self._cancel is not None and self._cancel.is_set()):
-                break
-            self._done.wait(min(left, 0.05) if self._cancel is not None else left)
-        else:
-            return
+        cancel = self._cancel
+        # A Cancel wakes this thread itself; a plain Event is looked at every 50 ms.
+        wakes = isinstance(cancel, Cancel)
+        with cancel.waking(self._done.set) if wakes else nullcontext():
+            while not self._finished:
+                left = end - time.monotonic()
+                if left <= 0 or (cancel is not None and cancel.is_set()):
+                    break
+                self._done.wait(min(left, 0.05) if cancel is not None and not wakes else left)
+            else:
+                return
         self.fired = True
         if self._sock is not None:
             try:
@@ -260,6 +272,7 @@ class _Watchdog:
                 pass
 
     def cancel(self) -> None:
+        self._finished = True
         self._done.set()
 
 

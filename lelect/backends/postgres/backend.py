@@ -47,6 +47,7 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
+    cancel_wakeup,
     check_cancel,
     check_note,
     check_note_key,
@@ -325,11 +326,13 @@ class PostgresBackend(SqlNotes, Backend):
             return
         wake = time.monotonic() + left_s + 0.001
         end = wake if give_up is None else min(wake, give_up)
-        while (left := end - time.monotonic()) > 0:
+        with cancel_wakeup(cancel) as woken:
+            while (left := end - time.monotonic()) > 0:
+                check_cancel(cancel, election)
+                for note in session.wait(wait_slice(left, cancel) or 0.0, wake=woken):
+                    if note.channel == channel and note.payload.startswith("released "):
+                        return
             check_cancel(cancel, election)
-            for note in session.wait(wait_slice(left, cancel) or 0.0):
-                if note.channel == channel and note.payload.startswith("released "):
-                    return
 
     def resign(self, leadership: Leadership, ending: Ending) -> None:
         session = self._command

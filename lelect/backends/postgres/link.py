@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
 from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TTL, server_text, unreachable
@@ -408,9 +409,10 @@ class PgSession:
             return True
         return conn.closed or conn.broken
 
-    def wait(self, timeout: float, wake: socket.socket | None = None) -> list[psycopg.Notify]:
+    def wait(self, timeout: float, wake: Any = None) -> list[psycopg.Notify]:
         """Notifications on our channels, waiting up to ``timeout`` seconds for the first
-        (or until ``wake`` is readable). Raises psycopg errors if the connection fails."""
+        (or until ``wake``, anything with a fileno(), is readable). Raises psycopg errors
+        if the connection fails."""
         with self._lock:
             conn = self._conn
             if conn is not None:

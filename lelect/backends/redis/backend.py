@@ -39,6 +39,7 @@ from lelect.backends.base import (
     Leadership,
     Members,
     busy,
+    cancel_wakeup,
     check_cancel,
     check_note,
     check_note_key,
@@ -186,21 +187,23 @@ class RedisBackend(Backend):
         """Sleep until a release wakes us (we head the line) or the leader key's PTTL runs
         out; then the caller tries again, which also keeps our ticket in the line."""
         wake = time.monotonic() + pttl / 1000 + 0.001
-        while True:
-            now = time.monotonic()
-            check_cancel(cancel, keys.election)
-            if contact.out_of_time():
-                raise timed_out(keys.election, timeout)
-            if now >= wake:
-                return
-            until = wake if contact.give_up.at is None else min(wake, contact.give_up.at)
-            try:
-                message = subscription.next_message(wait_slice(until - now, cancel))
-            except RedisError as exc:
-                self._retry(contact, exc)  # resubscribe and try again
-                return
-            if message and message[0] != keys.resign_channel:
-                return
+        with cancel_wakeup(cancel) as woken:
+            while True:
+                now = time.monotonic()
+                check_cancel(cancel, keys.election)
+                if contact.out_of_time():
+                    raise timed_out(keys.election, timeout)
+                if now >= wake:
+                    return
+                until = wake if contact.give_up.at is None else min(wake, contact.give_up.at)
+                try:
+                    message = subscription.next_message(wait_slice(until - now, cancel), woken)
+                except RedisError as exc:
+                    check_cancel(cancel, keys.election)
+                    self._retry(contact, exc)  # resubscribe and try again
+                    return
+                if message and message[0] != keys.resign_channel:
+                    return
 
     def resign(self, leadership: Leadership, ending: Ending) -> None:
         if isinstance(leadership, RedisLeadership):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from lelect.backends.base import Candidate, Leadership
+from lelect.backends.base import Candidate, Leadership, WakePipe
 from lelect.backends.redis.link import Subscription
 from lelect.backends.redis.scripts import RENEW, RedisKeys
 from lelect.lease import Lease, Renewal
@@ -37,6 +37,8 @@ class RedisLeadership(Leadership):
         self.stopped = threading.Event()
         self._backend = backend
         self._subscription = subscription
+        #: Ends the listener's wait when the leadership stops or is lost.
+        self._wake: WakePipe | None = None
         lease = Lease(sent, ttl, self._renew, name=f"redis:{election}",
                       describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
         super().__init__(backend, election, candidate, term, token, lease, since)
@@ -49,19 +51,24 @@ class RedisLeadership(Leadership):
         return Renewal(True, resign_requested=bool(asked))
 
     def _begin(self) -> None:
-        threading.Thread(target=self._listen, name=f"lelect-redis-resign:{self.election}",
-                         daemon=True).start()
+        wake = self._wake = WakePipe()
+        self.subscribe(lambda kind: wake.wake() if kind == "lost" else None)
+        threading.Thread(target=self._listen, args=(wake,),
+                         name=f"lelect-redis-resign:{self.election}", daemon=True).start()
 
-    def _listen(self) -> None:
+    def _listen(self, wake: WakePipe) -> None:
         subscription = self._subscription or Subscription(
             self._backend.link, [self.keys.resign_channel]
         )
         self._subscription = None
+        # Sleeps until a request, the leadership's end (``wake``) or a renew's worth of
+        # time (to follow a master that moved: the renew script reports requests too).
+        quiet = self.ttl / 3
         try:
             while not self.stopped.is_set() and not self.lost.is_set():
                 try:
                     subscription.ensure(self._backend.options.connect_timeout)
-                    message = subscription.next_message(timeout=0.5)
+                    message = subscription.next_message(quiet, wake)
                 except RedisError:
                     self.stopped.wait(0.5)  # the renew script reports requests too
                     continue
@@ -70,9 +77,13 @@ class RedisLeadership(Leadership):
                         self.mark_resign_requested()
         finally:
             subscription.close()
+            wake.close()
 
     def close_subscription(self) -> None:
-        """A leadership that never began hands its subscription back to nobody."""
+        """Stop listening: a leadership that never began hands its subscription back to
+        nobody; a listening one's listener wakes and ends (``stopped`` is set)."""
+        if self._wake is not None:
+            self._wake.wake()
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -721,8 +722,9 @@ class Subscription:
             raise
         self._conn, self._epoch = conn, epoch
 
-    def next_message(self, timeout: float) -> tuple[str, str] | None:
-        """The next (channel, data) published, or None after ``timeout`` seconds."""
+    def next_message(self, timeout: float, wake: Any = None) -> tuple[str, str] | None:
+        """The next (channel, data) published, or None after ``timeout`` seconds or once
+        ``wake`` (anything with a fileno(), for select) is readable."""
         conn = self._conn
         if conn is None:
             raise redis.ConnectionError("not subscribed")
@@ -730,6 +732,14 @@ class Subscription:
             self.close()
             raise redis.ConnectionError("the master changed")
         try:
+            if wake is not None and not conn.can_read(timeout=0):  # nothing buffered
+                sock = conn._sock
+                if sock is None:
+                    raise redis.ConnectionError("not connected")
+                readable, _, _ = select.select([sock, wake], [], [], max(timeout, 0.0))
+                if sock not in readable:
+                    return None
+                timeout = 0.0
             if not conn.can_read(timeout=max(timeout, 0.0)):
                 return None
             reply = conn.read_response()

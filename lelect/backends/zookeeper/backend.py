@@ -123,6 +123,12 @@ class ZooKeeperBackend(Backend):
         self._shared: ZooKeeperSession | None = None
         self._shared_lock = threading.Lock()
         self._shared_tries = 0
+        #: Campaigns' sessions, each with an event set once its connect concluded: while
+        #: one lives, everything else this candidate asks goes through it (one session
+        #: per candidate, heartbeats and lookups included), and no shared one is opened.
+        self._campaigning: dict[ZooKeeperSession, threading.Event] = {}
+        #: Shared sessions observers watch through, and how many: never taken over.
+        self._observed: dict[ZooKeeperSession, int] = {}
 
     def paths(self, election: str) -> ElectionPaths:
         return ElectionPaths.of(self.config.path, election)
@@ -158,12 +164,47 @@ class ZooKeeperBackend(Backend):
                 self._connecting.discard(session)
 
     def _session(self, *, best_effort: bool = False) -> ZooKeeperSession:
-        """The session for everything but campaigns (leader, observe, heartbeats).
+        """The session for everything but campaigns (leader, heartbeats, notes): a
+        campaign's session while one lives (:meth:`_campaign_session`), else the shared
+        one.
 
         ``best_effort`` (heartbeats and their removal: a beat that cannot arrive now is
         a missed beat): never wait behind another connect or for a reconnect, and fail
         at once while a verdict of "no server" stands (for ``connect_timeout``: trying
         again sooner could learn nothing new)."""
+        campaigning = self._campaign_session(wait=not best_effort)
+        if campaigning is not None:
+            if best_effort and not campaigning.connected.is_set():
+                raise BackendUnavailable(f"not connected to ZooKeeper at {self.config.hosts}")
+            return campaigning
+        return self._shared_session(best_effort=best_effort)
+
+    def _campaign_session(self, wait: bool) -> ZooKeeperSession | None:
+        """The newest campaign's session that connected and is not closed (waiting, with
+        ``wait``, up to the connect timeout for one still connecting), or None."""
+        with self._lock:
+            campaigns = list(self._campaigning.items())
+        for session, started in reversed(campaigns):
+            if not (started.wait(self.config.connect_timeout) if wait else started.is_set()):
+                continue
+            if not session.closed and session.granted is not None:
+                return session
+        return None
+
+    def _shared_session(self, *, best_effort: bool = False, observing: bool = False
+                        ) -> ZooKeeperSession:
+        """The session of a process that does not campaign (or between campaigns);
+        ``observing``: for an observer's watches, so no campaign takes it over (the
+        caller ends that with :meth:`_unobserve`)."""
+        return self._shared_or_new(best_effort=best_effort, observing=observing)
+
+    def _unobserve(self, session: ZooKeeperSession) -> None:
+        with self._lock:
+            left = self._observed.pop(session, 1) - 1
+            if left > 0:
+                self._observed[session] = left
+
+    def _shared_or_new(self, *, best_effort: bool, observing: bool) -> ZooKeeperSession:
         if best_effort:
             with self._lock:
                 verdict = self._verdict
@@ -179,7 +220,7 @@ class ZooKeeperBackend(Backend):
             if session is not None and not session.closed:
                 if best_effort and not session.connected.is_set():
                     raise BackendUnavailable(f"not connected to ZooKeeper at {self.config.hosts}")
-                return session
+                return self._observing(session) if observing else session
             with self._lock:
                 verdict = self._verdict
             if not best_effort and self._shared_tries != tries and verdict is not None:
@@ -188,9 +229,16 @@ class ZooKeeperBackend(Backend):
             session = ZooKeeperSession(self.config, self.config.session_timeout)
             self._start(session, self.config.connect_timeout)
             self._shared = session
-            return session
+            return self._observing(session) if observing else session
         finally:
             self._shared_lock.release()
+
+    def _observing(self, session: ZooKeeperSession) -> ZooKeeperSession:
+        """Count an observer of ``session`` (under the shared lock: no campaign takes it
+        over meanwhile)."""
+        with self._lock:
+            self._observed[session] = self._observed.get(session, 0) + 1
+        return session
 
     def _ask(self, session: ZooKeeperSession, method: str, *args: Any, **kwargs: Any) -> Any:
         return session.call(method, *args, timeout=self.config.connect_timeout, **kwargs)
@@ -198,6 +246,7 @@ class ZooKeeperBackend(Backend):
     def _forget(self, session: ZooKeeperSession, wait: float = RELEASE_PATIENCE) -> None:
         with self._lock:
             self._sessions.discard(session)
+            self._campaigning.pop(session, None)
         session.close(wait)
 
     def close(self) -> None:
@@ -227,8 +276,20 @@ class ZooKeeperBackend(Backend):
         check_session_timeout(requested, "the session timeout (--ttl)")
         started = time.monotonic()
         budget = connect_budget(self.config.connect_timeout, timeout)
-        session = ZooKeeperSession(self.config, requested)
-        self._start(session, budget)
+        session = self._adopt_shared(requested, budget)
+        if session is None:
+            session = ZooKeeperSession(self.config, requested)
+            connected = threading.Event()
+            with self._lock:
+                self._campaigning[session] = connected
+            try:
+                self._start(session, budget)
+            except BaseException:
+                with self._lock:
+                    self._campaigning.pop(session, None)
+                raise
+            finally:
+                connected.set()
         try:
             self._check_granted(session, requested)
             guard_acls(session, paths, budget)
@@ -243,6 +304,28 @@ class ZooKeeperBackend(Backend):
         except BaseException:
             self._forget(session)
             raise
+
+    def _adopt_shared(self, requested: float, budget: float) -> ZooKeeperSession | None:
+        """The shared session, taken over by a campaign that asks for its session timeout
+        (what a lookup or the holders claim made just before the campaign opened): one
+        session per candidate. None if there is none, connected, of that timeout."""
+        if not self._shared_lock.acquire(timeout=max(budget, 0.0)):
+            return None
+        try:
+            shared = self._shared
+            if (shared is None or shared.closed or not shared.connected.is_set()
+                    or shared.requested != requested):
+                return None
+            started = threading.Event()
+            started.set()
+            with self._lock:
+                if shared in self._observed:
+                    return None
+                self._campaigning[shared] = started
+            self._shared = None
+            return shared
+        finally:
+            self._shared_lock.release()
 
     def _check_granted(self, session: ZooKeeperSession, requested: float) -> None:
         granted = session.granted or requested
@@ -439,7 +522,7 @@ class ZooKeeperBackend(Backend):
         leader's node (or the empty election), so joining waiters do not wake it."""
         paths = self.paths(election)
         stop = stop or threading.Event()
-        session = self._session()
+        session = self._shared_session(observing=True)  # its watches outlive a campaign
         changed = threading.Event()
 
         def wake(_: Any = None) -> None:
@@ -469,6 +552,7 @@ class ZooKeeperBackend(Backend):
         finally:
             done.set()
             session.remove_listener(wake)
+            self._unobserve(session)
 
     def _watch_leader(self, session: ZooKeeperSession, paths: ElectionPaths, wake: Any
                       ) -> LeaderInfo | None:
@@ -706,6 +790,9 @@ class ZooKeeperBackend(Backend):
             try:
                 stat = self._ask(session, "set", path, b"")
             except NoNodeError:
+                # The parents first, with lelect's ACL: makepath would give them the
+                # clock's, which lets anybody write.
+                self._ask(session, "ensure_path", self.config.path)
                 try:
                     self._ask(session, "create", path, b"", acl=self.config.clock_acl(),
                               makepath=True)
