@@ -131,6 +131,7 @@ class Recorder:
     def __init__(self) -> None:
         self.records: list[Record] = []
         self._lock = threading.Lock()
+        self.start = time.monotonic()
         # lelect's JSON logs carry wall-clock time: this converts it.
         self.offset = time.time() - time.monotonic()
 
@@ -322,8 +323,10 @@ def _stage(backend: str, workdir: Path, ttl: float) -> Stage:
 class Candidate:
     """One ``lelect campaign --restart`` process, started again whenever it ends."""
 
-    def __init__(self, node: str, url: str, command: list[str], recorder: Recorder) -> None:
+    def __init__(self, node: str, url: str, command: list[str], recorder: Recorder,
+                 log: Path | None = None) -> None:
         self.node = node
+        self.log = log
         self.url = url
         self.command = command
         self.recorder = recorder
@@ -355,9 +358,12 @@ class Candidate:
 
     def _read(self, process: subprocess.Popen) -> None:
         assert process.stderr is not None
+        kept = None if self.log is None else self.log.open("a", buffering=1)
         for raw in process.stderr:
             line = raw.decode(errors="replace").rstrip("\n")
             now = time.monotonic()
+            if kept is not None:  # on the run's clock, to read beside the faults
+                kept.write(f"{now - self.recorder.start:9.3f} {process.pid} {line}\n")
             try:
                 record = json.loads(line)
                 event = record["event"]
@@ -430,7 +436,8 @@ class Chaos:
                        "--resign-cooldown", f"{ttl:g}s",
                        "--", sys.executable, "-S", "-I",
                        str(job), str(workdir / "fence.sock")]
-            candidate = Candidate(f"c{n}", url, command, self.recorder)
+            candidate = Candidate(f"c{n}", url, command, self.recorder,
+                                  workdir / f"c{n}.log")
             candidate.proxy = self.proxies[-1] if self.proxies else None
             self.candidates.append(candidate)
         self.kinds = ["kill-lelect", "kill-keeper", "stop-lelect", "freeze-tree", "resign"]
@@ -535,12 +542,22 @@ class Chaos:
                     continue
                 count += 1
                 self.recorder.add(fault)
-                self.say(f"[{time.monotonic() - ends + self.minutes * 60:6.1f}s] {kind}"
-                         f" {fault.node or ''}")
                 self._await_writes(since=fault.healed, within=3 * self.ttl)
+                begun = self.recorder.start
+                line = (f"[{fault.t - begun:7.3f}s] {kind} {fault.node or 'server'}, healed at"
+                        f" {fault.healed - begun:.3f}s; next write after"
+                        f" {self._recovered_after(fault.healed)}")
+                self.say(line)
+                with (self.workdir / "faults.log").open("a") as log:
+                    log.write(line + "\n")
         finally:
             self._shut_down(tender)
         return analyse(self.recorder.snapshot(), recovery_limit=2 * self.ttl)
+
+    def _recovered_after(self, since: float) -> str:
+        if self.resource.last_accepted < since:
+            return "none yet"
+        return f"{(self.resource.last_accepted - since) * 1000:.0f} ms (or less)"
 
     def _await_writes(self, since: float, within: float) -> None:
         deadline = time.monotonic() + within
@@ -586,9 +603,14 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--ttl", default="2s", help="lease length (default 2s)")
     parser.add_argument("--quiet", action="store_true", help="do not list faults as they go")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="run in DIR and keep it: faults.log and each candidate's stderr"
+                             " (cN.log), stamped in seconds since the run began")
     args = parser.parse_args()
     ttl = parse_duration(args.ttl, what="--ttl")
-    report = run(args.backend, args.minutes, args.seed, args.candidates, ttl,
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    report = run(args.backend, args.minutes, args.seed, args.candidates, ttl, workdir=args.keep,
                  say=(lambda _: None) if args.quiet else (lambda s: print(s, file=sys.stderr)))
     print(render(report, f"chaos: {args.backend}, {args.minutes:g} min, seed {args.seed},"
                          f" {args.candidates} candidates, ttl {args.ttl}"))
