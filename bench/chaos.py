@@ -552,7 +552,7 @@ class Chaos:
                     log.write(line + "\n")
         finally:
             self._shut_down(tender)
-        return analyse(self.recorder.snapshot(), recovery_limit=2 * self.ttl)
+        return analyse(self.recorder.snapshot(), recovery_limit=2 * self.ttl, ttl=self.ttl)
 
     def _recovered_after(self, since: float) -> str:
         if self.resource.last_accepted < since:

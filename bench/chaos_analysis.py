@@ -200,9 +200,15 @@ def _freeze_covering(faults: list[Fault], node: str, t: float) -> Fault | None:
     return None
 
 
-def analyse(records: Iterable[Record], recovery_limit: float = 4.0) -> Report:
+def analyse(records: Iterable[Record], recovery_limit: float = 4.0,
+            ttl: float | None = None) -> Report:
     """Judge a run. ``recovery_limit``: a heal must be followed by an accepted write
-    within this many seconds (the issue's check: 2 x ttl)."""
+    within this many seconds (the issue's check: 2 x ttl) of a job that survived the
+    fault: one started since the fault began, or one that runs on for ``ttl`` after the
+    heal (default: half the limit) or until the next fault. (A leader's job that writes
+    on for a moment after a server restart, until its next renew finds the lease gone, is
+    not a recovery.)"""
+    survive = recovery_limit / 2 if ttl is None else ttl
     records = sorted(records, key=lambda r: r.t)
     report = Report(recovery_limit=recovery_limit)
     end = max((r.t for r in records), default=0.0)
@@ -308,12 +314,19 @@ def analyse(records: Iterable[Record], recovery_limit: float = 4.0) -> Report:
             if not has_job and leadership["t"] < end - LATE:
                 report.jobless.append((leadership["node"], leadership["term"]))
 
-    # Recovery: from each heal to the first accepted write after it.
-    accepted = [w.t for w in writes if w.accepted]
+    # Recovery: from each heal to the first accepted write after it by a job that
+    # survived the fault.
+    accepted = [w for w in writes if w.accepted]
     ordered = sorted(faults, key=lambda f: f.t)
     for i, fault in enumerate(ordered):
         until = ordered[i + 1].t if i + 1 < len(ordered) else end
-        after = next((t for t in accepted if fault.healed <= t <= until), None)
+
+        def survived(job: JobStart | None, fault: Fault = fault, until: float = until) -> bool:
+            return job is None or job.t >= fault.t or ended(job) >= min(
+                fault.healed + survive, until)
+
+        after = next((w.t for w in accepted
+                      if fault.healed <= w.t <= until and survived(starts.get(w.job))), None)
         report.recoveries.append(Recovery(fault, None if after is None else after - fault.healed))
     return report
 

@@ -121,6 +121,20 @@ def test_give_ups_and_slow_recoveries_are_found():
     assert slow.seconds == pytest.approx(5.01)
 
 
+def test_a_job_that_writes_on_briefly_after_the_heal_is_no_recovery():
+    """After a server restart the old leader's job writes on until its next renew finds
+    the lease gone: those writes do not count as a recovery; the next job's do. A job
+    that survives the fault (runs on for a ttl, or until the next fault) does count."""
+    restart = [job(1, 0.0, 5), *writes(1, 5, 0.01, 1.2), Fault(1.0, "restart-server", None, 1.05),
+               JobEnd(1.2, 1), job(2, 4.5, 6, "c1"), *writes(2, 6, 4.51, 6.0), End(6.0)]
+    (recovery,) = analyse(restart, recovery_limit=4.0, ttl=2.0).recoveries
+    assert recovery.seconds == pytest.approx(3.46, abs=0.011)
+    survivor = [job(1, 0.0, 5), *writes(1, 5, 0.01, 4.0), Fault(1.0, "partition", "c2", 2.0),
+                Fault(3.5, "kill-lelect", "c0", 3.5), JobEnd(3.6, 1), End(4.0)]
+    first, _ = analyse(survivor, recovery_limit=4.0, ttl=2.0).recoveries
+    assert first.seconds == pytest.approx(0.01, abs=0.011)
+
+
 # -- a short real run ---------------------------------------------------------------------
 
 
