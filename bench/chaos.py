@@ -550,6 +550,10 @@ class Chaos:
                 self.say(line)
                 with (self.workdir / "faults.log").open("a") as log:
                     log.write(line + "\n")
+            # The last heal's recovery too: a job that outlives the fault by a ttl (the
+            # old leader's job may write on for a moment after a server restart).
+            time.sleep(self.ttl)
+            self._await_writes(since=time.monotonic(), within=3 * self.ttl)
         finally:
             self._shut_down(tender)
         return analyse(self.recorder.snapshot(), recovery_limit=2 * self.ttl, ttl=self.ttl)
