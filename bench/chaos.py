@@ -537,12 +537,16 @@ class Chaos:
             while time.monotonic() < ends:
                 time.sleep(self.rng.uniform(0.5, 2.0))
                 kind = self.rng.choice(self.kinds)
+                term_before = self.resource.highest
                 fault = self.strike(kind)
                 if fault is None:
                     continue
                 count += 1
                 self.recorder.add(fault)
-                self._await_writes(since=fault.healed, within=3 * self.ttl)
+                # After a resign, the old leader's job writes on until the request
+                # reaches it: wait for the next leader's.
+                self._await_writes(since=fault.healed, within=3 * self.ttl,
+                                   above=term_before if kind == "resign" else 0)
                 begun = self.recorder.start
                 line = (f"[{fault.t - begun:7.3f}s] {kind} {fault.node or 'server'}, healed at"
                         f" {fault.healed - begun:.3f}s; next write after"
@@ -563,9 +567,10 @@ class Chaos:
             return "none yet"
         return f"{(self.resource.last_accepted - since) * 1000:.0f} ms (or less)"
 
-    def _await_writes(self, since: float, within: float) -> None:
+    def _await_writes(self, since: float, within: float, above: int = 0) -> None:
         deadline = time.monotonic() + within
-        while self.resource.last_accepted < since and time.monotonic() < deadline:
+        while ((self.resource.last_accepted < since or self.resource.highest <= above)
+               and time.monotonic() < deadline):
             time.sleep(0.02)
 
     def _shut_down(self, tender: threading.Thread) -> None:

@@ -140,6 +140,9 @@ class Thawed:
 class Recovery:
     fault: Fault
     seconds: float | None  # None: no accepted write before the next fault or the end
+    #: No recovery yet when the next fault struck, sooner than the limit after this heal:
+    #: this heal was given no chance to be judged (the next one is).
+    cut_short: bool = False
 
 
 @dataclass
@@ -163,8 +166,8 @@ class Report:
 
     @property
     def slow_recoveries(self) -> list[Recovery]:
-        return [r for r in self.recoveries
-                if r.seconds is None or r.seconds > self.recovery_limit]
+        return [r for r in self.recoveries if not r.cut_short
+                and (r.seconds is None or r.seconds > self.recovery_limit)]
 
     @property
     def long_thaws(self) -> list[Thawed]:
@@ -327,7 +330,10 @@ def analyse(records: Iterable[Record], recovery_limit: float = 4.0,
 
         after = next((w.t for w in accepted
                       if fault.healed <= w.t <= until and survived(starts.get(w.job))), None)
-        report.recoveries.append(Recovery(fault, None if after is None else after - fault.healed))
+        cut_short = after is None and i + 1 < len(ordered) and (
+            until - fault.healed < recovery_limit)
+        report.recoveries.append(Recovery(fault, None if after is None else after - fault.healed,
+                                          cut_short))
     return report
 
 
@@ -364,9 +370,11 @@ def render(report: Report, title: str = "chaos run") -> str:
     if done:
         ordered = sorted(done)
         p50 = ordered[len(ordered) // 2]
+        cut = sum(r.cut_short for r in report.recoveries)
         rows.append(("recovery after heal", f"p50 {_ms(p50)}, max {_ms(ordered[-1])},"
                      f" > {report.recovery_limit:g}s: {len(report.slow_recoveries)}"
-                     f" of {len(report.recoveries)}"))
+                     f" of {len(report.recoveries)}"
+                     + (f" ({cut} cut short by the next fault)" if cut else "")))
     else:
         rows.append(("recovery after heal", f"none of {len(report.recoveries)}"))
     slow = Counter(r.fault.kind for r in report.slow_recoveries)

@@ -135,6 +135,21 @@ def test_a_job_that_writes_on_briefly_after_the_heal_is_no_recovery():
     assert first.seconds == pytest.approx(0.01, abs=0.011)
 
 
+def test_a_heal_the_next_fault_struck_too_soon_after_is_not_judged():
+    """The next fault came before any job could take over (sooner than the limit): that
+    heal is cut short, not slow; the next heal is judged as usual."""
+    faults = [job(1, 0.0, 5), *writes(1, 5, 0.01, 1.3), Fault(1.0, "resign", None, 1.1),
+              JobEnd(1.3, 1), Fault(1.8, "kill-keeper", "c1", 1.8)]
+    records = [*faults, job(2, 2.5, 6, "c1"), *writes(2, 6, 2.51, 6.0), End(6.0)]
+    cut, judged = analyse(records, recovery_limit=4.0, ttl=2.0).recoveries
+    assert cut.cut_short and cut.seconds is None
+    assert not judged.cut_short and judged.seconds == pytest.approx(0.71, abs=0.011)
+    late = [*faults, job(2, 6.5, 6, "c1"), *writes(2, 6, 6.51, 8.0), End(8.0)]
+    report = analyse(late, recovery_limit=4.0, ttl=2.0)
+    assert [r.fault.kind for r in report.slow_recoveries] == ["kill-keeper"]
+    assert "1 cut short" in render(report)
+
+
 # -- a short real run ---------------------------------------------------------------------
 
 
