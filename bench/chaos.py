@@ -20,6 +20,23 @@ The report (``bench/chaos_analysis.py``) counts faults, leaderships, jobs, refus
 writes, overlaps, term regressions, orphans, leaderships without a job, jobs started
 after a loss, candidates that gave up, and the time to recover after each heal. The
 exit status is 1 on any violation. ``run()`` is importable (tests/test_chaos.py).
+
+Recovery, and its bound. After each heal, a job must write again within 2 x ttl. The
+write must come from a job that survived the fault: one started since the fault began,
+or one that runs on for a ttl after the heal (or until the next fault) -- the old
+leader's job that writes on for a moment after a server restart, until its renew finds
+the lease gone, is no recovery. Why 2 x ttl: the longest wait a heal can legitimately
+cost is one lease that must run out first (a leader frozen or cut off holds its lease up
+to a ttl; a Redis that restarted without its data grants nothing for a ttl, the
+delayed-restart rule), and a second ttl covers the rest (the server's own start-up,
+reconnects, a candidate's one-second ``--restart-delay`` floor after a short
+leadership). A heal that the next fault struck before any job could take over (sooner
+than the bound, with no surviving write yet) is reported as cut short, not judged; the
+next heal is. The run ends by waiting for the last heal's recovery.
+
+``--keep DIR`` runs in DIR and leaves there ``faults.log`` (each fault, its heal and how
+soon a job wrote again) and each candidate's stderr (``cN.log``), both stamped in
+seconds since the run began, to read why a recovery was slow.
 """
 
 from __future__ import annotations
