@@ -563,7 +563,7 @@ class Chaos:
                 # After a resign, the old leader's job writes on until the request
                 # reaches it: wait for the next leader's.
                 self._await_writes(since=fault.healed, within=3 * self.ttl,
-                                   above=term_before if kind == "resign" else 0)
+                                   above=term_before if kind == "resign" else None)
                 begun = self.recorder.start
                 line = (f"[{fault.t - begun:7.3f}s] {kind} {fault.node or 'server'}, healed at"
                         f" {fault.healed - begun:.3f}s; next write after"
@@ -584,9 +584,11 @@ class Chaos:
             return "none yet"
         return f"{(self.resource.last_accepted - since) * 1000:.0f} ms (or less)"
 
-    def _await_writes(self, since: float, within: float, above: int = 0) -> None:
+    def _await_writes(self, since: float, within: float, above: int | None = None) -> None:
+        """Until a write is accepted after ``since`` (with a term above ``above``)."""
         deadline = time.monotonic() + within
-        while ((self.resource.last_accepted < since or self.resource.highest <= above)
+        while ((self.resource.last_accepted < since
+                or (above is not None and self.resource.highest <= above))
                and time.monotonic() < deadline):
             time.sleep(0.02)
 
