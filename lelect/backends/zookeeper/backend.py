@@ -286,7 +286,14 @@ class ZooKeeperBackend(Backend):
             # A server that restarts or thaws gives the old session a whole timeout
             # again: delete our node (by its unique name) as soon as it answers.
             self.release_later(lambda budget: self._release(
-                self._session(best_effort=True), leadership, ending))
+                self._connected_session(), leadership, ending))
+
+    def _connected_session(self) -> ZooKeeperSession:
+        """A session that is connected now (a campaign's, else the shared one), without
+        waiting for any."""
+        with self._lock:
+            live = [s for s in self._sessions if s.connected.is_set() and not s.closed]
+        return live[0] if live else self._session(best_effort=True)
 
     def _closing_entry(self, leadership: ZooKeeperLeadership, ending: Ending,
                        slot: str | None) -> HistoryEntry:
