@@ -561,8 +561,11 @@ class Chaos:
                 count += 1
                 self.recorder.add(fault)
                 # After a resign, the old leader's job writes on until the request
-                # reaches it: wait for the next leader's.
-                self._await_writes(since=fault.healed, within=3 * self.ttl,
+                # reaches it: wait for the next leader's. After a server fault it may
+                # write on until its renew finds the lease gone: wait for a write a ttl
+                # on, so the heal's recovery can be judged before the next fault.
+                settle = self.ttl if kind in SERVER_FAULTS else 0.0
+                self._await_writes(since=fault.healed + settle, within=3 * self.ttl + settle,
                                    above=term_before if kind == "resign" else None)
                 begun = self.recorder.start
                 line = (f"[{fault.t - begun:7.3f}s] {kind} {fault.node or 'server'}, healed at"
