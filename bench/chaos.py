@@ -20,6 +20,23 @@ The report (``bench/chaos_analysis.py``) counts faults, leaderships, jobs, refus
 writes, overlaps, term regressions, orphans, leaderships without a job, jobs started
 after a loss, candidates that gave up, and the time to recover after each heal. The
 exit status is 1 on any violation. ``run()`` is importable (tests/test_chaos.py).
+
+Recovery, and its bound. After each heal, a job must write again within 2 x ttl. The
+write must come from a job that survived the fault: one started since the fault began,
+or one that runs on for a ttl after the heal (or until the next fault) -- the old
+leader's job that writes on for a moment after a server restart, until its renew finds
+the lease gone, is no recovery. Why 2 x ttl: the longest wait a heal can legitimately
+cost is one lease that must run out first (a leader frozen or cut off holds its lease up
+to a ttl; a Redis that restarted without its data grants nothing for a ttl, the
+delayed-restart rule), and a second ttl covers the rest (the server's own start-up,
+reconnects, a candidate's one-second ``--restart-delay`` floor after a short
+leadership). A heal that the next fault struck before any job could take over (sooner
+than the bound, with no surviving write yet) is reported as cut short, not judged; the
+next heal is. The run ends by waiting for the last heal's recovery.
+
+``--keep DIR`` runs in DIR and leaves there ``faults.log`` (each fault, its heal and how
+soon a job wrote again) and each candidate's stderr (``cN.log``), both stamped in
+seconds since the run began, to read why a recovery was slow.
 """
 
 from __future__ import annotations
@@ -131,6 +148,7 @@ class Recorder:
     def __init__(self) -> None:
         self.records: list[Record] = []
         self._lock = threading.Lock()
+        self.start = time.monotonic()
         # lelect's JSON logs carry wall-clock time: this converts it.
         self.offset = time.time() - time.monotonic()
 
@@ -322,8 +340,10 @@ def _stage(backend: str, workdir: Path, ttl: float) -> Stage:
 class Candidate:
     """One ``lelect campaign --restart`` process, started again whenever it ends."""
 
-    def __init__(self, node: str, url: str, command: list[str], recorder: Recorder) -> None:
+    def __init__(self, node: str, url: str, command: list[str], recorder: Recorder,
+                 log: Path | None = None) -> None:
         self.node = node
+        self.log = log
         self.url = url
         self.command = command
         self.recorder = recorder
@@ -355,9 +375,12 @@ class Candidate:
 
     def _read(self, process: subprocess.Popen) -> None:
         assert process.stderr is not None
+        kept = None if self.log is None else self.log.open("a", buffering=1)
         for raw in process.stderr:
             line = raw.decode(errors="replace").rstrip("\n")
             now = time.monotonic()
+            if kept is not None:  # on the run's clock, to read beside the faults
+                kept.write(f"{now - self.recorder.start:9.3f} {process.pid} {line}\n")
             try:
                 record = json.loads(line)
                 event = record["event"]
@@ -430,7 +453,8 @@ class Chaos:
                        "--resign-cooldown", f"{ttl:g}s",
                        "--", sys.executable, "-S", "-I",
                        str(job), str(workdir / "fence.sock")]
-            candidate = Candidate(f"c{n}", url, command, self.recorder)
+            candidate = Candidate(f"c{n}", url, command, self.recorder,
+                                  workdir / f"c{n}.log")
             candidate.proxy = self.proxies[-1] if self.proxies else None
             self.candidates.append(candidate)
         self.kinds = ["kill-lelect", "kill-keeper", "stop-lelect", "freeze-tree", "resign"]
@@ -530,21 +554,45 @@ class Chaos:
             while time.monotonic() < ends:
                 time.sleep(self.rng.uniform(0.5, 2.0))
                 kind = self.rng.choice(self.kinds)
+                term_before = self.resource.highest
                 fault = self.strike(kind)
                 if fault is None:
                     continue
                 count += 1
                 self.recorder.add(fault)
-                self.say(f"[{time.monotonic() - ends + self.minutes * 60:6.1f}s] {kind}"
-                         f" {fault.node or ''}")
-                self._await_writes(since=fault.healed, within=3 * self.ttl)
+                # After a resign, the old leader's job writes on until the request
+                # reaches it: wait for the next leader's. After a server fault it may
+                # write on until its renew finds the lease gone: wait for a write a ttl
+                # on, so the heal's recovery can be judged before the next fault.
+                settle = self.ttl if kind in SERVER_FAULTS else 0.0
+                self._await_writes(since=fault.healed + settle, within=3 * self.ttl + settle,
+                                   above=term_before if kind == "resign" else None)
+                begun = self.recorder.start
+                line = (f"[{fault.t - begun:7.3f}s] {kind} {fault.node or 'server'}, healed at"
+                        f" {fault.healed - begun:.3f}s; next write after"
+                        f" {self._recovered_after(fault.healed)}")
+                self.say(line)
+                with (self.workdir / "faults.log").open("a") as log:
+                    log.write(line + "\n")
+            # The last heal's recovery too: a job that outlives the fault by a ttl (the
+            # old leader's job may write on for a moment after a server restart).
+            time.sleep(self.ttl)
+            self._await_writes(since=time.monotonic(), within=3 * self.ttl)
         finally:
             self._shut_down(tender)
-        return analyse(self.recorder.snapshot(), recovery_limit=2 * self.ttl)
+        return analyse(self.recorder.snapshot(), recovery_limit=2 * self.ttl, ttl=self.ttl)
 
-    def _await_writes(self, since: float, within: float) -> None:
+    def _recovered_after(self, since: float) -> str:
+        if self.resource.last_accepted < since:
+            return "none yet"
+        return f"{(self.resource.last_accepted - since) * 1000:.0f} ms (or less)"
+
+    def _await_writes(self, since: float, within: float, above: int | None = None) -> None:
+        """Until a write is accepted after ``since`` (with a term above ``above``)."""
         deadline = time.monotonic() + within
-        while self.resource.last_accepted < since and time.monotonic() < deadline:
+        while ((self.resource.last_accepted < since
+                or (above is not None and self.resource.highest <= above))
+               and time.monotonic() < deadline):
             time.sleep(0.02)
 
     def _shut_down(self, tender: threading.Thread) -> None:
@@ -586,9 +634,14 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--ttl", default="2s", help="lease length (default 2s)")
     parser.add_argument("--quiet", action="store_true", help="do not list faults as they go")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="run in DIR and keep it: faults.log and each candidate's stderr"
+                             " (cN.log), stamped in seconds since the run began")
     args = parser.parse_args()
     ttl = parse_duration(args.ttl, what="--ttl")
-    report = run(args.backend, args.minutes, args.seed, args.candidates, ttl,
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    report = run(args.backend, args.minutes, args.seed, args.candidates, ttl, workdir=args.keep,
                  say=(lambda _: None) if args.quiet else (lambda s: print(s, file=sys.stderr)))
     print(render(report, f"chaos: {args.backend}, {args.minutes:g} min, seed {args.seed},"
                          f" {args.candidates} candidates, ttl {args.ttl}"))

@@ -140,6 +140,9 @@ class Thawed:
 class Recovery:
     fault: Fault
     seconds: float | None  # None: no accepted write before the next fault or the end
+    #: No recovery yet when the next fault struck, sooner than the limit after this heal:
+    #: this heal was given no chance to be judged (the next one is).
+    cut_short: bool = False
 
 
 @dataclass
@@ -163,8 +166,8 @@ class Report:
 
     @property
     def slow_recoveries(self) -> list[Recovery]:
-        return [r for r in self.recoveries
-                if r.seconds is None or r.seconds > self.recovery_limit]
+        return [r for r in self.recoveries if not r.cut_short
+                and (r.seconds is None or r.seconds > self.recovery_limit)]
 
     @property
     def long_thaws(self) -> list[Thawed]:
@@ -200,9 +203,15 @@ def _freeze_covering(faults: list[Fault], node: str, t: float) -> Fault | None:
     return None
 
 
-def analyse(records: Iterable[Record], recovery_limit: float = 4.0) -> Report:
+def analyse(records: Iterable[Record], recovery_limit: float = 4.0,
+            ttl: float | None = None) -> Report:
     """Judge a run. ``recovery_limit``: a heal must be followed by an accepted write
-    within this many seconds (the issue's check: 2 x ttl)."""
+    within this many seconds (the issue's check: 2 x ttl) of a job that survived the
+    fault: one started since the fault began, or one that runs on for ``ttl`` after the
+    heal (default: half the limit) or until the next fault. (A leader's job that writes
+    on for a moment after a server restart, until its next renew finds the lease gone, is
+    not a recovery.)"""
+    survive = recovery_limit / 2 if ttl is None else ttl
     records = sorted(records, key=lambda r: r.t)
     report = Report(recovery_limit=recovery_limit)
     end = max((r.t for r in records), default=0.0)
@@ -308,13 +317,23 @@ def analyse(records: Iterable[Record], recovery_limit: float = 4.0) -> Report:
             if not has_job and leadership["t"] < end - LATE:
                 report.jobless.append((leadership["node"], leadership["term"]))
 
-    # Recovery: from each heal to the first accepted write after it.
-    accepted = [w.t for w in writes if w.accepted]
+    # Recovery: from each heal to the first accepted write after it by a job that
+    # survived the fault.
+    accepted = [w for w in writes if w.accepted]
     ordered = sorted(faults, key=lambda f: f.t)
     for i, fault in enumerate(ordered):
         until = ordered[i + 1].t if i + 1 < len(ordered) else end
-        after = next((t for t in accepted if fault.healed <= t <= until), None)
-        report.recoveries.append(Recovery(fault, None if after is None else after - fault.healed))
+
+        def survived(job: JobStart | None, fault: Fault = fault, until: float = until) -> bool:
+            return job is None or job.t >= fault.t or ended(job) >= min(
+                fault.healed + survive, until)
+
+        after = next((w.t for w in accepted
+                      if fault.healed <= w.t <= until and survived(starts.get(w.job))), None)
+        cut_short = after is None and i + 1 < len(ordered) and (
+            until - fault.healed < recovery_limit)
+        report.recoveries.append(Recovery(fault, None if after is None else after - fault.healed,
+                                          cut_short))
     return report
 
 
@@ -351,9 +370,11 @@ def render(report: Report, title: str = "chaos run") -> str:
     if done:
         ordered = sorted(done)
         p50 = ordered[len(ordered) // 2]
+        cut = sum(r.cut_short for r in report.recoveries)
         rows.append(("recovery after heal", f"p50 {_ms(p50)}, max {_ms(ordered[-1])},"
                      f" > {report.recovery_limit:g}s: {len(report.slow_recoveries)}"
-                     f" of {len(report.recoveries)}"))
+                     f" of {len(report.recoveries)}"
+                     + (f" ({cut} cut short by the next fault)" if cut else "")))
     else:
         rows.append(("recovery after heal", f"none of {len(report.recoveries)}"))
     slow = Counter(r.fault.kind for r in report.slow_recoveries)

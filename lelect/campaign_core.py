@@ -17,8 +17,8 @@ The promises it keeps (property-tested in tests/test_campaign_core.py):
 - ``hold_at_least`` keeps an ended job's leadership until then (unless told to stop);
 - ``max_runtime`` stops the job when it is reached;
 - with ``restart``, a cleanly ended job rejoins at once (but not sooner than
-  ``restart_delay`` after it started), a failing one backs off (doubling to 30 s), a
-  resigned one waits ``resign_cooldown``;
+  ``restart_delay`` after it started), and so does a lost leadership; a failing job
+  backs off (doubling to 30 s), a resigned one waits ``resign_cooldown``;
 - the exit status follows the table in DESIGN.md / the README.
 """
 
@@ -582,6 +582,12 @@ class CampaignCore:
             # A clean end: back into the race at once (another candidate has taken over
             # in milliseconds meanwhile), but a job runs at most once per restart_delay.
             self._backoff = floor
+            pause = max(0.0, floor - ran_for) if ran else floor
+        elif kind == "lost":
+            # A lost lease (or a killed keeper) is the server's or the network's doing,
+            # not the job's: back into line as after a clean end, the back-off
+            # untouched. Waiting in line costs nothing, and a growing back-off here left
+            # the election leaderless when every candidate had lost a few times (issue 18).
             pause = max(0.0, floor - ran_for) if ran else floor
         else:
             if ran_for >= STEADY_RUN:

@@ -387,6 +387,33 @@ def test_a_clean_exit_rejoins_at_once_and_a_failing_job_backs_off():
     assert pauses == [1.0, 2.0, 4.0, 8.0]
 
 
+def test_a_lost_leadership_rejoins_soon_however_often_it_happens():
+    """Issue 18: after a few lost leaderships (a frozen server, a partition) every
+    candidate was backing off 16-30 s, and nobody led for 5-30 s after the heal. A loss
+    is not the job's fault: it rejoins after the restart floor, every time, and leaves
+    the failing-job back-off where it was."""
+    policy = core.Policy(election="e", restart=True, restart_delay=1.0)
+    machine = core.CampaignCore(policy)
+    machine.start(0.0)
+    now, pauses = 0.0, []
+    for n in range(6):
+        machine.step(core.Won(now, 10 + n, now + 2.0))
+        if n % 2:
+            out = machine.step(core.Lost(now + 0.3, "the lease ran out"))
+            out += machine.step(core.JobExited(now + 0.4, 143, "lost"))
+        else:
+            out = machine.step(core.KeeperGone(now + 0.4))
+        (pause,) = [c for c in out if isinstance(c, core.Pause)]
+        pauses.append(round(pause.until - now, 3))
+        now = pause.until
+        assert machine.step(core.Tick(now)) == [core.Campaign()]
+    assert pauses == [1.0] * 6  # one job per restart delay, no more
+    machine.step(core.Won(now, 20, now + 2.0))
+    out = machine.step(core.JobExited(now + 0.1, 1))
+    (pause,) = [c for c in out if isinstance(c, core.Pause)]
+    assert round(pause.until - (now + 0.1), 3) == 1.0  # a failing job: from the floor
+
+
 def test_restart_delay_zero_still_has_a_floor():
     policy = core.Policy(election="e", restart=True, restart_delay=0.0)
     _, out = leadership(policy, core.JobExited(0.01, 1))

@@ -146,6 +146,28 @@ def test_etcd_restarted_mid_leadership_keeps_one_job_at_a_time(etcd_server_facto
     assert leader_json(url, "restart") is not None
 
 
+def test_a_release_etcd_missed_while_down_is_made_once_it_answers(etcd_server_factory):
+    """Issue 18: a leader loses its lease while etcd is down, and its release goes
+    unanswered. A restarted etcd gives every lease a whole ttl again, so the candidate,
+    back in line, waited behind its own old key. The release (guarded by our key's
+    create revision) is made again once etcd answers."""
+    server = etcd_server_factory()
+    with connect(server.url(ttl="3s")) as backend:
+        held = backend.campaign("missed", candidate("a"), timeout=10)
+        server.stop()
+        try:
+            wait_until(held.lost.is_set, timeout=10, what="the lease to run out")
+            held.release()  # unanswered
+        finally:
+            server.start()
+        asked = time.monotonic()
+        again = backend.campaign("missed", candidate("a"), timeout=30)
+        took = time.monotonic() - asked
+        again.release()
+    assert again.term > held.term
+    assert took < 1.5, f"won {took:.2f}s after etcd came back (its lease: 3s)"
+
+
 # -- auth and TLS -----------------------------------------------------------------------
 
 

@@ -352,6 +352,28 @@ def test_partitioned_leader_is_lost_before_its_session_can_expire(
     assert [h.outcome for h in healthy.history("partition")] == ["vanished", "exited"]
 
 
+def test_a_release_zookeeper_missed_while_down_is_made_once_it_answers(backends,
+                                                                       fresh_zookeeper, zk_path):
+    """Issue 18: a leader loses its lease while ZooKeeper is down (or frozen), and its
+    release goes unanswered. The server, back, gives the old session a whole timeout
+    again, and the candidate, back in line, waited behind its own node. The node is
+    deleted (by its unique name) once the server answers."""
+    backend = backends(fresh_zookeeper.url(zk_path, session_timeout="3s"))
+    held = backend.campaign("missed", candidate("a"), ttl=3.0)
+    fresh_zookeeper.stop()
+    try:
+        wait_until(held.lost.is_set, timeout=10, what="the lease to run out")
+        held.release()  # unanswered
+    finally:
+        fresh_zookeeper.start()
+    asked = time.monotonic()
+    again = backend.campaign("missed", candidate("a"), ttl=3.0, timeout=30)
+    took = time.monotonic() - asked
+    again.release()
+    assert again.term > held.term
+    assert took < 1.5, f"won {took:.2f}s after the restart (session timeout 3s)"
+
+
 # -- one release wakes one waiter ---------------------------------------------------------
 
 

@@ -71,6 +71,9 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: How long a last word to a server may take once the lease it concerns has run out (a
 #: release that only closes a history entry): the exit must not wait on a dead server.
 PARTING_BUDGET = 0.5
+#: A release that could not reach the server is tried again for this long (it is
+#: token-guarded, so harmless at any time); later its lease has surely run out.
+RELEASE_RETRY_FOR = 60.0
 
 
 # -- one wording for the errors every backend raises ------------------------------------
@@ -491,6 +494,9 @@ class Backend(ABC):
         self.url = url
         #: Leaderships won and not yet released, so an interrupted caller can let go.
         self.leaderships: weakref.WeakSet[Leadership] = weakref.WeakSet()
+        #: Releases the server did not answer: (give up at, the release given a budget).
+        self._unreleased: list[tuple[float, Callable[[float], object]]] = []
+        self._unreleased_lock = threading.Lock()
 
     @property
     def display_url(self) -> str:
@@ -528,10 +534,14 @@ class Backend(ABC):
         """
         started = time.monotonic()
         left = timeout
+        self.retry_releases()
         waited: list[LeaderInfo | None] = []
 
         def waiting(holder: LeaderInfo | None) -> None:
             waited.append(holder)
+            # The server answers now: a lease of ours that it could not be told to free
+            # (a restart, a freeze) may be the very one we wait behind (issue 18).
+            self.retry_releases()
             if on_wait is not None and len(waited) == 1:
                 on_wait(holder)
 
@@ -612,6 +622,33 @@ class Backend(ABC):
             self.delete_note(election, HANDOVER_KEY)
         except LelectError:
             pass
+
+    def release_later(self, release: Callable[[float], object]) -> None:
+        """A token-guarded release the server did not answer (``release(budget)`` raises
+        on trouble): :meth:`campaign` tries it again before it queues and once it waits,
+        for :data:`RELEASE_RETRY_FOR`. Until then the lease runs out by itself, but a
+        server that restarts may give it a whole ttl again, and a candidate that rejoins
+        would wait behind its own old lease."""
+        with self._unreleased_lock:
+            self._unreleased.append((time.monotonic() + RELEASE_RETRY_FOR, release))
+
+    def retry_releases(self) -> int:
+        """Try the releases the server did not answer (:meth:`release_later`) once more,
+        each with :data:`PARTING_BUDGET`; return how many went through."""
+        with self._unreleased_lock:
+            pending, self._unreleased = self._unreleased, []
+        done = 0
+        for n, (give_up_at, release) in enumerate(pending):
+            if time.monotonic() >= give_up_at:
+                continue
+            try:
+                release(PARTING_BUDGET)
+                done += 1
+            except Exception:  # noqa: BLE001 - still unreachable: keep them for next time
+                with self._unreleased_lock:
+                    self._unreleased[:0] = pending[n:]
+                break
+        return done
 
     @abstractmethod
     def _campaign(

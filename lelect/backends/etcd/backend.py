@@ -231,6 +231,14 @@ class _Lease:
             if exc.code != 5:  # NotFound: it had run out already
                 log.warning("lelect: could not revoke etcd lease %x (%s); it runs out by itself",
                             self.id, exc.message)
+                self.backend.release_later(self._revoke_again)
+
+    def _revoke_again(self, budget: float) -> None:
+        try:
+            self.backend.gateway.call("lease/revoke", {"ID": str(self.id)}, budget)
+        except GatewayError as exc:
+            if exc.code != 5:
+                raise
 
 
 # -- leadership ----------------------------------------------------------------------------
@@ -583,7 +591,8 @@ class EtcdBackend(Backend):
         slot = ending.done_slot
         if slot:
             closed = replace(closed, slot=slot)
-        try:
+
+        def release(budget: float) -> None:
             ops = [wire.delete(leadership.key),
                    wire.put(keys.history_entry(leadership.term), closed.encode())]
             if slot:
@@ -593,11 +602,14 @@ class EtcdBackend(Backend):
             if not released.succeeded:
                 # No longer ours: still close our own entry, if nobody did (first writer wins).
                 self._close_own_entry(keys, closed, budget)
+            leadership.etcd_lease.revoke(budget)
+
+        try:
+            release(budget)
         except GatewayError as exc:
             log.warning("lelect: could not release %r (%s); it frees itself when the lease runs out",
                         leadership.election, exc.message)
-            return
-        leadership.etcd_lease.revoke(budget)
+            self.release_later(release)
 
     def _slot_ops(self, keys: EtcdKeys, slot: str, closed: HistoryEntry, budget: float
                   ) -> list[dict]:

@@ -283,7 +283,7 @@ class MySQLBackend(SqlNotes, Backend):
 
     def resign(self, leadership: Leadership, ending: Ending) -> None:
         session = self._command
-        statement = self._release_sql(leadership, ending, forget=False)
+        statement = release = self._release_sql(leadership, ending, forget=False)
         if isinstance(leadership, MySQLLeadership):
             session = leadership.session
             # Free the doorbell only once the lease row is gone: the next in line wakes
@@ -297,6 +297,7 @@ class MySQLBackend(SqlNotes, Backend):
                 "lelect: could not release %r (%s); it frees itself when the lease runs out",
                 leadership.election, self.options.unavailable(exc, budget),
             )  # fmt: skip
+            self.release_later(lambda budget: self._command.run(release, budget))
         finally:
             if isinstance(leadership, MySQLLeadership):
                 leadership.session.close()

@@ -343,14 +343,16 @@ class PostgresBackend(SqlNotes, Backend):
         # and a lost leadership is most likely not ours any more: wait no longer than
         # the lease lasts, but 1s at least, to close the history entry.
         budget = leadership.parting_budget(self.connect_timeout)
+        statement = self._release_sql(leadership, ending, forget=False)
         try:
-            session.run(self._release_sql(leadership, ending, forget=False), budget)
+            session.run(statement, budget)
         except psycopg.Error as exc:
             # Not fatal: the lease expires by itself.
             log.warning(
                 "lelect: could not release %r (%s); it frees itself when the lease runs out",
                 leadership.election, self.options.unavailable(exc, budget),
             )  # fmt: skip
+            self.release_later(lambda budget: self._command.run(statement, budget))
         finally:
             if isinstance(leadership, PostgresLeadership):
                 leadership.close()

@@ -218,15 +218,17 @@ class RedisBackend(Backend):
                  exit_status: int | None, reason: str | None, slot: str | None,
                  budget: float) -> None:
         """Release if still ours and close our history entry if it still runs."""
+        args = release_args(keys, token, term, outcome, exit_status, reason, slot)
         try:
-            self.link.run(RELEASE, keys.release_keys, release_args(
-                keys, token, term, outcome, exit_status, reason, slot), budget)
+            self.link.run(RELEASE, keys.release_keys, args, budget)
         except RedisError as exc:
             # Not fatal: the key expires when the lease runs out.
             log.warning(
                 "lelect: could not release %r (%s); it frees itself when the lease runs out",
                 keys.election, self.options.unavailable(exc, budget),
             )
+            self.release_later(lambda budget: self.link.run(RELEASE, keys.release_keys, args,
+                                                            budget))
 
     def hand_back(self, leadership: Leadership) -> HandBack:
         kwargs = self.options.connection_kwargs

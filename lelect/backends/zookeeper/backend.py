@@ -354,9 +354,11 @@ class ZooKeeperBackend(Backend):
         # nothing is in a hurry), so the lost leader can still say how its leadership ended.
         lost = leadership.lease_over() or ending.outcome == LOST
         give_up = time.monotonic() + (PARTING_BUDGET if lost else 0)
+        released = False
         while session.wait_connected(max(0.0, give_up - time.monotonic())):
             try:
                 self._release(session, leadership, ending)
+                released = True
                 break
             except TRANSIENT as exc:
                 # A re-created session (with credentials to send again) may drop the
@@ -370,6 +372,18 @@ class ZooKeeperBackend(Backend):
                           leadership.node_path, type(exc).__name__)
                 break
         self._forget(session)
+        if not released:
+            # A server that restarts or thaws gives the old session a whole timeout
+            # again: delete our node (by its unique name) as soon as it answers.
+            self.release_later(lambda budget: self._release(
+                self._connected_session(), leadership, ending))
+
+    def _connected_session(self) -> ZooKeeperSession:
+        """A session that is connected now (a campaign's, else the shared one), without
+        waiting for any."""
+        with self._lock:
+            live = [s for s in self._sessions if s.connected.is_set() and not s.closed]
+        return live[0] if live else self._session(best_effort=True)
 
     def _closing_entry(self, leadership: ZooKeeperLeadership, ending: Ending,
                        slot: str | None) -> HistoryEntry:
