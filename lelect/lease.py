@@ -483,7 +483,11 @@ class Lease:
         if seconds <= 0:
             return
         if self._idle is not None:
-            self._idle(seconds, self._wake)
+            started = self._clock()
+            try:
+                self._idle(seconds, self._wake)
+            except Exception:  # noqa: BLE001 - a backend's idle hook must never end the loop
+                self._wake.wait(max(0.0, seconds - (self._clock() - started)))
         else:
             self._wake.wait(seconds)
         self._wake.clear()

@@ -325,3 +325,27 @@ def test_a_win_on_time_needs_no_renew():
 def test_a_late_win_of_an_expired_lease_is_not_confirmed():
     keeper = Lease(time.monotonic() - 1.0, 0.3, lambda budget: Renewal(True))
     assert not keeper.confirm()
+
+
+def test_an_idle_hook_that_fails_never_ends_the_renew_loop():
+    """A backend's idle hook (PostgreSQL's wait for a resign request) that raises, say on
+    a descriptor closed meanwhile, must not end the loop: it idles on and renews."""
+    renewed = threading.Event()
+    calls = []
+
+    def renew(budget):
+        calls.append(budget)
+        if len(calls) >= 3:
+            renewed.set()
+        return Renewal(True)
+
+    def idle(seconds, wake):
+        raise ValueError("file descriptor cannot be a negative integer (-1)")
+
+    keeper = Lease(time.monotonic(), 0.3, renew, interval=0.05, idle=idle)
+    keeper.start()
+    try:
+        assert renewed.wait(5), calls
+        assert keeper.alive()
+    finally:
+        keeper.stop()

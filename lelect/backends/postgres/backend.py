@@ -119,8 +119,8 @@ class PostgresLeadership(Leadership):
                 self.session.listen(self.channel, min(seconds, self._backend.connect_timeout))
                 self._listening = True
             self._heard(self.session.wait(seconds, wake=self._wake_r))
-        except psycopg.Error:
-            pass  # the next renew reconnects
+        except (psycopg.Error, OSError, ValueError):
+            pass  # the next renew reconnects (or the leadership was released meanwhile)
 
     def stop(self) -> None:
         """No more renews; wake the lease's thread so it lets go of the connection."""

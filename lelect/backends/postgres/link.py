@@ -427,6 +427,7 @@ class PgSession:
         fds: list[int] = [wake.fileno()] if wake is not None else []
         if conn is not None and not conn.closed:
             fds.append(conn.fileno())
+        fds = [fd for fd in fds if fd >= 0]  # closed meanwhile (a release, a drop)
         if not fds:
             time.sleep(max(timeout, 0.0))
             return []
