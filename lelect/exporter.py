@@ -133,8 +133,7 @@ class Exporter:
         leader = group.leader
         body = {"election": election, "leader": leader.to_json() if leader else None}
         if group.seats:
-            body["holders"] = [{"seat": s.seat, "leader": s.holder.to_json() if s.holder else None}
-                               for s in group.seats]
+            body["holders"] = [seat.to_json() for seat in group.seats]
         return Response.json(200 if leader is not None else 503, body)
 
     # -- prometheus_client's collector protocol ---------------------------------------

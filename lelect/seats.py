@@ -171,6 +171,11 @@ class Seat:
     seat: int
     holder: LeaderInfo | None
 
+    def to_json(self) -> dict[str, object]:
+        """One entry of the ``holders`` list (``leader --json``, ``watch --json``, the
+        exporter's /leader/NAME)."""
+        return {"seat": self.seat, "leader": self.holder.to_json() if self.holder else None}
+
 
 def seat_holders(backend: Backend, election: str, holders: int | None = None) -> list[Seat]:
     """Every seat of ``election`` (``holders`` of them, else :func:`holders_count`)."""

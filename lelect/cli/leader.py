@@ -95,8 +95,7 @@ def _seated(handle, as_json: bool, term: int | None, wait: float | None) -> int:
     if as_json:
         click.echo(json.dumps({
             "election": handle.name, "leader": first.to_json() if first else None,
-            "holders": [{"seat": s.seat, "leader": s.holder.to_json() if s.holder else None}
-                        for s in seats],
+            "holders": [seat.to_json() for seat in seats],
         }))
     else:
         within = "" if wait is None or held else f" within {format_duration(wait)}"

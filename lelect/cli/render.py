@@ -85,8 +85,7 @@ def group_json(group: GroupHealth, *, phi: bool = False) -> dict[str, Any]:
         "election": group.election,
         "status": group.status,
         "leader": group.leader.to_json() if group.leader else None,
-        **({"holders": [{"seat": s.seat, "leader": s.holder.to_json() if s.holder else None}
-                        for s in group.seats]} if group.seats else {}),
+        **({"holders": [seat.to_json() for seat in group.seats]} if group.seats else {}),
         "members": [member_json(m, phi=phi) for m in group.members],
     }
 
