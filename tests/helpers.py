@@ -173,6 +173,22 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: s
         time.sleep(interval)
 
 
+def written_line(path, timeout: float = 30.0, what: str = "a line"):
+    """The text of ``path`` once a job has written a whole line to it.
+
+    A shell's ``echo ... > path`` creates the file before it writes: waiting for the
+    file to exist and then reading it races with the write.
+    """
+    def whole():
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        return text if text.endswith("\n") else None
+
+    return wait_until(whole, timeout=timeout, what=what)
+
+
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:

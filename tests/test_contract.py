@@ -229,6 +229,7 @@ from tests.helpers import (  # noqa: E402
     spawn_lelect,
     ticking_job,
     wakeups,
+    written_line,
 )
 
 
@@ -1028,9 +1029,9 @@ def test_leader_lists_every_seat_and_a_killed_holder_frees_its_seat_at_once(targ
     OutputTail(follower.stderr).wait_for("waiting for")
     killed_at = time.monotonic()
     holders[0][0].kill()
-    wait_until(started.exists, timeout=30, what="the waiting candidate's job")
+    written = written_line(started, what="the waiting candidate's job")
     took = time.monotonic() - killed_at
-    seat, term = map(int, started.read_text().split())
+    seat, term = map(int, written.split())
     assert seat == seat_of_h0 and term > 0
     assert took < 5.0, f"the freed seat was taken {took:.1f}s after the kill"
     follower.communicate(timeout=30)
@@ -1189,8 +1190,7 @@ def test_resign_to_moves_the_leadership_to_that_node_and_not_to_the_first_in_lin
     assert moved.returncode == 0, (moved.stdout, moved.stderr)
     assert "new leader: host-3" in moved.stdout
     assert proc.wait(timeout=30) == 0
-    wait_until(ran.exists, timeout=30, what="host-3's job")
-    node, new_term = ran.read_text().split()
+    node, new_term = written_line(ran, what="host-3's job").split()
     assert node == "host-3" and int(new_term) > term
     assert leader_json(target.url, "drain")["node_id"] == "host-3"
     assert first.poll() is None and ran.read_text().count("\n") == 1  # host-2 still waits
@@ -1232,8 +1232,7 @@ def test_resign_to_with_a_seat_moves_that_seat_to_the_node_and_not_the_head_of_t
                        "30s", backend=target.url)
     assert moved.returncode == 0, (moved.stdout, moved.stderr)
     assert holders[0][0].wait(timeout=30) == 0
-    wait_until(ran.exists, timeout=30, what="chosen's job")
-    assert ran.read_text().split() == ["chosen", str(seat)]
+    assert written_line(ran, what="chosen's job").split() == ["chosen", str(seat)]
     assert head.poll() is None  # the head of the line still waits
     for proc in (chosen, head):
         proc.kill()
