@@ -852,8 +852,8 @@ def server_connections(pid: int, port: int) -> int:
 
 #: Backends whose candidates still use more than one connection (issue 21): Redis a
 #: pub/sub connection besides the command one (RESP2), etcd its watch and keep-alive
-#: streams, MariaDB the GET_LOCK wait's.
-MORE_THAN_ONE_CONNECTION = {"redis", "etcd", "mysql"}
+#: streams.
+MORE_THAN_ONE_CONNECTION = {"redis", "etcd"}
 
 
 def test_a_candidate_holds_one_connection_to_its_server(network_target, tmp_path, request):

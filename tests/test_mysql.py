@@ -177,7 +177,7 @@ def test_waiters_block_on_the_leaders_lock_and_the_next_in_line_is_woken(mysql_s
         def blocked() -> int:
             return mysql_server.sql(
                 "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
-                " WHERE INFO LIKE 'SELECT GET_LOCK(%' AND USER = 'lelect'")[0][0]
+                " WHERE INFO LIKE '%GET_LOCK(%' AND USER = 'lelect'")[0][0]
 
         wait_until(lambda: blocked() == 3, timeout=10, what="three waiters in GET_LOCK")
         released_at = time.monotonic()
@@ -191,6 +191,53 @@ def test_waiters_block_on_the_leaders_lock_and_the_next_in_line_is_woken(mysql_s
             thread.join(10)
         for leadership in won:
             leadership.release()
+
+
+def test_a_waiter_heartbeats_and_looks_up_on_its_one_connection(mysql_server):
+    """A candidate waiting behind a long lease (12 s) holds one connection: its GET_LOCK
+    wait is cut so that its heartbeats (every 0.3 s) still arrive on time, and a lookup
+    from another thread is answered within its own bound."""
+    url = mysql_server.url(ttl="12s", prefix=fresh_prefix())
+    with connect(url) as leading, connect(url) as backend:
+        first = leading.campaign("one", candidate("a"), timeout=5)
+        won: list = []
+
+        def ids() -> set[int]:
+            return {row[0] for row in mysql_server.sql(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'lelect'")}
+
+        def beat(seq: int) -> Heartbeat:
+            return Heartbeat(election="one", node_id="b", host="h", pid=1, role="follower",
+                             term=None, seq=seq, time=time.time(), interval=0.3)
+
+        before = ids()
+        waiter = threading.Thread(
+            target=lambda: won.append(backend.campaign("one", candidate("b"), timeout=30)),
+            daemon=True)  # fmt: skip
+        waiter.start()
+        wait_until(lambda: mysql_server.sql(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+            " WHERE INFO LIKE '%GET_LOCK(%' AND USER = 'lelect'")[0][0] == 1,
+            timeout=10, what="the waiter in GET_LOCK")  # fmt: skip
+        took = []
+        for seq in range(12):
+            started = time.monotonic()
+            backend.publish(beat(seq), 60)
+            took.append(time.monotonic() - started)
+            time.sleep(0.3)
+        started = time.monotonic()
+        assert backend.leader("one").node_id == "a"
+        took.append(time.monotonic() - started)
+        assert not won and waiter.is_alive()
+        assert ids() - before == {backend._command.connection.thread_id()}
+        arrivals = next(r.arrivals for r in backend.members("one").records if r.node_id == "b")
+        gaps = [b - a for a, b in zip(arrivals[2:], arrivals[3:])]
+        assert max(gaps) < 0.9, gaps  # no beat waited for a whole 12 s wait
+        assert max(took[2:]) < 0.6, took
+        first.release()
+        waiter.join(10)
+        assert won and won[0].node_id == "b"
+        won[0].release()
 
 
 # -- the keeper's hand-back -----------------------------------------------------------------

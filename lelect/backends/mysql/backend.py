@@ -19,6 +19,16 @@ that gets the lock while the lease still stands (the leader's connection dropped
 leader died and its keeper's hand-back is on its way) keeps it and looks again every
 :data:`POLL_BOUND` seconds, bounded by the lease's expiry; it alone polls. The others
 look again only when their wait ends at the lease's expiry (about once per lease).
+
+One connection per candidate: the backend's command session carries a campaign, the
+leadership it wins (renews, the doorbell, the release), heartbeats, lookups, notes and
+observers. A waiter's ``GET_LOCK`` holds that connection, so the wait is cut in slices
+that end just after the next heartbeat is due (the cadence is learned from
+:meth:`~MySQLBackend.publish`); between two slices whoever waits for the connection goes
+first. Without heartbeats a slice lasts until the lease's expiry: a waiting candidate
+wakes for nothing else. A second campaign that waits while another one waits (or while
+a leadership of this backend renews) on the command session gets a connection of its
+own: a wait must not hold up a renew.
 """
 
 from __future__ import annotations
@@ -68,6 +78,14 @@ log = logging.getLogger("lelect.mysql")
 POLL_BOUND = 0.5
 #: The longest single wait in GET_LOCK (a waiter then looks again).
 LONGEST_WAIT = 3600.0
+#: A campaign's first slice of GET_LOCK before this backend has published a heartbeat
+#: (the heartbeat thread's first beat, sent alongside the campaign, is not held up long).
+FIRST_SLICE = 1.0
+#: How long after a heartbeat is due a slice of GET_LOCK ends (at least; a tenth of the
+#: interval for longer ones), and how long a waiter lets the connection be after serving
+#: a caller (its next call, a heartbeat's refresh after the beat, is likely on its way).
+SLICE_MARGIN = 0.05
+SETTLE = 0.02
 _NO_LIMIT = 1_000_000_000
 
 
@@ -80,6 +98,9 @@ class MySQLLeadership(Leadership):
                  term: int, token: str, sent: float, ttl: float, session: MySQLSession) -> None:
         self.ttl = ttl
         self.session = session
+        #: True once the backend has been told this leadership is over (its session
+        #: given back, or closed).
+        self.given_back = False
         self.wire = wire_params(session)
         self._renew_sql = backend.render(sql.RENEW, election=election, token=token,
                                          ttl_us=sql.microseconds(ttl))
@@ -113,7 +134,14 @@ class MySQLBackend(SqlNotes, Backend):
         self.history_limit = self.options.history
         self.create = create
         self.retry = RetryPolicy(self.options.connect_timeout)
+        #: The one connection of this candidate (see the module's docstring).
         self._command = MySQLSession(self.options)
+        self._sharing = threading.Lock()
+        self._waiting_on_command = False
+        self._leading_on_command = 0
+        # The heartbeats' cadence (the smallest interval published) and the last beat.
+        self._beat_every: float | None = None
+        self._beat_at = 0.0
         self._schema_ready = False
 
     def render(self, statement: str, **values: object) -> str:
@@ -121,6 +149,48 @@ class MySQLBackend(SqlNotes, Backend):
 
     def _bell(self, election: str) -> str:
         return sql.lock_name(self.options.database, self.options.prefix, election)
+
+    # -- the one connection -------------------------------------------------------------
+
+    def _borrow(self, waits: bool) -> MySQLSession:
+        """The session a campaign runs on: the command session, unless another campaign
+        waits on it, or this one would wait while a leadership renews on it; then a
+        session of its own."""
+        with self._sharing:
+            if self._waiting_on_command or (waits and self._leading_on_command):
+                return MySQLSession(self.options)
+            self._waiting_on_command = waits
+            return self._command
+
+    def _campaign_done(self, session: MySQLSession, won: bool) -> None:
+        """A campaign ends: lost, its own session is closed; won, its leadership keeps it."""
+        if session is not self._command:
+            if not won:
+                session.close()
+            return
+        with self._sharing:
+            self._waiting_on_command = False
+            if won:
+                self._leading_on_command += 1
+
+    def _leadership_done(self, leadership: MySQLLeadership) -> None:
+        if leadership.given_back:
+            return
+        leadership.given_back = True
+        if leadership.session is not self._command:
+            leadership.session.close()
+            return
+        with self._sharing:
+            self._leading_on_command -= 1
+
+    def _slice(self, first: bool) -> float:
+        """The longest piece of a wait in GET_LOCK: until just after the next heartbeat
+        is due (while this backend publishes), else the whole wait (a campaign's
+        first piece at most FIRST_SLICE until a heartbeat shows the cadence)."""
+        every = self._beat_every
+        if every is not None and time.monotonic() - self._beat_at < 3 * every + FIRST_SLICE:
+            return every + max(SLICE_MARGIN, every / 10)
+        return FIRST_SLICE if first else LONGEST_WAIT
 
     # -- the schema ---------------------------------------------------------------------
 
@@ -176,17 +246,14 @@ class MySQLBackend(SqlNotes, Backend):
         bell = self._bell(election)
         retry = self.retry.attempts(timeout, cancel=cancel)
         give_up = retry.give_up.at
-        session: MySQLSession | None = MySQLSession(self.options)
+        session = self._borrow(waits=not (no_wait or timeout == 0))
         holding_bell = False
-        waiting = False
-
-        def dropped() -> None:
-            nonlocal holding_bell
-            holding_bell = False  # a new connection holds no lock
-
-        session.connected_hook = dropped
+        bell_generation = 0  # a lock is held only by the connection that took it
+        waiting = 0  # 1: the first wait is next, 2: waited before
+        won = False
         try:
             while True:
+                holding_bell = holding_bell and session.generation == bell_generation
                 try:
                     self._ensure_schema(session, retry.budget())
                     t_send = time.monotonic()
@@ -205,7 +272,7 @@ class MySQLBackend(SqlNotes, Backend):
                     continue
                 retry.succeeded()
                 if term is not None:
-                    session.connected_hook = None
+                    holding_bell = holding_bell and session.generation == bell_generation
                     if not holding_bell:
                         try:  # the line's doorbell; without it the next in line polls
                             session.run(self.render(sql.TAKE_BELL, name=bell),
@@ -214,7 +281,7 @@ class MySQLBackend(SqlNotes, Backend):
                             pass
                     leadership = MySQLLeadership(self, election, candidate, int(term), token,
                                                  t_send, ttl, session)  # fmt: skip
-                    session = None  # the leadership's now
+                    won = True  # the session is the leadership's now
                     return leadership
                 holder = None
                 if holder_node is not None and holder_term is not None:
@@ -224,19 +291,22 @@ class MySQLBackend(SqlNotes, Backend):
                 if give_up is not None and time.monotonic() >= give_up:
                     raise timed_out(election, timeout)
                 if not waiting:
-                    waiting = True
+                    waiting = 1
                     if on_wait is not None:
                         on_wait(holder)
                 left = None if left_s is None else float(left_s)
                 try:
-                    holding_bell = self._wait(session, bell, left, holding_bell, give_up,
-                                              cancel, election)
+                    rang = self._wait(session, bell, left, holding_bell, give_up, cancel,
+                                      election, first=not holding_bell and waiting == 1)
+                    waiting = 2
+                    if rang and not holding_bell:
+                        bell_generation = session.generation
+                    holding_bell = rang
                 except LinkError as exc:
                     check_cancel(cancel, election)
                     self._retry(retry, exc)
         finally:
-            if session is not None:
-                session.close()
+            self._campaign_done(session, won)
 
     def _acquire_sql(self, election: str, token: str, candidate: Candidate, ttl: float) -> str:
         return self.render(
@@ -247,10 +317,13 @@ class MySQLBackend(SqlNotes, Backend):
         )  # fmt: skip
 
     def _wait(self, session: MySQLSession, bell: str, left_s: float | None, holding_bell: bool,
-              give_up: float | None, cancel: threading.Event | None, election: str) -> bool:
+              give_up: float | None, cancel: threading.Event | None, election: str,
+              first: bool = False) -> bool:  # fmt: skip
         """Wait for a turn; True if this waiter now holds the election's lock. The lock's
         holder (the next in line while the lease stands) looks again every POLL_BOUND;
-        the others block on the lock until the lease's expiry by the server's clock."""
+        the others block on the lock until the lease's expiry by the server's clock, in
+        slices (:meth:`_slice`) between which the connection serves the heartbeats and
+        whatever else this process sends."""
         if left_s is None or left_s <= 0:
             return holding_bell  # expired or just gone: look again at once
         now = time.monotonic()
@@ -263,16 +336,21 @@ class MySQLBackend(SqlNotes, Backend):
                 check_cancel(cancel, election)
                 (cancel or threading.Event()).wait(wait_slice(left, cancel) or left)
             return True
-        if wait <= 0:
-            return False
-        try:
-            rows = session.run(self.render(sql.WAIT_BELL, name=bell, seconds=round(wait, 3)),
-                               wait * 1.25 + self.connect_timeout, cancel=cancel)  # fmt: skip
-        except LinkError:
+        end = now + wait
+        while (wait := end - time.monotonic()) > 0:
+            piece = round(min(wait, self._slice(first)), 3)
+            first = False
+            try:
+                rows = session.run_long(self.render(sql.WAIT_BELL, name=bell, seconds=piece),
+                                        piece * 1.25 + self.connect_timeout, cancel=cancel,
+                                        settle=SETTLE)  # fmt: skip
+            except LinkError:
+                check_cancel(cancel, election)
+                raise
             check_cancel(cancel, election)
-            raise
-        check_cancel(cancel, election)
-        return bool(rows and rows[0][0] is not None and int(rows[0][0]) == 1)
+            if rows and rows[0][0] is not None and int(rows[0][0]) == 1:
+                return True
+        return False
 
     def _retry(self, attempts: Attempts, exc: LinkError) -> None:
         """Pause before the next try, or raise the one-line error when that was the last."""
@@ -300,7 +378,7 @@ class MySQLBackend(SqlNotes, Backend):
             self.release_later(lambda budget: self._command.run(release, budget))
         finally:
             if isinstance(leadership, MySQLLeadership):
-                leadership.session.close()
+                self._leadership_done(leadership)
 
     def _release_sql(self, leadership: Leadership, ending: Ending, forget: bool) -> str:
         return sql.release_statement(
@@ -354,7 +432,7 @@ class MySQLBackend(SqlNotes, Backend):
         at the lease's expiry by the server's clock."""
         validate_stored(election)
         stop = stop or threading.Event()
-        session = MySQLSession(self.options)
+        session = self._command  # one connection: shared with whatever else runs here
         retry = self.retry.attempts(None, cancel=stop)
 
         def looks() -> Iterator[LeaderInfo | None]:
@@ -369,10 +447,7 @@ class MySQLBackend(SqlNotes, Backend):
                 pause = POLL_BOUND if left_s is None else min(POLL_BOUND, left_s + 0.001)
                 stop.wait(pause)
 
-        try:
-            yield from only_changes(looks())
-        finally:
-            session.close()
+        yield from only_changes(looks())
 
     def request_resign(self, election: str, term: int | None = None) -> bool:
         validate_stored(election)
@@ -387,6 +462,11 @@ class MySQLBackend(SqlNotes, Backend):
     def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
         validate_stored(heartbeat.election)
         record = encode_member(heartbeat, (), forget_after=ttl).decode("utf-8")
+        if heartbeat.interval:  # a waiter's slices of GET_LOCK end as the next beat is due
+            every = self._beat_every
+            recent = every is not None and time.monotonic() - self._beat_at < 3 * every
+            self._beat_every = min(every, heartbeat.interval) if recent else heartbeat.interval
+            self._beat_at = time.monotonic()
         self._write(self.render(sql.PUBLISH, election=heartbeat.election,
                                 node_id=heartbeat.node_id, record=record,
                                 forget_us=sql.microseconds(ttl)))  # fmt: skip

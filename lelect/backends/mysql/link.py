@@ -342,15 +342,25 @@ def open_connection(options: MySQLOptions, budget: float) -> pymysql.connections
 
 
 class MySQLSession:
-    """One connection, made when first needed, used by one call at a time."""
+    """One connection, made when first needed, used by one call at a time.
+
+    A waiting candidate's long call (``GET_LOCK``'s wait, :meth:`run_long`) shares it
+    with everything else the process sends: a long call lets every caller that waits for
+    the connection go first, and a caller that comes while one runs waits for its end
+    on top of its own budget (both bounded)."""
 
     def __init__(self, options: MySQLOptions) -> None:
         self.options = options
         self._conn: pymysql.connections.Connection | None = None
         self._lock = threading.RLock()
         self.mariadb = True
-        #: Called with nothing after every new connection (the leader takes its lock back).
-        self.connected_hook = None
+        #: Grows with every new connection: a lock taken with ``GET_LOCK`` is held only
+        #: while the generation it was taken in lasts.
+        self.generation = 0
+        # Callers waiting for the connection, and when the long call running ends.
+        self._state = threading.Condition(threading.Lock())
+        self._wanting = 0
+        self._long_until = 0.0
 
     @property
     def connection(self) -> pymysql.connections.Connection | None:
@@ -358,21 +368,64 @@ class MySQLSession:
 
     def run(self, sql: str, budget: float, cancel: threading.Event | None = None,
             server_limit: bool = True) -> list[tuple]:  # fmt: skip
-        """Run ``sql`` (one or more statements) within ``budget`` seconds; the rows of
-        the last result that had any. Raises LinkError (``timed_out`` when out of time)."""
-        end = time.monotonic() + budget
-        if not self._lock.acquire(timeout=max(budget, 0.0)):
+        """Run ``sql`` (one or more statements) within ``budget`` seconds (plus what is
+        left of a long call holding the connection); the rows of the last result that
+        had any. Raises LinkError (``timed_out`` when out of time)."""
+        start = time.monotonic()
+        with self._state:
+            self._wanting += 1
+            end = start + budget + max(self._long_until - start, 0.0)
+            self._state.notify_all()  # a long call about to start lets this one go first
+        try:
+            got = self._lock.acquire(timeout=max(end - time.monotonic(), 0.0))
+        finally:
+            with self._state:
+                self._wanting -= 1
+                self._state.notify_all()
+        if not got:
             raise LinkError("the connection stayed busy with another call", timed_out=True)
         try:
-            conn = self._connect(max(end - time.monotonic(), 0.0))
-            left = end - time.monotonic()
-            if left <= 0:
-                raise LinkError("no time left after connecting", timed_out=True)
-            if server_limit:
-                sql = with_timeout(sql, left * SERVER_SHARE, self.mariadb)
-            return self._execute(conn, sql, left, cancel)
+            return self._run(sql, end, cancel, server_limit)
         finally:
             self._lock.release()
+
+    def run_long(self, sql: str, budget: float, cancel: threading.Event | None = None,
+                 settle: float = 0.0) -> list[tuple]:  # fmt: skip
+        """Run ``sql``, which may take ``budget`` seconds (a wait on the server), once
+        every caller waiting for the connection has gone first (and none came within
+        ``settle`` seconds after the last one: its next call is likely on its way).
+        Getting the connection is bounded by the connect timeout."""
+        end = time.monotonic() + self.options.connect_timeout
+        served = False
+        while True:
+            if not self._lock.acquire(timeout=max(end - time.monotonic(), 0.0)):
+                raise LinkError("the connection stayed busy with another call", timed_out=True)
+            with self._state:
+                if not self._wanting and not (served and self._state.wait_for(
+                        lambda: self._wanting, min(settle, max(end - time.monotonic(), 0.0)))):
+                    self._long_until = time.monotonic() + budget
+                    break
+            self._lock.release()
+            served = True
+            with self._state:
+                self._state.wait_for(lambda: not self._wanting,
+                                     max(end - time.monotonic(), 0.0))
+        try:
+            return self._run(sql, time.monotonic() + budget, cancel, server_limit=True)
+        finally:
+            with self._state:
+                self._long_until = 0.0
+            self._lock.release()
+
+    def _run(self, sql: str, end: float, cancel: threading.Event | None,
+             server_limit: bool) -> list[tuple]:  # fmt: skip
+        conn = self._connect(max(end - time.monotonic(), 0.0))
+        left = end - time.monotonic()
+        if left <= 0:
+            raise LinkError("no time left after connecting", timed_out=True)
+        if server_limit:
+            sql = with_timeout(sql, left * SERVER_SHARE, self.mariadb)
+        return self._execute(conn, sql, left, cancel)
 
     def _execute(self, conn, sql: str, budget: float, cancel: threading.Event | None) -> list[tuple]:
         conn._read_timeout = conn._write_timeout = max(budget, 0.001)
@@ -407,8 +460,7 @@ class MySQLSession:
             conn = open_connection(self.options, budget)
             self.mariadb = "mariadb" in str(conn.server_version).lower()
             self._conn = conn
-            if self.connected_hook is not None:
-                self.connected_hook()
+            self.generation += 1
         return self._conn
 
     @staticmethod

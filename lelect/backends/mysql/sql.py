@@ -372,8 +372,10 @@ FROM %(t_slot)s WHERE election = %(election)s AND slot_key = SHA2(%(slot)s, 256)
 NOW = "SELECT UNIX_TIMESTAMP(NOW(6))"
 
 #: The waiters' wake-up: block until the election's lock is free (then hold it), at most
-#: ``seconds``. -> 1 got it, 0 timed out
-WAIT_BELL = "SELECT GET_LOCK(%(name)s, %(seconds)s)"
-#: The winner takes the lock at once if it is free. -> 1, 0
-TAKE_BELL = "SELECT GET_LOCK(%(name)s, 0)"
+#: ``seconds``; at once if this connection holds it already (``GET_LOCK`` would count a
+#: second hold, and one release would not free it). -> 1 got it, 0 timed out
+WAIT_BELL = ("SELECT IF(IS_USED_LOCK(%(name)s) <=> CONNECTION_ID(), 1,"
+             " GET_LOCK(%(name)s, %(seconds)s))")
+#: The winner takes the lock at once if it is free (or already its own). -> 1, 0
+TAKE_BELL = "SELECT IF(IS_USED_LOCK(%(name)s) <=> CONNECTION_ID(), 1, GET_LOCK(%(name)s, 0))"
 RING_BELL = "SELECT RELEASE_LOCK(%(name)s)"
