@@ -384,8 +384,8 @@ class MySQLSession:
                 self._state.notify_all()
         if not got:
             raise LinkError("the connection stayed busy with another call", timed_out=True)
-        try:
-            return self._run(sql, end, cancel, server_limit)
+        try:  # the call itself gets its own budget at most
+            return self._run(sql, min(end, time.monotonic() + budget), cancel, server_limit)
         finally:
             self._lock.release()
 
