@@ -30,6 +30,7 @@ from tests.helpers import (
     spawn_lelect,
     ticking_job,
     wait_until,
+    wakeups,
 )
 from tests.plugins.postgres_server import PASSWORD, PostgresCluster, fresh_name
 
@@ -333,6 +334,28 @@ def test_the_documented_grants_suffice(postgres_cluster, postgres_database, tmp_
 
 
 # -- the keeper's hand-back -----------------------------------------------------------------
+
+
+def test_an_observer_of_an_idle_election_sleeps_until_the_server_notifies(
+        postgres_cluster, postgres_database, tmp_path):  # fmt: skip
+    """``lelect leader --wait`` on an election nobody leads (a 12 s lease) sleeps on the
+    server's notifications, with one look per lease in case one is lost: a few wake-ups
+    in 5 s (a look every 0.25 s made 20 and more), and a win wakes it at once."""
+    url = postgres_cluster.url(postgres_database, ttl="12s")
+    observer = spawn_lelect("leader", "idle", "--wait", backend=url)
+    time.sleep(1.0)  # let the start-up settle: the interpreter, the connection
+    assert observer.poll() is None
+    before = wakeups(observer.pid)
+    time.sleep(5.0)
+    woke = wakeups(observer.pid) - before
+    assert woke <= 8, f"an observer of an idle election woke {woke} times in 5 s"
+    record = tmp_path / "won"
+    leader = campaign(url, "idle", ["sh", "-c", f"touch {record}; sleep 5"])
+    wait_until(record.exists, timeout=30, what="the leader's job")
+    won = time.monotonic()
+    assert observer.wait(timeout=10) == 0
+    assert time.monotonic() - won < 3.0, "the observer did not wake on the win"
+    assert leader.wait(timeout=30) == 0
 
 
 def keeper_hand_back(params: dict, budget: float, exit_status: int | None = 137) -> subprocess.CompletedProcess:

@@ -38,6 +38,7 @@ from lelect.backends.base import (
     MAX_ARRIVALS,
     PARTING_BUDGET,
     Backend,
+    Cancel,
     Candidate,
     Ending,
     HandBack,
@@ -46,6 +47,7 @@ from lelect.backends.base import (
     LeaderInfo,
     Leadership,
     Members,
+    WakePipe,
     busy,
     cancel_wakeup,
     check_cancel,
@@ -403,13 +405,19 @@ class PostgresBackend(SqlNotes, Backend):
 
     def observe(self, election: str, stop: threading.Event | None = None
                 ) -> Iterator[LeaderInfo | None]:  # fmt: skip
+        """Look at once, then again when the election's channel announces a change (a
+        win, a release: LISTEN/NOTIFY), when the lease looked at runs out by the server's
+        clock, and, with nobody leading, once per lease (a bound on what a lost
+        notification can cost). Nothing else wakes it: a ``stop`` that is a
+        :class:`~lelect.backends.base.Cancel` wakes the wait itself (a plain Event is
+        looked at every CANCEL_CHECK)."""
         validate_stored(election)
-        stop = stop or threading.Event()
+        stop = stop or Cancel()
         session = PgSession(self.options)
         channel = sql.channel(self.options.schema, election)
         retry = self.retry.attempts(None, cancel=stop)
 
-        def looks() -> Iterator[LeaderInfo | None]:
+        def looks(woken: WakePipe | None) -> Iterator[LeaderInfo | None]:
             while not stop.is_set():
                 try:
                     session.listen(channel, retry.budget())
@@ -419,17 +427,18 @@ class PostgresBackend(SqlNotes, Backend):
                     continue
                 retry.succeeded()
                 yield current
-                # Wake on an announcement, when the lease would expire, or to check ``stop``.
-                wake = time.monotonic() + (left_s + 0.001 if left_s is not None else 3600.0)
-                while not stop.is_set() and (now := time.monotonic()) < wake:
+                wake = time.monotonic() + (left_s + 0.001 if left_s is not None
+                                           else self.default_ttl)  # fmt: skip
+                while not stop.is_set() and (left := wake - time.monotonic()) > 0:
                     try:
-                        if session.wait(min(wake - now, 0.25)):
+                        if session.wait(wait_slice(left, stop) or 0.0, wake=woken):
                             break
                     except psycopg.Error:
                         break
 
         try:
-            yield from only_changes(looks())
+            with cancel_wakeup(stop) as woken:
+                yield from only_changes(looks(woken))
         finally:
             session.close()
 
