@@ -7,6 +7,7 @@ does is in tests/test_contract.py."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -509,6 +510,57 @@ def test_idle_waiters_send_less_than_one_command_per_second(redis_server, pool):
     leader.release()
     for waiter in as_completed(waiters, timeout=30):  # they take turns
         waiter.result().release()
+
+
+def test_a_server_without_resp3_gets_a_pubsub_connection_and_one_log_line(
+        redis_server_factory, pool, caplog):
+    """A server that answers HELLO with an error (Redis before 6; here HELLO is renamed
+    away) is spoken to in RESP2: lelect says so in one line and subscribes on a
+    connection of its own; a release still wakes the waiter at once."""
+    server = redis_server_factory(password="pw",
+                                  extra=("--rename-command", "HELLO", "HELLO-renamed-away"))
+    caplog.set_level(logging.INFO, logger="lelect.redis")
+    leader = connect(server.url).campaign("old", candidate("a"), ttl=30.0)
+    waiting = threading.Event()
+    waiter_backend = connect(server.url)
+    waiter = pool.submit(waiter_backend.campaign, "old", candidate("b"), timeout=60, ttl=30.0,
+                         on_wait=lambda holder: waiting.set())
+    assert waiting.wait(10)
+    client = server.client()
+    wait_until(lambda: len(client.client_list()) >= 5, timeout=10,
+               what="two connections for each candidate (and ours)")
+    released = time.monotonic()
+    leader.release()
+    successor = waiter.result(timeout=30)
+    assert time.monotonic() - released < 5  # woken by the release, not the 30 s lease
+    successor.release()
+    told = [r.getMessage() for r in caplog.records if r.name == "lelect.redis"]
+    assert len(told) == 2, told  # once for each backend (link)
+    assert "pw" not in " ".join(told)
+
+
+def test_a_message_read_while_a_command_waits_reaches_the_subscription(redis_server):
+    """RESP3: a push that arrives before a command's answer goes to the subscription
+    sharing the connection, and the answer to the command."""
+    from lelect.backends.redis.link import Subscription
+
+    backend = connect(redis_server.url)
+    subscription = Subscription(backend.link, ["chan"])
+    try:
+        subscription.ensure(5.0)
+        client = redis_server.client()
+        assert client.publish("chan", "hello") == 1
+        # A PUBLISH of our own makes the server push ours before its answer.
+        assert backend.link.call(5.0, "PUBLISH", "chan", "again") == 1
+        assert backend.link.call(5.0, "PING") == "PONG"
+        assert subscription.next_message(5.0) == ("chan", "hello")
+        assert subscription.next_message(5.0) == ("chan", "again")
+        assert subscription.next_message(0.1) is None
+        names = [c for c in client.client_list() if c["name"] == "lelect"]
+        assert len(names) == 1  # commands and the subscription: one connection
+    finally:
+        subscription.close()
+        backend.close()
 
 
 # -- heartbeats and members -------------------------------------------------------------
