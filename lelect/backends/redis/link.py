@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import select
+import socket
 import threading
 import time
 from collections import deque
@@ -602,6 +603,9 @@ class RedisLink:
         if fresh is not None:
             self._install(fresh)
         conn = self._conn
+        if conn is not None and not self._current(conn):
+            self._drop(conn)  # to a master of before a failover
+            conn = None
         if conn is not None:
             try:
                 self._pump(conn)
@@ -619,6 +623,10 @@ class RedisLink:
                 raise
             self._install(conn)
         return conn
+
+    def _current(self, conn: redis.Connection) -> bool:
+        """Is ``conn`` to the server to talk to (a master may have moved)?"""
+        return True
 
     def _install(self, conn: redis.Connection) -> None:
         old, self._conn = self._conn, conn
@@ -689,9 +697,14 @@ class RedisLink:
 
     def close(self) -> None:
         if not self._io.acquire(blocking=False):
-            conn = self._conn  # a call still waits on it (a frozen server): cut it off
-            if conn is not None:
-                conn.disconnect()
+            # A call still waits on it (a frozen server): end its wait (the call fails
+            # as on a closed connection and drops it).
+            sock = getattr(self._conn, "_sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             return
         try:
             conn = self._conn
@@ -771,6 +784,9 @@ class SentinelLink(RedisLink):
         if self.master is None or time.monotonic() - self._confirmed >= self.CONFIRM_EVERY:
             return self._locate(end)
         return None
+
+    def _current(self, conn: redis.Connection) -> bool:
+        return (conn.host, conn.port) == self.master  # type: ignore[attr-defined]
 
     def failed(self, exc: BaseException) -> bool:
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ReadOnlyError)):
@@ -1002,6 +1018,8 @@ class Subscription:
                 self._generation = None
                 raise redis.ConnectionError("the connection to redis was lost")
             sock = None
+            # Set before trying: a turn that ends after a failed try sees it and wakes us.
+            self.waits_for_turn = True
             if link._io.acquire(blocking=False):
                 self.waits_for_turn = False
                 try:
@@ -1019,8 +1037,6 @@ class Subscription:
                     link._release_io()
                 if self._messages:
                     continue
-            else:
-                self.waits_for_turn = True  # the call's end wakes us (its pushes too)
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 self.waits_for_turn = False
