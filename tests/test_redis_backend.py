@@ -563,6 +563,32 @@ def test_a_message_read_while_a_command_waits_reaches_the_subscription(redis_ser
         backend.close()
 
 
+def test_observe_looks_again_within_a_lease_when_an_announcement_is_lost(
+        redis_server, monkeypatch):
+    """Nobody leads and the announcement of the new leader never reaches the watcher (a
+    lost message): it still sees the leader within about a lease (ttl 1 s here), by its
+    bounded look, and a Cancel ends its wait at once."""
+    from lelect.backends.base import Cancel
+    from lelect.backends.redis.link import Subscription
+
+    monkeypatch.setattr(Subscription, "deliver", lambda self, channel, data: None)
+    watcher = connect(redis_server.url + "&ttl=1s")
+    stop = Cancel()
+    looks = watcher.observe("lost", stop)
+    assert next(looks) is None
+    leadership = connect(redis_server.url).campaign("lost", candidate("a"), ttl=30.0)
+    elected = time.monotonic()
+    seen = next(looks)
+    assert seen is not None and seen.node_id == "a"
+    assert time.monotonic() - elected < 1.0 + 1.0
+    threading.Timer(0.2, stop.set).start()
+    cancelled = time.monotonic()
+    with pytest.raises(StopIteration):
+        next(looks)
+    assert time.monotonic() - cancelled < 0.2 + 0.15
+    leadership.release()
+
+
 # -- heartbeats and members -------------------------------------------------------------
 
 
