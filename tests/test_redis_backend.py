@@ -756,6 +756,37 @@ def test_unix_socket_url(redis_server):
         assert connect(redis_server.url).leader("e").term == leadership.term
 
 
+@pytest.mark.parametrize("form", ["tcp-db3-password", "tls", "unix"])
+def test_a_leader_and_a_waiter_hold_one_connection_each(form, redis_server_factory,
+                                                        redis_test_certs, pool):
+    """Over TCP (with a password and a database), TLS and a unix socket: the leader's
+    renews and resign listener, the waiter's attempts and wake-up subscription, and the
+    heartbeats of both share one connection per candidate."""
+    server = redis_server_factory(password="pw" if form.startswith("tcp") else None,
+                                  tls=redis_test_certs if form == "tls" else None)
+    if form == "tls":
+        url = server.tls_url
+    elif form == "unix":
+        url = server.unix_url
+    else:
+        url = f"redis://:pw@{server.host_port}/3?restart_guard=off"
+    url += ("&" if "?" in url else "?") + "ttl=1s"
+    leading, waiting_backend = connect(url), connect(url)
+    leadership = leading.campaign("one", candidate("a"))
+    waiting = threading.Event()
+    waiter = pool.submit(waiting_backend.campaign, "one", candidate("b"), timeout=60,
+                         on_wait=lambda holder: waiting.set())
+    assert waiting.wait(10)
+    client = server.client()
+    for backend, name in ((leading, "a"), (waiting_backend, "b")):
+        backend.publish(heartbeat("one", name), 10.0)
+    for _ in range(5):  # renews, heartbeats and waiting, over a second
+        assert len([c for c in client.client_list() if c["name"] == "lelect"]) == 2
+        time.sleep(0.25)
+    leadership.release()
+    waiter.result(timeout=10).release()
+
+
 #: The ACL docs/backends.md documents for lelect's Redis user.
 DOCUMENTED_ACL = ("resetkeys", "resetchannels", "~lelect:*", "&lelect:*", "-@all", "+@read",
                   "+@write", "+@scripting", "+@pubsub", "+@connection", "+scan", "+time")
