@@ -236,15 +236,14 @@ def redis_listeners(client, election: str, prefix: str = "lelect") -> int:
 
 
 def redis_tried(client) -> int:
-    """lelect's command connections (not subscriptions) whose last command ran a script
-    or a PTTL (CLIENT LIST): a leader's renews, an observer's look at the leader, and
-    each waiting candidate that has made its first attempt (then sleeps on the PTTL)."""
+    """lelect's connections whose last command ran a script or a PTTL (CLIENT LIST): a
+    leader's renews, an observer's look at the leader, and each waiting candidate that
+    has made its first attempt (then sleeps on the PTTL). With RESP3 the connection is
+    subscribed too; a RESP2 subscription's own connection last ran SUBSCRIBE."""
     return sum(
         1
         for c in client.client_list()
-        if c.get("name") == "lelect"
-        and "P" not in c.get("flags", "")
-        and c.get("cmd") in ("evalsha", "eval", "pttl")
+        if c.get("name") == "lelect" and c.get("cmd") in ("evalsha", "eval", "pttl")
     )
 
 

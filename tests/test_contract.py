@@ -850,10 +850,9 @@ def server_connections(pid: int, port: int) -> int:
     return count
 
 
-#: Backends whose candidates still use more than one connection (issue 21): Redis a
-#: pub/sub connection besides the command one (RESP2), etcd its watch and keep-alive
-#: streams.
-MORE_THAN_ONE_CONNECTION = {"redis", "etcd"}
+#: Backends whose candidates still use more than one connection (issue 21): etcd its
+#: watch and keep-alive streams.
+MORE_THAN_ONE_CONNECTION = {"etcd"}
 
 
 def test_a_candidate_holds_one_connection_to_its_server(network_target, tmp_path, request):

@@ -93,6 +93,57 @@ def test_redis_slow_drip_reply_ends_by_the_deadline(hostile_server):
     assert_one_line_69(out, within=6)
 
 
+#: A RESP3 server's answer to HELLO 3 (lelect asks for RESP3, to share one connection).
+HELLO_3 = b"%1\r\n+proto\r\n:3\r\n"
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(b">" + str(1 << 40).encode() + b"\r\n", id="huge-push"),
+    pytest.param(b">1\r\n" + b"*1\r\n" * 5000, id="deep-push"),
+    pytest.param(b">3\r\n+message\r\n+ch\r\n>1\r\n+x\r\n", id="push-in-push"),
+    pytest.param(b"%" + str(1 << 40).encode() + b"\r\n", id="huge-map"),
+    pytest.param(b"%1\r\n+k\r\n" * 5000, id="deep-map"),
+    pytest.param(b"%1\r\n*1\r\n+k\r\n+v\r\n", id="array-as-map-key"),
+    pytest.param(b"~2\r\n" + b"*1000000\r\n" + b":1\r\n" * 10, id="too-many-elements"),
+    pytest.param(b"|1\r\n+a\r\n+b\r\n+OK\r\n", id="attribute"),
+])
+def test_redis_hostile_resp3_frame_is_69(hostile_server, reply):
+    """A server that agreed to RESP3 and then sends an oversized or deeply nested push,
+    map or set: cut off by the caps, one line, status 69."""
+    def script(conn, stopped):
+        read_some(conn)  # HELLO 3
+        conn.sendall(HELLO_3)
+        read_some(conn)  # the command
+        send_and_hold(conn, stopped, reply)
+
+    server = hostile_server(script)
+    out = run_measured("leader", "x", backend=f"redis://127.0.0.1:{server.port}/0?connect_timeout=3s")
+    assert_one_line_69(out, within=10)
+
+
+def test_redis_push_flood_while_waiting_is_bounded(hostile_server):
+    """Endless pushes between the answers (a hostile server): a call still ends by its
+    budget, memory stays bounded, one line, status 69."""
+    def script(conn, stopped):
+        read_some(conn)  # HELLO 3
+        conn.sendall(HELLO_3)
+        read_some(conn)
+        push = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4096\r\n" + b"A" * 4096 + b"\r\n"
+        conn.settimeout(1.0)
+        end = time.monotonic() + 30
+        while not stopped.is_set() and time.monotonic() < end:
+            try:
+                conn.sendall(push * 64)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    server = hostile_server(script)
+    out = run_measured("leader", "x", backend=f"redis://127.0.0.1:{server.port}/0?connect_timeout=2s")
+    assert_one_line_69(out, within=10)
+
+
 @pytest.mark.parametrize("reply", [
     pytest.param(None, id="endless-line"),
     pytest.param(b"$" + str(1 << 40).encode() + b"\r\n", id="huge-bulk"),

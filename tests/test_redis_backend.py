@@ -7,6 +7,7 @@ does is in tests/test_contract.py."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -511,6 +512,83 @@ def test_idle_waiters_send_less_than_one_command_per_second(redis_server, pool):
         waiter.result().release()
 
 
+def test_a_server_without_resp3_gets_a_pubsub_connection_and_one_log_line(
+        redis_server_factory, pool, caplog):
+    """A server that answers HELLO with an error (Redis before 6; here HELLO is renamed
+    away) is spoken to in RESP2: lelect says so in one line and subscribes on a
+    connection of its own; a release still wakes the waiter at once."""
+    server = redis_server_factory(password="pw",
+                                  extra=("--rename-command", "HELLO", "HELLO-renamed-away"))
+    caplog.set_level(logging.INFO, logger="lelect.redis")
+    leader = connect(server.url).campaign("old", candidate("a"), ttl=30.0)
+    waiting = threading.Event()
+    waiter_backend = connect(server.url)
+    waiter = pool.submit(waiter_backend.campaign, "old", candidate("b"), timeout=60, ttl=30.0,
+                         on_wait=lambda holder: waiting.set())
+    assert waiting.wait(10)
+    client = server.client()
+    wait_until(lambda: len(client.client_list()) >= 5, timeout=10,
+               what="two connections for each candidate (and ours)")
+    released = time.monotonic()
+    leader.release()
+    successor = waiter.result(timeout=30)
+    assert time.monotonic() - released < 5  # woken by the release, not the 30 s lease
+    successor.release()
+    told = [r.getMessage() for r in caplog.records if r.name == "lelect.redis"]
+    assert len(told) == 2, told  # once for each backend (link)
+    assert "pw" not in " ".join(told)
+
+
+def test_a_message_read_while_a_command_waits_reaches_the_subscription(redis_server):
+    """RESP3: a push that arrives before a command's answer goes to the subscription
+    sharing the connection, and the answer to the command."""
+    from lelect.backends.redis.link import Subscription
+
+    backend = connect(redis_server.url)
+    subscription = Subscription(backend.link, ["chan"])
+    try:
+        subscription.ensure(5.0)
+        client = redis_server.client()
+        assert client.publish("chan", "hello") == 1
+        # A PUBLISH of our own makes the server push ours before its answer.
+        assert backend.link.call(5.0, "PUBLISH", "chan", "again") == 1
+        assert backend.link.call(5.0, "PING") == "PONG"
+        assert subscription.next_message(5.0) == ("chan", "hello")
+        assert subscription.next_message(5.0) == ("chan", "again")
+        assert subscription.next_message(0.1) is None
+        names = [c for c in client.client_list() if c["name"] == "lelect"]
+        assert len(names) == 1  # commands and the subscription: one connection
+    finally:
+        subscription.close()
+        backend.close()
+
+
+def test_observe_looks_again_within_a_lease_when_an_announcement_is_lost(
+        redis_server, monkeypatch):
+    """Nobody leads and the announcement of the new leader never reaches the watcher (a
+    lost message): it still sees the leader within about a lease (ttl 1 s here), by its
+    bounded look, and a Cancel ends its wait at once."""
+    from lelect.backends.base import Cancel
+    from lelect.backends.redis.link import Subscription
+
+    monkeypatch.setattr(Subscription, "deliver", lambda self, channel, data: None)
+    watcher = connect(redis_server.url + "&ttl=1s")
+    stop = Cancel()
+    looks = watcher.observe("lost", stop)
+    assert next(looks) is None
+    leadership = connect(redis_server.url).campaign("lost", candidate("a"), ttl=30.0)
+    elected = time.monotonic()
+    seen = next(looks)
+    assert seen is not None and seen.node_id == "a"
+    assert time.monotonic() - elected < 1.0 + 1.0
+    threading.Timer(0.2, stop.set).start()
+    cancelled = time.monotonic()
+    with pytest.raises(StopIteration):
+        next(looks)
+    assert time.monotonic() - cancelled < 0.2 + 0.15
+    leadership.release()
+
+
 # -- heartbeats and members -------------------------------------------------------------
 
 
@@ -676,6 +754,37 @@ def test_tls_with_a_test_ca(redis_server_factory, redis_test_certs, tmp_path):
 def test_unix_socket_url(redis_server):
     with connect(redis_server.unix_url).campaign("e", candidate("a")) as leadership:
         assert connect(redis_server.url).leader("e").term == leadership.term
+
+
+@pytest.mark.parametrize("form", ["tcp-db3-password", "tls", "unix"])
+def test_a_leader_and_a_waiter_hold_one_connection_each(form, redis_server_factory,
+                                                        redis_test_certs, pool):
+    """Over TCP (with a password and a database), TLS and a unix socket: the leader's
+    renews and resign listener, the waiter's attempts and wake-up subscription, and the
+    heartbeats of both share one connection per candidate."""
+    server = redis_server_factory(password="pw" if form.startswith("tcp") else None,
+                                  tls=redis_test_certs if form == "tls" else None)
+    if form == "tls":
+        url = server.tls_url
+    elif form == "unix":
+        url = server.unix_url
+    else:
+        url = f"redis://:pw@{server.host_port}/3?restart_guard=off"
+    url += ("&" if "?" in url else "?") + "ttl=1s"
+    leading, waiting_backend = connect(url), connect(url)
+    leadership = leading.campaign("one", candidate("a"))
+    waiting = threading.Event()
+    waiter = pool.submit(waiting_backend.campaign, "one", candidate("b"), timeout=60,
+                         on_wait=lambda holder: waiting.set())
+    assert waiting.wait(10)
+    client = server.client()
+    for backend, name in ((leading, "a"), (waiting_backend, "b")):
+        backend.publish(heartbeat("one", name), 10.0)
+    for _ in range(5):  # renews, heartbeats and waiting, over a second
+        assert len([c for c in client.client_list() if c["name"] == "lelect"]) == 2
+        time.sleep(0.25)
+    leadership.release()
+    waiter.result(timeout=10).release()
 
 
 #: The ACL docs/backends.md documents for lelect's Redis user.

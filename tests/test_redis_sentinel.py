@@ -49,6 +49,9 @@ def test_sentinel_failover_under_a_running_job(redis_sentinels, tmp_path, proces
     time.sleep(TTL * 1.5)  # nothing may happen for longer than a ttl
     assert new.client().pttl("lelect:{fo}:leader") > 0, "the leader did not renew on the new master"
     assert len(read_ticks(record)) == 1 and leader.poll() is None
+    # One connection to the master each, the leader and the waiter (RESP3: their
+    # subscriptions share it).
+    assert lelect_clients(new) == 2
     resign_and_expect_the_next_job_a_ttl_later(setup, "fo", leader, record)
 
 

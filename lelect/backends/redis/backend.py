@@ -284,28 +284,32 @@ class RedisBackend(Backend):
         return only_changes(self._looks(self._keys(election), stop or threading.Event()))
 
     def _looks(self, keys: RedisKeys, stop: threading.Event) -> Iterator[LeaderInfo | None]:
-        """A look at the leader now, and again after every announcement (or when the
-        leader key would expire), until ``stop``."""
+        """A look at the leader now, and again after every announcement, when the leader
+        key would expire, or once a lease when nobody leads (a lost announcement costs
+        at most that), until ``stop`` (a :class:`~lelect.backends.base.Cancel` wakes the
+        wait at once; a plain Event is checked every few hundred ms)."""
         subscription = Subscription(self.link, [keys.released_channel, keys.elected_channel])
         contact = self.retry.attempts(None, cancel=stop)
         try:
-            while not stop.is_set():
-                try:
-                    subscription.ensure(contact.budget())
-                    current, pttl = self._leader(keys, contact.budget())
-                except RedisError as exc:
-                    self._retry(contact, exc)
-                    continue
-                contact.succeeded()
-                yield current
-                # Wake on an announcement, when the key would expire, or to check ``stop``.
-                wake = time.monotonic() + (pttl / 1000 + 0.001 if pttl > 0 else 3600.0)
-                while not stop.is_set() and time.monotonic() < wake:
+            with cancel_wakeup(stop) as woken:
+                while not stop.is_set():
                     try:
-                        if subscription.next_message(min(wake - time.monotonic(), 0.25)):
+                        subscription.ensure(contact.budget())
+                        current, pttl = self._leader(keys, contact.budget())
+                    except RedisError as exc:
+                        self._retry(contact, exc)
+                        continue
+                    contact.succeeded()
+                    yield current
+                    wake = time.monotonic() + (pttl / 1000 + 0.001 if pttl > 0
+                                               else self.default_ttl)
+                    while not stop.is_set() and time.monotonic() < wake:
+                        try:
+                            left = wait_slice(wake - time.monotonic(), stop)
+                            if subscription.next_message(left, woken):
+                                break
+                        except RedisError:
                             break
-                    except RedisError:
-                        break
         finally:
             subscription.close()
 

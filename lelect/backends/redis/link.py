@@ -8,19 +8,25 @@ either, so lelect drives redis-py connections directly: one command, one budget.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import select
+import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis._parsers import _RESP2Parser
-from redis._parsers.socket import SocketBuffer
+from redis._parsers import _RESP3Parser
+from redis._parsers.base import _parse_float, _parse_int
+from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR, SocketBuffer
 from redis.exceptions import (
     AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
     AuthorizationError,
     BusyLoadingError,
     InvalidResponse,
@@ -36,6 +42,7 @@ from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HISTORY,
     DEFAULT_TTL,
+    WakePipe,
     server_text,
     unreachable,
 )
@@ -43,6 +50,8 @@ from lelect.backends.redis.scripts import Script
 from lelect.backends.urls import BackendURL, parse_port
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, UsageError
+
+log = logging.getLogger("lelect.redis")
 
 DEFAULT_PORT = 6379
 DEFAULT_PREFIX = "lelect"
@@ -56,9 +65,13 @@ _TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 #: entries is the biggest); anything beyond these is a broken or hostile server.
 MAX_LINE = 1 << 20  # a status, error or integer line
 MAX_BULK = 16 << 20  # one bulk string
-MAX_ARRAY = 1 << 20  # elements of one array
-MAX_DEPTH = 16  # arrays within arrays
+MAX_ARRAY = 1 << 20  # elements of one array, set, map or push frame (all of one reply too)
+MAX_DEPTH = 16  # aggregates within aggregates
 MAX_REPLY = 64 << 20  # all the bytes of one reply
+
+#: RESP types that announce a length: bulk strings ($ ! =) and aggregates (* ~ % > |).
+_BULKS = b"$!="
+_AGGREGATES = b"*~%>|"
 
 
 class _CappedBuffer(SocketBuffer):
@@ -98,51 +111,167 @@ class _CappedBuffer(SocketBuffer):
             data += buf.readline(MAX_LINE + 2 - len(data))
         line = data[:-2]
         kind, size = line[:1], line[1:]
-        if kind in (b"$", b"*") and size != b"-1":
+        if kind and kind in _BULKS + _AGGREGATES and not (kind in b"$*" and size == b"-1"):
             if not (size.isdigit() and len(size) < 12):
                 raise InvalidResponse(f"not a Redis reply: {line[:40]!r}")
-            if int(size) > (MAX_BULK if kind == b"$" else MAX_ARRAY):
-                what = "bulk string" if kind == b"$" else "array"
+            if int(size) > (MAX_BULK if kind in _BULKS else MAX_ARRAY):
+                what = "bulk string" if kind in _BULKS else "aggregate"
                 raise InvalidResponse(f"a reply with a {what} of {int(size)} (too big)")
         return line
 
 
-class _CappedParser(_RESP2Parser):
-    """RESP2 with :class:`_CappedBuffer` and a bound on nesting (deep arrays would
-    otherwise end in a RecursionError)."""
+#: What the parser returns for a push frame read where a push was asked for.
+PUSHED = object()
 
-    _depth = 0
+
+class _CappedParser(_RESP3Parser):
+    """RESP2 and RESP3 with :class:`_CappedBuffer`, a bound on nesting (deep aggregates
+    would otherwise end in a RecursionError) and on the elements of one reply.
+
+    Push frames (``>``, RESP3's pub/sub messages) are never part of a reply: each goes
+    to :attr:`on_push` (the link's router) as it is read; a read that asked for a push
+    (``push_request``: nothing else was awaited) returns :data:`PUSHED` after one, a
+    read for a command's answer reads on to that answer."""
+
+    on_push: Callable[[list[Any]], None] | None = None
+    _elements = 0
 
     def on_connect(self, connection) -> None:
         super().on_connect(connection)
         buffer = _CappedBuffer(self._sock, self.socket_read_size, connection.socket_timeout)
         self._buffer = buffer
 
-    def _read_response(self, disable_decoding=False, timeout=SENTINEL):
-        if self._depth >= MAX_DEPTH:
-            raise InvalidResponse(f"a reply nested deeper than {MAX_DEPTH} arrays")
-        self._depth += 1
-        try:
-            return super()._read_response(disable_decoding=disable_decoding, timeout=timeout)
-        except ValueError as exc:  # a malformed integer ("not a Redis reply")
-            raise InvalidResponse(f"not a Redis reply: {exc}") from None
-        finally:
-            self._depth -= 1
+    def _read_response(self, disable_decoding=False, push_request=False, timeout=SENTINEL):
+        while True:
+            self._elements = 0
+            pushed, value = self._value(0, disable_decoding, timeout)
+            if not pushed:
+                return value
+            if self.on_push is not None:
+                self.on_push(value)
+            self._buffer.purge()  # a flood of pushes is not one reply's bytes
+            if push_request:
+                return PUSHED
+
+    def _value(self, depth: int, disable_decoding: bool, timeout: Any) -> tuple[bool, Any]:
+        """(is it a push frame, the value) of the next frame, ``depth`` aggregates in."""
+        raw = self._buffer.readline(timeout=timeout)
+        if not raw:
+            raise redis.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
+        byte, rest = raw[:1], raw[1:]
+        if byte in (b"-", b"!"):
+            if byte == b"!":
+                rest = self._buffer.read(_parse_int(rest, raw), timeout=timeout)
+            error = self.parse_error(rest.decode("utf-8", errors="replace"))
+            if isinstance(error, redis.ConnectionError):
+                raise error
+            return False, error
+        if byte == b"+":
+            value: Any = rest
+        elif byte == b"_":
+            return False, None
+        elif byte in (b":", b"("):
+            return False, _parse_int(rest, raw)
+        elif byte == b",":
+            return False, _parse_float(rest, raw)
+        elif byte == b"#":
+            return False, rest == b"t"
+        elif byte in (b"$", b"="):
+            size = _parse_int(rest, raw)
+            if size < 0:
+                return False, None
+            value = self._buffer.read(size, timeout=timeout)
+            if byte == b"=":
+                value = value[4:]  # "txt:" or "mkd:"
+        elif byte in (b"*", b"~", b"%", b">"):
+            count = _parse_int(rest, raw)
+            if count < 0:
+                return False, None
+            if byte == b">" and depth:
+                raise InvalidResponse("not a Redis reply: a push frame inside a reply")
+            if depth >= MAX_DEPTH:
+                raise InvalidResponse(f"a reply nested deeper than {MAX_DEPTH} aggregates")
+            self._elements += count * (2 if byte == b"%" else 1)
+            if self._elements > MAX_ARRAY:
+                raise InvalidResponse(f"a reply of more than {MAX_ARRAY} elements")
+            if byte == b"%":
+                entries = {}
+                for _ in range(count):
+                    key = self._value(depth + 1, disable_decoding, timeout)[1]
+                    if isinstance(key, (list, dict)):
+                        raise InvalidResponse("not a Redis reply: an aggregate as a map key")
+                    entries[key] = self._value(depth + 1, disable_decoding, timeout)[1]
+                return False, entries
+            items = [self._value(depth + 1, disable_decoding, timeout)[1] for _ in range(count)]
+            return byte == b">", items
+        else:  # attributes (|) included: lelect never asks for them
+            raise InvalidResponse(f"not a Redis reply: {raw[:40]!r}")
+        if disable_decoding is False:
+            value = self.encoder.decode(value)
+        return False, value
 
 
 class _Bounded:
-    """A redis-py connection whose whole connect (TCP, TLS, then AUTH, CLIENT SETNAME and
-    SELECT, one answer each) ends by one deadline, not one socket timeout per step, and
-    whose every reply is read by :class:`_CappedParser` within a deadline: the call's
+    """A redis-py connection whose whole connect (TCP, TLS, then AUTH, HELLO and SELECT,
+    one answer each) ends by one deadline, not one socket timeout per step, and whose
+    every reply is read by :class:`_CappedParser` within a deadline: the call's
     (``reply_deadline``, set by :func:`timed_call`), the connect's, or else one socket
-    timeout from the start of the reply."""
+    timeout from the start of the reply.
+
+    With ``resp3`` (connections to the server, not to a sentinel) it asks for RESP3
+    (``HELLO 3``), so that one connection carries commands and pub/sub alike; a server
+    that does not know HELLO (Redis before 6) is spoken to in RESP2 (``protocol`` says
+    which one is spoken once connected)."""
 
     connect_deadline: float | None = None
     reply_deadline: float | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, resp3: bool = False, **kwargs: Any) -> None:
         kwargs["parser_class"] = _CappedParser
+        kwargs["protocol"] = 2  # until HELLO 3 is answered: see on_connect_check_health
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.resp3 = resp3
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        if not self.resp3:
+            super().on_connect_check_health(check_health=False)  # type: ignore[misc]
+            return
+        me: Any = self
+        me.protocol = 2
+        self._parser.on_connect(self)  # type: ignore[attr-defined]
+        if me.username or me.password:
+            # AUTH on its own, never inside HELLO: a server without HELLO (Redis 5)
+            # repeats an unknown command's arguments in its error.
+            self._auth(me.username, me.password)
+        name = ["SETNAME", me.client_name] if me.client_name else []
+        me.send_command("HELLO", 3, *name, check_health=False)
+        try:
+            me.read_response()
+        except ResponseError as exc:
+            lowered = str(exc).lower()
+            if "unknown command" not in lowered and "noproto" not in lowered:
+                raise
+            if me.client_name:
+                me.send_command("CLIENT", "SETNAME", me.client_name, check_health=False)
+                me.read_response()
+        else:
+            me.protocol = 3
+        if me.db:
+            me.send_command("SELECT", me.db, check_health=False)
+            if str(me.read_response()) != "OK":
+                raise redis.ConnectionError("Invalid Database")
+
+    def _auth(self, username: str | None, password: str | None) -> None:
+        me: Any = self
+        me.send_command("AUTH", *([username] if username else []), password or "",
+                        check_health=False)
+        try:
+            reply = me.read_response()
+        except AuthenticationWrongNumberOfArgsError:  # Redis 5: no users
+            me.send_command("AUTH", password or "", check_health=False)
+            reply = me.read_response()
+        if str(reply) != "OK":
+            raise AuthenticationError("Invalid Username or Password")
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         deadline = self.connect_deadline
@@ -233,8 +362,8 @@ class RedisOptions:
             # under the prefix may hold bytes another writer put there: round-trip them
             # rather than fail with a UnicodeError.
             "encoding_errors": "surrogateescape",
-            # RESP2: pub/sub messages are plain replies (RESP3 hands them to push handlers).
-            "protocol": 2,
+            # RESP3 where the server speaks it: one connection for commands and pub/sub.
+            "resp3": True,
             "client_name": "lelect",
             "driver_info": None,  # no CLIENT SETINFO: two round trips less per connect
         }
@@ -405,61 +534,158 @@ class NoMaster(redis.ConnectionError):
 
 
 class RedisLink:
-    """Connections to one Redis server; each call gets a budget that bounds connecting,
-    sending and waiting for the answer."""
+    """The connection to one Redis server; each call gets a budget that bounds waiting
+    for the connection, connecting, sending and waiting for the answer.
 
-    #: One command connection per candidate; a call made while it is busy (a heartbeat
-    #: during a renew) gets a connection of its own for that call only.
-    _MAX_IDLE = 1
+    A candidate holds one connection: its calls take turns on it (a heartbeat during a
+    renew waits for the renew's answer, within its own budget), and its subscriptions
+    share it too, RESP3 letting pushes (``>`` frames) come between the answers: a push
+    read while an answer is awaited goes to the subscriptions' queues. A server without
+    RESP3 (Redis before 6) gives each subscription a connection of its own, as RESP2
+    must (one log line says so).
+    """
+
     #: Grows whenever the link starts talking to another server (a failover).
     epoch = 0
 
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
-        self._idle: list[redis.Connection] = []
         self._lock = threading.Lock()
+        #: Held by whoever sends on or reads from the connection.
+        self._io = threading.Lock()
+        self._conn: redis.Connection | None = None
+        #: Grows whenever the connection is dropped or replaced: subscriptions made on an
+        #: older one are gone.
+        self.generation = 0
+        self._subscriptions: set[Subscription] = set()
+        self._told_resp2 = False
 
     def new_connection(self) -> redis.Connection:
         return self.options.connection_class(**self.options.connection_kwargs)
 
     def open(self, budget: float) -> redis.Connection:
-        """A connection for one call or a subscription, made within ``budget`` (it may
-        be connected later, within what is left of it)."""
+        """A connection to the server, made within ``budget`` (it may be connected
+        later, within what is left of it)."""
         return self.new_connection()
+
+    def _fresh(self, end: float) -> redis.Connection | None:
+        """Before a call: a connection to use instead of the one held (a new master)."""
+        return None
 
     def call(self, budget: float, *args: Any) -> Any:
         end = time.monotonic() + budget
-        conn = self._take()
-        if conn is None:
-            conn = self.open(budget)
+        fresh = self._fresh(end)
+        with self._using(end, fresh) as conn:
+            return self._timed(conn, end, args)
+
+    def _timed(self, conn: redis.Connection, end: float, *commands: tuple[Any, ...]) -> Any:
+        """Send ``commands`` and read one answer (the last command's: the ones before
+        answer with pushes) by ``end``; a failure drops the connection unless the server
+        answered with an error that leaves it usable."""
         try:
-            reply = timed_call(conn, max(end - time.monotonic(), 0.001), *args)
+            return timed_call(conn, max(end - time.monotonic(), 0.001), *commands[-1],
+                              before=commands[:-1])
         except ResponseError as exc:
             if self.failed(exc):
-                conn.disconnect()
-            else:
-                self._give_back(conn)  # the server answered; the connection is fine
+                self._drop(conn)
             raise
         except BaseException as exc:
-            conn.disconnect()
+            self._drop(conn)
             self.failed(exc)
             raise
-        self._give_back(conn)
-        return reply
+
+    def _using(self, end: float, fresh: redis.Connection | None = None) -> _Turn:
+        return _Turn(self, end, fresh)
+
+    def _ready(self, end: float, fresh: redis.Connection | None) -> redis.Connection:
+        """The connection, connected (within ``end``), with no push left unread; called
+        holding ``_io``."""
+        if fresh is not None:
+            self._install(fresh)
+        conn = self._conn
+        if conn is not None and not self._current(conn):
+            self._drop(conn)  # to a master of before a failover
+            conn = None
+        if conn is not None:
+            try:
+                self._pump(conn)
+            except (RedisError, OSError):
+                # A restarted server, or bytes nobody asked for: connect afresh.
+                self._drop(conn)
+                conn = None
+        if conn is None:
+            conn = self.open(max(end - time.monotonic(), 0.001))
+            try:
+                connect(conn, max(end - time.monotonic(), 0.001))
+            except BaseException as exc:
+                conn.disconnect()
+                self.failed(exc)
+                raise
+            self._install(conn)
+        return conn
+
+    def _current(self, conn: redis.Connection) -> bool:
+        """Is ``conn`` to the server to talk to (a master may have moved)?"""
+        return True
+
+    def _install(self, conn: redis.Connection) -> None:
+        old, self._conn = self._conn, conn
+        if old is not conn:
+            self.generation += 1
+            if old is not None:
+                old.disconnect()
+                self._wake_all()
+            conn._parser.on_push = self._route  # type: ignore[attr-defined]
+            if (conn._sock is not None and not _speaks_resp3(conn)  # type: ignore[attr-defined]
+                    and not self._told_resp2):
+                self._told_resp2 = True
+                log.info("lelect: redis at %s does not speak RESP3 (Redis 6 or later):"
+                         " pub/sub takes a second connection", self.options.where)
+
+    def _drop(self, conn: redis.Connection) -> None:
+        conn.disconnect()
+        if self._conn is conn:
+            self._conn = None
+            self.generation += 1
+            self._wake_all()
+
+    def _pump(self, conn: redis.Connection) -> None:
+        """Read every push already arriving (called holding ``_io``); anything else
+        unread means the server closed the connection or broke the protocol."""
+        while conn.can_read(timeout=0):
+            if not _speaks_resp3(conn):
+                raise redis.ConnectionError("the server closed the connection")
+            conn.reply_deadline = time.monotonic() + (  # type: ignore[attr-defined]
+                conn.socket_timeout or self.options.connect_timeout)  # type: ignore[attr-defined]
+            try:
+                reply = conn.read_response(push_request=True)
+            finally:
+                conn.reply_deadline = None  # type: ignore[attr-defined]
+            if reply is not PUSHED:
+                raise InvalidResponse("an answer to nothing asked")
+
+    def _route(self, push: list[Any]) -> None:
+        """A push frame read from the connection: a message goes to the subscriptions of
+        its channel; confirmations and anything else are dropped."""
+        if len(push) == 3 and push[0] == "message" and isinstance(push[1], str):
+            for subscription in list(self._subscriptions):
+                if push[1] in subscription.channels:
+                    subscription.deliver(push[1], str(push[2]))
+
+    def _wake_all(self) -> None:
+        for subscription in list(self._subscriptions):
+            subscription.wake()
+
+    def _release_io(self) -> None:
+        self._io.release()
+        for subscription in list(self._subscriptions):
+            if subscription.waits_for_turn:
+                subscription.wake()
 
     def failed(self, exc: BaseException) -> bool:
         """Hear of a call's failure; True when the server may not be the one to talk to
         any more (its connection should go)."""
         return False
-
-    def _take(self) -> redis.Connection | None:
-        """An idle connection the server has not closed, or None."""
-        while True:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None or not _closed_by_server(conn):
-                return conn
-            conn.disconnect()  # a restarted server: connect afresh rather than fail
 
     def run(self, script: Script, keys: list[str], args: list[Any], budget: float) -> Any:
         end = time.monotonic() + budget
@@ -469,18 +695,49 @@ class RedisLink:
             remaining = max(end - time.monotonic(), 0.001)
             return self.call(remaining, "EVAL", script.text, len(keys), *keys, *args)
 
-    def _give_back(self, conn: redis.Connection) -> None:
-        with self._lock:
-            if len(self._idle) < self._MAX_IDLE:
-                self._idle.append(conn)
-                return
-        conn.disconnect()
-
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.disconnect()
+        if not self._io.acquire(blocking=False):
+            # A call still waits on it (a frozen server): end its wait (the call fails
+            # as on a closed connection and drops it).
+            sock = getattr(self._conn, "_sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            return
+        try:
+            conn = self._conn
+            if conn is not None:
+                self._drop(conn)
+        finally:
+            self._release_io()
+
+
+class _Turn:
+    """``with link._using(end) as conn``: the link's connection, ready, held by this
+    thread until the block ends (waiting for it counts against ``end``)."""
+
+    def __init__(self, link: RedisLink, end: float, fresh: redis.Connection | None) -> None:
+        self.link, self.end, self.fresh = link, end, fresh
+
+    def __enter__(self) -> redis.Connection:
+        if not self.link._io.acquire(timeout=max(self.end - time.monotonic(), 0.0)):
+            if self.fresh is not None:
+                self.fresh.disconnect()
+            raise redis.TimeoutError("no answer in time (the connection was busy)")
+        try:
+            return self.link._ready(self.end, self.fresh)
+        except BaseException:
+            self.link._release_io()
+            raise
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.link._release_io()
+
+
+def _speaks_resp3(conn: redis.Connection) -> bool:
+    return conn.protocol in (3, "3")  # type: ignore[attr-defined]
 
 
 class SentinelLink(RedisLink):
@@ -523,19 +780,13 @@ class SentinelLink(RedisLink):
         fresh = self._locate(time.monotonic() + budget)
         return fresh if fresh is not None else self.new_connection()
 
-    def call(self, budget: float, *args: Any) -> Any:
-        end = time.monotonic() + budget
+    def _fresh(self, end: float) -> redis.Connection | None:
         if self.master is None or time.monotonic() - self._confirmed >= self.CONFIRM_EVERY:
-            fresh = self._locate(end)
-            if fresh is not None:
-                self._give_back(fresh)
-        return super().call(max(end - time.monotonic(), 0.001), *args)
+            return self._locate(end)
+        return None
 
-    def _give_back(self, conn: redis.Connection) -> None:
-        if (conn.host, conn.port) != self.master:  # type: ignore[attr-defined]
-            conn.disconnect()  # a call that began before the master changed
-            return
-        super()._give_back(conn)
+    def _current(self, conn: redis.Connection) -> bool:
+        return (conn.host, conn.port) == self.master  # type: ignore[attr-defined]
 
     def failed(self, exc: BaseException) -> bool:
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ReadOnlyError)):
@@ -544,12 +795,10 @@ class SentinelLink(RedisLink):
         return False
 
     def _forget(self) -> None:
-        """Ask the sentinels (and check ROLE) before the next call."""
+        """Ask the sentinels (and check ROLE) before the next call (the failed call
+        drops the connection)."""
         with self._lock:
             self.master, self._confirmed = None, float("-inf")
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.disconnect()
 
     def _locate(self, end: float) -> redis.Connection | None:
         """Make sure the master is known and a sentinel's word on it is fresh; returns a
@@ -595,12 +844,9 @@ class SentinelLink(RedisLink):
                                 f" {_short(str(exc))}")
                 continue
             with self._lock:
-                idle, self._idle = self._idle, []
                 self.master, self._confirmed = named, time.monotonic()
                 self.epoch += 1
-            for old in idle:
-                old.disconnect()
-            return conn
+            return conn  # the caller puts it in place of the old master's
         if known is not None and self.master == known:
             # No sentinel could tell: carry on with the master we know.
             self._confirmed = time.monotonic()
@@ -664,12 +910,17 @@ def _closed_by_server(conn: redis.Connection) -> bool:
         return True
 
 
-def timed_call(conn: redis.Connection, budget: float, *args: Any) -> Any:
-    """Send one command and read its answer within ``budget`` seconds, connecting first
-    if needed. A frozen or partitioned server makes this raise TimeoutError in time."""
+def timed_call(conn: redis.Connection, budget: float, *args: Any,
+               before: tuple[tuple[Any, ...], ...] = ()) -> Any:
+    """Send one command (after the commands ``before`` it, which answer with pushes) and
+    read its answer within ``budget`` seconds, connecting first if needed. A frozen or
+    partitioned server makes this raise TimeoutError in time."""
     end = time.monotonic() + budget
     connect(conn, budget)
-    conn.send_command(*args)
+    if before:
+        conn.send_packed_command(conn.pack_commands([*before, args]))
+    else:
+        conn.send_command(*args)
     if not conn.can_read(timeout=max(end - time.monotonic(), 0.0)):
         raise redis.TimeoutError(f"no answer within {format_duration(budget)}")
     conn.reply_deadline = end
@@ -692,8 +943,154 @@ def connect(conn: redis.Connection, budget: float) -> None:
 
 
 class Subscription:
-    """One pub/sub connection. After ``ensure`` (re)subscribed, a message may have been
-    missed: callers look at the keys again after every ``ensure``."""
+    """A subscription to ``channels``. After ``ensure`` (re)subscribed, a message may have
+    been missed: callers look at the keys again after every ``ensure``.
+
+    On a RESP3 server it lives on the link's one connection (messages reach it through
+    :meth:`RedisLink._route`, whichever thread read them); on an older server it has a
+    connection of its own (:class:`_OwnConnection`)."""
+
+    #: Messages kept for a reader that does not come (a flood of them): the oldest go
+    #: first; a waiter that lost its wake-up still looks again when the lease would end.
+    MAX_QUEUED = 1000
+
+    def __init__(self, link: RedisLink, channels: list[str]) -> None:
+        self._link = link
+        self.channels = frozenset(channels)
+        self._order = list(channels)
+        self._messages: deque[tuple[str, str]] = deque(maxlen=self.MAX_QUEUED)
+        self._pipe: WakePipe | None = None
+        self._generation: int | None = None  # the link's, when subscribed on it
+        self._own: _OwnConnection | None = None
+        #: Set while waiting for another thread's turn on the connection (its end wakes us).
+        self.waits_for_turn = False
+
+    def ensure(self, budget: float) -> None:
+        if self._own is not None:
+            self._own.ensure(budget)
+            return
+        link = self._link
+        if self._generation is not None and self._generation == link.generation:
+            return
+        end = time.monotonic() + budget
+        if self._pipe is None:
+            self._pipe = WakePipe()
+        link._subscriptions.add(self)
+        try:
+            with link._using(end) as conn:
+                if not _speaks_resp3(conn):
+                    link._subscriptions.discard(self)
+                    self._own = _OwnConnection(link, self._order)
+                else:
+                    # The PING's answer comes after every confirmation: from then on, a
+                    # message published reaches us.
+                    link._timed(conn, end, ("SUBSCRIBE", *self._order), ("PING",))
+                    self._generation = link.generation
+        except BaseException:
+            link._subscriptions.discard(self)
+            raise
+        if self._own is not None:
+            self._own.ensure(max(end - time.monotonic(), 0.001))
+
+    def deliver(self, channel: str, data: str) -> None:
+        """A message read from the link's connection (by any thread)."""
+        self._messages.append((channel, data))
+        self.wake()
+
+    def wake(self) -> None:
+        pipe = self._pipe
+        if pipe is not None:
+            pipe.wake()
+
+    def next_message(self, timeout: float | None, wake: Any = None) -> tuple[str, str] | None:
+        """The next (channel, data) published, or None after ``timeout`` seconds or once
+        ``wake`` (anything with a fileno(), for select) is readable."""
+        if self._own is not None:
+            return self._own.next_message(timeout, wake)
+        link, pipe = self._link, self._pipe
+        if pipe is None:
+            raise redis.ConnectionError("not subscribed")
+        end = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            if self._messages:
+                return self._messages.popleft()
+            if self._generation != link.generation:
+                self._generation = None
+                raise redis.ConnectionError("the connection to redis was lost")
+            sock = None
+            # Set before trying: a turn that ends after a failed try sees it and wakes us.
+            self.waits_for_turn = True
+            if link._io.acquire(blocking=False):
+                self.waits_for_turn = False
+                try:
+                    conn = link._conn
+                    if conn is None or self._generation != link.generation:
+                        continue
+                    try:
+                        link._pump(conn)
+                    except BaseException as exc:
+                        link._drop(conn)
+                        link.failed(exc)
+                        raise
+                    sock = conn._sock  # type: ignore[attr-defined]
+                finally:
+                    link._release_io()
+                if self._messages:
+                    continue
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                self.waits_for_turn = False
+                return None
+            watched = [pipe] + ([sock] if sock is not None else []) + (
+                [wake] if wake is not None else [])
+            try:
+                readable, _, _ = select.select(watched, [], [], left)
+            except (OSError, ValueError) as exc:  # a socket closed meanwhile
+                raise redis.ConnectionError(f"the connection to redis was lost: {exc}") from None
+            if pipe in readable:
+                _drain(pipe)
+            if wake is not None and wake in readable:
+                self.waits_for_turn = False
+                return self._messages.popleft() if self._messages else None
+
+    def close(self) -> None:
+        own, self._own = self._own, None
+        if own is not None:
+            own.close()
+        link = self._link
+        link._subscriptions.discard(self)
+        generation, self._generation = self._generation, None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
+        if generation is None or generation != link.generation:
+            return
+        others = set().union(*(s.channels for s in link._subscriptions))
+        gone = [channel for channel in self._order if channel not in others]
+        if not gone or not link._io.acquire(blocking=False):
+            return  # busy (maybe hung): the server's messages on them are dropped when read
+        try:
+            conn = link._conn
+            if conn is not None and generation == link.generation:
+                try:
+                    # Its confirmations are pushes, read (and dropped) with what comes next.
+                    conn.send_command("UNSUBSCRIBE", *gone)
+                except (RedisError, OSError):
+                    link._drop(conn)
+        finally:
+            link._release_io()
+
+
+def _drain(pipe: WakePipe) -> None:
+    try:
+        os.read(pipe.fileno(), 4096)
+    except OSError:
+        pass
+
+
+class _OwnConnection:
+    """A subscription's own pub/sub connection (RESP2: a subscribed connection takes no
+    other command), for a server without RESP3."""
 
     def __init__(self, link: RedisLink, channels: list[str]) -> None:
         self._link = link
