@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import sys
 import threading
@@ -199,11 +198,21 @@ def check_command(command: Sequence[str]) -> str:
             raise CommandNotFound(f"{program}: not executable")
         _check_interpreter(program)
         return program
-    found = shutil.which(program)
+    found = _which(program)
     if found is None:
         raise CommandNotFound(f"{program}: command not found in PATH")
     _check_interpreter(found)
     return found
+
+
+def _which(program: str) -> str | None:
+    """What ``shutil.which(program)`` answers, without importing shutil (and its three
+    compressors) into every waiting candidate."""
+    for directory in os.get_exec_path():
+        path = os.path.join(directory, program)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
 def _check_interpreter(path: str) -> None:
