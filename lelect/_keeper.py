@@ -76,6 +76,22 @@ def set_subreaper():
         return False
 
 
+def trim_heap():
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``): what
+    start-up allocated and freed (imports, compiling) would otherwise stay resident in
+    every waiting candidate, about 0.8 MB of lelect's (the keeper's own gained nothing
+    measurable). Called as lelect starts to wait; best effort."""
+    try:
+        libc = LIBC
+        if libc is None:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+        libc.malloc_trim(0)
+    except Exception:  # noqa: BLE001 - not glibc: nothing to gain
+        pass
+
+
 def child_pids():
     """The pids of this process's children (of all its threads)."""
     found = []

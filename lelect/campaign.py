@@ -56,7 +56,7 @@ from lelect.seats import (
     seat_holders,
 )
 from lelect.status import ExitStatus
-from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
+from lelect.supervisor import Gone, KeeperConfig, KeeperHandle, trim_heap
 from lelect.systemd import Notifier
 
 #: What the signal wake-up thread puts on the events queue: nothing to handle.
@@ -639,6 +639,7 @@ class _Driver:
         self.notify.status(f"waiting: {who}")
         self.log("waiting", f"waiting for {self.options.election!r}: {who}",
                  **({"leader": holder.node_id, "leader_term": holder.term} if holder else {}))
+        trim_heap()  # what start-up freed need not stay resident while we wait
 
     def _wait_for_keeper(self, lock, keeper: KeeperHandle) -> Leadership | core.Event:
         """The embedded backend: the keeper takes the flock (and gives up at the
