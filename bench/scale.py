@@ -370,6 +370,8 @@ class Result:
     pss: float
     connections: float | None
     all_waiting: float
+    #: {"waiting lelect": (rss, pss, uss), ..., "leader keeper": ...}, MB, means
+    roles: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 class Line:
@@ -452,6 +454,41 @@ def footprint(processes: list[subprocess.Popen], port: int | None) -> tuple[floa
     return mean(rss), mean(pss), (mean(conns) if port is not None else None)
 
 
+def role_of(process: psutil.Process, top: psutil.Process) -> str:
+    """lelect (the top), its keeper (a child of lelect), the keeper's pre-forked launcher
+    (a fork of the keeper: the same command line) or the job (anything else)."""
+    if process.pid == top.pid:
+        return "lelect"
+    try:
+        parent = process.parent()
+        if parent is not None and parent.pid == top.pid:
+            return "keeper"
+        if parent is not None and process.cmdline() == parent.cmdline():
+            return "launcher"
+    except psutil.Error:
+        pass
+    return "job"
+
+
+def role_footprint(processes: list[subprocess.Popen], prefix: str) -> dict[str, tuple[float, float, float]]:
+    """Mean RSS, PSS and USS (MB) per role (:func:`role_of`) over each process's tree."""
+    found: dict[str, list[tuple[float, float, float]]] = {}
+    for process in processes:
+        tree = process_tree(process.pid)
+        if not tree:
+            continue
+        for p in tree:
+            try:
+                info = p.memory_full_info()
+                role = role_of(p, tree[0])
+            except psutil.Error:
+                continue
+            found.setdefault(f"{prefix} {role}", []).append(
+                (info.rss / 2**20, info.pss / 2**20, info.uss / 2**20))
+    return {role: tuple(statistics.fmean(v[i] for v in values) for i in range(3))
+            for role, values in found.items()}  # fmt: skip
+
+
 def switches(processes: list[subprocess.Popen]) -> int:
     """Context switches of every thread of each process's tree (psutil's count is the
     main thread's only)."""
@@ -490,6 +527,9 @@ def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
         time.sleep(args.settle)
         queue = line.waiters()
         rss, pss, connections = footprint(queue, server.port)
+        roles = role_footprint(queue, "waiting")
+        leader = [p for p in line.processes if p not in queue and p.poll() is None]
+        roles.update(role_footprint(leader, "leading"))
         ctx_before, idle_began = switches(queue), time.monotonic()
         full = rate(server, args.idle) if has_server else 0.0
         wakeups = (switches(queue) - ctx_before) / (time.monotonic() - idle_began) / waiters
@@ -518,7 +558,7 @@ def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
             time.sleep(args.settle)
         idle = (full - alone) / waiters if has_server else None
         return Result(side.label, waiters, handoffs, requests, cpu, idle, wakeups, rss, pss,
-                      connections, all_waiting)  # fmt: skip
+                      connections, all_waiting, roles)  # fmt: skip
     finally:
         line.close()
 
@@ -559,12 +599,15 @@ def main() -> None:
                         help="seconds after a handoff still counted as its server work")
     parser.add_argument("--timeout", type=float, default=120.0, help="bound of each wait")
     parser.add_argument("--no-anchors", action="store_true", help="measure lelect only")
+    parser.add_argument("--per-process", action="store_true",
+                        help="also a table of RSS/PSS/USS per process (lelect, keeper, job)")
     args = parser.parse_args()
     backends = args.backend or ["file", "redis", "zookeeper"]
     counts = args.waiters or [1, 10, 50]
 
     print(HEADER)
     print("|" + "---|" * HEADER.count(" | ") + "---|")
+    results = []
     with tempfile.TemporaryDirectory(prefix="lelect-scale-") as tmp:
         for name in backends:
             work = Path(tmp) / name
@@ -578,8 +621,14 @@ def main() -> None:
                     for side in sides:
                         result = stage(server, side, waiters, args, work)
                         print(table_row(result), flush=True)
+                        results.append(result)
     print(f"\nhandoff: the leader's job exits -> the next job's first line; {args.trials}"
           f" handoffs per row; server counters less the idle rate; idle windows {args.idle:g} s")
+    if args.per_process:
+        print("\n| side | N | process | RSS MB | PSS MB | USS MB |\n|---|---|---|---|---|---|")
+        for r in results:
+            for role, (rss, pss, uss) in sorted(r.roles.items()):
+                print(f"| {r.label} | {r.waiters} | {role} | {rss:.1f} | {pss:.1f} | {uss:.1f} |")
 
 
 if __name__ == "__main__":

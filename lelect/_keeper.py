@@ -26,6 +26,7 @@ after lelect died; the backend's hand-back module loads once the job runs).
 The messages on CTRL_FD are in lelect/keeper_protocol.py.
 """
 
+import _signal
 import errno
 import os
 import select
@@ -40,6 +41,9 @@ IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTOU, signal.
            signal.SIGWINCH)
 TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 LIBC = None
+#: Every signal, as plain numbers: signal.pthread_sigmask turns each number it returns
+#: into an enum member (~0.1 ms for all of them), and spawn_job calls it on the hot path.
+ALL_SIGNALS = _signal.valid_signals()
 
 
 def shell_status(status):
@@ -72,6 +76,22 @@ def set_subreaper():
         return False
 
 
+def trim_heap():
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``): what
+    start-up allocated and freed (imports, compiling) would otherwise stay resident in
+    every waiting candidate, about 0.8 MB of lelect's (the keeper's own gained nothing
+    measurable). Called as lelect starts to wait; best effort."""
+    try:
+        libc = LIBC
+        if libc is None:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+        libc.malloc_trim(0)
+    except Exception:  # noqa: BLE001 - not glibc: nothing to gain
+        pass
+
+
 def child_pids():
     """The pids of this process's children (of all its threads)."""
     found = []
@@ -88,90 +108,87 @@ def child_pids():
     return found
 
 
-class Launcher:
-    """The job's process, forked while the keeper still waits for leadership.
+def spawn_job(program, argv, env, term, slot=None, seat=None):
+    """Fork and exec the job with ``term`` (and ``slot``, ``seat``) in its environment;
+    its pid, once it runs (OSError if it could not be run). ``slot`` "-" is none.
 
-    It sets itself up at once (its own process group; PR_SET_PDEATHSIG, so the kernel
-    kills it if the keeper dies, even by SIGKILL, which posix_spawn cannot ask for;
-    default signal dispositions) and blocks on a pipe. Winning writes the term (and the
-    once-per slot) to that pipe and the launcher execs the job: no fork on the hot path,
-    and the job's pid is known before it runs. It inherits no fd of ours past its exec
-    (the lock fd least of all: a job holding the flock would keep the election taken
-    after lelect is gone), and it is forked before the keeper opens the lock file."""
-
-    def __init__(self, program, argv, env, close=()):
-        keeper = os.getpid()
-        go_r, self.go = os.pipe()  # both close-on-exec
-        self.report, report_w = os.pipe()  # EOF on it means the exec worked
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    Before its exec the child takes its own process group, asks for PR_SET_PDEATHSIG
+    (the kernel kills it if the keeper dies, even by SIGKILL, which posix_spawn cannot
+    ask for) and checks the keeper is still its parent, restores default signal
+    dispositions and closes every fd but 0-2: the lock fd above all (a job holding the
+    flock would keep the election taken after lelect is gone). Every signal stays
+    blocked from the fork to the exec, so one sent meanwhile acts on the job. The pid
+    is known (and its group made) before the job's first instruction, and an exec that
+    fails is reported here, through a close-on-exec pipe."""
+    env = dict(env)
+    env[b"LELECT_TERM"] = str(term).encode()
+    if slot and slot != "-":
+        env[b"LELECT_SLOT"] = str(slot).encode()
+    if seat is not None:
+        env[b"LELECT_SEAT"] = str(seat).encode()
+    keeper = os.getpid()
+    report, report_w = os.pipe()  # both close-on-exec: EOF on it means the exec worked
+    blocked = _signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _exec_job(keeper, program, argv, env, report_w, blocked)
         try:
-            self.pid = os.fork()
-            if self.pid == 0:
-                self._child(keeper, program, argv, env, go_r, report_w, blocked, close)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        os.close(go_r)
-        os.close(report_w)
-
-    def _child(self, keeper, program, argv, env, go_r, report_w, blocked, close):
+            os.setpgid(pid, pid)  # as shells do: the group exists whoever runs first
+        except OSError:
+            pass
+    finally:
+        _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    os.close(report_w)
+    try:
+        failure = b""
+        while chunk := os.read(report, 64):
+            failure += chunk
+    finally:
+        os.close(report)
+    if failure:
         try:
-            os.setpgid(0, 0)
-            if LIBC is not None:
-                LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != keeper:  # the keeper died before prctl
-                os._exit(0)
-            signal.set_wakeup_fd(-1)
-            for sig in (*IGNORED, signal.SIGCHLD, signal.SIGTERM, signal.SIGALRM, signal.SIGCONT):
-                signal.signal(sig, signal.SIG_DFL)
-            for fd in (self.go, self.report, *close):
-                os.close(fd)
-            # Every signal stays blocked until the exec: one sent meanwhile acts then.
-            words = b""
-            while not words.endswith(b"\n"):
-                chunk = os.read(go_r, 256)
-                if not chunk:  # the keeper is done without winning
-                    os._exit(0)
-                words += chunk
-            term, slot, seat = (words.split() + [b"-", b"-"])[:3]
-            env[b"LELECT_TERM"] = term
-            if slot != b"-":
-                env[b"LELECT_SLOT"] = slot
-            if seat != b"-":
-                env[b"LELECT_SEAT"] = seat
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            if "/" in program:
-                try:
-                    os.execve(program, argv, env)
-                except OSError as exc:
-                    if exc.errno != errno.ENOEXEC or not looks_like_text(program):
-                        raise
-                    # No #! line: run it through /bin/sh, as execvp(3) and flock(1) do.
-                    os.execve("/bin/sh", [b"/bin/sh", os.fsencode(program),
-                                          *map(os.fsencode, argv[1:])], env)
-            else:
-                os.execvpe(program, argv, env)
-        except OSError as exc:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        code = int(failure)
+        raise OSError(code, os.strerror(code))
+    return pid
+
+
+def _exec_job(keeper, program, argv, env, report_w, blocked):
+    """The forked child of :func:`spawn_job`: never returns."""
+    try:
+        os.setpgid(0, 0)
+        if LIBC is not None:
+            LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != keeper:  # the keeper died before prctl
+            os._exit(0)
+        # The exec resets the signals the keeper catches; those it ignores, it does not.
+        for sig in IGNORED:
+            signal.signal(sig, signal.SIG_DFL)
+        # Only 0-2 pass (and the report pipe, closed by the exec itself).
+        os.closerange(3, report_w)
+        os.closerange(report_w + 1, 1 << 20)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if "/" in program:
             try:
-                os.write(report_w, str(exc.errno or 0).encode())
-            except OSError:
-                pass
-        finally:
-            os._exit(127)
-
-    def launch(self, term, slot=None, seat=None):
-        """Run the job with ``term`` (and ``slot``, ``seat``); raise OSError if it could
-        not be run."""
+                os.execve(program, argv, env)
+            except OSError as exc:
+                if exc.errno != errno.ENOEXEC or not looks_like_text(program):
+                    raise
+                # No #! line: run it through /bin/sh, as execvp(3) and flock(1) do.
+                os.execve("/bin/sh", [b"/bin/sh", os.fsencode(program),
+                                      *map(os.fsencode, argv[1:])], env)
+        else:
+            os.execvpe(program, argv, env)
+    except OSError as exc:
         try:
-            os.write(self.go, f"{term} {slot or '-'} {'-' if seat is None else seat}\n".encode())
-            failure = b""
-            while chunk := os.read(self.report, 64):
-                failure += chunk
-        finally:
-            os.close(self.go)
-            os.close(self.report)
-        if failure:
-            code = int(failure)
-            raise OSError(code, os.strerror(code))
+            os.write(report_w, str(exc.errno or 0).encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(127)
 
 
 from lelect.backends.file.keeper_lock import LocalElection  # noqa: E402 - stdlib only
@@ -205,7 +222,8 @@ class Keeper(LocalElection):
         self.held_back = []
         self.childless = False
         self.job_pidfd = None
-        self.launcher = None
+        self.job_env = None  # the environment and the program, read before winning
+        self.program = None
         self.tty = None
         self.terminated = False
         self.continued = False
@@ -261,9 +279,8 @@ class Keeper(LocalElection):
     def start_job(self, term, slot, seat=None, announce=True):
         if self.job_pid is not None or self.job_done:
             return
-        launcher, self.launcher = self.launcher, None
         try:
-            if launcher is None:
+            if self.job_env is None:
                 raise OSError(errno.ECHILD, "no job to start")
             line = self.options.get("announce")
             if line:  # lelect's "elected" line, before anything the job prints
@@ -276,18 +293,14 @@ class Keeper(LocalElection):
                     os.write(2, (line + "\n").encode())
                 except OSError:
                     pass
-            launcher.launch(term, slot, seat)
+            pid = spawn_job(self.program, self.command, self.job_env, term, slot, seat)
         except OSError as exc:
-            if launcher is not None:
-                self.forget(launcher.pid)
             self.release()
             reason = exc.strerror or str(exc)
-            if isinstance(exc, BrokenPipeError):
-                reason = "its process was killed before it could start"
             self.report(self.proto.ExecFailed(f"{self.command[0]}: {reason}"))
             self.job_done = True
             return
-        pid = self.job_pid = launcher.pid
+        self.job_pid = pid
         try:
             # Readable the moment the job exits: quicker than SIGCHLD via the wakeup fd.
             self.job_pidfd = os.pidfd_open(pid)
@@ -532,21 +545,13 @@ class Keeper(LocalElection):
         else:
             self.held_back.append(message)
 
-    def forget(self, pid):
-        """Reap a launcher that never became the job."""
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-
     def run(self):
         self.install_signals()
         set_subreaper()
         if self.command:
             # The environment and the program now, not after winning.
-            program = self.options.get("program") or self.command[0]
-            self.launcher = Launcher(program, self.command, dict(os.environb),
-                                     close=(self.ctrl, self.wake_r, self.wake_w))
+            self.program = self.options.get("program") or self.command[0]
+            self.job_env = dict(os.environb)
         if "lock" in self.options:
             self.wait_for_lock()
         while True:

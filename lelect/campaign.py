@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import sys
 import threading
@@ -57,7 +56,7 @@ from lelect.seats import (
     seat_holders,
 )
 from lelect.status import ExitStatus
-from lelect.supervisor import Gone, KeeperConfig, KeeperHandle
+from lelect.supervisor import Gone, KeeperConfig, KeeperHandle, trim_heap
 from lelect.systemd import Notifier
 
 #: What the signal wake-up thread puts on the events queue: nothing to handle.
@@ -199,11 +198,21 @@ def check_command(command: Sequence[str]) -> str:
             raise CommandNotFound(f"{program}: not executable")
         _check_interpreter(program)
         return program
-    found = shutil.which(program)
+    found = _which(program)
     if found is None:
         raise CommandNotFound(f"{program}: command not found in PATH")
     _check_interpreter(found)
     return found
+
+
+def _which(program: str) -> str | None:
+    """What ``shutil.which(program)`` answers, without importing shutil (and its three
+    compressors) into every waiting candidate."""
+    for directory in os.get_exec_path():
+        path = os.path.join(directory, program)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
 def _check_interpreter(path: str) -> None:
@@ -630,6 +639,7 @@ class _Driver:
         self.notify.status(f"waiting: {who}")
         self.log("waiting", f"waiting for {self.options.election!r}: {who}",
                  **({"leader": holder.node_id, "leader_term": holder.term} if holder else {}))
+        trim_heap()  # what start-up freed need not stay resident while we wait
 
     def _wait_for_keeper(self, lock, keeper: KeeperHandle) -> Leadership | core.Event:
         """The embedded backend: the keeper takes the flock (and gives up at the

@@ -3,7 +3,6 @@ the leadership by its token with the recipe lelect sent (a module of the backend
 ``hand_back(params, budget, exit_status)``), within the recipe's budget, and say how it
 went in one line: released, not ours, or unreachable. Standard library only."""
 
-import json
 import os
 
 #: The budget of a recipe that names none.
@@ -12,21 +11,22 @@ DEFAULT_BUDGET = 3.0
 
 class HandBackRunner:
     def __init__(self, recipe_json):
+        self.recipe_json = recipe_json
         self.recipe = None
         self.call = None
-        try:
-            self.recipe = json.loads(recipe_json)
-        except ValueError:
-            pass
 
     def load(self):
-        """Import the recipe's module once the job runs (never on the way to starting
-        it), so that handing back after lelect died costs no import."""
-        if self.call is not None or self.recipe is None:
+        """Decode the recipe and import its module once the job runs (never on the way
+        to starting it: not even json, which a waiting keeper never needs), so that
+        handing back after lelect died costs no import."""
+        if self.call is not None or self.recipe_json is None:
             return
+        recipe_json, self.recipe_json = self.recipe_json, None
         try:
             import importlib
+            import json
 
+            self.recipe = json.loads(recipe_json)
             self.call = importlib.import_module(self.recipe["module"]).hand_back
         except Exception:  # noqa: BLE001 - nothing is lost: the lease runs out instead
             self.recipe = None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from lelect import keeper_protocol as proto
-from lelect._keeper import child_pids, set_subreaper
+from lelect._keeper import child_pids, set_subreaper, trim_heap  # noqa: F401 - trim_heap for campaign
 from lelect.backends.records import DEFAULT_HISTORY, HandBack, LocalLock
 
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -255,6 +255,39 @@ def test_job_dies_with_its_keeper_even_when_lelect_dies_too(backend, tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+def test_a_waiting_candidate_is_lelect_and_its_keeper_and_imports_no_other_commands(
+        backend, tmp_path):
+    """While it waits, a candidate is two processes: lelect and its keeper (the job is
+    forked only when the keeper wins); lelect has imported nothing that only other
+    commands (or other backends) need."""
+    release = tmp_path / "release"
+    leader = spawn_lelect("campaign", "lean", "--", "sh", "-c",
+                          f"while [ ! -e {release} ]; do sleep 0.02; done", backend=backend)
+    wait_until(lambda: leader_json(backend, "lean"), what="the leader")
+    trace = tmp_path / "imports"
+    with open(trace, "w") as stderr:
+        waiter = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "lelect",
+                                   "campaign", "lean", "--", "true"],
+                                  env=lelect_env(backend), stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_until(lambda: blocked_on_flock(lock_of(backend, "lean")), what="the waiter in line")
+        (keeper,) = [int(pid) for pid in
+                     Path(f"/proc/{waiter.pid}/task/{waiter.pid}/children").read_text().split()]
+        assert Path(f"/proc/{keeper}/task/{keeper}/children").read_text().split() == []
+        imported = {line.rsplit("|", 1)[-1].strip() for line in trace.read_text().splitlines()
+                    if line.startswith("import time:")}
+        assert "lelect.campaign" in imported
+        assert not imported & {"rich", "shutil", "lelect.exporter", "lelect.httpserve",
+                               "lelect.cli.render", "lelect.cli.watch", "lelect.cli.history",
+                               "lelect.sim", "redis", "kazoo", "psycopg",
+                               "ssl"}, imported
+    finally:
+        waiter.kill()
+        waiter.wait(timeout=10)
+    release.touch()
+    assert leader.wait(timeout=30) == 0
+
+
 def test_a_waiting_keeper_leaves_the_line_when_lelect_is_killed(backend, tmp_path):
     """lelect killed (SIGKILL) while its keeper waits on the flock: the kernel wakes the
     keeper (its control socket reaches EOF), which leaves at once, and the dead

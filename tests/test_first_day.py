@@ -297,15 +297,17 @@ def test_root_and_another_user_share_an_election_in_a_setgid_group_directory(sha
 
 
 #: A job that counts each delivery of SIGTERM (the wakeup fd gets one byte per delivery,
-#: where a Python handler may run once for two) and writes the count when it ends.
+#: where a Python handler may run once for two) and writes the count when it ends. It
+#: waits on the wakeup fd, not in signal.pause(): a SIGTERM handled just before pause()
+#: would leave it paused until the grace ran out (seen once under load).
 COUNT_TERMS = """
-import os, signal, sys, time
+import os, select, signal, sys, time
 r, w = os.pipe()
 os.set_blocking(w, False)
 signal.signal(signal.SIGTERM, lambda *_: None)
 signal.set_wakeup_fd(w)
 open(sys.argv[1], "w").close()
-signal.pause()
+select.select([r], [], [])
 time.sleep(0.3)
 with open(sys.argv[2], "a") as f:
     f.write(f"{os.read(r, 100).count(bytes([signal.SIGTERM]))}\\n")

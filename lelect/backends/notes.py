@@ -12,8 +12,6 @@ its way to the embedded backend's flock, and must start in milliseconds.
   NODE that wins a term above T steps down at once and waits.
 """
 
-import json
-
 from lelect.errors import UsageError
 
 #: The longest value a leader may publish, in bytes of UTF-8.
@@ -59,6 +57,8 @@ def handover_ttl(lease_ttl=None):
 
 
 def encode_handover(to, term, ttl):
+    import json  # lazily: the job's keeper reads notes on its way to the job
+
     return json.dumps({"to": to, "term": int(term), "ttl": float(ttl)},
                       separators=(",", ":")).encode("utf-8")
 
@@ -85,6 +85,8 @@ def decode_handover(data):
     reserves nothing)."""
     if not data or len(data) > 4096:
         return None
+    import json  # lazily: the job's keeper reads notes on its way to the job
+
     try:
         raw = json.loads(bytes(data).decode("utf-8"))
         to, term = raw["to"], raw["term"]

@@ -222,15 +222,14 @@ class LocalElection:
         # The leader record is for people (`leader`, `watch`) and the history: write it
         # in a thread, so a busy database (another process recovering the WAL) never
         # keeps the main loop from noticing the job's exit. lelect hears "locked" once
-        # it is written.
-        import threading
+        # it is written. (A bare thread: the keeper never imports threading, whose
+        # after-fork hook would run in every job it forks.)
+        import _thread
 
         read_end, write_end = os.pipe()
         self.record_pipe = read_end
         self.locked = self.proto.Locked(term, since, -1 if self.seat is None else self.seat)
-        threading.Thread(
-            target=self._record_leader, args=(term, since, write_end), daemon=True
-        ).start()
+        _thread.start_new_thread(self._record_leader, (term, since, write_end))
 
     def _record_leader(self, term, since, done_fd):
         try:

@@ -4,18 +4,20 @@ descriptor, never through a link, and checked (:class:`StateDir`; docs/security.
 
 Imported by the file backend and by the job's keeper (which takes the flock, settles
 the term and records the leader the moment it wins), so it imports nothing but the
-standard library and lelect.errors / lelect.backends.records.
+standard library and lelect.errors / lelect.backends.records. The keeper forks the job
+from its main thread: this module neither imports ``threading`` (whose after-fork hook
+runs Python code in the child, between the win and the job's exec) nor ``json`` (and so
+``re``) until a record is written, after the job started.
 """
 
 from __future__ import annotations
 
+import _thread
 import errno
 import fcntl
-import json
 import os
 import sqlite3
 import stat
-import threading
 import time
 
 from lelect.backends.words import VANISHED_REASON
@@ -521,7 +523,7 @@ class _Creation:
 # connection goes to SQLite directly.
 
 _connected: dict[tuple[int, int], int] = {}
-_connected_lock = threading.Lock()
+_connected_lock = _thread.allocate_lock()  # not threading: see the module's docstring
 
 
 class _Tracked(sqlite3.Connection):
@@ -797,6 +799,8 @@ def record_leader(
     an earlier entry still "running" as "vanished"; with ``handover_spent`` (the leader
     is the node a handover named), forget the handover note. Called while holding the
     flock."""
+    import json
+
     entry = new_entry(election, term, node_id, host, pid, since)
     with transaction(conn):
         if handover_spent:
@@ -852,6 +856,8 @@ def close_leadership(
     """A leadership ended: forget its leader record (if still ours), close its history
     entry (its own word wins over a successor's guess of "vanished"), and mark a
     once-per slot done when it exited with status 0."""
+    import json
+
     with transaction(conn):
         conn.execute("DELETE FROM leaders WHERE election=? AND token=?", (election, token))
         row = conn.execute(
@@ -886,6 +892,8 @@ def new_entry(election: str, term: int, node_id: str, host: str | None, pid: int
 
 
 def _write_entry(conn: sqlite3.Connection, entry: dict) -> None:
+    import json
+
     conn.execute(
         "UPDATE history SET entry=?, outcome=? WHERE election=? AND term=?",
         (json.dumps(entry, separators=(",", ":")), entry["outcome"], entry["election"],
