@@ -19,7 +19,15 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
-from lelect.backends.base import Backend, Candidate, Heartbeat, LeaderInfo, Members, with_value
+from lelect.backends.base import (
+    Backend,
+    Cancel,
+    Candidate,
+    Heartbeat,
+    LeaderInfo,
+    Members,
+    with_value,
+)
 from lelect.backends.records import DEFAULT_FORGET_AFTER
 from lelect.errors import LelectError, UsageError
 from lelect.names import printable, validate_election
@@ -506,7 +514,7 @@ def next_leader(
 ) -> LeaderInfo | None:
     """Wait up to ``timeout`` (None: for ever) for a leader of ``election`` with a term
     above ``after_term``; None if there is none by then."""
-    stop = threading.Event()
+    stop = Cancel()  # wakes the observe wait at once
     timer = threading.Timer(timeout if timeout is not None else 0, stop.set)
     timer.daemon = True
     if timeout is not None:
@@ -571,7 +579,8 @@ class GroupWatch:
     names: Sequence[str] = ()
     detector: PhiAccrualDetector = field(default_factory=PhiAccrualDetector)
     interval: float = 1.0
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    #: A Cancel: setting it wakes the backends' observe waits at once (no periodic look).
+    _stop: threading.Event = field(default_factory=Cancel, init=False)
     _wake: threading.Event = field(default_factory=threading.Event, init=False)
     _observed: set[str] = field(default_factory=set, init=False)
     _leaders: dict[str, tuple[LeaderInfo | None, tuple[str, int, str | None] | None]] = field(

@@ -595,7 +595,7 @@ class Backend(ABC):
                         cancel: threading.Event | None) -> None:
         """After stepping down for a handover: wait until somebody leads with a term above
         ``after_term`` (the named node took over), at most ``bound`` (the note's life)."""
-        stop, seen = threading.Event(), threading.Event()
+        stop, seen = Cancel(), threading.Event()
 
         def look() -> None:
             try:

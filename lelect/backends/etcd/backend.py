@@ -83,9 +83,11 @@ log = logging.getLogger("lelect.etcd")
 
 DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "lelect"
-#: A watch read wakes this often to look at local state (the campaign's timeout, our
-#: lease, an observer's stop): a wake-up sends nothing to etcd.
+#: A leadership's watch that etcd refused is opened again after this pause (its lease's
+#: keep-alive decides meanwhile whether the leadership is lost).
 WAKE = 0.25
+#: An observer whose watch stayed quiet this long looks at the leader again.
+LOOK_AGAIN = 60.0
 _OPTIONS = {"ttl", "connect_timeout", "history", "ca", "cert", "key"}
 
 
@@ -263,11 +265,18 @@ class EtcdLeadership(Leadership):
         self._revision = revision
         #: History entries once ours is in (the release drops those beyond ``history``).
         self.history_count = 0
+        #: The newest history entry when we won (to close as vanished if still running).
+        self.newest_before: KeyValue | None = None
+        #: Set once the win's history entry is written (or could not be); its writer
+        #: starts with the leadership (``begun``).
+        self.recorded = threading.Event()
+        self.begun = False
         #: One per watch thread: ends its read when the leadership stops or is lost.
         self._wakes: list[WakePipe] = []
         self._wakes_lock = threading.Lock()
 
     def _begin(self) -> None:
+        self.begun = True
         self.subscribe(lambda kind: self._wake_watches() if kind == "lost" else None)
         threading.Thread(target=self._watch, args=(self._revision + 1,),
                          name=f"lelect-etcd-watch:{self.key}", daemon=True).start()
@@ -281,9 +290,14 @@ class EtcdLeadership(Leadership):
                 self.mark_resign_requested()
 
     def _watch(self, start: int) -> None:
-        """Follow our key and the resign request (one stream) from revision ``start``
-        until the leadership ends, reopening the watch where it left off when it breaks."""
+        """Record the win, then follow our key and the resign request (one stream) from
+        revision ``start`` until the leadership ends, reopening the watch where it left
+        off when it breaks."""
         backend = self._backend
+        try:
+            backend.record_win(self)
+        finally:
+            self.recorded.set()
         wake = WakePipe()
         with self._wakes_lock:
             self._wakes.append(wake)
@@ -474,17 +488,18 @@ class EtcdBackend(Backend):
         wins only if no key older than ours is left); while one is, watch the youngest of
         them for its deletion and claim again. None if our place was lost (the lease ran
         out or our key was deleted) and we must queue again."""
+        claim_request = self._claim_request(keys, key, term)  # made once: sent on a deletion
         while True:
             if not lease.alive():
                 return None
-            entry = HistoryEntry(keys.election, term, candidate.node_id, candidate.host,
-                                 candidate.pid, started=time.time())
             try:
-                claim = self._claim(keys, key, entry, contact.budget())
+                claim = self.gateway.post_txn(claim_request, contact.budget())
             except GatewayError as exc:
                 self._retry(contact, exc)
                 continue
             if claim.succeeded:
+                entry = HistoryEntry(keys.election, term, candidate.node_id, candidate.host,
+                                     candidate.pid, started=time.time())
                 return self._won(keys, candidate, key, entry, lease, claim)
             mine = claim.ranges[0].first if claim.ranges[0] else None
             older = claim.ranges[1].first if claim.ranges[1] else None
@@ -529,24 +544,21 @@ class EtcdBackend(Backend):
                     return
             check_cancel(cancel, election)
 
-    def _claim(self, keys: EtcdKeys, key: str, entry: HistoryEntry, budget: float
-               ) -> wire.TxnResult:
-        """One txn: if our key is ours and no key older than it is left, we lead: record
-        our term in the history and read, in the same look, what a new leader needs at
-        once (the newest history entry before ours and the history's length, a resign
-        request, the handover note). Otherwise read our key and the youngest older one."""
-        term = entry.term
-        return self.gateway.txn(
+    @staticmethod
+    def _claim_request(keys: EtcdKeys, key: str, term: int) -> bytes:
+        """One read-only txn (no write: no wait on etcd's disk before the job runs): if
+        our key is ours and no key older than it is left, we lead, and it reads what a
+        new leader needs at once (the newest history entry and the history's length, a
+        resign request, the handover note). Otherwise our key and the youngest older one."""
+        return wire.txn_request(
             [wire.created_at(key, term), wire.none_created_before(keys.contenders, term)],
             [wire.get(keys.history, prefix=True, last_by="KEY", limit=1),
              wire.get(keys.history, prefix=True, count_only=True),
              wire.get(keys.resign),
-             wire.get(keys.note(HANDOVER_KEY)),
-             wire.put(keys.history_entry(term), entry.encode())],
+             wire.get(keys.note(HANDOVER_KEY))],
             [wire.get(key),
              wire.get(keys.contenders, prefix=True, last_by="CREATE", limit=1,
                       max_create_revision=term - 1)],
-            budget=budget,
         )
 
     def _won(self, keys: EtcdKeys, candidate: Candidate, key: str, entry: HistoryEntry,
@@ -555,14 +567,36 @@ class EtcdBackend(Backend):
         leadership = EtcdLeadership(self, keys, candidate, key, entry.term, lease, entry,
                                     claim.revision)
         leadership.history_count = (claim.ranges[1].count if claim.ranges[1] else 0) + 1
+        leadership.newest_before = newest
         leadership.notes_at_win[HANDOVER_KEY] = (
             handover.value if handover is not None and len(handover.value) <= MAX_NOTE else None)
         if resign is not None and resign.value.decode("utf-8", "replace") == str(entry.term):
             leadership.mark_resign_requested()
+        return leadership
+
+    def record_win(self, leadership: EtcdLeadership) -> None:
+        """Write the leadership's history entry ("running") while its job starts, and close
+        the one before it as vanished if it is still "running". Guarded: only while our
+        key is ours and our entry not yet written (a quick release may have closed it)."""
+        keys, entry = leadership.keys, leadership.entry
+        entry_key = keys.history_entry(entry.term)
+        try:
+            self.gateway.txn([wire.created_at(leadership.key, entry.term),
+                              wire.created_at(entry_key, 0)],
+                             [wire.put(entry_key, entry.encode())], budget=self.connect_timeout)
+        except GatewayError as exc:
+            log.warning("lelect: could not record term %d of %r in the history (%s)", entry.term,
+                        keys.election, exc.message)
+        newest = leadership.newest_before
         previous = _decode_entry(newest) if newest is not None else None
         if previous is not None and previous.outcome == RUNNING and previous.term < entry.term:
             self._close_vanished(keys, newest, previous)
-        return leadership
+
+    def _await_records(self) -> None:
+        """Before reading what a win of ours writes: wait until our wins are recorded."""
+        for leadership in list(self.leaderships):
+            if isinstance(leadership, EtcdLeadership) and leadership.begun:
+                leadership.recorded.wait(self.connect_timeout)
 
     def _close_vanished(self, keys: EtcdKeys, stored: KeyValue, previous: HistoryEntry) -> None:
         """The leadership before ours ended unseen (its holder died with its keeper, or
@@ -610,6 +644,10 @@ class EtcdBackend(Backend):
         slot = ending.done_slot
         if slot:
             closed = replace(closed, slot=slot)
+
+        # The entry of a job that ended at once may still be on its way (no record lost).
+        if leadership.begun:
+            leadership.recorded.wait(budget)
 
         def release(budget: float) -> None:
             ops = [wire.delete(leadership.key),
@@ -700,6 +738,7 @@ class EtcdBackend(Backend):
 
     def leader(self, election: str) -> LeaderInfo | None:
         keys = self.keys(election)
+        self._await_records()
         try:
             return self._leader(keys, self.connect_timeout)[0]
         except GatewayError as exc:
@@ -742,10 +781,18 @@ class EtcdBackend(Backend):
             contact.succeeded()
             yield current
             try:
-                while not stop.is_set():
-                    events = stream.next(WAKE)
-                    if events:
-                        break
+                # Sleeps on the watch: a Cancel ``stop`` wakes it (a plain Event is looked
+                # at every CANCEL_CHECK); a quiet LOOK_AGAIN ends in a fresh look, which
+                # also finds a connection that died without a word.
+                with cancel_wakeup(stop) as woken:
+                    quiet_until = time.monotonic() + LOOK_AGAIN
+                    while not stop.is_set():
+                        left = quiet_until - time.monotonic()
+                        if left <= 0:
+                            break
+                        events = stream.next(wait_slice(left, stop) or 0.0, woken)
+                        if events:
+                            break
             except GatewayError as exc:
                 if exc.kind != "compacted":
                     self._retry(contact, exc)
@@ -754,6 +801,7 @@ class EtcdBackend(Backend):
 
     def request_resign(self, election: str, term: int | None = None) -> ResignAnswer:
         keys = self.keys(election)
+        self._await_records()
         try:
             first = self.gateway.range(keys.contenders, prefix=True, first_by="CREATE", limit=1,
                                        budget=self.connect_timeout).first
@@ -850,6 +898,7 @@ class EtcdBackend(Backend):
 
     def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
         keys = self.keys(election)
+        self._await_records()
         try:
             found = self.gateway.range(keys.history, prefix=True, last_by="KEY",
                                        limit=limit or self.history_limit, budget=self.connect_timeout)

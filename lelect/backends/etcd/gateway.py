@@ -204,8 +204,11 @@ class Gateway:
     def call(self, path: str, body: dict[str, Any], budget: float) -> dict[str, Any]:
         """POST ``body`` to ``/v3/PATH`` and return the answer, within ``budget`` seconds
         in all (every endpoint tried; the auth token renewed once if etcd forgot it)."""
+        return self.post(path, encode(body), budget)
+
+    def post(self, path: str, payload: bytes, budget: float) -> dict[str, Any]:
+        """:meth:`call` with the body encoded already (:func:`encode`)."""
         deadline = time.monotonic() + budget
-        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
         for last_try in (False, True):
             headers = self._headers(deadline)
             try:
@@ -279,8 +282,11 @@ class Gateway:
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
             failure: list[dict[str, Any]] | None = None, *, budget: float) -> TxnResult:
         """One transaction: if every ``compare`` holds, ``success`` ops, else ``failure``."""
-        body = {"compare": compare, "success": success, "failure": failure or []}
-        return decoded(TxnResult.from_json, self.call("kv/txn", body, budget))
+        return self.post_txn(txn_request(compare, success, failure), budget)
+
+    def post_txn(self, request: bytes, budget: float) -> TxnResult:
+        """One transaction made by :func:`txn_request` (once, for a txn sent again and again)."""
+        return decoded(TxnResult.from_json, self.post("kv/txn", request, budget))
 
     def range(self, key: str, *, budget: float, **options: Any) -> RangeResult:
         """One range read (options as :func:`get` takes them)."""
@@ -383,6 +389,16 @@ class Gateway:
             with self._lock:
                 self._token = None
             raise GatewayError("unreachable", f"{exc}: try again") from None
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def txn_request(compare: list[dict[str, Any]], success: list[dict[str, Any]],
+                failure: list[dict[str, Any]] | None = None) -> bytes:
+    """The body of a ``kv/txn`` call."""
+    return encode({"compare": compare, "success": success, "failure": failure or []})
 
 
 def decoded(decode: Callable[[Any], T], answer: Any) -> T:
