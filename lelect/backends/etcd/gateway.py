@@ -43,8 +43,10 @@ TRANSIENT_CODES = frozenset({1, 4, 8, 10, 14})  # canceled, deadline, exhausted,
 UNAUTHENTICATED = 16
 PERMISSION_DENIED = 7
 FAILED_PRECONDITION = 9  # e.g. "authentication is not enabled"
-#: Idle connections kept for reuse.
-MAX_IDLE = 8
+#: Idle connections kept for reuse: one (a candidate's calls rarely overlap; one that
+#: does opens a connection of its own and closes it after), so a candidate holds its
+#: watch's connection and this one, not one per thread that ever made a call.
+MAX_IDLE = 1
 #: What an answer may hold; beyond that the server is broken or hostile. etcd's own
 #: limit on a request is 1.5 MiB, and lelect's answers are a few records.
 MAX_HEAD = 64 * 1024  # status line and header fields (and a chunked body's trailer)
