@@ -384,3 +384,32 @@ def test_a_waiter_wins_with_one_request_after_its_predecessor_is_deleted(etcd_se
         wait_until(lambda: [h.outcome for h in first_backend.history("quick")] == ["exited", "running"],
                    timeout=10, what="the win in the history")
         second.release()
+
+
+def test_observe_sleeps_on_its_watch_and_a_cancel_stop_ends_it_at_once(etcd_server, etcd_prefix,
+                                                                       monkeypatch):
+    """Issue 21 ("lean waiting"): an observer wakes for a change or its stop, not every
+    250 ms; a Cancel stop ends it at once."""
+    from lelect.backends.base import Cancel
+    from lelect.backends.etcd import gateway
+
+    reads = []
+    next_read = gateway.WatchStream.next
+
+    def counted(self, timeout, wake=None):
+        reads.append(timeout)
+        return next_read(self, timeout, wake)
+
+    monkeypatch.setattr(gateway.WatchStream, "next", counted)
+    with connect(etcd_server.url(etcd_prefix)) as backend:
+        stop, seen = Cancel(), []
+        observer = threading.Thread(target=lambda: seen.extend(backend.observe("still", stop)))
+        observer.start()
+        wait_until(lambda: reads, timeout=10, what="the observer's watch")
+        time.sleep(1.0)  # a quiet second: nothing to wake for
+        assert len(reads) == 1
+        stopped_at = time.monotonic()
+        stop.set()
+        observer.join(5)
+        assert not observer.is_alive() and time.monotonic() - stopped_at < 0.2
+        assert seen == [None]
