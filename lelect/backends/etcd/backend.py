@@ -508,7 +508,11 @@ class EtcdBackend(Backend):
             if give_up is not None and time.monotonic() >= give_up:
                 raise timed_out(keys.election, timeout)
             if older is None:
-                continue  # (not a state one txn can read: ask again)
+                # One txn reads at one revision: an etcd cannot fail that compare with no
+                # older key (one that ignores a range's end would, every time: no spin).
+                raise self.unavailable(GatewayError(
+                    "server", "a range compare failed with no key older than ours"
+                    " (etcd 3.3 or later compares every key of a range)"))
             try:
                 stream = self.gateway.watch(older.key, start_revision=claim.revision + 1,
                                             budget=contact.budget())
