@@ -27,6 +27,7 @@ from lelect.backends.base import (
     Backend,
     Cancel,
     Candidate,
+    HandBack,
     LeaderInfo,
     Leadership,
 )
@@ -291,6 +292,9 @@ class _Driver:
         self.keeper: KeeperHandle | None = None
         self.leadership: Leadership | None = None
         self.announced = False
+        #: The hand-back recipe of a leadership just won: told to the keeper once it
+        #: was told to start the job (the job first; until then the lease covers it).
+        self.recipe: HandBack | None = None
         self.heartbeats = None
         self.notify = notify or Notifier({})
         self.loop_beat = time.monotonic()
@@ -413,6 +417,7 @@ class _Driver:
                 self._stop_wakeups = None
 
     def _next_event(self) -> core.Event:
+        self._send_recipe()  # a win whose job did not start (a once-per slot done)
         if self.first:  # what happened while the keeper had not yet said it won
             return self.first.pop(0)
         while True:
@@ -463,6 +468,7 @@ class _Driver:
             keeper.lease(command.deadline, command.grace)
         elif isinstance(command, core.StartJob) and keeper is not None:
             keeper.start(command.term, command.slot, command.seat)
+            self._send_recipe()
         elif isinstance(command, core.StopJob) and keeper is not None:
             keeper.stop(command.signum, command.grace, command.reason)
             self.notify.status(f"stopping the job ({command.reason}), term {self.core.term}")
@@ -721,9 +727,7 @@ class _Driver:
             slot = opts.once_key or slot_name(self.backend.now(), opts.once_per or 0.0)
             done = self.backend.slot_done(leadership.election, slot) is not None
             self.slot = slot
-        recipe = self.backend.hand_back(leadership)
-        if recipe is not None:
-            keeper.hand_back_with(recipe)
+        self.recipe = self.backend.hand_back(leadership)
         events = self.events
         now = time.monotonic
 
@@ -749,6 +753,11 @@ class _Driver:
         return core.Won(now(), leadership.term, leadership.lease_deadline,
                         job_started=keeper.autostart, slot=slot, slot_done=bool(done),
                         seat=leadership.seat)
+
+    def _send_recipe(self) -> None:
+        recipe, self.recipe = self.recipe, None
+        if recipe is not None and self.keeper is not None:
+            self.keeper.hand_back_with(recipe)
 
     def _proclaim(self, leadership: Leadership) -> None:
         """Publish --value with the leadership just won; its job may proclaim another

@@ -579,6 +579,7 @@ class GroupWatch:
     names: Sequence[str] = ()
     detector: PhiAccrualDetector = field(default_factory=PhiAccrualDetector)
     interval: float = 1.0
+    #: A Cancel: setting it wakes the backends' observe waits at once (no periodic look).
     _stop: threading.Event = field(default_factory=Cancel, init=False)
     _wake: threading.Event = field(default_factory=threading.Event, init=False)
     _observed: set[str] = field(default_factory=set, init=False)

@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -348,3 +349,67 @@ def test_hand_back_within_its_budget_when_etcd_is_unreachable(refused_port, sile
         module.hand_back(params, 0.5, None)
     assert time.monotonic() - started < 5  # a last guard: its budget is 0.5 s
 
+
+
+def test_a_waiter_wins_with_one_request_after_its_predecessor_is_deleted(etcd_server, etcd_prefix):
+    """Issue 21 ("fast winning"): once the key it waits behind is deleted, a waiting
+    candidate needs one read (no key older than ours is left: we lead) before its job may
+    run; the history entry is written beside the job, not before it."""
+    url = etcd_server.url(etcd_prefix, ttl="10s")
+    with connect(url) as first_backend, connect(url) as second_backend:
+        first = first_backend.campaign("quick", candidate("a"), timeout=10)
+        answers: list[tuple[str, str, int]] = []  # (thread, path, revision of the answer)
+        post = second_backend.gateway.post
+
+        def counted(path, payload, budget):
+            answer = post(path, payload, budget)
+            revision = int(answer.get("header", {}).get("revision", 0))
+            answers.append((threading.current_thread().name, path, revision))
+            return answer
+
+        second_backend.gateway.post = counted
+        waiting, won = threading.Event(), []
+        campaigner = threading.Thread(target=lambda: won.append(second_backend.campaign(
+            "quick", candidate("b"), timeout=30, on_wait=lambda holder: waiting.set())),
+            name="campaigner")
+        campaigner.start()
+        assert waiting.wait(10)
+        first.release()
+        campaigner.join(10)
+        second = won[0]
+        released_at = first_backend.gateway.range(
+            first.keys.history_entry(first.term), budget=5.0).first.mod_revision
+        after = [(t, p) for t, p, revision in answers if revision >= released_at and t == "campaigner"]
+        assert after == [("campaigner", "kv/txn")]
+        wait_until(lambda: [h.outcome for h in first_backend.history("quick")] == ["exited", "running"],
+                   timeout=10, what="the win in the history")
+        second.release()
+
+
+def test_observe_sleeps_on_its_watch_and_a_cancel_stop_ends_it_at_once(etcd_server, etcd_prefix,
+                                                                       monkeypatch):
+    """Issue 21 ("lean waiting"): an observer wakes for a change or its stop, not every
+    250 ms; a Cancel stop ends it at once."""
+    from lelect.backends.base import Cancel
+    from lelect.backends.etcd import gateway
+
+    reads = []
+    next_read = gateway.WatchStream.next
+
+    def counted(self, timeout, wake=None):
+        reads.append(timeout)
+        return next_read(self, timeout, wake)
+
+    monkeypatch.setattr(gateway.WatchStream, "next", counted)
+    with connect(etcd_server.url(etcd_prefix)) as backend:
+        stop, seen = Cancel(), []
+        observer = threading.Thread(target=lambda: seen.extend(backend.observe("still", stop)))
+        observer.start()
+        wait_until(lambda: reads, timeout=10, what="the observer's watch")
+        time.sleep(1.0)  # a quiet second: nothing to wake for
+        assert len(reads) == 1
+        stopped_at = time.monotonic()
+        stop.set()
+        observer.join(5)
+        assert not observer.is_alive() and time.monotonic() - stopped_at < 0.2
+        assert seen == [None]

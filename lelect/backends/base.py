@@ -340,9 +340,14 @@ class Leadership:
         #: A value may be published for this term (:meth:`proclaim`; ``lelect campaign``
         #: sets it, as its job may ``lelect proclaim``): the release forgets it.
         self.publishes_value = False
+        #: The backend forgot the value with the release itself (no call after it).
+        self.value_forgotten = False
         #: How it ended, once released.
         self.ending: Ending | None = None
         self.lease = lease
+        #: Notes the backend read in the very transaction that won (key -> data, None
+        #: for none): what the campaign would otherwise ask the server for at once.
+        self.notes_at_win: dict[str, bytes | None] = {}
         backend.leaderships.add(self)
         self._subscribers: list[Callable[[str], None]] = []
         if lease is not None:
@@ -459,7 +464,8 @@ class Leadership:
         if self.lease is not None:
             self.lease.stop()
         self.backend.resign(self, self.ending)
-        if forget:  # after the release: the next leader never waits on it, nor the exit long
+        if forget and not self.value_forgotten:
+            # After the release: the next leader never waits on it, nor the exit long.
             forgetting = threading.Thread(target=self.forget_value, name="forget-value",
                                           daemon=True)
             forgetting.start()
@@ -578,6 +584,8 @@ class Backend(ABC):
         """The live handover note beside the election just won (None: none). A backend
         that cannot say releases the win: it must not take what may be another's."""
         try:
+            if HANDOVER_KEY in leadership.notes_at_win:
+                return decode_handover(leadership.notes_at_win[HANDOVER_KEY])
             return decode_handover(self.get_note(leadership.election, HANDOVER_KEY))
         except BaseException:
             leadership.release(EXITED, None, "could not read the election's handover note")

@@ -61,6 +61,7 @@ from lelect.backends.base import (
 )
 from lelect.backends.etcd import gateway as wire
 from lelect.backends.etcd.gateway import Endpoint, Gateway, GatewayError, KeyValue, TLSFiles
+from lelect.backends.notes import HANDOVER_KEY, value_key
 from lelect.backends.records import (
     MAX_SLOTS,
     VANISHED,
@@ -82,9 +83,11 @@ log = logging.getLogger("lelect.etcd")
 
 DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "lelect"
-#: A watch read wakes this often to look at local state (the campaign's timeout, our
-#: lease, an observer's stop): a wake-up sends nothing to etcd.
+#: A leadership's watch that etcd refused is opened again after this pause (its lease's
+#: keep-alive decides meanwhile whether the leadership is lost).
 WAKE = 0.25
+#: An observer whose watch stayed quiet this long looks at the leader again.
+LOOK_AGAIN = 60.0
 _OPTIONS = {"ttl", "connect_timeout", "history", "ca", "cert", "key"}
 
 
@@ -260,36 +263,53 @@ class EtcdLeadership(Leadership):
         self.stopped = threading.Event()
         self._backend = backend
         self._revision = revision
+        #: History entries once ours is in (the release drops those beyond ``history``).
+        self.history_count = 0
+        #: The newest history entry when we won (to close as vanished if still running).
+        self.newest_before: KeyValue | None = None
+        #: Set once the win's history entry is written (or could not be); its writer
+        #: starts with the leadership (``begun``).
+        self.recorded = threading.Event()
+        self.begun = False
         #: One per watch thread: ends its read when the leadership stops or is lost.
         self._wakes: list[WakePipe] = []
         self._wakes_lock = threading.Lock()
 
     def _begin(self) -> None:
+        self.begun = True
         self.subscribe(lambda kind: self._wake_watches() if kind == "lost" else None)
-        watches = ((self.key, self._on_own_key), (self.keys.resign, self._on_resign))
-        for watched, handle in watches:
-            threading.Thread(target=self._watch, args=(watched, self._revision + 1, handle),
-                             name=f"lelect-etcd-watch:{watched}", daemon=True).start()
+        threading.Thread(target=self._watch, args=(self._revision + 1,),
+                         name=f"lelect-etcd-watch:{self.key}", daemon=True).start()
 
-    def _on_own_key(self, event: wire.WatchEvent) -> None:
-        if event.kind == "DELETE":
-            self.mark_lost(f"our key {self.key} was deleted")
+    def _on_event(self, event: wire.WatchEvent) -> None:
+        if event.key == self.key:
+            if event.kind == "DELETE":
+                self.mark_lost(f"our key {self.key} was deleted")
+        elif event.key == self.keys.resign:
+            if event.kind == "PUT" and event.value.decode("utf-8", "replace") == str(self.term):
+                self.mark_resign_requested()
 
-    def _on_resign(self, event: wire.WatchEvent) -> None:
-        if event.kind == "PUT" and event.value.decode("utf-8", "replace") == str(self.term):
-            self.mark_resign_requested()
-
-    def _watch(self, key: str, start: int, handle: Callable[[wire.WatchEvent], None]) -> None:
-        """Follow ``key`` from revision ``start`` until the leadership ends, reopening the
-        watch where it left off when it breaks."""
+    def _watch(self, start: int) -> None:
+        """Record the win, then follow our key and the resign request (one stream) from
+        revision ``start`` until the leadership ends, reopening the watch where it left
+        off when it breaks."""
         backend = self._backend
+        try:
+            backend.record_win(self)
+        finally:
+            self.recorded.set()
         wake = WakePipe()
         with self._wakes_lock:
             self._wakes.append(wake)
+        # Per key: two watches on one stream need not deliver in revision order between
+        # them, so a reopened stream starts at the lower (a repeated event is harmless).
+        after = {self.key: start, self.keys.resign: start}
         try:
             while not self._over():
+                start = min(after.values())
                 try:
-                    stream = backend.gateway.watch(key, start_revision=start,
+                    stream = backend.gateway.watch(self.key, also=(self.keys.resign,),
+                                                   start_revision=start,
                                                    budget=backend.options.connect_timeout)
                 except GatewayError:
                     self.stopped.wait(WAKE)  # the keep-alive decides whether the lease is lost
@@ -299,13 +319,14 @@ class EtcdLeadership(Leadership):
                         # Sleeps until an event or the leadership's end (``wake``).
                         events = stream.next(self.ttl, wake)
                         for event in events or ():
-                            start = event.mod_revision + 1
+                            if event.key in after:
+                                after[event.key] = max(after[event.key], event.mod_revision + 1)
                             if not self._over():
-                                handle(event)
+                                self._on_event(event)
                 except GatewayError as exc:
                     if exc.kind == "compacted":
                         # What happened meanwhile is gone: look at the keys themselves.
-                        start = backend.look_again(self)
+                        after = dict.fromkeys(after, backend.look_again(self))
                 finally:
                     stream.close()
         finally:
@@ -456,26 +477,44 @@ class EtcdBackend(Backend):
             if timeout == 0:
                 raise timed_out(keys.election, 0)
             waiting(holder)
-            if not self._wait_for_turn(keys, term, lease, contact, give_up, timeout, cancel):
-                return None
-        return self._win(keys, candidate, key, term, lease, contact)
+        return self._take_turn(keys, candidate, key, term, lease, contact, give_up, timeout,
+                               cancel)
 
-    def _wait_for_turn(self, keys: EtcdKeys, term: int, lease: _Lease, contact: Attempts,
-                       give_up: float | None, timeout: float | None,
-                       cancel: threading.Event | None = None) -> bool:
-        """etcd's waitDeletes: until no key older than ours is left, watch the youngest of
-        them for its deletion. False if our lease ran out meanwhile."""
+    def _take_turn(self, keys: EtcdKeys, candidate: Candidate, key: str, term: int,
+                   lease: _Lease, contact: Attempts, give_up: float | None,
+                   timeout: float | None, cancel: threading.Event | None = None
+                   ) -> EtcdLeadership | None:
+        """etcd's waitDeletes with the win folded in: claim the election (one txn that
+        wins only if no key older than ours is left); while one is, watch the youngest of
+        them for its deletion and claim again. None if our place was lost (the lease ran
+        out or our key was deleted) and we must queue again."""
+        claim_request = self._claim_request(keys, key, term)  # made once: sent on a deletion
         while True:
+            if not lease.alive():
+                return None
+            try:
+                claim = self.gateway.post_txn(claim_request, contact.budget())
+            except GatewayError as exc:
+                self._retry(contact, exc)
+                continue
+            if claim.succeeded:
+                entry = HistoryEntry(keys.election, term, candidate.node_id, candidate.host,
+                                     candidate.pid, started=time.time())
+                return self._won(keys, candidate, key, entry, lease, claim)
+            mine = claim.ranges[0].first if claim.ranges[0] else None
+            older = claim.ranges[1].first if claim.ranges[1] else None
+            if mine is None or mine.create_revision != term:
+                return None
             if give_up is not None and time.monotonic() >= give_up:
                 raise timed_out(keys.election, timeout)
-            if not lease.alive():
-                return False
+            if older is None:
+                # One txn reads at one revision: an etcd cannot fail that compare with no
+                # older key (one that ignores a range's end would, every time: no spin).
+                raise self.unavailable(GatewayError(
+                    "server", "a range compare failed with no key older than ours"
+                    " (etcd 3.3 or later compares every key of a range)"))
             try:
-                before = self.gateway.range(keys.contenders, prefix=True, last_by="CREATE", limit=1,
-                                            max_create_revision=term - 1, budget=contact.budget())
-                if before.first is None:
-                    return True
-                stream = self.gateway.watch(before.first.key, start_revision=before.revision,
+                stream = self.gateway.watch(older.key, start_revision=claim.revision + 1,
                                             budget=contact.budget())
             except GatewayError as exc:
                 self._retry(contact, exc)
@@ -509,67 +548,85 @@ class EtcdBackend(Backend):
                     return
             check_cancel(cancel, election)
 
-    def _win(self, keys: EtcdKeys, candidate: Candidate, key: str, term: int,
-             lease: _Lease, contact: Attempts) -> EtcdLeadership | None:
-        """Record the win in the history, in one txn guarded by our key's create revision:
-        our entry "running", the previous one (if still "running") closed as "vanished",
-        the oldest dropped beyond ``history``. None if our key is no longer ours."""
-        entry = HistoryEntry(keys.election, term, candidate.node_id, candidate.host,
-                             candidate.pid, started=time.time())
-        for _ in range(10):
-            try:
-                result, closed = self._record_win(keys, key, entry, contact.budget())
-            except GatewayError as exc:
-                self._retry(contact, exc)
-                continue
-            if result is None:
-                continue  # the history changed under us: read it again
-            if not result.succeeded:
-                return None
-            resign = result.ranges[-1].first if result.ranges[-1] else None
-            leadership = EtcdLeadership(self, keys, candidate, key, term, lease, entry,
-                                        result.revision)
-            if resign is not None and resign.value.decode("utf-8", "replace") == str(term):
-                leadership.mark_resign_requested()
-            if closed is not None:
-                log.info("lelect: term %d of %r ended unseen; recorded as vanished", closed.term,
-                         keys.election)
-            return leadership
-        raise BackendUnavailable(f"could not record the leadership of {keys.election!r} in"
-                                 f" {keys.history}: it kept changing")
+    @staticmethod
+    def _claim_request(keys: EtcdKeys, key: str, term: int) -> bytes:
+        """One read-only txn (no write: no wait on etcd's disk before the job runs): if
+        our key is ours and no key older than it is left, we lead, and it reads what a
+        new leader needs at once (the newest history entry and the history's length, a
+        resign request, the handover note). Otherwise our key and the youngest older one."""
+        return wire.txn_request(
+            [wire.created_at(key, term), wire.none_created_before(keys.contenders, term)],
+            [wire.get(keys.history, prefix=True, last_by="KEY", limit=1),
+             wire.get(keys.history, prefix=True, count_only=True),
+             wire.get(keys.resign),
+             wire.get(keys.note(HANDOVER_KEY))],
+            [wire.get(key),
+             wire.get(keys.contenders, prefix=True, last_by="CREATE", limit=1,
+                      max_create_revision=term - 1)],
+        )
 
-    def _record_win(self, keys: EtcdKeys, key: str, entry: HistoryEntry, budget: float
-                    ) -> tuple[wire.TxnResult | None, HistoryEntry | None]:
-        seen = self.gateway.txn([], [
-            wire.get(keys.history, prefix=True, last_by="KEY", limit=1),
-            wire.get(keys.history, prefix=True, count_only=True),
-        ], budget=budget)
-        newest = seen.ranges[0].first if seen.ranges[0] else None
-        count = seen.ranges[1].count if seen.ranges[1] else 0
-        compare = [wire.created_at(key, entry.term)]
-        ops = [wire.put(keys.history_entry(entry.term), entry.encode())]
-        dropped_to = None
-        if count >= self.history_limit:
-            oldest = self.gateway.range(keys.history, prefix=True, first_by="KEY", keys_only=True,
-                                        limit=count - self.history_limit + 1, budget=budget)
-            if oldest.kvs:
-                dropped_to = oldest.kvs[-1].key
-                ops.append(wire.delete(keys.history, dropped_to + "\0"))
-        closed = None
-        if newest is not None and (dropped_to is None or newest.key > dropped_to):
-            previous = _decode_entry(newest)
-            if previous is not None and previous.outcome == RUNNING and previous.term < entry.term:
-                closed = replace(previous, ended=time.time(), outcome=VANISHED,
-                                 reason=VANISHED_REASON)
-                compare.append(wire.modified_at(newest.key, newest.mod_revision))
-                ops.append(wire.put(newest.key, closed.encode()))
-        ops.append(wire.get(keys.resign))
-        result = self.gateway.txn(compare, ops, [wire.get(key)], budget=budget)
-        if not result.succeeded:
-            mine = result.ranges[0].first if result.ranges[0] else None
-            if mine is not None and mine.create_revision == entry.term:
-                return None, None  # only the history moved: try again
-        return result, closed
+    def _won(self, keys: EtcdKeys, candidate: Candidate, key: str, entry: HistoryEntry,
+             lease: _Lease, claim: wire.TxnResult) -> EtcdLeadership:
+        newest, _, resign, handover = (r.first if r else None for r in claim.ranges[:4])
+        leadership = EtcdLeadership(self, keys, candidate, key, entry.term, lease, entry,
+                                    claim.revision)
+        leadership.history_count = (claim.ranges[1].count if claim.ranges[1] else 0) + 1
+        leadership.newest_before = newest
+        leadership.notes_at_win[HANDOVER_KEY] = (
+            handover.value if handover is not None and len(handover.value) <= MAX_NOTE else None)
+        if resign is not None and resign.value.decode("utf-8", "replace") == str(entry.term):
+            leadership.mark_resign_requested()
+        return leadership
+
+    def record_win(self, leadership: EtcdLeadership) -> None:
+        """Write the leadership's history entry ("running") while its job starts, and close
+        the one before it as vanished if it is still "running". Guarded: only while our
+        key is ours and our entry not yet written (a quick release may have closed it)."""
+        keys, entry = leadership.keys, leadership.entry
+        entry_key = keys.history_entry(entry.term)
+        try:
+            self.gateway.txn([wire.created_at(leadership.key, entry.term),
+                              wire.created_at(entry_key, 0)],
+                             [wire.put(entry_key, entry.encode())], budget=self.connect_timeout)
+        except GatewayError as exc:
+            log.warning("lelect: could not record term %d of %r in the history (%s)", entry.term,
+                        keys.election, exc.message)
+        newest = leadership.newest_before
+        previous = _decode_entry(newest) if newest is not None else None
+        if previous is not None and previous.outcome == RUNNING and previous.term < entry.term:
+            self._close_vanished(keys, newest, previous)
+
+    def _await_records(self) -> None:
+        """Before reading what a win of ours writes: wait until our wins are recorded."""
+        for leadership in list(self.leaderships):
+            if isinstance(leadership, EtcdLeadership) and leadership.begun:
+                leadership.recorded.wait(self.connect_timeout)
+
+    def _close_vanished(self, keys: EtcdKeys, stored: KeyValue, previous: HistoryEntry) -> None:
+        """The leadership before ours ended unseen (its holder died with its keeper, or
+        was cut off): record it as vanished, unless its own late release came first."""
+        closed = replace(previous, ended=time.time(), outcome=VANISHED, reason=VANISHED_REASON)
+        try:
+            done = self.gateway.txn([wire.modified_at(stored.key, stored.mod_revision)],
+                                    [wire.put(stored.key, closed.encode())],
+                                    budget=self.connect_timeout).succeeded
+        except GatewayError as exc:
+            log.warning("lelect: could not close term %d of %r as vanished (%s)", previous.term,
+                        keys.election, exc.message)
+            return
+        if done:
+            log.info("lelect: term %d of %r ended unseen; recorded as vanished", previous.term,
+                     keys.election)
+
+    def _trim_history(self, keys: EtcdKeys, count: int, budget: float) -> None:
+        """Drop the oldest entries beyond ``history`` (``count``: how many there are)."""
+        if count <= self.history_limit:
+            return
+        oldest = self.gateway.range(keys.history, prefix=True, first_by="KEY", keys_only=True,
+                                    limit=count - self.history_limit, budget=budget)
+        if oldest.kvs:
+            self.gateway.txn([], [wire.delete(keys.history, oldest.kvs[-1].key + "\0")],
+                             budget=budget)
 
     def _holder(self, keys: EtcdKeys, first: KeyValue, budget: float) -> LeaderInfo:
         """Who holds the election, from its first key (and its history entry, if lelect's)."""
@@ -592,17 +649,29 @@ class EtcdBackend(Backend):
         if slot:
             closed = replace(closed, slot=slot)
 
+        # The entry of a job that ended at once may still be on its way (no record lost).
+        if leadership.begun:
+            leadership.recorded.wait(budget)
+
         def release(budget: float) -> None:
             ops = [wire.delete(leadership.key),
                    wire.put(keys.history_entry(leadership.term), closed.encode())]
+            if leadership.publishes_value:  # this term's value goes with it
+                ops.append(wire.delete(keys.note(value_key(leadership.term))))
             if slot:
                 ops += self._slot_ops(keys, slot, closed, budget)
             released = self.gateway.txn([wire.created_at(leadership.key, leadership.term)], ops,
                                         budget=budget)
-            if not released.succeeded:
+            if released.succeeded:
+                leadership.value_forgotten = True
+            else:
                 # No longer ours: still close our own entry, if nobody did (first writer wins).
                 self._close_own_entry(keys, closed, budget)
             leadership.etcd_lease.revoke(budget)
+            # After the release, not on the way to the job: the next leader is not kept
+            # waiting, and only a leader adds entries.
+            count, leadership.history_count = leadership.history_count, 0
+            self._trim_history(keys, count, budget)
 
         try:
             release(budget)
@@ -673,6 +742,7 @@ class EtcdBackend(Backend):
 
     def leader(self, election: str) -> LeaderInfo | None:
         keys = self.keys(election)
+        self._await_records()
         try:
             return self._leader(keys, self.connect_timeout)[0]
         except GatewayError as exc:
@@ -715,10 +785,18 @@ class EtcdBackend(Backend):
             contact.succeeded()
             yield current
             try:
-                while not stop.is_set():
-                    events = stream.next(WAKE)
-                    if events:
-                        break
+                # Sleeps on the watch: a Cancel ``stop`` wakes it (a plain Event is looked
+                # at every CANCEL_CHECK); a quiet LOOK_AGAIN ends in a fresh look, which
+                # also finds a connection that died without a word.
+                with cancel_wakeup(stop) as woken:
+                    quiet_until = time.monotonic() + LOOK_AGAIN
+                    while not stop.is_set():
+                        left = quiet_until - time.monotonic()
+                        if left <= 0:
+                            break
+                        events = stream.next(wait_slice(left, stop) or 0.0, woken)
+                        if events:
+                            break
             except GatewayError as exc:
                 if exc.kind != "compacted":
                     self._retry(contact, exc)
@@ -727,6 +805,7 @@ class EtcdBackend(Backend):
 
     def request_resign(self, election: str, term: int | None = None) -> ResignAnswer:
         keys = self.keys(election)
+        self._await_records()
         try:
             first = self.gateway.range(keys.contenders, prefix=True, first_by="CREATE", limit=1,
                                        budget=self.connect_timeout).first
@@ -823,6 +902,7 @@ class EtcdBackend(Backend):
 
     def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
         keys = self.keys(election)
+        self._await_records()
         try:
             found = self.gateway.range(keys.history, prefix=True, last_by="KEY",
                                        limit=limit or self.history_limit, budget=self.connect_timeout)

@@ -43,8 +43,10 @@ TRANSIENT_CODES = frozenset({1, 4, 8, 10, 14})  # canceled, deadline, exhausted,
 UNAUTHENTICATED = 16
 PERMISSION_DENIED = 7
 FAILED_PRECONDITION = 9  # e.g. "authentication is not enabled"
-#: Idle connections kept for reuse.
-MAX_IDLE = 8
+#: Idle connections kept for reuse: one (a candidate's calls rarely overlap; one that
+#: does opens a connection of its own and closes it after), so a candidate holds its
+#: watch's connection and this one, not one per thread that ever made a call.
+MAX_IDLE = 1
 #: What an answer may hold; beyond that the server is broken or hostile. etcd's own
 #: limit on a request is 1.5 MiB, and lelect's answers are a few records.
 MAX_HEAD = 64 * 1024  # status line and header fields (and a chunked body's trailer)
@@ -204,8 +206,11 @@ class Gateway:
     def call(self, path: str, body: dict[str, Any], budget: float) -> dict[str, Any]:
         """POST ``body`` to ``/v3/PATH`` and return the answer, within ``budget`` seconds
         in all (every endpoint tried; the auth token renewed once if etcd forgot it)."""
+        return self.post(path, encode(body), budget)
+
+    def post(self, path: str, payload: bytes, budget: float) -> dict[str, Any]:
+        """:meth:`call` with the body encoded already (:func:`encode`)."""
         deadline = time.monotonic() + budget
-        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
         for last_try in (False, True):
             headers = self._headers(deadline)
             try:
@@ -279,8 +284,11 @@ class Gateway:
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
             failure: list[dict[str, Any]] | None = None, *, budget: float) -> TxnResult:
         """One transaction: if every ``compare`` holds, ``success`` ops, else ``failure``."""
-        body = {"compare": compare, "success": success, "failure": failure or []}
-        return decoded(TxnResult.from_json, self.call("kv/txn", body, budget))
+        return self.post_txn(txn_request(compare, success, failure), budget)
+
+    def post_txn(self, request: bytes, budget: float) -> TxnResult:
+        """One transaction made by :func:`txn_request` (once, for a txn sent again and again)."""
+        return decoded(TxnResult.from_json, self.post("kv/txn", request, budget))
 
     def range(self, key: str, *, budget: float, **options: Any) -> RangeResult:
         """One range read (options as :func:`get` takes them)."""
@@ -361,24 +369,38 @@ class Gateway:
     # -- watches ----------------------------------------------------------------------
 
     def watch(self, key: str, *, range_end: str | None = None, start_revision: int | None = None,
-              budget: float) -> WatchStream:
-        """Open a watch on ``key`` (or ``[key, range_end)``) from ``start_revision``;
-        returns once etcd confirmed it, within ``budget``."""
-        request: dict[str, Any] = {"key": b64(key)}
-        if range_end is not None:
-            request["range_end"] = b64(range_end)
-        if start_revision is not None:
-            request["start_revision"] = str(start_revision)
+              budget: float, also: tuple[str, ...] = ()) -> WatchStream:
+        """Open a watch on ``key`` (or ``[key, range_end)``), and on each key of ``also``,
+        from ``start_revision``, on one stream (one connection); returns once etcd
+        confirmed every one of them, within ``budget``."""
+        requests = []
+        for watched, end in ((key, range_end), *((extra, None) for extra in also)):
+            request: dict[str, Any] = {"key": b64(watched)}
+            if end is not None:
+                request["range_end"] = b64(end)
+            if start_revision is not None:
+                request["start_revision"] = str(start_revision)
+            requests.append({"create_request": request})
         deadline = time.monotonic() + budget
         headers = self._headers(deadline)
         try:
             return self._each_endpoint(deadline, lambda endpoint, by: WatchStream(
                 _Connection(self._open_socket(endpoint, by - time.monotonic()), endpoint),
-                {"create_request": request}, headers, by))
+                requests, headers, by))
         except _TokenRejected as exc:
             with self._lock:
                 self._token = None
             raise GatewayError("unreachable", f"{exc}: try again") from None
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def txn_request(compare: list[dict[str, Any]], success: list[dict[str, Any]],
+                failure: list[dict[str, Any]] | None = None) -> bytes:
+    """The body of a ``kv/txn`` call."""
+    return encode({"compare": compare, "success": success, "failure": failure or []})
 
 
 def decoded(decode: Callable[[Any], T], answer: Any) -> T:
@@ -579,32 +601,35 @@ class WatchStream:
     line): :meth:`next` returns the events of the next answer, or None when nothing
     arrived within its timeout; a watch that ended raises GatewayError."""
 
-    def __init__(self, connection: _Connection, body: dict[str, Any], headers: dict[str, str],
-                 deadline: float) -> None:
+    def __init__(self, connection: _Connection, requests: list[dict[str, Any]],
+                 headers: dict[str, str], deadline: float) -> None:
         self._connection = connection
         self.endpoint = connection.endpoint
         self._payload = b""  # body bytes, not yet a whole line
         self._lines: list[bytes] = []
-        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        # The gateway hands each JSON object of the body to the stream in turn (and
+        # keeps the stream open after the body ends): several watches, one connection.
+        payload = b"".join(json.dumps(body, separators=(",", ":")).encode("utf-8")
+                           for body in requests)
         try:
             connection.send("watch", payload, headers, deadline)
             status, fields = connection.read_head(deadline)
             if status != 200:
                 _answer(status, connection.read_body(fields, deadline))
                 raise _Down(f"HTTP {status}")
-            created = self._next_result(deadline)
+            created = [self._next_result(deadline) for _ in requests]
         except (OSError, ValueError, _Closed) as exc:
             self.close()
             raise _Down(_describe(exc)) from None
         except BaseException:
             self.close()
             raise
-        if created is None or not created.get("created"):
+        if not all(result is not None and result.get("created") for result in created):
             self.close()
             raise _Down("no answer to the watch request in time")
         try:
             #: The store revision etcd reported last on this watch.
-            self.revision = int(created.get("header", {}).get("revision", 0))
+            self.revision = int(created[-1].get("header", {}).get("revision", 0))
         except (AttributeError, TypeError, ValueError):
             self.close()
             raise _Down("not an etcd answer to the watch request") from None
@@ -748,6 +773,13 @@ def created_at(key: str, revision: int) -> dict[str, Any]:
     """Compare: ``key`` was created at ``revision`` (0: it does not exist). With a
     range end, every key in ``[key, range_end)`` must be."""
     return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}
+
+
+def none_created_before(prefix: str, revision: int) -> dict[str, Any]:
+    """Compare: no key under ``prefix`` was created before ``revision`` (every key in
+    the range was created after ``revision - 1``; etcd compares each key of a range)."""
+    return {"key": b64(prefix), "range_end": b64(prefix_end(prefix)), "target": "CREATE",
+            "result": "GREATER", "create_revision": str(revision - 1)}
 
 
 def modified_at(key: str, revision: int) -> dict[str, Any]:
