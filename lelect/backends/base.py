@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 import time
 import weakref
@@ -251,6 +252,17 @@ def cancel_wakeup(cancel: threading.Event | None) -> Iterator[WakePipe | None]:
             yield pipe
     finally:
         pipe.close()
+
+
+def shut_down_socket(conn: object) -> None:
+    """End a call another thread is blocked in on ``conn`` (a client library's
+    connection with a ``_sock``): the call then fails as on a closed connection."""
+    sock = getattr(conn, "_sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def check_cancel(cancel: threading.Event | None, election: str) -> None:

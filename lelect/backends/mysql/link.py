@@ -24,6 +24,7 @@ from lelect.backends.base import (
     DEFAULT_TTL,
     Cancel,
     server_text,
+    shut_down_socket,
     unreachable,
 )
 from lelect.backends.mysql.sql import DEFAULT_PREFIX, PREFIX, SESSION_SETUP, with_timeout
@@ -490,12 +491,7 @@ class MySQLSession:
     def close(self) -> None:
         """Close unless another thread's call holds the connection (a silent server)."""
         if not self._lock.acquire(timeout=0.05):
-            sock = getattr(self._conn, "_sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shut_down_socket(self._conn)
             return
         try:
             if self._conn is not None:

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import select
-import socket
 import threading
 import time
 from collections import deque
@@ -44,6 +43,7 @@ from lelect.backends.base import (
     DEFAULT_TTL,
     WakePipe,
     server_text,
+    shut_down_socket,
     unreachable,
 )
 from lelect.backends.redis.scripts import Script
@@ -699,12 +699,7 @@ class RedisLink:
         if not self._io.acquire(blocking=False):
             # A call still waits on it (a frozen server): end its wait (the call fails
             # as on a closed connection and drops it).
-            sock = getattr(self._conn, "_sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shut_down_socket(self._conn)
             return
         try:
             conn = self._conn
