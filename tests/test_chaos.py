@@ -163,6 +163,8 @@ def test_a_short_chaos_run_keeps_one_job_at_a_time(backend, tmp_path):
 
     report = chaos.run(backend, minutes=0.5, seed=18, workdir=tmp_path, say=lambda _: None)
     print(render(report, f"chaos: {backend}"))
+    for log in sorted(tmp_path.glob("*.log")):  # shown if the test fails: why, in order
+        print(f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}")
     assert sum(report.faults.values()) >= 5 and report.jobs >= 2, render(report)
     assert not report.overlaps and not report.long_thaws, render(report)
     assert not report.regressions and not report.orphans, render(report)
