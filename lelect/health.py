@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
+from lelect import hostload
 from lelect.backends.base import (
     Backend,
     Cancel,
@@ -47,30 +48,19 @@ EXIT_STATUS = {HEALTHY: HealthStatus.HEALTHY, DEGRADED: HealthStatus.DEGRADED,
 # -- publishing -----------------------------------------------------------------------
 
 
-def load_figures() -> dict[str, float | int]:
-    """cpu %, memory %, 1-minute load, disk % of /, network bytes (psutil, imported here)."""
-    import psutil
-
-    net = psutil.net_io_counters()
-    return {
-        "cpu_percent": float(psutil.cpu_percent(interval=None)),
-        "memory_percent": float(psutil.virtual_memory().percent),
-        "load1": float(os.getloadavg()[0]),
-        "disk_percent": float(psutil.disk_usage("/").percent),
-        "net_bytes_sent": int(net.bytes_sent) if net else 0,
-        "net_bytes_recv": int(net.bytes_recv) if net else 0,
-    }
+#: CPU use since the previous load_figures() without a ``cpu`` of its own.
+_cpu_percent: hostload.CpuPercent | None = None
 
 
-def _prime_cpu_percent() -> None:
-    """psutil's cpu % compares with the previous call: make one now so beats that
-    follow report real figures."""
-    try:
-        import psutil
-
-        psutil.cpu_percent(interval=None)
-    except Exception:  # noqa: BLE001 - figures are best effort
-        pass
+def load_figures(cpu: hostload.CpuPercent | None = None) -> dict[str, float | int]:
+    """cpu % (since ``cpu``'s previous look; default: since the previous call),
+    memory %, 1-minute load, disk % of /, network bytes (:mod:`lelect.hostload`)."""
+    global _cpu_percent
+    if cpu is None:
+        if _cpu_percent is None:
+            _cpu_percent = hostload.CpuPercent()
+        cpu = _cpu_percent
+    return hostload.figures(cpu)
 
 
 def gone_from_this_host(beat: Heartbeat, host: str) -> bool:
@@ -79,17 +69,14 @@ def gone_from_this_host(beat: Heartbeat, host: str) -> bool:
     Such a member is a dead candidate whose record has not aged out, not a live one."""
     if beat.host != host or beat.pid is None:
         return False
-    import psutil
-
     try:
-        process = psutil.Process(beat.pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return True
-        return process.create_time() > beat.time + 1.0
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:  # not ours to look at: assume it lives
+        found = hostload.process_state(beat.pid)
+    except OSError:  # not ours to look at: assume it lives
         return False
+    if found is None:
+        return True
+    state, started = found
+    return state == "Z" or started > beat.time + 1.0
 
 
 class HeartbeatPublisher:
@@ -126,6 +113,7 @@ class HeartbeatPublisher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._cpu: hostload.CpuPercent | None = None
 
     def set_role(self, role: str, term: int | None, seat: int | None = None) -> None:
         """Change the role (and term, and seat) and publish it at once."""
@@ -133,7 +121,10 @@ class HeartbeatPublisher:
         self._wake.set()
 
     def start(self) -> None:
-        _prime_cpu_percent()
+        try:  # cpu % compares with the previous look: take one now for the first beat
+            self._cpu = hostload.CpuPercent()
+        except Exception:  # noqa: BLE001 - figures are best effort
+            pass
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
         self._thread.start()
 
@@ -165,7 +156,7 @@ class HeartbeatPublisher:
     def heartbeat(self) -> Heartbeat:
         self.seq += 1
         try:
-            figures = load_figures()
+            figures = load_figures(self._cpu)
         except Exception:  # noqa: BLE001 - figures are best effort; the beat is not
             figures = {}
         return Heartbeat(
