@@ -1,8 +1,8 @@
 """Failure detection (phi accrual) over heartbeats, and watching a group.
 
 Every candidate publishes a :class:`~lelect.backends.base.Heartbeat` each interval
-(:class:`~lelect.heartbeats.HeartbeatPublisher`, re-exported here); the backend keeps the last ~20 arrival times as *it*
-stamps them. :class:`PhiAccrualDetector` judges that history against the backend's
+(:class:`~lelect.heartbeats.HeartbeatPublisher`, re-exported here); the backend keeps
+the last ~20 arrival times as *it* stamps them. :class:`PhiAccrualDetector` judges that history against the backend's
 current time (``Members.now``), never the reader's clock, so a one-shot ``health``
 needs no state of its own. :func:`check` turns one election into a
 :class:`GroupHealth`; :class:`GroupWatch` yields them again and again for ``watch``.
