@@ -34,7 +34,10 @@ candidates wait behind it. Then:
 Anchors: ``flock(1)`` for file, kazoo's ``Election`` recipe (one python process per
 candidate) for zookeeper, ``etcdctl lock`` and ``etcdctl elect`` for etcd. Redis and
 PostgreSQL have none. Servers are started on loopback with free ports (the test suite's
-classes). lelect runs with ``--heartbeat-interval 0`` and the backend's default ttl.
+classes). lelect runs with ``--heartbeat-interval 0`` (``--heartbeats``: other intervals, or
+lelect's default, each a side of its own) and the backend's default ttl, byte-compiled first
+(as an installed lelect is: with PYTHONDONTWRITEBYTECODE and no cache, every candidate would
+compile lelect from source, ~30 ms of CPU and more memory each).
 Prints one table; asserts nothing. The run time is about, per backend and side,
 sum over N of (2 * --idle + start-up of N candidates + trials * (handoff + start-up of one
 candidate)).
@@ -43,6 +46,7 @@ candidate)).
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shlex
 import signal
@@ -261,10 +265,12 @@ class Side:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def lelect_side(server: Server) -> Side:
+def lelect_side(server: Server, heartbeats: str = "0") -> Side:
+    """lelect's candidates; ``heartbeats``: "0" (off), "default" or an interval in seconds."""
+    beats = [] if heartbeats == "default" else ["--heartbeat-interval", heartbeats]
+
     def argv(election: str, job: str) -> list[str]:
-        return [*LELECT, "campaign", election, "--heartbeat-interval", "0", "--",
-                "sh", "-c", job]  # fmt: skip
+        return [*LELECT, "campaign", election, *beats, "--", "sh", "-c", job]
 
     if server.name == "file":
         home = server.extra["home"]
@@ -291,7 +297,8 @@ def lelect_side(server: Server) -> Side:
         monitor = server.extra["monitor"]
         waiting = lambda election: monitor.execute(  # noqa: E731
             waiting_sql(PG_SCHEMA, election)).fetchone()[0]
-    return Side(f"lelect {server.name}", argv, waiting, lelect_env(server.url))
+    label = f"lelect {server.name}" if heartbeats == "0" else f"lelect beats={heartbeats} {server.name}"
+    return Side(label, argv, waiting, lelect_env(server.url))
 
 
 def zk_children(kazoo, path: str) -> list[str]:
@@ -599,11 +606,17 @@ def main() -> None:
                         help="seconds after a handoff still counted as its server work")
     parser.add_argument("--timeout", type=float, default=120.0, help="bound of each wait")
     parser.add_argument("--no-anchors", action="store_true", help="measure lelect only")
+    parser.add_argument("--heartbeats", action="append", metavar="SECONDS|default",
+                        help="lelect's --heartbeat-interval, one lelect side each (repeatable;"
+                             " default: 0, heartbeats off; 'default': lelect's own default)")
     parser.add_argument("--per-process", action="store_true",
                         help="also a table of RSS/PSS/USS per process (lelect, keeper, job)")
     args = parser.parse_args()
     backends = args.backend or ["file", "redis", "zookeeper"]
     counts = args.waiters or [1, 10, 50]
+    import lelect
+
+    compileall.compile_dir(os.path.dirname(lelect.__file__), quiet=1)
 
     print(HEADER)
     print("|" + "---|" * HEADER.count(" | ") + "---|")
@@ -614,7 +627,7 @@ def main() -> None:
             work.mkdir()
             with ExitStack() as stack:
                 server = stack.enter_context(SERVERS[name](work))
-                sides = [lelect_side(server)]
+                sides = [lelect_side(server, beats) for beats in args.heartbeats or ["0"]]
                 if not args.no_anchors:
                     sides += anchor_sides(server, work)
                 for waiters in counts:

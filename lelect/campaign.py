@@ -832,7 +832,7 @@ class _Driver:
         self._start_holders_refresh()
         if self.options.heartbeat_interval <= 0:
             return
-        from lelect.health import HeartbeatPublisher
+        from lelect.heartbeats import HeartbeatPublisher
 
         def duplicate(other) -> None:
             self.log("duplicate-id", f"another live candidate uses the node id"

@@ -1,8 +1,8 @@
-"""Heartbeat publishing and failure detection (phi accrual), and watching a group.
+"""Failure detection (phi accrual) over heartbeats, and watching a group.
 
 Every candidate publishes a :class:`~lelect.backends.base.Heartbeat` each interval
-(:class:`HeartbeatPublisher`); the backend keeps the last ~20 arrival times as *it*
-stamps them. :class:`PhiAccrualDetector` judges that history against the backend's
+(:class:`~lelect.heartbeats.HeartbeatPublisher`, re-exported here); the backend keeps
+the last ~20 arrival times as *it* stamps them. :class:`PhiAccrualDetector` judges that history against the backend's
 current time (``Members.now``), never the reader's clock, so a one-shot ``health``
 needs no state of its own. :func:`check` turns one election into a
 :class:`GroupHealth`; :class:`GroupWatch` yields them again and again for ``watch``.
@@ -11,30 +11,31 @@ needs no state of its own. :func:`check` turns one election into a
 from __future__ import annotations
 
 import math
-import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 from lelect.backends.base import (
     Backend,
     Cancel,
-    Candidate,
     Heartbeat,
     LeaderInfo,
     Members,
     with_value,
 )
-from lelect.backends.records import DEFAULT_FORGET_AFTER
 from lelect.errors import LelectError, UsageError
+from lelect.heartbeats import (  # noqa: F401 - re-exported: publishing is part of health's API
+    DEFAULT_HEARTBEAT_INTERVAL,
+    HeartbeatPublisher,
+    gone_from_this_host,
+    load_figures,
+)
 from lelect.names import printable, validate_election
 from lelect.seats import Seat, holders_count, seat_holders
 from lelect.status import HealthStatus
 
-DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_THRESHOLD = 8.0
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
@@ -42,184 +43,6 @@ HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 #: Nagios convention: OK, WARNING, CRITICAL.
 EXIT_STATUS = {HEALTHY: HealthStatus.HEALTHY, DEGRADED: HealthStatus.DEGRADED,
                CRITICAL: HealthStatus.CRITICAL}
-
-
-# -- publishing -----------------------------------------------------------------------
-
-
-def load_figures() -> dict[str, float | int]:
-    """cpu %, memory %, 1-minute load, disk % of /, network bytes (psutil, imported here)."""
-    import psutil
-
-    net = psutil.net_io_counters()
-    return {
-        "cpu_percent": float(psutil.cpu_percent(interval=None)),
-        "memory_percent": float(psutil.virtual_memory().percent),
-        "load1": float(os.getloadavg()[0]),
-        "disk_percent": float(psutil.disk_usage("/").percent),
-        "net_bytes_sent": int(net.bytes_sent) if net else 0,
-        "net_bytes_recv": int(net.bytes_recv) if net else 0,
-    }
-
-
-def _prime_cpu_percent() -> None:
-    """psutil's cpu % compares with the previous call: make one now so beats that
-    follow report real figures."""
-    try:
-        import psutil
-
-        psutil.cpu_percent(interval=None)
-    except Exception:  # noqa: BLE001 - figures are best effort
-        pass
-
-
-def gone_from_this_host(beat: Heartbeat, host: str) -> bool:
-    """Whether ``beat`` came from a process of this host that is gone: no process has its
-    pid now, the process is a zombie, or it started after the beat (the pid was reused).
-    Such a member is a dead candidate whose record has not aged out, not a live one."""
-    if beat.host != host or beat.pid is None:
-        return False
-    import psutil
-
-    try:
-        process = psutil.Process(beat.pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return True
-        return process.create_time() > beat.time + 1.0
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:  # not ours to look at: assume it lives
-        return False
-
-
-class HeartbeatPublisher:
-    """Publishes a heartbeat for ``candidate`` every ``interval`` in a daemon thread."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        election: str,
-        candidate: Candidate,
-        *,
-        interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-        forget_after: float = DEFAULT_FORGET_AFTER,
-        role: str = "follower",
-        on_duplicate: Callable[[Heartbeat], None] | None = None,
-        on_beat: Callable[[], None] | None = None,
-    ) -> None:
-        self.backend = backend
-        #: Called once if another live member already publishes under our node id.
-        self.on_duplicate = on_duplicate
-        #: Called after every beat, in the publishing thread (its errors are ignored).
-        self.on_beat = on_beat
-        self.seat: int | None = None
-        self.election = election
-        self.candidate = candidate
-        self.interval = interval
-        self.forget_after = forget_after
-        self.role = role
-        self.term: int | None = None
-        self.seq = 0
-        self.published = False
-        self.last_error: str | None = None
-        self.last_exception: Exception | None = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def set_role(self, role: str, term: int | None, seat: int | None = None) -> None:
-        """Change the role (and term, and seat) and publish it at once."""
-        self.role, self.term, self.seat = role, term, seat
-        self._wake.set()
-
-    def start(self) -> None:
-        _prime_cpu_percent()
-        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
-        self._thread.start()
-
-    def stop(self, remove: bool = True, budget: float = 2.0) -> None:
-        """Stop publishing; a clean exit removes the member at once (if it ever got
-        published, and the last beat went through: a backend in trouble is not waited
-        for again). Everything within ``budget`` seconds: an exit never waits on a
-        server that cannot answer."""
-        end = time.monotonic() + budget
-        self._stop.set()
-        self._wake.set()
-        if not (remove and self.published):
-            return  # nothing to take back: the thread is not waited for
-        if self._thread is not None:
-            self._thread.join(timeout=max(end - time.monotonic(), 0.0))
-        if self.last_error is not None:
-            return
-
-        def forget() -> None:
-            try:
-                self.backend.remove_member(self.election, self.candidate.node_id)
-            except (LelectError, OSError):
-                pass
-
-        remover = threading.Thread(target=forget, name="heartbeat-removal", daemon=True)
-        remover.start()
-        remover.join(timeout=max(end - time.monotonic(), 0.0))
-
-    def heartbeat(self) -> Heartbeat:
-        self.seq += 1
-        try:
-            figures = load_figures()
-        except Exception:  # noqa: BLE001 - figures are best effort; the beat is not
-            figures = {}
-        return Heartbeat(
-            election=self.election,
-            node_id=self.candidate.node_id,
-            host=self.candidate.host or socket.gethostname(),
-            pid=self.candidate.pid or os.getpid(),
-            role=self.role,
-            term=self.term,
-            seat=self.seat,
-            seq=self.seq,
-            time=time.time(),
-            interval=self.interval,
-            **figures,
-        )
-
-    def publish_once(self) -> None:
-        self.backend.publish(self.heartbeat(), self.forget_after)
-        self.published = True
-
-    def _check_duplicate(self) -> None:
-        """Two candidates with one node id would show as one member: say so."""
-        try:
-            members = self.backend.members(self.election)
-        except Exception:  # noqa: BLE001 - a warning only
-            return
-        for record in members.records:
-            beat = record.heartbeat
-            if record.node_id != self.candidate.node_id or beat is None or not record.arrivals:
-                continue
-            if (beat.host, beat.pid) == (self.candidate.host, self.candidate.pid):
-                continue
-            if gone_from_this_host(beat, self.candidate.host or socket.gethostname()):
-                continue
-            interval = beat.interval or self.interval
-            if members.now - record.arrivals[-1] < 3 * interval and self.on_duplicate:
-                self.on_duplicate(beat)
-
-    def _run(self) -> None:
-        if self.on_duplicate is not None:
-            self._check_duplicate()
-        while not self._stop.is_set():
-            try:
-                self.publish_once()
-                self.last_error = self.last_exception = None
-            except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the campaign
-                self.last_error, self.last_exception = str(exc), exc
-            if self.on_beat is not None:
-                try:
-                    self.on_beat()
-                except Exception:  # noqa: BLE001 - a refresh is advisory; the next one retries
-                    pass
-            self._wake.wait(self.interval)
-            self._wake.clear()
 
 
 # -- failure detection ------------------------------------------------------------

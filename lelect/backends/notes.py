@@ -1,8 +1,9 @@
 """What lelect keeps in an election's notes (:meth:`Backend.put_note`) for a leader's
 value and for a handover to a named node: the keys and the codecs, once.
 
-Standard library only, and no dataclasses: the job's keeper reads a handover note on
-its way to the embedded backend's flock, and must start in milliseconds.
+Standard library only, and no dataclasses (nor enum: lelect.errors is imported where a
+value is refused): the job's keeper reads a handover note on its way to the embedded
+backend's flock, and must start in milliseconds.
 
 - ``value.<term>``: the text the leadership of that term proclaimed (UTF-8, at most
   :data:`MAX_VALUE` bytes). Keyed by term, so a stale writer's value can never be shown
@@ -11,8 +12,6 @@ its way to the embedded backend's flock, and must start in milliseconds.
   before it asks term T to step down. While it lives (S seconds), a candidate other than
   NODE that wins a term above T steps down at once and waits.
 """
-
-from lelect.errors import UsageError
 
 #: The longest value a leader may publish, in bytes of UTF-8.
 MAX_VALUE = 4096
@@ -31,6 +30,8 @@ def value_key(term):
 
 def encode_value(value):
     """``value`` as stored, or UsageError (not text, not UTF-8, over MAX_VALUE bytes)."""
+    from lelect.errors import UsageError
+
     if not isinstance(value, str):
         raise UsageError("a value is text")
     try:

@@ -88,7 +88,7 @@ def _publish(ctx, election: str, node_id: str | None, interval: float, forget_af
     from lelect.backends.base import Candidate
     from lelect.durations import format_duration
     from lelect.errors import ConfigError
-    from lelect.health import HeartbeatPublisher
+    from lelect.heartbeats import HeartbeatPublisher
     from lelect.names import printable
 
     candidate = Candidate.local(node_id)

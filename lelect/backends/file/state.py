@@ -4,7 +4,8 @@ descriptor, never through a link, and checked (:class:`StateDir`; docs/security.
 
 Imported by the file backend and by the job's keeper (which takes the flock, settles
 the term and records the leader the moment it wins), so it imports nothing but the
-standard library and lelect.errors / lelect.backends.records. The keeper forks the job
+standard library (lelect.errors and lelect.backends.records where it raises an error or
+writes a record: they bring enum and dataclasses, which a waiting keeper does without). The keeper forks the job
 from its main thread: this module neither imports ``threading`` (whose after-fork hook
 runs Python code in the child, between the win and the job's exec) nor ``json`` (and so
 ``re``) until a record is written, after the job started.
@@ -21,7 +22,10 @@ import stat
 import time
 
 from lelect.backends.words import VANISHED_REASON
-from lelect.errors import ConfigError
+
+TYPE_CHECKING = False  # not typing's: the keeper imports this module
+if TYPE_CHECKING:
+    from lelect.errors import ConfigError
 
 # lelect.backends.records (and dataclasses) are imported where a record is written: the
 # job's keeper imports this module on its way to the lock, and must start in ms.
@@ -137,44 +141,44 @@ def ensure_safe_dir(path: str, create: bool = True, reader: bool = False
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
         except PermissionError:
-            raise ConfigError(
+            raise refused(
                 f"cannot create state directory {path}: permission denied"
                 " (set LELECT_HOME or --backend file:///DIR to a directory you own)"
             ) from None
         except OSError as exc:
-            raise ConfigError(f"cannot create state directory {path}: {exc.strerror}") from None
+            raise refused(f"cannot create state directory {path}: {exc.strerror}") from None
     try:
         info = os.stat(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError(f"cannot use state directory {path}: {exc.strerror}") from None
+        raise refused(f"cannot use state directory {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"state directory {path} is not a directory")
+        raise refused(f"state directory {path} is not a directory")
     mode = stat.S_IMODE(info.st_mode)
     shared = bool(mode & 0o020)
     if not reader and info.st_uid != os.geteuid() and not (shared and info.st_uid == 0):
-        raise ConfigError(
+        raise refused(
             f"refusing state directory {path}: owned by uid {info.st_uid}, not by you"
             f" (uid {os.geteuid()}); use a directory you own, or share one: owned by root,"
             " group-writable, setgid and sticky (chmod 3770)"
         )
     if mode & 0o002:
-        raise ConfigError(
+        raise refused(
             f"refusing state directory {path}: it is world writable (mode {mode:04o});"
             f" run: chmod 700 {path} (or chmod 3770 to share it with its group)"
         )
     if shared and mode & (stat.S_ISGID | stat.S_ISVTX) != stat.S_ISGID | stat.S_ISVTX:
-        raise ConfigError(
+        raise refused(
             f"refusing state directory {path}: it is group writable (mode {mode:04o}) but"
             " not setgid and sticky (a member could replace others' files); run:"
             f" chmod 3770 {path} to share it with its group, or chmod 700 {path}"
         )
     if not reader and not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"refusing state directory {path}: not writable by you")
+        raise refused(f"refusing state directory {path}: not writable by you")
     fstype = _filesystem_type(os.path.realpath(path))
     if fstype in NETWORK_FILESYSTEMS:
-        raise ConfigError(
+        raise refused(
             f"refusing state directory {path}: it is on {fstype}, where flock and SQLite WAL"
             " are not reliable; use a local directory"
         )
@@ -204,7 +208,7 @@ class StateDir:
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise ConfigError(f"cannot use state directory {path}: {exc.strerror}") from None
+            raise refused(f"cannot use state directory {path}: {exc.strerror}") from None
         self.info = os.fstat(self.fd)
 
     def close(self) -> None:
@@ -230,15 +234,15 @@ class StateDir:
         where = self.where(name)
         if not is_kind(info.st_mode):
             what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not what lelect made"
-            raise ConfigError(f"refusing {where}: it is {what}; someone who can write to"
+            raise refused(f"refusing {where}: it is {what}; someone who can write to"
                               f" {self.path} put it there: remove it")
         if info.st_nlink != 1:
-            raise ConfigError(f"refusing {where}: it has {info.st_nlink} hard links (lelect's"
+            raise refused(f"refusing {where}: it has {info.st_nlink} hard links (lelect's"
                               f" files have one); someone who can write to {self.path} made"
                               " them: remove it")
         if info.st_uid not in (os.geteuid(), 0, self.info.st_uid) and not (
                 self.shared and info.st_gid == self.info.st_gid):
-            raise ConfigError(f"refusing {where}: owned by uid {info.st_uid} and group"
+            raise refused(f"refusing {where}: owned by uid {info.st_uid} and group"
                               f" {info.st_gid}, not by you or {self.path}'s group: remove it")
         return info
 
@@ -257,7 +261,7 @@ class StateDir:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise ConfigError(f"refusing {self.where(name)}: it is a symbolic link; someone"
+                raise refused(f"refusing {self.where(name)}: it is a symbolic link; someone"
                                   f" who can write to {self.path} put it there: remove it"
                                   ) from None
             raise
@@ -408,7 +412,7 @@ def next_term(lock_fd: int, conn: sqlite3.Connection, election: str, where: str)
     content = os.pread(lock_fd, 64, 0)
     text = content.split(b"\n", 1)[0].strip()
     if text and not text.isdigit():
-        raise ConfigError(
+        raise refused(
             f"refusing election {election!r}: its lock file {where} holds"
             f" {text[:24].decode(errors='replace')!r}, not a term; someone wrote it by hand:"
             " write the last term there (lelect leader and history show it)"
@@ -417,13 +421,13 @@ def next_term(lock_fd: int, conn: sqlite3.Connection, election: str, where: str)
     stored = read_term(conn, election)
     if max(last, stored) >= MAX_TERM:
         source = f"its lock file {where}" if last >= stored else "the state database"
-        raise ConfigError(
+        raise refused(
             f"refusing election {election!r}: term {max(last, stored)} in {source} cannot be"
             f" followed by another (terms stop at {MAX_TERM}); someone wrote it by hand:"
             " write the last real term there"
         )
     if last and stored and not stored <= last <= stored + 1:
-        raise ConfigError(
+        raise refused(
             f"refusing election {election!r}: its lock file {where} says term {last} but the"
             f" state database says {stored}; one of them was changed (terms must only grow):"
             f" once you know the right one, write it into {where}"
@@ -456,9 +460,16 @@ def flock_waiters(path: str | os.PathLike) -> int:
 # -- the database ----------------------------------------------------------------------------
 
 
+def refused(message: str) -> ConfigError:
+    """A ConfigError: lelect.errors is imported once one is raised."""
+    from lelect.errors import ConfigError
+
+    return ConfigError(message)
+
+
 def corrupt(path: str, detail: str) -> ConfigError:
     detail = " ".join(detail.replace("*", "").split())  # SQLite's checks span lines
-    return ConfigError(
+    return refused(
         f"state database {path} is corrupt ({detail}); move it aside (terms must never"
         " restart, so lelect will not recreate it silently) and start again"
     )
@@ -481,7 +492,7 @@ def _retrying(what: str, attempt):
             return attempt()
         except _Contended as exc:
             if time.monotonic() + pause > deadline:
-                raise ConfigError(f"{what} stays locked: {exc}") from None
+                raise refused(f"{what} stays locked: {exc}") from None
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
 
@@ -619,7 +630,7 @@ def open_db(state: StateDir, *, create: bool = True, check: bool = False
             finally:
                 os.close(fd)
             if not info.st_size:
-                raise ConfigError(
+                raise refused(
                     f"state database {path} is empty (0 bytes): its terms and history are"
                     f" gone; move it aside (mv {path} {path}.empty), check who can write to"
                     f" {state.path}, and start again"
@@ -627,9 +638,9 @@ def open_db(state: StateDir, *, create: bool = True, check: bool = False
             return _retrying(f"state database {path}",
                              lambda: _connect(state, info, writable, check, settled=True))
     except PermissionError as exc:
-        raise ConfigError(f"cannot open state database {path}: {exc.strerror}") from None
+        raise refused(f"cannot open state database {path}: {exc.strerror}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot open state database {path}: {exc.strerror}") from None
+        raise refused(f"cannot open state database {path}: {exc.strerror}") from None
 
 
 def _open_db_file(state: StateDir, create: bool) -> tuple[int | None, bool]:
@@ -655,7 +666,7 @@ def _connect(state: StateDir, checked: os.stat_result, writable: bool, check: bo
                                timeout=BUSY_TIMEOUT, isolation_level=None,
                                check_same_thread=False)
     except sqlite3.Error as exc:
-        raise ConfigError(f"cannot open state database {path}: {exc}") from None
+        raise refused(f"cannot open state database {path}: {exc}") from None
     try:
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         try:
@@ -715,7 +726,7 @@ def _same_file(state: StateDir, conn: sqlite3.Connection, checked: os.stat_resul
         listed = named = None
     if listed is None or named is None or (listed.st_dev, listed.st_ino) != identity \
             or (named.st_dev, named.st_ino) != identity:
-        raise ConfigError(f"refusing state database {state.where(DB_NAME)}: it was replaced"
+        raise refused(f"refusing state database {state.where(DB_NAME)}: it was replaced"
                           f" while lelect opened it; someone who can write to {state.path}"
                           " did that: check the directory")
 
