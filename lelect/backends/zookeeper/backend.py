@@ -49,6 +49,7 @@ from lelect.backends.base import (
     check_note_key,
     only_changes,
 )
+from lelect.backends.notes import value_key
 from lelect.backends.records import (
     MAX_SLOTS,
     ResignAnswer,
@@ -350,6 +351,8 @@ class ZooKeeperBackend(Backend):
             raise TypeError(f"not a ZooKeeper leadership: {leadership!r}")
         leadership.guard.stop()
         session = leadership.session
+        # The entry of a job that ended at once may still be on its way (no record lost).
+        leadership.await_record(leadership.parting_budget(self.config.connect_timeout))
         # A lost session reconnects as a new one: wait for it (the job is already dead,
         # nothing is in a hurry), so the lost leader can still say how its leadership ended.
         lost = leadership.lease_over() or ending.outcome == LOST
@@ -406,14 +409,19 @@ class ZooKeeperBackend(Backend):
         if done is not None:
             slot = (paths.slot(done), self._slot_record(session, entry_path, closed))
             prune = self._slots_to_prune(session, paths)
+        forgetting = None
         for _ in range(RELEASE_TRIES):
             closing = (entry_path, closed if slot else replace(closed, slot=None))
             ops = release_ops(node, closing if entry_open else None, slot, prune or ())
             if not ops:
-                return
-            failed = session.commit(ops, timeout=RELEASE_PATIENCE)
+                break
+            committing = session.commit_async(ops)
+            if forgetting is None and self._forgets_value(leadership, ending):
+                # Sent right behind the release, answered in the same round trip.
+                forgetting = session.client.delete_async(paths.note(value_key(leadership.term)))
+            failed = session.settle(committing, ops, timeout=RELEASE_PATIENCE)
             if failed is None:
-                return
+                break
             if failed.op == Delete(leadership.node_path) and isinstance(failed.error, NoNodeError):
                 node = slot = None  # not ours any more: only our own entry is left to close
             elif isinstance(failed.op, SetData):
@@ -426,7 +434,28 @@ class ZooKeeperBackend(Backend):
                 prune = tuple(path for path in prune or () if path != failed.op.path)
             else:
                 log.warning("releasing %r: %s", leadership.election, type(failed.error).__name__)
-                return
+                break
+        if forgetting is not None:
+            try:
+                forgetting.get(timeout=RELEASE_PATIENCE)
+                leadership.value_forgotten = True
+            except NoNodeError:
+                leadership.value_forgotten = True  # none was published
+            except ZK_ERRORS:
+                pass  # the campaign forgets it after the release
+
+    @staticmethod
+    def _forgets_value(leadership: ZooKeeperLeadership, ending: Ending) -> bool:
+        """The release forgets this term's value itself (as Leadership.release would, after
+        it): not for a lost leadership, which gets no last word but the release."""
+        return (leadership.publishes_value and not leadership.value_forgotten
+                and ending.outcome != LOST and not leadership.lease_over())
+
+    def _await_records(self) -> None:
+        """Before reading what a win of ours writes: wait until our wins are recorded."""
+        for leadership in list(self.leaderships):
+            if isinstance(leadership, ZooKeeperLeadership) and not leadership.released:
+                leadership.await_record(self.config.connect_timeout)
 
     def _slot_record(self, session: ZooKeeperSession, entry_path: str, closed: HistoryEntry) -> bytes:
         """The completing leadership as the slot keeps it (started: its entry's ctime)."""
@@ -482,6 +511,8 @@ class ZooKeeperBackend(Backend):
                 "entry_path": paths.entry(leadership.term),
                 "entry": None if leadership.entry is None else leadership.entry.encode(),
                 "member": paths.member(leadership.node_id),
+                # An entry lelect had no time to write is created with lelect's ACL.
+                "acl": [[acl.perms, acl.id.scheme, acl.id.id] for acl in self.config.acl()],
                 # Past the session timeout the session is gone anyway.
                 "budget": min(self.config.connect_timeout, leadership.session_timeout),
             },
@@ -593,6 +624,7 @@ class ZooKeeperBackend(Backend):
         paths = self.paths(election)
         path = paths.resign
         request = resign_request(current.term)
+        self._await_records()
         session = self._session()
         with session.errors(f"asking the leader of {election!r} to resign", path):
             # lelect records each of its leaderships as it wins; a kazoo Election leader
@@ -757,6 +789,7 @@ class ZooKeeperBackend(Backend):
     def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
         """Oldest first; times from each entry's znode (ctime: started, mtime: ended)."""
         path = self.paths(election).history
+        self._await_records()
         session = self._session()
         with session.errors(f"reading the history of {election!r}", path):
             try:

@@ -444,6 +444,10 @@ class ZooKeeperSession:
     def commit(self, ops: list[Op], timeout: float) -> Failed | None:
         """One multi: all of ``ops`` or none. None when it went through, else which
         operation failed and why."""
+        return self.settle(self.commit_async(ops), ops, timeout)
+
+    def commit_async(self, ops: list[Op]) -> Any:
+        """The multi of ``ops``, sent without waiting (its answer: :meth:`settle`)."""
         transaction = self.client.transaction()
         for op in ops:
             if isinstance(op, Check):
@@ -454,7 +458,12 @@ class ZooKeeperSession:
                 transaction.set_data(op.path, op.data, op.version)
             elif isinstance(op, Delete):
                 transaction.delete(op.path, op.version)
-        results = transaction.commit_async().get(timeout=max(timeout, 0.0))
+        return transaction.commit_async()
+
+    @staticmethod
+    def settle(sent: Any, ops: list[Op], timeout: float) -> Failed | None:
+        """The answer to :meth:`commit_async`: None if it went through, else the failure."""
+        results = sent.get(timeout=max(timeout, 0.0))
         for index, result in enumerate(results):
             # The server reports the operations before the failing one as rolled back.
             if isinstance(result, KazooException) and not isinstance(result, RolledBackError):
