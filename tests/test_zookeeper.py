@@ -457,6 +457,23 @@ def test_a_waiter_wins_in_one_round_trip_after_its_predecessor_is_deleted(backen
     assert [h.outcome for h in first_backend.history("quick")] == ["exited", "exited"]
 
 
+def test_a_leadership_whose_entry_could_not_be_written_is_recorded_by_its_release(
+        backends, zk_url, monkeypatch):
+    """The entry is written beside the job; a leader frozen or cut off before it could
+    write it still leaves its leadership in the history: the release writes it closed."""
+    from lelect.backends.zookeeper.contest import Contest
+
+    monkeypatch.setattr(Contest, "record_win", lambda self, mine, entry, sent_with: None)
+    backend = backends(zk_url)
+    leadership = backend.campaign("unwritten", candidate("a"), timeout=10)
+    leadership.recorded.wait(5)
+    assert backend.history("unwritten") == []
+    leadership.release("exited", 0)
+    (entry,) = backend.history("unwritten")
+    assert (entry.node_id, entry.term, entry.outcome, entry.exit_status) == (
+        "a", leadership.term, "exited", 0)
+
+
 # -- ACL and credentials -------------------------------------------------------------
 
 

@@ -405,6 +405,9 @@ class ZooKeeperBackend(Backend):
         entry_path = paths.entry(leadership.term)
         node: str | None = leadership.node_path
         entry_open = True
+        # An entry never written (the leadership never began, or was lost before it
+        # could write it) is written closed.
+        create = not leadership.entry_written
         slot = prune = None
         if done is not None:
             slot = (paths.slot(done), self._slot_record(session, entry_path, closed))
@@ -412,7 +415,8 @@ class ZooKeeperBackend(Backend):
         forgetting = None
         for _ in range(RELEASE_TRIES):
             closing = (entry_path, closed if slot else replace(closed, slot=None))
-            ops = release_ops(node, closing if entry_open else None, slot, prune or ())
+            ops = release_ops(node, closing if entry_open else None, slot, prune or (),
+                              create=create)
             if not ops:
                 break
             committing = session.commit_async(ops)
@@ -426,6 +430,13 @@ class ZooKeeperBackend(Backend):
                 node = slot = None  # not ours any more: only our own entry is left to close
             elif isinstance(failed.op, SetData):
                 entry_open = False  # closed by the next leader (first writer wins), or never written
+            elif isinstance(failed.op, Create) and failed.op.path == entry_path:
+                if isinstance(failed.error, NodeExistsError):
+                    create = False  # written after all: close it
+                elif isinstance(failed.error, NoNodeError):
+                    self._ask(session, "ensure_path", paths.history)  # the election's first
+                else:
+                    entry_open = False
             elif isinstance(failed.op, Create) and isinstance(failed.error, NoNodeError):
                 self._ask(session, "ensure_path", paths.slots)  # the election's first slot
             elif isinstance(failed.op, Create):

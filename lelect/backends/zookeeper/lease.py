@@ -51,8 +51,10 @@ class ZooKeeperLeadership(Leadership):
         self.paths = paths
         self.session = session
         self.node_path = paths.contender(contender.name)
-        #: Our history entry (None: the history could not be written).
+        #: Our history entry, and whether it is written (the release closes it; one that
+        #: is not, it writes closed).
         self.entry = entry
+        self.entry_written = record is None and entry is not None
         #: Writes our entry (returns it, or None if it could not be written), beside the
         #: job, calling its argument once the multi is sent; ``recorded`` is set once it
         #: has run (at once without one).
@@ -60,6 +62,8 @@ class ZooKeeperLeadership(Leadership):
         self.recorded = threading.Event()
         if record is None:
             self.recorded.set()
+        self._record_lock = threading.Lock()
+        self.begun = False
         #: The session timeout the server granted: the lease length.
         self.session_timeout = session.granted or session.requested
         self.guard = LeaseGuard(self)
@@ -69,10 +73,12 @@ class ZooKeeperLeadership(Leadership):
                          lease, since=None if entry is None else entry.started)
 
     def _begin(self) -> None:
+        self.begun = True
         self.guard.start()
-        if self._record is None:
-            self.guard.look_soon()
-            return
+        with self._record_lock:
+            if self._record is None:
+                self.guard.look_soon()
+                return
         threading.Thread(target=self._record_beside_the_job, name=f"lelect-zk-record:{self.election}",
                          daemon=True).start()
 
@@ -83,7 +89,8 @@ class ZooKeeperLeadership(Leadership):
             try:
                 # The watches go right behind the entry's multi (not before it: our node
                 # deleted in between would leave the leadership unrecorded).
-                self.entry = self._record(lambda: looks.append(self.guard.ask_first_look()))
+                written = self._record(lambda: looks.append(self.guard.ask_first_look()))
+                self.entry_written = written is not None
             finally:
                 self._record = None  # (it holds the contest's answers)
             if not looks:
@@ -97,7 +104,12 @@ class ZooKeeperLeadership(Leadership):
 
     def await_record(self, budget: float) -> None:
         """Before anything reads or changes our entry: wait (at most ``budget``) until
-        the win's entry is written (or could not be)."""
+        the win's entry is written (or could not be). A leadership that never began (a
+        late win, a handover that bars it) writes none: its release writes it closed."""
+        with self._record_lock:
+            if not self.begun:
+                self._record = None
+                self.recorded.set()
         self.recorded.wait(budget)
 
 
