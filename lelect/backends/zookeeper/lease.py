@@ -93,6 +93,7 @@ class ZooKeeperLeadership(Leadership):
                 self.entry_written = written is not None
             finally:
                 self._record = None  # (it holds the contest's answers)
+                self.recorded.set()  # (the release need not wait for the watches' answers)
             if not looks:
                 looks.append(self.guard.ask_first_look())
             self.guard.settle_first_look(looks[0])
