@@ -239,6 +239,24 @@ def test_notes_live_beside_the_election_and_list_no_election(backends, zk_url, z
     assert backend.elections() == ["noted"]
 
 
+def test_reading_notes_with_a_ttl_again_writes_no_clock_node(backends, zk_url, zk_path, kazoo):
+    """Issue 21 ("lean waiting"): every candidate refreshes its --holders note every few
+    seconds; judging a note's ttl reuses a recent reading of the server's clock instead
+    of writing the clock node (a write ZooKeeper syncs to disk) each time."""
+    backend = backends(zk_url)
+    backend.put_note("clocked", "holders", b"1", 30.0)
+    assert backend.get_note("clocked", "holders") == b"1"
+    _, before = kazoo.get(f"{zk_path}/_clock")
+    for _ in range(3):
+        assert backend.get_note("clocked", "holders") == b"1"
+        assert not backend.put_note("clocked", "holders", b"2", 30.0, create=True)
+    _, after = kazoo.get(f"{zk_path}/_clock")
+    assert after.version == before.version
+    backend.put_note("clocked", "short", b"x", 0.2)
+    wait_until(lambda: backend.get_note("clocked", "short") is None, timeout=5,
+               what="a 200 ms note to expire by the carried-forward clock")
+
+
 def test_a_hostile_or_oversized_note_node_reads_as_none(backends, zk_url, zk_path, kazoo):
     from lelect.backends.base import MAX_NOTE
 

@@ -97,6 +97,9 @@ RELEASE_PATIENCE = 1.0
 RELEASE_TRIES = 5
 #: Tries of a note's write against writers that change or delete it meanwhile.
 NOTE_TRIES = 5
+#: How long a reading of the server's clock judges notes' ttls (carried forward by the
+#: local monotonic clock): a refresh of a note writes no clock node meanwhile.
+NOTE_CLOCK_REUSE = 60.0
 
 
 class ZooKeeperBackend(Backend):
@@ -782,9 +785,26 @@ class ZooKeeperBackend(Backend):
         note = StoredNote.decode(raw or b"")
         if note is None or len(note.data) > MAX_NOTE:
             return None
-        if note.ttl_ms is not None and not note.live(stat.mtime, self._server_now(session)):
+        if note.ttl_ms is not None and not note.live(stat.mtime, self._note_now(session)):
             return None
         return note.data
+
+    def _note_now(self, session: ZooKeeperSession) -> float:
+        """The server's clock for a note's ttl: a touch of the clock node at most
+        :data:`NOTE_CLOCK_REUSE` old, carried forward by the local monotonic clock (so a
+        candidate's refresh of its --holders note every few seconds writes no clock
+        node). It runs behind the server by at most one round trip: a note is judged
+        live that much longer, never shorter."""
+        sample = session.clock_sample
+        now = time.monotonic()
+        if sample is not None and now - sample[1] < NOTE_CLOCK_REUSE:
+            return now + sample[0]
+        server = self._server_now(session)
+        if session.clock_sample is not sample:
+            return server  # (the local clock, stored as such: this client may not touch it)
+        answered = time.monotonic()
+        session.clock_sample = (server - answered, answered)
+        return server
 
     def delete_note(self, election: str, key: str) -> None:
         path = self.paths(election).note(check_note_key(key))
@@ -859,6 +879,7 @@ class ZooKeeperBackend(Backend):
                 stat = self._ask(session, "set", path, b"")
         except NoAuthError:
             log.debug("may not touch %s: judging ages by the local clock", path)
+            session.clock_sample = (time.time() - time.monotonic(), time.monotonic())
             return time.time()
         return stat.mtime / 1000.0
 

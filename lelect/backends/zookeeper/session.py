@@ -258,6 +258,9 @@ class ZooKeeperSession:
         self.closed = False
         #: True once start() concluded that no server answered (not a refusal of ours).
         self.unreachable = False
+        #: (server clock - monotonic clock, monotonic time taken) of the last touch of the
+        #: clock node: what notes' ttls are judged by for a while.
+        self.clock_sample: tuple[float, float] | None = None
         self._verdict: BackendUnavailable | None = None
         self._changed = threading.Condition()
         self._listeners: list[Callable[[str], None]] = []
