@@ -211,6 +211,7 @@ def test_history_and_slots_live_beside_the_election(backends, zookeeper_server, 
         leadership = backend.campaign("kept", candidate("a"))
         terms.append(leadership.term)
         assert kazoo.get_children(f"{zk_path}/kept") == [leadership.token]
+        backend.history("kept")  # the entry is written beside the leadership: wait for it
         data, _ = kazoo.get(f"{zk_path}/_history/kept/{leadership.term:010d}")
         assert HistoryEntry.decode(data).outcome == "running"
         leadership.release("exited", status, slot=slot)
@@ -236,6 +237,24 @@ def test_notes_live_beside_the_election_and_list_no_election(backends, zk_url, z
     data, _ = kazoo.get(f"{zk_path}/_notes/noted/value:1")
     assert data == b"30000\naddr"  # the ttl (ms, from the node's mtime), then the note
     assert backend.elections() == ["noted"]
+
+
+def test_reading_notes_with_a_ttl_again_writes_no_clock_node(backends, zk_url, zk_path, kazoo):
+    """Issue 21 ("lean waiting"): every candidate refreshes its --holders note every few
+    seconds; judging a note's ttl reuses a recent reading of the server's clock instead
+    of writing the clock node (a write ZooKeeper syncs to disk) each time."""
+    backend = backends(zk_url)
+    backend.put_note("clocked", "holders", b"1", 30.0)
+    assert backend.get_note("clocked", "holders") == b"1"
+    _, before = kazoo.get(f"{zk_path}/_clock")
+    for _ in range(3):
+        assert backend.get_note("clocked", "holders") == b"1"
+        assert not backend.put_note("clocked", "holders", b"2", 30.0, create=True)
+    _, after = kazoo.get(f"{zk_path}/_clock")
+    assert after.version == before.version
+    backend.put_note("clocked", "short", b"x", 0.2)
+    wait_until(lambda: backend.get_note("clocked", "short") is None, timeout=5,
+               what="a 200 ms note to expire by the carried-forward clock")
 
 
 def test_a_hostile_or_oversized_note_node_reads_as_none(backends, zk_url, zk_path, kazoo):
@@ -418,6 +437,61 @@ def test_one_leader_change_wakes_one_waiter_of_fifty(
     backend.close()  # the other waiters give up
 
 
+def test_a_waiter_wins_in_one_round_trip_after_its_predecessor_is_deleted(backends, zk_url,
+                                                                         monkeypatch):
+    """Issue 21 ("fast winning"): once the node it waits behind is deleted, a waiting
+    candidate reads the queue, and the handover note with it, in one round trip before
+    its job may run: nothing is written on the way (the history entry is written beside
+    the job, and the release waits for it)."""
+    import kazoo.client
+
+    calls: list[tuple[str, str, str]] = []  # (thread, request, path)
+    call = kazoo.client.KazooClient._call
+
+    def counted(self, request, async_object):
+        calls.append((threading.current_thread().name, type(request).__name__,
+                      getattr(request, "path", "")))
+        return call(self, request, async_object)
+
+    monkeypatch.setattr(kazoo.client.KazooClient, "_call", counted)
+    first_backend, second_backend = backends(zk_url), backends(zk_url)
+    first = first_backend.campaign("quick", candidate("a"), timeout=10)
+    waiting, won = threading.Event(), []
+    campaigner = threading.Thread(target=lambda: won.append(second_backend.campaign(
+        "quick", candidate("b"), timeout=30, on_wait=lambda holder: waiting.set())),
+        name="campaigner")
+    campaigner.start()
+    assert waiting.wait(10)
+    since = len(calls)
+    first.release()
+    campaigner.join(10)
+    second = won[0]
+    after = [(request, path.rsplit("/", 1)[-1]) for thread, request, path in calls[since:]
+             if thread == "campaigner"]
+    assert sorted(after) == [("GetChildren", "quick"), ("GetData", "handover")]
+    wait_until(lambda: [h.outcome for h in first_backend.history("quick")] == ["exited", "running"],
+               timeout=10, what="the win in the history")
+    second.release()
+    assert [h.outcome for h in first_backend.history("quick")] == ["exited", "exited"]
+
+
+def test_a_leadership_whose_entry_could_not_be_written_is_recorded_by_its_release(
+        backends, zk_url, monkeypatch):
+    """The entry is written beside the job; a leader frozen or cut off before it could
+    write it still leaves its leadership in the history: the release writes it closed."""
+    from lelect.backends.zookeeper.contest import Contest
+
+    monkeypatch.setattr(Contest, "record_win", lambda self, mine, entry, sent_with: None)
+    backend = backends(zk_url)
+    leadership = backend.campaign("unwritten", candidate("a"), timeout=10)
+    leadership.recorded.wait(5)
+    assert backend.history("unwritten") == []
+    leadership.release("exited", 0)
+    (entry,) = backend.history("unwritten")
+    assert (entry.node_id, entry.term, entry.outcome, entry.exit_status) == (
+        "a", leadership.term, "exited", 0)
+
+
 # -- ACL and credentials -------------------------------------------------------------
 
 
@@ -525,11 +599,39 @@ def test_hand_back_frees_the_election_at_once(backends, zookeeper_server, zk_pat
     successor.release()
 
 
+def test_hand_back_writes_an_entry_lelect_died_before_writing(backends, zookeeper_server, zk_path,
+                                                             kazoo, processes):
+    """The entry is written beside the job: lelect killed as its job starts may not have
+    written it. The keeper's hand-back then creates it, closed as lost, with lelect's ACL."""
+    url = zookeeper_server.url(zk_path, session_timeout="10s", auth="digest:ops:s3cret")
+    child, params = leader_in_child(url, "early", processes)
+    entry_path = params["entry_path"]
+    wait_until(lambda: kazoo.exists(entry_path), what="the entry written beside the leadership")
+    child.kill()
+    child.wait()
+    owner = KazooClient(zookeeper_server.hosts, timeout=2, auth_data=[("digest", "ops:s3cret")])
+    owner.start(10)
+    try:
+        owner.delete(entry_path)  # as if lelect had died before writing it
+    finally:
+        owner.stop()
+        owner.close()
+    assert _handback_zookeeper.hand_back(params, 5.0, 137) == "released"
+    (lost,) = backends(url).history("early")
+    assert (lost.node_id, lost.outcome, lost.exit_status) == ("crashed", "lost", 137)
+    assert lost.reason == HAND_BACK_REASON
+    acl, _ = kazoo.get_acls(entry_path)
+    assert {(a.id.scheme, a.id.id.split(":")[0], a.perms) for a in acl} == {
+        ("digest", "ops", Permissions.ALL), ("world", "anyone", Permissions.READ)}
+
+
 def test_hand_back_after_the_session_expired_changes_nothing(backends, zk_url, zk_path, kazoo,
                                                              pool, processes):  # fmt: skip
     child, params = leader_in_child(zk_url, "expired", processes)
     backend = backends(zk_url)
     waiting = pool.submit(backend.campaign, "expired", candidate("next"))
+    # (the entry is written beside the leadership: a leader frozen before leaves none)
+    wait_until(lambda: kazoo.exists(params["entry_path"]), what="the crashed leader's entry")
     os.kill(child.pid, signal.SIGSTOP)  # its session expires 2 s later; the next one wins
     successor = waiting.result(timeout=15)
     assert _handback_zookeeper.hand_back(params, 5.0, 137) == "not ours"

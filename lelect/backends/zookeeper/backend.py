@@ -49,6 +49,7 @@ from lelect.backends.base import (
     check_note_key,
     only_changes,
 )
+from lelect.backends.notes import value_key
 from lelect.backends.records import (
     MAX_SLOTS,
     ResignAnswer,
@@ -96,6 +97,9 @@ RELEASE_PATIENCE = 1.0
 RELEASE_TRIES = 5
 #: Tries of a note's write against writers that change or delete it meanwhile.
 NOTE_TRIES = 5
+#: How long a reading of the server's clock judges notes' ttls (carried forward by the
+#: local monotonic clock): a refresh of a note writes no clock node meanwhile.
+NOTE_CLOCK_REUSE = 60.0
 
 
 class ZooKeeperBackend(Backend):
@@ -350,6 +354,8 @@ class ZooKeeperBackend(Backend):
             raise TypeError(f"not a ZooKeeper leadership: {leadership!r}")
         leadership.guard.stop()
         session = leadership.session
+        # The entry of a job that ended at once may still be on its way (no record lost).
+        leadership.await_record(leadership.parting_budget(self.config.connect_timeout))
         # A lost session reconnects as a new one: wait for it (the job is already dead,
         # nothing is in a hurry), so the lost leader can still say how its leadership ended.
         lost = leadership.lease_over() or ending.outcome == LOST
@@ -402,22 +408,38 @@ class ZooKeeperBackend(Backend):
         entry_path = paths.entry(leadership.term)
         node: str | None = leadership.node_path
         entry_open = True
+        # An entry never written (the leadership never began, or was lost before it
+        # could write it) is written closed.
+        create = not leadership.entry_written
         slot = prune = None
         if done is not None:
             slot = (paths.slot(done), self._slot_record(session, entry_path, closed))
             prune = self._slots_to_prune(session, paths)
+        forgetting = None
         for _ in range(RELEASE_TRIES):
             closing = (entry_path, closed if slot else replace(closed, slot=None))
-            ops = release_ops(node, closing if entry_open else None, slot, prune or ())
+            ops = release_ops(node, closing if entry_open else None, slot, prune or (),
+                              create=create)
             if not ops:
-                return
-            failed = session.commit(ops, timeout=RELEASE_PATIENCE)
+                break
+            committing = session.commit_async(ops)
+            if forgetting is None and self._forgets_value(leadership, ending):
+                # Sent right behind the release, answered in the same round trip.
+                forgetting = session.client.delete_async(paths.note(value_key(leadership.term)))
+            failed = session.settle(committing, ops, timeout=RELEASE_PATIENCE)
             if failed is None:
-                return
+                break
             if failed.op == Delete(leadership.node_path) and isinstance(failed.error, NoNodeError):
                 node = slot = None  # not ours any more: only our own entry is left to close
             elif isinstance(failed.op, SetData):
                 entry_open = False  # closed by the next leader (first writer wins), or never written
+            elif isinstance(failed.op, Create) and failed.op.path == entry_path:
+                if isinstance(failed.error, NodeExistsError):
+                    create = False  # written after all: close it
+                elif isinstance(failed.error, NoNodeError):
+                    self._ask(session, "ensure_path", paths.history)  # the election's first
+                else:
+                    entry_open = False
             elif isinstance(failed.op, Create) and isinstance(failed.error, NoNodeError):
                 self._ask(session, "ensure_path", paths.slots)  # the election's first slot
             elif isinstance(failed.op, Create):
@@ -426,7 +448,28 @@ class ZooKeeperBackend(Backend):
                 prune = tuple(path for path in prune or () if path != failed.op.path)
             else:
                 log.warning("releasing %r: %s", leadership.election, type(failed.error).__name__)
-                return
+                break
+        if forgetting is not None:
+            try:
+                forgetting.get(timeout=RELEASE_PATIENCE)
+                leadership.value_forgotten = True
+            except NoNodeError:
+                leadership.value_forgotten = True  # none was published
+            except ZK_ERRORS:
+                pass  # the campaign forgets it after the release
+
+    @staticmethod
+    def _forgets_value(leadership: ZooKeeperLeadership, ending: Ending) -> bool:
+        """The release forgets this term's value itself (as Leadership.release would, after
+        it): not for a lost leadership, which gets no last word but the release."""
+        return (leadership.publishes_value and not leadership.value_forgotten
+                and ending.outcome != LOST and not leadership.lease_over())
+
+    def _await_records(self) -> None:
+        """Before reading what a win of ours writes: wait until our wins are recorded."""
+        for leadership in list(self.leaderships):
+            if isinstance(leadership, ZooKeeperLeadership) and not leadership.released:
+                leadership.await_record(self.config.connect_timeout)
 
     def _slot_record(self, session: ZooKeeperSession, entry_path: str, closed: HistoryEntry) -> bytes:
         """The completing leadership as the slot keeps it (started: its entry's ctime)."""
@@ -482,6 +525,8 @@ class ZooKeeperBackend(Backend):
                 "entry_path": paths.entry(leadership.term),
                 "entry": None if leadership.entry is None else leadership.entry.encode(),
                 "member": paths.member(leadership.node_id),
+                # An entry lelect had no time to write is created with lelect's ACL.
+                "acl": [[acl.perms, acl.id.scheme, acl.id.id] for acl in self.config.acl()],
                 # Past the session timeout the session is gone anyway.
                 "budget": min(self.config.connect_timeout, leadership.session_timeout),
             },
@@ -593,6 +638,7 @@ class ZooKeeperBackend(Backend):
         paths = self.paths(election)
         path = paths.resign
         request = resign_request(current.term)
+        self._await_records()
         session = self._session()
         with session.errors(f"asking the leader of {election!r} to resign", path):
             # lelect records each of its leaderships as it wins; a kazoo Election leader
@@ -739,9 +785,26 @@ class ZooKeeperBackend(Backend):
         note = StoredNote.decode(raw or b"")
         if note is None or len(note.data) > MAX_NOTE:
             return None
-        if note.ttl_ms is not None and not note.live(stat.mtime, self._server_now(session)):
+        if note.ttl_ms is not None and not note.live(stat.mtime, self._note_now(session)):
             return None
         return note.data
+
+    def _note_now(self, session: ZooKeeperSession) -> float:
+        """The server's clock for a note's ttl: a touch of the clock node at most
+        :data:`NOTE_CLOCK_REUSE` old, carried forward by the local monotonic clock (so a
+        candidate's refresh of its --holders note every few seconds writes no clock
+        node). It runs behind the server by at most one round trip: a note is judged
+        live that much longer, never shorter."""
+        sample = session.clock_sample
+        now = time.monotonic()
+        if sample is not None and now - sample[1] < NOTE_CLOCK_REUSE:
+            return now + sample[0]
+        server = self._server_now(session)
+        if session.clock_sample is not sample:
+            return server  # (the local clock, stored as such: this client may not touch it)
+        answered = time.monotonic()
+        session.clock_sample = (server - answered, answered)
+        return server
 
     def delete_note(self, election: str, key: str) -> None:
         path = self.paths(election).note(check_note_key(key))
@@ -757,6 +820,7 @@ class ZooKeeperBackend(Backend):
     def history(self, election: str, limit: int | None = None) -> list[HistoryEntry]:
         """Oldest first; times from each entry's znode (ctime: started, mtime: ended)."""
         path = self.paths(election).history
+        self._await_records()
         session = self._session()
         with session.errors(f"reading the history of {election!r}", path):
             try:
@@ -815,6 +879,7 @@ class ZooKeeperBackend(Backend):
                 stat = self._ask(session, "set", path, b"")
         except NoAuthError:
             log.debug("may not touch %s: judging ages by the local clock", path)
+            session.clock_sample = (time.time() - time.monotonic(), time.monotonic())
             return time.time()
         return stat.mtime / 1000.0
 

@@ -2,9 +2,13 @@
 multi that makes it leader.
 
 The candidate creates an ephemeral sequential contender node, and while somebody is
-ahead it watches only its predecessor (so one release wakes one waiter). Once nobody is
-ahead, one multi checks that its node still exists, creates its history entry, closes
-the entry of a leader that vanished, and trims the history to its bound.
+ahead it watches only its predecessor (so one release wakes one waiter). The look that
+finds nobody ahead is the win: one round trip, in which the queue is read together with
+what a new leader needs before its job may start (the handover note). The history entry
+is written beside the job (:meth:`Contest.record_win`): the history is read, then one
+multi checks that our node still exists, creates our entry, closes the entry of a leader
+that vanished and trims the history to its bound; the release and this process's own
+reads wait for it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from kazoo.exceptions import (
 )
 
 from lelect.backends.base import (
+    MAX_NOTE,
     Candidate,
     HistoryEntry,
     LeaderInfo,
@@ -32,12 +37,14 @@ from lelect.backends.base import (
     timed_out,
     wait_event,
 )
+from lelect.backends.notes import HANDOVER_KEY
 from lelect.backends.zookeeper.layout import (
     CONTENDER_MARK,
     Check,
     Contender,
     Create,
     ElectionPaths,
+    StoredNote,
     contenders,
     history_prune,
     history_terms,
@@ -56,6 +63,10 @@ if TYPE_CHECKING:
 WIN_TRIES = 4
 
 
+#: "The winning look cannot say": the campaign reads the handover note itself.
+_UNKNOWN = object()
+
+
 class _Reconnect(Exception):
     """A call got no answer (connection lost or timed out): wait for the session."""
 
@@ -70,7 +81,8 @@ class _Gone(Exception):
 
 @dataclass(frozen=True)
 class _HistoryLook:
-    """Answers on their way: the history's entry names, and (term, entry) of a guess."""
+    """Answers on their way: the history's entry names, and (term, entry) of a guess at
+    the newest (the leader we followed)."""
 
     children: Any
     guess: tuple[int, Any] | None
@@ -215,10 +227,12 @@ class Contest:
                 self._refuse_if_led(queue)
             self.node = self._enter()
         self.wake.clear()
-        # Likely to win (the first look, or next in line): read the history meanwhile.
-        history = self._ask_history() if not self.looked or self.next_after else None
-        self.looked = True
+        # Likely to win (the first look, or next in line): what a win needs before its job
+        # is read with the queue, in the same round trip.
         sent = time.monotonic()
+        handover = (self.session.client.get_async(self.paths.note(HANDOVER_KEY))
+                    if not self.looked or self.next_after else None)
+        self.looked = True
         queue = contenders(self._call("get_children", path))
         mine = next((c for c in queue if c.name == self.node), None)
         if mine is None:  # our session expired and took our node with it
@@ -226,7 +240,7 @@ class Contest:
             return None
         ahead = [c for c in queue if c.seq < mine.seq]
         if not ahead:
-            return self._won(mine, sent, history)
+            return self._won(mine, sent, handover)
         self.next_after = ahead[0] if len(ahead) == 1 else None
         if self.no_wait:
             self._refuse_if_led(ahead)
@@ -283,9 +297,13 @@ class Contest:
 
     # -- winning ------------------------------------------------------------------
 
-    def _won(self, mine: Contender, sent: float, history: _HistoryLook | None
-             ) -> ZooKeeperLeadership:
-        entry = self._record_win(mine, history)
+    def _won(self, mine: Contender, sent: float, handover: Any) -> ZooKeeperLeadership:
+        """Nobody is ahead: we lead. Nothing is written before the job may start (the
+        history entry is written beside it, :meth:`record_win`)."""
+        entry = HistoryEntry(
+            election=self.election, term=mine.seq, node_id=self.candidate.node_id,
+            host=self.candidate.host, pid=self.candidate.pid, started=time.time(),
+        )
         leadership = ZooKeeperLeadership(
             self.backend,
             self.paths,
@@ -294,13 +312,18 @@ class Contest:
             session=self.session,
             entry=entry,
             sent=sent,
+            record=lambda sent_with: self.record_win(mine, entry, sent_with),
         )
+        if handover is not None:
+            note = self._handover_at_win(handover)
+            if note is not _UNKNOWN:
+                leadership.notes_at_win[HANDOVER_KEY] = note
         log.debug("%s leads %r (term %d)", mine.name, self.election, mine.seq)
         return leadership
 
     def _ask_history(self) -> _HistoryLook:
-        """Ask for the history's entries, and for the entry of the leader we expect to
-        follow, without waiting: the answers come while we read the queue."""
+        """Ask for the history's entries and the entry of the leader we followed, without
+        waiting (the answers come in one round trip)."""
         client = self.session.client
         guess = self.next_after
         return _HistoryLook(
@@ -308,42 +331,68 @@ class Contest:
             None if guess is None else (guess.seq, client.get_async(self.paths.entry(guess.seq))),
         )
 
-    def _answer(self, result: Any) -> Any:
+    def _handover_at_win(self, result: Any) -> bytes | None | object:
+        """The handover note's bytes as read with the winning look (None: there is none),
+        or _UNKNOWN when the look cannot say (no answer; a note with a ttl, which is judged
+        by the server's clock): the campaign then reads it itself."""
         try:
-            return result.get(timeout=self._call_timeout())
+            raw, _ = result.get(timeout=self._call_timeout())
+        except NoNodeError:
+            return None
+        except ZK_ERRORS:
+            return _UNKNOWN
+        note = StoredNote.decode(raw or b"")
+        if note is None or len(note.data) > MAX_NOTE:
+            return None  # garbage reserves nothing
+        return _UNKNOWN if note.ttl_ms is not None else note.data
+
+    def _answer(self, result: Any, timeout: float) -> Any:
+        try:
+            return result.get(timeout=timeout)
         except (*TRANSIENT, SessionExpiredError):
             raise _Reconnect from None
 
-    def _record_win(self, mine: Contender, history: _HistoryLook | None) -> HistoryEntry | None:
-        """The winning multi; our entry, or None if the history cannot be written (we
-        lead all the same: the history is a record, not the election)."""
+    def record_win(self, mine: Contender, entry: HistoryEntry, sent_with: Callable[[], None] | None
+                   ) -> HistoryEntry | None:
+        """The history multi, beside the job: our entry, or None if the history cannot be
+        written (we lead all the same: the history is a record, not the election).
+        ``sent_with()`` is called once, right after the first multi is sent (what it asks
+        goes in the same round trip)."""
+        timeout = self.backend.config.connect_timeout
         for _ in range(WIN_TRIES):
-            look = history or self._ask_history()
-            history = None  # a retry reads afresh
+            look = self._ask_history()
             try:
-                children = self._answer(look.children)
-            except NoNodeError:
-                children = []
-            newest = self._newest_before(children, mine.seq, look)
-            entry = HistoryEntry(
-                election=self.election, term=mine.seq, node_id=self.candidate.node_id,
-                host=self.candidate.host, pid=self.candidate.pid, started=time.time(),
-            )
+                try:
+                    children = self._answer(look.children, timeout)
+                except NoNodeError:
+                    children = []
+                newest = self._newest_before(children, mine.seq, look, timeout)
+            except (_Reconnect, *ZK_ERRORS) as exc:
+                log.warning("cannot read the history of %r: %s", self.election,
+                            type(exc).__name__)
+                return None
             ops = win_ops(self.paths, mine, entry, newest,
                           history_prune(children, self.backend.history_limit))
             try:
-                failed = self.session.commit(ops, timeout=self._call_timeout())
-            except (*TRANSIENT, SessionExpiredError):
-                raise _Reconnect from None
+                committing = self.session.commit_async(ops)
+                if sent_with is not None:
+                    sent_with, then = None, sent_with
+                    then()
+                failed = self.session.settle(committing, ops, timeout)
+                if failed is not None and isinstance(failed.op, Create) and \
+                        isinstance(failed.error, NoNodeError):
+                    self.session.call("ensure_path", self.paths.history, timeout=timeout)
+                    continue  # the first leadership
+            except ZK_ERRORS as exc:
+                log.warning("cannot write the history of %r: %s", self.election,
+                            type(exc).__name__)
+                return None
             if failed is None:
                 return entry
             if isinstance(failed.op, Check):
-                raise _Gone  # our node went with our session
+                return None  # our node went with our session: the lease's guard says so
             if isinstance(failed.op, Create) and isinstance(failed.error, NodeExistsError):
                 return entry  # an earlier try of ours went through; its answer was lost
-            if isinstance(failed.op, Create) and isinstance(failed.error, NoNodeError):
-                self._call("ensure_path", self.paths.history)  # the first leadership
-                continue
             if not isinstance(failed.error, (BadVersionError, NoNodeError)):
                 log.warning("cannot write the history of %r: %s", self.election,
                             type(failed.error).__name__)
@@ -354,7 +403,7 @@ class Contest:
                     WIN_TRIES)
         return None
 
-    def _newest_before(self, children: list[str], term: int, look: _HistoryLook
+    def _newest_before(self, children: list[str], term: int, look: _HistoryLook, timeout: float
                        ) -> tuple[HistoryEntry, int] | None:
         """The newest entry before ``term`` and its version (None if there is none)."""
         earlier = [name for name in history_terms(children) if int(name) < term]
@@ -363,9 +412,10 @@ class Contest:
         newest = earlier[-1]
         try:
             if look.guess is not None and term_name(look.guess[0]) == newest:
-                data, stat = self._answer(look.guess[1])
+                data, stat = self._answer(look.guess[1], timeout)
             else:
-                data, stat = self._call("get", f"{self.paths.history}/{newest}")
+                data, stat = self.session.call("get", f"{self.paths.history}/{newest}",
+                                               timeout=timeout)
             return HistoryEntry.decode(data or b""), stat.version
         except (NoNodeError, ValueError):
             return None  # gone meanwhile, or garbage: nothing to close

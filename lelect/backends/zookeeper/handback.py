@@ -22,12 +22,15 @@ import time
 from dataclasses import replace
 
 from lelect.backends.records import HAND_BACK_REASON, LOST, HistoryEntry
-from lelect.backends.zookeeper.layout import Check, Delete, Op, SetData, hand_back_ops
+from lelect.backends.zookeeper.layout import Check, Create, Delete, Op, SetData, hand_back_ops
 
 # Op codes and special xids of the ZooKeeper protocol.
 _CREATE, _DELETE, _SET_DATA, _CHECK, _MULTI, _CLOSE, _AUTH = 1, 2, 5, 13, 14, -11, 100
 _WATCH_XID, _PING_XID, _AUTH_XID = -1, -2, -4
 _MULTI_ERROR = -1
+_NO_NODE = -101
+#: world:anyone with every right (a URL without credentials).
+_OPEN = [[31, "world", "anyone"]]
 
 
 class HandBackFailed(ConnectionError):
@@ -53,20 +56,28 @@ def _string(text: str) -> bytes:
     return _buffer(text.encode("utf-8"))
 
 
-def _op(op: Op) -> tuple[int, bytes]:
+def _acl(acl: list) -> bytes:
+    """A vector<ACL>: (perms, scheme, id) each."""
+    return _int(len(acl)) + b"".join(_int(int(perms)) + _string(scheme) + _string(ident)
+                                     for perms, scheme, ident in acl)
+
+
+def _op(op: Op, acl: list) -> tuple[int, bytes]:
+    if isinstance(op, Create):
+        return _CREATE, _string(op.path) + _buffer(op.data) + _acl(acl) + _int(0)  # persistent
     if isinstance(op, Check):
         return _CHECK, _string(op.path) + _int(op.version)
     if isinstance(op, Delete):
         return _DELETE, _string(op.path) + _int(op.version)
     if isinstance(op, SetData):
         return _SET_DATA, _string(op.path) + _buffer(op.data) + _int(op.version)
-    raise TypeError(f"the hand-back creates nothing: {op!r}")
+    raise TypeError(f"not a hand-back operation: {op!r}")
 
 
-def _multi(ops: list[Op]) -> bytes:
+def _multi(ops: list[Op], acl: list) -> bytes:
     body = b""
     for op in ops:
-        kind, record = _op(op)
+        kind, record = _op(op, acl)
         body += _int(kind) + b"\x00" + _int(-1) + record  # MultiHeader(type, done, err)
     return body + _int(-1) + b"\x01" + _int(-1)
 
@@ -96,8 +107,8 @@ class _Reader:
         return value
 
 
-def _multi_failure(reply: bytes) -> int | None:
-    """The index of the operation that failed (None: all went through)."""
+def _multi_failure(reply: bytes) -> tuple[int, int] | None:
+    """The index of the operation that failed and its error code (None: all went through)."""
     reader = _Reader(reply)
     index = 0
     while True:
@@ -107,7 +118,7 @@ def _multi_failure(reply: bytes) -> int | None:
         if kind == _MULTI_ERROR:
             code = reader.take("!i")
             if code != 0:  # 0: rolled back because another one failed
-                return index
+                return index, code
         elif kind == _CREATE:
             reader.buffer()
         elif kind == _SET_DATA:
@@ -189,9 +200,10 @@ class _Connection:
         if err:
             raise PermissionError(f"ZooKeeper refused the {scheme!r} credentials")
 
-    def commit(self, ops: list[Op]) -> int | None:
-        """One multi; the index of the failed operation, or None if it went through."""
-        err, reply = self.request(_MULTI, _multi(ops))
+    def commit(self, ops: list[Op], acl: list) -> tuple[int, int] | None:
+        """One multi (a Create with ``acl``); the index of the failed operation and its
+        error code, or None if it went through."""
+        err, reply = self.request(_MULTI, _multi(ops, acl))
         if err and not reply:
             raise ConnectionError(f"ZooKeeper refused the transaction (error {err})")
         return _multi_failure(reply)
@@ -238,7 +250,7 @@ def hand_back(params: dict, budget: float, exit_status: int | None) -> str:
                 return "not ours"
             if auth is not None:
                 connection.authenticate(auth[0], auth[1])
-            _commit_best_effort(connection, ops)
+            _commit_best_effort(connection, ops, params.get("acl") or _OPEN)
             connection.close_session()
             return "released"
         except OSError as exc:
@@ -248,12 +260,18 @@ def hand_back(params: dict, budget: float, exit_status: int | None) -> str:
     raise HandBackFailed("; ".join(problems) or "no ZooKeeper host given")
 
 
-def _commit_best_effort(connection: _Connection, ops: list[Op]) -> None:
+def _commit_best_effort(connection: _Connection, ops: list[Op], acl: list) -> None:
     """The multi, leaving out whatever fails (a node already gone, an entry the next
-    leader closed) until the rest goes through."""
+    leader closed) until the rest goes through. An entry not written yet (lelect died as
+    its job started, before the entry written beside it) is created, closed."""
     while ops:
-        failed = connection.commit(ops)
+        failed = connection.commit(ops, acl)
         if failed is None:
             return
-        ops = ops[:failed] + ops[failed + 1:]
+        index, code = failed
+        op = ops[index]
+        if isinstance(op, SetData) and code == _NO_NODE:
+            ops = [*ops[:index], Create(op.path, op.data), *ops[index + 1:]]
+            continue
+        ops = ops[:index] + ops[index + 1:]
 

@@ -232,18 +232,19 @@ def history_prune(children: list[str], limit: int) -> list[str]:
 
 
 def release_ops(node_path: str | None, closing: tuple[str, HistoryEntry] | None,
-                slot: tuple[str, bytes] | None = None, prune_slots: tuple[str, ...] = ()
-                ) -> list[Op]:
+                slot: tuple[str, bytes] | None = None, prune_slots: tuple[str, ...] = (),
+                *, create: bool = False) -> list[Op]:
     """Stepping down: delete our contender node (its name is our token), close our
-    entry (path, closed entry) if it is still open, and record a completed once-per
-    slot (trimming the oldest). A part given as None is left out: a retry drops what
-    cannot apply."""
+    entry (path, closed entry) if it is still open (``create``: write it closed, for an
+    entry that was never written), and record a completed once-per slot (trimming the
+    oldest). A part given as None is left out: a retry drops what cannot apply."""
     ops: list[Op] = []
     if node_path is not None:
         ops.append(Delete(node_path))
     if closing is not None:
         entry_path, closed = closing
-        ops.append(SetData(entry_path, entry_data(closed), OPEN_ENTRY))
+        ops.append(Create(entry_path, entry_data(closed)) if create
+                   else SetData(entry_path, entry_data(closed), OPEN_ENTRY))
     if slot is not None:
         ops.append(Create(*slot))
         ops.extend(Delete(path) for path in prune_slots)

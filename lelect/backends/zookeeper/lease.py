@@ -7,12 +7,18 @@ every ``renew_interval`` (an ``exists`` on our own node, which also keeps a watc
 it) and marks the leadership lost when the session is lost, our node is gone, or the
 deadline passes without an answer. It also honours ``<path>/_resign/NAME`` requests
 that name our term.
+
+Nothing of this is asked before the job may start: once the leadership begins, one
+thread writes its history entry and sets the guard's two watches (our node, the resign
+request) in one pipelined round trip, beside the job.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import KazooException, NoNodeError, SessionExpiredError
@@ -40,12 +46,24 @@ class ZooKeeperLeadership(Leadership):
         session: ZooKeeperSession,
         entry: HistoryEntry | None,
         sent: float,
+        record: Callable[[Callable[[], None]], HistoryEntry | None] | None = None,
     ) -> None:
         self.paths = paths
         self.session = session
         self.node_path = paths.contender(contender.name)
-        #: Our history entry as written when we won (None: the history could not be written).
+        #: Our history entry, and whether it is written (the release closes it; one that
+        #: is not, it writes closed).
         self.entry = entry
+        self.entry_written = record is None and entry is not None
+        #: Writes our entry (returns it, or None if it could not be written), beside the
+        #: job, calling its argument once the multi is sent; ``recorded`` is set once it
+        #: has run (at once without one).
+        self._record = record
+        self.recorded = threading.Event()
+        if record is None:
+            self.recorded.set()
+        self._record_lock = threading.Lock()
+        self.begun = False
         #: The session timeout the server granted: the lease length.
         self.session_timeout = session.granted or session.requested
         self.guard = LeaseGuard(self)
@@ -55,7 +73,45 @@ class ZooKeeperLeadership(Leadership):
                          lease, since=None if entry is None else entry.started)
 
     def _begin(self) -> None:
+        self.begun = True
         self.guard.start()
+        with self._record_lock:
+            if self._record is None:
+                self.guard.look_soon()
+                return
+        threading.Thread(target=self._record_beside_the_job, name=f"lelect-zk-record:{self.election}",
+                         daemon=True).start()
+
+    def _record_beside_the_job(self) -> None:
+        """The win's history entry, with the guard's first look in the same round trip."""
+        looks: list[tuple[Any, Any]] = []
+        try:
+            try:
+                # The watches go right behind the entry's multi (not before it: our node
+                # deleted in between would leave the leadership unrecorded).
+                written = self._record(lambda: looks.append(self.guard.ask_first_look()))
+                self.entry_written = written is not None
+            finally:
+                self._record = None  # (it holds the contest's answers)
+                self.recorded.set()  # (the release need not wait for the watches' answers)
+            if not looks:
+                looks.append(self.guard.ask_first_look())
+            self.guard.settle_first_look(looks[0])
+        except Exception:  # noqa: BLE001 - the lease's own renew looks again
+            log.debug("recording the win failed", exc_info=True)
+            self.guard.look_soon()
+        finally:
+            self.recorded.set()
+
+    def await_record(self, budget: float) -> None:
+        """Before anything reads or changes our entry: wait (at most ``budget``) until
+        the win's entry is written (or could not be). A leadership that never began (a
+        late win, a handover that bars it) writes none: its release writes it closed."""
+        with self._record_lock:
+            if not self.begun:
+                self._record = None
+                self.recorded.set()
+        self.recorded.wait(budget)
 
 
 class LeaseGuard:
@@ -75,9 +131,33 @@ class LeaseGuard:
 
     def start(self) -> None:
         self.session.add_listener(self._on_state)
-        # Probe at once: its exists() sets the watch on our own node, so a deletion in
-        # the first renew interval is noticed at once too, not at the first renew.
+
+    def look_soon(self) -> None:
+        """Probe at once: its exists() sets the watch on our own node, so a deletion in
+        the first renew interval is noticed at once too, not at the first renew."""
         self._renew_soon()
+
+    def ask_first_look(self) -> tuple[Any, Any]:
+        """The renew's two watches, asked without waiting (they go out with the history's
+        multi): our node's and the resign request's."""
+        client = self.session.client
+        return (client.exists_async(self.leadership.node_path, watch=self._on_node),
+                client.exists_async(self.resign_path, watch=self._on_resign))
+
+    def settle_first_look(self, asked: tuple[Any, Any]) -> None:
+        """Their answers: our node gone is a lost leadership; a resign request there is
+        read by the renew at once; no answer makes the renew look at once."""
+        node, resign = asked
+        budget = self.session.granted or self.leadership.session_timeout
+        try:
+            if node.get(timeout=budget) is None:
+                self.leadership.mark_lost(f"our contender node {self.leadership.node_path} is gone")
+                return
+            self.check_resign = resign.get(timeout=budget) is not None
+        except ZK_ERRORS:
+            self.check_resign = True
+        if self.check_resign:
+            self._renew_soon()
 
     def stop(self) -> None:
         self.session.remove_listener(self._on_state)

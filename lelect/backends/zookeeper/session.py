@@ -258,6 +258,9 @@ class ZooKeeperSession:
         self.closed = False
         #: True once start() concluded that no server answered (not a refusal of ours).
         self.unreachable = False
+        #: (server clock - monotonic clock, monotonic time taken) of the last touch of the
+        #: clock node: what notes' ttls are judged by for a while.
+        self.clock_sample: tuple[float, float] | None = None
         self._verdict: BackendUnavailable | None = None
         self._changed = threading.Condition()
         self._listeners: list[Callable[[str], None]] = []
@@ -444,6 +447,10 @@ class ZooKeeperSession:
     def commit(self, ops: list[Op], timeout: float) -> Failed | None:
         """One multi: all of ``ops`` or none. None when it went through, else which
         operation failed and why."""
+        return self.settle(self.commit_async(ops), ops, timeout)
+
+    def commit_async(self, ops: list[Op]) -> Any:
+        """The multi of ``ops``, sent without waiting (its answer: :meth:`settle`)."""
         transaction = self.client.transaction()
         for op in ops:
             if isinstance(op, Check):
@@ -454,7 +461,12 @@ class ZooKeeperSession:
                 transaction.set_data(op.path, op.data, op.version)
             elif isinstance(op, Delete):
                 transaction.delete(op.path, op.version)
-        results = transaction.commit_async().get(timeout=max(timeout, 0.0))
+        return transaction.commit_async()
+
+    @staticmethod
+    def settle(sent: Any, ops: list[Op], timeout: float) -> Failed | None:
+        """The answer to :meth:`commit_async`: None if it went through, else the failure."""
+        results = sent.get(timeout=max(timeout, 0.0))
         for index, result in enumerate(results):
             # The server reports the operations before the failing one as rolled back.
             if isinstance(result, KazooException) and not isinstance(result, RolledBackError):
