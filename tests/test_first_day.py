@@ -99,11 +99,17 @@ def test_leftover_processes_are_announced_before_the_grace(backend):
 
 def test_ctrl_z_stops_lelect_and_its_job_and_fg_resumes_both(backend, tmp_path):
     ticks = tmp_path / "ticks"
+    # A job that never forks. dash vforks a loop's `sleep`: a Ctrl-Z that stops the child
+    # before its exec leaves dash itself in the kernel (state D, kernel_clone), not
+    # stopped, until a SIGCONT, so the job never reports a stop (seen under load).
+    job = tmp_path / "tick.py"
+    job.write_text("import time\nwhile True:\n"
+                   f"    with open({str(ticks)!r}, 'a') as f:\n        f.write('tick\\n')\n"
+                   "    time.sleep(0.1)\n")
     shell = pexpect.spawn("bash", ["--norc", "--noprofile", "-i"], env={
         **lelect_env(backend), "PS1": "PROMPT> ", "TERM": "dumb"}, timeout=20, encoding="utf-8")
     shell.expect("PROMPT> ")
-    command = " ".join([*LELECT, "campaign", "tz", "--", "sh", "-c",
-                        f"'while :; do echo tick >> {ticks}; sleep 0.1; done'"])
+    command = " ".join([*LELECT, "campaign", "tz", "--", sys.executable, str(job)])
     shell.sendline(command)
     wait_until(lambda: ticks.exists() and ticks.read_text().count("tick") >= 2, timeout=20,
                what="the job to run")
