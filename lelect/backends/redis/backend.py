@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
 from lelect.backends.base import (
     LOST,
     MAX_ARRIVALS,
@@ -56,6 +54,7 @@ from lelect.backends.records import (
 )
 from lelect.backends.redis.lease import RedisLeadership, milliseconds
 from lelect.backends.redis.link import (
+    RedisError,
     RedisLink,
     RedisOptions,
     SentinelLink,

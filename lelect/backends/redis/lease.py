@@ -6,10 +6,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from lelect.backends.base import Candidate, Leadership, WakePipe
-from lelect.backends.redis.link import Subscription
+from lelect.backends.redis.link import RedisError, Subscription
 from lelect.backends.redis.scripts import RENEW, RedisKeys
 from lelect.lease import Lease, Renewal
 

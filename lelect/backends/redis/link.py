@@ -2,8 +2,11 @@
 included) is bounded by one time budget, a pub/sub subscription, the time allowed while
 campaigning, and Redis errors turned into one clear line.
 
-redis-py's client retries and blocks without limit by default; a lease cannot afford
-either, so lelect drives redis-py connections directly: one command, one budget.
+lelect speaks RESP itself (``resp``: the same capped parser as the keeper's hand-back),
+with no client library: a lease can afford neither a library's retries nor its
+unbounded waits, and a waiting candidate should not carry a client's memory. Each
+connection is one socket (TCP, unix or TLS; ``ssl`` is imported only for TLS), connected
+and spoken to within one deadline per call.
 """
 
 from __future__ import annotations
@@ -15,27 +18,8 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import redis
-from redis._parsers import _RESP3Parser
-from redis._parsers.base import _parse_float, _parse_int
-from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR, SocketBuffer
-from redis.exceptions import (
-    AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
-    AuthorizationError,
-    BusyLoadingError,
-    InvalidResponse,
-    NoPermissionError,
-    NoScriptError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
-from redis.utils import SENTINEL
 
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -46,6 +30,8 @@ from lelect.backends.base import (
     shut_down_socket,
     unreachable,
 )
+from lelect.backends.redis import resp
+from lelect.backends.redis.resp import PUSHED
 from lelect.backends.redis.scripts import Script
 from lelect.backends.urls import BackendURL, parse_port
 from lelect.durations import format_duration
@@ -61,246 +47,261 @@ _PREFIX = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 _TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 
 
-#: What a reply may hold. lelect's own replies are small (a history of at most 10000
-#: entries is the biggest); anything beyond these is a broken or hostile server.
-MAX_LINE = 1 << 20  # a status, error or integer line
-MAX_BULK = 16 << 20  # one bulk string
-MAX_ARRAY = 1 << 20  # elements of one array, set, map or push frame (all of one reply too)
-MAX_DEPTH = 16  # aggregates within aggregates
-MAX_REPLY = 64 << 20  # all the bytes of one reply
-
-#: RESP types that announce a length: bulk strings ($ ! =) and aggregates (* ~ % > |).
-_BULKS = b"$!="
-_AGGREGATES = b"*~%>|"
+# -- errors ---------------------------------------------------------------------------------
 
 
-class _CappedBuffer(SocketBuffer):
-    """redis-py's socket buffer with an overall deadline for the reply being read (each
-    recv gets what is left of it, not a fresh socket timeout) and size caps, so a server
-    that streams an endless line or announces a huge bulk string is cut off in time."""
-
-    deadline: float | None = None
-
-    def _read_from_socket(self, length=None, timeout=SENTINEL, raise_on_timeout=True):
-        wanted = 1 if length is None else length
-        while True:
-            left = None if self.deadline is None else self.deadline - time.monotonic()
-            if left is not None and left <= 0:
-                if not raise_on_timeout:
-                    return False
-                raise redis.TimeoutError("no whole answer in time")
-            step = timeout
-            if left is not None:
-                step = left if timeout is SENTINEL or timeout is None else min(timeout, left)
-            before = self.unread_bytes()
-            if not super()._read_from_socket(None, step, raise_on_timeout):
-                return False
-            if self.get_pos() + self.unread_bytes() > MAX_REPLY:
-                raise InvalidResponse(f"a reply longer than {MAX_REPLY >> 20} MiB")
-            wanted -= self.unread_bytes() - before
-            if wanted <= 0:
-                return True
-
-    def readline(self, timeout=SENTINEL) -> bytes:
-        buf = self._live_buffer()
-        data = buf.readline(MAX_LINE + 2)
-        while not data.endswith(b"\r\n"):
-            if len(data) > MAX_LINE:
-                raise InvalidResponse(f"a reply line longer than {MAX_LINE >> 20} MiB")
-            self._read_from_socket(timeout=timeout)
-            data += buf.readline(MAX_LINE + 2 - len(data))
-        line = data[:-2]
-        kind, size = line[:1], line[1:]
-        if kind and kind in _BULKS + _AGGREGATES and not (kind in b"$*" and size == b"-1"):
-            if not (size.isdigit() and len(size) < 12):
-                raise InvalidResponse(f"not a Redis reply: {line[:40]!r}")
-            if int(size) > (MAX_BULK if kind in _BULKS else MAX_ARRAY):
-                what = "bulk string" if kind in _BULKS else "aggregate"
-                raise InvalidResponse(f"a reply with a {what} of {int(size)} (too big)")
-        return line
+class RedisError(Exception):
+    """Talking to Redis failed (the backend turns it into one line: see
+    :meth:`RedisOptions.unavailable`)."""
 
 
-#: What the parser returns for a push frame read where a push was asked for.
-PUSHED = object()
+class RedisConnectionError(RedisError):
+    """No connection, or it broke: transient (unless it is TLS's fault)."""
 
 
-class _CappedParser(_RESP3Parser):
-    """RESP2 and RESP3 with :class:`_CappedBuffer`, a bound on nesting (deep aggregates
-    would otherwise end in a RecursionError) and on the elements of one reply.
-
-    Push frames (``>``, RESP3's pub/sub messages) are never part of a reply: each goes
-    to :attr:`on_push` (the link's router) as it is read; a read that asked for a push
-    (``push_request``: nothing else was awaited) returns :data:`PUSHED` after one, a
-    read for a command's answer reads on to that answer."""
-
-    on_push: Callable[[list[Any]], None] | None = None
-    _elements = 0
-
-    def on_connect(self, connection) -> None:
-        super().on_connect(connection)
-        buffer = _CappedBuffer(self._sock, self.socket_read_size, connection.socket_timeout)
-        self._buffer = buffer
-
-    def _read_response(self, disable_decoding=False, push_request=False, timeout=SENTINEL):
-        while True:
-            self._elements = 0
-            pushed, value = self._value(0, disable_decoding, timeout)
-            if not pushed:
-                return value
-            if self.on_push is not None:
-                self.on_push(value)
-            self._buffer.purge()  # a flood of pushes is not one reply's bytes
-            if push_request:
-                return PUSHED
-
-    def _value(self, depth: int, disable_decoding: bool, timeout: Any) -> tuple[bool, Any]:
-        """(is it a push frame, the value) of the next frame, ``depth`` aggregates in."""
-        raw = self._buffer.readline(timeout=timeout)
-        if not raw:
-            raise redis.ConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
-        byte, rest = raw[:1], raw[1:]
-        if byte in (b"-", b"!"):
-            if byte == b"!":
-                rest = self._buffer.read(_parse_int(rest, raw), timeout=timeout)
-            error = self.parse_error(rest.decode("utf-8", errors="replace"))
-            if isinstance(error, redis.ConnectionError):
-                raise error
-            return False, error
-        if byte == b"+":
-            value: Any = rest
-        elif byte == b"_":
-            return False, None
-        elif byte in (b":", b"("):
-            return False, _parse_int(rest, raw)
-        elif byte == b",":
-            return False, _parse_float(rest, raw)
-        elif byte == b"#":
-            return False, rest == b"t"
-        elif byte in (b"$", b"="):
-            size = _parse_int(rest, raw)
-            if size < 0:
-                return False, None
-            value = self._buffer.read(size, timeout=timeout)
-            if byte == b"=":
-                value = value[4:]  # "txt:" or "mkd:"
-        elif byte in (b"*", b"~", b"%", b">"):
-            count = _parse_int(rest, raw)
-            if count < 0:
-                return False, None
-            if byte == b">" and depth:
-                raise InvalidResponse("not a Redis reply: a push frame inside a reply")
-            if depth >= MAX_DEPTH:
-                raise InvalidResponse(f"a reply nested deeper than {MAX_DEPTH} aggregates")
-            self._elements += count * (2 if byte == b"%" else 1)
-            if self._elements > MAX_ARRAY:
-                raise InvalidResponse(f"a reply of more than {MAX_ARRAY} elements")
-            if byte == b"%":
-                entries = {}
-                for _ in range(count):
-                    key = self._value(depth + 1, disable_decoding, timeout)[1]
-                    if isinstance(key, (list, dict)):
-                        raise InvalidResponse("not a Redis reply: an aggregate as a map key")
-                    entries[key] = self._value(depth + 1, disable_decoding, timeout)[1]
-                return False, entries
-            items = [self._value(depth + 1, disable_decoding, timeout)[1] for _ in range(count)]
-            return byte == b">", items
-        else:  # attributes (|) included: lelect never asks for them
-            raise InvalidResponse(f"not a Redis reply: {raw[:40]!r}")
-        if disable_decoding is False:
-            value = self.encoder.decode(value)
-        return False, value
+class RedisTimeoutError(RedisError):
+    """No (whole) answer in time."""
 
 
-class _Bounded:
-    """A redis-py connection whose whole connect (TCP, TLS, then AUTH, HELLO and SELECT,
-    one answer each) ends by one deadline, not one socket timeout per step, and whose
-    every reply is read by :class:`_CappedParser` within a deadline: the call's
-    (``reply_deadline``, set by :func:`timed_call`), the connect's, or else one socket
-    timeout from the start of the reply.
+class AuthenticationError(RedisConnectionError):
+    """The server wants other credentials (NOAUTH, WRONGPASS...)."""
+
+
+class BusyLoadingError(RedisConnectionError):
+    """LOADING: the server is still reading its data set."""
+
+
+class InvalidResponse(RedisError):
+    """Not a Redis reply (a broken or hostile server)."""
+
+
+class ResponseError(RedisError):
+    """Redis answered with an error; the connection stays usable."""
+
+
+class NoScriptError(ResponseError):
+    """NOSCRIPT: the server does not have the script (EVAL it)."""
+
+
+class ReadOnlyError(ResponseError):
+    """READONLY: a replica."""
+
+
+class NoPermissionError(ResponseError):
+    """NOPERM: the ACL user may not run it."""
+
+
+class WrongNumberOfArgsForAuth(ResponseError):
+    """AUTH with a user to a server without users (Redis 5)."""
+
+
+#: Error codes and the class of their error; the code is taken off the message (the
+#: texts users see were redis-py's, which did the same). "ERR" messages are matched
+#: whole.
+_ERRORS: dict[str, type[RedisError]] = {
+    "ERR": ResponseError, "WRONGPASS": AuthenticationError, "NOAUTH": AuthenticationError,
+    "LOADING": BusyLoadingError, "NOSCRIPT": NoScriptError, "READONLY": ReadOnlyError,
+    "NOPERM": NoPermissionError, "OOM": ResponseError, "EXECABORT": ResponseError,
+    "MASTERDOWN": ResponseError, "CLUSTERDOWN": ResponseError, "CROSSSLOT": ResponseError,
+    "TRYAGAIN": ResponseError, "MOVED": ResponseError, "ASK": ResponseError,
+}
+_ERR_MESSAGES: dict[str, type[RedisError]] = {
+    "max number of clients reached": RedisConnectionError,
+    "invalid password": AuthenticationError,
+    "wrong number of arguments for 'auth' command": WrongNumberOfArgsForAuth,
+    "wrong number of arguments for 'AUTH' command": WrongNumberOfArgsForAuth,
+    "AUTH <password> called without any password configured for the default user. Are you"
+    " sure your configuration is correct?": AuthenticationError,
+    "Client sent AUTH, but no password is set": AuthenticationError,
+}
+
+
+def parse_error(text: str) -> RedisError:
+    """The exception of an error reply."""
+    code = text.split(" ")[0]
+    kind = _ERRORS.get(code)
+    if kind is None:
+        return ResponseError(text)
+    text = text[len(code) + 1:]
+    if code == "ERR":
+        kind = _ERR_MESSAGES.get(text, ResponseError)
+    return kind(text)
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+class _LinkWire(resp.Wire):
+    make_error = staticmethod(parse_error)
+
+
+class Connection:
+    """One connection to a Redis server (or a sentinel) whose whole connect (TCP, TLS,
+    then AUTH, HELLO and SELECT, one answer each) ends by one deadline, and whose every
+    reply is read by the capped parser within a deadline.
 
     With ``resp3`` (connections to the server, not to a sentinel) it asks for RESP3
     (``HELLO 3``), so that one connection carries commands and pub/sub alike; a server
     that does not know HELLO (Redis before 6) is spoken to in RESP2 (``protocol`` says
-    which one is spoken once connected)."""
+    which one is spoken once connected). Errors are :class:`RedisError`; any but an
+    error reply disconnects."""
 
-    connect_deadline: float | None = None
-    reply_deadline: float | None = None
+    def __init__(self, *, host: str | None = None, port: int | None = None,
+                 path: str | None = None, username: str | None = None,
+                 password: str | None = None, db: int = 0, client_name: str | None = None,
+                 resp3: bool = False, tls: bool = False, ssl_ca_certs: str | None = None,
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.username, self.password, self.db = username, password, db
+        self.client_name, self.resp3 = client_name, resp3
+        self.tls = ({"ca_certs": ssl_ca_certs, "certfile": ssl_certfile,
+                     "keyfile": ssl_keyfile} if tls else None)
+        self.protocol = 2
+        #: Where a push frame read goes (the link's router).
+        self.on_push: Any = None
+        self._wire: _LinkWire | None = None
 
-    def __init__(self, *args: Any, resp3: bool = False, **kwargs: Any) -> None:
-        kwargs["parser_class"] = _CappedParser
-        kwargs["protocol"] = 2  # until HELLO 3 is answered: see on_connect_check_health
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self.resp3 = resp3
+    @property
+    def _sock(self) -> Any:
+        wire = self._wire
+        return None if wire is None else wire.sock
 
-    def on_connect_check_health(self, check_health: bool = True) -> None:
-        if not self.resp3:
-            super().on_connect_check_health(check_health=False)  # type: ignore[misc]
+    @property
+    def where(self) -> str:
+        if self.path is not None:
+            return self.path
+        return f"{self.host}:{self.port}"
+
+    def connect(self, budget: float) -> None:
+        """Connect (if not connected) and shake hands within ``budget``."""
+        if self._wire is not None:
             return
-        me: Any = self
-        me.protocol = 2
-        self._parser.on_connect(self)  # type: ignore[attr-defined]
-        if me.username or me.password:
+        deadline = time.monotonic() + max(budget, 0.001)
+        address = {"path": self.path} if self.path is not None else {
+            "host": self.host, "port": self.port}
+        try:
+            self._wire = _LinkWire.open(address, self.tls, deadline)
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout connecting to server") from None
+        except OSError as exc:
+            raise RedisConnectionError(_connect_error(self.where, exc)) from None
+        self.protocol = 2
+        try:
+            self._handshake(deadline)
+        except BaseException:
+            self.disconnect()
+            raise
+
+    def _handshake(self, deadline: float) -> None:
+        if self.username or self.password:
             # AUTH on its own, never inside HELLO: a server without HELLO (Redis 5)
             # repeats an unknown command's arguments in its error.
-            self._auth(me.username, me.password)
-        name = ["SETNAME", me.client_name] if me.client_name else []
-        me.send_command("HELLO", 3, *name, check_health=False)
-        try:
-            me.read_response()
-        except ResponseError as exc:
-            lowered = str(exc).lower()
-            if "unknown command" not in lowered and "noproto" not in lowered:
-                raise
-            if me.client_name:
-                me.send_command("CLIENT", "SETNAME", me.client_name, check_health=False)
-                me.read_response()
-        else:
-            me.protocol = 3
-        if me.db:
-            me.send_command("SELECT", me.db, check_health=False)
-            if str(me.read_response()) != "OK":
-                raise redis.ConnectionError("Invalid Database")
+            self._auth(deadline)
+        name = ["SETNAME", self.client_name] if self.client_name else []
+        if self.resp3:
+            try:
+                self._ask(deadline, "HELLO", 3, *name)
+            except ResponseError as exc:
+                lowered = str(exc).lower()
+                if "unknown command" not in lowered and "noproto" not in lowered:
+                    raise
+            else:
+                self.protocol = 3
+                name = []
+        if name:
+            self._ask(deadline, "CLIENT", *name)
+        if self.db and str(self._ask(deadline, "SELECT", self.db)) != "OK":
+            raise RedisConnectionError("Invalid Database")
 
-    def _auth(self, username: str | None, password: str | None) -> None:
-        me: Any = self
-        me.send_command("AUTH", *([username] if username else []), password or "",
-                        check_health=False)
+    def _auth(self, deadline: float) -> None:
+        password = self.password or ""
         try:
-            reply = me.read_response()
-        except AuthenticationWrongNumberOfArgsError:  # Redis 5: no users
-            me.send_command("AUTH", password or "", check_health=False)
-            reply = me.read_response()
+            reply = self._ask(deadline, "AUTH", *([self.username] if self.username else []),
+                              password)
+        except WrongNumberOfArgsForAuth:  # Redis 5: no users
+            reply = self._ask(deadline, "AUTH", password)
         if str(reply) != "OK":
             raise AuthenticationError("Invalid Username or Password")
 
-    def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        deadline = self.connect_deadline
-        if deadline is not None and "timeout" not in kwargs:
-            kwargs["timeout"] = max(deadline - time.monotonic(), 0.001)
-        if deadline is None:
-            deadline = self.reply_deadline
-        if deadline is None:
-            deadline = time.monotonic() + (self.socket_timeout or DEFAULT_CONNECT_TIMEOUT)  # type: ignore[attr-defined]
-        buffer = getattr(self._parser, "_buffer", None)  # type: ignore[attr-defined]
-        if isinstance(buffer, _CappedBuffer):
-            buffer.deadline = deadline
+    def _ask(self, deadline: float, *command: Any) -> Any:
+        self.send(command, deadline=deadline)
+        return self.read(deadline)
+
+    def send(self, *commands: tuple[Any, ...], deadline: float) -> None:
+        """Send ``commands`` (a pipeline) by ``deadline``."""
+        wire = self._connected()
         try:
-            return super().read_response(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            if isinstance(buffer, _CappedBuffer):
-                buffer.deadline = None
+            wire.send(*commands, deadline=deadline)
+        except TimeoutError:
+            self.disconnect()
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            self.disconnect()
+            errno, text = exc.args[:2] if len(exc.args) >= 2 else ("UNKNOWN", exc)
+            raise RedisConnectionError(f"Error {errno} while writing to socket. {text}.") from None
+        except BaseException:
+            self.disconnect()
+            raise
+
+    def can_read(self, timeout: float = 0.0) -> bool:
+        """Is something to read (within ``timeout``)? A closed connection raises."""
+        wire = self._connected()
+        try:
+            return wire.can_read(timeout)
+        except BaseException as exc:
+            self.disconnect()
+            raise self._read_error(exc) from None
+
+    def read(self, deadline: float, push_request: bool = False) -> Any:
+        """The next reply by ``deadline`` (see :meth:`resp.Wire.read`); an error reply is
+        raised (and only a connection-level one disconnects)."""
+        wire = self._connected()
+        try:
+            reply = wire.read(deadline, push_request, self.on_push)
+        except BaseException as exc:
+            self.disconnect()
+            raise self._read_error(exc) from None
+        if isinstance(reply, RedisError):
+            if isinstance(reply, RedisConnectionError):
+                self.disconnect()
+            raise reply
+        return reply
+
+    def _read_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, resp.InvalidResponse):
+            return InvalidResponse(str(exc))
+        if isinstance(exc, resp.Closed):
+            return RedisConnectionError(str(exc))
+        if isinstance(exc, TimeoutError):
+            return RedisTimeoutError(f"Timeout reading from {self.where}")
+        if isinstance(exc, OSError):
+            return RedisConnectionError(f"Error while reading from {self.where} : {exc.args}")
+        return exc
+
+    def _connected(self) -> _LinkWire:
+        wire = self._wire
+        if wire is None:
+            raise RedisConnectionError("not connected")
+        return wire
+
+    def disconnect(self) -> None:
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            try:
+                wire.sock.shutdown(2)  # socket.SHUT_RDWR
+            except OSError:
+                pass
+            wire.close()
 
 
-class TCPConnection(_Bounded, redis.Connection):
-    pass
-
-
-class TLSConnection(_Bounded, redis.SSLConnection):
-    pass
-
-
-class UnixConnection(_Bounded, redis.UnixDomainSocketConnection):
-    pass
+def _connect_error(where: str, exc: OSError) -> str:
+    """As redis-py said it (the messages users know): ``Error 111 connecting to
+    host:port. Connection refused.``"""
+    if not exc.args:
+        return f"Error connecting to {where}."
+    if len(exc.args) == 1:
+        return f"Error {exc.args[0]} connecting to {where}."
+    return f"Error {exc.args[0]} connecting to {where}. {exc.args[1]}."
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ class RedisOptions:
     """What a redis://, rediss://, unix:// or redis[s]+sentinel:// URL asks for."""
 
     where: str  # host:port or socket path, for messages (never the password)
-    connection_class: type
+    #: :class:`Connection`'s arguments (the master's, with Sentinel).
     connection_kwargs: dict[str, Any] = field(repr=False)
     prefix: str = DEFAULT_PREFIX
     ttl: float = DEFAULT_TTL
@@ -321,7 +322,7 @@ class RedisOptions:
 
     @property
     def tls(self) -> bool:
-        return issubclass(self.connection_class, redis.SSLConnection)
+        return bool(self.connection_kwargs.get("tls"))
 
     @classmethod
     def from_url(cls, url: BackendURL) -> RedisOptions:
@@ -357,15 +358,9 @@ class RedisOptions:
         kwargs: dict[str, Any] = {
             "username": url.username,
             "password": url.password if url.password is not None else url.option("password"),
-            "decode_responses": True,
-            # Node ids from argv may hold undecodable bytes (surrogate escapes), and keys
-            # under the prefix may hold bytes another writer put there: round-trip them
-            # rather than fail with a UnicodeError.
-            "encoding_errors": "surrogateescape",
             # RESP3 where the server speaks it: one connection for commands and pub/sub.
             "resp3": True,
             "client_name": "lelect",
-            "driver_info": None,  # no CLIENT SETINFO: two round trips less per connect
         }
         if scheme == "unix":
             if url.hosts or not url.path or url.path == "/":
@@ -374,18 +369,16 @@ class RedisOptions:
                 )
             kwargs["path"] = url.path
             kwargs["db"] = _db_number(url.option("db", "0") or "0", url)
-            return cls(url.path, UnixConnection, kwargs, **settings)
+            return cls(url.path, kwargs, **settings)
 
-        connection_class = TCPConnection
         if scheme in TLS_SCHEMES:
             # One set of TLS options for the server and, with Sentinel, the sentinels.
             kwargs.update(_tls_kwargs(url))
-            connection_class = TLSConnection
         if scheme in SENTINEL_SCHEMES:
-            sentinel, db = SentinelOptions.from_url(url, kwargs, connection_class)
+            sentinel, db = SentinelOptions.from_url(url, kwargs)
             kwargs["db"] = db
             where = f"master {sentinel.master_name!r} (sentinels {sentinel.where})"
-            return cls(where, connection_class, kwargs, **settings, sentinel=sentinel)
+            return cls(where, kwargs, **settings, sentinel=sentinel)
         if len(url.hosts) > 1:
             sentinel_scheme = "rediss+sentinel" if scheme == "rediss" else "redis+sentinel"
             raise UsageError(
@@ -396,7 +389,7 @@ class RedisOptions:
         port = port or DEFAULT_PORT
         kwargs.update(host=host, port=port, db=_db_number(url.path.strip("/") or "0", url))
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return cls(where, connection_class, kwargs, **settings)
+        return cls(where, kwargs, **settings)
 
     def unavailable(self, exc: RedisError, within: float | None = None,
                     context: str = "") -> BackendUnavailable:
@@ -417,7 +410,7 @@ class RedisOptions:
                     f"redis at {where} refused the credentials ({text}): check the user and"
                     " password in the URL"
                 )
-        elif isinstance(exc, (AuthorizationError, NoPermissionError)) or (
+        elif isinstance(exc, NoPermissionError) or (
             "can't run this command" in text  # an ACL refusal inside a script
         ):
             message = f"the redis user may not run what lelect needs at {where}: {text}"
@@ -430,10 +423,10 @@ class RedisOptions:
             message = (
                 f"redis at {where} is a read-only replica (READONLY): point the URL at the primary"
             )
-        elif isinstance(exc, redis.TimeoutError) and self.tls:
+        elif isinstance(exc, RedisTimeoutError) and self.tls:
             return unreachable("redis", where, within, "no answer (TLS handshake or command):"
                                " is that port serving TLS (tls-port)?")
-        elif isinstance(exc, redis.TimeoutError):
+        elif isinstance(exc, RedisTimeoutError):
             return unreachable("redis", where, within, "connected, but no answer")
         elif isinstance(exc, NoMaster) and self.tls and _is_tls(exc):
             return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
@@ -442,14 +435,14 @@ class RedisOptions:
             if not self.tls and _closed_at_once(text):
                 hint = "; are the sentinels TLS ports (tls-port)? Then use rediss+sentinel://"
             return unreachable("redis", where, within, _short(text) + hint)
-        elif isinstance(exc, redis.ConnectionError) and self.tls and _no_client_cert(text):
+        elif isinstance(exc, RedisConnectionError) and self.tls and _no_client_cert(text):
             hint = ("the server may require a client certificate: give ssl_certfile= and"
                     " ssl_keyfile=" if "ssl_certfile" not in self.connection_kwargs
                     else "does the server accept this client certificate (its CA)?")
             return unreachable("redis", where, within, f"TLS failed: {_short(text)}; {hint}")
-        elif isinstance(exc, redis.ConnectionError) and _is_tls(exc):
+        elif isinstance(exc, RedisConnectionError) and _is_tls(exc):
             return unreachable("redis", where, within, f"TLS failed: {_short(text)}")
-        elif isinstance(exc, redis.ConnectionError):
+        elif isinstance(exc, RedisConnectionError):
             if "refused" in text.lower():
                 return unreachable("redis", where, within,
                                    "connection refused (is redis running there?)")
@@ -496,18 +489,17 @@ class SentinelOptions:
     #: For connections to a sentinel (its own credentials: ``?sentinel_password=``; the
     #: master's TLS options).
     connection_kwargs: dict[str, Any] = field(repr=False)
-    connection_class: type = field(repr=False)
 
     @property
     def where(self) -> str:
         return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
 
     @classmethod
-    def from_url(cls, url: BackendURL, master_kwargs: dict[str, Any], connection_class: type
+    def from_url(cls, url: BackendURL, master_kwargs: dict[str, Any]
                  ) -> tuple[SentinelOptions, int]:
         """The sentinels, the master's name and the database number of
         ``redis[s]+sentinel://[user:pw@]s1[:26379],s2…/MASTER[/DB]``; sentinels are
-        reached as the master is (``connection_class``, TLS options in ``master_kwargs``)."""
+        reached as the master is (TLS options in ``master_kwargs``)."""
         name, _, db_text = url.path.strip("/").partition("/")
         if not _MASTER_NAME.fullmatch(name) or "/" in db_text:
             raise UsageError(
@@ -521,15 +513,14 @@ class SentinelOptions:
         sentinels = tuple((host, port or DEFAULT_SENTINEL_PORT) for host, port in url.hosts)
         kwargs = {
             key: value for key, value in master_kwargs.items()
-            if key in ("decode_responses", "encoding_errors", "protocol", "client_name",
-                       "driver_info") or key.startswith("ssl_")
+            if key in ("client_name", "tls") or key.startswith("ssl_")
         }
         kwargs.update(username=url.option("sentinel_username"),
                       password=url.option("sentinel_password"))
-        return cls(name, sentinels, kwargs, connection_class), _db_number(db_text or "0", url)
+        return cls(name, sentinels, kwargs), _db_number(db_text or "0", url)
 
 
-class NoMaster(redis.ConnectionError):
+class NoMaster(RedisConnectionError):
     """No sentinel named a master that answers as one (yet): transient, as a failover is."""
 
 
@@ -553,22 +544,22 @@ class RedisLink:
         self._lock = threading.Lock()
         #: Held by whoever sends on or reads from the connection.
         self._io = threading.Lock()
-        self._conn: redis.Connection | None = None
+        self._conn: Connection | None = None
         #: Grows whenever the connection is dropped or replaced: subscriptions made on an
         #: older one are gone.
         self.generation = 0
         self._subscriptions: set[Subscription] = set()
         self._told_resp2 = False
 
-    def new_connection(self) -> redis.Connection:
-        return self.options.connection_class(**self.options.connection_kwargs)
+    def new_connection(self) -> Connection:
+        return Connection(**self.options.connection_kwargs)
 
-    def open(self, budget: float) -> redis.Connection:
+    def open(self, budget: float) -> Connection:
         """A connection to the server, made within ``budget`` (it may be connected
         later, within what is left of it)."""
         return self.new_connection()
 
-    def _fresh(self, end: float) -> redis.Connection | None:
+    def _fresh(self, end: float) -> Connection | None:
         """Before a call: a connection to use instead of the one held (a new master)."""
         return None
 
@@ -578,7 +569,7 @@ class RedisLink:
         with self._using(end, fresh) as conn:
             return self._timed(conn, end, args)
 
-    def _timed(self, conn: redis.Connection, end: float, *commands: tuple[Any, ...]) -> Any:
+    def _timed(self, conn: Connection, end: float, *commands: tuple[Any, ...]) -> Any:
         """Send ``commands`` and read one answer (the last command's: the ones before
         answer with pushes) by ``end``; a failure drops the connection unless the server
         answered with an error that leaves it usable."""
@@ -594,10 +585,10 @@ class RedisLink:
             self.failed(exc)
             raise
 
-    def _using(self, end: float, fresh: redis.Connection | None = None) -> _Turn:
+    def _using(self, end: float, fresh: Connection | None = None) -> _Turn:
         return _Turn(self, end, fresh)
 
-    def _ready(self, end: float, fresh: redis.Connection | None) -> redis.Connection:
+    def _ready(self, end: float, fresh: Connection | None) -> Connection:
         """The connection, connected (within ``end``), with no push left unread; called
         holding ``_io``."""
         if fresh is not None:
@@ -624,43 +615,38 @@ class RedisLink:
             self._install(conn)
         return conn
 
-    def _current(self, conn: redis.Connection) -> bool:
+    def _current(self, conn: Connection) -> bool:
         """Is ``conn`` to the server to talk to (a master may have moved)?"""
         return True
 
-    def _install(self, conn: redis.Connection) -> None:
+    def _install(self, conn: Connection) -> None:
         old, self._conn = self._conn, conn
         if old is not conn:
             self.generation += 1
             if old is not None:
                 old.disconnect()
                 self._wake_all()
-            conn._parser.on_push = self._route  # type: ignore[attr-defined]
-            if (conn._sock is not None and not _speaks_resp3(conn)  # type: ignore[attr-defined]
-                    and not self._told_resp2):
+            conn.on_push = self._route
+            if conn._sock is not None and not _speaks_resp3(conn) and not self._told_resp2:
                 self._told_resp2 = True
                 log.info("lelect: redis at %s does not speak RESP3 (Redis 6 or later):"
                          " pub/sub takes a second connection", self.options.where)
 
-    def _drop(self, conn: redis.Connection) -> None:
+    def _drop(self, conn: Connection) -> None:
         conn.disconnect()
         if self._conn is conn:
             self._conn = None
             self.generation += 1
             self._wake_all()
 
-    def _pump(self, conn: redis.Connection) -> None:
+    def _pump(self, conn: Connection) -> None:
         """Read every push already arriving (called holding ``_io``); anything else
         unread means the server closed the connection or broke the protocol."""
         while conn.can_read(timeout=0):
             if not _speaks_resp3(conn):
-                raise redis.ConnectionError("the server closed the connection")
-            conn.reply_deadline = time.monotonic() + (  # type: ignore[attr-defined]
-                conn.socket_timeout or self.options.connect_timeout)  # type: ignore[attr-defined]
-            try:
-                reply = conn.read_response(push_request=True)
-            finally:
-                conn.reply_deadline = None  # type: ignore[attr-defined]
+                raise RedisConnectionError("the server closed the connection")
+            reply = conn.read(time.monotonic() + self.options.connect_timeout,
+                              push_request=True)
             if reply is not PUSHED:
                 raise InvalidResponse("an answer to nothing asked")
 
@@ -713,14 +699,14 @@ class _Turn:
     """``with link._using(end) as conn``: the link's connection, ready, held by this
     thread until the block ends (waiting for it counts against ``end``)."""
 
-    def __init__(self, link: RedisLink, end: float, fresh: redis.Connection | None) -> None:
+    def __init__(self, link: RedisLink, end: float, fresh: Connection | None) -> None:
         self.link, self.end, self.fresh = link, end, fresh
 
-    def __enter__(self) -> redis.Connection:
+    def __enter__(self) -> Connection:
         if not self.link._io.acquire(timeout=max(self.end - time.monotonic(), 0.0)):
             if self.fresh is not None:
                 self.fresh.disconnect()
-            raise redis.TimeoutError("no answer in time (the connection was busy)")
+            raise RedisTimeoutError("no answer in time (the connection was busy)")
         try:
             return self.link._ready(self.end, self.fresh)
         except BaseException:
@@ -731,8 +717,8 @@ class _Turn:
         self.link._release_io()
 
 
-def _speaks_resp3(conn: redis.Connection) -> bool:
-    return conn.protocol in (3, "3")  # type: ignore[attr-defined]
+def _speaks_resp3(conn: Connection) -> bool:
+    return conn.protocol == 3
 
 
 class SentinelLink(RedisLink):
@@ -759,32 +745,32 @@ class SentinelLink(RedisLink):
         self.master: tuple[str, int] | None = None
         self._confirmed = float("-inf")
         self._locating = threading.Lock()
-        self._sentinel_conns: dict[tuple[str, int], redis.Connection] = {}
+        self._sentinel_conns: dict[tuple[str, int], Connection] = {}
 
-    def new_connection(self) -> redis.Connection:
+    def new_connection(self) -> Connection:
         master = self.master
         if master is None:
             raise NoMaster(f"no master known for {self.sentinel.master_name!r}")
         return self._connection_to(master)
 
-    def _connection_to(self, address: tuple[str, int]) -> redis.Connection:
+    def _connection_to(self, address: tuple[str, int]) -> Connection:
         kwargs = dict(self.options.connection_kwargs, host=address[0], port=address[1])
-        return self.options.connection_class(**kwargs)
+        return Connection(**kwargs)
 
-    def open(self, budget: float) -> redis.Connection:
+    def open(self, budget: float) -> Connection:
         fresh = self._locate(time.monotonic() + budget)
         return fresh if fresh is not None else self.new_connection()
 
-    def _fresh(self, end: float) -> redis.Connection | None:
+    def _fresh(self, end: float) -> Connection | None:
         if self.master is None or time.monotonic() - self._confirmed >= self.CONFIRM_EVERY:
             return self._locate(end)
         return None
 
-    def _current(self, conn: redis.Connection) -> bool:
-        return (conn.host, conn.port) == self.master  # type: ignore[attr-defined]
+    def _current(self, conn: Connection) -> bool:
+        return (conn.host, conn.port) == self.master
 
     def failed(self, exc: BaseException) -> bool:
-        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ReadOnlyError)):
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError)):
             self._forget()
             return True
         return False
@@ -795,11 +781,11 @@ class SentinelLink(RedisLink):
         with self._lock:
             self.master, self._confirmed = None, float("-inf")
 
-    def _locate(self, end: float) -> redis.Connection | None:
+    def _locate(self, end: float) -> Connection | None:
         """Make sure the master is known and a sentinel's word on it is fresh; returns a
         connection to a master just checked with ROLE, if one was made."""
         if not self._locating.acquire(timeout=max(end - time.monotonic(), 0.0)):
-            raise redis.TimeoutError("no answer in time (looking for the master)")
+            raise RedisTimeoutError("no answer in time (looking for the master)")
         try:
             if self.master is not None and time.monotonic() - self._confirmed < self.CONFIRM_EVERY:
                 return None
@@ -807,7 +793,7 @@ class SentinelLink(RedisLink):
         finally:
             self._locating.release()
 
-    def _ask_sentinels(self, end: float) -> redis.Connection | None:
+    def _ask_sentinels(self, end: float) -> Connection | None:
         known = self.master
         if known is not None:
             # Leave the call itself half of its budget.
@@ -833,7 +819,7 @@ class SentinelLink(RedisLink):
                 return None
             try:
                 conn = self._checked_master(named, max(step_end - time.monotonic(), 0.001))
-            except (redis.ConnectionError, redis.TimeoutError, ReadOnlyError,
+            except (RedisConnectionError, RedisTimeoutError, ReadOnlyError,
                     InvalidResponse) as exc:
                 problems.append(f"{_address(named)}, named by sentinel {_address(address)}:"
                                 f" {_short(str(exc))}")
@@ -855,8 +841,8 @@ class SentinelLink(RedisLink):
         if conn is None or _closed_by_server(conn):
             if conn is not None:
                 conn.disconnect()
-            conn = self.sentinel.connection_class(host=address[0], port=address[1],
-                                                  **self.sentinel.connection_kwargs)
+            conn = Connection(host=address[0], port=address[1],
+                              **self.sentinel.connection_kwargs)
         try:
             reply = timed_call(conn, budget, "SENTINEL", "get-master-addr-by-name",
                                self.sentinel.master_name)
@@ -871,7 +857,7 @@ class SentinelLink(RedisLink):
             raise InvalidResponse(f"not a master address: {str(reply)[:60]!r}")
         return reply[0], int(reply[1])
 
-    def _checked_master(self, address: tuple[str, int], budget: float) -> redis.Connection:
+    def _checked_master(self, address: tuple[str, int], budget: float) -> Connection:
         """A connection to ``address`` after ROLE said it is a master."""
         conn = self._connection_to(address)
         try:
@@ -896,7 +882,7 @@ def _address(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _closed_by_server(conn: redis.Connection) -> bool:
+def _closed_by_server(conn: Connection) -> bool:
     """An idle connection has nothing to read unless the server closed it (or wrote
     something it should not have): either way it must not be used."""
     try:
@@ -905,36 +891,23 @@ def _closed_by_server(conn: redis.Connection) -> bool:
         return True
 
 
-def timed_call(conn: redis.Connection, budget: float, *args: Any,
+def timed_call(conn: Connection, budget: float, *args: Any,
                before: tuple[tuple[Any, ...], ...] = ()) -> Any:
     """Send one command (after the commands ``before`` it, which answer with pushes) and
     read its answer within ``budget`` seconds, connecting first if needed. A frozen or
     partitioned server makes this raise TimeoutError in time."""
     end = time.monotonic() + budget
     connect(conn, budget)
-    if before:
-        conn.send_packed_command(conn.pack_commands([*before, args]))
-    else:
-        conn.send_command(*args)
+    conn.send(*before, args, deadline=end)
     if not conn.can_read(timeout=max(end - time.monotonic(), 0.0)):
-        raise redis.TimeoutError(f"no answer within {format_duration(budget)}")
-    conn.reply_deadline = end
-    try:
-        return conn.read_response()
-    finally:
-        conn.reply_deadline = None
+        raise RedisTimeoutError(f"no answer within {format_duration(budget)}")
+    return conn.read(end)
 
 
-def connect(conn: redis.Connection, budget: float) -> None:
-    """Connect (if not connected) within ``budget``: the socket timeouts bound the TCP
-    connect and the TLS handshake, the deadline bounds all of the handshake's answers."""
-    budget = max(budget, 0.001)
-    conn.socket_connect_timeout = conn.socket_timeout = budget
-    conn.connect_deadline = time.monotonic() + budget
-    try:
-        conn.connect()
-    finally:
-        conn.connect_deadline = None
+def connect(conn: Connection, budget: float) -> None:
+    """Connect (if not connected) within ``budget``: one deadline bounds the TCP
+    connect, the TLS handshake and all of the handshake's answers."""
+    conn.connect(max(budget, 0.001))
 
 
 class Subscription:
@@ -1004,14 +977,14 @@ class Subscription:
             return self._own.next_message(timeout, wake)
         link, pipe = self._link, self._pipe
         if pipe is None:
-            raise redis.ConnectionError("not subscribed")
+            raise RedisConnectionError("not subscribed")
         end = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while True:
             if self._messages:
                 return self._messages.popleft()
             if self._generation != link.generation:
                 self._generation = None
-                raise redis.ConnectionError("the connection to redis was lost")
+                raise RedisConnectionError("the connection to redis was lost")
             sock = None
             # Set before trying: a turn that ends after a failed try sees it and wakes us.
             self.waits_for_turn = True
@@ -1041,7 +1014,7 @@ class Subscription:
             try:
                 readable, _, _ = select.select(watched, [], [], left)
             except (OSError, ValueError) as exc:  # a socket closed meanwhile
-                raise redis.ConnectionError(f"the connection to redis was lost: {exc}") from None
+                raise RedisConnectionError(f"the connection to redis was lost: {exc}") from None
             if pipe in readable:
                 _drain(pipe)
             if wake is not None and wake in readable:
@@ -1069,7 +1042,8 @@ class Subscription:
             if conn is not None and generation == link.generation:
                 try:
                     # Its confirmations are pushes, read (and dropped) with what comes next.
-                    conn.send_command("UNSUBSCRIBE", *gone)
+                    conn.send(("UNSUBSCRIBE", *gone),
+                              deadline=time.monotonic() + link.options.connect_timeout)
                 except (RedisError, OSError):
                     link._drop(conn)
         finally:
@@ -1090,7 +1064,7 @@ class _OwnConnection:
     def __init__(self, link: RedisLink, channels: list[str]) -> None:
         self._link = link
         self.channels = channels
-        self._conn: redis.Connection | None = None
+        self._conn: Connection | None = None
         self._epoch = 0
 
     def ensure(self, budget: float) -> None:
@@ -1101,13 +1075,13 @@ class _OwnConnection:
         epoch = self._link.epoch
         try:
             connect(conn, max(end - time.monotonic(), 0.001))
-            conn.send_command("SUBSCRIBE", *self.channels)
+            conn.send(("SUBSCRIBE", *self.channels), deadline=end)
             # Wait for every confirmation: only then would a message published after our
             # next command reach us.
             for _ in self.channels:
                 if not conn.can_read(timeout=max(end - time.monotonic(), 0.0)):
-                    raise redis.TimeoutError(f"no answer within {format_duration(budget)}")
-                conn.read_response()
+                    raise RedisTimeoutError(f"no answer within {format_duration(budget)}")
+                conn.read(end)
         except BaseException as exc:
             conn.disconnect()
             self._link.failed(exc)
@@ -1119,22 +1093,22 @@ class _OwnConnection:
         ``wake`` (anything with a fileno(), for select) is readable."""
         conn = self._conn
         if conn is None:
-            raise redis.ConnectionError("not subscribed")
+            raise RedisConnectionError("not subscribed")
         if self._epoch != self._link.epoch:  # the master moved: subscribe there
             self.close()
-            raise redis.ConnectionError("the master changed")
+            raise RedisConnectionError("the master changed")
         try:
             if wake is not None and not conn.can_read(timeout=0):  # nothing buffered
                 sock = conn._sock
                 if sock is None:
-                    raise redis.ConnectionError("not connected")
+                    raise RedisConnectionError("not connected")
                 readable, _, _ = select.select([sock, wake], [], [], max(timeout, 0.0))
                 if sock not in readable:
                     return None
                 timeout = 0.0
             if not conn.can_read(timeout=max(timeout, 0.0)):
                 return None
-            reply = conn.read_response()
+            reply = conn.read(time.monotonic() + self._link.options.connect_timeout)
         except BaseException as exc:
             self.close()
             self._link.failed(exc)
@@ -1151,15 +1125,15 @@ class _OwnConnection:
 
 def is_transient(exc: RedisError) -> bool:
     """Errors that may pass on their own (a restart, a failover, a loading server)."""
-    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+    if isinstance(exc, AuthenticationError):
         return False
     if isinstance(exc, (BusyLoadingError, ReadOnlyError)):
         return True
-    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and not _is_tls(exc)
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError)) and not _is_tls(exc)
 
 
 def _tls_kwargs(url: BackendURL) -> dict[str, Any]:
-    """redis-py's TLS settings for a rediss:// or rediss+sentinel:// URL: its files
+    """The TLS settings for a rediss:// or rediss+sentinel:// URL: its files
     (checked now), the certificate always verified, its host name too."""
     kwargs: dict[str, Any] = {}
     for name in sorted(_TLS_OPTIONS & set(url.query)):
@@ -1169,7 +1143,7 @@ def _tls_kwargs(url: BackendURL) -> dict[str, Any]:
         kwargs[name] = path
     _check_tls_files(url.scheme, kwargs.get("ssl_ca_certs"), kwargs.get("ssl_certfile"),
                      kwargs.get("ssl_keyfile"))
-    kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+    kwargs["tls"] = True  # the certificate always verified, its host name too
     return kwargs
 
 
