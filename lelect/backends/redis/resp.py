@@ -296,8 +296,6 @@ def pack(command: tuple[Any, ...]) -> bytes:
     for arg in command:
         if isinstance(arg, (bytes, bytearray, memoryview)):
             data = bytes(arg)
-        elif isinstance(arg, bool):
-            raise TypeError("a bool is no Redis argument")
         elif isinstance(arg, (int, float)):
             data = repr(arg).encode()
         else:
