@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from lelect.backends import connect
 from lelect.backends.records import HAND_BACK_REASON
 from tests.helpers import (
     assert_one_at_a_time,
+    lelect_env,
     read_ticks,
     redis_listeners,
     run_lelect,
@@ -95,6 +97,27 @@ def test_tls_campaign(redis_server_factory, redis_test_certs):
     assert "term=" in job.stdout
 
 
+def test_a_waiting_candidate_imports_no_client_library_and_no_ssl(redis_server, tmp_path,
+                                                                   processes):
+    """lelect speaks RESP itself: a candidate waiting in line has imported neither
+    redis-py nor (without TLS) ssl."""
+    record = tmp_path / "record"
+    processes.append(campaign(redis_server.url, "lean", ticking_job(record)))
+    wait_until(lambda: read_ticks(record), timeout=10, what="the first job")
+    trace = tmp_path / "imports"
+    with open(trace, "w") as stderr:
+        waiter = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "lelect",
+                                   "campaign", "lean", "--", "true"],
+                                  env=lelect_env(redis_server.url), stdout=subprocess.DEVNULL,
+                                  stderr=stderr)
+    processes.append(waiter)
+    client = redis_server.client()
+    wait_until(lambda: client.zcard("lelect:{lean}:line") >= 1, timeout=10,
+               what="the candidate in line")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in trace.read_text().splitlines()
+                if line.startswith("import time:")}
+    assert "lelect.backends.redis.link" in imported, sorted(imported)
+    assert not {m for m in imported if m.split(".")[0] in ("redis", "ssl", "_ssl")}, imported
 
 
 def test_wrong_password_is_one_line_naming_the_password_not_showing_it(redis_server_factory):
