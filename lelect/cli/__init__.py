@@ -92,7 +92,7 @@ def cli(ctx: click.Context, backend: str | None) -> None:
 #: standard-library client). Looked up in the installed metadata, never imported.
 CLIENT_LIBRARIES = {
     "file": None,
-    "redis": "redis",
+    "redis": None,
     "zookeeper": "kazoo",
     "etcd": None,
     "postgresql": "psycopg",
