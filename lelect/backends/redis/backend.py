@@ -16,8 +16,7 @@ PTTL runs out (then it tries again, which also keeps its ticket).
 
 from __future__ import annotations
 
-import logging
-import secrets
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +59,7 @@ from lelect.backends.redis.link import (
     SentinelLink,
     Subscription,
     is_transient,
+    log,
 )
 from lelect.backends.redis.scripts import (
     ACQUIRE,
@@ -82,8 +82,6 @@ from lelect.names import validate_stored
 
 if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
-
-log = logging.getLogger("lelect.redis")
 
 
 class RedisBackend(Backend):
@@ -122,7 +120,8 @@ class RedisBackend(Backend):
         keys = self._keys(election)
         ttl = self.default_ttl if ttl is None else RANGES["ttl"].check(
             ttl, "ttl", format_duration(ttl))
-        token = secrets.token_hex(16)
+        # secrets.token_hex(16), without secrets' hmac and hashlib (OpenSSL's libcrypto).
+        token = os.urandom(16).hex()
         args = [token, milliseconds(ttl), candidate.node_id, candidate.host or "",
                 "" if candidate.pid is None else str(candidate.pid), keys.elected_channel,
                 election, self.history_limit, "1" if self.options.restart_guard else "0"]
@@ -222,7 +221,7 @@ class RedisBackend(Backend):
             self.link.run(RELEASE, keys.release_keys, args, budget)
         except RedisError as exc:
             # Not fatal: the key expires when the lease runs out.
-            log.warning(
+            log().warning(
                 "lelect: could not release %r (%s); it frees itself when the lease runs out",
                 keys.election, self.options.unavailable(exc, budget),
             )

@@ -32,7 +32,6 @@ what it wrote.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +46,17 @@ class Script:
 
     @property
     def sha(self) -> str:
-        return hashlib.sha1(self.text.encode()).hexdigest()
+        return sha1_hex(self.text.encode())
+
+
+def sha1_hex(data: bytes) -> str:
+    """SHA-1 as Redis names scripts by it: CPython's own ``_sha1`` where there is one
+    (``hashlib`` loads OpenSSL's libcrypto, 3-4 MB of every waiting candidate)."""
+    try:
+        from _sha1 import sha1  # type: ignore[import-not-found]
+    except ImportError:  # another Python
+        from hashlib import sha1
+    return sha1(data).hexdigest()
 
 
 @dataclass(frozen=True)
