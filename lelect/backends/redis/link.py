@@ -1197,7 +1197,7 @@ def _is_tls(exc: BaseException) -> bool:
 
 
 def _short(text: str) -> str:
-    # redis-py wraps errors as "Error 111 connecting to host:port. Connection refused."
+    # Connection errors read "Error 111 connecting to host:port. Connection refused."
     return server_text(text)
 
 
