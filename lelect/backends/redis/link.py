@@ -186,7 +186,7 @@ class Connection:
         address = {"path": self.path} if self.path is not None else {
             "host": self.host, "port": self.port}
         try:
-            self._wire = _LinkWire.open(address, self.tls, deadline)
+            self._wire = _LinkWire.open(address, self.tls, deadline)  # type: ignore[assignment]
         except TimeoutError:
             raise RedisTimeoutError("Timeout connecting to server") from None
         except OSError as exc:
@@ -354,7 +354,7 @@ class RedisOptions:
                 f"invalid prefix {prefix!r} in {scheme}:// URL: use 1-100 characters from"
                 " A-Z a-z 0-9 . _ : / -"
             )
-        settings = {
+        settings: dict[str, Any] = {
             "prefix": prefix,
             "ttl": url.duration("ttl", DEFAULT_TTL),
             "connect_timeout": url.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
@@ -397,7 +397,7 @@ class RedisOptions:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return cls(where, kwargs, **settings)
 
-    def unavailable(self, exc: RedisError, within: float | None = None,
+    def unavailable(self, exc: BaseException, within: float | None = None,
                     context: str = "") -> BackendUnavailable:
         """One line saying what went wrong with Redis and what to do about it; ``within``
         is the time bound that applied (default: connect_timeout)."""
