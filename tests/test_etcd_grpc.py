@@ -139,12 +139,25 @@ def grpc_message(payload: bytes) -> bytes:
     return b"\0" + len(payload).to_bytes(4, "big") + payload
 
 
+def has_headers(data: bytes) -> bool:
+    """Whether the client's bytes so far hold its preface and a HEADERS frame."""
+    if not data.startswith(h2.PREFACE):
+        return False
+    pos = len(h2.PREFACE)
+    while pos + 9 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 3], "big"), data[pos + 3]
+        if kind == h2.HEADERS:
+            return True
+        pos += 9 + length
+    return False
+
+
 def answering_h2(*answer: bytes):
     """A fake server: reads the client's preface and first request, sends SETTINGS and
     ``answer`` (frames for stream 1), and holds the connection."""
     def script(conn: socket.socket, stopped: threading.Event) -> None:
         data = b""
-        while h2.PREFACE not in data or len(data) < len(h2.PREFACE) + 40:
+        while not has_headers(data):
             chunk = read_some(conn)
             if not chunk:
                 return

@@ -320,6 +320,7 @@ class Connection:
         self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, block
         self._unacked = 0  # connection window consumed and not given back
         self._settings_seen = False
+        self._io = threading.Lock()  # held for each (non-blocking) send and recv
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
         sock.setblocking(False)
@@ -362,6 +363,13 @@ class Connection:
                 if i == 0 and payload == b"":
                     flags |= END_STREAM
                 frames += _frame(HEADERS if i == 0 else CONTINUATION, flags, stream.id, chunk)
+            if payload and len(payload) <= min(self.send_window, stream.send_window,
+                                               self.max_send_frame):
+                # A small request (all of lelect's): its headers and data in one send.
+                self.send_window -= len(payload)
+                stream.send_window -= len(payload)
+                frames += _frame(DATA, END_STREAM, stream.id, payload)
+                payload = b""
             self._queue(bytes(frames), locked=True)
         if payload:
             self.send_data(stream, payload, True, deadline)
@@ -426,22 +434,36 @@ class Connection:
         with self.lock:
             if self.closed is None:
                 self._fail(reason)
-        self._poke()
+            self._poke()
 
     # -- the I/O thread -----------------------------------------------------------------------
 
     def _queue(self, data: bytes, locked: bool = False) -> None:
-        if locked:
-            self._out += data
-        else:
+        """Send ``data`` after what is queued: at once from this thread when nothing is
+        queued (a non-blocking send; no wake-up of the I/O thread), else by the I/O thread."""
+        if not locked:
             with self.lock:
-                self._out += data
+                self._queue(data, locked=True)
+            return
+        if not self._out and self.closed is None:
+            try:
+                with self._io:  # never a TLS read and write at once
+                    sent = self.sock.send(data)
+            except OSError:  # would block, or broken: the I/O thread finds out which
+                sent = 0
+            data = data[sent:]
+            if not data:
+                return
+        self._out += data
         self._poke()
 
     def _poke(self) -> None:
+        """Wake the I/O thread (the lock held: its pipe is closed under the lock)."""
+        if self._wake_write < 0:
+            return
         try:
             os.write(self._wake_write, b"x")
-        except OSError:  # full (readable already) or closed
+        except OSError:  # full: readable already
             pass
 
     def _run(self) -> None:
@@ -472,11 +494,9 @@ class Connection:
         finally:
             with self.lock:
                 self._fail("connection closed")
-            for fd in (self._wake_read, self._wake_write):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_read = self._wake_write = -1
             try:
                 sock.close()
             except OSError:
@@ -485,7 +505,10 @@ class Connection:
     def _receive(self) -> None:
         while True:
             try:
-                data = self.sock.recv(65536)
+                with self._io:
+                    data = self.sock.recv(65536)
+                    pending = getattr(self.sock, "pending", None)  # TLS: decrypted, unread
+                    more = pending is not None and pending() > 0
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -497,8 +520,7 @@ class Connection:
             self.last_read = time.monotonic()
             self._in += data
             self._frames()
-            pending = getattr(self.sock, "pending", None)  # TLS: decrypted, not yet read
-            if not (pending is not None and pending()):
+            if not more:
                 return
 
     def _flush(self) -> None:
@@ -507,7 +529,8 @@ class Connection:
         if not out:
             return
         try:
-            sent = self.sock.send(out)
+            with self._io:
+                sent = self.sock.send(out)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:

@@ -203,33 +203,29 @@ def _decode(schema: str, data: memoryview, depth: int, budget: list[int]) -> dic
             raise Garbled(f"more than {MAX_FIELDS} fields in one answer")
         tag, pos = _read_varint(data, pos)
         number, wire_type = tag >> 3, tag & 7
+        value, raw = 0, data[0:0]
         if wire_type == 0:
             value, pos = _read_varint(data, pos)
-            raw = None
         elif wire_type == 2:
             length, pos = _read_varint(data, pos)
             if length > end - pos:
                 raise Garbled(f"{schema}: a field longer than its message")
             raw, pos = data[pos:pos + length], pos + length
-        elif wire_type == 1:
-            pos += 8
-            raw = value = None
-        elif wire_type == 5:
-            pos += 4
-            raw = value = None
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
         else:
             raise Garbled(f"{schema}: wire type {wire_type}")
         if pos > end:
             raise Garbled(f"{schema}: truncated")
         field = fields.get(number)
-        if field is None or number == 0:
+        if field is None:
             continue  # unknown: skipped
         name, kind, detail, repeated = field
-        if (raw is None) != (kind not in ("msg", "bytes", "string")) or \
-                (raw is None and value is None):
+        if wire_type != (2 if kind in ("msg", "bytes", "string") else 0):
             raise Garbled(f"{schema}.{name}: wrong wire type {wire_type}")
+        item: Any
         if kind == "msg":
-            item: Any = _decode(detail, raw, depth + 1, budget)
+            item = _decode(detail, raw, depth + 1, budget)
         elif kind == "bytes":
             item = bytes(raw)
         elif kind == "string":

@@ -164,7 +164,7 @@ class GrpcGateway(Gateway):
             if connection is not None and connection.usable:
                 return connection, False
             sock = self._open_socket(endpoint, deadline - time.monotonic())
-            if self._ssl is not None and sock.selected_alpn_protocol() != "h2":
+            if self._ssl is not None and sock.selected_alpn_protocol() != "h2":  # type: ignore[attr-defined]
                 sock.close()
                 raise _Down("the server does not offer HTTP/2 over TLS (ALPN h2)")
             connection = h2.Connection(sock, str(endpoint), "https" if self._ssl else "http")
@@ -325,7 +325,7 @@ class GrpcWatchStream(WatchStream):
                  metadata: list[tuple[str, str]], requests: list[bytes], deadline: float) -> None:
         self._h2 = connection
         self.endpoint = endpoint
-        self._pipe = os.pipe()
+        self._pipe: tuple[int, ...] = os.pipe()
         os.set_blocking(self._pipe[1], False)
         self._stream: h2.Stream | None = None
         try:
