@@ -241,3 +241,65 @@ def test_close_wakes_a_call_to_a_frozen_server(hostile_server):
     thread.join(5)
     assert not thread.is_alive() and failed
     assert time.monotonic() - started < 5
+
+
+# -- a real etcd ----------------------------------------------------------------------------------
+
+
+def test_threads_share_one_connection_and_close_wakes_a_watch(etcd_server, etcd_prefix):
+    """Calls from several threads at once and a watch are streams of one connection (the
+    token in their metadata: the shared server has auth on); closing the client ends a
+    watch that waits in another thread at once."""
+    import os
+
+    import psutil
+
+    from lelect.backends import connect
+    from lelect.backends.etcd import gateway as wire
+
+    with connect(etcd_server.url(etcd_prefix)) as backend:
+        gateway = backend.gateway
+        assert isinstance(gateway, GrpcGateway)
+        prefix = f"/{etcd_prefix}/many/"
+        watch = gateway.watch(prefix, range_end=wire.prefix_end(prefix), budget=5.0)
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            try:
+                for i in range(20):
+                    key = f"{prefix}{n}-{i}"
+                    gateway.txn([wire.created_at(key, 0)], [wire.put(key, f"{n}.{i}")], budget=5.0)
+                    assert gateway.range(key, budget=5.0).first.value == f"{n}.{i}".encode()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        events = []
+        while len(events) < 120:
+            got = watch.next(5.0)
+            assert got is not None, f"{len(events)} events, then nothing"
+            events += got
+        for thread in threads:
+            thread.join(10)
+        assert not errors, errors
+        assert len({event.key for event in events}) == 120
+        mine = [c for c in psutil.Process(os.getpid()).net_connections("tcp")
+                if c.raddr and c.raddr.port == etcd_server.port and c.status == "ESTABLISHED"]
+        assert len(mine) == 1
+
+        ended: list[BaseException] = []
+
+        def wait_on_watch() -> None:
+            try:
+                watch.next(30.0)
+            except GatewayError as exc:
+                ended.append(exc)
+
+        waiter = threading.Thread(target=wait_on_watch)
+        waiter.start()
+        closed_at = time.monotonic()
+        gateway.close()
+        waiter.join(5)
+        assert ended and time.monotonic() - closed_at < 1.0
