@@ -221,6 +221,30 @@ def test_a_garbled_watch_answer_ends_the_watch_with_a_gateway_error(hostile_serv
         gateway.close()
 
 
+def test_a_frozen_server_keeps_no_caller_past_its_deadline(hostile_server):
+    server = hostile_server(answering_h2())  # SETTINGS, then nothing
+    gateway = GrpcGateway([Endpoint("127.0.0.1", server.port)])
+    took: dict[float, float] = {}
+
+    def call(budget: float) -> None:
+        started = time.monotonic()
+        with pytest.raises(GatewayError, match="timed out"):
+            gateway.range("/x", budget=budget)
+        took[budget] = time.monotonic() - started
+
+    threads = [threading.Thread(target=call, args=(budget,)) for budget in (0.5, 1.0, 1.5)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    finally:
+        gateway.close()
+    assert sorted(took) == [0.5, 1.0, 1.5]
+    for budget, seconds in took.items():  # (one that gave up may close the connection:
+        assert seconds < budget + 0.5, took  # the others then end early, never late)
+
+
 def test_close_wakes_a_call_to_a_frozen_server(hostile_server):
     server = hostile_server(answering_h2())  # SETTINGS, then nothing
     gateway = GrpcGateway([Endpoint("127.0.0.1", server.port)])

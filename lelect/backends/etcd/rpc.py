@@ -204,13 +204,16 @@ class GrpcGateway(Gateway):
         for _attempt in (1, 2):
             connection, fresh = self._connection(endpoint, deadline)
             stream = None
+            started = time.monotonic()
             try:
                 stream = connection.open(self._metadata(method, headers, deadline),
                                          message(payload), deadline)
                 if not stream.wait(lambda: False, deadline):
-                    # A member that does not answer in time may be gone without a word:
-                    # the next call opens a fresh connection.
-                    connection.close("timed out")
+                    if connection.last_read < started:
+                        # Not a byte since the call began: the member may be gone without
+                        # a word (frozen, cut off); the next call opens a fresh connection.
+                        # One that is only slow keeps it (and the other calls on it).
+                        connection.close("timed out")
                     raise _Down("timed out")
                 payloads = self._answer(connection, stream, endpoint)
             except h2.StreamError as exc:
