@@ -221,6 +221,20 @@ def test_a_garbled_watch_answer_ends_the_watch_with_a_gateway_error(hostile_serv
         gateway.close()
 
 
+def test_a_call_refused_by_a_graceful_goaway_is_made_again_on_a_fresh_connection(hostile_server):
+    answered = (frame(h2.HEADERS, h2.END_HEADERS, 1, OK_HEADERS), frame(h2.DATA, 0, 1, RANGE_ANSWER),
+                frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, OK_TRAILERS))
+    going_away = answering_h2(frame(h2.GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
+    scripts = iter([going_away, answering_h2(*answered)])
+    server = hostile_server(lambda conn, stopped: next(scripts)(conn, stopped))
+    gateway = GrpcGateway([Endpoint("127.0.0.1", server.port)])
+    try:
+        assert gateway.range("/x", budget=5.0).revision == 3
+    finally:
+        gateway.close()
+    assert server.connections == 2
+
+
 def test_a_frozen_server_keeps_no_caller_past_its_deadline(hostile_server):
     server = hostile_server(answering_h2())  # SETTINGS, then nothing
     gateway = GrpcGateway([Endpoint("127.0.0.1", server.port)])

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from lelect.backends.etcd.gateway import MAX_BODY, MAX_HEAD, Garbled, _Closed
+from lelect.backends.etcd.gateway import MAX_BODY, MAX_HEAD, Garbled, _Closed, _describe
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
@@ -336,7 +336,8 @@ class Connection:
 
     @property
     def usable(self) -> bool:
-        return self.closed is None and not self.goaway
+        """Open and taking new streams."""
+        return self.closed is None and not self.goaway and self.next_id <= MAX_WINDOW
 
     def open(self, headers: list[tuple[str, str]], payload: bytes | None,
              deadline: float) -> Stream:
@@ -747,7 +748,3 @@ def _want_io(exc: BaseException) -> bool:
     return ssl is not None and isinstance(exc, (ssl.SSLWantReadError, ssl.SSLWantWriteError))
 
 
-def _describe(exc: BaseException) -> str:
-    from lelect.backends.etcd.gateway import _describe as describe
-
-    return describe(exc)

@@ -132,6 +132,7 @@ class GrpcGateway(Gateway):
         if self._ssl is not None:
             self._ssl.set_alpn_protocols(["h2"])
         self._connections: dict[Endpoint, h2.Connection] = {}
+        self._draining: list[h2.Connection] = []
         self._opening = threading.Lock()
         self._closed = False
 
@@ -171,8 +172,10 @@ class GrpcGateway(Gateway):
             with self._lock:
                 old = self._connections.get(endpoint)
                 self._connections[endpoint] = connection
-            if old is not None:
-                old.close("replaced")
+                if old is not None and old.closed is None:
+                    # Going away (GOAWAY): the streams it still carries end by themselves,
+                    # then the server closes it; close() closes it if it is still open.
+                    self._draining = [c for c in self._draining if c.closed is None] + [old]
             return connection, True
         finally:
             self._opening.release()
@@ -192,6 +195,8 @@ class GrpcGateway(Gateway):
         with self._lock:
             self._closed = True
             connections, self._connections = list(self._connections.values()), {}
+            connections += self._draining
+            self._draining = []
         for connection in connections:
             connection.close()
         super().close()
@@ -217,9 +222,11 @@ class GrpcGateway(Gateway):
                     raise _Down("timed out")
                 payloads = self._answer(connection, stream, endpoint)
             except h2.StreamError as exc:
-                if not fresh and (stream is None or stream.headers is None) \
-                        and exc.code in (0, 7):  # lost before any answer; REFUSED_STREAM
-                    continue  # the server had dropped the idle connection: a fresh one
+                if exc.code == h2.REFUSED_STREAM or (
+                        not fresh and (stream is None or stream.headers is None) and exc.code == 0):
+                    # Refused (never processed: GOAWAY, REFUSED_STREAM), or the server had
+                    # dropped the idle connection: once more, on a fresh connection.
+                    continue
                 raise _Down(f"connection lost ({exc})") from None
             except Garbled as exc:
                 connection.close(str(exc))
