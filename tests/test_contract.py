@@ -850,16 +850,9 @@ def server_connections(pid: int, port: int) -> int:
     return count
 
 
-#: Backends whose candidates still use more than one connection (issue 21): etcd its
-#: watch and keep-alive streams.
-MORE_THAN_ONE_CONNECTION = {"etcd"}
-
-
-def test_a_candidate_holds_one_connection_to_its_server(network_target, tmp_path, request):
+def test_a_candidate_holds_one_connection_to_its_server(network_target, tmp_path):
     """The leader and a waiting candidate each talk to the server over one connection
     (one session), heartbeats and lookups included."""
-    if request.node.callspec.params["network_target"] in MORE_THAN_ONE_CONNECTION:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="not one connection yet"))
     target = network_target
     port = target.server.port
     beats = ("--heartbeat-interval", "0.2s")

@@ -60,7 +60,8 @@ from lelect.backends.base import (
     wait_slice,
 )
 from lelect.backends.etcd import gateway as wire
-from lelect.backends.etcd.gateway import Endpoint, Gateway, GatewayError, KeyValue, TLSFiles
+from lelect.backends.etcd.gateway import Endpoint, GatewayError, KeyValue, TLSFiles
+from lelect.backends.etcd.rpc import GrpcGateway, txn_request
 from lelect.backends.notes import HANDOVER_KEY, value_key
 from lelect.backends.records import (
     MAX_SLOTS,
@@ -367,8 +368,9 @@ class EtcdBackend(Backend):
         self.connect_timeout = self.options.connect_timeout
         self.history_limit = self.options.history
         self.retry = RetryPolicy(self.connect_timeout)
-        self.gateway = Gateway(self.options.endpoints, tls=self.options.tls,
-                               username=self.options.username, password=self.options.password)
+        self.gateway = GrpcGateway(self.options.endpoints, tls=self.options.tls,
+                                   username=self.options.username,
+                                   password=self.options.password)
         self._said_granted: set[tuple[float, float]] = set()
 
     def keys(self, election: str) -> EtcdKeys:
@@ -554,7 +556,7 @@ class EtcdBackend(Backend):
         our key is ours and no key older than it is left, we lead, and it reads what a
         new leader needs at once (the newest history entry and the history's length, a
         resign request, the handover note). Otherwise our key and the youngest older one."""
-        return wire.txn_request(
+        return txn_request(
             [wire.created_at(key, term), wire.none_created_before(keys.contenders, term)],
             [wire.get(keys.history, prefix=True, last_by="KEY", limit=1),
              wire.get(keys.history, prefix=True, count_only=True),

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     import ssl
@@ -60,7 +60,11 @@ def b64(data: str | bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def unb64(text: str | None) -> bytes:
+def unb64(text: str | bytes | None) -> bytes:
+    """A bytes field of an answer: base64 from the JSON gateway; bytes already from gRPC
+    (``proto`` decodes them so)."""
+    if isinstance(text, bytes):
+        return text
     return base64.b64decode(text or "")
 
 
@@ -429,7 +433,13 @@ def _answer(status: int, data: bytes, endpoint: Endpoint | None = None) -> dict[
     code = answer.get("code") if isinstance(answer, dict) else None
     code = code if isinstance(code, int) else None
     message = str(answer.get("error") or answer.get("message")) if isinstance(answer, dict) else ""
-    message = (message or f"HTTP {status}")[:300]
+    raise_status(code, (message or f"HTTP {status}")[:300])
+
+
+def raise_status(code: int | None, message: str) -> NoReturn:
+    """The error a gRPC status ``code`` (not OK) with ``message`` is, raised: the token
+    was forgotten (:class:`_TokenRejected`), the member cannot answer now (:class:`_Down`),
+    or a :class:`GatewayError` of its kind."""
     if code == UNAUTHENTICATED and "token" in message:
         raise _TokenRejected(message)
     if code in TRANSIENT_CODES:
