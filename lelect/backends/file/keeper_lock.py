@@ -38,8 +38,10 @@ class LocalElection:
         # Import and open the state database now, while waiting, so winning costs only
         # the job's fork/exec (the leader record is written after).
         from lelect.backends.file import state as filestate
+        from lelect.backends.notes import decode_handover  # noqa: F401 - read as it wins
 
         self.filestate = filestate
+        self.stored_term = None  # the database's term, read under the flock as it won
         lock_name = os.path.basename(self.options["lock"])
         try:
             # lelect checked the directory (and the database); every file in it is opened
@@ -137,6 +139,7 @@ class LocalElection:
         from lelect.backends.notes import decode_handover
 
         data, last = self.filestate.handover_note(self.db, self.options["election"])
+        self.stored_term = last
         handover = decode_handover(data)
         self.handover_spent = handover is not None and handover.to == self.options["node_id"]
         if handover is not None and handover.bars(self.options["node_id"], last + 1):
@@ -210,7 +213,7 @@ class LocalElection:
         since = time.time()
         try:
             term = self.filestate.next_term(self.lock_fd, self.db, self.options["election"],
-                                            self.options["lock"])
+                                            self.options["lock"], self.stored_term)
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
             self.release()
             self.send(self.proto.Error(str(exc)))
