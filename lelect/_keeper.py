@@ -193,7 +193,7 @@ def _exec_job(keeper, program, argv, env, report_w, blocked):
         os._exit(127)
 
 
-from lelect.backends.file.keeper_lock import LocalElection  # noqa: E402 - stdlib only
+from lelect.backends.file.keeper_lock import LocalElection, tidy_up_slowly  # noqa: E402 - stdlib only
 from lelect.keeper_handback import HandBackRunner  # noqa: E402 - stdlib only
 
 
@@ -488,10 +488,7 @@ class Keeper(LocalElection):
                 # lelect died, or was stopped before it heard that we won.
                 from lelect.backends.words import HAND_BACK_REASON
 
-                try:
-                    os.nice(19)  # the next leader's job goes first; this is tidying up
-                except OSError:
-                    pass
+                tidy_up_slowly()  # the next leader's job goes first
                 if lelect_died:
                     self.close_record("lost", HAND_BACK_REASON)
                 else:
@@ -538,6 +535,7 @@ class Keeper(LocalElection):
             self.shutdown()
         if self.options.get("autorelease") == "1":
             self.release()
+            tidy_up_slowly()  # the next leader's job goes first: the rest is reporting
         self.report(self.proto.Exited(self.job_status, self.reason))
 
     def report(self, message):
