@@ -105,14 +105,14 @@ def test_a_waiting_keeper_imports_neither_threading_nor_json_nor_enum():
     """The embedded backend's keeper forks the job the moment it wins: threading's
     after-fork hook would run in that child, and json (with re) and enum (signal.py's,
     lelect.errors') only cost memory in every waiting candidate. What the keeper imports
-    on its way to the flock:"""
+    on its way to the flock (SQLite's C module alone: sqlite3.dbapi2 brings datetime):"""
     code = (
         f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r});"
         "from lelect import keeper_protocol; import lelect._keeper;"
         "from lelect.backends.file import state; from lelect.backends.notes import decode_handover;"
         "decode_handover(None);"
-        "print([m for m in ('threading', 'json', 're', 'dataclasses', 'enum', 'signal')"
-        " if m in sys.modules])"
+        "print([m for m in ('threading', 'json', 're', 'dataclasses', 'enum', 'signal',"
+        " 'datetime') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-S", "-I", "-c", code], capture_output=True,
                          text=True, timeout=30)

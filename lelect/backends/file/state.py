@@ -19,8 +19,13 @@ import _thread
 import errno
 import fcntl
 import os
-import sqlite3
 import stat
+
+try:  # the C module alone: sqlite3.dbapi2 adds the datetime adapters (and datetime, ~0.7 MB
+    # in every waiting keeper), which nothing here uses. lelect's own sqlite3 is the same.
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover - not CPython
+    import sqlite3
 import time
 
 from lelect.backends.words import VANISHED_REASON
