@@ -44,7 +44,7 @@ IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTOU, signal.
            signal.SIGWINCH)
 TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 LIBC = None
-#: Every signal (spawn_job blocks them all on the hot path).
+#: Every signal (fork_job blocks them all from the fork to the exec).
 ALL_SIGNALS = signal.valid_signals()
 
 
@@ -112,29 +112,32 @@ def child_pids():
 
 def spawn_job(program, argv, env, term, slot=None, seat=None):
     """Fork and exec the job with ``term`` (and ``slot``, ``seat``) in its environment;
-    its pid, once it runs (OSError if it could not be run). ``slot`` "-" is none.
+    its pid, once it runs (OSError if it could not be run). ``slot`` "-" is none."""
+    return run_forked_job(fork_job(program, argv, env), term, slot, seat)
 
-    Before its exec the child takes its own process group, asks for PR_SET_PDEATHSIG
+
+def fork_job(program, argv, env):
+    """Fork the job's process, which waits (every signal blocked) to be told its term:
+    ``(pid, go, report)`` for :func:`run_forked_job` or :func:`drop_forked_job`. The
+    embedded backend forks it the moment it wins and settles the term meanwhile.
+
+    Before it waits, the child takes its own process group, asks for PR_SET_PDEATHSIG
     (the kernel kills it if the keeper dies, even by SIGKILL, which posix_spawn cannot
     ask for) and checks the keeper is still its parent, restores default signal
-    dispositions and closes every fd but 0-2: the lock fd above all (a job holding the
-    flock would keep the election taken after lelect is gone). Every signal stays
-    blocked from the fork to the exec, so one sent meanwhile acts on the job. The pid
-    is known (and its group made) before the job's first instruction, and an exec that
-    fails is reported here, through a close-on-exec pipe."""
-    env = dict(env)
-    env[b"LELECT_TERM"] = str(term).encode()
-    if slot and slot != "-":
-        env[b"LELECT_SLOT"] = str(slot).encode()
-    if seat is not None:
-        env[b"LELECT_SEAT"] = str(seat).encode()
+    dispositions and closes every fd but 0-2 (and its two pipes, both close-on-exec):
+    the lock fd above all (a job holding the flock would keep the election taken after
+    lelect is gone). Every signal stays blocked from the fork to the exec, so one sent
+    meanwhile acts on the job. The pid is known (and its group made) before the job's
+    first instruction."""
     keeper = os.getpid()
+    env = dict(env)  # the child adds the term to it
+    go_r, go = os.pipe()
     report, report_w = os.pipe()  # both close-on-exec: EOF on it means the exec worked
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:
-            _exec_job(keeper, program, argv, env, report_w, blocked)
+            _exec_job(keeper, program, argv, env, report_w, blocked, go_r)
         try:
             os.setpgid(pid, pid)  # as shells do: the group exists whoever runs first
         except OSError:
@@ -142,6 +145,24 @@ def spawn_job(program, argv, env, term, slot=None, seat=None):
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     os.close(report_w)
+    os.close(go_r)
+    return pid, go, report
+
+
+def run_forked_job(forked, term, slot=None, seat=None):
+    """Let the job :func:`fork_job` made run with ``term`` (and ``slot``, ``seat``) in
+    its environment; its pid, once it runs. An exec that fails is reported here (an
+    OSError), through the close-on-exec report pipe."""
+    pid, go, report = forked
+    extra = [b"LELECT_TERM=" + str(term).encode()]
+    if slot and slot != "-":
+        extra.append(b"LELECT_SLOT=" + str(slot).encode())
+    if seat is not None:
+        extra.append(b"LELECT_SEAT=" + str(seat).encode())
+    try:
+        os.write(go, b"\0".join(extra))
+    finally:
+        os.close(go)
     try:
         failure = b""
         while chunk := os.read(report, 64):
@@ -158,8 +179,19 @@ def spawn_job(program, argv, env, term, slot=None, seat=None):
     return pid
 
 
-def _exec_job(keeper, program, argv, env, report_w, blocked):
-    """The forked child of :func:`spawn_job`: never returns."""
+def drop_forked_job(forked):
+    """The job :func:`fork_job` made never runs: it exits (0) when told nothing."""
+    pid, go, report = forked
+    os.close(go)
+    os.close(report)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _exec_job(keeper, program, argv, env, report_w, blocked, go_r):
+    """The forked child of :func:`fork_job`: never returns."""
     try:
         os.setpgid(0, 0)
         if LIBC is not None:
@@ -169,9 +201,19 @@ def _exec_job(keeper, program, argv, env, report_w, blocked):
         # The exec resets the signals the keeper catches; those it ignores, it does not.
         for sig in IGNORED:
             signal.signal(sig, signal.SIG_DFL)
-        # Only 0-2 pass (and the report pipe, closed by the exec itself).
-        os.closerange(3, report_w)
-        os.closerange(report_w + 1, 1 << 20)
+        # Only 0-2 pass (and the two pipes, closed by the exec itself).
+        low, high = sorted((report_w, go_r))
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, 1 << 20)
+        told = b""
+        while chunk := os.read(go_r, 4096):  # until the keeper closes its end
+            told += chunk
+        if not told:
+            os._exit(0)  # not to run (or the keeper is gone)
+        for item in told.split(b"\0"):
+            name, _, value = item.partition(b"=")
+            env[name] = value
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if "/" in program:
             try:
@@ -193,7 +235,7 @@ def _exec_job(keeper, program, argv, env, report_w, blocked):
         os._exit(127)
 
 
-from lelect.backends.file.keeper_lock import LocalElection  # noqa: E402 - stdlib only
+from lelect.backends.file.keeper_lock import LocalElection, tidy_up_slowly  # noqa: E402 - stdlib only
 from lelect.keeper_handback import HandBackRunner  # noqa: E402 - stdlib only
 
 
@@ -225,6 +267,7 @@ class Keeper(LocalElection):
         self.childless = False
         self.job_pidfd = None
         self.job_env = None  # the environment and the program, read before winning
+        self.forked = None  # the job's process forked as the flock was won (fork_job)
         self.program = None
         self.tty = None
         self.terminated = False
@@ -295,7 +338,11 @@ class Keeper(LocalElection):
                     os.write(2, (line + "\n").encode())
                 except OSError:
                     pass
-            pid = spawn_job(self.program, self.command, self.job_env, term, slot, seat)
+            if self.forked is not None:
+                forked, self.forked = self.forked, None
+                pid = run_forked_job(forked, term, slot, seat)
+            else:
+                pid = spawn_job(self.program, self.command, self.job_env, term, slot, seat)
         except OSError as exc:
             self.release()
             reason = exc.strerror or str(exc)
@@ -311,6 +358,22 @@ class Keeper(LocalElection):
         self.give_terminal(pid)
         if announce:
             self.send(self.proto.Started(pid))
+
+    def fork_early(self):
+        """Won: fork the job's process now (it waits for its term), so the fork and the
+        child's preparations overlap the checks and the term (the database, the lock
+        file) instead of following them. Nothing runs unless they pass."""
+        if self.command and self.options.get("autostart") == "1" and self.forked is None:
+            try:
+                self.forked = fork_job(self.program, self.command, self.job_env)
+            except OSError:
+                self.forked = None  # forked again when the job starts: it says why not
+
+    def drop_early(self):
+        """The checks failed (or the flock goes back): the early child never runs."""
+        if self.forked is not None:
+            forked, self.forked = self.forked, None
+            drop_forked_job(forked)
 
     def give_terminal(self, pgid):
         """An interactive job reads the terminal: give its group the foreground."""
@@ -488,10 +551,7 @@ class Keeper(LocalElection):
                 # lelect died, or was stopped before it heard that we won.
                 from lelect.backends.words import HAND_BACK_REASON
 
-                try:
-                    os.nice(19)  # the next leader's job goes first; this is tidying up
-                except OSError:
-                    pass
+                tidy_up_slowly()  # the next leader's job goes first
                 if lelect_died:
                     self.close_record("lost", HAND_BACK_REASON)
                 else:
@@ -538,6 +598,7 @@ class Keeper(LocalElection):
             self.shutdown()
         if self.options.get("autorelease") == "1":
             self.release()
+            tidy_up_slowly()  # the next leader's job goes first: the rest is reporting
         self.report(self.proto.Exited(self.job_status, self.reason))
 
     def report(self, message):

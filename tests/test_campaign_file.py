@@ -259,7 +259,7 @@ def test_a_waiting_candidate_is_lelect_and_its_keeper_and_imports_no_other_comma
         backend, tmp_path):
     """While it waits, a candidate is two processes: lelect and its keeper (the job is
     forked only when the keeper wins); lelect has imported nothing that only other
-    commands (or other backends) need."""
+    commands (or other backends) need: not even click (lelect.cli.quick reads its options)."""
     release = tmp_path / "release"
     leader = spawn_lelect("campaign", "lean", "--", "sh", "-c",
                           f"while [ ! -e {release} ]; do sleep 0.02; done", backend=backend)
@@ -285,7 +285,7 @@ def test_a_waiting_candidate_is_lelect_and_its_keeper_and_imports_no_other_comma
         assert not imported() & {"rich", "shutil", "lelect.exporter", "lelect.httpserve",
                                  "lelect.cli.render", "lelect.cli.watch", "lelect.cli.history",
                                  "lelect.sim", "redis", "kazoo", "psycopg", "ssl",
-                                 "lelect.health", "psutil", "statistics"}, imported()
+                                 "lelect.health", "psutil", "statistics", "click"}, imported()
     finally:
         waiter.kill()
         waiter.wait(timeout=10)

@@ -2,19 +2,23 @@
 
 Commands are imported only when run, so ``lelect --help`` costs little more than
 importing click. Every LelectError becomes one line on stderr and its exit status.
+
+This module imports no click: ``lelect campaign`` with the options it parses itself
+(lelect.cli.quick) runs without it (~15 ms of CPU and ~5 MB per candidate); everything
+else goes to the click application in lelect.cli.app.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
-import click
-
-from lelect import __version__
 from lelect.errors import LelectError
 from lelect.status import ExitStatus, exit_table_text
+
+TYPE_CHECKING = False  # not typing's (~1.5 ms): annotations only
+if TYPE_CHECKING:
+    import click
 
 EXIT_STATUSES = exit_table_text()
 
@@ -32,62 +36,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
-        module_name, attribute, _ = COMMANDS[cmd_name]
-        return getattr(importlib.import_module(module_name), attribute)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-@click.group(
-    cls=LazyGroup,
-    epilog=EXIT_STATUSES,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
-@click.option(
-    "--backend",
-    "-b",
-    metavar="URL",
-    # No envvar here: lelect.backends.default_url reads LELECT_BACKEND_FILE (first) and
-    # LELECT_BACKEND, so the library and the CLI agree on where a URL comes from.
-    help="Where elections live: file:///DIR (default: embedded, $LELECT_HOME or"
-    f" {'/var/lib/lelect' if os.geteuid() == 0 else '~/.local/state/lelect'}), redis://[user@]host:6379/0?password_file=PATH, rediss://…,"
-    " redis+sentinel://s1:26379,s2:26379/MASTER/0 (rediss+sentinel://… for TLS),"
-    " zookeeper://h1:2181,h2:2181/lelect, etcd://h1:2379,h2:2379/lelect,"
-    " postgresql://user@db:5432/app, mysql://user@db:3306/app. Env: LELECT_BACKEND_FILE (a file holding the URL),"
-    " LELECT_BACKEND.",
-)
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=lambda ctx, _param, value: _print_version(ctx, value),
-              help="Show the version and exit; with --verbose, Python's and the backends'"
-              " client libraries' too.")
-@click.option("--verbose", "-v", is_flag=True, expose_value=False,
-              help="With --version: name the client libraries' versions.")
-@click.pass_context
-def cli(ctx: click.Context, backend: str | None) -> None:
-    """Leader election for singleton jobs: exactly one copy runs at a time.
-
-    \b
-      lelect campaign nightly -- ./report.sh    # guard a singleton job
-      lelect leader nightly --json              # who leads, for scripts
-      lelect watch nightly                      # live table of the group
-      lelect health nightly                     # exit 0/1/2 for monitoring
-      lelect resign nightly                     # ask the leader to step down
-      lelect history nightly                    # who led when, and how it ended
-    """
-    ctx.obj = {"backend": backend}
-
-
 #: Each backend and the distribution its client library comes from (None: lelect's own
 #: standard-library client). Looked up in the installed metadata, never imported.
 CLIENT_LIBRARIES = {
@@ -98,15 +46,6 @@ CLIENT_LIBRARIES = {
     "postgresql": "psycopg",
     "exporter": "prometheus_client",
 }
-
-
-def _print_version(ctx: click.Context, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    click.echo(f"lelect, version {__version__}")
-    if "--verbose" in _ARGV or "-v" in _ARGV:
-        click.echo(version_details())
-    ctx.exit(0)
 
 
 def version_details() -> str:
@@ -137,13 +76,26 @@ def version_details() -> str:
 _ARGV: list[str] = []
 
 
+def __getattr__(name: str):
+    """``cli`` and ``LazyGroup`` live in lelect.cli.app (click), loaded when asked for."""
+    if name in ("cli", "LazyGroup"):
+        from lelect.cli import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def open_client(ctx: click.Context, *, create: bool = True):
     """The library's front door (:func:`lelect.connect`) on the backend named by
     --backend / LELECT_BACKEND (embedded by default). Readers pass ``create=False``:
     they create nothing (the embedded backend's directory)."""
+    return connect_url(backend_url(ctx), create=create)
+
+
+def connect_url(url: str | None, *, create: bool = True):
+    """:func:`open_client` for a URL already read (None: LELECT_BACKEND or embedded)."""
     import lelect
 
-    url = backend_url(ctx)
     if url:
         _warn_password_in_argv(url)
     return lelect.connect(url, create=create)
@@ -183,8 +135,10 @@ def _error(message: str) -> None:
         # --log-format json: the error is a JSON line like the rest of the log.
         line = log.ACTIVE.format("error", message.removeprefix("error: "))
     try:
-        click.echo(line, err=True)
-    except (OSError, ValueError):
+        stream = sys.stderr  # as click.echo(line, err=True) wrote it
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError, AttributeError):
         pass  # stderr is closed or failing: the status says it
 
 
@@ -198,22 +152,25 @@ def main(argv: list[str] | None = None) -> None:
     from lelect.cli import streams
 
     streams.guard()
+    quick = None
+    if "_LELECT_COMPLETE" not in os.environ:
+        from lelect.cli.quick import parse_campaign
+
+        quick = parse_campaign(_ARGV)
     try:
-        status = cli.main(args=argv, prog_name="lelect", standalone_mode=False)
-    except click.UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
-            click.echo(exc.ctx.get_help(), err=True)
-            sys.exit(ExitStatus.USAGE)
-        command = exc.ctx.command_path if exc.ctx else "lelect"
-        _error(f"{exc.format_message()} (see '{command} --help')")
-        status = ExitStatus.USAGE
-    except click.exceptions.Exit as exc:
-        status = exc.exit_code
-    except click.Abort:
-        status = ExitStatus.CANCELLED
-    except click.ClickException as exc:
-        _error(exc.format_message())
-        status = exc.exit_code
+        if quick is not None:
+            from lelect.cli.quick import run_campaign
+
+            try:
+                status = run_campaign(quick)
+            except KeyboardInterrupt:
+                try:  # as click's Abort: a new line, then the status
+                    sys.stderr.write("\n")
+                except (OSError, ValueError, AttributeError):
+                    pass
+                raise
+        else:
+            status = _click_main(argv)
     except LelectError as exc:
         _error(f"error: {exc}")
         status = exc.exit_status
@@ -253,3 +210,27 @@ def main(argv: list[str] | None = None) -> None:
         # as supervisors expect of a clean stop.
         result.exit()
     os._exit(code)
+
+
+def _click_main(argv: list[str] | None):
+    """The click application's status (its own exceptions turned into one line)."""
+    import click
+
+    from lelect.cli.app import cli
+
+    try:
+        return cli.main(args=argv, prog_name="lelect", standalone_mode=False)
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            click.echo(exc.ctx.get_help(), err=True)
+            sys.exit(ExitStatus.USAGE)
+        command = exc.ctx.command_path if exc.ctx else "lelect"
+        _error(f"{exc.format_message()} (see '{command} --help')")
+        return ExitStatus.USAGE
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        return ExitStatus.CANCELLED
+    except click.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code

@@ -1,10 +1,11 @@
-"""``lelect campaign NAME [options] [--] CMD [ARGS...]``"""
+"""``lelect campaign NAME [options] [--] CMD [ARGS...]``: the click command (``--help``,
+errors, ``--status-listen``; the common form runs without click: lelect.cli.quick)."""
 
 from __future__ import annotations
 
 import click
 
-from lelect.cli import EXIT_STATUSES, open_client
+from lelect.cli import EXIT_STATUSES, backend_url
 from lelect.cli.params import (
     DURATION,
     ELECTION,
@@ -70,62 +71,9 @@ def campaign(ctx, election, command, log_format, quiet, status_listen, **values)
       lelect campaign nightly -q --once-per 1d -- ./report.sh      # cron, every host
     """
     from lelect.cli.logs import StderrLog
+    from lelect.cli.quick import campaign_body
 
     log = StderrLog(log_format, election, quiet)  # errors from here on are in its format
     if not command:
         raise click.UsageError("missing the command to run: lelect campaign NAME [OPTIONS] -- CMD [ARGS]...")
-    from lelect.campaign import CampaignOptions
-    from lelect.durations import format_duration
-    from lelect.supervisor import adopt_orphans
-
-    code = values.pop("conflict_exit_code", None)  # -E: like flock's, for --timeout too
-    given = {name: value for name, value in values.items() if value is not None}
-    if code is not None:
-        given.update(conflict_exit_code=code, timeout_exit_code=code)
-    options = CampaignOptions(election=election, command=tuple(command), **given)
-    options.check()  # out-of-range options are refused before anything connects
-    status = probe = None
-    if status_listen is not None:
-        from lelect.campaign import CampaignStatus
-        from lelect.httpserve import ProbeServer
-
-        status = CampaignStatus()
-        probe = ProbeServer(*status_listen, status_route(status)).start()
-    try:
-        with open_client(ctx) as client:
-            election_handle = client.election(election, values.get("node_id"))
-            log.node_id = election_handle.candidate.node_id
-            ttl = values.get("ttl")
-            if ttl is not None and not client.backend.lease_based:
-                log("warning", f"--ttl {format_duration(ttl)} is ignored: the embedded backend"
-                    " has no lease (its flock is held for as long as the job runs)")
-            adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
-            return election_handle.run_options(options, log, systemd=True, status=status)
-    finally:
-        if probe is not None:
-            probe.close()
-
-
-def status_route(status):
-    """``--status-listen``'s answers: GET / is 200 with the leadership while leading,
-    503 while waiting (or stopping)."""
-    import time
-
-    from lelect.backends.records import iso8601
-    from lelect.httpserve import Response
-
-    def route(path: str) -> Response:
-        if path != "/":
-            return Response.json(404, {"error": "GET / only"})
-        record = {"election": status.election, "node_id": status.node_id}
-        leadership = status.leading()
-        if leadership is None:
-            return Response.json(503, {**record, "leading": False, "term": None})
-        deadline = leadership.lease_deadline
-        return Response.json(200, {
-            **record, "leading": True, "term": leadership.term,
-            "since": iso8601(leadership.since),
-            "lease_left_s": None if deadline is None else round(deadline - time.monotonic(), 3),
-        })
-
-    return route
+    return campaign_body(backend_url(ctx), election, tuple(command), log, status_listen, values)

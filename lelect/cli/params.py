@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-
 import click
 
 from lelect.durations import RANGES, Range, parse_duration
@@ -92,18 +90,11 @@ class SignalName(click.ParamType):
     name = "SIGNAL"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().upper()
-        if text.isdigit():
-            number = int(text) if text.isascii() and len(text) <= 3 else 0
-            if 0 < number < signal.NSIG:
-                return number
-        else:
-            name = text if text.startswith("SIG") else "SIG" + text
-            sig = getattr(signal.Signals, name, None) if hasattr(signal.Signals, name) else None
-            if sig is not None:
-                return int(sig)
+        from lelect.cli.quick import signal_number
+
+        number = signal_number(value)
+        if number is not None:
+            return number
         self.fail(f"unknown signal {value!r}: use a name like TERM, INT, HUP or a number", param, ctx)
 
 

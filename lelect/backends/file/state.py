@@ -8,7 +8,9 @@ standard library (lelect.errors and lelect.backends.records where it raises an e
 writes a record: they bring enum and dataclasses, which a waiting keeper does without). The keeper forks the job
 from its main thread: this module neither imports ``threading`` (whose after-fork hook
 runs Python code in the child, between the win and the job's exec) nor ``json`` (and so
-``re``) until a record is written, after the job started.
+``re`` and ``enum``): a record is written right after the job started, beside it on a
+2-core host, so its entry is encoded by :func:`_dumps` (``json`` loads only to read an
+older entry back).
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ import _thread
 import errno
 import fcntl
 import os
-import sqlite3
 import stat
+
+try:  # the C module alone: sqlite3.dbapi2 adds the datetime adapters (and datetime, ~0.7 MB
+    # in every waiting keeper), which nothing here uses. lelect's own sqlite3 is the same.
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover - not CPython
+    import sqlite3
 import time
 
 from lelect.backends.words import VANISHED_REASON
@@ -400,7 +407,8 @@ def lock_held(state: StateDir, name: str) -> bool:
 MAX_TERM = 2**63 - 1
 
 
-def next_term(lock_fd: int, conn: sqlite3.Connection, election: str, where: str) -> int:
+def next_term(lock_fd: int, conn: sqlite3.Connection, election: str, where: str,
+              stored: int | None = None) -> int:
     """The election's next term, written to the lock file ``where`` before anything runs.
 
     Every leader writes its term into the lock file while holding the flock, and records
@@ -408,7 +416,8 @@ def next_term(lock_fd: int, conn: sqlite3.Connection, election: str, where: str)
     (a leader that died before it recorded its term). A new (or emptied) lock file says
     nothing, a new database neither: the other one says where to go on from. Anything
     else means someone changed one of them; going on could hand out a term again (a
-    fencing token that went back), so that is refused."""
+    fencing token that went back), so that is refused. ``stored``: the database's term,
+    if the caller just read it under this flock (:func:`handover_note`)."""
     content = os.pread(lock_fd, 64, 0)
     text = content.split(b"\n", 1)[0].strip()
     if text and not text.isdigit():
@@ -418,7 +427,8 @@ def next_term(lock_fd: int, conn: sqlite3.Connection, election: str, where: str)
             " write the last term there (lelect leader and history show it)"
         )
     last = int(text) if text else 0
-    stored = read_term(conn, election)
+    if stored is None:
+        stored = read_term(conn, election)
     if max(last, stored) >= MAX_TERM:
         source = f"its lock file {where}" if last >= stored else "the state database"
         raise refused(
@@ -810,8 +820,6 @@ def record_leader(
     an earlier entry still "running" as "vanished"; with ``handover_spent`` (the leader
     is the node a handover named), forget the handover note. Called while holding the
     flock."""
-    import json
-
     entry = new_entry(election, term, node_id, host, pid, since)
     with transaction(conn):
         if handover_spent:
@@ -838,11 +846,13 @@ def record_leader(
             "SELECT entry FROM history WHERE election=? AND term<? AND outcome='running'"
             " ORDER BY term DESC LIMIT 3", (election, term),
         ).fetchall():
+            import json
+
             _write_entry(conn, {**json.loads(older), "outcome": "vanished", "ended": since,
                                  "reason": VANISHED_REASON})
         conn.execute(
             "INSERT OR IGNORE INTO history(election, term, entry, outcome) VALUES (?, ?, ?, ?)",
-            (election, term, json.dumps(entry, separators=(",", ":")), entry["outcome"]),
+            (election, term, _dumps(entry), entry["outcome"]),
         )
         cutoff = conn.execute(
             "SELECT term FROM history WHERE election=? ORDER BY term DESC LIMIT 1 OFFSET ?",
@@ -902,12 +912,40 @@ def new_entry(election: str, term: int, node_id: str, host: str | None, pid: int
             "slot": None, "reason": None}
 
 
-def _write_entry(conn: sqlite3.Connection, entry: dict) -> None:
-    import json
+def _dumps(entry: dict) -> str:
+    """``json.dumps(entry, separators=(",", ":"))`` for a flat entry (text, numbers,
+    None), without importing json (its decoder brings ``re``: ~4 ms of CPU the keeper
+    would spend beside the job it just started). Anything else goes to json."""
+    try:
+        from _json import encode_basestring_ascii as quote
+    except ImportError:  # not CPython
+        quote = None
+    words = []
+    for key, value in entry.items():
+        if value is None:
+            text = "null"
+        elif value is True or value is False:
+            text = "true" if value else "false"
+        elif type(value) is int:
+            text = int.__repr__(value)
+        elif type(value) is float and value - value == 0:  # finite
+            text = float.__repr__(value)
+        elif type(value) is str and quote is not None:
+            text = quote(value)
+        else:
+            text = None
+        if text is None or type(key) is not str or quote is None:
+            import json
 
+            return json.dumps(entry, separators=(",", ":"))
+        words.append(f"{quote(key)}:{text}")
+    return "{" + ",".join(words) + "}"
+
+
+def _write_entry(conn: sqlite3.Connection, entry: dict) -> None:
     conn.execute(
         "UPDATE history SET entry=?, outcome=? WHERE election=? AND term=?",
-        (json.dumps(entry, separators=(",", ":")), entry["outcome"], entry["election"],
+        (_dumps(entry), entry["outcome"], entry["election"],
          entry["term"]),
     )
 
