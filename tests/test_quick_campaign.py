@@ -70,3 +70,63 @@ def test_signal_names_as_click_reads_them():
     assert quick.signal_number("0") is None
     assert quick.signal_number("999") is None
     assert quick.signal_number("SIGNOPE") is None
+
+
+# -- generated command lines: whatever the quick reading accepts, click reads the same ----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from lelect.options import CAMPAIGN  # noqa: E402
+
+VALUES = {
+    "duration": ["5s", "1m", "0", "2", "1.5s", "1d", "-1", "xx", "", "10ms", "1h30m"],
+    "signal": ["TERM", "int", "sigkill", "9", "0", "999", "NOPE", ""],
+    "node-id": ["web-1", "a b", "", "x" * 300, "é"],
+    "exit-code": ["0", "3", "255", "256", "-1", "x", "٣"],
+    "count": ["1", "3", "0", "x", "99999"],
+    "text": ["v", "v w", "", "-", "--x"],
+}
+FLAGS = [flag for option in CAMPAIGN for flag in option.flags] + [
+    "-q", "--quiet", "--log-format", "--bogus", "-Z", "--help", "-h", "--status-listen"]
+KIND = {flag: option.kind for option in CAMPAIGN for flag in option.flags}
+
+
+@st.composite
+def command_lines(draw) -> list[str]:
+    argv: list[str] = []
+    if draw(st.booleans()):
+        argv += draw(st.sampled_from([["-b", "file:///tmp/q"], ["--backend=file:///tmp/r"]]))
+    argv.append("campaign")
+    words = draw(st.lists(st.one_of(
+        st.sampled_from(FLAGS).flatmap(lambda flag: st.tuples(
+            st.just(flag),
+            st.sampled_from(VALUES.get(KIND.get(flag, "text"), ["x"]) if KIND.get(flag) != "flag"
+                            else [None]),
+            st.sampled_from(["=", " ", "glued"]))),
+        st.sampled_from(["e", "job-1", "bad name!", "--", "-", "true", "-n", "x"])),
+        max_size=8))
+    for word in words:
+        if isinstance(word, str):
+            argv.append(word)
+            continue
+        flag, value, joint = word
+        if value is None:
+            argv.append(flag)
+        elif joint == "=" and flag.startswith("--"):
+            argv.append(f"{flag}={value}")
+        elif joint == "glued" and not flag.startswith("--"):
+            argv.append(flag + value)
+        else:
+            argv += [flag, value]
+    return argv
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=command_lines())
+def test_a_generated_command_line_the_quick_reading_accepts_is_read_alike_by_click(
+        argv, monkeypatch):
+    parsed = quick.parse_campaign(argv)
+    if parsed is not None:
+        assert parsed == clicks_reading(argv, monkeypatch)
