@@ -138,13 +138,13 @@ def test_version_and_verbose_version(installed):
                              text=True, timeout=60)
     assert verbose.returncode == 0
     for backend in ("redis: lelect's own client", "zookeeper: kazoo ", "postgresql: psycopg",
-                    "etcd: lelect's own client"):
+                    "mysql: PyMySQL ", "etcd: lelect's own client"):
         assert backend in verbose.stdout, verbose.stdout
     # Neither imports a backend's client library (the versions come from the metadata).
     traced = run_in(installed, "-X", "importtime", "-m", "lelect", "--version", "--verbose")
     imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert not imported & {"redis", "kazoo", "psycopg", "prometheus_client", "rich"}, imported
+    assert not imported & {"redis", "kazoo", "psycopg", "pymysql", "prometheus_client", "rich"}, imported
 
 
 def test_a_readme_snippet_type_checks_under_mypy_strict(installed, tmp_path):

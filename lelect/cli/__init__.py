@@ -44,6 +44,7 @@ CLIENT_LIBRARIES = {
     "zookeeper": "kazoo",
     "etcd": None,
     "postgresql": "psycopg",
+    "mysql": "PyMySQL",
     "exporter": "prometheus_client",
 }
 
