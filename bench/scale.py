@@ -22,7 +22,10 @@ candidates wait behind it. Then:
   lags by up to a second, so it is not shown). "srv ms" is the server's CPU time (psutil;
   PostgreSQL: the postmaster, its backends and those it reaped). Both are means over the handoffs;
 - idle load per waiter: the same counters over ``--idle`` s with the leader alone, then
-  with the N waiters: (rate with N - rate alone) / N. "wake/s" is the waiters' own
+  with the N waiters, once their start-up traffic is over (at most one request per
+  candidate per second over half a second): (rate with N - rate alone) / N. A window
+  shorter than a candidate's slowest periodic request misses it (lelect's ``--holders``
+  note is refreshed every 10 s by every candidate: ``--idle 12`` counts it). "wake/s" is the waiters' own
   context switches per second (psutil, lelect and its keeper): how often a waiting
   candidate wakes up, on any backend (also the embedded one, which has no server);
 - memory per candidate: RSS and PSS (psutil) of each waiter's process tree (lelect and
@@ -520,6 +523,15 @@ def rate(server: Server, window: float) -> float:
     return (server.counters().get("requests", 0.0) - before) / (time.monotonic() - began)
 
 
+def quiet(server: Server, candidates: int, limit: float = 10.0) -> None:
+    """Wait (at most ``limit`` s) until the line's start-up traffic is over: the server
+    counts at most one request per candidate per second over half a second (a waiting
+    candidate sends a few, after the node or key that makes it count as waiting)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end and rate(server, 0.5) > candidates:
+        pass
+
+
 def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
     election = f"{side.label.split()[-1].lower()}-{waiters}-{time.monotonic_ns() % 10**9}"
     line = Line(side, election, work, args.timeout)
@@ -527,6 +539,8 @@ def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
         line.start()
         wait_for(lambda: line.starts(), args.timeout, f"the first leader of {side.label}")
         has_server = server.port is not None
+        if has_server:
+            quiet(server, 1)  # the leader's own start-up (its history entry) is over
         alone = rate(server, args.idle) if has_server else 0.0
         began = time.monotonic()
         for _ in range(waiters):
@@ -534,6 +548,8 @@ def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
         line.wait_waiting(waiters)
         all_waiting = time.monotonic() - began
         time.sleep(args.settle)
+        if has_server:
+            quiet(server, waiters + 1)
         queue = line.waiters()
         rss, pss, connections = footprint(queue, server.port)
         roles = role_footprint(queue, "waiting")

@@ -395,6 +395,10 @@ class _Driver:
                     if isinstance(result, CampaignResult):
                         return result
                     outcome = result or outcome
+                if outcome is None and self.leadership is not None and not self.leadership.kept:
+                    # After the commands of the win (the keeper is told first: its job's
+                    # start waits on no thread's start), not after the attempt itself.
+                    self.leadership.keep()
                 self.loop_beat = time.monotonic()
                 commands = self.core.step(outcome or self._next_event())
         except BaseException:
@@ -557,9 +561,11 @@ class _Driver:
                     cancel=self.cancel, pin=self.pin, on_head=self._head_of_line,
                 )
             else:
+                # The keeper is told before the lease's threads start (run(), below).
                 leadership = backend.campaign(
                     opts.election, self.candidate, timeout=opts.timeout, no_wait=opts.no_wait,
                     ttl=self.timing.ttl, on_wait=self._on_wait, cancel=self.cancel,
+                    keep_later=True,
                 )
         except ElectionBusy as busy:
             keeper.kill()

@@ -475,6 +475,74 @@ def test_a_waiter_wins_in_one_round_trip_after_its_predecessor_is_deleted(backen
     assert [h.outcome for h in first_backend.history("quick")] == ["exited", "exited"]
 
 
+def test_a_win_kept_later_starts_no_thread_and_sends_nothing_until_kept(backends, zk_url,
+                                                                        monkeypatch):
+    """Issue 21: ``lelect campaign`` tells its keeper to start the job before the lease's
+    threads start (``keep_later``): until ``keep()`` the won leadership has started no
+    thread and sent nothing (its history entry and watches go once it is kept)."""
+    import kazoo.client
+
+    calls: list[str] = []
+    call = kazoo.client.KazooClient._call
+
+    def counted(self, request, async_object):
+        calls.append(type(request).__name__)
+        return call(self, request, async_object)
+
+    monkeypatch.setattr(kazoo.client.KazooClient, "_call", counted)
+    backend = backends(zk_url)
+    before = {t.ident for t in threading.enumerate()}
+    leadership = backend.campaign("later", candidate("a"), timeout=10, keep_later=True)
+    since = len(calls)
+    time.sleep(0.2)  # a window: nothing may be sent, nothing started
+    assert not leadership.kept and calls[since:] == []
+    assert not [t.name for t in threading.enumerate()
+                if t.ident not in before and t.name.startswith("lelect-")]
+    assert not leadership.recorded.is_set()
+    leadership.keep()
+    assert leadership.recorded.wait(5)
+    assert [h.outcome for h in backend.history("later")] == ["running"]
+    leadership.release()
+    assert [h.outcome for h in backend.history("later")] == ["exited"]
+
+
+def test_a_release_writes_nothing_but_its_multi_unless_a_value_was_published(backends, zk_url,
+                                                                            monkeypatch):
+    """Issue 21: the release's multi is its only write when the term published no value
+    (a blind delete of the value note was a second transaction, fsync'ed by the server
+    even when it fails, which a single server finishes before the next leader's first
+    read); a published value is still deleted with the release."""
+    import kazoo.client
+
+    calls: list[tuple[str, str, str]] = []  # (thread, request, path)
+    call = kazoo.client.KazooClient._call
+
+    def counted(self, request, async_object):
+        calls.append((threading.current_thread().name, type(request).__name__,
+                      getattr(request, "path", "")))
+        return call(self, request, async_object)
+
+    monkeypatch.setattr(kazoo.client.KazooClient, "_call", counted)
+    backend = backends(zk_url)
+    for value in (None, "here"):
+        leadership = backend.campaign("quiet", candidate("a"), timeout=10)
+        leadership.publishes_value = True  # as lelect campaign's leaderships do
+        if value is not None:
+            leadership.proclaim(value)
+        leadership.recorded.wait(5)
+        since = len(calls)
+        releaser = threading.Thread(target=leadership.release, name="releaser")
+        releaser.start()
+        releaser.join(10)
+        sent = [(request, path.rsplit("/", 1)[-1]) for thread, request, path in calls[since:]
+                if thread == "releaser"]
+        value_note = f"value.{leadership.term}"
+        assert sent[:2] == [("Transaction", ""), ("Exists", value_note)], sent
+        assert sent[2:] == ([] if value is None else [("Delete", value_note)]), sent
+        assert leadership.value_forgotten
+        assert backend.get_note("quiet", value_note) is None
+
+
 def test_a_leadership_whose_entry_could_not_be_written_is_recorded_by_its_release(
         backends, zk_url, monkeypatch):
     """The entry is written beside the job; a leader frozen or cut off before it could

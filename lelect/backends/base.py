@@ -362,6 +362,8 @@ class Leadership:
         self.notes_at_win: dict[str, bytes | None] = {}
         backend.leaderships.add(self)
         self._subscribers: list[Callable[[str], None]] = []
+        #: The lease is being kept (its renew thread and the backend's watches run).
+        self.kept = False
         if lease is not None:
             lease.on_renewed = self._renewed
             lease.on_lost = self.mark_lost
@@ -375,15 +377,25 @@ class Leadership:
     def lease_deadline(self) -> float | None:
         return None if self.lease is None else self.lease.deadline
 
-    def begin(self) -> bool:
-        """Start keeping the lease, after the late-win rule: False if the win came too
-        late and the renew that was to save it failed (release it and queue again)."""
+    def begin(self, keep: bool = True) -> bool:
+        """The late-win rule, then keep the lease: False if the win came too late and the
+        renew that was to save it failed (release it and queue again). ``keep=False``
+        leaves :meth:`keep` to the caller (the campaign tells its keeper first: starting
+        threads is not free, and the keeper holds the lease's deadline already)."""
+        if self.lease is not None and not self.lease.confirm():
+            return False
+        if keep:
+            self.keep()
+        return True
+
+    def keep(self) -> None:
+        """Start keeping the lease (its renew thread, the backend's watches); once."""
+        if self.kept:
+            return
+        self.kept = True
         if self.lease is not None:
-            if not self.lease.confirm():
-                return False
             self.lease.start()
         self._begin()
-        return True
 
     def _begin(self) -> None:  # noqa: B027 - optional hook
         """A backend's own start: listeners for resign requests, watches."""
@@ -533,6 +545,7 @@ class Backend(ABC):
         ttl: float | None = None,
         on_wait: Callable[[LeaderInfo | None], None] | None = None,
         cancel: threading.Event | None = None,
+        keep_later: bool = False,
     ) -> Leadership:
         """Block until ``candidate`` leads ``election``; return the leadership.
 
@@ -548,7 +561,9 @@ class Backend(ABC):
 
         A win whose answer came late (:func:`lelect.lease.win_is_late`) stands only
         once a renew succeeds; otherwise it is released as lost and the candidate
-        queues again: never "elected" followed at once by "lost".
+        queues again: never "elected" followed at once by "lost". ``keep_later``: the
+        caller calls ``leadership.keep()`` itself, right after it told its job to start
+        (the lease's deadline counts from the win either way).
         """
         started = time.monotonic()
         left = timeout
@@ -581,7 +596,7 @@ class Backend(ABC):
                 if timeout is not None:
                     bound = min(bound, max(0.0, timeout - (time.monotonic() - started)))
                 self._await_handover(election, leadership.term, bound, cancel)
-            elif leadership.begin():
+            elif leadership.begin(keep=not keep_later):
                 if handover is not None and handover.to == candidate.node_id:
                     self._forget_handover(election)
                 return leadership

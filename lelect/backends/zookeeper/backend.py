@@ -424,8 +424,11 @@ class ZooKeeperBackend(Backend):
                 break
             committing = session.commit_async(ops)
             if forgetting is None and self._forgets_value(leadership, ending):
-                # Sent right behind the release, answered in the same round trip.
-                forgetting = session.client.delete_async(paths.note(value_key(leadership.term)))
+                # A look, right behind the release, answered in the same round trip; the
+                # value is deleted only if there is one. Not a blind delete: a write,
+                # even a failing one, is a transaction the server logs (fsync), and a
+                # single server answers the next leader's first read only after it.
+                forgetting = session.client.exists_async(paths.note(value_key(leadership.term)))
             failed = session.settle(committing, ops, timeout=RELEASE_PATIENCE)
             if failed is None:
                 break
@@ -451,10 +454,12 @@ class ZooKeeperBackend(Backend):
                 break
         if forgetting is not None:
             try:
-                forgetting.get(timeout=RELEASE_PATIENCE)
+                if forgetting.get(timeout=RELEASE_PATIENCE) is not None:
+                    session.call("delete", paths.note(value_key(leadership.term)),
+                                 timeout=RELEASE_PATIENCE)
                 leadership.value_forgotten = True
             except NoNodeError:
-                leadership.value_forgotten = True  # none was published
+                leadership.value_forgotten = True  # gone meanwhile
             except ZK_ERRORS:
                 pass  # the campaign forgets it after the release
 
