@@ -46,6 +46,10 @@ TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 LIBC = None
 #: Every signal (fork_job blocks them all from the fork to the exec).
 ALL_SIGNALS = signal.valid_signals()
+#: The hand-back's module loads this long after the job started (its ~25 ms of imports
+#: took a core from the job's first instructions, on a 2-core host about 1 ms of every
+#: handoff); a hand-back needed sooner loads it then.
+HAND_BACK_LOAD_AFTER = 0.1
 
 
 def shell_status(status):
@@ -274,6 +278,7 @@ class Keeper(LocalElection):
         self.continued = False
         self.exit_when_done = False
         self.hand_back_runner = None  # what lelect sent; its module loads once the job runs
+        self.load_hand_back_at = None  # HAND_BACK_LOAD_AFTER after the job started
         self.released_by_lelect = False
         self.stop_signal = int(options.get("stop_signal", signal.SIGTERM))
         self.grace = float(options.get("grace", "10"))
@@ -350,6 +355,7 @@ class Keeper(LocalElection):
             self.job_done = True
             return
         self.job_pid = pid
+        self.load_hand_back_at = time.monotonic() + HAND_BACK_LOAD_AFTER
         try:
             # Readable the moment the job exits: quicker than SIGCHLD via the wakeup fd.
             self.job_pidfd = os.pidfd_open(pid)
@@ -625,10 +631,14 @@ class Keeper(LocalElection):
             if self.pending:
                 self.handle(self.pending.pop(0))
                 continue
-            if self.hand_back_runner is not None and self.job_pid is not None:
-                self.hand_back_runner.load()
             now = time.monotonic()
             next_timer = self.timers(now)
+            load_at = self.load_hand_back_at
+            if self.hand_back_runner is not None and load_at is not None:
+                if now >= load_at:
+                    self.hand_back_runner.load()  # once; at once after that
+                else:
+                    next_timer = load_at if next_timer is None else min(next_timer, load_at)
             timeout = None if next_timer is None else max(0.0, next_timer - now)
             readers = [self.ctrl, self.wake_r]
             if self.record_pipe is not None:

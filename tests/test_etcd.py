@@ -17,6 +17,7 @@ import pytest
 
 from lelect.backends import connect
 from lelect.backends.base import Heartbeat
+from lelect.backends.etcd import proto
 from tests.helpers import (
     assert_one_at_a_time,
     candidate,
@@ -354,17 +355,21 @@ def test_hand_back_within_its_budget_when_etcd_is_unreachable(refused_port, sile
 def test_a_waiter_wins_with_one_request_after_its_predecessor_is_deleted(etcd_server, etcd_prefix):
     """Issue 21 ("fast winning"): once the key it waits behind is deleted, a waiting
     candidate needs one read (no key older than ours is left: we lead) before its job may
-    run; the history entry is written beside the job, not before it."""
+    run; the history entry is written beside the job, not before it. That read is
+    serializable: the member answers it at once, not behind the old leader's lease revoke
+    it is committing (a linearizable read waited for that fsync: ~1 ms a handoff)."""
     url = etcd_server.url(etcd_prefix, ttl="10s")
     with connect(url) as first_backend, connect(url) as second_backend:
         first = first_backend.campaign("quick", candidate("a"), timeout=10)
-        answers: list[tuple[str, str, int]] = []  # (thread, path, revision of the answer)
+        # (thread, path, revision of the answer, every read serializable)
+        answers: list[tuple[str, str, int, bool]] = []
         post = second_backend.gateway.post
 
         def counted(path, payload, budget):
             answer = post(path, payload, budget)
             revision = int(answer.get("header", {}).get("revision", 0))
-            answers.append((threading.current_thread().name, path, revision))
+            answers.append((threading.current_thread().name, path, revision,
+                            path == "kv/txn" and serializable(payload)))
             return answer
 
         second_backend.gateway.post = counted
@@ -379,11 +384,83 @@ def test_a_waiter_wins_with_one_request_after_its_predecessor_is_deleted(etcd_se
         second = won[0]
         released_at = first_backend.gateway.range(
             first.keys.history_entry(first.term), budget=5.0).first.mod_revision
-        after = [(t, p) for t, p, revision in answers if revision >= released_at and t == "campaigner"]
-        assert after == [("campaigner", "kv/txn")]
+        after = [(t, p, quick) for t, p, revision, quick in answers
+                 if revision >= released_at and t == "campaigner"]
+        assert after == [("campaigner", "kv/txn", True)]
         wait_until(lambda: [h.outcome for h in first_backend.history("quick")] == ["exited", "running"],
                    timeout=10, what="the win in the history")
         second.release()
+
+
+def serializable(txn: bytes) -> bool:
+    """Whether every read of an encoded TxnRequest is serializable."""
+    request = proto.decode("TxnRequest", txn)
+    reads = [op["request_range"] for branch in ("success", "failure")
+             for op in request.get(branch, ()) if "request_range" in op]
+    return bool(reads) and all(read.get("serializable") for read in reads)
+
+
+def test_a_claim_read_behind_the_deletion_it_follows_is_asked_again_linearizably(
+        etcd_server, etcd_prefix):
+    """A serializable claim counts only if the member read at the deletion's revision or
+    later: one that answers from an older revision (a member behind the cluster, after a
+    failover) is asked again with a linearizable read, and the candidate still wins once."""
+    url = etcd_server.url(etcd_prefix, ttl="10s")
+    with connect(url) as first_backend, connect(url) as second_backend:
+        first = first_backend.campaign("behind", candidate("a"), timeout=10)
+        sent: list[tuple[bool, int]] = []  # (serializable, revision) of each claim after the release
+        post = second_backend.gateway.post
+        released = threading.Event()
+
+        def behind(path, payload, budget):
+            answer = post(path, payload, budget)
+            if path == "kv/txn" and released.is_set() and b"_history" in payload:
+                quick = serializable(payload)
+                if quick:  # as a member a revision behind would answer
+                    answer = {**answer, "header": {**answer.get("header", {}), "revision": 1}}
+                sent.append((quick, int(answer.get("header", {}).get("revision", 0))))
+            return answer
+
+        second_backend.gateway.post = behind
+        waiting, won = threading.Event(), []
+        campaigner = threading.Thread(target=lambda: won.append(second_backend.campaign(
+            "behind", candidate("b"), timeout=30, on_wait=lambda holder: waiting.set())))
+        campaigner.start()
+        assert waiting.wait(10)
+        released.set()
+        first.release()
+        campaigner.join(10)
+        second = won[0]
+        assert [quick for quick, _ in sent] == [True, False]
+        assert sent[1][1] > 1
+        assert second.term > first.term
+        second.release()
+
+
+def test_a_release_is_sent_before_its_watch_thread_is_woken(etcd_server, etcd_prefix):
+    """Issue 21: the old leader's release txn goes first; only then are its watches
+    stopped (waking their thread first had it close its stream, holding the GIL, while
+    the next leader waited on the release)."""
+    url = etcd_server.url(etcd_prefix, ttl="10s")
+    with connect(url) as backend:
+        leadership = backend.campaign("order", candidate("a"), timeout=10)
+        assert leadership.recorded.wait(10)
+        order: list[str] = []
+        txn, stop = backend.gateway.txn, leadership.stop
+
+        def counted_txn(*args, **kwargs):
+            order.append("txn")
+            return txn(*args, **kwargs)
+
+        def counted_stop():
+            order.append("stop")
+            stop()
+
+        backend.gateway.txn = counted_txn
+        leadership.stop = counted_stop
+        leadership.release()
+        assert order[:2] == ["txn", "stop"]
+        assert [h.outcome for h in backend.history("order")] == ["exited"]
 
 
 def test_observe_sleeps_on_its_watch_and_a_cancel_stop_ends_it_at_once(etcd_server, etcd_prefix,

@@ -480,22 +480,34 @@ class EtcdBackend(Backend):
                 raise timed_out(keys.election, 0)
             waiting(holder)
         return self._take_turn(keys, candidate, key, term, lease, contact, give_up, timeout,
-                               cancel)
+                               cancel, seen=joined.revision)
 
     def _take_turn(self, keys: EtcdKeys, candidate: Candidate, key: str, term: int,
                    lease: _Lease, contact: Attempts, give_up: float | None,
-                   timeout: float | None, cancel: threading.Event | None = None
-                   ) -> EtcdLeadership | None:
+                   timeout: float | None, cancel: threading.Event | None = None,
+                   seen: int = 0) -> EtcdLeadership | None:
         """etcd's waitDeletes with the win folded in: claim the election (one txn that
         wins only if no key older than ours is left); while one is, watch the youngest of
         them for its deletion and claim again. None if our place was lost (the lease ran
-        out or our key was deleted) and we must queue again."""
-        claim_request = self._claim_request(keys, key, term)  # made once: sent on a deletion
+        out or our key was deleted) and we must queue again.
+
+        The claim is a serializable read (the member answers from its own store at once,
+        not behind the writes it is committing: the old leader's lease revoke, just sent)
+        that counts only if it read at ``seen`` or later (the revision of our join, then
+        of the deletion we saw): once no key older than ours is left at some revision,
+        none ever is again (a key made later is younger), and our key lives as long as
+        our lease, which we count ourselves. A member behind ``seen`` (another one, after
+        a failover) is asked again, linearizably."""
+        # Made once: sent on a deletion.
+        quick, sure = (self._claim_request(keys, key, term, serializable=True),
+                       self._claim_request(keys, key, term))
         while True:
             if not lease.alive():
                 return None
             try:
-                claim = self.gateway.post_txn(claim_request, contact.budget())
+                claim = self.gateway.post_txn(quick, contact.budget())
+                if claim.revision < seen:
+                    claim = self.gateway.post_txn(sure, contact.budget())
             except GatewayError as exc:
                 self._retry(contact, exc)
                 continue
@@ -523,7 +535,8 @@ class EtcdBackend(Backend):
                 continue
             contact.succeeded()
             try:
-                self._until_deleted(stream, lease, give_up, cancel, keys.election)
+                seen = max(seen, self._until_deleted(stream, lease, give_up, cancel,
+                                                     keys.election))
             except GatewayError as exc:
                 if exc.kind != "compacted":
                     self._retry(contact, exc)
@@ -532,9 +545,10 @@ class EtcdBackend(Backend):
 
     @staticmethod
     def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None,
-                       cancel: threading.Event | None = None, election: str = "") -> None:
-        """Until the watched key is deleted. The read wakes by itself only when our lease
-        would run out unrenewed (its keep-alive moves that on) or at ``give_up``; a
+                       cancel: threading.Event | None = None, election: str = "") -> int:
+        """Until the watched key is deleted: the revision of its deletion (0 if we woke
+        for another reason). The read wakes by itself only when our lease would run out
+        unrenewed (its keep-alive moves that on) or at ``give_up``; a
         :class:`~lelect.backends.base.Cancel` wakes it at once."""
         with cancel_wakeup(cancel) as woken:
             while lease.alive():
@@ -544,27 +558,29 @@ class EtcdBackend(Backend):
                 if give_up is not None:
                     wake = min(wake, give_up - now)
                 if wake <= 0:
-                    return
+                    return 0
                 events = stream.next(wait_slice(wake, cancel) or 0.0, woken)
-                if events and any(event.kind == "DELETE" for event in events):
-                    return
+                deleted = [event.mod_revision for event in events or () if event.kind == "DELETE"]
+                if deleted:
+                    return max(deleted)
             check_cancel(cancel, election)
+            return 0
 
     @staticmethod
-    def _claim_request(keys: EtcdKeys, key: str, term: int) -> bytes:
+    def _claim_request(keys: EtcdKeys, key: str, term: int, serializable: bool = False) -> bytes:
         """One read-only txn (no write: no wait on etcd's disk before the job runs): if
         our key is ours and no key older than it is left, we lead, and it reads what a
         new leader needs at once (the newest history entry and the history's length, a
         resign request, the handover note). Otherwise our key and the youngest older one."""
         return txn_request(
             [wire.created_at(key, term), wire.none_created_before(keys.contenders, term)],
-            [wire.get(keys.history, prefix=True, last_by="KEY", limit=1),
-             wire.get(keys.history, prefix=True, count_only=True),
-             wire.get(keys.resign),
-             wire.get(keys.note(HANDOVER_KEY))],
-            [wire.get(key),
+            [wire.get(keys.history, prefix=True, last_by="KEY", limit=1, serializable=serializable),
+             wire.get(keys.history, prefix=True, count_only=True, serializable=serializable),
+             wire.get(keys.resign, serializable=serializable),
+             wire.get(keys.note(HANDOVER_KEY), serializable=serializable)],
+            [wire.get(key, serializable=serializable),
              wire.get(keys.contenders, prefix=True, last_by="CREATE", limit=1,
-                      max_create_revision=term - 1)],
+                      max_create_revision=term - 1, serializable=serializable)],
         )
 
     def _won(self, keys: EtcdKeys, candidate: Candidate, key: str, entry: HistoryEntry,
@@ -642,7 +658,6 @@ class EtcdBackend(Backend):
 
     def resign(self, leadership: Leadership, ending: Ending) -> None:
         assert isinstance(leadership, EtcdLeadership)
-        leadership.stop()
         keys = leadership.keys
         budget = leadership.parting_budget(self.connect_timeout)
         closed = replace(leadership.entry, ended=time.time(), outcome=ending.outcome,
@@ -662,8 +677,14 @@ class EtcdBackend(Backend):
                 ops.append(wire.delete(keys.note(value_key(leadership.term))))
             if slot:
                 ops += self._slot_ops(keys, slot, closed, budget)
-            released = self.gateway.txn([wire.created_at(leadership.key, leadership.term)], ops,
-                                        budget=budget)
+            try:
+                released = self.gateway.txn([wire.created_at(leadership.key, leadership.term)],
+                                            ops, budget=budget)
+            finally:
+                # Our watches end once the release is on its way: waking their thread
+                # first had it close its stream (and take the GIL) before the release went.
+                # Until then an event they read is ignored (the leadership is released).
+                leadership.stop()
             if released.succeeded:
                 leadership.value_forgotten = True
             else:

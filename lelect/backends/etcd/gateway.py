@@ -814,20 +814,26 @@ def delete(key: str, range_end: str | None = None) -> dict[str, Any]:
 def get(key: str, *, prefix: bool = False, range_end: str | None = None,
         first_by: str | None = None, last_by: str | None = None, limit: int | None = None,
         keys_only: bool = False, count_only: bool = False,
-        max_create_revision: int | None = None) -> dict[str, Any]:
+        max_create_revision: int | None = None, serializable: bool = False) -> dict[str, Any]:
     """A range op: ``key`` (``prefix``: every key under it), sorted ascending by
-    ``first_by`` or descending by ``last_by`` ("KEY", "CREATE", "MOD")."""
+    ``first_by`` or descending by ``last_by`` ("KEY", "CREATE", "MOD"). A txn whose every
+    op is a ``serializable`` read is answered from the member's own store at once (no
+    round through raft, no wait behind writes being committed); it may be behind the
+    cluster: its revision says how far."""
     return {"request_range": range_request(
         key, prefix=prefix, range_end=range_end, first_by=first_by, last_by=last_by,
         limit=limit, keys_only=keys_only, count_only=count_only,
-        max_create_revision=max_create_revision)}
+        max_create_revision=max_create_revision, serializable=serializable)}
 
 
 def range_request(key: str, *, prefix: bool = False, range_end: str | None = None,
                   first_by: str | None = None, last_by: str | None = None,
                   limit: int | None = None, keys_only: bool = False, count_only: bool = False,
-                  max_create_revision: int | None = None) -> dict[str, Any]:
+                  max_create_revision: int | None = None,
+                  serializable: bool = False) -> dict[str, Any]:
     request: dict[str, Any] = {"key": b64(key)}
+    if serializable:
+        request["serializable"] = True
     if prefix:
         range_end = prefix_end(key)
     if range_end is not None:
