@@ -27,7 +27,7 @@ from lelect.backends.zookeeper import handback as _handback_zookeeper
 from lelect.errors import BackendUnavailable, ConfigError, ElectionBusy, UsageError
 from lelect.lease import drift as lease_drift
 from lelect.lease import renew_interval
-from tests.helpers import run_lelect, wait_until, zk_watchers
+from tests.helpers import run_lelect, wait_until, zk_queue, zk_watchers
 
 CONTENDER = re.compile(r"^[0-9a-f]{32}__lock__\d{10}$")
 
@@ -799,3 +799,47 @@ def test_acl_lelect_cannot_fix_is_refused_naming_the_node(backends, zookeeper_se
         other.delete(zk_path, recursive=True)
         other.stop()
         other.close()
+
+
+# -- the agreement on --holders, kept by the sessions (issue 21) ---------------------------
+
+
+def test_holders_claims_are_ephemeral_and_the_oldest_place_wins(backends, zk_url, zk_path, kazoo):
+    first, second, third = backends(zk_url), backends(zk_url), backends(zk_url)
+    assert first.claim_holders("agree", 2) is None
+    assert first.claim_holders("agree", 2) is None  # while it lives: no second node
+    assert third.claim_holders("agree", 3) == 2
+    assert second.claim_holders("agree", 2) is None
+    claims = kazoo.get_children(f"{zk_path}/_holders/agree")
+    assert len(claims) == 2 and all(c.startswith("n2-") for c in claims), claims
+    assert third.holders_agreed("agree") == 2
+    first.close()
+    assert third.claim_holders("agree", 3) == 2  # the second still claims 2
+    second.close()
+    assert third.holders_agreed("agree") is None
+    assert third.claim_holders("agree", 3) is None
+    assert kazoo.get_children(f"{zk_path}/_holders/agree")[0].startswith("n3-")
+
+
+def test_a_seat_taken_from_the_line_carries_the_holders_claim(backends, zk_url, zk_path, kazoo,
+                                                               pool):
+    """A candidate with seats waits in the line on one session and takes its seat on
+    another; the line's session ends, and its word on --holders goes on with the seat's
+    (same place), so a candidate with another --holders is still refused."""
+    from lelect.election import Election
+
+    names = ("a", "b", "c")
+    elections = {n: Election(backends(zk_url), "carried", n, holders=2) for n in names}
+    held = {n: elections[n].campaign(timeout=10) for n in ("a", "b")}
+    waiting = pool.submit(elections["c"].campaign, timeout=20)
+    wait_until(lambda: kazoo.exists(f"{zk_path}/carried:line")
+               and zk_queue(kazoo, f"{zk_path}/carried:line"), what="c at the head of the line")
+    held["a"].release()
+    seat = waiting.result(timeout=20)
+    assert seat.is_leader()
+    wait_until(lambda: not zk_queue(kazoo, f"{zk_path}/carried:line"), what="c to leave the line")
+    claims = sorted(kazoo.get_children(f"{zk_path}/_holders/carried"))
+    assert len(claims) == 2 and sum("-r" in c for c in claims) == 1, claims
+    assert backends(zk_url).claim_holders("carried", 3) == 2
+    seat.release()
+    held["b"].release()
