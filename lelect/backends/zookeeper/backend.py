@@ -258,8 +258,12 @@ class ZooKeeperBackend(Backend):
             others = [s for s in self._sessions if s not in self._campaigning]
         return [s for s in campaigns + others if s.connected.is_set() and not s.closed]
 
-    def _forget(self, session: ZooKeeperSession, wait: float = RELEASE_PATIENCE) -> None:
-        self._holders.leaving(session)
+    def _forget(self, session: ZooKeeperSession, wait: float = RELEASE_PATIENCE, *,
+                carry: bool = True) -> None:
+        """End ``session``; ``carry``: a --holders claim only it keeps goes on in another
+        session of ours first (not for a lost leader: nothing of ours runs on it)."""
+        if carry:
+            self._holders.leaving(session, RELEASE_PATIENCE)
         with self._lock:
             self._sessions.discard(session)
             self._campaigning.pop(session, None)
@@ -390,7 +394,7 @@ class ZooKeeperBackend(Backend):
                 log.debug("releasing %s failed (%s): its session's end removes it",
                           leadership.node_path, type(exc).__name__)
                 break
-        self._forget(session)
+        self._forget(session, carry=not lost)
         if not released:
             # A server that restarts or thaws gives the old session a whole timeout
             # again: delete our node (by its unique name) as soon as it answers.

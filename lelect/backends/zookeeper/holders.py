@@ -49,9 +49,9 @@ class Claim:
 
 
 def _alive(session: ZooKeeperSession, session_id: int) -> bool:
-    """Still the session the node was made in (not closed, not expired and re-made)."""
-    client_id = session.client_id
-    return not session.closed and client_id is not None and client_id[0] == session_id
+    """Still the session the node was made in (not closed, not expired and re-made); a
+    session cut off from the server keeps its nodes until it expires."""
+    return not session.closed and _session_id(session) == session_id
 
 
 class HoldersClaims:
@@ -68,25 +68,27 @@ class HoldersClaims:
             held = self._claims.get(election)
             if held is not None and held.holders == holders and held.live():
                 return None
-            backend = self.backend
-            paths = backend.paths(election)
-            session = backend._session()
-            with session.errors(f"claiming --holders {holders} for {election!r}", paths.holders):
-                path = backend._ask(session, "create", f"{paths.holders}/{holders_claim_prefix(holders)}",
-                                    ephemeral=True, sequence=True, makepath=True)
-                mine = path.rsplit("/", 1)[1]
-                session_id = _session_id(session)
-                place = holders_claims([mine])[0].place
-                claims = holders_claims(backend._ask(session, "get_children", paths.holders))
-                earlier = [c for c in claims if c.holders != holders and c.place < place]
-                if earlier:
-                    try:
-                        backend._ask(session, "delete", path)
-                    except NoNodeError:
-                        pass
-                    return earlier[0].holders
+        # (no lock held while the server is asked: a session's end carries the claims)
+        backend = self.backend
+        paths = backend.paths(election)
+        session = backend._session()
+        with session.errors(f"claiming --holders {holders} for {election!r}", paths.holders):
+            path = backend._ask(session, "create", f"{paths.holders}/{holders_claim_prefix(holders)}",
+                                ephemeral=True, sequence=True, makepath=True)
+            mine = path.rsplit("/", 1)[1]
+            session_id = _session_id(session)
+            place = holders_claims([mine])[0].place
+            claims = holders_claims(backend._ask(session, "get_children", paths.holders))
+            earlier = [c for c in claims if c.holders != holders and c.place < place]
+            if earlier:
+                try:
+                    backend._ask(session, "delete", path)
+                except NoNodeError:
+                    pass
+                return earlier[0].holders
+        with self._lock:
             self._claims[election] = Claim(holders, place, {session: (path, session_id)})
-            return None
+        return None
 
     def agreed(self, election: str) -> int | None:
         """:meth:`Backend.holders_agreed`: the oldest live claim's number."""
@@ -109,9 +111,10 @@ class HoldersClaims:
                 return
             self._carry(split_part(election)[0], held, session)
 
-    def leaving(self, session: ZooKeeperSession) -> None:
+    def leaving(self, session: ZooKeeperSession, patience: float) -> None:
         """``session`` is about to end: a claim that lives only there is carried to
-        another live session of this process first, if it has one."""
+        another live session of this process first, if it has one (waiting at most
+        ``patience`` for the server: this is on a release's way)."""
         with self._lock:
             for election, held in self._claims.items():
                 if session not in held.nodes or held.live(besides=session):
@@ -119,7 +122,7 @@ class HoldersClaims:
                     continue
                 for other in self.backend._live_sessions():
                     if other is not session:
-                        self._carry(election, held, other)
+                        self._carry(election, held, other, patience)
                         break
                 held.nodes.pop(session, None)
 
@@ -137,5 +140,6 @@ class HoldersClaims:
 
 
 def _session_id(session: ZooKeeperSession) -> int:
-    client_id = session.client_id
-    return client_id[0] if client_id is not None else -1
+    """The id of the session's client, also while it is disconnected (kazoo's
+    ``client_id`` is None then); another id once it expired and a new one began."""
+    return getattr(session.client, "_session_id", None) or -1
