@@ -843,3 +843,20 @@ def test_a_seat_taken_from_the_line_carries_the_holders_claim(backends, zk_url, 
     assert backends(zk_url).claim_holders("carried", 3) == 2
     seat.release()
     held["b"].release()
+
+
+def test_a_holders_claim_goes_on_in_another_session_before_its_own_ends(backends, zk_url,
+                                                                       zk_path, kazoo):
+    backend = backends(zk_url)
+    first = backend.campaign("moving", candidate("a"), timeout=10)
+    assert backend.claim_holders("moving", 2) is None  # in the first campaign's session
+    other = backend.campaign("elsewhere", candidate("a"), timeout=10)
+    [made] = kazoo.get_children(f"{zk_path}/_holders/moving")
+    first.release()
+    [carried] = kazoo.get_children(f"{zk_path}/_holders/moving")
+    assert carried.startswith(f"n2-r{made[3:]}-"), (made, carried)  # the same place
+    assert backends(zk_url).claim_holders("moving", 3) == 2
+    assert backend.claim_holders("moving", 2) is None
+    assert kazoo.get_children(f"{zk_path}/_holders/moving") == [carried]
+    other.release()
+    assert kazoo.get_children(f"{zk_path}/_holders/moving") == []  # nowhere left to go

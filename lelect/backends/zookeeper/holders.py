@@ -109,7 +109,7 @@ class HoldersClaims:
             held = self._claims.get(split_part(election)[0])
             if held is None or session in held.nodes or not held.live(besides=session):
                 return
-            self._carry(split_part(election)[0], held, session)
+            self._carry(split_part(election)[0], held, session, self.backend.connect_timeout)
 
     def leaving(self, session: ZooKeeperSession, patience: float) -> None:
         """``session`` is about to end: a claim that lives only there is carried to
@@ -126,12 +126,13 @@ class HoldersClaims:
                         break
                 held.nodes.pop(session, None)
 
-    def _carry(self, election: str, held: Claim, session: ZooKeeperSession) -> None:
+    def _carry(self, election: str, held: Claim, session: ZooKeeperSession, patience: float
+               ) -> None:
         paths = self.backend.paths(election)
         try:
-            path = self.backend._ask(
-                session, "create", f"{paths.holders}/{holders_claim_prefix(held.holders, held.place)}",
-                ephemeral=True, sequence=True, makepath=True)
+            path = session.call(
+                "create", f"{paths.holders}/{holders_claim_prefix(held.holders, held.place)}",
+                ephemeral=True, sequence=True, makepath=True, timeout=patience)
         except ZK_ERRORS as exc:
             log.debug("carrying the --holders claim of %r failed (%s)", election,
                       type(exc).__name__)
