@@ -570,14 +570,19 @@ def test_acl_lets_everyone_read_and_only_the_owner_write(backends, zookeeper_ser
         entry = f"{zk_path}/_history/guarded/{leadership.term:010d}"
         assert owner.put_note("guarded", "value:1", b"x") is True
         note = f"{zk_path}/_notes/guarded/value:1"
-        for path in (leadership.node_path, f"{zk_path}/guarded", zk_path, entry, note):
+        assert owner.claim_holders("guarded", 1) is None
+        claims = f"{zk_path}/_holders/guarded"
+        claim = f"{claims}/{kazoo.get_children(claims)[0]}"
+        for path in (leadership.node_path, f"{zk_path}/guarded", zk_path, entry, note,
+                     f"{zk_path}/_holders", claims, claim):
             acl, _ = kazoo.get_acls(path)  # the server shows others' digests as "user:x"
             assert {(a.id.scheme, a.id.id.split(":")[0], a.perms) for a in acl} == {
                 ("digest", "ops", Permissions.ALL),
                 ("world", "anyone", Permissions.READ),
             }
-        with pytest.raises(NoAuthError):
-            kazoo.delete(leadership.node_path)
+        for path in (leadership.node_path, claim):
+            with pytest.raises(NoAuthError):
+                kazoo.delete(path)
         assert reader.leader("guarded").node_id == "ops-node"
         assert reader.history("guarded")[-1].outcome == "running"
         with pytest.raises(BackendUnavailable, match="ACL of .* does not allow") as caught:
