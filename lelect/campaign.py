@@ -822,8 +822,8 @@ class _Driver:
         of its own does (else the note expires under running holders, and a candidate
         with another --holders is let in beside them)."""
         every = self.options.heartbeat_interval
-        if 0 < every <= PIN_TTL / 3:
-            return
+        if 0 < every <= PIN_TTL / 3 or not self.pin.needs_refresh:
+            return  # (a claim kept by the session: the heartbeat's look is enough)
 
         def refresh() -> None:
             while not self._pin_stop.wait(PIN_TTL / 6):

@@ -10,7 +10,9 @@ module adds is small:
   once, refreshed while it runs, gone :data:`PIN_TTL` after the last candidate stops);
   a candidate asking for another N is refused (:class:`HoldersMismatch`, status 78).
   Candidates of a plain election (N = 1) claim it too, so a plain campaign and one
-  with seats never share a name;
+  with seats never share a name. A backend whose sessions live exactly as long as
+  their candidate (ZooKeeper: :attr:`Backend.holders_by_session`) keeps the claim in
+  the session instead (:meth:`Backend.claim_holders`): nothing is refreshed;
 - **one line**: a candidate that finds no free seat waits in the line election
   ``NAME:line`` (herd-free wherever the backend's own line is); only the head of the
   line looks for a seat (every :data:`SEAT_LOOK` seconds: N reads), takes the first
@@ -98,7 +100,9 @@ def _decode(data: bytes | None) -> int | None:
 def holders_count(backend: Backend, election: str) -> int:
     """How many holders ``election`` has: what its running candidates agreed on, else the
     most it ever had, else 1."""
-    return _decode(backend.get_note(election, PIN_KEY)) or \
+    agreed = backend.holders_agreed(election) if backend.holders_by_session else None
+    # (a note: the agreement of other backends, or of candidates of an older lelect)
+    return agreed or _decode(backend.get_note(election, PIN_KEY)) or \
         _decode(backend.get_note(election, SEATS_KEY)) or 1
 
 
@@ -111,18 +115,31 @@ class HoldersPin:
         self.holders = check_holders(election, holders)
         self.claimed_at: float | None = None
 
+    @property
+    def needs_refresh(self) -> bool:
+        """True if :meth:`refresh_if_due` must be called while the candidate runs (the
+        note expires); False where the claim lives with the backend's session."""
+        return not self.backend.holders_by_session
+
+    def _refuse(self, theirs: int) -> HoldersMismatch:
+        return HoldersMismatch(
+            f"election {self.election!r} is run with --holders {theirs} by its other"
+            f" candidates; this one asks for {self.holders}: every candidate of an"
+            " election must use the same --holders (stop them all to change it)"
+        )
+
     def claim(self) -> None:
         """Claim (or refresh) the agreement; raise HoldersMismatch if the election's
         other candidates use another number."""
         backend, election, mine = self.backend, self.election, _encode(self.holders)
-        if not backend.put_note(election, PIN_KEY, mine, PIN_TTL, create=True):
+        if backend.holders_by_session:
+            theirs = backend.claim_holders(election, self.holders)
+            if theirs is not None:
+                raise self._refuse(theirs)
+        elif not backend.put_note(election, PIN_KEY, mine, PIN_TTL, create=True):
             theirs = _decode(backend.get_note(election, PIN_KEY))
             if theirs is not None and theirs != self.holders:
-                raise HoldersMismatch(
-                    f"election {election!r} is run with --holders {theirs} by its other"
-                    f" candidates; this one asks for {self.holders}: every candidate of an"
-                    " election must use the same --holders (stop them all to change it)"
-                )
+                raise self._refuse(theirs)
             backend.put_note(election, PIN_KEY, mine, PIN_TTL)  # refresh (or mend garbage)
         if self.claimed_at is None and self.holders > 1:
             most = _decode(backend.get_note(election, SEATS_KEY)) or 1
@@ -159,8 +176,11 @@ class HoldersPin:
 
     def refresh_if_due(self) -> None:
         """Claim again once a third of :data:`PIN_TTL` has passed (from the heartbeat
-        thread, or the line's loop)."""
-        if self.claimed_at is not None and time.monotonic() - self.claimed_at >= PIN_TTL / 3:
+        thread, or the line's loop); a claim kept by the session is claimed again only
+        if that session was lost (a look without a request while it lives)."""
+        if self.claimed_at is None:
+            return
+        if not self.needs_refresh or time.monotonic() - self.claimed_at >= PIN_TTL / 3:
             self.claim()  # (the campaign's own claim comes first: nothing before it)
 
 

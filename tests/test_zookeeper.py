@@ -27,7 +27,7 @@ from lelect.backends.zookeeper import handback as _handback_zookeeper
 from lelect.errors import BackendUnavailable, ConfigError, ElectionBusy, UsageError
 from lelect.lease import drift as lease_drift
 from lelect.lease import renew_interval
-from tests.helpers import run_lelect, wait_until, zk_watchers
+from tests.helpers import run_lelect, wait_until, zk_queue, zk_watchers
 
 CONTENDER = re.compile(r"^[0-9a-f]{32}__lock__\d{10}$")
 
@@ -570,14 +570,19 @@ def test_acl_lets_everyone_read_and_only_the_owner_write(backends, zookeeper_ser
         entry = f"{zk_path}/_history/guarded/{leadership.term:010d}"
         assert owner.put_note("guarded", "value:1", b"x") is True
         note = f"{zk_path}/_notes/guarded/value:1"
-        for path in (leadership.node_path, f"{zk_path}/guarded", zk_path, entry, note):
+        assert owner.claim_holders("guarded", 1) is None
+        claims = f"{zk_path}/_holders/guarded"
+        claim = f"{claims}/{kazoo.get_children(claims)[0]}"
+        for path in (leadership.node_path, f"{zk_path}/guarded", zk_path, entry, note,
+                     f"{zk_path}/_holders", claims, claim):
             acl, _ = kazoo.get_acls(path)  # the server shows others' digests as "user:x"
             assert {(a.id.scheme, a.id.id.split(":")[0], a.perms) for a in acl} == {
                 ("digest", "ops", Permissions.ALL),
                 ("world", "anyone", Permissions.READ),
             }
-        with pytest.raises(NoAuthError):
-            kazoo.delete(leadership.node_path)
+        for path in (leadership.node_path, claim):
+            with pytest.raises(NoAuthError):
+                kazoo.delete(path)
         assert reader.leader("guarded").node_id == "ops-node"
         assert reader.history("guarded")[-1].outcome == "running"
         with pytest.raises(BackendUnavailable, match="ACL of .* does not allow") as caught:
@@ -799,3 +804,64 @@ def test_acl_lelect_cannot_fix_is_refused_naming_the_node(backends, zookeeper_se
         other.delete(zk_path, recursive=True)
         other.stop()
         other.close()
+
+
+# -- the agreement on --holders, kept by the sessions (issue 21) ---------------------------
+
+
+def test_holders_claims_are_ephemeral_and_the_oldest_place_wins(backends, zk_url, zk_path, kazoo):
+    first, second, third = backends(zk_url), backends(zk_url), backends(zk_url)
+    assert first.claim_holders("agree", 2) is None
+    assert first.claim_holders("agree", 2) is None  # while it lives: no second node
+    assert third.claim_holders("agree", 3) == 2
+    assert second.claim_holders("agree", 2) is None
+    claims = kazoo.get_children(f"{zk_path}/_holders/agree")
+    assert len(claims) == 2 and all(c.startswith("n2-") for c in claims), claims
+    assert third.holders_agreed("agree") == 2
+    first.close()
+    assert third.claim_holders("agree", 3) == 2  # the second still claims 2
+    second.close()
+    assert third.holders_agreed("agree") is None
+    assert third.claim_holders("agree", 3) is None
+    assert kazoo.get_children(f"{zk_path}/_holders/agree")[0].startswith("n3-")
+
+
+def test_a_seat_taken_from_the_line_carries_the_holders_claim(backends, zk_url, zk_path, kazoo,
+                                                               pool):
+    """A candidate with seats waits in the line on one session and takes its seat on
+    another; the line's session ends, and its word on --holders goes on with the seat's
+    (same place), so a candidate with another --holders is still refused."""
+    from lelect.election import Election
+
+    names = ("a", "b", "c")
+    elections = {n: Election(backends(zk_url), "carried", n, holders=2) for n in names}
+    held = {n: elections[n].campaign(timeout=10) for n in ("a", "b")}
+    waiting = pool.submit(elections["c"].campaign, timeout=20)
+    wait_until(lambda: kazoo.exists(f"{zk_path}/carried:line")
+               and zk_queue(kazoo, f"{zk_path}/carried:line"), what="c at the head of the line")
+    held["a"].release()
+    seat = waiting.result(timeout=20)
+    assert seat.is_leader()
+    wait_until(lambda: not zk_queue(kazoo, f"{zk_path}/carried:line"), what="c to leave the line")
+    claims = sorted(kazoo.get_children(f"{zk_path}/_holders/carried"))
+    assert len(claims) == 2 and sum("-r" in c for c in claims) == 1, claims
+    assert backends(zk_url).claim_holders("carried", 3) == 2
+    seat.release()
+    held["b"].release()
+
+
+def test_a_holders_claim_goes_on_in_another_session_before_its_own_ends(backends, zk_url,
+                                                                       zk_path, kazoo):
+    backend = backends(zk_url)
+    first = backend.campaign("moving", candidate("a"), timeout=10)
+    assert backend.claim_holders("moving", 2) is None  # in the first campaign's session
+    other = backend.campaign("elsewhere", candidate("a"), timeout=10)
+    [made] = kazoo.get_children(f"{zk_path}/_holders/moving")
+    first.release()
+    [carried] = kazoo.get_children(f"{zk_path}/_holders/moving")
+    assert carried.startswith(f"n2-r{made[3:]}-"), (made, carried)  # the same place
+    assert backends(zk_url).claim_holders("moving", 3) == 2
+    assert backend.claim_holders("moving", 2) is None
+    assert kazoo.get_children(f"{zk_path}/_holders/moving") == [carried]
+    other.release()
+    assert kazoo.get_children(f"{zk_path}/_holders/moving") == []  # nowhere left to go

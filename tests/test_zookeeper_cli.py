@@ -170,3 +170,96 @@ def test_timeout_zero_and_one_ms_win_a_free_election(zk_url):
         out = run_lelect("campaign", f"free-{timeout}", "-w", timeout, "--", "true",
                          backend=zk_url)  # fmt: skip
         assert out.returncode == 0, out.stderr
+
+
+# -- the agreement on --holders, kept by the sessions (issue 21) ---------------------------
+
+
+def _claims(kazoo, zk_path: str, election: str) -> list[str]:
+    path = f"{zk_path}/_holders/{election}"
+    return sorted(kazoo.get_children(path)) if kazoo.exists(path) else []
+
+
+def _session_counters(server, session_id: int) -> tuple[int, int]:
+    """(packets received, last client xid) of one session, by the server's ``cons``: a
+    ping is a packet with no xid of its own, so lcxid moves only with a request."""
+    for line in server.command("cons").splitlines():
+        if f"sid=0x{session_id:x}," in line:
+            fields = dict(part.split("=", 1) for part in line.split("(", 1)[1].rstrip(")").split(",")
+                          if "=" in part)
+            return int(fields["recved"]), int(fields["lcxid"], 16)
+    raise AssertionError(f"no connection of session 0x{session_id:x} in cons")
+
+
+def test_a_candidate_with_other_holders_is_refused_and_leaves_no_claim(
+        zk_url, zk_path, zookeeper_server, tmp_path):
+    """On ZooKeeper each candidate's word on --holders is an ephemeral node of its own
+    session: another --holders is refused (78, one line) and withdraws its node; the
+    holders' nodes tell `lelect leader` the count, and go with a clean exit at once."""
+    from tests.test_contract import leading
+
+    target = type("T", (), {"url": zk_url})
+    kazoo = KazooClient(zookeeper_server.hosts, timeout=2)
+    kazoo.start(10)
+    held = [leading(target, "pinned", tmp_path, f"h{i}", "--holders", "2") for i in range(2)]
+    try:
+        claims = _claims(kazoo, zk_path, "pinned")
+        assert len(claims) == 2 and all(c.startswith("n2-") for c in claims), claims
+        ran = tmp_path / "ran"
+        for other in (("--holders", "3"), ()):
+            out = run_lelect("campaign", "pinned", *other, "--no-wait", "--", "touch", str(ran),
+                             backend=zk_url)
+            assert out.returncode == 78, (out.returncode, out.stderr)
+            assert "--holders 2" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert not ran.exists()
+        assert _claims(kazoo, zk_path, "pinned") == claims  # the refused left nothing
+        shown = run_lelect("leader", "pinned", "--json", backend=zk_url)
+        assert shown.returncode == 0, shown.stderr
+        import json
+
+        assert len(json.loads(shown.stdout)["holders"]) == 2
+    finally:
+        for proc, release in held:
+            release.touch()
+            proc.communicate(timeout=30)
+    try:
+        assert _claims(kazoo, zk_path, "pinned") == []  # a clean exit ends the session
+        out = run_lelect("campaign", "pinned", "--holders", "3", "--", "true", backend=zk_url)
+        assert out.returncode == 0, out.stderr
+    finally:
+        kazoo.stop()
+        kazoo.close()
+
+
+def test_a_waiting_candidate_pings_and_sends_no_request_in_a_quiet_window(
+        zk_url, zk_path, zookeeper_server, tmp_path):
+    """Issue 21: a waiting candidate's load on ZooKeeper is its session's pings (as
+    kazoo's Election's): no refresh of its --holders claim, which its session keeps.
+    The window is longer than a third of the note's 30 s life (its refresh interval)."""
+    from lelect.seats import PIN_TTL
+    from tests.test_contract import leading
+
+    target = type("T", (), {"url": zk_url})
+    quiet = ("--heartbeat-interval", "0", "--ttl", "2s")
+    leader, release = leading(target, "quiet", tmp_path, "leader", *quiet)
+    waiter = spawn_lelect("campaign", "quiet", "--id", "waiter", *quiet, "--", "true",
+                          backend=zk_url)
+    kazoo = KazooClient(zookeeper_server.hosts, timeout=2)
+    kazoo.start(10)
+    try:
+        wait_for_waiter(zookeeper_server, f"{zk_path}/quiet")
+        node = zk_queue(kazoo, f"{zk_path}/quiet")[1]
+        session = kazoo.exists(f"{zk_path}/quiet/{node}").ephemeralOwner
+        assert len(_claims(kazoo, zk_path, "quiet")) == 2
+        received, xid = _session_counters(zookeeper_server, session)
+        time.sleep(PIN_TTL / 3 + 1)  # a quiet window (time itself is the test)
+        received_after, xid_after = _session_counters(zookeeper_server, session)
+        assert xid_after == xid, "a waiting candidate sent requests"
+        assert received_after > received, "a waiting candidate's session did not ping"
+        assert waiter.poll() is None
+    finally:
+        release.touch()
+        leader.communicate(timeout=30)
+        assert waiter.wait(timeout=30) == 0
+        kazoo.stop()
+        kazoo.close()

@@ -519,6 +519,10 @@ class Backend(ABC):
     has_clock: bool = True
     #: Leaderships kept per election (``?history=N``).
     history_limit: int = DEFAULT_HISTORY
+    #: True where a candidate's word on ``--holders`` lives exactly as long as its
+    #: session (:meth:`claim_holders`): nothing to refresh. False: the note-based
+    #: agreement of :mod:`lelect.seats`, refreshed while the candidate runs.
+    holders_by_session: bool = False
 
     def __init__(self, url: BackendURL) -> None:
         self.url = url
@@ -763,6 +767,18 @@ class Backend(ABC):
     @abstractmethod
     def delete_note(self, election: str, key: str) -> None:
         """Forget the note under ``key`` (nothing if there is none)."""
+
+    def claim_holders(self, election: str, holders: int) -> int | None:
+        """Where :attr:`holders_by_session`: claim that this candidate runs ``election``
+        with ``holders`` holders, for as long as its session lives (again: nothing, while
+        its claim lives). None: agreed; else the number the election's earlier candidates
+        use (this claim is withdrawn)."""
+        raise NotImplementedError(f"{self.scheme} keeps --holders in a note")
+
+    def holders_agreed(self, election: str) -> int | None:
+        """Where :attr:`holders_by_session`: the number of holders the election's live
+        candidates claimed, or None (none claimed)."""
+        raise NotImplementedError(f"{self.scheme} keeps --holders in a note")
 
     # -- operations -------------------------------------------------------------------
 

@@ -35,8 +35,9 @@ def guarded_nodes(paths: ElectionPaths) -> list[str]:
     """The nodes whose ACL decides who may contend, resign, or rewrite the records."""
     base = paths.base
     return [base, paths.contenders,
-            *(f"{base}/{own}" for own in ("_members", "_resign", "_history", "_slots", "_notes")),
-            paths.members, paths.resign, paths.history, paths.slots, paths.notes]
+            *(f"{base}/{own}" for own in ("_members", "_resign", "_history", "_slots", "_notes",
+                                                "_holders")),
+            paths.members, paths.resign, paths.history, paths.slots, paths.notes, paths.holders]
 
 
 def acl_text(acl: list[Any]) -> str:

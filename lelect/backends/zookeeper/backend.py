@@ -59,6 +59,7 @@ from lelect.backends.records import (
 )
 from lelect.backends.zookeeper.acl import guard_acls
 from lelect.backends.zookeeper.contest import Contest
+from lelect.backends.zookeeper.holders import HoldersClaims
 from lelect.backends.zookeeper.layout import (
     ANY_VERSION,
     Contender,
@@ -107,6 +108,7 @@ class ZooKeeperBackend(Backend):
 
     scheme = "zookeeper"
     lease_based = True
+    holders_by_session = True
 
     def __init__(self, url: BackendURL) -> None:
         super().__init__(url)
@@ -133,6 +135,8 @@ class ZooKeeperBackend(Backend):
         self._campaigning: dict[ZooKeeperSession, threading.Event] = {}
         #: Shared sessions observers watch through, and how many: never taken over.
         self._observed: dict[ZooKeeperSession, int] = {}
+        #: This process's claims on --holders, kept by its sessions (:mod:`.holders`).
+        self._holders = HoldersClaims(self)
 
     def paths(self, election: str) -> ElectionPaths:
         return ElectionPaths.of(self.config.path, election)
@@ -247,7 +251,19 @@ class ZooKeeperBackend(Backend):
     def _ask(self, session: ZooKeeperSession, method: str, *args: Any, **kwargs: Any) -> Any:
         return session.call(method, *args, timeout=self.config.connect_timeout, **kwargs)
 
-    def _forget(self, session: ZooKeeperSession, wait: float = RELEASE_PATIENCE) -> None:
+    def _live_sessions(self) -> list[ZooKeeperSession]:
+        """Every connected session of ours, campaigns' first (newest first)."""
+        with self._lock:
+            campaigns = list(reversed(self._campaigning))
+            others = [s for s in self._sessions if s not in self._campaigning]
+        return [s for s in campaigns + others if s.connected.is_set() and not s.closed]
+
+    def _forget(self, session: ZooKeeperSession, wait: float = RELEASE_PATIENCE, *,
+                carry: bool = True) -> None:
+        """End ``session``; ``carry``: a --holders claim only it keeps goes on in another
+        session of ours first (not for a lost leader: nothing of ours runs on it)."""
+        if carry:
+            self._holders.leaving(session, RELEASE_PATIENCE)
         with self._lock:
             self._sessions.discard(session)
             self._campaigning.pop(session, None)
@@ -297,6 +313,7 @@ class ZooKeeperBackend(Backend):
         try:
             self._check_granted(session, requested)
             guard_acls(session, paths, budget)
+            self._holders.carry_to(session, election)
             contest = Contest(
                 self, session, paths, candidate,
                 give_up=None if timeout is None else started + timeout,
@@ -377,7 +394,7 @@ class ZooKeeperBackend(Backend):
                 log.debug("releasing %s failed (%s): its session's end removes it",
                           leadership.node_path, type(exc).__name__)
                 break
-        self._forget(session)
+        self._forget(session, carry=not lost)
         if not released:
             # A server that restarts or thaws gives the old session a whole timeout
             # again: delete our node (by its unique name) as soon as it answers.
@@ -819,6 +836,14 @@ class ZooKeeperBackend(Backend):
                 self._ask(session, "delete", path)
             except NoNodeError:
                 pass
+
+    # -- the agreement on --holders (kept by the sessions: .holders) -----------------
+
+    def claim_holders(self, election: str, holders: int) -> int | None:
+        return self._holders.claim(election, holders)
+
+    def holders_agreed(self, election: str) -> int | None:
+        return self._holders.agreed(election)
 
     # -- operations -------------------------------------------------------------
 

@@ -12,6 +12,10 @@ election under names no election can have (they start with ``_``):
 - ``<path>/_history/NAME/<10-digit term>``: one leadership (``HistoryEntry`` JSON)
 - ``<path>/_slots/NAME/<slot>``: the leadership that completed a once-per slot
 - ``<path>/_notes/NAME/<key>``: a note (``put_note``): its ttl, then its bytes
+- ``<path>/_holders/NAME/n<N>-<seq>``: a running candidate's word on ``--holders N``,
+  ephemeral and sequential (it lives exactly as long as the candidate's session); a node
+  the claim carried to another session of the same candidate is
+  ``n<N>-r<first seq>-<seq>`` and keeps the first node's place (:func:`holders_claims`)
 - ``<path>/_clock``: a scratch node whose mtime tells the server's current time
 
 A history entry is created (version 0) by the multi that makes its leader leader, and
@@ -53,6 +57,38 @@ def contenders(children: list[str]) -> list[Contender]:
         match = _CONTENDER.search(child)
         if match:
             found.append(Contender(int(match.group(1)), child))
+    return sorted(found)
+
+
+#: A claim on --holders: ``n<N>-<seq>``, or ``n<N>-r<first seq>-<seq>`` once carried.
+_HOLDERS_CLAIM = re.compile(r"^n(\d{1,4})-(?:r(\d{10})-)?(\d{10})$")
+
+
+@dataclass(frozen=True, order=True)
+class HoldersClaim:
+    """One candidate's ephemeral word on --holders, ordered by its place (the sequence of
+    the candidate's first node: a claim carried to another session keeps it)."""
+
+    place: int
+    seq: int
+    holders: int
+    name: str
+
+
+def holders_claim_prefix(holders: int, place: int | None = None) -> str:
+    """The name of a claim node before ZooKeeper appends its sequence."""
+    return f"n{holders}-" if place is None else f"n{holders}-r{place:010d}-"
+
+
+def holders_claims(children: list[str]) -> list[HoldersClaim]:
+    """The claims among ``children``, the oldest place first."""
+    found = []
+    for child in children:
+        match = _HOLDERS_CLAIM.match(child)
+        if match:
+            seq = int(match.group(3))
+            place = int(match.group(2)) if match.group(2) else seq
+            found.append(HoldersClaim(place, seq, int(match.group(1)), child))
     return sorted(found)
 
 
@@ -127,6 +163,10 @@ class ElectionPaths:
 
     def note(self, key: str) -> str:
         return f"{self.notes}/{znode_name(key, 'a note key')}"
+
+    @property
+    def holders(self) -> str:
+        return f"{self.base}/_holders/{self.election}"
 
 
 def clock_path(base: str) -> str:
