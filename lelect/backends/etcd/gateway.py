@@ -352,13 +352,23 @@ class Gateway:
         headers = {"Content-Type": "application/json"}
         if self.username is None:
             return headers
+        token = self._auth_token(deadline, lambda: json.dumps(
+            {"name": self.username, "password": self._password}).encode(), headers)
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    def _auth_token(self, deadline: float, request: Callable[[], bytes],
+                    headers: dict[str, str]) -> str:
+        """The auth token, from ``Authenticate`` (``request()`` its encoded body) if there
+        is none yet; "" when the cluster has authentication off."""
         with self._lock:
             token = self._token
         if token is None:
-            payload = json.dumps({"name": self.username, "password": self._password}).encode()
+            body = request()
             try:
                 answer = self._each_endpoint(deadline, lambda endpoint, by: self._post(
-                    endpoint, "auth/authenticate", payload, dict(headers), by))
+                    endpoint, "auth/authenticate", body, dict(headers), by))
                 token = str(answer.get("token") or "")
             except GatewayError as exc:
                 if exc.code != FAILED_PRECONDITION:
@@ -366,9 +376,7 @@ class Gateway:
                 token = ""  # authentication is not enabled: etcdctl goes on without a token
             with self._lock:
                 self._token = token
-        if token:
-            headers["Authorization"] = token
-        return headers
+        return token
 
     # -- watches ----------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from lelect.backends.etcd import h2, proto
 from lelect.backends.etcd.gateway import (
-    FAILED_PRECONDITION,
     MAX_BODY,
     Endpoint,
     Garbled,
@@ -276,21 +275,8 @@ class GrpcGateway(Gateway):
         the URL names a user."""
         if self.username is None:
             return {}
-        with self._lock:
-            token = self._token
-        if token is None:
-            request = proto.encode("AuthenticateRequest",
-                                   {"name": self.username, "password": self._password})
-            try:
-                answer = self._each_endpoint(deadline, lambda endpoint, by: self._post(
-                    endpoint, "auth/authenticate", request, {}, by))
-                token = str(answer.get("token") or "")
-            except GatewayError as exc:
-                if exc.code != FAILED_PRECONDITION:
-                    raise
-                token = ""  # authentication is not enabled: etcdctl goes on without a token
-            with self._lock:
-                self._token = token
+        token = self._auth_token(deadline, lambda: proto.encode(
+            "AuthenticateRequest", {"name": self.username, "password": self._password}), {})
         return {"token": token} if token else {}
 
     # -- watches ----------------------------------------------------------------------------
