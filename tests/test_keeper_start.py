@@ -31,8 +31,7 @@ def test_a_win_is_one_write_to_the_keeper_lease_first():
             early = None
         assert early is None, f"the lease went out alone: {early!r}"
         handle.start(7, recipe=RECIPE)
-        (first,) = [theirs.recv(65536)]
-        assert proto.LineReader().feed(first) == [
+        assert proto.LineReader().feed(theirs.recv(65536)) == [
             proto.Lease(1234.5, 0.25), proto.Start(7, "-", -1),
             proto.Recipe('{"module":"tests._handback_probe","params":{"election":"probe"},'
                          '"budget":2.0,"election":"probe"}'),
@@ -49,7 +48,7 @@ def test_a_win_is_one_write_to_the_keeper_lease_first():
         theirs.close()
 
 
-def _started(handle, tmp_path, job):
+def _started(tmp_path, job):
     probe = tmp_path / "probe"
     env = {**os.environ, "LELECT_TEST_PROBE": str(probe)}
     handle = KeeperHandle(KeeperConfig(command=("sh", "-c", job)), env=env)
@@ -64,7 +63,7 @@ def test_the_recipe_module_loads_once_the_job_is_under_way(tmp_path):
     """json, importlib and the backend's hand-back module cost 10-25 ms of CPU: loaded
     right after the exec, they competed with the job's own start on a 2-core host."""
     first_line = tmp_path / "first"
-    handle, probe = _started(None, tmp_path, f"date +%s%N > {first_line}; exec sleep 60")
+    handle, probe = _started(tmp_path, f"date +%s%N > {first_line}; exec sleep 60")
     try:
         text = wait_until(lambda: probe.exists() and probe.read_text(), timeout=10,
                           what="the recipe's module to load while lelect lives")
@@ -79,7 +78,7 @@ def test_the_recipe_module_loads_once_the_job_is_under_way(tmp_path):
 
 
 def test_lelect_dying_before_the_recipe_loaded_still_hands_back(tmp_path):
-    handle, probe = _started(None, tmp_path, "exec sleep 60")
+    handle, probe = _started(tmp_path, "exec sleep 60")
     assert not probe.exists()  # not yet loaded
     handle._sock.shutdown(socket.SHUT_RDWR)  # lelect is gone: EOF on the keeper's socket
     handle.process.wait(timeout=10)
