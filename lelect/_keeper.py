@@ -5,7 +5,8 @@ lelect.supervisor); it imports
 only the standard library and lelect.keeper_protocol, and its two other parts:
 lelect.backends.file.keeper_lock (the embedded backend's flock election; it imports
 lelect.backends.file.state while it waits) and lelect.keeper_handback (the hand-back
-after lelect died; the backend's hand-back module loads once the job runs).
+after lelect died; the backend's hand-back module loads a moment after the job
+started, when the keeper is idle).
 
 - It starts the job in its own process group and is its child subreaper, so nothing the
   job starts can escape it. The job dies with it (PR_SET_PDEATHSIG), even if somebody
@@ -46,10 +47,10 @@ TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 LIBC = None
 #: Every signal (fork_job blocks them all from the fork to the exec).
 ALL_SIGNALS = signal.valid_signals()
-#: The hand-back's module loads this long after the job started (its ~25 ms of imports
-#: took a core from the job's first instructions, on a 2-core host about 1 ms of every
-#: handoff); a hand-back needed sooner loads it then.
-HAND_BACK_LOAD_AFTER = 0.1
+#: Seconds after the job started before the hand-back recipe's module is loaded (json,
+#: importlib, the backend's module: 10-25 ms of CPU), so that it does not compete with
+#: the job's own start on a small host; a hand-back before then loads it itself.
+HAND_BACK_LOAD_DELAY = 0.25
 
 
 def shell_status(status):
@@ -278,7 +279,7 @@ class Keeper(LocalElection):
         self.continued = False
         self.exit_when_done = False
         self.hand_back_runner = None  # what lelect sent; its module loads once the job runs
-        self.load_hand_back_at = None  # HAND_BACK_LOAD_AFTER after the job started
+        self.load_at = None  # when to load it: HAND_BACK_LOAD_DELAY after the job started
         self.released_by_lelect = False
         self.stop_signal = int(options.get("stop_signal", signal.SIGTERM))
         self.grace = float(options.get("grace", "10"))
@@ -355,7 +356,7 @@ class Keeper(LocalElection):
             self.job_done = True
             return
         self.job_pid = pid
-        self.load_hand_back_at = time.monotonic() + HAND_BACK_LOAD_AFTER
+        self.load_at = time.monotonic() + HAND_BACK_LOAD_DELAY
         try:
             # Readable the moment the job exits: quicker than SIGCHLD via the wakeup fd.
             self.job_pidfd = os.pidfd_open(pid)
@@ -633,12 +634,12 @@ class Keeper(LocalElection):
                 continue
             now = time.monotonic()
             next_timer = self.timers(now)
-            load_at = self.load_hand_back_at
-            if self.hand_back_runner is not None and load_at is not None:
-                if now >= load_at:
-                    self.hand_back_runner.load()  # once; at once after that
-                else:
-                    next_timer = load_at if next_timer is None else min(next_timer, load_at)
+            if self.hand_back_runner is not None and self.load_at is not None:
+                if now >= self.load_at:  # the job is under way: the keeper is idle
+                    self.load_at = None
+                    self.hand_back_runner.load()
+                elif next_timer is None or self.load_at < next_timer:
+                    next_timer = self.load_at
             timeout = None if next_timer is None else max(0.0, next_timer - now)
             readers = [self.ctrl, self.wake_r]
             if self.record_pipe is not None:

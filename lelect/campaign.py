@@ -292,9 +292,12 @@ class _Driver:
         self.keeper: KeeperHandle | None = None
         self.leadership: Leadership | None = None
         self.announced = False
-        #: The hand-back recipe of a leadership just won: told to the keeper once it
-        #: was told to start the job (the job first; until then the lease covers it).
+        #: The hand-back recipe of a leadership just won: told to the keeper with the
+        #: job's start, after it in the same write (the job first; the keeper loads the
+        #: recipe once the job is under way).
         self.recipe: HandBack | None = None
+        #: The commands being carried out start a job (their lease goes with the start).
+        self.start_follows = False
         self.heartbeats = None
         self.notify = notify or Notifier({})
         self.loop_beat = time.monotonic()
@@ -390,6 +393,8 @@ class _Driver:
             self.notify.ready()  # a waiting standby is ready
             while True:
                 outcome = None  # an attempt's outcome goes before anything its keeper said
+                # A win's lease goes with its job's start, in one write to the keeper.
+                self.start_follows = any(isinstance(c, core.StartJob) for c in commands)
                 for command in commands:
                     result = self._execute(command)
                     if isinstance(result, CampaignResult):
@@ -469,10 +474,10 @@ class _Driver:
             self.events = queue.SimpleQueue()  # a late event of the last attempt must not reach this one
             return self._attempt()
         elif isinstance(command, core.TellDeadline) and keeper is not None:
-            keeper.lease(command.deadline, command.grace)
+            keeper.lease(command.deadline, command.grace, hold=self.start_follows)
         elif isinstance(command, core.StartJob) and keeper is not None:
-            keeper.start(command.term, command.slot, command.seat)
-            self._send_recipe()
+            recipe, self.recipe = self.recipe, None
+            keeper.start(command.term, command.slot, command.seat, recipe=recipe)
         elif isinstance(command, core.StopJob) and keeper is not None:
             keeper.stop(command.signum, command.grace, command.reason)
             self.notify.status(f"stopping the job ({command.reason}), term {self.core.term}")

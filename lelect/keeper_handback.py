@@ -16,9 +16,10 @@ class HandBackRunner:
         self.call = None
 
     def load(self):
-        """Decode the recipe and import its module once the job runs (never on the way
-        to starting it: not even json, which a waiting keeper never needs), so that
-        handing back after lelect died costs no import."""
+        """Decode the recipe and import its module once the job is under way (the keeper
+        calls this HAND_BACK_LOAD_DELAY after the job started: never on the way to
+        starting it, nor beside the job's own start; not even json, which a waiting
+        keeper never needs), so that handing back after lelect died costs no import."""
         if self.call is not None or self.recipe_json is None:
             return
         recipe_json, self.recipe_json = self.recipe_json, None

@@ -141,6 +141,10 @@ class KeeperConfig:
         return proto.encode_config(options)
 
 
+def recipe_message(recipe: HandBack) -> proto.Recipe:
+    return proto.Recipe(json.dumps(asdict(recipe), separators=(",", ":")))
+
+
 class KeeperHandle:
     """lelect's handle on one keeper process (one per campaign attempt)."""
 
@@ -160,6 +164,8 @@ class KeeperHandle:
         #: on its death is news (Gone), before that a new keeper simply takes its place.
         self._engaged = False
         self._closing = False
+        #: Messages held back (``hold=True``) to go with the next one, in the same write.
+        self._held: list[bytes] = []
 
     @property
     def autostart(self) -> bool:
@@ -221,22 +227,34 @@ class KeeperHandle:
                     self._engaged = True
                 self.events.put(message)
 
-    def send(self, message: proto.Message) -> None:
+    def send(self, *messages: proto.Message, hold: bool = False) -> None:
+        """Send ``messages`` (and any held back before them) in one write, so the
+        keeper reads them at once; ``hold``: keep them for the next send instead."""
         with self._lock:
             self._engaged = True
-            if self._sock is None:
+            self._held.extend(message.encode() for message in messages)
+            if hold or self._sock is None:
                 return
+            data = b"".join(self._held)
+            self._held.clear()
             try:
-                self._sock.sendall(message.encode())
+                self._sock.sendall(data)
             except OSError:
                 pass
 
-    def start(self, term: int, slot: str | None = None, seat: int | None = None) -> None:
-        self.send(proto.Start(term, slot or "-", -1 if seat is None else seat))
+    def start(self, term: int, slot: str | None = None, seat: int | None = None,
+              recipe: HandBack | None = None) -> None:
+        """Start the job (with whatever was held back, the lease above all, and the
+        hand-back ``recipe``: a win is one write, which the keeper reads at once)."""
+        messages: list[proto.Message] = [proto.Start(term, slot or "-", -1 if seat is None else seat)]
+        if recipe is not None:
+            messages.append(recipe_message(recipe))
+        self.send(*messages)
 
-    def lease(self, deadline: float, grace: float) -> None:
-        """Tell the dead-man switch the new lease deadline (monotonic clock)."""
-        self.send(proto.Lease(deadline, grace))
+    def lease(self, deadline: float, grace: float, hold: bool = False) -> None:
+        """Tell the dead-man switch the new lease deadline (monotonic clock); ``hold``:
+        with the next message (the Start that follows at once: no job runs before)."""
+        self.send(proto.Lease(deadline, grace), hold=hold)
 
     def signal(self, signum: int) -> None:
         self.send(proto.Signal(signum))
@@ -247,7 +265,7 @@ class KeeperHandle:
     def hand_back_with(self, recipe: HandBack) -> None:
         """What to do if lelect dies while the job runs (over the private socket only:
         the recipe may hold credentials)."""
-        self.send(proto.Recipe(json.dumps(asdict(recipe), separators=(",", ":"))))
+        self.send(recipe_message(recipe))
 
     def release(self) -> None:
         self.send(proto.Release())

@@ -1,0 +1,88 @@
+"""The keeper's way from lelect's "start" to the job's exec on the network backends:
+one write carries the win (the lease, the start, the hand-back recipe), and the
+recipe's module loads only once the job is under way, not beside its start."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from lelect import keeper_protocol as proto
+from lelect.backends.records import HandBack
+from lelect.supervisor import KeeperConfig, KeeperHandle
+from tests.helpers import wait_until
+
+RECIPE = HandBack(module="tests._handback_probe", params={"election": "probe"}, budget=2.0,
+                  election="probe")
+
+
+def test_a_win_is_one_write_to_the_keeper_lease_first():
+    """Held back, the lease goes with the start and the recipe: the keeper reads the
+    whole win at once (one record on a SOCK_SEQPACKET pair is one write)."""
+    handle = KeeperHandle(KeeperConfig(command=("true",)))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    handle._sock = ours
+    theirs.setblocking(False)
+    try:
+        handle.lease(1234.5, 0.25, hold=True)
+        try:
+            early = theirs.recv(65536)
+        except BlockingIOError:
+            early = None
+        assert early is None, f"the lease went out alone: {early!r}"
+        handle.start(7, recipe=RECIPE)
+        assert proto.LineReader().feed(theirs.recv(65536)) == [
+            proto.Lease(1234.5, 0.25), proto.Start(7, "-", -1),
+            proto.Recipe('{"module":"tests._handback_probe","params":{"election":"probe"},'
+                         '"budget":2.0,"election":"probe"}'),
+        ]
+        try:
+            rest = theirs.recv(65536)
+        except BlockingIOError:
+            rest = None
+        assert rest is None, f"a second write: {rest!r}"
+        handle.lease(1240.0, 0.25)  # a renew goes at once
+        assert proto.LineReader().feed(theirs.recv(65536)) == [proto.Lease(1240.0, 0.25)]
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _started(tmp_path, job):
+    probe = tmp_path / "probe"
+    env = {**os.environ, "LELECT_TEST_PROBE": str(probe)}
+    handle = KeeperHandle(KeeperConfig(command=("sh", "-c", job)), env=env)
+    handle.spawn()
+    handle.start(1, recipe=RECIPE)
+    started = handle.events.get(timeout=10)
+    assert isinstance(started, proto.Started), started
+    return handle, probe
+
+
+def test_the_recipe_module_loads_once_the_job_is_under_way(tmp_path):
+    """json, importlib and the backend's hand-back module cost 10-25 ms of CPU: loaded
+    right after the exec, they competed with the job's own start on a 2-core host."""
+    first_line = tmp_path / "first"
+    handle, probe = _started(tmp_path, f"date +%s%N > {first_line}; exec sleep 60")
+    try:
+        text = wait_until(lambda: probe.exists() and probe.read_text(), timeout=10,
+                          what="the recipe's module to load while lelect lives")
+        imported = int(text.split()[1])
+        job = int(wait_until(lambda: first_line.exists() and first_line.read_text().strip(),
+                             what="the job's first line"))
+        assert imported - job > 100_000_000, (
+            f"the recipe's module loaded {(imported - job) / 1e6:.1f} ms after the job's"
+            " first line: beside its start")
+    finally:
+        handle.close()
+
+
+def test_lelect_dying_before_the_recipe_loaded_still_hands_back(tmp_path):
+    handle, probe = _started(tmp_path, "exec sleep 60")
+    assert not probe.exists()  # not yet loaded
+    handle._sock.shutdown(socket.SHUT_RDWR)  # lelect is gone: EOF on the keeper's socket
+    handle.process.wait(timeout=10)
+    handle.close()
+    lines = probe.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["imported", "handed"], lines
+    assert lines[1] == "handed probe 137", lines  # the job was SIGKILLed
