@@ -437,15 +437,12 @@ def test_one_leader_change_wakes_one_waiter_of_fifty(
     backend.close()  # the other waiters give up
 
 
-def test_a_waiter_wins_in_one_round_trip_after_its_predecessor_is_deleted(backends, zk_url,
-                                                                         monkeypatch):
-    """Issue 21 ("fast winning"): once the node it waits behind is deleted, a waiting
-    candidate reads the queue, and the handover note with it, in one round trip before
-    its job may run: nothing is written on the way (the history entry is written beside
-    the job, and the release waits for it)."""
+def requests_sent(monkeypatch) -> list[tuple[str, str, str]]:
+    """Every request this process's ZooKeeper clients send from now on, as (thread,
+    request type, path): a spy on the client, the server is real."""
     import kazoo.client
 
-    calls: list[tuple[str, str, str]] = []  # (thread, request, path)
+    calls: list[tuple[str, str, str]] = []
     call = kazoo.client.KazooClient._call
 
     def counted(self, request, async_object):
@@ -454,6 +451,16 @@ def test_a_waiter_wins_in_one_round_trip_after_its_predecessor_is_deleted(backen
         return call(self, request, async_object)
 
     monkeypatch.setattr(kazoo.client.KazooClient, "_call", counted)
+    return calls
+
+
+def test_a_waiter_wins_in_one_round_trip_after_its_predecessor_is_deleted(backends, zk_url,
+                                                                         monkeypatch):
+    """Issue 21 ("fast winning"): once the node it waits behind is deleted, a waiting
+    candidate reads the queue, and the handover note with it, in one round trip before
+    its job may run: nothing is written on the way (the history entry is written beside
+    the job, and the release waits for it)."""
+    calls = requests_sent(monkeypatch)
     first_backend, second_backend = backends(zk_url), backends(zk_url)
     first = first_backend.campaign("quick", candidate("a"), timeout=10)
     waiting, won = threading.Event(), []
@@ -480,16 +487,7 @@ def test_a_win_kept_later_starts_no_thread_and_sends_nothing_until_kept(backends
     """Issue 21: ``lelect campaign`` tells its keeper to start the job before the lease's
     threads start (``keep_later``): until ``keep()`` the won leadership has started no
     thread and sent nothing (its history entry and watches go once it is kept)."""
-    import kazoo.client
-
-    calls: list[str] = []
-    call = kazoo.client.KazooClient._call
-
-    def counted(self, request, async_object):
-        calls.append(type(request).__name__)
-        return call(self, request, async_object)
-
-    monkeypatch.setattr(kazoo.client.KazooClient, "_call", counted)
+    calls = requests_sent(monkeypatch)
     backend = backends(zk_url)
     before = {t.ident for t in threading.enumerate()}
     leadership = backend.campaign("later", candidate("a"), timeout=10, keep_later=True)
@@ -512,17 +510,7 @@ def test_a_release_writes_nothing_but_its_multi_unless_a_value_was_published(bac
     (a blind delete of the value note was a second transaction, fsync'ed by the server
     even when it fails, which a single server finishes before the next leader's first
     read); a published value is still deleted with the release."""
-    import kazoo.client
-
-    calls: list[tuple[str, str, str]] = []  # (thread, request, path)
-    call = kazoo.client.KazooClient._call
-
-    def counted(self, request, async_object):
-        calls.append((threading.current_thread().name, type(request).__name__,
-                      getattr(request, "path", "")))
-        return call(self, request, async_object)
-
-    monkeypatch.setattr(kazoo.client.KazooClient, "_call", counted)
+    calls = requests_sent(monkeypatch)
     backend = backends(zk_url)
     for value in (None, "here"):
         leadership = backend.campaign("quiet", candidate("a"), timeout=10)
