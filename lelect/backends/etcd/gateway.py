@@ -629,16 +629,27 @@ class WatchStream:
         # keeps the stream open after the body ends): several watches, one connection.
         payload = b"".join(json.dumps(body, separators=(",", ":")).encode("utf-8")
                            for body in requests)
-        try:
+
+        def send() -> None:
             connection.send("watch", payload, headers, deadline)
             status, fields = connection.read_head(deadline)
             if status != 200:
                 _answer(status, connection.read_body(fields, deadline))
                 raise _Down(f"HTTP {status}")
-            created = [self._next_result(deadline) for _ in requests]
+
+        self._begin(send, len(requests), deadline)
+
+    def _begin(self, send: Callable[[], None], count: int, deadline: float,
+               what: str = "") -> None:
+        """Send the watch requests (``send``) and read the answers saying each of the
+        ``count`` watches was created: the stream's :attr:`revision`. Anything else
+        closes the stream and raises _Down (``what`` before the reason)."""
+        try:
+            send()
+            created = [self._next_result(deadline) for _ in range(count)]
         except (OSError, ValueError, _Closed) as exc:
             self.close()
-            raise _Down(_describe(exc)) from None
+            raise _Down(what + _describe(exc)) from None
         except BaseException:
             self.close()
             raise

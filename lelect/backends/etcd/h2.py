@@ -510,10 +510,8 @@ class Connection:
                     data = self.sock.recv(65536)
                     pending = getattr(self.sock, "pending", None)  # TLS: decrypted, unread
                     more = pending is not None and pending() > 0
-            except (BlockingIOError, InterruptedError):
-                return
             except OSError as exc:
-                if _want_io(exc):
+                if _not_ready(exc):
                     return
                 raise
             if not data:
@@ -532,10 +530,8 @@ class Connection:
         try:
             with self._io:
                 sent = self.sock.send(out)
-        except (BlockingIOError, InterruptedError):
-            return
         except OSError as exc:
-            if _want_io(exc):
+            if _not_ready(exc):
                 return
             raise
         with self.lock:
@@ -743,7 +739,10 @@ def _unpad(flags: int, payload: bytes) -> bytes:
     return payload[1:len(payload) - payload[0]]
 
 
-def _want_io(exc: BaseException) -> bool:
+def _not_ready(exc: OSError) -> bool:
+    """The non-blocking socket (plain or TLS) cannot go on now: try again once ready."""
+    if isinstance(exc, (BlockingIOError, InterruptedError)):
+        return True
     ssl = sys.modules.get("ssl")
     return ssl is not None and isinstance(exc, (ssl.SSLWantReadError, ssl.SSLWantWriteError))
 

@@ -324,23 +324,14 @@ class GrpcWatchStream(WatchStream):
         self._pipe: tuple[int, ...] = os.pipe()
         os.set_blocking(self._pipe[1], False)
         self._stream: h2.Stream | None = None
-        try:
+
+        def send() -> None:
             self._stream = connection.open(metadata, None, deadline)
             with connection.lock:
                 self._stream.notify = self._notify
             self._stream.send_data(b"".join(requests), False, deadline)
-            created = [self._next_result(deadline) for _ in requests]
-        except (OSError, ValueError, _Closed) as exc:
-            self.close()
-            raise _Down(f"watch: {exc}") from None
-        except BaseException:
-            self.close()
-            raise
-        if not all(result is not None and result.get("created") for result in created):
-            self.close()
-            raise _Down("no answer to the watch request in time")
-        #: The store revision etcd reported last on this watch.
-        self.revision = int(created[-1].get("header", {}).get("revision", 0))
+
+        self._begin(send, len(requests), deadline, what="watch: ")
 
     def next(self, timeout: float, wake: Any = None) -> list[Any] | None:
         try:
