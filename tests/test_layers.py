@@ -101,21 +101,26 @@ def test_help_and_the_embedded_path_import_no_client_library():
     assert out.stdout.strip() == "[]", out.stderr
 
 
+def in_a_keeper(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` as the keeper runs (``python -S -I``, lelect's protocol and keeper
+    imported first)."""
+    prelude = (f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r});"
+               "from lelect import keeper_protocol; import lelect._keeper;")
+    return subprocess.run([sys.executable, "-S", "-I", "-c", prelude + code],
+                          capture_output=True, text=True, timeout=30)
+
+
 def test_a_waiting_keeper_imports_neither_threading_nor_json_nor_enum():
     """The embedded backend's keeper forks the job the moment it wins: threading's
     after-fork hook would run in that child, and json (with re) and enum (signal.py's,
     lelect.errors') only cost memory in every waiting candidate. What the keeper imports
     on its way to the flock (SQLite's C module alone: sqlite3.dbapi2 brings datetime):"""
-    code = (
-        f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r});"
-        "from lelect import keeper_protocol; import lelect._keeper;"
+    out = in_a_keeper(
         "from lelect.backends.file import state; from lelect.backends.notes import decode_handover;"
         "decode_handover(None);"
         "print([m for m in ('threading', 'json', 're', 'dataclasses', 'enum', 'signal',"
         " 'datetime') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-S", "-I", "-c", code], capture_output=True,
-                         text=True, timeout=30)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
@@ -125,9 +130,7 @@ def test_a_winning_keeper_records_its_leadership_without_json_re_or_enum(tmp_pat
     job's start waited for. The record's entry is encoded without them."""
     home = tmp_path / "state"
     home.mkdir(mode=0o700)
-    code = (
-        f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r});"
-        "from lelect import keeper_protocol; import lelect._keeper;"
+    out = in_a_keeper(
         "from lelect.backends.file import state;"
         f"s = state.StateDir({str(home)!r}, False); db = state.open_db(s);"
         "fd = state.take_lock(s, 'e.lock', True);"
@@ -138,8 +141,6 @@ def test_a_winning_keeper_records_its_leadership_without_json_re_or_enum(tmp_pat
         "print([m for m in ('threading', 'json', 're', 'dataclasses', 'enum', 'signal')"
         " if m in sys.modules], term)"
     )
-    out = subprocess.run([sys.executable, "-S", "-I", "-c", code], capture_output=True,
-                         text=True, timeout=30)
     assert out.stdout.strip() == "[] 1", out.stdout + out.stderr
 
 
