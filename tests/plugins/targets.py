@@ -39,6 +39,9 @@ class Target:
     fresh: Callable[[], str] | None = None
     #: The server, for fault tests: ``freeze()``, ``thaw()``, ``restart()`` (None: file).
     server: Any = None
+    #: Wake-ups a candidate waiting 5 s (12 s lease, heartbeats off) may make: its lease
+    #: keep-alive and its client's pings, a few each.
+    idle_wakeups: int = 8
 
     @property
     def lease(self) -> bool:
