@@ -192,3 +192,17 @@ def test_the_embedded_history_entry_has_the_records_shape():
     import json
 
     assert HistoryEntry.decode(json.dumps(entry)) == HistoryEntry("e", 3, "n", "h", 1, 12.5)
+
+
+def test_a_deferred_module_loads_on_first_use_and_is_the_same_to_whoever_bound_it():
+    """lelect.backends.defer_imports: ``import`` binds a stand-in and loads nothing; the
+    first attribute read loads the real module, for ``import`` and ``from … import``."""
+    code = (
+        "import sys; from lelect.backends import defer_imports; defer_imports('json', 'sys');"
+        "import json; loaded = 'json.decoder' in sys.modules;"
+        "from json import loads; text = json.dumps({'a': [1]});"
+        "print(loaded, text, loads(text), json.JSONDecodeError is sys.modules['json'].JSONDecodeError,"
+        " 'json.decoder' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == 'False {"a": [1]} {\'a\': [1]} True True', out.stdout + out.stderr

@@ -263,3 +263,25 @@ def test_a_waiting_candidate_pings_and_sends_no_request_in_a_quiet_window(
         assert waiter.wait(timeout=30) == 0
         kazoo.stop()
         kazoo.close()
+
+
+def test_a_waiting_candidate_maps_no_tls_or_hash_library(zk_url, zk_path, zookeeper_server,
+                                                         tmp_path):
+    """Issue 21 (a waiting candidate <= 30 MB): kazoo imports ssl and hashlib at once, for
+    TLS and digest ACLs; each maps OpenSSL's libcrypto (4-5 MB of RSS). A candidate that
+    uses neither loads neither (lelect.backends.defer_imports)."""
+    from tests.test_contract import leading
+
+    target = type("T", (), {"url": zk_url})
+    leader, release = leading(target, "lean", tmp_path, "leader", "--heartbeat-interval", "0")
+    waiter = spawn_lelect("campaign", "lean", "--id", "waiter", "--", "true", backend=zk_url)
+    try:
+        wait_for_waiter(zookeeper_server, f"{zk_path}/lean")
+        maps = Path(f"/proc/{waiter.pid}/maps").read_text()
+        assert not [line for line in maps.splitlines()
+                    if "libcrypto" in line or "/_ssl." in line or "/_hashlib." in line]
+        assert waiter.poll() is None
+    finally:
+        release.touch()
+        leader.communicate(timeout=30)
+        waiter.communicate(timeout=30)

@@ -36,6 +36,13 @@ SCHEMES: dict[str, str] = {
     "mariadb": "lelect.backends.mysql.backend:MySQLBackend",
 }
 
+#: Standard modules a backend's client library imports at once but uses only for a feature
+#: lelect may not ask of it (kazoo: ``ssl`` for TLS, ``hashlib`` for digest ACLs). Each maps
+#: OpenSSL's libcrypto: 4-5 MB of a waiting candidate's RSS. They load on first use.
+DEFERRED_IMPORTS: dict[str, tuple[str, ...]] = {
+    "lelect.backends.zookeeper.backend": ("ssl", "hashlib"),
+}
+
 
 def __getattr__(name: str) -> object:
     if name in ("BackendURL", "mask_url", "parse_url"):
@@ -78,8 +85,36 @@ def connect(url: str | None = None, *, create: bool = True) -> Backend:
             + ", ".join(f"{s}://" for s in sorted(SCHEMES))
         )
     module_name, class_name = target.split(":")
+    defer_imports(*DEFERRED_IMPORTS.get(module_name, ()))
     module = importlib.import_module(module_name)
     backend_class = getattr(module, class_name)
     if not create and getattr(backend_class, "creates_state", False):
         return backend_class(parsed, create=False)
     return backend_class(parsed)
+
+
+def defer_imports(*names: str) -> None:
+    """Make each module in ``names`` that is not imported yet load on its first use (an
+    attribute read) rather than at its ``import``: a library's ``import`` of it then binds
+    a stand-in that costs nothing until the library uses it. A module already imported is
+    left as it is."""
+    import sys
+    import types
+
+    for name in names:
+        if name in sys.modules:
+            continue
+        stand_in = types.ModuleType(name, f"{name}, loaded on first use")
+
+        def load(attribute: str, name: str = name, stand_in: types.ModuleType = stand_in):
+            # The stand-in has no __spec__, so an ``import`` statement binds it as it is
+            # (importlib.util.LazyLoader's module would load at the statement). The real
+            # module's names are copied onto it for whoever bound it.
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+            real = importlib.import_module(name)
+            vars(stand_in).update(vars(real))
+            return getattr(real, attribute)
+
+        stand_in.__getattr__ = load  # type: ignore[method-assign]  # PEP 562
+        sys.modules[name] = stand_in
