@@ -277,12 +277,15 @@ def mysql_server(work: Path) -> Iterator[Server]:
 
     def waiting(election: str) -> int:
         """Candidates blocked in GET_LOCK on the election's doorbell (MariaDB's "User
-        lock" state); the leader holds the lock and a waiter between two slices of its
-        wait is not counted."""
+        lock" state), and those between two pieces of that wait, reading the lease (the
+        leader holds the lock; its renew and release are not counted)."""
         bell = sql.lock_name(DATABASE, "lelect_", election).encode().hex()  # as sql.literal sends it
-        return int(query("SELECT count(*) FROM information_schema.processlist"
-                         f" WHERE user = '{USER}' AND state = 'User lock'"
-                         f" AND info LIKE '%{bell}%'")[0][0])  # fmt: skip
+        name = election.encode().hex()
+        return int(query(
+            "SELECT count(*) FROM information_schema.processlist"
+            f" WHERE user = '{USER}' AND ((state = 'User lock' AND info LIKE '%{bell}%')"
+            f" OR (info LIKE '%{name}%' AND info NOT LIKE '%lelect acquire%'"
+            " AND info NOT LIKE '%lelect renew%' AND info NOT LIKE '%lelect release%'))")[0][0])
 
     def connections() -> int:
         return int(query("SELECT count(*) FROM information_schema.processlist"
