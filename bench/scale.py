@@ -19,7 +19,9 @@ candidates wait behind it. Then:
   ``grpc_server_msg_received_total`` of ``/metrics`` (every unary call and every message on
   a stream; lelect's JSON gateway calls end up there too); PostgreSQL: calls in
   ``pg_stat_statements`` by the candidates' role (``xact_commit`` of ``pg_stat_database``
-  lags by up to a second, so it is not shown). "srv ms" is the server's CPU time (psutil;
+  lags by up to a second, so it is not shown); MariaDB: ``Questions`` of ``SHOW GLOBAL
+  STATUS`` less the monitor's own (every statement of a multi-statement text counts: a
+  lelect verb is one round trip of up to 15 statements). "srv ms" is the server's CPU time (psutil;
   PostgreSQL: the postmaster, its backends and those it reaped). Both are means over the handoffs;
 - idle load per waiter: the same counters over ``--idle`` s with the leader alone, then
   with the N waiters, once their start-up traffic is over (at most one request per
@@ -31,12 +33,13 @@ candidates wait behind it. Then:
 - memory per candidate: RSS and PSS (psutil) of each waiter's process tree (lelect and
   its keeper; an anchor's process), averaged;
 - connections per candidate: TCP connections from each waiter's process tree to the
-  server's port, averaged;
+  server's port, averaged (MariaDB: also the server's count for lelect's user, printed
+  below the table);
 - all waiting: seconds from starting the N waiters at once until all of them wait.
 
 Anchors: ``flock(1)`` for file, kazoo's ``Election`` recipe (one python process per
-candidate) for zookeeper, ``etcdctl lock`` and ``etcdctl elect`` for etcd. Redis and
-PostgreSQL have none. Servers are started on loopback with free ports (the test suite's
+candidate) for zookeeper, ``etcdctl lock`` and ``etcdctl elect`` for etcd. Redis,
+PostgreSQL and MariaDB (``-b mysql``) have none. Servers are started on loopback with free ports (the test suite's
 classes). lelect runs with ``--heartbeat-interval 0`` (``--heartbeats``: other intervals, or
 lelect's default, each a side of its own) and the backend's default ttl, byte-compiled first
 (as an installed lelect is: with PYTHONDONTWRITEBYTECODE and no cache, every candidate would
@@ -70,7 +73,7 @@ from redis_idle import REQUESTS
 from lelect.backends.file.state import flock_waiters
 from tests.helpers import lelect_env, redis_listeners, zk_queue
 
-BACKENDS = ("file", "redis", "zookeeper", "etcd", "postgres")
+BACKENDS = ("file", "redis", "zookeeper", "etcd", "postgres", "mysql")
 #: Commands a Redis client sends itself (everything else in commandstats ran in a script).
 REDIS_REQUESTS = REQUESTS | {"evalsha_ro", "eval_ro", "fcall", "fcall_ro", "unsubscribe",
                              "ssubscribe", "sunsubscribe", "psubscribe", "punsubscribe",
@@ -250,8 +253,55 @@ def postgres_server(work: Path) -> Iterator[Server]:
         cluster.remove()
 
 
+@contextmanager
+def mysql_server(work: Path) -> Iterator[Server]:
+    from lelect.backends.mysql import sql
+    from tests.plugins.mysql_server import DATABASE, USER, MariaDBServer
+
+    maria = MariaDBServer()
+    monitor = maria.connect()  # root over the unix socket: not a TCP connection to the port
+    asked = [0]  # the monitor's own statements, each counted in Questions
+
+    def query(statement: str) -> list[tuple]:
+        asked[0] += 1
+        with monitor.cursor() as cursor:
+            cursor.execute(statement)
+            return list(cursor.fetchall())
+
+    def counters() -> dict[str, float]:
+        # Questions counts every statement clients send (each one of a multi-statement
+        # text, connection set-up included, not COM_PING), the monitor's own too.
+        before = asked[0]
+        questions = int(query("SHOW GLOBAL STATUS LIKE 'Questions'")[0][1])
+        return {"requests": float(questions - before - 1)}
+
+    def waiting(election: str) -> int:
+        """Candidates blocked in GET_LOCK on the election's doorbell (MariaDB's "User
+        lock" state), and those between two pieces of that wait, reading the lease (the
+        leader holds the lock; its renew and release are not counted)."""
+        bell = sql.lock_name(DATABASE, "lelect_", election).encode().hex()  # as sql.literal sends it
+        name = election.encode().hex()
+        return int(query(
+            "SELECT count(*) FROM information_schema.processlist"
+            f" WHERE user = '{USER}' AND ((state = 'User lock' AND info LIKE '%{bell}%')"
+            f" OR (info LIKE '%{name}%' AND info NOT LIKE '%lelect acquire%'"
+            " AND info NOT LIKE '%lelect renew%' AND info NOT LIKE '%lelect release%'))")[0][0])
+
+    def connections() -> int:
+        return int(query("SELECT count(*) FROM information_schema.processlist"
+                         f" WHERE user = '{USER}'")[0][0])  # fmt: skip
+
+    try:
+        yield Server("mysql", maria.url(), maria.port, counters,
+                     lambda: tree_cpu([maria.process.pid]),
+                     {"server": maria, "waiting": waiting, "connections": connections})
+    finally:
+        monitor.close()
+        maria.remove()
+
+
 SERVERS = {"file": file_server, "redis": redis_server, "zookeeper": zookeeper_server,
-           "etcd": etcd_server, "postgres": postgres_server}  # fmt: skip
+           "etcd": etcd_server, "postgres": postgres_server, "mysql": mysql_server}  # fmt: skip
 
 
 # -- the sides: lelect and the anchors -------------------------------------------------------
@@ -294,6 +344,8 @@ def lelect_side(server: Server, heartbeats: str = "0") -> Side:
                 found = backend.gateway.range(keys.contenders, prefix=True, count_only=True,
                                               budget=5.0)  # fmt: skip
             return found.count - 1
+    elif server.name == "mysql":
+        waiting = server.extra["waiting"]
     else:
         monitor = server.extra["monitor"]
         # Live tickets in the line (a winner gives its ticket up). Not pg_stat_activity's
@@ -384,6 +436,9 @@ class Result:
     all_waiting: float
     #: {"waiting lelect": (rss, pss, uss), ..., "leader keeper": ...}, MB, means
     roles: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    #: Connections the server counts for the candidates' user, per candidate (leader
+    #: included; None: the server cannot say)
+    server_connections: float | None = None
 
 
 class Line:
@@ -552,6 +607,8 @@ def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
             quiet(server, waiters + 1)
         queue = line.waiters()
         rss, pss, connections = footprint(queue, server.port)
+        by_server = server.extra.get("connections")
+        server_connections = by_server() / (waiters + 1) if by_server else None
         roles = role_footprint(queue, "waiting")
         leader = [p for p in line.processes if p not in queue and p.poll() is None]
         roles.update(role_footprint(leader, "leading"))
@@ -583,7 +640,7 @@ def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
             time.sleep(args.settle)
         idle = (full - alone) / waiters if has_server else None
         return Result(side.label, waiters, handoffs, requests, cpu, idle, wakeups, rss, pss,
-                      connections, all_waiting, roles)  # fmt: skip
+                      connections, all_waiting, roles, server_connections)  # fmt: skip
     finally:
         line.close()
 
@@ -655,6 +712,10 @@ def main() -> None:
                         results.append(result)
     print(f"\nhandoff: the leader's job exits -> the next job's first line; {args.trials}"
           f" handoffs per row; server counters less the idle rate; idle windows {args.idle:g} s")
+    for r in results:
+        if r.server_connections is not None:
+            print(f"{r.label}, {r.waiters} waiting: the server counts {r.server_connections:.2f}"
+                  " connections of lelect's user per candidate (leader included)")
     if args.per_process:
         print("\n| side | N | process | RSS MB | PSS MB | USS MB |\n|---|---|---|---|---|---|")
         for r in results:

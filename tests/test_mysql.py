@@ -193,6 +193,102 @@ def test_waiters_block_on_the_leaders_lock_and_the_next_in_line_is_woken(mysql_s
             leadership.release()
 
 
+def test_a_waiter_behind_a_renewing_leader_reads_the_lease_at_its_expiry_and_acquires_nothing(
+        url):  # fmt: skip
+    """At the lease's expiry a waiter reads how long the lease has now (a renewed lease:
+    it waits on until then); it runs the acquire's transaction only when the lease is
+    gone: about once per lease, one read and one wait, never a write."""
+    with connect(url.replace("ttl=2s", "ttl=1s")) as leading, connect(url) as waiting:
+        leader = leading.campaign("renewing", candidate("a"), timeout=5)
+        sent: list[str] = []
+        session = waiting._command
+        run, run_long = session.run, session.run_long
+
+        def spy(original):
+            def call(sql, *args, **kwargs):
+                sent.append(sql)
+                return original(sql, *args, **kwargs)
+            return call
+
+        session.run, session.run_long = spy(run), spy(run_long)
+        won: list = []
+        thread = threading.Thread(target=lambda: won.append(
+            waiting.campaign("renewing", candidate("b"), timeout=30)))
+        thread.start()
+        try:
+            wait_until(lambda: any("GET_LOCK" in text for text in sent), timeout=10,
+                       what="the waiter in GET_LOCK")
+            began = len(sent)
+            time.sleep(4.0)  # four leases of 1 s, each renewed
+            quiet = sent[began:]
+            assert not [text for text in quiet if "lelect acquire" in text], len(quiet)
+            assert 2 <= sum("GET_LOCK" in text for text in quiet) <= 12, quiet
+            assert not won
+        finally:
+            leader.release()
+            thread.join(10)
+            for leadership in won:
+                leadership.release()
+        assert won, "the waiter took over after the release"
+
+
+def test_a_waiting_candidate_loads_no_openssl(mysql_server, url, processes):
+    """Without TLS a candidate waiting in line has not loaded OpenSSL's libraries (ssl,
+    _hashlib: megabytes of memory): PyMySQL is imported without them, and lelect's
+    tokens and lock names use none."""
+    leader = subprocess.Popen([*LELECT, "campaign", "lean", "--", "sleep", "60"],
+                              env=lelect_env(url), stdout=subprocess.DEVNULL)  # fmt: skip
+    processes.append(leader)
+    with connect(url) as backend:
+        wait_until(lambda: backend.leader("lean"), timeout=20, what="the leader")
+    waiter = subprocess.Popen([*LELECT, "campaign", "lean", "--", "true"], env=lelect_env(url),
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    processes.append(waiter)
+
+    def blocked() -> int:
+        return mysql_server.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+                                " WHERE INFO LIKE '%GET_LOCK(%' AND USER = 'lelect'")[0][0]
+
+    wait_until(lambda: blocked() >= 1, timeout=20, what="the candidate in line")
+    maps = Path(f"/proc/{waiter.pid}/maps").read_text()
+    assert not [line for line in maps.splitlines() if "libssl" in line or "libcrypto" in line
+                or "_ssl." in line or "_hashlib." in line]
+
+
+TLS_AFTER_A_LEAN_IMPORT = """
+import sys, json
+import lelect.backends.mysql.backend
+from lelect.backends import connect
+from tests.helpers import candidate
+lean = not {"ssl", "_hashlib"} & set(sys.modules)
+tls_url, plain_url = sys.argv[1:]
+sockets = []
+for url in (tls_url, plain_url):
+    with connect(url) as backend:
+        leadership = backend.campaign("tls", candidate("a"), timeout=5)
+        sockets.append(type(leadership.session.connection._sock).__name__)
+        leadership.release()
+import hashlib  # anyone's later hashlib is OpenSSL's, as ever
+print(json.dumps({"lean": lean, "sockets": sockets, "openssl": hasattr(hashlib, "scrypt")}))
+"""
+
+
+def test_tls_after_an_import_without_openssl_and_none_when_not_asked(mysql_tls_server):
+    """In a process that imported the backend without OpenSSL, a TLS URL still speaks
+    TLS; a URL without TLS speaks none even to a server that offers it (PyMySQL 1.2
+    would, building a TLS context on every connection); hashlib imported later is
+    OpenSSL's."""
+    server, certs = mysql_tls_server
+    tls = server.url(ttl="2s", ssl_mode="verify_identity", ssl_ca=str(certs["ca"]))
+    plain = server.url(ttl="2s", prefix=fresh_prefix())
+    out = subprocess.run([sys.executable, "-c", TLS_AFTER_A_LEAN_IMPORT, tls, plain],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"lean": True, "sockets": ["SSLSocket", "socket"],
+                                      "openssl": True}
+
+
 def test_a_waiter_heartbeats_and_looks_up_on_its_one_connection(mysql_server):
     """A candidate waiting behind a long lease (12 s) holds one connection: its GET_LOCK
     wait is cut so that its heartbeats (every 0.3 s) still arrive on time, and a lookup

@@ -34,7 +34,7 @@ own: a wait must not hold up a renew.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -242,7 +242,7 @@ class MySQLBackend(SqlNotes, Backend):
     ) -> Leadership:
         validate_stored(election)
         ttl = self.default_ttl if ttl is None else ttl
-        token = secrets.token_hex(16)
+        token = _random_hex()
         bell = self._bell(election)
         retry = self.retry.attempts(timeout, cancel=cancel)
         give_up = retry.give_up.at
@@ -310,7 +310,7 @@ class MySQLBackend(SqlNotes, Backend):
 
     def _acquire_sql(self, election: str, token: str, candidate: Candidate, ttl: float) -> str:
         return self.render(
-            sql.ACQUIRE, election=election, token=token, attempt=secrets.token_hex(16),
+            sql.ACQUIRE, election=election, token=token, attempt=_random_hex(),
             node_id=candidate.node_id, host=candidate.host, pid=candidate.pid,
             ttl_us=sql.microseconds(ttl), history_limit=self.history_limit,
             vanished_reason=VANISHED_REASON,
@@ -323,7 +323,9 @@ class MySQLBackend(SqlNotes, Backend):
         holder (the next in line while the lease stands) looks again every POLL_BOUND;
         the others block on the lock until the lease's expiry by the server's clock, in
         slices (:meth:`_slice`) between which the connection serves the heartbeats and
-        whatever else this process sends."""
+        whatever else this process sends. At the expiry one read says whether the
+        leader renewed (then they wait on until the new expiry) or the lease is gone
+        (False: the caller tries to take it)."""
         if left_s is None or left_s <= 0:
             return holding_bell  # expired or just gone: look again at once
         now = time.monotonic()
@@ -337,7 +339,20 @@ class MySQLBackend(SqlNotes, Backend):
                 (cancel or threading.Event()).wait(wait_slice(left, cancel) or left)
             return True
         end = now + wait
-        while (wait := end - time.monotonic()) > 0:
+        while True:
+            wait = end - time.monotonic()
+            if wait <= 0:
+                if give_up is not None and time.monotonic() >= give_up:
+                    return False
+                # The lease was due to expire: read how long it has now (one read, not
+                # the acquire's transaction); a leader that renewed is waited on again.
+                left_s = self._leader(session, election, self.connect_timeout)[1]
+                if left_s is None or left_s <= 0:
+                    return False
+                end = time.monotonic() + min(left_s + 0.001, LONGEST_WAIT)
+                if give_up is not None:
+                    end = min(end, give_up)
+                continue
             piece = round(min(wait, self._slice(first)), 3)
             first = False
             try:
@@ -350,7 +365,6 @@ class MySQLBackend(SqlNotes, Backend):
             check_cancel(cancel, election)
             if rows and rows[0][0] is not None and int(rows[0][0]) == 1:
                 return True
-        return False
 
     def _retry(self, attempts: Attempts, exc: LinkError) -> None:
         """Pause before the next try, or raise the one-line error when that was the last."""
@@ -500,7 +514,7 @@ class MySQLBackend(SqlNotes, Backend):
         statement = self.render(
             sql.PUT_NOTE, election=election, key=check_note_key(key), data=check_note(data),
             ttl_us=None if ttl is None else sql.microseconds(ttl), only_new=create,
-            attempt=secrets.token_hex(16),
+            attempt=_random_hex(),
         )  # fmt: skip
         rows = self._write(statement)
         return bool(rows and int(rows[0][0] or 0))
@@ -564,6 +578,12 @@ class MySQLBackend(SqlNotes, Backend):
             if exc.no_table and not create:
                 return []
             raise self.options.unavailable(exc) from None
+
+
+def _random_hex() -> str:
+    """32 random hex digits (as secrets.token_hex(16), without secrets: it imports hashlib
+    and so OpenSSL's libcrypto, megabytes of a waiting candidate's memory)."""
+    return os.urandom(16).hex()
 
 
 def _seconds(value: object) -> float | None:

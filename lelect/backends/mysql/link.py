@@ -13,11 +13,13 @@ parser's own exceptions.
 from __future__ import annotations
 
 import socket
-import ssl
+import sys
 import threading
 import time
+import types
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -32,13 +34,65 @@ from lelect.backends.records import DEFAULT_HISTORY
 from lelect.backends.urls import BackendURL
 from lelect.errors import BackendUnavailable, ConfigError, LelectError, UsageError
 
+if TYPE_CHECKING:
+    import ssl
+
+
+class _OnFirstUse(types.ModuleType):
+    """A module imported when one of its names is first used."""
+
+    def __getattr__(self, name: str) -> object:
+        __import__(self.__name__)
+        return getattr(sys.modules[self.__name__], name)
+
+
+def _import_pymysql() -> None:
+    """Import PyMySQL without OpenSSL when nothing here has loaded it yet.
+
+    PyMySQL imports ``ssl`` (for TLS) and ``hashlib`` (for password scrambles) when it
+    is imported; both load OpenSSL's libraries, about 7 MB of every waiting candidate's
+    memory, which a URL without TLS never needs. So, while PyMySQL is imported (and only
+    in a process with no other thread, which could import them meanwhile):
+
+    - ``ssl`` reads as missing; PyMySQL is then given a module that imports ``ssl`` on
+      first use, with TLS enabled, so it behaves as imported normally (lelect's TLS
+      passes its own context; PyMySQL's own defaults import ``ssl`` then);
+    - ``_hashlib`` reads as missing, so PyMySQL's ``hashlib`` is CPython's own hashes
+      (sha1, sha256, sha512: all PyMySQL uses); that ``hashlib`` is then taken out of
+      ``sys.modules``, so whoever imports ``hashlib`` later gets OpenSSL's as usual.
+    """
+    loaded = set(sys.modules)
+    blocked = [name for name in ("ssl", "_hashlib") if name not in loaded]
+    if "hashlib" in loaded and "_hashlib" in blocked:
+        blocked.remove("_hashlib")  # the hashlib PyMySQL gets is the one already there
+    if threading.active_count() > 1:
+        blocked = []
+    try:
+        for name in blocked:
+            sys.modules[name] = None  # type: ignore[assignment]
+        import pymysql  # noqa: F401
+        import pymysql.connections
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+        if "_hashlib" in blocked and "hashlib" not in loaded:
+            sys.modules.pop("hashlib", None)
+    if "ssl" in blocked and not pymysql.connections.SSL_ENABLED:
+        pymysql.connections.ssl = _OnFirstUse("ssl")
+        pymysql.connections.SSL_ENABLED = True
+
+
 try:
+    _import_pymysql()
     import pymysql
     from pymysql.constants import CLIENT
 except ImportError:  # pragma: no cover - tested by running lelect without PyMySQL
     raise UsageError("mysql:// needs PyMySQL: pip install 'lelect[mysql]' (or pip install PyMySQL)"
                      ) from None
 
+#: PyMySQL takes ``ssl_disabled`` (1.2 and later speak TLS by default when it is not set)
+_SSL_DISABLED = "ssl_disabled" in pymysql.connections.Connection.__init__.__code__.co_varnames
 DEFAULT_PORT = 3306
 OPTIONS = {"ttl", "connect_timeout", "history", "prefix", "ssl_mode", "ssl_ca", "ssl_cert",
            "ssl_key"}
@@ -149,6 +203,8 @@ class MySQLOptions:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
             return None
+        import ssl
+
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -229,7 +285,8 @@ def _link_error(exc: BaseException) -> LinkError:
         return LinkError("no answer in time", timed_out=True)
     if isinstance(exc, ConnectionRefusedError):
         return LinkError("connection refused", 2003)
-    if isinstance(exc, ssl.SSLError):
+    ssl = sys.modules.get("ssl")  # no TLS without it: then no SSLError either
+    if ssl is not None and isinstance(exc, ssl.SSLError):
         return LinkError(server_text(str(exc)), TLS_FAILED)
     text = server_text(str(exc)) or type(exc).__name__
     if isinstance(exc, OSError):
@@ -303,6 +360,9 @@ def open_connection(options: MySQLOptions, budget: float) -> pymysql.connections
     box: dict[str, object] = {}
     budget = max(budget, 0.001)
     context = options.ssl_context()  # a missing file is the URL's fault: UsageError
+    # Without TLS asked for, none: PyMySQL 1.2 would otherwise build a TLS context (the
+    # system's CA store) for every connection and speak TLS to a server that offers it.
+    no_tls = {"ssl_disabled": True} if context is None and _SSL_DISABLED else {}
 
     def attempt() -> None:
         conn = None
@@ -314,9 +374,9 @@ def open_connection(options: MySQLOptions, budget: float) -> pymysql.connections
                 connect_timeout=budget, read_timeout=budget, write_timeout=budget,
                 client_flag=CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS,
                 init_command=SESSION_SETUP, ssl=context, local_infile=False,
-                program_name="lelect",
+                program_name="lelect", **no_tls,
             )  # fmt: skip
-            if options.tls and not isinstance(conn._sock, ssl.SSLSocket):
+            if options.tls and type(conn._sock).__name__ != "SSLSocket":
                 conn.close()
                 conn = None
                 raise LinkError("the server does not offer TLS, which the URL's ssl_mode"

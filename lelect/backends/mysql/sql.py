@@ -29,9 +29,16 @@ after them (``expires_at`` last), so MySQL's left-to-right rule and MariaDB's
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
+
+try:  # CPython's own SHA-256: hashlib would load OpenSSL's libcrypto (megabytes) for it
+    from _sha256 import sha256  # type: ignore[import-not-found]  # Python <= 3.11
+except ImportError:  # pragma: no cover - depends on the Python
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found,no-redef]  # Python >= 3.12
+    except ImportError:
+        from hashlib import sha256  # type: ignore[no-redef]
 
 from lelect.backends.records import MAX_ARRIVALS, MAX_SLOTS
 
@@ -95,7 +102,7 @@ def with_timeout(sql: str, budget: float, mariadb: bool) -> str:
 def lock_name(database: str, prefix: str, election: str) -> str:
     """The election's wake-up lock (``GET_LOCK``; at most 64 characters): held by the
     leader, waited on by the line. Never the leadership itself."""
-    digest = hashlib.sha256(f"{database}/{prefix}/{election}".encode("utf-8", "surrogateescape"))
+    digest = sha256(f"{database}/{prefix}/{election}".encode("utf-8", "surrogateescape"))
     return "lelect:" + digest.hexdigest()[:48]
 
 
