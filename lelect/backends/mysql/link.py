@@ -16,11 +16,11 @@ import socket
 import sys
 import threading
 import time
-import types
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lelect.backends import defer_imports
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TTL,
@@ -38,49 +38,34 @@ if TYPE_CHECKING:
     import ssl
 
 
-class _OnFirstUse(types.ModuleType):
-    """A module imported when one of its names is first used."""
-
-    def __getattr__(self, name: str) -> object:
-        __import__(self.__name__)
-        return getattr(sys.modules[self.__name__], name)
-
-
 def _import_pymysql() -> None:
     """Import PyMySQL without OpenSSL when nothing here has loaded it yet.
 
     PyMySQL imports ``ssl`` (for TLS) and ``hashlib`` (for password scrambles) when it
     is imported; both load OpenSSL's libraries, about 7 MB of every waiting candidate's
-    memory, which a URL without TLS never needs. So, while PyMySQL is imported (and only
-    in a process with no other thread, which could import them meanwhile):
+    memory, which a URL without TLS never needs. So:
 
-    - ``ssl`` reads as missing; PyMySQL is then given a module that imports ``ssl`` on
-      first use, with TLS enabled, so it behaves as imported normally (lelect's TLS
-      passes its own context; PyMySQL's own defaults import ``ssl`` then);
-    - ``_hashlib`` reads as missing, so PyMySQL's ``hashlib`` is CPython's own hashes
-      (sha1, sha256, sha512: all PyMySQL uses); that ``hashlib`` is then taken out of
-      ``sys.modules``, so whoever imports ``hashlib`` later gets OpenSSL's as usual.
+    - ``ssl`` is deferred (:func:`lelect.backends.defer_imports`): PyMySQL binds it, and it
+      loads when TLS is first used;
+    - while PyMySQL is imported (and only in a process with no other thread, which could
+      import it meanwhile), ``_hashlib`` reads as missing, so PyMySQL's ``hashlib`` is
+      CPython's own hashes (sha1, sha256, sha512: all PyMySQL uses); that ``hashlib`` is
+      then taken out of ``sys.modules``, so whoever imports ``hashlib`` later gets
+      OpenSSL's as usual.
     """
+    defer_imports("ssl")
     loaded = set(sys.modules)
-    blocked = [name for name in ("ssl", "_hashlib") if name not in loaded]
-    if "hashlib" in loaded and "_hashlib" in blocked:
-        blocked.remove("_hashlib")  # the hashlib PyMySQL gets is the one already there
-    if threading.active_count() > 1:
-        blocked = []
+    blocked = "hashlib" not in loaded and "_hashlib" not in loaded and threading.active_count() == 1
     try:
-        for name in blocked:
-            sys.modules[name] = None  # type: ignore[assignment]
+        if blocked:
+            sys.modules["_hashlib"] = None  # type: ignore[assignment]
         import pymysql  # noqa: F401
-        import pymysql.connections
+        import pymysql.connections  # noqa: F401
     finally:
-        for name in blocked:
-            if sys.modules.get(name, False) is None:
-                del sys.modules[name]
-        if "_hashlib" in blocked and "hashlib" not in loaded:
+        if blocked:
+            if sys.modules.get("_hashlib", False) is None:
+                del sys.modules["_hashlib"]
             sys.modules.pop("hashlib", None)
-    if "ssl" in blocked and not pymysql.connections.SSL_ENABLED:
-        pymysql.connections.ssl = _OnFirstUse("ssl")
-        pymysql.connections.SSL_ENABLED = True
 
 
 try:
@@ -285,8 +270,8 @@ def _link_error(exc: BaseException) -> LinkError:
         return LinkError("no answer in time", timed_out=True)
     if isinstance(exc, ConnectionRefusedError):
         return LinkError("connection refused", 2003)
-    ssl = sys.modules.get("ssl")  # no TLS without it: then no SSLError either
-    if ssl is not None and isinstance(exc, ssl.SSLError):
+    # No TLS without _ssl, and then no SSLError either (ssl may be a deferred stand-in).
+    if "_ssl" in sys.modules and isinstance(exc, sys.modules["ssl"].SSLError):
         return LinkError(server_text(str(exc)), TLS_FAILED)
     text = server_text(str(exc)) or type(exc).__name__
     if isinstance(exc, OSError):
