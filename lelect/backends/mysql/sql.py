@@ -246,12 +246,9 @@ SELECT ROW_COUNT(), (SELECT resign_requested FROM %(t_lease)s
                      WHERE election = %(election)s AND token = %(token)s)"""
 
 #: Release our live lease (only by our token); close our own history entry if still
-#: "running" (first writer wins), mark a once-per slot done for an "exited 0", and with
-#: ``forget`` drop our member record (the keeper's hand-back).
-#: -> (released, entry closed, slot marked, member dropped) as counts
-RELEASE = """SET @lelect_released = 0, @lelect_closed = 0, @lelect_done = 0,
-    @lelect_forgotten = 0;
-START TRANSACTION;
+#: "running" (first writer wins); then RELEASE_SLOT and RELEASE_FORGET when they apply, and
+#: RELEASE_END. -> (released, entry closed, slot marked, member dropped) as counts
+RELEASE = """START TRANSACTION;
 DELETE FROM %(t_lease)s /* lelect release */
 WHERE election = %(election)s AND token = %(token)s AND expires_at > NOW(6);
 SET @lelect_released = ROW_COUNT();
@@ -261,7 +258,10 @@ SET ended = NOW(6), outcome = %(outcome)s, exit_status = %(exit_status)s, reason
 WHERE election = %(election)s AND term = %(term)s AND token = %(token)s
   AND outcome = 'running';
 SET @lelect_closed = ROW_COUNT();
-INSERT IGNORE INTO %(t_slot)s
+"""
+
+#: Mark a once-per slot done (an "exited 0" of a run with a slot) if we closed the entry.
+RELEASE_SLOT = """INSERT IGNORE INTO %(t_slot)s
     (election, slot_key, slot, term, node_id, host, pid, started, ended, exit_status)
 SELECT election, SHA2(slot, 256), slot, term, node_id, host, pid, started, ended, exit_status
 FROM %(t_history)s
@@ -271,20 +271,30 @@ SET @lelect_done = ROW_COUNT();
 DELETE FROM %(t_slot)s WHERE @lelect_done > 0 AND election = %(election)s AND ended < (
     SELECT ended FROM (SELECT ended FROM %(t_slot)s WHERE election = %(election)s
                        ORDER BY ended DESC LIMIT 1 OFFSET %(slots_kept)s) AS oldest_kept);
-DELETE FROM %(t_member)s WHERE %(forget)s AND election = %(election)s AND node_id = %(node_id)s;
+"""
+
+#: Drop our member record (the keeper's hand-back).
+RELEASE_FORGET = """DELETE FROM %(t_member)s WHERE election = %(election)s AND node_id = %(node_id)s;
 SET @lelect_forgotten = ROW_COUNT();
-COMMIT;
-SELECT @lelect_released, @lelect_closed, @lelect_done, @lelect_forgotten"""
+"""
+
+RELEASE_END = """COMMIT;
+SELECT @lelect_released, @lelect_closed, %(done)s, %(forgotten)s"""
 
 
 def release_statement(prefix: str, *, election: str, token: str, term: int, node_id: str,
                       outcome: str, exit_status: int | None, reason: str | None,
                       slot: str | None, forget: bool) -> str:  # fmt: skip
     """:data:`RELEASE` for one leadership: the backend's resign and the keeper's hand-back
-    (``forget``: drop the member record too) send the same text."""
+    (``forget``: drop the member record too) send the same text. The parts that cannot
+    apply are left out (each statement of a text is server work: a plain release is 7)."""
+    marks_slot = slot is not None and outcome == "exited" and exit_status == 0
+    text = (RELEASE + (RELEASE_SLOT if marks_slot else "") + (RELEASE_FORGET if forget else "")
+            + RELEASE_END % {"done": "@lelect_done" if marks_slot else "0",
+                             "forgotten": "@lelect_forgotten" if forget else "0"})
     return render(
-        RELEASE, prefix, election=election, token=token, term=term, node_id=node_id,
-        outcome=outcome, exit_status=exit_status, reason=reason, slot=slot, forget=forget,
+        text, prefix, election=election, token=token, term=term, node_id=node_id,
+        outcome=outcome, exit_status=exit_status, reason=reason, slot=slot,
         slots_kept=MAX_SLOTS - 1,
     )  # fmt: skip
 
