@@ -25,9 +25,16 @@ Tables (in the URL's ``?schema=``, default ``lelect``):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
+
+try:  # Python's own SHA-256: hashlib would map OpenSSL's libcrypto for two channel names
+    from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
+except ImportError:  # pragma: no cover - by Python version
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found,no-redef]
+    except ImportError:
+        from hashlib import sha256  # type: ignore[assignment]
 
 from lelect.backends.records import MAX_SLOTS
 
@@ -84,14 +91,14 @@ def with_timeout(sql: str, budget: float) -> str:
 def channel(schema: str, election: str) -> str:
     """The election's LISTEN/NOTIFY channel: a hash, since a channel name holds at most
     63 bytes and election names up to 128."""
-    digest = hashlib.sha256(f"{schema}/{election}".encode("utf-8", "surrogateescape"))
+    digest = sha256(f"{schema}/{election}".encode("utf-8", "surrogateescape"))
     return "lelect_" + digest.hexdigest()[:32]
 
 
 def wake_channel(schema: str, election: str, token: str) -> str:
     """The channel one waiting candidate LISTENs on: a release NOTIFYs the head of the
     line there, and nobody else."""
-    digest = hashlib.sha256(f"{schema}/{election}/{token}".encode("utf-8", "surrogateescape"))
+    digest = sha256(f"{schema}/{election}/{token}".encode("utf-8", "surrogateescape"))
     return "lelectw_" + digest.hexdigest()[:32]
 
 
