@@ -25,7 +25,7 @@ campaign running at the same time in the same process gets a session of its own.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import socket
 import threading
 import time
@@ -236,7 +236,8 @@ class PostgresBackend(SqlNotes, Backend):
     ) -> Leadership:
         validate_stored(election)
         ttl = self.default_ttl if ttl is None else ttl
-        token = secrets.token_hex(16)
+        # secrets.token_hex(16), without secrets' hmac and hashlib (OpenSSL's libcrypto).
+        token = os.urandom(16).hex()
         channel = sql.channel(self.options.schema, election)
         wake = sql.wake_channel(self.options.schema, election, token)
         queue = not (no_wait or timeout == 0)  # one try needs no wake-up, nor a ticket

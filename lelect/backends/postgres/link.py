@@ -195,6 +195,8 @@ class PostgresOptions:
         bound = self.connect_timeout if within is None else within
         if "invalid" in lower and ("value" in lower or "option" in lower):
             return UsageError(f"bad option in the PostgreSQL URL: {text}")
+        if isinstance(exc, wire.ProtocolError):
+            return BackendUnavailable(f"PostgreSQL at {self.where} failed: {text}")
         if isinstance(exc, StatementTimeout):
             return unreachable("PostgreSQL", self.where, bound, "no answer in time")
         if isinstance(exc, wire.InsufficientPrivilege):

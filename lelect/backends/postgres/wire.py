@@ -29,6 +29,8 @@ MAX_MESSAGE = 16 << 20
 #: The most a query's rows may take together, and the most notifications kept unread.
 MAX_RESULT = 64 << 20
 MAX_PENDING = 10_000
+#: What one poll of an idle connection reads before it looks at what it read.
+POLL_READ = 1 << 18
 #: SCRAM iteration counts accepted: RFC 7677's minimum, and a bound that a server cannot
 #: use to keep the client hashing (PostgreSQL's default is 4096).
 MIN_ITERATIONS = 4096
@@ -288,7 +290,7 @@ class Wire:
         ended: Error | None = None
         try:
             while self._fill(block=False):
-                if len(self._buffer) > self.max_message + 5:
+                if len(self._buffer) > POLL_READ:
                     break  # parse before reading on: a flood is caught by its count
         except Error as exc:
             ended = exc
