@@ -1,8 +1,9 @@
 """PostgreSQL backend: ``postgresql://[user[:pw]@]host[:port][,host2…]/dbname`` (also
 ``postgres://``); lelect's options ``schema`` (default ``lelect``), ``ttl``,
-``connect_timeout`` and ``history``; every other query option goes to libpq as it is
-(``sslmode``, ``sslrootcert``, ``application_name``, ``target_session_attrs``, …). A
-password may come from ``PGPASSWORD`` or ``~/.pgpass``, as with psql.
+``connect_timeout`` and ``history``; the other query options are libpq's, as far as
+lelect's own client (``wire``) speaks them (``sslmode``, ``sslrootcert``,
+``application_name``, ``target_session_attrs``, …). A password may come from
+``PGPASSWORD`` or ``~/.pgpass``, as with psql.
 
 A leadership is a row in ``<schema>.lease`` acquired, renewed and released by single
 guarded statements (``sql``): acquired only if absent or expired, renewed and
