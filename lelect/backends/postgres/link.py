@@ -149,6 +149,7 @@ class PostgresOptions:
         settings = _settings(url, given, environ)
         hosts = settings["host"].split(",")
         ports = settings["port"].split(",")
+        hosts = [host or wire.default_socket_dir() for host in hosts]
         where = ",".join(
             host if host.startswith("/")
             else f"{f'[{host}]' if ':' in host else host}:{port or DEFAULT_PORT}"
