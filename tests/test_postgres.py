@@ -207,11 +207,13 @@ def test_without_psycopg_a_postgresql_url_works(postgres_cluster, postgres_datab
     assert out.stdout.startswith("term="), out.stdout
 
 
+@pytest.mark.parametrize("through", ["unix-socket-trust", "tcp-scram"])
 def test_a_waiting_candidate_imports_neither_psycopg_nor_ssl_nor_hashlib(
-        postgres_cluster, postgres_database, tmp_path, processes):  # fmt: skip
-    """Trust authentication without TLS needs no TLS and no hashing: a candidate waiting in
-    line has not mapped OpenSSL's libraries (ssl, hashlib, hmac), nor psycopg."""
-    url = unix_url(postgres_cluster, postgres_database)
+        postgres_cluster, postgres_database, tmp_path, processes, through):  # fmt: skip
+    """Without TLS a candidate waiting in line has not mapped OpenSSL's libraries (ssl,
+    hashlib, hmac), nor psycopg: not with trust, nor with SCRAM (Python's own SHA-256)."""
+    url = (unix_url(postgres_cluster, postgres_database) if through == "unix-socket-trust"
+           else postgres_cluster.url(postgres_database))  # fmt: skip
     record = tmp_path / "record"
     processes.append(campaign(url, "lean", ticking_job(record)))
     wait_until(lambda: read_ticks(record), timeout=20, what="the first job")
@@ -688,3 +690,40 @@ def test_a_pgpass_others_may_read_is_ignored_with_a_warning(tmp_path, caplog):
     path.chmod(0o600)
     assert find_password(params) == "secret"
     assert find_password({**params, "passfile": str(tmp_path)}) is None  # not a file
+
+
+def test_notifications_are_kept_whenever_they_arrive_and_a_wait_sleeps_on_the_socket(
+        postgres_cluster, postgres_database):  # fmt: skip
+    """A notification that arrives during a statement is handed to the next wait; a wait
+    returns at a notification, at ``wake``, or at its timeout, never earlier."""
+    import socket as socket_module
+
+    from lelect.backends.postgres.link import PgSession, PostgresOptions
+    from lelect.backends.urls import parse_url
+
+    session = PgSession(PostgresOptions.from_url(parse_url(postgres_cluster.url(postgres_database))))
+    try:
+        session.listen("lelect_test_ch", 5.0)
+        postgres_cluster.sql("NOTIFY lelect_test_ch, 'one'", postgres_database)
+        assert session.run("SELECT 1::int2, true, 1.5::float8, 'x'::text, '\\x01'::bytea", 5.0) == [
+            (1, True, 1.5, "x", b"\x01")]
+        assert [(n.channel, n.payload) for n in session.wait(0.0)] == [("lelect_test_ch", "one")]
+        started = time.monotonic()
+        assert session.wait(0.3) == []
+        assert 0.25 < time.monotonic() - started < 2.0
+        threading.Timer(0.2, postgres_cluster.sql,
+                        ("NOTIFY lelect_test_ch, 'two'", postgres_database)).start()
+        started = time.monotonic()
+        got = []
+        while not got and time.monotonic() - started < 5:
+            got = session.wait(5.0)
+        assert [n.payload for n in got] == ["two"] and time.monotonic() - started < 3
+        wake_r, wake_w = socket_module.socketpair()
+        threading.Timer(0.2, wake_w.send, (b"x",)).start()
+        started = time.monotonic()
+        assert session.wait(5.0, wake=wake_r) == []
+        assert time.monotonic() - started < 3
+        wake_r.close()
+        wake_w.close()
+    finally:
+        session.close()

@@ -278,8 +278,6 @@ def _settings(url: BackendURL, given: dict[str, str], environ: Any) -> dict[str,
     settings = dict(given)
     for name, (_, variable) in SPOKEN.items():
         if name not in settings and variable and environ.get(variable):
-            if name == "port" and "host" in given:
-                continue  # the URL's hosts come with the URL's ports (or 5432)
             settings[name] = environ[variable]
     for name, (values, variable) in NOT_SPOKEN.items():
         value = given.get(name, environ.get(variable, "") if variable else "")
@@ -349,12 +347,8 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, wire.OperationalError)
 
 
-#: What psycopg and libpq put before the reason (where is said elsewhere in our line):
-#: 'connection failed: connection to server at "h" (ip), port p failed: FATAL:  …'
-_PREFIXES = re.compile(
-    r"^(connection failed: |connection is bad: )?"
-    r"(connection to server (at|on) .*? failed: )?((FATAL|ERROR): +)?"
-)
+#: What a server's error starts with (its severity; where is said elsewhere in our line).
+_PREFIXES = re.compile(r"^((FATAL|ERROR|PANIC): +)?")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -385,7 +379,12 @@ def open_connection(options: PostgresOptions, budget: float) -> Wire:
             except wire.Error as exc:
                 first = first or exc
                 continue
-            misfit = _misfit(conn, attrs)
+            try:
+                misfit = _misfit(conn, attrs)
+            except wire.Error as exc:
+                conn.close()
+                first = first or exc
+                continue
             if misfit is None:
                 conn.deadline = deadline
                 return conn
@@ -597,7 +596,10 @@ class PgSession:
         if not fds:
             time.sleep(max(timeout, 0.0))
             return []
-        readable, _, _ = select.select(fds, [], [], max(timeout, 0.0))
+        try:
+            readable, _, _ = select.select(fds, [], [], max(timeout, 0.0))
+        except (OSError, ValueError):  # a descriptor closed meanwhile: look again
+            return []
         if wake is not None and wake.fileno() in readable:
             return []
         if not readable or conn is None:

@@ -28,14 +28,7 @@ from __future__ import annotations
 import math
 import re
 
-try:  # Python's own SHA-256: hashlib would map OpenSSL's libcrypto for two channel names
-    from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
-except ImportError:  # pragma: no cover - by Python version
-    try:
-        from _sha256 import sha256  # type: ignore[import-not-found,no-redef]
-    except ImportError:
-        from hashlib import sha256  # type: ignore[assignment]
-
+from lelect.backends.postgres.wire import sha256  # Python's own: hashlib maps libcrypto
 from lelect.backends.records import MAX_SLOTS
 
 SCHEMA_VERSION = 1

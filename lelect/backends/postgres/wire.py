@@ -9,9 +9,9 @@ collected whenever they arrive. Every read has a deadline (monotonic) and a size
 server's ErrorResponse becomes a :class:`ServerError` carrying its SQLSTATE, and a
 server's text is made printable and short before anybody shows it.
 
-``ssl`` is imported only when TLS is used, ``hashlib``/``hmac`` only when a password
-method needs them: each maps OpenSSL's libcrypto, megabytes a waiting candidate need
-not carry.
+``ssl`` is imported only when TLS is used, and never ``hashlib`` or ``hmac``: SCRAM's
+PBKDF2 and HMAC and md5's digest run on Python's own SHA-256 and MD5 (OpenSSL's
+libcrypto, which hashlib maps, is megabytes a waiting candidate need not carry).
 """
 
 from __future__ import annotations
@@ -404,10 +404,9 @@ class Wire:
             if code == 3:  # cleartext
                 self._send_message(b"p", password.encode("utf-8") + b"\0")
             elif code == 5:  # md5, salted
-                import hashlib
-
-                inner = hashlib.md5((password + user).encode("utf-8")).hexdigest()
-                outer = hashlib.md5(inner.encode() + data[:4]).hexdigest()
+                md5 = _md5()
+                inner = md5((password + user).encode("utf-8")).hexdigest()
+                outer = md5(inner.encode() + data[:4]).hexdigest()
                 self._send_message(b"p", b"md5" + outer.encode() + b"\0")
             elif code == 10:  # SASL: the mechanisms offered
                 mechanisms = data.split(b"\0")
@@ -569,7 +568,7 @@ def decode(oid: int, raw: bytes) -> Any:
         from datetime import datetime
 
         text = raw.decode("ascii")
-        return datetime.fromisoformat(text + ":00" if text[-3:-2] in "+-" else text)
+        return datetime.fromisoformat(text + ":00" if text[-3:-2] in ("+", "-") else text)
     if oid in (114, 3802):
         import json
 
@@ -638,7 +637,6 @@ class Scram:
 
     def client_final(self, server_first: bytes) -> bytes:
         import base64
-        import hashlib
 
         try:
             fields = dict(part.split("=", 1) for part in server_first.decode().split(","))
@@ -653,24 +651,22 @@ class Scram:
         if not nonce.startswith(self._nonce):
             raise AuthRefused("the server's SCRAM nonce does not extend ours")
         self._check_time(salt, count)
-        self._salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, count)
+        self._salted = pbkdf2_sha256(self._password, salt, count)
         client_key = _hmac(self._salted, b"Client Key")
         without_proof = f"c={base64.b64encode(b'n,,').decode()},r={nonce}"
         self._auth_message = f"{self._first_bare},{server_first.decode()},{without_proof}".encode()
-        signature = _hmac(hashlib.sha256(client_key).digest(), self._auth_message)
+        signature = _hmac(sha256(client_key).digest(), self._auth_message)
         proof = bytes(a ^ b for a, b in zip(client_key, signature))
         return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
 
     def _check_time(self, salt: bytes, rounds: int) -> None:
         """Refuse to start hashing that cannot end within the budget: a hash cannot be
         interrupted, so time a small one and extrapolate."""
-        import hashlib
-
         sample = MIN_ITERATIONS
         if self._deadline is None or rounds <= 4 * sample:  # a few milliseconds at most
             return
         started = time.monotonic()
-        hashlib.pbkdf2_hmac("sha256", self._password, salt, sample)
+        pbkdf2_sha256(self._password, salt, sample)
         needed = (time.monotonic() - started) * rounds / sample
         left = self._deadline - time.monotonic()
         if needed > left:
@@ -679,7 +675,7 @@ class Scram:
 
     def verify_server(self, server_final: bytes) -> None:
         import base64
-        import hmac
+        from _operator import _compare_digest  # hmac.compare_digest, without OpenSSL
 
         try:
             fields = dict(part.split("=", 1) for part in server_final.decode().split(","))
@@ -687,7 +683,7 @@ class Scram:
         except ValueError:
             raise AuthRefused(f"not a SCRAM server-final message: {shown(server_final)}") from None
         expected = _hmac(_hmac(self._salted, b"Server Key"), self._auth_message)
-        if not self._salted or not hmac.compare_digest(signature, expected):
+        if not self._salted or not _compare_digest(signature, expected):
             raise AuthRefused("the server's SCRAM signature is wrong: not the server we know")
         self.verified = True
 
@@ -726,11 +722,64 @@ def saslprep(password: str) -> bytes:
     return unicodedata.normalize("NFKC", mapped).encode("utf-8")
 
 
-def _hmac(key: bytes, message: bytes) -> bytes:
-    import hashlib
-    import hmac
+# Hashing with Python's own SHA-256 and MD5, not OpenSSL's: importing hashlib maps
+# libcrypto (about 4 MB of a waiting candidate's memory) for one SCRAM exchange. When
+# hashlib is already loaded (by something else), its faster PBKDF2 is used.
 
-    return hmac.new(key, message, hashlib.sha256).digest()
+try:
+    from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
+except ImportError:  # pragma: no cover - by Python version
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found,no-redef]
+    except ImportError:
+        from hashlib import sha256  # type: ignore[assignment]
+
+_INNER_PAD = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _md5() -> Any:
+    try:
+        from _md5 import md5  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - a Python built without it
+        from hashlib import md5
+    return md5
+
+
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA-256's inner and outer hashes with ``key`` taken in (RFC 2104)."""
+    key = (sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return sha256(key.translate(_INNER_PAD)), sha256(key.translate(_OUTER_PAD))
+
+
+def _hmac(key: bytes, message: bytes) -> bytes:
+    inner, outer = _hmac_pads(key)
+    inner.update(message)
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def pbkdf2_sha256(password: bytes, salt: bytes, rounds: int) -> bytes:
+    """PBKDF2-HMAC-SHA-256 (RFC 8018), one 32-byte block: SCRAM's SaltedPassword."""
+    import sys
+
+    hashlib = sys.modules.get("hashlib")
+    if hashlib is not None:
+        return hashlib.pbkdf2_hmac("sha256", password, salt, rounds)  # type: ignore[no-any-return]
+    inner, outer = _hmac_pads(password)
+
+    def prf(message: bytes) -> bytes:
+        one, two = inner.copy(), outer.copy()
+        one.update(message)
+        two.update(one.digest())
+        return two.digest()  # type: ignore[no-any-return]
+
+    block = prf(salt + b"\0\0\0\1")
+    result = int.from_bytes(block, "big")
+    for _ in range(rounds - 1):
+        block = prf(block)
+        result ^= int.from_bytes(block, "big")
+    return result.to_bytes(32, "big")
 
 
 # -- passwords from ~/.pgpass -------------------------------------------------------------------
