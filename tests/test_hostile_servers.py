@@ -308,6 +308,50 @@ def test_postgres_server_text_is_shown_printable_and_short(hostile_server):
     assert len(out.stderr) < 600
 
 
+#: A session the client may use: authentication done, ready for a query.
+PG_READY = (pg_message(b"R", struct.pack("!I", 0)) + pg_message(b"S", b"in_hot_standby\0off\0")
+            + pg_message(b"Z", b"I"))
+#: One notification, as the flood sends it without end.
+PG_NOTIFY = pg_message(b"A", struct.pack("!i", 7) + b"lelect_flood\0payload\0")
+
+
+def pg_answering(answer: bytes | None, then_stream: bytes = b""):
+    """A fake PostgreSQL that lets the client in and answers its first query with
+    ``answer`` (None: silence), then streams ``then_stream`` without end, if given."""
+
+    def script(conn, stopped):
+        pg_startup(conn)
+        conn.sendall(PG_READY)
+        read_some(conn)  # the first query
+        if then_stream:
+            stream_forever(conn, stopped, answer or b"", filler=then_stream * 512)
+        elif answer is None:
+            send_and_hold(conn, stopped, b"")
+        else:
+            send_and_hold(conn, stopped, answer)
+
+    return script
+
+
+@pytest.mark.parametrize("answer, flood", [
+    pytest.param(pg_message(b"T", b"\0\1"), b"", id="garbled-row-description"),
+    pytest.param(b"D" + struct.pack("!I", 1 << 30), b"", id="huge-message"),
+    pytest.param(b"D" + struct.pack("!I", 2), b"", id="impossible-length"),
+    pytest.param(pg_message(b"?", b"what"), b"", id="unknown-message"),
+    pytest.param(pg_message(b"T", struct.pack("!H", 1) + b"c\0" + struct.pack("!IhIhih", 0, 0, 23, 4, -1, 0))
+                 + pg_message(b"D", struct.pack("!Hi", 1, 3) + b"1x2") + pg_message(b"Z", b"I"),
+                 b"", id="bad-integer"),
+    pytest.param(b"", PG_NOTIFY, id="notify-flood"),
+    pytest.param(None, b"", id="silence"),
+])
+def test_postgres_malformed_answer_is_69(hostile_server, answer, flood):
+    server = hostile_server(pg_answering(answer, flood))
+    out = run_measured("leader", "x", backend=f"postgresql://u:pw@127.0.0.1:{server.port}/db"
+                                              "?connect_timeout=2s")
+    assert_one_line_69(out, within=10)
+    assert "PostgreSQL" in out.stderr and "pw" not in out.stderr.replace("PostgreSQL", "")
+
+
 def handback_params(port: int, **extra) -> dict:
     return {"host": "127.0.0.1", "hostaddr": "127.0.0.1", "port": port, "user": "u",
             "password": "pw-secret", "dbname": "db", "tls": False, "sslmode": "disable",

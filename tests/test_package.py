@@ -137,8 +137,9 @@ def test_version_and_verbose_version(installed):
     verbose = subprocess.run([str(lelect), "--version", "--verbose"], capture_output=True,
                              text=True, timeout=60)
     assert verbose.returncode == 0
-    for backend in ("redis: lelect's own client", "zookeeper: kazoo ", "postgresql: psycopg",
-                    "mysql: PyMySQL ", "etcd: lelect's own client"):
+    for backend in ("redis: lelect's own client", "zookeeper: kazoo ",
+                    "postgresql: lelect's own client", "mysql: PyMySQL ",
+                    "etcd: lelect's own client"):
         assert backend in verbose.stdout, verbose.stdout
     # Neither imports a backend's client library (the versions come from the metadata).
     traced = run_in(installed, "-X", "importtime", "-m", "lelect", "--version", "--verbose")

@@ -32,6 +32,7 @@ from tests.helpers import (
     wait_until,
     wakeups,
 )
+from tests.plugins.hostile import read_some
 from tests.plugins.postgres_server import PASSWORD, PostgresCluster, fresh_name
 
 TTL = 2.0
@@ -180,7 +181,15 @@ def test_bad_options_are_usage_errors(postgres_cluster, postgres_database, optio
     assert len(out.stderr.strip().splitlines()) == 1 and PASSWORD not in out.stderr
 
 
-def test_without_psycopg_a_postgresql_url_says_what_to_install(tmp_path):
+def unix_url(cluster: PostgresCluster, db: str, **options: str) -> str:
+    """The test cluster through its socket directory (percent-encoded): trust there."""
+    directory = str(cluster.root).replace("/", "%2F")
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"postgresql://lelect@{directory}:{cluster.port}/{db}" + (f"?{query}" if query else "")
+
+
+def test_without_psycopg_a_postgresql_url_works(postgres_cluster, postgres_database, tmp_path):
+    """lelect speaks PostgreSQL's protocol itself: psycopg is the tests' client only."""
     # A python path with everything of site-packages but psycopg: the real package hidden.
     site = Path(psycopg.__file__).resolve().parent.parent
     hidden = tmp_path / "site"
@@ -189,15 +198,102 @@ def test_without_psycopg_a_postgresql_url_says_what_to_install(tmp_path):
         if not entry.name.startswith("psycopg"):
             (hidden / entry.name).symlink_to(entry)
     out = subprocess.run(
-        [sys.executable, "-S", "-m", "lelect", "-b", "postgresql://u@127.0.0.1/db", "leader", "x"],
+        [sys.executable, "-S", "-m", "lelect", "-b", postgres_cluster.url(postgres_database),
+         "campaign", "nopsycopg", "--", "sh", "-c", "echo term=$LELECT_TERM"],
         env={**lelect_env(), "PYTHONPATH": f"{hidden}{os.pathsep}{ROOT}"},
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("term="), out.stdout
+
+
+@pytest.mark.parametrize("through", ["unix-socket-trust", "tcp-scram"])
+def test_a_waiting_candidate_imports_neither_psycopg_nor_ssl_nor_hashlib(
+        postgres_cluster, postgres_database, tmp_path, processes, through):  # fmt: skip
+    """Without TLS a candidate waiting in line has not mapped OpenSSL's libraries (ssl,
+    hashlib, hmac), nor psycopg: not with trust, nor with SCRAM (Python's own SHA-256)."""
+    url = (unix_url(postgres_cluster, postgres_database) if through == "unix-socket-trust"
+           else postgres_cluster.url(postgres_database))  # fmt: skip
+    record = tmp_path / "record"
+    processes.append(campaign(url, "lean", ticking_job(record)))
+    wait_until(lambda: read_ticks(record), timeout=20, what="the first job")
+    trace = tmp_path / "imports"
+    with open(trace, "w") as stderr:
+        waiter = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "lelect",
+                                   "campaign", "lean", "--", "true"],
+                                  env=lelect_env(url), stdout=subprocess.DEVNULL,
+                                  stderr=stderr)  # fmt: skip
+    processes.append(waiter)
+    wait_until(lambda: postgres_cluster.waiting(postgres_database, "lelect", "lean") >= 1,
+               timeout=20, what="the candidate in line")  # fmt: skip
+    imported = {line.rsplit("|", 1)[-1].strip() for line in trace.read_text().splitlines()
+                if line.startswith("import time:")}
+    assert "lelect.backends.postgres.wire" in imported, sorted(imported)
+    heavy = {m for m in imported if m.split(".")[0] in
+             ("psycopg", "psycopg_binary", "ssl", "_ssl", "hashlib", "_hashlib", "hmac")}
+    assert not heavy, heavy
+
+
+@pytest.mark.parametrize("option, named", [
+    ("gssencmode=require", "gssencmode"),
+    ("channel_binding=require", "channel_binding"),
+    ("service=prod", "service"),
+    ("krbsrvname=postgres", "krbsrvname"),
+    ("sslcrl=%2Ftmp%2Fcrl.pem", "sslcrl"),
+    ("requirepeer=postgres", "requirepeer"),
+])
+def test_libpq_options_lelects_client_lacks_are_refused_naming_them(option, named):
+    out = run_lelect("leader", "x", backend=f"postgresql://u@127.0.0.1:1/db?{option}")
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == [
-        "lelect: error: postgresql:// needs psycopg 3: pip install 'lelect[postgres]'"
-        " (or pip install 'psycopg[binary]')"
-    ]
+    (line,) = out.stderr.strip().splitlines()
+    assert named in line and "lelect's PostgreSQL client does not support" in line
+
+
+def test_an_unsupported_libpq_variable_in_the_environment_is_refused():
+    env = {**lelect_env("postgresql://u@127.0.0.1:1/db"), "PGSERVICE": "prod"}
+    out = subprocess.run([*LELECT, "leader", "x"], env=env, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "PGSERVICE=prod" in line and "does not support" in line
+
+
+def test_pg_variables_complete_the_url(postgres_cluster, postgres_database):
+    """PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD and PGAPPNAME, as libpq reads them."""
+    env = {**lelect_env("postgresql://"), "PGHOST": "127.0.0.1",
+           "PGPORT": str(postgres_cluster.port), "PGUSER": "lelect",
+           "PGDATABASE": postgres_database, "PGPASSWORD": PASSWORD,
+           "PGAPPNAME": "from-env", "PGSSLMODE": "disable"}  # fmt: skip
+    out = subprocess.run([*LELECT, "campaign", "fromenv", "--", "true"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+def test_target_session_attrs_read_write_skips_a_standby(postgres_cluster, postgres_database,
+                                                         hostile_server):  # fmt: skip
+    """The first host says it is a hot standby (in_hot_standby=on, as PostgreSQL 14+
+    reports at start-up): with target_session_attrs=read-write the next host is used."""
+    from tests.test_hostile_servers import pg_message, pg_startup
+
+    def standby(conn, stopped):
+        pg_startup(conn)
+        conn.sendall(pg_message(b"R", b"\0\0\0\0")
+                     + pg_message(b"S", b"in_hot_standby\0on\0")
+                     + pg_message(b"S", b"default_transaction_read_only\0on\0")
+                     + pg_message(b"Z", b"I"))
+        read_some(conn)  # a Terminate, or nothing: the client hangs up
+
+    fake = hostile_server(standby)
+    url = (f"postgresql://lelect:{PASSWORD}@127.0.0.1:{fake.port},127.0.0.1:"
+           f"{postgres_cluster.port}/{postgres_database}")
+    out = run_lelect("campaign", "rw", "--", "true",
+                     backend=url + "?target_session_attrs=read-write&connect_timeout=5s")
+    assert out.returncode == 0, out.stderr
+    assert fake.connections >= 1
+    refused = run_lelect("leader", "rw",
+                         backend=f"postgresql://lelect:{PASSWORD}@127.0.0.1:{fake.port}/db"
+                                 "?target_session_attrs=read-write&connect_timeout=2s")
+    assert refused.returncode == 69 and "session is read-only" in refused.stderr
 
 
 # -- the schema -------------------------------------------------------------------------
@@ -553,16 +649,81 @@ def test_hand_back_carries_require_auth(postgres_cluster, postgres_database):
         assert json.loads(out.stdout)["word"] == "released", out.stderr
 
 
-@pytest.mark.parametrize("settings, used_gssapi, follows", [
-    ({}, False, True),
-    ({}, True, False),  # GSS-encrypted (or authenticated): the keeper would go in plain
-    ({"gssencmode": "prefer"}, True, False),
-    ({"gssencmode": "require"}, False, False),
-    ({"channel_binding": "require"}, False, False),
-    ({"sslpassword": "x"}, False, False),
-    ({"gssencmode": "disable"}, None, True),
-])
-def test_keeper_follows_only_connections_it_can_make_alike(settings, used_gssapi, follows):
-    from lelect.backends.postgres.backend import keeper_can_follow
+# -- ~/.pgpass, as libpq reads it ----------------------------------------------------------
 
-    assert keeper_can_follow(settings, used_gssapi) is follows
+
+def pgpass(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "pgpass"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("lines, params, password", [
+    ("db.example:5432:app:alice:one\n", {}, "one"),
+    ("*:*:*:*:any\n", {}, "any"),
+    ("db.example:5433:app:alice:no\n*:5432:*:alice:yes\n", {}, "yes"),  # first match wins
+    ("#db.example:5432:app:alice:commented\n*:*:*:alice:two\n", {}, "two"),
+    ("db.example:5432:app:alice:a\\:b\\\\c:d\n", {}, "a:b\\c:d"),  # escapes; ':' in the rest
+    ("db\\:x:5432:app:alice:escaped-host\n", {"host": "db:x"}, "escaped-host"),
+    ("localhost:5432:app:alice:local\n", {"host": None}, "local"),  # no host: localhost
+    ("db.example:5432:app:bob:other-user\n", {}, None),
+    ("db.example:5432:app:alice\n", {}, None),  # too few fields
+    ("", {}, None),
+])
+def test_pgpass_lines_match_as_libpq_matches_them(tmp_path, lines, params, password):
+    from lelect.backends.postgres.wire import find_password
+
+    wanted = {"host": "db.example", "port": 5432, "dbname": "app", "user": "alice",
+              "passfile": str(pgpass(tmp_path, lines)), **params}  # fmt: skip
+    assert find_password(wanted) == password
+
+
+def test_a_pgpass_others_may_read_is_ignored_with_a_warning(tmp_path, caplog):
+    from lelect.backends.postgres.wire import find_password
+
+    path = pgpass(tmp_path, "*:*:*:*:secret\n", mode=0o640)
+    params = {"host": "h", "port": 5432, "dbname": "d", "user": "u", "passfile": str(path)}
+    with caplog.at_level("WARNING", logger="lelect.postgres"):
+        assert find_password(params) is None
+    assert "group or world access" in caplog.text and "secret" not in caplog.text
+    path.chmod(0o600)
+    assert find_password(params) == "secret"
+    assert find_password({**params, "passfile": str(tmp_path)}) is None  # not a file
+
+
+def test_notifications_are_kept_whenever_they_arrive_and_a_wait_sleeps_on_the_socket(
+        postgres_cluster, postgres_database):  # fmt: skip
+    """A notification that arrives during a statement is handed to the next wait; a wait
+    returns at a notification, at ``wake``, or at its timeout, never earlier."""
+    import socket as socket_module
+
+    from lelect.backends.postgres.link import PgSession, PostgresOptions
+    from lelect.backends.urls import parse_url
+
+    session = PgSession(PostgresOptions.from_url(parse_url(postgres_cluster.url(postgres_database))))
+    try:
+        session.listen("lelect_test_ch", 5.0)
+        postgres_cluster.sql("NOTIFY lelect_test_ch, 'one'", postgres_database)
+        assert session.run("SELECT 1::int2, true, 1.5::float8, 'x'::text, '\\x01'::bytea", 5.0) == [
+            (1, True, 1.5, "x", b"\x01")]
+        assert [(n.channel, n.payload) for n in session.wait(0.0)] == [("lelect_test_ch", "one")]
+        started = time.monotonic()
+        assert session.wait(0.3) == []
+        assert 0.25 < time.monotonic() - started < 2.0
+        threading.Timer(0.2, postgres_cluster.sql,
+                        ("NOTIFY lelect_test_ch, 'two'", postgres_database)).start()
+        started = time.monotonic()
+        got = []
+        while not got and time.monotonic() - started < 5:
+            got = session.wait(5.0)
+        assert [n.payload for n in got] == ["two"] and time.monotonic() - started < 3
+        wake_r, wake_w = socket_module.socketpair()
+        threading.Timer(0.2, wake_w.send, (b"x",)).start()
+        started = time.monotonic()
+        assert session.wait(5.0, wake=wake_r) == []
+        assert time.monotonic() - started < 3
+        wake_r.close()
+        wake_w.close()
+    finally:
+        session.close()

@@ -43,7 +43,7 @@ CLIENT_LIBRARIES = {
     "redis": None,
     "zookeeper": "kazoo",
     "etcd": None,
-    "postgresql": "psycopg",
+    "postgresql": None,
     "mysql": "PyMySQL",
     "exporter": "prometheus_client",
 }

@@ -1,8 +1,9 @@
 """PostgreSQL backend: ``postgresql://[user[:pw]@]host[:port][,host2…]/dbname`` (also
 ``postgres://``); lelect's options ``schema`` (default ``lelect``), ``ttl``,
-``connect_timeout`` and ``history``; every other query option goes to libpq as it is
-(``sslmode``, ``sslrootcert``, ``application_name``, ``target_session_attrs``, …). A
-password may come from ``PGPASSWORD`` or ``~/.pgpass``, as with psql.
+``connect_timeout`` and ``history``; the other query options are libpq's, as far as
+lelect's own client (``wire``) speaks them (``sslmode``, ``sslrootcert``,
+``application_name``, ``target_session_attrs``, …). A password may come from
+``PGPASSWORD`` or ``~/.pgpass``, as with psql.
 
 A leadership is a row in ``<schema>.lease`` acquired, renewed and released by single
 guarded statements (``sql``): acquired only if absent or expired, renewed and
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -57,14 +57,8 @@ from lelect.backends.base import (
     timed_out,
     wait_slice,
 )
-from lelect.backends.postgres import sql
-from lelect.backends.postgres.link import (
-    PgSession,
-    PostgresOptions,
-    is_transient,
-    pg_errors,
-    psycopg,
-)
+from lelect.backends.postgres import sql, wire
+from lelect.backends.postgres.link import PgSession, PostgresOptions, is_transient
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.backends.sql_notes import SqlNotes
 from lelect.errors import ConfigError
@@ -77,10 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lelect.postgres")
 
 #: The schema is not there (yet): nothing was ever written with it.
-_NO_SCHEMA = (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)
-#: libpq settings the keeper's own wire client cannot honour: no hand-back then.
-_KEEPER_CANNOT = {"channel_binding": "require", "gssencmode": "require",
-                  "sslnegotiation": "direct"}  # fmt: skip
+_NO_SCHEMA = (wire.UndefinedTable, wire.InvalidSchemaName)
 
 
 class PostgresLeadership(Leadership):
@@ -121,7 +112,7 @@ class PostgresLeadership(Leadership):
                 self.session.listen(self.channel, min(seconds, self._backend.connect_timeout))
                 self._listening = True
             self._heard(self.session.wait(seconds, wake=self._wake_r))
-        except (psycopg.Error, OSError, ValueError):
+        except (wire.Error, OSError, ValueError):
             pass  # the next renew reconnects (or the leadership was released meanwhile)
 
     def stop(self) -> None:
@@ -134,7 +125,7 @@ class PostgresLeadership(Leadership):
         except OSError:
             pass
 
-    def _heard(self, notes: list[psycopg.Notify]) -> None:
+    def _heard(self, notes: list[wire.Notify]) -> None:
         for note in notes:
             if note.channel == self.channel and note.payload == f"resign {self.term}":
                 self.mark_resign_requested()
@@ -196,7 +187,7 @@ class PostgresBackend(SqlNotes, Backend):
     # -- the schema ---------------------------------------------------------------------
 
     def _ensure_schema(self, session: PgSession, budget: float) -> None:
-        """Check the schema's version, creating the schema on first use. Raises psycopg
+        """Check the schema's version, creating the schema on first use. Raises wire
         errors for the caller's retry, ConfigError for what only a person can fix."""
         if self._schema_ready:
             return
@@ -205,7 +196,7 @@ class PostgresBackend(SqlNotes, Backend):
                 sql.SCHEMA_VERSION_OF, newest=f'"{self.options.schema}".note'), budget)[0]
         except _NO_SCHEMA:
             version, complete = None, False
-        except pg_errors.InsufficientPrivilege as exc:
+        except wire.InsufficientPrivilege as exc:
             raise self.options.refused(exc) from None
         if version is None or not complete:  # not there, cut short, or made before notes
             version = self._create_schema(session, budget)
@@ -226,7 +217,7 @@ class PostgresBackend(SqlNotes, Backend):
             statement = sql.CREATE_TABLES if exists else sql.CREATE_SCHEMA + sql.CREATE_TABLES
             rows = session.run(self.render(statement, name=name, version=sql.SCHEMA_VERSION),
                                max(end - time.monotonic(), 0.001))  # fmt: skip
-        except pg_errors.InsufficientPrivilege as exc:
+        except wire.InsufficientPrivilege as exc:
             raise self.options.refused(exc) from None
         log.info("lelect: created schema %r version %d", self.options.schema, sql.SCHEMA_VERSION)
         return int(rows[0][0])
@@ -246,7 +237,8 @@ class PostgresBackend(SqlNotes, Backend):
     ) -> Leadership:
         validate_stored(election)
         ttl = self.default_ttl if ttl is None else ttl
-        token = secrets.token_hex(16)
+        # secrets.token_hex(16), without secrets' hmac and hashlib (OpenSSL's libcrypto).
+        token = os.urandom(16).hex()
         channel = sql.channel(self.options.schema, election)
         wake = sql.wake_channel(self.options.schema, election, token)
         queue = not (no_wait or timeout == 0)  # one try needs no wake-up, nor a ticket
@@ -274,7 +266,7 @@ class PostgresBackend(SqlNotes, Backend):
                         if session.run(self.render(sql.RENEW, election=election, token=token,
                                                    ttl=ttl), retry.budget()):  # fmt: skip
                             term = holder_term
-                except psycopg.Error as exc:
+                except wire.Error as exc:
                     self._retry(retry, exc)
                     continue
                 retry.succeeded()
@@ -296,7 +288,7 @@ class PostgresBackend(SqlNotes, Backend):
                         on_wait(holder)
                 try:
                     self._wait_for_release(session, wake, left_s, give_up, cancel, election)
-                except psycopg.Error as exc:
+                except wire.Error as exc:
                     self._retry(retry, exc)
         finally:
             if session is not None:
@@ -307,10 +299,10 @@ class PostgresBackend(SqlNotes, Backend):
     def _leave(self, session: PgSession, election: str, token: str) -> None:
         try:
             session.run(self.render(sql.LEAVE, election=election, token=token), PARTING_BUDGET)
-        except psycopg.Error:
+        except wire.Error:
             pass  # the ticket is skipped once its connection is gone or its time is out
 
-    def _retry(self, attempts: Attempts, exc: psycopg.Error) -> None:
+    def _retry(self, attempts: Attempts, exc: wire.Error) -> None:
         """Pause before the next try, or raise the one-line error when that was the last."""
         try:
             attempts.retry_after(is_transient(exc))
@@ -348,7 +340,7 @@ class PostgresBackend(SqlNotes, Backend):
         statement = self._release_sql(leadership, ending, forget=False)
         try:
             session.run(statement, budget)
-        except psycopg.Error as exc:
+        except wire.Error as exc:
             # Not fatal: the lease expires by itself.
             log.warning(
                 "lelect: could not release %r (%s); it frees itself when the lease runs out",
@@ -387,7 +379,7 @@ class PostgresBackend(SqlNotes, Backend):
         validate_stored(election)
         try:
             return self._leader(self._command, election, self.connect_timeout)[0]
-        except psycopg.Error as exc:
+        except wire.Error as exc:
             raise self.options.unavailable(exc) from None
 
     def _leader(self, session: PgSession, election: str, budget: float
@@ -422,7 +414,7 @@ class PostgresBackend(SqlNotes, Backend):
                 try:
                     session.listen(channel, retry.budget())
                     current, left_s = self._leader(session, election, retry.budget())
-                except psycopg.Error as exc:
+                except wire.Error as exc:
                     self._retry(retry, exc)
                     continue
                 retry.succeeded()
@@ -433,7 +425,7 @@ class PostgresBackend(SqlNotes, Backend):
                     try:
                         if session.wait(wait_slice(left, stop) or 0.0, wake=woken):
                             break
-                    except psycopg.Error:
+                    except wire.Error:
                         break
 
         try:
@@ -515,7 +507,7 @@ class PostgresBackend(SqlNotes, Backend):
     def now(self) -> float:
         try:
             return float(self._command.run(sql.NOW, self.connect_timeout)[0][0])
-        except psycopg.Error as exc:
+        except wire.Error as exc:
             raise self.options.unavailable(exc) from None
 
     def close(self) -> None:
@@ -532,7 +524,7 @@ class PostgresBackend(SqlNotes, Backend):
             return self._command.run(statement, self.connect_timeout)
         except _NO_SCHEMA:
             return None
-        except psycopg.Error as exc:
+        except wire.Error as exc:
             raise self.options.unavailable(exc) from None
 
     def _write(self, statement: str, create: bool = True) -> list[tuple]:
@@ -546,58 +538,25 @@ class PostgresBackend(SqlNotes, Backend):
             if create:
                 raise
             return []
-        except pg_errors.InsufficientPrivilege as exc:
+        except wire.InsufficientPrivilege as exc:
             raise self.options.refused(exc) from None
-        except psycopg.Error as exc:
+        except wire.Error as exc:
             raise self.options.unavailable(exc) from None
 
 
-def _wire_params(conn: psycopg.Connection | None) -> dict[str, object] | None:
-    """How the keeper's own client reaches the server this connection reached, with the
-    password libpq used (from the URL, PGPASSWORD or ~/.pgpass); None if it cannot."""
-    if conn is None or conn.closed:
-        return None
-    settings = {
-        option.keyword.decode(): option.val.decode() if option.val is not None else None
-        for option in conn.pgconn.info
-    }
-    try:
-        used_gssapi: bool | None = conn.pgconn.used_gssapi
-    except psycopg.NotSupportedError:  # libpq before 16 cannot tell
-        used_gssapi = None
-    if not keeper_can_follow(settings, used_gssapi):
-        return None
-    info = conn.info
-    return {
-        "host": info.host,
-        "hostaddr": info.hostaddr or None,
-        "port": info.port,
-        "user": info.user,
-        "password": info.password or None,
-        "dbname": info.dbname,
-        "tls": bool(conn.pgconn.ssl_in_use),
-        "sslmode": settings.get("sslmode") or "prefer",
-        "sslrootcert": settings.get("sslrootcert"),
-        "sslcert": settings.get("sslcert"),
-        "sslkey": settings.get("sslkey"),
-        "sslsni": settings.get("sslsni") != "0",
-        "require_auth": settings.get("require_auth") or None,
-    }
+#: What the keeper's hand-back needs of a connection's parameters to make it again.
+_HAND_BACK_KEYS = ("host", "hostaddr", "port", "user", "password", "dbname", "options",
+                   "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslsni",
+                   "sslcertmode", "ssl_min_protocol_version", "ssl_max_protocol_version",
+                   "require_auth", "keepalives", "keepalives_idle", "keepalives_interval",
+                   "keepalives_count", "tcp_user_timeout")  # fmt: skip
 
 
-def keeper_can_follow(settings: dict[str, str | None], used_gssapi: bool | None) -> bool:
-    """Whether the keeper's own client may reconnect the way this connection did: not
-    when libpq was told to need what it lacks (channel binding, GSS encryption, direct
-    TLS, a key passphrase), nor when this connection is GSS-encrypted or authenticated
-    (the hand-back would fall back to a plain connection). ``used_gssapi`` is None when
-    libpq cannot say; then a Kerberos credential cache that libpq's default
-    ``gssencmode=prefer`` would use counts as GSS."""
-    if any(settings.get(name) == refused for name, refused in _KEEPER_CANNOT.items()):
-        return False
-    if settings.get("sslpassword"):
-        return False
-    if used_gssapi is not None:
-        return not used_gssapi
-    if settings.get("gssencmode") == "disable":
-        return True
-    return "KRB5CCNAME" not in os.environ and not os.path.exists(f"/tmp/krb5cc_{os.getuid()}")
+def _wire_params(conn: wire.Wire | None) -> dict[str, object] | None:
+    """How the keeper (the same client) reaches the server this connection reached: the
+    same address, TLS or not, with the password this connection used (from the URL,
+    PGPASSWORD or ~/.pgpass); None without a connection."""
+    if conn is None or conn.broken:
+        return None
+    params = {key: conn.params.get(key) for key in _HAND_BACK_KEYS}
+    return {**params, "tls": conn.tls, "application_name": "lelect-keeper"}

@@ -1,17 +1,18 @@
-"""The PostgreSQL backend's wire: URL options, a session whose every statement is bounded
-by a time budget, LISTEN/NOTIFY waits, and PostgreSQL errors turned into one clear line.
+"""The PostgreSQL backend's link: URL options (libpq's, as far as lelect's own client
+speaks them), a session whose every statement is bounded by a time budget,
+LISTEN/NOTIFY waits, and PostgreSQL errors turned into one clear line.
 
-psycopg waits for an answer without limit, and libpq's connect_timeout is whole seconds
-(at least 2). A lease can afford neither, so each statement runs under a server-side
-``statement_timeout`` of its budget (a statement stuck behind a lock is cancelled by the
-server) and a watchdog that shuts the socket down when the budget is spent (a frozen or
-partitioned server cannot hold the caller); connecting is bounded the same way.
+The client is lelect's own (``wire``, standard library only). Each statement runs under
+a server-side ``statement_timeout`` of its budget (a statement stuck behind a lock is
+cancelled by the server) and every read from the socket has the budget's deadline (a
+frozen or partitioned server cannot hold the caller: the connection is dropped);
+connecting is bounded the same way.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import random
 import re
 import select
 import socket
@@ -22,31 +23,82 @@ from typing import Any
 from urllib.parse import unquote
 
 from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TTL, server_text, unreachable
+from lelect.backends.postgres import wire
 from lelect.backends.postgres.sql import DEFAULT_SCHEMA, SCHEMA_NAME, with_timeout
+from lelect.backends.postgres.wire import Notify, Wire
 from lelect.backends.records import DEFAULT_HISTORY
 from lelect.backends.urls import BackendURL
 from lelect.errors import BackendUnavailable, ConfigError, LelectError, UsageError
 
-try:
-    import psycopg
-    from psycopg import errors as pg_errors
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-except ImportError:  # pragma: no cover - tested by running lelect without psycopg
-    raise UsageError(
-        "postgresql:// needs psycopg 3: pip install 'lelect[postgres]'"
-        " (or pip install 'psycopg[binary]')"
-    ) from None
-
 DEFAULT_PORT = 5432
-#: lelect's own URL options; every other query option goes to libpq as it is.
+#: lelect's own URL options; the others are libpq's.
 LELECT_OPTIONS = {"schema", "ttl", "connect_timeout", "history"}
 #: Share of a statement's budget the server may spend before it cancels the statement
-#: itself (the rest is for the answer to arrive before the watchdog cuts the socket).
+#: itself (the rest is for the answer to arrive before the client gives up on it).
 SERVER_SHARE = 0.9
 
+#: libpq's connection options lelect's client speaks, each with the values it takes
+#: (None: any) and the environment variable that gives its default, as libpq's.
+SPOKEN: dict[str, tuple[tuple[str, ...] | None, str | None]] = {
+    "host": (None, "PGHOST"),
+    "hostaddr": (None, "PGHOSTADDR"),
+    "port": (None, "PGPORT"),
+    "dbname": (None, "PGDATABASE"),
+    "user": (None, "PGUSER"),
+    "password": (None, "PGPASSWORD"),
+    "passfile": (None, "PGPASSFILE"),
+    "require_auth": (None, "PGREQUIREAUTH"),
+    "channel_binding": (("disable", "prefer", "require"), "PGCHANNELBINDING"),
+    "client_encoding": (None, "PGCLIENTENCODING"),
+    "options": (None, "PGOPTIONS"),
+    "application_name": (None, "PGAPPNAME"),
+    "fallback_application_name": (None, None),
+    "keepalives": (("0", "1"), None),
+    "keepalives_idle": (None, None),
+    "keepalives_interval": (None, None),
+    "keepalives_count": (None, None),
+    "tcp_user_timeout": (None, None),
+    "gssencmode": (("disable", "prefer", "require"), "PGGSSENCMODE"),
+    "sslmode": (("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+                "PGSSLMODE"),
+    "sslnegotiation": (("postgres", "direct"), "PGSSLNEGOTIATION"),
+    "sslcompression": (("0", "1"), "PGSSLCOMPRESSION"),
+    "sslcert": (None, "PGSSLCERT"),
+    "sslkey": (None, "PGSSLKEY"),
+    "sslpassword": (None, None),
+    "sslcertmode": (("disable", "allow", "require"), "PGSSLCERTMODE"),
+    "sslrootcert": (None, "PGSSLROOTCERT"),
+    "sslsni": (("0", "1"), "PGSSLSNI"),
+    "ssl_min_protocol_version": (("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+                                 "PGSSLMINPROTOCOLVERSION"),
+    "ssl_max_protocol_version": (("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+                                 "PGSSLMAXPROTOCOLVERSION"),
+    "target_session_attrs": (("any", "read-write", "read-only", "primary", "standby",
+                              "prefer-standby"), "PGTARGETSESSIONATTRS"),
+    "load_balance_hosts": (("disable", "random"), "PGLOADBALANCEHOSTS"),
+}  # fmt: skip
+#: libpq options (and values) lelect's client does not implement: refused, never ignored.
+#: None: any value given.
+NOT_SPOKEN: dict[str, tuple[set[str] | None, str | None]] = {
+    "service": (None, "PGSERVICE"),
+    "krbsrvname": (None, "PGKRBSRVNAME"),
+    "gsslib": (None, "PGGSSLIB"),
+    "gssdelegation": ({"1"}, "PGGSSDELEGATION"),
+    "replication": (None, None),
+    "requirepeer": (None, "PGREQUIREPEER"),
+    "sslcrl": (None, "PGSSLCRL"),
+    "sslcrldir": (None, "PGSSLCRLDIR"),
+    "gssencmode": ({"require"}, "PGGSSENCMODE"),
+    "sslnegotiation": ({"direct"}, "PGSSLNEGOTIATION"),
+    "channel_binding": ({"require"}, "PGCHANNELBINDING"),
+    "sslcertmode": ({"require"}, "PGSSLCERTMODE"),
+}  # fmt: skip
+_INTEGER_OPTIONS = {"keepalives_idle", "keepalives_interval", "keepalives_count",
+                    "tcp_user_timeout"}  # fmt: skip
 
-class StatementTimeout(psycopg.OperationalError):
-    """No answer within the budget: the watchdog shut the connection down."""
+
+class StatementTimeout(wire.Timeout):
+    """No answer within the budget: the connection was dropped."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +106,7 @@ class PostgresOptions:
     """What a postgresql:// URL asks for."""
 
     where: str  # host:port list (or socket directory), for messages
-    conninfo: str = field(repr=False)  # libpq's, without connect_timeout; may hold a password
+    settings: dict[str, str] = field(repr=False)  # libpq-style keywords; may hold a password
     schema: str = DEFAULT_SCHEMA
     ttl: float = DEFAULT_TTL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -63,7 +115,8 @@ class PostgresOptions:
     database: str | None = None
 
     @classmethod
-    def from_url(cls, url: BackendURL) -> PostgresOptions:
+    def from_url(cls, url: BackendURL, environ: dict[str, str] | None = None) -> PostgresOptions:
+        environ = os.environ if environ is None else environ  # type: ignore[assignment]
         schema = url.option("schema", DEFAULT_SCHEMA) or ""
         if not SCHEMA_NAME.fullmatch(schema):
             raise UsageError(
@@ -71,50 +124,66 @@ class PostgresOptions:
                 " 1-63 characters from a-z 0-9 _ (not starting with a digit)"
             )
         ttl = url.duration("ttl", DEFAULT_TTL)
-        connect_timeout = url.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        default_timeout = DEFAULT_CONNECT_TIMEOUT
+        if (env_timeout := environ.get("PGCONNECT_TIMEOUT", "")).isdigit() and int(env_timeout) > 0:
+            default_timeout = float(max(2, int(env_timeout)))  # libpq's rule: 2s at least
+        connect_timeout = url.duration("connect_timeout", default_timeout)
         history = url.integer("history", DEFAULT_HISTORY)
 
-        params: dict[str, str] = {"fallback_application_name": "lelect"}
+        given: dict[str, str] = {}
         hosts = [unquote(host) for host, _ in url.hosts]
         if hosts:
-            params["host"] = ",".join(hosts)
+            given["host"] = ",".join(hosts)
             ports = [str(port) if port else "" for _, port in url.hosts]
             if any(ports):
-                params["port"] = ",".join(ports)
+                given["port"] = ",".join(ports)
         if url.path.strip("/"):
-            params["dbname"] = url.path.lstrip("/")
+            given["dbname"] = unquote(url.path.lstrip("/"))
         if url.username:
-            params["user"] = url.username
+            given["user"] = url.username
         if url.password is not None:
-            params["password"] = url.password
+            given["password"] = url.password
         for name, value in url.query.items():
             if name not in LELECT_OPTIONS:
-                params[name] = value
-        try:
-            # libpq's own parser: refuses unknown options and malformed values.
-            conninfo = make_conninfo("", **params)
-            conninfo_to_dict(conninfo)
-        except psycopg.ProgrammingError as exc:
-            detail = " ".join(str(exc).split()).removeprefix("invalid connection option ")
-            raise UsageError(
-                f"bad option in {url.scheme}:// URL {url.masked!r}: {detail}"
-                f" (lelect's own: {', '.join(sorted(LELECT_OPTIONS))}; the rest go to libpq)"
-            ) from None
+                given[name] = value
+        settings = _settings(url, given, environ)
+        hosts = settings["host"].split(",")
+        ports = settings["port"].split(",")
+        hosts = [host or wire.default_socket_dir() for host in hosts]
         where = ",".join(
             host if host.startswith("/")
             else f"{f'[{host}]' if ':' in host else host}:{port or DEFAULT_PORT}"
-            for host, (_, port) in zip(hosts, url.hosts)
-        ) or params.get("host", "localhost (libpq's default)")
+            for host, port in zip(hosts, ports if len(ports) > 1 else ports * len(hosts))
+        )
         return cls(
             where=where,
-            conninfo=conninfo,
+            settings=settings,
             schema=schema,
             ttl=ttl,
             connect_timeout=connect_timeout,
             history=history,
-            user=params.get("user"),
-            database=params.get("dbname"),
+            user=settings.get("user"),
+            database=settings.get("dbname"),
         )
+
+    def targets(self) -> list[dict[str, Any]]:
+        """One connection's parameters per host, in the order to try them."""
+        settings = self.settings
+        hosts = settings["host"].split(",")
+        ports = settings["port"].split(",")
+        addresses = settings.get("hostaddr", "").split(",") if settings.get("hostaddr") else []
+        ports = ports if len(ports) > 1 else ports * len(hosts)
+        common = {name: value for name, value in settings.items()
+                  if name not in ("host", "port", "hostaddr")}  # fmt: skip
+        targets = [
+            {**common, "host": host or wire.default_socket_dir(),
+             "port": int(port or DEFAULT_PORT),
+             "hostaddr": (addresses[index] or None) if addresses else None}
+            for index, (host, port) in enumerate(zip(hosts, ports))
+        ]  # fmt: skip
+        if settings.get("load_balance_hosts") == "random":
+            random.shuffle(targets)
+        return targets
 
     # -- one line for every way PostgreSQL can fail ----------------------------------------
 
@@ -126,18 +195,19 @@ class PostgresOptions:
         sqlstate = getattr(exc, "sqlstate", None)
         bound = self.connect_timeout if within is None else within
         if "invalid" in lower and ("value" in lower or "option" in lower):
-            # libpq checks some option values only when it connects (sslmode=bogus).
             return UsageError(f"bad option in the PostgreSQL URL: {text}")
+        if isinstance(exc, wire.ProtocolError):
+            return BackendUnavailable(f"PostgreSQL at {self.where} failed: {text}")
         if isinstance(exc, StatementTimeout):
             return unreachable("PostgreSQL", self.where, bound, "no answer in time")
-        if isinstance(exc, pg_errors.InsufficientPrivilege):
+        if isinstance(exc, wire.InsufficientPrivilege):
             return self.refused(exc)
-        if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        if isinstance(exc, wire.ReadOnlySqlTransaction):
             return BackendUnavailable(
                 f"PostgreSQL at {self.where} is a read-only standby: point the URL at the"
                 " primary (or add target_session_attrs=read-write)"
             )
-        if isinstance(exc, pg_errors.QueryCanceled):
+        if isinstance(exc, wire.QueryCanceled):
             return unreachable("PostgreSQL", self.where, bound,
                                "the statement did not finish in time (a lock held elsewhere?)")
         if "password authentication failed" in lower or "authentication failed" in lower:
@@ -155,7 +225,7 @@ class PostgresOptions:
         if "connection refused" in lower:
             return unreachable("PostgreSQL", self.where, bound,
                                "connection refused (is PostgreSQL running there?)")
-        if isinstance(exc, pg_errors.ConnectionTimeout) or "timeout expired" in lower:
+        if isinstance(exc, wire.Timeout) or "timeout expired" in lower:
             return unreachable("PostgreSQL", self.where, bound)
         if "ssl" in lower or "certificate" in lower:
             return BackendUnavailable(f"TLS with PostgreSQL at {self.where} failed: {text}")
@@ -188,14 +258,81 @@ class PostgresOptions:
 
     @property
     def role(self) -> str:
-        return repr(self.user) if self.user else "(libpq's default user)"
+        return repr(self.user) if self.user else "(the default user)"
+
+
+
+def _settings(url: BackendURL, given: dict[str, str], environ: Any) -> dict[str, str]:
+    """The URL's libpq options, completed from the PG* environment as libpq does and
+    checked: an option libpq does not know, a bad value or one lelect's client does not
+    implement is refused (status 2) with one line naming it."""
+
+    def refuse(detail: str) -> UsageError:
+        return UsageError(f"bad option in {url.scheme}:// URL {url.masked!r}: {detail}"
+                          f" (lelect's own: {', '.join(sorted(LELECT_OPTIONS))}; the rest"
+                          " are libpq's)")  # fmt: skip
+
+    for name in given:
+        if name not in SPOKEN and name not in NOT_SPOKEN:
+            raise refuse(f'invalid connection option "{name}"')
+    settings = dict(given)
+    for name, (_, variable) in SPOKEN.items():
+        if name not in settings and variable and environ.get(variable):
+            settings[name] = environ[variable]
+    for name, (values, variable) in NOT_SPOKEN.items():
+        value = given.get(name, environ.get(variable, "") if variable else "")
+        if value and (values is None or value in values):
+            source = f"{variable}={value}" if name not in given else f"{name}={value}"
+            raise UsageError(f"{source}: lelect's PostgreSQL client does not support"
+                             f" {name!r}{' = ' + value if values else ''}; leave it out"
+                             " (see docs/backends.md, PostgreSQL)")  # fmt: skip
+    for name, (values, _) in SPOKEN.items():
+        value = settings.get(name)
+        if value is not None and values is not None and value not in values:
+            raise refuse(f'invalid {name} value: "{value}"')
+        if value and name in _INTEGER_OPTIONS and not value.lstrip("-").isdigit():
+            raise refuse(f'invalid integer value "{value}" for connection option "{name}"')
+    encoding = settings.get("client_encoding", "UTF8")
+    if encoding.replace("-", "").upper() not in ("UTF8", "AUTO"):
+        raise UsageError(f"client_encoding={encoding}: lelect's PostgreSQL client speaks UTF8"
+                         " only; leave it out")  # fmt: skip
+    if settings.get("require_auth"):
+        try:
+            wire.allowed_methods(settings["require_auth"])
+        except wire.Error as exc:
+            raise refuse(str(exc)) from None
+    settings.setdefault("host", "")
+    settings.setdefault("port", "")
+    hosts = settings["host"].split(",")
+    ports = settings["port"].split(",")
+    if len(ports) not in (1, len(hosts)):
+        raise refuse(f"could not match {len(ports)} port numbers to {len(hosts)} hosts")
+    if any(port and not (port.isdigit() and 0 < int(port) < 65536) for port in ports):
+        raise refuse(f'invalid port number: "{settings["port"]}"')
+    if settings.get("hostaddr") and len(settings["hostaddr"].split(",")) != len(hosts):
+        raise refuse(f"could not match {len(settings['hostaddr'].split(','))} host addresses"
+                     f" to {len(hosts)} hosts")  # fmt: skip
+    if not settings.get("user"):
+        import pwd
+
+        try:
+            settings["user"] = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            raise UsageError("no PostgreSQL user name: put one in the URL"
+                             " (postgresql://USER@host/db) or PGUSER") from None
+    settings.setdefault("dbname", settings["user"])
+    settings["application_name"] = (settings.get("application_name")
+                                    or settings.get("fallback_application_name") or "lelect")
+    return settings
 
 
 def is_transient(exc: BaseException) -> bool:
     """Errors that may pass on their own: a restart, a terminated backend, a cancelled or
-    timed-out statement, a lost connection. Never bad credentials, TLS or privileges."""
-    if isinstance(exc, (pg_errors.InsufficientPrivilege, pg_errors.ReadOnlySqlTransaction,
-                        pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)):
+    timed-out statement, a lost connection, too many connections. Never bad credentials,
+    TLS or privileges."""
+    if isinstance(exc, (wire.InsufficientPrivilege, wire.ReadOnlySqlTransaction,
+                        wire.UndefinedTable, wire.InvalidSchemaName, wire.AuthRefused,
+                        wire.TlsFailed)):  # fmt: skip
         return False
     lower = _first_line(exc).lower()
     if "authentication" in lower or "password" in lower or "does not exist" in lower:
@@ -204,17 +341,14 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if "ssl" in lower or "certificate" in lower:
         return False
-    return isinstance(exc, (psycopg.OperationalError, pg_errors.QueryCanceled,
-                            pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
-                            psycopg.InterfaceError))
+    if isinstance(exc, wire.ServerError):
+        # Connection exceptions, rollbacks, resources, the operator, the system.
+        return (exc.sqlstate or "")[:2] in {"08", "40", "53", "54", "55", "57", "58"}
+    return isinstance(exc, wire.OperationalError)
 
 
-#: What psycopg and libpq put before the reason (where is said elsewhere in our line):
-#: 'connection failed: connection to server at "h" (ip), port p failed: FATAL:  …'
-_PREFIXES = re.compile(
-    r"^(connection failed: |connection is bad: )?"
-    r"(connection to server (at|on) .*? failed: )?((FATAL|ERROR): +)?"
-)
+#: What a server's error starts with (its severity; where is said elsewhere in our line).
+_PREFIXES = re.compile(r"^((FATAL|ERROR|PANIC): +)?")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -223,73 +357,107 @@ def _first_line(exc: BaseException) -> str:
     return server_text(_PREFIXES.sub("", text)) or type(exc).__name__
 
 
-class _Watchdog:
-    """Shuts a connection's socket down when a call's budget is spent, so the call
-    returns with an error instead of waiting for a server that will not answer."""
 
-    def __init__(self, conn: psycopg.Connection, budget: float) -> None:
-        self._fd = conn.fileno()
-        self._lock = threading.Lock()
-        self._done = False
-        self.fired = False
-        self._timer = threading.Timer(max(budget, 0.0), self._cut)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _cut(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self.fired = True
+def open_connection(options: PostgresOptions, budget: float) -> Wire:
+    """A new session within ``budget`` seconds (refused: at once): the hosts in order
+    (each address a name resolves to), the first that takes us and whose session fits
+    ``target_session_attrs``; each host gets a share of what is left, so one silent host
+    does not use up the time of the rest."""
+    deadline = time.monotonic() + budget
+    wanted = options.settings.get("target_session_attrs", "any")
+    passes = ["standby", "any"] if wanted == "prefer-standby" else [wanted]
+    first: BaseException | None = None
+    targets = options.targets()
+    for number, attrs in enumerate(passes):
+        for index, target in enumerate(targets):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            share = left / (len(targets) * (len(passes) - number) - index)
             try:
-                sock = socket.socket(fileno=os.dup(self._fd))
-            except OSError:
-                return
+                conn = _connect_host(target, min(deadline, time.monotonic() + share))
+            except wire.Error as exc:
+                first = first or exc
+                continue
             try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            finally:
-                sock.close()
+                misfit = _misfit(conn, attrs)
+            except wire.Error as exc:
+                conn.close()
+                first = first or exc
+                continue
+            if misfit is None:
+                conn.deadline = deadline
+                return conn
+            conn.close()
+            first = first or wire.OperationalError(misfit)
+    if first is None or isinstance(first, wire.Timeout):
+        raise StatementTimeout("connecting took longer than the budget")
+    raise first
 
-    def cancel(self) -> None:
-        with self._lock:
-            self._done = True
-        self._timer.cancel()
 
-
-def open_connection(options: PostgresOptions, budget: float) -> psycopg.Connection:
-    """A new autocommit connection within ``budget`` seconds (refused: at once)."""
-    lock = threading.Lock()
-    box: dict[str, object] = {}
-    # libpq counts whole seconds, at least 2; the join below holds the real bound.
-    libpq_timeout = max(2, math.ceil(budget))
-
-    def attempt() -> None:
+def _connect_host(target: dict[str, Any], deadline: float) -> Wire:
+    """A session with one host: each of its addresses in turn."""
+    if target.get("hostaddr") or target["host"].startswith("/"):
+        return Wire.connect(target, deadline)
+    first: wire.Error | None = None
+    for address in _addresses(target["host"], target["port"], deadline):
         try:
-            conn = psycopg.Connection.connect(
-                options.conninfo, autocommit=True, prepare_threshold=None,
-                connect_timeout=libpq_timeout,
-            )
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            conn, box["error"] = None, exc
-        with lock:
-            if box.get("abandoned"):
-                if conn is not None:
-                    conn.close()
-            elif conn is not None:
-                box["conn"] = conn
+            return Wire.connect({**target, "hostaddr": address}, deadline)
+        except (wire.OperationalError, wire.Timeout) as exc:
+            if isinstance(exc, (wire.AuthRefused, wire.TlsFailed)):
+                raise
+            first = first or exc
+    raise first or wire.OperationalError(f"could not translate host name {target['host']!r}")
 
-    thread = threading.Thread(target=attempt, name="lelect-pg-connect", daemon=True)
+
+def _addresses(host: str, port: int, deadline: float) -> list[str]:
+    """The addresses of ``host``, looked up within the deadline (a name look-up itself
+    has no timeout: it runs in a thread of its own, left behind if it is slow)."""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return [host]
+    except OSError:
+        pass
+    box: dict[str, Any] = {}
+
+    def look_up() -> None:
+        try:
+            box["found"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=look_up, name="lelect-pg-resolve", daemon=True)
     thread.start()
-    thread.join(max(budget, 0.0))
-    with lock:
-        if "conn" in box:
-            return box["conn"]  # type: ignore[return-value]
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        box["abandoned"] = True  # the attempt closes what it gets, if it ever does
-    raise StatementTimeout("connecting took longer than the budget")
+    thread.join(max(deadline - time.monotonic(), 0.0))
+    if "found" in box:
+        return list(dict.fromkeys(info[4][0] for info in box["found"]))
+    if "error" in box:
+        raise wire.OperationalError(f"could not translate host name {host!r} to address:"
+                                    f" {box['error']}")  # fmt: skip
+    raise wire.Timeout("timeout expired")
+
+
+def _misfit(conn: Wire, wanted: str) -> str | None:
+    """Why this session does not fit ``target_session_attrs`` (None: it fits), from what
+    the server reported at start-up (PostgreSQL 14+) or else by asking, as libpq."""
+    if wanted == "any":
+        return None
+    if wanted in ("read-write", "read-only"):
+        hot, read_only = conn.status.get("in_hot_standby"), conn.status.get(
+            "default_transaction_read_only")
+        if hot is None or read_only is None:
+            is_read_only = conn.query("SHOW transaction_read_only")[0][0] == "on"
+        else:
+            is_read_only = hot == "on" or read_only == "on"
+        if is_read_only == (wanted == "read-only"):
+            return None
+        return "session is read-only" if is_read_only else "session is not read-only"
+    hot = conn.status.get("in_hot_standby")
+    standby = (conn.query("SELECT pg_catalog.pg_is_in_recovery()")[0][0] if hot is None
+               else hot == "on")  # fmt: skip
+    if standby == (wanted == "standby"):
+        return None
+    return "server is in hot standby mode" if standby else "server is not in hot standby mode"
 
 
 class PgSession:
@@ -298,15 +466,15 @@ class PgSession:
 
     def __init__(self, options: PostgresOptions) -> None:
         self.options = options
-        self._conn: psycopg.Connection | None = None
+        self._conn: Wire | None = None
         self._lock = threading.RLock()
         self._channels: list[str] = []
         self._unlistened: list[str] = []  # UNLISTENed with the next statement
         self._leaving: list[str] = []  # to be taken off _channels under the lock
-        self._pending: list[psycopg.Notify] = []
+        self._pending: list[Notify] = []
 
     @property
-    def connection(self) -> psycopg.Connection | None:
+    def connection(self) -> Wire | None:
         return self._conn
 
     def listen(self, channel: str, budget: float) -> None:
@@ -343,7 +511,7 @@ class PgSession:
 
     def run(self, sql: str, budget: float) -> list[tuple]:
         """Run ``sql`` (one query string) within ``budget`` seconds; the rows of its last
-        statement. Raises psycopg errors (StatementTimeout when out of time)."""
+        statement. Raises wire errors (StatementTimeout when out of time)."""
         end = time.monotonic() + budget
         # Another thread's call (a heartbeat) counts against this one's budget too.
         if not self._lock.acquire(timeout=max(budget, 0.0)):
@@ -361,27 +529,28 @@ class PgSession:
         finally:
             self._lock.release()
 
-    def _execute(self, conn: psycopg.Connection, sql: str, budget: float) -> list[tuple]:
-        watchdog = _Watchdog(conn, budget)
+    def _execute(self, conn: Wire, sql: str, budget: float) -> list[tuple]:
+        conn.deadline = time.monotonic() + budget
         try:
-            cursor = psycopg.ClientCursor(conn)
-            cursor.execute(sql)
-            while cursor.nextset():
-                pass
-            rows = cursor.fetchall() if cursor.description else []
-        except psycopg.Error as exc:
-            watchdog.cancel()
-            if watchdog.fired or conn.broken or conn.closed:
-                self.drop()
-                if watchdog.fired:
-                    raise StatementTimeout(f"no answer within {budget:.3f}s") from exc
-            raise
-        watchdog.cancel()
-        if watchdog.fired:  # answered just as the budget ran out; the socket is gone
+            rows = conn.query(sql)
+        except wire.Timeout as exc:
             self.drop()
+            raise StatementTimeout(f"no answer within {budget:.3f}s") from exc
+        except wire.Error:
+            if conn.broken:
+                self.drop()
+            raise
+        finally:
+            self._take_notifies(conn)
         return rows
 
-    def _connect(self, budget: float) -> psycopg.Connection:
+    def _take_notifies(self, conn: Wire) -> None:
+        if conn.notifies:
+            self._pending.extend(conn.notifies)
+            conn.notifies.clear()
+            del self._pending[: -wire.MAX_PENDING]  # the oldest go first: a flood
+
+    def _connect(self, budget: float) -> Wire:
         if self._conn is not None and self._stale(self._conn):
             self.drop()
         if self._conn is None:
@@ -396,42 +565,41 @@ class PgSession:
             self._conn = conn
         return self._conn
 
-    def _stale(self, conn: psycopg.Connection) -> bool:
+    def _stale(self, conn: Wire) -> bool:
         """An idle connection has nothing to say but notifications; anything else (EOF, a
         FATAL from a terminated backend or a shutdown) means it must not be used."""
-        if conn.closed or conn.broken:
+        if conn.broken:
             return True
         try:
-            readable, _, _ = select.select([conn.fileno()], [], [], 0)
-            if readable:
-                self._pending.extend(conn.notifies(timeout=0))
-        except (psycopg.Error, OSError, ValueError):
+            conn.poll()
+        except wire.Error:
             return True
-        return conn.closed or conn.broken
+        finally:
+            self._take_notifies(conn)
+        return conn.broken
 
-    def wait(self, timeout: float, wake: Any = None) -> list[psycopg.Notify]:
+    def wait(self, timeout: float, wake: Any = None) -> list[Notify]:
         """Notifications on our channels, waiting up to ``timeout`` seconds for the first
-        (or until ``wake``, anything with a fileno(), is readable). Raises psycopg errors
-        if the connection fails."""
+        (or until ``wake``, anything with a fileno(), is readable). Raises wire errors if
+        the connection fails."""
         with self._lock:
             conn = self._conn
             if conn is not None:
-                try:
-                    self._pending.extend(conn.notifies(timeout=0))  # received meanwhile
-                except psycopg.Error:
-                    self.drop()
-                    raise
+                self._poll(conn)  # received meanwhile
             if self._pending:
                 pending, self._pending = self._pending, []
                 return pending
         fds: list[int] = [wake.fileno()] if wake is not None else []
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.broken:
             fds.append(conn.fileno())
         fds = [fd for fd in fds if fd >= 0]  # closed meanwhile (a release, a drop)
         if not fds:
             time.sleep(max(timeout, 0.0))
             return []
-        readable, _, _ = select.select(fds, [], [], max(timeout, 0.0))
+        try:
+            readable, _, _ = select.select(fds, [], [], max(timeout, 0.0))
+        except (OSError, ValueError):  # a descriptor closed meanwhile: look again
+            return []
         if wake is not None and wake.fileno() in readable:
             return []
         if not readable or conn is None:
@@ -439,25 +607,25 @@ class PgSession:
         with self._lock:
             if conn is not self._conn:
                 return []
-            try:
-                got = list(conn.notifies(timeout=0))
-            except psycopg.Error:
-                self.drop()
-                raise
-            if conn.closed or conn.broken:
-                self.drop()
-                raise psycopg.OperationalError("the server closed the connection")
-            return got
+            self._poll(conn)
+            pending, self._pending = self._pending, []
+            return pending
+
+    def _poll(self, conn: Wire) -> None:
+        try:
+            conn.poll()
+        except wire.Error:
+            self._take_notifies(conn)
+            self.drop()
+            raise
+        self._take_notifies(conn)
 
     def drop(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
             self._unlistened.clear()  # a new connection listens to _channels only
         if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error:
-                pass
+            conn.close()
 
     def close(self) -> None:
         """Close unless another thread's call holds the connection: closing must never

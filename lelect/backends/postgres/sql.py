@@ -25,10 +25,10 @@ Tables (in the URL's ``?schema=``, default ``lelect``):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 
+from lelect.backends.postgres.wire import sha256  # Python's own: hashlib maps libcrypto
 from lelect.backends.records import MAX_SLOTS
 
 SCHEMA_VERSION = 1
@@ -84,14 +84,14 @@ def with_timeout(sql: str, budget: float) -> str:
 def channel(schema: str, election: str) -> str:
     """The election's LISTEN/NOTIFY channel: a hash, since a channel name holds at most
     63 bytes and election names up to 128."""
-    digest = hashlib.sha256(f"{schema}/{election}".encode("utf-8", "surrogateescape"))
+    digest = sha256(f"{schema}/{election}".encode("utf-8", "surrogateescape"))
     return "lelect_" + digest.hexdigest()[:32]
 
 
 def wake_channel(schema: str, election: str, token: str) -> str:
     """The channel one waiting candidate LISTENs on: a release NOTIFYs the head of the
     line there, and nobody else."""
-    digest = hashlib.sha256(f"{schema}/{election}/{token}".encode("utf-8", "surrogateescape"))
+    digest = sha256(f"{schema}/{election}/{token}".encode("utf-8", "surrogateescape"))
     return "lelectw_" + digest.hexdigest()[:32]
 
 
