@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from lelect import campaign_core as core
 from lelect import keeper_protocol as proto
 from lelect import lease
+from lelect.backends.file.keeper_lock import tidy_up_slowly
 from lelect.backends.base import (
     PARTING_BUDGET,
     Backend,
@@ -690,7 +691,7 @@ class _Driver:
                     seat = seat_election(lock.election, message.seat)
                     lock = replace(lock, election=seat, lock_path=self.backend.lock_path(seat))
                 return self.backend.adopt_local_lock(lock, message.term, message.since,
-                                                     release_lock=keeper.release)
+                                                     release_lock=self._let_go_of(keeper))
             if isinstance(message, proto.Waiting):
                 self._on_wait(self._holder())
                 continue
@@ -715,6 +716,19 @@ class _Driver:
                 # the kernel then killed with it (and lelect's subreaper, its children).
                 return core.KeeperGone(time.monotonic())
             # Anything else waits: news of the job comes after "locked".
+
+    def _let_go_of(self, keeper: KeeperHandle) -> Callable[[], None]:
+        """The embedded backend's release of a leadership its keeper holds. When lelect
+        exits after it, what is left (the record, the exit) is tidying up: it runs at
+        the lowest priority, so that on a small host the next leader's job, starting
+        this very moment, goes first."""
+
+        def release() -> None:
+            keeper.release()
+            if self.core.state == core.DONE:
+                tidy_up_slowly()
+
+        return release
 
     def _keeper_respawned(self) -> None:
         self.log("keeper-respawned", "the keeper of this waiting candidate died; a new one"
