@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 from lelect.errors import UsageError
+from lelect.frozen import Record
 
 #: Every unit's spellings (Go/consul/etcd: 1h30m; systemd: 5min, 30sec, 2 hours).
 _UNIT_NAMES = {
@@ -36,8 +36,7 @@ FORMS = "a number of seconds, or e.g. 500ms, 0.5s, 30sec, 2m30s, 5min, 1h30m, 2 
 DAY = 86400.0
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(Record):
     """Accepted values of one duration: ``minimum``..``maximum`` seconds, and 0 too when
     ``zero`` says what 0 means (e.g. "off")."""
 

@@ -26,7 +26,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from lelect.backends.base import (
     EXITED,
@@ -48,6 +47,7 @@ from lelect.errors import (
     ElectionBusy,
     UsageError,
 )
+from lelect.frozen import Record
 from lelect.names import (
     MAX_HOLDERS,
     MAX_SEATED_NAME,
@@ -184,8 +184,7 @@ class HoldersPin:
             self.claim()  # (the campaign's own claim comes first: nothing before it)
 
 
-@dataclass(frozen=True)
-class Seat:
+class Seat(Record):
     """One seat and who holds it (None: free)."""
 
     seat: int

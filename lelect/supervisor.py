@@ -19,11 +19,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 from lelect import keeper_protocol as proto
 from lelect._keeper import child_pids, set_subreaper, trim_heap  # noqa: F401 - trim_heap for campaign
 from lelect.backends.records import DEFAULT_HISTORY, HandBack, LocalLock
+from lelect.frozen import Record, asdict
 
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The keeper runs from its module (byte-compiled once), not as a script (compiled at
@@ -95,8 +95,7 @@ class Gone:
         return "Gone()"
 
 
-@dataclass(frozen=True)
-class KeeperConfig:
+class KeeperConfig(Record):
     """What a keeper is started with (all of it visible in ps: no secrets here)."""
 
     command: tuple[str, ...] = ()

@@ -182,13 +182,12 @@ def test_the_keeper_and_its_protocol_need_only_the_standard_library():
 def test_the_embedded_history_entry_has_the_records_shape():
     """filestate writes history entries as plain JSON (the keeper must not import
     dataclasses): the same keys as records.HistoryEntry, which reads them back."""
-    from dataclasses import fields
-
     from lelect.backends.file import state as filestate
     from lelect.backends.records import HistoryEntry
+    from lelect.frozen import fields
 
     entry = filestate.new_entry("e", 3, "n", "h", 1, 12.5)
-    assert list(entry) == [f.name for f in fields(HistoryEntry)]
+    assert list(entry) == list(fields(HistoryEntry))
     import json
 
     assert HistoryEntry.decode(json.dumps(entry)) == HistoryEntry("e", 3, "n", "h", 1, 12.5)

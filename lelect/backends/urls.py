@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote
 
 from lelect.durations import RANGES, Range, parse_duration
 from lelect.errors import ConfigError, UsageError
+from lelect.frozen import Record, field
 
 #: The largest password file and URL file lelect reads.
 MAX_PASSWORD_FILE = 4096
@@ -24,8 +24,7 @@ _PATH_SAFE = "/:@!$&'()*+,;=~"
 _VALUE_SAFE = ":/,@~!$'()*+;"
 
 
-@dataclass(frozen=True)
-class BackendURL:
+class BackendURL(Record):
     raw: str
     scheme: str
     username: str | None
