@@ -8,7 +8,6 @@ messages, and :class:`Gone` when it is gone.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import select
@@ -141,6 +140,8 @@ class KeeperConfig(Record):
 
 
 def recipe_message(recipe: HandBack) -> proto.Recipe:
+    import json  # a win's hand-back recipe: not on every start
+
     return proto.Recipe(json.dumps(asdict(recipe), separators=(",", ":")))
 
 

@@ -191,3 +191,20 @@ def test_the_embedded_history_entry_has_the_records_shape():
     import json
 
     assert HistoryEntry.decode(json.dumps(entry)) == HistoryEntry("e", 3, "n", "h", 1, 12.5)
+
+
+def test_the_holders_note_is_what_json_writes_and_reads():
+    """The --holders note is written and read without json on every start: the same
+    bytes json.dumps makes, and what json.loads makes of any note."""
+    import json
+
+    from lelect.seats import MAX_HOLDERS, _decode, _encode
+
+    for holders in (1, 2, 9, 10, MAX_HOLDERS):
+        assert _encode(holders) == json.dumps({"holders": holders}, separators=(",", ":")).encode()
+        assert _decode(_encode(holders)) == holders
+    assert _decode(b'{ "holders": 3 }') == 3  # another writer's spacing: json reads it
+    for bad in (b'{"holders":0}', b'{"holders":03}', b'{"holders":-1}', b'{"holders":true}',
+                b'{"holders":2.5}', b'{"holders":}', b'{"holders":"2"}', b"[2]", b"", None,
+                b'{"holders":' + b"9" * 60 + b"}"):
+        assert _decode(bad) is None, bad
