@@ -208,3 +208,27 @@ def test_the_holders_note_is_what_json_writes_and_reads():
                 b'{"holders":2.5}', b'{"holders":}', b'{"holders":"2"}', b"[2]", b"", None,
                 b'{"holders":' + b"9" * 60 + b"}"):
         assert _decode(bad) is None, bad
+
+
+def test_the_url_codec_is_urllib_s_without_importing_it_for_plain_urls():
+    """lelect.backends.urls quotes, unquotes and splits query strings as urllib.parse
+    does, and a plain URL (the embedded backend's) is read and shown without it."""
+    import urllib.parse
+
+    from lelect.backends import urls
+
+    texts = ["", "abc", "/srv/lelect", "a b", "p@ss:w/rd", "ü", "%41%zz", "x%2Fy", "~_.-",
+             "/var/lib/lelect dir", "a+b=c&d", "100%"]
+    for text in texts:
+        for safe in ("/", "", urls._PATH_SAFE, urls._VALUE_SAFE):
+            assert urls.quote(text, safe=safe) == urllib.parse.quote(text, safe=safe), (text, safe)
+        assert urls.unquote(text) == urllib.parse.unquote(text), text
+    for query in ("", "a=1", "a=1&b=", "prefix=x%20y&ttl=5"):
+        assert urls.parse_qsl(query, keep_blank_values=True) == urllib.parse.parse_qsl(
+            query, keep_blank_values=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from lelect.backends.urls import parse_url;"
+         " u = parse_url('file:///srv/lelect'); str(u); u.revealed();"
+         " print(sorted(m for m in ('urllib.parse', 'ipaddress') if m in sys.modules))"],
+        capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "[]", out

@@ -103,14 +103,15 @@ def load_record(data: bytes | str | None) -> Any:
         raise BadRecord(f"{type(exc).__name__}: {str(exc)[:80]}") from None
 
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(r"[\[\]{}]")
+# Compiled on first use (re's own cache), not on every start.
+_STRINGS = r'"(?:[^"\\]|\\.)*"'
+_BRACKETS = r"[\[\]{}]"
 
 
 def _check_depth(text: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH before the parser recurses into it."""
     depth = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+    for bracket in re.findall(_BRACKETS, re.sub(_STRINGS, "", text)):
         depth += 1 if bracket in "[{" else -1
         if depth > MAX_DEPTH:
             raise BadRecord(f"nested deeper than {MAX_DEPTH} levels")
