@@ -117,14 +117,24 @@ def child_pids():
 
 def spawn_job(program, argv, env, term, slot=None, seat=None):
     """Fork and exec the job with ``term`` (and ``slot``, ``seat``) in its environment;
-    its pid, once it runs (OSError if it could not be run). ``slot`` "-" is none."""
-    return run_forked_job(fork_job(program, argv, env), term, slot, seat)
+    its pid, once it runs (OSError if it could not be run). ``slot`` "-" is none.
+
+    The child is told everything before the fork (no pipe to wait on): from the fork
+    to the exec it only sets itself up, as :func:`fork_job` describes."""
+    env = dict(env)
+    for item in _job_vars(term, slot, seat):
+        name, _, value = item.partition(b"=")
+        env[name] = value
+    pid, report, _ = _fork(program, argv, env, told=True)
+    return _exec_reported(pid, report)
 
 
 def fork_job(program, argv, env):
     """Fork the job's process, which waits (every signal blocked) to be told its term:
-    ``(pid, go, report)`` for :func:`run_forked_job` or :func:`drop_forked_job`. The
-    embedded backend forks it the moment it wins and settles the term meanwhile.
+    ``(pid, go, report)`` for :func:`run_forked_job` or :func:`drop_forked_job`: the
+    fork overlaps what must still be settled. (The embedded backend no longer forks
+    early: the fork's copy-on-write faults slowed the checks and the term more than
+    the overlap gained; it settles them first and calls :func:`spawn_job`.)
 
     Before it waits, the child takes its own process group, asks for PR_SET_PDEATHSIG
     (the kernel kills it if the keeper dies, even by SIGKILL, which posix_spawn cannot
@@ -134,9 +144,17 @@ def fork_job(program, argv, env):
     lelect is gone). Every signal stays blocked from the fork to the exec, so one sent
     meanwhile acts on the job. The pid is known (and its group made) before the job's
     first instruction."""
+    pid, report, go = _fork(program, argv, dict(env), told=False)  # the child adds the term
+    return pid, go, report
+
+
+def _fork(program, argv, env, told):
+    """Fork the job's process: ``(pid, report, go)``, ``go`` the pipe that tells it its
+    term (None if ``told``: ``env`` has it already)."""
     keeper = os.getpid()
-    env = dict(env)  # the child adds the term to it
-    go_r, go = os.pipe()
+    go_r = go = None
+    if not told:
+        go_r, go = os.pipe()
     report, report_w = os.pipe()  # both close-on-exec: EOF on it means the exec worked
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
     try:
@@ -150,8 +168,19 @@ def fork_job(program, argv, env):
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     os.close(report_w)
-    os.close(go_r)
-    return pid, go, report
+    if go_r is not None:
+        os.close(go_r)
+    return pid, report, go
+
+
+def _job_vars(term, slot=None, seat=None):
+    """``LELECT_TERM=…`` (and ``LELECT_SLOT``, ``LELECT_SEAT``) as bytes."""
+    extra = [b"LELECT_TERM=" + str(term).encode()]
+    if slot and slot != "-":
+        extra.append(b"LELECT_SLOT=" + str(slot).encode())
+    if seat is not None:
+        extra.append(b"LELECT_SEAT=" + str(seat).encode())
+    return extra
 
 
 def run_forked_job(forked, term, slot=None, seat=None):
@@ -159,15 +188,16 @@ def run_forked_job(forked, term, slot=None, seat=None):
     its environment; its pid, once it runs. An exec that fails is reported here (an
     OSError), through the close-on-exec report pipe."""
     pid, go, report = forked
-    extra = [b"LELECT_TERM=" + str(term).encode()]
-    if slot and slot != "-":
-        extra.append(b"LELECT_SLOT=" + str(slot).encode())
-    if seat is not None:
-        extra.append(b"LELECT_SEAT=" + str(seat).encode())
     try:
-        os.write(go, b"\0".join(extra))
+        os.write(go, b"\0".join(_job_vars(term, slot, seat)))
     finally:
         os.close(go)
+    return _exec_reported(pid, report)
+
+
+def _exec_reported(pid, report):
+    """``pid`` once its exec worked (EOF on the close-on-exec ``report`` pipe); an
+    OSError with the errno the child wrote there if it failed."""
     try:
         failure = b""
         while chunk := os.read(report, 64):
@@ -196,7 +226,7 @@ def drop_forked_job(forked):
 
 
 def _exec_job(keeper, program, argv, env, report_w, blocked, go_r):
-    """The forked child of :func:`fork_job`: never returns."""
+    """The forked child of :func:`_fork`: never returns."""
     try:
         os.setpgid(0, 0)
         if LIBC is not None:
@@ -206,19 +236,23 @@ def _exec_job(keeper, program, argv, env, report_w, blocked, go_r):
         # The exec resets the signals the keeper catches; those it ignores, it does not.
         for sig in IGNORED:
             signal.signal(sig, signal.SIG_DFL)
-        # Only 0-2 pass (and the two pipes, closed by the exec itself).
-        low, high = sorted((report_w, go_r))
-        os.closerange(3, low)
-        os.closerange(low + 1, high)
-        os.closerange(high + 1, 1 << 20)
-        told = b""
-        while chunk := os.read(go_r, 4096):  # until the keeper closes its end
-            told += chunk
-        if not told:
-            os._exit(0)  # not to run (or the keeper is gone)
-        for item in told.split(b"\0"):
-            name, _, value = item.partition(b"=")
-            env[name] = value
+        # Only 0-2 pass (and the pipes, closed by the exec itself).
+        if go_r is None:  # told before the fork
+            os.closerange(3, report_w)
+            os.closerange(report_w + 1, 1 << 20)
+        else:
+            low, high = sorted((report_w, go_r))
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, 1 << 20)
+            told = b""
+            while chunk := os.read(go_r, 4096):  # until the keeper closes its end
+                told += chunk
+            if not told:
+                os._exit(0)  # not to run (or the keeper is gone)
+            for item in told.split(b"\0"):
+                name, _, value = item.partition(b"=")
+                env[name] = value
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if "/" in program:
             try:

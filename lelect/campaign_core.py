@@ -25,10 +25,9 @@ The promises it keeps (property-tested in tests/test_campaign_core.py):
 from __future__ import annotations
 
 import signal as _signal
-from dataclasses import dataclass
-from typing import ClassVar
 
 from lelect.backends.words import EXITED, LOST, RESIGNED, STOPPED
+from lelect.frozen import Record
 from lelect.options import DEFAULT_GRACE, default
 from lelect.status import ExitStatus
 
@@ -44,57 +43,6 @@ MIN_RESTART_DELAY = 0.1
 MAX_RESTART_DELAY = 30.0
 #: A job that ran this long resets the back-off.
 STEADY_RUN = 10.0
-
-
-class Record:
-    """A small frozen record: its fields are its annotations (a subclass adds to its
-    base's), class attributes give defaults. What a frozen dataclass gives, at a
-    fraction of its cost to define: ``lelect campaign`` imports some thirty of these on
-    every start, and a dataclass costs about a millisecond each."""
-
-    _fields: ClassVar[tuple[str, ...]] = ()
-    _defaults: ClassVar[dict[str, object]] = {}
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        names = list(cls._fields)
-        names += [n for n in cls.__dict__.get("__annotations__", {})
-                  if n not in names and not n.startswith("_")]
-        cls._fields = tuple(names)
-        defaults = dict(cls._defaults)
-        defaults.update({n: cls.__dict__[n] for n in names if n in cls.__dict__})
-        cls._defaults = defaults
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        if len(args) > len(self._fields):
-            raise TypeError(f"{type(self).__name__} takes {len(self._fields)} fields")
-        values = dict(zip(self._fields, args))
-        for name, value in kwargs.items():
-            if name not in self._fields or name in values:
-                raise TypeError(f"{type(self).__name__}: unexpected or repeated {name!r}")
-            values[name] = value
-        for name in self._fields:
-            if name not in values:
-                if name not in self._defaults:
-                    raise TypeError(f"{type(self).__name__} needs {name!r}")
-                values[name] = self._defaults[name]
-            object.__setattr__(self, name, values[name])
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen")
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, n) for n in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._values() == self._values()
-
-    def __hash__(self) -> int:
-        return hash((type(self), self._values()))
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
-        return f"{type(self).__name__}({shown})"
 
 
 # -- events (in) --------------------------------------------------------------------------
@@ -249,8 +197,7 @@ class Exit(Command):
 # -- the machine ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(Record):
     """What the options say (declared once in :mod:`lelect.options`; see CampaignOptions)."""
 
     election: str

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 from lelect.errors import UsageError
+from lelect.frozen import Record
 
 #: Every unit's spellings (Go/consul/etcd: 1h30m; systemd: 5min, 30sec, 2 hours).
 _UNIT_NAMES = {
@@ -26,9 +26,11 @@ _UNIT_NAMES = {
 _UNITS = {name: seconds for seconds, names in _UNIT_NAMES.items() for name in names}
 _NUMBER = r"(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})"
 # One or more "NUMBER UNIT" parts (spaces allowed between and within), or a bare number.
-_PART = re.compile(rf"({_NUMBER}) *([a-z]+)", re.ASCII | re.IGNORECASE)
-_DURATION = re.compile(rf" *(?:{_NUMBER} *[a-z]+ *)+", re.ASCII | re.IGNORECASE)
-_BARE = re.compile(rf" *({_NUMBER}) *", re.ASCII)
+# Compiled on first use (re's own cache), not on every start: most take no duration.
+_PART = rf"({_NUMBER}) *([a-z]+)"
+_DURATION = rf" *(?:{_NUMBER} *[a-z]+ *)+"
+_BARE = rf" *({_NUMBER}) *"
+_WORDS = re.ASCII | re.IGNORECASE
 #: Longer text is refused before it is looked at (and never echoed whole).
 _MAX_TEXT = 64
 FORMS = "a number of seconds, or e.g. 500ms, 0.5s, 30sec, 2m30s, 5min, 1h30m, 2 hours, 1d"
@@ -36,8 +38,7 @@ FORMS = "a number of seconds, or e.g. 500ms, 0.5s, 30sec, 2m30s, 5min, 1h30m, 2 
 DAY = 86400.0
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(Record):
     """Accepted values of one duration: ``minimum``..``maximum`` seconds, and 0 too when
     ``zero`` says what 0 means (e.g. "off")."""
 
@@ -111,12 +112,12 @@ def _parse_text(text: str, what: str) -> float:
         raise UsageError(f"invalid {prefix}{_shown(text)}: too long for a duration; use {FORMS}")
     if text.strip().startswith("-"):
         raise UsageError(f"invalid {prefix}{text!r}: a duration cannot be negative")
-    bare = _BARE.fullmatch(text)
+    bare = re.fullmatch(_BARE, text, re.ASCII)
     if bare:
         return float(bare.group(1))
-    if _DURATION.fullmatch(text):
+    if re.fullmatch(_DURATION, text, _WORDS):
         value = 0.0
-        for number, unit in _PART.findall(text):
+        for number, unit in re.findall(_PART, text, _WORDS):
             seconds = _UNITS.get(unit.lower())
             if seconds is None:
                 break

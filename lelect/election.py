@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
 
 from lelect.backends.base import (
     Backend,
@@ -30,12 +29,16 @@ from lelect.errors import LelectError, NotWaiting, UsageError
 from lelect.names import split_part, validate_election, validate_node_id, validate_stored
 from lelect.seats import HoldersMismatch, Seat, check_holders
 
+TYPE_CHECKING = False  # not typing's (~2 ms of every start): annotations only
 if TYPE_CHECKING:
+    from typing import TypeVar
+
     from lelect.aio import LeadershipBlock, LostCallback
     from lelect.campaign import CampaignOptions, CampaignResult, CampaignStatus, Log
     from lelect.health import GroupHealth, GroupWatch, PhiAccrualDetector
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
 
 
 class Client:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from lelect.frozen import Record
 from lelect.options import DEFAULT_GRACE
 
 Clock = Callable[[], float]
@@ -90,8 +90,7 @@ class TimingRefused(ValueError):
     """Options that cannot keep the lease promise."""
 
 
-@dataclass(frozen=True)
-class LeaseTiming:
+class LeaseTiming(Record):
     ttl: float | None  # None: no lease (the embedded backend's flock)
     grace: float
 
@@ -123,8 +122,7 @@ def lease_timing(ttl: float | None, grace: float | None, *, lease_based: bool = 
 # -- time budgets --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Deadline:
+class Deadline(Record):
     """A point in monotonic time, or none (``at`` None: no bound)."""
 
     at: float | None
@@ -157,8 +155,7 @@ class GaveUp(Exception):
         self.bound = bound
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(Record):
     """One way to bear connection trouble, for every backend (kazoo's ``KazooRetry``
     made into a value): the first contact fails at once, within
     :func:`connect_budget`; after an answer, a streak of transient failures (a restart, a
@@ -250,8 +247,7 @@ class Attempts:
 # -- the lease -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Renewal:
+class Renewal(Record):
     """A backend's answer to a renew. ``held`` False: the lease is not ours any more."""
 
     held: bool
@@ -266,18 +262,15 @@ class Renewal:
 HELD = Renewal(True)
 
 
-@dataclass(frozen=True)
-class Wait:
+class Wait(Record):
     until: float
 
 
-@dataclass(frozen=True)
-class Renew:
+class Renew(Record):
     budget: float
 
 
-@dataclass(frozen=True)
-class Lost:
+class Lost(Record):
     reason: str
 
 

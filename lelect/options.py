@@ -7,14 +7,14 @@ library only (the core imports it)."""
 from __future__ import annotations
 
 import signal as _signal
-from dataclasses import dataclass
+
+from lelect.frozen import Record
 
 #: The grace between the stop signal and SIGKILL when nothing else is said.
 DEFAULT_GRACE = 10.0
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(Record):
     """One ``campaign`` option. ``kind``: flag, duration, signal, exit-code, node-id or
     text (the CLI maps each to its click type); ``shown``: the default as ``--help``
     shows it (None: shown by the help text itself, or nothing to show)."""

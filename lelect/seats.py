@@ -22,11 +22,9 @@ module adds is small:
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from lelect.backends.base import (
     EXITED,
@@ -48,6 +46,7 @@ from lelect.errors import (
     ElectionBusy,
     UsageError,
 )
+from lelect.frozen import Record
 from lelect.names import (
     MAX_HOLDERS,
     MAX_SEATED_NAME,
@@ -80,18 +79,31 @@ def check_holders(election: str, holders: int) -> int:
     return holders
 
 
+#: The note lelect writes: ``{"holders":N}`` (as ``json.dumps`` with compact separators).
+_NOTE_HEAD = b'{"holders":'
+
+
 def _encode(holders: int) -> bytes:
-    return json.dumps({"holders": holders}, separators=(",", ":")).encode()
+    """The note naming ``holders``, byte for byte what ``json.dumps`` makes of it (json
+    itself is not imported on every start for this)."""
+    return _NOTE_HEAD + str(int(holders)).encode() + b"}"
 
 
 def _decode(data: bytes | None) -> int | None:
     """The holders a note names (None: no note, or not one lelect wrote)."""
     if not data or len(data) > 64:
         return None
-    try:
-        value = json.loads(data.decode("ascii")).get("holders")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        return None
+    number = data[len(_NOTE_HEAD):-1]
+    if data.startswith(_NOTE_HEAD) and data.endswith(b"}") and number.isdigit() and (
+            number[:1] != b"0"):
+        value: object = int(number)  # what lelect writes, read without json
+    else:
+        try:
+            import json
+
+            value = json.loads(data.decode("ascii")).get("holders")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return None
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_HOLDERS:
         return value
     return None
@@ -184,8 +196,7 @@ class HoldersPin:
             self.claim()  # (the campaign's own claim comes first: nothing before it)
 
 
-@dataclass(frozen=True)
-class Seat:
+class Seat(Record):
     """One seat and who holds it (None: free)."""
 
     seat: int

@@ -8,7 +8,6 @@ messages, and :class:`Gone` when it is gone.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import select
@@ -19,11 +18,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 from lelect import keeper_protocol as proto
 from lelect._keeper import child_pids, set_subreaper, trim_heap  # noqa: F401 - trim_heap for campaign
 from lelect.backends.records import DEFAULT_HISTORY, HandBack, LocalLock
+from lelect.frozen import Record, asdict
 
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The keeper runs from its module (byte-compiled once), not as a script (compiled at
@@ -95,8 +94,7 @@ class Gone:
         return "Gone()"
 
 
-@dataclass(frozen=True)
-class KeeperConfig:
+class KeeperConfig(Record):
     """What a keeper is started with (all of it visible in ps: no secrets here)."""
 
     command: tuple[str, ...] = ()
@@ -142,6 +140,8 @@ class KeeperConfig:
 
 
 def recipe_message(recipe: HandBack) -> proto.Recipe:
+    import json  # a win's hand-back recipe: not on every start
+
     return proto.Recipe(json.dumps(asdict(recipe), separators=(",", ":")))
 
 

@@ -182,13 +182,12 @@ def test_the_keeper_and_its_protocol_need_only_the_standard_library():
 def test_the_embedded_history_entry_has_the_records_shape():
     """filestate writes history entries as plain JSON (the keeper must not import
     dataclasses): the same keys as records.HistoryEntry, which reads them back."""
-    from dataclasses import fields
-
     from lelect.backends.file import state as filestate
     from lelect.backends.records import HistoryEntry
+    from lelect.frozen import fields
 
     entry = filestate.new_entry("e", 3, "n", "h", 1, 12.5)
-    assert list(entry) == [f.name for f in fields(HistoryEntry)]
+    assert list(entry) == list(fields(HistoryEntry))
     import json
 
     assert HistoryEntry.decode(json.dumps(entry)) == HistoryEntry("e", 3, "n", "h", 1, 12.5)
@@ -206,3 +205,44 @@ def test_a_deferred_module_loads_on_first_use_and_is_the_same_to_whoever_bound_i
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == 'False {"a": [1]} {\'a\': [1]} True True', out.stdout + out.stderr
+
+
+def test_the_holders_note_is_what_json_writes_and_reads():
+    """The --holders note is written and read without json on every start: the same
+    bytes json.dumps makes, and what json.loads makes of any note."""
+    import json
+
+    from lelect.seats import MAX_HOLDERS, _decode, _encode
+
+    for holders in (1, 2, 9, 10, MAX_HOLDERS):
+        assert _encode(holders) == json.dumps({"holders": holders}, separators=(",", ":")).encode()
+        assert _decode(_encode(holders)) == holders
+    assert _decode(b'{ "holders": 3 }') == 3  # another writer's spacing: json reads it
+    for bad in (b'{"holders":0}', b'{"holders":03}', b'{"holders":-1}', b'{"holders":true}',
+                b'{"holders":2.5}', b'{"holders":}', b'{"holders":"2"}', b"[2]", b"", None,
+                b'{"holders":' + b"9" * 60 + b"}"):
+        assert _decode(bad) is None, bad
+
+
+def test_the_url_codec_is_urllib_s_without_importing_it_for_plain_urls():
+    """lelect.backends.urls quotes, unquotes and splits query strings as urllib.parse
+    does, and a plain URL (the embedded backend's) is read and shown without it."""
+    import urllib.parse
+
+    from lelect.backends import urls
+
+    texts = ["", "abc", "/srv/lelect", "a b", "p@ss:w/rd", "ü", "%41%zz", "x%2Fy", "~_.-",
+             "/var/lib/lelect dir", "a+b=c&d", "100%"]
+    for text in texts:
+        for safe in ("/", "", urls._PATH_SAFE, urls._VALUE_SAFE):
+            assert urls.quote(text, safe=safe) == urllib.parse.quote(text, safe=safe), (text, safe)
+        assert urls.unquote(text) == urllib.parse.unquote(text), text
+    for query in ("", "a=1", "a=1&b=", "prefix=x%20y&ttl=5"):
+        assert urls.parse_qsl(query, keep_blank_values=True) == urllib.parse.parse_qsl(
+            query, keep_blank_values=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from lelect.backends.urls import parse_url;"
+         " u = parse_url('file:///srv/lelect'); str(u); u.revealed();"
+         " print(sorted(m for m in ('urllib.parse', 'ipaddress') if m in sys.modules))"],
+        capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "[]", out

@@ -63,9 +63,8 @@ def default_url() -> str:
     env = os.environ.get("LELECT_BACKEND", "").strip()
     if env:
         return env
-    from urllib.parse import quote
-
     from lelect.backends.file.state import default_home
+    from lelect.backends.urls import quote
 
     # Quoted: LELECT_HOME=/srv/team#1 is a directory, not a URL with a fragment.
     return "file://" + quote(default_home(), safe="/")

@@ -5,14 +5,16 @@ member records with. Standard library only: the keeper imports this module too.
 from __future__ import annotations
 
 import enum
-import json
 import math
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+
+from lelect.frozen import Record, asdict, field
+
+TYPE_CHECKING = False  # not typing's (~2 ms of every start): annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Arrival stamps kept per member (the phi detector's history).
 MAX_ARRIVALS = 20
@@ -41,6 +43,8 @@ def iso8601(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     try:
+        from datetime import datetime, timezone  # for people: not on every start
+
         return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
     except (OverflowError, ValueError, OSError):
         return None  # a time no calendar has (another writer's garbage)
@@ -90,6 +94,7 @@ def load_record(data: bytes | str | None) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else str(data)
         _check_depth(text)
+        import json  # only where a record is read or written: not on every start
         return json.loads(text, parse_float=_finite_float, parse_int=_whole_int,
                           parse_constant=_refuse_constant)
     except BadRecord:
@@ -98,14 +103,15 @@ def load_record(data: bytes | str | None) -> Any:
         raise BadRecord(f"{type(exc).__name__}: {str(exc)[:80]}") from None
 
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(r"[\[\]{}]")
+# Compiled on first use (re's own cache), not on every start.
+_STRINGS = r'"(?:[^"\\]|\\.)*"'
+_BRACKETS = r"[\[\]{}]"
 
 
 def _check_depth(text: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH before the parser recurses into it."""
     depth = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+    for bracket in re.findall(_BRACKETS, re.sub(_STRINGS, "", text)):
         depth += 1 if bracket in "[{" else -1
         if depth > MAX_DEPTH:
             raise BadRecord(f"nested deeper than {MAX_DEPTH} levels")
@@ -154,8 +160,7 @@ def text_field(value: Any, what: str, limit: int = 1024) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(Record):
     """Who campaigns: the node id is for people; backends use a per-campaign token."""
 
     node_id: str
@@ -169,8 +174,7 @@ class Candidate:
         return cls(node_id=node_id or f"{host}:{pid}", host=host, pid=pid)
 
 
-@dataclass(frozen=True)
-class LeaderInfo:
+class LeaderInfo(Record):
     """Who leads an election now. ``since`` is wall-clock epoch seconds, for humans only.
     ``value`` is what this leadership proclaimed (``campaign --value``, ``proclaim``):
     backends leave it None, the library fills it in (:func:`lelect.backends.base.with_value`)."""
@@ -216,8 +220,7 @@ class LeaderInfo:
         return (self.node_id, self.term)
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(Record):
     """What each candidate (and ``health --publish``) writes every interval."""
 
     election: str
@@ -269,8 +272,7 @@ class Heartbeat:
             raise BadRecord(f"no {exc.args[0]} in the heartbeat") from None
 
 
-@dataclass(frozen=True)
-class MemberRecord:
+class MemberRecord(Record):
     """One member as stored: its last heartbeat (None if the record is garbage) and the
     last ~20 arrival times as the backend stamped them (backend clock, seconds)."""
 
@@ -281,8 +283,7 @@ class MemberRecord:
     forget_after: float = DEFAULT_FORGET_AFTER
 
 
-@dataclass(frozen=True)
-class Members:
+class Members(Record):
     """Members of one election and the backend's current time, to judge arrival ages by."""
 
     election: str
@@ -321,6 +322,7 @@ def encode_member(heartbeat: Heartbeat, arrivals: list[float] | tuple[float, ...
         "arrivals": list(arrivals)[-MAX_ARRIVALS:],
         "forget_after": forget_after,
     }
+    import json  # only where a record is read or written: not on every start
     return json.dumps(record, separators=(",", ":")).encode("utf-8")
 
 
@@ -364,8 +366,7 @@ def decode_member(node_id: str, data: bytes | str | None,
 # -- leadership history -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(Record):
     """One leadership as the history keeps it. Times are epoch seconds by the backend's
     clock where it has one (the local clock otherwise)."""
 
@@ -410,6 +411,7 @@ class HistoryEntry:
 
     def encode(self) -> str:
         """The stored form (JSON); :meth:`decode` reads it back."""
+        import json  # only where a record is read or written: not on every start
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
@@ -455,6 +457,7 @@ def _names_of(data: bytes | str) -> dict[str, Any]:
             return {}
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else str(data)
         _check_depth(text)
+        import json  # only where a record is read or written: not on every start
         raw = json.loads(text)  # lenient: 1e999 and NaN parse here
         return raw if isinstance(raw, dict) else {}
     except (ValueError, TypeError, RecursionError):
@@ -484,8 +487,7 @@ def warn_once(message: str) -> None:
 # -- what a keeper needs to act for a backend ----------------------------------------------
 
 
-@dataclass(frozen=True)
-class LocalLock:
+class LocalLock(Record):
     """A leadership the job's keeper can win by itself (the embedded backend's flock):
     the supervisor hands this to the keeper, which takes the lock, settles the term and
     starts the job the moment it wins."""
@@ -502,8 +504,7 @@ class LocalLock:
     seats: int = 1  # an election with seats: the keeper takes the first free one
 
 
-@dataclass(frozen=True)
-class Ending:
+class Ending(Record):
     """How a leadership ended, told to :meth:`Backend.resign` with the release itself:
     ``outcome`` (one of :data:`OUTCOMES`), the job's ``exit_status``, a ``reason`` for
     people, and the once-per ``slot`` it ran for (marked done only for "exited" with
@@ -519,8 +520,7 @@ class Ending:
         return self.slot if self.outcome == EXITED and self.exit_status == 0 else None
 
 
-@dataclass(frozen=True)
-class HandBack:
+class HandBack(Record):
     """How a job's keeper releases a leadership by its token after lelect died and the
     job's whole group is gone: ``module`` (standard library only, under
     lelect.backends) has ``hand_back(params, budget, exit_status)``. ``params`` may hold

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, unquote
 
 from lelect.durations import RANGES, Range, parse_duration
 from lelect.errors import ConfigError, UsageError
+from lelect.frozen import Record, field
 
 #: The largest password file and URL file lelect reads.
 MAX_PASSWORD_FILE = 4096
@@ -22,10 +21,40 @@ MAX_URL_FILE = 16 * 1024
 #: Characters a URL's path and option values keep as they are (the rest is %-quoted).
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 _VALUE_SAFE = ":/,@~!$'()*+;"
+#: What urllib.parse.quote never quotes.
+_ALWAYS_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
 
-@dataclass(frozen=True)
-class BackendURL:
+# urllib.parse (and the ipaddress it imports: ~2 ms of every start) only for a URL that
+# needs it: most are read and shown unchanged.
+def quote(text: str, safe: str = "/") -> str:
+    """:func:`urllib.parse.quote`."""
+    if _ALWAYS_SAFE.issuperset(text) or _ALWAYS_SAFE.union(safe).issuperset(text):
+        return text
+    from urllib.parse import quote as quoted
+
+    return quoted(text, safe=safe)
+
+
+def unquote(text: str) -> str:
+    """:func:`urllib.parse.unquote`."""
+    if "%" not in text:
+        return text
+    from urllib.parse import unquote as unquoted
+
+    return unquoted(text)
+
+
+def parse_qsl(text: str, **options: bool) -> list[tuple[str, str]]:
+    """:func:`urllib.parse.parse_qsl` (an empty query string: no options)."""
+    if not text:
+        return []
+    from urllib.parse import parse_qsl as parsed
+
+    return parsed(text, **options)
+
+
+class BackendURL(Record):
     raw: str
     scheme: str
     username: str | None

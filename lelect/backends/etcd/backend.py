@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lelect.backends.base import (
@@ -74,6 +74,7 @@ from lelect.backends.records import (
 )
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, UsageError
+from lelect.frozen import replace
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy, renew_interval
 from lelect.names import ELECTION_NAME, validate_stored
 

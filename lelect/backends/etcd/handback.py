@@ -10,11 +10,11 @@ nothing changes.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 from lelect.backends.etcd import gateway as wire
 from lelect.backends.records import HAND_BACK_REASON, LOST, HistoryEntry
+from lelect.frozen import replace
 
 
 def hand_back(params: dict[str, Any], budget: float, exit_status: int | None) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from lelect.backends.base import (
     wait_event,
 )
 from lelect.backends.file import state as filestate
+from lelect.backends.file.state import sqlite3  # the C module alone (no datetime)
 from lelect.backends.records import (
     DEFAULT_HISTORY,
     decode_member,

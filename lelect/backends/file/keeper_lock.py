@@ -26,7 +26,7 @@ def tidy_up_slowly(thread=False):
         if thread:
             import _thread
 
-            os.setpriority(os.PRIO_PROCESS, _thread.get_native_id(), 10)
+            os.setpriority(os.PRIO_PROCESS, _thread.get_native_id(), 19)
         else:
             os.nice(19)
     except (OSError, AttributeError):
@@ -40,7 +40,7 @@ class _GiveUp(Exception):
 
 class LocalElection:
     """The keeper's flock election; the keeper supplies ``options``, ``proto``, ``send``,
-    ``read_ctrl``, ``start_job``, ``fork_early``, ``drop_early`` and the job's state."""
+    ``read_ctrl``, ``start_job`` and the job's state."""
 
     def wait_for_lock(self):
         """Take the flock in the main thread (a blocked helper thread wakes up to ms
@@ -110,13 +110,11 @@ class LocalElection:
                     self.lock_fd = filestate.take_lock(self.state, lock_name, False)
                 if self.lock_fd is None:
                     break
-                self.fork_early()
                 barred = self.handover_bars()
                 if barred is None:
                     break
                 # Being handed to another node (resign --to): let go before anything
                 # runs or any term is spent, and let it in.
-                self.drop_early()
                 self.release()
                 won = self.options["election"]  # a seat's election, with seats
                 self.options["election"], self.options["lock"] = election, lock
@@ -145,7 +143,6 @@ class LocalElection:
             timed = deadline is not None and self.options.get("nowait") != "1"
             outcome = self.proto.TimedOut() if timed else self.proto.Busy()
         if outcome is not None:
-            self.drop_early()
             self.release()
             self.send(outcome)
             os._exit(0)
@@ -233,7 +230,6 @@ class LocalElection:
             term = self.filestate.next_term(self.lock_fd, self.db, self.options["election"],
                                             self.options["lock"], self.stored_term)
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
-            self.drop_early()
             self.release()
             self.send(self.proto.Error(str(exc)))
             os._exit(0)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import (
@@ -86,6 +85,7 @@ from lelect.backends.zookeeper.session import (
 )
 from lelect.durations import format_duration
 from lelect.errors import BackendUnavailable, ConfigError
+from lelect.frozen import replace
 from lelect.lease import connect_budget
 from lelect.names import ELECTION_NAME
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from dataclasses import replace
 
 from lelect.backends.records import HAND_BACK_REASON, LOST, HistoryEntry
 from lelect.backends.zookeeper.layout import Check, Create, Delete, Op, SetData, hand_back_ops
+from lelect.frozen import replace
 
 # Op codes and special xids of the ZooKeeper protocol.
 _CREATE, _DELETE, _SET_DATA, _CHECK, _MULTI, _CLOSE, _AUTH = 1, 2, 5, 13, 14, -11, 100

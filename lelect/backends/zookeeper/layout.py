@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from lelect.backends.records import RUNNING, VANISHED, VANISHED_REASON, HistoryEntry
 from lelect.errors import UsageError
+from lelect.frozen import replace
 from lelect.names import validate_stored
 
 #: kazoo's contender node name: ``<uuid4 hex>__lock__<10-digit sequence>``.
