@@ -344,10 +344,15 @@ class Keeper(LocalElection):
                     os.write(2, (line + "\n").encode())
                 except OSError:
                     pass
+            pid = None
             if self.forked is not None:
                 forked, self.forked = self.forked, None
-                pid = run_forked_job(forked, term, slot, seat)
-            else:
+                try:
+                    pid = run_forked_job(forked, term, slot, seat)
+                except BrokenPipeError:  # it died untold just now (killed from outside)
+                    os.close(forked[2])
+                    pid = None
+            if pid is None:
                 pid = spawn_job(self.program, self.command, self.job_env, term, slot, seat)
         except OSError as exc:
             self.release()
@@ -366,18 +371,22 @@ class Keeper(LocalElection):
         if announce:
             self.send(self.proto.Started(pid))
 
-    def fork_early(self):
-        """Won: fork the job's process now (it waits for its term), so the fork and the
-        child's preparations overlap the checks and the term (the database, the lock
-        file) instead of following them. Nothing runs unless they pass."""
-        if self.command and self.options.get("autostart") == "1" and self.forked is None:
+    def fork_early(self, prepare=False):
+        """Won (the embedded backend, which starts the job itself) or next in line
+        (``prepare``: lelect said Prepare): fork the job's process now (it waits for its
+        term), so the fork and the child's preparations overlap the checks and the term
+        (the database, the lock file), or come before the win. Nothing runs before a
+        Start (or, embedded, before the checks pass)."""
+        asked = prepare or self.options.get("autostart") == "1"
+        if self.command and asked and self.forked is None:
             try:
                 self.forked = fork_job(self.program, self.command, self.job_env)
             except OSError:
                 self.forked = None  # forked again when the job starts: it says why not
 
     def drop_early(self):
-        """The checks failed (or the flock goes back): the early child never runs."""
+        """The checks failed (or the flock goes back; or no longer next in line): the
+        early child never runs."""
         if self.forked is not None:
             forked, self.forked = self.forked, None
             drop_forked_job(forked)
@@ -425,6 +434,12 @@ class Keeper(LocalElection):
                 return
             if pid == 0:
                 return
+            if self.forked is not None and pid == self.forked[0]:
+                # The early child died untold (killed from outside): a start forks anew.
+                forked, self.forked = self.forked, None
+                for fd in forked[1:]:
+                    os.close(fd)
+                continue
             if pid != self.job_pid:
                 continue
             if os.WIFSTOPPED(status):
@@ -504,11 +519,17 @@ class Keeper(LocalElection):
 
     def handle(self, message):
         proto = self.proto
-        if isinstance(message, proto.Start):
+        if isinstance(message, proto.Prepare):
+            if self.job_pid is None and not self.job_done:
+                self.fork_early(prepare=True)
+        elif isinstance(message, proto.Unprepare):
+            self.drop_early()
+        elif isinstance(message, proto.Start):
             if self.lease_stop_at is not None and time.monotonic() >= self.lease_stop_at:
                 # The lease could run out before the job got anywhere (lelect stalled
                 # between its renew and this message): a job never starts on it.
                 self.job_done = True
+                self.drop_early()
                 self.report(proto.Exited(0, "unstarted"))
                 return
             self.start_job(message.term, message.slot,

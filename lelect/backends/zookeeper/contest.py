@@ -109,6 +109,7 @@ class Contest:
         no_wait: bool,
         on_wait: Callable[[LeaderInfo | None], None] | None,
         cancel: threading.Event | None = None,
+        on_next: Callable[[bool], None] | None = None,
     ) -> None:
         self.backend = backend
         self.session = session
@@ -120,6 +121,8 @@ class Contest:
         self.timeout = timeout
         self.no_wait = no_wait
         self.on_wait = on_wait
+        #: Told whether we are next in line after each look (Backend.campaign's hint).
+        self.on_next = on_next
         self.cancel = cancel
         # kazoo's trick: after a connection loss during create, the prefix is how we
         # find our own node instead of queueing behind it.
@@ -242,6 +245,8 @@ class Contest:
         if not ahead:
             return self._won(mine, sent, handover)
         self.next_after = ahead[0] if len(ahead) == 1 else None
+        if self.on_next is not None:
+            self.on_next(self.next_after is not None)
         if self.no_wait:
             self._refuse_if_led(ahead)
         left = self._wait_left()
