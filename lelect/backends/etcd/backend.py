@@ -528,8 +528,14 @@ class EtcdBackend(Backend):
             older = claim.ranges[1].first if claim.ranges[1] else None
             if mine is None or mine.create_revision != term:
                 return None
-            if on_next is not None:
-                on_next(older is not None and len(claim.ranges[1].kvs) == 1)
+            # Next in line: only the leader's key is older than ours. Else the key we watch
+            # will lead one day, and its history entry, written as it starts its job,
+            # tells us that we are next then (without a look of ours at the line).
+            promotion = None
+            if on_next is not None and older is not None:
+                on_next(len(claim.ranges[1].kvs) == 1)
+                if len(claim.ranges[1].kvs) > 1:
+                    promotion = keys.history_entry(older.create_revision)
             if give_up is not None and time.monotonic() >= give_up:
                 raise timed_out(keys.election, timeout)
             if older is None:
@@ -540,14 +546,16 @@ class EtcdBackend(Backend):
                     " (etcd 3.3 or later compares every key of a range)"))
             try:
                 stream = self.gateway.watch(older.key, start_revision=claim.revision + 1,
-                                            budget=contact.budget())
+                                            budget=contact.budget(),
+                                            also=() if promotion is None else (promotion,))
             except GatewayError as exc:
                 self._retry(contact, exc)
                 continue
             contact.succeeded()
             try:
-                seen = max(seen, self._until_deleted(stream, lease, give_up, cancel,
-                                                     keys.election))
+                seen = max(seen, self._until_deleted(
+                    stream, lease, give_up, cancel, keys.election, older.key,
+                    None if promotion is None else (promotion, on_next)))
             except GatewayError as exc:
                 if exc.kind != "compacted":
                     self._retry(contact, exc)
@@ -556,11 +564,14 @@ class EtcdBackend(Backend):
 
     @staticmethod
     def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None,
-                       cancel: threading.Event | None = None, election: str = "") -> int:
-        """Until the watched key is deleted: the revision of its deletion (0 if we woke
-        for another reason). The read wakes by itself only when our lease would run out
-        unrenewed (its keep-alive moves that on) or at ``give_up``; a
-        :class:`~lelect.backends.base.Cancel` wakes it at once."""
+                       cancel: threading.Event | None = None, election: str = "",
+                       key: str | None = None,
+                       promotion: tuple[str, Callable[[bool], None]] | None = None) -> int:
+        """Until the watched key (``key``: that one among the stream's) is deleted: the
+        revision of its deletion (0 if we woke for another reason). The read wakes by
+        itself only when our lease would run out unrenewed (its keep-alive moves that on)
+        or at ``give_up``; a :class:`~lelect.backends.base.Cancel` wakes it at once.
+        ``promotion``: (a key, ``on_next``): a put of that key calls ``on_next(True)``."""
         with cancel_wakeup(cancel) as woken:
             while lease.alive():
                 check_cancel(cancel, election)
@@ -570,10 +581,14 @@ class EtcdBackend(Backend):
                     wake = min(wake, give_up - now)
                 if wake <= 0:
                     return 0
-                events = stream.next(wait_slice(wake, cancel) or 0.0, woken)
-                deleted = [event.mod_revision for event in events or () if event.kind == "DELETE"]
+                events = stream.next(wait_slice(wake, cancel) or 0.0, woken) or ()
+                deleted = [event.mod_revision for event in events
+                           if event.kind == "DELETE" and key in (None, event.key)]
                 if deleted:
                     return max(deleted)
+                if promotion is not None and any(
+                        event.kind == "PUT" and event.key == promotion[0] for event in events):
+                    promotion[1](True)
             check_cancel(cancel, election)
             return 0
 
