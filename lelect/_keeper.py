@@ -185,10 +185,15 @@ def run_forked_job(forked, term, slot=None, seat=None):
 
 
 def drop_forked_job(forked):
-    """The job :func:`fork_job` made never runs: it exits (0) when told nothing."""
+    """The job :func:`fork_job` made never runs: it exits (0) when told nothing, or is
+    killed (it may have been stopped from outside: the wait must not hang on it)."""
     pid, go, report = forked
     os.close(go)
     os.close(report)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:
@@ -434,7 +439,7 @@ class Keeper(LocalElection):
                 return
             if pid == 0:
                 return
-            if self.forked is not None and pid == self.forked[0]:
+            if self.forked is not None and pid == self.forked[0] and not os.WIFSTOPPED(status):
                 # The early child died untold (killed from outside): a start forks anew.
                 forked, self.forked = self.forked, None
                 for fd in forked[1:]:
