@@ -51,6 +51,10 @@ ALL_SIGNALS = signal.valid_signals()
 #: importlib, the backend's module: 10-25 ms of CPU), so that it does not compete with
 #: the job's own start on a small host; a hand-back before then loads it itself.
 HAND_BACK_LOAD_DELAY = 0.25
+#: Seconds after a Prepare (next in line) before the job's process is forked: a waiter
+#: most often learns it is next as the leader ahead of it starts its job, and the fork
+#: (about 1 ms of CPU) must not compete with that job's start.
+PREPARE_DELAY = 0.25
 
 
 def shell_status(status):
@@ -278,6 +282,7 @@ class Keeper(LocalElection):
         self.job_pidfd = None
         self.job_env = None  # the environment and the program, read before winning
         self.forked = None  # the job's process forked as the flock was won (fork_job)
+        self.fork_at = None  # when to fork it, next in line (Prepare; PREPARE_DELAY)
         self.program = None
         self.tty = None
         self.terminated = False
@@ -525,11 +530,13 @@ class Keeper(LocalElection):
     def handle(self, message):
         proto = self.proto
         if isinstance(message, proto.Prepare):
-            if self.job_pid is None and not self.job_done:
-                self.fork_early(prepare=True)
+            if self.job_pid is None and not self.job_done and self.fork_at is None:
+                self.fork_at = time.monotonic() + PREPARE_DELAY
         elif isinstance(message, proto.Unprepare):
+            self.fork_at = None
             self.drop_early()
         elif isinstance(message, proto.Start):
+            self.fork_at = None
             if self.lease_stop_at is not None and time.monotonic() >= self.lease_stop_at:
                 # The lease could run out before the job got anywhere (lelect stalled
                 # between its renew and this message): a job never starts on it.
@@ -660,6 +667,12 @@ class Keeper(LocalElection):
                 continue
             now = time.monotonic()
             next_timer = self.timers(now)
+            if self.fork_at is not None:
+                if now >= self.fork_at:
+                    self.fork_at = None
+                    self.fork_early(prepare=True)
+                elif next_timer is None or self.fork_at < next_timer:
+                    next_timer = self.fork_at
             if self.hand_back_runner is not None and self.load_at is not None:
                 if now >= self.load_at:  # the job is under way: the keeper is idle
                     self.load_at = None
