@@ -51,6 +51,10 @@ ALL_SIGNALS = signal.valid_signals()
 #: importlib, the backend's module: 10-25 ms of CPU), so that it does not compete with
 #: the job's own start on a small host; a hand-back before then loads it itself.
 HAND_BACK_LOAD_DELAY = 0.25
+#: Seconds after a Prepare (next in line) before the job's process is forked: a waiter
+#: most often learns it is next as the leader ahead of it starts its job, and the fork
+#: (about 1 ms of CPU) must not compete with that job's start.
+PREPARE_DELAY = 0.25
 
 
 def shell_status(status):
@@ -215,10 +219,15 @@ def _exec_reported(pid, report):
 
 
 def drop_forked_job(forked):
-    """The job :func:`fork_job` made never runs: it exits (0) when told nothing."""
+    """The job :func:`fork_job` made never runs: it exits (0) when told nothing, or is
+    killed (it may have been stopped from outside: the wait must not hang on it)."""
     pid, go, report = forked
     os.close(go)
     os.close(report)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:
@@ -307,6 +316,7 @@ class Keeper(LocalElection):
         self.job_pidfd = None
         self.job_env = None  # the environment and the program, read before winning
         self.forked = None  # the job's process forked as the flock was won (fork_job)
+        self.fork_at = None  # when to fork it, next in line (Prepare; PREPARE_DELAY)
         self.program = None
         self.tty = None
         self.terminated = False
@@ -378,10 +388,15 @@ class Keeper(LocalElection):
                     os.write(2, (line + "\n").encode())
                 except OSError:
                     pass
+            pid = None
             if self.forked is not None:
                 forked, self.forked = self.forked, None
-                pid = run_forked_job(forked, term, slot, seat)
-            else:
+                try:
+                    pid = run_forked_job(forked, term, slot, seat)
+                except BrokenPipeError:  # it died untold just now (killed from outside)
+                    os.close(forked[2])
+                    pid = None
+            if pid is None:
                 pid = spawn_job(self.program, self.command, self.job_env, term, slot, seat)
         except OSError as exc:
             self.release()
@@ -400,18 +415,22 @@ class Keeper(LocalElection):
         if announce:
             self.send(self.proto.Started(pid))
 
-    def fork_early(self):
-        """Won: fork the job's process now (it waits for its term), so the fork and the
-        child's preparations overlap the checks and the term (the database, the lock
-        file) instead of following them. Nothing runs unless they pass."""
-        if self.command and self.options.get("autostart") == "1" and self.forked is None:
+    def fork_early(self, prepare=False):
+        """Won (the embedded backend, which starts the job itself) or next in line
+        (``prepare``: lelect said Prepare): fork the job's process now (it waits for its
+        term), so the fork and the child's preparations overlap the checks and the term
+        (the database, the lock file), or come before the win. Nothing runs before a
+        Start (or, embedded, before the checks pass)."""
+        asked = prepare or self.options.get("autostart") == "1"
+        if self.command and asked and self.forked is None:
             try:
                 self.forked = fork_job(self.program, self.command, self.job_env)
             except OSError:
                 self.forked = None  # forked again when the job starts: it says why not
 
     def drop_early(self):
-        """The checks failed (or the flock goes back): the early child never runs."""
+        """The checks failed (or the flock goes back; or no longer next in line): the
+        early child never runs."""
         if self.forked is not None:
             forked, self.forked = self.forked, None
             drop_forked_job(forked)
@@ -459,6 +478,12 @@ class Keeper(LocalElection):
                 return
             if pid == 0:
                 return
+            if self.forked is not None and pid == self.forked[0] and not os.WIFSTOPPED(status):
+                # The early child died untold (killed from outside): a start forks anew.
+                forked, self.forked = self.forked, None
+                for fd in forked[1:]:
+                    os.close(fd)
+                continue
             if pid != self.job_pid:
                 continue
             if os.WIFSTOPPED(status):
@@ -538,11 +563,19 @@ class Keeper(LocalElection):
 
     def handle(self, message):
         proto = self.proto
-        if isinstance(message, proto.Start):
+        if isinstance(message, proto.Prepare):
+            if self.job_pid is None and not self.job_done and self.fork_at is None:
+                self.fork_at = time.monotonic() + PREPARE_DELAY
+        elif isinstance(message, proto.Unprepare):
+            self.fork_at = None
+            self.drop_early()
+        elif isinstance(message, proto.Start):
+            self.fork_at = None
             if self.lease_stop_at is not None and time.monotonic() >= self.lease_stop_at:
                 # The lease could run out before the job got anywhere (lelect stalled
                 # between its renew and this message): a job never starts on it.
                 self.job_done = True
+                self.drop_early()
                 self.report(proto.Exited(0, "unstarted"))
                 return
             self.start_job(message.term, message.slot,
@@ -668,6 +701,12 @@ class Keeper(LocalElection):
                 continue
             now = time.monotonic()
             next_timer = self.timers(now)
+            if self.fork_at is not None:
+                if now >= self.fork_at:
+                    self.fork_at = None
+                    self.fork_early(prepare=True)
+                elif next_timer is None or self.fork_at < next_timer:
+                    next_timer = self.fork_at
             if self.hand_back_runner is not None and self.load_at is not None:
                 if now >= self.load_at:  # the job is under way: the keeper is idle
                     self.load_at = None

@@ -293,6 +293,8 @@ class _Driver:
         self.cancel = Cancel()
         self.cancelled_by: int | None = None
         self.keeper: KeeperHandle | None = None
+        #: The backend says we are next in line: the keeper has the job forked early.
+        self.next_in_line = False
         self.leadership: Leadership | None = None
         self.announced = False
         #: The hand-back recipe of a leadership just won: told to the keeper with the
@@ -551,6 +553,7 @@ class _Driver:
         keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.announced = False
+        self.next_in_line = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
         self.cancel = Cancel()
         self.cancelled_by = None
@@ -573,7 +576,7 @@ class _Driver:
                 leadership = backend.campaign(
                     opts.election, self.candidate, timeout=opts.timeout, no_wait=opts.no_wait,
                     ttl=self.timing.ttl, on_wait=self._on_wait, cancel=self.cancel,
-                    keep_later=True,
+                    keep_later=True, on_next=self._on_next if config.autostart else None,
                 )
         except ElectionBusy as busy:
             keeper.kill()
@@ -661,6 +664,13 @@ class _Driver:
                  **({"leader": holder.node_id, "leader_term": holder.term} if holder else {}))
         trim_heap()  # what start-up freed need not stay resident while we wait
 
+    def _on_next(self, ready: bool) -> None:
+        """The backend's hint: next in line (``ready``), or no longer. The keeper forks the
+        job early (it runs only once a Start comes), or lets that process go."""
+        self.next_in_line = ready
+        if self.keeper is not None and self.options.command:
+            self.keeper.prepare(ready)
+
     def _wait_for_keeper(self, lock, keeper: KeeperHandle) -> Leadership | core.Event:
         """The embedded backend: the keeper takes the flock (and gives up at the
         deadline by itself: only it knows whether the job started)."""
@@ -735,6 +745,8 @@ class _Driver:
     def _keeper_respawned(self) -> None:
         self.log("keeper-respawned", "the keeper of this waiting candidate died; a new one"
                  " took its place (still in line)")
+        if self.next_in_line and self.keeper is not None:
+            self.keeper.prepare()
 
     def _holder(self) -> LeaderInfo | None:
         """Who leads (with seats: the holder of the lowest seat held)."""

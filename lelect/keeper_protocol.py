@@ -6,7 +6,7 @@ it imports nothing at all, and each message is a small class: ``encode()`` gives
 line, :func:`decode` reads one back. A field is an int, a float or a word; the last
 field may be ``TEXT`` (the rest of the line: messages, JSON).
 
-lelect -> keeper: Start, Lease, Signal, Stop, Release, Recipe, Exit.
+lelect -> keeper: Prepare, Unprepare, Start, Lease, Signal, Stop, Release, Recipe, Exit.
 keeper -> lelect: Locked, Waiting, Busy, TimedOut, Error, Started, ExecFailed, Leftovers, Exited,
 Released, Suspended.
 """
@@ -70,6 +70,21 @@ class Message:
 
 
 # -- lelect -> keeper ---------------------------------------------------------------------
+
+
+class Prepare(Message):
+    """The candidate is next in line: fork the job's process now (it waits, running
+    nothing, until a Start tells it its term), so a win costs no fork."""
+
+    __slots__ = ()
+    verb = "prepare"
+
+
+class Unprepare(Message):
+    """No longer next in line: the process Prepare forked exits without running."""
+
+    __slots__ = ()
+    verb = "unprepare"
 
 
 class Start(Message):
@@ -213,8 +228,9 @@ class Suspended(Message):
 
 MESSAGES = {
     cls.verb: cls
-    for cls in (Start, Lease, Signal, Stop, Release, Recipe, Exit, Locked, Waiting, Busy, TimedOut,
-                Error, Started, ExecFailed, Leftovers, Exited, Released, Suspended)
+    for cls in (Prepare, Unprepare, Start, Lease, Signal, Stop, Release, Recipe, Exit, Locked,
+                Waiting, Busy, TimedOut, Error, Started, ExecFailed, Leftovers, Exited, Released,
+                Suspended)
 }
 
 

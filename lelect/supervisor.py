@@ -227,11 +227,13 @@ class KeeperHandle:
                     self._engaged = True
                 self.events.put(message)
 
-    def send(self, *messages: proto.Message, hold: bool = False) -> None:
+    def send(self, *messages: proto.Message, hold: bool = False, engage: bool = True) -> None:
         """Send ``messages`` (and any held back before them) in one write, so the
-        keeper reads them at once; ``hold``: keep them for the next send instead."""
+        keeper reads them at once; ``hold``: keep them for the next send instead;
+        ``engage=False``: nothing depends on them yet (a keeper that dies now is
+        replaced, as one that was told nothing)."""
         with self._lock:
-            self._engaged = True
+            self._engaged = self._engaged or engage
             self._held.extend(message.encode() for message in messages)
             if hold or self._sock is None:
                 return
@@ -241,6 +243,11 @@ class KeeperHandle:
                 self._sock.sendall(data)
             except OSError:
                 pass
+
+    def prepare(self, ready: bool = True) -> None:
+        """Next in line (``ready``): the keeper forks the job's process now, to run only
+        on :meth:`start`; no longer (not ``ready``): that process exits unrun."""
+        self.send(proto.Prepare() if ready else proto.Unprepare(), engage=False)
 
     def start(self, term: int, slot: str | None = None, seat: int | None = None,
               recipe: HandBack | None = None) -> None:

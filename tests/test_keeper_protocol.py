@@ -12,6 +12,7 @@ EXAMPLES = [
     proto.Start(7, "-", -1), proto.Start(1795766138059, "1d@2026-12-02T00:00:00Z", 2),
     proto.Lease(12345.678901, 0.25), proto.Signal(15), proto.Stop(15, 10.0, "lost"),
     proto.Release(), proto.Recipe('{"module": "m", "params": {"pw": "a b"}}'), proto.Exit(),
+    proto.Prepare(), proto.Unprepare(),
     proto.Locked(3, 1796000000.123, -1), proto.Waiting(), proto.Busy(), proto.TimedOut(),
     proto.Error("cannot open lock file: [Errno 13] Permission denied"), proto.Started(4242),
     proto.ExecFailed("nope: No such file or directory"), proto.Leftovers(2, 10.0),

@@ -10,7 +10,7 @@ import socket
 from lelect import keeper_protocol as proto
 from lelect.backends.records import HandBack
 from lelect.supervisor import KeeperConfig, KeeperHandle
-from tests.helpers import wait_until
+from tests.helpers import pid_alive, wait_until, written_line
 
 RECIPE = HandBack(module="tests._handback_probe", params={"election": "probe"}, budget=2.0,
                   election="probe")
@@ -86,3 +86,90 @@ def test_lelect_dying_before_the_recipe_loaded_still_hands_back(tmp_path):
     lines = probe.read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["imported", "handed"], lines
     assert lines[1] == "handed probe 137", lines  # the job was SIGKILLed
+
+
+# -- the job forked early, while its candidate is next in line (Prepare) -----------------
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _prepared(tmp_path, job="exec sleep 60"):
+    """A keeper told Prepare, and the job's process it forked (which runs nothing)."""
+    marker = tmp_path / "ran"
+    handle = KeeperHandle(KeeperConfig(command=("sh", "-c", f"echo $$ > {marker}; {job}")))
+    handle.spawn()
+    handle.prepare()
+    early = wait_until(lambda: _children(handle.process.pid), timeout=10,
+                       what="the keeper to fork the job early")
+    assert len(early) == 1, early
+    return handle, early[0], marker
+
+
+def test_a_prepared_job_runs_only_on_start_and_is_the_process_forked_early(tmp_path):
+    handle, early, marker = _prepared(tmp_path)
+    try:
+        assert not handle._engaged  # a keeper that dies now is replaced, as a waiting one
+        handle.prepare()  # again: nothing more is forked
+        assert handle.events.empty() and not marker.exists()
+        handle.lease(10**9, 0.5, hold=True)
+        handle.start(3)
+        started = handle.events.get(timeout=10)
+        assert started == proto.Started(early)
+        assert int(written_line(marker, what="the job's pid")) == early
+        assert _children(handle.process.pid) == [early]
+    finally:
+        handle.close()
+    assert not pid_alive(early)
+
+
+def test_an_unprepared_job_exits_unrun_and_is_reaped(tmp_path):
+    handle, early, marker = _prepared(tmp_path)
+    try:
+        handle.prepare(False)
+        wait_until(lambda: not pid_alive(early) and not _children(handle.process.pid),
+                   timeout=10, what="the early child to exit and be reaped")
+        handle.start(4)  # a later win forks anew
+        started = handle.events.get(timeout=10)
+        assert isinstance(started, proto.Started) and started.pid != early
+        assert int(written_line(marker, what="the job's pid")) == started.pid
+    finally:
+        handle.close()
+
+
+def test_no_prepared_job_outlives_its_keeper_or_lelect(tmp_path):
+    import signal
+
+    # lelect killed: EOF on the keeper's socket.
+    handle, early, marker = _prepared(tmp_path)
+    handle._sock.shutdown(socket.SHUT_RDWR)
+    handle.process.wait(timeout=10)
+    handle.close()
+    wait_until(lambda: not pid_alive(early), timeout=10, what="the early child to go")
+    # The keeper itself killed: PR_SET_PDEATHSIG.
+    handle, early, marker = _prepared(tmp_path)
+    os.kill(handle.process.pid, signal.SIGKILL)
+    handle.process.wait(timeout=10)
+    wait_until(lambda: not pid_alive(early), timeout=10, what="the early child to go")
+    handle.close()
+    assert not marker.exists()
+
+
+def test_a_start_after_the_lease_ran_out_drops_the_prepared_job(tmp_path):
+    import time
+
+    handle, early, marker = _prepared(tmp_path)
+    try:
+        handle.lease(time.monotonic() - 1, 0.5, hold=True)
+        handle.start(5)
+        assert handle.events.get(timeout=10) == proto.Exited(0, "unstarted")
+        wait_until(lambda: not pid_alive(early), timeout=10, what="the early child to go")
+        assert not marker.exists()
+    finally:
+        handle.close()

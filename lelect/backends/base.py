@@ -519,6 +519,9 @@ class Backend(ABC):
     has_clock: bool = True
     #: Leaderships kept per election (``?history=N``).
     history_limit: int = DEFAULT_HISTORY
+    #: True where :meth:`_campaign` takes ``on_next`` and calls it after each look at the
+    #: line (see :meth:`campaign`): a backend whose waiters queue behind a predecessor.
+    tells_next_in_line: bool = False
     #: True where a candidate's word on ``--holders`` lives exactly as long as its
     #: session (:meth:`claim_holders`): nothing to refresh. False: the note-based
     #: agreement of :mod:`lelect.seats`, refreshed while the candidate runs.
@@ -550,6 +553,7 @@ class Backend(ABC):
         on_wait: Callable[[LeaderInfo | None], None] | None = None,
         cancel: threading.Event | None = None,
         keep_later: bool = False,
+        on_next: Callable[[bool], None] | None = None,
     ) -> Leadership:
         """Block until ``candidate`` leads ``election``; return the leadership.
 
@@ -568,11 +572,26 @@ class Backend(ABC):
         queues again: never "elected" followed at once by "lost". ``keep_later``: the
         caller calls ``leadership.keep()`` itself, right after it told its job to start
         (the lease's deadline counts from the win either way).
+
+        ``on_next(True)`` is called when the candidate becomes next in line (only the
+        leader is ahead of it: the next release is most likely its win), ``on_next(False)``
+        when it stops being so without winning (its predecessor changed; it left the line,
+        gave up or failed): a hint to get ready (``lelect campaign``'s keeper forks the job
+        early), never a promise. Only where :attr:`tells_next_in_line`.
         """
         started = time.monotonic()
         left = timeout
         self.retry_releases()
         waited: list[LeaderInfo | None] = []
+        told_next = False
+
+        def next_in_line(now_next: bool) -> None:
+            nonlocal told_next
+            if on_next is not None and now_next != told_next:
+                told_next = now_next
+                on_next(now_next)
+
+        extra = {"on_next": next_in_line} if self.tells_next_in_line else {}
 
         def waiting(holder: LeaderInfo | None) -> None:
             waited.append(holder)
@@ -582,34 +601,39 @@ class Backend(ABC):
             if on_wait is not None and len(waited) == 1:
                 on_wait(holder)
 
-        while True:
-            leadership = self._campaign(election, candidate, timeout=left, no_wait=no_wait,
-                                        ttl=ttl, on_wait=waiting, cancel=cancel)
-            if cancel is not None and cancel.is_set():
-                leadership.release(EXITED, None, "the campaign was cancelled as it won")
-                check_cancel(cancel, election)
-            handover = self._handover(leadership)
-            if handover is not None and handover.bars(candidate.node_id, leadership.term):
-                # Being handed to another node (resign --to): step down before anything
-                # runs, and let it in.
-                leadership.release(RESIGNED, None, HANDED_OVER.format(handover.to))
-                if no_wait:
-                    raise busy(election, None)
-                waiting(None)
-                bound = handover.ttl
+        try:
+            while True:
+                leadership = self._campaign(election, candidate, timeout=left, no_wait=no_wait,
+                                            ttl=ttl, on_wait=waiting, cancel=cancel, **extra)
+                if cancel is not None and cancel.is_set():
+                    leadership.release(EXITED, None, "the campaign was cancelled as it won")
+                    check_cancel(cancel, election)
+                handover = self._handover(leadership)
+                if handover is not None and handover.bars(candidate.node_id, leadership.term):
+                    # Being handed to another node (resign --to): step down before anything
+                    # runs, and let it in.
+                    leadership.release(RESIGNED, None, HANDED_OVER.format(handover.to))
+                    next_in_line(False)
+                    if no_wait:
+                        raise busy(election, None)
+                    waiting(None)
+                    bound = handover.ttl
+                    if timeout is not None:
+                        bound = min(bound, max(0.0, timeout - (time.monotonic() - started)))
+                    self._await_handover(election, leadership.term, bound, cancel)
+                elif leadership.begin(keep=not keep_later):
+                    if handover is not None and handover.to == candidate.node_id:
+                        self._forget_handover(election)
+                    return leadership
+                else:
+                    leadership.release(LOST, None, LATE_WIN)
                 if timeout is not None:
-                    bound = min(bound, max(0.0, timeout - (time.monotonic() - started)))
-                self._await_handover(election, leadership.term, bound, cancel)
-            elif leadership.begin(keep=not keep_later):
-                if handover is not None and handover.to == candidate.node_id:
-                    self._forget_handover(election)
-                return leadership
-            else:
-                leadership.release(LOST, None, LATE_WIN)
-            if timeout is not None:
-                left = timeout - (time.monotonic() - started)
-                if left <= 0:
-                    raise timed_out(election, timeout)
+                    left = timeout - (time.monotonic() - started)
+                    if left <= 0:
+                        raise timed_out(election, timeout)
+        except BaseException:
+            next_in_line(False)
+            raise
 
     def _handover(self, leadership: Leadership) -> Handover | None:
         """The live handover note beside the election just won (None: none). A backend

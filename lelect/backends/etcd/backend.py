@@ -360,6 +360,7 @@ class EtcdBackend(Backend):
     scheme = "etcd"
     lease_based = True
     has_clock = False  # etcd has no clock a client can read: now() is local time
+    tells_next_in_line = True
 
     def __init__(self, url: BackendURL) -> None:
         super().__init__(url)
@@ -407,6 +408,7 @@ class EtcdBackend(Backend):
         ttl: float | None,
         on_wait: Callable[[LeaderInfo | None], None] | None,
         cancel: threading.Event | None = None,
+        on_next: Callable[[bool], None] | None = None,
     ) -> Leadership:
         keys = self.keys(election)
         ttl = self.default_ttl if ttl is None else ttl
@@ -436,7 +438,8 @@ class EtcdBackend(Backend):
             # left of --timeout): a key left in line would lead, jobless, when its turn came.
             try:
                 won = self._contend(keys, candidate, lease, contact, give_up, timeout,
-                                    no_wait=no_wait, waiting=waiting, cancel=cancel)
+                                    no_wait=no_wait, waiting=waiting, cancel=cancel,
+                                    on_next=on_next)
             except BaseException:
                 lease.revoke(min(self.connect_timeout, 1.0))
                 raise
@@ -447,7 +450,8 @@ class EtcdBackend(Backend):
     def _contend(self, keys: EtcdKeys, candidate: Candidate, lease: _Lease,
                  contact: Attempts, give_up: float | None, timeout: float | None, *,
                  no_wait: bool, waiting: Callable[[LeaderInfo | None], None],
-                 cancel: threading.Event | None = None) -> EtcdLeadership | None:
+                 cancel: threading.Event | None = None,
+                 on_next: Callable[[bool], None] | None = None) -> EtcdLeadership | None:
         """Queue under ``lease`` and wait for our turn; None if our place was lost (the
         lease ran out or our key was deleted) and we must queue again."""
         key = keys.contender(lease.id)
@@ -481,12 +485,13 @@ class EtcdBackend(Backend):
                 raise timed_out(keys.election, 0)
             waiting(holder)
         return self._take_turn(keys, candidate, key, term, lease, contact, give_up, timeout,
-                               cancel, seen=joined.revision)
+                               cancel, seen=joined.revision, on_next=on_next)
 
     def _take_turn(self, keys: EtcdKeys, candidate: Candidate, key: str, term: int,
                    lease: _Lease, contact: Attempts, give_up: float | None,
                    timeout: float | None, cancel: threading.Event | None = None,
-                   seen: int = 0) -> EtcdLeadership | None:
+                   seen: int = 0, on_next: Callable[[bool], None] | None = None
+                   ) -> EtcdLeadership | None:
         """etcd's waitDeletes with the win folded in: claim the election (one txn that
         wins only if no key older than ours is left); while one is, watch the youngest of
         them for its deletion and claim again. None if our place was lost (the lease ran
@@ -498,7 +503,11 @@ class EtcdBackend(Backend):
         of the deletion we saw): once no key older than ours is left at some revision,
         none ever is again (a key made later is younger), and our key lives as long as
         our lease, which we count ourselves. A member behind ``seen`` (another one, after
-        a failover) is asked again, linearizably."""
+        a failover) is asked again, linearizably.
+
+        A claim that fails reads the two youngest keys older than ours: with only one,
+        the key we watch is the leader's, and ``on_next`` hears that we are next in line
+        (a hint: the job may be made ready, never started)."""
         # Made once: sent on a deletion.
         quick, sure = (self._claim_request(keys, key, term, serializable=True),
                        self._claim_request(keys, key, term))
@@ -520,6 +529,14 @@ class EtcdBackend(Backend):
             older = claim.ranges[1].first if claim.ranges[1] else None
             if mine is None or mine.create_revision != term:
                 return None
+            # Next in line: only the leader's key is older than ours. Else the key we watch
+            # will lead one day, and its history entry, written as it starts its job,
+            # tells us that we are next then (without a look of ours at the line).
+            promotion = None
+            if on_next is not None and older is not None:
+                on_next(len(claim.ranges[1].kvs) == 1)
+                if len(claim.ranges[1].kvs) > 1:
+                    promotion = keys.history_entry(older.create_revision)
             if give_up is not None and time.monotonic() >= give_up:
                 raise timed_out(keys.election, timeout)
             if older is None:
@@ -530,14 +547,16 @@ class EtcdBackend(Backend):
                     " (etcd 3.3 or later compares every key of a range)"))
             try:
                 stream = self.gateway.watch(older.key, start_revision=claim.revision + 1,
-                                            budget=contact.budget())
+                                            budget=contact.budget(),
+                                            also=() if promotion is None else (promotion,))
             except GatewayError as exc:
                 self._retry(contact, exc)
                 continue
             contact.succeeded()
             try:
-                seen = max(seen, self._until_deleted(stream, lease, give_up, cancel,
-                                                     keys.election))
+                seen = max(seen, self._until_deleted(
+                    stream, lease, give_up, cancel, keys.election, older.key,
+                    None if promotion is None else (promotion, on_next)))
             except GatewayError as exc:
                 if exc.kind != "compacted":
                     self._retry(contact, exc)
@@ -546,11 +565,14 @@ class EtcdBackend(Backend):
 
     @staticmethod
     def _until_deleted(stream: wire.WatchStream, lease: _Lease, give_up: float | None,
-                       cancel: threading.Event | None = None, election: str = "") -> int:
-        """Until the watched key is deleted: the revision of its deletion (0 if we woke
-        for another reason). The read wakes by itself only when our lease would run out
-        unrenewed (its keep-alive moves that on) or at ``give_up``; a
-        :class:`~lelect.backends.base.Cancel` wakes it at once."""
+                       cancel: threading.Event | None = None, election: str = "",
+                       key: str | None = None,
+                       promotion: tuple[str, Callable[[bool], None]] | None = None) -> int:
+        """Until the watched key (``key``: that one among the stream's) is deleted: the
+        revision of its deletion (0 if we woke for another reason). The read wakes by
+        itself only when our lease would run out unrenewed (its keep-alive moves that on)
+        or at ``give_up``; a :class:`~lelect.backends.base.Cancel` wakes it at once.
+        ``promotion``: (a key, ``on_next``): a put of that key calls ``on_next(True)``."""
         with cancel_wakeup(cancel) as woken:
             while lease.alive():
                 check_cancel(cancel, election)
@@ -560,10 +582,14 @@ class EtcdBackend(Backend):
                     wake = min(wake, give_up - now)
                 if wake <= 0:
                     return 0
-                events = stream.next(wait_slice(wake, cancel) or 0.0, woken)
-                deleted = [event.mod_revision for event in events or () if event.kind == "DELETE"]
+                events = stream.next(wait_slice(wake, cancel) or 0.0, woken) or ()
+                deleted = [event.mod_revision for event in events
+                           if event.kind == "DELETE" and key in (None, event.key)]
                 if deleted:
                     return max(deleted)
+                if promotion is not None and any(
+                        event.kind == "PUT" and event.key == promotion[0] for event in events):
+                    promotion[1](True)
             check_cancel(cancel, election)
             return 0
 
@@ -572,7 +598,7 @@ class EtcdBackend(Backend):
         """One read-only txn (no write: no wait on etcd's disk before the job runs): if
         our key is ours and no key older than it is left, we lead, and it reads what a
         new leader needs at once (the newest history entry and the history's length, a
-        resign request, the handover note). Otherwise our key and the youngest older one."""
+        resign request, the handover note). Otherwise our key and the two youngest older ones."""
         return txn_request(
             [wire.created_at(key, term), wire.none_created_before(keys.contenders, term)],
             [wire.get(keys.history, prefix=True, last_by="KEY", limit=1, serializable=serializable),
@@ -580,7 +606,7 @@ class EtcdBackend(Backend):
              wire.get(keys.resign, serializable=serializable),
              wire.get(keys.note(HANDOVER_KEY), serializable=serializable)],
             [wire.get(key, serializable=serializable),
-             wire.get(keys.contenders, prefix=True, last_by="CREATE", limit=1,
+             wire.get(keys.contenders, prefix=True, last_by="CREATE", limit=2,
                       max_create_revision=term - 1, serializable=serializable)],
         )
 

@@ -109,6 +109,7 @@ class ZooKeeperBackend(Backend):
     scheme = "zookeeper"
     lease_based = True
     holders_by_session = True
+    tells_next_in_line = True
 
     def __init__(self, url: BackendURL) -> None:
         super().__init__(url)
@@ -290,6 +291,7 @@ class ZooKeeperBackend(Backend):
         ttl: float | None,
         on_wait: Callable[[LeaderInfo | None], None] | None,
         cancel: threading.Event | None = None,
+        on_next: Callable[[bool], None] | None = None,
     ) -> Leadership:
         paths = self.paths(election)
         requested = self.ttl if ttl is None else ttl
@@ -320,6 +322,7 @@ class ZooKeeperBackend(Backend):
                 # At least one attempt: timeout=0 still wins a free election.
                 calls_until=None if timeout is None else started + max(timeout, budget),
                 timeout=timeout, no_wait=no_wait, on_wait=on_wait, cancel=cancel,
+                on_next=on_next,
             )
             return contest.run()
         except BaseException:

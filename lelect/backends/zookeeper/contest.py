@@ -109,6 +109,7 @@ class Contest:
         no_wait: bool,
         on_wait: Callable[[LeaderInfo | None], None] | None,
         cancel: threading.Event | None = None,
+        on_next: Callable[[bool], None] | None = None,
     ) -> None:
         self.backend = backend
         self.session = session
@@ -120,6 +121,8 @@ class Contest:
         self.timeout = timeout
         self.no_wait = no_wait
         self.on_wait = on_wait
+        #: Told whether we are next in line after each look (Backend.campaign's hint).
+        self.on_next = on_next
         self.cancel = cancel
         # kazoo's trick: after a connection loss during create, the prefix is how we
         # find our own node instead of queueing behind it.
@@ -132,6 +135,9 @@ class Contest:
         self.next_after: Contender | None = None
         self.looked = False
         self.wake = threading.Event()
+        #: Set (with ``wake``) by anything but the predecessor's history entry appearing:
+        #: then the queue is looked at again.
+        self.changed = False
 
     def run(self) -> ZooKeeperLeadership:
         self.session.add_listener(self._on_state)
@@ -161,9 +167,15 @@ class Contest:
             self.session.remove_listener(self._on_state)
 
     def _on_state(self, state: str) -> None:
+        self.changed = True
         self.wake.set()
 
     def _on_predecessor(self, event: Any) -> None:
+        self.changed = True
+        self.wake.set()
+
+    def _on_promotion(self, event: Any) -> None:
+        """The predecessor's history entry appeared: it leads, so we are next in line."""
         self.wake.set()
 
     # -- time ---------------------------------------------------------------------
@@ -227,6 +239,7 @@ class Contest:
                 self._refuse_if_led(queue)
             self.node = self._enter()
         self.wake.clear()
+        self.changed = False
         # Likely to win (the first look, or next in line): what a win needs before its job
         # is read with the queue, in the same round trip.
         sent = time.monotonic()
@@ -242,10 +255,18 @@ class Contest:
         if not ahead:
             return self._won(mine, sent, handover)
         self.next_after = ahead[0] if len(ahead) == 1 else None
+        if self.on_next is not None:
+            self.on_next(self.next_after is not None)
         if self.no_wait:
             self._refuse_if_led(ahead)
         left = self._wait_left()
         predecessor = ahead[-1]
+        promoting = self.on_next is not None and self.next_after is None
+        if promoting:
+            # It writes its history entry as its job starts: then we are next in line,
+            # without a look of ours at the line. Asked with the next call, no wait.
+            self.session.client.exists_async(self.paths.entry(predecessor.seq),
+                                             watch=self._on_promotion)
         if self._call("exists", self.paths.contender(predecessor.name),
                       watch=self._on_predecessor) is None:
             return None
@@ -253,8 +274,19 @@ class Contest:
             self.waiting_told = True
             self.on_wait(self._holder(ahead[0]))
         log.debug("%s waits behind %s", self.node, predecessor.name)
-        if not wait_event(self.wake, left, self.cancel, self.election):
-            self._wait_left()
+        while True:
+            if not wait_event(self.wake, left, self.cancel, self.election):
+                self._wait_left()
+                break
+            if self.changed or not promoting:
+                break
+            self.wake.clear()
+            if self.changed:  # came just now
+                break
+            promoting = False
+            self.next_after = predecessor  # the next look is likely the win: read with it
+            self.on_next(True)
+            left = self._wait_left()
         log.debug("%s woke: looking at the queue again", self.node)
         return None
 

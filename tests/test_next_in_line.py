@@ -1,0 +1,168 @@
+"""The candidate next in line (only the leader ahead of it) has its keeper fork the job
+early, so that a win costs no fork: on etcd and ZooKeeper, whose waiters each watch their
+predecessor. The others fork nothing; the early process runs nothing before the win and
+never outlives the candidate's place, its keeper or lelect."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+
+from tests.helpers import (
+    OutputTail,
+    pid_alive,
+    spawn_lelect,
+    wait_until,
+    written_line,
+)
+
+
+@pytest.fixture(params=["etcd", "zookeeper"])
+def queue_target(request):
+    return request.getfixturevalue(f"target_{request.param}")
+
+
+def keeper_of(proc) -> psutil.Process:
+    """The keeper of a `lelect campaign` process."""
+    def find():
+        try:
+            kids = psutil.Process(proc.pid).children()
+        except psutil.NoSuchProcess:
+            return None
+        keepers = [p for p in kids if "lelect._keeper" in " ".join(p.cmdline())]
+        return keepers[0] if keepers else None
+
+    return wait_until(find, timeout=30, what="the candidate's keeper")
+
+
+def early_children(proc) -> list[int]:
+    """The job processes a waiting candidate's keeper forked early (its children)."""
+    try:
+        return [child.pid for child in keeper_of(proc).children() if pid_alive(child.pid)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def job(tmp_path, name: str) -> list[str]:
+    """A job that writes its pid to NAME.started and runs until NAME.release exists."""
+    started, release = tmp_path / f"{name}.started", tmp_path / f"{name}.release"
+    return ["--", "sh", "-c",
+            f'echo $$ > {started}; while [ ! -e {release} ]; do sleep 0.02; done']
+
+
+def candidate(target, tmp_path, name: str, *options: str):
+    proc = spawn_lelect("campaign", "line", "--id", name, *options, *job(tmp_path, name),
+                        backend=target.url)
+    return proc, OutputTail(proc.stderr)
+
+
+def started_pid(tmp_path, name: str) -> int:
+    return int(written_line(tmp_path / f"{name}.started", what=f"{name}'s job"))
+
+
+def test_only_the_next_in_line_has_its_job_forked_and_the_win_runs_that_process(
+        queue_target, tmp_path):
+    leader, _ = candidate(queue_target, tmp_path, "leader")
+    started_pid(tmp_path, "leader")
+    first, first_log = candidate(queue_target, tmp_path, "first")
+    first_log.wait_for("waiting for")
+    early = wait_until(lambda: early_children(first), timeout=30,
+                       what="the next in line's keeper to fork the job")
+    assert len(early) == 1, early
+    second, second_log = candidate(queue_target, tmp_path, "second")
+    second_log.wait_for("waiting for")
+    third, third_log = candidate(queue_target, tmp_path, "third")
+    third_log.wait_for("waiting for")
+    # Each told its keeper before it logged "waiting" (or right after, on etcd, with its
+    # first claim): a look at the others' keepers now is a look after their verdict.
+    wait_until(lambda: keeper_of(third).children() == [] and keeper_of(second).children() == [],
+               timeout=5, what="the later candidates to fork nothing")
+    assert not (tmp_path / "first.started").exists()  # forked, not run
+    assert early_children(first) == early
+    (tmp_path / "leader.release").touch()
+    assert leader.wait(timeout=30) == 0
+    # The win ran the very process forked early (the exec keeps its pid).
+    assert started_pid(tmp_path, "first") == early[0]
+    # Now "second" is next in line, and only it.
+    wait_until(lambda: len(early_children(second)) == 1, timeout=30,
+               what="the new next in line's keeper to fork the job")
+    assert keeper_of(third).children() == []
+    for proc in (second, third):
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    (tmp_path / "first.release").touch()
+    assert first.wait(timeout=30) == 0
+
+
+def test_the_early_job_goes_when_its_candidate_gives_up(queue_target, tmp_path):
+    leader, _ = candidate(queue_target, tmp_path, "leader")
+    started_pid(tmp_path, "leader")
+    first, first_log = candidate(queue_target, tmp_path, "first", "--timeout", "3s")
+    first_log.wait_for("waiting for")
+    keeper = keeper_of(first)
+    early = wait_until(lambda: early_children(first), timeout=30, what="the early job")
+    assert first.wait(timeout=30) == 124
+    wait_until(lambda: not pid_alive(early[0]) and not pid_alive(keeper.pid), timeout=10,
+               what="the early job and the keeper to go")
+    assert not (tmp_path / "first.started").exists()
+    (tmp_path / "leader.release").touch()
+    assert leader.wait(timeout=30) == 0
+
+
+def test_the_early_job_of_a_killed_next_in_line_goes_and_the_next_one_gets_one(
+        queue_target, tmp_path):
+    leader, _ = candidate(queue_target, tmp_path, "leader")
+    started_pid(tmp_path, "leader")
+    first, first_log = candidate(queue_target, tmp_path, "first")
+    first_log.wait_for("waiting for")
+    keeper = keeper_of(first)
+    early = wait_until(lambda: early_children(first), timeout=30, what="the early job")
+    second, second_log = candidate(queue_target, tmp_path, "second")
+    second_log.wait_for("waiting for")
+    assert keeper_of(second).children() == []
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    wait_until(lambda: not pid_alive(early[0]) and not pid_alive(keeper.pid), timeout=10,
+               what="the killed candidate's early job and keeper to go")
+    # Its place goes with its lease (session): then "second" is next in line.
+    wait_until(lambda: len(early_children(second)) == 1, timeout=60,
+               what="the new next in line's keeper to fork the job")
+    assert not (tmp_path / "first.started").exists()
+    assert not (tmp_path / "second.started").exists()
+    (tmp_path / "leader.release").touch()
+    assert leader.wait(timeout=30) == 0
+    assert started_pid(tmp_path, "second") == early_children(second)[0]
+    (tmp_path / "second.release").touch()
+    assert second.wait(timeout=30) == 0
+
+
+def test_a_next_in_line_barred_by_a_handover_drops_its_early_job(queue_target, tmp_path):
+    """`resign --to` another node: the next in line wins, steps aside before anything
+    runs, and goes to the back of the line; its early job goes with its place."""
+    from tests.helpers import run_lelect
+
+    leader, _ = candidate(queue_target, tmp_path, "leader")
+    started_pid(tmp_path, "leader")
+    first, first_log = candidate(queue_target, tmp_path, "first")
+    first_log.wait_for("waiting for")
+    early = wait_until(lambda: early_children(first), timeout=30, what="the early job")
+    chosen, chosen_log = candidate(queue_target, tmp_path, "chosen")
+    chosen_log.wait_for("waiting for")
+    moved = run_lelect("resign", "line", "--to", "chosen", "--wait", "30s",
+                       backend=queue_target.url)
+    assert moved.returncode == 0, (moved.stdout, moved.stderr)
+    started_pid(tmp_path, "chosen")
+    wait_until(lambda: not pid_alive(early[0]), timeout=10, what="the early job to go")
+    assert not (tmp_path / "first.started").exists()
+    # Behind "chosen" now: next in line again, with a new early job.
+    again = wait_until(lambda: early_children(first), timeout=30, what="a new early job")
+    assert again != early
+    (tmp_path / "chosen.release").touch()
+    assert chosen.wait(timeout=30) == 0
+    assert started_pid(tmp_path, "first") == again[0]
+    (tmp_path / "first.release").touch()
+    assert first.wait(timeout=30) == 0
+    assert leader.wait(timeout=30) == 0
