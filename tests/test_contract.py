@@ -812,6 +812,32 @@ def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
     assert "Traceback" not in tail.text
 
 
+def test_a_stop_signal_ends_a_waiting_campaign_cut_off_from_its_server(
+        network_target, tmp_path, partition_proxy):
+    """SIGTERM to a waiting candidate whose server has gone (its connection cut, a new
+    one heard nothing) ends it within its connect bound (5 s) and a little: by the signal,
+    or by giving up on the server (69), never by waiting on (ZooKeeper's reconnecting
+    campaign did not end for 30 s and more); its job never runs."""
+    target = network_target
+    proxy = partition_proxy("127.0.0.1", target.server.port)
+    proc, release = leading(target, "gone", tmp_path)
+    marker = tmp_path / "quitter-ran"
+    quitter = spawn_lelect("campaign", "gone", "--id", "quitter", "--", "touch", str(marker),
+                           backend=target.url.replace(f":{target.server.port}", f":{proxy.port}"))
+    tail = OutputTail(quitter.stderr)
+    tail.wait_for("waiting for")
+    proxy.block(cut=True)
+    time.sleep(1.0)  # the outage itself: the candidate is somewhere in its reconnecting
+    sent = time.monotonic()
+    quitter.send_signal(signal.SIGTERM)
+    assert quitter.wait(timeout=30) in (-signal.SIGTERM, 69), tail.text
+    assert time.monotonic() - sent < 5.0 + 3.0, tail.text
+    release.touch()
+    assert proc.wait(timeout=30) == 0
+    assert not marker.exists()
+    assert "Traceback" not in tail.text
+
+
 def test_a_waiting_candidate_sleeps_on_its_backend(target, tmp_path):
     """A candidate waiting in line (lelect and its keeper, every thread) sleeps until its
     backend has news: no periodic look at a cancel event or at lelect's pipe. With

@@ -861,3 +861,39 @@ def test_a_holders_claim_goes_on_in_another_session_before_its_own_ends(backends
     assert kazoo.get_children(f"{zk_path}/_holders/moving") == [carried]
     other.release()
     assert kazoo.get_children(f"{zk_path}/_holders/moving") == []  # nowhere left to go
+
+
+def test_a_cancel_ends_a_campaign_reconnecting_to_its_server_at_once(backends, zookeeper_server,
+                                                                     zk_path, partition_proxy):
+    """A waiting candidate whose connection is cut reconnects (its session may live on);
+    a cancel (SIGTERM, Ctrl-C) ends that wait at once, as it ends the wait in line: its
+    calls are not queued behind the reconnection (they waited out the session's calls)."""
+    from lelect.backends.base import Cancel
+    from lelect.errors import CampaignCancelled
+
+    proxy = partition_proxy("127.0.0.1", zookeeper_server.port)
+    leader = backends(zookeeper_server.url(zk_path)).campaign("cut", candidate("a"))
+    waiter = backends(zookeeper_server.url(zk_path).replace(f":{zookeeper_server.port}",
+                                                            f":{proxy.port}"))
+    cancel, waiting, ended = Cancel(), threading.Event(), []
+
+    def campaign() -> None:
+        try:
+            waiter.campaign("cut", candidate("b"), cancel=cancel,
+                            on_wait=lambda holder: waiting.set())
+        except BaseException as exc:  # noqa: BLE001 - what ended it is the test
+            ended.append((time.monotonic(), exc))
+
+    thread = threading.Thread(target=campaign, daemon=True)
+    thread.start()
+    assert waiting.wait(10)
+    proxy.block(cut=True)
+    wait_until(lambda: not any(s.connected.is_set() for s in list(waiter._sessions)),
+               timeout=10, what="the waiter to see its connection cut")
+    time.sleep(0.5)  # the outage itself: the campaign is somewhere in its reconnecting
+    cancelled = time.monotonic()
+    cancel.set()
+    thread.join(10)
+    assert ended and isinstance(ended[0][1], CampaignCancelled), ended
+    assert ended[0][0] - cancelled < 1.0
+    leader.release()

@@ -34,6 +34,7 @@ from lelect.backends.base import (
     HistoryEntry,
     LeaderInfo,
     busy,
+    check_cancel,
     timed_out,
     wait_event,
 )
@@ -196,6 +197,10 @@ class Contest:
         return min(patience, max(0.0, self.calls_until - time.monotonic()))
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.session.connected.is_set():
+            # kazoo would queue it until the session is back: wait for that where a cancel
+            # (SIGTERM, Ctrl-C) ends the wait at once.
+            raise _Reconnect
         try:
             return self.session.call(method, *args, timeout=self._call_timeout(), **kwargs)
         except ConnectionClosedError:
@@ -220,7 +225,8 @@ class Contest:
             self.session.config.hosts,
             self.election,
         )
-        if not self.session.wait_connected(self._wait_left()):
+        if not self.session.wait_connected(self._wait_left(), self.cancel):
+            check_cancel(self.cancel, self.election)
             if self.session.closed:
                 raise BackendUnavailable("the ZooKeeper session was closed while campaigning")
             self._wait_left()

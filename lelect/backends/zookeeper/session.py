@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,14 @@ from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
-from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HISTORY, DEFAULT_TTL, unreachable
+from lelect.backends.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HISTORY,
+    DEFAULT_TTL,
+    Cancel,
+    unreachable,
+    wait_slice,
+)
 from lelect.backends.urls import BackendURL
 from lelect.backends.zookeeper.layout import Check, Create, Delete, Op, SetData
 from lelect.durations import RANGES, format_duration
@@ -473,10 +480,25 @@ class ZooKeeperSession:
                 return Failed(index, ops[index], result)
         return None
 
-    def wait_connected(self, timeout: float | None) -> bool:
-        """Wait for the connection (True), ``timeout`` or the session's close (False)."""
-        with self._changed:
-            self._changed.wait_for(lambda: self.connected.is_set() or self.closed, timeout)
+    def wait_connected(self, timeout: float | None, cancel: threading.Event | None = None) -> bool:
+        """Wait for the connection (True), ``timeout``, the session's close or ``cancel``
+        (False): a campaign told to stop while its server is gone stops at once."""
+
+        def poke() -> None:
+            with self._changed:
+                self._changed.notify_all()
+
+        def done() -> bool:
+            return self.connected.is_set() or self.closed or (cancel is not None and cancel.is_set())
+
+        end = None if timeout is None else time.monotonic() + timeout
+        with cancel.waking(poke) if isinstance(cancel, Cancel) else nullcontext():
+            with self._changed:
+                while not done():
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._changed.wait(wait_slice(left, cancel))
         return self.connected.is_set() and not self.closed
 
     def _refused_credentials(self) -> str:
