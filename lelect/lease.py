@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from lelect.errors import CampaignCancelled
 from lelect.frozen import Record
 from lelect.options import DEFAULT_GRACE
 
@@ -167,16 +168,18 @@ class RetryPolicy(Record):
     connect_timeout: float
 
     def attempts(self, timeout: float | None, clock: Clock = time.monotonic,
-                 cancel: threading.Event | None = None) -> Attempts:
-        return Attempts(self, timeout, clock, cancel)
+                 cancel: threading.Event | None = None, election: str | None = None) -> Attempts:
+        """One retried activity; ``election``: a campaign for it, which a cancel ends."""
+        return Attempts(self, timeout, clock, cancel, election)
 
 
 class Attempts:
     """The state of one retried activity (a campaign, an observer)."""
 
     def __init__(self, policy: RetryPolicy, timeout: float | None, clock: Clock,
-                 cancel: threading.Event | None) -> None:
+                 cancel: threading.Event | None, election: str | None = None) -> None:
         self.policy = policy
+        self.election = election
         self.clock = clock
         self.cancel = cancel or threading.Event()
         now = clock()
@@ -235,8 +238,16 @@ class Attempts:
         return max(pause, 0.0)
 
     def retry_after(self, transient: bool) -> None:
-        """:meth:`failed`, then wait out the pause (cut short by ``cancel``)."""
+        """:meth:`failed`, then wait out the pause (cut short by ``cancel``). A campaign
+        (``election`` given) that is cancelled tries no more: CampaignCancelled, before
+        the pause and after it, rather than another try or a GaveUp."""
+        self._check_cancel()
         self.cancel.wait(self.failed(transient))
+        self._check_cancel()
+
+    def _check_cancel(self) -> None:
+        if self.election is not None and self.cancel.is_set():
+            raise CampaignCancelled(f"the campaign for {self.election!r} was cancelled")
 
     @property
     def streaking(self) -> bool:

@@ -221,6 +221,38 @@ def test_a_success_ends_the_streak():
     assert attempts.budget() == pytest.approx(1.0)
 
 
+@given(contacted=st.booleans(), transient=st.booleans(), cancelled_during_the_pause=st.booleans())
+def test_a_cancelled_campaign_tries_no_more_and_an_observer_is_left_to_its_loop(
+        contacted, transient, cancelled_during_the_pause):
+    """A campaign's attempts (an election named) end with CampaignCancelled once the
+    cancel is set, whatever the failure: not another try (up to connect_timeout more of
+    them on a server that is gone), and not a GaveUp (69) for what was a stop signal.
+    An observer's attempts (no election) only have their pause cut short."""
+    from lelect.errors import CampaignCancelled
+
+    class SetDuringThePause(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            self.set()
+            return True
+
+    for election in ("e", None):
+        cancel = SetDuringThePause() if cancelled_during_the_pause else threading.Event()
+        attempts = Attempts(RetryPolicy(5.0), None, FakeClock(), cancel, election)
+        if contacted:
+            attempts.succeeded()
+        if not cancelled_during_the_pause:
+            cancel.set()
+        final = not contacted or not transient
+        if election is not None and (not cancelled_during_the_pause or not final):
+            with pytest.raises(CampaignCancelled, match="'e' was cancelled"):
+                attempts.retry_after(transient)
+        elif final:
+            with pytest.raises(GaveUp):
+                attempts.retry_after(transient)
+        else:
+            attempts.retry_after(transient)  # the pause, cut short
+
+
 # -- the option checks --------------------------------------------------------------------
 
 

@@ -412,7 +412,7 @@ class EtcdBackend(Backend):
     ) -> Leadership:
         keys = self.keys(election)
         ttl = self.default_ttl if ttl is None else ttl
-        contact = self.retry.attempts(timeout, cancel=cancel)
+        contact = self.retry.attempts(timeout, cancel=cancel, election=election)
         give_up = contact.give_up.at
         told_waiting = False
 

@@ -244,7 +244,7 @@ class MySQLBackend(SqlNotes, Backend):
         ttl = self.default_ttl if ttl is None else ttl
         token = _random_hex()
         bell = self._bell(election)
-        retry = self.retry.attempts(timeout, cancel=cancel)
+        retry = self.retry.attempts(timeout, cancel=cancel, election=election)
         give_up = retry.give_up.at
         session = self._borrow(waits=not (no_wait or timeout == 0))
         holding_bell = False

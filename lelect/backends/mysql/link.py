@@ -465,7 +465,9 @@ class MySQLSession:
 
     def _run(self, sql: str, end: float, cancel: threading.Event | None,
              server_limit: bool) -> list[tuple]:  # fmt: skip
-        conn = self._connect(max(end - time.monotonic(), 0.0))
+        # Connecting is bounded by the connect timeout, not by a long wait's budget (a
+        # server gone during a wait in line must not hold its candidate for both).
+        conn = self._connect(min(max(end - time.monotonic(), 0.0), self.options.connect_timeout))
         left = end - time.monotonic()
         if left <= 0:
             raise LinkError("no time left after connecting", timed_out=True)

@@ -247,7 +247,7 @@ class PostgresBackend(SqlNotes, Backend):
             host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
             channel=channel, vanished_reason=VANISHED_REASON, queue=queue, wake_channel=wake,
         )  # fmt: skip
-        retry = self.retry.attempts(timeout, cancel=cancel)
+        retry = self.retry.attempts(timeout, cancel=cancel, election=election)
         give_up = retry.give_up.at
         session: PgSession | None = self._borrow()
         waiting = False

@@ -125,7 +125,7 @@ class RedisBackend(Backend):
         args = [token, milliseconds(ttl), candidate.node_id, candidate.host or "",
                 "" if candidate.pid is None else str(candidate.pid), keys.elected_channel,
                 election, self.history_limit, "1" if self.options.restart_guard else "0"]
-        contact = self.retry.attempts(timeout, cancel=cancel)
+        contact = self.retry.attempts(timeout, cancel=cancel, election=election)
         subscription = None
         if not (no_wait or timeout == 0):  # one try needs no wake-up, nor a ticket
             subscription = Subscription(self.link, [keys.wake_channel(token),
