@@ -797,15 +797,17 @@ def test_a_killed_candidate_is_no_duplicate_of_its_restarted_successor(target, t
 
 def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
     """SIGTERM to a waiting candidate cancels its campaign (an event the backend's wait
-    looks at): it leaves the line and ends by the signal within a second, and its job
-    never runs."""
+    looks at): it leaves the line and ends by the signal at once, and its job never
+    runs."""
     proc, release = leading(target, "quit", tmp_path)
     marker = tmp_path / "quitter-ran"
     quitter, tail = waiting(target, "quit", "--", "touch", str(marker), name="quitter")
     sent = time.monotonic()
     quitter.send_signal(signal.SIGTERM)
     assert quitter.wait(timeout=10) == -signal.SIGTERM
-    assert time.monotonic() - sent < 1.5
+    # Milliseconds as a rule; 1.9 s was seen once on PostgreSQL with both cores busy
+    # (a CI run; not reproduced in 40 runs since): the bound is for a wait on the line.
+    assert time.monotonic() - sent < 3.0
     release.touch()
     assert proc.wait(timeout=30) == 0
     assert not marker.exists()
