@@ -53,7 +53,13 @@ from lelect.backends.zookeeper.layout import (
     win_ops,
 )
 from lelect.backends.zookeeper.lease import ZooKeeperLeadership
-from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, ZooKeeperSession, log
+from lelect.backends.zookeeper.session import (
+    TRANSIENT,
+    ZK_ERRORS,
+    CallCancelled,
+    ZooKeeperSession,
+    log,
+)
 from lelect.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -197,12 +203,14 @@ class Contest:
         return min(patience, max(0.0, self.calls_until - time.monotonic()))
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if not self.session.connected.is_set():
-            # kazoo would queue it until the session is back: wait for that where a cancel
-            # (SIGTERM, Ctrl-C) ends the wait at once.
-            raise _Reconnect
         try:
-            return self.session.call(method, *args, timeout=self._call_timeout(), **kwargs)
+            # While the connection is down kazoo holds the call until the session is back:
+            # a cancel (SIGTERM, Ctrl-C) ends that wait at once.
+            return self.session.call(method, *args, timeout=self._call_timeout(),
+                                     cancel=self.cancel, **kwargs)
+        except CallCancelled:
+            check_cancel(self.cancel, self.election)
+            raise
         except ConnectionClosedError:
             raise
         except (*TRANSIENT, SessionExpiredError):

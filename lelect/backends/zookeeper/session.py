@@ -250,6 +250,10 @@ class Failed:
     error: KazooException
 
 
+class CallCancelled(Exception):
+    """A call's wait for its answer was ended by the campaign's cancel."""
+
+
 class ZooKeeperSession:
     """One kazoo client and the session it holds.
 
@@ -445,10 +449,19 @@ class ZooKeeperSession:
 
     # -- calls ------------------------------------------------------------------
 
-    def call(self, method: str, *args: Any, timeout: float, **kwargs: Any) -> Any:
+    def call(self, method: str, *args: Any, timeout: float,
+             cancel: threading.Event | None = None, **kwargs: Any) -> Any:
         """``client.<method>(…)`` that gives up after ``timeout`` seconds (KazooTimeoutError):
-        a call to a frozen or unreachable server must never block for ever."""
+        a call to a frozen or unreachable server must never block for ever. With a
+        :class:`Cancel`, its setting ends the wait for the answer (CallCancelled)."""
         result = getattr(self.client, method + "_async")(*args, **kwargs)
+        if isinstance(cancel, Cancel):
+            answered = threading.Event()
+            result.rawlink(lambda _result: answered.set())
+            with cancel.waking(answered.set):
+                answered.wait(max(timeout, 0.0))
+            if cancel.is_set() and not result.ready():
+                raise CallCancelled(method)
         return result.get(timeout=max(timeout, 0.0))
 
     def commit(self, ops: list[Op], timeout: float) -> Failed | None:
@@ -484,15 +497,11 @@ class ZooKeeperSession:
         """Wait for the connection (True), ``timeout``, the session's close or ``cancel``
         (False): a campaign told to stop while its server is gone stops at once."""
 
-        def poke() -> None:
-            with self._changed:
-                self._changed.notify_all()
-
         def done() -> bool:
             return self.connected.is_set() or self.closed or (cancel is not None and cancel.is_set())
 
         end = None if timeout is None else time.monotonic() + timeout
-        with cancel.waking(poke) if isinstance(cancel, Cancel) else nullcontext():
+        with cancel.waking(self._poke) if isinstance(cancel, Cancel) else nullcontext():
             with self._changed:
                 while not done():
                     left = None if end is None else end - time.monotonic()
