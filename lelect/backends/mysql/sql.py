@@ -32,14 +32,7 @@ from __future__ import annotations
 import math
 import re
 
-try:  # CPython's own SHA-256: hashlib would load OpenSSL's libcrypto (megabytes) for it
-    from _sha256 import sha256  # type: ignore[import-not-found]  # Python <= 3.11
-except ImportError:  # pragma: no cover - depends on the Python
-    try:
-        from _sha2 import sha256  # type: ignore[import-not-found,no-redef]  # Python >= 3.12
-    except ImportError:
-        from hashlib import sha256  # type: ignore[no-redef]
-
+from lelect.backends.hashes import sha256
 from lelect.backends.records import MAX_ARRIVALS, MAX_SLOTS
 
 SCHEMA_VERSION = 1

@@ -22,6 +22,8 @@ import struct
 import time
 from typing import Any, NamedTuple
 
+from lelect.backends.hashes import md5, sha256
+
 PROTOCOL_3_0 = 196608
 SSL_REQUEST = 80877103
 #: The longest message a server may send (a row; lelect's rows are small records).
@@ -404,7 +406,6 @@ class Wire:
             if code == 3:  # cleartext
                 self._send_message(b"p", password.encode("utf-8") + b"\0")
             elif code == 5:  # md5, salted
-                md5 = _md5()
                 inner = md5((password + user).encode("utf-8")).hexdigest()
                 outer = md5(inner.encode() + data[:4]).hexdigest()
                 self._send_message(b"p", b"md5" + outer.encode() + b"\0")
@@ -722,28 +723,11 @@ def saslprep(password: str) -> bytes:
     return unicodedata.normalize("NFKC", mapped).encode("utf-8")
 
 
-# Hashing with Python's own SHA-256 and MD5, not OpenSSL's: importing hashlib maps
-# libcrypto (about 4 MB of a waiting candidate's memory) for one SCRAM exchange. When
-# hashlib is already loaded (by something else), its faster PBKDF2 is used.
-
-try:
-    from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
-except ImportError:  # pragma: no cover - by Python version
-    try:
-        from _sha256 import sha256  # type: ignore[import-not-found,no-redef]
-    except ImportError:
-        from hashlib import sha256  # type: ignore[assignment]
+# Hashing with Python's own SHA-256 and MD5 (lelect.backends.hashes). When hashlib is
+# already loaded (by something else), its faster PBKDF2 is used.
 
 _INNER_PAD = bytes(x ^ 0x36 for x in range(256))
 _OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
-
-
-def _md5() -> Any:
-    try:
-        from _md5 import md5  # type: ignore[import-not-found]
-    except ImportError:  # pragma: no cover - a Python built without it
-        from hashlib import md5
-    return md5
 
 
 def _hmac_pads(key: bytes) -> tuple[Any, Any]:
