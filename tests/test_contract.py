@@ -817,7 +817,7 @@ def test_a_stop_signal_cancels_a_waiting_campaign_by_event(target, tmp_path):
 def test_a_stop_signal_ends_a_waiting_campaign_cut_off_from_its_server(
         network_target, tmp_path, partition_proxy):
     """SIGTERM to a waiting candidate whose server has gone (its connection cut, a new
-    one heard nothing) ends it within its connect bound (5 s) and a little: by the signal,
+    one heard nothing) ends it within two connect bounds (5 s) and a little: by the signal,
     or by giving up on the server (69), never by waiting on (ZooKeeper's reconnecting
     campaign did not end for 30 s and more); its job never runs."""
     target = network_target
@@ -833,7 +833,9 @@ def test_a_stop_signal_ends_a_waiting_campaign_cut_off_from_its_server(
     sent = time.monotonic()
     quitter.send_signal(signal.SIGTERM)
     assert quitter.wait(timeout=30) in (-signal.SIGTERM, 69), tail.text
-    assert time.monotonic() - sent < 5.0 + 3.0, tail.text
+    # Within two connect bounds: a call in flight may still wait for its connection and
+    # then connect, each bounded by connect_timeout (5 s; seen 9.1 s on MariaDB).
+    assert time.monotonic() - sent < 2 * 5.0 + 3.0, tail.text
     release.touch()
     assert proc.wait(timeout=30) == 0
     assert not marker.exists()
