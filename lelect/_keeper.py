@@ -119,16 +119,76 @@ def child_pids():
     return found
 
 
-def spawn_job(program, argv, env, term, slot=None, seat=None):
-    """Fork and exec the job with ``term`` (and ``slot``, ``seat``) in its environment;
-    its pid, once it runs (OSError if it could not be run). ``slot`` "-" is none.
+#: lelect_spawn of lelect/libspawn.so (built from _spawn.c when lelect was installed):
+#: vfork and exec, the child set up as :func:`fork_job` describes; None: fork in Python.
+SPAWN = None
+#: Where the keeper finds it (beside this file).
+SPAWN_LIBRARY = "libspawn.so"
 
-    The child is told everything before the fork (no pipe to wait on): from the fork
-    to the exec it only sets itself up, as :func:`fork_job` describes."""
+
+def load_spawn():
+    """Load lelect's vfork spawn (``SPAWN``), unless ``LELECT_SPAWN=fork`` asks for the
+    fork in Python or it was not built (no compiler where lelect was installed): then
+    the job is forked in Python, as before. True if loaded."""
+    global SPAWN
+    if os.environ.get("LELECT_SPAWN") == "fork":
+        return False
+    try:
+        import ctypes
+
+        library = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                           SPAWN_LIBRARY))
+        spawn = library.lelect_spawn
+    except (OSError, AttributeError):
+        return False
+    strings = ctypes.POINTER(ctypes.c_char_p)
+    spawn.argtypes = [strings, strings, strings, strings, ctypes.POINTER(ctypes.c_int)]
+    spawn.restype = ctypes.c_int
+    SPAWN = spawn
+    return True
+
+
+def _vspawn(program, argv, env):
+    """The job's pid, started by lelect_spawn (OSError if it could not be run)."""
+    import ctypes
+
+    program = os.fsencode(program)
+    argv = [os.fsencode(arg) for arg in argv]
+    if b"/" in program:
+        paths = [program]
+        fallback = [b"/bin/sh", program, *argv[1:]]  # no #! line: /bin/sh runs a text
+    else:  # execvpe's search, over the job's own PATH
+        paths = [os.path.join(os.fsencode(d), program) for d in os.get_exec_path(env)]
+        fallback = None
+
+    def strings(items):
+        return (ctypes.c_char_p * (len(items) + 1))(*items, None) if items is not None else None
+
+    envp = [name + b"=" + value for name, value in env.items()]
+    if any(b"\0" in item for item in (program, *argv, *envp)):  # C strings end there
+        raise OSError(errno.EINVAL, "embedded null byte")
+    error = ctypes.c_int(0)
+    pid = SPAWN(strings(paths), strings(argv), strings(envp), strings(fallback),
+                ctypes.byref(error))
+    if pid < 0:
+        raise OSError(error.value, os.strerror(error.value))
+    return pid
+
+
+def spawn_job(program, argv, env, term, slot=None, seat=None):
+    """Start the job with ``term`` (and ``slot``, ``seat``) in its environment; its pid,
+    once it runs (OSError if it could not be run). ``slot`` "-" is none.
+
+    With lelect's vfork spawn (``SPAWN``) the child only makes system calls until its
+    exec; else it is forked in Python, told everything before the fork (no pipe to wait
+    on). Either way, from the fork to the exec it only sets itself up, as
+    :func:`fork_job` describes."""
     env = dict(env)
     for item in _job_vars(term, slot, seat):
         name, _, value = item.partition(b"=")
         env[name] = value
+    if SPAWN is not None:
+        return _vspawn(program, argv, env)
     pid, report, _ = _fork(program, argv, env, told=True)
     return _exec_reported(pid, report)
 
@@ -422,6 +482,8 @@ class Keeper(LocalElection):
         (the database, the lock file), or come before the win. Nothing runs before a
         Start (or, embedded, before the checks pass)."""
         asked = prepare or self.options.get("autostart") == "1"
+        if prepare and SPAWN is not None and not os.environ.get("LELECT_PREFORK"):
+            return
         if self.command and asked and self.forked is None:
             try:
                 self.forked = fork_job(self.program, self.command, self.job_env)
@@ -689,6 +751,7 @@ class Keeper(LocalElection):
             # The environment and the program now, not after winning.
             self.program = self.options.get("program") or self.command[0]
             self.job_env = dict(os.environb)
+            load_spawn()
         if "lock" in self.options:
             self.wait_for_lock()
         while True:

@@ -22,6 +22,7 @@ command -v mariadbd >/dev/null 2>&1 || need="$need mariadb-server"
 command -v tmux >/dev/null 2>&1 || need="$need tmux"
 command -v flock >/dev/null 2>&1 || need="$need util-linux"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+command -v cc >/dev/null 2>&1 || need="$need gcc"  # lelect/libspawn.so (tests/test_spawn.py)
 command -v zsh >/dev/null 2>&1 || need="$need zsh"
 command -v fish >/dev/null 2>&1 || need="$need fish"
 [ -x /usr/bin/python3 ] || need="$need python3"  # another user's interpreter, in one test

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
+
 from lelect import keeper_protocol as proto
 from lelect.backends.records import HandBack
 from lelect.supervisor import KeeperConfig, KeeperHandle
@@ -100,6 +102,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+@pytest.fixture
+def python_fork(monkeypatch):
+    """The prepared job is the Python fork's (the keeper forks nothing early with
+    lelect's vfork spawn): its tests ask for that fork (the keeper inherits this env)."""
+    monkeypatch.setenv("LELECT_SPAWN", "fork")
+
+
 def _prepared(tmp_path, job="exec sleep 60"):
     """A keeper told Prepare, and the job's process it forked (which runs nothing)."""
     marker = tmp_path / "ran"
@@ -112,6 +121,7 @@ def _prepared(tmp_path, job="exec sleep 60"):
     return handle, early[0], marker
 
 
+@pytest.mark.usefixtures("python_fork")
 def test_a_prepared_job_runs_only_on_start_and_is_the_process_forked_early(tmp_path):
     handle, early, marker = _prepared(tmp_path)
     try:
@@ -129,6 +139,7 @@ def test_a_prepared_job_runs_only_on_start_and_is_the_process_forked_early(tmp_p
     assert not pid_alive(early)
 
 
+@pytest.mark.usefixtures("python_fork")
 def test_an_unprepared_job_exits_unrun_and_is_reaped(tmp_path):
     handle, early, marker = _prepared(tmp_path)
     try:
@@ -143,6 +154,7 @@ def test_an_unprepared_job_exits_unrun_and_is_reaped(tmp_path):
         handle.close()
 
 
+@pytest.mark.usefixtures("python_fork")
 def test_no_prepared_job_outlives_its_keeper_or_lelect(tmp_path):
     import signal
 
@@ -161,6 +173,7 @@ def test_no_prepared_job_outlives_its_keeper_or_lelect(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.usefixtures("python_fork")
 def test_a_start_after_the_lease_ran_out_drops_the_prepared_job(tmp_path):
     import time
 

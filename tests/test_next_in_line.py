@@ -1,7 +1,9 @@
-"""The candidate next in line (only the leader ahead of it) has its keeper fork the job
-early, so that a win costs no fork: on etcd and ZooKeeper, whose waiters each watch their
-predecessor. The others fork nothing; the early process runs nothing before the win and
-never outlives the candidate's place, its keeper or lelect."""
+"""Where the keeper forks jobs in Python (lelect/libspawn.so was not built; here
+LELECT_SPAWN=fork), the candidate next in line (only the leader ahead of it) has its
+keeper fork the job early, so that a win costs no fork: on etcd and ZooKeeper, whose
+waiters each watch their predecessor. The others fork nothing; the early process runs
+nothing before the win and never outlives the candidate's place, its keeper or lelect.
+With the vfork spawn nobody forks early: a start costs less than an early process's."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from tests.helpers import (
     OutputTail,
+    lelect_env,
     pid_alive,
     spawn_lelect,
     wait_until,
@@ -53,10 +56,36 @@ def job(tmp_path, name: str) -> list[str]:
             f'echo $$ > {started}; while [ ! -e {release} ]; do sleep 0.02; done']
 
 
-def candidate(target, tmp_path, name: str, *options: str):
+def candidate(target, tmp_path, name: str, *options: str, spawn: str = "fork"):
+    """A candidate whose keeper forks its job in Python (``spawn="fork"``), or starts it
+    with lelect's vfork spawn (``spawn="vfork"``)."""
+    env = lelect_env(target.url)
+    if spawn == "fork":
+        env["LELECT_SPAWN"] = "fork"
     proc = spawn_lelect("campaign", "line", "--id", name, *options, *job(tmp_path, name),
-                        backend=target.url)
+                        env=env)
     return proc, OutputTail(proc.stderr)
+
+
+def test_with_the_vfork_spawn_nobody_forks_early_and_the_next_in_line_wins(
+        queue_target, tmp_path):
+    leader, _ = candidate(queue_target, tmp_path, "leader", spawn="vfork")
+    leader_pid = started_pid(tmp_path, "leader")
+    first, first_log = candidate(queue_target, tmp_path, "first", spawn="vfork")
+    first_log.wait_for("waiting for")
+    # Told "next in line" (a Prepare) with its first look, or right after it: give the
+    # keeper its PREPARE_DELAY and more, then look for an early process.
+    keeper = keeper_of(first)
+    wait_until(lambda: "libspawn.so" in open(f"/proc/{keeper.pid}/maps").read(), timeout=10,
+               what="the keeper to load lelect's vfork spawn")
+    with pytest.raises(AssertionError):
+        wait_until(lambda: early_children(first), timeout=1.0, what="an early process")
+    (tmp_path / "leader.release").touch()
+    assert leader.wait(timeout=30) == 0
+    pid = started_pid(tmp_path, "first")
+    assert pid != leader_pid and os.getpgid(pid) == pid  # its own process group
+    (tmp_path / "first.release").touch()
+    assert first.wait(timeout=30) == 0
 
 
 def started_pid(tmp_path, name: str) -> int:

@@ -473,16 +473,18 @@ class Leadership:
         return self.lost.is_set() or (self.lease is not None and not self.lease.alive())
 
     def release(self, outcome: str | None = None, exit_status: int | None = None,
-                reason: str | None = None, slot: str | None = None) -> None:
+                reason: str | None = None, slot: str | None = None, *,
+                ended: float | None = None) -> None:
         """Step down at once (idempotent), telling the history how the leadership ended
         (default: "lost" if it was lost, else "exited") and, for a once-per run, its
-        ``slot``."""
+        ``slot``; ``ended``: when it ended (wall clock), if that was before this call."""
         if self.released:
             return
         self.released = True
         outcome = outcome or (LOST if self.lost.is_set() else EXITED)
         self.ending = Ending(outcome, exit_status,
-                             reason or (self.lost_reason if outcome == LOST else None), slot)
+                             reason or (self.lost_reason if outcome == LOST else None), slot,
+                             ended)
         # A server that failed us gets no last word but the release.
         forget = self.publishes_value and outcome != LOST and not self.lease_over()
         if self.lease is not None:

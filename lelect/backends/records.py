@@ -507,13 +507,15 @@ class LocalLock(Record):
 class Ending(Record):
     """How a leadership ended, told to :meth:`Backend.resign` with the release itself:
     ``outcome`` (one of :data:`OUTCOMES`), the job's ``exit_status``, a ``reason`` for
-    people, and the once-per ``slot`` it ran for (marked done only for "exited" with
-    status 0: :attr:`done_slot`)."""
+    people, the once-per ``slot`` it ran for (marked done only for "exited" with
+    status 0: :attr:`done_slot`), and when it ``ended`` if that was before the release
+    (the embedded backend's keeper let go of the election as the job ended; None: now)."""
 
     outcome: str = EXITED
     exit_status: int | None = None
     reason: str | None = None
     slot: str | None = None
+    ended: float | None = None
 
     @property
     def done_slot(self) -> str | None:

@@ -313,7 +313,8 @@ class FileBackend(Backend):
                 filestate.close_leadership(
                     conn, leadership.election, term=leadership.term, token=leadership.token,
                     outcome=ending.outcome, exit_status=ending.exit_status,
-                    reason=ending.reason, slot=ending.slot, ended=time.time(),
+                    reason=ending.reason, slot=ending.slot,
+                    ended=time.time() if ending.ended is None else ending.ended,
                 )
         except ConfigError:
             if ending.slot is not None:
