@@ -126,19 +126,27 @@ SPAWN = None
 SPAWN_LIBRARY = "libspawn.so"
 
 
+def spawn_library():
+    """The path of lelect's vfork spawn, or None where the keeper forks in Python (not
+    built, or ``LELECT_SPAWN=fork``)."""
+    if os.environ.get("LELECT_SPAWN") == "fork":
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), SPAWN_LIBRARY)
+    return path if os.path.exists(path) else None
+
+
 def load_spawn():
     """Load lelect's vfork spawn (``SPAWN``), unless ``LELECT_SPAWN=fork`` asks for the
     fork in Python or it was not built (no compiler where lelect was installed): then
     the job is forked in Python, as before. True if loaded."""
     global SPAWN
-    if os.environ.get("LELECT_SPAWN") == "fork":
+    path = spawn_library()
+    if path is None:
         return False
     try:
         import ctypes
 
-        library = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                           SPAWN_LIBRARY))
-        spawn = library.lelect_spawn
+        spawn = ctypes.CDLL(path).lelect_spawn
     except (OSError, AttributeError):
         return False
     strings = ctypes.POINTER(ctypes.c_char_p)

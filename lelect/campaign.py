@@ -56,7 +56,7 @@ from lelect.seats import (
     seat_holders,
 )
 from lelect.status import ExitStatus
-from lelect.supervisor import Gone, KeeperConfig, KeeperHandle, trim_heap
+from lelect.supervisor import Gone, KeeperConfig, KeeperHandle, spawn_library, trim_heap
 from lelect.systemd import Notifier
 
 TYPE_CHECKING = False  # not typing's (~2 ms of every start): annotations only
@@ -567,6 +567,10 @@ class _Driver:
         keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.freed_by_keeper = lock is not None and config.autorelease
+        # The next in line has its job forked early only where the keeper forks in
+        # Python: with the vfork spawn a start costs less (and the backend is spared the
+        # looks that tell a waiter it is next).
+        self.prepares = config.autostart and spawn_library() is None
         self.announced = False
         self.next_in_line = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
@@ -591,7 +595,7 @@ class _Driver:
                 leadership = backend.campaign(
                     opts.election, self.candidate, timeout=opts.timeout, no_wait=opts.no_wait,
                     ttl=self.timing.ttl, on_wait=self._on_wait, cancel=self.cancel,
-                    keep_later=True, on_next=self._on_next if config.autostart else None,
+                    keep_later=True, on_next=self._on_next if self.prepares else None,
                 )
         except ElectionBusy as busy:
             keeper.kill()

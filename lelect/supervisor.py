@@ -20,7 +20,12 @@ import time
 from collections.abc import Callable
 
 from lelect import keeper_protocol as proto
-from lelect._keeper import child_pids, set_subreaper, trim_heap  # noqa: F401 - trim_heap for campaign
+from lelect._keeper import (  # noqa: F401 - trim_heap, spawn_library for campaign
+    child_pids,
+    set_subreaper,
+    spawn_library,
+    trim_heap,
+)
 from lelect.backends.records import DEFAULT_HISTORY, HandBack, LocalLock
 from lelect.frozen import Record, asdict
 
