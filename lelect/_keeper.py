@@ -490,8 +490,8 @@ class Keeper(LocalElection):
         (the database, the lock file), or come before the win. Nothing runs before a
         Start (or, embedded, before the checks pass)."""
         asked = prepare or self.options.get("autostart") == "1"
-        if prepare and SPAWN is not None and not os.environ.get("LELECT_PREFORK"):
-            return
+        if prepare and SPAWN is not None:
+            return  # a vfork start costs less than waking a process forked early
         if self.command and asked and self.forked is None:
             try:
                 self.forked = fork_job(self.program, self.command, self.job_env)
