@@ -612,6 +612,8 @@ class _Driver:
             return self._cancelled(keeper)
         finally:
             self.blocking = False
+            if self.heartbeats is not None:
+                self.heartbeats.begin()  # won, or gave up: the campaign made its contact
         try:
             agreed()
         except HoldersMismatch:
@@ -675,6 +677,8 @@ class _Driver:
                          f" {self.options.election!r}", status=message.status)
 
     def _on_wait(self, holder: LeaderInfo | None) -> None:
+        if self.heartbeats is not None:
+            self.heartbeats.begin()
         for command in self.core.reachable():
             self._execute(command)
         who = f"{holder.node_id} leads (term {holder.term})" if holder else "somebody leads"
@@ -837,13 +841,18 @@ class _Driver:
         try:
             if leadership is not None:
                 ended = None
-                if self.exit_follows and self.freed_by_keeper:
+                yields = self.exit_follows
+                if yields and self.freed_by_keeper:
                     ended = time.time()
                     time.sleep(YIELD_TO_NEXT_LEADER)  # the record waits, not the next job
+                    yields = False
                 leadership.release(command.outcome, command.exit_status, command.reason,
-                                   self.slot, ended=ended)
-                if self.exit_follows and not self.freed_by_keeper:
-                    time.sleep(YIELD_TO_NEXT_LEADER)
+                                   self.slot, ended=ended, tidy_later=yields)
+                if yields:
+                    try:
+                        time.sleep(YIELD_TO_NEXT_LEADER)
+                    finally:
+                        leadership.tidy_up()  # etcd's lease revoke and history trim
         finally:
             if keeper is not None:
                 keeper.close()
@@ -912,7 +921,10 @@ class _Driver:
             on_duplicate=duplicate,
             on_beat=self._refresh_holders,
         )
-        self.heartbeats.start()
+        # The first beat (and the look for a duplicate id) waits for the campaign's first
+        # contact with the server: a backend with one session per candidate (ZooKeeper)
+        # then has the campaign's session to send it on, not a second one of its own.
+        self.heartbeats.start(hold=True)
 
 
 def run_campaign(backend: Backend, options: CampaignOptions, log: Log = _no_log,

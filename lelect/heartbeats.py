@@ -85,6 +85,7 @@ class HeartbeatPublisher:
         self.last_exception: Exception | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._begun = threading.Event()
         self._thread: threading.Thread | None = None
         self._cpu: hostload.CpuPercent | None = None
 
@@ -93,7 +94,10 @@ class HeartbeatPublisher:
         self.role, self.term, self.seat = role, term, seat
         self._wake.set()
 
-    def start(self) -> None:
+    def start(self, hold: bool = False) -> None:
+        """Start publishing; ``hold``: not before :meth:`begin` (or :meth:`stop`)."""
+        if not hold:
+            self._begun.set()
         try:  # cpu % compares with the previous look: take one now for the first beat
             self._cpu = hostload.CpuPercent()
         except Exception:  # noqa: BLE001 - figures are best effort
@@ -109,6 +113,7 @@ class HeartbeatPublisher:
         end = time.monotonic() + budget
         self._stop.set()
         self._wake.set()
+        self._begun.set()
         if not (remove and self.published):
             return  # nothing to take back: the thread is not waited for
         if self._thread is not None:
@@ -168,7 +173,14 @@ class HeartbeatPublisher:
             if members.now - record.arrivals[-1] < 3 * interval and self.on_duplicate:
                 self.on_duplicate(beat)
 
+    def begin(self) -> None:
+        """The first beat may go (after ``start(hold=True)``); idempotent."""
+        self._begun.set()
+
     def _run(self) -> None:
+        self._begun.wait()
+        if self._stop.is_set():
+            return
         if self.on_duplicate is not None:
             self._check_duplicate()
         while not self._stop.is_set():

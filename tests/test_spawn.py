@@ -68,9 +68,14 @@ def test_the_job_gets_a_clean_process_of_its_own(mode):
         # Only 0-2 (sleep's loader opens its libraries for a moment after the exec).
         wait_until(lambda: sorted(os.listdir(f"/proc/{job}/fd")) == ["0", "1", "2"],
                    timeout=5, what=lambda: f"fds 0-2 only: {os.listdir(f'/proc/{job}/fd')}")
-        with open(f"/proc/{job}/environ", "rb") as f:
-            given = f.read().split(b"\0")
-        assert {b"odd.name=kept", b"EMPTY=", b"LELECT_TERM=7"} <= set(given)
+        def environ() -> set[bytes]:
+            with open(f"/proc/{job}/environ", "rb") as f:
+                return set(f.read().split(b"\0"))
+
+        # Read once the exec has laid out the new environment (empty for a moment after
+        # the new name shows).
+        given = wait_until(lambda: environ() - {b""}, timeout=5, what="the job's environment")
+        assert {b"odd.name=kept", b"EMPTY=", b"LELECT_TERM=7"} <= given
         assert b"LELECT_SPAWN=fork" not in given or mode == "fork"
         # The kernel kills the job when its keeper dies, even by SIGKILL.
         os.kill(handle.process.pid, signal.SIGKILL)

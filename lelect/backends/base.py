@@ -356,6 +356,9 @@ class Leadership:
         self.value_forgotten = False
         #: How it ended, once released.
         self.ending: Ending | None = None
+        #: What the backend's release left for after it, that nobody waits on (etcd: the
+        #: lease's revoke, the history's trim); run by :meth:`tidy_up`.
+        self.aftermath: Callable[[], None] | None = None
         self.lease = lease
         #: Notes the backend read in the very transaction that won (key -> data, None
         #: for none): what the campaign would otherwise ask the server for at once.
@@ -474,10 +477,12 @@ class Leadership:
 
     def release(self, outcome: str | None = None, exit_status: int | None = None,
                 reason: str | None = None, slot: str | None = None, *,
-                ended: float | None = None) -> None:
+                ended: float | None = None, tidy_later: bool = False) -> None:
         """Step down at once (idempotent), telling the history how the leadership ended
         (default: "lost" if it was lost, else "exited") and, for a once-per run, its
-        ``slot``; ``ended``: when it ended (wall clock), if that was before this call."""
+        ``slot``; ``ended``: when it ended (wall clock), if that was before this call.
+        ``tidy_later``: leave what nobody waits on to :meth:`tidy_up` (the campaign first
+        yields the CPU to the next leader)."""
         if self.released:
             return
         self.released = True
@@ -490,12 +495,20 @@ class Leadership:
         if self.lease is not None:
             self.lease.stop()
         self.backend.resign(self, self.ending)
+        if not tidy_later:
+            self.tidy_up()
         if forget and not self.value_forgotten:
             # After the release: the next leader never waits on it, nor the exit long.
             forgetting = threading.Thread(target=self.forget_value, name="forget-value",
                                           daemon=True)
             forgetting.start()
             forgetting.join(PARTING_BUDGET)
+
+    def tidy_up(self) -> None:
+        """Finish what the release left for after it (once; nothing if it left nothing)."""
+        aftermath, self.aftermath = self.aftermath, None
+        if aftermath is not None:
+            aftermath()
 
     def __enter__(self) -> Leadership:
         return self

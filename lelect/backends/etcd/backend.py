@@ -697,7 +697,7 @@ class EtcdBackend(Backend):
         if leadership.begun:
             leadership.recorded.wait(budget)
 
-        def release(budget: float) -> None:
+        def settle(budget: float) -> None:
             ops = [wire.delete(leadership.key),
                    wire.put(keys.history_entry(leadership.term), closed.encode())]
             if leadership.publishes_value:  # this term's value goes with it
@@ -717,18 +717,35 @@ class EtcdBackend(Backend):
             else:
                 # No longer ours: still close our own entry, if nobody did (first writer wins).
                 self._close_own_entry(keys, closed, budget)
-            leadership.etcd_lease.revoke(budget)
+
+        def finish(budget: float) -> None:
             # After the release, not on the way to the job: the next leader is not kept
-            # waiting, and only a leader adds entries.
+            # waiting (nor its etcd busy), and only a leader adds entries.
+            leadership.etcd_lease.revoke(budget)
             count, leadership.history_count = leadership.history_count, 0
             self._trim_history(keys, count, budget)
 
-        try:
-            release(budget)
-        except GatewayError as exc:
+        def release(budget: float) -> None:
+            settle(budget)
+            finish(budget)
+
+        def failed(exc: GatewayError) -> None:
             log.warning("lelect: could not release %r (%s); it frees itself when the lease runs out",
                         leadership.election, exc.message)
             self.release_later(release)
+
+        def aftermath() -> None:
+            try:
+                finish(budget)
+            except GatewayError as exc:
+                failed(exc)
+
+        try:
+            settle(budget)
+        except GatewayError as exc:
+            failed(exc)
+            return
+        leadership.aftermath = aftermath
 
     def _slot_ops(self, keys: EtcdKeys, slot: str, closed: HistoryEntry, budget: float
                   ) -> list[dict]:
