@@ -24,7 +24,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from lelect.errors import CampaignCancelled, LeadershipLost
+from lelect.errors import LeadershipLost
+from lelect.lease import check_cancel
 
 if TYPE_CHECKING:
     from lelect.backends.base import LeaderInfo, Leadership
@@ -158,7 +159,7 @@ class LeadershipBlock:
                                            cancel=cancel, on_wait=started_waiting)
             if cancel.is_set():  # won just as the caller gave up: let go at once
                 leadership.release()
-                raise CampaignCancelled(f"the campaign for {election.name!r} was cancelled")
+                check_cancel(cancel, election.name)
             return leadership
 
         waiting = asyncio.ensure_future(run_in_thread(campaign, f"lelect-campaign:{election.name}"))

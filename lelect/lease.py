@@ -156,6 +156,13 @@ class GaveUp(Exception):
         self.bound = bound
 
 
+def check_cancel(cancel: threading.Event | None, election: str) -> None:
+    """Raise CampaignCancelled once ``cancel`` is set (the backend then leaves the line,
+    as it does on a timeout)."""
+    if cancel is not None and cancel.is_set():
+        raise CampaignCancelled(f"the campaign for {election!r} was cancelled")
+
+
 class RetryPolicy(Record):
     """One way to bear connection trouble, for every backend (kazoo's ``KazooRetry``
     made into a value): the first contact fails at once, within
@@ -246,8 +253,8 @@ class Attempts:
         self._check_cancel()
 
     def _check_cancel(self) -> None:
-        if self.election is not None and self.cancel.is_set():
-            raise CampaignCancelled(f"the campaign for {self.election!r} was cancelled")
+        if self.election is not None:
+            check_cancel(self.cancel, self.election)
 
     @property
     def streaking(self) -> bool:

@@ -53,14 +53,13 @@ from lelect.backends.words import HANDED_OVER, RESIGNED
 from lelect.durations import format_duration
 from lelect.errors import (
     BackendUnavailable,
-    CampaignCancelled,
     CampaignTimeout,
     ElectionBusy,
     LelectError,
     NotLeader,
 )
 from lelect.frozen import replace
-from lelect.lease import LATE_WIN, Lease
+from lelect.lease import LATE_WIN, Lease, check_cancel  # noqa: F401 - check_cancel for backends
 from lelect.names import split_part
 
 TYPE_CHECKING = False  # not typing's (~2 ms of every start): annotations only
@@ -263,13 +262,6 @@ def shut_down_socket(conn: object) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-
-def check_cancel(cancel: threading.Event | None, election: str) -> None:
-    """Raise CampaignCancelled once ``cancel`` is set (the backend then leaves the line,
-    as it does on a timeout)."""
-    if cancel is not None and cancel.is_set():
-        raise CampaignCancelled(f"the campaign for {election!r} was cancelled")
 
 
 def wait_slice(left: float | None, cancel: threading.Event | None) -> float | None:
