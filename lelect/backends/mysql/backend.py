@@ -64,6 +64,7 @@ from lelect.backends.mysql import sql
 from lelect.backends.mysql.link import LinkError, MySQLOptions, MySQLSession, wire_params
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.backends.sql_notes import SqlNotes
+from lelect.backends.turns import LONGEST_WAIT, BeatCadence
 from lelect.errors import CampaignCancelled, ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_stored
@@ -76,16 +77,6 @@ log = logging.getLogger("lelect.mysql")
 #: How often the next in line (the waiter holding the election's lock while the lease
 #: still stands) looks again; and how often an observer looks (no notifications).
 POLL_BOUND = 0.5
-#: The longest single wait in GET_LOCK (a waiter then looks again).
-LONGEST_WAIT = 3600.0
-#: A campaign's first slice of GET_LOCK before this backend has published a heartbeat
-#: (the heartbeat thread's first beat, sent alongside the campaign, is not held up long).
-FIRST_SLICE = 1.0
-#: How long after a heartbeat is due a slice of GET_LOCK ends (at least; a tenth of the
-#: interval for longer ones), and how long a waiter lets the connection be after serving
-#: a caller (its next call, a heartbeat's refresh after the beat, is likely on its way).
-SLICE_MARGIN = 0.05
-SETTLE = 0.02
 _NO_LIMIT = 1_000_000_000
 
 
@@ -139,9 +130,8 @@ class MySQLBackend(SqlNotes, Backend):
         self._sharing = threading.Lock()
         self._waiting_on_command = False
         self._leading_on_command = 0
-        # The heartbeats' cadence (the smallest interval published) and the last beat.
-        self._beat_every: float | None = None
-        self._beat_at = 0.0
+        #: The heartbeats' cadence: a waiter's pieces of GET_LOCK end as the next beat is due.
+        self._beats = BeatCadence()
         self._schema_ready = False
 
     def render(self, statement: str, **values: object) -> str:
@@ -182,15 +172,6 @@ class MySQLBackend(SqlNotes, Backend):
             return
         with self._sharing:
             self._leading_on_command -= 1
-
-    def _slice(self, first: bool) -> float:
-        """The longest piece of a wait in GET_LOCK: until just after the next heartbeat
-        is due (while this backend publishes), else the whole wait (a campaign's
-        first piece at most FIRST_SLICE until a heartbeat shows the cadence)."""
-        every = self._beat_every
-        if every is not None and time.monotonic() - self._beat_at < 3 * every + FIRST_SLICE:
-            return every + max(SLICE_MARGIN, every / 10)
-        return FIRST_SLICE if first else LONGEST_WAIT
 
     # -- the schema ---------------------------------------------------------------------
 
@@ -322,7 +303,7 @@ class MySQLBackend(SqlNotes, Backend):
         """Wait for a turn; True if this waiter now holds the election's lock. The lock's
         holder (the next in line while the lease stands) looks again every POLL_BOUND;
         the others block on the lock until the lease's expiry by the server's clock, in
-        slices (:meth:`_slice`) between which the connection serves the heartbeats and
+        slices (:class:`~lelect.backends.turns.BeatCadence`) between which the connection serves the heartbeats and
         whatever else this process sends. At the expiry one read says whether the
         leader renewed (then they wait on until the new expiry) or the lease is gone
         (False: the caller tries to take it)."""
@@ -353,12 +334,11 @@ class MySQLBackend(SqlNotes, Backend):
                 if give_up is not None:
                     end = min(end, give_up)
                 continue
-            piece = round(min(wait, self._slice(first)), 3)
+            piece = round(min(wait, self._beats.slice(first)), 3)
             first = False
             try:
                 rows = session.run_long(self.render(sql.WAIT_BELL, name=bell, seconds=piece),
-                                        piece * 1.25 + self.connect_timeout, cancel=cancel,
-                                        settle=SETTLE)  # fmt: skip
+                                        piece * 1.25 + self.connect_timeout, cancel=cancel)
             except LinkError:
                 check_cancel(cancel, election)
                 raise
@@ -476,11 +456,7 @@ class MySQLBackend(SqlNotes, Backend):
     def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
         validate_stored(heartbeat.election)
         record = encode_member(heartbeat, (), forget_after=ttl).decode("utf-8")
-        if heartbeat.interval:  # a waiter's slices of GET_LOCK end as the next beat is due
-            every = self._beat_every
-            recent = every is not None and time.monotonic() - self._beat_at < 3 * every
-            self._beat_every = min(every, heartbeat.interval) if recent else heartbeat.interval
-            self._beat_at = time.monotonic()
+        self._beats.heard(heartbeat.interval)
         self._write(self.render(sql.PUBLISH, election=heartbeat.election,
                                 node_id=heartbeat.node_id, record=record,
                                 forget_us=sql.microseconds(ttl)))  # fmt: skip

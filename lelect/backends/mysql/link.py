@@ -31,6 +31,7 @@ from lelect.backends.base import (
 )
 from lelect.backends.mysql.sql import DEFAULT_PREFIX, PREFIX, SESSION_SETUP, with_timeout
 from lelect.backends.records import DEFAULT_HISTORY
+from lelect.backends.turns import SETTLE, Busy, Turns
 from lelect.backends.urls import BackendURL
 from lelect.errors import BackendUnavailable, ConfigError, LelectError, UsageError
 
@@ -403,10 +404,7 @@ class MySQLSession:
         #: Grows with every new connection: a lock taken with ``GET_LOCK`` is held only
         #: while the generation it was taken in lasts.
         self.generation = 0
-        # Callers waiting for the connection, and when the long call running ends.
-        self._state = threading.Condition(threading.Lock())
-        self._wanting = 0
-        self._long_until = 0.0
+        self._turns = Turns(self._lock)
 
     @property
     def connection(self) -> pymysql.connections.Connection | None:
@@ -417,51 +415,22 @@ class MySQLSession:
         """Run ``sql`` (one or more statements) within ``budget`` seconds (plus what is
         left of a long call holding the connection); the rows of the last result that
         had any. Raises LinkError (``timed_out`` when out of time)."""
-        start = time.monotonic()
-        with self._state:
-            self._wanting += 1
-            end = start + budget + max(self._long_until - start, 0.0)
-            self._state.notify_all()  # a long call about to start lets this one go first
         try:
-            got = self._lock.acquire(timeout=max(end - time.monotonic(), 0.0))
-        finally:
-            with self._state:
-                self._wanting -= 1
-                self._state.notify_all()
-        if not got:
-            raise LinkError("the connection stayed busy with another call", timed_out=True)
-        try:  # the call itself gets its own budget at most
-            return self._run(sql, min(end, time.monotonic() + budget), cancel, server_limit)
-        finally:
-            self._lock.release()
+            with self._turns.short(budget) as end:
+                return self._run(sql, end, cancel, server_limit)
+        except Busy as exc:
+            raise LinkError(str(exc), timed_out=True) from None
 
     def run_long(self, sql: str, budget: float, cancel: threading.Event | None = None,
-                 settle: float = 0.0) -> list[tuple]:  # fmt: skip
+                 settle: float = SETTLE) -> list[tuple]:  # fmt: skip
         """Run ``sql``, which may take ``budget`` seconds (a wait on the server), once
-        every caller waiting for the connection has gone first (and none came within
-        ``settle`` seconds after the last one: its next call is likely on its way).
-        Getting the connection is bounded by the connect timeout."""
-        end = time.monotonic() + self.options.connect_timeout
-        served = False
-        while True:
-            if not self._lock.acquire(timeout=max(end - time.monotonic(), 0.0)):
-                raise LinkError("the connection stayed busy with another call", timed_out=True)
-            with self._state:
-                if not self._wanting and not (served and self._state.wait_for(
-                        lambda: self._wanting, min(settle, max(end - time.monotonic(), 0.0)))):
-                    self._long_until = time.monotonic() + budget
-                    break
-            self._lock.release()
-            served = True
-            with self._state:
-                self._state.wait_for(lambda: not self._wanting,
-                                     max(end - time.monotonic(), 0.0))
+        every caller waiting for the connection has gone first (:class:`Turns`). Getting
+        the connection is bounded by the connect timeout."""
         try:
-            return self._run(sql, time.monotonic() + budget, cancel, server_limit=True)
-        finally:
-            with self._state:
-                self._long_until = 0.0
-            self._lock.release()
+            with self._turns.long(budget, self.options.connect_timeout, settle):
+                return self._run(sql, time.monotonic() + budget, cancel, server_limit=True)
+        except Busy as exc:
+            raise LinkError(str(exc), timed_out=True) from None
 
     def _run(self, sql: str, end: float, cancel: threading.Event | None,
              server_limit: bool) -> list[tuple]:  # fmt: skip
