@@ -100,7 +100,7 @@ def idle_load(url: str, stats_url: str, waiters: int, ttl: float, window: float,
     lines = [
         f"{waiters} idle waiters, ttl {ttl:g}s, window {window:g}s",
         f"{'statements':<28} {'count':>8} {'per waiter per s':>18}",
-        f"{'by waiters (acquires)':<28} {by_waiters:>8} {by_waiters / waiters / window:>18.3f}",
+        f"{'by waiters':<28} {by_waiters:>8} {by_waiters / waiters / window:>18.3f}",
         f"{'leader renews':<28} {renews:>8}",
         "by kind: " + ", ".join(f"{k}={n}" for k, n in sorted(delta.items()) if n),
     ]

@@ -347,13 +347,13 @@ def lelect_side(server: Server, heartbeats: str = "0") -> Side:
     elif server.name == "mysql":
         waiting = server.extra["waiting"]
     else:
+        from tests.plugins.postgres_server import waiting_sql
+
         monitor = server.extra["monitor"]
-        # Live tickets in the line (a winner gives its ticket up). Not pg_stat_activity's
-        # "last statement was an acquire": a waiter's connection also carries its other
-        # statements (the holders note), so that count lagged by up to a lease.
+        # Server processes holding or queued for the election's doorbell (its advisory
+        # lock), the leader's aside.
         waiting = lambda election: monitor.execute(  # noqa: E731
-            f"SELECT count(*) FROM {PG_SCHEMA}.queue WHERE election = %s"
-            " AND expires_at > clock_timestamp()", (election,)).fetchone()[0]
+            waiting_sql(PG_SCHEMA, election)).fetchone()[0]
     label = f"lelect {server.name}" if heartbeats == "0" else f"lelect beats={heartbeats} {server.name}"
     return Side(label, argv, waiting, lelect_env(server.url))
 

@@ -477,10 +477,13 @@ def heartbeat(election: str, node_id: str) -> Heartbeat:
 
 
 def dead_leader(backend, election: str, node_id: str = "a"):
-    """A leadership whose lelect "died": it no longer renews, and nobody released it."""
+    """A leadership whose lelect "died": it no longer renews, nobody released it, and its
+    connection is gone (as the kernel closes a dead process's sockets: the election's
+    doorbell goes with it)."""
     leadership = backend.campaign(election, candidate(node_id), timeout=10)
     backend.publish(heartbeat(election, node_id), ttl=60)
     leadership.stop()
+    leadership.session.drop()
     return leadership
 
 

@@ -23,7 +23,6 @@ from tests.helpers import (
 from tests.plugins.redis_sentinel import lelect_clients
 from tests.test_redis_cli import TTL, campaign, wait_for_candidates, wait_for_waiter
 
-
 #: The ttl of the planned-failover tests. The promoted replica's copy of the lease is as
 #: old as the last renew replicated before ``REPLICAOF NO ONE`` (up to a renew interval,
 #: ttl/3), and the sentinel names the new master only once its INFO shows the new role

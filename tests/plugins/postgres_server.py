@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from lelect.backends.postgres.sql import bell_key
 from tests.helpers import free_port
 
 #: The password of every role the tests make (a secret that must never be shown).
@@ -269,11 +270,14 @@ def target_postgres(postgres_cluster, postgres_contract_db):
 
 
 def waiting_sql(schema: str, election: str) -> str:
-    """How many candidates of ``election`` wait behind its leader: idle connections whose
-    last statement was an acquire of that election, other than the leader's."""
+    """How many candidates of ``election`` wait behind its leader: server processes that
+    hold or wait for the election's doorbell (its advisory lock), other than the
+    leader's. (Between two pieces of its wait a waiter is briefly not counted.)"""
+    key = bell_key(schema, election) & 0xFFFFFFFFFFFFFFFF
     return (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND state = 'idle' AND query LIKE '%lelect acquire%'"
-        f" AND position('E''{election}''' IN query) > 0 AND pid IS DISTINCT FROM"
+        "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" AND classid = {key >> 32} AND objid = {key & 0xFFFFFFFF} AND objsubid = 1"
+        " AND pid IS DISTINCT FROM"
         f" (SELECT backend_pid FROM {schema}.lease WHERE election = '{election}')"
     )

@@ -9,18 +9,32 @@ A leadership is a row in ``<schema>.lease`` acquired, renewed and released by si
 guarded statements (``sql``): acquired only if absent or expired, renewed and
 released only ``WHERE token = ours``, expiry by the server's ``clock_timestamp()``. The
 leader counts its lease from the moment it sent the statement. Terms come from
-``<schema>.term``, a counter per election that is never deleted. No session advisory
-locks: a partitioned session keeps them until TCP keepalive reaps it, long after its
-client gave up.
+``<schema>.term``, a counter per election that is never deleted. The leadership is
+never a session advisory lock: a partitioned session keeps one until TCP keepalive
+reaps it, long after its client gave up (the doorbell below is one, and only wakes).
 
-Waiters never poll and are never woken as a herd: each LISTENs on its own channel before
-its first attempt, takes a ticket in ``<schema>.queue`` with that attempt, and sleeps
-until a release NOTIFYs it (the head of the line only) or the lease's server-side expiry
-(then it tries again, which also keeps its ticket).
+Waiters never poll and are never woken as a herd. The leader holds the election's
+doorbell, a session advisory lock (:func:`~lelect.backends.postgres.sql.bell_key`),
+and every waiter blocks in ``pg_advisory_lock`` on it, for at most what the lease has
+left by the server's clock. A release frees the doorbell after the lease row is gone,
+and the server grants it to exactly one waiter (the first in its lock queue), which
+takes the lease and keeps the doorbell as the new leader. The doorbell is never the
+leadership (a lock tied to a connection dies with a blip and cannot fence): the lease
+row is. A waiter that gets the doorbell while the lease still stands (the leader's
+connection dropped; a killed leader's keeper is about to hand back) LISTENs on the
+election's channel, where every release is announced, until the lease's expiry; it
+alone listens, besides the leader (resign requests) and observers. Waiters do not
+LISTEN: up to PostgreSQL 18 every NOTIFY wakes every listening backend of the
+database, and a line of 200 listeners made each handoff cost the server 30-70 ms of
+CPU. The others look again when their wait reaches the lease's expiry (one read: a
+leader that renewed is waited on again).
 
 One connection per candidate: a campaign borrows the backend's command session (so
 heartbeats, the lease's renews, resign requests and the release share it); a second
-campaign running at the same time in the same process gets a session of its own.
+campaign running at the same time in the same process gets a session of its own. A
+waiter's ``pg_advisory_lock`` holds that connection, so the wait is cut in pieces that
+end just after the next heartbeat is due (:mod:`lelect.backends.turns`); between two
+pieces whoever waits for the connection goes first.
 """
 
 from __future__ import annotations
@@ -61,6 +75,7 @@ from lelect.backends.postgres import sql, wire
 from lelect.backends.postgres.link import PgSession, PostgresOptions, is_transient
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.backends.sql_notes import SqlNotes
+from lelect.backends.turns import LONGEST_WAIT, BeatCadence
 from lelect.errors import ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_stored
@@ -81,18 +96,19 @@ class PostgresLeadership(Leadership):
 
     def __init__(self, backend: PostgresBackend, election: str, candidate: Candidate,
                  term: int, token: str, sent: float, ttl: float,
-                 session: PgSession) -> None:  # fmt: skip
+                 session: PgSession, bell_in: int | None) -> None:  # fmt: skip
         self.ttl = ttl
         self.session = session
         self.stopped = threading.Event()
         self.channel = sql.channel(backend.options.schema, election)
         #: How the keeper reaches the server that granted this leadership.
         self.wire = _wire_params(session.connection)
+        #: The session generation whose connection holds the election's doorbell (None:
+        #: it was not free when this leadership was won).
+        self.bell_in = bell_in
         self._backend = backend
         self._wake_r, self._wake_w = socket.socketpair()
         self._listening = False
-        #: The channel the campaign waited on (no longer needed once elected).
-        self.wake_channel = sql.wake_channel(backend.options.schema, election, token)
         self._renew_sql = backend.render(sql.RENEW, election=election, token=token, ttl=ttl)
         lease = Lease(sent, ttl, self._renew, idle=self._idle, name=f"pg:{election}",
                       describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
@@ -131,7 +147,7 @@ class PostgresLeadership(Leadership):
                 self.mark_resign_requested()
 
     def close(self) -> None:
-        self._backend.give_back(self.session, self.channel, self.wake_channel)
+        self._backend.give_back(self.session, self.channel)
         for sock in (self._wake_r, self._wake_w):
             sock.close()
 
@@ -159,6 +175,9 @@ class PostgresBackend(SqlNotes, Backend):
         self._command = PgSession(self.options)
         self._lent = False
         self._lending = threading.Lock()
+        #: The heartbeats' cadence: a waiter's pieces of pg_advisory_lock end as the next
+        #: beat is due.
+        self._beats = BeatCadence()
         self._schema_ready = False
 
     def render(self, statement: str, **values: object) -> str:
@@ -240,26 +259,26 @@ class PostgresBackend(SqlNotes, Backend):
         # secrets.token_hex(16), without secrets' hmac and hashlib (OpenSSL's libcrypto).
         token = os.urandom(16).hex()
         channel = sql.channel(self.options.schema, election)
-        wake = sql.wake_channel(self.options.schema, election, token)
-        queue = not (no_wait or timeout == 0)  # one try needs no wake-up, nor a ticket
-        acquire = self.render(
-            sql.ACQUIRE, election=election, token=token, node_id=candidate.node_id,
-            host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
-            channel=channel, vanished_reason=VANISHED_REASON, queue=queue, wake_channel=wake,
-        )  # fmt: skip
+        bell = sql.bell_key(self.options.schema, election)
         retry = self.retry.attempts(timeout, cancel=cancel, election=election)
         give_up = retry.give_up.at
         session: PgSession | None = self._borrow()
-        waiting = False
+        bell_in: int | None = None  # the session generation that holds the doorbell
+        waiting = 0  # 1: the first wait is next, 2: waited before
         try:
             while True:
+                if bell_in != session.generation:
+                    bell_in = None  # a lock is held only by the connection that took it
                 try:
                     self._ensure_schema(session, retry.budget())
-                    if queue:  # before the first attempt: no release goes unheard
-                        session.listen(wake, retry.budget())
+                    if bell_in is not None:  # before the attempt: no release goes unheard
+                        session.listen(channel, retry.budget())
                     t_send = time.monotonic()
-                    term, holder_token, holder_node, holder_term, left_s, _ = session.run(
-                        acquire, retry.budget())[0]  # fmt: skip
+                    term, holder_token, holder_node, holder_term, left_s, _, took = session.run(
+                        self._acquire_sql(election, token, candidate, ttl, bell,
+                                          take_bell=bell_in is None), retry.budget())[0]
+                    if took:
+                        bell_in = session.generation
                     if term is None and holder_token == token:
                         # An earlier attempt won but its answer was lost: renew what is ours.
                         t_send = time.monotonic()
@@ -271,8 +290,10 @@ class PostgresBackend(SqlNotes, Backend):
                     continue
                 retry.succeeded()
                 if term is not None:
+                    if bell_in != session.generation:
+                        bell_in = None
                     leadership = PostgresLeadership(self, election, candidate, int(term), token,
-                                                    t_send, ttl, session)  # fmt: skip
+                                                    t_send, ttl, session, bell_in)  # fmt: skip
                     session = None  # the leadership's now
                     return leadership
                 holder = None
@@ -283,24 +304,40 @@ class PostgresBackend(SqlNotes, Backend):
                 if give_up is not None and time.monotonic() >= give_up:
                     raise timed_out(election, timeout)
                 if not waiting:
-                    waiting = True
+                    waiting = 1
                     if on_wait is not None:
                         on_wait(holder)
                 try:
-                    self._wait_for_release(session, wake, left_s, give_up, cancel, election)
+                    if bell_in is not None:
+                        self._wait_for_release(session, channel, left_s, give_up, cancel,
+                                               election)  # fmt: skip
+                    elif self._wait_for_bell(session, bell, election, left_s, give_up, cancel,
+                                             first=waiting == 1):  # fmt: skip
+                        bell_in = session.generation
+                    waiting = 2
                 except wire.Error as exc:
+                    check_cancel(cancel, election)
                     self._retry(retry, exc)
         finally:
             if session is not None:
-                if waiting:  # gave up in line: leave it, or a release would wake nobody
-                    self._leave(session, election, token)
-                self.give_back(session, wake)
+                if bell_in == session.generation:  # gave up holding it: the next may have it
+                    self._ring(session, bell)
+                self.give_back(session, channel)
 
-    def _leave(self, session: PgSession, election: str, token: str) -> None:
+    def _acquire_sql(self, election: str, token: str, candidate: Candidate, ttl: float,
+                     bell: int, take_bell: bool) -> str:  # fmt: skip
+        return self.render(
+            sql.ACQUIRE, election=election, token=token, node_id=candidate.node_id,
+            host=candidate.host, pid=candidate.pid, ttl=ttl, history=self.history_limit,
+            channel=sql.channel(self.options.schema, election),
+            vanished_reason=VANISHED_REASON, bell=bell, take_bell=take_bell,
+        )  # fmt: skip
+
+    def _ring(self, session: PgSession, bell: int) -> None:
         try:
-            session.run(self.render(sql.LEAVE, election=election, token=token), PARTING_BUDGET)
+            session.run(self.render(sql.RING_BELL, bell=bell), PARTING_BUDGET)
         except wire.Error:
-            pass  # the ticket is skipped once its connection is gone or its time is out
+            pass  # its connection is gone, or going: the server frees the lock then
 
     def _retry(self, attempts: Attempts, exc: wire.Error) -> None:
         """Pause before the next try, or raise the one-line error when that was the last."""
@@ -313,8 +350,9 @@ class PostgresBackend(SqlNotes, Backend):
     def _wait_for_release(session: PgSession, channel: str, left_s: float | None,
                           give_up: float | None, cancel: threading.Event | None = None,
                           election: str = "") -> None:  # fmt: skip
-        """Sleep until a release wakes us (we head the line: a note on ``channel``, our
-        own), the lease expires by the server's clock, or ``give_up``. Without a holder to wait for (a winner that committed after our
+        """Holding the doorbell while the lease stands: sleep until a release is announced
+        on the election's ``channel``, the lease expires by the server's clock, or
+        ``give_up``. Without a holder to wait for (a winner that committed after our
         statement began), look again at once."""
         if left_s is None or left_s <= 0:
             return
@@ -328,25 +366,73 @@ class PostgresBackend(SqlNotes, Backend):
                         return
             check_cancel(cancel, election)
 
+    def _wait_for_bell(self, session: PgSession, bell: int, election: str,
+                       left_s: float | None, give_up: float | None,
+                       cancel: threading.Event | None, first: bool) -> bool:  # fmt: skip
+        """Wait in the server's lock queue for the election's doorbell; True once this
+        session holds it (the leader released, or its connection went: the caller tries
+        the lease). The wait lasts until the lease's expiry by the server's clock, in
+        pieces (:class:`~lelect.backends.turns.BeatCadence`) between which the connection
+        serves the heartbeats; at the expiry one read says whether the leader renewed
+        (then the wait goes on until the new expiry) or the lease is gone (False: the
+        caller tries to take it)."""
+        if left_s is None or left_s <= 0:
+            return False  # expired or just gone: look again at once
+        end = time.monotonic() + min(left_s + 0.001, LONGEST_WAIT)
+        if give_up is not None:
+            end = min(end, give_up)
+        while True:
+            wait = end - time.monotonic()
+            if wait <= 0:
+                if give_up is not None and time.monotonic() >= give_up:
+                    return False
+                left_s = self._leader(session, election, self.connect_timeout)[1]
+                if left_s is None or left_s <= 0:
+                    return False
+                end = time.monotonic() + min(left_s + 0.001, LONGEST_WAIT)
+                if give_up is not None:
+                    end = min(end, give_up)
+                continue
+            piece = max(round(min(wait, self._beats.slice(first)), 3), 0.001)
+            first = False
+            statement = self.render(sql.WAIT_BELL, bell=bell, ms=max(int(piece * 1000), 1))
+            if session.server_major() >= 14:
+                statement = sql.CHECK_CLIENT + statement
+            try:
+                rows = session.run_long(statement, piece * 1.25 + self.connect_timeout, cancel)
+            except (wire.LockNotAvailable, wire.QueryCanceled):
+                rows = None  # the piece is over (or an operator cancelled the wait)
+            check_cancel(cancel, election)
+            if rows:
+                return True
+
     def resign(self, leadership: Leadership, ending: Ending) -> None:
         session = self._command
+        statement = release = self._release_sql(leadership, ending, forget=False)
         if isinstance(leadership, PostgresLeadership):
             leadership.stop()
             session = leadership.session
+            if leadership.bell_in is not None and leadership.bell_in == session.generation:
+                # Free the doorbell once the lease row is gone (the same transaction:
+                # the next in line's attempt waits for its commit).
+                statement += ";\n" + self.render(
+                    sql.RING_BELL, bell=sql.bell_key(self.options.schema, leadership.election))
         # Past the lease's deadline a release frees nothing (the lease is over anyway),
         # and a lost leadership is most likely not ours any more: wait no longer than
         # the lease lasts, but 1s at least, to close the history entry.
         budget = leadership.parting_budget(self.connect_timeout)
-        statement = self._release_sql(leadership, ending, forget=False)
         try:
             session.run(statement, budget)
         except wire.Error as exc:
+            if (isinstance(leadership, PostgresLeadership) and leadership.bell_in is not None
+                    and leadership.bell_in == session.generation):
+                self._ring(session, sql.bell_key(self.options.schema, leadership.election))
             # Not fatal: the lease expires by itself.
             log.warning(
                 "lelect: could not release %r (%s); it frees itself when the lease runs out",
                 leadership.election, self.options.unavailable(exc, budget),
             )  # fmt: skip
-            self.release_later(lambda budget: self._command.run(statement, budget))
+            self.release_later(lambda budget: self._command.run(release, budget))
         finally:
             if isinstance(leadership, PostgresLeadership):
                 leadership.close()
@@ -447,6 +533,7 @@ class PostgresBackend(SqlNotes, Backend):
     def publish(self, heartbeat: Heartbeat, ttl: float) -> None:
         validate_stored(heartbeat.election)
         record = encode_member(heartbeat, (), forget_after=ttl).decode("utf-8")
+        self._beats.heard(heartbeat.interval)
         self._write(self.render(sql.PUBLISH, election=heartbeat.election,
                                 node_id=heartbeat.node_id, record=record, forget_after=ttl,
                                 max_arrivals=MAX_ARRIVALS))  # fmt: skip

@@ -22,11 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from lelect.backends.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TTL, server_text, unreachable
+from lelect.backends.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TTL,
+    cancel_wakeup,
+    server_text,
+    unreachable,
+    wait_slice,
+)
 from lelect.backends.postgres import wire
 from lelect.backends.postgres.sql import DEFAULT_SCHEMA, SCHEMA_NAME, with_timeout
 from lelect.backends.postgres.wire import Notify, Wire
 from lelect.backends.records import DEFAULT_HISTORY
+from lelect.backends.turns import Busy, Turns
 from lelect.backends.urls import BackendURL
 from lelect.errors import BackendUnavailable, ConfigError, LelectError, UsageError
 
@@ -462,12 +470,19 @@ def _misfit(conn: Wire, wanted: str) -> str | None:
 
 class PgSession:
     """One connection, made when first needed, used by one call at a time; it LISTENs
-    again to its channels whenever it reconnects (callers look again after an error)."""
+    again to its channels whenever it reconnects (callers look again after an error).
+
+    A waiting candidate's long call (its wait for the election's lock, :meth:`run_long`)
+    shares it with everything else the process sends (:class:`~lelect.backends.turns.Turns`)."""
 
     def __init__(self, options: PostgresOptions) -> None:
         self.options = options
         self._conn: Wire | None = None
         self._lock = threading.RLock()
+        self._turns = Turns(self._lock)
+        #: Grows with every new connection: a session-level advisory lock is held only
+        #: while the connection that took it lasts.
+        self.generation = 0
         self._channels: list[str] = []
         self._unlistened: list[str] = []  # UNLISTENed with the next statement
         self._leaving: list[str] = []  # to be taken off _channels under the lock
@@ -476,6 +491,13 @@ class PgSession:
     @property
     def connection(self) -> Wire | None:
         return self._conn
+
+    def server_major(self) -> int:
+        """The server's major version, as it reported it (0 before a connection)."""
+        conn = self._conn
+        version = conn.status.get("server_version", "") if conn is not None else ""
+        major = version.split(".", 1)[0]
+        return int(major) if major.isdigit() and len(major) <= 4 else 0
 
     def listen(self, channel: str, budget: float) -> None:
         """LISTEN to ``channel`` (now, and after every reconnect)."""
@@ -512,22 +534,76 @@ class PgSession:
     def run(self, sql: str, budget: float) -> list[tuple]:
         """Run ``sql`` (one query string) within ``budget`` seconds; the rows of its last
         statement. Raises wire errors (StatementTimeout when out of time)."""
-        end = time.monotonic() + budget
-        # Another thread's call (a heartbeat) counts against this one's budget too.
-        if not self._lock.acquire(timeout=max(budget, 0.0)):
-            raise StatementTimeout("the connection stayed busy with another call")
         try:
-            self._take_leaving()
-            conn = self._connect(max(end - time.monotonic(), 0.0))
-            left = end - time.monotonic()
-            if left <= 0:
-                raise StatementTimeout("no time left after connecting")
-            unlisten = "".join(f'UNLISTEN "{channel}";\n' for channel in self._unlistened)
-            rows = self._execute(conn, unlisten + with_timeout(sql, left * SERVER_SHARE), left)
-            self._unlistened.clear()
-            return rows
-        finally:
-            self._lock.release()
+            with self._turns.short(budget) as end:
+                conn, text, left = self._prepare(sql, end)
+                rows = self._execute(conn, text, left)
+                self._unlistened.clear()
+                return rows
+        except Busy as exc:
+            raise StatementTimeout(str(exc)) from None
+
+    def run_long(self, sql: str, budget: float, cancel: threading.Event | None = None
+                 ) -> list[tuple] | None:  # fmt: skip
+        """Run ``sql``, which may take ``budget`` seconds (a wait on the server), once
+        every caller waiting for the connection has gone first; None if ``cancel`` was set
+        meanwhile (the connection is then dropped: the server ends the wait). Getting the
+        connection is bounded by the connect timeout."""
+        try:
+            with self._turns.long(budget, self.options.connect_timeout):
+                conn, text, left = self._prepare(sql, time.monotonic() + budget)
+                conn.deadline = time.monotonic() + left
+                with cancel_wakeup(cancel) as woken:
+                    try:
+                        conn.send_query(text)
+                        self._unlistened.clear()
+                        if not self._answered(conn, left, cancel, woken):
+                            self.drop()
+                            return None
+                        return conn.result()
+                    except wire.Timeout as exc:
+                        self.drop()
+                        raise StatementTimeout(f"no answer within {left:.3f}s") from exc
+                    except wire.Error:
+                        if conn.broken:
+                            self.drop()
+                        raise
+                    finally:
+                        self._take_notifies(conn)
+        except Busy as exc:
+            raise StatementTimeout(str(exc)) from None
+
+    @staticmethod
+    def _answered(conn: Wire, left: float, cancel: threading.Event | None,
+                  woken: Any) -> bool:  # fmt: skip
+        """Wait for the answer to start arriving (True), or for ``cancel`` (False); the
+        read itself keeps the connection's deadline."""
+        end = time.monotonic() + left
+        fds = [conn.fileno()] + ([woken.fileno()] if woken is not None else [])
+        while not conn.readable_now():
+            if cancel is not None and cancel.is_set():
+                return False
+            wait = wait_slice(end - time.monotonic(), cancel)
+            if wait is None or wait <= 0:
+                return True  # out of time: the read raises Timeout
+            readable, _, _ = select.select(fds, [], [], wait)
+            if woken is not None and woken.fileno() in readable:
+                return False
+            if conn.fileno() in readable:
+                return True
+        return True
+
+    def _prepare(self, sql: str, end: float) -> tuple[Wire, str, float]:
+        """Connected (within ``end``), the text to send (UNLISTENs left to do, and the
+        statement under its server-side time limit) and the time left; called holding
+        the connection."""
+        self._take_leaving()
+        conn = self._connect(max(end - time.monotonic(), 0.0))
+        left = end - time.monotonic()
+        if left <= 0:
+            raise StatementTimeout("no time left after connecting")
+        unlisten = "".join(f'UNLISTEN "{channel}";\n' for channel in self._unlistened)
+        return conn, unlisten + with_timeout(sql, left * SERVER_SHARE), left
 
     def _execute(self, conn: Wire, sql: str, budget: float) -> list[tuple]:
         conn.deadline = time.monotonic() + budget
@@ -563,6 +639,7 @@ class PgSession:
                 conn.close()
                 raise
             self._conn = conn
+            self.generation += 1
         return self._conn
 
     def _stale(self, conn: Wire) -> bool:
@@ -624,6 +701,8 @@ class PgSession:
         with self._lock:
             conn, self._conn = self._conn, None
             self._unlistened.clear()  # a new connection listens to _channels only
+            if conn is not None:
+                self.generation += 1  # its advisory locks go with it
         if conn is not None:
             conn.close()
 

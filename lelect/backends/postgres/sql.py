@@ -14,9 +14,10 @@ Tables (in the URL's ``?schema=``, default ``lelect``):
 - ``history`` one row per leadership, written by the statement that wins it and closed
   by the one that releases it.
 - ``slot``    once-per slots done, with the leadership that did them.
-- ``queue``   the candidates waiting in line: token, the channel each one LISTENs on, when
-  it joined, until when its ticket is good, and its server process (pid and start), so a
-  release NOTIFYs the next live candidate only (herd-free) and skips one that died.
+- ``queue``   no longer written: lelect's waiters once queued there, each LISTENing on a
+  channel of its own. They now wait in the server's lock queue for the election's
+  doorbell, a session advisory lock (:func:`bell_key`). The table stays for the lelects
+  of before during an upgrade.
 - ``member``  heartbeats (records.py's codec) and arrival stamps by the server's clock.
 - ``note``    small records beside an election (``put_note``): bytes under a key, until
   ``expires_at`` by the server's clock (NULL: until deleted).
@@ -88,11 +89,12 @@ def channel(schema: str, election: str) -> str:
     return "lelect_" + digest.hexdigest()[:32]
 
 
-def wake_channel(schema: str, election: str, token: str) -> str:
-    """The channel one waiting candidate LISTENs on: a release NOTIFYs the head of the
-    line there, and nobody else."""
-    digest = sha256(f"{schema}/{election}/{token}".encode("utf-8", "surrogateescape"))
-    return "lelectw_" + digest.hexdigest()[:32]
+def bell_key(schema: str, election: str) -> int:
+    """The election's doorbell: the key of the session advisory lock its leader holds and
+    its waiters queue for in the server (a release frees it; the server grants it to the
+    first in line only). It is never the leadership, only a wake-up."""
+    digest = sha256(f"lelect bell/{schema}/{election}".encode("utf-8", "surrogateescape"))
+    return int.from_bytes(digest.digest()[:8], "big", signed=True)
 
 
 # -- the schema -----------------------------------------------------------------------------
@@ -190,12 +192,6 @@ SCHEMA_VERSION_OF = """
 SELECT max(version), to_regclass(%(newest)s) IS NOT NULL FROM %(schema)s.schema_version
 """
 
-#: A candidate process is alive on the server: its backend runs, and is the one that
-#: took the ticket (a pid the server reused is not). Another role's session shows no
-#: start time: then the pid alone decides (at worst a notification is lost).
-_ALIVE = """EXISTS (SELECT 1 FROM pg_stat_get_activity(q.backend_pid) a
-                WHERE a.backend_start IS NULL OR a.backend_start = q.backend_start)"""
-
 # -- leadership -----------------------------------------------------------------------------
 
 #: Win the election if its lease is absent or expired (the upsert's WHERE, on the locked
@@ -203,9 +199,9 @@ _ALIVE = """EXISTS (SELECT 1 FROM pg_stat_get_activity(q.backend_pid) a
 #: "running" one as vanished, prune the history, announce. A loser learns who holds the
 #: lease and for how long (by the server's clock; missing when the winner committed
 #: after this statement's snapshot: try again).
-#: With ``queue``, a loser takes (or keeps) its ticket in the line, good for what is left
-#: of the lease plus its own ttl; a winner leaves the line.
-#: -> (won term | NULL, holder token, holder node id, holder term, seconds left, notified)
+#: With ``take_bell``, a winner also takes the election's doorbell if it is free.
+#: -> (won term | NULL, holder token, holder node id, holder term, seconds left, notified,
+#:     took the doorbell)
 ACQUIRE = """/* lelect acquire */
 WITH won AS (
     INSERT INTO %(schema)s.lease AS l
@@ -247,37 +243,32 @@ WITH won AS (
     SELECT pg_notify(%(channel)s, 'elected ' || term) FROM counted
 ), holder AS (
     SELECT l.token, l.node_id, t.term,
-           extract(epoch FROM l.expires_at - clock_timestamp())::float8 AS left_s,
-           l.expires_at
+           extract(epoch FROM l.expires_at - clock_timestamp())::float8 AS left_s
     FROM %(schema)s.lease l
     LEFT JOIN %(schema)s.term t ON t.election = l.election AND t.token = l.token
     WHERE l.election = %(election)s AND NOT EXISTS (SELECT 1 FROM won)
-), left_line AS (
-    DELETE FROM %(schema)s.queue
-    WHERE election = %(election)s AND token = %(token)s AND EXISTS (SELECT 1 FROM won)
-    RETURNING token
-), in_line AS (
-    INSERT INTO %(schema)s.queue AS q
-        (election, token, channel, enqueued, expires_at, backend_pid, backend_start)
-    SELECT %(election)s, %(token)s, %(wake_channel)s, clock_timestamp(),
-           greatest(holder.expires_at, clock_timestamp()) + %(ttl)s * interval '1 second',
-           pg_backend_pid(), (SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))
-    FROM (SELECT 1) AS one LEFT JOIN holder ON true
-    WHERE %(queue)s AND NOT EXISTS (SELECT 1 FROM won)
-    ON CONFLICT (election, token) DO UPDATE
-        SET expires_at = excluded.expires_at, backend_pid = excluded.backend_pid,
-            backend_start = excluded.backend_start
-    RETURNING token
+), belled AS (
+    SELECT pg_try_advisory_lock(%(bell)s) AS took FROM won WHERE %(take_bell)s
 )
 SELECT (SELECT term FROM counted), holder.token, holder.node_id, holder.term, holder.left_s,
-       (SELECT count(*) FROM announced)
+       (SELECT count(*) FROM announced), coalesce((SELECT bool_or(took) FROM belled), false)
 FROM (SELECT 1) AS one LEFT JOIN holder ON true
 """
 
-#: A candidate that gave up waiting (a timeout, a cancel) leaves the line.
-LEAVE = """/* lelect leave */
-DELETE FROM %(schema)s.queue WHERE election = %(election)s AND token = %(token)s
+#: A waiter's wait for the election's doorbell, at most ``ms`` milliseconds (then
+#: LockNotAvailable): it returns once the leader's release frees it, to the first in line.
+WAIT_BELL = """/* lelect wait */
+SET LOCAL lock_timeout = %(ms)s;
+SELECT pg_advisory_lock(%(bell)s)
 """
+
+#: Prepended to :data:`WAIT_BELL` on PostgreSQL 14 and later: a waiter's server process
+#: looks at its client's connection every second while it waits, so a waiter killed in
+#: line leaves the lock queue within a second, not when its wait would have ended.
+CHECK_CLIENT = "SET LOCAL client_connection_check_interval = 1000;\n"
+
+#: The leader's release frees the doorbell (sent after the release, in the same query).
+RING_BELL = "SELECT pg_advisory_unlock(%(bell)s)"
 
 #: Extend our lease from now by the server's clock, only while it is ours and alive.
 #: -> one row (resign requested?) if renewed, none if the lease is gone
@@ -291,10 +282,10 @@ RETURNING resign_requested
 #: Release our live lease (only by our token) and announce it; close our own history entry
 #: if still "running" (first writer wins), mark a once-per slot done for an "exited 0",
 #: and with ``forget`` drop our member record (the keeper's hand-back).
-#: The release is announced on the election's channel (observers) and wakes the head of
-#: the line only, on its own channel, skipping (and dropping) tickets of candidates that
-#: died or whose time ran out.
-#: -> (released, notified, entry closed, slot marked, member dropped, woken) as counts
+#: The release is announced on the election's channel (observers, and a waiter that holds
+#: the doorbell while the lease stood); the leader's backend frees the doorbell after it
+#: (:data:`RING_BELL`), which wakes the next in line.
+#: -> (released, notified, entry closed, slot marked, member dropped) as counts
 RELEASE = """/* lelect release */
 WITH released AS (
     DELETE FROM %(schema)s.lease
@@ -302,18 +293,6 @@ WITH released AS (
     RETURNING election
 ), announced AS (
     SELECT pg_notify(%(channel)s, 'released ' || %(term)s) FROM released
-), gone AS (
-    DELETE FROM %(schema)s.queue q
-    WHERE q.election = %(election)s AND EXISTS (SELECT 1 FROM released)
-      AND NOT (q.expires_at > clock_timestamp() AND """ + _ALIVE + """)
-    RETURNING q.token
-), head AS (
-    SELECT q.channel FROM %(schema)s.queue q
-    WHERE q.election = %(election)s AND EXISTS (SELECT 1 FROM released)
-      AND q.expires_at > clock_timestamp() AND """ + _ALIVE + """
-    ORDER BY q.enqueued, q.token LIMIT 1
-), woken AS (
-    SELECT pg_notify(head.channel, 'released ' || %(term)s) FROM head
 ), closed AS (
     UPDATE %(schema)s.history
     SET ended = clock_timestamp(), outcome = %(outcome)s, exit_status = %(exit_status)s,
@@ -343,7 +322,7 @@ WITH released AS (
 )
 SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM announced),
        (SELECT count(*) FROM closed), (SELECT count(*) FROM done),
-       (SELECT count(*) FROM forgotten), (SELECT count(*) FROM woken)
+       (SELECT count(*) FROM forgotten)
 """
 
 
@@ -361,7 +340,7 @@ def release_statement(schema: str, *, election: str, token: str, term: int, node
 
 
 #: Who leads: the live lease and its term. -> (node id, term, since, host, pid, seconds left)
-LEADER = """
+LEADER = """/* lelect leader */
 SELECT l.node_id, t.term, extract(epoch FROM l.since)::float8, l.host, l.pid,
        extract(epoch FROM l.expires_at - clock_timestamp())::float8
 FROM %(schema)s.lease l

@@ -45,6 +45,15 @@ _METHOD_OF_CODE = {3: "password", 5: "md5", 7: "gss", 9: "sspi", 10: "scram-sha-
 # -- errors ---------------------------------------------------------------------------------
 
 
+#: Asked of the server for each connection (startup parameters): its side probes a silent
+#: client after 10 s idle, every 5 s, and closes the session after 3 unanswered probes.
+#: The server's default is the system's (2 hours idle), and a session of a host cut off
+#: by a partition would keep its session advisory lock, the election's doorbell, that
+#: long (the lease itself is never tied to a session). Ignored on Unix sockets.
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                     "tcp_keepalives_count": "3"}
+
+
 class Error(Exception):
     """Anything that went wrong talking to PostgreSQL."""
 
@@ -85,6 +94,10 @@ class QueryCanceled(ServerError):
     SQLSTATE = "57014"
 
 
+class LockNotAvailable(ServerError):
+    SQLSTATE = "55P03"
+
+
 class UndefinedTable(ServerError):
     SQLSTATE = "42P01"
 
@@ -103,7 +116,7 @@ class DeadlockDetected(ServerError):
 
 _BY_SQLSTATE = {cls.SQLSTATE: cls for cls in (
     InsufficientPrivilege, ReadOnlySqlTransaction, QueryCanceled, UndefinedTable,
-    InvalidSchemaName, SerializationFailure, DeadlockDetected)}  # fmt: skip
+    InvalidSchemaName, SerializationFailure, DeadlockDetected, LockNotAvailable)}  # fmt: skip
 
 
 def server_error(payload: bytes) -> ServerError:
@@ -356,6 +369,7 @@ class Wire:
             "database": params.get("dbname") or user,
             "application_name": params.get("application_name") or "lelect",
             "client_encoding": "UTF8",
+            **SERVER_KEEPALIVES,
         }
         if params.get("options"):
             fields["options"] = params["options"]
@@ -428,9 +442,17 @@ class Wire:
     def query(self, text: str) -> list[tuple]:
         """Run ``text`` (simple Query: one or more statements); the rows of its last
         statement, each value converted by its column's type."""
+        self.send_query(text)
+        return self.result()
+
+    def send_query(self, text: str) -> None:
+        """Send ``text`` (simple Query); :meth:`result` reads its answer."""
         if self.broken:
             raise OperationalError("the connection is broken")
         self._send_message(b"Q", text.encode("utf-8", "surrogateescape") + b"\0")
+
+    def result(self) -> list[tuple]:
+        """The answer to the query sent: the rows of its last statement."""
         columns: list[int] | None = None
         current: list[tuple] | None = None
         last: list[tuple] = []
