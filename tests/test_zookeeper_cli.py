@@ -129,15 +129,16 @@ def test_kazoo_election_and_lelect_campaign_exclude_each_other(
 
 def test_refused_credentials_and_acl_are_69(zookeeper_server, zk_path):
     owner = zookeeper_server.url(zk_path, session_timeout="2s", auth="digest:ops:s3cret")
-    assert run_lelect("campaign", "guarded", "--", "true", backend=owner).returncode == 0
+    out = run_lelect("campaign", "guarded", "--", "true", backend=owner)
+    assert out.returncode == 0, out.stderr
     intruder = zookeeper_server.url(zk_path, session_timeout="2s")
     out = run_lelect("campaign", "guarded", "--", "true", backend=intruder)
-    assert out.returncode == 69
-    assert "ACL" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 69, out.stderr
+    assert "ACL" in out.stderr and "Traceback" not in out.stderr, out.stderr
     refused = zookeeper_server.url(zk_path, auth="sasl-ish:whoever")
     out = run_lelect("campaign", "guarded", "--", "true", backend=refused)
-    assert out.returncode == 69
-    assert "refused the credentials" in out.stderr and "whoever" not in out.stderr
+    assert out.returncode == 69, out.stderr
+    assert "refused the credentials" in out.stderr and "whoever" not in out.stderr, out.stderr
 
 
 # -- connecting keeps its bound (issue 9) -------------------------------------------------
