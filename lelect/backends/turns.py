@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 #: The longest single piece of a wait in line (a waiter then looks again).
@@ -113,3 +113,24 @@ class BeatCadence:
         if every is not None and time.monotonic() - self.at < 3 * every + FIRST_SLICE:
             return every + max(SLICE_MARGIN, every / 10)
         return FIRST_SLICE if first else LONGEST_WAIT
+
+
+def wait_for_turn(left_s: float | None, give_up: float | None,
+                  look: Callable[[], float | None], piece: Callable[[float], bool]) -> bool:
+    """A waiter's wait in the server's lock queue, until the lease's expiry by the server's
+    clock (``left_s`` from now) or ``give_up``: ``piece(seconds)`` waits one piece of at
+    most that long and says whether the lock came (True: returned at once). At the expiry
+    ``look()`` reads how long the lease has now: a leader that renewed is waited on
+    again; a lease that is gone returns False (the caller tries to take it), as does
+    ``give_up``."""
+    while left_s is not None and left_s > 0:
+        end = time.monotonic() + min(left_s + 0.001, LONGEST_WAIT)
+        if give_up is not None:
+            end = min(end, give_up)
+        while (wait := end - time.monotonic()) > 0:
+            if piece(wait):
+                return True
+        if give_up is not None and time.monotonic() >= give_up:
+            return False
+        left_s = look()
+    return False

@@ -64,7 +64,7 @@ from lelect.backends.mysql import sql
 from lelect.backends.mysql.link import LinkError, MySQLOptions, MySQLSession, wire_params
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.backends.sql_notes import SqlNotes
-from lelect.backends.turns import LONGEST_WAIT, BeatCadence
+from lelect.backends.turns import LONGEST_WAIT, BeatCadence, wait_for_turn
 from lelect.errors import CampaignCancelled, ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_stored
@@ -319,32 +319,23 @@ class MySQLBackend(SqlNotes, Backend):
                 check_cancel(cancel, election)
                 (cancel or threading.Event()).wait(wait_slice(left, cancel) or left)
             return True
-        end = now + wait
-        while True:
-            wait = end - time.monotonic()
-            if wait <= 0:
-                if give_up is not None and time.monotonic() >= give_up:
-                    return False
-                # The lease was due to expire: read how long it has now (one read, not
-                # the acquire's transaction); a leader that renewed is waited on again.
-                left_s = self._leader(session, election, self.connect_timeout)[1]
-                if left_s is None or left_s <= 0:
-                    return False
-                end = time.monotonic() + min(left_s + 0.001, LONGEST_WAIT)
-                if give_up is not None:
-                    end = min(end, give_up)
-                continue
-            piece = round(min(wait, self._beats.slice(first)), 3)
-            first = False
+        pieces = 0
+
+        def piece(wait: float) -> bool:
+            nonlocal pieces
+            seconds = round(min(wait, self._beats.slice(first and not pieces)), 3)
+            pieces += 1
             try:
-                rows = session.run_long(self.render(sql.WAIT_BELL, name=bell, seconds=piece),
-                                        piece * 1.25 + self.connect_timeout, cancel=cancel)
+                rows = session.run_long(self.render(sql.WAIT_BELL, name=bell, seconds=seconds),
+                                        seconds * 1.25 + self.connect_timeout, cancel=cancel)
             except LinkError:
                 check_cancel(cancel, election)
                 raise
             check_cancel(cancel, election)
-            if rows and rows[0][0] is not None and int(rows[0][0]) == 1:
-                return True
+            return bool(rows and rows[0][0] is not None and int(rows[0][0]) == 1)
+
+        return wait_for_turn(left_s, give_up, piece=piece,
+                             look=lambda: self._leader(session, election, self.connect_timeout)[1])
 
     def _retry(self, attempts: Attempts, exc: LinkError) -> None:
         """Pause before the next try, or raise the one-line error when that was the last."""

@@ -75,7 +75,7 @@ from lelect.backends.postgres import sql, wire
 from lelect.backends.postgres.link import PgSession, PostgresOptions, is_transient
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.backends.sql_notes import SqlNotes
-from lelect.backends.turns import LONGEST_WAIT, BeatCadence
+from lelect.backends.turns import BeatCadence, wait_for_turn
 from lelect.errors import ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_stored
@@ -376,35 +376,25 @@ class PostgresBackend(SqlNotes, Backend):
         serves the heartbeats; at the expiry one read says whether the leader renewed
         (then the wait goes on until the new expiry) or the lease is gone (False: the
         caller tries to take it)."""
-        if left_s is None or left_s <= 0:
-            return False  # expired or just gone: look again at once
-        end = time.monotonic() + min(left_s + 0.001, LONGEST_WAIT)
-        if give_up is not None:
-            end = min(end, give_up)
-        while True:
-            wait = end - time.monotonic()
-            if wait <= 0:
-                if give_up is not None and time.monotonic() >= give_up:
-                    return False
-                left_s = self._leader(session, election, self.connect_timeout)[1]
-                if left_s is None or left_s <= 0:
-                    return False
-                end = time.monotonic() + min(left_s + 0.001, LONGEST_WAIT)
-                if give_up is not None:
-                    end = min(end, give_up)
-                continue
-            piece = max(round(min(wait, self._beats.slice(first)), 3), 0.001)
-            first = False
-            statement = self.render(sql.WAIT_BELL, bell=bell, ms=max(int(piece * 1000), 1))
+        pieces = 0
+
+        def piece(wait: float) -> bool:
+            nonlocal pieces
+            seconds = max(round(min(wait, self._beats.slice(first and not pieces)), 3), 0.001)
+            pieces += 1
+            statement = self.render(sql.WAIT_BELL, bell=bell, ms=max(int(seconds * 1000), 1))
             if session.server_major() >= 14:
                 statement = sql.CHECK_CLIENT + statement
             try:
-                rows = session.run_long(statement, piece * 1.25 + self.connect_timeout, cancel)
+                rows = session.run_long(statement, seconds * 1.25 + self.connect_timeout,
+                                        cancel)  # fmt: skip
             except (wire.LockNotAvailable, wire.QueryCanceled):
                 rows = None  # the piece is over (or an operator cancelled the wait)
             check_cancel(cancel, election)
-            if rows:
-                return True
+            return bool(rows)
+
+        return wait_for_turn(left_s, give_up, piece=piece,
+                             look=lambda: self._leader(session, election, self.connect_timeout)[1])
 
     def resign(self, leadership: Leadership, ending: Ending) -> None:
         session = self._command

@@ -544,32 +544,18 @@ class PgSession:
             raise StatementTimeout(str(exc)) from None
 
     def run_long(self, sql: str, budget: float, cancel: threading.Event | None = None
-                 ) -> list[tuple] | None:  # fmt: skip
+                 ) -> list[tuple]:  # fmt: skip
         """Run ``sql``, which may take ``budget`` seconds (a wait on the server), once
-        every caller waiting for the connection has gone first; None if ``cancel`` was set
-        meanwhile (the connection is then dropped: the server ends the wait). Getting the
-        connection is bounded by the connect timeout."""
+        every caller waiting for the connection has gone first; no rows if ``cancel`` was
+        set meanwhile (the connection is then dropped: the server ends the wait). Getting
+        the connection is bounded by the connect timeout."""
         try:
             with self._turns.long(budget, self.options.connect_timeout):
                 conn, text, left = self._prepare(sql, time.monotonic() + budget)
-                conn.deadline = time.monotonic() + left
                 with cancel_wakeup(cancel) as woken:
-                    try:
-                        conn.send_query(text)
-                        self._unlistened.clear()
-                        if not self._answered(conn, left, cancel, woken):
-                            self.drop()
-                            return None
-                        return conn.result()
-                    except wire.Timeout as exc:
-                        self.drop()
-                        raise StatementTimeout(f"no answer within {left:.3f}s") from exc
-                    except wire.Error:
-                        if conn.broken:
-                            self.drop()
-                        raise
-                    finally:
-                        self._take_notifies(conn)
+                    rows = self._execute(conn, text, left, waiting=(cancel, woken))
+                self._unlistened.clear()
+                return rows
         except Busy as exc:
             raise StatementTimeout(str(exc)) from None
 
@@ -605,10 +591,22 @@ class PgSession:
         unlisten = "".join(f'UNLISTEN "{channel}";\n' for channel in self._unlistened)
         return conn, unlisten + with_timeout(sql, left * SERVER_SHARE), left
 
-    def _execute(self, conn: Wire, sql: str, budget: float) -> list[tuple]:
+    def _execute(self, conn: Wire, sql: str, budget: float,
+                 waiting: tuple[threading.Event | None, Any] | None = None
+                 ) -> list[tuple]:  # fmt: skip
+        """The rows of ``sql`` within ``budget``. ``waiting`` (a cancel and what wakes a
+        select when it is set) for a long wait: a cancel drops the connection (the server
+        ends the wait) and returns no rows."""
         conn.deadline = time.monotonic() + budget
         try:
-            rows = conn.query(sql)
+            if waiting is None:
+                rows = conn.query(sql)
+            else:
+                conn.send_query(sql)
+                if not self._answered(conn, budget, *waiting):
+                    self.drop()
+                    return []
+                rows = conn.result()
         except wire.Timeout as exc:
             self.drop()
             raise StatementTimeout(f"no answer within {budget:.3f}s") from exc
