@@ -730,3 +730,20 @@ def test_notifications_are_kept_whenever_they_arrive_and_a_wait_sleeps_on_the_so
         wake_w.close()
     finally:
         session.close()
+
+
+def test_lelect_asks_the_server_for_short_keepalives_with_its_first_statement(
+    postgres_cluster, postgres_database
+):
+    """A session of a host cut off by a partition keeps its advisory lock (the election's
+    doorbell) until the server notices: lelect asks for keepalives after 10 s idle, every
+    5 s, 3 probes, set with its first statement (a startup parameter would be refused by
+    PgBouncer), and again after a reconnect."""
+    with connect(postgres_cluster.url(postgres_database)) as backend:
+        session = backend._command
+        show = "SELECT current_setting('tcp_keepalives_idle'), current_setting("\
+               "'tcp_keepalives_interval'), current_setting('tcp_keepalives_count')"
+        assert session.run(show, 5.0) == [("10", "5", "3")]
+        session.drop()
+        assert session.run(show, 5.0) == [("10", "5", "3")]
+        assert session.connection.configured

@@ -31,7 +31,7 @@ from lelect.backends.base import (
     wait_slice,
 )
 from lelect.backends.postgres import wire
-from lelect.backends.postgres.sql import DEFAULT_SCHEMA, SCHEMA_NAME, with_timeout
+from lelect.backends.postgres.sql import DEFAULT_SCHEMA, SCHEMA_NAME, SESSION_SETUP, with_timeout
 from lelect.backends.postgres.wire import Notify, Wire
 from lelect.backends.records import DEFAULT_HISTORY
 from lelect.backends.turns import Busy, Turns
@@ -589,7 +589,8 @@ class PgSession:
         if left <= 0:
             raise StatementTimeout("no time left after connecting")
         unlisten = "".join(f'UNLISTEN "{channel}";\n' for channel in self._unlistened)
-        return conn, unlisten + with_timeout(sql, left * SERVER_SHARE), left
+        setup = "" if conn.configured else SESSION_SETUP
+        return conn, setup + unlisten + with_timeout(sql, left * SERVER_SHARE), left
 
     def _execute(self, conn: Wire, sql: str, budget: float,
                  waiting: tuple[threading.Event | None, Any] | None = None
@@ -607,6 +608,8 @@ class PgSession:
                     self.drop()
                     return []
                 rows = conn.result()
+            if sql.startswith(SESSION_SETUP):
+                conn.configured = True  # committed with the statement
         except wire.Timeout as exc:
             self.drop()
             raise StatementTimeout(f"no answer within {budget:.3f}s") from exc

@@ -76,6 +76,16 @@ def render(statement: str, schema: str, **values: object) -> str:
     return statement % {"schema": f'"{schema}"', **{k: literal(v) for k, v in values.items()}}
 
 
+#: Sent with the first statement on each of lelect's connections (not as startup
+#: parameters, which a pooler such as PgBouncer refuses): the server probes a silent
+#: client after 10 s idle, every 5 s, and closes the session after 3 unanswered probes.
+#: Its default is the system's (2 hours idle), and the session of a host cut off by a
+#: partition would keep its session advisory lock, the election's doorbell, that long
+#: (the lease itself is never tied to a session). Ignored on Unix sockets.
+SESSION_SETUP = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5;"
+                 " SET tcp_keepalives_count = 3;\n")
+
+
 def with_timeout(sql: str, budget: float) -> str:
     """One round trip: the statement under a ``statement_timeout`` of ``budget`` seconds
     (``SET LOCAL`` holds for the implicit transaction of this query string only)."""

@@ -45,15 +45,6 @@ _METHOD_OF_CODE = {3: "password", 5: "md5", 7: "gss", 9: "sspi", 10: "scram-sha-
 # -- errors ---------------------------------------------------------------------------------
 
 
-#: Asked of the server for each connection (startup parameters): its side probes a silent
-#: client after 10 s idle, every 5 s, and closes the session after 3 unanswered probes.
-#: The server's default is the system's (2 hours idle), and a session of a host cut off
-#: by a partition would keep its session advisory lock, the election's doorbell, that
-#: long (the lease itself is never tied to a session). Ignored on Unix sockets.
-SERVER_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
-                     "tcp_keepalives_count": "3"}
-
-
 class Error(Exception):
     """Anything that went wrong talking to PostgreSQL."""
 
@@ -156,6 +147,8 @@ class Wire:
         self.max_message = max_message
         self.tls = False
         self.broken = False
+        #: The session settings of lelect's first statement were applied (PgSession).
+        self.configured = False
         #: ParameterStatus values the server reported (in_hot_standby, server_version, …).
         self.status: dict[str, str] = {}
         self.notifies: list[Notify] = []
@@ -369,7 +362,6 @@ class Wire:
             "database": params.get("dbname") or user,
             "application_name": params.get("application_name") or "lelect",
             "client_encoding": "UTF8",
-            **SERVER_KEEPALIVES,
         }
         if params.get("options"):
             fields["options"] = params["options"]
