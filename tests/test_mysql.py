@@ -504,3 +504,19 @@ def make_other_ca(directory: Path) -> Path:
     from tests.plugins.redis_server import make_test_certs
 
     return make_test_certs(directory)["ca"]
+
+
+def test_the_server_closes_a_silent_leaders_connection_a_ttl_later(url):
+    """A leader's host cut off by a partition leaves its connection, and the election's
+    doorbell, open on the server for its wait_timeout (8 hours by default): each renew
+    sets it to the ttl and 10 s more, so the doorbell goes with a silent leader soon
+    after its lease would have."""
+    with connect(url) as backend:
+        leadership = backend.campaign("idle", candidate("a"), timeout=5, ttl=3.5)
+        try:
+            leadership.begin()
+            wait_until(lambda: leadership.session.run(
+                "SELECT @@SESSION.wait_timeout", 5.0)[0][0] == 14, timeout=10,
+                what="a renew")
+        finally:
+            leadership.release()

@@ -34,6 +34,7 @@ own: a wait must not hold up a renew.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -74,6 +75,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lelect.mysql")
 
+#: A leader's connection is closed by the server once silent for its ttl and this many
+#: seconds more (:data:`~lelect.backends.mysql.sql.LEADER_IDLE`).
+LEADER_IDLE_SLACK = 10
+
 #: How often the next in line (the waiter holding the election's lock while the lease
 #: still stands) looks again; and how often an observer looks (no notifications).
 POLL_BOUND = 0.5
@@ -93,8 +98,9 @@ class MySQLLeadership(Leadership):
         #: given back, or closed).
         self.given_back = False
         self.wire = wire_params(session)
-        self._renew_sql = backend.render(sql.RENEW, election=election, token=token,
-                                         ttl_us=sql.microseconds(ttl))
+        idle = backend.render(sql.LEADER_IDLE, seconds=math.ceil(ttl) + LEADER_IDLE_SLACK)
+        self._renew_sql = idle + backend.render(sql.RENEW, election=election, token=token,
+                                                ttl_us=sql.microseconds(ttl))
         lease = Lease(sent, ttl, self._renew, name=f"mysql:{election}",
                       describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
         super().__init__(backend, election, candidate, term, token, lease)
