@@ -747,3 +747,18 @@ def test_lelect_asks_the_server_for_short_keepalives_with_its_first_statement(
         session.drop()
         assert session.run(show, 5.0) == [("10", "5", "3")]
         assert session.connection.configured
+
+
+def test_the_server_ends_a_silent_leaders_session_a_ttl_later(postgres_cluster, postgres_database):
+    """TCP keepalives do not see a frozen lelect (its kernel answers them), and its
+    session would hold the election's doorbell until it thaws: each renew sets the
+    leader's idle_session_timeout to its ttl and 10 s more (PostgreSQL 14 and later)."""
+    with connect(postgres_cluster.url(postgres_database)) as backend:
+        leadership = backend.campaign("idle", candidate("a"), timeout=5, ttl=3.5)
+        try:
+            leadership.begin()
+            wait_until(lambda: leadership.session.run(
+                "SELECT current_setting('idle_session_timeout')", 5.0)[0][0] == "14s",
+                timeout=10, what="a renew")
+        finally:
+            leadership.release()

@@ -40,6 +40,7 @@ pieces whoever waits for the connection goes first.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -85,6 +86,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lelect.postgres")
 
+#: A leader's session is ended by the server once idle for its ttl and this many seconds
+#: more (:data:`~lelect.backends.postgres.sql.LEADER_IDLE`).
+LEADER_IDLE_SLACK = 10
+
 #: The schema is not there (yet): nothing was ever written with it.
 _NO_SCHEMA = (wire.UndefinedTable, wire.InvalidSchemaName)
 
@@ -110,6 +115,10 @@ class PostgresLeadership(Leadership):
         self._wake_r, self._wake_w = socket.socketpair()
         self._listening = False
         self._renew_sql = backend.render(sql.RENEW, election=election, token=token, ttl=ttl)
+        if session.server_major() >= 14:
+            self._renew_sql = backend.render(
+                sql.LEADER_IDLE, ms=int((math.ceil(ttl) + LEADER_IDLE_SLACK) * 1000)
+            ) + self._renew_sql
         lease = Lease(sent, ttl, self._renew, idle=self._idle, name=f"pg:{election}",
                       describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
         super().__init__(backend, election, candidate, term, token, lease)

@@ -86,6 +86,13 @@ SESSION_SETUP = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5;
                  " SET tcp_keepalives_count = 3;\n")
 
 
+#: Sent with each renew on PostgreSQL 14 and later: the server ends the leader's session
+#: (and so frees the election's doorbell) once it has been idle this long. TCP keepalives
+#: do not see a frozen lelect (its kernel answers them); a leader that went a lease
+#: without a renew has lost its lease anyway.
+LEADER_IDLE = "SET idle_session_timeout = %(ms)s;\n"
+
+
 def with_timeout(sql: str, budget: float) -> str:
     """One round trip: the statement under a ``statement_timeout`` of ``budget`` seconds
     (``SET LOCAL`` holds for the implicit transaction of this query string only)."""
