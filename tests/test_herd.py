@@ -287,7 +287,9 @@ def test_postgres_waiters_sleep_in_the_lock_queue_and_beat_between_pieces(
                 time.sleep(0.3)  # the heartbeat thread's own cadence
                 beat(seq)
             gaps = [b - a for a, b in zip(beats[1:], beats[2:])]
-            assert max(gaps) < 0.3 + 0.3 + 0.25, gaps  # a beat waits for a piece at most
+            # A beat waits for a piece at most (0.33 s); without pieces it would wait for
+            # the lease (30 s). The rest is slack for a loaded host.
+            assert max(gaps) < 1.5, gaps
             cancel.set()
             with pytest.raises(CampaignCancelled):
                 waiting.result(timeout=10)
