@@ -108,8 +108,9 @@ class PostgresLeadership(Leadership):
         self.channel = sql.channel(backend.options.schema, election)
         #: How the keeper reaches the server that granted this leadership.
         self.wire = _wire_params(session.connection)
-        #: The session generation whose connection holds the election's doorbell (None:
-        #: it was not free when this leadership was won).
+        #: The election's doorbell, and the session generation whose connection holds it
+        #: (None: it was not free when this leadership was won).
+        self.bell = sql.bell_key(backend.options.schema, election)
         self.bell_in = bell_in
         self._backend = backend
         self._wake_r, self._wake_w = socket.socketpair()
@@ -154,6 +155,11 @@ class PostgresLeadership(Leadership):
         for note in notes:
             if note.channel == self.channel and note.payload == f"resign {self.term}":
                 self.mark_resign_requested()
+
+    @property
+    def holds_bell(self) -> bool:
+        """This leadership's connection still holds the doorbell (a reconnect lost it)."""
+        return self.bell_in is not None and self.bell_in == self.session.generation
 
     def close(self) -> None:
         self._backend.give_back(self.session, self.channel)
@@ -411,11 +417,10 @@ class PostgresBackend(SqlNotes, Backend):
         if isinstance(leadership, PostgresLeadership):
             leadership.stop()
             session = leadership.session
-            if leadership.bell_in is not None and leadership.bell_in == session.generation:
+            if leadership.holds_bell:
                 # Free the doorbell once the lease row is gone (the same transaction:
                 # the next in line's attempt waits for its commit).
-                statement += ";\n" + self.render(
-                    sql.RING_BELL, bell=sql.bell_key(self.options.schema, leadership.election))
+                statement += ";\n" + self.render(sql.RING_BELL, bell=leadership.bell)
         # Past the lease's deadline a release frees nothing (the lease is over anyway),
         # and a lost leadership is most likely not ours any more: wait no longer than
         # the lease lasts, but 1s at least, to close the history entry.
@@ -423,9 +428,8 @@ class PostgresBackend(SqlNotes, Backend):
         try:
             session.run(statement, budget)
         except wire.Error as exc:
-            if (isinstance(leadership, PostgresLeadership) and leadership.bell_in is not None
-                    and leadership.bell_in == session.generation):
-                self._ring(session, sql.bell_key(self.options.schema, leadership.election))
+            if isinstance(leadership, PostgresLeadership) and leadership.holds_bell:
+                self._ring(session, leadership.bell)
             # Not fatal: the lease expires by itself.
             log.warning(
                 "lelect: could not release %r (%s); it frees itself when the lease runs out",

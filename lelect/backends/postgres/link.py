@@ -480,8 +480,8 @@ class PgSession:
         self._conn: Wire | None = None
         self._lock = threading.RLock()
         self._turns = Turns(self._lock)
-        #: Grows with every new connection: a session-level advisory lock is held only
-        #: while the connection that took it lasts.
+        #: Grows whenever the connection goes (the next one is another session): a
+        #: session-level advisory lock is held only while the connection that took it lasts.
         self.generation = 0
         self._channels: list[str] = []
         self._unlistened: list[str] = []  # UNLISTENed with the next statement
@@ -640,7 +640,6 @@ class PgSession:
                 conn.close()
                 raise
             self._conn = conn
-            self.generation += 1
         return self._conn
 
     def _stale(self, conn: Wire) -> bool:
