@@ -5,6 +5,7 @@ may last. Used by the SQL backends whose waiters block in a server-side lock (My
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,19 @@ SLICE_MARGIN = 0.05
 #: How long a waiter leaves the connection alone after serving a caller (its next call,
 #: a heartbeat's refresh after the beat, is likely on its way).
 SETTLE = 0.02
+
+
+#: A leader's connection is ended by the server once silent for its ttl and this many
+#: seconds more (MySQL's ``wait_timeout``, PostgreSQL's ``idle_session_timeout``).
+LEADER_IDLE_SLACK = 10
+
+
+def leader_idle(ttl: float) -> int:
+    """Seconds after which the server may end a silent leader's connection, and with it
+    the election's doorbell: a leader that went a lease without a renew has lost its
+    lease anyway (a partitioned host's connection stays open on the server for hours,
+    and a frozen lelect's kernel still answers TCP keepalives)."""
+    return math.ceil(ttl) + LEADER_IDLE_SLACK
 
 
 class Busy(Exception):

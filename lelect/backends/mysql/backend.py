@@ -34,7 +34,6 @@ own: a wait must not hold up a renew.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -65,7 +64,7 @@ from lelect.backends.mysql import sql
 from lelect.backends.mysql.link import LinkError, MySQLOptions, MySQLSession, wire_params
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.backends.sql_notes import SqlNotes
-from lelect.backends.turns import LONGEST_WAIT, BeatCadence, wait_for_turn
+from lelect.backends.turns import LONGEST_WAIT, BeatCadence, leader_idle, wait_for_turn
 from lelect.errors import CampaignCancelled, ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_stored
@@ -75,9 +74,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lelect.mysql")
 
-#: A leader's connection is closed by the server once silent for its ttl and this many
-#: seconds more (:data:`~lelect.backends.mysql.sql.LEADER_IDLE`).
-LEADER_IDLE_SLACK = 10
 
 #: How often the next in line (the waiter holding the election's lock while the lease
 #: still stands) looks again; and how often an observer looks (no notifications).
@@ -98,7 +94,7 @@ class MySQLLeadership(Leadership):
         #: given back, or closed).
         self.given_back = False
         self.wire = wire_params(session)
-        idle = backend.render(sql.LEADER_IDLE, seconds=math.ceil(ttl) + LEADER_IDLE_SLACK)
+        idle = backend.render(sql.LEADER_IDLE, seconds=leader_idle(ttl))
         self._renew_sql = idle + backend.render(sql.RENEW, election=election, token=token,
                                                 ttl_us=sql.microseconds(ttl))
         lease = Lease(sent, ttl, self._renew, name=f"mysql:{election}",
@@ -309,8 +305,8 @@ class MySQLBackend(SqlNotes, Backend):
         """Wait for a turn; True if this waiter now holds the election's lock. The lock's
         holder (the next in line while the lease stands) looks again every POLL_BOUND;
         the others block on the lock until the lease's expiry by the server's clock, in
-        slices (:class:`~lelect.backends.turns.BeatCadence`) between which the connection serves the heartbeats and
-        whatever else this process sends. At the expiry one read says whether the
+        slices (:class:`~lelect.backends.turns.BeatCadence`) between which the connection
+        serves the heartbeats and whatever else this process sends. At the expiry one read says whether the
         leader renewed (then they wait on until the new expiry) or the lease is gone
         (False: the caller tries to take it)."""
         if left_s is None or left_s <= 0:

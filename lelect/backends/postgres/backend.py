@@ -40,7 +40,6 @@ pieces whoever waits for the connection goes first.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -76,7 +75,7 @@ from lelect.backends.postgres import sql, wire
 from lelect.backends.postgres.link import PgSession, PostgresOptions, is_transient
 from lelect.backends.records import VANISHED_REASON, decode_member, encode_member
 from lelect.backends.sql_notes import SqlNotes
-from lelect.backends.turns import BeatCadence, wait_for_turn
+from lelect.backends.turns import BeatCadence, leader_idle, wait_for_turn
 from lelect.errors import ConfigError
 from lelect.lease import Attempts, GaveUp, Lease, Renewal, RetryPolicy
 from lelect.names import validate_stored
@@ -85,10 +84,6 @@ if TYPE_CHECKING:
     from lelect.backends.urls import BackendURL
 
 log = logging.getLogger("lelect.postgres")
-
-#: A leader's session is ended by the server once idle for its ttl and this many seconds
-#: more (:data:`~lelect.backends.postgres.sql.LEADER_IDLE`).
-LEADER_IDLE_SLACK = 10
 
 #: The schema is not there (yet): nothing was ever written with it.
 _NO_SCHEMA = (wire.UndefinedTable, wire.InvalidSchemaName)
@@ -118,7 +113,7 @@ class PostgresLeadership(Leadership):
         self._renew_sql = backend.render(sql.RENEW, election=election, token=token, ttl=ttl)
         if session.server_major() >= 14:
             self._renew_sql = backend.render(
-                sql.LEADER_IDLE, ms=int((math.ceil(ttl) + LEADER_IDLE_SLACK) * 1000)
+                sql.LEADER_IDLE, ms=leader_idle(ttl) * 1000
             ) + self._renew_sql
         lease = Lease(sent, ttl, self._renew, idle=self._idle, name=f"pg:{election}",
                       describe=lambda exc: str(backend.options.unavailable(exc, ttl / 3)))
