@@ -540,15 +540,13 @@ def test_a_release_writes_nothing_but_its_multi_unless_a_value_was_published(bac
 
 
 def test_a_leadership_whose_entry_could_not_be_written_is_recorded_by_its_release(
-        backends, zk_url, monkeypatch):
+        backends, zk_url):
     """The entry is written beside the job; a leader frozen or cut off before it could
-    write it still leaves its leadership in the history: the release writes it closed."""
-    from lelect.backends.zookeeper.contest import Contest
-
-    monkeypatch.setattr(Contest, "record_win", lambda self, mine, entry, sent_with: None)
+    write it still leaves its leadership in the history: the release writes it closed.
+    Here the leadership is released before it was kept (``keep_later``: its entry is
+    written only once kept), so the entry was never written."""
     backend = backends(zk_url)
-    leadership = backend.campaign("unwritten", candidate("a"), timeout=10)
-    leadership.recorded.wait(5)
+    leadership = backend.campaign("unwritten", candidate("a"), timeout=10, keep_later=True)
     assert backend.history("unwritten") == []
     leadership.release("exited", 0)
     (entry,) = backend.history("unwritten")
