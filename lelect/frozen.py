@@ -11,7 +11,9 @@ Standard library only, nothing imported.
 - ``__init__`` by position or keyword, ``__eq__`` (same class, same values),
   ``__hash__``, ``__repr__``, and no attribute can be set after ``__init__``;
 - :func:`replace`, :func:`asdict` and :func:`fields` work on records (and on
-  dataclasses, through :mod:`dataclasses`).
+  dataclasses, through :mod:`dataclasses`);
+- ``_unshown`` names the fields ``__repr__`` leaves out (a dataclass's ``repr=False``:
+  settings that may hold a password).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Record:
 
     _fields: ClassVar[tuple[str, ...]] = ()
     _defaults: ClassVar[dict[str, object]] = {}
+    _unshown: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -87,7 +90,8 @@ class Record:
         return hash((type(self), self._values()))
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields
+                          if n not in self._unshown)
         return f"{type(self).__name__}({shown})"
 
 

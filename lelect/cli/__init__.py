@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         quick = parse_campaign(_ARGV)
     try:
         if quick is not None:
+            import gc
+
+            # A start is mostly imports: no collection walks their objects while they
+            # load (campaign_body collects again, start-up frozen, before it waits).
+            gc.disable()
             from lelect.cli.quick import run_campaign
 
             try:

@@ -192,6 +192,8 @@ def run_campaign(parsed: dict):
 def campaign_body(url: str | None, election: str, command: tuple[str, ...], log,
                   status_listen, values: dict):
     """``lelect campaign``, its options read (by click or :func:`parse_campaign`)."""
+    import gc
+
     from lelect.campaign import CampaignOptions
     from lelect.cli import connect_url
     from lelect.durations import format_duration
@@ -219,6 +221,9 @@ def campaign_body(url: str | None, election: str, command: tuple[str, ...], log,
                 log("warning", f"--ttl {format_duration(ttl)} is ignored: the embedded backend"
                     " has no lease (its flock is held for as long as the job runs)")
             adopt_orphans()  # what a killed keeper leaves behind comes to us, and is killed
+            if not gc.isenabled():  # main's quick start (imports, connect) is over
+                gc.freeze()  # what it loaded stays: no collection walks it again
+                gc.enable()
             return election_handle.run_options(options, log, systemd=True, status=status)
     finally:
         if probe is not None:

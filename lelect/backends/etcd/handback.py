@@ -10,11 +10,14 @@ nothing changes.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from lelect.backends.etcd import gateway as wire
 from lelect.backends.records import HAND_BACK_REASON, LOST, HistoryEntry
 from lelect.frozen import replace
+
+TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def hand_back(params: dict[str, Any], budget: float, exit_status: int | None) -> str:

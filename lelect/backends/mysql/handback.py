@@ -18,7 +18,6 @@ import hashlib
 import socket
 import struct
 import time
-from typing import Any
 
 from lelect.backends.mysql.sql import (
     SESSION_SETUP,
@@ -26,6 +25,10 @@ from lelect.backends.mysql.sql import (
     with_timeout,
 )
 from lelect.backends.words import HAND_BACK_REASON
+
+TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Share of the budget left for the release statement itself (server-side timeout).
 STATEMENT_SHARE = 0.9

@@ -12,15 +12,11 @@ connecting is bounded the same way.
 from __future__ import annotations
 
 import os
-import random
 import re
 import select
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import unquote
 
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -35,8 +31,13 @@ from lelect.backends.postgres.sql import DEFAULT_SCHEMA, SCHEMA_NAME, SESSION_SE
 from lelect.backends.postgres.wire import Notify, Wire
 from lelect.backends.records import DEFAULT_HISTORY
 from lelect.backends.turns import Busy, Turns
-from lelect.backends.urls import BackendURL
+from lelect.backends.urls import BackendURL, unquote
 from lelect.errors import BackendUnavailable, ConfigError, LelectError, UsageError
+from lelect.frozen import Record
+
+TYPE_CHECKING = False  # not typing's: annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PORT = 5432
 #: lelect's own URL options; the others are libpq's.
@@ -109,12 +110,13 @@ class StatementTimeout(wire.Timeout):
     """No answer within the budget: the connection was dropped."""
 
 
-@dataclass(frozen=True)
-class PostgresOptions:
+class PostgresOptions(Record):
     """What a postgresql:// URL asks for."""
 
+    _unshown = ("settings",)
+
     where: str  # host:port list (or socket directory), for messages
-    settings: dict[str, str] = field(repr=False)  # libpq-style keywords; may hold a password
+    settings: dict[str, str]  # libpq-style keywords; may hold a password
     schema: str = DEFAULT_SCHEMA
     ttl: float = DEFAULT_TTL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -190,6 +192,8 @@ class PostgresOptions:
             for index, (host, port) in enumerate(zip(hosts, ports))
         ]  # fmt: skip
         if settings.get("load_balance_hosts") == "random":
+            import random
+
             random.shuffle(targets)
         return targets
 

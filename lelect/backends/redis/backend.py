@@ -20,7 +20,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
 
 from lelect.backends.base import (
     LOST,
@@ -80,7 +79,11 @@ from lelect.errors import BackendUnavailable
 from lelect.lease import Attempts, GaveUp, RetryPolicy
 from lelect.names import validate_stored
 
+TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from lelect.backends.urls import BackendURL
 
 
@@ -221,7 +224,7 @@ class RedisBackend(Backend):
             self.link.run(RELEASE, keys.release_keys, args, budget)
         except RedisError as exc:
             # Not fatal: the key expires when the lease runs out.
-            log().warning(
+            log.warning(
                 "lelect: could not release %r (%s); it frees itself when the lease runs out",
                 keys.election, self.options.unavailable(exc, budget),
             )

@@ -4,12 +4,13 @@ RENEW script as its renew verb) and a listener thread that hears resign requests
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 from lelect.backends.base import Candidate, Leadership, WakePipe
 from lelect.backends.redis.link import RedisError, Subscription
 from lelect.backends.redis.scripts import RENEW, RedisKeys
 from lelect.lease import Lease, Renewal
+
+TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
 
 if TYPE_CHECKING:
     from lelect.backends.redis.backend import RedisBackend

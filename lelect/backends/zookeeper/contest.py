@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import (
@@ -61,6 +60,7 @@ from lelect.backends.zookeeper.session import (
     log,
 )
 from lelect.errors import BackendUnavailable
+from lelect.frozen import Record
 
 if TYPE_CHECKING:
     from lelect.backends.zookeeper.backend import ZooKeeperBackend
@@ -86,8 +86,7 @@ class _Gone(Exception):
     """Our contender node is gone (our session expired): queue again."""
 
 
-@dataclass(frozen=True)
-class _HistoryLook:
+class _HistoryLook(Record):
     """Answers on their way: the history's entry names, and (term, entry) of a guess at
     the newest (the leader we followed)."""
 

@@ -20,7 +20,6 @@ afresh.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kazoo.exceptions import NoNodeError
@@ -33,14 +32,15 @@ if TYPE_CHECKING:
     from lelect.backends.zookeeper.backend import ZooKeeperBackend
 
 
-@dataclass
 class Claim:
     """This process's claim on one election: its place, and its node in each session
     that carries it (path, the session id it was made in)."""
 
-    holders: int
-    place: int
-    nodes: dict[ZooKeeperSession, tuple[str, int]] = field(default_factory=dict)
+    __slots__ = ("holders", "place", "nodes")
+
+    def __init__(self, holders: int, place: int,
+                 nodes: dict[ZooKeeperSession, tuple[str, int]]) -> None:
+        self.holders, self.place, self.nodes = holders, place, nodes
 
     def live(self, besides: ZooKeeperSession | None = None) -> bool:
         """A node of the claim is in a live session (other than ``besides``)."""

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 from urllib.parse import quote, unquote
 
 from lelect.backends.records import RUNNING, VANISHED, VANISHED_REASON, HistoryEntry
 from lelect.errors import UsageError
-from lelect.frozen import replace
+from lelect.frozen import Record, replace
 from lelect.names import validate_stored
 
 #: kazoo's contender node name: ``<uuid4 hex>__lock__<10-digit sequence>``.
@@ -43,12 +43,11 @@ _CONTENDER = re.compile(r"__lock__(-?\d{10})$")
 _TERM = re.compile(r"^\d{10}$")
 
 
-@dataclass(frozen=True, order=True)
-class Contender:
-    """One node under ``<path>/NAME``, ordered as kazoo orders them (by sequence)."""
+class Contender(namedtuple("Contender", "seq name")):
+    """One node under ``<path>/NAME`` (``seq``: its sequence, ``name``), ordered as kazoo
+    orders them (by sequence). A tuple: a line of 200 is read at every look."""
 
-    seq: int
-    name: str
+    __slots__ = ()
 
 
 def contenders(children: list[str]) -> list[Contender]:
@@ -65,15 +64,12 @@ def contenders(children: list[str]) -> list[Contender]:
 _HOLDERS_CLAIM = re.compile(r"^n(\d{1,4})-(?:r(\d{10})-)?(\d{10})$")
 
 
-@dataclass(frozen=True, order=True)
-class HoldersClaim:
-    """One candidate's ephemeral word on --holders, ordered by its place (the sequence of
-    the candidate's first node: a claim carried to another session keeps it)."""
+class HoldersClaim(namedtuple("HoldersClaim", "place seq holders name")):
+    """One candidate's ephemeral word on --holders (``place``, ``seq``, ``holders``,
+    ``name``), ordered by its place (the sequence of the candidate's first node: a claim
+    carried to another session keeps it)."""
 
-    place: int
-    seq: int
-    holders: int
-    name: str
+    __slots__ = ()
 
 
 def holders_claim_prefix(holders: int, place: int | None = None) -> str:
@@ -115,8 +111,7 @@ def history_terms(children: list[str]) -> list[str]:
     return sorted(child for child in children if _TERM.match(child))
 
 
-@dataclass(frozen=True)
-class ElectionPaths:
+class ElectionPaths(Record):
     """Every znode of one election under the base ``path``."""
 
     base: str
@@ -174,8 +169,7 @@ def clock_path(base: str) -> str:
     return f"{base}/_clock"
 
 
-@dataclass(frozen=True)
-class StoredNote:
+class StoredNote(Record):
     """A note's node: ZooKeeper has no TTL nodes by default, so the ttl is stored in the
     data (whole milliseconds, or ``-`` for none) and counts from the node's mtime, which
     the server stamps at every write; it is judged against the server's clock."""
@@ -211,24 +205,21 @@ ANY_VERSION = -1
 OPEN_ENTRY = 0
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(Record):
     """Fails the transaction unless ``path`` exists (at ``version``)."""
 
     path: str
     version: int = ANY_VERSION
 
 
-@dataclass(frozen=True)
-class Create:
+class Create(Record):
     """A persistent node (with the backend's ACL); fails if it exists."""
 
     path: str
     data: bytes
 
 
-@dataclass(frozen=True)
-class SetData:
+class SetData(Record):
     """Fails unless ``path`` is at ``version``."""
 
     path: str
@@ -236,8 +227,7 @@ class SetData:
     version: int
 
 
-@dataclass(frozen=True)
-class Delete:
+class Delete(Record):
     path: str
     version: int = ANY_VERSION
 

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -45,6 +44,7 @@ from lelect.backends.urls import BackendURL
 from lelect.backends.zookeeper.layout import Check, Create, Delete, Op, SetData
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable, UsageError
+from lelect.frozen import Record
 
 log = logging.getLogger("lelect.zookeeper")
 # kazoo logs every dropped connection at WARNING; keep it off a user's terminal unless
@@ -70,8 +70,7 @@ TRANSIENT = (ConnectionLoss, OperationTimeoutError, KazooTimeoutError)
 ZK_ERRORS = (KazooException, KazooTimeoutError)
 
 
-@dataclass(frozen=True)
-class ZooKeeperConfig:
+class ZooKeeperConfig(Record):
     """What a ``zookeeper://`` URL says."""
 
     hosts: str  # kazoo's "h1:2181,h2:2181"
@@ -82,6 +81,8 @@ class ZooKeeperConfig:
     history_limit: int = DEFAULT_HISTORY
     auth_scheme: str | None = None
     auth_credential: str | None = None
+
+    _unshown = ("auth_credential",)
 
     @classmethod
     def from_url(cls, url: BackendURL) -> ZooKeeperConfig:
@@ -241,8 +242,7 @@ class _BoundedConnects(SequentialThreadingHandler):
         super().stop()
 
 
-@dataclass(frozen=True)
-class Failed:
+class Failed(Record):
     """Why a transaction failed: the index of the operation that failed and its error."""
 
     index: int
