@@ -456,12 +456,16 @@ class ZooKeeperSession:
         :class:`Cancel`, its setting ends the wait for the answer (CallCancelled)."""
         result = getattr(self.client, method + "_async")(*args, **kwargs)
         if isinstance(cancel, Cancel):
-            answered = threading.Event()
-            result.rawlink(lambda _result: answered.set())
-            with cancel.waking(answered.set):
-                answered.wait(max(timeout, 0.0))
-            if cancel.is_set() and not result.ready():
-                raise CallCancelled(method)
+            # The answer wakes this thread from kazoo's connection thread itself (a
+            # rawlink'd callback would go through its completion thread: one more hop);
+            # a cancel ends the wait by failing the call.
+            def interrupt() -> None:
+                if not result.ready():
+                    result.set_exception(CallCancelled(method))
+
+            with cancel.waking(interrupt):
+                result.wait(max(timeout, 0.0))
+            return result.get(block=False)  # not yet answered: KazooTimeoutError
         return result.get(timeout=max(timeout, 0.0))
 
     def commit(self, ops: list[Op], timeout: float) -> Failed | None:
