@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import (
     BadVersionError,
@@ -89,7 +88,11 @@ from lelect.frozen import replace
 from lelect.lease import connect_budget
 from lelect.names import ELECTION_NAME
 
+TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from lelect.backends.urls import BackendURL
 
 #: The longest a release (or a lost leader's last word) waits for an answer.

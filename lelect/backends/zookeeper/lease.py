@@ -19,7 +19,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import KazooException, NoNodeError, SessionExpiredError
 
@@ -28,7 +27,11 @@ from lelect.backends.zookeeper.layout import Contender, ElectionPaths
 from lelect.backends.zookeeper.session import TRANSIENT, ZK_ERRORS, ZooKeeperSession, log
 from lelect.lease import Lease, Renewal
 
+TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from lelect.backends.zookeeper.backend import ZooKeeperBackend
 
 

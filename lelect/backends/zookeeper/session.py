@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
@@ -45,6 +44,10 @@ from lelect.backends.zookeeper.layout import Check, Create, Delete, Op, SetData
 from lelect.durations import RANGES, format_duration
 from lelect.errors import BackendUnavailable, UsageError
 from lelect.frozen import Record
+
+TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("lelect.zookeeper")
 # kazoo logs every dropped connection at WARNING; keep it off a user's terminal unless
