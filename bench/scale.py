@@ -47,7 +47,10 @@ compile lelect from source, ~30 ms of CPU and more memory each).
 Before the measured rows of a backend each side hands off ``--warmup`` times (at the
 smallest N, unmeasured): a fresh server is slow at first (ZooKeeper's JVM compiles its hot
 paths as they run), and without this the side measured first paid for it (kazoo measured
-after lelect: 3.9 ms; before it: 6.2 ms, in 30 trials each).
+after lelect: 3.9 ms; before it: 6.2 ms, in 30 trials each). ``--rounds R`` measures each
+side R times at each N, alternating the sides' order, and merges the stages into one row:
+a host that drifts over a run (this one does, by up to 20% in an hour) then weighs on
+every side alike.
 Prints one table; asserts nothing. The run time is about, per backend and side,
 sum over N of (2 * --idle + start-up of N candidates + trials * (handoff + start-up of one
 candidate)).
@@ -676,6 +679,24 @@ HEADER = ("| side | N | trials | handoff p50 ms | p99 ms | req/handoff | srv ms/
           " | idle req/s per waiter | wake/s per waiter | RSS MB | PSS MB | conns | all waiting s |")
 
 
+def merged(stages: list[Result]) -> Result:
+    """One row from a side's stages at one N (``--rounds``): every handoff and request of
+    each; the means of the rest."""
+    if len(stages) == 1:
+        return stages[0]
+    mean = lambda values: (statistics.fmean(values)  # noqa: E731
+                           if values and None not in values else None)
+    return Result(
+        stages[0].label, stages[0].waiters,
+        [h for r in stages for h in r.handoffs], [q for r in stages for q in r.requests],
+        [c for r in stages for c in r.server_cpu],
+        mean([r.idle_per_waiter for r in stages]), mean([r.wakeups for r in stages]),
+        mean([r.rss for r in stages]), mean([r.pss for r in stages]),
+        mean([r.connections for r in stages]), mean([r.all_waiting for r in stages]),
+        stages[0].roles, mean([r.server_connections for r in stages]),
+    )  # fmt: skip
+
+
 def table_row(r: Result) -> str:
     def cell(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -707,6 +728,10 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.3,
                         help="seconds after a handoff still counted as its server work")
     parser.add_argument("--timeout", type=float, default=120.0, help="bound of each wait")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="stages per side and N, alternating the sides' order (each of"
+                             " --trials handoffs; a row merges them): drift over a run"
+                             " falls on every side alike")
     parser.add_argument("--warmup", type=int, default=20,
                         help="unmeasured handoffs per side before a backend's rows (0: none)")
     parser.add_argument("--no-anchors", action="store_true", help="measure lelect only")
@@ -740,13 +765,18 @@ def main() -> None:
                     for side in sides:
                         stage(server, side, min(counts), warm, work)
                 for waiters in counts:
+                    rounds = [[stage(server, side, waiters, args, work) for side in
+                               (sides if turn % 2 == 0 else sides[::-1])]
+                              for turn in range(args.rounds)]  # fmt: skip
                     for side in sides:
-                        result = stage(server, side, waiters, args, work)
+                        result = merged([r for each in rounds for r in each
+                                         if r.label == side.label])
                         print(table_row(result), flush=True)
                         results.append(result)
     print(f"\nhandoff: the leader's job exits -> the next job's first line; {args.trials}"
-          f" handoffs per row (after {args.warmup} unmeasured per side); server counters less"
-          f" the idle rate; idle windows {args.idle:g} s")
+          f" handoffs per stage, {args.rounds} stage(s) per row, sides alternating (after"
+          f" {args.warmup} unmeasured per side); server counters less the idle rate; idle"
+          f" windows {args.idle:g} s")
     for r in results:
         if r.server_connections is not None:
             print(f"{r.label}, {r.waiters} waiting: the server counts {r.server_connections:.2f}"
