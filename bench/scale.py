@@ -95,9 +95,8 @@ def gated_job(record: Path, gates: Path) -> str:
     """Shell text: appends 'start NS 0 PID' to ``record``, makes the FIFO ``gates``/PID and
     blocks reading it (:func:`open_gate`), appends 'end NS 0 PID' and exits (PID: the
     shell's own). It sleeps in one read: a job that polled (a ``sleep 0.005`` loop, until
-    2026-12) forked ~150 processes a second for as long as it led, and the host got slower
-    the longer it did (200 ZooKeeper candidates took 8.0 s to wait after 1 s of that, 10.5
-    s after 15 s)."""
+    2026-12) forked ~150 processes a second on the host for as long as it led, load that
+    is no part of the handoff measured beside it."""
     f, g = shlex.quote(str(record)), shlex.quote(str(gates))
     return (f'w() {{ echo "$1 $(date +%s%N) 0 $$" >> {f}; }}; w start; '
             f'mkfifo {g}/$$ && read line < {g}/$$; w end')  # fmt: skip

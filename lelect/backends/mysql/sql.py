@@ -230,8 +230,6 @@ FROM (SELECT 1) AS one
 LEFT JOIN %(t_lease)s l ON l.election = %(election)s
 LEFT JOIN %(t_term)s t ON t.election = l.election AND t.token = l.token"""
 
-#: Extend our live lease from now by the server's clock.
-#: -> (1 if renewed else 0, resign requested?)
 #: Sent with each renew: the server closes the leader's connection (and so frees the
 #: election's doorbell, its named lock) once it has been silent this long. A leader's
 #: host cut off by a partition leaves its connection open, and the server's default
@@ -239,6 +237,8 @@ LEFT JOIN %(t_term)s t ON t.election = l.election AND t.token = l.token"""
 #: went a lease without a renew has lost its lease anyway.
 LEADER_IDLE = "SET SESSION wait_timeout = %(seconds)s;\n"
 
+#: Extend our live lease from now by the server's clock.
+#: -> (1 if renewed else 0, resign requested?)
 RENEW = """UPDATE %(t_lease)s /* lelect renew */
 SET expires_at = NOW(6) + INTERVAL %(ttl_us)s MICROSECOND
 WHERE election = %(election)s AND token = %(token)s AND expires_at > NOW(6);
