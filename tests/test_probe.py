@@ -45,8 +45,14 @@ def test_two_candidates_behind_probes_flip_200_503_through_a_failover(target):
     def statuses() -> dict[str, int]:
         return {node: get(port)[0] for node, port in ports.items()}
 
-    wait_until(lambda: sorted(statuses().values()) == [200, 503], timeout=30,
-               what="one probe 200, the other 503")
+    tails = {node: OutputTail(proc.stderr) for node, proc in procs.items()}
+
+    def why() -> str:
+        return "one probe 200, the other 503; " + "; ".join(
+            f"{node}: status {get(port)[0]}, exit {procs[node].poll()}, stderr {tails[node].text!r}"
+            for node, port in ports.items())
+
+    wait_until(lambda: sorted(statuses().values()) == [200, 503], timeout=30, what=why)
     leader = next(node for node, status in statuses().items() if status == 200)
     other = "b" if leader == "a" else "a"
     status, body = get(ports[leader])

@@ -355,6 +355,10 @@ def test_partitioned_leader_is_lost_before_its_session_can_expire(
         lambda: zk_watchers(zookeeper_server, leadership.node_path) >= 2,
         what="the healthy candidate to wait behind the leader",
     )
+    # Its history entry is written beside its start: cut off before it landed, there
+    # would be no entry to close as vanished.
+    wait_until(lambda: [h.outcome for h in healthy.history("partition")] == ["running"],
+               what="the leader's history entry")
     proxy.block()
     blocked_at = time.monotonic()
     successor = waiting.result(ttl + 5)
