@@ -207,6 +207,23 @@ def test_a_deferred_module_loads_on_first_use_and_is_the_same_to_whoever_bound_i
     assert out.stdout.strip() == 'False {"a": [1]} {\'a\': [1]} True True', out.stdout + out.stderr
 
 
+def test_a_deferred_module_answers_its_shortcuts_without_loading():
+    """A stand-in's shortcuts (lelect.backends.SHORTCUTS: kazoo's one inspect.isclass)
+    answer as the real function does and load nothing; anything else loads the module,
+    after which the real function answers."""
+    code = (
+        "import sys; from lelect.backends import defer_imports; defer_imports('inspect');"
+        "import inspect; answers = [inspect.isclass(x) for x in (int, 1, type, None)];"
+        "loaded = 'dis' in sys.modules; params = list(inspect.signature(lambda a, b: 0).parameters);"
+        "import inspect as again;"
+        "print(answers, loaded, params, again.isclass is sys.modules['inspect'].isclass,"
+        " inspect.isclass is again.isclass)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "[True, False, True, False] False ['a', 'b'] True True", \
+        out.stdout + out.stderr
+
+
 def test_the_holders_note_is_what_json_writes_and_reads():
     """The --holders note is written and read without json on every start: the same
     bytes json.dumps makes, and what json.loads makes of any note."""

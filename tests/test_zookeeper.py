@@ -123,6 +123,20 @@ def test_election_holds_only_kazoo_style_contenders(backends, zk_url, zk_path, k
     assert kazoo.exists(f"{zk_path}/nightly"), "the election node is never deleted"
 
 
+def test_a_contender_prefix_is_a_uuid4_as_kazoo_makes_it():
+    """lelect makes kazoo's contender prefix (``uuid.uuid4().hex``) without importing
+    uuid: 32 hex digits, version 4, the RFC 4122 variant, never twice the same."""
+    import uuid
+
+    from lelect.backends.zookeeper.contest import uuid4_hex
+
+    made = {uuid4_hex() for _ in range(2000)}
+    assert len(made) == 2000
+    for text in made:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.hex == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
 def test_kazoo_election_leads_and_lelect_waits(backends, zk_url, zk_path, zookeeper_server, pool):
     backend = backends(zk_url)
     kazoo = KazooClient(zookeeper_server.hosts, timeout=2)

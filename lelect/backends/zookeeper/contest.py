@@ -13,9 +13,9 @@ reads wait for it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from kazoo.exceptions import (
@@ -77,6 +77,15 @@ WIN_TRIES = 4
 _UNKNOWN = object()
 
 
+
+def uuid4_hex() -> str:
+    """``uuid.uuid4().hex`` (kazoo's prefix of a contender node) without importing
+    ``uuid`` (and ``platform``, which it imports): ~2.5 ms of each candidate's start."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return raw.hex()
+
 class _Reconnect(Exception):
     """A call got no answer (connection lost or timed out): wait for the session."""
 
@@ -135,7 +144,7 @@ class Contest:
         self.cancel = cancel
         # kazoo's trick: after a connection loss during create, the prefix is how we
         # find our own node instead of queueing behind it.
-        self.prefix = uuid.uuid4().hex + CONTENDER_MARK
+        self.prefix = uuid4_hex() + CONTENDER_MARK
         self.node: str | None = None
         self.create_tried = False
         self.waiting_told = False
