@@ -224,6 +224,19 @@ def test_a_deferred_module_answers_its_shortcuts_without_loading():
         out.stdout + out.stderr
 
 
+def test_an_ascii_host_is_looked_up_as_bytes():
+    """lelect.backends.addresses.lookup_name: an ASCII name or address goes to getaddrinfo
+    as bytes (no "idna" codec, no import of it); any other name as it is."""
+    import socket
+
+    from lelect.backends.addresses import lookup_name
+
+    assert lookup_name("127.0.0.1") == b"127.0.0.1" and lookup_name("::1") == b"::1"
+    assert lookup_name("etcd-1.example") == b"etcd-1.example"
+    assert lookup_name("bücher.example") == "bücher.example"
+    assert socket.getaddrinfo(lookup_name("localhost"), 80, type=socket.SOCK_STREAM)
+
+
 def test_the_holders_note_is_what_json_writes_and_reads():
     """The --holders note is written and read without json on every start: the same
     bytes json.dumps makes, and what json.loads makes of any note."""

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from lelect.backends.addresses import lookup_name
 from lelect.frozen import Record
 
 TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
@@ -306,7 +307,8 @@ class Gateway:
         if within <= 0:
             raise _Down("no time left to connect")
         try:
-            sock = socket.create_connection((endpoint.host, endpoint.port), timeout=within)
+            sock = socket.create_connection((lookup_name(endpoint.host), endpoint.port),
+                                            timeout=within)
         except ConnectionRefusedError:
             raise _Down("connection refused", refused=True) from None
         except OSError as exc:

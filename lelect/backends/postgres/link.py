@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 
+from lelect.backends.addresses import lookup_name
 from lelect.backends.base import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TTL,
@@ -434,7 +435,7 @@ def _addresses(host: str, port: int, deadline: float) -> list[str]:
 
     def look_up() -> None:
         try:
-            box["found"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            box["found"] = socket.getaddrinfo(lookup_name(host), port, type=socket.SOCK_STREAM)
         except OSError as exc:
             box["error"] = exc
 

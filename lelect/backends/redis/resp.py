@@ -17,6 +17,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from lelect.backends.addresses import lookup_name
+
 TYPE_CHECKING = False  # not typing's (~1.5 ms of every start): annotations only
 if TYPE_CHECKING:
     from typing import Any
@@ -82,7 +84,8 @@ class Wire:
                 sock.close()
                 raise
         else:
-            sock = socket.create_connection((address["host"], address["port"]), timeout=left)
+            sock = socket.create_connection((lookup_name(address["host"]), address["port"]),
+                                            timeout=left)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
