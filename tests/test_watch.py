@@ -306,9 +306,12 @@ def test_a_running_on_change_hook_ends_with_watch(backend, processes, tmp_path):
     hook = f"sleep 100 & echo $! > {pids}; wait"
     watcher = subprocess.Popen(
         [*LELECT, "watch", "hooked", "--json", "--interval", "0.1s", "--on-change", hook],
-        env=lelect_env(backend), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=lelect_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     processes.append(watcher)
+    # Its first look (no leader yet) is printed before the candidate starts: a leader
+    # already there at the first look is no change, and runs no hook (a race, under load).
+    assert json.loads(watcher.stdout.readline())["leader"] is None
     candidate(processes, backend, "hooked", "alpha")
     wait_until(lambda: pids.exists() and pids.read_text().strip(), timeout=20, what="the hook")
     sleeper = int(pids.read_text())
