@@ -77,7 +77,6 @@ WIN_TRIES = 4
 _UNKNOWN = object()
 
 
-
 def uuid4_hex() -> str:
     """``uuid.uuid4().hex`` (kazoo's prefix of a contender node) without importing
     ``uuid`` (and ``platform``, which it imports): ~2.5 ms of each candidate's start."""
@@ -85,6 +84,7 @@ def uuid4_hex() -> str:
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
     return raw.hex()
+
 
 class _Reconnect(Exception):
     """A call got no answer (connection lost or timed out): wait for the session."""
