@@ -145,9 +145,9 @@ class KeeperConfig(Record):
 
 
 def recipe_message(recipe: HandBack) -> proto.Recipe:
-    import json  # a win's hand-back recipe: not on every start
+    from lelect.json_text import compact_json  # a win's hand-back recipe: not on every start
 
-    return proto.Recipe(json.dumps(asdict(recipe), separators=(",", ":")))
+    return proto.Recipe(compact_json(asdict(recipe)))
 
 
 class KeeperHandle:

@@ -71,3 +71,54 @@ def test_config_round_trips_and_stops_at_the_command():
     argv = proto.encode_config({"lock": "/x/a b.lock", "grace": 1.5}) + ["--", "sh", "-c", "a=b"]
     assert proto.decode_config(argv) == ({"lock": "/x/a b.lock", "grace": "1.5"},
                                          ["sh", "-c", "a=b"])
+
+
+# -- the recipe's JSON, without json --------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_compact_json_is_what_json_dumps_writes(value):
+    """lelect.json_text.compact_json: json.dumps(value, separators=(",", ":")), byte for
+    byte (the hand-back recipe goes with the job's start, without importing json)."""
+    import json
+
+    from lelect.json_text import compact_json
+
+    text = compact_json(value)
+    assert text == json.dumps(value, separators=(",", ":"))
+    assert text.isascii() and "\n" not in text  # one line of the keeper protocol
+
+
+def test_compact_json_escapes_lone_surrogates_and_refuses_what_json_has_no_form_for():
+    import json
+
+    from lelect.json_text import compact_json
+
+    odd = {"pw": "a\udcff\"\\\x00\x7f\u2028é😀", "t": (1, 2.5, None)}
+    assert compact_json(odd) == json.dumps(odd, separators=(",", ":"))
+    assert json.loads(compact_json(odd)) == {"pw": odd["pw"], "t": [1, 2.5, None]}
+    for bad in (float("nan"), float("inf"), {1: "x"}, object(), b"bytes"):
+        with pytest.raises((ValueError, TypeError)):
+            compact_json(bad)
+
+
+def test_a_recipe_message_is_the_recipe_as_json():
+    import json
+
+    from lelect.backends.records import HandBack
+    from lelect.supervisor import recipe_message
+
+    recipe = HandBack(budget=2.0, election="e", module="lelect.backends.redis.handback",
+                      params={"host": "127.0.0.1", "port": 6379, "password": 'p"w\n', "db": None})
+    message = recipe_message(recipe)
+    decoded = proto.decode(message.encode().rstrip(b"\n"))
+    assert json.loads(decoded.json) == {
+        "budget": 2.0, "election": "e", "module": "lelect.backends.redis.handback",
+        "params": {"host": "127.0.0.1", "port": 6379, "password": 'p"w\n', "db": None}}
