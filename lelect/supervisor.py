@@ -28,6 +28,7 @@ from lelect._keeper import (  # noqa: F401 - trim_heap, spawn_library for campai
 )
 from lelect.backends.records import DEFAULT_HISTORY, HandBack, LocalLock
 from lelect.frozen import Record, asdict
+from lelect.json_text import compact_json
 
 PYTHONPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The keeper runs from its module (byte-compiled once), not as a script (compiled at
@@ -145,8 +146,7 @@ class KeeperConfig(Record):
 
 
 def recipe_message(recipe: HandBack) -> proto.Recipe:
-    from lelect.json_text import compact_json  # a win's hand-back recipe: not on every start
-
+    """The hand-back recipe, as JSON (no import on the way from a win to its job)."""
     return proto.Recipe(compact_json(asdict(recipe)))
 
 
