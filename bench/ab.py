@@ -23,27 +23,10 @@ import compileall
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from common import wait_for
-from scale import SERVERS, Line, lelect_side, open_gate, records
-
-
-def handoff(line: Line, waiters: int, timeout: float, settle: float) -> float:
-    """One handoff of ``line`` (ms); afterwards ``waiters`` wait again."""
-    led = line.starts()
-    leader = led[-1][2]
-    open_gate(line.gates, leader, timeout)
-    count = len(led)
-    wait_for(lambda: len(line.starts()) > count, timeout, "the next leader", interval=0.001)
-    time.sleep(settle)
-    ends = {pid: ns for kind, ns, pid in records(line.record) if kind == "end"}
-    took = (line.starts()[count][1] - ends[leader]) / 1e6
-    line.start()
-    line.wait_waiting(waiters)
-    time.sleep(settle)
-    return took
+from scale import SERVERS, Line, lelect_side
 
 
 def main() -> None:
@@ -64,34 +47,37 @@ def main() -> None:
             parser.error(f"{tree}: no lelect/ in it")
         compileall.compile_dir(str(Path(tree) / "lelect"), quiet=1)
     os.chdir(tempfile.gettempdir())  # never a tree's own lelect by the working directory
-    times: dict[str, list[float]] = {tree: [] for tree in trees}
+    times: list[list[float]] = [[], []]  # by position: a tree may be measured against itself
     with tempfile.TemporaryDirectory(prefix="lelect-ab-") as tmp, \
             SERVERS[args.backend](Path(tmp)) as server:
         side = lelect_side(server)
-        lines = {}
+        lines: list[Line] = []
         try:
             for index, tree in enumerate(trees):
                 os.environ["PYTHONPATH"] = tree  # (a Line takes its environment as made)
-                line = lines[tree] = Line(side, f"ab{index}", Path(tmp), args.timeout)
+                line = Line(side, f"ab{index}", Path(tmp), args.timeout)
+                lines.append(line)
                 line.start()
                 wait_for(lambda line=line: line.starts(), args.timeout, "the first leader")
                 for _ in range(args.waiters):
                     line.start()
                 line.wait_waiting(args.waiters)
                 for _ in range(args.warmup):
-                    handoff(line, args.waiters, args.timeout, args.settle)
+                    line.hand_off(args.settle)
+                    line.refill(args.waiters, args.settle)
             for block in range(args.blocks):
-                for tree in trees if block % 2 == 0 else trees[::-1]:
-                    times[tree] += [handoff(lines[tree], args.waiters, args.timeout, args.settle)
-                                    for _ in range(args.per_block)]
+                for index in (0, 1) if block % 2 == 0 else (1, 0):
+                    for _ in range(args.per_block):
+                        times[index].append(lines[index].hand_off(args.settle) * 1000)
+                        lines[index].refill(args.waiters, args.settle)
         finally:
-            for line in lines.values():
+            for line in lines:
                 line.close()
     print(f"| tree ({args.backend}, {args.waiters} waiting) | handoffs | p25 ms | p50 ms | p75 ms |")
     print("|---|---|---|---|---|")
-    for tree in trees:
-        quartiles = statistics.quantiles(times[tree], n=4)
-        print(f"| {tree} | {len(times[tree])} | {quartiles[0]:.2f} | {quartiles[1]:.2f} |"
+    for tree, taken in zip(trees, times):
+        quartiles = statistics.quantiles(taken, n=4)
+        print(f"| {tree} | {len(taken)} | {quartiles[0]:.2f} | {quartiles[1]:.2f} |"
               f" {quartiles[2]:.2f} |")
 
 

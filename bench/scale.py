@@ -496,6 +496,24 @@ class Line:
         wait_for(lambda: self.side.waiting(self.election) >= count, self.timeout,
                  f"{count} waiting candidates of {self.side.label}", interval=0.05)  # fmt: skip
 
+    def hand_off(self, settle: float) -> float:
+        """One handoff: the leader's job is let end; seconds from its last line to the next
+        job's first, read ``settle`` s after that job started."""
+        led = self.starts()
+        leader = led[-1][2]
+        open_gate(self.gates, leader, self.timeout)
+        wait_for(lambda: len(self.starts()) > len(led), self.timeout,
+                 f"the next leader of {self.side.label}", interval=0.001)  # fmt: skip
+        time.sleep(settle)
+        ends = {pid: ns for kind, ns, pid in records(self.record) if kind == "end"}
+        return (self.starts()[len(led)][1] - ends[leader]) / 1e9
+
+    def refill(self, waiters: int, settle: float) -> None:
+        """One more candidate, so that ``waiters`` wait again; then ``settle`` s of quiet."""
+        self.start()
+        self.wait_waiting(waiters)
+        time.sleep(settle)
+
     def waiters(self) -> list[subprocess.Popen]:
         """The candidates alive that have not (yet) led."""
         led = {pid for _, _, pid in self.starts()}
@@ -647,24 +665,14 @@ def stage(server: Server, side: Side, waiters: int, args, work: Path) -> Result:
             wakeups = (switches(queue) - ctx_before) / (time.monotonic() - idle_began) / waiters
         handoffs, requests, cpu = [], [], []
         for _ in range(args.trials):
-            led = line.starts()
-            leader_pid = led[-1][2]
             before, cpu_before, began = server.counters(), server.cpu(), time.monotonic()
-            open_gate(line.gates, leader_pid, args.timeout)
-            count = len(led)
-            wait_for(lambda count=count: len(line.starts()) > count, args.timeout,
-                     f"the next leader of {side.label}", interval=0.001)  # fmt: skip
-            time.sleep(args.settle)
+            handoffs.append(line.hand_off(args.settle))
             after, cpu_after, took = server.counters(), server.cpu(), time.monotonic() - began
-            ends = {pid: ns for kind, ns, pid in records(line.record) if kind == "end"}
-            handoffs.append((line.starts()[len(led)][1] - ends[leader_pid]) / 1e9)
             if has_server:
                 requests.append(after["requests"] - before["requests"] - full * took)
             if cpu_before is not None and cpu_after is not None:
                 cpu.append(cpu_after - cpu_before)
-            line.start()  # N wait again
-            line.wait_waiting(waiters)
-            time.sleep(args.settle)
+            line.refill(waiters, args.settle)
         idle = (full - alone) / waiters if has_server else None
         return Result(side.label, waiters, handoffs, requests, cpu, idle, wakeups, rss, pss,
                       connections, all_waiting, roles, server_connections)  # fmt: skip
