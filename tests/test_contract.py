@@ -887,9 +887,9 @@ def test_a_waiting_candidate_sleeps_on_its_backend(target, tmp_path):
 
 def test_a_waiting_candidate_starts_without_dataclasses_or_typing(network_target, tmp_path):
     """What a candidate imports until it waits (heartbeats off): no dataclasses, typing,
-    inspect or uuid on any backend (kazoo's inspect and uuid wait as stand-ins:
-    lelect.backends.DEFERRED_IMPORTS), nor logging where its client does not need it
-    (kazoo does). Together some 20 ms of CPU of every start: 200 candidates on one host
+    inspect, uuid or traceback on any backend (kazoo's inspect and uuid, and logging's
+    traceback, wait as stand-ins: lelect.backends.DEFERRED_IMPORTS), nor logging where its
+    client does not need it (kazoo does). Together some 20 ms of CPU of every start: 200 candidates on one host
     wait within seconds."""
     target = network_target
     proc, release = leading(target, "light", tmp_path)
@@ -901,7 +901,7 @@ def test_a_waiting_candidate_starts_without_dataclasses_or_typing(network_target
     imported = {line.rsplit("|", 1)[-1].strip() for line in tail.text.splitlines()
                 if line.startswith("import time:")}
     assert "lelect.campaign" in imported
-    heavy = {"dataclasses", "typing", "inspect", "uuid"}
+    heavy = {"dataclasses", "typing", "inspect", "uuid", "traceback", "tokenize"}
     if "kazoo.client" not in imported:  # kazoo logs
         heavy.add("logging")
     if not imported & {"kazoo.client", "pymysql"}:  # clients that look names up themselves

@@ -224,6 +224,23 @@ def test_a_deferred_module_answers_its_shortcuts_without_loading():
         out.stdout + out.stderr
 
 
+def test_logging_prints_an_exception_through_a_deferred_traceback():
+    """kazoo's ``logging`` binds ``traceback`` as a stand-in (ZooKeeper's
+    DEFERRED_IMPORTS): nothing loads it while all is well, and the first exception logged
+    (a connection kazoo lost) loads it and prints the whole traceback."""
+    code = (
+        "import sys, io; from lelect.backends import defer_imports; defer_imports('traceback');"
+        "import logging; quiet = 'tokenize' not in sys.modules;"
+        "out = io.StringIO(); log = logging.getLogger('t'); log.addHandler(logging.StreamHandler(out));"
+        "exec('try:\\n  1/0\\nexcept ZeroDivisionError:\\n  log.exception(\\'dropped\\')');"
+        "text = out.getvalue();"
+        "print(quiet, text.splitlines()[0], 'Traceback (most recent call last)' in text,"
+        " text.rstrip().endswith('ZeroDivisionError: division by zero'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "True dropped True True", out.stdout + out.stderr
+
+
 def test_an_ascii_host_is_looked_up_as_bytes():
     """lelect.backends.addresses.lookup_name: an ASCII name or address goes to getaddrinfo
     as bytes (no "idna" codec, no import of it); any other name as it is."""

@@ -40,9 +40,10 @@ SCHEMES: dict[str, str] = {
 #: lelect may not ask of it (kazoo: ``ssl`` for TLS, ``hashlib`` for digest ACLs, each
 #: mapping OpenSSL's libcrypto: 4-5 MB of a waiting candidate's RSS; ``uuid`` for recipes
 #: lelect does not use, ``inspect`` for one ``isclass``: ~8 ms of each candidate's start,
-#: with what they import). They load on first use.
+#: with what they import; ``traceback``, which ``logging`` only needs to print an
+#: exception: ~2 ms with its ``tokenize`` and ``textwrap``). They load on first use.
 DEFERRED_IMPORTS: dict[str, tuple[str, ...]] = {
-    "lelect.backends.zookeeper.backend": ("ssl", "hashlib", "uuid", "inspect"),
+    "lelect.backends.zookeeper.backend": ("ssl", "hashlib", "uuid", "inspect", "traceback"),
 }
 #: What a deferred module's stand-in answers without loading it: functions whose whole
 #: body is here (the standard library's own, word for word), that a client calls at once.

@@ -48,14 +48,16 @@ def _import_pymysql() -> None:
     memory, which a URL without TLS never needs. So:
 
     - ``ssl`` is deferred (:func:`lelect.backends.defer_imports`): PyMySQL binds it, and it
-      loads when TLS is first used;
+      loads when TLS is first used; so is ``traceback`` (~2 ms of every start, with its
+      ``tokenize`` and ``textwrap``), which PyMySQL uses only to keep the traceback of a
+      connection that failed;
     - while PyMySQL is imported (and only in a process with no other thread, which could
       import it meanwhile), ``_hashlib`` reads as missing, so PyMySQL's ``hashlib`` is
       CPython's own hashes (sha1, sha256, sha512: all PyMySQL uses); that ``hashlib`` is
       then taken out of ``sys.modules``, so whoever imports ``hashlib`` later gets
       OpenSSL's as usual.
     """
-    defer_imports("ssl")
+    defer_imports("ssl", "traceback")
     loaded = set(sys.modules)
     blocked = "hashlib" not in loaded and "_hashlib" not in loaded and threading.active_count() == 1
     try:
