@@ -22,11 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import LELECT  # noqa: E402
+
 from lelect.backends import connect  # noqa: E402
 from tests.helpers import lelect_env  # noqa: E402
 from tests.plugins.redis_server import RedisServer  # noqa: E402
 
-LELECT = [sys.executable, "-m", "lelect"]
 ELECTION = "idle-bench"
 #: Commands a client sends itself; everything else in commandstats ran inside a script.
 REQUESTS = {"evalsha", "eval", "subscribe", "hello", "client|setname", "client|setinfo", "ping",
