@@ -1252,6 +1252,9 @@ def test_proclaim_by_a_stale_term_is_refused_and_changes_nothing(target, tmp_pat
                      backend=target.url)
     assert old.returncode == 0, old.stderr
     proc, release = leading(target, "stale-value", tmp_path, "db-2", "--value", "db-2:5432")
+    # The embedded backend publishes the value as the job starts, not before it: wait.
+    wait_until(lambda: leader_json(target.url, "stale-value")["value"] == "db-2:5432",
+               timeout=10, what="the value in leader --json")
     now = leader_json(target.url, "stale-value")
     refused = run_lelect("proclaim", "stale-value", "--term", old.stdout.strip(), "db-1:5432",
                          backend=target.url)
