@@ -1,8 +1,8 @@
 #!/bin/sh
 # Install everything the test suite needs (Debian packages; Python packages into the
 # project's own virtual environment, .venv — never into the system interpreter), then
-# run ruff and the whole suite, on pytest-xdist workers: two per core, at most four
-# (LELECT_TEST_WORKERS=N to choose, 0 for one process).
+# run ruff and the whole suite, on pytest-xdist workers: one more than the cores, at most
+# four (LELECT_TEST_WORKERS=N to choose, 0 for one process).
 # Usage: sh tests/run.sh [pytest args...]
 set -eu
 cd "$(dirname "$0")/.."
@@ -43,8 +43,9 @@ VENV="${LELECT_VENV:-.venv}"
 # Each worker starts its own servers (session fixtures on free ports); xdist_group marks
 # keep a module's costly fixture on one worker. Most tests wait (on a lease, a timeout,
 # a server): on 2 cores the suite took 513 s on 2 workers, 377 s on 3 (the CPU 50%
-# busy) and 312 s on 4 (62% busy). Two per core, then, and no more than four.
+# busy) and 305-318 s on 4 (60-62% busy). One more worker than the cores, then: 4
+# workers on 2 cores also made test races likelier (one fired in two runs, since fixed).
 cores="$(nproc 2>/dev/null || echo 1)"
-workers="${LELECT_TEST_WORKERS:-$((2 * cores))}"
+workers="${LELECT_TEST_WORKERS:-$((cores + 1))}"
 [ "$workers" -le 4 ] || workers=4
 exec "$VENV/bin/python" -m pytest -q -n "$workers" --dist loadgroup "$@"
