@@ -89,6 +89,13 @@ def test_backend_campaign_takes_no_keeper():
         assert "keeper" not in inspect.signature(backend.campaign).parameters, target
 
 
+def printed_by(code: str) -> str:
+    """What ``python -c code`` prints (stripped), in a fresh interpreter; its stderr too
+    if it printed nothing."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or out.stderr
+
+
 def test_help_and_the_embedded_path_import_no_client_library():
     code = (
         "import sys; from lelect.cli import cli; import lelect.backends.file.backend;"
@@ -97,8 +104,7 @@ def test_help_and_the_embedded_path_import_no_client_library():
         " 'http.client');"
         "print([m for m in heavy if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert printed_by(code) == "[]"
 
 
 def in_a_keeper(code: str) -> subprocess.CompletedProcess:
@@ -203,8 +209,7 @@ def test_a_deferred_module_loads_on_first_use_and_is_the_same_to_whoever_bound_i
         "print(loaded, text, loads(text), json.JSONDecodeError is sys.modules['json'].JSONDecodeError,"
         " 'json.decoder' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip() == 'False {"a": [1]} {\'a\': [1]} True True', out.stdout + out.stderr
+    assert printed_by(code) == 'False {"a": [1]} {\'a\': [1]} True True'
 
 
 def test_a_deferred_module_answers_its_shortcuts_without_loading():
@@ -219,9 +224,7 @@ def test_a_deferred_module_answers_its_shortcuts_without_loading():
         "print(answers, loaded, params, again.isclass is sys.modules['inspect'].isclass,"
         " inspect.isclass is again.isclass)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip() == "[True, False, True, False] False ['a', 'b'] True True", \
-        out.stdout + out.stderr
+    assert printed_by(code) == "[True, False, True, False] False ['a', 'b'] True True"
 
 
 def test_logging_prints_an_exception_through_a_deferred_traceback():
@@ -237,8 +240,7 @@ def test_logging_prints_an_exception_through_a_deferred_traceback():
         "print(quiet, text.splitlines()[0], 'Traceback (most recent call last)' in text,"
         " text.rstrip().endswith('ZeroDivisionError: division by zero'))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip() == "True dropped True True", out.stdout + out.stderr
+    assert printed_by(code) == "True dropped True True"
 
 
 def test_an_ascii_host_is_looked_up_as_bytes():
