@@ -212,6 +212,30 @@ def test_a_deferred_module_loads_on_first_use_and_is_the_same_to_whoever_bound_i
     assert printed_by(code) == 'False {"a": [1]} {\'a\': [1]} True True'
 
 
+def test_a_deferred_module_first_used_by_many_threads_at_once_loads_once_for_all():
+    """Threads that first touch a stand-in together (two of kazoo's threads logging an
+    exception through a deferred traceback) all get the real module's attribute."""
+    code = "\n".join([
+        "import sys, threading",
+        "from lelect.backends import defer_imports",
+        "defer_imports('json')",
+        "import json",
+        "sys.setswitchinterval(1e-6)",
+        "gate, out = threading.Barrier(16), []",
+        "def use():",
+        "    gate.wait()",
+        "    try:",
+        "        out.append(json.dumps([1]))",
+        "    except Exception as exc:",
+        "        out.append(repr(exc))",
+        "threads = [threading.Thread(target=use) for _ in range(16)]",
+        "for t in threads: t.start()",
+        "for t in threads: t.join()",
+        "print(sorted(set(out)), len(out), json.loads is sys.modules['json'].loads)",
+    ])
+    assert printed_by(code) == "['[1]'] 16 True"
+
+
 def test_a_deferred_module_answers_its_shortcuts_without_loading():
     """A stand-in's shortcuts (lelect.backends.SHORTCUTS: kazoo's one inspect.isclass)
     answer as the real function does and load nothing; anything else loads the module,

@@ -117,9 +117,10 @@ def defer_imports(*names: str) -> None:
         def load(attribute: str, name: str = name, stand_in: types.ModuleType = stand_in):
             # The stand-in has no __spec__, so an ``import`` statement binds it as it is
             # (importlib.util.LazyLoader's module would load at the statement). The real
-            # module's names are copied onto it for whoever bound it.
+            # module's names are copied onto it for whoever bound it. Two threads may
+            # both get here (two of kazoo's threads logging an exception): pop, not del.
             if sys.modules.get(name) is stand_in:
-                del sys.modules[name]
+                sys.modules.pop(name, None)
             real = importlib.import_module(name)
             vars(stand_in).update(vars(real))
             return getattr(real, attribute)
