@@ -235,6 +235,27 @@ def test_a_call_refused_by_a_graceful_goaway_is_made_again_on_a_fresh_connection
     assert server.connections == 2
 
 
+def test_an_answer_in_full_then_a_no_error_reset_is_the_answer(hostile_server):
+    """RFC 9113 8.1: a server that sent its whole answer may reset the stream with
+    NO_ERROR (grpc-go does when its handler ends before it has read our END_STREAM: seen
+    under load in CI, as "connection lost (the server reset the stream (HTTP/2 error 0))"
+    for a get). The answer stands; a NO_ERROR reset before the answer's end is a failure."""
+    answered = (frame(h2.HEADERS, h2.END_HEADERS, 1, OK_HEADERS), frame(h2.DATA, 0, 1, RANGE_ANSWER),
+                frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, OK_TRAILERS))
+    no_error = frame(h2.RST_STREAM, 0, 1, struct.pack(">I", 0))
+    for answer, answers in ((answered + (no_error,), True), (answered[:2] + (no_error,), False)):
+        server = hostile_server(answering_h2(*answer))
+        gateway = GrpcGateway([Endpoint("127.0.0.1", server.port)])
+        try:
+            if answers:
+                assert gateway.range("/x", budget=5.0).revision == 3
+            else:
+                with pytest.raises(GatewayError, match="reset the stream"):
+                    gateway.range("/x", budget=5.0)
+        finally:
+            gateway.close()
+
+
 def test_a_frozen_server_keeps_no_caller_past_its_deadline(hostile_server):
     server = hostile_server(answering_h2())  # SETTINGS, then nothing
     gateway = GrpcGateway([Endpoint("127.0.0.1", server.port)])

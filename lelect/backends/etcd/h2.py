@@ -43,7 +43,8 @@ ACK = 0x1
 END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY_FLAG = 0x20
-REFUSED_STREAM = 0x7  # error codes (RST_STREAM, GOAWAY)
+NO_ERROR = 0x0  # error codes (RST_STREAM, GOAWAY)
+REFUSED_STREAM = 0x7
 CANCEL = 0x8
 SETTINGS_HEADER_TABLE_SIZE, SETTINGS_ENABLE_PUSH, SETTINGS_MAX_CONCURRENT_STREAMS, \
     SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE = range(1, 7)
@@ -385,6 +386,8 @@ class Connection:
                     raise StreamError(self.closed)
                 if stream.error is not None:
                     raise StreamError(str(stream.error))
+                if stream.ended and stream.id not in self.streams:
+                    return  # answered in full and reset with NO_ERROR: the rest is unwanted
                 room = min(self.send_window, stream.send_window, self.max_send_frame, len(view))
                 if room > 0 or (len(view) == 0):
                     chunk = view[:room]
@@ -588,8 +591,14 @@ class Connection:
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
                 code = struct.unpack(">I", payload)[0]
-                self._stream_failed(stream, f"the server reset the stream (HTTP/2 error {code})",
-                                    code=code)
+                if code == NO_ERROR and stream.ended:
+                    # RFC 9113 8.1: the whole answer came, and the server needs no more
+                    # of the request (grpc-go, when its handler ends before it read our
+                    # END_STREAM). The answer stands; nothing more is sent on the stream.
+                    stream._wake()
+                else:
+                    self._stream_failed(
+                        stream, f"the server reset the stream (HTTP/2 error {code})", code=code)
         elif kind == GOAWAY:
             if len(payload) < 8 or stream_id:
                 raise Garbled("a malformed GOAWAY")
