@@ -913,33 +913,17 @@ def new_entry(election: str, term: int, node_id: str, host: str | None, pid: int
 
 
 def _dumps(entry: dict) -> str:
-    """``json.dumps(entry, separators=(",", ":"))`` for a flat entry (text, numbers,
-    None), without importing json (its decoder brings ``re``: ~4 ms of CPU the keeper
-    would spend beside the job it just started). Anything else goes to json."""
-    try:
-        from _json import encode_basestring_ascii as quote
-    except ImportError:  # not CPython
-        quote = None
-    words = []
-    for key, value in entry.items():
-        if value is None:
-            text = "null"
-        elif value is True or value is False:
-            text = "true" if value else "false"
-        elif type(value) is int:
-            text = int.__repr__(value)
-        elif type(value) is float and value - value == 0:  # finite
-            text = float.__repr__(value)
-        elif type(value) is str and quote is not None:
-            text = quote(value)
-        else:
-            text = None
-        if text is None or type(key) is not str or quote is None:
-            import json
+    """``json.dumps(entry, separators=(",", ":"))`` without importing json (its decoder
+    brings ``re``: ~4 ms of CPU the keeper would spend beside the job it just started):
+    :func:`lelect.json_text.compact_json`. What that has no form for goes to json."""
+    from lelect.json_text import compact_json
 
-            return json.dumps(entry, separators=(",", ":"))
-        words.append(f"{quote(key)}:{text}")
-    return "{" + ",".join(words) + "}"
+    try:
+        return compact_json(entry)
+    except (TypeError, ValueError):
+        import json
+
+        return json.dumps(entry, separators=(",", ":"))
 
 
 def _write_entry(conn: sqlite3.Connection, entry: dict) -> None:
