@@ -887,10 +887,10 @@ def test_a_waiting_candidate_sleeps_on_its_backend(target, tmp_path):
 
 def test_a_waiting_candidate_starts_without_dataclasses_or_typing(network_target, tmp_path):
     """What a candidate imports until it waits (heartbeats off): no dataclasses, typing,
-    inspect, uuid or traceback on any backend (kazoo's inspect and uuid, and logging's
-    traceback, wait as stand-ins: lelect.backends.DEFERRED_IMPORTS), nor logging where its
-    client does not need it (kazoo does). Together some 20 ms of CPU of every start: 200 candidates on one host
-    wait within seconds."""
+    inspect, uuid or traceback on any backend (kazoo's inspect and uuid, and the traceback
+    of logging and PyMySQL, wait as stand-ins: lelect.backends.defer_imports), nor logging
+    where its client does not need it (kazoo does). Together some 20 ms of CPU of every
+    start: 200 candidates on one host wait within seconds."""
     target = network_target
     proc, release = leading(target, "light", tmp_path)
     waiter = spawn_lelect("campaign", "light", "--id", "waiter", "--heartbeat-interval", "0",
