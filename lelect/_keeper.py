@@ -122,6 +122,9 @@ def child_pids():
 #: lelect_spawn of lelect/libspawn.so (built from _spawn.c when lelect was installed):
 #: vfork and exec, the child set up as :func:`fork_job` describes; None: fork in Python.
 SPAWN = None
+#: lelect_fork_gated of the same library: the job's process forked, set up, to wait for
+#: lelect's own word on the gate pipe (:func:`fork_gated`); None: not there.
+FORK_GATED = None
 #: Where the keeper finds it (beside this file).
 SPAWN_LIBRARY = "libspawn.so"
 
@@ -143,21 +146,30 @@ def load_spawn():
     path = spawn_library()
     if path is None:
         return False
+    global FORK_GATED
     try:
         import ctypes
 
-        spawn = ctypes.CDLL(path).lelect_spawn
+        library = ctypes.CDLL(path)
+        spawn = library.lelect_spawn
     except (OSError, AttributeError):
         return False
     strings = ctypes.POINTER(ctypes.c_char_p)
     spawn.argtypes = [strings, strings, strings, strings, ctypes.POINTER(ctypes.c_int)]
     spawn.restype = ctypes.c_int
     SPAWN = spawn
+    gated = getattr(library, "lelect_fork_gated", None)
+    if gated is not None:
+        gated.argtypes = [strings, strings, strings, strings, ctypes.c_int, ctypes.c_int,
+                          ctypes.POINTER(ctypes.c_int)]
+        gated.restype = ctypes.c_int
+        FORK_GATED = gated
     return True
 
 
-def _vspawn(program, argv, env):
-    """The job's pid, started by lelect_spawn (OSError if it could not be run)."""
+def _c_arguments(program, argv, env):
+    """``(paths, argv, envp, fallback)`` for the C library: NULL-ended C string arrays
+    (fallback None when there is none); OSError if a string holds a NUL."""
     import ctypes
 
     program = os.fsencode(program)
@@ -175,12 +187,62 @@ def _vspawn(program, argv, env):
     envp = [name + b"=" + value for name, value in env.items()]
     if any(b"\0" in item for item in (program, *argv, *envp)):  # C strings end there
         raise OSError(errno.EINVAL, "embedded null byte")
+    return strings(paths), strings(argv), strings(envp), strings(fallback)
+
+
+def _vspawn(program, argv, env):
+    """The job's pid, started by lelect_spawn (OSError if it could not be run)."""
+    import ctypes
+
     error = ctypes.c_int(0)
-    pid = SPAWN(strings(paths), strings(argv), strings(envp), strings(fallback),
-                ctypes.byref(error))
+    pid = SPAWN(*_c_arguments(program, argv, env), ctypes.byref(error))
     if pid < 0:
         raise OSError(error.value, os.strerror(error.value))
     return pid
+
+
+def fork_gated(program, argv, env, gate):
+    """Fork the job's process (lelect_fork_gated) to wait, set up as :func:`fork_job`
+    describes, until lelect itself writes its word to the ``gate`` pipe (the time after
+    which the job must not start, and its term: :func:`gate_word`) and closes it; that
+    start needs no wake-up of the keeper. ``(pid, report)``: the child reports on
+    ``report`` as :func:`gated_outcome` reads it. OSError if it could not be forked."""
+    import ctypes
+
+    report, report_w = os.pipe()  # close-on-exec: the exec (or the child's end) ends it
+    error = ctypes.c_int(0)
+    try:
+        pid = FORK_GATED(*_c_arguments(program, argv, env), gate, report_w, ctypes.byref(error))
+    finally:
+        os.close(report_w)
+    if pid < 0:
+        os.close(report)
+        raise OSError(error.value, os.strerror(error.value))
+    return pid, report
+
+
+def gate_word(stop_at, term, slot=None, seat=None):
+    """What lelect writes to a gated job's gate: ``stop_at`` (monotonic seconds; None:
+    no bound) in nanoseconds, then its variables, NUL-separated."""
+    stop = 0 if stop_at is None else max(1, int(stop_at * 1e9))
+    return b"\0".join([str(stop).encode(), *_job_vars(term, slot, seat)])
+
+
+def gated_outcome(heard):
+    """What a gated child's report says: "run" (it was told, and its exec worked or it
+    is on its way to it), "untold" (it exited without a word: lelect never opened the
+    gate), "unstarted" (told too late: the lease could have run out) or the exec's
+    errno (an int)."""
+    if not heard:
+        return "untold"
+    if heard == b"R":
+        return "run"
+    if heard == b"RU":
+        return "unstarted"
+    try:
+        return int(heard[1:]) or errno.ENOEXEC
+    except ValueError:
+        return errno.EPROTO
 
 
 def spawn_job(program, argv, env, term, slot=None, seat=None):
@@ -384,6 +446,9 @@ class Keeper(LocalElection):
         self.job_pidfd = None
         self.job_env = None  # the environment and the program, read before winning
         self.forked = None  # the job's process forked as the flock was won (fork_job)
+        self.gate = None  # the read end of lelect's gate (fork_gated), until a child has it
+        self.gated = None  # (pid, report) of the job's process waiting at the gate
+        self.gated_status = None  # its wait status, if it was reaped before the Start
         self.fork_at = None  # when to fork it, next in line (Prepare; PREPARE_DELAY)
         self.program = None
         self.tty = None
@@ -456,8 +521,16 @@ class Keeper(LocalElection):
                     os.write(2, (line + "\n").encode())
                 except OSError:
                     pass
-            pid = None
-            if self.forked is not None:
+            pid = early = None
+            if self.gated is not None:
+                pid, early = self.run_gated()  # it checks the lease itself, as told
+                if pid is None and self.lease_too_short():
+                    pid = "unstarted"
+                if pid == "unstarted":
+                    self.job_done = True
+                    self.report(self.proto.Exited(0, "unstarted"))
+                    return
+            if pid is None and self.forked is not None:
                 forked, self.forked = self.forked, None
                 try:
                     pid = run_forked_job(forked, term, slot, seat)
@@ -473,6 +546,8 @@ class Keeper(LocalElection):
             self.job_done = True
             return
         self.job_pid = pid
+        if early is not None:  # it ran and ended before this Start was read
+            self.job_status = shell_status(early)
         self.load_at = time.monotonic() + HAND_BACK_LOAD_DELAY
         try:
             # Readable the moment the job exits: quicker than SIGCHLD via the wakeup fd.
@@ -491,7 +566,10 @@ class Keeper(LocalElection):
         Start (or, embedded, before the checks pass)."""
         asked = prepare or self.options.get("autostart") == "1"
         if prepare and SPAWN is not None:
-            return  # a vfork start costs less than waking a process forked early
+            # A vfork start costs less than waking a process forked early: only one that
+            # lelect wakes itself (no hop through the keeper) is worth forking.
+            self.fork_gated_job()
+            return
         if self.command and asked and self.forked is None:
             try:
                 self.forked = fork_job(self.program, self.command, self.job_env)
@@ -504,6 +582,72 @@ class Keeper(LocalElection):
         if self.forked is not None:
             forked, self.forked = self.forked, None
             drop_forked_job(forked)
+        if self.gated is not None:
+            (pid, report), self.gated = self.gated, None
+            os.close(report)
+            self.end_gated(pid, kill=True)
+
+    def fork_gated_job(self):
+        """Next in line: fork the job's process to wait at lelect's gate (one per
+        keeper: the gate goes with it)."""
+        if self.gate is None or self.gated is not None or not self.command:
+            return
+        try:
+            self.gated = fork_gated(self.program, self.command, self.job_env, self.gate)
+        except OSError:
+            self.gated = None  # the Start spawns the job as without a gate
+        finally:
+            os.close(self.gate)
+            self.gate = None
+        self.gated_status = None
+
+    def run_gated(self):
+        """At the Start: the gated child's outcome, as ``(pid, status)``: ``pid`` is its
+        pid if it runs the job (``status``: its wait status if it already ended), None
+        if it was never told (the job is spawned as without a gate), "unstarted" if it
+        was told too late; OSError if its exec failed. lelect opens the gate right
+        after it sends the Start, so the child's word follows at once; a child that has
+        not run by the lease's end never will (it is killed)."""
+        (pid, report), self.gated = self.gated, None
+        heard, timed_out = b"", False
+        try:
+            while True:
+                left = None
+                if self.lease_kill_at is not None:
+                    left = max(0.0, self.lease_kill_at - time.monotonic())
+                if not select.select([report], [], [], left)[0]:
+                    timed_out = True
+                    break
+                chunk = os.read(report, 64)
+                if not chunk:
+                    break
+                heard += chunk
+        finally:
+            os.close(report)
+        outcome = "unstarted" if timed_out else gated_outcome(heard)
+        if outcome == "run":
+            status, self.gated_status = self.gated_status, None
+            return pid, status
+        self.end_gated(pid, kill=timed_out)
+        if outcome == "untold":
+            return None, None
+        if outcome == "unstarted":
+            return "unstarted", None
+        raise OSError(outcome, os.strerror(outcome))
+
+    def end_gated(self, pid, kill):
+        """Reap the gated child that will not run the job (``kill``: it may still wait)."""
+        if self.gated_status is None:
+            if kill:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.gated_status = None
 
     def give_terminal(self, pgid):
         """An interactive job reads the terminal: give its group the foreground."""
@@ -548,6 +692,9 @@ class Keeper(LocalElection):
                 return
             if pid == 0:
                 return
+            if self.gated is not None and pid == self.gated[0] and not os.WIFSTOPPED(status):
+                self.gated_status = status  # what the Start makes of it (run_gated)
+                continue
             if self.forked is not None and pid == self.forked[0] and not os.WIFSTOPPED(status):
                 # The early child died untold (killed from outside): a start forks anew.
                 forked, self.forked = self.forked, None
@@ -641,9 +788,7 @@ class Keeper(LocalElection):
             self.drop_early()
         elif isinstance(message, proto.Start):
             self.fork_at = None
-            if self.lease_stop_at is not None and time.monotonic() >= self.lease_stop_at:
-                # The lease could run out before the job got anywhere (lelect stalled
-                # between its renew and this message): a job never starts on it.
+            if self.gated is None and self.lease_too_short():
                 self.job_done = True
                 self.drop_early()
                 self.report(proto.Exited(0, "unstarted"))
@@ -671,6 +816,11 @@ class Keeper(LocalElection):
         elif isinstance(message, proto.Exit):
             self.released_by_lelect = True
             self.shutdown()
+
+    def lease_too_short(self):
+        """The lease could run out before the job got anywhere (lelect stalled between
+        its renew and the Start): a job never starts on it."""
+        return self.lease_stop_at is not None and time.monotonic() >= self.lease_stop_at
 
     def on_terminate(self):
         """SIGTERM (lelect gives up its campaign): a job that already runs gets the
@@ -760,6 +910,13 @@ class Keeper(LocalElection):
             self.program = self.options.get("program") or self.command[0]
             self.job_env = dict(os.environb)
             load_spawn()
+            gate = self.options.get("gate")
+            if gate:
+                self.gate = int(gate)
+                os.set_inheritable(self.gate, False)
+                if FORK_GATED is None:  # the job starts as without a gate
+                    os.close(self.gate)
+                    self.gate = None
         if "lock" in self.options:
             self.wait_for_lock()
         while True:

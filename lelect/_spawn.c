@@ -14,6 +14,10 @@
  * shares the keeper's memory until the exec, so the child here calls nothing but system
  * calls and writes nothing but `*error` (the keeper waits, suspended, until the exec).
  *
+ * The same set-up serves lelect_fork_gated: a fork (the child waits, so no vfork) of the
+ * job's process for the candidate next in line, which waits at lelect's gate and execs
+ * when lelect itself writes its word there (docs/backends.md, "The next in line").
+ *
  * A plain shared library (no Python API): the keeper calls it with ctypes, and builds
  * without Python's headers. Linux only, as the keeper is. Optional: without it (no
  * compiler where lelect was installed) the keeper forks in Python, as before.
@@ -24,6 +28,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
+#include <string.h>
+#include <time.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -35,18 +41,22 @@
 #define SYS_close_range 436
 #endif
 
-/* Close every descriptor from 3 up: close_range(2) (Linux 5.9), else one by one up to
- * the soft limit. */
-static void close_from_3(void)
+/* Close the descriptors from `first` to `last` (-1: every one from `first` up):
+ * close_range(2) (Linux 5.9), else one by one up to the soft limit. */
+static void close_from(int first, int last)
 {
     struct rlimit limit;
     long fd, top = 65536;
 
-    if (syscall(SYS_close_range, 3U, ~0U, 0U) == 0)
+    if (last >= 0 && last < first)
         return;
-    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+    if (syscall(SYS_close_range, (unsigned)first, last < 0 ? ~0U : (unsigned)last, 0U) == 0)
+        return;
+    if (last >= 0)
+        top = (long)last + 1;
+    else if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
         top = (long)limit.rlim_cur;
-    for (fd = 3; fd < top; fd++)
+    for (fd = first; fd < top; fd++)
         close((int)fd);
 }
 
@@ -72,21 +82,20 @@ static int looks_like_text(const char *path)
     return 1;
 }
 
-/* The child, between vfork and exec: never returns. On a failed exec the errno goes to
- * *error (memory shared with the suspended keeper) and the child exits 127. */
-static void child(char *const paths[], char *const argv[], char *const envp[],
-                  char *const fallback[], pid_t keeper, const sigset_t *mask,
-                  volatile int *error)
+/* The child's set-up, before anything of the job's: its own group, death with the keeper,
+ * default signal dispositions, no descriptor but 0-2 and `keep_a`, `keep_b` (-1: none).
+ * 0, or the errno of what failed; -1 if the keeper is already gone (nothing may run). */
+static int set_up(pid_t keeper, int keep_a, int keep_b)
 {
     struct sigaction dfl;
-    int sig, i, first = 0;
+    int sig, low, high;
 
     if (setpgid(0, 0) != 0)
-        goto fail;
+        return errno;
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
-        goto fail;
+        return errno;
     if (getppid() != keeper)
-        _exit(0); /* the keeper died before prctl: nothing may run */
+        return -1; /* the keeper died before prctl: nothing may run */
     /* A handler of the keeper's must never run here (it would write to the keeper's
      * memory): caught signals to the default before any is unblocked; ignored ones
      * too, as a job expects them. */
@@ -102,12 +111,29 @@ static void child(char *const paths[], char *const argv[], char *const envp[],
         if (old.sa_handler != SIG_DFL)
             sigaction(sig, &dfl, NULL);
     }
-    close_from_3();
-    if (sigprocmask(SIG_SETMASK, mask, NULL) != 0)
-        goto fail;
+    low = keep_a < keep_b ? keep_a : keep_b;
+    high = keep_a < keep_b ? keep_b : keep_a;
+    if (low < 3) /* one kept (or none) */
+        low = high;
+    if (low < 3) {
+        close_from(3, -1);
+    } else {
+        close_from(3, low - 1);
+        if (high > low)
+            close_from(low + 1, high - 1);
+        close_from(high + 1, -1);
+    }
+    return 0;
+}
+
+/* execvpe's rule over the candidates the keeper listed (PATH's, in order): go on past a
+ * missing one; remember a refused one. Returns only if none could be run: the errno. */
+static int exec_job(char *const paths[], char *const argv[], char *const envp[],
+                    char *const fallback[])
+{
+    int i, first = 0;
+
     errno = ENOENT; /* no candidate at all */
-    /* execvpe's rule over the candidates the keeper listed (PATH's, in order): go on
-     * past a missing one; remember a refused one. */
     for (i = 0; paths[i] != NULL; i++) {
         execve(paths[i], argv, envp);
         if (errno == ENOEXEC && fallback != NULL) {
@@ -125,8 +151,24 @@ static void child(char *const paths[], char *const argv[], char *const envp[],
     }
     if (first != 0 && (errno == ENOENT || errno == ENOTDIR || errno == ESTALE))
         errno = first;
-fail:
-    *error = errno ? errno : ENOEXEC;
+    return errno ? errno : ENOEXEC;
+}
+
+/* The child, between vfork and exec: never returns. On a failed exec the errno goes to
+ * *error (memory shared with the suspended keeper) and the child exits 127. */
+static void child(char *const paths[], char *const argv[], char *const envp[],
+                  char *const fallback[], pid_t keeper, const sigset_t *mask,
+                  volatile int *error)
+{
+    int failed = set_up(keeper, -1, -1);
+
+    if (failed < 0)
+        _exit(0);
+    if (failed == 0 && sigprocmask(SIG_SETMASK, mask, NULL) != 0)
+        failed = errno;
+    if (failed == 0)
+        failed = exec_job(paths, argv, envp, fallback);
+    *error = failed;
     _exit(127);
 }
 
@@ -160,6 +202,123 @@ pid_t lelect_spawn(char *const paths[], char *const argv[], char *const envp[],
             ;
         return -1;
     }
+    *error_out = 0;
+    return pid;
+}
+
+/* True when `item` ("NAME=value") names the variable `extra` ("NAME=...") sets. */
+static int same_name(const char *item, const char *extra)
+{
+    while (*extra != '\0' && *extra != '=' && *item == *extra) {
+        item++;
+        extra++;
+    }
+    return *extra == '=' && *item == '=';
+}
+
+/* The child of lelect_fork_gated: never returns. It waits for lelect's word on `gate`:
+ * "STOP_AT\0NAME=value\0..." then EOF (STOP_AT: CLOCK_MONOTONIC nanoseconds after which
+ * the job must not start, 0 for none; then what to add to its environment). What it
+ * tells the keeper on `report` (close-on-exec: EOF alone after "R" means the exec
+ * worked): nothing if the gate closed untold (it exits 0), "R" once told, then "U" if
+ * STOP_AT had passed (it exits 0), or the exec's errno (it exits 127). */
+static void gated_child(char *const paths[], char *const argv[], char *const envp[],
+                        char *const fallback[], pid_t keeper, const sigset_t *mask,
+                        int gate, int report)
+{
+    char told[4096], code[16], *extra[8], *item;
+    size_t have = 0, n = 0, k, j;
+    ssize_t got;
+    long long stop_at = 0;
+    struct timespec now;
+    int failed = set_up(keeper, gate, report), len, extras = 0;
+
+    if (failed < 0)
+        _exit(0);
+    if (failed == 0) {
+        for (;;) {
+            got = read(gate, told + have, sizeof told - 1 - have);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0)
+                break;
+            have += (size_t)got;
+            if (have == sizeof told - 1)
+                break; /* more than any word of lelect's: what came is read as it is */
+        }
+        close(gate);
+        if (have == 0)
+            _exit(0); /* never told (lelect is gone, or let this process go) */
+        told[have] = '\0';
+        (void)!write(report, "R", 1);
+        item = told;
+        while (*item >= '0' && *item <= '9')
+            stop_at = stop_at * 10 + (*item++ - '0');
+        while (item < told + have && extras < 8) {
+            item += strlen(item) + 1; /* the next item */
+            if (item < told + have && strchr(item, '=') != NULL)
+                extra[extras++] = item;
+        }
+        if (stop_at > 0 && clock_gettime(CLOCK_MONOTONIC, &now) == 0
+            && (long long)now.tv_sec * 1000000000LL + now.tv_nsec >= stop_at) {
+            (void)!write(report, "U", 1);
+            _exit(0); /* the lease could run out before the job got anywhere */
+        }
+        while (envp[n] != NULL)
+            n++;
+        {
+            char *env[n + (size_t)extras + 1];
+
+            for (k = 0, j = 0; k < n; k++) {
+                int replaced = 0, e;
+                for (e = 0; e < extras; e++)
+                    replaced |= same_name(envp[k], extra[e]);
+                if (!replaced)
+                    env[j++] = envp[k];
+            }
+            for (k = 0; k < (size_t)extras; k++)
+                env[j++] = extra[k];
+            env[j] = NULL;
+            if (sigprocmask(SIG_SETMASK, mask, NULL) != 0)
+                failed = errno;
+            else
+                failed = exec_job(paths, argv, env, fallback);
+        }
+    }
+    len = sizeof code;
+    do { /* the errno in decimal (no stdio in a forked child) */
+        code[--len] = (char)('0' + failed % 10);
+        failed /= 10;
+    } while (failed > 0 && len > 0);
+    (void)!write(report, code + len, sizeof code - (size_t)len);
+    _exit(127);
+}
+
+/* Fork the job's process to wait, set up, for lelect's word on `gate` (gated_child):
+ * its pid, or -1 with the errno in *error_out. A fork, not a vfork: the child waits. The
+ * child runs nothing but system calls (no allocation, no lock) until its exec. */
+pid_t lelect_fork_gated(char *const paths[], char *const argv[], char *const envp[],
+                        char *const fallback[], int gate, int report, int *error_out)
+{
+    sigset_t all, mask;
+    pid_t keeper = getpid(), pid;
+    int saved;
+
+    sigfillset(&all);
+    if (pthread_sigmask(SIG_SETMASK, &all, &mask) != 0) {
+        *error_out = errno;
+        return -1;
+    }
+    pid = fork();
+    if (pid == 0)
+        gated_child(paths, argv, envp, fallback, keeper, &mask, gate, report);
+    saved = errno;
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+    if (pid < 0) {
+        *error_out = saved;
+        return -1;
+    }
+    setpgid(pid, pid); /* as shells do: the group exists whoever runs first */
     *error_out = 0;
     return pid;
 }

@@ -24,7 +24,6 @@ from lelect.backends.base import (
     Backend,
     Cancel,
     Candidate,
-    HandBack,
     LeaderInfo,
     Leadership,
 )
@@ -305,10 +304,10 @@ class _Driver:
         self.next_in_line = False
         self.leadership: Leadership | None = None
         self.announced = False
-        #: The hand-back recipe of a leadership just won: told to the keeper with the
-        #: job's start, after it in the same write (the job first; the keeper loads the
-        #: recipe once the job is under way).
-        self.recipe: HandBack | None = None
+        #: A leadership just won, whose hand-back recipe the keeper is still to be told:
+        #: made and sent right after the job's start (the job first; the keeper loads
+        #: the recipe once the job is under way).
+        self.recipe_of: Leadership | None = None
         #: The commands being carried out start a job (their lease goes with the start).
         self.start_follows = False
         #: ... or end the campaign (a release before it yields to the next leader).
@@ -495,8 +494,8 @@ class _Driver:
         elif isinstance(command, core.TellDeadline) and keeper is not None:
             keeper.lease(command.deadline, command.grace, hold=self.start_follows)
         elif isinstance(command, core.StartJob) and keeper is not None:
-            recipe, self.recipe = self.recipe, None
-            keeper.start(command.term, command.slot, command.seat, recipe=recipe)
+            keeper.start(command.term, command.slot, command.seat)
+            self._send_recipe()
         elif isinstance(command, core.StopJob) and keeper is not None:
             keeper.stop(command.signum, command.grace, command.reason)
             self.notify.status(f"stopping the job ({command.reason}), term {self.core.term}")
@@ -567,10 +566,9 @@ class _Driver:
         keeper = self.keeper = KeeperHandle(config, self.job_env(), self.events,
                                       on_respawn=self._keeper_respawned)
         self.freed_by_keeper = lock is not None and config.autorelease
-        # The next in line has its job forked early only where the keeper forks in
-        # Python: with the vfork spawn a start costs less (and the backend is spared the
-        # looks that tell a waiter it is next).
-        self.prepares = config.autostart and spawn_library() is None
+        # The next in line has its job forked early, to wait at lelect's gate (or, where
+        # the keeper forks in Python, for the keeper's word).
+        self.prepares = config.autostart and (config.gated or spawn_library() is None)
         self.announced = False
         self.next_in_line = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
@@ -789,7 +787,7 @@ class _Driver:
             slot = opts.once_key or slot_name(self.backend.now(), opts.once_per or 0.0)
             done = self.backend.slot_done(leadership.election, slot) is not None
             self.slot = slot
-        self.recipe = self.backend.hand_back(leadership)
+        self.recipe_of = leadership
         events = self.events
         now = time.monotonic
 
@@ -817,9 +815,14 @@ class _Driver:
                         seat=leadership.seat)
 
     def _send_recipe(self) -> None:
-        recipe, self.recipe = self.recipe, None
-        if recipe is not None and self.keeper is not None:
-            self.keeper.hand_back_with(recipe)
+        """Tell the keeper how to hand the leadership just won back should lelect die:
+        after the job's start, which waits on nothing it needs (dying in between costs
+        the next leader the wait for the lease, never the election's safety)."""
+        leadership, self.recipe_of = self.recipe_of, None
+        if leadership is not None and self.keeper is not None:
+            recipe = self.backend.hand_back(leadership)
+            if recipe is not None:
+                self.keeper.hand_back_with(recipe)
 
     def _proclaim(self, leadership: Leadership) -> None:
         """Publish --value with the leadership just won; its job may proclaim another

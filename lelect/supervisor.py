@@ -22,6 +22,7 @@ from collections.abc import Callable
 from lelect import keeper_protocol as proto
 from lelect._keeper import (  # noqa: F401 - trim_heap, spawn_library for campaign
     child_pids,
+    gate_word,
     set_subreaper,
     spawn_library,
     trim_heap,
@@ -121,12 +122,22 @@ class KeeperConfig(Record):
     #: {ts} filled in), so lelect's "elected" comes before the job's own output.
     announce: str | None = None
 
-    def argv(self) -> list[str]:
+    @property
+    def gated(self) -> bool:
+        """lelect starts the job itself, through a gate to the process its keeper forked
+        for it when it became next in line (no keeper's wake-up between a win and the
+        job): a job to start on a Start (not the embedded backend's, which its keeper
+        starts itself)."""
+        return bool(self.command) and self.lock is None
+
+    def argv(self, gate: int | None = None) -> list[str]:
         options: dict[str, object] = {
             "stop_signal": int(self.stop_signal),
             "grace": repr(float(self.grace)),
             "pythonpath": PYTHONPATH,
         }
+        if gate is not None:
+            options["gate"] = gate
         if self.program:
             options["program"] = self.program
         lock = self.lock
@@ -171,6 +182,10 @@ class KeeperHandle:
         self._closing = False
         #: Messages held back (``hold=True``) to go with the next one, in the same write.
         self._held: list[bytes] = []
+        #: The write end of the job's gate (KeeperConfig.gated), until the Start.
+        self._gate: int | None = None
+        #: When the job must no longer start (the last lease told, less its grace).
+        self._stop_at: float | None = None
 
     @property
     def autostart(self) -> bool:
@@ -182,16 +197,25 @@ class KeeperHandle:
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        passed = [theirs.fileno()]
+        gate = None
+        if self.config.gated:  # a keeper that replaces a killed one gets a gate of its own
+            if self._gate is not None:
+                os.close(self._gate)
+            gate, self._gate = os.pipe()
+            passed.append(gate)
         argv = [sys.executable, "-S", "-I", "-c", KEEPER_MAIN, str(theirs.fileno()),
-                *self.config.argv(), "--", *self.config.command]
+                *self.config.argv(gate), "--", *self.config.command]
         try:
             with _keepers_lock:  # a sweep must never take a keeper being born for a stray
                 self.process = subprocess.Popen(
-                    argv, pass_fds=(theirs.fileno(),), env=self.env, close_fds=True
+                    argv, pass_fds=passed, env=self.env, close_fds=True
                 )
                 _keepers.add(self.process.pid)
         finally:
             theirs.close()
+            if gate is not None:
+                os.close(gate)
         self._sock = ours
         threading.Thread(target=self._read_events, args=(ours, self.process),
                          name="keeper-events", daemon=True).start()
@@ -232,22 +256,39 @@ class KeeperHandle:
                     self._engaged = True
                 self.events.put(message)
 
-    def send(self, *messages: proto.Message, hold: bool = False, engage: bool = True) -> None:
+    def send(self, *messages: proto.Message, hold: bool = False, engage: bool = True) -> bool:
         """Send ``messages`` (and any held back before them) in one write, so the
         keeper reads them at once; ``hold``: keep them for the next send instead;
         ``engage=False``: nothing depends on them yet (a keeper that dies now is
-        replaced, as one that was told nothing)."""
+        replaced, as one that was told nothing). True once they are on their way."""
         with self._lock:
             self._engaged = self._engaged or engage
             self._held.extend(message.encode() for message in messages)
             if hold or self._sock is None:
-                return
+                return False
             data = b"".join(self._held)
             self._held.clear()
             try:
                 self._sock.sendall(data)
             except OSError:
-                pass
+                return False
+            return True
+
+    def _open_gate(self, term: int, slot: str | None, seat: int | None) -> None:
+        """Let the job's process that waits at the gate run (if the keeper forked one:
+        else nobody reads this, and the keeper spawns the job on the Start). Only after
+        the Start went to the keeper: the dead-man switch knows the lease before the
+        job runs."""
+        with self._lock:
+            gate, self._gate = self._gate, None
+        if gate is None:
+            return
+        try:
+            os.write(gate, gate_word(self._stop_at, term, slot, seat))
+        except OSError:
+            pass  # no process at the gate (the keeper dropped it): the keeper starts the job
+        finally:
+            os.close(gate)
 
     def prepare(self, ready: bool = True) -> None:
         """Next in line (``ready``): the keeper forks the job's process now, to run only
@@ -256,16 +297,18 @@ class KeeperHandle:
 
     def start(self, term: int, slot: str | None = None, seat: int | None = None,
               recipe: HandBack | None = None) -> None:
-        """Start the job (with whatever was held back, the lease above all, and the
-        hand-back ``recipe``: a win is one write, which the keeper reads at once)."""
-        messages: list[proto.Message] = [proto.Start(term, slot or "-", -1 if seat is None else seat)]
+        """Start the job (with whatever was held back, the lease above all: one write,
+        which the keeper reads at once; then the gate), then tell the keeper the
+        hand-back ``recipe``."""
+        if self.send(proto.Start(term, slot or "-", -1 if seat is None else seat)):
+            self._open_gate(term, slot, seat)
         if recipe is not None:
-            messages.append(recipe_message(recipe))
-        self.send(*messages)
+            self.send(recipe_message(recipe))
 
     def lease(self, deadline: float, grace: float, hold: bool = False) -> None:
         """Tell the dead-man switch the new lease deadline (monotonic clock); ``hold``:
         with the next message (the Start that follows at once: no job runs before)."""
+        self._stop_at = deadline - grace
         self.send(proto.Lease(deadline, grace), hold=hold)
 
     def signal(self, signum: int) -> None:
@@ -330,3 +373,6 @@ class KeeperHandle:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+            if self._gate is not None:
+                os.close(self._gate)
+                self._gate = None

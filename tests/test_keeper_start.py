@@ -1,6 +1,7 @@
 """The keeper's way from lelect's "start" to the job's exec on the network backends:
-one write carries the win (the lease, the start, the hand-back recipe), and the
-recipe's module loads only once the job is under way, not beside its start."""
+one write carries the win (the lease, the start), the hand-back recipe follows (after
+the job's gate, when there is one), and the recipe's module loads only once the job is
+under way, not beside its start."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ RECIPE = HandBack(module="tests._handback_probe", params={"election": "probe"}, 
                   election="probe")
 
 
-def test_a_win_is_one_write_to_the_keeper_lease_first():
-    """Held back, the lease goes with the start and the recipe: the keeper reads the
-    whole win at once (one record on a SOCK_SEQPACKET pair is one write)."""
+def test_a_win_is_one_write_to_the_keeper_lease_first_then_the_recipe():
+    """Held back, the lease goes with the start: the keeper reads the whole win at once
+    (one record on a SOCK_SEQPACKET pair is one write). The recipe comes next, on its
+    own: nothing the job's start waits for."""
     handle = KeeperHandle(KeeperConfig(command=("true",)))
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     handle._sock = ours
@@ -35,6 +37,8 @@ def test_a_win_is_one_write_to_the_keeper_lease_first():
         handle.start(7, recipe=RECIPE)
         assert proto.LineReader().feed(theirs.recv(65536)) == [
             proto.Lease(1234.5, 0.25), proto.Start(7, "-", -1),
+        ]
+        assert proto.LineReader().feed(theirs.recv(65536)) == [
             proto.Recipe('{"module":"tests._handback_probe","params":{"election":"probe"},'
                          '"budget":2.0,"election":"probe"}'),
         ]

@@ -1,9 +1,10 @@
-"""Where the keeper forks jobs in Python (lelect/libspawn.so was not built; here
-LELECT_SPAWN=fork), the candidate next in line (only the leader ahead of it) has its
-keeper fork the job early, so that a win costs no fork: on etcd and ZooKeeper, whose
-waiters each watch their predecessor. The others fork nothing; the early process runs
-nothing before the win and never outlives the candidate's place, its keeper or lelect.
-With the vfork spawn nobody forks early: a start costs less than an early process's."""
+"""The candidate next in line (only the leader ahead of it) has its keeper fork the job
+early, so that a win costs no fork: on etcd and ZooKeeper, whose waiters each watch their
+predecessor. With lelect/libspawn.so (the default) the early process waits at lelect's
+gate, and lelect itself lets it run (no keeper's wake-up between a win and its job);
+where the keeper forks in Python (here LELECT_SPAWN=fork) it waits for its keeper's word.
+The others fork nothing; the early process runs nothing before the win and never
+outlives the candidate's place, its keeper or lelect."""
 
 from __future__ import annotations
 
@@ -67,23 +68,30 @@ def candidate(target, tmp_path, name: str, *options: str, spawn: str = "fork"):
     return proc, OutputTail(proc.stderr)
 
 
-def test_with_the_vfork_spawn_nobody_forks_early_and_the_next_in_line_wins(
+def test_with_the_vfork_spawn_the_next_in_line_waits_at_the_gate_and_the_win_runs_it(
         queue_target, tmp_path):
     leader, _ = candidate(queue_target, tmp_path, "leader", spawn="vfork")
     leader_pid = started_pid(tmp_path, "leader")
     first, first_log = candidate(queue_target, tmp_path, "first", spawn="vfork")
     first_log.wait_for("waiting for")
-    # Told "next in line" (a Prepare) with its first look, or right after it: give the
-    # keeper its PREPARE_DELAY and more, then look for an early process.
+    second, second_log = candidate(queue_target, tmp_path, "second", spawn="vfork")
+    second_log.wait_for("waiting for")
+    early = wait_until(lambda: early_children(first), timeout=30,
+                       what="the next in line's keeper to fork the job")
+    assert len(early) == 1, early
     keeper = keeper_of(first)
-    wait_until(lambda: "libspawn.so" in open(f"/proc/{keeper.pid}/maps").read(), timeout=10,
-               what="the keeper to load lelect's vfork spawn")
-    with pytest.raises(AssertionError):
-        wait_until(lambda: early_children(first), timeout=1.0, what="an early process")
+    assert "libspawn.so" in open(f"/proc/{keeper.pid}/maps").read()
+    wait_until(lambda: keeper_of(second).children() == [], timeout=5,
+               what="the later candidate to fork nothing")
+    assert not (tmp_path / "first.started").exists()  # forked, not run
     (tmp_path / "leader.release").touch()
     assert leader.wait(timeout=30) == 0
     pid = started_pid(tmp_path, "first")
-    assert pid != leader_pid and os.getpgid(pid) == pid  # its own process group
+    assert pid == early[0] and pid != leader_pid and os.getpgid(pid) == pid
+    wait_until(lambda: len(early_children(second)) == 1, timeout=30,
+               what="the new next in line's keeper to fork the job")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=30) != 0
     (tmp_path / "first.release").touch()
     assert first.wait(timeout=30) == 0
 

@@ -1,16 +1,20 @@
-"""The keeper's two ways to start a job: lelect's vfork spawn (lelect/libspawn.so, built
-from lelect/_spawn.c when lelect is installed) and the Python fork it falls back to
-(LELECT_SPAWN=fork here). Both must hand the job the same process: its own group, the
-kernel's PR_SET_PDEATHSIG, default signal dispositions, no signal blocked, no descriptor
-but 0-2, exactly the environment it was given, and the same answers when it cannot run."""
+"""The keeper's three ways to start a job: lelect's vfork spawn (lelect/libspawn.so, built
+from lelect/_spawn.c when lelect is installed), the process the same library forks for
+the next in line to wait at lelect's gate ("gated": lelect itself lets it run), and the
+Python fork the keeper falls back to (LELECT_SPAWN=fork here). Each must hand the job the
+same process: its own group, the kernel's PR_SET_PDEATHSIG, default signal dispositions,
+no signal blocked, no descriptor but 0-2, exactly the environment it was given (its
+LELECT_TERM replaced, never doubled), and the same answers when it cannot run."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lelect import _keeper
@@ -18,7 +22,7 @@ from lelect import keeper_protocol as proto
 from lelect.supervisor import KeeperConfig, KeeperHandle
 from tests.helpers import pid_alive, wait_until, written_line
 
-MODES = ["vfork", "fork"]
+MODES = ["vfork", "gated", "fork"]
 
 
 def test_the_vfork_spawn_is_built_and_loads_here():
@@ -40,7 +44,19 @@ def keeper(mode: str, command: tuple[str, ...], env: dict[str, str] | None = Non
         env["LELECT_SPAWN"] = "fork"
     handle = KeeperHandle(KeeperConfig(command=command, program=program), env)
     handle.spawn()
+    if mode == "gated":
+        handle.prepare()  # next in line: the keeper forks the job's process to wait
+        handle.gated_pid = gated_child(handle)
     return handle
+
+
+def gated_child(handle: KeeperHandle) -> int:
+    """The pid of the job's process waiting at the keeper's gate (its only child)."""
+    def child():
+        kids = psutil.Process(handle.process.pid).children()
+        return kids[0].pid if kids else None
+
+    return wait_until(child, timeout=10, what="the keeper to fork the job's process")
 
 
 def first_event(handle: KeeperHandle):
@@ -54,13 +70,16 @@ def status_of(pid: int) -> dict[str, str]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_job_gets_a_clean_process_of_its_own(mode):
-    env = dict(os.environ, **{"odd.name": "kept", "EMPTY": ""})
+    # LELECT_TERM from outside (lelect run by a job of another lelect) is replaced.
+    env = dict(os.environ, **{"odd.name": "kept", "EMPTY": "", "LELECT_TERM": "99"})
     handle = keeper(mode, ("sleep", "60"), env, program=shutil.which("sleep"))
     try:
         handle.start(7)
         started = first_event(handle)
         assert isinstance(started, proto.Started), started
         job = started.pid
+        if mode == "gated":
+            assert job == handle.gated_pid  # the process forked early runs the job
         wait_until(lambda: status_of(job).get("Name") == "sleep", what="the job's exec")
         status = status_of(job)
         assert int(status["PPid"]) == handle.process.pid and os.getpgid(job) == job
@@ -76,6 +95,7 @@ def test_the_job_gets_a_clean_process_of_its_own(mode):
         # the new name shows).
         given = wait_until(lambda: environ() - {b""}, timeout=5, what="the job's environment")
         assert {b"odd.name=kept", b"EMPTY=", b"LELECT_TERM=7"} <= given
+        assert b"LELECT_TERM=99" not in given
         assert b"LELECT_SPAWN=fork" not in given or mode == "fork"
         # The kernel kills the job when its keeper dies, even by SIGKILL.
         os.kill(handle.process.pid, signal.SIGKILL)
@@ -142,5 +162,88 @@ def test_a_job_that_cannot_run_is_one_clear_failure(mode, case, reason, tmp_path
         failed = first_event(handle)
         assert isinstance(failed, proto.ExecFailed), failed
         assert failed.message == f"{command[0]}: {reason}"
+    finally:
+        handle.close()
+
+
+# -- the gate: what the process waiting at it does when lelect's word is late or never comes
+
+
+def test_a_gated_job_told_after_its_lease_could_run_out_never_runs(tmp_path):
+    """The lease's deadline less its grace had passed when lelect opened the gate (it
+    stalled between its renew and the start): the process exits unrun, and the keeper
+    says so as it would have for its own spawn."""
+    ran = tmp_path / "ran"
+    handle = keeper("gated", ("touch", str(ran)))
+    try:
+        handle.lease(time.monotonic() + 5, grace=10, hold=True)  # stop at: 5 s ago
+        handle.start(3)
+        exited = first_event(handle)
+        assert exited == proto.Exited(0, "unstarted"), exited
+        assert not ran.exists()
+        wait_until(lambda: not pid_alive(handle.gated_pid), timeout=5, what="the process to go")
+    finally:
+        handle.close()
+
+
+def test_a_gate_that_never_opens_runs_nothing_and_the_process_goes_at_the_lease_end(tmp_path):
+    """lelect sent the start but never opened the gate (it froze, say): the keeper waits
+    no longer than the lease, kills the waiting process and reports the job unstarted;
+    a word that comes later finds nobody to run."""
+    ran = tmp_path / "ran"
+    handle = keeper("gated", ("touch", str(ran)))
+    gate = handle._gate
+    handle._gate = None  # held back: start() opens nothing
+    try:
+        handle.lease(time.monotonic() + 1.0, grace=0.5, hold=True)
+        handle.start(3)
+        exited = first_event(handle)
+        assert exited == proto.Exited(0, "unstarted"), exited
+        assert not pid_alive(handle.gated_pid)
+        try:
+            os.write(gate, _keeper.gate_word(None, 3))
+        except BrokenPipeError:
+            pass  # nobody reads the gate any more
+        assert not ran.exists()
+    finally:
+        os.close(gate)
+        handle.close()
+
+
+def test_a_gated_job_that_ends_before_the_keeper_reads_its_start_ran_once(tmp_path):
+    """The job ran and exited while its keeper was stopped: the keeper, continued, reaps
+    it as the early process, then reads the start: the job's status, and no second run."""
+    runs = tmp_path / "runs"
+    handle = keeper("gated", ("sh", "-c", f"echo ran >> {runs}; exit 3"))
+    try:
+        os.kill(handle.process.pid, signal.SIGSTOP)
+        try:
+            handle.start(4)
+            written_line(runs, what="the job's run")
+            wait_until(lambda: psutil.Process(handle.gated_pid).status() == psutil.STATUS_ZOMBIE,
+                       timeout=10, what="the job to end")
+        finally:
+            os.kill(handle.process.pid, signal.SIGCONT)
+        started = first_event(handle)
+        assert started == proto.Started(handle.gated_pid), started
+        assert first_event(handle) == proto.Exited(3, "exit")
+        assert runs.read_text() == "ran\n"
+    finally:
+        handle.close()
+
+
+def test_a_gated_process_dropped_before_the_win_leaves_the_start_to_the_keeper(tmp_path):
+    """No longer next in line (Unprepare): the waiting process is killed unrun; a later
+    win is started by the keeper's own spawn (the gate went with that process)."""
+    runs = tmp_path / "runs"
+    handle = keeper("gated", ("sh", "-c", f"echo $$ >> {runs}"))
+    try:
+        early = handle.gated_pid
+        handle.prepare(False)
+        wait_until(lambda: not pid_alive(early), timeout=10, what="the early process to go")
+        handle.start(5)
+        started = first_event(handle)
+        assert isinstance(started, proto.Started) and started.pid != early, started
+        assert written_line(runs, what="the job's run").strip() == str(started.pid)
     finally:
         handle.close()
