@@ -400,7 +400,12 @@ class ZooKeeperBackend(Backend):
                 log.debug("releasing %s failed (%s): its session's end removes it",
                           leadership.node_path, type(exc).__name__)
                 break
-        self._forget(session, carry=not lost)
+        if released:
+            # The session's end (a write the server logs, and our client's threads
+            # stopping) waits until the next leader's job has started (tidy_up).
+            leadership.aftermath = lambda: self._forget(session, carry=not lost)
+        else:
+            self._forget(session, carry=not lost)
         if not released:
             # A server that restarts or thaws gives the old session a whole timeout
             # again: delete our node (by its unique name) as soon as it answers.
