@@ -551,7 +551,8 @@ class Keeper(LocalElection):
         self.load_at = time.monotonic() + HAND_BACK_LOAD_DELAY
         try:
             # Readable the moment the job exits: quicker than SIGCHLD via the wakeup fd.
-            self.job_pidfd = os.pidfd_open(pid)
+            # (Not for a job already reaped: its pid may be somebody else's by now.)
+            self.job_pidfd = os.pidfd_open(pid) if early is None else None
         except (AttributeError, OSError):
             self.job_pidfd = None
         self.give_terminal(pid)
@@ -638,11 +639,12 @@ class Keeper(LocalElection):
     def end_gated(self, pid, kill):
         """Reap the gated child that will not run the job (``kill``: it may still wait)."""
         if self.gated_status is None:
-            if kill:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            if kill:  # its group too: it may have just run the job after all
+                for kill_one in (os.killpg, os.kill):
+                    try:
+                        kill_one(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
