@@ -558,6 +558,8 @@ class Keeper(LocalElection):
         self.give_terminal(pid)
         if announce:
             self.send(self.proto.Started(pid))
+        if early is not None:
+            self.check_job()  # no exit, no SIGCHLD left to wake us for it
 
     def fork_early(self, prepare=False):
         """Won (the embedded backend, which starts the job itself) or next in line
