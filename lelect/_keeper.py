@@ -206,7 +206,7 @@ def fork_gated(program, argv, env, gate):
     describes, until lelect itself writes its word to the ``gate`` pipe (the time after
     which the job must not start, and its term: :func:`gate_word`) and closes it; that
     start needs no wake-up of the keeper. ``(pid, report)``: the child reports on
-    ``report`` as :func:`gated_outcome` reads it. OSError if it could not be forked."""
+    ``report`` as :func:`read_report` reads it. OSError if it could not be forked."""
     import ctypes
 
     report, report_w = os.pipe()  # close-on-exec: the exec (or the child's end) ends it
@@ -221,28 +221,42 @@ def fork_gated(program, argv, env, gate):
     return pid, report
 
 
-def gate_word(stop_at, term, slot=None, seat=None):
-    """What lelect writes to a gated job's gate: ``stop_at`` (monotonic seconds; None:
-    no bound) in nanoseconds, then its variables, NUL-separated."""
-    stop = 0 if stop_at is None else max(1, int(stop_at * 1e9))
-    return b"\0".join([str(stop).encode(), *_job_vars(term, slot, seat)])
+def gate_word(stop_at, deadline, term, slot=None, seat=None):
+    """What lelect writes to a gated job's gate: ``stop_at`` (after it the job must not
+    start) and the lease's ``deadline`` (monotonic seconds; None: no bound) in
+    nanoseconds, then the job's variables, NUL-separated."""
+    def ns(at):
+        return 0 if at is None else max(1, int(at * 1e9))
+
+    return b"\0".join([f"{ns(stop_at)},{ns(deadline)}".encode(), *_job_vars(term, slot, seat)])
 
 
-def gated_outcome(heard):
-    """What a gated child's report says: "run" (it was told, and its exec worked or it
-    is on its way to it), "untold" (it exited without a word: lelect never opened the
-    gate), "unstarted" (told too late: the lease could have run out) or the exec's
-    errno (an int)."""
-    if not heard:
-        return "untold"
-    if heard == b"R":
-        return "run"
-    if heard == b"RU":
-        return "unstarted"
+def read_report(heard, ended):
+    """What a gated child's report says so far: ``(lease, outcome)``. ``lease`` is
+    ``(stop_at, deadline)`` (monotonic seconds, None for no bound) once its first line
+    came (None before: it was not told yet); ``outcome``, once it ``ended`` (None
+    before): "run" (told, and its exec worked), "untold" (it exited without a word),
+    "unstarted" (told too late: the lease could have run out) or the exec's errno."""
+    head, newline, rest = heard.partition(b"\n")
+    lease = None
+    if newline and head.startswith(b"R"):
+        try:
+            stop, deadline = (int(field) for field in head[1:].split(b","))
+            lease = (stop / 1e9 if stop else None, deadline / 1e9 if deadline else None)
+        except ValueError:
+            lease = (None, None)  # garbled: the lease comes from lelect itself
+    if not ended:
+        return lease, None
+    if lease is None:
+        return None, "untold"
+    if not rest:
+        return lease, "run"
+    if rest == b"U":
+        return lease, "unstarted"
     try:
-        return int(heard[1:]) or errno.ENOEXEC
+        return lease, int(rest) or errno.ENOEXEC
     except ValueError:
-        return errno.EPROTO
+        return lease, errno.EPROTO
 
 
 def spawn_job(program, argv, env, term, slot=None, seat=None):
@@ -448,7 +462,10 @@ class Keeper(LocalElection):
         self.forked = None  # the job's process forked as the flock was won (fork_job)
         self.gate = None  # the read end of lelect's gate (fork_gated), until a child has it
         self.gated = None  # (pid, report) of the job's process waiting at the gate
-        self.gated_status = None  # its wait status, if it was reaped before the Start
+        self.gated_heard = b""  # what it reported so far (read_report)
+        self.gated_armed = False  # its report gave the lease: the dead-man switch has it
+        self.gated_status = None  # its wait status, if it was reaped before its report ended
+        self.start_pending = None  # a Start that came while it had not reported yet
         self.fork_at = None  # when to fork it, next in line (Prepare; PREPARE_DELAY)
         self.program = None
         self.tty = None
@@ -521,16 +538,8 @@ class Keeper(LocalElection):
                     os.write(2, (line + "\n").encode())
                 except OSError:
                     pass
-            pid = early = None
-            if self.gated is not None:
-                pid, early = self.run_gated()  # it checks the lease itself, as told
-                if pid is None and self.lease_too_short():
-                    pid = "unstarted"
-                if pid == "unstarted":
-                    self.job_done = True
-                    self.report(self.proto.Exited(0, "unstarted"))
-                    return
-            if pid is None and self.forked is not None:
+            pid = None
+            if self.forked is not None:
                 forked, self.forked = self.forked, None
                 try:
                     pid = run_forked_job(forked, term, slot, seat)
@@ -545,8 +554,12 @@ class Keeper(LocalElection):
             self.report(self.proto.ExecFailed(f"{self.command[0]}: {reason}"))
             self.job_done = True
             return
+        self.began(pid, announce=announce)
+
+    def began(self, pid, early=None, announce=True):
+        """The job runs as ``pid`` (``early``: its wait status, reaped already)."""
         self.job_pid = pid
-        if early is not None:  # it ran and ended before this Start was read
+        if early is not None:  # it ran and ended before we could look
             self.job_status = shell_status(early)
         self.load_at = time.monotonic() + HAND_BACK_LOAD_DELAY
         try:
@@ -602,41 +615,49 @@ class Keeper(LocalElection):
         finally:
             os.close(self.gate)
             self.gate = None
-        self.gated_status = None
+        self.gated_heard, self.gated_armed, self.gated_status = b"", False, None
 
-    def run_gated(self):
-        """At the Start: the gated child's outcome, as ``(pid, status)``: ``pid`` is its
-        pid if it runs the job (``status``: its wait status if it already ended), None
-        if it was never told (the job is spawned as without a gate), "unstarted" if it
-        was told too late; OSError if its exec failed. lelect opens the gate right
-        after it sends the Start, so the child's word follows at once; a child that has
-        not run by the lease's end never will (it is killed)."""
-        (pid, report), self.gated = self.gated, None
-        heard, timed_out = b"", False
-        try:
-            while True:
-                left = None
-                if self.lease_kill_at is not None:
-                    left = max(0.0, self.lease_kill_at - time.monotonic())
-                if not select.select([report], [], [], left)[0]:
-                    timed_out = True
-                    break
-                chunk = os.read(report, 64)
-                if not chunk:
-                    break
-                heard += chunk
-        finally:
-            os.close(report)
-        outcome = "unstarted" if timed_out else gated_outcome(heard)
+    def on_gated_report(self):
+        """The gated child said something, or ended its report. Its first line gives the
+        dead-man switch the lease (lelect opens the gate before it tells us the Start: the
+        lease must not wait on lelect); its end says whether the job runs."""
+        pid, report = self.gated
+        chunk = os.read(report, 256)
+        if chunk and len(self.gated_heard) < 256:  # (more is not the child's: ignored)
+            self.gated_heard += chunk
+            lease, _ = read_report(self.gated_heard, False)
+            if lease is not None and not self.gated_armed:
+                self.gated_armed = True
+                stop_at, deadline = lease
+                if deadline is not None and self.reason != "lease" and (
+                        self.lease_kill_at is None or deadline > self.lease_kill_at):
+                    self.lease_kill_at = deadline
+                    self.lease_stop_at = stop_at if stop_at is not None else deadline
+            return
+        if chunk:
+            return
+        os.close(report)
+        self.gated = None
+        _, outcome = read_report(self.gated_heard, True)
+        start = self.start_pending
         if outcome == "run":
-            status, self.gated_status = self.gated_status, None
-            return pid, status
-        self.end_gated(pid, kill=timed_out)
-        if outcome == "untold":
-            return None, None
+            status = self.gated_status
+            self.gated_status, self.gated_heard, self.gated_armed = None, b"", False
+            self.start_pending = self.fork_at = None
+            self.began(pid, early=status)
+            return
+        self.end_gated(pid, kill=False)  # it exits by itself (untold, too late, no exec)
+        if outcome == "untold":  # (killed from outside): a Start spawns the job itself
+            if start is not None:
+                self.handle(start)
+            return
+        self.fork_at = None
+        self.job_done = True
         if outcome == "unstarted":
-            return "unstarted", None
-        raise OSError(outcome, os.strerror(outcome))
+            self.report(self.proto.Exited(0, "unstarted"))
+        else:
+            self.release()
+            self.report(self.proto.ExecFailed(f"{self.command[0]}: {os.strerror(outcome)}"))
 
     def end_gated(self, pid, kill):
         """Reap the gated child that will not run the job (``kill``: it may still wait)."""
@@ -652,6 +673,7 @@ class Keeper(LocalElection):
             except ChildProcessError:
                 pass
         self.gated_status = None
+        self.gated_heard, self.gated_armed, self.start_pending = b"", False, None
 
     def give_terminal(self, pgid):
         """An interactive job reads the terminal: give its group the foreground."""
@@ -697,7 +719,7 @@ class Keeper(LocalElection):
             if pid == 0:
                 return
             if self.gated is not None and pid == self.gated[0] and not os.WIFSTOPPED(status):
-                self.gated_status = status  # what the Start makes of it (run_gated)
+                self.gated_status = status  # what its report's end makes of it
                 continue
             if self.forked is not None and pid == self.forked[0] and not os.WIFSTOPPED(status):
                 # The early child died untold (killed from outside): a start forks anew.
@@ -791,8 +813,13 @@ class Keeper(LocalElection):
             self.fork_at = None
             self.drop_early()
         elif isinstance(message, proto.Start):
+            if self.job_pid is not None or self.job_done:
+                return  # (a gated job told us itself that it runs)
             self.fork_at = None
-            if self.gated is None and self.lease_too_short():
+            if self.gated is not None:
+                self.start_pending = message  # its report says what became of it
+                return
+            if self.lease_too_short():
                 self.job_done = True
                 self.drop_early()
                 self.report(proto.Exited(0, "unstarted"))
@@ -859,6 +886,19 @@ class Keeper(LocalElection):
         os._exit(0)
 
     def timers(self, now):
+        if (self.gated is not None and self.lease_kill_at is not None
+                and (self.gated_armed or self.start_pending is not None)):
+            # Told (the job may run), or won and still untold: dead by the deadline.
+            if now < self.lease_kill_at:
+                return self.lease_kill_at
+            if self.gated_armed:
+                self.reason = "lease"
+            for kill_one in (os.killpg, os.kill):
+                try:
+                    kill_one(self.gated[0], signal.SIGKILL)
+                except OSError:
+                    pass
+            return None
         if self.job_pid is None or self.job_done:
             return None
         if self.lease_stop_at is not None and now >= self.lease_stop_at and not self.stopping:
@@ -951,6 +991,8 @@ class Keeper(LocalElection):
                 readers.append(self.record_pipe)
             if self.job_pidfd is not None and self.job_status is None:
                 readers.append(self.job_pidfd)
+            if self.gated is not None:
+                readers.append(self.gated[1])
             try:
                 ready, _, _ = select.select(readers, [], [], timeout)
             except InterruptedError:
@@ -959,6 +1001,8 @@ class Keeper(LocalElection):
                 self.drain_wakeups()
             if self.record_pipe is not None and self.record_pipe in ready:
                 self.on_recorded()
+            if self.gated is not None and self.gated[1] in ready:
+                self.on_gated_report()
             self.check_job()
             if self.ctrl in ready:
                 messages = self.read_ctrl()

@@ -217,16 +217,19 @@ static int same_name(const char *item, const char *extra)
 }
 
 /* The child of lelect_fork_gated: never returns. It waits for lelect's word on `gate`:
- * "STOP_AT\0NAME=value\0..." then EOF (STOP_AT: CLOCK_MONOTONIC nanoseconds after which
- * the job must not start, 0 for none; then what to add to its environment). What it
- * tells the keeper on `report` (close-on-exec: EOF alone after "R" means the exec
- * worked): nothing if the gate closed untold (it exits 0), "R" once told, then "U" if
- * STOP_AT had passed (it exits 0), or the exec's errno (it exits 127). */
+ * "STOP_AT,DEADLINE\0NAME=value\0..." then EOF (CLOCK_MONOTONIC nanoseconds: after
+ * STOP_AT the job must not start, 0 for no bound; DEADLINE is the lease's, for the
+ * keeper; then what to add to its environment). What it tells the keeper on `report`
+ * (close-on-exec: EOF right after the first line means the exec worked): nothing if
+ * the gate closed untold (it exits 0); once told, "R" and the word's first item and a
+ * newline (the keeper's dead-man switch has the lease before the job can run, whatever
+ * lelect does next), then "U" if STOP_AT had passed (it exits 0), or the exec's errno
+ * (it exits 127). */
 static void gated_child(char *const paths[], char *const argv[], char *const envp[],
                         char *const fallback[], pid_t keeper, const sigset_t *mask,
                         int gate, int report)
 {
-    char told[4096], code[16], *extra[8], *item;
+    char told[4096], code[16], head[64], *extra[8], *item;
     size_t have = 0, n = 0, k, j;
     ssize_t got;
     long long stop_at = 0;
@@ -250,7 +253,12 @@ static void gated_child(char *const paths[], char *const argv[], char *const env
         if (have == 0)
             _exit(0); /* never told (lelect is gone, or let this process go) */
         told[have] = '\0';
-        (void)!write(report, "R", 1);
+        head[0] = 'R';
+        for (len = 1, item = told; len < (int)sizeof head - 1 && *item != '\0'; item++)
+            if ((*item >= '0' && *item <= '9') || *item == ',')
+                head[len++] = *item;
+        head[len++] = '\n';
+        (void)!write(report, head, (size_t)len); /* one write: the keeper reads it whole */
         item = told;
         while (*item >= '0' && *item <= '9')
             stop_at = stop_at * 10 + (*item++ - '0');

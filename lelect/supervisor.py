@@ -184,8 +184,8 @@ class KeeperHandle:
         self._held: list[bytes] = []
         #: The write end of the job's gate (KeeperConfig.gated), until the Start.
         self._gate: int | None = None
-        #: When the job must no longer start (the last lease told, less its grace).
-        self._stop_at: float | None = None
+        #: The last lease told: (when the job must no longer start, its deadline).
+        self._lease: tuple[float | None, float | None] = (None, None)
 
     @property
     def autostart(self) -> bool:
@@ -276,15 +276,16 @@ class KeeperHandle:
 
     def _open_gate(self, term: int, slot: str | None, seat: int | None) -> None:
         """Let the job's process that waits at the gate run (if the keeper forked one:
-        else nobody reads this, and the keeper spawns the job on the Start). Only after
-        the Start went to the keeper: the dead-man switch knows the lease before the
-        job runs."""
+        else nobody reads this, and the keeper spawns the job on the Start). Before the
+        Start: the process tells the keeper the lease it was given before it execs, so
+        the dead-man switch has it whatever lelect does next, and the job's exec does
+        not wait for the keeper's wake-up."""
         with self._lock:
             gate, self._gate = self._gate, None
         if gate is None:
             return
         try:
-            os.write(gate, gate_word(self._stop_at, term, slot, seat))
+            os.write(gate, gate_word(*self._lease, term, slot, seat))
         except OSError:
             pass  # no process at the gate (the keeper dropped it): the keeper starts the job
         finally:
@@ -297,18 +298,18 @@ class KeeperHandle:
 
     def start(self, term: int, slot: str | None = None, seat: int | None = None,
               recipe: HandBack | None = None) -> None:
-        """Start the job (with whatever was held back, the lease above all: one write,
-        which the keeper reads at once; then the gate), then tell the keeper the
-        hand-back ``recipe``."""
-        if self.send(proto.Start(term, slot or "-", -1 if seat is None else seat)):
-            self._open_gate(term, slot, seat)
+        """Start the job: open its gate (where the keeper forked it early), then tell
+        the keeper (with whatever was held back, the lease above all: one write, which
+        it reads at once), then the hand-back ``recipe``."""
+        self._open_gate(term, slot, seat)
+        self.send(proto.Start(term, slot or "-", -1 if seat is None else seat))
         if recipe is not None:
             self.send(recipe_message(recipe))
 
     def lease(self, deadline: float, grace: float, hold: bool = False) -> None:
         """Tell the dead-man switch the new lease deadline (monotonic clock); ``hold``:
         with the next message (the Start that follows at once: no job runs before)."""
-        self._stop_at = deadline - grace
+        self._lease = (deadline - grace, deadline)
         self.send(proto.Lease(deadline, grace), hold=hold)
 
     def signal(self, signum: int) -> None:

@@ -187,9 +187,9 @@ def test_a_gated_job_told_after_its_lease_could_run_out_never_runs(tmp_path):
 
 
 def test_a_gate_that_never_opens_runs_nothing_and_the_process_goes_at_the_lease_end(tmp_path):
-    """lelect sent the start but never opened the gate (it froze, say): the keeper waits
-    no longer than the lease, kills the waiting process and reports the job unstarted;
-    a word that comes later finds nobody to run."""
+    """The keeper has the start but the gate never opened: the keeper waits no longer
+    than the lease, kills the waiting process and reports the job unstarted; a word
+    that comes later finds nobody to run."""
     ran = tmp_path / "ran"
     handle = keeper("gated", ("touch", str(ran)))
     gate = handle._gate
@@ -197,11 +197,11 @@ def test_a_gate_that_never_opens_runs_nothing_and_the_process_goes_at_the_lease_
     try:
         handle.lease(time.monotonic() + 1.0, grace=0.5, hold=True)
         handle.start(3)
-        exited = first_event(handle)
+        exited = handle.events.get(timeout=30)
         assert exited == proto.Exited(0, "unstarted"), exited
         assert not pid_alive(handle.gated_pid)
         try:
-            os.write(gate, _keeper.gate_word(None, 3))
+            os.write(gate, _keeper.gate_word(None, None, 3))
         except BrokenPipeError:
             pass  # nobody reads the gate any more
         assert not ran.exists()
@@ -245,5 +245,23 @@ def test_a_gated_process_dropped_before_the_win_leaves_the_start_to_the_keeper(t
         started = first_event(handle)
         assert isinstance(started, proto.Started) and started.pid != early, started
         assert written_line(runs, what="the job's run").strip() == str(started.pid)
+    finally:
+        handle.close()
+
+
+def test_the_dead_man_switch_has_the_lease_from_the_gated_job_itself(tmp_path):
+    """lelect opens the gate before it tells its keeper the start (the job's exec waits
+    on no wake-up of the keeper): the process at the gate gives the keeper the lease
+    before it execs. lelect frozen right after its gate (here: nothing more sent), the
+    keeper still stops the job by the lease, and says so."""
+    handle = keeper("gated", ("sleep", "60"), program=shutil.which("sleep"))
+    try:
+        handle.lease(time.monotonic() + 1.5, grace=0.5, hold=True)  # held: never sent
+        handle._open_gate(9, None, None)
+        started = first_event(handle)
+        assert started == proto.Started(handle.gated_pid), started
+        exited = handle.events.get(timeout=30)
+        assert exited == proto.Exited(128 + signal.SIGTERM, "lease"), exited
+        assert not pid_alive(handle.gated_pid)
     finally:
         handle.close()
