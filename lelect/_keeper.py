@@ -368,10 +368,23 @@ def drop_forked_job(forked):
     pid, go, report = forked
     os.close(go)
     os.close(report)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
+    end_child(pid, kill=True)
+
+
+def kill_group(pid):
+    """SIGKILL ``pid`` and its process group (it may have become the job, and the job
+    may have started others)."""
+    for kill_one in (os.killpg, os.kill):
+        try:
+            kill_one(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def end_child(pid, kill=False):
+    """Wait for our child ``pid`` to end; ``kill``: :func:`kill_group` it first."""
+    if kill:
+        kill_group(pid)
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:
@@ -662,16 +675,7 @@ class Keeper(LocalElection):
     def end_gated(self, pid, kill):
         """Reap the gated child that will not run the job (``kill``: it may still wait)."""
         if self.gated_status is None:
-            if kill:  # its group too: it may have just run the job after all
-                for kill_one in (os.killpg, os.kill):
-                    try:
-                        kill_one(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+            end_child(pid, kill=kill)
         self.gated_status = None
         self.gated_heard, self.gated_armed, self.start_pending = b"", False, None
 
@@ -893,11 +897,7 @@ class Keeper(LocalElection):
                 return self.lease_kill_at
             if self.gated_armed:
                 self.reason = "lease"
-            for kill_one in (os.killpg, os.kill):
-                try:
-                    kill_one(self.gated[0], signal.SIGKILL)
-                except OSError:
-                    pass
+            kill_group(self.gated[0])  # (reaped as its report ends)
             return None
         if self.job_pid is None or self.job_done:
             return None
