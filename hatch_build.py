@@ -19,13 +19,16 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 SOURCE = Path("lelect") / "_spawn.c"
 LIBRARY = Path("lelect") / "libspawn.so"
+#: The program the job's process of the candidate next in line waits as (the same source).
+PROGRAM = Path("lelect") / "lelect-gate"
 
 
-def compile_library(root: Path, out: Path) -> str | None:
-    """Compile SOURCE into ``out``; None if that worked, else why not (one line)."""
+def compile_library(root: Path, out: Path, program: bool = False) -> str | None:
+    """Compile SOURCE into ``out`` (the library; ``program``: the gate program); None if
+    that worked, else why not (one line)."""
     compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
-    command = [*compiler, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(out),
-               str(root / SOURCE)]
+    kind = ["-DLELECT_GATE_PROGRAM"] if program else ["-shared", "-fPIC"]
+    command = [*compiler, "-O2", "-Wall", *kind, "-o", str(out), str(root / SOURCE)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -45,10 +48,11 @@ class SpawnLibraryHook(BuildHookInterface):
             return
         root = Path(self.root)
         if version == "editable":
-            out = root / LIBRARY
+            out, gate = root / LIBRARY, root / PROGRAM
         else:
-            out = Path(tempfile.mkdtemp(prefix="lelect-build-")) / LIBRARY.name
-        why = compile_library(root, out)
+            built = Path(tempfile.mkdtemp(prefix="lelect-build-"))
+            out, gate = built / LIBRARY.name, built / PROGRAM.name
+        why = compile_library(root, out) or compile_library(root, gate, program=True)
         if why is not None:
             self.app.display_warning(
                 f"lelect: cannot build {LIBRARY} ({why}); the keeper will fork jobs in"
@@ -58,3 +62,4 @@ class SpawnLibraryHook(BuildHookInterface):
         build_data["infer_tag"] = True
         if version != "editable":
             build_data["force_include"][str(out)] = str(LIBRARY)
+            build_data["force_include"][str(gate)] = str(PROGRAM)

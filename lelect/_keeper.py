@@ -122,11 +122,14 @@ def child_pids():
 #: lelect_spawn of lelect/libspawn.so (built from _spawn.c when lelect was installed):
 #: vfork and exec, the child set up as :func:`fork_job` describes; None: fork in Python.
 SPAWN = None
-#: lelect_fork_gated of the same library: the job's process forked, set up, to wait for
-#: lelect's own word on the gate pipe (:func:`fork_gated`); None: not there.
+#: lelect_spawn_gate of the same library: the job's process started, set up, as the gate
+#: program (:data:`GATE_PROGRAM`), to wait for lelect's own word (:func:`fork_gated`);
+#: None: not there.
 FORK_GATED = None
 #: Where the keeper finds it (beside this file).
 SPAWN_LIBRARY = "libspawn.so"
+#: The gate program, built from the same source (beside this file too).
+GATE_PROGRAM = "lelect-gate"
 
 
 def spawn_library():
@@ -158,20 +161,21 @@ def load_spawn():
     spawn.argtypes = [strings, strings, strings, strings, ctypes.POINTER(ctypes.c_int)]
     spawn.restype = ctypes.c_int
     SPAWN = spawn
-    gated = getattr(library, "lelect_fork_gated", None)
-    if gated is not None:
-        gated.argtypes = [strings, strings, strings, strings, ctypes.c_int, ctypes.c_int,
+    gated = getattr(library, "lelect_spawn_gate", None)
+    if gated is not None and os.access(os.path.join(os.path.dirname(path), GATE_PROGRAM),
+                                       os.X_OK):
+        gated.argtypes = [ctypes.c_char_p, strings, strings, ctypes.c_int, ctypes.c_int,
                           ctypes.POINTER(ctypes.c_int)]
         gated.restype = ctypes.c_int
         FORK_GATED = gated
     return True
 
 
-def _c_arguments(program, argv, env):
-    """``(paths, argv, envp, fallback)`` for the C library: NULL-ended C string arrays
-    (fallback None when there is none); OSError if a string holds a NUL."""
-    import ctypes
-
+def _exec_lists(program, argv, env):
+    """``(paths, argv, envp, fallback)`` as lists of bytes: the candidates to exec (the
+    program, or it on each directory of the job's ``PATH``), the arguments, the
+    environment, and the ``/bin/sh`` command for a text without ``#!`` (None where the
+    program was looked up); OSError if a string holds a NUL."""
     program = os.fsencode(program)
     argv = [os.fsencode(arg) for arg in argv]
     if b"/" in program:
@@ -180,14 +184,17 @@ def _c_arguments(program, argv, env):
     else:  # execvpe's search, over the job's own PATH
         paths = [os.path.join(os.fsencode(d), program) for d in os.get_exec_path(env)]
         fallback = None
-
-    def strings(items):
-        return (ctypes.c_char_p * (len(items) + 1))(*items, None) if items is not None else None
-
     envp = [name + b"=" + value for name, value in env.items()]
     if any(b"\0" in item for item in (program, *argv, *envp)):  # C strings end there
         raise OSError(errno.EINVAL, "embedded null byte")
-    return strings(paths), strings(argv), strings(envp), strings(fallback)
+    return paths, argv, envp, fallback
+
+
+def _c_strings(items):
+    """A NULL-ended C array of ``items`` (bytes), or None for None."""
+    import ctypes
+
+    return (ctypes.c_char_p * (len(items) + 1))(*items, None) if items is not None else None
 
 
 def _vspawn(program, argv, env):
@@ -195,24 +202,34 @@ def _vspawn(program, argv, env):
     import ctypes
 
     error = ctypes.c_int(0)
-    pid = SPAWN(*_c_arguments(program, argv, env), ctypes.byref(error))
+    pid = SPAWN(*map(_c_strings, _exec_lists(program, argv, env)), ctypes.byref(error))
     if pid < 0:
         raise OSError(error.value, os.strerror(error.value))
     return pid
 
 
 def fork_gated(program, argv, env, gate):
-    """Fork the job's process (lelect_fork_gated) to wait, set up as :func:`fork_job`
-    describes, until lelect itself writes its word to the ``gate`` pipe (the time after
-    which the job must not start, and its term: :func:`gate_word`) and closes it; that
-    start needs no wake-up of the keeper. ``(pid, report)``: the child reports on
-    ``report`` as :func:`read_report` reads it. OSError if it could not be forked."""
+    """Start the job's process as the gate program (lelect_spawn_gate: a vfork and exec
+    of a few pages of C, set up as :func:`fork_job` describes, every signal blocked), to
+    wait until lelect itself writes its word to the ``gate`` pipe (the times after which
+    the job must not start and its lease ends, and its term: :func:`gate_word`) and
+    closes it; then it execs the job, which needs no wake-up of the keeper.
+    ``(pid, report)``: the process reports on ``report`` as :func:`read_report` reads
+    it. OSError if it could not be started."""
     import ctypes
 
-    report, report_w = os.pipe()  # close-on-exec: the exec (or the child's end) ends it
+    paths, args, envp, fallback = _exec_lists(program, argv, env)
+    report, report_w = os.pipe()  # close-on-exec: the job's exec (or the end) ends it
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    mask = ",".join(str(int(sig)) for sig in sorted(blocked)) or "-"
+    helper = os.fsencode(os.path.join(os.path.dirname(os.path.abspath(__file__)), GATE_PROGRAM))
+    words = [helper, str(gate).encode(), str(report_w).encode(), mask.encode(),
+             str(len(paths)).encode(), *paths, str(len(fallback or ())).encode(),
+             *(fallback or ()), b"--", *args]
     error = ctypes.c_int(0)
     try:
-        pid = FORK_GATED(*_c_arguments(program, argv, env), gate, report_w, ctypes.byref(error))
+        pid = FORK_GATED(helper, _c_strings(words), _c_strings(envp), gate, report_w,
+                         ctypes.byref(error))
     finally:
         os.close(report_w)
     if pid < 0:

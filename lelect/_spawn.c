@@ -14,9 +14,11 @@
  * shares the keeper's memory until the exec, so the child here calls nothing but system
  * calls and writes nothing but `*error` (the keeper waits, suspended, until the exec).
  *
- * The same set-up serves lelect_fork_gated: a fork (the child waits, so no vfork) of the
- * job's process for the candidate next in line, which waits at lelect's gate and execs
- * when lelect itself writes its word there (docs/backends.md, "The next in line").
+ * The same set-up serves lelect_spawn_gate: the job's process for the candidate next in
+ * line, started as the gate program (this file built with -DLELECT_GATE_PROGRAM, as
+ * lelect/lelect-gate), which waits at lelect's gate and execs the job when lelect itself
+ * writes its word there (docs/backends.md, "The next in line"). A program of its own, not
+ * a fork of the keeper: a waiting fork would count the keeper's pages again.
  *
  * A plain shared library (no Python API): the keeper calls it with ctypes, and builds
  * without Python's headers. Linux only, as the keeper is. Optional: without it (no
@@ -206,6 +208,7 @@ pid_t lelect_spawn(char *const paths[], char *const argv[], char *const envp[],
     return pid;
 }
 
+#ifdef LELECT_GATE_PROGRAM /* the waiting program's part (cc -DLELECT_GATE_PROGRAM) */
 /* True when `item` ("NAME=value") names the variable `extra` ("NAME=...") sets. */
 static int same_name(const char *item, const char *extra)
 {
@@ -216,7 +219,7 @@ static int same_name(const char *item, const char *extra)
     return *extra == '=' && *item == '=';
 }
 
-/* The child of lelect_fork_gated: never returns. It waits for lelect's word on `gate`:
+/* The gate program's wait (set up already by lelect_spawn_gate): never returns. It waits for lelect's word on `gate`:
  * "STOP_AT,DEADLINE\0NAME=value\0..." then EOF (CLOCK_MONOTONIC nanoseconds: after
  * STOP_AT the job must not start, 0 for no bound; DEADLINE is the lease's, for the
  * keeper; then what to add to its environment). What it tells the keeper on `report`
@@ -225,20 +228,17 @@ static int same_name(const char *item, const char *extra)
  * newline (the keeper's dead-man switch has the lease before the job can run, whatever
  * lelect does next), then "U" if STOP_AT had passed (it exits 0), or the exec's errno
  * (it exits 127). */
-static void gated_child(char *const paths[], char *const argv[], char *const envp[],
-                        char *const fallback[], pid_t keeper, const sigset_t *mask,
-                        int gate, int report)
+static void gated_wait(char *const paths[], char *const argv[], char *const envp[],
+                       char *const fallback[], const sigset_t *mask, int gate, int report)
 {
     char told[4096], code[16], head[64], *extra[8], *item;
     size_t have = 0, n = 0, k, j;
     ssize_t got;
     long long stop_at = 0;
     struct timespec now;
-    int failed = set_up(keeper, gate, report), len, extras = 0;
+    int failed = 0, len, extras = 0;
 
-    if (failed < 0)
-        _exit(0);
-    if (failed == 0) {
+    {
         for (;;) {
             got = read(gate, told + have, sizeof told - 1 - have);
             if (got < 0 && errno == EINTR)
@@ -294,7 +294,7 @@ static void gated_child(char *const paths[], char *const argv[], char *const env
         }
     }
     len = sizeof code;
-    do { /* the errno in decimal (no stdio in a forked child) */
+    do { /* the errno in decimal (no stdio before an exec) */
         code[--len] = (char)('0' + failed % 10);
         failed /= 10;
     } while (failed > 0 && len > 0);
@@ -302,13 +302,18 @@ static void gated_child(char *const paths[], char *const argv[], char *const env
     _exit(127);
 }
 
-/* Fork the job's process to wait, set up, for lelect's word on `gate` (gated_child):
- * its pid, or -1 with the errno in *error_out. A fork, not a vfork: the child waits. The
- * child runs nothing but system calls (no allocation, no lock) until its exec. */
-pid_t lelect_fork_gated(char *const paths[], char *const argv[], char *const envp[],
-                        char *const fallback[], int gate, int report, int *error_out)
+#endif
+
+/* Start the gate program (LELECT_GATE_PROGRAM below), set up as the job's process is
+ * (set_up), with `gate` and `report` kept open across its exec and every signal still
+ * blocked: its pid, or -1 with the errno in *error_out (the program could not be run).
+ * A vfork, as lelect_spawn: the keeper's pages are not copied (a waiting process that
+ * is a fork of the keeper counts its memory again); the program is a few pages of C. */
+pid_t lelect_spawn_gate(const char *program, char *const argv[], char *const envp[],
+                        int gate, int report, int *error_out)
 {
     sigset_t all, mask;
+    volatile int error = 0;
     pid_t keeper = getpid(), pid;
     int saved;
 
@@ -317,16 +322,99 @@ pid_t lelect_fork_gated(char *const paths[], char *const argv[], char *const env
         *error_out = errno;
         return -1;
     }
-    pid = fork();
-    if (pid == 0)
-        gated_child(paths, argv, envp, fallback, keeper, &mask, gate, report);
+    pid = vfork();
+    if (pid == 0) {
+        int failed = set_up(keeper, gate, report);
+        if (failed < 0)
+            _exit(0);
+        if (failed == 0 && (fcntl(gate, F_SETFD, 0) != 0 || fcntl(report, F_SETFD, 0) != 0))
+            failed = errno;
+        if (failed == 0) {
+            execve(program, argv, envp); /* every signal still blocked: the program's to lift */
+            failed = errno;
+        }
+        error = failed ? failed : ENOEXEC;
+        _exit(127);
+    }
     saved = errno;
     pthread_sigmask(SIG_SETMASK, &mask, NULL);
     if (pid < 0) {
         *error_out = saved;
         return -1;
     }
-    setpgid(pid, pid); /* as shells do: the group exists whoever runs first */
+    if (error != 0) {
+        *error_out = error;
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return -1;
+    }
     *error_out = 0;
     return pid;
 }
+
+#ifdef LELECT_GATE_PROGRAM
+extern char **environ;
+
+/* A non-negative decimal, or -1. */
+static long number(const char *text)
+{
+    long value = 0;
+
+    if (*text == '\0')
+        return -1;
+    for (; *text != '\0'; text++) {
+        if (*text < '0' || *text > '9' || value > 100000000L)
+            return -1;
+        value = value * 10 + (*text - '0');
+    }
+    return value;
+}
+
+/* lelect-gate GATE REPORT MASK NPATHS PATH... NFALLBACK FALLBACK... -- ARGV...
+ * (the keeper's lelect_spawn_gate; MASK: the signals the job starts with blocked, as
+ * numbers joined by commas, "-" for none; the environment is the job's). It waits at
+ * the gate as gated_wait says, every signal blocked. */
+int main(int argc, char **argv)
+{
+    char *paths[argc], *fallback[argc], **job;
+    long gate, report, count, i;
+    int at = 4, sig;
+    sigset_t mask;
+    const char *item;
+
+    if (argc < 7)
+        return 127;
+    gate = number(argv[1]);
+    report = number(argv[2]);
+    count = number(argv[4]);
+    if (gate < 3 || report < 3 || count < 1 || count > argc - 7)
+        return 127;
+    sigemptyset(&mask);
+    for (item = argv[3]; *item != '\0' && *item != '-';) {
+        for (sig = 0; *item >= '0' && *item <= '9'; item++)
+            sig = sig * 10 + (*item - '0');
+        if (sig > 0 && sig < NSIG)
+            sigaddset(&mask, sig);
+        if (*item == ',')
+            item++;
+        else
+            break;
+    }
+    for (i = 0; i < count; i++)
+        paths[i] = argv[++at];
+    paths[count] = NULL;
+    count = number(argv[++at]);
+    if (count < 0 || at + count + 2 >= argc)
+        return 127;
+    for (i = 0; i < count; i++)
+        fallback[i] = argv[++at];
+    fallback[count] = NULL;
+    if (strcmp(argv[++at], "--") != 0)
+        return 127;
+    job = argv + at + 1;
+    if (fcntl((int)report, F_SETFD, FD_CLOEXEC) != 0) /* the job's exec ends the report */
+        return 127;
+    gated_wait(paths, job, environ, count ? fallback : NULL, &mask, (int)gate, (int)report);
+    return 127;
+}
+#endif

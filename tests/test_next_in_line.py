@@ -81,6 +81,8 @@ def test_with_the_vfork_spawn_the_next_in_line_waits_at_the_gate_and_the_win_run
     assert len(early) == 1, early
     keeper = keeper_of(first)
     assert "libspawn.so" in open(f"/proc/{keeper.pid}/maps").read()
+    # It waits as the gate program, not as a fork of the keeper (whose pages it would count).
+    assert psutil.Process(early[0]).cmdline()[0].endswith("/lelect-gate")
     wait_until(lambda: keeper_of(second).children() == [], timeout=5,
                what="the later candidate to fork nothing")
     assert not (tmp_path / "first.started").exists()  # forked, not run

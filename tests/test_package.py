@@ -95,6 +95,15 @@ def test_the_installed_package_is_the_wheels_and_ships_py_typed(installed):
     assert str(installed) in where and typed == "True", out.stdout + out.stderr
 
 
+def test_the_wheel_ships_the_spawn_library_and_the_gate_program_executable(installed):
+    """Built with the wheel (hatch_build.py): without them the keeper falls back, silently
+    slower; the gate program must keep its exec bit through the wheel."""
+    out = run_in(installed, "-c", "import lelect, os, pathlib;"
+                 " p = pathlib.Path(lelect.__file__).parent;"
+                 " print((p / 'libspawn.so').is_file(), os.access(p / 'lelect-gate', os.X_OK))")
+    assert out.stdout.split() == ["True", "True"], out.stdout + out.stderr
+
+
 def test_metadata_license_classifiers_and_urls(installed):
     out = run_in(installed, "-c", textwrap.dedent("""
         from importlib.metadata import distribution

@@ -28,12 +28,15 @@ MODES = ["vfork", "gated", "fork"]
 def test_the_vfork_spawn_is_built_and_loads_here():
     """This checkout was installed with a C compiler (tests/run.sh): without the
     library every job would be forked in Python, silently slower."""
-    assert (Path(_keeper.__file__).parent / _keeper.SPAWN_LIBRARY).exists()
-    saved = _keeper.SPAWN
+    here = Path(_keeper.__file__).parent
+    assert (here / _keeper.SPAWN_LIBRARY).exists()
+    assert os.access(here / _keeper.GATE_PROGRAM, os.X_OK)
+    saved = _keeper.SPAWN, _keeper.FORK_GATED
     try:
         assert _keeper.load_spawn()
+        assert _keeper.FORK_GATED is not None
     finally:
-        _keeper.SPAWN = saved
+        _keeper.SPAWN, _keeper.FORK_GATED = saved
 
 
 def keeper(mode: str, command: tuple[str, ...], env: dict[str, str] | None = None,
