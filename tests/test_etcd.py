@@ -439,8 +439,12 @@ def test_a_claim_read_behind_the_deletion_it_follows_is_asked_again_linearizably
         first.release()
         campaigner.join(10)
         second = won[0]
-        assert [quick for quick, _ in sent] == [True, False]
-        assert sent[1][1] > 1
+        # Each serializable claim read "behind" is asked again linearizably. (A waiter
+        # that wakes for its own lease before the deletion claims, and fails, once more:
+        # under load that came first in a CI run.)
+        quick = [quick for quick, _ in sent]
+        assert quick and quick == [True, False] * (len(quick) // 2), sent
+        assert sent[-1][1] > 1
         assert second.term > first.term
         second.release()
 
