@@ -174,26 +174,13 @@ static void child(char *const paths[], char *const argv[], char *const envp[],
     _exit(127);
 }
 
-/* Start the job: its pid, or -1 with the exec's errno in *error_out (the child is then
- * reaped). `paths`, `argv`, `envp` and `fallback` (NULL: none) end with NULL. */
-pid_t lelect_spawn(char *const paths[], char *const argv[], char *const envp[],
-                   char *const fallback[], int *error_out)
+/* The keeper's side after a vfork (the child has exec'd, or failed: `error`, set by the
+ * child, says why): the signal mask back to `mask`; the pid, or -1 with the errno in
+ * *error_out (a failed child reaped). `saved`: the vfork's errno. */
+static pid_t after_vfork(pid_t pid, int saved, const sigset_t *mask, int error,
+                         int *error_out)
 {
-    sigset_t all, mask;
-    volatile int error = 0;
-    pid_t keeper = getpid(), pid;
-    int saved;
-
-    sigfillset(&all);
-    if (pthread_sigmask(SIG_SETMASK, &all, &mask) != 0) {
-        *error_out = errno;
-        return -1;
-    }
-    pid = vfork();
-    if (pid == 0)
-        child(paths, argv, envp, fallback, keeper, &mask, &error);
-    saved = errno;
-    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+    pthread_sigmask(SIG_SETMASK, mask, NULL);
     if (pid < 0) {
         *error_out = saved;
         return -1;
@@ -206,6 +193,26 @@ pid_t lelect_spawn(char *const paths[], char *const argv[], char *const envp[],
     }
     *error_out = 0;
     return pid;
+}
+
+/* Start the job: its pid, or -1 with the exec's errno in *error_out (the child is then
+ * reaped). `paths`, `argv`, `envp` and `fallback` (NULL: none) end with NULL. */
+pid_t lelect_spawn(char *const paths[], char *const argv[], char *const envp[],
+                   char *const fallback[], int *error_out)
+{
+    sigset_t all, mask;
+    volatile int error = 0;
+    pid_t keeper = getpid(), pid;
+
+    sigfillset(&all);
+    if (pthread_sigmask(SIG_SETMASK, &all, &mask) != 0) {
+        *error_out = errno;
+        return -1;
+    }
+    pid = vfork();
+    if (pid == 0)
+        child(paths, argv, envp, fallback, keeper, &mask, &error);
+    return after_vfork(pid, errno, &mask, error, error_out);
 }
 
 #ifdef LELECT_GATE_PROGRAM /* the waiting program's part (cc -DLELECT_GATE_PROGRAM) */
@@ -315,7 +322,6 @@ pid_t lelect_spawn_gate(const char *program, char *const argv[], char *const env
     sigset_t all, mask;
     volatile int error = 0;
     pid_t keeper = getpid(), pid;
-    int saved;
 
     sigfillset(&all);
     if (pthread_sigmask(SIG_SETMASK, &all, &mask) != 0) {
@@ -336,20 +342,7 @@ pid_t lelect_spawn_gate(const char *program, char *const argv[], char *const env
         error = failed ? failed : ENOEXEC;
         _exit(127);
     }
-    saved = errno;
-    pthread_sigmask(SIG_SETMASK, &mask, NULL);
-    if (pid < 0) {
-        *error_out = saved;
-        return -1;
-    }
-    if (error != 0) {
-        *error_out = error;
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        return -1;
-    }
-    *error_out = 0;
-    return pid;
+    return after_vfork(pid, errno, &mask, error, error_out);
 }
 
 #ifdef LELECT_GATE_PROGRAM
