@@ -123,9 +123,9 @@ def child_pids():
 #: vfork and exec, the child set up as :func:`fork_job` describes; None: fork in Python.
 SPAWN = None
 #: lelect_spawn_gate of the same library: the job's process started, set up, as the gate
-#: program (:data:`GATE_PROGRAM`), to wait for lelect's own word (:func:`fork_gated`);
+#: program (:data:`GATE_PROGRAM`), to wait for lelect's own word (:func:`spawn_gated`);
 #: None: not there.
-FORK_GATED = None
+SPAWN_GATE = None
 #: Where the keeper finds it (beside this file).
 SPAWN_LIBRARY = "libspawn.so"
 #: The gate program, built from the same source (beside this file too).
@@ -149,7 +149,7 @@ def load_spawn():
     path = spawn_library()
     if path is None:
         return False
-    global FORK_GATED
+    global SPAWN_GATE
     try:
         import ctypes
 
@@ -167,7 +167,7 @@ def load_spawn():
         gated.argtypes = [ctypes.c_char_p, strings, strings, ctypes.c_int, ctypes.c_int,
                           ctypes.POINTER(ctypes.c_int)]
         gated.restype = ctypes.c_int
-        FORK_GATED = gated
+        SPAWN_GATE = gated
     return True
 
 
@@ -208,7 +208,7 @@ def _vspawn(program, argv, env):
     return pid
 
 
-def fork_gated(program, argv, env, gate):
+def spawn_gated(program, argv, env, gate):
     """Start the job's process as the gate program (lelect_spawn_gate: a vfork and exec
     of a few pages of C, set up as :func:`fork_job` describes, every signal blocked), to
     wait until lelect itself writes its word to the ``gate`` pipe (the times after which
@@ -228,7 +228,7 @@ def fork_gated(program, argv, env, gate):
              *(fallback or ()), b"--", *args]
     error = ctypes.c_int(0)
     try:
-        pid = FORK_GATED(helper, _c_strings(words), _c_strings(envp), gate, report_w,
+        pid = SPAWN_GATE(helper, _c_strings(words), _c_strings(envp), gate, report_w,
                          ctypes.byref(error))
     finally:
         os.close(report_w)
@@ -490,7 +490,7 @@ class Keeper(LocalElection):
         self.job_pidfd = None
         self.job_env = None  # the environment and the program, read before winning
         self.forked = None  # the job's process forked as the flock was won (fork_job)
-        self.gate = None  # the read end of lelect's gate (fork_gated), until a child has it
+        self.gate = None  # the read end of lelect's gate (spawn_gated), until a child has it
         self.gated = None  # (pid, report) of the job's process waiting at the gate
         self.gated_heard = b""  # what it reported so far (read_report)
         self.gated_armed = False  # its report gave the lease: the dead-man switch has it
@@ -613,8 +613,8 @@ class Keeper(LocalElection):
         asked = prepare or self.options.get("autostart") == "1"
         if prepare and SPAWN is not None:
             # A vfork start costs less than waking a process forked early: only one that
-            # lelect wakes itself (no hop through the keeper) is worth forking.
-            self.fork_gated_job()
+            # lelect wakes itself (no hop through the keeper) is worth starting early.
+            self.spawn_gated_job()
             return
         if self.command and asked and self.forked is None:
             try:
@@ -633,19 +633,19 @@ class Keeper(LocalElection):
             os.close(report)
             self.end_gated(pid, kill=True)
 
-    def fork_gated_job(self):
-        """Next in line: fork the job's process to wait at lelect's gate (one per
+    def spawn_gated_job(self):
+        """Next in line: start the job's process to wait at lelect's gate (one per
         keeper: the gate goes with it)."""
         if self.gate is None or self.gated is not None or not self.command:
             return
         try:
-            self.gated = fork_gated(self.program, self.command, self.job_env, self.gate)
+            self.gated = spawn_gated(self.program, self.command, self.job_env, self.gate)
         except OSError:
             self.gated = None  # the Start spawns the job as without a gate
         finally:
             os.close(self.gate)
             self.gate = None
-        self.gated_heard, self.gated_armed, self.gated_status = b"", False, None
+        self.forget_gated()
 
     def on_gated_report(self):
         """The gated child said something, or ended its report. Its first line gives the
@@ -672,8 +672,8 @@ class Keeper(LocalElection):
         start = self.start_pending
         if outcome == "run":
             status = self.gated_status
-            self.gated_status, self.gated_heard, self.gated_armed = None, b"", False
-            self.start_pending = self.fork_at = None
+            self.forget_gated()
+            self.fork_at = None
             self.began(pid, early=status)
             return
         self.end_gated(pid, kill=False)  # it exits by itself (untold, too late, no exec)
@@ -693,8 +693,12 @@ class Keeper(LocalElection):
         """Reap the gated child that will not run the job (``kill``: it may still wait)."""
         if self.gated_status is None:
             end_child(pid, kill=kill)
-        self.gated_status = None
-        self.gated_heard, self.gated_armed, self.start_pending = b"", False, None
+        self.forget_gated()
+
+    def forget_gated(self):
+        """What the keeper knew of a gated child: nothing (a new one, or it is gone)."""
+        self.gated_heard, self.gated_armed, self.gated_status = b"", False, None
+        self.start_pending = None
 
     def give_terminal(self, pgid):
         """An interactive job reads the terminal: give its group the foreground."""
@@ -840,7 +844,9 @@ class Keeper(LocalElection):
             if self.gated is not None:
                 self.start_pending = message  # its report says what became of it
                 return
-            if self.lease_too_short():
+            if self.lease_stop_at is not None and time.monotonic() >= self.lease_stop_at:
+                # The lease could run out before the job got anywhere (lelect stalled
+                # between its renew and this message): a job never starts on it.
                 self.job_done = True
                 self.drop_early()
                 self.report(proto.Exited(0, "unstarted"))
@@ -868,11 +874,6 @@ class Keeper(LocalElection):
         elif isinstance(message, proto.Exit):
             self.released_by_lelect = True
             self.shutdown()
-
-    def lease_too_short(self):
-        """The lease could run out before the job got anywhere (lelect stalled between
-        its renew and the Start): a job never starts on it."""
-        return self.lease_stop_at is not None and time.monotonic() >= self.lease_stop_at
 
     def on_terminate(self):
         """SIGTERM (lelect gives up its campaign): a job that already runs gets the
@@ -975,7 +976,7 @@ class Keeper(LocalElection):
             if gate:
                 self.gate = int(gate)
                 os.set_inheritable(self.gate, False)
-                if FORK_GATED is None:  # the job starts as without a gate
+                if SPAWN_GATE is None:  # the job starts as without a gate
                     os.close(self.gate)
                     self.gate = None
         if "lock" in self.options:

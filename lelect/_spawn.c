@@ -245,60 +245,58 @@ static void gated_wait(char *const paths[], char *const argv[], char *const envp
     struct timespec now;
     int failed = 0, len, extras = 0;
 
+    for (;;) {
+        got = read(gate, told + have, sizeof told - 1 - have);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        have += (size_t)got;
+        if (have == sizeof told - 1)
+            break; /* more than any word of lelect's: what came is read as it is */
+    }
+    close(gate);
+    if (have == 0)
+        _exit(0); /* never told (lelect is gone, or let this process go) */
+    told[have] = '\0';
+    head[0] = 'R';
+    for (len = 1, item = told; len < (int)sizeof head - 1 && *item != '\0'; item++)
+        if ((*item >= '0' && *item <= '9') || *item == ',')
+            head[len++] = *item;
+    head[len++] = '\n';
+    (void)!write(report, head, (size_t)len); /* one write: the keeper reads it whole */
+    item = told;
+    while (*item >= '0' && *item <= '9')
+        stop_at = stop_at * 10 + (*item++ - '0');
+    while (item < told + have && extras < 8) {
+        item += strlen(item) + 1; /* the next item */
+        if (item < told + have && strchr(item, '=') != NULL)
+            extra[extras++] = item;
+    }
+    if (stop_at > 0 && clock_gettime(CLOCK_MONOTONIC, &now) == 0
+        && (long long)now.tv_sec * 1000000000LL + now.tv_nsec >= stop_at) {
+        (void)!write(report, "U", 1);
+        _exit(0); /* the lease could run out before the job got anywhere */
+    }
+    while (envp[n] != NULL)
+        n++;
     {
-        for (;;) {
-            got = read(gate, told + have, sizeof told - 1 - have);
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got <= 0)
-                break;
-            have += (size_t)got;
-            if (have == sizeof told - 1)
-                break; /* more than any word of lelect's: what came is read as it is */
-        }
-        close(gate);
-        if (have == 0)
-            _exit(0); /* never told (lelect is gone, or let this process go) */
-        told[have] = '\0';
-        head[0] = 'R';
-        for (len = 1, item = told; len < (int)sizeof head - 1 && *item != '\0'; item++)
-            if ((*item >= '0' && *item <= '9') || *item == ',')
-                head[len++] = *item;
-        head[len++] = '\n';
-        (void)!write(report, head, (size_t)len); /* one write: the keeper reads it whole */
-        item = told;
-        while (*item >= '0' && *item <= '9')
-            stop_at = stop_at * 10 + (*item++ - '0');
-        while (item < told + have && extras < 8) {
-            item += strlen(item) + 1; /* the next item */
-            if (item < told + have && strchr(item, '=') != NULL)
-                extra[extras++] = item;
-        }
-        if (stop_at > 0 && clock_gettime(CLOCK_MONOTONIC, &now) == 0
-            && (long long)now.tv_sec * 1000000000LL + now.tv_nsec >= stop_at) {
-            (void)!write(report, "U", 1);
-            _exit(0); /* the lease could run out before the job got anywhere */
-        }
-        while (envp[n] != NULL)
-            n++;
-        {
-            char *env[n + (size_t)extras + 1];
+        char *env[n + (size_t)extras + 1];
 
-            for (k = 0, j = 0; k < n; k++) {
-                int replaced = 0, e;
-                for (e = 0; e < extras; e++)
-                    replaced |= same_name(envp[k], extra[e]);
-                if (!replaced)
-                    env[j++] = envp[k];
-            }
-            for (k = 0; k < (size_t)extras; k++)
-                env[j++] = extra[k];
-            env[j] = NULL;
-            if (sigprocmask(SIG_SETMASK, mask, NULL) != 0)
-                failed = errno;
-            else
-                failed = exec_job(paths, argv, env, fallback);
+        for (k = 0, j = 0; k < n; k++) {
+            int replaced = 0, e;
+            for (e = 0; e < extras; e++)
+                replaced |= same_name(envp[k], extra[e]);
+            if (!replaced)
+                env[j++] = envp[k];
         }
+        for (k = 0; k < (size_t)extras; k++)
+            env[j++] = extra[k];
+        env[j] = NULL;
+        if (sigprocmask(SIG_SETMASK, mask, NULL) != 0)
+            failed = errno;
+        else
+            failed = exec_job(paths, argv, env, fallback);
     }
     len = sizeof code;
     do { /* the errno in decimal (no stdio before an exec) */

@@ -55,7 +55,7 @@ from lelect.seats import (
     seat_holders,
 )
 from lelect.status import ExitStatus
-from lelect.supervisor import Gone, KeeperConfig, KeeperHandle, spawn_library, trim_heap
+from lelect.supervisor import Gone, KeeperConfig, KeeperHandle, trim_heap
 from lelect.systemd import Notifier
 
 TYPE_CHECKING = False  # not typing's (~2 ms of every start): annotations only
@@ -568,7 +568,7 @@ class _Driver:
         self.freed_by_keeper = lock is not None and config.autorelease
         # The next in line has its job forked early, to wait at lelect's gate (or, where
         # the keeper forks in Python, for the keeper's word).
-        self.prepares = config.autostart and (config.gated or spawn_library() is None)
+        self.prepares = config.autostart and config.gated
         self.announced = False
         self.next_in_line = False
         keeper.spawn()  # while we wait, so winning costs only the job's fork/exec

@@ -4,9 +4,10 @@
 for plain values (dicts with str keys, lists, tuples, str, int, float, bool, None).
 Written where importing ``json`` would cost a job its start:
 
-- the keeper's hand-back recipe goes with the job's start: importing ``json`` there
+- the keeper's hand-back recipe, sent at the job's start: importing ``json`` there
   (~1.5 ms, cold) stood between a win and its job on every backend whose client had not
-  imported it already (Redis, PostgreSQL, MariaDB);
+  imported it already (Redis, PostgreSQL, MariaDB), and would now compete with the job's
+  first instructions;
 - the embedded backend's history entries, which the keeper writes beside the job it just
   started (``json``'s decoder brings ``re``: ~4 ms of CPU).
 """

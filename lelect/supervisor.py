@@ -20,11 +20,10 @@ import time
 from collections.abc import Callable
 
 from lelect import keeper_protocol as proto
-from lelect._keeper import (  # noqa: F401 - trim_heap, spawn_library for campaign
+from lelect._keeper import (  # noqa: F401 - trim_heap for campaign
     child_pids,
     gate_word,
     set_subreaper,
-    spawn_library,
     trim_heap,
 )
 from lelect.backends.records import DEFAULT_HISTORY, HandBack, LocalLock
@@ -124,10 +123,10 @@ class KeeperConfig(Record):
 
     @property
     def gated(self) -> bool:
-        """lelect starts the job itself, through a gate to the process its keeper forked
-        for it when it became next in line (no keeper's wake-up between a win and the
-        job): a job to start on a Start (not the embedded backend's, which its keeper
-        starts itself)."""
+        """A job started on lelect's Start (not the embedded backend's, which its keeper
+        starts itself): when lelect is next in line, its keeper starts the job's process
+        early, to wait at a gate lelect itself opens at the win (or, without the spawn
+        library, for the keeper's own word)."""
         return bool(self.command) and self.lock is None
 
     def argv(self, gate: int | None = None) -> list[str]:
@@ -256,23 +255,22 @@ class KeeperHandle:
                     self._engaged = True
                 self.events.put(message)
 
-    def send(self, *messages: proto.Message, hold: bool = False, engage: bool = True) -> bool:
+    def send(self, *messages: proto.Message, hold: bool = False, engage: bool = True) -> None:
         """Send ``messages`` (and any held back before them) in one write, so the
         keeper reads them at once; ``hold``: keep them for the next send instead;
         ``engage=False``: nothing depends on them yet (a keeper that dies now is
-        replaced, as one that was told nothing). True once they are on their way."""
+        replaced, as one that was told nothing)."""
         with self._lock:
             self._engaged = self._engaged or engage
             self._held.extend(message.encode() for message in messages)
             if hold or self._sock is None:
-                return False
+                return
             data = b"".join(self._held)
             self._held.clear()
             try:
                 self._sock.sendall(data)
             except OSError:
-                return False
-            return True
+                pass
 
     def _open_gate(self, term: int, slot: str | None, seat: int | None) -> None:
         """Let the job's process that waits at the gate run (if the keeper forked one:

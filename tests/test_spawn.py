@@ -31,12 +31,12 @@ def test_the_vfork_spawn_is_built_and_loads_here():
     here = Path(_keeper.__file__).parent
     assert (here / _keeper.SPAWN_LIBRARY).exists()
     assert os.access(here / _keeper.GATE_PROGRAM, os.X_OK)
-    saved = _keeper.SPAWN, _keeper.FORK_GATED
+    saved = _keeper.SPAWN, _keeper.SPAWN_GATE
     try:
         assert _keeper.load_spawn()
-        assert _keeper.FORK_GATED is not None
+        assert _keeper.SPAWN_GATE is not None
     finally:
-        _keeper.SPAWN, _keeper.FORK_GATED = saved
+        _keeper.SPAWN, _keeper.SPAWN_GATE = saved
 
 
 def keeper(mode: str, command: tuple[str, ...], env: dict[str, str] | None = None,

@@ -406,7 +406,6 @@ class ZooKeeperBackend(Backend):
             leadership.aftermath = lambda: self._forget(session, carry=not lost)
         else:
             self._forget(session, carry=not lost)
-        if not released:
             # A server that restarts or thaws gives the old session a whole timeout
             # again: delete our node (by its unique name) as soon as it answers.
             self.release_later(lambda budget: self._release(
