@@ -13,9 +13,10 @@ import pytest
 import lelect
 from lelect.errors import CampaignTimeout, ElectionBusy, LeadershipLost
 
-#: The loop may lag this much at most (a blocking backend call would lag for seconds;
-#: a loaded 2-core machine alone lags a few ms, sometimes tens).
-MAX_LAG = 0.1
+#: The loop may lag this much at most (a blocking backend call would lag for seconds: a
+#: campaign behind a holder, a lease's wait; a loaded 2-core machine alone lags a few ms,
+#: sometimes tens, and once 128 ms in a CI run on three workers).
+MAX_LAG = 0.5
 LAGS: dict[str, float] = {}
 #: connect_timeout of the proxied URLs: it bounds the release after a loss too.
 CONNECT_TIMEOUT = 2.0
