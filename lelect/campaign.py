@@ -571,7 +571,11 @@ class _Driver:
         self.prepares = config.autostart and config.gated
         self.announced = False
         self.next_in_line = False
-        keeper.spawn()  # while we wait, so winning costs only the job's fork/exec
+        # While we wait, so winning costs only the job's fork/exec. Where the backend
+        # says who is next in line: once we are (the candidates behind wait without one;
+        # a first look that wins at once starts it then).
+        keeper.spawn(on_demand=(self.prepares and backend.tells_next_in_line
+                                and opts.holders <= 1 and not opts.no_wait))
         self.cancel = Cancel()
         self.cancelled_by = None
         self.blocking = True

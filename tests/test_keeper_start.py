@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 
@@ -92,6 +93,41 @@ def test_lelect_dying_before_the_recipe_loaded_still_hands_back(tmp_path):
     lines = probe.read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["imported", "handed"], lines
     assert lines[1] == "handed probe 137", lines  # the job was SIGKILLed
+
+
+def test_a_keeper_on_demand_is_spawned_by_prepare_or_the_win_and_never_for_nothing(tmp_path):
+    """``spawn(on_demand=True)`` (etcd, ZooKeeper: a candidate further back than next in
+    line): no keeper while it waits; "no longer next" and the goodbye need none; "next
+    in line" spawns one (it forks the job early), and so does a win that came first."""
+    ran = tmp_path / "ran"
+    config = KeeperConfig(command=("sh", "-c", f"echo $$ > {ran}; exec sleep 60"))
+    waiting = KeeperHandle(config)
+    waiting.spawn(on_demand=True)
+    waiting.prepare(False)
+    assert waiting.process is None
+    waiting.close()  # Exit: nothing to say it to
+    assert waiting.process is None and not waiting._held
+    nexts = KeeperHandle(config)
+    nexts.spawn(on_demand=True)
+    nexts.prepare()
+    try:
+        assert nexts.process is not None
+        early = wait_until(lambda: _children(nexts.process.pid), timeout=10,
+                           what="the keeper spawned by Prepare to start the job early")
+        assert len(early) == 1 and not ran.exists()
+    finally:
+        nexts.close()
+    winner = KeeperHandle(config)
+    winner.spawn(on_demand=True)
+    try:
+        winner.lease(time.monotonic() + 60, 0.5, hold=True)  # the win, held for the Start
+        assert winner.process is not None
+        winner.start(5)
+        started = winner.events.get(timeout=10)
+        assert isinstance(started, proto.Started), started
+        assert int(written_line(ran, what="the job's pid")) == started.pid
+    finally:
+        winner.close()
 
 
 # -- the job forked early, while its candidate is next in line (Prepare) -----------------

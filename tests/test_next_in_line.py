@@ -3,8 +3,9 @@ early, so that a win costs no fork: on etcd and ZooKeeper, whose waiters each wa
 predecessor. With lelect/libspawn.so (the default) the early process waits at lelect's
 gate, and lelect itself lets it run (no keeper's wake-up between a win and its job);
 where the keeper forks in Python (here LELECT_SPAWN=fork) it waits for its keeper's word.
-The others fork nothing; the early process runs nothing before the win and never
-outlives the candidate's place, its keeper or lelect."""
+The others fork nothing: they wait without a keeper at all (it is spawned once they are
+next in line). The early process runs nothing before the win and never outlives the
+candidate's place, its keeper or lelect."""
 
 from __future__ import annotations
 
@@ -29,23 +30,28 @@ def queue_target(request):
     return request.getfixturevalue(f"target_{request.param}")
 
 
-def keeper_of(proc) -> psutil.Process:
-    """The keeper of a `lelect campaign` process."""
-    def find():
-        try:
-            kids = psutil.Process(proc.pid).children()
-        except psutil.NoSuchProcess:
-            return None
-        keepers = [p for p in kids if "lelect._keeper" in " ".join(p.cmdline())]
-        return keepers[0] if keepers else None
+def keeper_now(proc) -> psutil.Process | None:
+    """The keeper of a `lelect campaign` process, if it has one now."""
+    try:
+        kids = psutil.Process(proc.pid).children()
+    except psutil.NoSuchProcess:
+        return None
+    keepers = [p for p in kids if "lelect._keeper" in " ".join(p.cmdline())]
+    return keepers[0] if keepers else None
 
-    return wait_until(find, timeout=30, what="the candidate's keeper")
+
+def keeper_of(proc) -> psutil.Process:
+    """The keeper of a `lelect campaign` process (waited for)."""
+    return wait_until(lambda: keeper_now(proc), timeout=30, what="the candidate's keeper")
 
 
 def early_children(proc) -> list[int]:
-    """The job processes a waiting candidate's keeper forked early (its children)."""
+    """The job processes a waiting candidate's keeper forked early (its children); none
+    without a keeper."""
+    keeper = keeper_now(proc)
     try:
-        return [child.pid for child in keeper_of(proc).children() if pid_alive(child.pid)]
+        return [] if keeper is None else [
+            child.pid for child in keeper.children() if pid_alive(child.pid)]
     except psutil.NoSuchProcess:
         return []
 
@@ -83,8 +89,7 @@ def test_with_the_vfork_spawn_the_next_in_line_waits_at_the_gate_and_the_win_run
     assert "libspawn.so" in open(f"/proc/{keeper.pid}/maps").read()
     # It waits as the gate program, not as a fork of the keeper (whose pages it would count).
     assert psutil.Process(early[0]).cmdline()[0].endswith("/lelect-gate")
-    wait_until(lambda: keeper_of(second).children() == [], timeout=5,
-               what="the later candidate to fork nothing")
+    assert keeper_now(second) is None  # further back: it waits without a keeper
     assert not (tmp_path / "first.started").exists()  # forked, not run
     (tmp_path / "leader.release").touch()
     assert leader.wait(timeout=30) == 0
@@ -115,10 +120,8 @@ def test_only_the_next_in_line_has_its_job_forked_and_the_win_runs_that_process(
     second_log.wait_for("waiting for")
     third, third_log = candidate(queue_target, tmp_path, "third")
     third_log.wait_for("waiting for")
-    # Each told its keeper before it logged "waiting" (or right after, on etcd, with its
-    # first claim): a look at the others' keepers now is a look after their verdict.
-    wait_until(lambda: keeper_of(third).children() == [] and keeper_of(second).children() == [],
-               timeout=5, what="the later candidates to fork nothing")
+    # Further back, they wait without a keeper (spawned once they are next in line).
+    assert keeper_now(second) is None and keeper_now(third) is None
     assert not (tmp_path / "first.started").exists()  # forked, not run
     assert early_children(first) == early
     (tmp_path / "leader.release").touch()
@@ -128,7 +131,7 @@ def test_only_the_next_in_line_has_its_job_forked_and_the_win_runs_that_process(
     # Now "second" is next in line, and only it.
     wait_until(lambda: len(early_children(second)) == 1, timeout=30,
                what="the new next in line's keeper to fork the job")
-    assert keeper_of(third).children() == []
+    assert keeper_now(third) is None
     for proc in (second, third):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -161,7 +164,7 @@ def test_the_early_job_of_a_killed_next_in_line_goes_and_the_next_one_gets_one(
     early = wait_until(lambda: early_children(first), timeout=30, what="the early job")
     second, second_log = candidate(queue_target, tmp_path, "second")
     second_log.wait_for("waiting for")
-    assert keeper_of(second).children() == []
+    assert keeper_now(second) is None
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
     wait_until(lambda: not pid_alive(early[0]) and not pid_alive(keeper.pid), timeout=10,
