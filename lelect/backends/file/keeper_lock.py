@@ -66,6 +66,12 @@ class LocalElection:
         except Exception as exc:  # noqa: BLE001 - reported as one line by lelect
             self.send(self.proto.Error(str(exc)))
             os._exit(0)
+        try:
+            # The read a win makes first, made once now: its statement is then compiled
+            # (and the schema read) already, ~0.1 ms off the path to the job.
+            filestate.handover_note(self.db, self.options["election"])
+        except Exception:  # noqa: BLE001 - the win's own read reports it
+            pass
         deadline = float(self.options["deadline"]) if self.options.get("deadline") else None
         nowait = self.options.get("nowait") == "1"
         if self.options.get("announce"):
