@@ -197,38 +197,21 @@ def _c_strings(items):
     return (ctypes.c_char_p * (len(items) + 1))(*items, None) if items is not None else None
 
 
-def _vspawn(program, argv, env):
-    """The job's pid, started by lelect_spawn (OSError if it could not be run)."""
-    return _spawn_lists(*map(_c_strings, _exec_lists(program, argv, env)))
-
-
-def _spawn_lists(paths, argv, envp, fallback):
-    import ctypes
-
-    error = ctypes.c_int(0)
-    pid = SPAWN(paths, argv, envp, fallback, ctypes.byref(error))
-    if pid < 0:
-        raise OSError(error.value, os.strerror(error.value))
-    return pid
-
-
 def prepare_spawn(program, argv, env):
-    """What :func:`spawn_job` builds for lelect_spawn that no win changes (the C arrays
-    of the paths, the arguments and the fallback; the environment's items and where
-    each name is), built while the keeper waits: ~60-100 us of Python off the path from
-    a win to the job's exec. None without the spawn library, or for a job that cannot
-    be run (its start says why)."""
-    if SPAWN is None:
-        return None
-    try:
-        paths, args, envp, fallback = _exec_lists(program, argv, env)
-    except OSError:
-        return None
+    """What lelect_spawn is given that no win changes (the C arrays of the paths, the
+    arguments and the fallback; the environment's items and where each name is): the
+    keeper builds it while it waits, ~60-100 us of Python off the path from a win to the
+    job's exec (:func:`spawn_job`). OSError if a string holds a NUL."""
+    paths, args, envp, fallback = _exec_lists(program, argv, env)
     where = {item.partition(b"=")[0]: at for at, item in enumerate(envp)}
     return _c_strings(paths), _c_strings(args), envp, where, _c_strings(fallback)
 
 
-def _spawn_prepared(prepared, term, slot, seat):
+def _vspawn(prepared, term, slot, seat):
+    """The job's pid, started by lelect_spawn with ``term`` (and ``slot``, ``seat``) in
+    the environment ``prepared`` holds (OSError if it could not be run)."""
+    import ctypes
+
     paths, args, envp, where, fallback = prepared
     envp = list(envp)
     for item in _job_vars(term, slot, seat):  # replacing any of the same name
@@ -237,7 +220,11 @@ def _spawn_prepared(prepared, term, slot, seat):
             envp.append(item)
         else:
             envp[at] = item
-    return _spawn_lists(paths, args, _c_strings(envp), fallback)
+    error = ctypes.c_int(0)
+    pid = SPAWN(paths, args, _c_strings(envp), fallback, ctypes.byref(error))
+    if pid < 0:
+        raise OSError(error.value, os.strerror(error.value))
+    return pid
 
 
 def spawn_gated(program, argv, env, gate):
@@ -317,14 +304,12 @@ def spawn_job(program, argv, env, term, slot=None, seat=None, prepared=None):
     exec; else it is forked in Python, told everything before the fork (no pipe to wait
     on). Either way, from the fork to the exec it only sets itself up, as
     :func:`fork_job` describes."""
-    if SPAWN is not None and prepared is not None:
-        return _spawn_prepared(prepared, term, slot, seat)
+    if SPAWN is not None:
+        return _vspawn(prepared or prepare_spawn(program, argv, env), term, slot, seat)
     env = dict(env)
     for item in _job_vars(term, slot, seat):
         name, _, value = item.partition(b"=")
         env[name] = value
-    if SPAWN is not None:
-        return _vspawn(program, argv, env)
     pid, report, _ = _fork(program, argv, env, told=True)
     return _exec_reported(pid, report)
 
@@ -1009,7 +994,11 @@ class Keeper(LocalElection):
             self.program = self.options.get("program") or self.command[0]
             self.job_env = dict(os.environb)
             load_spawn()
-            self.spawn_ready = prepare_spawn(self.program, self.command, self.job_env)
+            if SPAWN is not None:
+                try:
+                    self.spawn_ready = prepare_spawn(self.program, self.command, self.job_env)
+                except OSError:
+                    pass  # its start says why
             gate = self.options.get("gate")
             if gate:
                 self.gate = int(gate)

@@ -316,15 +316,12 @@ class KeeperHandle:
         not spawned yet, ``on_demand``, is spawned by the first, not by the second.)"""
         self.send(proto.Prepare() if ready else proto.Unprepare(), engage=False)
 
-    def start(self, term: int, slot: str | None = None, seat: int | None = None,
-              recipe: HandBack | None = None) -> None:
+    def start(self, term: int, slot: str | None = None, seat: int | None = None) -> None:
         """Start the job: open its gate (where the keeper forked it early), then tell
         the keeper (with whatever was held back, the lease above all: one write, which
-        it reads at once), then the hand-back ``recipe``."""
+        it reads at once). The hand-back recipe follows (:meth:`hand_back_with`)."""
         self._open_gate(term, slot, seat)
         self.send(proto.Start(term, slot or "-", -1 if seat is None else seat))
-        if recipe is not None:
-            self.send(recipe_message(recipe))
 
     def lease(self, deadline: float, grace: float, hold: bool = False) -> None:
         """Tell the dead-man switch the new lease deadline (monotonic clock); ``hold``:

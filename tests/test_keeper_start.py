@@ -35,7 +35,8 @@ def test_a_win_is_one_write_to_the_keeper_lease_first_then_the_recipe():
         except BlockingIOError:
             early = None
         assert early is None, f"the lease went out alone: {early!r}"
-        handle.start(7, recipe=RECIPE)
+        handle.start(7)
+        handle.hand_back_with(RECIPE)
         assert proto.LineReader().feed(theirs.recv(65536)) == [
             proto.Lease(1234.5, 0.25), proto.Start(7, "-", -1),
         ]
@@ -60,7 +61,8 @@ def _started(tmp_path, job):
     env = {**os.environ, "LELECT_TEST_PROBE": str(probe)}
     handle = KeeperHandle(KeeperConfig(command=("sh", "-c", job)), env=env)
     handle.spawn()
-    handle.start(1, recipe=RECIPE)
+    handle.start(1)
+    handle.hand_back_with(RECIPE)
     started = handle.events.get(timeout=10)
     assert isinstance(started, proto.Started), started
     return handle, probe
