@@ -459,67 +459,102 @@ def test_one_leader_change_wakes_one_waiter_of_fifty(
             waiter.result(timeout=10).release()
 
 
-def requests_sent(monkeypatch) -> list[tuple[str, str, str]]:
-    """Every request this process's ZooKeeper clients send from now on, as (thread,
-    request type, path): a spy on the client, the server is real."""
-    import kazoo.client
+class ZooKeeperRequests:
+    """What clients send a real ZooKeeper through a proxy (the ``tap`` of
+    tests/plugins/proxy.py), read off the wire: each request's type and path, in order.
+    Left out: the connect request, pings, the session's end and watches set again on a
+    reconnect (the client's own housekeeping)."""
 
-    calls: list[tuple[str, str, str]] = []
-    call = kazoo.client.KazooClient._call
-    # A thread an earlier test left behind (a lease thread winding down within its TTL)
-    # is not this test's.
-    earlier = {thread.ident for thread in threading.enumerate()}
+    NAMES = {1: "Create", 2: "Delete", 3: "Exists", 4: "GetData", 5: "SetData", 6: "GetACL",
+             7: "SetACL", 8: "GetChildren", 9: "Sync", 12: "GetChildren2", 13: "Check",
+             14: "Transaction", 15: "Create", 19: "Create", 21: "Create", 22: "MultiRead"}
+    HOUSEKEEPING = {11, -11, 100, 101, 105}  # ping, closeSession, auth, setWatches(2)
 
-    def counted(self, request, async_object):
-        if threading.get_ident() not in earlier:
-            calls.append((threading.current_thread().name, type(request).__name__,
-                          getattr(request, "path", "")))
-        return call(self, request, async_object)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent: list[tuple[str, str]] = []
+        self._buffers: dict[int, bytearray] = {}
 
-    monkeypatch.setattr(kazoo.client.KazooClient, "_call", counted)
-    return calls
+    def __call__(self, connection: int, data: bytes) -> None:
+        first = connection not in self._buffers
+        buffer = self._buffers.setdefault(connection, bytearray())
+        buffer += data
+        while len(buffer) >= 4:
+            size = int.from_bytes(buffer[:4], "big")
+            if len(buffer) < 4 + size:
+                return
+            frame = bytes(buffer[4:4 + size])
+            del buffer[:4 + size]
+            if first:  # the ConnectRequest: no request header
+                first = False
+                continue
+            kind = int.from_bytes(frame[4:8], "big", signed=True)
+            if kind in self.HOUSEKEEPING:
+                continue
+            path = ""
+            if kind != 14 and len(frame) >= 12:  # a multi's paths are in its ops
+                length = int.from_bytes(frame[8:12], "big", signed=True)
+                path = frame[12:12 + max(length, 0)].decode(errors="replace")
+            with self._lock:
+                self._sent.append((self.NAMES.get(kind, f"op{kind}"), path))
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self._sent)
+
+    def since(self, mark: int) -> list[tuple[str, str]]:
+        """(request, the path's last part) of each request sent after ``mark``."""
+        with self._lock:
+            return [(kind, path.rsplit("/", 1)[-1]) for kind, path in self._sent[mark:]]
+
+
+@pytest.fixture
+def watched(zookeeper_server, zk_path, partition_proxy):
+    """``(url, requests)``: a URL like ``zk_url`` whose clients reach the server through a
+    proxy that reads what they send (:class:`ZooKeeperRequests`)."""
+    requests = ZooKeeperRequests()
+    proxy = partition_proxy("127.0.0.1", zookeeper_server.port, requests)
+    return zookeeper_server.url(zk_path, hosts=proxy.address, session_timeout="2s"), requests
 
 
 def test_a_waiter_wins_in_one_round_trip_after_its_predecessor_is_deleted(backends, zk_url,
-                                                                         monkeypatch):
+                                                                         watched):
     """Issue 21 ("fast winning"): once the node it waits behind is deleted, a waiting
     candidate reads the queue, and the handover note with it, in one round trip before
     its job may run: nothing is written on the way (the history entry is written beside
-    the job, and the release waits for it)."""
-    calls = requests_sent(monkeypatch)
-    first_backend, second_backend = backends(zk_url), backends(zk_url)
+    the job, once the leadership is kept, and the release waits for it)."""
+    url, requests = watched
+    first_backend, second_backend = backends(zk_url), backends(url)
     first = first_backend.campaign("quick", candidate("a"), timeout=10)
     waiting, won = threading.Event(), []
     campaigner = threading.Thread(target=lambda: won.append(second_backend.campaign(
-        "quick", candidate("b"), timeout=30, on_wait=lambda holder: waiting.set())),
-        name="campaigner")
+        "quick", candidate("b"), timeout=30, keep_later=True,
+        on_wait=lambda holder: waiting.set())), name="campaigner")
     campaigner.start()
     assert waiting.wait(10)
-    since = len(calls)
+    since = requests.mark()
     first.release()
     campaigner.join(10)
     second = won[0]
-    after = [(request, path.rsplit("/", 1)[-1]) for thread, request, path in calls[since:]
-             if thread == "campaigner"]
-    assert sorted(after) == [("GetChildren", "quick"), ("GetData", "handover")]
+    assert sorted(requests.since(since)) == [("GetChildren", "quick"), ("GetData", "handover")]
+    second.keep()
     wait_until(lambda: [h.outcome for h in first_backend.history("quick")] == ["exited", "running"],
                timeout=10, what="the win in the history")
     second.release()
     assert [h.outcome for h in first_backend.history("quick")] == ["exited", "exited"]
 
 
-def test_a_win_kept_later_starts_no_thread_and_sends_nothing_until_kept(backends, zk_url,
-                                                                        monkeypatch):
+def test_a_win_kept_later_starts_no_thread_and_sends_nothing_until_kept(backends, watched):
     """Issue 21: ``lelect campaign`` tells its keeper to start the job before the lease's
     threads start (``keep_later``): until ``keep()`` the won leadership has started no
     thread and sent nothing (its history entry and watches go once it is kept)."""
-    calls = requests_sent(monkeypatch)
-    backend = backends(zk_url)
+    url, requests = watched
+    backend = backends(url)
     before = {t.ident for t in threading.enumerate()}
     leadership = backend.campaign("later", candidate("a"), timeout=10, keep_later=True)
-    since = len(calls)
+    since = requests.mark()
     time.sleep(0.2)  # a window: nothing may be sent, nothing started
-    assert not leadership.kept and calls[since:] == []
+    assert not leadership.kept and requests.since(since) == []
     assert not [t.name for t in threading.enumerate()
                 if t.ident not in before and t.name.startswith("lelect-")]
     assert not leadership.recorded.is_set()
@@ -530,26 +565,24 @@ def test_a_win_kept_later_starts_no_thread_and_sends_nothing_until_kept(backends
     assert [h.outcome for h in backend.history("later")] == ["exited"]
 
 
-def test_a_release_writes_nothing_but_its_multi_unless_a_value_was_published(backends, zk_url,
-                                                                            monkeypatch):
+def test_a_release_writes_nothing_but_its_multi_unless_a_value_was_published(backends, watched):
     """Issue 21: the release's multi is its only write when the term published no value
     (a blind delete of the value note was a second transaction, fsync'ed by the server
     even when it fails, which a single server finishes before the next leader's first
     read); a published value is still deleted with the release."""
-    calls = requests_sent(monkeypatch)
-    backend = backends(zk_url)
+    url, requests = watched
+    backend = backends(url)
     for value in (None, "here"):
         leadership = backend.campaign("quiet", candidate("a"), timeout=10)
         leadership.publishes_value = True  # as lelect campaign's leaderships do
         if value is not None:
             leadership.proclaim(value)
         leadership.recorded.wait(5)
-        since = len(calls)
-        releaser = threading.Thread(target=leadership.release, name="releaser")
-        releaser.start()
-        releaser.join(10)
-        sent = [(request, path.rsplit("/", 1)[-1]) for thread, request, path in calls[since:]
-                if thread == "releaser"]
+        since = requests.mark()
+        leadership.release()
+        # (The lease's own probe, an exists on its node, may come just before.)
+        node = leadership.node_path.rsplit("/", 1)[-1]
+        sent = [sent for sent in requests.since(since) if sent != ("Exists", node)]
         value_note = f"value.{leadership.term}"
         assert sent[:2] == [("Transaction", ""), ("Exists", value_note)], sent
         assert sent[2:] == ([] if value is None else [("Delete", value_note)]), sent

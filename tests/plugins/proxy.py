@@ -1,20 +1,29 @@
 """A loopback TCP proxy that can stop forwarding (a partition: connections stay open,
-nothing arrives) and start again. Used for partition tests of network backends."""
+nothing arrives) and start again. Used for partition tests of network backends, and
+(``tap``) to see what clients send a real server."""
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 
 class PartitionProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int,
+                 tap: Callable[[int, bytes], None] | None = None) -> None:
         self.target = (target_host, target_port)
+        #: Told (in the proxy's thread) what each client connection sends, before it is
+        #: forwarded: (the connection's number, the bytes).
+        self.tap = tap
+        self._numbers = itertools.count()
+        self._client_number: dict[socket.socket, int] = {}
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -102,6 +111,7 @@ class PartitionProxy:
         self._pairs[client] = upstream
         self._pairs[upstream] = client
         self._clients.add(client)
+        self._client_number[client] = next(self._numbers)
         if not self._blocked.is_set():
             self._selector.register(client, selectors.EVENT_READ)
             self._selector.register(upstream, selectors.EVENT_READ)
@@ -133,6 +143,8 @@ class PartitionProxy:
         if not data:
             self._drop(sock)
             return
+        if self.tap is not None and sock in self._clients:
+            self.tap(self._client_number[sock], data)
         if self._delay > 0 and sock in self._clients:
             self._sent += 1
             heapq.heappush(self._due, (time.monotonic() + self._delay, self._sent, peer, data))
@@ -161,6 +173,7 @@ class PartitionProxy:
                 continue
             self._pairs.pop(s, None)
             self._clients.discard(s)
+            self._client_number.pop(s, None)
             if s in self._selector.get_map():
                 self._selector.unregister(s)
             s.close()
@@ -168,11 +181,13 @@ class PartitionProxy:
 
 @pytest.fixture
 def partition_proxy():
-    """Factory: ``partition_proxy(host, port)`` -> PartitionProxy, closed after the test."""
+    """Factory: ``partition_proxy(host, port[, tap])`` -> PartitionProxy, closed after the
+    test."""
     proxies: list[PartitionProxy] = []
 
-    def make(host: str, port: int) -> PartitionProxy:
-        proxy = PartitionProxy(host, port)
+    def make(host: str, port: int, tap: Callable[[int, bytes], None] | None = None
+             ) -> PartitionProxy:
+        proxy = PartitionProxy(host, port, tap)
         proxies.append(proxy)
         return proxy
 
