@@ -21,6 +21,7 @@ from lelect.backends.base import Heartbeat
 from tests.helpers import LELECT, assert_one_line, candidate, lelect_env, run_lelect, wait_until
 from tests.plugins.hostile import read_some, send_and_hold
 from tests.plugins.mysql_server import DATABASE, GRANTS, RUN_GRANTS, fresh_prefix
+from tests.plugins.proxy import Wiretap
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,31 +194,17 @@ def test_waiters_block_on_the_leaders_lock_and_the_next_in_line_is_woken(mysql_s
             leadership.release()
 
 
-class Statements:
-    """The SQL clients send a real server through a proxy (the ``tap`` of
-    tests/plugins/proxy.py), read off the wire: the text of each COM_QUERY, in order."""
+class Statements(Wiretap):
+    """The SQL clients send a real server through a proxy, read off the wire: the text
+    of each COM_QUERY, in order."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sent: list[str] = []
-        self._buffers: dict[int, bytearray] = {}
+    def size(self, header: bytes) -> int:
+        return int.from_bytes(header[:3], "little")
 
-    def __call__(self, connection: int, data: bytes) -> None:
-        buffer = self._buffers.setdefault(connection, bytearray())
-        buffer += data
-        while len(buffer) >= 4:
-            size = int.from_bytes(buffer[:3], "little")
-            if len(buffer) < 4 + size:
-                return
-            sequence, payload = buffer[3], bytes(buffer[4:4 + size])
-            del buffer[:4 + size]
-            if sequence == 0 and payload[:1] == b"\x03":  # a command's first packet: COM_QUERY
-                with self._lock:
-                    self._sent.append(payload[1:].decode(errors="replace"))
-
-    def all(self) -> list[str]:
-        with self._lock:
-            return list(self._sent)
+    def read(self, number: int, header: bytes, body: bytes) -> str | None:
+        if header[3] == 0 and body[:1] == b"\x03":  # a command's first packet: COM_QUERY
+            return body[1:].decode(errors="replace")
+        return None
 
 
 def test_a_waiter_behind_a_renewing_leader_reads_the_lease_at_its_expiry_and_acquires_nothing(
@@ -236,11 +223,11 @@ def test_a_waiter_behind_a_renewing_leader_reads_the_lease_at_its_expiry_and_acq
             waiting.campaign("renewing", candidate("b"), timeout=30)))
         thread.start()
         try:
-            wait_until(lambda: any("GET_LOCK" in text for text in statements.all()),
+            wait_until(lambda: any("GET_LOCK" in text for text in statements.since()),
                        timeout=10, what="the waiter in GET_LOCK")
-            began = len(statements.all())
+            began = statements.mark()
             time.sleep(4.0)  # four leases of 1 s, each renewed
-            quiet = statements.all()[began:]
+            quiet = statements.since(began)
             assert not [text for text in quiet if "lelect acquire" in text], len(quiet)
             assert 2 <= sum("GET_LOCK" in text for text in quiet) <= 12, quiet
             assert not won
@@ -251,7 +238,7 @@ def test_a_waiter_behind_a_renewing_leader_reads_the_lease_at_its_expiry_and_acq
                 leadership.release()
         assert won, "the waiter took over after the release"
     # (The wire shows the acquire: its absence above is no blind spot of the proxy's.)
-    assert any("lelect acquire" in text for text in statements.all()[began:])
+    assert any("lelect acquire" in text for text in statements.since(began))
 
 
 def test_a_waiting_candidate_loads_no_openssl(mysql_server, url, processes):

@@ -29,6 +29,7 @@ from lelect.errors import BackendUnavailable, ConfigError, ElectionBusy, UsageEr
 from lelect.lease import drift as lease_drift
 from lelect.lease import renew_interval
 from tests.helpers import run_lelect, wait_until, zk_queue, zk_watchers
+from tests.plugins.proxy import Wiretap
 
 CONTENDER = re.compile(r"^[0-9a-f]{32}__lock__\d{10}$")
 
@@ -459,53 +460,29 @@ def test_one_leader_change_wakes_one_waiter_of_fifty(
             waiter.result(timeout=10).release()
 
 
-class ZooKeeperRequests:
-    """What clients send a real ZooKeeper through a proxy (the ``tap`` of
-    tests/plugins/proxy.py), read off the wire: each request's type and path, in order.
-    Left out: the connect request, pings, the session's end and watches set again on a
-    reconnect (the client's own housekeeping)."""
+class ZooKeeperRequests(Wiretap):
+    """What clients send a real ZooKeeper through a proxy, read off the wire: (request,
+    the last part of its path) of each request, in order. Left out: the connect request,
+    pings, the session's end and watches set again on a reconnect (the client's own
+    housekeeping)."""
 
     NAMES = {1: "Create", 2: "Delete", 3: "Exists", 4: "GetData", 5: "SetData", 6: "GetACL",
              7: "SetACL", 8: "GetChildren", 9: "Sync", 12: "GetChildren2", 13: "Check",
              14: "Transaction", 15: "Create", 19: "Create", 21: "Create", 22: "MultiRead"}
     HOUSEKEEPING = {11, -11, 100, 101, 105}  # ping, closeSession, auth, setWatches(2)
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sent: list[tuple[str, str]] = []
-        self._buffers: dict[int, bytearray] = {}
+    def size(self, header: bytes) -> int:
+        return int.from_bytes(header, "big")
 
-    def __call__(self, connection: int, data: bytes) -> None:
-        first = connection not in self._buffers
-        buffer = self._buffers.setdefault(connection, bytearray())
-        buffer += data
-        while len(buffer) >= 4:
-            size = int.from_bytes(buffer[:4], "big")
-            if len(buffer) < 4 + size:
-                return
-            frame = bytes(buffer[4:4 + size])
-            del buffer[:4 + size]
-            if first:  # the ConnectRequest: no request header
-                first = False
-                continue
-            kind = int.from_bytes(frame[4:8], "big", signed=True)
-            if kind in self.HOUSEKEEPING:
-                continue
-            path = ""
-            if kind != 14 and len(frame) >= 12:  # a multi's paths are in its ops
-                length = int.from_bytes(frame[8:12], "big", signed=True)
-                path = frame[12:12 + max(length, 0)].decode(errors="replace")
-            with self._lock:
-                self._sent.append((self.NAMES.get(kind, f"op{kind}"), path))
-
-    def mark(self) -> int:
-        with self._lock:
-            return len(self._sent)
-
-    def since(self, mark: int) -> list[tuple[str, str]]:
-        """(request, the path's last part) of each request sent after ``mark``."""
-        with self._lock:
-            return [(kind, path.rsplit("/", 1)[-1]) for kind, path in self._sent[mark:]]
+    def read(self, number: int, header: bytes, body: bytes) -> tuple[str, str] | None:
+        kind = int.from_bytes(body[4:8], "big", signed=True)
+        if number == 0 or kind in self.HOUSEKEEPING:  # (the first: the ConnectRequest)
+            return None
+        path = ""
+        if kind != 14 and len(body) >= 12:  # a multi's paths are in its ops
+            length = int.from_bytes(body[8:12], "big", signed=True)
+            path = body[12:12 + max(length, 0)].decode(errors="replace")
+        return self.NAMES.get(kind, f"op{kind}"), path.rsplit("/", 1)[-1]
 
 
 @pytest.fixture

@@ -179,6 +179,52 @@ class PartitionProxy:
             s.close()
 
 
+class Wiretap:
+    """A proxy's ``tap`` that cuts what each client connection sends into the protocol's
+    packets (a ``header`` of fixed length, whose :meth:`size` is the body's) and keeps
+    what :meth:`read` makes of each, in order."""
+
+    header = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read: list[object] = []
+        self._buffers: dict[int, bytearray] = {}
+        self._packets: dict[int, int] = {}
+
+    def size(self, header: bytes) -> int:
+        raise NotImplementedError
+
+    def read(self, number: int, header: bytes, body: bytes) -> object | None:
+        """What the connection's packet ``number`` (0: its first) says; None: nothing."""
+        raise NotImplementedError
+
+    def __call__(self, connection: int, data: bytes) -> None:
+        buffer = self._buffers.setdefault(connection, bytearray())
+        buffer += data
+        while len(buffer) >= self.header:
+            header = bytes(buffer[:self.header])
+            end = self.header + self.size(header)
+            if len(buffer) < end:
+                return
+            body = bytes(buffer[self.header:end])
+            del buffer[:end]
+            number = self._packets.get(connection, 0)
+            self._packets[connection] = number + 1
+            item = self.read(number, header, body)
+            if item is not None:
+                with self._lock:
+                    self._read.append(item)
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self._read)
+
+    def since(self, mark: int = 0) -> list:
+        with self._lock:
+            return self._read[mark:]
+
+
 @pytest.fixture
 def partition_proxy():
     """Factory: ``partition_proxy(host, port[, tap])`` -> PartitionProxy, closed after the
