@@ -51,6 +51,10 @@ class MariaDBServer:
         self.root = Path(tempfile.mkdtemp(prefix="lelect-my-"))
         self.data = self.root / "data"
         self.socket = self.root / "sock"
+        # Its own temp dir: a starting mariadbd removes the temporary tables it finds in
+        # its tmpdir, so servers sharing /tmp (a worker each) removed each other's while
+        # mariadb-install-db ran ("Unknown table 'mysql.tmp_user_sys'").
+        self.tmp = self.root / "tmp"
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self._user = None
@@ -58,6 +62,9 @@ class MariaDBServer:
             self._user = pwd.getpwnam("mysql")
             os.chown(self.root, self._user.pw_uid, self._user.pw_gid)
         self.root.chmod(0o700)
+        self.tmp.mkdir(mode=0o700)
+        if self._user is not None:
+            os.chown(self.tmp, self._user.pw_uid, self._user.pw_gid)
         self.tls_options: list[str] = []
         if tls:
             for name in ("server_cert", "server_key", "ca"):
@@ -71,7 +78,8 @@ class MariaDBServer:
                                 f"--ssl-ca={self.root / 'ca.pem'}"]
         user = self._user.pw_name if self._user else pwd.getpwuid(os.geteuid()).pw_name
         result = subprocess.run(
-            [install, "--no-defaults", f"--datadir={self.data}", f"--user={user}",
+            [install, "--no-defaults", f"--datadir={self.data}", f"--tmpdir={self.tmp}",
+             f"--user={user}",
              "--auth-root-authentication-method=normal", "--skip-test-db"],
             capture_output=True, text=True,
         )  # fmt: skip
@@ -84,7 +92,8 @@ class MariaDBServer:
     def start(self) -> None:
         user = ["--user=" + self._user.pw_name] if self._user else []
         self.process = subprocess.Popen(
-            [self.server_bin, "--no-defaults", f"--datadir={self.data}", *user,
+            [self.server_bin, "--no-defaults", f"--datadir={self.data}", f"--tmpdir={self.tmp}",
+             *user,
              "--bind-address=127.0.0.1", f"--port={self.port}", f"--socket={self.socket}",
              f"--pid-file={self.root / 'pid'}", "--skip-name-resolve", "--skip-log-bin",
              "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=32M",
